@@ -1,0 +1,28 @@
+//! Wire formats of p2pcall, as plain functions over byte slices (sans-IO).
+//!
+//! * [`id`]: a peer is its Ed25519 public key ([`PeerId`]); fingerprints and safety numbers.
+//! * [`frame`]: the versioned, length-prefixed frame envelope used on every reliable stream.
+//! * [`relay`]: the control plane between a peer and the relay (register, presence, signaling).
+//! * [`peer`]: the control channel between two peers inside their end-to-end QUIC connection.
+//! * [`packet`]: UDP packets that are *not* QUIC and share the peer's one socket: the relay data
+//!   header, address reflection and path probes. Their first byte is below `0x40`, so they can
+//!   never be confused with QUIC packets (whose fixed bit `0x40` is always set: p2pcall
+//!   endpoints never negotiate QUIC bit greasing).
+//!
+//! Every decoder treats its input as hostile: it returns a precise [`DecodeError`] and never
+//! panics or allocates more than the input's length.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod frame;
+pub mod id;
+pub mod packet;
+pub mod peer;
+pub mod relay;
+
+pub use codec::DecodeError;
+pub use id::{Fingerprint, PeerId, SafetyNumber};
+
+/// Version of the frame envelope and of every frame set defined here.
+pub const PROTOCOL_VERSION: u8 = 1;
