@@ -1,0 +1,277 @@
+//! Two path managers over a virtual network on a virtual clock.
+
+use super::*;
+use std::collections::BinaryHeap;
+
+#[derive(Debug, PartialEq, Eq)]
+struct InFlight {
+    at: Instant,
+    seq: u64,
+    from: SocketAddr,
+    to: SocketAddr,
+    payload: Vec<u8>,
+}
+impl Ord for InFlight {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.at.cmp(&self.at).then(o.seq.cmp(&self.seq))
+    }
+}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+struct Net {
+    now: Instant,
+    one_way: Duration,
+    up: bool,
+    a: PathManager,
+    b: PathManager,
+    a_addr: SocketAddr,
+    b_addr: SocketAddr,
+    queue: BinaryHeap<InFlight>,
+    seq: u64,
+    sent: usize,
+}
+
+fn id(n: u8) -> PeerId {
+    PeerId::from_bytes([n; 32])
+}
+
+impl Net {
+    fn new(one_way: Duration) -> Self {
+        let key = [42; 32];
+        let now = Instant::now();
+        let mut n = Self {
+            now,
+            one_way,
+            up: true,
+            a: PathManager::new(id(1), key),
+            b: PathManager::new(id(2), key),
+            a_addr: "192.0.2.1:1000".parse().unwrap(),
+            b_addr: "192.0.2.2:2000".parse().unwrap(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            sent: 0,
+        };
+        let (a_addr, b_addr) = (n.a_addr, n.b_addr);
+        n.a.add_remote_candidates(now, &[b_addr]);
+        n.b.add_remote_candidates(now, &[a_addr]);
+        n
+    }
+
+    fn flush(&mut self) {
+        for (is_a, from) in [(true, self.a_addr), (false, self.b_addr)] {
+            let m = if is_a { &mut self.a } else { &mut self.b };
+            while let Some(t) = m.poll_transmit() {
+                self.sent += 1;
+                self.seq += 1;
+                if self.up {
+                    self.queue.push(InFlight {
+                        at: self.now + self.one_way,
+                        seq: self.seq,
+                        from,
+                        to: t.dst,
+                        payload: t.payload,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs until `until`, returning every path event with its time.
+    fn run(&mut self, until: Instant) -> Vec<(Duration, bool, PathEvent)> {
+        let start = self.now;
+        let mut events = Vec::new();
+        loop {
+            self.flush();
+            let next_pkt = self.queue.peek().map(|p| p.at);
+            let next = [next_pkt, self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = next.filter(|t| *t <= until) else {
+                self.now = until;
+                break;
+            };
+            self.now = self.now.max(next);
+            let now = self.now;
+            while self.queue.peek().is_some_and(|p| p.at <= now) {
+                let p = self.queue.pop().unwrap();
+                let pkt = Control::decode(&p.payload).unwrap();
+                let m = if p.to == self.a_addr {
+                    &mut self.a
+                } else {
+                    &mut self.b
+                };
+                m.handle_control(now, p.from, &pkt);
+            }
+            self.a.handle_timeout(now);
+            self.b.handle_timeout(now);
+            for (is_a, m) in [(true, &mut self.a), (false, &mut self.b)] {
+                while let Some(e) = m.poll_event() {
+                    events.push((now - start, is_a, e));
+                }
+            }
+        }
+        events
+    }
+}
+
+#[test]
+fn both_sides_go_direct_within_one_round_trip() {
+    let mut net = Net::new(Duration::from_millis(25));
+    let t0 = net.now;
+    let events = net.run(t0 + Duration::from_secs(1));
+    assert_eq!(net.a.selected(), Path::Direct(net.b_addr));
+    assert_eq!(net.b.selected(), Path::Direct(net.a_addr));
+    let (at, _, PathEvent::Selected { rtt, .. }) = &events[0];
+    assert_eq!(*at, Duration::from_millis(50), "first answer after one RTT");
+    assert_eq!(*rtt, Some(Duration::from_millis(50)));
+}
+
+#[test]
+fn dead_direct_path_falls_back_to_relay_within_two_seconds_and_recovers() {
+    let mut net = Net::new(Duration::from_millis(10));
+    let t0 = net.now;
+    net.run(t0 + Duration::from_secs(5));
+    assert!(matches!(net.a.selected(), Path::Direct(_)));
+    // Liveness probes keep an idle direct path selected.
+    net.run(t0 + Duration::from_secs(20));
+    assert!(matches!(net.a.selected(), Path::Direct(_)));
+
+    net.up = false;
+    let cut = net.now;
+    let events = net.run(cut + Duration::from_secs(3));
+    let fallback: Vec<_> = events
+        .iter()
+        .filter(|(_, _, e)| {
+            matches!(
+                e,
+                PathEvent::Selected {
+                    path: Path::Relay,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(fallback.len(), 2, "both sides fall back: {events:?}");
+    for (at, _, _) in fallback {
+        assert!(*at <= Duration::from_secs(2), "fallback took {at:?}");
+    }
+    assert_eq!(net.a.selected(), Path::Relay);
+
+    // The path comes back: the periodic re-probe finds it again.
+    net.up = true;
+    let back = net.now;
+    net.run(back + REPROBE_INTERVAL + Duration::from_secs(3));
+    assert!(matches!(net.a.selected(), Path::Direct(_)));
+    assert!(matches!(net.b.selected(), Path::Direct(_)));
+}
+
+#[test]
+fn probes_are_bounded_while_the_peer_is_unreachable() {
+    let mut net = Net::new(Duration::from_millis(10));
+    net.up = false;
+    let t0 = net.now;
+    net.run(t0 + Duration::from_secs(120));
+    assert_eq!(net.a.selected(), Path::Relay);
+    // Per side: one round of PROBE_TRIES, then one round per REPROBE_INTERVAL.
+    let rounds = 1 + 120 / REPROBE_INTERVAL.as_secs() as usize;
+    assert!(
+        net.sent <= 2 * rounds * PROBE_TRIES as usize,
+        "sent {} probes",
+        net.sent
+    );
+}
+
+#[test]
+fn unauthenticated_probes_cannot_select_a_path() {
+    let now = Instant::now();
+    let mut m = PathManager::new(id(1), [1; 32]);
+    let attacker: SocketAddr = "203.0.113.66:4444".parse().unwrap();
+    // The attacker does not know the session key.
+    let forged = Control::ProbePing {
+        txid: [0; 12],
+        from: id(2),
+        mac: [0; 16],
+    }
+    .seal(&[9; 32]);
+    assert!(!m.handle_control(now, attacker, &forged));
+    assert!(m.poll_transmit().is_none(), "no answer to forged probes");
+    let forged_pong = Control::ProbePong {
+        txid: [0; 12],
+        from: id(2),
+        observed: attacker,
+        mac: [0; 16],
+    }
+    .seal(&[1; 32]);
+    // Right key but a transaction we never started: ignored too.
+    assert!(!m.handle_control(now, attacker, &forged_pong));
+    assert_eq!(m.selected(), Path::Relay);
+}
+
+#[test]
+fn pong_from_another_address_does_not_validate() {
+    let now = Instant::now();
+    let key = [3; 32];
+    let mut m = PathManager::new(id(1), key);
+    let real: SocketAddr = "192.0.2.5:5".parse().unwrap();
+    m.add_remote_candidates(now, &[real]);
+    m.handle_timeout(now);
+    let t = m.poll_transmit().unwrap();
+    let Control::ProbePing { txid, .. } = Control::decode(&t.payload).unwrap() else {
+        panic!("expected a ping")
+    };
+    let pong = Control::ProbePong {
+        txid,
+        from: id(2),
+        observed: real,
+        mac: [0; 16],
+    }
+    .seal(&key);
+    let spoofed_src: SocketAddr = "192.0.2.99:5".parse().unwrap();
+    assert!(!m.handle_control(now, spoofed_src, &pong));
+    assert_eq!(m.selected(), Path::Relay);
+}
+
+#[test]
+fn hysteresis_keeps_a_path_unless_much_faster() {
+    let now = Instant::now();
+    let key = [4; 32];
+    let mut m = PathManager::new(id(1), key);
+    let slow: SocketAddr = "192.0.2.1:1".parse().unwrap();
+    let similar: SocketAddr = "192.0.2.2:1".parse().unwrap();
+    let fast: SocketAddr = "192.0.2.3:1".parse().unwrap();
+    m.add_remote_candidates(now, &[slow, similar, fast]);
+    m.handle_timeout(now);
+    let mut pings = Vec::new();
+    while let Some(t) = m.poll_transmit() {
+        let Control::ProbePing { txid, .. } = Control::decode(&t.payload).unwrap() else {
+            panic!()
+        };
+        pings.push((t.dst, txid));
+    }
+    let answer = |m: &mut PathManager, addr: SocketAddr, after_ms: u64| {
+        let txid = pings.iter().find(|(a, _)| *a == addr).unwrap().1;
+        let pong = Control::ProbePong {
+            txid,
+            from: id(2),
+            observed: addr,
+            mac: [0; 16],
+        }
+        .seal(&key);
+        assert!(m.handle_control(now + Duration::from_millis(after_ms), addr, &pong));
+    };
+    answer(&mut m, slow, 100);
+    assert_eq!(m.selected(), Path::Direct(slow));
+    answer(&mut m, similar, 80);
+    assert_eq!(
+        m.selected(),
+        Path::Direct(slow),
+        "80 ms is not 30% better than 100 ms"
+    );
+    answer(&mut m, fast, 20);
+    assert_eq!(m.selected(), Path::Direct(fast));
+}
