@@ -1,0 +1,733 @@
+//! The endpoint API: commands in (methods), events out (a channel).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use p2pcall_nat::{Path, PathEvent, PathManager};
+use p2pcall_proto::packet::Control;
+use p2pcall_proto::peer::{Datagram, PeerFrame};
+use p2pcall_proto::relay::{ClientFrame, PeerInfo, RefuseReason, SignalFailure};
+use p2pcall_proto::{PeerId, SafetyNumber};
+use p2pcall_tls::{Identity, framed::FrameReader};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::NetError;
+use crate::relay_client;
+use crate::socket::{ControlPacket, MagicSocket, PeerRoute, canonical};
+
+/// Label of the TLS exporter that yields the probe MAC key of a connection.
+const PROBE_KEY_LABEL: &[u8] = b"p2pcall probe key v1";
+/// How long a dial may take before we give up (relay path, so several RTTs plus the relay).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the accepting side waits for the dialer to open the control stream.
+const CONTROL_STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// QUIC keep-alive for peer connections: well under common NAT UDP timeouts (~30 s).
+const PEER_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Peer connections with no packet for this long are dead.
+const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A `ping` without answer for this long counts as lost.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most local candidates announced.
+const MAX_LOCAL_CANDIDATES: usize = 16;
+/// Application close code for "key does not match".
+const CLOSE_KEY_MISMATCH: u32 = 0x101;
+/// Application close code for protocol violations on the control stream.
+const CLOSE_PROTOCOL: u32 = 0x102;
+/// Application close code for a normal hang-up.
+pub const CLOSE_NORMAL: u32 = 0;
+
+/// How to reach the relay.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The relay's address (UDP and TCP share the port number).
+    pub addr: SocketAddr,
+    /// TCP port of the fallback, if not the same as UDP.
+    pub tcp_addr: Option<SocketAddr>,
+    /// Access token, if the relay needs one.
+    pub token: Option<String>,
+    /// Receive presence (snapshot plus incremental events).
+    pub presence: bool,
+    /// Skip UDP and use the TCP+TLS fallback at once (for networks known to block UDP).
+    pub force_tcp: bool,
+    /// Expected relay key; any key is accepted when `None`.
+    pub relay_key: Option<PeerId>,
+}
+
+/// Endpoint settings.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Our key.
+    pub identity: Identity,
+    /// Display name sent to the relay and to peers.
+    pub name: String,
+    /// UDP bind address; `[::]:0` is dual-stack on any port.
+    pub bind: SocketAddr,
+    /// Relay to register with.
+    pub relay: Option<RelayConfig>,
+}
+
+/// Which transport the relay session uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayTransport {
+    /// QUIC control connection and the UDP data path.
+    Udp,
+    /// TCP+TLS fallback carrying control and data.
+    Tcp,
+}
+
+/// Something that happened, in order.
+#[derive(Debug)]
+pub enum Event {
+    /// Registered with the relay.
+    RelayConnected {
+        /// Our address as the relay sees it.
+        observed: SocketAddr,
+        /// Transport in use.
+        transport: RelayTransport,
+        /// The relay's key.
+        relay: PeerId,
+    },
+    /// The relay session ended; it is retried after `retry_in`.
+    RelayDisconnected {
+        /// Why.
+        reason: String,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// The relay refused us for a reason retrying cannot fix; no more attempts.
+    RelayRefused {
+        /// Cause.
+        reason: RefuseReason,
+        /// Detail.
+        detail: String,
+    },
+    /// Presence change.
+    Presence(PresenceEvent),
+    /// A signaling message from another peer (authenticated by the relay).
+    Signal {
+        /// Sender.
+        from: PeerId,
+        /// Opaque payload.
+        payload: Bytes,
+    },
+    /// A signal we sent could not be delivered.
+    SignalFailed {
+        /// Recipient.
+        to: PeerId,
+        /// Why.
+        reason: SignalFailure,
+    },
+    /// Another peer connected to us.
+    Incoming(PeerConnection),
+    /// A connection's path changed.
+    PathChanged {
+        /// The peer.
+        peer: PeerId,
+        /// New path.
+        path: Path,
+        /// RTT of the new direct path, if measured.
+        rtt: Option<Duration>,
+    },
+    /// A connection ended.
+    ConnectionClosed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Presence changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// The complete list (after registering, or after a resync).
+    Snapshot(Vec<PeerInfo>),
+    /// A peer came online.
+    Joined(PeerInfo),
+    /// A peer went offline.
+    Left(PeerId),
+    /// A peer changed its name.
+    Updated(PeerInfo),
+}
+
+pub(crate) struct Inner {
+    pub identity: Identity,
+    pub name: Mutex<String>,
+    pub socket: Arc<MagicSocket>,
+    pub quinn: quinn::Endpoint,
+    pub events: mpsc::Sender<Event>,
+    pub relay_cmd: mpsc::Sender<ClientFrame>,
+    pub probe_handlers: Mutex<HashMap<PeerId, mpsc::Sender<ControlPacket>>>,
+    pub observed: Mutex<Option<SocketAddr>>,
+    pub presence: Mutex<BTreeMap<PeerId, PeerInfo>>,
+    pub relay_up: tokio::sync::watch::Sender<Option<RelayTransport>>,
+    pub reflections: Mutex<HashMap<[u8; 12], oneshot::Sender<SocketAddr>>>,
+    pub cancel: CancellationToken,
+}
+
+impl Inner {
+    pub(crate) async fn emit(&self, e: Event) {
+        let _ = self.events.send(e).await;
+    }
+}
+
+/// A running endpoint. Cheap to clone; [`Endpoint::close`] stops everything.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.inner.identity.id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn peer_transport() -> quinn::TransportConfig {
+    p2pcall_tls::transport_config(PEER_KEEP_ALIVE, PEER_IDLE_TIMEOUT)
+}
+
+impl Endpoint {
+    /// Binds the socket, starts the relay client (if configured) and the accept loop. The
+    /// caller must keep draining the returned event receiver.
+    pub async fn bind(cfg: EndpointConfig) -> Result<(Self, mpsc::Receiver<Event>), NetError> {
+        let (socket, control_rx) =
+            MagicSocket::bind(cfg.bind).map_err(|source| NetError::Bind {
+                addr: cfg.bind,
+                source,
+            })?;
+        let server = p2pcall_tls::quinn_server_config(
+            &cfg.identity,
+            p2pcall_tls::ALPN_PEER,
+            peer_transport(),
+        )?;
+        let quinn = quinn::Endpoint::new_with_abstract_socket(
+            p2pcall_tls::endpoint_config(),
+            Some(server),
+            socket.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| NetError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
+        let (events, events_rx) = mpsc::channel(1024);
+        let (relay_cmd, relay_cmd_rx) = mpsc::channel(256);
+        let inner = Arc::new(Inner {
+            identity: cfg.identity,
+            name: Mutex::new(cfg.name),
+            socket,
+            quinn,
+            events,
+            relay_cmd,
+            probe_handlers: Mutex::default(),
+            observed: Mutex::new(None),
+            presence: Mutex::default(),
+            relay_up: tokio::sync::watch::Sender::new(None),
+            reflections: Mutex::default(),
+            cancel: CancellationToken::new(),
+        });
+        tokio::spawn(control_dispatch(inner.clone(), control_rx));
+        tokio::spawn(accept_loop(inner.clone()));
+        if let Some(relay) = cfg.relay {
+            tokio::spawn(relay_client::run(inner.clone(), relay, relay_cmd_rx));
+        }
+        Ok((Self { inner }, events_rx))
+    }
+
+    /// Our identity.
+    pub fn id(&self) -> PeerId {
+        self.inner.identity.id()
+    }
+
+    /// The local UDP port.
+    pub fn local_port(&self) -> u16 {
+        self.inner.socket.local_port()
+    }
+
+    /// Our address as the relay last saw it.
+    pub fn observed_addr(&self) -> Option<SocketAddr> {
+        self.inner.observed.lock().ok().and_then(|g| *g)
+    }
+
+    /// Peers online on the relay, as last known.
+    pub fn online_peers(&self) -> Vec<PeerInfo> {
+        self.inner
+            .presence
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the relay session is up (or `timeout` passes).
+    pub async fn wait_relay(&self, timeout: Duration) -> Result<RelayTransport, NetError> {
+        let mut rx = self.inner.relay_up.subscribe();
+        let r = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
+        match r {
+            Ok(Ok(v)) => (*v).ok_or(NetError::NoRelay),
+            Ok(Err(_)) => Err(NetError::Closed),
+            Err(_) => Err(NetError::Timeout("waiting for the relay")),
+        }
+    }
+
+    /// Sends an opaque signal to `to` through the relay.
+    pub async fn signal(&self, to: PeerId, payload: Bytes) -> Result<(), NetError> {
+        self.inner
+            .relay_cmd
+            .send(ClientFrame::Signal { to, payload })
+            .await
+            .map_err(|_| NetError::NoRelay)
+    }
+
+    /// Changes the display name (relay presence and future peer hellos).
+    pub async fn set_name(&self, name: String) -> Result<(), NetError> {
+        if let Ok(mut n) = self.inner.name.lock() {
+            n.clone_from(&name);
+        }
+        self.inner
+            .relay_cmd
+            .send(ClientFrame::SetName { name })
+            .await
+            .map_err(|_| NetError::NoRelay)
+    }
+
+    /// Asks `server` (a relay's reflection port) which address it sees for our socket.
+    pub async fn reflect(&self, server: SocketAddr) -> Result<SocketAddr, NetError> {
+        for _ in 0..3 {
+            let txid: [u8; 12] = rand::random();
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut m) = self.inner.reflections.lock() {
+                if m.len() > 64 {
+                    m.clear();
+                }
+                m.insert(txid, tx);
+            }
+            let mut pkt = Vec::new();
+            Control::ReflectReq { txid }.encode(&mut pkt);
+            self.inner.socket.send_control(server, &pkt);
+            if let Ok(Ok(addr)) = tokio::time::timeout(Duration::from_millis(700), rx).await {
+                return Ok(addr);
+            }
+        }
+        Err(NetError::Timeout("address reflection"))
+    }
+
+    /// Opens an end-to-end encrypted connection to `peer`, starting on the relay path.
+    pub async fn connect(&self, peer: PeerId) -> Result<PeerConnection, NetError> {
+        let inner = &self.inner;
+        let route = inner.socket.route(peer).ok_or(NetError::TooManyPeers)?;
+        let cfg = p2pcall_tls::quinn_client_config(
+            &inner.identity,
+            Some(peer),
+            p2pcall_tls::ALPN_PEER,
+            peer_transport(),
+        )?;
+        let connecting = inner.quinn.connect_with(
+            cfg,
+            inner.socket.family(route.vaddr),
+            p2pcall_tls::PEER_SERVER_NAME,
+        )?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| NetError::Timeout("connecting to the peer"))??;
+        let got = p2pcall_tls::peer_id(&conn);
+        if got != Some(peer) {
+            conn.close(CLOSE_KEY_MISMATCH.into(), b"key mismatch");
+            return Err(NetError::PeerKeyMismatch {
+                expected: peer,
+                got,
+            });
+        }
+        let (send, recv) = conn.open_bi().await?;
+        Ok(start_connection(inner.clone(), conn, route, send, recv))
+    }
+
+    /// Stops the relay client and every connection.
+    pub async fn close(&self) {
+        self.inner.cancel.cancel();
+        self.inner.quinn.close(CLOSE_NORMAL.into(), b"endpoint closed");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.quinn.wait_idle()).await;
+    }
+}
+
+/// Live numbers of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionStats {
+    /// Current path.
+    pub path: Path,
+    /// QUIC's smoothed RTT.
+    pub rtt: Duration,
+    /// Bytes sent via relay / direct; received via relay / direct.
+    pub tx_relay: u64,
+    /// Bytes sent directly.
+    pub tx_direct: u64,
+    /// Bytes received through the relay.
+    pub rx_relay: u64,
+    /// Bytes received directly.
+    pub rx_direct: u64,
+    /// Packets QUIC declared lost.
+    pub lost_packets: u64,
+}
+
+struct ConnShared {
+    me: PeerId,
+    peer: PeerId,
+    conn: quinn::Connection,
+    route: Arc<PeerRoute>,
+    pings: Mutex<HashMap<u32, oneshot::Sender<Instant>>>,
+    remote_name: Mutex<Option<String>>,
+    path_rx: tokio::sync::watch::Receiver<Path>,
+    datagrams: Mutex<Option<mpsc::Receiver<Bytes>>>,
+}
+
+/// An end-to-end encrypted connection to one peer.
+#[derive(Clone)]
+pub struct PeerConnection {
+    shared: Arc<ConnShared>,
+}
+
+impl std::fmt::Debug for PeerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConnection")
+            .field("peer", &self.shared.peer)
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerConnection {
+    /// The authenticated peer.
+    pub fn peer(&self) -> PeerId {
+        self.shared.peer
+    }
+
+    /// The name the peer announced (a hint).
+    pub fn remote_name(&self) -> Option<String> {
+        self.shared.remote_name.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// The safety number of this pair of identities.
+    pub fn safety_number(&self) -> SafetyNumber {
+        SafetyNumber::new(&self.shared.me, &self.shared.peer)
+    }
+
+    /// The path packets take now.
+    pub fn path(&self) -> Path {
+        self.shared.route.path()
+    }
+
+    /// Waits until the path satisfies `f` (or the timeout passes); returns the path.
+    pub async fn wait_path(&self, timeout: Duration, f: impl Fn(&Path) -> bool) -> Option<Path> {
+        let mut rx = self.shared.path_rx.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|p| f(p)))
+            .await
+            .ok()?
+            .ok()
+            .map(|p| *p)
+    }
+
+    /// The underlying QUIC connection: open streams, send datagrams.
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.shared.conn
+    }
+
+    /// Datagrams that are not pings, for the application (taken once).
+    pub fn take_datagrams(&self) -> Option<mpsc::Receiver<Bytes>> {
+        self.shared.datagrams.lock().ok()?.take()
+    }
+
+    /// Sends a ping datagram of `pad` extra bytes and waits for its pong.
+    pub async fn ping(&self, seq: u32, pad: usize) -> Result<Duration, NetError> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.shared.pings.lock() {
+            if m.len() > 1024 {
+                m.clear();
+            }
+            m.insert(seq, tx);
+        }
+        let mut buf = Vec::new();
+        Datagram::Ping {
+            seq,
+            pad: Bytes::from(vec![0u8; pad.min(p2pcall_proto::peer::MAX_PING_PAD)]),
+        }
+        .encode(&mut buf);
+        let sent = Instant::now();
+        self.shared.conn.send_datagram(Bytes::from(buf))?;
+        match tokio::time::timeout(PING_TIMEOUT, rx).await {
+            Ok(Ok(at)) => Ok(at.saturating_duration_since(sent)),
+            _ => {
+                if let Ok(mut m) = self.shared.pings.lock() {
+                    m.remove(&seq);
+                }
+                Err(NetError::Timeout("ping"))
+            }
+        }
+    }
+
+    /// Live statistics.
+    pub fn stats(&self) -> ConnectionStats {
+        let c = &self.shared.route.counters;
+        let q = self.shared.conn.stats();
+        ConnectionStats {
+            path: self.path(),
+            rtt: self.shared.conn.rtt(),
+            tx_relay: c.tx_relay.load(Ordering::Relaxed),
+            tx_direct: c.tx_direct.load(Ordering::Relaxed),
+            rx_relay: c.rx_relay.load(Ordering::Relaxed),
+            rx_direct: c.rx_direct.load(Ordering::Relaxed),
+            lost_packets: q.path.lost_packets,
+        }
+    }
+
+    /// Closes the connection.
+    pub fn close(&self, reason: &str) {
+        self.shared
+            .conn
+            .close(CLOSE_NORMAL.into(), reason.as_bytes());
+    }
+
+    /// Waits until the connection is closed and returns why.
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        self.shared.conn.closed().await
+    }
+}
+
+fn start_connection(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    route: Arc<PeerRoute>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> PeerConnection {
+    let (path_tx, path_rx) = tokio::sync::watch::channel(route.path());
+    let (dg_tx, dg_rx) = mpsc::channel(256);
+    let shared = Arc::new(ConnShared {
+        me: inner.identity.id(),
+        peer: route.id,
+        conn,
+        route,
+        pings: Mutex::default(),
+        remote_name: Mutex::new(None),
+        path_rx,
+        datagrams: Mutex::new(Some(dg_rx)),
+    });
+    let (probe_tx, probe_rx) = mpsc::channel(256);
+    if let Ok(mut h) = inner.probe_handlers.lock() {
+        h.insert(shared.peer, probe_tx);
+    }
+    let pc = PeerConnection {
+        shared: shared.clone(),
+    };
+    tokio::spawn(drive_connection(
+        inner, shared, send, recv, probe_rx, path_tx, dg_tx,
+    ));
+    pc
+}
+
+/// Local addresses a peer may reach us on: interface addresses with our port, and the
+/// address the relay observed.
+fn local_candidates(inner: &Inner) -> Vec<SocketAddr> {
+    let port = inner.socket.local_port();
+    let mut out = Vec::new();
+    if let Ok(ifs) = if_addrs::get_if_addrs() {
+        for i in ifs {
+            let ip = i.ip();
+            let usable = match ip {
+                IpAddr::V4(_) => true,
+                // Link-local IPv6 needs a scope id the other side cannot use.
+                IpAddr::V6(v6) => !v6.is_unicast_link_local() && inner.socket.family(SocketAddr::new(ip, 0)).is_ipv6(),
+            };
+            if usable {
+                out.push(SocketAddr::new(ip, port));
+            }
+        }
+    }
+    if let Some(o) = inner.observed.lock().ok().and_then(|g| *g) {
+        out.push(canonical(o));
+    }
+    out.sort_by_key(|a| (!a.ip().is_loopback(), a.is_ipv6()));
+    out.dedup();
+    out.truncate(MAX_LOCAL_CANDIDATES);
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive_connection(
+    inner: Arc<Inner>,
+    shared: Arc<ConnShared>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    mut probe_rx: mpsc::Receiver<ControlPacket>,
+    path_tx: tokio::sync::watch::Sender<Path>,
+    dg_tx: mpsc::Sender<Bytes>,
+) {
+    let conn = shared.conn.clone();
+    let peer = shared.peer;
+    let mut key = [0u8; 32];
+    if conn
+        .export_keying_material(&mut key, PROBE_KEY_LABEL, b"")
+        .is_err()
+    {
+        conn.close(CLOSE_PROTOCOL.into(), b"no keying material");
+    }
+    let mut pm = PathManager::new(inner.identity.id(), key);
+    let name = inner.name.lock().map(|n| n.clone()).unwrap_or_default();
+    let mut hello = Vec::new();
+    PeerFrame::Hello {
+        name,
+        candidates: local_candidates(&inner),
+    }
+    .encode(&mut hello);
+    if let Err(e) = p2pcall_tls::framed::write_all(&mut send, &hello).await {
+        tracing::debug!(%peer, "could not send hello: {e}");
+    }
+    let mut reader = FrameReader::new(recv, p2pcall_proto::peer::MAX_FRAME);
+    let mut control_open = true;
+    let reason = loop {
+        let timeout = pm
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = inner.cancel.cancelled() => break "endpoint closed".to_string(),
+            e = conn.closed() => break e.to_string(),
+            f = reader.next(), if control_open => match f {
+                Ok(raw) => match PeerFrame::decode(raw) {
+                    Ok(PeerFrame::Hello { name, candidates }) => {
+                        if let Ok(mut n) = shared.remote_name.lock() {
+                            *n = Some(name);
+                        }
+                        pm.add_remote_candidates(Instant::now(), &candidates);
+                    }
+                    Ok(PeerFrame::Candidates { candidates }) => {
+                        pm.add_remote_candidates(Instant::now(), &candidates);
+                    }
+                    Err(e) => {
+                        conn.close(CLOSE_PROTOCOL.into(), format!("bad control frame: {e}").as_bytes());
+                        break format!("peer sent a bad control frame: {e}");
+                    }
+                },
+                Err(p2pcall_tls::framed::FrameReadError::Closed) => control_open = false,
+                Err(e) => {
+                    conn.close(CLOSE_PROTOCOL.into(), format!("control stream: {e}").as_bytes());
+                    break format!("control stream: {e}");
+                }
+            },
+            Some(pkt) = probe_rx.recv() => {
+                if pm.handle_control(pkt.at, pkt.from, &pkt.packet) {
+                    inner.socket.map_direct(pkt.from, &shared.route);
+                }
+            }
+            d = conn.read_datagram() => match d {
+                Ok(d) => handle_datagram(&shared, &dg_tx, d),
+                Err(e) => break e.to_string(),
+            },
+            _ = tokio::time::sleep_until(timeout.into()) => {}
+        }
+        let now = Instant::now();
+        if let Some((addr, at)) = shared.route.take_direct_rx() {
+            pm.note_rx(at, addr);
+        }
+        pm.handle_timeout(now);
+        while let Some(t) = pm.poll_transmit() {
+            inner.socket.send_control(t.dst, &t.payload);
+        }
+        while let Some(PathEvent::Selected { path, rtt }) = pm.poll_event() {
+            shared.route.set_path(path);
+            let _ = path_tx.send(path);
+            tracing::info!(%peer, ?path, ?rtt, "path changed");
+            inner.emit(crate::Event::PathChanged { peer, path, rtt }).await;
+        }
+    };
+    if let Ok(mut h) = inner.probe_handlers.lock() {
+        h.remove(&peer);
+    }
+    inner.emit(crate::Event::ConnectionClosed { peer, reason }).await;
+}
+
+fn handle_datagram(shared: &ConnShared, app: &mpsc::Sender<Bytes>, d: Bytes) {
+    match Datagram::decode(&d) {
+        Ok(Datagram::Ping { seq, pad }) => {
+            let mut buf = Vec::new();
+            Datagram::Pong { seq, pad }.encode(&mut buf);
+            let _ = shared.conn.send_datagram(Bytes::from(buf));
+        }
+        Ok(Datagram::Pong { seq, .. }) => {
+            let now = Instant::now();
+            if let Some(tx) = shared.pings.lock().ok().and_then(|mut m| m.remove(&seq)) {
+                let _ = tx.send(now);
+            }
+        }
+        Err(_) => {
+            // Not ours: the application's (media later). Drop when it does not keep up.
+            let _ = app.try_send(d);
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            i = inner.quinn.accept() => match i { Some(i) => i, None => return },
+        };
+        let Some(route) = inner.socket.route_by_vaddr(incoming.remote_address()) else {
+            // Only peers reached through the relay or a validated direct path may connect.
+            incoming.refuse();
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let conn = match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %route.id, "incoming handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let got = p2pcall_tls::peer_id(&conn);
+            if got != Some(route.id) {
+                tracing::warn!(expected = %route.id, ?got, "peer key does not match the relay-authenticated sender");
+                conn.close(CLOSE_KEY_MISMATCH.into(), b"key does not match the sender");
+                return;
+            }
+            let streams = tokio::time::timeout(CONTROL_STREAM_TIMEOUT, conn.accept_bi()).await;
+            let Ok(Ok((send, recv))) = streams else {
+                conn.close(CLOSE_PROTOCOL.into(), b"no control stream");
+                return;
+            };
+            let pc = start_connection(inner.clone(), conn, route, send, recv);
+            inner.emit(crate::Event::Incoming(pc)).await;
+        });
+    }
+}
+
+async fn control_dispatch(inner: Arc<Inner>, mut rx: mpsc::Receiver<ControlPacket>) {
+    loop {
+        let pkt = tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            p = rx.recv() => match p { Some(p) => p, None => return },
+        };
+        match &pkt.packet {
+            Control::ReflectResp { txid, observed } => {
+                if let Some(tx) = inner.reflections.lock().ok().and_then(|mut m| m.remove(txid)) {
+                    let _ = tx.send(*observed);
+                }
+            }
+            Control::ProbePing { from, .. } | Control::ProbePong { from, .. } => {
+                let h = inner.probe_handlers.lock().ok().and_then(|m| m.get(from).cloned());
+                if let Some(h) = h {
+                    let _ = h.try_send(pkt);
+                }
+            }
+            Control::ReflectReq { .. } => {}
+        }
+    }
+}

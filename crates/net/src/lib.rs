@@ -1,0 +1,30 @@
+//! The peer endpoint: one UDP socket, one quinn endpoint, a relay client, and end-to-end
+//! encrypted peer-to-peer connections that switch between the relay and direct paths without
+//! reconnecting.
+//!
+//! Data flow of a peer-to-peer packet:
+//!
+//! ```text
+//! quinn Connection --(virtual addr 240.x.y.z:7)--> MagicSocket::try_send
+//!     route.path == Relay     -> RelaySend header -> relay UDP port (or TCP+TLS Data frame)
+//!     route.path == Direct(a) -> straight to a
+//! relay/direct packet -> MagicSocket::poll_recv -> source rewritten to the virtual addr -> quinn
+//! ```
+//!
+//! Each connection has a task running its sans-IO [`p2pcall_nat::PathManager`]: it exchanges
+//! candidates over the connection's control stream, sends and answers MAC-authenticated
+//! probes, and sets the route's path.
+#![forbid(unsafe_code)]
+
+mod endpoint;
+mod error;
+mod relay_client;
+pub mod socket;
+
+pub use endpoint::{
+    ConnectionStats, Endpoint, EndpointConfig, Event, PeerConnection, PresenceEvent, RelayConfig,
+    RelayTransport,
+};
+pub use error::NetError;
+pub use p2pcall_nat::Path;
+pub use p2pcall_tls::Identity;

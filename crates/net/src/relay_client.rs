@@ -1,0 +1,355 @@
+//! The relay session: register, keep presence, carry signals, and (on the TCP+TLS fallback)
+//! carry relayed packets. Reconnects with exponential backoff; peer connections on a direct
+//! path are not affected while it is down.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use p2pcall_proto::PeerId;
+use p2pcall_proto::relay::{ClientFrame, MAX_FRAME, PeerInfo, RefuseReason, ServerFrame};
+use p2pcall_tls::framed::{FrameReader, write_all};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::endpoint::{Event, Inner, PresenceEvent, RelayConfig, RelayTransport};
+use crate::socket::RelayRoute;
+
+/// How long to wait for the QUIC handshake with the relay before trying TCP. UDP that is
+/// blocked shows up as silence, so this bounds the extra start-up delay on such networks.
+const UDP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the relay has to answer our `Hello`.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest reconnect delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// Relay pings measure RTT and keep the TCP fallback's NAT mapping alive.
+const RELAY_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// QUIC keep-alive of the relay connection (keeps the UDP mapping the data path uses).
+const RELAY_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// The relay connection is dead after this long without packets.
+const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Packets queued toward the TCP fallback before drops (congestion, as on UDP).
+const TCP_DATA_QUEUE: usize = 1024;
+
+enum SessionEnd {
+    /// Retry after backoff.
+    Retry(String),
+    /// Do not retry.
+    Fatal(RefuseReason, String),
+    /// The endpoint is closing.
+    Shutdown,
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, cfg: RelayConfig, mut cmd_rx: mpsc::Receiver<ClientFrame>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut prefer_tcp = cfg.force_tcp;
+    inner.socket.set_relay_quic_addr(Some(cfg.addr));
+    loop {
+        let started = Instant::now();
+        let end = if prefer_tcp {
+            tcp_session(&inner, &cfg, &mut cmd_rx).await
+        } else {
+            match quic_connect(&inner, &cfg).await {
+                Ok(conn) => quic_session(&inner, &cfg, conn, &mut cmd_rx).await,
+                Err(e) => {
+                    tracing::info!("relay over UDP failed ({e}); trying TCP+TLS");
+                    let end = tcp_session(&inner, &cfg, &mut cmd_rx).await;
+                    if matches!(end, SessionEnd::Retry(_)) {
+                        SessionEnd::Retry(format!("UDP: {e}; {}", describe(&end)))
+                    } else {
+                        prefer_tcp = true;
+                        end
+                    }
+                }
+            }
+        };
+        inner.socket.set_relay_route(RelayRoute::None);
+        inner.relay_up.send_replace(None);
+        match end {
+            SessionEnd::Shutdown => return,
+            SessionEnd::Fatal(reason, detail) => {
+                inner.emit(Event::RelayRefused { reason, detail }).await;
+                return;
+            }
+            SessionEnd::Retry(reason) => {
+                if started.elapsed() >= STABLE_SESSION {
+                    backoff = MIN_BACKOFF;
+                    prefer_tcp = cfg.force_tcp;
+                }
+                // Up to 25% jitter so that many peers do not reconnect in lockstep.
+                let jitter = backoff.mul_f64(rand::random::<f64>() * 0.25);
+                let wait = backoff + jitter;
+                tracing::info!("relay session ended: {reason}; retrying in {wait:?}");
+                inner
+                    .emit(Event::RelayDisconnected {
+                        reason,
+                        retry_in: wait,
+                    })
+                    .await;
+                tokio::select! {
+                    _ = inner.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+fn describe(e: &SessionEnd) -> String {
+    match e {
+        SessionEnd::Retry(r) => format!("TCP: {r}"),
+        SessionEnd::Fatal(r, d) => format!("{r}: {d}"),
+        SessionEnd::Shutdown => "shutdown".into(),
+    }
+}
+
+async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connection, String> {
+    let client = p2pcall_tls::quinn_client_config(
+        &inner.identity,
+        cfg.relay_key,
+        p2pcall_tls::ALPN_RELAY,
+        p2pcall_tls::transport_config(RELAY_KEEP_ALIVE, RELAY_IDLE_TIMEOUT),
+    )
+    .map_err(|e| e.to_string())?;
+    let connecting = inner
+        .quinn
+        .connect_with(client, inner.socket.family(cfg.addr), p2pcall_tls::RELAY_SERVER_NAME)
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(UDP_CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer over UDP".into()),
+    }
+}
+
+async fn quic_session(
+    inner: &Arc<Inner>,
+    cfg: &RelayConfig,
+    conn: quinn::Connection,
+    cmd_rx: &mut mpsc::Receiver<ClientFrame>,
+) -> SessionEnd {
+    let relay = p2pcall_tls::peer_id(&conn);
+    let (send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return SessionEnd::Retry(e.to_string()),
+    };
+    let (_unused_tx, mut no_data) = mpsc::channel(1);
+    let end = session(
+        inner,
+        cfg,
+        relay,
+        RelayTransport::Udp,
+        send,
+        recv,
+        cmd_rx,
+        &mut no_data,
+    )
+    .await;
+    conn.close(0u32.into(), b"bye");
+    end
+}
+
+async fn tcp_session(
+    inner: &Arc<Inner>,
+    cfg: &RelayConfig,
+    cmd_rx: &mut mpsc::Receiver<ClientFrame>,
+) -> SessionEnd {
+    let addr = cfg.tcp_addr.unwrap_or(cfg.addr);
+    let tcp = match tokio::time::timeout(UDP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return SessionEnd::Retry(format!("TCP connect to {addr}: {e}")),
+        Err(_) => return SessionEnd::Retry(format!("TCP connect to {addr} timed out")),
+    };
+    let _ = tcp.set_nodelay(true);
+    let tls = match p2pcall_tls::rustls_client_config(&inner.identity, cfg.relay_key, p2pcall_tls::ALPN_RELAY) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Fatal(RefuseReason::Protocol, e.to_string()),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let Ok(name) = rustls::pki_types::ServerName::try_from(p2pcall_tls::RELAY_SERVER_NAME) else {
+        return SessionEnd::Fatal(RefuseReason::Protocol, "bad server name".into());
+    };
+    let stream = match tokio::time::timeout(WELCOME_TIMEOUT, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return SessionEnd::Retry(format!("TLS handshake with the relay: {e}")),
+        Err(_) => return SessionEnd::Retry("TLS handshake with the relay timed out".into()),
+    };
+    let relay = p2pcall_tls::peer_id_of_tls(stream.get_ref().1.peer_certificates());
+    let (r, w) = tokio::io::split(stream);
+    let (data_tx, mut data_rx) = mpsc::channel(TCP_DATA_QUEUE);
+    inner.socket.set_relay_route(RelayRoute::Tcp { tx: data_tx });
+    session(inner, cfg, relay, RelayTransport::Tcp, w, r, cmd_rx, &mut data_rx).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session<W, R>(
+    inner: &Arc<Inner>,
+    cfg: &RelayConfig,
+    relay: Option<PeerId>,
+    transport: RelayTransport,
+    mut send: W,
+    recv: R,
+    cmd_rx: &mut mpsc::Receiver<ClientFrame>,
+    data_rx: &mut mpsc::Receiver<(PeerId, Vec<u8>)>,
+) -> SessionEnd
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let Some(relay) = relay else {
+        return SessionEnd::Retry("the relay presented no key".into());
+    };
+    let name = inner.name.lock().map(|n| n.clone()).unwrap_or_default();
+    let mut out = Vec::new();
+    ClientFrame::Hello {
+        name,
+        token: cfg.token.clone(),
+        presence: cfg.presence,
+    }
+    .encode(&mut out);
+    if let Err(e) = write_all(&mut send, &out).await {
+        return SessionEnd::Retry(format!("sending hello: {e}"));
+    }
+    let mut reader = FrameReader::new(recv, MAX_FRAME);
+    let first = match tokio::time::timeout(WELCOME_TIMEOUT, reader.next()).await {
+        Err(_) => return SessionEnd::Retry("the relay did not answer our hello".into()),
+        Ok(Err(e)) => return SessionEnd::Retry(format!("reading welcome: {e}")),
+        Ok(Ok(raw)) => ServerFrame::decode(raw),
+    };
+    let (tag, observed) = match first {
+        Ok(ServerFrame::Welcome {
+            session_tag,
+            observed,
+            ..
+        }) => (session_tag, observed),
+        Ok(ServerFrame::Refused { reason, detail }) => return refused(reason, detail),
+        Ok(other) => return SessionEnd::Retry(format!("expected welcome, got {other:?}")),
+        Err(e) => return SessionEnd::Retry(format!("bad welcome: {e}")),
+    };
+    if transport == RelayTransport::Udp {
+        inner.socket.set_relay_route(RelayRoute::Udp {
+            addr: cfg.addr,
+            tag,
+        });
+    }
+    if let Ok(mut o) = inner.observed.lock() {
+        *o = Some(observed);
+    }
+    if let Ok(mut p) = inner.presence.lock() {
+        p.clear();
+    }
+    inner.relay_up.send_replace(Some(transport));
+    inner
+        .emit(Event::RelayConnected {
+            observed,
+            transport,
+            relay,
+        })
+        .await;
+    let mut snapshot: Vec<PeerInfo> = Vec::new();
+    let mut ping = tokio::time::interval(RELAY_PING_INTERVAL);
+    let mut nonce = 0u64;
+    loop {
+        out.clear();
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return SessionEnd::Shutdown,
+            f = reader.next() => {
+                let raw = match f {
+                    Ok(raw) => raw,
+                    Err(e) => return SessionEnd::Retry(format!("relay connection: {e}")),
+                };
+                match ServerFrame::decode(raw) {
+                    Ok(frame) => {
+                        if let Some(end) = handle_frame(inner, frame, &mut snapshot).await {
+                            return end;
+                        }
+                    }
+                    Err(e) => return SessionEnd::Retry(format!("relay sent a bad frame: {e}")),
+                }
+            }
+            c = cmd_rx.recv() => match c {
+                Some(c) => c.encode(&mut out),
+                None => return SessionEnd::Shutdown,
+            },
+            Some((to, packet)) = data_rx.recv() => {
+                ClientFrame::Data { to, packet: packet.into() }.encode(&mut out);
+                // Batch whatever else is ready into the same write.
+                while out.len() < 64 * 1024 {
+                    let Ok((to, packet)) = data_rx.try_recv() else { break };
+                    ClientFrame::Data { to, packet: packet.into() }.encode(&mut out);
+                }
+            }
+            _ = ping.tick() => {
+                nonce += 1;
+                ClientFrame::Ping { nonce }.encode(&mut out);
+            }
+        }
+        if !out.is_empty()
+            && let Err(e) = write_all(&mut send, &out).await
+        {
+            return SessionEnd::Retry(format!("writing to the relay: {e}"));
+        }
+    }
+}
+
+fn refused(reason: RefuseReason, detail: String) -> SessionEnd {
+    match reason {
+        RefuseReason::BadToken => SessionEnd::Fatal(reason, detail),
+        _ => SessionEnd::Retry(format!("{reason}: {detail}")),
+    }
+}
+
+async fn handle_frame(inner: &Arc<Inner>, frame: ServerFrame, snapshot: &mut Vec<PeerInfo>) -> Option<SessionEnd> {
+    let me = inner.identity.id();
+    match frame {
+        ServerFrame::Snapshot { peers, last } => {
+            snapshot.extend(peers.into_iter().filter(|p| p.id != me));
+            if last {
+                let list = std::mem::take(snapshot);
+                if let Ok(mut p) = inner.presence.lock() {
+                    p.clear();
+                    p.extend(list.iter().map(|i| (i.id, i.clone())));
+                }
+                inner.emit(Event::Presence(PresenceEvent::Snapshot(list))).await;
+            }
+        }
+        ServerFrame::Joined(info) | ServerFrame::Updated(info) if info.id == me => {}
+        ServerFrame::Joined(info) => {
+            if let Ok(mut p) = inner.presence.lock() {
+                p.insert(info.id, info.clone());
+            }
+            inner.emit(Event::Presence(PresenceEvent::Joined(info))).await;
+        }
+        ServerFrame::Updated(info) => {
+            if let Ok(mut p) = inner.presence.lock() {
+                p.insert(info.id, info.clone());
+            }
+            inner.emit(Event::Presence(PresenceEvent::Updated(info))).await;
+        }
+        ServerFrame::Left(id) => {
+            if let Ok(mut p) = inner.presence.lock() {
+                p.remove(&id);
+            }
+            inner.emit(Event::Presence(PresenceEvent::Left(id))).await;
+        }
+        ServerFrame::Signal { from, payload } => {
+            inner.emit(Event::Signal { from, payload }).await;
+        }
+        ServerFrame::SignalFailed { to, reason } => {
+            inner.emit(Event::SignalFailed { to, reason }).await;
+        }
+        ServerFrame::Pong { .. } => {}
+        ServerFrame::Data { from, packet } => {
+            let _ = inner.socket.tcp_inbound().try_send((from, packet.to_vec()));
+        }
+        ServerFrame::Refused { reason, detail } => return Some(refused(reason, detail)),
+        ServerFrame::Welcome { .. } => {
+            return Some(SessionEnd::Retry("the relay sent a second welcome".into()));
+        }
+    }
+    None
+}

@@ -1,0 +1,591 @@
+//! The path-switching ("magic") UDP socket under quinn.
+//!
+//! One UDP socket per peer process carries three kinds of traffic:
+//! * the QUIC connection to the relay (real address, passed through unchanged);
+//! * peer-to-peer QUIC connections, which quinn addresses to a stable *virtual* address per
+//!   peer (`240.0.0.0/4`, reserved and never routed). Each packet goes out on that peer's
+//!   currently selected path: wrapped in a `RelaySend` header to the relay, or straight to a
+//!   direct address. Incoming packets on either path are mapped back to the virtual address,
+//!   so quinn never sees the path change and the connection survives every switch;
+//! * p2pcall's own non-QUIC packets (probes, reflection answers), handed to the endpoint.
+//!
+//! Routing decisions come from the sans-IO [`p2pcall_nat::PathManager`] of each connection;
+//! this module only applies them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use p2pcall_nat::Path;
+use p2pcall_proto::PeerId;
+use p2pcall_proto::packet::{self, Control, RelayRecv, RelaySend};
+use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+
+/// Most peers (virtual addresses) one endpoint tracks; packets from further unknown senders
+/// are dropped.
+pub const MAX_ROUTES: usize = 4096;
+/// Direct addresses remembered per peer.
+const MAX_DIRECT_PER_PEER: usize = 16;
+/// GSO batches are capped so that, with a relay header on every segment, they stay below the
+/// 64 KiB UDP limit.
+const MAX_SEGMENTS: usize = 32;
+/// Port of every virtual address (any fixed value works; quinn only needs stability).
+const VIRTUAL_PORT: u16 = 7;
+
+/// Where relayed packets go.
+#[derive(Debug, Clone)]
+pub(crate) enum RelayRoute {
+    /// Not connected to a relay: relayed packets are dropped (as if lost).
+    None,
+    /// UDP data path: `RelaySend` packets to `addr`, bound to the session by `tag`.
+    Udp { addr: SocketAddr, tag: [u8; 16] },
+    /// TCP+TLS fallback: packets go to the relay client's writer task.
+    Tcp { tx: mpsc::Sender<(PeerId, Vec<u8>)> },
+}
+
+/// Per-peer routing state shared between the socket and the connection's path task.
+#[derive(Debug)]
+pub struct PeerRoute {
+    /// The peer.
+    pub id: PeerId,
+    /// The stable address quinn uses for this peer.
+    pub vaddr: SocketAddr,
+    path: Mutex<Path>,
+    last_direct_rx: Mutex<Option<(SocketAddr, Instant)>>,
+    /// Bytes sent via the relay / direct, and received via the relay / direct.
+    pub counters: PathCounters,
+}
+
+/// Traffic counters per path.
+#[derive(Debug, Default)]
+pub struct PathCounters {
+    /// Bytes sent through the relay.
+    pub tx_relay: AtomicU64,
+    /// Bytes sent directly.
+    pub tx_direct: AtomicU64,
+    /// Bytes received through the relay.
+    pub rx_relay: AtomicU64,
+    /// Bytes received directly.
+    pub rx_direct: AtomicU64,
+}
+
+impl PeerRoute {
+    /// The path packets take now.
+    pub fn path(&self) -> Path {
+        self.path.lock().map_or(Path::Relay, |p| *p)
+    }
+
+    pub(crate) fn set_path(&self, p: Path) {
+        if let Ok(mut g) = self.path.lock() {
+            *g = p;
+        }
+    }
+
+    /// Takes the time and source of the last direct QUIC packet, if any since the last call.
+    pub(crate) fn take_direct_rx(&self) -> Option<(SocketAddr, Instant)> {
+        self.last_direct_rx.lock().ok()?.take()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    by_vaddr: HashMap<SocketAddr, Arc<PeerRoute>>,
+    by_peer: HashMap<PeerId, Arc<PeerRoute>>,
+    by_direct: HashMap<SocketAddr, Arc<PeerRoute>>,
+    next_index: u32,
+}
+
+/// A non-QUIC packet received on the socket, for the endpoint's control task.
+#[derive(Debug)]
+pub(crate) struct ControlPacket {
+    pub from: SocketAddr,
+    pub at: Instant,
+    pub packet: Control,
+}
+
+/// The socket quinn runs on.
+pub struct MagicSocket {
+    io: tokio::net::UdpSocket,
+    state: UdpSocketState,
+    v6: bool,
+    routes: RwLock<Routes>,
+    relay: RwLock<RelayRoute>,
+    relay_quic_addr: RwLock<Option<SocketAddr>>,
+    control_tx: mpsc::Sender<ControlPacket>,
+    tcp_inbound: Mutex<mpsc::Receiver<(PeerId, Vec<u8>)>>,
+    tcp_inbound_tx: mpsc::Sender<(PeerId, Vec<u8>)>,
+    /// Packets dropped because their source or destination was unknown.
+    pub dropped: AtomicU64,
+}
+
+impl fmt::Debug for MagicSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MagicSocket")
+            .field("local", &self.io.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps an IPv4-mapped IPv6 address to plain IPv4, so lookups see one form.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
+}
+
+fn is_virtual(a: &SocketAddr) -> bool {
+    matches!(a, SocketAddr::V4(v4) if v4.ip().octets()[0] >= 240 && v4.port() == VIRTUAL_PORT)
+}
+
+impl MagicSocket {
+    /// Binds `addr` (use `[::]:port` for dual stack). Returns the socket and the receiver of
+    /// non-QUIC control packets.
+    pub(crate) fn bind(addr: SocketAddr) -> io::Result<(Arc<Self>, mpsc::Receiver<ControlPacket>)> {
+        let std = bind_std(addr)?;
+        let state = UdpSocketState::new((&std).into())?;
+        let v6 = std.local_addr()?.is_ipv6();
+        let io = tokio::net::UdpSocket::from_std(std)?;
+        let (control_tx, control_rx) = mpsc::channel(1024);
+        let (tcp_inbound_tx, tcp_inbound) = mpsc::channel(1024);
+        Ok((
+            Arc::new(Self {
+                io,
+                state,
+                v6,
+                routes: RwLock::default(),
+                relay: RwLock::new(RelayRoute::None),
+                relay_quic_addr: RwLock::new(None),
+                control_tx,
+                tcp_inbound: Mutex::new(tcp_inbound),
+                tcp_inbound_tx,
+                dropped: AtomicU64::new(0),
+            }),
+            control_rx,
+        ))
+    }
+
+    /// Address in the socket's own family (quinn compares addresses exactly).
+    pub(crate) fn family(&self, a: SocketAddr) -> SocketAddr {
+        match (self.v6, a) {
+            (true, SocketAddr::V4(v4)) => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            _ => a,
+        }
+    }
+
+    /// The local port.
+    pub fn local_port(&self) -> u16 {
+        self.io.local_addr().map_or(0, |a| a.port())
+    }
+
+    pub(crate) fn set_relay_quic_addr(&self, a: Option<SocketAddr>) {
+        if let Ok(mut g) = self.relay_quic_addr.write() {
+            *g = a.map(canonical);
+        }
+    }
+
+    pub(crate) fn set_relay_route(&self, r: RelayRoute) {
+        if let Ok(mut g) = self.relay.write() {
+            *g = r;
+        }
+    }
+
+    /// Whether relayed packets currently have somewhere to go.
+    pub fn relay_up(&self) -> bool {
+        self.relay
+            .read()
+            .is_ok_and(|r| !matches!(*r, RelayRoute::None))
+    }
+
+    pub(crate) fn tcp_inbound(&self) -> mpsc::Sender<(PeerId, Vec<u8>)> {
+        self.tcp_inbound_tx.clone()
+    }
+
+    /// The route of `id`, created on first use. `None` when the table is full.
+    pub fn route(&self, id: PeerId) -> Option<Arc<PeerRoute>> {
+        if let Some(r) = self.routes.read().ok()?.by_peer.get(&id) {
+            return Some(r.clone());
+        }
+        let mut routes = self.routes.write().ok()?;
+        if let Some(r) = routes.by_peer.get(&id) {
+            return Some(r.clone());
+        }
+        if routes.by_peer.len() >= MAX_ROUTES {
+            return None;
+        }
+        routes.next_index += 1;
+        let n = routes.next_index;
+        let ip = Ipv4Addr::new(240 | ((n >> 24) as u8 & 0x0f), (n >> 16) as u8, (n >> 8) as u8, n as u8);
+        let r = Arc::new(PeerRoute {
+            id,
+            vaddr: SocketAddr::new(IpAddr::V4(ip), VIRTUAL_PORT),
+            path: Mutex::new(Path::Relay),
+            last_direct_rx: Mutex::new(None),
+            counters: PathCounters::default(),
+        });
+        routes.by_vaddr.insert(r.vaddr, r.clone());
+        routes.by_peer.insert(id, r.clone());
+        Some(r)
+    }
+
+    /// The route behind a virtual address quinn reports.
+    pub fn route_by_vaddr(&self, a: SocketAddr) -> Option<Arc<PeerRoute>> {
+        self.routes.read().ok()?.by_vaddr.get(&canonical(a)).cloned()
+    }
+
+    /// Lets QUIC packets from `addr` be attributed to `route` (after an authenticated probe).
+    pub(crate) fn map_direct(&self, addr: SocketAddr, route: &Arc<PeerRoute>) {
+        let addr = canonical(addr);
+        let Ok(mut routes) = self.routes.write() else {
+            return;
+        };
+        let mine = routes
+            .by_direct
+            .values()
+            .filter(|r| Arc::ptr_eq(r, route))
+            .count();
+        if mine < MAX_DIRECT_PER_PEER || routes.by_direct.contains_key(&addr) {
+            routes.by_direct.insert(addr, route.clone());
+        }
+    }
+
+    /// Sends one of our own (non-QUIC) packets; errors are logged, as for lost packets.
+    pub(crate) fn send_control(&self, dst: SocketAddr, payload: &[u8]) {
+        if let Err(e) = self.io.try_send_to(payload, self.family(dst)) {
+            tracing::debug!(%dst, "control packet not sent: {e}");
+        }
+    }
+
+    fn send_raw(&self, t: &Transmit<'_>) -> io::Result<()> {
+        let r = self
+            .io
+            .try_io(Interest::WRITABLE, || self.state.send((&self.io).into(), t));
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            Err(e) => {
+                // Unreachable networks and the like: the packet is lost, QUIC recovers.
+                tracing::trace!(dst = %t.destination, "send failed: {e}");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    fn send_relayed(&self, route: &PeerRoute, t: &Transmit<'_>) -> io::Result<()> {
+        let relay = self.relay.read().map(|r| r.clone()).unwrap_or(RelayRoute::None);
+        let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        match relay {
+            RelayRoute::None => Ok(()),
+            RelayRoute::Udp { addr, tag } => {
+                let n = t.contents.len().div_ceil(seg);
+                let mut buf = Vec::with_capacity(t.contents.len() + n * packet::RELAY_SEND_HEADER);
+                for chunk in t.contents.chunks(seg) {
+                    RelaySend::write_header(&mut buf, &tag, &route.id);
+                    buf.extend_from_slice(chunk);
+                }
+                route
+                    .counters
+                    .tx_relay
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                self.send_raw(&Transmit {
+                    destination: self.family(addr),
+                    ecn: t.ecn,
+                    contents: &buf,
+                    segment_size: (n > 1).then_some(seg + packet::RELAY_SEND_HEADER),
+                    src_ip: None,
+                })
+            }
+            RelayRoute::Tcp { tx } => {
+                for chunk in t.contents.chunks(seg) {
+                    route
+                        .counters
+                        .tx_relay
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    // A full queue is congestion: drop, QUIC's congestion control reacts.
+                    let _ = tx.try_send((route.id, chunk.to_vec()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Rewrites received datagrams in place: keeps those for quinn (with their source mapped
+    /// to virtual addresses), hands control packets to the endpoint, drops the rest. Returns
+    /// how many entries remain, compacted at the front.
+    fn process(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
+        let now = Instant::now();
+        let relay_addr = self.relay_quic_addr.read().ok().and_then(|g| *g);
+        let mut kept = 0;
+        for i in 0..n {
+            let src = canonical(meta[i].addr);
+            let len = meta[i].len;
+            let buf = &mut bufs[i][..len];
+            let Some(&first) = buf.first() else { continue };
+            let keep = if packet::is_quic(first) {
+                if Some(src) == relay_addr {
+                    true
+                } else {
+                    let route = self.routes.read().ok().and_then(|r| r.by_direct.get(&src).cloned());
+                    match route {
+                        Some(r) => {
+                            if let Ok(mut g) = r.last_direct_rx.lock() {
+                                *g = Some((src, now));
+                            }
+                            r.counters.rx_direct.fetch_add(len as u64, Ordering::Relaxed);
+                            meta[i].addr = self.family(r.vaddr);
+                            true
+                        }
+                        None => false,
+                    }
+                }
+            } else if first == packet::RELAY_RECV && Some(src) == relay_addr {
+                self.unwrap_relayed(buf, &mut meta[i])
+            } else {
+                if let Ok(pkt) = Control::decode(buf) {
+                    let _ = self.control_tx.try_send(ControlPacket {
+                        from: src,
+                        at: now,
+                        packet: pkt,
+                    });
+                }
+                false
+            };
+            if keep {
+                if kept != i {
+                    let (head, tail) = bufs.split_at_mut(i);
+                    let l = meta[i].len;
+                    head[kept][..l].copy_from_slice(&tail[0][..l]);
+                    meta[kept] = meta[i];
+                }
+                kept += 1;
+            } else {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        kept
+    }
+
+    /// Strips the relay header from every segment of a (possibly GRO-coalesced) buffer and
+    /// maps the source to the sender's virtual address. Segments from a sender other than the
+    /// first one's are dropped (rare; QUIC recovers them).
+    fn unwrap_relayed(&self, buf: &mut [u8], meta: &mut RecvMeta) -> bool {
+        let stride = meta.stride.max(1);
+        let Ok(first) = RelayRecv::decode(&buf[..stride.min(buf.len())]) else {
+            return false;
+        };
+        let from = first.from;
+        let Some(route) = self.route(from) else {
+            return false;
+        };
+        let mut out = 0;
+        let mut off = 0;
+        let mut new_stride = 0;
+        while off < buf.len() {
+            let end = (off + stride).min(buf.len());
+            let seg_ok = buf[off] == packet::RELAY_RECV
+                && end - off > packet::RELAY_RECV_HEADER
+                && buf[off + 1..off + packet::RELAY_RECV_HEADER] == from.as_bytes()[..];
+            if seg_ok {
+                let payload = off + packet::RELAY_RECV_HEADER..end;
+                let plen = payload.len();
+                if new_stride == 0 {
+                    new_stride = plen;
+                }
+                buf.copy_within(payload, out);
+                out += plen;
+            }
+            off = end;
+        }
+        if out == 0 {
+            return false;
+        }
+        route.counters.rx_relay.fetch_add(out as u64, Ordering::Relaxed);
+        meta.len = out;
+        meta.stride = new_stride;
+        meta.addr = self.family(route.vaddr);
+        true
+    }
+
+    fn poll_tcp_inbound(&self, cx: &mut Context<'_>, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Option<usize> {
+        let mut rx = self.tcp_inbound.lock().ok()?;
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Poll::Ready(Some((from, pkt))) = rx.poll_recv(cx) else {
+                break;
+            };
+            let Some(route) = self.route(from) else { continue };
+            if pkt.is_empty() || pkt.len() > bufs[n].len() {
+                continue;
+            }
+            bufs[n][..pkt.len()].copy_from_slice(&pkt);
+            route.counters.rx_relay.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+            meta[n] = RecvMeta {
+                addr: self.family(route.vaddr),
+                len: pkt.len(),
+                stride: pkt.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            n += 1;
+        }
+        (n > 0).then_some(n)
+    }
+}
+
+impl quinn::AsyncUdpSocket for MagicSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        Box::pin(Poller { socket: self, fut: None })
+    }
+
+    fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
+        let dst = canonical(t.destination);
+        if !is_virtual(&dst) {
+            return self.send_raw(t);
+        }
+        let Some(route) = self.route_by_vaddr(dst) else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        match route.path() {
+            Path::Direct(addr) => {
+                route
+                    .counters
+                    .tx_direct
+                    .fetch_add(t.contents.len() as u64, Ordering::Relaxed);
+                self.send_raw(&Transmit {
+                    destination: self.family(addr),
+                    ..*t
+                })
+            }
+            Path::Relay => self.send_relayed(&route, t),
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(n) = self.poll_tcp_inbound(cx, bufs, meta) {
+            return Poll::Ready(Ok(n));
+        }
+        loop {
+            ready!(self.io.poll_recv_ready(cx))?;
+            let res = self
+                .io
+                .try_io(Interest::READABLE, || self.state.recv((&self.io).into(), bufs, meta));
+            match res {
+                Ok(n) => {
+                    let kept = self.process(bufs, meta, n);
+                    if kept > 0 {
+                        return Poll::Ready(Ok(kept));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // ICMP errors surface here (port unreachable on a dead direct path);
+                    // they must not stop the endpoint.
+                    tracing::trace!("recv error: {e}");
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.state.max_gso_segments().min(MAX_SEGMENTS)
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.state.may_fragment()
+    }
+}
+
+type WritableFut = Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + Sync>>;
+
+struct Poller {
+    socket: Arc<MagicSocket>,
+    fut: Option<WritableFut>,
+}
+
+impl fmt::Debug for Poller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Poller")
+    }
+}
+
+impl quinn::UdpPoller for Poller {
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.fut.is_none() {
+            let s = self.socket.clone();
+            self.fut = Some(Box::pin(async move { s.io.writable().await }));
+        }
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let r = ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(r)
+    }
+}
+
+/// Binds a UDP socket with large buffers; `[::]` is made dual-stack, falling back to IPv4
+/// when IPv6 is unavailable.
+pub(crate) fn bind_std(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let try_bind = |addr: SocketAddr| -> io::Result<std::net::UdpSocket> {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(false)?;
+        }
+        // Loss at default buffer sizes was measured on loopback (shared/notes/crates.md).
+        let _ = s.set_recv_buffer_size(4 << 20);
+        let _ = s.set_send_buffer_size(4 << 20);
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        Ok(s.into())
+    };
+    match try_bind(addr) {
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+            tracing::debug!("dual-stack bind failed ({e}); using IPv4 only");
+            try_bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port()))
+        }
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_addresses_are_recognised_in_both_families() {
+        let v: SocketAddr = "240.0.0.1:7".parse().unwrap();
+        assert!(is_virtual(&v));
+        let mapped: SocketAddr = "[::ffff:240.0.0.1]:7".parse().unwrap();
+        assert_eq!(canonical(mapped), v);
+        assert!(!is_virtual(&"10.0.0.1:7".parse().unwrap()));
+        assert!(!is_virtual(&"240.0.0.1:8".parse().unwrap()));
+    }
+}

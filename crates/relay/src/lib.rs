@@ -1,0 +1,443 @@
+//! The p2pcall relay: presence, signaling, address reflection and an opaque packet relay.
+//!
+//! It authenticates every peer by its key (TLS 1.3 raw public keys) and forwards only
+//! end-to-end encrypted QUIC packets between them: it holds no key that could decrypt them.
+//!
+//! ```text
+//! UDP :7700   QUIC control connections (ALPN p2pcall-relay/1)  -> session tasks
+//!             RelaySend packets  -> rewritten to RelayRecv -> recipient (in the receive path)
+//!             ReflectReq         -> ReflectResp (observed address)
+//! UDP :7701   ReflectReq only (second port: tells endpoint-dependent NAT mappings apart)
+//! TCP :7700   TLS 1.3, same control protocol plus Data frames (fallback when UDP is blocked)
+//! HTTP        /metrics (Prometheus text), /healthz
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod limits;
+pub mod metrics;
+mod session;
+mod socket;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use p2pcall_proto::PeerId;
+use p2pcall_proto::packet::Control;
+use p2pcall_proto::relay::{RefuseReason, ServerFrame};
+use p2pcall_tls::Identity;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use limits::TokenBucket;
+pub use metrics::Metrics;
+use session::Sessions;
+use socket::RelaySocket;
+
+/// Relay settings. [`RelayConfig::new`] gives production defaults.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// UDP address: QUIC control plane, data path and first reflection port.
+    pub listen: SocketAddr,
+    /// TCP+TLS fallback address (`None`: disabled).
+    pub tcp_listen: Option<SocketAddr>,
+    /// Second UDP reflection address (`None`: disabled).
+    pub reflect_listen: Option<SocketAddr>,
+    /// Prometheus metrics address (`None`: disabled).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Shared access token required in `Hello`.
+    pub token: Option<String>,
+    /// Most sessions at once.
+    pub max_peers: usize,
+    /// Relayed packets per second per peer.
+    pub packet_rate: f64,
+    /// Relayed bytes per second per peer.
+    pub byte_rate: f64,
+    /// Control frames (signals, renames, pings) per second per peer.
+    pub control_rate: f64,
+    /// Time allowed from connection to `Hello`.
+    pub handshake_timeout: Duration,
+    /// A session with no control frame for this long is closed (clients ping every 10 s).
+    pub idle_timeout: Duration,
+    /// QUIC handshakes in progress at once (bounds half-open connections).
+    pub max_incoming: usize,
+}
+
+impl RelayConfig {
+    /// Defaults for a relay on `listen`: TCP fallback on the same port number, second
+    /// reflection port one above, no metrics.
+    pub fn new(listen: SocketAddr) -> Self {
+        let mut reflect = listen;
+        reflect.set_port(if listen.port() == 0 { 0 } else { listen.port().wrapping_add(1) });
+        Self {
+            listen,
+            tcp_listen: Some(listen),
+            reflect_listen: Some(reflect),
+            metrics_listen: None,
+            token: None,
+            max_peers: 50_000,
+            // ~100 Mbit/s of 1200-byte packets per peer, more than one HD call needs.
+            packet_rate: 10_000.0,
+            byte_rate: 12.5e6,
+            control_rate: 50.0,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(40),
+            max_incoming: 4096,
+        }
+    }
+}
+
+/// Errors starting the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A listening socket could not be opened.
+    #[error("could not listen on {what} {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] p2pcall_tls::TlsError),
+}
+
+pub(crate) struct Shared {
+    cfg: RelayConfig,
+    metrics: Arc<Metrics>,
+    sessions: Arc<RwLock<Sessions>>,
+    socket: Arc<RelaySocket>,
+    cancel: CancellationToken,
+    reflect_ports: Vec<u16>,
+}
+
+impl Shared {
+    /// Forwards a packet that arrived in a TCP `Data` frame.
+    fn forward_from_tcp(&self, from: PeerId, to: PeerId, packet: &[u8]) {
+        use metrics::DropReason;
+        use std::sync::atomic::Ordering;
+        let dst = self.sessions.read().ok().and_then(|s| s.by_id(&to).cloned());
+        let Some(dst) = dst else {
+            self.metrics.dropped(DropReason::UnknownDestination);
+            return;
+        };
+        let ok = match dst.udp_addr() {
+            Some(addr) => self.socket.send_relayed(addr, &from, packet),
+            None => dst.try_queue(ServerFrame::Data {
+                from,
+                packet: bytes::Bytes::copy_from_slice(packet),
+            }),
+        };
+        if ok {
+            self.metrics.packets_relayed.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .bytes_relayed
+                .fetch_add(packet.len() as u64, Ordering::Relaxed);
+        } else {
+            self.metrics.dropped(DropReason::QueueFull);
+        }
+    }
+}
+
+/// A running relay.
+pub struct Relay {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    tasks: JoinSet<()>,
+    /// Bound UDP address.
+    pub udp_addr: SocketAddr,
+    /// Bound TCP fallback address.
+    pub tcp_addr: Option<SocketAddr>,
+    /// Bound second reflection address.
+    pub reflect_addr: Option<SocketAddr>,
+    /// Bound metrics address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The relay's own key.
+    pub id: PeerId,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("udp_addr", &self.udp_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bind_udp(addr: SocketAddr, what: &'static str) -> Result<std::net::UdpSocket, RelayError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| RelayError::Bind { what, addr, source };
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false).map_err(err)?;
+    }
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_send_buffer_size(8 << 20);
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    Ok(s.into())
+}
+
+impl Relay {
+    /// Binds every listener and starts serving.
+    pub async fn start(identity: &Identity, cfg: RelayConfig) -> Result<Self, RelayError> {
+        let metrics = Arc::new(Metrics::default());
+        let sessions = Arc::new(RwLock::new(Sessions::default()));
+        let std_udp = bind_udp(cfg.listen, "UDP")?;
+        let udp_addr = std_udp.local_addr().map_err(|source| RelayError::Bind {
+            what: "UDP",
+            addr: cfg.listen,
+            source,
+        })?;
+        let socket = Arc::new(
+            RelaySocket::new(std_udp, sessions.clone(), metrics.clone()).map_err(|source| {
+                RelayError::Bind {
+                    what: "UDP",
+                    addr: cfg.listen,
+                    source,
+                }
+            })?,
+        );
+        let mut server = p2pcall_tls::quinn_server_config(
+            identity,
+            p2pcall_tls::ALPN_RELAY,
+            p2pcall_tls::transport_config(Duration::from_secs(15), cfg.idle_timeout),
+        )?;
+        server.max_incoming(cfg.max_incoming);
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            p2pcall_tls::endpoint_config(),
+            Some(server),
+            socket.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| RelayError::Bind {
+            what: "UDP",
+            addr: cfg.listen,
+            source,
+        })?;
+
+        // TCP fallback on the UDP port number unless configured otherwise.
+        let tcp = match cfg.tcp_listen {
+            Some(mut a) => {
+                if a.port() == 0 && a.ip() == cfg.listen.ip() {
+                    a.set_port(udp_addr.port());
+                }
+                Some(
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .map_err(|source| RelayError::Bind {
+                            what: "TCP",
+                            addr: a,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let reflect = match cfg.reflect_listen {
+            Some(a) => Some(
+                tokio::net::UdpSocket::from_std(bind_udp(a, "reflection UDP")?).map_err(
+                    |source| RelayError::Bind {
+                        what: "reflection UDP",
+                        addr: a,
+                        source,
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        let metrics_listener = match cfg.metrics_listen {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|source| {
+                RelayError::Bind {
+                    what: "metrics TCP",
+                    addr: a,
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let reflect_addr = reflect.as_ref().and_then(|s| s.local_addr().ok());
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let mut reflect_ports = vec![udp_addr.port()];
+        reflect_ports.extend(reflect_addr.map(|a| a.port()));
+
+        let shared = Arc::new(Shared {
+            cfg,
+            metrics: metrics.clone(),
+            sessions,
+            socket,
+            cancel: CancellationToken::new(),
+            reflect_ports,
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_quic(shared.clone(), endpoint.clone()));
+        if let Some(l) = tcp {
+            let tls = p2pcall_tls::rustls_server_config(identity, p2pcall_tls::ALPN_RELAY)?;
+            tasks.spawn(accept_tcp(shared.clone(), l, Arc::new(tls)));
+        }
+        if let Some(s) = reflect {
+            tasks.spawn(serve_reflect(shared.clone(), s));
+        }
+        if let Some(l) = metrics_listener {
+            tasks.spawn(metrics::serve(l, metrics, shared.cancel.clone()));
+        }
+        Ok(Self {
+            shared,
+            endpoint,
+            tasks,
+            udp_addr,
+            tcp_addr,
+            reflect_addr,
+            metrics_addr,
+            id: identity.id(),
+        })
+    }
+
+    /// The relay's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Sessions registered now.
+    pub fn online(&self) -> usize {
+        self.shared.sessions.read().map_or(0, |s| s.len())
+    }
+
+    /// Tells every peer the relay is going away, closes all connections and stops.
+    pub async fn shutdown(mut self) {
+        let all: Vec<_> = self
+            .shared
+            .sessions
+            .read()
+            .map(|s| s.all())
+            .unwrap_or_default();
+        for s in all {
+            s.end(RefuseReason::ShuttingDown, "the relay is shutting down");
+        }
+        // Let writers flush their Refused frames.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.shared.cancel.cancel();
+        self.endpoint
+            .close(quinn::VarInt::from_u32(RefuseReason::ShuttingDown as u32), b"relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let timeout = shared.cfg.handshake_timeout;
+            let conn = match tokio::time::timeout(timeout, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!("relay handshake failed: {e}");
+                    shared.metrics.close(metrics::Close::Protocol);
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.close(metrics::Close::Timeout);
+                    return;
+                }
+            };
+            let Some(id) = p2pcall_tls::peer_id(&conn) else {
+                shared.metrics.close(metrics::Close::Protocol);
+                conn.close((RefuseReason::Protocol as u32).into(), b"no client key");
+                return;
+            };
+            let (send, recv) = match tokio::time::timeout(timeout, conn.accept_bi()).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    shared.metrics.close(metrics::Close::Timeout);
+                    conn.close((RefuseReason::Timeout as u32).into(), b"no control stream");
+                    return;
+                }
+            };
+            let observed = conn.remote_address();
+            let end = session::run(shared, id, Some(conn.clone()), observed, recv, send).await;
+            if let Some((code, text)) = end {
+                conn.close(code.into(), text.as_bytes());
+            }
+        });
+    }
+}
+
+/// TLS handshakes in progress on the TCP fallback at once.
+const MAX_TCP_HANDSHAKES: usize = 1024;
+
+async fn accept_tcp(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_HANDSHAKES));
+    loop {
+        let (tcp, observed) = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            shared.metrics.close(metrics::Close::ServerFull);
+            continue;
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let hs = tokio::time::timeout(shared.cfg.handshake_timeout, acceptor.accept(tcp)).await;
+            drop(permit);
+            let stream = match hs {
+                Ok(Ok(s)) => s,
+                Ok(Err(_)) => {
+                    shared.metrics.close(metrics::Close::Protocol);
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.close(metrics::Close::Timeout);
+                    return;
+                }
+            };
+            let Some(id) = p2pcall_tls::peer_id_of_tls(stream.get_ref().1.peer_certificates()) else {
+                shared.metrics.close(metrics::Close::Protocol);
+                return;
+            };
+            let (r, w) = tokio::io::split(stream);
+            let _ = session::run(shared, id, None, observed, r, w).await;
+        });
+    }
+}
+
+async fn serve_reflect(shared: Arc<Shared>, sock: tokio::net::UdpSocket) {
+    use std::sync::atomic::Ordering;
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            r = sock.recv_from(&mut buf) => match r { Ok(r) => r, Err(_) => continue },
+        };
+        if let Ok(Control::ReflectReq { txid }) = Control::decode(&buf[..n]) {
+            let mut out = Vec::with_capacity(32);
+            Control::ReflectResp {
+                txid,
+                observed: socket::canonical(from),
+            }
+            .encode(&mut out);
+            let _ = sock.send_to(&out, from).await;
+            shared.metrics.reflections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.metrics.dropped(metrics::DropReason::Malformed);
+        }
+    }
+}

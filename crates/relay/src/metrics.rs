@@ -1,0 +1,214 @@
+//! Relay counters, rendered in the Prometheus text format, and the small HTTP endpoint that
+//! serves them (`/metrics`, `/healthz`).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Why a relayed packet or frame was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The session tag matched no session.
+    UnknownSession,
+    /// The tag matched but the packet came from another address.
+    AddressMismatch,
+    /// The destination is not online.
+    UnknownDestination,
+    /// The sender exceeded its packet or byte rate.
+    RateLimited,
+    /// The packet or frame exceeded the size limit.
+    Oversize,
+    /// The destination's queue (TCP fallback) was full.
+    QueueFull,
+    /// The kernel refused to send it.
+    SendError,
+    /// The packet was not any p2pcall or QUIC packet.
+    Malformed,
+}
+
+const DROPS: [(DropReason, &str); 8] = [
+    (DropReason::UnknownSession, "unknown_session"),
+    (DropReason::AddressMismatch, "address_mismatch"),
+    (DropReason::UnknownDestination, "unknown_destination"),
+    (DropReason::RateLimited, "rate_limited"),
+    (DropReason::Oversize, "oversize"),
+    (DropReason::QueueFull, "queue_full"),
+    (DropReason::SendError, "send_error"),
+    (DropReason::Malformed, "malformed"),
+];
+
+/// Why a session was refused or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Wrong or missing token.
+    BadToken,
+    /// Max peers reached.
+    ServerFull,
+    /// Replaced by a newer login with the same key.
+    Replaced,
+    /// Protocol violation (bad frame, wrong order, no key).
+    Protocol,
+    /// Control frames above the rate limit.
+    RateLimited,
+    /// Handshake or hello too slow.
+    Timeout,
+    /// Connection lost or closed by the peer.
+    Disconnected,
+}
+
+const CLOSES: [(Close, &str); 7] = [
+    (Close::BadToken, "bad_token"),
+    (Close::ServerFull, "server_full"),
+    (Close::Replaced, "replaced"),
+    (Close::Protocol, "protocol"),
+    (Close::RateLimited, "rate_limited"),
+    (Close::Timeout, "timeout"),
+    (Close::Disconnected, "disconnected"),
+];
+
+/// All relay counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Sessions registered now.
+    pub peers_online: AtomicU64,
+    /// Sessions registered since start.
+    pub sessions_total: AtomicU64,
+    /// Packets forwarded.
+    pub packets_relayed: AtomicU64,
+    /// Payload bytes forwarded.
+    pub bytes_relayed: AtomicU64,
+    /// Signals forwarded.
+    pub signals_forwarded: AtomicU64,
+    /// Signals not delivered (offline, rate, queue).
+    pub signals_failed: AtomicU64,
+    /// Presence events queued to subscribers.
+    pub presence_events: AtomicU64,
+    /// Presence snapshots sent because a subscriber's queue overflowed (or on login).
+    pub presence_snapshots: AtomicU64,
+    /// Reflection requests answered.
+    pub reflections: AtomicU64,
+    drops: [AtomicU64; 8],
+    closes: [AtomicU64; 7],
+}
+
+impl Metrics {
+    /// Counts a drop.
+    pub fn dropped(&self, why: DropReason) {
+        if let Some(i) = DROPS.iter().position(|(d, _)| *d == why) {
+            self.drops[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a refused or closed session.
+    pub fn close(&self, why: Close) {
+        if let Some(i) = CLOSES.iter().position(|(c, _)| *c == why) {
+            self.closes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops counted for `why`.
+    pub fn drops(&self, why: DropReason) -> u64 {
+        DROPS
+            .iter()
+            .position(|(d, _)| *d == why)
+            .map_or(0, |i| self.drops[i].load(Ordering::Relaxed))
+    }
+
+    /// Closes counted for `why`.
+    pub fn closes(&self, why: Close) -> u64 {
+        CLOSES
+            .iter()
+            .position(|(c, _)| *c == why)
+            .map_or(0, |i| self.closes[i].load(Ordering::Relaxed))
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let g = |s: &mut String, name: &str, kind: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
+        };
+        g(&mut s, "p2pcall_relay_peers_online", "gauge", "Sessions registered now.", &self.peers_online);
+        g(&mut s, "p2pcall_relay_sessions_total", "counter", "Sessions registered since start.", &self.sessions_total);
+        g(&mut s, "p2pcall_relay_packets_relayed_total", "counter", "Peer-to-peer packets forwarded.", &self.packets_relayed);
+        g(&mut s, "p2pcall_relay_bytes_relayed_total", "counter", "Peer-to-peer payload bytes forwarded.", &self.bytes_relayed);
+        g(&mut s, "p2pcall_relay_signals_forwarded_total", "counter", "Signaling messages forwarded.", &self.signals_forwarded);
+        g(&mut s, "p2pcall_relay_signals_failed_total", "counter", "Signaling messages not delivered.", &self.signals_failed);
+        g(&mut s, "p2pcall_relay_presence_events_total", "counter", "Incremental presence events queued.", &self.presence_events);
+        g(&mut s, "p2pcall_relay_presence_snapshots_total", "counter", "Full presence snapshots sent.", &self.presence_snapshots);
+        g(&mut s, "p2pcall_relay_reflections_total", "counter", "Address reflection requests answered.", &self.reflections);
+        let _ = writeln!(s, "# HELP p2pcall_relay_drops_total Packets or frames dropped, by reason.\n# TYPE p2pcall_relay_drops_total counter");
+        for (i, (_, name)) in DROPS.iter().enumerate() {
+            let _ = writeln!(s, "p2pcall_relay_drops_total{{reason=\"{name}\"}} {}", self.drops[i].load(Ordering::Relaxed));
+        }
+        let _ = writeln!(s, "# HELP p2pcall_relay_sessions_closed_total Sessions refused or closed, by reason.\n# TYPE p2pcall_relay_sessions_closed_total counter");
+        for (i, (_, name)) in CLOSES.iter().enumerate() {
+            let _ = writeln!(s, "p2pcall_relay_sessions_closed_total{{reason=\"{name}\"}} {}", self.closes[i].load(Ordering::Relaxed));
+        }
+        s
+    }
+}
+
+/// Longest HTTP request head we read.
+const MAX_REQUEST: usize = 8 * 1024;
+/// Slow clients are cut off after this long.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent metrics connections.
+const MAX_HTTP_CONNECTIONS: usize = 64;
+
+/// Serves `/metrics` and `/healthz` until cancelled.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // overloaded: drop the connection
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(HTTP_TIMEOUT, answer(stream, &metrics)).await;
+        });
+    }
+}
+
+async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 || buf.len() + n > MAX_REQUEST {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (status, ctype, body) = match (method, path) {
+        (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        (b"GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Bound address of the metrics listener, for logs.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}/metrics")
+}

@@ -1,0 +1,503 @@
+//! Registered sessions: one per online peer key, reached by key (signals, packets) or by
+//! session tag (UDP data path).
+//!
+//! Session flow (same over QUIC and over the TCP+TLS fallback):
+//! 1. TLS proved the client's key. `Hello` must follow within the handshake timeout.
+//! 2. Token and capacity checks; a session with the same key is replaced (it receives
+//!    `Refused{Replaced}` and is closed).
+//! 3. `Welcome`, then (if asked) the presence snapshot, then incremental presence events.
+//!    Presence events are queued under the session table's write lock, and a snapshot is
+//!    built under its read lock after discarding queued presence events, so a subscriber's
+//!    view is always exact. A subscriber that falls behind (queue full) gets a fresh snapshot
+//!    instead of an unbounded queue.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use p2pcall_proto::PeerId;
+use p2pcall_proto::relay::{
+    ClientFrame, MAX_DATA, MAX_FRAME, PeerInfo, RefuseReason, SNAPSHOT_CHUNK, ServerFrame,
+    SignalFailure,
+};
+use p2pcall_tls::framed::{FrameReader, write_all};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+use crate::limits::TokenBucket;
+use crate::metrics::{Close, DropReason};
+use crate::socket::canonical;
+
+/// Frames queued toward one peer before presence falls back to a snapshot and signals fail
+/// with `QueueFull`.
+const OUT_QUEUE: usize = 1024;
+
+/// All registered sessions.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_id: HashMap<PeerId, Arc<Session>>,
+    by_tag: HashMap<[u8; 16], Arc<Session>>,
+}
+
+impl Sessions {
+    /// Session of a peer.
+    pub fn by_id(&self, id: &PeerId) -> Option<&Arc<Session>> {
+        self.by_id.get(id)
+    }
+    /// Session owning a data-path tag.
+    pub fn by_tag(&self, tag: &[u8; 16]) -> Option<&Arc<Session>> {
+        self.by_tag.get(tag)
+    }
+    /// Number of sessions.
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+    /// Every session.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.by_id.values().cloned().collect()
+    }
+    fn snapshot(&self) -> Vec<PeerInfo> {
+        self.by_id.values().map(|s| s.info()).collect()
+    }
+    /// Queues `frame` to every presence subscriber but `except`. Called with the write lock
+    /// held, right after the change it reports.
+    fn broadcast(&self, shared: &Shared, frame: &ServerFrame, except: &PeerId) {
+        for s in self.by_id.values() {
+            if !s.presence || s.id == *except {
+                continue;
+            }
+            if s.out.try_send(frame.clone()).is_ok() {
+                shared.metrics.presence_events.fetch_add(1, Ordering::Relaxed);
+            } else {
+                s.resync.store(true, Ordering::Release);
+                s.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// A UDP-capable session's binding to its QUIC connection.
+#[derive(Debug)]
+struct UdpBinding {
+    addr: Mutex<SocketAddr>,
+    conn: quinn::Connection,
+}
+
+/// One online peer.
+#[derive(Debug)]
+pub struct Session {
+    /// The peer's key (proved in TLS).
+    pub id: PeerId,
+    tag: [u8; 16],
+    name: Mutex<String>,
+    since_ms: u64,
+    presence: bool,
+    udp: Option<UdpBinding>,
+    out: mpsc::Sender<ServerFrame>,
+    resync: AtomicBool,
+    wake: Notify,
+    data_limits: Mutex<(TokenBucket, TokenBucket)>,
+    close: CancellationToken,
+    close_reason: Mutex<Option<(RefuseReason, String)>>,
+}
+
+impl Session {
+    fn info(&self) -> PeerInfo {
+        PeerInfo {
+            id: self.id,
+            name: self.name.lock().map(|n| n.clone()).unwrap_or_default(),
+            online_since_ms: self.since_ms,
+        }
+    }
+
+    /// Where to send UDP packets for this peer (`None`: TCP fallback session).
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.as_ref().and_then(|u| u.addr.lock().ok().map(|a| *a))
+    }
+
+    /// True if a data packet from `src` may belong to this session: its QUIC connection's
+    /// address (followed through NAT rebinding).
+    pub fn udp_source_ok(&self, src: SocketAddr) -> bool {
+        let Some(u) = &self.udp else { return false };
+        let Ok(mut addr) = u.addr.lock() else {
+            return false;
+        };
+        if *addr == src {
+            return true;
+        }
+        let now = canonical(u.conn.remote_address());
+        if now == src {
+            *addr = now;
+            return true;
+        }
+        false
+    }
+
+    /// Charges one packet of `len` bytes to the sender's data rate.
+    pub fn allow_data(&self, now: Instant, len: usize) -> bool {
+        self.data_limits
+            .lock()
+            .is_ok_and(|mut l| l.0.take(now, 1.0) && l.1.take(now, len as f64))
+    }
+
+    /// Queues a frame; false if the queue is full.
+    pub fn try_queue(&self, f: ServerFrame) -> bool {
+        self.out.try_send(f).is_ok()
+    }
+
+    /// Ends the session, telling the peer why.
+    pub fn end(&self, reason: RefuseReason, detail: &str) {
+        if let Ok(mut r) = self.close_reason.lock() {
+            r.get_or_insert((reason, detail.to_string()));
+        }
+        self.close.cancel();
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs one session over a reader/writer pair until it ends.
+pub(crate) async fn run<R, W>(
+    shared: Arc<Shared>,
+    id: PeerId,
+    udp: Option<quinn::Connection>,
+    observed: SocketAddr,
+    recv: R,
+    mut send: W,
+) -> Option<(u32, String)>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &shared.cfg;
+    let mut reader = FrameReader::new(recv, MAX_FRAME);
+    let refuse = |reason: RefuseReason, detail: &str| {
+        let mut out = Vec::new();
+        ServerFrame::Refused {
+            reason,
+            detail: detail.to_string(),
+        }
+        .encode(&mut out);
+        (out, reason as u32, format!("{reason}: {detail}"))
+    };
+    let hello = tokio::time::timeout(cfg.handshake_timeout, reader.next()).await;
+    let (name, token, presence) = match hello {
+        Err(_) => {
+            shared.metrics.close(Close::Timeout);
+            return Some((RefuseReason::Timeout as u32, "no hello in time".into()));
+        }
+        Ok(Err(e)) => {
+            shared.metrics.close(Close::Protocol);
+            return Some((RefuseReason::Protocol as u32, format!("reading hello: {e}")));
+        }
+        Ok(Ok(raw)) => match ClientFrame::decode(raw) {
+            Ok(ClientFrame::Hello {
+                name,
+                token,
+                presence,
+            }) => (name, token, presence),
+            Ok(_) | Err(_) => {
+                shared.metrics.close(Close::Protocol);
+                let (out, code, text) = refuse(RefuseReason::Protocol, "the first frame must be hello");
+                let _ = write_all(&mut send, &out).await;
+                return Some((code, text));
+            }
+        },
+    };
+    if let Some(want) = &cfg.token
+        && token.as_deref() != Some(want.as_str())
+    {
+        shared.metrics.close(Close::BadToken);
+        let (out, code, text) = refuse(RefuseReason::BadToken, "access token missing or wrong");
+        let _ = write_all(&mut send, &out).await;
+        return Some((code, text));
+    }
+
+    let now = Instant::now();
+    let (out_tx, mut out_rx) = mpsc::channel(OUT_QUEUE);
+    let session = Arc::new(Session {
+        id,
+        tag: rand::random(),
+        name: Mutex::new(name),
+        since_ms: unix_ms(),
+        presence,
+        udp: udp.map(|conn| UdpBinding {
+            addr: Mutex::new(canonical(conn.remote_address())),
+            conn,
+        }),
+        out: out_tx,
+        resync: AtomicBool::new(presence),
+        wake: Notify::new(),
+        data_limits: Mutex::new((
+            TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
+            TokenBucket::new(now, cfg.byte_rate, cfg.byte_rate / 10.0 + 65536.0),
+        )),
+        close: shared.cancel.child_token(),
+        close_reason: Mutex::new(None),
+    });
+
+    // Register (replacing an older login with the same key).
+    let full = match shared.sessions.write() {
+        Err(_) => return None,
+        Ok(mut sessions) => {
+            let replacing = sessions.by_id.contains_key(&id);
+            if !replacing && sessions.by_id.len() >= cfg.max_peers {
+                true
+            } else {
+                if let Some(old) = sessions.by_id.insert(id, session.clone()) {
+                    sessions.by_tag.remove(&old.tag);
+                    old.end(RefuseReason::Replaced, "a newer login with this key replaced this session");
+                    shared.metrics.close(Close::Replaced);
+                }
+                sessions.by_tag.insert(session.tag, session.clone());
+                shared
+                    .metrics
+                    .peers_online
+                    .store(sessions.len() as u64, Ordering::Relaxed);
+                sessions.broadcast(&shared, &ServerFrame::Joined(session.info()), &id);
+                false
+            }
+        }
+    };
+    if full {
+        shared.metrics.close(Close::ServerFull);
+        let (out, code, text) = refuse(RefuseReason::ServerFull, "too many peers online");
+        let _ = write_all(&mut send, &out).await;
+        return Some((code, text));
+    }
+    shared.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(peer = %id.fingerprint(), "session registered");
+
+    let mut welcome = Vec::new();
+    ServerFrame::Welcome {
+        session_tag: session.tag,
+        observed: canonical(observed),
+        reflect_ports: shared.reflect_ports.clone(),
+    }
+    .encode(&mut welcome);
+    let writer = {
+        let shared = shared.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            if write_all(&mut send, &welcome).await.is_err() {
+                return;
+            }
+            writer_loop(&shared, &session, &mut out_rx, &mut send).await;
+        })
+    };
+
+    let end = reader_loop(&shared, &session, &mut reader).await;
+    session.end(end.0, &end.1);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+
+    // Unregister unless a newer login already took our place.
+    {
+        if let Ok(mut sessions) = shared.sessions.write()
+            && sessions
+                .by_id
+                .get(&id)
+                .is_some_and(|s| Arc::ptr_eq(s, &session))
+        {
+            sessions.by_id.remove(&id);
+            sessions.by_tag.remove(&session.tag);
+            shared
+                .metrics
+                .peers_online
+                .store(sessions.len() as u64, Ordering::Relaxed);
+            sessions.broadcast(&shared, &ServerFrame::Left(id), &id);
+        }
+    }
+    let reason = session
+        .close_reason
+        .lock()
+        .ok()
+        .and_then(|r| r.clone())
+        .unwrap_or(end);
+    Some((reason.0 as u32, format!("{}: {}", reason.0, reason.1)))
+}
+
+async fn reader_loop<R: AsyncRead + Unpin>(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    reader: &mut FrameReader<R>,
+) -> (RefuseReason, String) {
+    let cfg = &shared.cfg;
+    let mut control = TokenBucket::new(Instant::now(), cfg.control_rate, cfg.control_rate * 2.0);
+    loop {
+        let raw = tokio::select! {
+            _ = session.close.cancelled() => {
+                return (RefuseReason::ShuttingDown, "closing".into());
+            }
+            r = tokio::time::timeout(cfg.idle_timeout, reader.next()) => match r {
+                Err(_) => {
+                    shared.metrics.close(Close::Timeout);
+                    return (RefuseReason::Timeout, "idle".into());
+                }
+                Ok(Err(p2pcall_tls::framed::FrameReadError::Closed)) => {
+                    shared.metrics.close(Close::Disconnected);
+                    return (RefuseReason::Protocol, "closed by peer".into());
+                }
+                Ok(Err(e)) => {
+                    shared.metrics.close(Close::Protocol);
+                    return (RefuseReason::Protocol, e.to_string());
+                }
+                Ok(Ok(raw)) => raw,
+            },
+        };
+        let frame = match ClientFrame::decode(raw) {
+            Ok(f) => f,
+            Err(e) => {
+                shared.metrics.close(Close::Protocol);
+                return (RefuseReason::Protocol, e.to_string());
+            }
+        };
+        let now = Instant::now();
+        if let ClientFrame::Data { to, packet } = frame {
+            if packet.len() > MAX_DATA {
+                shared.metrics.dropped(DropReason::Oversize);
+            } else if !session.allow_data(now, packet.len()) {
+                shared.metrics.dropped(DropReason::RateLimited);
+            } else {
+                shared.forward_from_tcp(session.id, to, &packet);
+            }
+            continue;
+        }
+        if !control.take(now, 1.0) {
+            shared.metrics.close(Close::RateLimited);
+            return (RefuseReason::RateLimited, "too many control frames".into());
+        }
+        match frame {
+            ClientFrame::Hello { .. } => {
+                shared.metrics.close(Close::Protocol);
+                return (RefuseReason::Protocol, "second hello".into());
+            }
+            ClientFrame::SetName { name } => {
+                if let Ok(mut n) = session.name.lock() {
+                    *n = name;
+                }
+                if let Ok(sessions) = shared.sessions.write() {
+                    sessions.broadcast(shared, &ServerFrame::Updated(session.info()), &session.id);
+                }
+            }
+            ClientFrame::Signal { to, payload } => {
+                let failure = match shared.sessions.read().ok().and_then(|s| s.by_id(&to).cloned()) {
+                    None => Some(SignalFailure::Offline),
+                    Some(dst) => {
+                        if dst.try_queue(ServerFrame::Signal {
+                            from: session.id,
+                            payload,
+                        }) {
+                            None
+                        } else {
+                            Some(SignalFailure::QueueFull)
+                        }
+                    }
+                };
+                match failure {
+                    None => {
+                        shared.metrics.signals_forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(reason) => {
+                        shared.metrics.signals_failed.fetch_add(1, Ordering::Relaxed);
+                        session.try_queue(ServerFrame::SignalFailed { to, reason });
+                    }
+                }
+            }
+            ClientFrame::Ping { nonce } => {
+                session.try_queue(ServerFrame::Pong { nonce });
+            }
+            ClientFrame::Data { .. } => {}
+        }
+    }
+}
+
+fn is_presence(f: &ServerFrame) -> bool {
+    matches!(
+        f,
+        ServerFrame::Joined(_) | ServerFrame::Left(_) | ServerFrame::Updated(_)
+    )
+}
+
+async fn writer_loop<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    out_rx: &mut mpsc::Receiver<ServerFrame>,
+    send: &mut W,
+) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        buf.clear();
+        if session.resync.swap(false, Ordering::AcqRel) {
+            let mut keep = Vec::new();
+            let peers = {
+                let Ok(sessions) = shared.sessions.read() else {
+                    return;
+                };
+                while let Ok(f) = out_rx.try_recv() {
+                    if !is_presence(&f) {
+                        keep.push(f);
+                    }
+                }
+                sessions.snapshot()
+            };
+            shared.metrics.presence_snapshots.fetch_add(1, Ordering::Relaxed);
+            let chunks: Vec<_> = peers.chunks(SNAPSHOT_CHUNK).collect();
+            if chunks.is_empty() {
+                ServerFrame::Snapshot {
+                    peers: Vec::new(),
+                    last: true,
+                }
+                .encode(&mut buf);
+            }
+            for (i, c) in chunks.iter().enumerate() {
+                ServerFrame::Snapshot {
+                    peers: c.to_vec(),
+                    last: i + 1 == chunks.len(),
+                }
+                .encode(&mut buf);
+                if buf.len() > 64 * 1024 {
+                    if write_all(send, &buf).await.is_err() {
+                        return;
+                    }
+                    buf.clear();
+                }
+            }
+            for f in keep {
+                f.encode(&mut buf);
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = session.close.cancelled() => {
+                    if let Some((reason, detail)) = session.close_reason.lock().ok().and_then(|r| r.clone()) {
+                        ServerFrame::Refused { reason, detail }.encode(&mut buf);
+                        let _ = write_all(send, &buf).await;
+                    }
+                    return;
+                }
+                _ = session.wake.notified() => continue,
+                f = out_rx.recv() => match f {
+                    Some(f) => {
+                        f.encode(&mut buf);
+                        while buf.len() < 64 * 1024 {
+                            let Ok(f) = out_rx.try_recv() else { break };
+                            f.encode(&mut buf);
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+        if !buf.is_empty() && write_all(send, &buf).await.is_err() {
+            return;
+        }
+    }
+}
