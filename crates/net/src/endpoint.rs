@@ -69,6 +69,9 @@ pub struct EndpointConfig {
     pub bind: SocketAddr,
     /// Relay to register with.
     pub relay: Option<RelayConfig>,
+    /// Look for direct paths (announce candidates, answer probes). Off keeps every
+    /// connection on the relay (privacy: peers do not learn our addresses; benchmarks).
+    pub direct_paths: bool,
 }
 
 /// Which transport the relay session uses.
@@ -168,6 +171,7 @@ pub(crate) struct Inner {
     pub relay_up: tokio::sync::watch::Sender<Option<RelayTransport>>,
     pub reflections: Mutex<HashMap<[u8; 12], oneshot::Sender<SocketAddr>>>,
     pub cancel: CancellationToken,
+    pub direct_paths: bool,
 }
 
 impl Inner {
@@ -233,6 +237,7 @@ impl Endpoint {
             relay_up: tokio::sync::watch::Sender::new(None),
             reflections: Mutex::default(),
             cancel: CancellationToken::new(),
+            direct_paths: cfg.direct_paths,
         });
         tokio::spawn(control_dispatch(inner.clone(), control_rx));
         tokio::spawn(accept_loop(inner.clone()));
@@ -352,7 +357,9 @@ impl Endpoint {
     /// Stops the relay client and every connection.
     pub async fn close(&self) {
         self.inner.cancel.cancel();
-        self.inner.quinn.close(CLOSE_NORMAL.into(), b"endpoint closed");
+        self.inner
+            .quinn
+            .close(CLOSE_NORMAL.into(), b"endpoint closed");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.quinn.wait_idle()).await;
     }
 }
@@ -542,7 +549,10 @@ fn local_candidates(inner: &Inner) -> Vec<SocketAddr> {
             let usable = match ip {
                 IpAddr::V4(_) => true,
                 // Link-local IPv6 needs a scope id the other side cannot use.
-                IpAddr::V6(v6) => !v6.is_unicast_link_local() && inner.socket.family(SocketAddr::new(ip, 0)).is_ipv6(),
+                IpAddr::V6(v6) => {
+                    !v6.is_unicast_link_local()
+                        && inner.socket.family(SocketAddr::new(ip, 0)).is_ipv6()
+                }
             };
             if usable {
                 out.push(SocketAddr::new(ip, port));
@@ -582,7 +592,11 @@ async fn drive_connection(
     let mut hello = Vec::new();
     PeerFrame::Hello {
         name,
-        candidates: local_candidates(&inner),
+        candidates: if inner.direct_paths {
+            local_candidates(&inner)
+        } else {
+            Vec::new()
+        },
     }
     .encode(&mut hello);
     if let Err(e) = p2pcall_tls::framed::write_all(&mut send, &hello).await {
@@ -603,10 +617,14 @@ async fn drive_connection(
                         if let Ok(mut n) = shared.remote_name.lock() {
                             *n = Some(name);
                         }
-                        pm.add_remote_candidates(Instant::now(), &candidates);
+                        if inner.direct_paths {
+                            pm.add_remote_candidates(Instant::now(), &candidates);
+                        }
                     }
                     Ok(PeerFrame::Candidates { candidates }) => {
-                        pm.add_remote_candidates(Instant::now(), &candidates);
+                        if inner.direct_paths {
+                            pm.add_remote_candidates(Instant::now(), &candidates);
+                        }
                     }
                     Err(e) => {
                         conn.close(CLOSE_PROTOCOL.into(), format!("bad control frame: {e}").as_bytes());
@@ -620,7 +638,7 @@ async fn drive_connection(
                 }
             },
             Some(pkt) = probe_rx.recv() => {
-                if pm.handle_control(pkt.at, pkt.from, &pkt.packet) {
+                if inner.direct_paths && pm.handle_control(pkt.at, pkt.from, &pkt.packet) {
                     inner.socket.map_direct(pkt.from, &shared.route);
                 }
             }
@@ -642,13 +660,17 @@ async fn drive_connection(
             shared.route.set_path(path);
             let _ = path_tx.send(path);
             tracing::info!(%peer, ?path, ?rtt, "path changed");
-            inner.emit(crate::Event::PathChanged { peer, path, rtt }).await;
+            inner
+                .emit(crate::Event::PathChanged { peer, path, rtt })
+                .await;
         }
     };
     if let Ok(mut h) = inner.probe_handlers.lock() {
         h.remove(&peer);
     }
-    inner.emit(crate::Event::ConnectionClosed { peer, reason }).await;
+    inner
+        .emit(crate::Event::ConnectionClosed { peer, reason })
+        .await;
 }
 
 fn handle_datagram(shared: &ConnShared, app: &mpsc::Sender<Bytes>, d: Bytes) {
@@ -717,12 +739,21 @@ async fn control_dispatch(inner: Arc<Inner>, mut rx: mpsc::Receiver<ControlPacke
         };
         match &pkt.packet {
             Control::ReflectResp { txid, observed } => {
-                if let Some(tx) = inner.reflections.lock().ok().and_then(|mut m| m.remove(txid)) {
+                if let Some(tx) = inner
+                    .reflections
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.remove(txid))
+                {
                     let _ = tx.send(*observed);
                 }
             }
             Control::ProbePing { from, .. } | Control::ProbePong { from, .. } => {
-                let h = inner.probe_handlers.lock().ok().and_then(|m| m.get(from).cloned());
+                let h = inner
+                    .probe_handlers
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(from).cloned());
                 if let Some(h) = h {
                     let _ = h.try_send(pkt);
                 }

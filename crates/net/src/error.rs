@@ -33,7 +33,10 @@ pub enum NetError {
     #[error("timed out: {0}")]
     Timeout(&'static str),
     /// Too many peers are tracked by this endpoint.
-    #[error("too many peers: the endpoint tracks at most {} peers", crate::socket::MAX_ROUTES)]
+    #[error(
+        "too many peers: the endpoint tracks at most {} peers",
+        crate::socket::MAX_ROUTES
+    )]
     TooManyPeers,
     /// The peer control stream broke or carried invalid frames.
     #[error("peer control stream: {0}")]

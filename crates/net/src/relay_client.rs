@@ -43,7 +43,11 @@ enum SessionEnd {
     Shutdown,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, cfg: RelayConfig, mut cmd_rx: mpsc::Receiver<ClientFrame>) {
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    cfg: RelayConfig,
+    mut cmd_rx: mpsc::Receiver<ClientFrame>,
+) {
     let mut backoff = MIN_BACKOFF;
     let mut prefer_tcp = cfg.force_tcp;
     inner.socket.set_relay_quic_addr(Some(cfg.addr));
@@ -117,7 +121,11 @@ async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connect
     .map_err(|e| e.to_string())?;
     let connecting = inner
         .quinn
-        .connect_with(client, inner.socket.family(cfg.addr), p2pcall_tls::RELAY_SERVER_NAME)
+        .connect_with(
+            client,
+            inner.socket.family(cfg.addr),
+            p2pcall_tls::RELAY_SERVER_NAME,
+        )
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(UDP_CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(c)) => Ok(c),
@@ -159,13 +167,19 @@ async fn tcp_session(
     cmd_rx: &mut mpsc::Receiver<ClientFrame>,
 ) -> SessionEnd {
     let addr = cfg.tcp_addr.unwrap_or(cfg.addr);
-    let tcp = match tokio::time::timeout(UDP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+    let tcp = match tokio::time::timeout(UDP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return SessionEnd::Retry(format!("TCP connect to {addr}: {e}")),
         Err(_) => return SessionEnd::Retry(format!("TCP connect to {addr} timed out")),
     };
     let _ = tcp.set_nodelay(true);
-    let tls = match p2pcall_tls::rustls_client_config(&inner.identity, cfg.relay_key, p2pcall_tls::ALPN_RELAY) {
+    let tls = match p2pcall_tls::rustls_client_config(
+        &inner.identity,
+        cfg.relay_key,
+        p2pcall_tls::ALPN_RELAY,
+    ) {
         Ok(c) => c,
         Err(e) => return SessionEnd::Fatal(RefuseReason::Protocol, e.to_string()),
     };
@@ -181,8 +195,20 @@ async fn tcp_session(
     let relay = p2pcall_tls::peer_id_of_tls(stream.get_ref().1.peer_certificates());
     let (r, w) = tokio::io::split(stream);
     let (data_tx, mut data_rx) = mpsc::channel(TCP_DATA_QUEUE);
-    inner.socket.set_relay_route(RelayRoute::Tcp { tx: data_tx });
-    session(inner, cfg, relay, RelayTransport::Tcp, w, r, cmd_rx, &mut data_rx).await
+    inner
+        .socket
+        .set_relay_route(RelayRoute::Tcp { tx: data_tx });
+    session(
+        inner,
+        cfg,
+        relay,
+        RelayTransport::Tcp,
+        w,
+        r,
+        cmd_rx,
+        &mut data_rx,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -303,7 +329,11 @@ fn refused(reason: RefuseReason, detail: String) -> SessionEnd {
     }
 }
 
-async fn handle_frame(inner: &Arc<Inner>, frame: ServerFrame, snapshot: &mut Vec<PeerInfo>) -> Option<SessionEnd> {
+async fn handle_frame(
+    inner: &Arc<Inner>,
+    frame: ServerFrame,
+    snapshot: &mut Vec<PeerInfo>,
+) -> Option<SessionEnd> {
     let me = inner.identity.id();
     match frame {
         ServerFrame::Snapshot { peers, last } => {
@@ -314,7 +344,9 @@ async fn handle_frame(inner: &Arc<Inner>, frame: ServerFrame, snapshot: &mut Vec
                     p.clear();
                     p.extend(list.iter().map(|i| (i.id, i.clone())));
                 }
-                inner.emit(Event::Presence(PresenceEvent::Snapshot(list))).await;
+                inner
+                    .emit(Event::Presence(PresenceEvent::Snapshot(list)))
+                    .await;
             }
         }
         ServerFrame::Joined(info) | ServerFrame::Updated(info) if info.id == me => {}
@@ -322,13 +354,17 @@ async fn handle_frame(inner: &Arc<Inner>, frame: ServerFrame, snapshot: &mut Vec
             if let Ok(mut p) = inner.presence.lock() {
                 p.insert(info.id, info.clone());
             }
-            inner.emit(Event::Presence(PresenceEvent::Joined(info))).await;
+            inner
+                .emit(Event::Presence(PresenceEvent::Joined(info)))
+                .await;
         }
         ServerFrame::Updated(info) => {
             if let Ok(mut p) = inner.presence.lock() {
                 p.insert(info.id, info.clone());
             }
-            inner.emit(Event::Presence(PresenceEvent::Updated(info))).await;
+            inner
+                .emit(Event::Presence(PresenceEvent::Updated(info)))
+                .await;
         }
         ServerFrame::Left(id) => {
             if let Ok(mut p) = inner.presence.lock() {

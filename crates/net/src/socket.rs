@@ -228,7 +228,12 @@ impl MagicSocket {
         }
         routes.next_index += 1;
         let n = routes.next_index;
-        let ip = Ipv4Addr::new(240 | ((n >> 24) as u8 & 0x0f), (n >> 16) as u8, (n >> 8) as u8, n as u8);
+        let ip = Ipv4Addr::new(
+            240 | ((n >> 24) as u8 & 0x0f),
+            (n >> 16) as u8,
+            (n >> 8) as u8,
+            n as u8,
+        );
         let r = Arc::new(PeerRoute {
             id,
             vaddr: SocketAddr::new(IpAddr::V4(ip), VIRTUAL_PORT),
@@ -243,7 +248,12 @@ impl MagicSocket {
 
     /// The route behind a virtual address quinn reports.
     pub fn route_by_vaddr(&self, a: SocketAddr) -> Option<Arc<PeerRoute>> {
-        self.routes.read().ok()?.by_vaddr.get(&canonical(a)).cloned()
+        self.routes
+            .read()
+            .ok()?
+            .by_vaddr
+            .get(&canonical(a))
+            .cloned()
     }
 
     /// Lets QUIC packets from `addr` be attributed to `route` (after an authenticated probe).
@@ -285,7 +295,11 @@ impl MagicSocket {
     }
 
     fn send_relayed(&self, route: &PeerRoute, t: &Transmit<'_>) -> io::Result<()> {
-        let relay = self.relay.read().map(|r| r.clone()).unwrap_or(RelayRoute::None);
+        let relay = self
+            .relay
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or(RelayRoute::None);
         let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
         match relay {
             RelayRoute::None => Ok(()),
@@ -338,13 +352,19 @@ impl MagicSocket {
                 if Some(src) == relay_addr {
                     true
                 } else {
-                    let route = self.routes.read().ok().and_then(|r| r.by_direct.get(&src).cloned());
+                    let route = self
+                        .routes
+                        .read()
+                        .ok()
+                        .and_then(|r| r.by_direct.get(&src).cloned());
                     match route {
                         Some(r) => {
                             if let Ok(mut g) = r.last_direct_rx.lock() {
                                 *g = Some((src, now));
                             }
-                            r.counters.rx_direct.fetch_add(len as u64, Ordering::Relaxed);
+                            r.counters
+                                .rx_direct
+                                .fetch_add(len as u64, Ordering::Relaxed);
                             meta[i].addr = self.family(r.vaddr);
                             true
                         }
@@ -412,26 +432,39 @@ impl MagicSocket {
         if out == 0 {
             return false;
         }
-        route.counters.rx_relay.fetch_add(out as u64, Ordering::Relaxed);
+        route
+            .counters
+            .rx_relay
+            .fetch_add(out as u64, Ordering::Relaxed);
         meta.len = out;
         meta.stride = new_stride;
         meta.addr = self.family(route.vaddr);
         true
     }
 
-    fn poll_tcp_inbound(&self, cx: &mut Context<'_>, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Option<usize> {
+    fn poll_tcp_inbound(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Option<usize> {
         let mut rx = self.tcp_inbound.lock().ok()?;
         let mut n = 0;
         while n < bufs.len().min(meta.len()) {
             let Poll::Ready(Some((from, pkt))) = rx.poll_recv(cx) else {
                 break;
             };
-            let Some(route) = self.route(from) else { continue };
+            let Some(route) = self.route(from) else {
+                continue;
+            };
             if pkt.is_empty() || pkt.len() > bufs[n].len() {
                 continue;
             }
             bufs[n][..pkt.len()].copy_from_slice(&pkt);
-            route.counters.rx_relay.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+            route
+                .counters
+                .rx_relay
+                .fetch_add(pkt.len() as u64, Ordering::Relaxed);
             meta[n] = RecvMeta {
                 addr: self.family(route.vaddr),
                 len: pkt.len(),
@@ -447,7 +480,10 @@ impl MagicSocket {
 
 impl quinn::AsyncUdpSocket for MagicSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        Box::pin(Poller { socket: self, fut: None })
+        Box::pin(Poller {
+            socket: self,
+            fut: None,
+        })
     }
 
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
@@ -485,9 +521,9 @@ impl quinn::AsyncUdpSocket for MagicSocket {
         }
         loop {
             ready!(self.io.poll_recv_ready(cx))?;
-            let res = self
-                .io
-                .try_io(Interest::READABLE, || self.state.recv((&self.io).into(), bufs, meta));
+            let res = self.io.try_io(Interest::READABLE, || {
+                self.state.recv((&self.io).into(), bufs, meta)
+            });
             match res {
                 Ok(n) => {
                     let kept = self.process(bufs, meta, n);
@@ -569,7 +605,10 @@ pub(crate) fn bind_std(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     match try_bind(addr) {
         Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
             tracing::debug!("dual-stack bind failed ({e}); using IPv4 only");
-            try_bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port()))
+            try_bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                addr.port(),
+            ))
         }
         r => r,
     }

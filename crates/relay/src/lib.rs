@@ -69,7 +69,11 @@ impl RelayConfig {
     /// reflection port one above, no metrics.
     pub fn new(listen: SocketAddr) -> Self {
         let mut reflect = listen;
-        reflect.set_port(if listen.port() == 0 { 0 } else { listen.port().wrapping_add(1) });
+        reflect.set_port(if listen.port() == 0 {
+            0
+        } else {
+            listen.port().wrapping_add(1)
+        });
         Self {
             listen,
             tcp_listen: Some(listen),
@@ -120,7 +124,11 @@ impl Shared {
     fn forward_from_tcp(&self, from: PeerId, to: PeerId, packet: &[u8]) {
         use metrics::DropReason;
         use std::sync::atomic::Ordering;
-        let dst = self.sessions.read().ok().and_then(|s| s.by_id(&to).cloned());
+        let dst = self
+            .sessions
+            .read()
+            .ok()
+            .and_then(|s| s.by_id(&to).cloned());
         let Some(dst) = dst else {
             self.metrics.dropped(DropReason::UnknownDestination);
             return;
@@ -171,7 +179,8 @@ impl std::fmt::Debug for Relay {
 fn bind_udp(addr: SocketAddr, what: &'static str) -> Result<std::net::UdpSocket, RelayError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let err = |source| RelayError::Bind { what, addr, source };
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    let s =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if addr.is_ipv6() {
         s.set_only_v6(false).map_err(err)?;
     }
@@ -221,23 +230,22 @@ impl Relay {
         })?;
 
         // TCP fallback on the UDP port number unless configured otherwise.
-        let tcp = match cfg.tcp_listen {
-            Some(mut a) => {
-                if a.port() == 0 && a.ip() == cfg.listen.ip() {
-                    a.set_port(udp_addr.port());
-                }
-                Some(
-                    tokio::net::TcpListener::bind(a)
-                        .await
-                        .map_err(|source| RelayError::Bind {
+        let tcp =
+            match cfg.tcp_listen {
+                Some(mut a) => {
+                    if a.port() == 0 && a.ip() == cfg.listen.ip() {
+                        a.set_port(udp_addr.port());
+                    }
+                    Some(tokio::net::TcpListener::bind(a).await.map_err(|source| {
+                        RelayError::Bind {
                             what: "TCP",
                             addr: a,
                             source,
-                        })?,
-                )
-            }
-            None => None,
-        };
+                        }
+                    })?)
+                }
+                None => None,
+            };
         let reflect = match cfg.reflect_listen {
             Some(a) => Some(
                 tokio::net::UdpSocket::from_std(bind_udp(a, "reflection UDP")?).map_err(
@@ -250,16 +258,17 @@ impl Relay {
             ),
             None => None,
         };
-        let metrics_listener = match cfg.metrics_listen {
-            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|source| {
-                RelayError::Bind {
-                    what: "metrics TCP",
-                    addr: a,
-                    source,
-                }
-            })?),
-            None => None,
-        };
+        let metrics_listener =
+            match cfg.metrics_listen {
+                Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|source| {
+                    RelayError::Bind {
+                        what: "metrics TCP",
+                        addr: a,
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
         let reflect_addr = reflect.as_ref().and_then(|s| s.local_addr().ok());
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -322,8 +331,10 @@ impl Relay {
         // Let writers flush their Refused frames.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.shared.cancel.cancel();
-        self.endpoint
-            .close(quinn::VarInt::from_u32(RefuseReason::ShuttingDown as u32), b"relay shutting down");
+        self.endpoint.close(
+            quinn::VarInt::from_u32(RefuseReason::ShuttingDown as u32),
+            b"relay shutting down",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
@@ -409,7 +420,8 @@ async fn accept_tcp(
                     return;
                 }
             };
-            let Some(id) = p2pcall_tls::peer_id_of_tls(stream.get_ref().1.peer_certificates()) else {
+            let Some(id) = p2pcall_tls::peer_id_of_tls(stream.get_ref().1.peer_certificates())
+            else {
                 shared.metrics.close(metrics::Close::Protocol);
                 return;
             };

@@ -131,24 +131,96 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let g = |s: &mut String, name: &str, kind: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         };
-        g(&mut s, "p2pcall_relay_peers_online", "gauge", "Sessions registered now.", &self.peers_online);
-        g(&mut s, "p2pcall_relay_sessions_total", "counter", "Sessions registered since start.", &self.sessions_total);
-        g(&mut s, "p2pcall_relay_packets_relayed_total", "counter", "Peer-to-peer packets forwarded.", &self.packets_relayed);
-        g(&mut s, "p2pcall_relay_bytes_relayed_total", "counter", "Peer-to-peer payload bytes forwarded.", &self.bytes_relayed);
-        g(&mut s, "p2pcall_relay_signals_forwarded_total", "counter", "Signaling messages forwarded.", &self.signals_forwarded);
-        g(&mut s, "p2pcall_relay_signals_failed_total", "counter", "Signaling messages not delivered.", &self.signals_failed);
-        g(&mut s, "p2pcall_relay_presence_events_total", "counter", "Incremental presence events queued.", &self.presence_events);
-        g(&mut s, "p2pcall_relay_presence_snapshots_total", "counter", "Full presence snapshots sent.", &self.presence_snapshots);
-        g(&mut s, "p2pcall_relay_reflections_total", "counter", "Address reflection requests answered.", &self.reflections);
-        let _ = writeln!(s, "# HELP p2pcall_relay_drops_total Packets or frames dropped, by reason.\n# TYPE p2pcall_relay_drops_total counter");
+        g(
+            &mut s,
+            "p2pcall_relay_peers_online",
+            "gauge",
+            "Sessions registered now.",
+            &self.peers_online,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_sessions_total",
+            "counter",
+            "Sessions registered since start.",
+            &self.sessions_total,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_packets_relayed_total",
+            "counter",
+            "Peer-to-peer packets forwarded.",
+            &self.packets_relayed,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_bytes_relayed_total",
+            "counter",
+            "Peer-to-peer payload bytes forwarded.",
+            &self.bytes_relayed,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_signals_forwarded_total",
+            "counter",
+            "Signaling messages forwarded.",
+            &self.signals_forwarded,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_signals_failed_total",
+            "counter",
+            "Signaling messages not delivered.",
+            &self.signals_failed,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_presence_events_total",
+            "counter",
+            "Incremental presence events queued.",
+            &self.presence_events,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_presence_snapshots_total",
+            "counter",
+            "Full presence snapshots sent.",
+            &self.presence_snapshots,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_reflections_total",
+            "counter",
+            "Address reflection requests answered.",
+            &self.reflections,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP p2pcall_relay_drops_total Packets or frames dropped, by reason.\n# TYPE p2pcall_relay_drops_total counter"
+        );
         for (i, (_, name)) in DROPS.iter().enumerate() {
-            let _ = writeln!(s, "p2pcall_relay_drops_total{{reason=\"{name}\"}} {}", self.drops[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                s,
+                "p2pcall_relay_drops_total{{reason=\"{name}\"}} {}",
+                self.drops[i].load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(s, "# HELP p2pcall_relay_sessions_closed_total Sessions refused or closed, by reason.\n# TYPE p2pcall_relay_sessions_closed_total counter");
+        let _ = writeln!(
+            s,
+            "# HELP p2pcall_relay_sessions_closed_total Sessions refused or closed, by reason.\n# TYPE p2pcall_relay_sessions_closed_total counter"
+        );
         for (i, (_, name)) in CLOSES.iter().enumerate() {
-            let _ = writeln!(s, "p2pcall_relay_sessions_closed_total{{reason=\"{name}\"}} {}", self.closes[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                s,
+                "p2pcall_relay_sessions_closed_total{{reason=\"{name}\"}} {}",
+                self.closes[i].load(Ordering::Relaxed)
+            );
         }
         s
     }
@@ -162,7 +234,11 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HTTP_CONNECTIONS: usize = 64;
 
 /// Serves `/metrics` and `/healthz` until cancelled.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
@@ -192,12 +268,19 @@ async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
     }
     let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|b| *b == b' ');
-    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     let (status, ctype, body) = match (method, path) {
         (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         (b"GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",

@@ -71,7 +71,10 @@ impl Sessions {
                 continue;
             }
             if s.out.try_send(frame.clone()).is_ok() {
-                shared.metrics.presence_events.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .presence_events
+                    .fetch_add(1, Ordering::Relaxed);
             } else {
                 s.resync.store(true, Ordering::Release);
                 s.wake.notify_one();
@@ -116,7 +119,9 @@ impl Session {
 
     /// Where to send UDP packets for this peer (`None`: TCP fallback session).
     pub fn udp_addr(&self) -> Option<SocketAddr> {
-        self.udp.as_ref().and_then(|u| u.addr.lock().ok().map(|a| *a))
+        self.udp
+            .as_ref()
+            .and_then(|u| u.addr.lock().ok().map(|a| *a))
     }
 
     /// True if a data packet from `src` may belong to this session: its QUIC connection's
@@ -206,7 +211,8 @@ where
             }) => (name, token, presence),
             Ok(_) | Err(_) => {
                 shared.metrics.close(Close::Protocol);
-                let (out, code, text) = refuse(RefuseReason::Protocol, "the first frame must be hello");
+                let (out, code, text) =
+                    refuse(RefuseReason::Protocol, "the first frame must be hello");
                 let _ = write_all(&mut send, &out).await;
                 return Some((code, text));
             }
@@ -254,7 +260,10 @@ where
             } else {
                 if let Some(old) = sessions.by_id.insert(id, session.clone()) {
                     sessions.by_tag.remove(&old.tag);
-                    old.end(RefuseReason::Replaced, "a newer login with this key replaced this session");
+                    old.end(
+                        RefuseReason::Replaced,
+                        "a newer login with this key replaced this session",
+                    );
                     shared.metrics.close(Close::Replaced);
                 }
                 sessions.by_tag.insert(session.tag, session.clone());
@@ -273,7 +282,10 @@ where
         let _ = write_all(&mut send, &out).await;
         return Some((code, text));
     }
-    shared.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .sessions_total
+        .fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %id.fingerprint(), "session registered");
 
     let mut welcome = Vec::new();
@@ -388,7 +400,12 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                 }
             }
             ClientFrame::Signal { to, payload } => {
-                let failure = match shared.sessions.read().ok().and_then(|s| s.by_id(&to).cloned()) {
+                let failure = match shared
+                    .sessions
+                    .read()
+                    .ok()
+                    .and_then(|s| s.by_id(&to).cloned())
+                {
                     None => Some(SignalFailure::Offline),
                     Some(dst) => {
                         if dst.try_queue(ServerFrame::Signal {
@@ -403,10 +420,16 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                 };
                 match failure {
                     None => {
-                        shared.metrics.signals_forwarded.fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .metrics
+                            .signals_forwarded
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     Some(reason) => {
-                        shared.metrics.signals_failed.fetch_add(1, Ordering::Relaxed);
+                        shared
+                            .metrics
+                            .signals_failed
+                            .fetch_add(1, Ordering::Relaxed);
                         session.try_queue(ServerFrame::SignalFailed { to, reason });
                     }
                 }
@@ -448,7 +471,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 }
                 sessions.snapshot()
             };
-            shared.metrics.presence_snapshots.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .presence_snapshots
+                .fetch_add(1, Ordering::Relaxed);
             let chunks: Vec<_> = peers.chunks(SNAPSHOT_CHUNK).collect();
             if chunks.is_empty() {
                 ServerFrame::Snapshot {

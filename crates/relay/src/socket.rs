@@ -82,7 +82,9 @@ impl RelaySocket {
             src_ip: None,
         };
         self.io
-            .try_io(Interest::WRITABLE, || self.state.send((&self.io).into(), &t))
+            .try_io(Interest::WRITABLE, || {
+                self.state.send((&self.io).into(), &t)
+            })
             .is_ok()
     }
 
@@ -227,9 +229,9 @@ impl quinn::AsyncUdpSocket for RelaySocket {
     ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.io.poll_recv_ready(cx))?;
-            let res = self
-                .io
-                .try_io(Interest::READABLE, || self.state.recv((&self.io).into(), bufs, meta));
+            let res = self.io.try_io(Interest::READABLE, || {
+                self.state.recv((&self.io).into(), bufs, meta)
+            });
             let n = match res {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -40,6 +40,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Waits for the next complete frame. The returned body borrows the reader's buffer.
+    /// Cancel-safe: may be used as a `select!` branch.
     /// Memory stays bounded by `max` plus one read chunk, whatever the peer sends.
     pub async fn next(&mut self) -> Result<RawFrame<'_>, FrameReadError> {
         loop {
@@ -54,17 +55,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            let len = self.buf.len();
-            self.buf.resize(len + 8192, 0);
-            let n = self.inner.read(&mut self.buf[len..]).await;
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(e.into());
-                }
-            };
-            self.buf.truncate(len + n);
+            // `read_buf` appends only what was read, so dropping this future (a `select!`
+            // picking another branch) loses nothing: `next` is cancel-safe.
+            self.buf.reserve(8192);
+            let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return if self.buf.is_empty() {
                     Err(FrameReadError::Closed)
@@ -80,4 +74,79 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 pub async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     w.write_all(bytes).await?;
     w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pcall_proto::relay::{PeerInfo, ServerFrame};
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn frames_split_across_reads_are_reassembled() {
+        let frames: Vec<ServerFrame> = (0..50u64)
+            .map(|i| {
+                if i % 3 == 0 {
+                    ServerFrame::Snapshot {
+                        peers: vec![
+                            PeerInfo {
+                                id: p2pcall_proto::PeerId::from_bytes([i as u8; 32]),
+                                name: "x".repeat(i as usize),
+                                online_since_ms: i,
+                            };
+                            (i % 7) as usize
+                        ],
+                        last: i % 2 == 0,
+                    }
+                } else {
+                    ServerFrame::Pong { nonce: i }
+                }
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        for f in &frames {
+            f.encode(&mut bytes);
+        }
+        let (mut a, b) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for chunk in bytes.chunks(37) {
+                a.write_all(chunk).await.unwrap();
+            }
+        });
+        let mut r = FrameReader::new(b, 1 << 16);
+        for f in &frames {
+            let raw = r.next().await.unwrap();
+            assert_eq!(&ServerFrame::decode(raw).unwrap(), f);
+        }
+        writer.await.unwrap();
+        assert!(matches!(r.next().await, Err(FrameReadError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn next_is_cancel_safe() {
+        let mut bytes = Vec::new();
+        for nonce in 0..20u64 {
+            ServerFrame::Pong { nonce }.encode(&mut bytes);
+        }
+        let (mut a, b) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            for chunk in bytes.chunks(5) {
+                a.write_all(chunk).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        });
+        let mut r = FrameReader::new(b, 1 << 16);
+        let mut got = Vec::new();
+        let mut cancelled = 0;
+        while got.len() < 20 {
+            tokio::select! {
+                f = r.next() => got.push(ServerFrame::decode(f.unwrap()).unwrap()),
+                _ = tokio::task::yield_now() => cancelled += 1,
+            }
+        }
+        assert!(cancelled > 0, "the test must actually cancel reads");
+        for (i, f) in got.iter().enumerate() {
+            assert_eq!(f, &ServerFrame::Pong { nonce: i as u64 });
+        }
+    }
 }

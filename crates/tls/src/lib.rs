@@ -64,7 +64,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,7 +74,8 @@ impl Identity {
     /// Creates a fresh key from the system RNG.
     pub fn generate() -> Result<Self, TlsError> {
         let rng = ring::rand::SystemRandom::new();
-        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| TlsError::Rng)?;
+        let doc =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| TlsError::Rng)?;
         Self::from_pkcs8(doc.as_ref())
     }
 

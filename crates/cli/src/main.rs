@@ -1,0 +1,717 @@
+//! `p2pcall`: the command-line front end (relay server, peer commands, demo).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
+use p2pcall_core::settings::{Dirs, Settings};
+use p2pcall_core::{Path, PeerInfo, identity};
+use p2pcall_net::{PresenceEvent, RelayConfig};
+use serde_json::json;
+
+/// Default relay port (UDP and TCP).
+const DEFAULT_PORT: u16 = 7700;
+/// How long commands wait for the relay and the peer list.
+const RELAY_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "p2pcall",
+    version,
+    about = "End-to-end encrypted peer-to-peer calls, chat and file transfer",
+    long_about = "End-to-end encrypted peer-to-peer calls, chat and file transfer.\n\n\
+        Peers register with a relay (presence and signaling), then talk over one QUIC \
+        connection per pair that the relay cannot decrypt; it moves to a direct path when \
+        one exists.\n\nLogs: RUST_LOG=debug p2pcall ...",
+    after_help = "Try it on one machine:  p2pcall demo\n\
+        Or with two identities:  p2pcall relay --listen 127.0.0.1:7700\n  \
+        p2pcall --data-dir /tmp/a --relay 127.0.0.1 listen\n  \
+        p2pcall --data-dir /tmp/b --relay 127.0.0.1 ping <fingerprint of a>"
+)]
+struct Cli {
+    /// Directory for the identity key and settings [default: the platform's data and
+    /// config dirs]
+    #[arg(long, global = true, env = "P2PCALL_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Relay address, HOST[:PORT] (port 7700 if omitted) [default: `relay` in the settings]
+    #[arg(long, global = true, env = "P2PCALL_RELAY", value_name = "ADDR")]
+    relay: Option<String>,
+    /// Relay access token (for `relay`: the token peers must present)
+    #[arg(long, global = true, env = "P2PCALL_TOKEN", value_name = "TOKEN")]
+    token: Option<String>,
+    /// Display name shown to other peers [default: settings, then $USER]
+    #[arg(long, global = true, value_name = "NAME")]
+    name: Option<String>,
+    /// Reach the relay over its TCP+TLS fallback only (networks that block UDP)
+    #[arg(long, global = true)]
+    tcp: bool,
+    /// Never use direct paths: all traffic goes through the relay (still end-to-end
+    /// encrypted; hides your addresses from peers)
+    #[arg(long, global = true)]
+    relay_only: bool,
+    /// Machine-readable output: one JSON object (or JSON lines for streams of events)
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a relay server
+    Relay(RelayArgs),
+    /// Print this installation's peer id (created on first run)
+    Id,
+    /// List the peers online on the relay
+    Peers,
+    /// Stay online: accept connections and print events until Ctrl-C
+    Listen,
+    /// Open the end-to-end encrypted connection to a peer and measure RTT
+    Ping(PingArgs),
+    /// In-process relay and two peers: register, connect, ping, stream; print what happened
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct RelayArgs {
+    /// Address for everything: UDP (QUIC control + packet relay) and the TCP+TLS fallback
+    #[arg(long, default_value = "0.0.0.0:7700", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// UDP address, if not --listen
+    #[arg(long, value_name = "ADDR")]
+    udp: Option<SocketAddr>,
+    /// TCP+TLS fallback address, if not --listen
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_tcp")]
+    tcp_listen: Option<SocketAddr>,
+    /// Disable the TCP+TLS fallback
+    #[arg(long)]
+    no_tcp: bool,
+    /// Second UDP address answering address reflection [default: UDP port + 1]
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_reflect")]
+    reflect: Option<SocketAddr>,
+    /// Disable the second reflection port
+    #[arg(long)]
+    no_reflect: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz)
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Most peers online at once
+    #[arg(long, default_value_t = 50_000)]
+    max_peers: usize,
+    /// Relayed packets per second per peer
+    #[arg(long, default_value_t = 10_000.0)]
+    packet_rate: f64,
+    /// Relayed Mbit/s per peer
+    #[arg(long, default_value_t = 100.0)]
+    mbit_rate: f64,
+}
+
+#[derive(Args, Debug)]
+struct PingArgs {
+    /// The peer: fingerprint (or its first 4+ digits), full id, or display name
+    peer: String,
+    /// Number of pings
+    #[arg(long, short = 'c', default_value_t = 4)]
+    count: u32,
+    /// Milliseconds between pings
+    #[arg(long, short = 'i', default_value_t = 1000)]
+    interval: u64,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Bytes to stream from one peer to the other
+    #[arg(long, default_value_t = 64 << 20)]
+    bytes: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let json = cli.json;
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!("{}", json!({"event": "error", "error": format!("{e:#}")}));
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Demo(a) => demo(&cli, a).await,
+        Cmd::Relay(a) => relay(&cli, a).await,
+        Cmd::Id => id(&cli),
+        Cmd::Peers => peers(&cli).await,
+        Cmd::Listen => listen(&cli).await,
+        Cmd::Ping(a) => ping(&cli, a).await,
+    }
+}
+
+struct Context_ {
+    dirs: Dirs,
+    settings: Settings,
+}
+
+fn load(cli: &Cli) -> Result<Context_> {
+    let dirs = Dirs::resolve(cli.data_dir.as_deref())?;
+    let settings = Settings::load(&dirs.settings)?;
+    Ok(Context_ { dirs, settings })
+}
+
+fn display_name(cli: &Cli, s: &Settings) -> String {
+    cli.name
+        .clone()
+        .or_else(|| s.name.clone())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "anonymous".into())
+}
+
+async fn resolve_relay(spec: &str) -> Result<SocketAddr> {
+    let with_port = if spec.parse::<SocketAddr>().is_ok()
+        || spec
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok() && !h.contains(':'))
+    {
+        spec.to_string()
+    } else if spec.contains(':') && !spec.starts_with('[') {
+        format!("[{spec}]:{DEFAULT_PORT}")
+    } else {
+        format!("{spec}:{DEFAULT_PORT}")
+    };
+    let mut addrs = tokio::net::lookup_host(&with_port)
+        .await
+        .with_context(|| format!("cannot resolve the relay address {spec:?}"))?;
+    addrs
+        .next()
+        .with_context(|| format!("the relay address {spec:?} resolved to nothing"))
+}
+
+async fn start_engine(
+    cli: &Cli,
+    presence: bool,
+) -> Result<(EngineHandle, tokio::sync::mpsc::Receiver<EngineEvent>)> {
+    let ctx = load(cli)?;
+    let (identity, _) = identity::load_or_create(&ctx.dirs.data)?;
+    let spec = cli.relay.clone().or_else(|| ctx.settings.relay.clone()).with_context(|| {
+        format!(
+            "no relay configured: pass --relay HOST[:PORT], or set `relay = \"HOST:PORT\"` in {}",
+            ctx.dirs.settings.display()
+        )
+    })?;
+    let addr = resolve_relay(&spec).await?;
+    let mut cfg = EngineConfig::new(
+        identity,
+        display_name(cli, &ctx.settings),
+        Some(RelayConfig {
+            addr,
+            tcp_addr: None,
+            token: cli.token.clone().or_else(|| ctx.settings.token.clone()),
+            presence,
+            force_tcp: cli.tcp,
+            relay_key: None,
+        }),
+    );
+    cfg.direct_paths = !cli.relay_only;
+    Ok(Engine::start(cfg).await?)
+}
+
+/// Waits for the relay session, turning a refusal into a clear error.
+async fn wait_online(
+    engine: &EngineHandle,
+    events: &mut tokio::sync::mpsc::Receiver<EngineEvent>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + RELAY_WAIT;
+    let mut last = String::from("no answer");
+    loop {
+        tokio::select! {
+            r = engine.wait_relay(Duration::from_millis(50)) => if r.is_ok() { return Ok(()) },
+            e = events.recv() => match e {
+                Some(EngineEvent::RelayRefused { reason, detail }) => bail!("the relay refused us: {reason} ({detail})"),
+                Some(EngineEvent::RelayDisconnected { reason, .. }) => last = reason,
+                Some(_) => {}
+                None => bail!("engine stopped"),
+            },
+            _ = tokio::time::sleep_until(deadline) => bail!("could not reach the relay within {RELAY_WAIT:?}: {last}; check the address, and that UDP or TCP to it is allowed"),
+        }
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    match p {
+        Path::Relay => "relay".into(),
+        Path::Direct(a) => format!("direct {a}"),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn since(ms_epoch: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let s = now.saturating_sub(ms_epoch) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn peer_json(p: &PeerInfo) -> serde_json::Value {
+    json!({"name": p.name, "id": p.id.to_hex(), "fingerprint": p.id.fingerprint().to_string(), "online_since_ms": p.online_since_ms})
+}
+
+fn id(cli: &Cli) -> Result<()> {
+    let ctx = load(cli)?;
+    let (identity, created) = identity::load_or_create(&ctx.dirs.data)?;
+    let me = identity.id();
+    let name = display_name(cli, &ctx.settings);
+    if cli.json {
+        println!(
+            "{}",
+            json!({"id": me.to_hex(), "fingerprint": me.fingerprint().to_string(), "name": name, "created": created, "data_dir": ctx.dirs.data})
+        );
+    } else {
+        if created {
+            eprintln!("created a new identity in {}", ctx.dirs.data.display());
+        }
+        println!("{}", me.fingerprint());
+        println!("name: {name}");
+        println!("full id: {}", me.to_hex());
+    }
+    Ok(())
+}
+
+async fn peers(cli: &Cli) -> Result<()> {
+    let (engine, mut events) = start_engine(cli, true).await?;
+    wait_online(&engine, &mut events).await?;
+    let list = engine.wait_presence(RELAY_WAIT).await?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::Value::Array(list.iter().map(peer_json).collect())
+        );
+    } else if list.is_empty() {
+        println!("nobody else is online");
+    } else {
+        println!("{:<24} {:<26} {}", "NAME", "FINGERPRINT", "ONLINE FOR");
+        for p in &list {
+            println!(
+                "{:<24} {:<26} {}",
+                p.name,
+                p.id.fingerprint().to_string(),
+                since(p.online_since_ms)
+            );
+        }
+    }
+    engine.shutdown().await;
+    Ok(())
+}
+
+fn event_json(e: &EngineEvent) -> serde_json::Value {
+    match e {
+        EngineEvent::RelayConnected {
+            observed,
+            transport,
+            relay,
+        } => {
+            json!({"event": "relay_connected", "observed": observed.to_string(), "transport": format!("{transport:?}").to_lowercase(), "relay": relay.fingerprint().to_string()})
+        }
+        EngineEvent::RelayDisconnected { reason, retry_in } => {
+            json!({"event": "relay_disconnected", "reason": reason, "retry_in_ms": retry_in.as_millis() as u64})
+        }
+        EngineEvent::RelayRefused { reason, detail } => {
+            json!({"event": "relay_refused", "reason": reason.to_string(), "detail": detail})
+        }
+        EngineEvent::Presence(PresenceEvent::Snapshot(list)) => {
+            json!({"event": "peers", "peers": list.iter().map(peer_json).collect::<Vec<_>>()})
+        }
+        EngineEvent::Presence(PresenceEvent::Joined(p)) => {
+            json!({"event": "peer_joined", "peer": peer_json(p)})
+        }
+        EngineEvent::Presence(PresenceEvent::Updated(p)) => {
+            json!({"event": "peer_updated", "peer": peer_json(p)})
+        }
+        EngineEvent::Presence(PresenceEvent::Left(id)) => {
+            json!({"event": "peer_left", "id": id.to_hex(), "fingerprint": id.fingerprint().to_string()})
+        }
+        EngineEvent::PeerConnected { conn, incoming } => {
+            json!({"event": "connected", "incoming": incoming, "id": conn.peer().to_hex(), "fingerprint": conn.peer().fingerprint().to_string(), "name": conn.remote_name(), "path": path_str(&conn.path()), "safety_number": conn.safety_number().to_string()})
+        }
+        EngineEvent::PathChanged { peer, path, rtt } => {
+            json!({"event": "path_changed", "fingerprint": peer.fingerprint().to_string(), "path": path_str(path), "rtt_ms": rtt.map(ms)})
+        }
+        EngineEvent::PeerDisconnected { peer, reason } => {
+            json!({"event": "disconnected", "fingerprint": peer.fingerprint().to_string(), "reason": reason})
+        }
+        EngineEvent::Signal { from, payload } => {
+            json!({"event": "signal", "from": from.fingerprint().to_string(), "bytes": payload.len()})
+        }
+        EngineEvent::SignalFailed { to, reason } => {
+            json!({"event": "signal_failed", "to": to.fingerprint().to_string(), "reason": format!("{reason:?}")})
+        }
+    }
+}
+
+fn event_text(e: &EngineEvent) -> String {
+    match e {
+        EngineEvent::RelayConnected {
+            observed,
+            transport,
+            relay,
+        } => format!(
+            "online via relay {} over {transport:?}; the relay sees us as {observed}",
+            relay.fingerprint()
+        ),
+        EngineEvent::RelayDisconnected { reason, retry_in } => format!(
+            "relay connection lost ({reason}); retrying in {:.1}s",
+            retry_in.as_secs_f64()
+        ),
+        EngineEvent::RelayRefused { reason, detail } => {
+            format!("the relay refused us: {reason} ({detail})")
+        }
+        EngineEvent::Presence(PresenceEvent::Snapshot(list)) => {
+            format!("{} other peer(s) online", list.len())
+        }
+        EngineEvent::Presence(PresenceEvent::Joined(p)) => {
+            format!("{} ({}) came online", p.name, p.id.fingerprint())
+        }
+        EngineEvent::Presence(PresenceEvent::Updated(p)) => {
+            format!("{} is now called {}", p.id.fingerprint(), p.name)
+        }
+        EngineEvent::Presence(PresenceEvent::Left(id)) => {
+            format!("{} went offline", id.fingerprint())
+        }
+        EngineEvent::PeerConnected { conn, incoming } => format!(
+            "{} {} ({}) via {}; safety number: {}",
+            if *incoming {
+                "connection from"
+            } else {
+                "connected to"
+            },
+            conn.remote_name().unwrap_or_default(),
+            conn.peer().fingerprint(),
+            path_str(&conn.path()),
+            conn.safety_number()
+        ),
+        EngineEvent::PathChanged { peer, path, rtt } => format!(
+            "path to {} is now {}{}",
+            peer.fingerprint(),
+            path_str(path),
+            rtt.map(|r| format!(" (rtt {:.2} ms)", ms(r)))
+                .unwrap_or_default()
+        ),
+        EngineEvent::PeerDisconnected { peer, reason } => {
+            format!("connection with {} closed: {reason}", peer.fingerprint())
+        }
+        EngineEvent::Signal { from, payload } => format!(
+            "signal from {} ({} bytes)",
+            from.fingerprint(),
+            payload.len()
+        ),
+        EngineEvent::SignalFailed { to, reason } => {
+            format!("signal to {} failed: {reason:?}", to.fingerprint())
+        }
+    }
+}
+
+fn print_event(json: bool, e: &EngineEvent) {
+    if json {
+        println!("{}", event_json(e));
+    } else {
+        println!("{}", event_text(e));
+    }
+}
+
+async fn listen(cli: &Cli) -> Result<()> {
+    let (engine, mut events) = start_engine(cli, true).await?;
+    if !cli.json {
+        println!(
+            "listening as {} (Ctrl-C to stop)",
+            engine.id().fingerprint()
+        );
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            e = events.recv() => match e {
+                Some(e) => {
+                    print_event(cli.json, &e);
+                    if let EngineEvent::RelayRefused { reason, detail } = &e {
+                        bail!("the relay refused us: {reason} ({detail})");
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    engine.shutdown().await;
+    Ok(())
+}
+
+async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
+    let (engine, mut events) = start_engine(cli, true).await?;
+    wait_online(&engine, &mut events).await?;
+    engine.wait_presence(RELAY_WAIT).await?;
+    let peer = engine.resolve_peer(&a.peer)?;
+    let t0 = Instant::now();
+    let conn = engine
+        .connect(peer)
+        .await
+        .with_context(|| format!("connecting to {}", peer.fingerprint()))?;
+    let setup = t0.elapsed();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "name": conn.remote_name(), "connect_ms": ms(setup), "path": path_str(&conn.path()), "safety_number": conn.safety_number().to_string()})
+        );
+    } else {
+        println!(
+            "connected to {} in {:.1} ms via {}",
+            peer.fingerprint(),
+            ms(setup),
+            path_str(&conn.path())
+        );
+        println!(
+            "safety number (compare with your peer): {}",
+            conn.safety_number()
+        );
+    }
+    let mut rtts = Vec::new();
+    let mut lost = 0u32;
+    for seq in 0..a.count {
+        if seq > 0 {
+            tokio::time::sleep(Duration::from_millis(a.interval)).await;
+        }
+        while let Ok(e) = events.try_recv() {
+            if let EngineEvent::PathChanged { peer: p, .. } = &e
+                && *p == peer
+            {
+                print_event(cli.json, &e);
+            }
+        }
+        let r = engine.ping(peer, seq).await?;
+        match r.rtt {
+            Some(rtt) => {
+                rtts.push(rtt);
+                if cli.json {
+                    println!(
+                        "{}",
+                        json!({"event": "ping", "seq": seq, "rtt_ms": ms(rtt), "path": path_str(&r.path)})
+                    );
+                } else {
+                    println!("seq={seq} rtt={:.3} ms path={}", ms(rtt), path_str(&r.path));
+                }
+            }
+            None => {
+                lost += 1;
+                if cli.json {
+                    println!(
+                        "{}",
+                        json!({"event": "ping", "seq": seq, "rtt_ms": null, "path": path_str(&r.path)})
+                    );
+                } else {
+                    println!("seq={seq} lost path={}", path_str(&r.path));
+                }
+            }
+        }
+    }
+    let min = rtts.iter().min().copied().map(ms);
+    let max = rtts.iter().max().copied().map(ms);
+    let avg = (!rtts.is_empty()).then(|| ms(rtts.iter().sum::<Duration>() / rtts.len() as u32));
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "summary", "sent": a.count, "received": rtts.len(), "lost": lost, "min_ms": min, "avg_ms": avg, "max_ms": max, "path": path_str(&conn.path())})
+        );
+    } else {
+        println!(
+            "{} sent, {} received, {} lost; rtt min/avg/max = {}/{}/{} ms; path now {}",
+            a.count,
+            rtts.len(),
+            lost,
+            min.map_or("-".into(), |v| format!("{v:.3}")),
+            avg.map_or("-".into(), |v| format!("{v:.3}")),
+            max.map_or("-".into(), |v| format!("{v:.3}")),
+            path_str(&conn.path())
+        );
+    }
+    engine.shutdown().await;
+    if rtts.is_empty() && a.count > 0 {
+        bail!("no ping was answered");
+    }
+    Ok(())
+}
+
+async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
+    let ctx = load(cli)?;
+    let (identity, _) = identity::load_or_create(&ctx.dirs.data)?;
+    let udp = a.udp.unwrap_or(a.listen);
+    let mut cfg = p2pcall_relay::RelayConfig::new(udp);
+    cfg.tcp_listen = if a.no_tcp {
+        None
+    } else {
+        Some(a.tcp_listen.unwrap_or(a.listen))
+    };
+    cfg.reflect_listen = if a.no_reflect {
+        None
+    } else {
+        a.reflect.or(cfg.reflect_listen)
+    };
+    cfg.metrics_listen = a.metrics;
+    cfg.token = cli.token.clone();
+    cfg.max_peers = a.max_peers;
+    cfg.packet_rate = a.packet_rate;
+    cfg.byte_rate = a.mbit_rate * 1e6 / 8.0;
+    let relay = p2pcall_relay::Relay::start(&identity, cfg)
+        .await
+        .context("starting the relay (is another relay already running on that port?)")?;
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "relay_started", "udp": relay.udp_addr.to_string(), "tcp": relay.tcp_addr.map(|a| a.to_string()), "reflect": relay.reflect_addr.map(|a| a.to_string()), "metrics": relay.metrics_addr.map(|a| format!("http://{a}/metrics")), "fingerprint": relay.id.fingerprint().to_string(), "token_required": cli.token.is_some()})
+        );
+    } else {
+        println!("relay {} listening", relay.id.fingerprint());
+        println!("  UDP (QUIC + packet relay): {}", relay.udp_addr);
+        if let Some(t) = relay.tcp_addr {
+            println!("  TCP+TLS fallback:          {t}");
+        }
+        if let Some(r) = relay.reflect_addr {
+            println!("  reflection:                {r}");
+        }
+        if let Some(m) = relay.metrics_addr {
+            println!("  metrics:                   http://{m}/metrics");
+        }
+        if cli.token.is_some() {
+            println!("  access token required");
+        }
+    }
+    shutdown_signal().await;
+    if !cli.json {
+        println!("shutting down ({} peers online)", relay.online());
+    }
+    relay.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
+    if !cli.json {
+        println!("starting an in-process relay and two peers (alice, bob) on loopback...");
+    }
+    let r = p2pcall_core::demo::run(a.bytes).await?;
+    let rtts =
+        |v: &[Option<Duration>]| -> Vec<Option<f64>> { v.iter().map(|r| r.map(ms)).collect() };
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "relay": r.relay.to_string(), "alice": r.alice, "bob": r.bob,
+                "presence_ok": r.presence_ok, "signal_ok": r.signal_ok,
+                "connect_ms": ms(r.connect_time), "first_path": path_str(&r.first_path),
+                "rtts_first_ms": rtts(&r.rtts_first), "direct_after_ms": r.direct_after.map(ms),
+                "final_path": path_str(&r.final_path), "rtts_final_ms": rtts(&r.rtts_final),
+                "safety_number": r.safety_number, "bytes": r.bytes, "throughput_mbit": r.throughput_mbit,
+            })
+        );
+    } else {
+        let fmt = |v: &[Option<Duration>]| {
+            v.iter()
+                .map(|r| r.map_or("lost".into(), |d| format!("{:.3}", ms(d))))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!("relay on {}", r.relay);
+        println!("alice {}  bob {}", r.alice, r.bob);
+        println!(
+            "presence: each sees the other: {}",
+            if r.presence_ok { "yes" } else { "NO" }
+        );
+        println!(
+            "signal through the relay: {}",
+            if r.signal_ok {
+                "delivered"
+            } else {
+                "NOT delivered"
+            }
+        );
+        println!(
+            "end-to-end connection up in {:.1} ms via {}",
+            ms(r.connect_time),
+            path_str(&r.first_path)
+        );
+        println!("  ping (ms): {}", fmt(&r.rtts_first));
+        match r.direct_after {
+            Some(d) => println!(
+                "switched to {} {:.1} ms after dialing, without reconnecting",
+                path_str(&r.final_path),
+                ms(d)
+            ),
+            None => println!("stayed on {}", path_str(&r.final_path)),
+        }
+        println!("  ping (ms): {}", fmt(&r.rtts_final));
+        println!("safety number: {}", r.safety_number);
+        println!(
+            "streamed {} MiB alice -> bob, verified: {:.0} Mbit/s",
+            r.bytes >> 20,
+            r.throughput_mbit
+        );
+    }
+    if !r.presence_ok || !r.signal_ok {
+        bail!(
+            "demo incomplete: presence {} signal {}",
+            r.presence_ok,
+            r.signal_ok
+        );
+    }
+    Ok(())
+}

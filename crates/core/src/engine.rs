@@ -1,0 +1,376 @@
+//! The engine: commands in (methods of [`EngineHandle`]), events out ([`EngineEvent`]).
+//!
+//! It owns the network endpoint, keeps one connection per peer (reused by every command),
+//! and turns endpoint events into application events. The UI (CLI now, GUI later) never
+//! touches sockets or protocol state.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use p2pcall_net::{
+    Endpoint, EndpointConfig, Event, NetError, Path, PeerConnection, PresenceEvent, RelayConfig,
+    RelayTransport,
+};
+use p2pcall_proto::relay::{PeerInfo, RefuseReason, SignalFailure};
+use p2pcall_proto::{PeerId, SafetyNumber};
+use p2pcall_tls::Identity;
+use tokio::sync::{mpsc, watch};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Our key.
+    pub identity: Identity,
+    /// Display name.
+    pub name: String,
+    /// Relay to use.
+    pub relay: Option<RelayConfig>,
+    /// UDP bind address.
+    pub bind: SocketAddr,
+    /// Look for direct paths.
+    pub direct_paths: bool,
+}
+
+impl EngineConfig {
+    /// Defaults: dual-stack any port, direct paths on.
+    pub fn new(identity: Identity, name: String, relay: Option<RelayConfig>) -> Self {
+        Self {
+            identity,
+            name,
+            relay,
+            bind: SocketAddr::from(([0u16; 8], 0)),
+            direct_paths: true,
+        }
+    }
+}
+
+/// Engine errors, each telling the user what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Network failure.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The peer query matched nobody online.
+    #[error(
+        "no online peer matches {query:?} ({online} peers online); run `p2pcall peers` to list them, or pass the full 64-digit id"
+    )]
+    PeerNotFound {
+        /// What the user typed.
+        query: String,
+        /// How many peers are online.
+        online: usize,
+    },
+    /// The peer query matched several peers.
+    #[error("{query:?} matches several peers: {candidates}; type more of the fingerprint")]
+    Ambiguous {
+        /// What the user typed.
+        query: String,
+        /// Who matched.
+        candidates: String,
+    },
+    /// The relay did not deliver the presence list in time.
+    #[error("the relay did not send the peer list within {0:?}")]
+    NoPresence(Duration),
+}
+
+/// Application events.
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    /// Registered with the relay.
+    RelayConnected {
+        /// Our public address as the relay sees it.
+        observed: SocketAddr,
+        /// UDP or TCP fallback.
+        transport: RelayTransport,
+        /// The relay's key.
+        relay: PeerId,
+    },
+    /// The relay session dropped; retrying.
+    RelayDisconnected {
+        /// Why.
+        reason: String,
+        /// Next attempt in.
+        retry_in: Duration,
+    },
+    /// The relay refused us for good.
+    RelayRefused {
+        /// Why.
+        reason: RefuseReason,
+        /// Detail.
+        detail: String,
+    },
+    /// Presence change.
+    Presence(PresenceEvent),
+    /// A peer-to-peer connection is up.
+    PeerConnected {
+        /// The connection.
+        conn: PeerConnection,
+        /// Whether the other side dialed.
+        incoming: bool,
+    },
+    /// A connection's path changed.
+    PathChanged {
+        /// The peer.
+        peer: PeerId,
+        /// New path.
+        path: Path,
+        /// Direct-path RTT.
+        rtt: Option<Duration>,
+    },
+    /// A connection ended.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// Signal from another peer.
+    Signal {
+        /// Sender.
+        from: PeerId,
+        /// Payload.
+        payload: Bytes,
+    },
+    /// A signal could not be delivered.
+    SignalFailed {
+        /// Recipient.
+        to: PeerId,
+        /// Why.
+        reason: SignalFailure,
+    },
+}
+
+/// Result of one ping.
+#[derive(Debug, Clone)]
+pub struct PingReport {
+    /// Sequence number.
+    pub seq: u32,
+    /// Round-trip time, `None` if lost.
+    pub rtt: Option<Duration>,
+    /// Path used when the ping was sent.
+    pub path: Path,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    connections: Mutex<HashMap<PeerId, PeerConnection>>,
+    presence_ready: watch::Sender<bool>,
+}
+
+/// Handle to a running engine (cheap to clone).
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts engines.
+#[derive(Debug)]
+pub struct Engine;
+
+impl Engine {
+    /// Starts the endpoint and the event task. Drain the returned receiver.
+    pub async fn start(
+        cfg: EngineConfig,
+    ) -> Result<(EngineHandle, mpsc::Receiver<EngineEvent>), EngineError> {
+        let (endpoint, net_events) = Endpoint::bind(EndpointConfig {
+            identity: cfg.identity,
+            name: cfg.name,
+            bind: cfg.bind,
+            relay: cfg.relay,
+            direct_paths: cfg.direct_paths,
+        })
+        .await?;
+        let shared = Arc::new(Shared {
+            endpoint,
+            connections: Mutex::default(),
+            presence_ready: watch::Sender::new(false),
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(pump(shared.clone(), net_events, tx));
+        Ok((EngineHandle { shared }, rx))
+    }
+}
+
+async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Sender<EngineEvent>) {
+    while let Some(e) = net.recv().await {
+        let ev = match e {
+            Event::RelayConnected {
+                observed,
+                transport,
+                relay,
+            } => EngineEvent::RelayConnected {
+                observed,
+                transport,
+                relay,
+            },
+            Event::RelayDisconnected { reason, retry_in } => {
+                EngineEvent::RelayDisconnected { reason, retry_in }
+            }
+            Event::RelayRefused { reason, detail } => EngineEvent::RelayRefused { reason, detail },
+            Event::Presence(p) => {
+                if matches!(p, PresenceEvent::Snapshot(_)) {
+                    shared.presence_ready.send_replace(true);
+                }
+                EngineEvent::Presence(p)
+            }
+            Event::Signal { from, payload } => EngineEvent::Signal { from, payload },
+            Event::SignalFailed { to, reason } => EngineEvent::SignalFailed { to, reason },
+            Event::Incoming(conn) => {
+                if let Ok(mut c) = shared.connections.lock() {
+                    c.insert(conn.peer(), conn.clone());
+                }
+                EngineEvent::PeerConnected {
+                    conn,
+                    incoming: true,
+                }
+            }
+            Event::PathChanged { peer, path, rtt } => EngineEvent::PathChanged { peer, path, rtt },
+            Event::ConnectionClosed { peer, reason } => {
+                if let Ok(mut c) = shared.connections.lock()
+                    && c.get(&peer)
+                        .is_some_and(|c| c.quic().close_reason().is_some())
+                {
+                    c.remove(&peer);
+                }
+                EngineEvent::PeerDisconnected { peer, reason }
+            }
+        };
+        // A consumer that went away must not stop the engine.
+        let _ = out.send(ev).await;
+    }
+}
+
+impl EngineHandle {
+    /// Our identity.
+    pub fn id(&self) -> PeerId {
+        self.shared.endpoint.id()
+    }
+
+    /// The underlying endpoint (for lower-level tools: benchmarks, tests).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+
+    /// Waits for the relay session.
+    pub async fn wait_relay(&self, timeout: Duration) -> Result<RelayTransport, EngineError> {
+        Ok(self.shared.endpoint.wait_relay(timeout).await?)
+    }
+
+    /// Waits for the first presence snapshot and returns the peers online.
+    pub async fn wait_presence(&self, timeout: Duration) -> Result<Vec<PeerInfo>, EngineError> {
+        let mut rx = self.shared.presence_ready.subscribe();
+        match tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(self.online_peers()),
+            _ => Err(EngineError::NoPresence(timeout)),
+        }
+    }
+
+    /// Peers online, sorted by name.
+    pub fn online_peers(&self) -> Vec<PeerInfo> {
+        let mut v = self.shared.endpoint.online_peers();
+        v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Finds the peer a user means: a full id, a fingerprint (prefix, ≥ 4 hex digits), or an
+    /// exact display name among the peers online.
+    pub fn resolve_peer(&self, query: &str) -> Result<PeerId, EngineError> {
+        if let Ok(id) = query.parse::<PeerId>() {
+            return Ok(id);
+        }
+        let online = self.online_peers();
+        let by_fp: Vec<_> = online.iter().filter(|p| p.id.matches(query)).collect();
+        let hits = if by_fp.is_empty() {
+            online.iter().filter(|p| p.name == query).collect()
+        } else {
+            by_fp
+        };
+        match hits.as_slice() {
+            [one] => Ok(one.id),
+            [] => Err(EngineError::PeerNotFound {
+                query: query.to_string(),
+                online: online.len(),
+            }),
+            many => Err(EngineError::Ambiguous {
+                query: query.to_string(),
+                candidates: many
+                    .iter()
+                    .map(|p| format!("{} ({})", p.name, p.id.fingerprint()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// The open connection to `peer`, or a new one.
+    pub async fn connect(&self, peer: PeerId) -> Result<PeerConnection, EngineError> {
+        let existing = self
+            .shared
+            .connections
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&peer).cloned());
+        if let Some(c) = existing
+            && c.quic().close_reason().is_none()
+        {
+            return Ok(c);
+        }
+        let conn = self.shared.endpoint.connect(peer).await?;
+        if let Ok(mut c) = self.shared.connections.lock() {
+            c.insert(peer, conn.clone());
+        }
+        Ok(conn)
+    }
+
+    /// Pings `peer` once over its connection.
+    pub async fn ping(&self, peer: PeerId, seq: u32) -> Result<PingReport, EngineError> {
+        let conn = self.connect(peer).await?;
+        let path = conn.path();
+        let rtt = match conn.ping(seq, 0).await {
+            Ok(rtt) => Some(rtt),
+            Err(NetError::Timeout(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(PingReport { seq, rtt, path })
+    }
+
+    /// The safety number shared with `peer`.
+    pub fn safety_number(&self, peer: &PeerId) -> SafetyNumber {
+        SafetyNumber::new(&self.id(), peer)
+    }
+
+    /// Sends a signaling message through the relay.
+    pub async fn signal(&self, to: PeerId, payload: Bytes) -> Result<(), EngineError> {
+        Ok(self.shared.endpoint.signal(to, payload).await?)
+    }
+
+    /// Changes the display name.
+    pub async fn set_name(&self, name: String) -> Result<(), EngineError> {
+        Ok(self.shared.endpoint.set_name(name).await?)
+    }
+
+    /// Closes every connection and the relay session.
+    pub async fn shutdown(&self) {
+        let conns: Vec<_> = self
+            .shared
+            .connections
+            .lock()
+            .map(|mut c| c.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for c in conns {
+            c.close("shutting down");
+        }
+        self.shared.endpoint.close().await;
+    }
+}

@@ -1,0 +1,17 @@
+//! The headless p2pcall engine used by the CLI (and the GUI later).
+//!
+//! * [`identity`]: the installation's Ed25519 key in the data dir (mode 0600).
+//! * [`settings`]: TOML settings in the platform config dir.
+//! * [`engine`]: commands in ([`EngineHandle`] methods), events out ([`EngineEvent`]).
+//! * [`demo`]: an in-process relay and two peers, end to end.
+#![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod engine;
+pub mod identity;
+pub mod settings;
+
+pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, PingReport};
+pub use p2pcall_net::{Path, RelayTransport};
+pub use p2pcall_proto::relay::PeerInfo;
+pub use p2pcall_proto::{PeerId, SafetyNumber};

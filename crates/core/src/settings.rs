@@ -1,0 +1,106 @@
+//! User settings, as TOML in the platform config dir (or in `--data-dir` when given).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Settings file name.
+pub const SETTINGS_FILE: &str = "config.toml";
+
+/// Persisted settings. Every field has a default, so an empty or partial file is valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Display name shown to other peers.
+    pub name: Option<String>,
+    /// Relay address (`host:port`; port 7700 if omitted).
+    pub relay: Option<String>,
+    /// Relay access token.
+    pub token: Option<String>,
+}
+
+/// Where the data dir and the settings live.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// Data dir: identity key (later: chat store, transfers).
+    pub data: PathBuf,
+    /// Settings file.
+    pub settings: PathBuf,
+}
+
+/// Errors reading settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// No home directory to derive platform dirs from.
+    #[error("cannot find the platform's data and config directories; pass --data-dir")]
+    NoDirs,
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("{path} is not valid: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Parser message (names the line and key).
+        message: String,
+    },
+}
+
+impl Dirs {
+    /// `--data-dir D` keeps everything in D; otherwise the platform's dirs
+    /// (`~/.local/share/p2pcall`, `~/.config/p2pcall/config.toml` on Linux).
+    pub fn resolve(data_dir: Option<&Path>) -> Result<Self, SettingsError> {
+        if let Some(d) = data_dir {
+            return Ok(Self {
+                data: d.to_path_buf(),
+                settings: d.join(SETTINGS_FILE),
+            });
+        }
+        let p = directories::ProjectDirs::from("", "", "p2pcall").ok_or(SettingsError::NoDirs)?;
+        Ok(Self {
+            data: p.data_dir().to_path_buf(),
+            settings: p.config_dir().join(SETTINGS_FILE),
+        })
+    }
+}
+
+impl Settings {
+    /// Reads the settings file; a missing file is the defaults.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => toml::from_str(&s).map_err(|e| SettingsError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(SettingsError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_is_default_and_unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(SETTINGS_FILE);
+        assert_eq!(Settings::load(&p).unwrap(), Settings::default());
+        std::fs::write(&p, "name = \"ada\"\nrelay = \"relay.example:7700\"\n").unwrap();
+        let s = Settings::load(&p).unwrap();
+        assert_eq!(s.name.as_deref(), Some("ada"));
+        std::fs::write(&p, "nmae = \"typo\"\n").unwrap();
+        let e = Settings::load(&p).unwrap_err();
+        assert!(e.to_string().contains("nmae"), "{e}");
+    }
+}
