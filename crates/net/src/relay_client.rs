@@ -158,6 +158,13 @@ async fn quic_session(
     )
     .await;
     conn.close(0u32.into(), b"bye");
+    // A refusal may arrive only as the close code (the relay closed before the frame).
+    if let (SessionEnd::Retry(_), Some(quinn::ConnectionError::ApplicationClosed(c))) =
+        (&end, conn.close_reason())
+        && let Some(reason) = RefuseReason::from_code(c.error_code.into_inner())
+    {
+        return refused(reason, String::from_utf8_lossy(&c.reason).into_owned());
+    }
     end
 }
 
@@ -324,7 +331,9 @@ where
 
 fn refused(reason: RefuseReason, detail: String) -> SessionEnd {
     match reason {
-        RefuseReason::BadToken => SessionEnd::Fatal(reason, detail),
+        // Retrying cannot fix a wrong token, and two processes with one key retrying would
+        // replace each other forever: both stop and say why.
+        RefuseReason::BadToken | RefuseReason::Replaced => SessionEnd::Fatal(reason, detail),
         _ => SessionEnd::Retry(format!("{reason}: {detail}")),
     }
 }

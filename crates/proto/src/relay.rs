@@ -98,6 +98,11 @@ pub enum RefuseReason {
 }
 
 impl RefuseReason {
+    /// The reason behind a connection close code (relays close with `reason as u32`).
+    pub fn from_code(code: u64) -> Option<Self> {
+        u8::try_from(code).ok().and_then(|c| Self::from_u8(c).ok())
+    }
+
     fn from_u8(v: u8) -> Result<Self, DecodeError> {
         Ok(match v {
             1 => Self::BadToken,

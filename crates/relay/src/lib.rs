@@ -378,11 +378,17 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             let observed = conn.remote_address();
             let end = session::run(shared, id, Some(conn.clone()), observed, recv, send).await;
             if let Some((code, text)) = end {
+                // Give the peer a moment to read the Refused frame and hang up itself; the
+                // close code carries the reason too if it does not.
+                let _ = tokio::time::timeout(REFUSAL_GRACE, conn.closed()).await;
                 conn.close(code.into(), text.as_bytes());
             }
         });
     }
 }
+
+/// How long a refused or ended session's connection stays open for the final frame.
+const REFUSAL_GRACE: Duration = Duration::from_millis(300);
 
 /// TLS handshakes in progress on the TCP fallback at once.
 const MAX_TCP_HANDSHAKES: usize = 1024;

@@ -1,0 +1,352 @@
+//! In-process relay and peers on loopback: registration, presence, signaling, relayed
+//! connections, refusals, relay restart, TCP fallback.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use p2pcall_net::{Event, Identity, NetError, Path, PresenceEvent};
+use p2pcall_proto::relay::{RefuseReason, SignalFailure};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_presence_signaling_and_a_relayed_connection() {
+    let relay = relay().await;
+    let mut a = peer("alice", relay.udp_addr, false).await;
+    let snapshot = a
+        .expect("alice's snapshot", |e| match e {
+            Event::Presence(PresenceEvent::Snapshot(l)) => Some(l),
+            _ => None,
+        })
+        .await;
+    assert!(snapshot.is_empty(), "alice is alone: {snapshot:?}");
+
+    let mut b = peer("bob", relay.udp_addr, false).await;
+    let joined = a
+        .expect("bob joined", |e| match e {
+            Event::Presence(PresenceEvent::Joined(p)) => Some(p),
+            _ => None,
+        })
+        .await;
+    assert_eq!((joined.id, joined.name.as_str()), (b.ep.id(), "bob"));
+    let b_snapshot = b
+        .expect("bob's snapshot", |e| match e {
+            Event::Presence(PresenceEvent::Snapshot(l)) => Some(l),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        b_snapshot.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![a.ep.id()]
+    );
+
+    let c = peer("carol", relay.udp_addr, false).await;
+    let c_id = c.ep.id();
+    for p in [&mut a, &mut b] {
+        p.expect("carol joined", |e| match e {
+            Event::Presence(PresenceEvent::Joined(p)) if p.id == c_id => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    // A rename is an incremental update, not a new list.
+    b.ep.set_name("robert".into()).await.unwrap();
+    let updated = a
+        .expect("bob renamed", |e| match e {
+            Event::Presence(PresenceEvent::Updated(p)) => Some(p),
+            Event::Presence(PresenceEvent::Snapshot(_)) => panic!("no full list on a change"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(updated.name, "robert");
+
+    c.ep.close().await;
+    for p in [&mut a, &mut b] {
+        p.expect("carol left", |e| match e {
+            Event::Presence(PresenceEvent::Left(id)) if id == c_id => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    assert_eq!(a.ep.online_peers().len(), 1);
+
+    // Signaling: delivered to an online peer, refused for an offline one.
+    a.ep.signal(b.ep.id(), Bytes::from_static(b"offer"))
+        .await
+        .unwrap();
+    let (from, payload) = b
+        .expect("signal", |e| match e {
+            Event::Signal { from, payload } => Some((from, payload)),
+            _ => None,
+        })
+        .await;
+    assert_eq!((from, &payload[..]), (a.ep.id(), &b"offer"[..]));
+    a.ep.signal(c_id, Bytes::from_static(b"anyone?"))
+        .await
+        .unwrap();
+    let reason = a
+        .expect("signal failure", |e| match e {
+            Event::SignalFailed { to, reason } if to == c_id => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, SignalFailure::Offline);
+
+    // End-to-end connection over the relay path: a reliable stream and datagrams.
+    let conn = a.ep.connect(b.ep.id()).await.unwrap();
+    assert_eq!(conn.path(), Path::Relay);
+    let incoming = b
+        .expect("incoming connection", |e| match e {
+            Event::Incoming(c) => Some(c),
+            _ => None,
+        })
+        .await;
+    assert_eq!(incoming.peer(), a.ep.id());
+    assert_eq!(incoming.safety_number(), conn.safety_number());
+    let echo = tokio::spawn(async move {
+        let (mut send, mut recv) = incoming.quic().accept_bi().await.unwrap();
+        let data = recv.read_to_end(8 << 20).await.unwrap();
+        send.write_all(&data).await.unwrap();
+        send.finish().unwrap();
+        incoming
+    });
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
+    send.write_all(&data).await.unwrap();
+    send.finish().unwrap();
+    let back = recv.read_to_end(8 << 20).await.unwrap();
+    assert_eq!(back, data, "the stream came back intact through the relay");
+    let incoming = echo.await.unwrap();
+    for seq in 0..5 {
+        conn.ping(seq, 900).await.unwrap();
+    }
+    let stats = conn.stats();
+    assert_eq!(stats.tx_direct, 0);
+    assert!(stats.tx_relay > 2_000_000, "{stats:?}");
+    let m = relay.metrics();
+    assert!(m.packets_relayed.load(std::sync::atomic::Ordering::Relaxed) > 1000);
+    // The application's own datagrams reach the other side.
+    let mut dgrams = incoming.take_datagrams().unwrap();
+    conn.quic()
+        .send_datagram(Bytes::from_static(b"\xffmedia"))
+        .unwrap();
+    let d = tokio::time::timeout(WAIT, dgrams.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d[..], b"\xffmedia");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_presenting_another_key_is_refused() {
+    // Whoever answers a dial must prove the exact key that was dialed: a server holding
+    // another key fails the TLS handshake (the relay cannot impersonate a peer either).
+    let server_id = Identity::generate().unwrap();
+    let client_id = Identity::generate().unwrap();
+    let expected = Identity::generate().unwrap().id();
+    let transport =
+        || p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(10));
+    let server_cfg =
+        p2pcall_tls::quinn_server_config(&server_id, p2pcall_tls::ALPN_PEER, transport()).unwrap();
+    let server = quinn::Endpoint::server(server_cfg, loopback()).unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let client = quinn::Endpoint::client(loopback()).unwrap();
+    let cfg = p2pcall_tls::quinn_client_config(
+        &client_id,
+        Some(expected),
+        p2pcall_tls::ALPN_PEER,
+        transport(),
+    )
+    .unwrap();
+    let accept = tokio::spawn(async move {
+        let inc = server.accept().await.unwrap();
+        inc.await.map(|_| ())
+    });
+    let err = client
+        .connect_with(cfg, server_addr, p2pcall_tls::PEER_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("ApplicationVerificationFailure")
+            || err.to_string().contains("certificate"),
+        "{err}"
+    );
+    assert!(accept.await.unwrap().is_err());
+
+    // The right key is accepted, and each side learns the other's key.
+    let cfg = p2pcall_tls::quinn_client_config(
+        &client_id,
+        Some(server_id.id()),
+        p2pcall_tls::ALPN_PEER,
+        transport(),
+    )
+    .unwrap();
+    let server_cfg =
+        p2pcall_tls::quinn_server_config(&server_id, p2pcall_tls::ALPN_PEER, transport()).unwrap();
+    let server = quinn::Endpoint::server(server_cfg, loopback()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
+    let conn = client
+        .connect_with(cfg, addr, p2pcall_tls::PEER_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(p2pcall_tls::peer_id(&conn), Some(server_id.id()));
+    assert_eq!(
+        p2pcall_tls::peer_id(&accept.await.unwrap()),
+        Some(client_id.id())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_a_key_that_is_not_online_fails_cleanly() {
+    let relay = relay().await;
+    let a = peer("alice", relay.udp_addr, false).await;
+    let nobody = Identity::generate().unwrap().id();
+    let err = tokio::time::timeout(Duration::from_secs(15), a.ep.connect(nobody))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, NetError::Timeout(_) | NetError::Connection(_)),
+        "{err}"
+    );
+    assert!(
+        relay
+            .metrics()
+            .drops(p2pcall_relay::metrics::DropReason::UnknownDestination)
+            > 0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_and_duplicate_login_are_refused_for_good() {
+    let relay = relay_with(|c| c.token = Some("s3cret".into())).await;
+    let mut bad = peer_with(
+        "eve",
+        Identity::generate().unwrap(),
+        relay_cfg(relay.udp_addr),
+        false,
+    )
+    .await;
+    let reason = bad
+        .expect("refusal", |e| match e {
+            Event::RelayRefused { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, RefuseReason::BadToken);
+
+    let id = Identity::generate().unwrap();
+    let mut cfg = relay_cfg(relay.udp_addr);
+    cfg.token = Some("s3cret".into());
+    let mut first = peer_with("a1", id.clone(), cfg.clone(), false).await;
+    first.ep.wait_relay(WAIT).await.unwrap();
+    let second = peer_with("a2", id, cfg, false).await;
+    second.ep.wait_relay(WAIT).await.unwrap();
+    let reason = first
+        .expect("replaced", |e| match e {
+            Event::RelayRefused { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, RefuseReason::Replaced);
+    assert_eq!(relay.online(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restart_reregisters_while_direct_connections_keep_running() {
+    let relay = relay().await;
+    let addr = relay.udp_addr;
+    let mut a = peer("alice", addr, true).await;
+    let mut b = peer("bob", addr, true).await;
+    let conn = a.ep.connect(b.ep.id()).await.unwrap();
+    let path = conn
+        .wait_path(WAIT, |p| matches!(p, Path::Direct(_)))
+        .await
+        .expect("loopback candidates give a direct path");
+    assert!(matches!(path, Path::Direct(_)));
+    b.expect("incoming", |e| {
+        matches!(e, Event::Incoming(_)).then_some(())
+    })
+    .await;
+
+    relay.shutdown().await;
+    a.expect("relay lost", |e| {
+        matches!(e, Event::RelayDisconnected { .. }).then_some(())
+    })
+    .await;
+    // The direct path does not need the relay.
+    for seq in 0..5 {
+        conn.ping(seq, 0)
+            .await
+            .expect("direct path keeps working without the relay");
+    }
+    assert!(matches!(conn.path(), Path::Direct(_)));
+
+    // Same address, new process: both peers come back on their own.
+    let relay = relay_with_addr(addr).await;
+    for p in [&mut a, &mut b] {
+        p.expect("re-registered", |e| {
+            matches!(e, Event::RelayConnected { .. }).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(relay.online(), 2);
+    conn.ping(99, 0).await.unwrap();
+}
+
+async fn relay_with_addr(addr: std::net::SocketAddr) -> p2pcall_relay::Relay {
+    // The old socket may take a moment to be released.
+    for _ in 0..50 {
+        let mut cfg = p2pcall_relay::RelayConfig::new(addr);
+        cfg.reflect_listen = None;
+        if let Ok(r) = p2pcall_relay::Relay::start(&Identity::generate().unwrap(), cfg).await {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not restart the relay on {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_fallback_carries_control_and_data() {
+    let relay = relay().await;
+    let mut cfg = relay_cfg(relay.udp_addr);
+    cfg.force_tcp = true;
+    let a = peer_with("alice-tcp", Identity::generate().unwrap(), cfg, false).await;
+    let transport = a.ep.wait_relay(WAIT).await.unwrap();
+    assert_eq!(transport, p2pcall_net::RelayTransport::Tcp);
+    let b = peer("bob-udp", relay.udp_addr, false).await;
+    // TCP peer dials the UDP peer, and the other way round.
+    let conn = a.ep.connect(b.ep.id()).await.unwrap();
+    for seq in 0..5 {
+        conn.ping(seq, 500).await.unwrap();
+    }
+    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
+    let data = vec![7u8; 300_000];
+    let mut b = b;
+    let incoming = b
+        .expect("incoming", |e| match e {
+            Event::Incoming(c) => Some(c),
+            _ => None,
+        })
+        .await;
+    let echo = tokio::spawn(async move {
+        let (mut s, mut r) = incoming.quic().accept_bi().await.unwrap();
+        let d = r.read_to_end(1 << 20).await.unwrap();
+        s.write_all(&d).await.unwrap();
+        s.finish().unwrap();
+        incoming
+    });
+    send.write_all(&data).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(recv.read_to_end(1 << 20).await.unwrap(), data);
+    let incoming = echo.await.unwrap();
+    let back = b.ep.connect(a.ep.id()).await.unwrap();
+    back.ping(1, 0).await.unwrap();
+    drop(incoming);
+}
