@@ -455,9 +455,12 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     out_rx: &mut mpsc::Receiver<ServerFrame>,
     send: &mut W,
 ) {
-    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut buf = Vec::new();
     loop {
         buf.clear();
+        if buf.capacity() > 64 * 1024 {
+            buf = Vec::new();
+        }
         if session.resync.swap(false, Ordering::AcqRel) {
             let mut keep = Vec::new();
             let peers = {

@@ -5,6 +5,11 @@ use p2pcall_proto::DecodeError;
 use p2pcall_proto::frame::{self, RawFrame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Bytes requested per read.
+const READ_CHUNK: usize = 4096;
+/// A drained read buffer larger than this is freed.
+const IDLE_BUFFER: usize = 16 * 1024;
+
 /// Errors reading a frame from a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameReadError {
@@ -33,7 +38,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, max: usize) -> Self {
         Self {
             inner,
-            buf: Vec::with_capacity(4096),
+            buf: Vec::new(),
             start: 0,
             max,
         }
@@ -55,9 +60,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
+            // Idle sessions should cost little memory: give back a large buffer once drained.
+            if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
+                self.buf = Vec::new();
+            }
             // `read_buf` appends only what was read, so dropping this future (a `select!`
             // picking another branch) loses nothing: `next` is cancel-safe.
-            self.buf.reserve(8192);
+            self.buf.reserve(READ_CHUNK.min((self.max + frame::HEADER_LEN).saturating_sub(self.buf.len())).max(1));
             let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return if self.buf.is_empty() {

@@ -1,0 +1,69 @@
+//! p2pcall benchmarks. Each prints its numbers beside a baseline measured in the same run.
+//!
+//! * `relay-forward`: 1200-byte packets between N pairs through the relay's UDP data path,
+//!   against a minimal UDP forwarder (recv_from + send_to) in the same process setup.
+//! * `relay-capacity`: registers N peers with a relay *process* and reports its memory per
+//!   peer, and the relay CPU time per presence change fanned out to S subscribers.
+//! * `p2p-throughput`: one QUIC stream peer to peer over the relay path and the direct path,
+//!   against raw quinn on loopback.
+
+mod capacity;
+mod forward;
+mod throughput;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "p2pcall-bench", about = "p2pcall benchmarks (run with --release)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Relay forwarding rate vs. a minimal UDP forwarder
+    RelayForward {
+        /// Sender/receiver pairs
+        #[arg(long, default_value_t = 2)]
+        pairs: usize,
+        /// Seconds per measurement
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+    },
+    /// Relay memory per peer and presence-change cost
+    RelayCapacity {
+        /// Peers to register
+        #[arg(long, default_value_t = 10_000)]
+        peers: usize,
+        /// Presence subscribers among them
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// The relay binary (`p2pcall`)
+        #[arg(long, default_value = "target/release/p2pcall")]
+        relay_bin: String,
+        /// Give up registering after this many seconds
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
+    },
+    /// Stream throughput over relay and direct paths vs. raw quinn
+    P2pThroughput {
+        /// MiB per run
+        #[arg(long, default_value_t = 512)]
+        mib: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::RelayForward { pairs, secs } => forward::run(pairs, secs),
+        Cmd::RelayCapacity {
+            peers,
+            subscribers,
+            relay_bin,
+            max_secs,
+        } => capacity::run(peers, subscribers, &relay_bin, max_secs),
+        Cmd::P2pThroughput { mib } => throughput::run(mib),
+    }
+}

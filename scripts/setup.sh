@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what building and testing p2pcall needs on Debian/Ubuntu, and only what is missing.
+# Idempotent: a second run installs nothing.
+#   scripts/setup.sh         build dependencies (for `cargo build` / the demo)
+#   scripts/setup.sh --dev   also the test tools (cargo-nextest, cargo-fuzz)
+set -euo pipefail
+
+# Debian packages, with the reason each is needed.
+APT_PACKAGES=(
+  gcc        # ring (TLS crypto) compiles C and assembly
+  libc6-dev  # headers for the same
+)
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: Rust is not installed. Install it from https://rustup.rs, then run this again." >&2
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  cmd=(apt-get install -y -qq --no-install-recommends "${missing[@]}")
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${cmd[@]}"
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    echo "setup: installing ${missing[*]} (sudo)"
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive "${cmd[@]}"
+  else
+    echo "error: missing system packages: ${missing[*]}" >&2
+    echo "run: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+if [ "${1:-}" = "--dev" ]; then
+  command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+fi
