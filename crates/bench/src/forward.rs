@@ -11,8 +11,8 @@ use std::fmt;
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -121,14 +121,21 @@ pub struct Session {
 }
 
 /// Logs `id` in to the relay from `ep`.
-pub async fn login(ep: &quinn::Endpoint, id: &Identity, relay: SocketAddr, presence: bool) -> Result<Session> {
+pub async fn login(
+    ep: &quinn::Endpoint,
+    id: &Identity,
+    relay: SocketAddr,
+    presence: bool,
+) -> Result<Session> {
     let cfg = p2pcall_tls::quinn_client_config(
         id,
         None,
         p2pcall_tls::ALPN_RELAY,
         p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(60)),
     )?;
-    let conn = ep.connect_with(cfg, relay, p2pcall_tls::RELAY_SERVER_NAME)?.await?;
+    let conn = ep
+        .connect_with(cfg, relay, p2pcall_tls::RELAY_SERVER_NAME)?
+        .await?;
     let (mut send, recv) = conn.open_bi().await?;
     let mut hello = Vec::new();
     ClientFrame::Hello {
@@ -156,7 +163,12 @@ fn bind() -> Result<UdpSocket> {
 }
 
 /// Blasts `pkt` to `dst` from `sock` until `stop`; returns packets sent.
-fn blast(sock: UdpSocket, dst: SocketAddr, pkt: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+fn blast(
+    sock: UdpSocket,
+    dst: SocketAddr,
+    pkt: Vec<u8>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
     // The socket may be a clone of quinn's (same file description): it must stay
     // non-blocking, so a full send buffer is waited out by yielding.
     std::thread::spawn(move || {
@@ -177,17 +189,27 @@ struct Measured {
     sent_pps: f64,
 }
 
-fn measure(receivers: &[Receiver], senders: Vec<(UdpSocket, SocketAddr, Vec<u8>)>, secs: f64) -> Measured {
+fn measure(
+    receivers: &[Receiver],
+    senders: Vec<(UdpSocket, SocketAddr, Vec<u8>)>,
+    secs: f64,
+) -> Measured {
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = senders
         .into_iter()
         .map(|(s, d, p)| blast(s, d, p, stop.clone()))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let c0: u64 = receivers.iter().map(|r| r.count.load(Ordering::Relaxed)).sum();
+    let c0: u64 = receivers
+        .iter()
+        .map(|r| r.count.load(Ordering::Relaxed))
+        .sum();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(secs));
-    let c1: u64 = receivers.iter().map(|r| r.count.load(Ordering::Relaxed)).sum();
+    let c1: u64 = receivers
+        .iter()
+        .map(|r| r.count.load(Ordering::Relaxed))
+        .sum();
     let dt = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let sent: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
@@ -204,7 +226,9 @@ pub fn run(pairs: usize, secs: f64) -> Result<()> {
         .build()?;
 
     // --- baseline: minimal forwarder ---
-    let fwd_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let fwd_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let fwd_std = bind()?;
     let fwd_addr = fwd_std.local_addr()?;
     fwd_std.set_nonblocking(true)?;
@@ -215,12 +239,18 @@ pub fn run(pairs: usize, secs: f64) -> Result<()> {
         let r = client_rt.block_on(async { counting_endpoint(bind()?) })?;
         let s = bind()?;
         map.insert(s.local_addr()?, r.addr);
-        senders.push((s, fwd_addr, vec![0x10u8; packet::RELAY_SEND_HEADER + PAYLOAD]));
+        senders.push((
+            s,
+            fwd_addr,
+            vec![0x10u8; packet::RELAY_SEND_HEADER + PAYLOAD],
+        ));
         receivers.push(r);
     }
     let fwd = std::thread::spawn(move || {
         fwd_rt.block_on(async move {
-            let Ok(sock) = tokio::net::UdpSocket::from_std(fwd_std) else { return };
+            let Ok(sock) = tokio::net::UdpSocket::from_std(fwd_std) else {
+                return;
+            };
             let mut buf = vec![0u8; 2048];
             let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs + 2.0);
             loop {
@@ -239,13 +269,19 @@ pub fn run(pairs: usize, secs: f64) -> Result<()> {
     client_rt.block_on(async move { drop(receivers) });
 
     // --- the relay ---
-    let relay_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let relay_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let relay_id = Identity::generate()?;
     let (relay_tx, relay_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let relay_thread = std::thread::spawn(move || {
         relay_rt.block_on(async move {
-            let mut cfg = p2pcall_relay::RelayConfig::new("127.0.0.1:0".parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))));
+            let mut cfg = p2pcall_relay::RelayConfig::new(
+                "127.0.0.1:0"
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+            );
             cfg.tcp_listen = None;
             cfg.reflect_listen = None;
             // Measure forwarding, not the rate limiter.
@@ -321,7 +357,10 @@ pub fn run(pairs: usize, secs: f64) -> Result<()> {
         mbit(relayed.pps),
         relayed.sent_pps
     );
-    println!("  ratio relay / baseline: {:.2}", relayed.pps / base.pps.max(1.0));
+    println!(
+        "  ratio relay / baseline: {:.2}",
+        relayed.pps / base.pps.max(1.0)
+    );
     if base.pps <= 0.0 {
         bail!("the baseline forwarded nothing: measurement failed");
     }

@@ -14,7 +14,10 @@ mod throughput;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "p2pcall-bench", about = "p2pcall benchmarks (run with --release)")]
+#[command(
+    name = "p2pcall-bench",
+    about = "p2pcall benchmarks (run with --release)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

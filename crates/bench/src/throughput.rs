@@ -54,7 +54,9 @@ async fn raw_quinn(bytes: u64) -> Result<f64> {
         let c = server.accept().await.context("no incoming")?.await?;
         Ok::<_, anyhow::Error>((server, c))
     });
-    let tx = client.connect_with(cfg, addr, p2pcall_tls::PEER_SERVER_NAME)?.await?;
+    let tx = client
+        .connect_with(cfg, addr, p2pcall_tls::PEER_SERVER_NAME)?
+        .await?;
     let (_server, rx) = accept.await??;
     transfer(&tx, &rx, bytes).await
 }
@@ -118,8 +120,14 @@ pub fn run(mib: u64) -> Result<()> {
         relay.shutdown().await;
         println!("p2p-throughput: one QUIC stream, {mib} MiB, loopback");
         println!("  raw quinn (baseline):        {raw:>7.0} Mbit/s");
-        println!("  p2pcall relay path ({p1:?}):   {relayed:>7.0} Mbit/s   ratio {:.2}", relayed / raw);
-        println!("  p2pcall direct path:         {direct:>7.0} Mbit/s   ratio {:.2}   ({p2:?})", direct / raw);
+        println!(
+            "  p2pcall relay path ({p1:?}):   {relayed:>7.0} Mbit/s   ratio {:.2}",
+            relayed / raw
+        );
+        println!(
+            "  p2pcall direct path:         {direct:>7.0} Mbit/s   ratio {:.2}   ({p2:?})",
+            direct / raw
+        );
         Ok(())
     })
 }

@@ -211,11 +211,14 @@ impl Relay {
                 }
             })?,
         );
-        let mut server = p2pcall_tls::quinn_server_config(
-            identity,
-            p2pcall_tls::ALPN_RELAY,
-            p2pcall_tls::transport_config(Duration::from_secs(15), cfg.idle_timeout),
-        )?;
+        let mut transport =
+            p2pcall_tls::transport_config(Duration::from_secs(15), cfg.idle_timeout);
+        // A session uses one bidirectional stream. quinn reserves per-stream state for every
+        // stream a peer may open (~7 KiB per connection at the defaults of 100 + 100).
+        transport.max_concurrent_bidi_streams(1u32.into());
+        transport.max_concurrent_uni_streams(0u32.into());
+        let mut server =
+            p2pcall_tls::quinn_server_config(identity, p2pcall_tls::ALPN_RELAY, transport)?;
         server.max_incoming(cfg.max_incoming);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             p2pcall_tls::endpoint_config(),

@@ -7,8 +7,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes requested per read.
 const READ_CHUNK: usize = 4096;
-/// A drained read buffer larger than this is freed.
-const IDLE_BUFFER: usize = 16 * 1024;
+/// A drained read buffer larger than this is freed (idle sessions cost no buffer).
+const IDLE_BUFFER: usize = 0;
 
 /// Errors reading a frame from a stream.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             // `read_buf` appends only what was read, so dropping this future (a `select!`
             // picking another branch) loses nothing: `next` is cancel-safe.
-            self.buf.reserve(READ_CHUNK.min((self.max + frame::HEADER_LEN).saturating_sub(self.buf.len())).max(1));
+            self.buf.reserve(
+                READ_CHUNK
+                    .min((self.max + frame::HEADER_LEN).saturating_sub(self.buf.len()))
+                    .max(1),
+            );
             let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return if self.buf.is_empty() {
