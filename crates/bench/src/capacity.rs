@@ -182,7 +182,7 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
                         sessions.push(s);
                         ids.push(id);
                     }
-                    if registered % 1000 == 0 {
+                    if registered.is_multiple_of(1000) {
                         eprintln!(
                             "  {} peers registered after {:.1} s, relay RSS {} KiB",
                             registered,

@@ -321,7 +321,7 @@ async fn peers(cli: &Cli) -> Result<()> {
     } else if list.is_empty() {
         println!("nobody else is online");
     } else {
-        println!("{:<24} {:<26} {}", "NAME", "FINGERPRINT", "ONLINE FOR");
+        println!("{:<24} {:<26} ONLINE FOR", "NAME", "FINGERPRINT");
         for p in &list {
             println!(
                 "{:<24} {:<26} {}",

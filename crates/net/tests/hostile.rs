@@ -1,6 +1,8 @@
 //! Hostile input against the relay: it closes the offending connection with a reason, keeps
 //! serving everyone else, and does not grow without bound.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::sync::atomic::Ordering;

@@ -1,6 +1,8 @@
 //! In-process relay and peers on loopback: registration, presence, signaling, relayed
 //! connections, refusals, relay restart, TCP fallback.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
 mod common;
 
 use std::time::Duration;
