@@ -1,0 +1,228 @@
+//! A deterministic network on a virtual clock (dev-only).
+//!
+//! Datagrams travel between addresses over [`Link`]s with a one-way delay, optional jitter
+//! and seeded random loss; a link can be cut and restored. Nothing reads a real clock: the
+//! owner advances time to [`VirtualNet::next_event`] and takes the datagrams due then, so a
+//! test of minutes of protocol time runs in milliseconds and always the same way.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One direction of a path between two addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    /// Base one-way delay.
+    pub delay: Duration,
+    /// Extra delay drawn uniformly from `0..=jitter` per datagram (may reorder).
+    pub jitter: Duration,
+    /// Probability a datagram is dropped.
+    pub loss: f64,
+    /// A cut link drops everything.
+    pub up: bool,
+}
+
+impl Link {
+    /// A lossless link with a fixed delay.
+    pub fn with_delay(delay: Duration) -> Self {
+        Self {
+            delay,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            up: true,
+        }
+    }
+}
+
+/// A datagram in flight or delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// When it arrives.
+    pub at: Instant,
+    /// Sender address.
+    pub from: SocketAddr,
+    /// Recipient address.
+    pub to: SocketAddr,
+    /// Bytes.
+    pub payload: Vec<u8>,
+    seq: u64,
+}
+
+impl Ord for Datagram {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // Min-heap on (arrival, send order).
+        o.at.cmp(&self.at).then(o.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Datagram {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// Counters of one network.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetStats {
+    /// Datagrams handed to the network.
+    pub sent: u64,
+    /// Datagrams dropped (loss, cut link, no link).
+    pub dropped: u64,
+    /// Datagrams delivered.
+    pub delivered: u64,
+}
+
+/// The network: links between addresses, datagrams in flight, a seeded RNG.
+#[derive(Debug)]
+pub struct VirtualNet {
+    now: Instant,
+    links: HashMap<(SocketAddr, SocketAddr), Link>,
+    queue: BinaryHeap<Datagram>,
+    seq: u64,
+    rng: u64,
+    /// Counters.
+    pub stats: NetStats,
+}
+
+impl VirtualNet {
+    /// An empty network starting at `start`, with a seed for loss and jitter.
+    pub fn new(start: Instant, seed: u64) -> Self {
+        Self {
+            now: start,
+            links: HashMap::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: seed | 1,
+            stats: NetStats::default(),
+        }
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Advances the clock (never backwards).
+    pub fn advance_to(&mut self, t: Instant) {
+        self.now = self.now.max(t);
+    }
+
+    /// Sets the link `a -> b` and `b -> a`.
+    pub fn connect(&mut self, a: SocketAddr, b: SocketAddr, link: Link) {
+        self.links.insert((a, b), link);
+        self.links.insert((b, a), link);
+    }
+
+    /// Cuts or restores both directions between `a` and `b`.
+    pub fn set_up(&mut self, a: SocketAddr, b: SocketAddr, up: bool) {
+        for k in [(a, b), (b, a)] {
+            if let Some(l) = self.links.get_mut(&k) {
+                l.up = up;
+            }
+        }
+    }
+
+    fn random(&mut self) -> f64 {
+        // xorshift64*: deterministic, good enough for loss and jitter draws.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Sends a datagram now; it arrives after the link's delay unless dropped.
+    pub fn send(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
+        self.stats.sent += 1;
+        let Some(link) = self.links.get(&(from, to)).copied() else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if !link.up || (link.loss > 0.0 && self.random() < link.loss) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let jitter = link.jitter.mul_f64(self.random());
+        self.seq += 1;
+        self.queue.push(Datagram {
+            at: self.now + link.delay + jitter,
+            from,
+            to,
+            payload,
+            seq: self.seq,
+        });
+    }
+
+    /// Arrival time of the next datagram in flight.
+    pub fn next_event(&self) -> Option<Instant> {
+        self.queue.peek().map(|d| d.at)
+    }
+
+    /// Takes the next datagram due at or before now.
+    pub fn pop_due(&mut self) -> Option<Datagram> {
+        if self.queue.peek().is_some_and(|d| d.at <= self.now) {
+            self.stats.delivered += 1;
+            self.queue.pop()
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, n], 1000))
+    }
+
+    #[test]
+    fn delivers_in_order_after_the_delay_and_respects_cuts() {
+        let t0 = Instant::now();
+        let mut net = VirtualNet::new(t0, 1);
+        net.connect(
+            addr(1),
+            addr(2),
+            Link::with_delay(Duration::from_millis(10)),
+        );
+        net.send(addr(1), addr(2), vec![1]);
+        net.send(addr(1), addr(2), vec![2]);
+        net.send(addr(1), addr(3), vec![3]); // no link
+        assert_eq!(net.pop_due(), None);
+        assert_eq!(net.next_event(), Some(t0 + Duration::from_millis(10)));
+        net.advance_to(t0 + Duration::from_millis(10));
+        assert_eq!(net.pop_due().unwrap().payload, vec![1]);
+        assert_eq!(net.pop_due().unwrap().payload, vec![2]);
+        net.set_up(addr(1), addr(2), false);
+        net.send(addr(2), addr(1), vec![4]);
+        assert_eq!(net.next_event(), None);
+        assert_eq!(
+            net.stats,
+            NetStats {
+                sent: 4,
+                dropped: 2,
+                delivered: 2
+            }
+        );
+    }
+
+    #[test]
+    fn loss_is_seeded_and_close_to_the_rate() {
+        let run = |seed| {
+            let mut net = VirtualNet::new(Instant::now(), seed);
+            let mut l = Link::with_delay(Duration::ZERO);
+            l.loss = 0.1;
+            net.connect(addr(1), addr(2), l);
+            for _ in 0..10_000 {
+                net.send(addr(1), addr(2), vec![]);
+            }
+            net.stats.dropped
+        };
+        assert_eq!(run(7), run(7));
+        let d = run(7);
+        assert!((900..1100).contains(&d), "{d}");
+    }
+}
