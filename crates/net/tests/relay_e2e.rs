@@ -352,3 +352,71 @@ async fn tcp_fallback_carries_control_and_data() {
     back.ping(1, 0).await.unwrap();
     drop(incoming);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_on_both_relay_ports_reports_our_socket_address() {
+    let relay = relay().await;
+    let a = peer("alice", relay.udp_addr, false).await;
+    let main = a.ep.reflect(relay.udp_addr).await.unwrap();
+    let second = a.ep.reflect(relay.reflect_addr.unwrap()).await.unwrap();
+    assert_eq!(main.port(), a.ep.local_port());
+    assert_eq!(
+        main, second,
+        "no NAT on loopback: both ports see the same mapping"
+    );
+    assert_eq!(
+        a.ep.observed_addr().map(|o| o.port()),
+        Some(a.ep.local_port())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_enforced_and_counted() {
+    use p2pcall_relay::metrics::{Close, DropReason};
+    let relay = relay_with(|c| {
+        c.max_peers = 2;
+        c.packet_rate = 200.0;
+    })
+    .await;
+    let a = peer("alice", relay.udp_addr, false).await;
+    let mut b = peer("bob", relay.udp_addr, false).await;
+    let mut c = peer_with(
+        "carol",
+        Identity::generate().unwrap(),
+        relay_cfg(relay.udp_addr),
+        false,
+    )
+    .await;
+    // The third peer is told the relay is full (and keeps retrying with backoff).
+    let reason = c
+        .expect("server full", |e| match e {
+            Event::RelayDisconnected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert!(reason.contains("full"), "{reason}");
+    assert!(relay.metrics().closes(Close::ServerFull) >= 1);
+
+    // A bulk stream far above 200 packets/s is throttled by the relay, not passed through.
+    let conn = a.ep.connect(b.ep.id()).await.unwrap();
+    let incoming = b
+        .expect("incoming", |e| match e {
+            Event::Incoming(c) => Some(c),
+            _ => None,
+        })
+        .await;
+    let reader = tokio::spawn(async move {
+        let mut r = incoming.quic().accept_uni().await.unwrap();
+        r.read_to_end(1 << 20).await.unwrap().len()
+    });
+    let mut s = conn.quic().open_uni().await.unwrap();
+    s.write_all(&vec![1u8; 400_000]).await.unwrap();
+    s.finish().unwrap();
+    assert_eq!(
+        reader.await.unwrap(),
+        400_000,
+        "QUIC recovers every throttled packet"
+    );
+    assert!(relay.metrics().drops(DropReason::RateLimited) > 0);
+    c.ep.close().await;
+}

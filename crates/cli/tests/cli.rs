@@ -1,0 +1,285 @@
+//! The real `p2pcall` binary, end to end on loopback: relay, id, listen, peers, ping,
+//! metrics, SIGTERM, and the error paths a user meets first.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2pcall");
+
+fn cmd(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--data-dir").arg(dir).env_remove("RUST_LOG");
+    c
+}
+
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(mut c: Command) -> Self {
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Next JSON line whose "event" is `event`.
+    fn expect(&self, event: &str) -> Value {
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(Duration::from_secs(15))
+                .unwrap_or_else(|_| panic!("no {event:?} line"));
+            let v: Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            if v["event"] == event {
+                return v;
+            }
+        }
+    }
+
+    fn term(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        for _ in 0..100 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("process did not exit on SIGTERM");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_out(mut c: Command) -> Value {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        c,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn relay_listen_peers_ping_metrics_and_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rdir, adir, bdir) = (
+        tmp.path().join("r"),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+    );
+
+    let mut relay_cmd = cmd(&rdir);
+    relay_cmd.args([
+        "--json",
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let mut relay = Proc::spawn(relay_cmd);
+    let started = relay.expect("relay_started");
+    let udp = started["udp"].as_str().unwrap().to_string();
+    let metrics = started["metrics"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+
+    let mut id_cmd = cmd(&adir);
+    id_cmd.args(["--json", "id"]);
+    let id = json_out(id_cmd);
+    assert_eq!(id["created"], true);
+    let fp = id["fingerprint"].as_str().unwrap().to_string();
+    let mut again = cmd(&adir);
+    again.args(["--json", "id"]);
+    assert_eq!(
+        json_out(again)["fingerprint"],
+        fp.as_str(),
+        "the identity persists"
+    );
+
+    let mut listen_cmd = cmd(&adir);
+    listen_cmd.args(["--json", "--relay", &udp, "--name", "alice", "listen"]);
+    let mut listen = Proc::spawn(listen_cmd);
+    listen.expect("relay_connected");
+
+    let mut peers_cmd = cmd(&bdir);
+    peers_cmd.args(["--json", "--relay", &udp, "--name", "bob", "peers"]);
+    let peers = json_out(peers_cmd);
+    let list = peers.as_array().unwrap();
+    assert!(
+        list.iter()
+            .any(|p| p["fingerprint"] == fp.as_str() && p["name"] == "alice"),
+        "{peers}"
+    );
+
+    let mut ping_cmd = cmd(&bdir);
+    ping_cmd.args([
+        "--json",
+        "--relay",
+        &udp,
+        "ping",
+        &fp[..9],
+        "--count",
+        "3",
+        "--interval",
+        "100",
+    ]);
+    let out = ping_cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["event"], "connected");
+    assert_eq!(
+        lines[0]["safety_number"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .count(),
+        60
+    );
+    let pings: Vec<_> = lines.iter().filter(|l| l["event"] == "ping").collect();
+    assert_eq!(pings.len(), 3);
+    assert!(pings.iter().all(|p| p["rtt_ms"].as_f64().is_some()));
+    let summary = lines.last().unwrap();
+    assert_eq!(
+        (summary["event"].as_str(), summary["received"].as_u64()),
+        (Some("summary"), Some(3))
+    );
+    // The listener saw the connection, with the same safety number.
+    let conn = listen.expect("connected");
+    assert_eq!(conn["safety_number"], lines[0]["safety_number"]);
+
+    let m = http_get(&metrics, "/metrics");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(m.contains("p2pcall_relay_peers_online 1"), "{m}");
+    assert!(
+        m.contains("p2pcall_relay_drops_total{reason=\"rate_limited\"} 0"),
+        "{m}"
+    );
+    assert!(http_get(&metrics, "/healthz").ends_with("ok\n"));
+    assert!(http_get(&metrics, "/nope").starts_with("HTTP/1.1 404"));
+
+    // SIGTERM: the relay says goodbye and exits cleanly; the listener notices.
+    assert!(relay.term().success());
+    let gone = listen.expect("relay_disconnected");
+    assert!(
+        gone["reason"].as_str().unwrap().contains("shutting down"),
+        "{gone}"
+    );
+    assert!(listen.term().success());
+}
+
+#[test]
+fn user_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rdir, adir) = (tmp.path().join("r"), tmp.path().join("a"));
+
+    // No relay configured.
+    let out = cmd(&adir).arg("peers").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no relay configured") && err.contains("--relay"),
+        "{err}"
+    );
+
+    // A relay that requires a token.
+    let mut relay_cmd = cmd(&rdir);
+    relay_cmd.args([
+        "--json",
+        "--token",
+        "sesame",
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-tcp",
+    ]);
+    let relay = Proc::spawn(relay_cmd);
+    let udp = relay.expect("relay_started")["udp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cmd(&adir)
+        .args(["--relay", &udp, "peers"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token"), "{err}");
+    let ok = cmd(&adir)
+        .args(["--relay", &udp, "--token", "sesame", "peers"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("nobody else is online"));
+
+    // An unknown peer.
+    let out = cmd(&adir)
+        .args(["--relay", &udp, "--token", "sesame", "ping", "abcd"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no online peer matches"));
+
+    // A key file others can read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = adir.join("identity.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = cmd(&adir).arg("id").output().unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    }
+}
