@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Benchmarks (not part of CI). Each prints its figures beside a baseline measured in the
+# same run.
+#   scripts/bench.sh relay-forward    [--pairs N] [--secs S]
+#   scripts/bench.sh relay-capacity   [--peers N] [--subscribers S]
+#   scripts/bench.sh p2p-throughput   [--mib N]
+#   scripts/bench.sh all
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --locked -q -p p2pcall -p p2pcall-bench
+# Many concurrent QUIC sessions from one process need more than the default 1024 fds only
+# if sockets are per session; raise the soft limit anyway when allowed.
+ulimit -n 65536 2>/dev/null || true
+bench=target/release/p2pcall-bench
+if [ "${1:-all}" = all ]; then
+  "$bench" relay-forward
+  "$bench" relay-capacity
+  "$bench" p2p-throughput
+else
+  exec "$bench" "$@"
+fi
