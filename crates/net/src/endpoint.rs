@@ -513,6 +513,7 @@ fn start_connection(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) -> PeerConnection {
+    route.conns.fetch_add(1, Ordering::Relaxed);
     let (path_tx, path_rx) = tokio::sync::watch::channel(route.path());
     let (dg_tx, dg_rx) = mpsc::channel(256);
     let shared = Arc::new(ConnShared {

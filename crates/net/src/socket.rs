@@ -62,6 +62,8 @@ pub struct PeerRoute {
     last_direct_rx: Mutex<Option<(SocketAddr, Instant)>>,
     /// Bytes sent via the relay / direct, and received via the relay / direct.
     pub counters: PathCounters,
+    /// Live connections using this route; routes without any may be evicted.
+    pub(crate) conns: std::sync::atomic::AtomicUsize,
 }
 
 /// Traffic counters per path.
@@ -224,7 +226,16 @@ impl MagicSocket {
             return Some(r.clone());
         }
         if routes.by_peer.len() >= MAX_ROUTES {
-            return None;
+            // Full (a hostile relay could invent senders): forget a route no connection
+            // uses, so legitimate peers are never locked out.
+            let idle = routes
+                .by_peer
+                .values()
+                .find(|r| r.conns.load(Ordering::Relaxed) == 0)
+                .cloned()?;
+            routes.by_peer.remove(&idle.id);
+            routes.by_vaddr.remove(&idle.vaddr);
+            routes.by_direct.retain(|_, v| !Arc::ptr_eq(v, &idle));
         }
         routes.next_index += 1;
         let n = routes.next_index;
@@ -240,6 +251,7 @@ impl MagicSocket {
             path: Mutex::new(Path::Relay),
             last_direct_rx: Mutex::new(None),
             counters: PathCounters::default(),
+            conns: std::sync::atomic::AtomicUsize::new(0),
         });
         routes.by_vaddr.insert(r.vaddr, r.clone());
         routes.by_peer.insert(id, r.clone());
@@ -617,6 +629,29 @@ pub(crate) fn bind_std(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_route_table_evicts_an_unused_route() {
+        let (s, _rx) = MagicSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let busy = s.route(PeerId::from_bytes([0; 32])).unwrap();
+        busy.conns.fetch_add(1, Ordering::Relaxed);
+        for i in 1..MAX_ROUTES as u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            s.route(PeerId::from_bytes(k)).unwrap();
+        }
+        assert_eq!(s.routes.read().unwrap().by_peer.len(), MAX_ROUTES);
+        let newcomer = s
+            .route(PeerId::from_bytes([0xff; 32]))
+            .expect("an idle route is evicted");
+        let routes = s.routes.read().unwrap();
+        assert_eq!(routes.by_peer.len(), MAX_ROUTES);
+        assert!(
+            routes.by_peer.contains_key(&busy.id),
+            "a route in use is never evicted"
+        );
+        assert!(routes.by_vaddr.contains_key(&newcomer.vaddr));
+    }
 
     #[test]
     fn virtual_addresses_are_recognised_in_both_families() {
