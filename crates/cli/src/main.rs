@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
 use p2pcall_core::settings::{Dirs, Settings};
 use p2pcall_core::{Path, PeerInfo, identity};
-use p2pcall_net::{PresenceEvent, RelayConfig};
+use p2pcall_net::{Event, PresenceEvent, RelayConfig};
 use serde_json::json;
 
 /// Default relay port (UDP and TCP).
@@ -251,8 +251,8 @@ async fn wait_online(
         tokio::select! {
             r = engine.wait_relay(Duration::from_millis(50)) => if r.is_ok() { return Ok(()) },
             e = events.recv() => match e {
-                Some(EngineEvent::RelayRefused { reason, detail }) => bail!("the relay refused us: {reason} ({detail})"),
-                Some(EngineEvent::RelayDisconnected { reason, .. }) => last = reason,
+                Some(EngineEvent::Net(Event::RelayRefused { reason, detail })) => bail!("the relay refused us: {reason} ({detail})"),
+                Some(EngineEvent::Net(Event::RelayDisconnected { reason, .. })) => last = reason,
                 Some(_) => {}
                 None => bail!("engine stopped"),
             },
@@ -336,53 +336,76 @@ async fn peers(cli: &Cli) -> Result<()> {
 }
 
 fn event_json(e: &EngineEvent) -> serde_json::Value {
-    match e {
-        EngineEvent::RelayConnected {
+    let n = match e {
+        EngineEvent::PeerConnected { conn, incoming } => {
+            return json!({"event": "connected", "incoming": incoming, "id": conn.peer().to_hex(), "fingerprint": conn.peer().fingerprint().to_string(), "name": conn.remote_name(), "path": path_str(&conn.path()), "safety_number": conn.safety_number().to_string()});
+        }
+        EngineEvent::Net(n) => n,
+    };
+    match n {
+        Event::RelayConnected {
             observed,
             transport,
             relay,
         } => {
             json!({"event": "relay_connected", "observed": observed.to_string(), "transport": format!("{transport:?}").to_lowercase(), "relay": relay.fingerprint().to_string()})
         }
-        EngineEvent::RelayDisconnected { reason, retry_in } => {
+        Event::RelayDisconnected { reason, retry_in } => {
             json!({"event": "relay_disconnected", "reason": reason, "retry_in_ms": retry_in.as_millis() as u64})
         }
-        EngineEvent::RelayRefused { reason, detail } => {
+        Event::RelayRefused { reason, detail } => {
             json!({"event": "relay_refused", "reason": reason.to_string(), "detail": detail})
         }
-        EngineEvent::Presence(PresenceEvent::Snapshot(list)) => {
+        Event::Presence(PresenceEvent::Snapshot(list)) => {
             json!({"event": "peers", "peers": list.iter().map(peer_json).collect::<Vec<_>>()})
         }
-        EngineEvent::Presence(PresenceEvent::Joined(p)) => {
+        Event::Presence(PresenceEvent::Joined(p)) => {
             json!({"event": "peer_joined", "peer": peer_json(p)})
         }
-        EngineEvent::Presence(PresenceEvent::Updated(p)) => {
+        Event::Presence(PresenceEvent::Updated(p)) => {
             json!({"event": "peer_updated", "peer": peer_json(p)})
         }
-        EngineEvent::Presence(PresenceEvent::Left(id)) => {
+        Event::Presence(PresenceEvent::Left(id)) => {
             json!({"event": "peer_left", "id": id.to_hex(), "fingerprint": id.fingerprint().to_string()})
         }
-        EngineEvent::PeerConnected { conn, incoming } => {
-            json!({"event": "connected", "incoming": incoming, "id": conn.peer().to_hex(), "fingerprint": conn.peer().fingerprint().to_string(), "name": conn.remote_name(), "path": path_str(&conn.path()), "safety_number": conn.safety_number().to_string()})
-        }
-        EngineEvent::PathChanged { peer, path, rtt } => {
+        Event::PathChanged { peer, path, rtt } => {
             json!({"event": "path_changed", "fingerprint": peer.fingerprint().to_string(), "path": path_str(path), "rtt_ms": rtt.map(ms)})
         }
-        EngineEvent::PeerDisconnected { peer, reason } => {
+        Event::ConnectionClosed { peer, reason } => {
             json!({"event": "disconnected", "fingerprint": peer.fingerprint().to_string(), "reason": reason})
         }
-        EngineEvent::Signal { from, payload } => {
+        Event::Signal { from, payload } => {
             json!({"event": "signal", "from": from.fingerprint().to_string(), "bytes": payload.len()})
         }
-        EngineEvent::SignalFailed { to, reason } => {
+        Event::SignalFailed { to, reason } => {
             json!({"event": "signal_failed", "to": to.fingerprint().to_string(), "reason": format!("{reason:?}")})
+        }
+        Event::Incoming(c) => {
+            json!({"event": "incoming", "fingerprint": c.peer().fingerprint().to_string()})
         }
     }
 }
 
 fn event_text(e: &EngineEvent) -> String {
-    match e {
-        EngineEvent::RelayConnected {
+    let n = match e {
+        EngineEvent::PeerConnected { conn, incoming } => {
+            return format!(
+                "{} {} ({}) via {}; safety number: {}",
+                if *incoming {
+                    "connection from"
+                } else {
+                    "connected to"
+                },
+                conn.remote_name().unwrap_or_default(),
+                conn.peer().fingerprint(),
+                path_str(&conn.path()),
+                conn.safety_number()
+            );
+        }
+        EngineEvent::Net(n) => n,
+    };
+    match n {
+        Event::RelayConnected {
             observed,
             transport,
             relay,
@@ -390,55 +413,44 @@ fn event_text(e: &EngineEvent) -> String {
             "online via relay {} over {transport:?}; the relay sees us as {observed}",
             relay.fingerprint()
         ),
-        EngineEvent::RelayDisconnected { reason, retry_in } => format!(
+        Event::RelayDisconnected { reason, retry_in } => format!(
             "relay connection lost ({reason}); retrying in {:.1}s",
             retry_in.as_secs_f64()
         ),
-        EngineEvent::RelayRefused { reason, detail } => {
+        Event::RelayRefused { reason, detail } => {
             format!("the relay refused us: {reason} ({detail})")
         }
-        EngineEvent::Presence(PresenceEvent::Snapshot(list)) => {
+        Event::Presence(PresenceEvent::Snapshot(list)) => {
             format!("{} other peer(s) online", list.len())
         }
-        EngineEvent::Presence(PresenceEvent::Joined(p)) => {
+        Event::Presence(PresenceEvent::Joined(p)) => {
             format!("{} ({}) came online", p.name, p.id.fingerprint())
         }
-        EngineEvent::Presence(PresenceEvent::Updated(p)) => {
+        Event::Presence(PresenceEvent::Updated(p)) => {
             format!("{} is now called {}", p.id.fingerprint(), p.name)
         }
-        EngineEvent::Presence(PresenceEvent::Left(id)) => {
+        Event::Presence(PresenceEvent::Left(id)) => {
             format!("{} went offline", id.fingerprint())
         }
-        EngineEvent::PeerConnected { conn, incoming } => format!(
-            "{} {} ({}) via {}; safety number: {}",
-            if *incoming {
-                "connection from"
-            } else {
-                "connected to"
-            },
-            conn.remote_name().unwrap_or_default(),
-            conn.peer().fingerprint(),
-            path_str(&conn.path()),
-            conn.safety_number()
-        ),
-        EngineEvent::PathChanged { peer, path, rtt } => format!(
+        Event::PathChanged { peer, path, rtt } => format!(
             "path to {} is now {}{}",
             peer.fingerprint(),
             path_str(path),
             rtt.map(|r| format!(" (rtt {:.2} ms)", ms(r)))
                 .unwrap_or_default()
         ),
-        EngineEvent::PeerDisconnected { peer, reason } => {
+        Event::ConnectionClosed { peer, reason } => {
             format!("connection with {} closed: {reason}", peer.fingerprint())
         }
-        EngineEvent::Signal { from, payload } => format!(
+        Event::Signal { from, payload } => format!(
             "signal from {} ({} bytes)",
             from.fingerprint(),
             payload.len()
         ),
-        EngineEvent::SignalFailed { to, reason } => {
+        Event::SignalFailed { to, reason } => {
             format!("signal to {} failed: {reason:?}", to.fingerprint())
         }
+        Event::Incoming(c) => format!("incoming connection from {}", c.peer().fingerprint()),
     }
 }
 
@@ -464,7 +476,7 @@ async fn listen(cli: &Cli) -> Result<()> {
             e = events.recv() => match e {
                 Some(e) => {
                     print_event(cli.json, &e);
-                    if let EngineEvent::RelayRefused { reason, detail } = &e {
+                    if let EngineEvent::Net(Event::RelayRefused { reason, detail }) = &e {
                         bail!("the relay refused us: {reason} ({detail})");
                     }
                 }
@@ -511,7 +523,7 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(a.interval)).await;
         }
         while let Ok(e) = events.try_recv() {
-            if let EngineEvent::PathChanged { peer: p, .. } = &e
+            if let EngineEvent::Net(Event::PathChanged { peer: p, .. }) = &e
                 && *p == peer
             {
                 print_event(cli.json, &e);

@@ -127,7 +127,7 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
         let (mut sig_tx, mut conn_tx) = (Some(sig_tx), Some(conn_tx));
         while let Some(e) = bob_events.recv().await {
             match e {
-                EngineEvent::Signal { payload, .. } => {
+                EngineEvent::Net(p2pcall_net::Event::Signal { payload, .. }) => {
                     if let Some(t) = sig_tx.take() {
                         let _ = t.send(payload);
                     }

@@ -14,7 +14,7 @@ use p2pcall_net::{
     Endpoint, EndpointConfig, Event, NetError, Path, PeerConnection, PresenceEvent, RelayConfig,
     RelayTransport,
 };
-use p2pcall_proto::relay::{PeerInfo, RefuseReason, SignalFailure};
+use p2pcall_proto::relay::PeerInfo;
 use p2pcall_proto::{PeerId, SafetyNumber};
 use p2pcall_tls::Identity;
 use tokio::sync::{mpsc, watch};
@@ -77,69 +77,17 @@ pub enum EngineError {
 }
 
 /// Application events.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum EngineEvent {
-    /// Registered with the relay.
-    RelayConnected {
-        /// Our public address as the relay sees it.
-        observed: SocketAddr,
-        /// UDP or TCP fallback.
-        transport: RelayTransport,
-        /// The relay's key.
-        relay: PeerId,
-    },
-    /// The relay session dropped; retrying.
-    RelayDisconnected {
-        /// Why.
-        reason: String,
-        /// Next attempt in.
-        retry_in: Duration,
-    },
-    /// The relay refused us for good.
-    RelayRefused {
-        /// Why.
-        reason: RefuseReason,
-        /// Detail.
-        detail: String,
-    },
-    /// Presence change.
-    Presence(PresenceEvent),
-    /// A peer-to-peer connection is up.
+    /// Relay session, presence, signaling, path and connection-closed events, as the
+    /// endpoint reports them (never [`Event::Incoming`]: that becomes `PeerConnected`).
+    Net(Event),
+    /// A peer-to-peer connection is up (dialed by us, or accepted).
     PeerConnected {
         /// The connection.
         conn: PeerConnection,
         /// Whether the other side dialed.
         incoming: bool,
-    },
-    /// A connection's path changed.
-    PathChanged {
-        /// The peer.
-        peer: PeerId,
-        /// New path.
-        path: Path,
-        /// Direct-path RTT.
-        rtt: Option<Duration>,
-    },
-    /// A connection ended.
-    PeerDisconnected {
-        /// The peer.
-        peer: PeerId,
-        /// Why.
-        reason: String,
-    },
-    /// Signal from another peer.
-    Signal {
-        /// Sender.
-        from: PeerId,
-        /// Payload.
-        payload: Bytes,
-    },
-    /// A signal could not be delivered.
-    SignalFailed {
-        /// Recipient.
-        to: PeerId,
-        /// Why.
-        reason: SignalFailure,
     },
 }
 
@@ -205,27 +153,6 @@ impl Engine {
 async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Sender<EngineEvent>) {
     while let Some(e) = net.recv().await {
         let ev = match e {
-            Event::RelayConnected {
-                observed,
-                transport,
-                relay,
-            } => EngineEvent::RelayConnected {
-                observed,
-                transport,
-                relay,
-            },
-            Event::RelayDisconnected { reason, retry_in } => {
-                EngineEvent::RelayDisconnected { reason, retry_in }
-            }
-            Event::RelayRefused { reason, detail } => EngineEvent::RelayRefused { reason, detail },
-            Event::Presence(p) => {
-                if matches!(p, PresenceEvent::Snapshot(_)) {
-                    shared.presence_ready.send_replace(true);
-                }
-                EngineEvent::Presence(p)
-            }
-            Event::Signal { from, payload } => EngineEvent::Signal { from, payload },
-            Event::SignalFailed { to, reason } => EngineEvent::SignalFailed { to, reason },
             Event::Incoming(conn) => {
                 if let Ok(mut c) = shared.connections.lock() {
                     c.insert(conn.peer(), conn.clone());
@@ -235,16 +162,20 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Se
                     incoming: true,
                 }
             }
-            Event::PathChanged { peer, path, rtt } => EngineEvent::PathChanged { peer, path, rtt },
-            Event::ConnectionClosed { peer, reason } => {
+            Event::Presence(PresenceEvent::Snapshot(_)) => {
+                shared.presence_ready.send_replace(true);
+                EngineEvent::Net(e)
+            }
+            Event::ConnectionClosed { peer, .. } => {
                 if let Ok(mut c) = shared.connections.lock()
                     && c.get(&peer)
                         .is_some_and(|c| c.quic().close_reason().is_some())
                 {
                     c.remove(&peer);
                 }
-                EngineEvent::PeerDisconnected { peer, reason }
+                EngineEvent::Net(e)
             }
+            e => EngineEvent::Net(e),
         };
         // A consumer that went away must not stop the engine.
         let _ = out.send(ev).await;

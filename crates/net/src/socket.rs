@@ -37,6 +37,8 @@ const MAX_DIRECT_PER_PEER: usize = 16;
 /// GSO batches are capped so that, with a relay header on every segment, they stay below the
 /// 64 KiB UDP limit.
 const MAX_SEGMENTS: usize = 32;
+/// Kernel socket buffer size requested (capped by `net.core.rmem_max`/`wmem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Port of every virtual address (any fixed value works; quinn only needs stability).
 const VIRTUAL_PORT: u16 = 7;
 
@@ -136,16 +138,7 @@ impl fmt::Debug for MagicSocket {
     }
 }
 
-/// Maps an IPv4-mapped IPv6 address to plain IPv4, so lookups see one form.
-pub fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => a,
-        },
-        SocketAddr::V4(_) => a,
-    }
-}
+pub use p2pcall_tls::udp::canonical;
 
 fn is_virtual(a: &SocketAddr) -> bool {
     matches!(a, SocketAddr::V4(v4) if v4.ip().octets()[0] >= 240 && v4.port() == VIRTUAL_PORT)
@@ -155,7 +148,7 @@ impl MagicSocket {
     /// Binds `addr` (use `[::]:port` for dual stack). Returns the socket and the receiver of
     /// non-QUIC control packets.
     pub(crate) fn bind(addr: SocketAddr) -> io::Result<(Arc<Self>, mpsc::Receiver<ControlPacket>)> {
-        let std = bind_std(addr)?;
+        let std = p2pcall_tls::udp::bind(addr, SOCKET_BUFFER)?;
         let state = UdpSocketState::new((&std).into())?;
         let v6 = std.local_addr()?.is_ipv6();
         let io = tokio::net::UdpSocket::from_std(std)?;
@@ -180,12 +173,7 @@ impl MagicSocket {
 
     /// Address in the socket's own family (quinn compares addresses exactly).
     pub(crate) fn family(&self, a: SocketAddr) -> SocketAddr {
-        match (self.v6, a) {
-            (true, SocketAddr::V4(v4)) => {
-                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-            }
-            _ => a,
-        }
+        p2pcall_tls::udp::in_family(self.v6, a)
     }
 
     /// The local port.
@@ -492,10 +480,7 @@ impl MagicSocket {
 
 impl quinn::AsyncUdpSocket for MagicSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        Box::pin(Poller {
-            socket: self,
-            fut: None,
-        })
+        p2pcall_tls::udp::writable_poller(self)
     }
 
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
@@ -570,59 +555,9 @@ impl quinn::AsyncUdpSocket for MagicSocket {
     }
 }
 
-type WritableFut = Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + Sync>>;
-
-struct Poller {
-    socket: Arc<MagicSocket>,
-    fut: Option<WritableFut>,
-}
-
-impl fmt::Debug for Poller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Poller")
-    }
-}
-
-impl quinn::UdpPoller for Poller {
-    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.fut.is_none() {
-            let s = self.socket.clone();
-            self.fut = Some(Box::pin(async move { s.io.writable().await }));
-        }
-        let Some(fut) = self.fut.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let r = ready!(fut.as_mut().poll(cx));
-        self.fut = None;
-        Poll::Ready(r)
-    }
-}
-
-/// Binds a UDP socket with large buffers; `[::]` is made dual-stack, falling back to IPv4
-/// when IPv6 is unavailable.
-pub(crate) fn bind_std(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let try_bind = |addr: SocketAddr| -> io::Result<std::net::UdpSocket> {
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        if addr.is_ipv6() {
-            s.set_only_v6(false)?;
-        }
-        // Loss at default buffer sizes was measured on loopback (shared/notes/crates.md).
-        let _ = s.set_recv_buffer_size(4 << 20);
-        let _ = s.set_send_buffer_size(4 << 20);
-        s.set_nonblocking(true)?;
-        s.bind(&addr.into())?;
-        Ok(s.into())
-    };
-    match try_bind(addr) {
-        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
-            tracing::debug!("dual-stack bind failed ({e}); using IPv4 only");
-            try_bind(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                addr.port(),
-            ))
-        }
-        r => r,
+impl p2pcall_tls::udp::TokioUdp for MagicSocket {
+    fn tokio_udp(&self) -> &tokio::net::UdpSocket {
+        &self.io
     }
 }
 

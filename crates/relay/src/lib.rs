@@ -176,19 +176,15 @@ impl std::fmt::Debug for Relay {
     }
 }
 
+/// Kernel socket buffers requested for relay sockets.
+const SOCKET_BUFFER: usize = 8 << 20;
+
 fn bind_udp(addr: SocketAddr, what: &'static str) -> Result<std::net::UdpSocket, RelayError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let err = |source| RelayError::Bind { what, addr, source };
-    let s =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(false).map_err(err)?;
-    }
-    let _ = s.set_recv_buffer_size(8 << 20);
-    let _ = s.set_send_buffer_size(8 << 20);
-    s.set_nonblocking(true).map_err(err)?;
-    s.bind(&addr.into()).map_err(err)?;
-    Ok(s.into())
+    p2pcall_tls::udp::bind(addr, SOCKET_BUFFER).map_err(|source| RelayError::Bind {
+        what,
+        addr,
+        source,
+    })
 }
 
 impl Relay {

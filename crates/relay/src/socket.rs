@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -21,16 +21,7 @@ use tokio::io::Interest;
 use crate::metrics::{DropReason, Metrics};
 use crate::session::Sessions;
 
-/// Maps IPv4-mapped IPv6 addresses to IPv4.
-pub fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => a,
-        },
-        SocketAddr::V4(_) => a,
-    }
-}
+pub use p2pcall_tls::udp::canonical;
 
 /// The relay's main UDP socket.
 pub struct RelaySocket {
@@ -65,12 +56,7 @@ impl RelaySocket {
     }
 
     fn family(&self, a: SocketAddr) -> SocketAddr {
-        match (self.v6, a) {
-            (true, SocketAddr::V4(v4)) => {
-                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-            }
-            _ => a,
-        }
+        p2pcall_tls::udp::in_family(self.v6, a)
     }
 
     fn send_now(&self, dst: SocketAddr, contents: &[u8]) -> bool {
@@ -205,10 +191,7 @@ impl RelaySocket {
 
 impl quinn::AsyncUdpSocket for RelaySocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        Box::pin(Poller {
-            socket: self,
-            fut: None,
-        })
+        p2pcall_tls::udp::writable_poller(self)
     }
 
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
@@ -277,30 +260,8 @@ impl quinn::AsyncUdpSocket for RelaySocket {
     }
 }
 
-type WritableFut = Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + Sync>>;
-
-struct Poller {
-    socket: Arc<RelaySocket>,
-    fut: Option<WritableFut>,
-}
-
-impl fmt::Debug for Poller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Poller")
-    }
-}
-
-impl quinn::UdpPoller for Poller {
-    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.fut.is_none() {
-            let s = self.socket.clone();
-            self.fut = Some(Box::pin(async move { s.io.writable().await }));
-        }
-        let Some(fut) = self.fut.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let r = ready!(fut.as_mut().poll(cx));
-        self.fut = None;
-        Poll::Ready(r)
+impl p2pcall_tls::udp::TokioUdp for RelaySocket {
+    fn tokio_udp(&self) -> &tokio::net::UdpSocket {
+        &self.io
     }
 }

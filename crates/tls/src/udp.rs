@@ -1,0 +1,97 @@
+//! UDP socket plumbing shared by the peer's path-switching socket and the relay's socket:
+//! binding, address normalisation, and quinn's write-readiness poller.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+/// Maps an IPv4-mapped IPv6 address to plain IPv4, so lookups see one form.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
+}
+
+/// `a` in the family of a socket (`v6`: a dual-stack IPv6 socket wants IPv4-mapped form).
+pub fn in_family(v6: bool, a: SocketAddr) -> SocketAddr {
+    match (v6, a) {
+        (true, SocketAddr::V4(v4)) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => a,
+    }
+}
+
+/// Binds a non-blocking UDP socket with `buffer` bytes of kernel buffers. `[::]` is made
+/// dual-stack, falling back to `0.0.0.0` when IPv6 is unavailable.
+pub fn bind(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let try_bind = |addr: SocketAddr| -> io::Result<std::net::UdpSocket> {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(false)?;
+        }
+        // Loss at default buffer sizes was measured on loopback (shared/notes/crates.md);
+        // the kernel caps these at net.core.{r,w}mem_max.
+        let _ = s.set_recv_buffer_size(buffer);
+        let _ = s.set_send_buffer_size(buffer);
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        Ok(s.into())
+    };
+    match try_bind(addr) {
+        // IPv6 disabled on this host: IPv4 only.
+        Err(_) if addr.is_ipv6() && addr.ip().is_unspecified() => try_bind(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            addr.port(),
+        )),
+        r => r,
+    }
+}
+
+/// A socket type that owns a tokio UDP socket.
+pub trait TokioUdp: Send + Sync + 'static {
+    /// The socket quinn's writes go to.
+    fn tokio_udp(&self) -> &tokio::net::UdpSocket;
+}
+
+type WritableFut = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
+
+/// quinn's write-readiness poller for any [`TokioUdp`] socket.
+pub struct WritablePoller<S> {
+    socket: Arc<S>,
+    fut: Option<WritableFut>,
+}
+
+impl<S> std::fmt::Debug for WritablePoller<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WritablePoller")
+    }
+}
+
+/// The poller to return from `AsyncUdpSocket::create_io_poller`.
+pub fn writable_poller<S: TokioUdp>(socket: Arc<S>) -> Pin<Box<dyn quinn::UdpPoller>> {
+    Box::pin(WritablePoller { socket, fut: None })
+}
+
+impl<S: TokioUdp> quinn::UdpPoller for WritablePoller<S> {
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.fut.is_none() {
+            let s = self.socket.clone();
+            self.fut = Some(Box::pin(async move { s.tokio_udp().writable().await }));
+        }
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let r = ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(r)
+    }
+}
