@@ -94,6 +94,21 @@ async fn three_peers_presence_signaling_and_a_relayed_connection() {
         })
         .await;
     assert_eq!(reason, SignalFailure::Offline);
+    // Above the signal rate, signals fail with a reason and the session stays up.
+    for _ in 0..60 {
+        a.ep.signal(b.ep.id(), Bytes::from_static(b"spam"))
+            .await
+            .unwrap();
+    }
+    a.expect("rate-limited signal", |e| match e {
+        Event::SignalFailed {
+            reason: SignalFailure::RateLimited,
+            ..
+        } => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(relay.online(), 2, "the sender is still online");
 
     // End-to-end connection over the relay path: a reliable stream and datagrams.
     let conn = a.ep.connect(b.ep.id()).await.unwrap();

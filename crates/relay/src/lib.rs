@@ -54,8 +54,12 @@ pub struct RelayConfig {
     pub packet_rate: f64,
     /// Relayed bytes per second per peer.
     pub byte_rate: f64,
-    /// Control frames (signals, renames, pings) per second per peer.
+    /// Control frames (signals, renames, pings) per second per peer; a peer above twice
+    /// this burst is disconnected as abusive.
     pub control_rate: f64,
+    /// Signals per second per peer; above it, signals fail with `RateLimited` (the session
+    /// stays up).
+    pub signal_rate: f64,
     /// Time allowed from connection to `Hello`.
     pub handshake_timeout: Duration,
     /// A session with no control frame for this long is closed (clients ping every 10 s).
@@ -85,6 +89,8 @@ impl RelayConfig {
             packet_rate: 10_000.0,
             byte_rate: 12.5e6,
             control_rate: 50.0,
+            // Call setup and path coordination need a handful; 20/s is generous.
+            signal_rate: 20.0,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(40),
             max_incoming: 4096,

@@ -343,6 +343,7 @@ async fn reader_loop<R: AsyncRead + Unpin>(
 ) -> (RefuseReason, String) {
     let cfg = &shared.cfg;
     let mut control = TokenBucket::new(Instant::now(), cfg.control_rate, cfg.control_rate * 2.0);
+    let mut signals = TokenBucket::new(Instant::now(), cfg.signal_rate, cfg.signal_rate * 2.0);
     loop {
         let raw = tokio::select! {
             _ = session.close.cancelled() => {
@@ -400,12 +401,13 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                 }
             }
             ClientFrame::Signal { to, payload } => {
-                let failure = match shared
+                let dst = shared
                     .sessions
                     .read()
                     .ok()
-                    .and_then(|s| s.by_id(&to).cloned())
-                {
+                    .and_then(|s| s.by_id(&to).cloned());
+                let failure = match dst {
+                    _ if !signals.take(now, 1.0) => Some(SignalFailure::RateLimited),
                     None => Some(SignalFailure::Offline),
                     Some(dst) => {
                         if dst.try_queue(ServerFrame::Signal {
