@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
 use p2pcall_core::settings::{Dirs, Settings};
 use p2pcall_core::{Path, PeerInfo, identity};
+use p2pcall_nat::classify::Mapping;
 use p2pcall_net::{Event, PresenceEvent, RelayConfig};
 use serde_json::json;
 
@@ -73,6 +74,8 @@ enum Cmd {
     Ping(PingArgs),
     /// In-process relay and two peers: register, connect, ping, stream; print what happened
     Demo(DemoArgs),
+    /// Report this network's NAT behaviour as seen through the relay, and our candidates
+    Netcheck,
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +122,9 @@ struct PingArgs {
     /// Milliseconds between pings
     #[arg(long, short = 'i', default_value_t = 1000)]
     interval: u64,
+    /// Keep pinging until Ctrl-C (ignores --count) and show path changes as they happen
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Peers => peers(&cli).await,
         Cmd::Listen => listen(&cli).await,
         Cmd::Ping(a) => ping(&cli, a).await,
+        Cmd::Netcheck => netcheck(&cli).await,
     }
 }
 
@@ -518,10 +525,20 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
     }
     let mut rtts = Vec::new();
     let mut lost = 0u32;
-    for seq in 0..a.count {
-        if seq > 0 {
-            tokio::time::sleep(Duration::from_millis(a.interval)).await;
+    let mut sent = 0u32;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    for seq in 0.. {
+        if !a.watch && seq >= a.count {
+            break;
         }
+        if seq > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(a.interval)) => {}
+                _ = &mut stop => break,
+            }
+        }
+        sent += 1;
         while let Ok(e) = events.try_recv() {
             if let EngineEvent::Net(Event::PathChanged { peer: p, .. }) = &e
                 && *p == peer
@@ -561,12 +578,12 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
     if cli.json {
         println!(
             "{}",
-            json!({"event": "summary", "sent": a.count, "received": rtts.len(), "lost": lost, "min_ms": min, "avg_ms": avg, "max_ms": max, "path": path_str(&conn.path())})
+            json!({"event": "summary", "sent": sent, "received": rtts.len(), "lost": lost, "min_ms": min, "avg_ms": avg, "max_ms": max, "path": path_str(&conn.path())})
         );
     } else {
         println!(
             "{} sent, {} received, {} lost; rtt min/avg/max = {}/{}/{} ms; path now {}",
-            a.count,
+            sent,
             rtts.len(),
             lost,
             min.map_or("-".into(), |v| format!("{v:.3}")),
@@ -576,7 +593,7 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
         );
     }
     engine.shutdown().await;
-    if rtts.is_empty() && a.count > 0 {
+    if rtts.is_empty() && sent > 0 {
         bail!("no ping was answered");
     }
     Ok(())
@@ -725,5 +742,61 @@ async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
             r.signal_ok
         );
     }
+    Ok(())
+}
+
+async fn netcheck(cli: &Cli) -> Result<()> {
+    let (engine, mut events) = start_engine(cli, false).await?;
+    wait_online(&engine, &mut events).await?;
+    let transport = engine.wait_relay(RELAY_WAIT).await?;
+    let ep = engine.endpoint();
+    let report = ep.netcheck().await?;
+    let mapping = match report.mapping {
+        Mapping::None => "none (public address)",
+        Mapping::EndpointIndependent => "endpoint-independent",
+        Mapping::EndpointDependent => "endpoint-dependent",
+        Mapping::Unknown => "unknown",
+    };
+    let candidates: Vec<String> = ep
+        .local_candidates()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let observed: Vec<String> = report.observed.iter().map(ToString::to_string).collect();
+    let ipv6 = ep.has_global_ipv6();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"udp": !report.udp_blocked, "relay_transport": format!("{transport:?}").to_lowercase(),
+                   "mapping": mapping, "port_preserved": report.port_preserved, "observed": observed,
+                   "ipv6": ipv6, "candidates": candidates})
+        );
+    } else {
+        println!(
+            "UDP:            {}",
+            if report.udp_blocked {
+                "blocked (relay reached over TCP)"
+            } else {
+                "works"
+            }
+        );
+        println!("relay session:  {transport:?}");
+        println!("NAT mapping:    {mapping}");
+        println!(
+            "port preserved: {}",
+            if report.port_preserved { "yes" } else { "no" }
+        );
+        println!(
+            "observed:       {}",
+            if observed.is_empty() {
+                "-".into()
+            } else {
+                observed.join(", ")
+            }
+        );
+        println!("global IPv6:    {}", if ipv6 { "yes" } else { "no" });
+        println!("candidates:     {}", candidates.join(", "));
+    }
+    engine.shutdown().await;
     Ok(())
 }

@@ -45,7 +45,7 @@ impl Proc {
             let l = self
                 .lines
                 .recv_timeout(Duration::from_secs(15))
-                .unwrap_or_else(|_| panic!("no {event:?} line"));
+                .unwrap_or_else(|e| panic!("no {event:?} line: {e:?}"));
             let v: Value =
                 serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
             if v["event"] == event {
@@ -195,6 +195,42 @@ fn relay_listen_peers_ping_metrics_and_sigterm() {
     // The listener saw the connection, with the same safety number.
     let conn = listen.expect("connected");
     assert_eq!(conn["safety_number"], lines[0]["safety_number"]);
+
+    // netcheck: on loopback the relay sees our own address on both reflection ports.
+    let mut nc = cmd(&bdir);
+    nc.args(["--json", "--relay", &udp, "netcheck"]);
+    let report = json_out(nc);
+    assert_eq!(report["udp"], true, "{report}");
+    assert_eq!(report["mapping"], "none (public address)", "{report}");
+    assert_eq!(report["observed"].as_array().unwrap().len(), 2, "{report}");
+    assert!(
+        report["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str().unwrap().starts_with("127.0.0.1:"))
+    );
+
+    // ping --watch runs until SIGTERM and still prints its summary.
+    let mut watch_cmd = cmd(&bdir);
+    watch_cmd.args([
+        "--json",
+        "--relay",
+        &udp,
+        "ping",
+        &fp,
+        "--watch",
+        "--interval",
+        "50",
+    ]);
+    let mut watch = Proc::spawn(watch_cmd);
+    watch.expect("connected");
+    for _ in 0..3 {
+        watch.expect("ping");
+    }
+    assert!(watch.term().success());
+    let summary = watch.expect("summary");
+    assert!(summary["received"].as_u64().unwrap() >= 3, "{summary}");
 
     let m = http_get(&metrics, "/metrics");
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");

@@ -170,6 +170,8 @@ pub(crate) struct Inner {
     pub presence: Mutex<BTreeMap<PeerId, PeerInfo>>,
     pub relay_up: tokio::sync::watch::Sender<Option<RelayTransport>>,
     pub reflections: Mutex<HashMap<[u8; 12], oneshot::Sender<SocketAddr>>>,
+    /// The relay's reflection addresses (from its welcome).
+    pub reflectors: Mutex<Vec<SocketAddr>>,
     pub cancel: CancellationToken,
     pub direct_paths: bool,
 }
@@ -236,6 +238,7 @@ impl Endpoint {
             presence: Mutex::default(),
             relay_up: tokio::sync::watch::Sender::new(None),
             reflections: Mutex::default(),
+            reflectors: Mutex::default(),
             cancel: CancellationToken::new(),
             direct_paths: cfg.direct_paths,
         });
@@ -322,6 +325,49 @@ impl Endpoint {
             }
         }
         Err(NetError::Timeout("address reflection"))
+    }
+
+    /// Addresses a peer may reach us on directly (what we announce).
+    pub fn local_candidates(&self) -> Vec<SocketAddr> {
+        local_candidates(&self.inner)
+    }
+
+    /// Measures our NAT through the relay's reflection ports (UDP, whatever transport the
+    /// relay session uses). Needs a relay session (for the list of reflection ports).
+    pub async fn netcheck(&self) -> Result<p2pcall_nat::classify::NatReport, NetError> {
+        let reflectors = self
+            .inner
+            .reflectors
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        if reflectors.is_empty() {
+            return Err(NetError::NoRelay);
+        }
+        let mut observed = Vec::new();
+        for r in &reflectors {
+            observed.push(self.reflect(*r).await.ok().map(canonical));
+        }
+        let port = self.local_port();
+        let locals: Vec<SocketAddr> = if_addrs::get_if_addrs()
+            .map(|l| l.iter().map(|i| SocketAddr::new(i.ip(), port)).collect())
+            .unwrap_or_default();
+        Ok(p2pcall_nat::classify::classify(&locals, port, &observed))
+    }
+
+    /// Whether this host has a global IPv6 address (not loopback, link-local or ULA).
+    pub fn has_global_ipv6(&self) -> bool {
+        if_addrs::get_if_addrs().is_ok_and(|l| {
+            l.iter().any(|i| match i.ip() {
+                IpAddr::V6(v6) => {
+                    !v6.is_loopback()
+                        && !v6.is_unicast_link_local()
+                        && !v6.is_unique_local()
+                        && !v6.is_unspecified()
+                }
+                IpAddr::V4(_) => false,
+            })
+        })
     }
 
     /// Opens an end-to-end encrypted connection to `peer`, starting on the relay path.
@@ -514,6 +560,9 @@ fn start_connection(
     recv: quinn::RecvStream,
 ) -> PeerConnection {
     route.conns.fetch_add(1, Ordering::Relaxed);
+    // A new connection starts on the relay path: a direct path of an earlier connection to
+    // the same peer (often a dead process's port) is not trusted until probed again.
+    route.set_path(Path::Relay);
     let (path_tx, path_rx) = tokio::sync::watch::channel(route.path());
     let (dg_tx, dg_rx) = mpsc::channel(256);
     let shared = Arc::new(ConnShared {
@@ -528,13 +577,19 @@ fn start_connection(
     });
     let (probe_tx, probe_rx) = mpsc::channel(256);
     if let Ok(mut h) = inner.probe_handlers.lock() {
-        h.insert(shared.peer, probe_tx);
+        h.insert(shared.peer, probe_tx.clone());
     }
     let pc = PeerConnection {
         shared: shared.clone(),
     };
     tokio::spawn(drive_connection(
-        inner, shared, send, recv, probe_rx, path_tx, dg_tx,
+        inner,
+        shared,
+        send,
+        recv,
+        (probe_tx, probe_rx),
+        path_tx,
+        dg_tx,
     ));
     pc
 }
@@ -575,7 +630,7 @@ async fn drive_connection(
     shared: Arc<ConnShared>,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
-    mut probe_rx: mpsc::Receiver<ControlPacket>,
+    (probe_tx, mut probe_rx): (mpsc::Sender<ControlPacket>, mpsc::Receiver<ControlPacket>),
     path_tx: tokio::sync::watch::Sender<Path>,
     dg_tx: mpsc::Sender<Bytes>,
 ) {
@@ -666,8 +721,14 @@ async fn drive_connection(
                 .await;
         }
     };
-    if let Ok(mut h) = inner.probe_handlers.lock() {
+    // A newer connection to the same peer may own the probe handler and the route by now.
+    if let Ok(mut h) = inner.probe_handlers.lock()
+        && h.get(&peer).is_some_and(|t| t.same_channel(&probe_tx))
+    {
         h.remove(&peer);
+    }
+    if shared.route.conns.fetch_sub(1, Ordering::Relaxed) == 1 {
+        shared.route.set_path(Path::Relay);
     }
     inner
         .emit(crate::Event::ConnectionClosed { peer, reason })

@@ -257,8 +257,16 @@ where
         Ok(ServerFrame::Welcome {
             session_tag,
             observed,
-            ..
-        }) => (session_tag, observed),
+            reflect_ports,
+        }) => {
+            if let Ok(mut r) = inner.reflectors.lock() {
+                *r = reflect_ports
+                    .iter()
+                    .map(|p| std::net::SocketAddr::new(cfg.addr.ip(), *p))
+                    .collect();
+            }
+            (session_tag, observed)
+        }
         Ok(ServerFrame::Refused { reason, detail }) => return refused(reason, detail),
         Ok(other) => return SessionEnd::Retry(format!("expected welcome, got {other:?}")),
         Err(e) => return SessionEnd::Retry(format!("bad welcome: {e}")),
