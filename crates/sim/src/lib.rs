@@ -9,7 +9,10 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+pub mod nat;
+pub use nat::{Filtering, MappingKind, NatConfig};
 use std::time::{Duration, Instant};
 
 /// One direction of a path between two addresses.
@@ -79,7 +82,8 @@ pub struct NetStats {
 #[derive(Debug)]
 pub struct VirtualNet {
     now: Instant,
-    links: HashMap<(SocketAddr, SocketAddr), Link>,
+    links: HashMap<(IpAddr, IpAddr), Link>,
+    nats: Vec<nat::NatBox>,
     queue: BinaryHeap<Datagram>,
     seq: u64,
     rng: u64,
@@ -93,6 +97,7 @@ impl VirtualNet {
         Self {
             now: start,
             links: HashMap::new(),
+            nats: Vec::new(),
             queue: BinaryHeap::new(),
             seq: 0,
             rng: seed | 1,
@@ -110,15 +115,22 @@ impl VirtualNet {
         self.now = self.now.max(t);
     }
 
-    /// Sets the link `a -> b` and `b -> a`.
+    /// Sets the link between the hosts of `a` and `b` (by IP address), both directions.
     pub fn connect(&mut self, a: SocketAddr, b: SocketAddr, link: Link) {
-        self.links.insert((a, b), link);
-        self.links.insert((b, a), link);
+        self.links.insert((a.ip(), b.ip()), link);
+        self.links.insert((b.ip(), a.ip()), link);
     }
 
-    /// Cuts or restores both directions between `a` and `b`.
+    /// Puts the hosts `inside` behind a NAT whose public address is `public`.
+    /// Links of the NAT's outside are set with [`connect`](Self::connect) on `public`.
+    pub fn add_nat(&mut self, public: IpAddr, cfg: NatConfig, inside: &[IpAddr]) {
+        self.nats
+            .push(nat::NatBox::new(public, cfg, inside.to_vec()));
+    }
+
+    /// Cuts or restores both directions between the hosts of `a` and `b`.
     pub fn set_up(&mut self, a: SocketAddr, b: SocketAddr, up: bool) {
-        for k in [(a, b), (b, a)] {
+        for k in [(a.ip(), b.ip()), (b.ip(), a.ip())] {
             if let Some(l) = self.links.get_mut(&k) {
                 l.up = up;
             }
@@ -133,10 +145,16 @@ impl VirtualNet {
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Sends a datagram now; it arrives after the link's delay unless dropped.
+    /// Sends a datagram now; it arrives after the link's delay unless dropped. A sender
+    /// behind a NAT is translated to its public mapping on the way out.
     pub fn send(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
         self.stats.sent += 1;
-        let Some(link) = self.links.get(&(from, to)).copied() else {
+        let now = self.now;
+        let from = match self.nats.iter_mut().find(|n| n.is_inside(from.ip())) {
+            Some(n) => n.outbound(now, from, to),
+            None => from,
+        };
+        let Some(link) = self.links.get(&(from.ip(), to.ip())).copied() else {
             self.stats.dropped += 1;
             return;
         };
@@ -160,14 +178,25 @@ impl VirtualNet {
         self.queue.peek().map(|d| d.at)
     }
 
-    /// Takes the next datagram due at or before now.
+    /// Takes the next datagram due at or before now. Datagrams to a NAT's public address
+    /// pass its filter and are translated to the inside host, or are dropped.
     pub fn pop_due(&mut self) -> Option<Datagram> {
-        if self.queue.peek().is_some_and(|d| d.at <= self.now) {
+        while self.queue.peek().is_some_and(|d| d.at <= self.now) {
+            let mut d = self.queue.pop()?;
+            let now = self.now;
+            if let Some(n) = self.nats.iter_mut().find(|n| n.public() == d.to.ip()) {
+                match n.inbound(now, d.from, d.to) {
+                    Some(inside) => d.to = inside,
+                    None => {
+                        self.stats.dropped += 1;
+                        continue;
+                    }
+                }
+            }
             self.stats.delivered += 1;
-            self.queue.pop()
-        } else {
-            None
+            return Some(d);
         }
+        None
     }
 }
 
