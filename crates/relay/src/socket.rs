@@ -1,6 +1,7 @@
 //! The relay's UDP socket: forwards `RelaySend` packets and answers reflection requests right
-//! in the receive path (one lookup, one header rewrite, one send; no task hop, no copy), and
-//! hands QUIC packets (the control plane) to quinn.
+//! in the receive path (lookup, in-place header rewrite, no task hop), and hands QUIC packets
+//! (the control plane) to quinn. Forwarded packets of one receive batch that go to the same
+//! destination leave in one GSO send (one copy each into the batch buffer).
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -30,6 +31,21 @@ pub struct RelaySocket {
     v6: bool,
     sessions: Arc<RwLock<Sessions>>,
     metrics: Arc<Metrics>,
+    max_batch: usize,
+}
+
+/// Most bytes in one GSO send (the UDP length limit, with room for headers).
+const MAX_GSO_BYTES: usize = 60_000;
+
+/// Forwarded packets waiting to go to one destination in a single GSO send.
+#[derive(Debug, Default)]
+struct Batch {
+    dst: Option<SocketAddr>,
+    buf: Vec<u8>,
+    seg: usize,
+    count: usize,
+    /// A short segment ended the batch.
+    closed: bool,
 }
 
 impl fmt::Debug for RelaySocket {
@@ -46,7 +62,9 @@ impl RelaySocket {
     ) -> io::Result<Self> {
         let state = UdpSocketState::new((&std).into())?;
         let v6 = std.local_addr()?.is_ipv6();
+        let max_batch = state.max_gso_segments().max(1);
         Ok(Self {
+            max_batch,
             io: tokio::net::UdpSocket::from_std(std)?,
             state,
             v6,
@@ -82,8 +100,52 @@ impl RelaySocket {
         self.send_now(dst, &buf)
     }
 
+    /// Sends a batch of equal-size forwarded packets to one destination with one GSO call.
+    fn flush(&self, batch: &mut Batch) {
+        let Some(dst) = batch.dst.take() else { return };
+        let t = Transmit {
+            destination: self.family(dst),
+            ecn: None,
+            contents: &batch.buf,
+            segment_size: (batch.count > 1).then_some(batch.seg),
+            src_ip: None,
+        };
+        let sent = self
+            .io
+            .try_io(Interest::WRITABLE, || {
+                self.state.send((&self.io).into(), &t)
+            })
+            .is_ok();
+        if !sent {
+            for _ in 0..batch.count {
+                self.metrics.dropped(DropReason::SendError);
+            }
+        }
+        batch.buf.clear();
+        batch.count = 0;
+        batch.closed = false;
+    }
+
+    /// Queues a forwarded packet, flushing the batch when it cannot join it.
+    fn enqueue(&self, batch: &mut Batch, dst: SocketAddr, pkt: &[u8]) {
+        let joins = batch.dst == Some(dst)
+            && !batch.closed
+            && pkt.len() <= batch.seg
+            && batch.count < self.max_batch
+            && batch.buf.len() + pkt.len() <= MAX_GSO_BYTES;
+        if !joins {
+            self.flush(batch);
+            batch.dst = Some(dst);
+            batch.seg = pkt.len();
+        }
+        batch.buf.extend_from_slice(pkt);
+        batch.count += 1;
+        // A shorter packet can only be the last segment of a GSO batch.
+        batch.closed = pkt.len() < batch.seg;
+    }
+
     /// Forwards one `RelaySend` datagram held in `seg` (rewritten in place).
-    fn forward(&self, now: Instant, src: SocketAddr, seg: &mut [u8]) {
+    fn forward(&self, now: Instant, src: SocketAddr, seg: &mut [u8], batch: &mut Batch) {
         let Ok(pkt) = RelaySend::decode(seg) else {
             self.metrics.dropped(DropReason::Malformed);
             return;
@@ -117,12 +179,8 @@ impl RelaySocket {
         let delivered = match dst.udp_addr() {
             Some(addr) => {
                 let start = RelaySend::rewrite_in_place(seg, &from);
-                if self.send_now(addr, &seg[start..]) {
-                    true
-                } else {
-                    self.metrics.dropped(DropReason::SendError);
-                    false
-                }
+                self.enqueue(batch, addr, &seg[start..]);
+                true
             }
             None => {
                 let frame = ServerFrame::Data {
@@ -163,7 +221,13 @@ impl RelaySocket {
 
     /// Handles our own packets of a received buffer and compacts the QUIC ones to its front.
     /// Returns the QUIC bytes kept (0 if none).
-    fn process(&self, now: Instant, buf: &mut [u8], meta: &mut RecvMeta) -> usize {
+    fn process(
+        &self,
+        now: Instant,
+        buf: &mut [u8],
+        meta: &mut RecvMeta,
+        batch: &mut Batch,
+    ) -> usize {
         let src = canonical(meta.addr);
         let stride = meta.stride.max(1);
         let len = meta.len.min(buf.len());
@@ -176,7 +240,7 @@ impl RelaySocket {
                 buf.copy_within(off..end, kept);
                 kept += end - off;
             } else if first == packet::RELAY_SEND {
-                self.forward(now, src, &mut buf[off..end]);
+                self.forward(now, src, &mut buf[off..end], batch);
             } else if first == packet::REFLECT_REQ {
                 self.reflect(src, &buf[off..end]);
             } else {
@@ -225,8 +289,9 @@ impl quinn::AsyncUdpSocket for RelaySocket {
             };
             let now = Instant::now();
             let mut kept = 0;
+            let mut batch = Batch::default();
             for i in 0..n {
-                if self.process(now, &mut bufs[i], &mut meta[i]) == 0 {
+                if self.process(now, &mut bufs[i], &mut meta[i], &mut batch) == 0 {
                     continue;
                 }
                 if kept != i {
@@ -237,6 +302,7 @@ impl quinn::AsyncUdpSocket for RelaySocket {
                 }
                 kept += 1;
             }
+            self.flush(&mut batch);
             if kept > 0 {
                 return Poll::Ready(Ok(kept));
             }
