@@ -44,6 +44,7 @@ struct Batch {
     buf: Vec<u8>,
     seg: usize,
     count: usize,
+    payload_bytes: u64,
     /// A short segment ended the batch.
     closed: bool,
 }
@@ -77,12 +78,13 @@ impl RelaySocket {
         p2pcall_tls::udp::in_family(self.v6, a)
     }
 
-    fn send_now(&self, dst: SocketAddr, contents: &[u8]) -> bool {
+    /// Sends `contents` (GSO segments of `segment_size` if given) without waiting.
+    fn send_now(&self, dst: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> bool {
         let t = Transmit {
             destination: self.family(dst),
             ecn: None,
             contents,
-            segment_size: None,
+            segment_size,
             src_ip: None,
         };
         self.io
@@ -97,32 +99,28 @@ impl RelaySocket {
         let mut buf = Vec::with_capacity(packet::RELAY_RECV_HEADER + payload.len());
         RelayRecv::write_header(&mut buf, from);
         buf.extend_from_slice(payload);
-        self.send_now(dst, &buf)
+        self.send_now(dst, &buf, None)
     }
 
     /// Sends a batch of equal-size forwarded packets to one destination with one GSO call.
     fn flush(&self, batch: &mut Batch) {
         let Some(dst) = batch.dst.take() else { return };
-        let t = Transmit {
-            destination: self.family(dst),
-            ecn: None,
-            contents: &batch.buf,
-            segment_size: (batch.count > 1).then_some(batch.seg),
-            src_ip: None,
-        };
-        let sent = self
-            .io
-            .try_io(Interest::WRITABLE, || {
-                self.state.send((&self.io).into(), &t)
-            })
-            .is_ok();
-        if !sent {
+        let segment_size = (batch.count > 1).then_some(batch.seg);
+        if self.send_now(dst, &batch.buf, segment_size) {
+            self.metrics
+                .packets_relayed
+                .fetch_add(batch.count as u64, Ordering::Relaxed);
+            self.metrics
+                .bytes_relayed
+                .fetch_add(batch.payload_bytes, Ordering::Relaxed);
+        } else {
             for _ in 0..batch.count {
                 self.metrics.dropped(DropReason::SendError);
             }
         }
         batch.buf.clear();
         batch.count = 0;
+        batch.payload_bytes = 0;
         batch.closed = false;
     }
 
@@ -140,6 +138,7 @@ impl RelaySocket {
         }
         batch.buf.extend_from_slice(pkt);
         batch.count += 1;
+        batch.payload_bytes += (pkt.len() - packet::RELAY_RECV_HEADER) as u64;
         // A shorter packet can only be the last segment of a GSO batch.
         batch.closed = pkt.len() < batch.seg;
     }
@@ -178,9 +177,10 @@ impl RelaySocket {
         let from = sender.id;
         let delivered = match dst.udp_addr() {
             Some(addr) => {
+                // Counted as relayed when the batch is sent.
                 let start = RelaySend::rewrite_in_place(seg, &from);
                 self.enqueue(batch, addr, &seg[start..]);
-                true
+                false
             }
             None => {
                 let frame = ServerFrame::Data {
@@ -212,7 +212,7 @@ impl RelaySocket {
                     observed: src,
                 }
                 .encode(&mut out);
-                self.send_now(src, &out);
+                self.send_now(src, &out, None);
                 self.metrics.reflections.fetch_add(1, Ordering::Relaxed);
             }
             _ => self.metrics.dropped(DropReason::Malformed),
