@@ -56,11 +56,7 @@ impl quinn::AsyncUdpSocket for Counting {
             for i in 0..n {
                 let m = meta[i];
                 if packet::is_quic(bufs[i][0]) {
-                    if kept != i {
-                        let (head, tail) = bufs.split_at_mut(i);
-                        head[kept][..m.len].copy_from_slice(&tail[0][..m.len]);
-                        meta[kept] = m;
-                    }
+                    p2pcall_tls::udp::move_entry(bufs, meta, i, kept);
                     kept += 1;
                 } else {
                     self.count

@@ -193,13 +193,6 @@ impl MagicSocket {
         }
     }
 
-    /// Whether relayed packets currently have somewhere to go.
-    pub fn relay_up(&self) -> bool {
-        self.relay
-            .read()
-            .is_ok_and(|r| !matches!(*r, RelayRoute::None))
-    }
-
     pub(crate) fn tcp_inbound(&self) -> mpsc::Sender<(PeerId, Vec<u8>)> {
         self.tcp_inbound_tx.clone()
     }
@@ -384,12 +377,7 @@ impl MagicSocket {
                 false
             };
             if keep {
-                if kept != i {
-                    let (head, tail) = bufs.split_at_mut(i);
-                    let l = meta[i].len;
-                    head[kept][..l].copy_from_slice(&tail[0][..l]);
-                    meta[kept] = meta[i];
-                }
+                p2pcall_tls::udp::move_entry(bufs, meta, i, kept);
                 kept += 1;
             } else {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -2,7 +2,6 @@
 //! serves them (`/metrics`, `/healthz`).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -289,9 +288,4 @@ async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
-}
-
-/// Bound address of the metrics listener, for logs.
-pub fn describe(addr: SocketAddr) -> String {
-    format!("http://{addr}/metrics")
 }

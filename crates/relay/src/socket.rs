@@ -294,12 +294,7 @@ impl quinn::AsyncUdpSocket for RelaySocket {
                 if self.process(now, &mut bufs[i], &mut meta[i], &mut batch) == 0 {
                     continue;
                 }
-                if kept != i {
-                    let (head, tail) = bufs.split_at_mut(i);
-                    let l = meta[i].len;
-                    head[kept][..l].copy_from_slice(&tail[0][..l]);
-                    meta[kept] = meta[i];
-                }
+                p2pcall_tls::udp::move_entry(bufs, meta, i, kept);
                 kept += 1;
             }
             self.flush(&mut batch);

@@ -56,6 +56,23 @@ pub fn bind(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> 
     }
 }
 
+/// Moves received entry `from` down to index `to` (< `from`), so the entries a socket
+/// wrapper keeps for quinn end up contiguous at the front of the batch.
+pub fn move_entry(
+    bufs: &mut [std::io::IoSliceMut<'_>],
+    meta: &mut [quinn::udp::RecvMeta],
+    from: usize,
+    to: usize,
+) {
+    if from == to {
+        return;
+    }
+    let (head, tail) = bufs.split_at_mut(from);
+    let l = meta[from].len;
+    head[to][..l].copy_from_slice(&tail[0][..l]);
+    meta[to] = meta[from];
+}
+
 /// A socket type that owns a tokio UDP socket.
 pub trait TokioUdp: Send + Sync + 'static {
     /// The socket quinn's writes go to.
