@@ -11,6 +11,21 @@ APT_PACKAGES=(
   libc6-dev  # headers for the same
 )
 
+# The NAT lab (crates/netlab, run by the tests as root): namespaces, NAT routers, impairments.
+LAB_PACKAGES=(
+  iproute2   # ip netns, veth, tc tbf
+  nftables   # NAT routers (masquerade, masquerade random)
+  iptables   # NFQUEUE target for the lab's userspace delayer
+  conntrack  # shows NAT mappings when a lab test fails
+)
+if [ "${1:-}" = "--dev" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    APT_PACKAGES+=("${LAB_PACKAGES[@]}")
+  else
+    echo "setup: not root, so the NAT lab packages are not installed and the lab tests will skip"
+  fi
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: Rust is not installed. Install it from https://rustup.rs, then run this again." >&2
   exit 1

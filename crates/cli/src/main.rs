@@ -10,7 +10,7 @@ use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
 use p2pcall_core::settings::{Dirs, Settings};
 use p2pcall_core::{Path, PeerInfo, identity};
 use p2pcall_nat::classify::Mapping;
-use p2pcall_net::{Event, PresenceEvent, RelayConfig};
+use p2pcall_net::{Event, PresenceEvent, RelayConfig, RelayTransport};
 use serde_json::json;
 
 /// Default relay port (UDP and TCP).
@@ -251,12 +251,12 @@ async fn start_engine(
 async fn wait_online(
     engine: &EngineHandle,
     events: &mut tokio::sync::mpsc::Receiver<EngineEvent>,
-) -> Result<()> {
+) -> Result<RelayTransport> {
     let deadline = tokio::time::Instant::now() + RELAY_WAIT;
     let mut last = String::from("no answer");
     loop {
         tokio::select! {
-            r = engine.wait_relay(Duration::from_millis(50)) => if r.is_ok() { return Ok(()) },
+            r = engine.wait_relay(Duration::from_millis(50)) => if let Ok(t) = r { return Ok(t) },
             e = events.recv() => match e {
                 Some(EngineEvent::Net(Event::RelayRefused { reason, detail })) => bail!("the relay refused us: {reason} ({detail})"),
                 Some(EngineEvent::Net(Event::RelayDisconnected { reason, .. })) => last = reason,
@@ -375,7 +375,9 @@ fn event_json(e: &EngineEvent) -> serde_json::Value {
         Event::Presence(PresenceEvent::Left(id)) => {
             json!({"event": "peer_left", "id": id.to_hex(), "fingerprint": id.fingerprint().to_string()})
         }
-        Event::PathChanged { peer, path, rtt } => {
+        Event::PathChanged {
+            peer, path, rtt, ..
+        } => {
             json!({"event": "path_changed", "fingerprint": peer.fingerprint().to_string(), "path": path_str(path), "rtt_ms": rtt.map(ms)})
         }
         Event::ConnectionClosed { peer, reason } => {
@@ -439,7 +441,9 @@ fn event_text(e: &EngineEvent) -> String {
         Event::Presence(PresenceEvent::Left(id)) => {
             format!("{} went offline", id.fingerprint())
         }
-        Event::PathChanged { peer, path, rtt } => format!(
+        Event::PathChanged {
+            peer, path, rtt, ..
+        } => format!(
             "path to {} is now {}{}",
             peer.fingerprint(),
             path_str(path),
@@ -497,7 +501,7 @@ async fn listen(cli: &Cli) -> Result<()> {
 
 async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
     let (engine, mut events) = start_engine(cli, true).await?;
-    wait_online(&engine, &mut events).await?;
+    let transport = wait_online(&engine, &mut events).await?;
     engine.wait_presence(RELAY_WAIT).await?;
     let peer = engine.resolve_peer(&a.peer)?;
     let t0 = Instant::now();
@@ -509,7 +513,7 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
     if cli.json {
         println!(
             "{}",
-            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "name": conn.remote_name(), "connect_ms": ms(setup), "path": path_str(&conn.path()), "safety_number": conn.safety_number().to_string()})
+            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "name": conn.remote_name(), "connect_ms": ms(setup), "path": path_str(&conn.path()), "relay_transport": format!("{transport:?}").to_lowercase(), "safety_number": conn.safety_number().to_string()})
         );
     } else {
         println!(
@@ -540,10 +544,16 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
         }
         sent += 1;
         while let Ok(e) = events.try_recv() {
-            if let EngineEvent::Net(Event::PathChanged { peer: p, .. }) = &e
+            if let EngineEvent::Net(Event::PathChanged { peer: p, at, .. }) = &e
                 && *p == peer
             {
-                print_event(cli.json, &e);
+                if cli.json {
+                    let mut v = event_json(&e);
+                    v["since_connect_ms"] = json!(ms(at.saturating_duration_since(t0 + setup)));
+                    println!("{v}");
+                } else {
+                    print_event(false, &e);
+                }
             }
         }
         let r = engine.ping(peer, seq).await?;
@@ -578,7 +588,7 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
     if cli.json {
         println!(
             "{}",
-            json!({"event": "summary", "sent": sent, "received": rtts.len(), "lost": lost, "min_ms": min, "avg_ms": avg, "max_ms": max, "path": path_str(&conn.path())})
+            json!({"event": "summary", "sent": sent, "received": rtts.len(), "lost": lost, "min_ms": min, "avg_ms": avg, "max_ms": max, "path": path_str(&conn.path()), "probes_sent": conn.stats().probes_sent})
         );
     } else {
         println!(

@@ -138,6 +138,11 @@ impl PathManager {
         self.selected
     }
 
+    /// Probes sent so far.
+    pub fn probes_sent(&self) -> u64 {
+        self.counter
+    }
+
     /// Round-trip time of the selected direct path.
     pub fn direct_rtt(&self) -> Option<Duration> {
         let Path::Direct(addr) = self.selected else {

@@ -135,6 +135,8 @@ pub enum Event {
         path: Path,
         /// RTT of the new direct path, if measured.
         rtt: Option<Duration>,
+        /// When the change happened.
+        at: Instant,
     },
     /// A connection ended.
     ConnectionClosed {
@@ -427,6 +429,8 @@ pub struct ConnectionStats {
     pub rx_direct: u64,
     /// Packets QUIC declared lost.
     pub lost_packets: u64,
+    /// Path probes sent so far (hole punching and liveness).
+    pub probes_sent: u64,
 }
 
 struct ConnShared {
@@ -438,6 +442,7 @@ struct ConnShared {
     remote_name: Mutex<Option<String>>,
     path_rx: tokio::sync::watch::Receiver<Path>,
     datagrams: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    probes_sent: std::sync::atomic::AtomicU64,
 }
 
 /// An end-to-end encrypted connection to one peer.
@@ -536,6 +541,7 @@ impl PeerConnection {
             rx_relay: c.rx_relay.load(Ordering::Relaxed),
             rx_direct: c.rx_direct.load(Ordering::Relaxed),
             lost_packets: q.path.lost_packets,
+            probes_sent: self.shared.probes_sent.load(Ordering::Relaxed),
         }
     }
 
@@ -574,6 +580,7 @@ fn start_connection(
         remote_name: Mutex::new(None),
         path_rx,
         datagrams: Mutex::new(Some(dg_rx)),
+        probes_sent: std::sync::atomic::AtomicU64::new(0),
     });
     let (probe_tx, probe_rx) = mpsc::channel(256);
     if let Ok(mut h) = inner.probe_handlers.lock() {
@@ -712,12 +719,20 @@ async fn drive_connection(
         while let Some(t) = pm.poll_transmit() {
             inner.socket.send_control(t.dst, &t.payload);
         }
+        shared
+            .probes_sent
+            .store(pm.probes_sent(), Ordering::Relaxed);
         while let Some(PathEvent::Selected { path, rtt }) = pm.poll_event() {
             shared.route.set_path(path);
             let _ = path_tx.send(path);
             tracing::info!(%peer, ?path, ?rtt, "path changed");
             inner
-                .emit(crate::Event::PathChanged { peer, path, rtt })
+                .emit(crate::Event::PathChanged {
+                    peer,
+                    path,
+                    rtt,
+                    at: now,
+                })
                 .await;
         }
     };

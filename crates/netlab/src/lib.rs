@@ -1,0 +1,422 @@
+//! A NAT lab on this machine's kernel: network namespaces joined by veth pairs, two home
+//! routers doing NAT with nftables, a "public" relay host, and impairments (rate with tbf,
+//! delay / jitter / loss with a userspace NFQUEUE delayer, since this kernel has no netem).
+//!
+//! ```text
+//!   peer-a (10.1.0.2) -- lan [router-a: NAT] wan 203.0.113.1  --ra-+
+//!                                                                   [inet] --rr-- relay 198.51.100.1
+//!   peer-b (10.2.0.2) -- lan [router-b: NAT] wan 203.0.113.17 --rb-+
+//! ```
+//!
+//! Every packet from a router to the internet passes the delayer once (queued in the raw
+//! PREROUTING hook of `inet`, before conntrack), so a one-way delay `d` gives peer-to-peer
+//! RTT `2d`. Programs run with `ip netns exec`; nothing is created in the root namespace, and
+//! only documentation and private ranges are used inside the lab. Dropping the [`Lab`] kills
+//! the lab's processes and deletes its namespaces. Needs root.
+#![deny(missing_docs)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// The relay's public address inside the lab.
+pub const RELAY_IP: &str = "198.51.100.1";
+
+/// How a home router treats UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// No NAT and no firewall: the peer's address is reachable from the internet.
+    Public,
+    /// Endpoint-independent mapping (`masquerade`, port preserved when free) with
+    /// address-and-port-dependent filtering (unsolicited input dropped), like most home
+    /// routers running Linux.
+    Cone,
+    /// Endpoint-dependent mapping (`masquerade random`): a new random port for every
+    /// destination.
+    Symmetric,
+    /// Endpoint-independent NAT that drops all UDP (TCP passes): forces the TCP relay path.
+    UdpBlocked,
+}
+
+impl Nat {
+    /// Short name for tables and test names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Nat::Public => "public",
+            Nat::Cone => "cone",
+            Nat::Symmetric => "symmetric",
+            Nat::UdpBlocked => "udp-blocked",
+        }
+    }
+}
+
+/// Network impairments on the internet side of both routers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Impair {
+    /// Added to every packet entering the internet from a router (peer-to-peer RTT is twice
+    /// this).
+    pub one_way_delay: Duration,
+    /// Uniform extra delay in `[0, jitter]` (reorders packets).
+    pub jitter: Duration,
+    /// Packets dropped per thousand, at random.
+    pub loss_permille: u32,
+    /// Rate limit in kbit/s on each router's internet link (tbf), both directions.
+    pub rate_kbit: Option<u32>,
+}
+
+impl Impair {
+    fn needs_delayer(&self) -> bool {
+        !self.one_way_delay.is_zero() || !self.jitter.is_zero() || self.loss_permille > 0
+    }
+}
+
+/// A host of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// The relay server, on a public address.
+    Relay,
+    /// The internet router between everyone.
+    Inet,
+    /// Home router of peer A.
+    RouterA,
+    /// Home router of peer B.
+    RouterB,
+    /// Peer A, behind router A.
+    PeerA,
+    /// Peer B, behind router B.
+    PeerB,
+}
+
+const HOSTS: [Host; 6] = [
+    Host::Relay,
+    Host::Inet,
+    Host::RouterA,
+    Host::RouterB,
+    Host::PeerA,
+    Host::PeerB,
+];
+
+impl Host {
+    fn tag(self) -> &'static str {
+        match self {
+            Host::Relay => "relay",
+            Host::Inet => "inet",
+            Host::RouterA => "ra",
+            Host::RouterB => "rb",
+            Host::PeerA => "pa",
+            Host::PeerB => "pb",
+        }
+    }
+}
+
+/// Why the lab cannot run here.
+pub fn unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("the NAT lab needs root (network namespaces, nftables)".into());
+    }
+    for tool in ["ip", "nft", "iptables"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return Some(format!(
+                "`{tool}` is missing; run scripts/setup.sh --dev as root"
+            ));
+        }
+    }
+    None
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A running lab. Dropping it tears everything down.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    children: Vec<Child>,
+    /// Scratch directory for the programs' data (removed on drop).
+    pub dir: PathBuf,
+    /// NAT of router A and B.
+    pub nats: (Nat, Nat),
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+fn run(cmd: &mut Command) -> io::Result<()> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn run_stdin(cmd: &mut Command, input: &str) -> io::Result<()> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut s) = child.stdin.take() {
+        s.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{cmd:?} failed: {}\n{input}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl Lab {
+    /// Builds the lab: router A with `a`, router B with `b`, impairments on both internet
+    /// links. `delayer` is the path of the `netlab-delay` program (needed only when
+    /// `impair` delays or drops).
+    pub fn new(a: Nat, b: Nat, impair: Impair, delayer: &Path) -> io::Result<Lab> {
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("p2l{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        let mut lab = Lab {
+            prefix,
+            children: Vec::new(),
+            dir,
+            nats: (a, b),
+        };
+        lab.build(impair, delayer)?;
+        Ok(lab)
+    }
+
+    /// The namespace name of `h`.
+    pub fn ns(&self, h: Host) -> String {
+        format!("{}-{}", self.prefix, h.tag())
+    }
+
+    fn ip(&self, h: Host, args: &str) -> io::Result<()> {
+        run(Command::new("ip")
+            .arg("-n")
+            .arg(self.ns(h))
+            .args(args.split_whitespace()))
+    }
+
+    /// A command that runs `program` inside `h`.
+    pub fn command(&self, h: Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.arg("netns").arg("exec").arg(self.ns(h)).arg(program);
+        c
+    }
+
+    /// Starts `cmd` (from [`command`](Self::command)) and kills it when the lab ends.
+    pub fn spawn(&mut self, cmd: &mut Command) -> io::Result<&mut Child> {
+        let child = cmd.spawn()?;
+        self.children.push(child);
+        let last = self.children.len() - 1;
+        Ok(&mut self.children[last])
+    }
+
+    fn build(&mut self, impair: Impair, delayer: &Path) -> io::Result<()> {
+        for h in HOSTS {
+            run(Command::new("ip").args(["netns", "add"]).arg(self.ns(h)))?;
+            self.ip(h, "link set lo up")?;
+        }
+        let veth = |a: Host, an: &str, b: Host, bn: &str| {
+            run(Command::new("ip").args([
+                "link",
+                "add",
+                an,
+                "netns",
+                &self.ns(a),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                bn,
+                "netns",
+                &self.ns(b),
+            ]))
+        };
+        veth(Host::Relay, "eth0", Host::Inet, "rr")?;
+        veth(Host::RouterA, "wan", Host::Inet, "ra")?;
+        veth(Host::RouterB, "wan", Host::Inet, "rb")?;
+        veth(Host::PeerA, "eth0", Host::RouterA, "lan")?;
+        veth(Host::PeerB, "eth0", Host::RouterB, "lan")?;
+        let addrs: [(Host, &str, &str); 10] = [
+            (Host::Relay, "eth0", "198.51.100.1/24"),
+            (Host::Inet, "rr", "198.51.100.254/24"),
+            (Host::Inet, "ra", "203.0.113.14/28"),
+            (Host::Inet, "rb", "203.0.113.30/28"),
+            (Host::RouterA, "wan", "203.0.113.1/28"),
+            (Host::RouterB, "wan", "203.0.113.17/28"),
+            (Host::RouterA, "lan", "10.1.0.1/24"),
+            (Host::RouterB, "lan", "10.2.0.1/24"),
+            (Host::PeerA, "eth0", "10.1.0.2/24"),
+            (Host::PeerB, "eth0", "10.2.0.2/24"),
+        ];
+        for (h, dev, cidr) in addrs {
+            self.ip(h, &format!("addr add {cidr} dev {dev}"))?;
+            self.ip(h, &format!("link set {dev} up"))?;
+        }
+        self.ip(Host::Relay, "route add default via 198.51.100.254")?;
+        self.ip(Host::RouterA, "route add default via 203.0.113.14")?;
+        self.ip(Host::RouterB, "route add default via 203.0.113.30")?;
+        self.ip(Host::PeerA, "route add default via 10.1.0.1")?;
+        self.ip(Host::PeerB, "route add default via 10.2.0.1")?;
+        for h in [Host::Inet, Host::RouterA, Host::RouterB] {
+            run(self
+                .command(h, "sysctl")
+                .args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        }
+        let (a, b) = self.nats;
+        for (router, nat, lan, gw) in [
+            (Host::RouterA, a, "10.1.0.0/24", "203.0.113.1"),
+            (Host::RouterB, b, "10.2.0.0/24", "203.0.113.17"),
+        ] {
+            if nat == Nat::Public {
+                self.ip(Host::Inet, &format!("route add {lan} via {gw}"))?;
+            }
+            run_stdin(self.command(router, "nft").args(["-f", "-"]), &ruleset(nat))?;
+        }
+        if let Some(kbit) = impair.rate_kbit {
+            for (h, dev) in [
+                (Host::Inet, "ra"),
+                (Host::Inet, "rb"),
+                (Host::RouterA, "wan"),
+                (Host::RouterB, "wan"),
+            ] {
+                run(self.command(h, "tc").args(
+                    format!(
+                        "qdisc replace dev {dev} root tbf rate {kbit}kbit burst 16kb latency 200ms"
+                    )
+                    .split_whitespace(),
+                ))?;
+            }
+        }
+        if impair.needs_delayer() {
+            for dev in ["ra", "rb"] {
+                run(self.command(Host::Inet, "iptables").args(
+                    format!(
+                        "-t raw -A PREROUTING -i {dev} -j NFQUEUE --queue-num 0 --queue-bypass"
+                    )
+                    .split_whitespace(),
+                ))?;
+            }
+            let mut cmd = self.command(Host::Inet, delayer);
+            cmd.args([
+                "--queue",
+                "0",
+                "--delay-us",
+                &impair.one_way_delay.as_micros().to_string(),
+                "--jitter-us",
+                &impair.jitter.as_micros().to_string(),
+                "--loss-permille",
+                &impair.loss_permille.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+            let child = self.spawn(&mut cmd)?;
+            // The delayer says "ready" on stderr once bound to the queue.
+            let mut err = child
+                .stderr
+                .take()
+                .ok_or_else(|| io::Error::other("no stderr"))?;
+            let mut line = String::new();
+            use std::io::BufRead;
+            io::BufReader::new(&mut err).read_line(&mut line)?;
+            if !line.starts_with("ready") {
+                return Err(io::Error::other(format!("delayer failed: {line}")));
+            }
+            std::thread::spawn(move || io::copy(&mut err, &mut io::sink()));
+        }
+        Ok(())
+    }
+
+    /// The UDP NAT mappings router `h` holds now (`conntrack -L -p udp`), for diagnostics.
+    pub fn conntrack(&self, h: Host) -> String {
+        self.command(h, "conntrack")
+            .args(["-L", "-p", "udp"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The nftables ruleset of a home router.
+fn ruleset(nat: Nat) -> String {
+    let masq = match nat {
+        Nat::Public => "",
+        Nat::Cone | Nat::UdpBlocked => "oifname \"wan\" masquerade",
+        Nat::Symmetric => "oifname \"wan\" masquerade random",
+    };
+    let udp = if nat == Nat::UdpBlocked {
+        "meta l4proto udp drop"
+    } else {
+        ""
+    };
+    let (input_policy, fwd_policy) = if nat == Nat::Public {
+        ("accept", "accept")
+    } else {
+        ("drop", "drop")
+    };
+    format!(
+        "table ip lab {{
+  chain postrouting_nat {{
+    type nat hook postrouting priority srcnat; policy accept;
+    {masq}
+  }}
+  chain input_filter {{
+    type filter hook input priority filter; policy {input_policy};
+    ct state established,related accept
+    iifname {{ \"lo\", \"lan\" }} accept
+  }}
+  chain forward_filter {{
+    type filter hook forward priority filter; policy {fwd_policy};
+    {udp}
+    ct state established,related accept
+    iifname \"lan\" oifname \"wan\" accept
+  }}
+}}
+"
+    )
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for h in HOSTS {
+            let ns = self.ns(h);
+            // Anything else still running in the namespace (started by a test by hand).
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
