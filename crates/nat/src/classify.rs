@@ -9,18 +9,7 @@
 
 use std::net::SocketAddr;
 
-/// How the NAT maps one local socket to public addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mapping {
-    /// No NAT: the relay sees our own address.
-    None,
-    /// One public address for every destination ("cone").
-    EndpointIndependent,
-    /// A different public address per destination ("symmetric").
-    EndpointDependent,
-    /// Only one reflection answered: cannot tell.
-    Unknown,
-}
+pub use p2pcall_proto::peer::Mapping;
 
 /// What reflection revealed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,20 +13,35 @@
 //!    +---- REPROBE_INTERVAL    Direct(b)
 //! ```
 //!
+//! Candidates are probed as soon as they are known (enough for most NAT pairs). In addition
+//! the dialer runs coordinated punching *rounds* (like libp2p's DCUtR): it asks the driver to
+//! send a `Punch` message through the relayed connection ([`PathEvent::SendPunch`]) and starts
+//! half a relay RTT later, when the message reaches the other side, which starts on receipt
+//! ([`PathManager::start_round`]). Rounds run after each candidate exchange, after a network
+//! change, and every [`REPUNCH_INTERVAL`] while relayed. When one side's NAT maps endpoint-
+//! dependently ("symmetric") and the other's endpoint-independently, a round also runs the
+//! birthday technique: the symmetric side probes the other's public address from
+//! [`BIRTHDAY_SOCKETS`] auxiliary sockets (each gets its own random public port), the other
+//! side probes random ports of the symmetric side's public IP; both at most
+//! [`BIRTHDAY_RATE`] probes per second for at most [`BIRTHDAY_DURATION`]. A probe that lands
+//! on one of the open mappings validates that path. Both sides symmetric: stay relayed.
+//!
 //! The machine takes `now` and packets in, and hands probe transmits, a wake-up time and
 //! [`PathEvent`]s out; it reads no clock and owns no socket. The driver routes the QUIC packets
-//! of the connection according to [`PathManager::selected`].
+//! of the connection according to [`PathManager::selected`] and
+//! [`PathManager::selected_via`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod classify;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use p2pcall_proto::PeerId;
 use p2pcall_proto::packet::Control;
+use p2pcall_proto::peer::Mapping;
 
 /// Interval between probes of a candidate that has not answered yet. Short so that a path on
 /// the same host or LAN is found within a few milliseconds of the first answer, and a lost
@@ -51,8 +66,24 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 pub const SWITCH_RTT_RATIO: f64 = 0.7;
 /// Most candidate addresses tracked (announced plus peer-reflexive).
 pub const MAX_CANDIDATES: usize = 48;
-/// Probes awaiting an answer; older ones are forgotten.
-const MAX_PENDING: usize = 64;
+/// Probes awaiting an answer; older ones are forgotten (2.5 s of birthday probes).
+const MAX_PENDING: usize = 256;
+/// While relayed, the dialer starts a coordinated punching round this often.
+pub const REPUNCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Auxiliary sockets the symmetric side opens for the birthday technique.
+pub const BIRTHDAY_SOCKETS: u16 = 256;
+/// Birthday probes per second, per side.
+pub const BIRTHDAY_RATE: u32 = 100;
+/// A birthday attempt gives up after this long (and is tried again next round).
+pub const BIRTHDAY_DURATION: Duration = Duration::from_secs(20);
+/// Lowest port a birthday probe guesses (NATs allocate from the unprivileged range).
+const SPRAY_PORT_MIN: u16 = 1024;
+
+/// The socket a probe leaves on, or arrived on: [`MAIN_SOCKET`] is the endpoint's shared
+/// socket, `1..=BIRTHDAY_SOCKETS` are this connection's auxiliary sockets.
+pub type Via = u16;
+/// The endpoint's shared socket.
+pub const MAIN_SOCKET: Via = 0;
 
 /// Where the connection's packets go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,8 +101,20 @@ pub enum PathEvent {
     Selected {
         /// The new path.
         path: Path,
+        /// The socket its packets leave on.
+        via: Via,
         /// Its round-trip time if measured.
         rtt: Option<Duration>,
+    },
+    /// (Dialer) send `Punch { round }` to the peer through the connection now.
+    SendPunch {
+        /// Round number.
+        round: u32,
+    },
+    /// The birthday attempt ended: close every auxiliary socket except `keep`.
+    ReleaseAux {
+        /// The auxiliary socket the selected path uses, if any.
+        keep: Option<Via>,
     },
 }
 
@@ -80,8 +123,26 @@ pub enum PathEvent {
 pub struct Transmit {
     /// Destination address.
     pub dst: SocketAddr,
+    /// The socket to send it from.
+    pub via: Via,
     /// Packet bytes.
     pub payload: Vec<u8>,
+}
+
+/// What this side does in a birthday attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Our mapping is endpoint-dependent: probe `target` from every auxiliary socket.
+    Open { target: SocketAddr, next_via: Via },
+    /// Our mapping is endpoint-independent, the peer's is not: probe random ports of `ip`.
+    Spray { ip: IpAddr },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Birthday {
+    role: Role,
+    next: Instant,
+    until: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,6 +162,8 @@ enum CandState {
 #[derive(Debug, Clone)]
 struct Candidate {
     addr: SocketAddr,
+    /// The socket that reaches it (an auxiliary one once a birthday probe got through).
+    via: Via,
     state: CandState,
 }
 
@@ -109,33 +172,181 @@ struct Candidate {
 pub struct PathManager {
     local: PeerId,
     key: [u8; 32],
+    dialer: bool,
     counter: u64,
     candidates: Vec<Candidate>,
-    pending: VecDeque<([u8; 12], SocketAddr, Instant)>,
+    pending: VecDeque<([u8; 12], SocketAddr, Via, Instant)>,
     selected: Path,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PathEvent>,
+    local_mapping: Mapping,
+    remote_mapping: Mapping,
+    remote_observed: Option<SocketAddr>,
+    relay_rtt: Duration,
+    round: u32,
+    round_at: Option<Instant>,
+    last_round: Option<Instant>,
+    birthday: Option<Birthday>,
 }
 
 impl PathManager {
     /// Starts on the relay path. `key` is the probe secret both peers derive from their QUIC
-    /// session (TLS exporter), `local` our own identity.
-    pub fn new(local: PeerId, key: [u8; 32]) -> Self {
+    /// session (TLS exporter), `local` our own identity; `dialer` says which side starts the
+    /// punching rounds.
+    pub fn new(local: PeerId, key: [u8; 32], dialer: bool) -> Self {
         Self {
             local,
             key,
+            dialer,
             counter: 0,
             candidates: Vec::new(),
             pending: VecDeque::new(),
             selected: Path::Relay,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            local_mapping: Mapping::Unknown,
+            remote_mapping: Mapping::Unknown,
+            remote_observed: None,
+            relay_rtt: Duration::from_millis(100),
+            round: 0,
+            round_at: None,
+            last_round: None,
+            birthday: None,
         }
     }
 
     /// The path packets should take now.
     pub fn selected(&self) -> Path {
         self.selected
+    }
+
+    /// The socket the selected path's packets leave on.
+    pub fn selected_via(&self) -> Via {
+        match self.selected {
+            Path::Relay => MAIN_SOCKET,
+            Path::Direct(a) => self
+                .candidates
+                .iter()
+                .find(|c| c.addr == a)
+                .map_or(MAIN_SOCKET, |c| c.via),
+        }
+    }
+
+    /// Our own NAT mapping behaviour (from reflection through the relay).
+    pub fn set_local_mapping(&mut self, m: Mapping) {
+        self.local_mapping = m;
+    }
+
+    /// The peer's NAT mapping behaviour and relay-observed address, from its `Hello`.
+    pub fn set_remote_nat(&mut self, m: Mapping, observed: Option<SocketAddr>) {
+        self.remote_mapping = m;
+        self.remote_observed = observed;
+    }
+
+    /// The connection's RTT through the relay (times the punching rounds).
+    pub fn set_relay_rtt(&mut self, rtt: Duration) {
+        self.relay_rtt = rtt;
+    }
+
+    /// (Dialer) starts a coordinated punching round: emits [`PathEvent::SendPunch`] now and
+    /// starts probing half a relay RTT later, when the other side receives it.
+    pub fn request_round(&mut self, now: Instant) {
+        if !self.dialer {
+            return;
+        }
+        self.round += 1;
+        self.last_round = Some(now);
+        self.events
+            .push_back(PathEvent::SendPunch { round: self.round });
+        self.round_at = Some(now + self.relay_rtt / 2);
+    }
+
+    /// (Other side) the peer's `Punch` arrived: start the round now.
+    pub fn start_round(&mut self, now: Instant) {
+        self.last_round = Some(now);
+        self.round_at = Some(now);
+    }
+
+    /// Whether a birthday attempt is running.
+    pub fn birthday_active(&self) -> bool {
+        self.birthday.is_some()
+    }
+
+    fn begin_round(&mut self, now: Instant) {
+        self.round_at = None;
+        for c in &mut self.candidates {
+            if !matches!(c.state, CandState::Valid { .. }) {
+                c.state = CandState::Probing {
+                    tries: 0,
+                    next: now,
+                };
+            }
+        }
+        if self.birthday.is_some() || matches!(self.selected, Path::Direct(_)) {
+            return;
+        }
+        let role = match (
+            self.local_mapping,
+            self.remote_mapping,
+            self.remote_observed,
+        ) {
+            (Mapping::EndpointDependent, Mapping::EndpointIndependent, Some(target)) => {
+                Role::Open {
+                    target,
+                    next_via: 1,
+                }
+            }
+            (Mapping::EndpointIndependent, Mapping::EndpointDependent, Some(o)) => {
+                Role::Spray { ip: o.ip() }
+            }
+            _ => return,
+        };
+        self.birthday = Some(Birthday {
+            role,
+            next: now,
+            until: now + BIRTHDAY_DURATION,
+        });
+    }
+
+    fn end_birthday(&mut self) {
+        if self.birthday.take().is_some() {
+            let via = self.selected_via();
+            self.events.push_back(PathEvent::ReleaseAux {
+                keep: (via != MAIN_SOCKET).then_some(via),
+            });
+        }
+    }
+
+    fn run_birthday(&mut self, now: Instant) {
+        let Some(mut b) = self.birthday else { return };
+        if now >= b.until || matches!(self.selected, Path::Direct(_)) {
+            self.end_birthday();
+            return;
+        }
+        let every = Duration::from_secs(1) / BIRTHDAY_RATE;
+        // A late wake-up does not make up for lost time: the rate limit holds.
+        b.next = b.next.max(now.checked_sub(every).unwrap_or(now));
+        while b.next <= now {
+            b.next += every;
+            match &mut b.role {
+                Role::Open { target, next_via } => {
+                    let (dst, via) = (*target, *next_via);
+                    *next_via = if *next_via >= BIRTHDAY_SOCKETS {
+                        1
+                    } else {
+                        *next_via + 1
+                    };
+                    self.send_probe(now, dst, via);
+                }
+                Role::Spray { ip } => {
+                    let h = blake3::keyed_hash(&self.key, &(self.counter + 1).to_le_bytes());
+                    let r = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]);
+                    let port = SPRAY_PORT_MIN + r % (u16::MAX - SPRAY_PORT_MIN + 1);
+                    self.send_probe(now, SocketAddr::new(*ip, port), MAIN_SOCKET);
+                }
+            }
+        }
+        self.birthday = Some(b);
     }
 
     /// Probes sent so far.
@@ -193,6 +404,7 @@ impl PathManager {
         }
         self.candidates.push(Candidate {
             addr,
+            via: MAIN_SOCKET,
             state: CandState::Probing {
                 tries: 0,
                 next: now,
@@ -200,9 +412,16 @@ impl PathManager {
         });
     }
 
-    /// Feeds a probe packet received from `from`. Packets that fail authentication, or are
-    /// not probes, are ignored (returns false) so that nobody else can steer our path.
-    pub fn handle_control(&mut self, now: Instant, from: SocketAddr, pkt: &Control) -> bool {
+    /// Feeds a probe packet received from `from` on socket `via`. Packets that fail
+    /// authentication, or are not probes, are ignored (returns false) so that nobody else can
+    /// steer our path.
+    pub fn handle_control(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        via: Via,
+        pkt: &Control,
+    ) -> bool {
         if !pkt.verify(&self.key) {
             return false;
         }
@@ -220,10 +439,22 @@ impl PathManager {
                     mac: [0; 16],
                 }
                 .seal(&self.key);
-                self.push_transmit(from, &pong);
+                self.push_transmit(from, via, &pong);
                 // A probe that reaches us from an address we did not know is a
-                // peer-reflexive candidate (the other side's NAT mapping): probe it back.
+                // peer-reflexive candidate (the other side's NAT mapping): probe it back, on
+                // the socket it reached (an auxiliary one when a birthday probe got through).
                 self.add_candidate(now, from);
+                if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == from)
+                    && !matches!(c.state, CandState::Valid { .. })
+                {
+                    c.via = via;
+                    if !matches!(c.state, CandState::Probing { tries: 0, .. }) {
+                        c.state = CandState::Probing {
+                            tries: 0,
+                            next: now,
+                        };
+                    }
+                }
                 self.note_rx(now, from);
                 true
             }
@@ -233,17 +464,20 @@ impl PathManager {
                 if *sender == self.local {
                     return false;
                 }
-                let Some(pos) = self.pending.iter().position(|(t, _, _)| t == txid) else {
+                let Some(pos) = self.pending.iter().position(|(t, ..)| t == txid) else {
                     return false;
                 };
-                let Some((_, addr, sent)) = self.pending.remove(pos) else {
+                let Some((_, addr, sent_via, sent)) = self.pending.remove(pos) else {
                     return false;
                 };
-                if addr != from {
+                if addr != from || sent_via != via {
                     return false;
                 }
                 let rtt = now.saturating_duration_since(sent);
+                // A birthday probe that found an open mapping becomes a candidate here.
+                self.add_candidate(now, from);
                 if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == from) {
+                    c.via = via;
                     c.state = CandState::Valid {
                         rtt,
                         last_rx: now,
@@ -268,8 +502,20 @@ impl PathManager {
         }
     }
 
-    /// Advances timers: probes, liveness, fallback.
+    /// Advances timers: punching rounds, probes, liveness, fallback.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.round_at.is_some_and(|t| t <= now) {
+            self.begin_round(now);
+        }
+        if self.dialer
+            && self.selected == Path::Relay
+            && self.round_at.is_none()
+            && self.birthday.is_none()
+            && self.last_round.is_some_and(|t| now >= t + REPUNCH_INTERVAL)
+        {
+            self.request_round(now);
+        }
+        self.run_birthday(now);
         let mut to_send = Vec::new();
         let mut died = false;
         for c in &mut self.candidates {
@@ -282,7 +528,7 @@ impl PathManager {
                     } else {
                         *tries += 1;
                         *next = now + PROBE_RETRY;
-                        to_send.push(c.addr);
+                        to_send.push((c.addr, c.via));
                     }
                 }
                 CandState::Failed { retry_at } if *retry_at <= now => {
@@ -290,7 +536,7 @@ impl PathManager {
                         tries: 1,
                         next: now + PROBE_RETRY,
                     };
-                    to_send.push(c.addr);
+                    to_send.push((c.addr, c.via));
                 }
                 CandState::Valid {
                     last_rx, last_tx, ..
@@ -311,7 +557,7 @@ impl PathManager {
                             tries: 1,
                             next: now + PROBE_RETRY,
                         };
-                        to_send.push(c.addr);
+                        to_send.push((c.addr, c.via));
                         continue;
                     }
                     let probe_every = if is_selected {
@@ -322,14 +568,14 @@ impl PathManager {
                     let since_tx = now.saturating_duration_since(*last_tx);
                     if idle >= probe_every && since_tx >= probe_every.min(LIVENESS_PROBE_AFTER) {
                         *last_tx = now;
-                        to_send.push(c.addr);
+                        to_send.push((c.addr, c.via));
                     }
                 }
                 _ => {}
             }
         }
-        for addr in to_send {
-            self.send_probe(now, addr);
+        for (addr, via) in to_send {
+            self.send_probe(now, addr, via);
         }
         if died {
             self.choose();
@@ -338,23 +584,29 @@ impl PathManager {
 
     /// When [`handle_timeout`](Self::handle_timeout) wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.candidates
-            .iter()
-            .map(|c| match c.state {
-                CandState::Probing { next, .. } => next,
-                CandState::Failed { retry_at } => retry_at,
-                CandState::Valid {
-                    last_rx, last_tx, ..
-                } => {
-                    if self.selected == Path::Direct(c.addr) {
-                        (last_rx + DIRECT_DEAD_AFTER)
-                            .min((last_rx.max(last_tx)) + LIVENESS_PROBE_AFTER)
-                    } else {
-                        (last_rx + KEEPALIVE_INTERVAL * 2)
-                            .min(last_rx.max(last_tx) + KEEPALIVE_INTERVAL)
-                    }
+        let repunch = self
+            .last_round
+            .filter(|_| self.dialer && self.selected == Path::Relay)
+            .map(|t| t + REPUNCH_INTERVAL);
+        let birthday = self.birthday.map(|b| b.next.min(b.until));
+        let timers = self.candidates.iter().map(|c| match c.state {
+            CandState::Probing { next, .. } => next,
+            CandState::Failed { retry_at } => retry_at,
+            CandState::Valid {
+                last_rx, last_tx, ..
+            } => {
+                if self.selected == Path::Direct(c.addr) {
+                    (last_rx + DIRECT_DEAD_AFTER).min((last_rx.max(last_tx)) + LIVENESS_PROBE_AFTER)
+                } else {
+                    (last_rx + KEEPALIVE_INTERVAL * 2)
+                        .min(last_rx.max(last_tx) + KEEPALIVE_INTERVAL)
                 }
-            })
+            }
+        });
+        timers
+            .chain(self.round_at)
+            .chain(repunch)
+            .chain(birthday)
             .min()
     }
 
@@ -368,7 +620,7 @@ impl PathManager {
         self.events.pop_front()
     }
 
-    fn send_probe(&mut self, now: Instant, addr: SocketAddr) {
+    fn send_probe(&mut self, now: Instant, addr: SocketAddr, via: Via) {
         self.counter += 1;
         let mut txid = [0u8; 12];
         let h = blake3::keyed_hash(&self.key, &self.counter.to_be_bytes());
@@ -376,20 +628,20 @@ impl PathManager {
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
         }
-        self.pending.push_back((txid, addr, now));
+        self.pending.push_back((txid, addr, via, now));
         let ping = Control::ProbePing {
             txid,
             from: self.local,
             mac: [0; 16],
         }
         .seal(&self.key);
-        self.push_transmit(addr, &ping);
+        self.push_transmit(addr, via, &ping);
     }
 
-    fn push_transmit(&mut self, dst: SocketAddr, pkt: &Control) {
+    fn push_transmit(&mut self, dst: SocketAddr, via: Via, pkt: &Control) {
         let mut payload = Vec::with_capacity(pkt.encoded_len());
         pkt.encode(&mut payload);
-        self.transmits.push_back(Transmit { dst, payload });
+        self.transmits.push_back(Transmit { dst, via, payload });
     }
 
     /// Picks the best validated path, with hysteresis.
@@ -423,8 +675,15 @@ impl PathManager {
         if next != self.selected {
             self.selected = next;
             let rtt = self.direct_rtt();
-            self.events
-                .push_back(PathEvent::Selected { path: next, rtt });
+            let via = self.selected_via();
+            self.events.push_back(PathEvent::Selected {
+                path: next,
+                via,
+                rtt,
+            });
+            if matches!(next, Path::Direct(_)) {
+                self.end_birthday();
+            }
         }
     }
 }

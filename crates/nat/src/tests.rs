@@ -47,8 +47,8 @@ impl Net {
             now,
             one_way,
             up: true,
-            a: PathManager::new(id(1), key),
-            b: PathManager::new(id(2), key),
+            a: PathManager::new(id(1), key, true),
+            b: PathManager::new(id(2), key, false),
             a_addr: "192.0.2.1:1000".parse().unwrap(),
             b_addr: "192.0.2.2:2000".parse().unwrap(),
             queue: BinaryHeap::new(),
@@ -105,7 +105,7 @@ impl Net {
                 } else {
                     &mut self.b
                 };
-                m.handle_control(now, p.from, &pkt);
+                m.handle_control(now, p.from, MAIN_SOCKET, &pkt);
             }
             self.a.handle_timeout(now);
             self.b.handle_timeout(now);
@@ -126,7 +126,9 @@ fn both_sides_go_direct_within_one_round_trip() {
     let events = net.run(t0 + Duration::from_secs(1));
     assert_eq!(net.a.selected(), Path::Direct(net.b_addr));
     assert_eq!(net.b.selected(), Path::Direct(net.a_addr));
-    let (at, _, PathEvent::Selected { rtt, .. }) = &events[0];
+    let (at, _, PathEvent::Selected { rtt, .. }) = &events[0] else {
+        panic!("{events:?}")
+    };
     assert_eq!(*at, Duration::from_millis(50), "first answer after one RTT");
     assert_eq!(*rtt, Some(Duration::from_millis(50)));
 }
@@ -189,7 +191,7 @@ fn probes_are_bounded_while_the_peer_is_unreachable() {
 #[test]
 fn unauthenticated_probes_cannot_select_a_path() {
     let now = Instant::now();
-    let mut m = PathManager::new(id(1), [1; 32]);
+    let mut m = PathManager::new(id(1), [1; 32], true);
     let attacker: SocketAddr = "203.0.113.66:4444".parse().unwrap();
     // The attacker does not know the session key.
     let forged = Control::ProbePing {
@@ -198,7 +200,7 @@ fn unauthenticated_probes_cannot_select_a_path() {
         mac: [0; 16],
     }
     .seal(&[9; 32]);
-    assert!(!m.handle_control(now, attacker, &forged));
+    assert!(!m.handle_control(now, attacker, MAIN_SOCKET, &forged));
     assert!(m.poll_transmit().is_none(), "no answer to forged probes");
     let forged_pong = Control::ProbePong {
         txid: [0; 12],
@@ -208,7 +210,7 @@ fn unauthenticated_probes_cannot_select_a_path() {
     }
     .seal(&[1; 32]);
     // Right key but a transaction we never started: ignored too.
-    assert!(!m.handle_control(now, attacker, &forged_pong));
+    assert!(!m.handle_control(now, attacker, MAIN_SOCKET, &forged_pong));
     assert_eq!(m.selected(), Path::Relay);
 }
 
@@ -216,7 +218,7 @@ fn unauthenticated_probes_cannot_select_a_path() {
 fn pong_from_another_address_does_not_validate() {
     let now = Instant::now();
     let key = [3; 32];
-    let mut m = PathManager::new(id(1), key);
+    let mut m = PathManager::new(id(1), key, true);
     let real: SocketAddr = "192.0.2.5:5".parse().unwrap();
     m.add_remote_candidates(now, &[real]);
     m.handle_timeout(now);
@@ -232,7 +234,7 @@ fn pong_from_another_address_does_not_validate() {
     }
     .seal(&key);
     let spoofed_src: SocketAddr = "192.0.2.99:5".parse().unwrap();
-    assert!(!m.handle_control(now, spoofed_src, &pong));
+    assert!(!m.handle_control(now, spoofed_src, MAIN_SOCKET, &pong));
     assert_eq!(m.selected(), Path::Relay);
 }
 
@@ -240,7 +242,7 @@ fn pong_from_another_address_does_not_validate() {
 fn hysteresis_keeps_a_path_unless_much_faster() {
     let now = Instant::now();
     let key = [4; 32];
-    let mut m = PathManager::new(id(1), key);
+    let mut m = PathManager::new(id(1), key, true);
     let slow: SocketAddr = "192.0.2.1:1".parse().unwrap();
     let similar: SocketAddr = "192.0.2.2:1".parse().unwrap();
     let fast: SocketAddr = "192.0.2.3:1".parse().unwrap();
@@ -262,7 +264,12 @@ fn hysteresis_keeps_a_path_unless_much_faster() {
             mac: [0; 16],
         }
         .seal(&key);
-        assert!(m.handle_control(now + Duration::from_millis(after_ms), addr, &pong));
+        assert!(m.handle_control(
+            now + Duration::from_millis(after_ms),
+            addr,
+            MAIN_SOCKET,
+            &pong
+        ));
     };
     answer(&mut m, slow, 100);
     assert_eq!(m.selected(), Path::Direct(slow));
@@ -274,4 +281,110 @@ fn hysteresis_keeps_a_path_unless_much_faster() {
     );
     answer(&mut m, fast, 20);
     assert_eq!(m.selected(), Path::Direct(fast));
+}
+
+#[test]
+fn the_dialer_starts_a_round_half_an_rtt_after_asking_the_peer() {
+    let now = Instant::now();
+    let mut m = PathManager::new(id(1), [3; 32], true);
+    m.set_relay_rtt(Duration::from_millis(80));
+    let peer: SocketAddr = "192.0.2.9:9000".parse().unwrap();
+    m.add_remote_candidates(now, &[peer]);
+    m.handle_timeout(now);
+    while m.poll_transmit().is_some() {}
+    m.request_round(now);
+    assert_eq!(m.poll_event(), Some(PathEvent::SendPunch { round: 1 }));
+    assert_eq!(m.poll_timeout(), Some(now + Duration::from_millis(40)));
+    m.handle_timeout(now + Duration::from_millis(39));
+    assert!(
+        m.poll_transmit().is_none(),
+        "nothing before the agreed start"
+    );
+    m.handle_timeout(now + Duration::from_millis(40));
+    let t = m
+        .poll_transmit()
+        .expect("the round re-probes the candidate");
+    assert_eq!((t.dst, t.via), (peer, MAIN_SOCKET));
+
+    // The other side never asks; it starts when the Punch arrives.
+    let mut other = PathManager::new(id(2), [3; 32], false);
+    other.request_round(now);
+    assert_eq!(other.poll_event(), None);
+}
+
+/// Drives one side of a birthday attempt against a peer that never answers.
+fn birthday_probes(local: Mapping, remote: Mapping) -> Vec<(Duration, Transmit)> {
+    let t0 = Instant::now();
+    let mut m = PathManager::new(id(1), [5; 32], false);
+    m.set_local_mapping(local);
+    let peer: SocketAddr = "203.0.113.7:4000".parse().unwrap();
+    m.set_remote_nat(remote, Some(peer));
+    m.add_remote_candidates(t0, &[peer]);
+    m.start_round(t0);
+    let mut out = Vec::new();
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(30) {
+        m.handle_timeout(now);
+        while let Some(t) = m.poll_transmit() {
+            out.push((now - t0, t));
+        }
+        now = m
+            .poll_timeout()
+            .unwrap_or(now)
+            .max(now + Duration::from_millis(1));
+    }
+    out
+}
+
+#[test]
+fn birthday_probes_are_rate_limited_and_bounded_in_time() {
+    for (local, remote) in [
+        (Mapping::EndpointDependent, Mapping::EndpointIndependent),
+        (Mapping::EndpointIndependent, Mapping::EndpointDependent),
+    ] {
+        let probes = birthday_probes(local, remote);
+        let max_per_second = (0..30)
+            .map(|s| probes.iter().filter(|(at, _)| at.as_secs() == s).count())
+            .max()
+            .unwrap();
+        // BIRTHDAY_RATE plus the ordinary probes of the one announced candidate.
+        assert!(
+            max_per_second <= BIRTHDAY_RATE as usize + 6,
+            "{local:?}: {max_per_second} probes in one second"
+        );
+        let late = probes
+            .iter()
+            .filter(|(at, _)| *at > BIRTHDAY_DURATION + Duration::from_millis(1))
+            .count();
+        assert!(
+            late <= 2,
+            "{local:?}: {late} probes after the attempt ended"
+        );
+        let aux = probes.iter().filter(|(_, t)| t.via != MAIN_SOCKET).count();
+        if local == Mapping::EndpointDependent {
+            // Every auxiliary socket opens a mapping toward the peer's public address.
+            let socks: std::collections::HashSet<_> = probes.iter().map(|(_, t)| t.via).collect();
+            assert_eq!(socks.len(), BIRTHDAY_SOCKETS as usize + 1);
+            assert!(
+                probes
+                    .iter()
+                    .all(|(_, t)| t.dst == "203.0.113.7:4000".parse().unwrap())
+            );
+            assert!(aux > 1000);
+        } else {
+            // Random ports of the peer's public IP, from the main socket.
+            assert_eq!(aux, 0);
+            let ports: std::collections::HashSet<_> =
+                probes.iter().map(|(_, t)| t.dst.port()).collect();
+            assert!(ports.len() > 1500, "{} distinct ports", ports.len());
+            assert!(probes.iter().all(|(_, t)| t.dst.port() >= 1024));
+        }
+    }
+    // Both symmetric, or nothing known: no birthday attempt at all.
+    for (l, r) in [
+        (Mapping::EndpointDependent, Mapping::EndpointDependent),
+        (Mapping::Unknown, Mapping::EndpointDependent),
+    ] {
+        assert!(birthday_probes(l, r).len() <= 2 * PROBE_TRIES as usize);
+    }
 }

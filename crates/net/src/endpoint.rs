@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use p2pcall_nat::{Path, PathEvent, PathManager};
+use p2pcall_nat::{MAIN_SOCKET, Path, PathEvent, PathManager, Via};
 use p2pcall_proto::packet::Control;
-use p2pcall_proto::peer::{Datagram, PeerFrame};
+use p2pcall_proto::peer::{Datagram, Mapping, PeerFrame, Reach};
 use p2pcall_proto::relay::{ClientFrame, PeerInfo, RefuseReason, SignalFailure};
 use p2pcall_proto::{PeerId, SafetyNumber};
 use p2pcall_tls::{Identity, framed::FrameReader};
@@ -34,6 +34,10 @@ const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most local candidates announced.
 const MAX_LOCAL_CANDIDATES: usize = 16;
+/// How often the local interface addresses are checked for changes.
+const INTERFACE_POLL: Duration = Duration::from_secs(2);
+/// Kernel buffer of each auxiliary (birthday) socket.
+const AUX_SOCKET_BUFFER: usize = 256 << 10;
 /// Application close code for "key does not match".
 const CLOSE_KEY_MISMATCH: u32 = 0x101;
 /// Application close code for protocol violations on the control stream.
@@ -176,11 +180,83 @@ pub(crate) struct Inner {
     pub reflectors: Mutex<Vec<SocketAddr>>,
     pub cancel: CancellationToken,
     pub direct_paths: bool,
+    /// Our NAT's mapping behaviour; `None` while being measured.
+    pub mapping: tokio::sync::watch::Sender<Option<Mapping>>,
+    /// Bumped when the local interface addresses change.
+    pub net_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl Inner {
     pub(crate) async fn emit(&self, e: Event) {
         let _ = self.events.send(e).await;
+    }
+
+    async fn reflect(&self, server: SocketAddr) -> Result<SocketAddr, NetError> {
+        for _ in 0..3 {
+            let txid: [u8; 12] = rand::random();
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut m) = self.reflections.lock() {
+                if m.len() > 64 {
+                    m.clear();
+                }
+                m.insert(txid, tx);
+            }
+            let mut pkt = Vec::new();
+            Control::ReflectReq { txid }.encode(&mut pkt);
+            self.socket.send_control(server, &pkt);
+            if let Ok(Ok(addr)) = tokio::time::timeout(Duration::from_millis(700), rx).await {
+                return Ok(addr);
+            }
+        }
+        Err(NetError::Timeout("address reflection"))
+    }
+
+    async fn netcheck(&self) -> Result<p2pcall_nat::classify::NatReport, NetError> {
+        let reflectors = self
+            .reflectors
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        if reflectors.is_empty() {
+            return Err(NetError::NoRelay);
+        }
+        let mut observed = Vec::new();
+        for r in &reflectors {
+            observed.push(self.reflect(*r).await.ok().map(canonical));
+        }
+        let port = self.socket.local_port();
+        let locals: Vec<SocketAddr> = if_addrs::get_if_addrs()
+            .map(|l| l.iter().map(|i| SocketAddr::new(i.ip(), port)).collect())
+            .unwrap_or_default();
+        Ok(p2pcall_nat::classify::classify(&locals, port, &observed))
+    }
+
+    /// Measures our NAT's mapping behaviour for the punching logic (after each relay
+    /// registration and network change).
+    pub(crate) async fn measure_nat(self: Arc<Self>) {
+        self.mapping.send_replace(None);
+        let m = match self.netcheck().await {
+            Ok(r) => r.mapping,
+            Err(_) => Mapping::Unknown,
+        };
+        tracing::debug!(?m, "NAT mapping measured");
+        self.mapping.send_replace(Some(m));
+    }
+
+    /// What we tell peers about reaching us.
+    fn reach(&self) -> Reach {
+        if !self.direct_paths {
+            return Reach {
+                candidates: Vec::new(),
+                mapping: Mapping::Unknown,
+                observed: None,
+            };
+        }
+        Reach {
+            candidates: local_candidates(self),
+            mapping: (*self.mapping.borrow()).unwrap_or(Mapping::Unknown),
+            observed: self.observed.lock().ok().and_then(|g| *g).map(canonical),
+        }
     }
 }
 
@@ -243,8 +319,11 @@ impl Endpoint {
             reflectors: Mutex::default(),
             cancel: CancellationToken::new(),
             direct_paths: cfg.direct_paths,
+            mapping: tokio::sync::watch::Sender::new(None),
+            net_epoch: tokio::sync::watch::Sender::new(0),
         });
         tokio::spawn(control_dispatch(inner.clone(), control_rx));
+        tokio::spawn(watch_interfaces(inner.clone()));
         tokio::spawn(accept_loop(inner.clone()));
         if let Some(relay) = cfg.relay {
             tokio::spawn(relay_client::run(inner.clone(), relay, relay_cmd_rx));
@@ -310,23 +389,13 @@ impl Endpoint {
 
     /// Asks `server` (a relay's reflection port) which address it sees for our socket.
     pub async fn reflect(&self, server: SocketAddr) -> Result<SocketAddr, NetError> {
-        for _ in 0..3 {
-            let txid: [u8; 12] = rand::random();
-            let (tx, rx) = oneshot::channel();
-            if let Ok(mut m) = self.inner.reflections.lock() {
-                if m.len() > 64 {
-                    m.clear();
-                }
-                m.insert(txid, tx);
-            }
-            let mut pkt = Vec::new();
-            Control::ReflectReq { txid }.encode(&mut pkt);
-            self.inner.socket.send_control(server, &pkt);
-            if let Ok(Ok(addr)) = tokio::time::timeout(Duration::from_millis(700), rx).await {
-                return Ok(addr);
-            }
-        }
-        Err(NetError::Timeout("address reflection"))
+        self.inner.reflect(server).await
+    }
+
+    /// Our NAT's mapping behaviour as last measured through the relay (`None` until the
+    /// first measurement after registering finished).
+    pub fn nat_mapping(&self) -> Option<Mapping> {
+        *self.inner.mapping.borrow()
     }
 
     /// Addresses a peer may reach us on directly (what we announce).
@@ -337,24 +406,7 @@ impl Endpoint {
     /// Measures our NAT through the relay's reflection ports (UDP, whatever transport the
     /// relay session uses). Needs a relay session (for the list of reflection ports).
     pub async fn netcheck(&self) -> Result<p2pcall_nat::classify::NatReport, NetError> {
-        let reflectors = self
-            .inner
-            .reflectors
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
-        if reflectors.is_empty() {
-            return Err(NetError::NoRelay);
-        }
-        let mut observed = Vec::new();
-        for r in &reflectors {
-            observed.push(self.reflect(*r).await.ok().map(canonical));
-        }
-        let port = self.local_port();
-        let locals: Vec<SocketAddr> = if_addrs::get_if_addrs()
-            .map(|l| l.iter().map(|i| SocketAddr::new(i.ip(), port)).collect())
-            .unwrap_or_default();
-        Ok(p2pcall_nat::classify::classify(&locals, port, &observed))
+        self.inner.netcheck().await
     }
 
     /// Whether this host has a global IPv6 address (not loopback, link-local or ULA).
@@ -399,7 +451,14 @@ impl Endpoint {
             });
         }
         let (send, recv) = conn.open_bi().await?;
-        Ok(start_connection(inner.clone(), conn, route, send, recv))
+        Ok(start_connection(
+            inner.clone(),
+            conn,
+            route,
+            send,
+            recv,
+            true,
+        ))
     }
 
     /// Stops the relay client and every connection.
@@ -564,11 +623,12 @@ fn start_connection(
     route: Arc<PeerRoute>,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    dialer: bool,
 ) -> PeerConnection {
     route.conns.fetch_add(1, Ordering::Relaxed);
     // A new connection starts on the relay path: a direct path of an earlier connection to
     // the same peer (often a dead process's port) is not trusted until probed again.
-    route.set_path(Path::Relay);
+    route.set_path(Path::Relay, None);
     let (path_tx, path_rx) = tokio::sync::watch::channel(route.path());
     let (dg_tx, dg_rx) = mpsc::channel(256);
     let shared = Arc::new(ConnShared {
@@ -582,27 +642,28 @@ fn start_connection(
         datagrams: Mutex::new(Some(dg_rx)),
         probes_sent: std::sync::atomic::AtomicU64::new(0),
     });
-    let (probe_tx, probe_rx) = mpsc::channel(256);
+    let (probe_tx, probe_rx) = mpsc::channel(1024);
     if let Ok(mut h) = inner.probe_handlers.lock() {
         h.insert(shared.peer, probe_tx.clone());
     }
     let pc = PeerConnection {
         shared: shared.clone(),
     };
+    let aux = AuxSockets::new(inner.clone(), shared.route.clone(), probe_tx.clone());
     tokio::spawn(drive_connection(
         inner,
         shared,
-        send,
-        recv,
+        (send, recv),
         (probe_tx, probe_rx),
         path_tx,
         dg_tx,
+        (dialer, aux),
     ));
     pc
 }
 
-/// Local addresses a peer may reach us on: interface addresses with our port, and the
-/// address the relay observed.
+/// Local addresses a peer may reach us on: interface addresses with our port, the address
+/// the relay observed, and the observed IP with our own port.
 fn local_candidates(inner: &Inner) -> Vec<SocketAddr> {
     let port = inner.socket.local_port();
     let mut out = Vec::new();
@@ -622,8 +683,10 @@ fn local_candidates(inner: &Inner) -> Vec<SocketAddr> {
             }
         }
     }
-    if let Some(o) = inner.observed.lock().ok().and_then(|g| *g) {
-        out.push(canonical(o));
+    if let Some(o) = inner.observed.lock().ok().and_then(|g| *g).map(canonical) {
+        out.push(o);
+        // A port-preserving NAT maps our port to the same public port toward the peer.
+        out.push(SocketAddr::new(o.ip(), port));
     }
     out.sort_by_key(|a| (!a.ip().is_loopback(), a.is_ipv6()));
     out.dedup();
@@ -631,15 +694,145 @@ fn local_candidates(inner: &Inner) -> Vec<SocketAddr> {
     out
 }
 
+/// A connection's auxiliary sockets for the birthday technique (opened on first use, closed
+/// when the attempt ends, except the one a selected path uses).
+struct AuxSockets {
+    inner: Arc<Inner>,
+    route: Arc<PeerRoute>,
+    probe_tx: mpsc::Sender<ControlPacket>,
+    socks: HashMap<Via, (Arc<tokio::net::UdpSocket>, tokio::task::JoinHandle<()>)>,
+}
+
+impl AuxSockets {
+    fn new(
+        inner: Arc<Inner>,
+        route: Arc<PeerRoute>,
+        probe_tx: mpsc::Sender<ControlPacket>,
+    ) -> Self {
+        Self {
+            inner,
+            route,
+            probe_tx,
+            socks: HashMap::new(),
+        }
+    }
+
+    /// Socket `via`, opened now if needed. `None` for the main socket or if binding failed.
+    fn get(&mut self, via: Via) -> Option<Arc<tokio::net::UdpSocket>> {
+        if via == MAIN_SOCKET {
+            return None;
+        }
+        if let Some((s, _)) = self.socks.get(&via) {
+            return Some(s.clone());
+        }
+        let any = if self
+            .inner
+            .socket
+            .family(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .is_ipv6()
+        {
+            SocketAddr::from(([0u16; 8], 0))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
+        let sock = p2pcall_tls::udp::bind(any, AUX_SOCKET_BUFFER)
+            .and_then(tokio::net::UdpSocket::from_std)
+            .map_err(|e| tracing::debug!("auxiliary socket: {e}"))
+            .ok()?;
+        let sock = Arc::new(sock);
+        let task = tokio::spawn(aux_recv(
+            sock.clone(),
+            via,
+            self.inner.clone(),
+            self.route.clone(),
+            self.probe_tx.clone(),
+        ));
+        self.socks.insert(via, (sock.clone(), task));
+        Some(sock)
+    }
+
+    fn send(&mut self, via: Via, dst: SocketAddr, payload: &[u8]) {
+        match self.get(via) {
+            Some(s) => {
+                let _ = s.try_send_to(payload, self.inner.socket.family(dst));
+            }
+            None => self.inner.socket.send_control(dst, payload),
+        }
+    }
+
+    fn release(&mut self, keep: Option<Via>) {
+        self.socks.retain(|via, (_, task)| {
+            let keep = Some(*via) == keep;
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+    }
+}
+
+impl Drop for AuxSockets {
+    fn drop(&mut self) {
+        self.release(None);
+    }
+}
+
+/// Receives on one auxiliary socket: probes go to the connection's path manager, QUIC
+/// packets from a validated address of this peer to quinn.
+async fn aux_recv(
+    sock: Arc<tokio::net::UdpSocket>,
+    via: Via,
+    inner: Arc<Inner>,
+    route: Arc<PeerRoute>,
+    probe_tx: mpsc::Sender<ControlPacket>,
+) {
+    let queue = inner.socket.queue();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            // ICMP errors surface here; keep going.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let from = canonical(from);
+        let pkt = &buf[..n];
+        let Some(&first) = pkt.first() else { continue };
+        if p2pcall_proto::packet::is_quic(first) {
+            if inner.socket.is_direct_of(from, &route) {
+                let _ = queue.try_send(crate::socket::Queued::Direct(
+                    route.clone(),
+                    from,
+                    pkt.to_vec(),
+                ));
+            }
+        } else if let Ok(packet) = Control::decode(pkt) {
+            let _ = probe_tx.try_send(ControlPacket {
+                from,
+                at: Instant::now(),
+                packet,
+                via,
+            });
+        }
+    }
+}
+
+async fn send_frame(send: &mut quinn::SendStream, f: &PeerFrame, peer: PeerId) {
+    let mut buf = Vec::with_capacity(f.encoded_len());
+    f.encode(&mut buf);
+    if let Err(e) = p2pcall_tls::framed::write_all(send, &buf).await {
+        tracing::debug!(%peer, "control frame not sent: {e}");
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive_connection(
     inner: Arc<Inner>,
     shared: Arc<ConnShared>,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    (mut send, recv): (quinn::SendStream, quinn::RecvStream),
     (probe_tx, mut probe_rx): (mpsc::Sender<ControlPacket>, mpsc::Receiver<ControlPacket>),
     path_tx: tokio::sync::watch::Sender<Path>,
     dg_tx: mpsc::Sender<Bytes>,
+    (dialer, mut aux): (bool, AuxSockets),
 ) {
     let conn = shared.conn.clone();
     let peer = shared.peer;
@@ -650,43 +843,45 @@ async fn drive_connection(
     {
         conn.close(CLOSE_PROTOCOL.into(), b"no keying material");
     }
-    let mut pm = PathManager::new(inner.identity.id(), key);
+    let mut pm = PathManager::new(inner.identity.id(), key, dialer);
+    let mut mapping_rx = inner.mapping.subscribe();
+    let mut epoch_rx = inner.net_epoch.subscribe();
+    let reach = inner.reach();
+    pm.set_local_mapping(reach.mapping);
     let name = inner.name.lock().map(|n| n.clone()).unwrap_or_default();
-    let mut hello = Vec::new();
-    PeerFrame::Hello {
-        name,
-        candidates: if inner.direct_paths {
-            local_candidates(&inner)
-        } else {
-            Vec::new()
-        },
-    }
-    .encode(&mut hello);
-    if let Err(e) = p2pcall_tls::framed::write_all(&mut send, &hello).await {
-        tracing::debug!(%peer, "could not send hello: {e}");
-    }
+    send_frame(&mut send, &PeerFrame::Hello { name, reach }, peer).await;
     let mut reader = FrameReader::new(recv, p2pcall_proto::peer::MAX_FRAME);
     let mut control_open = true;
     let reason = loop {
         let timeout = pm
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let mut announce = false;
         tokio::select! {
             _ = inner.cancel.cancelled() => break "endpoint closed".to_string(),
             e = conn.closed() => break e.to_string(),
             f = reader.next(), if control_open => match f {
                 Ok(raw) => match PeerFrame::decode(raw) {
-                    Ok(PeerFrame::Hello { name, candidates }) => {
+                    Ok(PeerFrame::Hello { name, reach }) => {
                         if let Ok(mut n) = shared.remote_name.lock() {
                             *n = Some(name);
                         }
                         if inner.direct_paths {
-                            pm.add_remote_candidates(Instant::now(), &candidates);
+                            pm.set_remote_nat(reach.mapping, reach.observed);
+                            pm.add_remote_candidates(Instant::now(), &reach.candidates);
+                            pm.request_round(Instant::now());
                         }
                     }
-                    Ok(PeerFrame::Candidates { candidates }) => {
+                    Ok(PeerFrame::Candidates(reach)) => {
                         if inner.direct_paths {
-                            pm.add_remote_candidates(Instant::now(), &candidates);
+                            pm.set_remote_nat(reach.mapping, reach.observed);
+                            pm.add_remote_candidates(Instant::now(), &reach.candidates);
+                            pm.request_round(Instant::now());
+                        }
+                    }
+                    Ok(PeerFrame::Punch { .. }) => {
+                        if inner.direct_paths && !dialer {
+                            pm.start_round(Instant::now());
                         }
                     }
                     Err(e) => {
@@ -701,9 +896,22 @@ async fn drive_connection(
                 }
             },
             Some(pkt) = probe_rx.recv() => {
-                if inner.direct_paths && pm.handle_control(pkt.at, pkt.from, &pkt.packet) {
+                if inner.direct_paths && pm.handle_control(pkt.at, pkt.from, pkt.via, &pkt.packet) {
                     inner.socket.map_direct(pkt.from, &shared.route);
                 }
+            }
+            Ok(()) = mapping_rx.changed() => {
+                let m = *mapping_rx.borrow_and_update();
+                if let Some(m) = m {
+                    pm.set_local_mapping(m);
+                    announce = true;
+                }
+            }
+            Ok(()) = epoch_rx.changed() => {
+                epoch_rx.borrow_and_update();
+                // New interface addresses: tell the peer, and punch again.
+                pm.reprobe(Instant::now());
+                announce = true;
             }
             d = conn.read_datagram() => match d {
                 Ok(d) => handle_datagram(&shared, &dg_tx, d),
@@ -711,31 +919,45 @@ async fn drive_connection(
             },
             _ = tokio::time::sleep_until(timeout.into()) => {}
         }
+        if announce && inner.direct_paths {
+            send_frame(&mut send, &PeerFrame::Candidates(inner.reach()), peer).await;
+            pm.request_round(Instant::now());
+        }
         let now = Instant::now();
+        pm.set_relay_rtt(conn.rtt());
         if let Some((addr, at)) = shared.route.take_direct_rx() {
             pm.note_rx(at, addr);
         }
         pm.handle_timeout(now);
         while let Some(t) = pm.poll_transmit() {
-            inner.socket.send_control(t.dst, &t.payload);
+            aux.send(t.via, t.dst, &t.payload);
         }
         shared
             .probes_sent
             .store(pm.probes_sent(), Ordering::Relaxed);
-        while let Some(PathEvent::Selected { path, rtt }) = pm.poll_event() {
-            shared.route.set_path(path);
-            let _ = path_tx.send(path);
-            tracing::info!(%peer, ?path, ?rtt, "path changed");
-            inner
-                .emit(crate::Event::PathChanged {
-                    peer,
-                    path,
-                    rtt,
-                    at: now,
-                })
-                .await;
+        while let Some(e) = pm.poll_event() {
+            match e {
+                PathEvent::Selected { path, via, rtt } => {
+                    shared.route.set_path(path, aux.get(via));
+                    let _ = path_tx.send(path);
+                    tracing::info!(%peer, ?path, via, ?rtt, "path changed");
+                    inner
+                        .emit(crate::Event::PathChanged {
+                            peer,
+                            path,
+                            rtt,
+                            at: now,
+                        })
+                        .await;
+                }
+                PathEvent::SendPunch { round } => {
+                    send_frame(&mut send, &PeerFrame::Punch { round }, peer).await;
+                }
+                PathEvent::ReleaseAux { keep } => aux.release(keep),
+            }
         }
     };
+    drop(aux);
     // A newer connection to the same peer may own the probe handler and the route by now.
     if let Ok(mut h) = inner.probe_handlers.lock()
         && h.get(&peer).is_some_and(|t| t.same_channel(&probe_tx))
@@ -743,11 +965,39 @@ async fn drive_connection(
         h.remove(&peer);
     }
     if shared.route.conns.fetch_sub(1, Ordering::Relaxed) == 1 {
-        shared.route.set_path(Path::Relay);
+        shared.route.set_path(Path::Relay, None);
     }
     inner
         .emit(crate::Event::ConnectionClosed { peer, reason })
         .await;
+}
+
+/// Watches the local interface addresses; a change bumps `net_epoch` (connections announce
+/// new candidates and punch again) and re-measures the NAT.
+async fn watch_interfaces(inner: Arc<Inner>) {
+    let snapshot = || {
+        let mut v: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .map(|l| l.iter().map(|i| i.ip()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let mut last = snapshot();
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(INTERFACE_POLL) => {}
+        }
+        let now = snapshot();
+        if now != last {
+            tracing::info!(?now, "local addresses changed");
+            last = now;
+            inner.net_epoch.send_modify(|e| *e += 1);
+            if inner.relay_up.borrow().is_some() {
+                tokio::spawn(inner.clone().measure_nat());
+            }
+        }
+    }
 }
 
 fn handle_datagram(shared: &ConnShared, app: &mpsc::Sender<Bytes>, d: Bytes) {
@@ -802,7 +1052,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                 conn.close(CLOSE_PROTOCOL.into(), b"no control stream");
                 return;
             };
-            let pc = start_connection(inner.clone(), conn, route, send, recv);
+            let pc = start_connection(inner.clone(), conn, route, send, recv, false);
             inner.emit(crate::Event::Incoming(pc)).await;
         });
     }

@@ -284,6 +284,13 @@ where
         p.clear();
     }
     inner.relay_up.send_replace(Some(transport));
+    if transport == RelayTransport::Udp {
+        tokio::spawn(inner.clone().measure_nat());
+    } else {
+        inner
+            .mapping
+            .send_replace(Some(p2pcall_proto::peer::Mapping::Unknown));
+    }
     inner
         .emit(Event::RelayConnected {
             observed,
@@ -397,7 +404,10 @@ async fn handle_frame(
         }
         ServerFrame::Pong { .. } => {}
         ServerFrame::Data { from, packet } => {
-            let _ = inner.socket.tcp_inbound().try_send((from, packet.to_vec()));
+            let _ = inner
+                .socket
+                .queue()
+                .try_send(crate::socket::Queued::Relayed(from, packet.to_vec()));
         }
         ServerFrame::Refused { reason, detail } => return Some(refused(reason, detail)),
         ServerFrame::Welcome { .. } => {

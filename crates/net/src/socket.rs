@@ -53,6 +53,15 @@ pub(crate) enum RelayRoute {
     Tcp { tx: mpsc::Sender<(PeerId, Vec<u8>)> },
 }
 
+/// A packet for quinn that arrived other than on the main socket.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// From the relay's TCP fallback, sent by this peer.
+    Relayed(PeerId, Vec<u8>),
+    /// On one of a connection's auxiliary (birthday) sockets, from a validated address.
+    Direct(Arc<PeerRoute>, SocketAddr, Vec<u8>),
+}
+
 /// Per-peer routing state shared between the socket and the connection's path task.
 #[derive(Debug)]
 pub struct PeerRoute {
@@ -60,7 +69,9 @@ pub struct PeerRoute {
     pub id: PeerId,
     /// The stable address quinn uses for this peer.
     pub vaddr: SocketAddr,
-    path: Mutex<Path>,
+    /// The selected path, and the auxiliary socket a direct path leaves on (if not the main
+    /// socket).
+    path: Mutex<(Path, Option<Arc<tokio::net::UdpSocket>>)>,
     last_direct_rx: Mutex<Option<(SocketAddr, Instant)>>,
     /// Bytes sent via the relay / direct, and received via the relay / direct.
     pub counters: PathCounters,
@@ -84,13 +95,30 @@ pub struct PathCounters {
 impl PeerRoute {
     /// The path packets take now.
     pub fn path(&self) -> Path {
-        self.path.lock().map_or(Path::Relay, |p| *p)
+        self.path.lock().map_or(Path::Relay, |p| p.0)
     }
 
-    pub(crate) fn set_path(&self, p: Path) {
+    fn path_and_socket(&self) -> (Path, Option<Arc<tokio::net::UdpSocket>>) {
+        self.path
+            .lock()
+            .map_or((Path::Relay, None), |p| (p.0, p.1.clone()))
+    }
+
+    /// Selects `p`; a direct path leaves on `sock` if given, else on the main socket.
+    pub(crate) fn set_path(&self, p: Path, sock: Option<Arc<tokio::net::UdpSocket>>) {
         if let Ok(mut g) = self.path.lock() {
-            *g = p;
+            *g = (p, sock);
         }
+    }
+
+    /// Notes a direct QUIC packet from `src` (for the path manager's liveness tracking).
+    fn note_direct_rx(&self, src: SocketAddr, now: Instant, len: usize) {
+        if let Ok(mut g) = self.last_direct_rx.lock() {
+            *g = Some((src, now));
+        }
+        self.counters
+            .rx_direct
+            .fetch_add(len as u64, Ordering::Relaxed);
     }
 
     /// Takes the time and source of the last direct QUIC packet, if any since the last call.
@@ -113,6 +141,8 @@ pub(crate) struct ControlPacket {
     pub from: SocketAddr,
     pub at: Instant,
     pub packet: Control,
+    /// The socket it arrived on ([`p2pcall_nat::MAIN_SOCKET`] or a connection's auxiliary).
+    pub via: p2pcall_nat::Via,
 }
 
 /// The socket quinn runs on.
@@ -124,8 +154,8 @@ pub struct MagicSocket {
     relay: RwLock<RelayRoute>,
     relay_quic_addr: RwLock<Option<SocketAddr>>,
     control_tx: mpsc::Sender<ControlPacket>,
-    tcp_inbound: Mutex<mpsc::Receiver<(PeerId, Vec<u8>)>>,
-    tcp_inbound_tx: mpsc::Sender<(PeerId, Vec<u8>)>,
+    queued: Mutex<mpsc::Receiver<Queued>>,
+    queued_tx: mpsc::Sender<Queued>,
     /// Packets dropped because their source or destination was unknown.
     pub dropped: AtomicU64,
 }
@@ -153,7 +183,7 @@ impl MagicSocket {
         let v6 = std.local_addr()?.is_ipv6();
         let io = tokio::net::UdpSocket::from_std(std)?;
         let (control_tx, control_rx) = mpsc::channel(1024);
-        let (tcp_inbound_tx, tcp_inbound) = mpsc::channel(1024);
+        let (queued_tx, queued) = mpsc::channel(1024);
         Ok((
             Arc::new(Self {
                 io,
@@ -163,8 +193,8 @@ impl MagicSocket {
                 relay: RwLock::new(RelayRoute::None),
                 relay_quic_addr: RwLock::new(None),
                 control_tx,
-                tcp_inbound: Mutex::new(tcp_inbound),
-                tcp_inbound_tx,
+                queued: Mutex::new(queued),
+                queued_tx,
                 dropped: AtomicU64::new(0),
             }),
             control_rx,
@@ -193,8 +223,18 @@ impl MagicSocket {
         }
     }
 
-    pub(crate) fn tcp_inbound(&self) -> mpsc::Sender<(PeerId, Vec<u8>)> {
-        self.tcp_inbound_tx.clone()
+    /// Where packets for quinn that did not arrive on the main socket are queued.
+    pub(crate) fn queue(&self) -> mpsc::Sender<Queued> {
+        self.queued_tx.clone()
+    }
+
+    /// Whether QUIC packets from `addr` belong to `route` (a validated direct address).
+    pub(crate) fn is_direct_of(&self, addr: SocketAddr, route: &Arc<PeerRoute>) -> bool {
+        self.routes
+            .read()
+            .ok()
+            .and_then(|r| r.by_direct.get(&canonical(addr)).cloned())
+            .is_some_and(|r| Arc::ptr_eq(&r, route))
     }
 
     /// The route of `id`, created on first use. `None` when the table is full.
@@ -229,7 +269,7 @@ impl MagicSocket {
         let r = Arc::new(PeerRoute {
             id,
             vaddr: SocketAddr::new(IpAddr::V4(ip), VIRTUAL_PORT),
-            path: Mutex::new(Path::Relay),
+            path: Mutex::new((Path::Relay, None)),
             last_direct_rx: Mutex::new(None),
             counters: PathCounters::default(),
             conns: std::sync::atomic::AtomicUsize::new(0),
@@ -352,12 +392,7 @@ impl MagicSocket {
                         .and_then(|r| r.by_direct.get(&src).cloned());
                     match route {
                         Some(r) => {
-                            if let Ok(mut g) = r.last_direct_rx.lock() {
-                                *g = Some((src, now));
-                            }
-                            r.counters
-                                .rx_direct
-                                .fetch_add(len as u64, Ordering::Relaxed);
+                            r.note_direct_rx(src, now, len);
                             meta[i].addr = self.family(r.vaddr);
                             true
                         }
@@ -372,6 +407,7 @@ impl MagicSocket {
                         from: src,
                         at: now,
                         packet: pkt,
+                        via: p2pcall_nat::MAIN_SOCKET,
                     });
                 }
                 false
@@ -430,29 +466,38 @@ impl MagicSocket {
         true
     }
 
-    fn poll_tcp_inbound(
+    fn poll_queued(
         &self,
         cx: &mut Context<'_>,
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Option<usize> {
-        let mut rx = self.tcp_inbound.lock().ok()?;
+        let mut rx = self.queued.lock().ok()?;
         let mut n = 0;
         while n < bufs.len().min(meta.len()) {
-            let Poll::Ready(Some((from, pkt))) = rx.poll_recv(cx) else {
+            let Poll::Ready(Some(q)) = rx.poll_recv(cx) else {
                 break;
             };
-            let Some(route) = self.route(from) else {
-                continue;
+            let (route, pkt) = match q {
+                Queued::Relayed(from, pkt) => {
+                    let Some(route) = self.route(from) else {
+                        continue;
+                    };
+                    route
+                        .counters
+                        .rx_relay
+                        .fetch_add(pkt.len() as u64, Ordering::Relaxed);
+                    (route, pkt)
+                }
+                Queued::Direct(route, src, pkt) => {
+                    route.note_direct_rx(src, Instant::now(), pkt.len());
+                    (route, pkt)
+                }
             };
             if pkt.is_empty() || pkt.len() > bufs[n].len() {
                 continue;
             }
             bufs[n][..pkt.len()].copy_from_slice(&pkt);
-            route
-                .counters
-                .rx_relay
-                .fetch_add(pkt.len() as u64, Ordering::Relaxed);
             meta[n] = RecvMeta {
                 addr: self.family(route.vaddr),
                 len: pkt.len(),
@@ -480,18 +525,27 @@ impl quinn::AsyncUdpSocket for MagicSocket {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
-        match route.path() {
-            Path::Direct(addr) => {
+        match route.path_and_socket() {
+            (Path::Direct(addr), sock) => {
                 route
                     .counters
                     .tx_direct
                     .fetch_add(t.contents.len() as u64, Ordering::Relaxed);
-                self.send_raw(&Transmit {
-                    destination: self.family(addr),
-                    ..*t
-                })
+                let destination = self.family(addr);
+                match sock {
+                    // An auxiliary socket (birthday path): rare and slow enough that plain
+                    // sends per segment do; a full buffer is loss, QUIC recovers.
+                    Some(s) => {
+                        let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+                        for chunk in t.contents.chunks(seg) {
+                            let _ = s.try_send_to(chunk, destination);
+                        }
+                        Ok(())
+                    }
+                    None => self.send_raw(&Transmit { destination, ..*t }),
+                }
             }
-            Path::Relay => self.send_relayed(&route, t),
+            (Path::Relay, _) => self.send_relayed(&route, t),
         }
     }
 
@@ -501,7 +555,7 @@ impl quinn::AsyncUdpSocket for MagicSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        if let Some(n) = self.poll_tcp_inbound(cx, bufs, meta) {
+        if let Some(n) = self.poll_queued(cx, bufs, meta) {
             return Poll::Ready(Ok(n));
         }
         loop {

@@ -10,8 +10,16 @@ use std::time::Duration;
 use common::{Outcome, run_pair};
 use p2pcall_netlab::{Impair, Nat};
 
+/// Pings every 100 ms; enough for the birthday technique (a few seconds, up to 20).
+const PINGS: u32 = 30;
+
 fn check(a: Nat, b: Nat, impair: Impair, expect_direct: bool) -> Option<Outcome> {
-    let o = run_pair(a, b, impair)?;
+    let birthday = matches!(
+        (a, b),
+        (Nat::Cone, Nat::Symmetric) | (Nat::Symmetric, Nat::Cone)
+    );
+    let pings = if birthday { 220 } else { PINGS };
+    let o = run_pair(a, b, impair, pings)?;
     eprintln!("{}", o.row());
     if expect_direct {
         assert!(

@@ -2,7 +2,9 @@
 //!
 //! The dialing peer opens the first bidirectional stream and both sides send [`PeerFrame`]s on
 //! it (same envelope as the relay control plane). `Hello` goes first in each direction and
-//! carries the direct-path candidates; later `Candidates` frames update them. Unreliable
+//! carries how the sender may be reached directly ([`Reach`]); later `Candidates` frames
+//! update it. The dialer starts each hole-punching round with `Punch` (the coordinated
+//! simultaneous open: it starts half an RTT after sending, the other side on receipt). Unreliable
 //! [`Datagram`]s (QUIC datagrams, RFC 9221) carry latency probes now and media later.
 
 use std::net::SocketAddr;
@@ -21,6 +23,57 @@ pub const MAX_CANDIDATES: usize = 32;
 /// Largest application payload on a `Ping`/`Pong` datagram.
 pub const MAX_PING_PAD: usize = 1024;
 
+/// How the sender's NAT maps one local socket to public addresses (RFC 4787), as its
+/// reflection through the relay's two ports showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// No NAT: the relay sees our own address.
+    None,
+    /// One public address for every destination ("cone").
+    EndpointIndependent,
+    /// A different public address per destination ("symmetric").
+    EndpointDependent,
+    /// Not measured, or only one reflection answered.
+    Unknown,
+}
+
+impl Mapping {
+    fn code(self) -> u8 {
+        match self {
+            Self::Unknown => 0,
+            Self::None => 1,
+            Self::EndpointIndependent => 2,
+            Self::EndpointDependent => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Result<Self, DecodeError> {
+        Ok(match c {
+            0 => Self::Unknown,
+            1 => Self::None,
+            2 => Self::EndpointIndependent,
+            3 => Self::EndpointDependent,
+            v => {
+                return Err(DecodeError::InvalidValue {
+                    field: "mapping",
+                    value: u64::from(v),
+                });
+            }
+        })
+    }
+}
+
+/// How a peer may be reached directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// Addresses at which the sender may be reachable.
+    pub candidates: Vec<SocketAddr>,
+    /// The sender's NAT mapping behaviour.
+    pub mapping: Mapping,
+    /// The sender's public address as the relay saw it.
+    pub observed: Option<SocketAddr>,
+}
+
 /// Frames on the peer-to-peer control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerFrame {
@@ -28,19 +81,58 @@ pub enum PeerFrame {
     Hello {
         /// The sender's display name.
         name: String,
-        /// Addresses at which the sender may be reachable directly.
-        candidates: Vec<SocketAddr>,
+        /// Where the sender may be reached.
+        reach: Reach,
     },
-    /// Replaces the sender's candidate list (after a network change).
-    Candidates {
-        /// The new list.
-        candidates: Vec<SocketAddr>,
+    /// Replaces the sender's reachability (after a network change).
+    Candidates(Reach),
+    /// Start hole-punching round `round` now (sent by the dialer, which starts RTT/2 later).
+    Punch {
+        /// Round number, increasing.
+        round: u32,
     },
 }
 
 mod ty {
     pub const HELLO: u8 = 0x01;
     pub const CANDIDATES: u8 = 0x02;
+    pub const PUNCH: u8 = 0x03;
+}
+
+fn write_reach(b: &mut Vec<u8>, r: &Reach) {
+    write_candidates(b, &r.candidates);
+    b.put_u8(r.mapping.code());
+    match &r.observed {
+        Some(a) => {
+            b.put_u8(1);
+            b.put_socket_addr(a);
+        }
+        None => b.put_u8(0),
+    }
+}
+
+fn read_reach(r: &mut Reader<'_>) -> Result<Reach, DecodeError> {
+    let candidates = read_candidates(r)?;
+    let mapping = Mapping::from_code(r.u8("mapping")?)?;
+    let observed = match r.u8("observed flag")? {
+        0 => None,
+        1 => Some(r.socket_addr("observed")?),
+        v => {
+            return Err(DecodeError::InvalidValue {
+                field: "observed flag",
+                value: u64::from(v),
+            });
+        }
+    };
+    Ok(Reach {
+        candidates,
+        mapping,
+        observed,
+    })
+}
+
+fn reach_len(r: &Reach) -> usize {
+    candidates_len(&r.candidates) + 2 + r.observed.as_ref().map_or(0, socket_addr_len)
 }
 
 fn write_candidates(b: &mut Vec<u8>, c: &[SocketAddr]) {
@@ -68,13 +160,12 @@ impl PeerFrame {
     /// Appends the enveloped frame to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Hello { name, candidates } => frame::write(out, ty::HELLO, |b| {
+            Self::Hello { name, reach } => frame::write(out, ty::HELLO, |b| {
                 b.put_str16(truncate_utf8(name, MAX_NAME));
-                write_candidates(b, candidates);
+                write_reach(b, reach);
             }),
-            Self::Candidates { candidates } => {
-                frame::write(out, ty::CANDIDATES, |b| write_candidates(b, candidates))
-            }
+            Self::Candidates(reach) => frame::write(out, ty::CANDIDATES, |b| write_reach(b, reach)),
+            Self::Punch { round } => frame::write(out, ty::PUNCH, |b| b.put_u32(*round)),
         }
     }
 
@@ -82,10 +173,9 @@ impl PeerFrame {
     pub fn encoded_len(&self) -> usize {
         frame::HEADER_LEN
             + match self {
-                Self::Hello { name, candidates } => {
-                    2 + name.len().min(MAX_NAME) + candidates_len(candidates)
-                }
-                Self::Candidates { candidates } => candidates_len(candidates),
+                Self::Hello { name, reach } => 2 + name.len().min(MAX_NAME) + reach_len(reach),
+                Self::Candidates(reach) => reach_len(reach),
+                Self::Punch { .. } => 4,
             }
     }
 
@@ -95,10 +185,11 @@ impl PeerFrame {
         let frame = match f.ty {
             ty::HELLO => Self::Hello {
                 name: r.str16("name", MAX_NAME)?,
-                candidates: read_candidates(&mut r)?,
+                reach: read_reach(&mut r)?,
             },
-            ty::CANDIDATES => Self::Candidates {
-                candidates: read_candidates(&mut r)?,
+            ty::CANDIDATES => Self::Candidates(read_reach(&mut r)?),
+            ty::PUNCH => Self::Punch {
+                round: r.u32("round")?,
             },
             other => return Err(DecodeError::UnknownFrameType(other)),
         };
@@ -181,10 +272,27 @@ mod tests {
     use proptest::prelude::*;
 
     fn peer_frame() -> impl Strategy<Value = PeerFrame> {
-        let cands = || proptest::collection::vec(socket_addr(), 0..=MAX_CANDIDATES);
+        let reach = || {
+            (
+                proptest::collection::vec(socket_addr(), 0..=MAX_CANDIDATES),
+                prop_oneof![
+                    Just(Mapping::None),
+                    Just(Mapping::EndpointIndependent),
+                    Just(Mapping::EndpointDependent),
+                    Just(Mapping::Unknown),
+                ],
+                proptest::option::of(socket_addr()),
+            )
+                .prop_map(|(candidates, mapping, observed)| Reach {
+                    candidates,
+                    mapping,
+                    observed,
+                })
+        };
         prop_oneof![
-            (name(), cands()).prop_map(|(name, candidates)| PeerFrame::Hello { name, candidates }),
-            cands().prop_map(|candidates| PeerFrame::Candidates { candidates }),
+            (name(), reach()).prop_map(|(name, reach)| PeerFrame::Hello { name, reach }),
+            reach().prop_map(PeerFrame::Candidates),
+            any::<u32>().prop_map(|round| PeerFrame::Punch { round }),
         ]
     }
 

@@ -35,6 +35,8 @@ pub struct NatConfig {
     pub filtering: Filtering,
     /// Keep the inside port when it is free.
     pub port_preserving: bool,
+    /// Pick new public ports at random (Linux `masquerade random`) instead of in sequence.
+    pub random_ports: bool,
     /// Idle mappings expire after this long.
     pub timeout: Duration,
 }
@@ -46,6 +48,7 @@ impl NatConfig {
             mapping,
             filtering,
             port_preserving: false,
+            random_ports: false,
             timeout: Duration::from_secs(30),
         }
     }
@@ -120,7 +123,21 @@ impl NatBox {
                     from.port()
                 } else {
                     loop {
-                        self.next_port = self.next_port.wrapping_add(1).max(1024);
+                        self.next_port = if self.cfg.random_ports {
+                            // xorshift16 (full period over 1..=65535), skipping the
+                            // privileged ports: a repeatable random-looking sequence.
+                            let mut x = self.next_port;
+                            loop {
+                                x ^= x << 7;
+                                x ^= x >> 9;
+                                x ^= x << 8;
+                                if x >= 1024 {
+                                    break x;
+                                }
+                            }
+                        } else {
+                            self.next_port.wrapping_add(1).max(1024)
+                        };
                         if !taken(self.next_port, &self.mappings) {
                             break self.next_port;
                         }

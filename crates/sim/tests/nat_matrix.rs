@@ -8,9 +8,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use p2pcall_nat::{Path, PathManager};
+use p2pcall_nat::{Path, PathEvent, PathManager};
 use p2pcall_proto::PeerId;
 use p2pcall_proto::packet::Control;
+use p2pcall_proto::peer::Mapping;
 use p2pcall_sim::{Filtering, Link, MappingKind, NatConfig, VirtualNet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,11 @@ impl Kind {
                 Filtering::AddressAndPortDependent,
             ),
         };
-        Some(NatConfig::new(m, f))
+        let mut c = NatConfig::new(m, f);
+        // Like Linux: cones keep the port when free, symmetric NATs pick random ports.
+        c.port_preserving = m == MappingKind::EndpointIndependent;
+        c.random_ports = m == MappingKind::EndpointDependent;
+        Some(c)
     }
 }
 
@@ -64,8 +69,17 @@ struct Outcome {
     probes: u64,
 }
 
-/// Runs one pair with `one_way` delay on the direct path.
-fn run(ka: Kind, kb: Kind, one_way: Duration) -> Outcome {
+fn mapping(k: Kind) -> Mapping {
+    match k {
+        Kind::Open => Mapping::None,
+        Kind::Symmetric => Mapping::EndpointDependent,
+        _ => Mapping::EndpointIndependent,
+    }
+}
+
+/// Runs one pair with `one_way` delay on the direct path; `seed` varies the probe secret
+/// (and so the birthday guesses).
+fn run(ka: Kind, kb: Kind, one_way: Duration, seed: u8) -> Outcome {
     let t0 = Instant::now();
     let mut net = VirtualNet::new(t0, 9);
     let relay = sa("198.51.100.1:7700");
@@ -89,9 +103,17 @@ fn run(ka: Kind, kb: Kind, one_way: Duration) -> Outcome {
     if let Some(c) = kb.config() {
         net.add_nat(pub_b, c, &[b.ip()]);
     }
-    let relay_leg = Link::with_delay(Duration::from_millis(20));
-    net.connect(SocketAddr::new(pub_a, 0), relay, relay_leg);
-    net.connect(SocketAddr::new(pub_b, 0), relay, relay_leg);
+    let relay_leg = Duration::from_millis(20);
+    net.connect(
+        SocketAddr::new(pub_a, 0),
+        relay,
+        Link::with_delay(relay_leg),
+    );
+    net.connect(
+        SocketAddr::new(pub_b, 0),
+        relay,
+        Link::with_delay(relay_leg),
+    );
     net.connect(
         SocketAddr::new(pub_a, 0),
         SocketAddr::new(pub_b, 0),
@@ -109,22 +131,43 @@ fn run(ka: Kind, kb: Kind, one_way: Duration) -> Outcome {
             observed[usize::from(d.payload[0])] = Some(d.from);
         }
     }
-    let key = [7u8; 32];
-    let mut pa = PathManager::new(PeerId::from_bytes([1; 32]), key);
-    let mut pb = PathManager::new(PeerId::from_bytes([2; 32]), key);
+    let key = [seed; 32];
+    // A dials B; each learns the other's candidates, NAT type and observed address from the
+    // Hello that travels through the relay.
+    let mut pa = PathManager::new(PeerId::from_bytes([1; 32]), key, true);
+    let mut pb = PathManager::new(PeerId::from_bytes([2; 32]), key, false);
     let start = net.now();
+    pa.set_local_mapping(mapping(ka));
+    pb.set_local_mapping(mapping(kb));
+    pa.set_remote_nat(mapping(kb), observed[1]);
+    pb.set_remote_nat(mapping(ka), observed[0]);
+    pa.set_relay_rtt(relay_leg * 4);
     pa.add_remote_candidates(start, &[observed[1].unwrap()]);
     pb.add_remote_candidates(start, &[observed[0].unwrap()]);
-    let end = start + Duration::from_secs(10);
+    pa.request_round(start);
+    // The Punch message reaches B after the relayed one-way delay.
+    let mut punch_at: Option<Instant> = None;
+    let end = start + Duration::from_secs(25);
     let mut direct_at = [None, None];
     let mut probes = 0u64;
     let mut now = start;
     loop {
+        if punch_at.is_some_and(|t| t <= now) {
+            pb.start_round(now);
+            punch_at = None;
+        }
         for (i, (pm, me)) in [(&mut pa, a), (&mut pb, b)].into_iter().enumerate() {
             pm.handle_timeout(now);
             while let Some(t) = pm.poll_transmit() {
                 probes += 1;
-                net.send(me, t.dst, t.payload);
+                // Auxiliary socket k is port + k on the same host.
+                let from = SocketAddr::new(me.ip(), me.port() + t.via);
+                net.send(from, t.dst, t.payload);
+            }
+            while let Some(e) = pm.poll_event() {
+                if let PathEvent::SendPunch { .. } = e {
+                    punch_at = Some(now + relay_leg * 2);
+                }
             }
             if direct_at[i].is_none() && matches!(pm.selected(), Path::Direct(_)) {
                 direct_at[i] = Some(now - start);
@@ -133,10 +176,15 @@ fn run(ka: Kind, kb: Kind, one_way: Duration) -> Outcome {
         if direct_at.iter().all(Option::is_some) {
             break;
         }
-        let next = [net.next_event(), pa.poll_timeout(), pb.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            net.next_event(),
+            pa.poll_timeout(),
+            pb.poll_timeout(),
+            punch_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let Some(next) = next.filter(|t| *t <= end) else {
             break;
         };
@@ -144,8 +192,12 @@ fn run(ka: Kind, kb: Kind, one_way: Duration) -> Outcome {
         net.advance_to(now);
         while let Some(d) = net.pop_due() {
             let pkt = Control::decode(&d.payload).unwrap();
-            let pm = if d.to == a { &mut pa } else { &mut pb };
-            pm.handle_control(now, d.from, &pkt);
+            let (pm, base) = if d.to.ip() == a.ip() {
+                (&mut pa, a.port())
+            } else {
+                (&mut pb, b.port())
+            };
+            pm.handle_control(now, d.from, d.to.port() - base, &pkt);
         }
     }
     Outcome {
@@ -156,16 +208,17 @@ fn run(ka: Kind, kb: Kind, one_way: Duration) -> Outcome {
     }
 }
 
-/// Whether a direct path is expected without port prediction: at least one side must have
-/// endpoint-independent mapping, and a symmetric side can only be reached by a peer whose
-/// filter does not check the port (the symmetric side's probes come from a fresh port).
+/// Whether a direct path is expected: everything but two symmetric NATs (a symmetric side
+/// behind a port-checking cone needs the birthday technique, which may take seconds).
 fn expect_direct(a: Kind, b: Kind) -> bool {
-    let reachable = |cone: Kind| !matches!(cone, Kind::PortRestrictedCone | Kind::Symmetric);
-    match (a, b) {
-        (Kind::Symmetric, Kind::Symmetric) => false,
-        (Kind::Symmetric, other) | (other, Kind::Symmetric) => reachable(other),
-        _ => true,
-    }
+    !(a == Kind::Symmetric && b == Kind::Symmetric)
+}
+
+fn needs_birthday(a: Kind, b: Kind) -> bool {
+    matches!(
+        (a, b),
+        (Kind::PortRestrictedCone, Kind::Symmetric) | (Kind::Symmetric, Kind::PortRestrictedCone)
+    )
 }
 
 #[test]
@@ -174,7 +227,7 @@ fn every_nat_pair_reaches_the_expected_path() {
         println!("direct-path one-way delay {one_way:?}:");
         for (i, &ka) in ALL.iter().enumerate() {
             for &kb in &ALL[i..] {
-                let o = run(ka, kb, one_way);
+                let o = run(ka, kb, one_way, 7);
                 println!(
                     "  {ka:?} x {kb:?}: {} ({} probes)",
                     o.direct_after
@@ -186,7 +239,9 @@ fn every_nat_pair_reaches_the_expected_path() {
                     expect_direct(ka, kb),
                     "{ka:?} x {kb:?}"
                 );
-                if let Some(d) = o.direct_after {
+                if let Some(d) = o.direct_after
+                    && !needs_birthday(ka, kb)
+                {
                     // Both sides open their filters with their first probes; a probe that
                     // hit a closed filter is retried after PROBE_RETRY.
                     let rtt = one_way * 2;
@@ -198,4 +253,36 @@ fn every_nat_pair_reaches_the_expected_path() {
             }
         }
     }
+}
+
+/// The birthday technique across 20 different probe secrets: how often and how fast a
+/// port-restricted cone and a symmetric NAT with random ports meet.
+#[test]
+fn birthday_technique_connects_cone_and_symmetric() {
+    let mut times = Vec::new();
+    for seed in 0..20u8 {
+        let o = run(
+            Kind::PortRestrictedCone,
+            Kind::Symmetric,
+            Duration::from_millis(25),
+            seed,
+        );
+        if let Some(d) = o.direct_after {
+            times.push(d);
+        }
+        println!(
+            "  seed {seed}: {} ({} probes)",
+            o.direct_after
+                .map_or("relay".to_string(), |d| format!("direct after {d:?}")),
+            o.probes
+        );
+    }
+    times.sort();
+    println!(
+        "birthday: {}/20 direct, median {:?}, max {:?}",
+        times.len(),
+        times.get(times.len() / 2),
+        times.last()
+    );
+    assert!(times.len() >= 19, "only {}/20 went direct", times.len());
 }

@@ -108,7 +108,7 @@ impl Node {
             if !packet::is_quic(d.payload[0]) {
                 let pkt = Control::decode(&d.payload).unwrap();
                 if let Some(pm) = &mut self.pm
-                    && pm.handle_control(now, d.from, &pkt)
+                    && pm.handle_control(now, d.from, p2pcall_nat::MAIN_SOCKET, &pkt)
                 {
                     self.validated.insert(d.from);
                 }
@@ -185,7 +185,7 @@ impl Node {
                     conn.crypto_session()
                         .export_keying_material(&mut key, b"p2pcall probe key v1", b"")
                         .unwrap();
-                    let mut pm = PathManager::new(self.id.id(), key);
+                    let mut pm = PathManager::new(self.id.id(), key, false);
                     // In the endpoint the candidates travel in the control stream's Hello.
                     pm.add_remote_candidates(now, &[self.peer_addr]);
                     self.pm = Some(pm);

@@ -190,9 +190,9 @@ pub fn ping(lab: &mut Lab, id: &str, count: u32) -> Outcome {
 }
 
 /// A whole lab run for one NAT pair; `None` when the lab cannot run here.
-pub fn run_pair(a: Nat, b: Nat, impair: Impair) -> Option<Outcome> {
+pub fn run_pair(a: Nat, b: Nat, impair: Impair, pings: u32) -> Option<Outcome> {
     let (mut lab, id, _b) = lab_with_listener(a, b, impair)?;
-    let mut o = ping(&mut lab, &id, 20);
+    let mut o = ping(&mut lab, &id, pings);
     o.rtt_ms = 2.0 * impair.one_way_delay.as_secs_f64() * 1000.0;
     if o.direct_ms.is_none() {
         eprintln!("router A mappings:\n{}", lab.conntrack(Host::RouterA));
