@@ -72,6 +72,8 @@ enum Cmd {
     Listen,
     /// Open the end-to-end encrypted connection to a peer and measure RTT
     Ping(PingArgs),
+    /// Send data to a peer on one stream and measure throughput; the peer verifies every byte
+    Speedtest(SpeedtestArgs),
     /// In-process relay and two peers: register, connect, ping, stream; print what happened
     Demo(DemoArgs),
     /// Report this network's NAT behaviour as seen through the relay, and our candidates
@@ -128,6 +130,15 @@ struct PingArgs {
 }
 
 #[derive(Args, Debug)]
+struct SpeedtestArgs {
+    /// The peer: fingerprint (or its first 4+ digits), full id, or display name
+    peer: String,
+    /// Bytes to send
+    #[arg(long, default_value_t = 256 << 20)]
+    bytes: u64,
+}
+
+#[derive(Args, Debug)]
 struct DemoArgs {
     /// Bytes to stream from one peer to the other
     #[arg(long, default_value_t = 64 << 20)]
@@ -175,6 +186,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Peers => peers(&cli).await,
         Cmd::Listen => listen(&cli).await,
         Cmd::Ping(a) => ping(&cli, a).await,
+        Cmd::Speedtest(a) => speedtest(&cli, a).await,
         Cmd::Netcheck => netcheck(&cli).await,
     }
 }
@@ -496,6 +508,81 @@ async fn listen(cli: &Cli) -> Result<()> {
         }
     }
     engine.shutdown().await;
+    Ok(())
+}
+
+async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
+    let (engine, mut events) = start_engine(cli, true).await?;
+    wait_online(&engine, &mut events).await?;
+    engine.wait_presence(RELAY_WAIT).await?;
+    let peer = engine.resolve_peer(&a.peer)?;
+    let t0 = Instant::now();
+    let conn = engine
+        .connect(peer)
+        .await
+        .with_context(|| format!("connecting to {}", peer.fingerprint()))?;
+    let connected = Instant::now();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "connect_ms": ms(connected - t0), "path": path_str(&conn.path())})
+        );
+    } else {
+        println!(
+            "connected to {} in {:.1} ms via {}; sending {} bytes",
+            peer.fingerprint(),
+            ms(connected - t0),
+            path_str(&conn.path()),
+            a.bytes
+        );
+    }
+    let test = engine.speedtest(peer, a.bytes);
+    tokio::pin!(test);
+    let report = loop {
+        tokio::select! {
+            r = &mut test => break r?,
+            e = events.recv() => match e {
+                Some(e @ EngineEvent::Net(Event::PathChanged { .. })) => {
+                    let EngineEvent::Net(Event::PathChanged { at, .. }) = &e else { continue };
+                    if cli.json {
+                        let mut v = event_json(&e);
+                        v["since_connect_ms"] = json!(ms(at.saturating_duration_since(connected)));
+                        println!("{v}");
+                    } else {
+                        print_event(false, &e);
+                    }
+                }
+                Some(_) => {}
+                None => bail!("engine stopped"),
+            },
+        }
+    };
+    let s = conn.stats();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "bytes": report.bytes, "seconds": report.elapsed.as_secs_f64(), "mbit_s": report.mbit_per_s(), "verified": report.verified, "tx_relay": s.tx_relay, "tx_direct": s.tx_direct, "path": path_str(&s.path)})
+        );
+    } else {
+        println!(
+            "{} bytes in {:.2} s: {:.1} Mbit/s, {}; {} bytes via the relay, {} direct; path now {}",
+            report.bytes,
+            report.elapsed.as_secs_f64(),
+            report.mbit_per_s(),
+            if report.verified {
+                "verified by the peer"
+            } else {
+                "NOT verified"
+            },
+            s.tx_relay,
+            s.tx_direct,
+            path_str(&s.path)
+        );
+    }
+    engine.shutdown().await;
+    if !report.verified {
+        bail!("the peer received different data than was sent");
+    }
     Ok(())
 }
 

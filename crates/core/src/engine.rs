@@ -71,6 +71,9 @@ pub enum EngineError {
         /// Who matched.
         candidates: String,
     },
+    /// A stream to the peer failed.
+    #[error("the stream to the peer failed: {0}")]
+    Stream(String),
     /// The relay did not deliver the presence list in time.
     #[error("the relay did not send the peer list within {0:?}")]
     NoPresence(Duration),
@@ -157,6 +160,7 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Se
                 if let Ok(mut c) = shared.connections.lock() {
                     c.insert(conn.peer(), conn.clone());
                 }
+                tokio::spawn(crate::streams::serve(conn.clone()));
                 EngineEvent::PeerConnected {
                     conn,
                     incoming: true,
@@ -261,7 +265,18 @@ impl EngineHandle {
         if let Ok(mut c) = self.shared.connections.lock() {
             c.insert(peer, conn.clone());
         }
+        tokio::spawn(crate::streams::serve(conn.clone()));
         Ok(conn)
+    }
+
+    /// Sends `bytes` to `peer` on a new stream and checks that every byte arrived.
+    pub async fn speedtest(
+        &self,
+        peer: PeerId,
+        bytes: u64,
+    ) -> Result<crate::streams::SpeedReport, EngineError> {
+        let conn = self.connect(peer).await?;
+        crate::streams::speedtest(&conn, bytes).await
     }
 
     /// Pings `peer` once over its connection.

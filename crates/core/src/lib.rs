@@ -4,12 +4,14 @@
 //! * [`settings`]: TOML settings in the platform config dir.
 //! * [`engine`]: commands in ([`EngineHandle`] methods), events out ([`EngineEvent`]).
 //! * [`demo`]: an in-process relay and two peers, end to end.
+//! * [`streams`]: application streams on a peer connection (speed test).
 #![forbid(unsafe_code)]
 
 pub mod demo;
 pub mod engine;
 pub mod identity;
 pub mod settings;
+pub mod streams;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, PingReport};
 pub use p2pcall_net::{Path, RelayTransport};

@@ -352,6 +352,24 @@ impl Lab {
         Ok(())
     }
 
+    /// Cuts (or restores) the internet between the two home routers, leaving both able to
+    /// reach the relay: the direct path dies, the relayed one lives.
+    pub fn cut_direct(&self, cut: bool) -> io::Result<()> {
+        let rules = if cut {
+            "table ip cut {
+  chain forward_cut {
+    type filter hook forward priority -10; policy accept;
+    ip saddr 203.0.113.0/28 ip daddr 203.0.113.16/28 drop
+    ip saddr 203.0.113.16/28 ip daddr 203.0.113.0/28 drop
+  }
+}
+"
+        } else {
+            "delete table ip cut\n"
+        };
+        run_stdin(self.command(Host::Inet, "nft").args(["-f", "-"]), rules)
+    }
+
     /// The UDP NAT mappings router `h` holds now (`conntrack -L -p udp`), for diagnostics.
     pub fn conntrack(&self, h: Host) -> String {
         self.command(h, "conntrack")

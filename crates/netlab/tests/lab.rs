@@ -7,8 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Outcome, run_pair};
-use p2pcall_netlab::{Impair, Nat};
+use common::{Lines, Outcome, lab_with_listener, p2pcall, run_pair};
+use std::process::Stdio;
+use std::time::Instant;
+
+use p2pcall_netlab::{Host, Impair, Nat, RELAY_IP};
 
 /// Pings every 100 ms; enough for the birthday technique (a few seconds, up to 20).
 const PINGS: u32 = 30;
@@ -73,4 +76,93 @@ fn cone_x_cone_at_50ms_rtt() {
         ..Impair::default()
     };
     check(Nat::Cone, Nat::Cone, impair, true);
+}
+
+/// A stream running while the connection moves from the relay to the direct path arrives
+/// complete (the receiver hashes every byte), and both paths carried part of it.
+#[test]
+fn a_stream_survives_the_switch_to_direct() {
+    let impair = Impair {
+        one_way_delay: Duration::from_millis(25),
+        rate_kbit: Some(20_000),
+        ..Impair::default()
+    };
+    let Some((mut lab, id, _b)) = lab_with_listener(Nat::Cone, Nat::Cone, impair) else {
+        return;
+    };
+    let mut cmd = lab.command(Host::PeerA, p2pcall());
+    cmd.arg("--data-dir")
+        .arg(lab.dir.join("a"))
+        .args([
+            "--relay",
+            &format!("{RELAY_IP}:7700"),
+            "--json",
+            "speedtest",
+            &id,
+        ])
+        .args(["--bytes", &(3u64 << 20).to_string()])
+        .stdout(Stdio::piped());
+    let child = lab.spawn(&mut cmd).unwrap();
+    let lines = Lines::new(child.stdout.take().unwrap()).collect(Duration::from_secs(60));
+    let result = lines
+        .iter()
+        .find(|v| v["event"] == "result")
+        .unwrap_or_else(|| panic!("no result: {lines:?}"));
+    eprintln!("{result}");
+    assert_eq!(result["verified"], true, "{lines:?}");
+    assert!(result["tx_relay"].as_u64().unwrap() > 0, "{result}");
+    assert!(
+        result["tx_direct"].as_u64().unwrap() > 1 << 20,
+        "most of the stream goes direct: {result}"
+    );
+    assert!(result["path"].as_str().unwrap().starts_with("direct"));
+}
+
+/// A direct path that stops working: the connection falls back to the relay within 2 s and
+/// keeps working; when the path returns, the connection goes direct again.
+#[test]
+fn a_dead_direct_path_falls_back_to_the_relay() {
+    let Some((mut lab, id, _b)) = lab_with_listener(Nat::Cone, Nat::Cone, Impair::default()) else {
+        return;
+    };
+    let mut cmd = lab.command(Host::PeerA, p2pcall());
+    cmd.arg("--data-dir")
+        .arg(lab.dir.join("a"))
+        .args([
+            "--relay",
+            &format!("{RELAY_IP}:7700"),
+            "--json",
+            "ping",
+            &id,
+        ])
+        .args(["--count", "60", "--interval", "100"])
+        .stdout(Stdio::piped());
+    let child = lab.spawn(&mut cmd).unwrap();
+    let lines = Lines::new(child.stdout.take().unwrap());
+    let connected = lines.wait_event("connected", Duration::from_secs(20));
+    let t_connected = Instant::now();
+    assert_eq!(connected["path"], "relay");
+    let direct = lines.wait_event("path_changed", Duration::from_secs(5));
+    assert!(direct["path"].as_str().unwrap().starts_with("direct"));
+    std::thread::sleep(Duration::from_millis(500));
+    lab.cut_direct(true).unwrap();
+    let cut_ms = t_connected.elapsed().as_secs_f64() * 1000.0;
+    let back = lines.wait_event("path_changed", Duration::from_secs(5));
+    assert_eq!(back["path"], "relay", "{back}");
+    // Measured from the ping's own clock (it noted the connection before we read the line,
+    // so this overestimates a little).
+    let fallback_ms = back["since_connect_ms"].as_f64().unwrap() - cut_ms;
+    eprintln!("direct -> relay fallback after {fallback_ms:.0} ms");
+    assert!(fallback_ms <= 2000.0, "fallback took {fallback_ms} ms");
+    lab.cut_direct(false).unwrap();
+    let rest = lines.collect(Duration::from_secs(30));
+    let summary = rest.iter().find(|v| v["event"] == "summary").unwrap();
+    // Pings in flight when the path died are lost; everything after the fallback arrives.
+    let after: Vec<_> = rest.iter().filter(|v| v["event"] == "ping").collect();
+    assert!(after.len() > 20, "{rest:?}");
+    assert!(
+        after.iter().rev().take(10).all(|v| v["rtt_ms"].is_number()),
+        "the connection works after the fallback: {rest:?}"
+    );
+    eprintln!("{summary}");
 }
