@@ -75,6 +75,7 @@ async fn endpoint(relay: SocketAddr, direct: bool) -> Result<(Endpoint, mpsc::Re
             relay_key: None,
         }),
         direct_paths: direct,
+        port_mapping: false,
     })
     .await?;
     ep.wait_relay(Duration::from_secs(5)).await?;

@@ -53,6 +53,9 @@ struct Cli {
     /// encrypted; hides your addresses from peers)
     #[arg(long, global = true)]
     relay_only: bool,
+    /// Do not ask the home router for a port mapping (UPnP-IGD, NAT-PMP, PCP)
+    #[arg(long, global = true, env = "P2PCALL_NO_PORT_MAPPING")]
+    no_port_mapping: bool,
     /// Machine-readable output: one JSON object (or JSON lines for streams of events)
     #[arg(long, global = true)]
     json: bool,
@@ -256,6 +259,8 @@ async fn start_engine(
         }),
     );
     cfg.direct_paths = !cli.relay_only;
+    cfg.port_mapping =
+        !cli.relay_only && !cli.no_port_mapping && ctx.settings.port_mapping.unwrap_or(true);
     Ok(Engine::start(cfg).await?)
 }
 

@@ -13,7 +13,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_p2pcall");
 
 fn cmd(dir: &std::path::Path) -> Command {
     let mut c = Command::new(BIN);
-    c.arg("--data-dir").arg(dir).env_remove("RUST_LOG");
+    // Tests talk to loopback only: never ask this machine's gateway for a port mapping.
+    c.arg("--data-dir")
+        .arg(dir)
+        .env_remove("RUST_LOG")
+        .env("P2PCALL_NO_PORT_MAPPING", "true");
     c
 }
 

@@ -83,6 +83,8 @@ async fn peer(
             relay_key: None,
         }),
     );
+    // Loopback only: no gateway to ask for a port mapping.
+    cfg.port_mapping = false;
     cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
     Ok(Engine::start(cfg).await?)
 }

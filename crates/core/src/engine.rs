@@ -32,6 +32,8 @@ pub struct EngineConfig {
     pub bind: SocketAddr,
     /// Look for direct paths.
     pub direct_paths: bool,
+    /// Ask the gateway for a port mapping (UPnP-IGD, NAT-PMP, PCP).
+    pub port_mapping: bool,
 }
 
 impl EngineConfig {
@@ -43,6 +45,7 @@ impl EngineConfig {
             relay,
             bind: SocketAddr::from(([0u16; 8], 0)),
             direct_paths: true,
+            port_mapping: true,
         }
     }
 }
@@ -140,6 +143,7 @@ impl Engine {
             bind: cfg.bind,
             relay: cfg.relay,
             direct_paths: cfg.direct_paths,
+            port_mapping: cfg.port_mapping,
         })
         .await?;
         let shared = Arc::new(Shared {

@@ -17,6 +17,8 @@ pub struct Settings {
     pub relay: Option<String>,
     /// Relay access token.
     pub token: Option<String>,
+    /// Ask the home router for a port mapping (UPnP-IGD, NAT-PMP, PCP) [default: true].
+    pub port_mapping: Option<bool>,
 }
 
 /// Where the data dir and the settings live.

@@ -76,6 +76,9 @@ pub struct EndpointConfig {
     /// Look for direct paths (announce candidates, answer probes). Off keeps every
     /// connection on the relay (privacy: peers do not learn our addresses; benchmarks).
     pub direct_paths: bool,
+    /// Ask the gateway for a UDP port mapping (UPnP-IGD, NAT-PMP, PCP) and offer the mapped
+    /// address as a candidate. No gateway, or one that refuses, is normal.
+    pub port_mapping: bool,
 }
 
 /// Which transport the relay session uses.
@@ -182,8 +185,12 @@ pub(crate) struct Inner {
     pub direct_paths: bool,
     /// Our NAT's mapping behaviour; `None` while being measured.
     pub mapping: tokio::sync::watch::Sender<Option<Mapping>>,
-    /// Bumped when the local interface addresses change.
+    /// Bumped when the local interface addresses or the port mapping change.
     pub net_epoch: tokio::sync::watch::Sender<u64>,
+    /// The gateway's port mapping client (keeps the mapping renewed while alive).
+    pub port_mapper: Option<portmapper::Client>,
+    /// The public address the gateway mapped for us.
+    pub mapped: Mutex<Option<SocketAddr>>,
 }
 
 impl Inner {
@@ -302,6 +309,15 @@ impl Endpoint {
             addr: cfg.bind,
             source,
         })?;
+        let port_mapper = (cfg.port_mapping && cfg.direct_paths)
+            .then(|| std::num::NonZeroU16::new(socket.local_port()))
+            .flatten()
+            .map(|port| {
+                let c = portmapper::Client::new(portmapper::Config::default());
+                c.update_local_port(port);
+                c.procure_mapping();
+                c
+            });
         let (events, events_rx) = mpsc::channel(1024);
         let (relay_cmd, relay_cmd_rx) = mpsc::channel(256);
         let inner = Arc::new(Inner {
@@ -321,7 +337,15 @@ impl Endpoint {
             direct_paths: cfg.direct_paths,
             mapping: tokio::sync::watch::Sender::new(None),
             net_epoch: tokio::sync::watch::Sender::new(0),
+            port_mapper,
+            mapped: Mutex::new(None),
         });
+        if let Some(pm) = &inner.port_mapper {
+            tokio::spawn(watch_port_mapping(
+                inner.clone(),
+                pm.watch_external_address(),
+            ));
+        }
         tokio::spawn(control_dispatch(inner.clone(), control_rx));
         tokio::spawn(watch_interfaces(inner.clone()));
         tokio::spawn(accept_loop(inner.clone()));
@@ -683,6 +707,9 @@ fn local_candidates(inner: &Inner) -> Vec<SocketAddr> {
             }
         }
     }
+    if let Some(m) = inner.mapped.lock().ok().and_then(|g| *g) {
+        out.push(m);
+    }
     if let Some(o) = inner.observed.lock().ok().and_then(|g| *g).map(canonical) {
         out.push(o);
         // A port-preserving NAT maps our port to the same public port toward the peer.
@@ -970,6 +997,26 @@ async fn drive_connection(
     inner
         .emit(crate::Event::ConnectionClosed { peer, reason })
         .await;
+}
+
+/// Follows the gateway's port mapping: a new mapped address is announced to every
+/// connection's peer (through `net_epoch`).
+async fn watch_port_mapping(
+    inner: Arc<Inner>,
+    mut rx: tokio::sync::watch::Receiver<Option<std::net::SocketAddrV4>>,
+) {
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        let mapped = (*rx.borrow_and_update()).map(SocketAddr::V4);
+        tracing::info!(?mapped, "gateway port mapping");
+        if let Ok(mut m) = inner.mapped.lock() {
+            *m = mapped;
+        }
+        inner.net_epoch.send_modify(|e| *e += 1);
+    }
 }
 
 /// Watches the local interface addresses; a change bumps `net_epoch` (connections announce

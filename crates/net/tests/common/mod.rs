@@ -49,6 +49,7 @@ pub async fn peer_with(name: &str, identity: Identity, relay: RelayConfig, direc
         bind: loopback(),
         relay: Some(relay),
         direct_paths: direct,
+        port_mapping: false,
     })
     .await
     .unwrap();

@@ -63,6 +63,11 @@ impl Lines {
         }
     }
 
+    /// The next line, if one comes within `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<Value> {
+        self.0.recv_timeout(timeout).ok()
+    }
+
     /// Every line until the program ends.
     pub fn collect(&self, timeout: Duration) -> Vec<Value> {
         let end = Instant::now() + timeout;
