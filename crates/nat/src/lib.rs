@@ -70,6 +70,9 @@ pub const MAX_CANDIDATES: usize = 48;
 const MAX_PENDING: usize = 256;
 /// While relayed, the dialer starts a coordinated punching round this often.
 pub const REPUNCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Rounds start at most this often (a peer flooding `Punch` or `Candidates` frames must not
+/// turn us into a probe cannon); a request within it is deferred, not dropped.
+pub const MIN_ROUND_GAP: Duration = Duration::from_secs(1);
 /// Auxiliary sockets the symmetric side opens for the birthday technique.
 pub const BIRTHDAY_SOCKETS: u16 = 256;
 /// Birthday probes per second, per side.
@@ -186,6 +189,7 @@ pub struct PathManager {
     round: u32,
     round_at: Option<Instant>,
     last_round: Option<Instant>,
+    round_deferred: bool,
     birthday: Option<Birthday>,
 }
 
@@ -211,6 +215,7 @@ impl PathManager {
             round: 0,
             round_at: None,
             last_round: None,
+            round_deferred: false,
             birthday: None,
         }
     }
@@ -254,6 +259,11 @@ impl PathManager {
         if !self.dialer {
             return;
         }
+        if self.last_round.is_some_and(|t| now < t + MIN_ROUND_GAP) {
+            self.round_deferred = true;
+            return;
+        }
+        self.round_deferred = false;
         self.round += 1;
         self.last_round = Some(now);
         self.events
@@ -263,6 +273,9 @@ impl PathManager {
 
     /// (Other side) the peer's `Punch` arrived: start the round now.
     pub fn start_round(&mut self, now: Instant) {
+        if self.last_round.is_some_and(|t| now < t + MIN_ROUND_GAP / 2) {
+            return;
+        }
         self.last_round = Some(now);
         self.round_at = Some(now);
     }
@@ -507,6 +520,9 @@ impl PathManager {
         if self.round_at.is_some_and(|t| t <= now) {
             self.begin_round(now);
         }
+        if self.round_deferred && self.last_round.is_none_or(|t| now >= t + MIN_ROUND_GAP) {
+            self.request_round(now);
+        }
         if self.dialer
             && self.selected == Path::Relay
             && self.round_at.is_none()
@@ -589,6 +605,10 @@ impl PathManager {
             .filter(|_| self.dialer && self.selected == Path::Relay)
             .map(|t| t + REPUNCH_INTERVAL);
         let birthday = self.birthday.map(|b| b.next.min(b.until));
+        let deferred = self
+            .last_round
+            .filter(|_| self.round_deferred)
+            .map(|t| t + MIN_ROUND_GAP);
         let timers = self.candidates.iter().map(|c| match c.state {
             CandState::Probing { next, .. } => next,
             CandState::Failed { retry_at } => retry_at,
@@ -607,6 +627,7 @@ impl PathManager {
             .chain(self.round_at)
             .chain(repunch)
             .chain(birthday)
+            .chain(deferred)
             .min()
     }
 

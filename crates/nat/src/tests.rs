@@ -388,3 +388,39 @@ fn birthday_probes_are_rate_limited_and_bounded_in_time() {
         assert!(birthday_probes(l, r).len() <= 2 * PROBE_TRIES as usize);
     }
 }
+
+#[test]
+fn rounds_are_rate_limited_but_not_lost() {
+    let now = Instant::now();
+    let mut m = PathManager::new(id(1), [3; 32], true);
+    m.request_round(now);
+    assert_eq!(m.poll_event(), Some(PathEvent::SendPunch { round: 1 }));
+    // A flood of triggers within the gap becomes one deferred round.
+    for i in 1..100 {
+        m.request_round(now + Duration::from_millis(i));
+    }
+    assert_eq!(m.poll_event(), None);
+    // The first round starts (RTT/2 later); the deferred one is due a gap after the first.
+    m.handle_timeout(now + Duration::from_millis(100));
+    assert_eq!(m.poll_event(), None);
+    assert_eq!(m.poll_timeout(), Some(now + MIN_ROUND_GAP));
+    m.handle_timeout(now + MIN_ROUND_GAP);
+    assert_eq!(m.poll_event(), Some(PathEvent::SendPunch { round: 2 }));
+    assert_eq!(m.poll_event(), None);
+
+    // The other side ignores Punch frames that come faster than the dialer may send them.
+    let mut other = PathManager::new(id(2), [3; 32], false);
+    let peer: SocketAddr = "192.0.2.9:9000".parse().unwrap();
+    other.add_remote_candidates(now, &[peer]);
+    other.start_round(now);
+    other.handle_timeout(now);
+    let first = std::iter::from_fn(|| other.poll_transmit()).count();
+    assert!(first >= 1);
+    for i in 1..100 {
+        let t = now + Duration::from_millis(i);
+        other.start_round(t);
+        other.handle_timeout(t);
+    }
+    let flood = std::iter::from_fn(|| other.poll_transmit()).count();
+    assert!(flood <= 1, "{flood} probes from 99 Punch frames");
+}
