@@ -516,27 +516,76 @@ async fn listen(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
+/// A connection opened for a command: the engine, its events, the peer, and timings.
+struct Dialed {
+    engine: EngineHandle,
+    events: tokio::sync::mpsc::Receiver<EngineEvent>,
+    peer: p2pcall_core::PeerId,
+    conn: p2pcall_net::PeerConnection,
+    transport: RelayTransport,
+    /// How long the connection took to come up.
+    setup: Duration,
+    /// When it was up.
+    connected: Instant,
+}
+
+/// Registers with the relay, finds the peer the user means, and connects to it.
+async fn dial(cli: &Cli, query: &str) -> Result<Dialed> {
     let (engine, mut events) = start_engine(cli, true).await?;
-    wait_online(&engine, &mut events).await?;
+    let transport = wait_online(&engine, &mut events).await?;
     engine.wait_presence(RELAY_WAIT).await?;
-    let peer = engine.resolve_peer(&a.peer)?;
+    let peer = engine.resolve_peer(query)?;
     let t0 = Instant::now();
     let conn = engine
         .connect(peer)
         .await
         .with_context(|| format!("connecting to {}", peer.fingerprint()))?;
     let connected = Instant::now();
+    Ok(Dialed {
+        engine,
+        events,
+        peer,
+        conn,
+        transport,
+        setup: connected - t0,
+        connected,
+    })
+}
+
+/// Prints a path change; in JSON with its time since the connection came up.
+fn print_path_change(json: bool, e: &EngineEvent, connected: Instant) {
+    let EngineEvent::Net(Event::PathChanged { at, .. }) = e else {
+        return;
+    };
+    if json {
+        let mut v = event_json(e);
+        v["since_connect_ms"] = json!(ms(at.saturating_duration_since(connected)));
+        println!("{v}");
+    } else {
+        print_event(false, e);
+    }
+}
+
+async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
+    let Dialed {
+        engine,
+        mut events,
+        peer,
+        conn,
+        setup,
+        connected,
+        ..
+    } = dial(cli, &a.peer).await?;
     if cli.json {
         println!(
             "{}",
-            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "connect_ms": ms(connected - t0), "path": path_str(&conn.path())})
+            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "connect_ms": ms(setup), "path": path_str(&conn.path())})
         );
     } else {
         println!(
             "connected to {} in {:.1} ms via {}; sending {} bytes",
             peer.fingerprint(),
-            ms(connected - t0),
+            ms(setup),
             path_str(&conn.path()),
             a.bytes
         );
@@ -547,17 +596,7 @@ async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
         tokio::select! {
             r = &mut test => break r?,
             e = events.recv() => match e {
-                Some(e @ EngineEvent::Net(Event::PathChanged { .. })) => {
-                    let EngineEvent::Net(Event::PathChanged { at, .. }) = &e else { continue };
-                    if cli.json {
-                        let mut v = event_json(&e);
-                        v["since_connect_ms"] = json!(ms(at.saturating_duration_since(connected)));
-                        println!("{v}");
-                    } else {
-                        print_event(false, &e);
-                    }
-                }
-                Some(_) => {}
+                Some(e) => print_path_change(cli.json, &e, connected),
                 None => bail!("engine stopped"),
             },
         }
@@ -592,16 +631,15 @@ async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
 }
 
 async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
-    let (engine, mut events) = start_engine(cli, true).await?;
-    let transport = wait_online(&engine, &mut events).await?;
-    engine.wait_presence(RELAY_WAIT).await?;
-    let peer = engine.resolve_peer(&a.peer)?;
-    let t0 = Instant::now();
-    let conn = engine
-        .connect(peer)
-        .await
-        .with_context(|| format!("connecting to {}", peer.fingerprint()))?;
-    let setup = t0.elapsed();
+    let Dialed {
+        engine,
+        mut events,
+        peer,
+        conn,
+        transport,
+        setup,
+        connected,
+    } = dial(cli, &a.peer).await?;
     if cli.json {
         println!(
             "{}",
@@ -636,16 +674,10 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
         }
         sent += 1;
         while let Ok(e) = events.try_recv() {
-            if let EngineEvent::Net(Event::PathChanged { peer: p, at, .. }) = &e
+            if let EngineEvent::Net(Event::PathChanged { peer: p, .. }) = &e
                 && *p == peer
             {
-                if cli.json {
-                    let mut v = event_json(&e);
-                    v["since_connect_ms"] = json!(ms(at.saturating_duration_since(t0 + setup)));
-                    println!("{v}");
-                } else {
-                    print_event(false, &e);
-                }
+                print_path_change(cli.json, &e, connected);
             }
         }
         let r = engine.ping(peer, seq).await?;

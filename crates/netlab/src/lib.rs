@@ -157,17 +157,10 @@ pub struct Lab {
 static LABS: AtomicU32 = AtomicU32::new(0);
 
 fn run(cmd: &mut Command) -> io::Result<()> {
-    let out = cmd.stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    run_stdin(cmd, "")
 }
 
+/// Runs `cmd` with `input` on its standard input; its error output becomes the error.
 fn run_stdin(cmd: &mut Command, input: &str) -> io::Result<()> {
     use std::io::Write;
     let mut child = cmd

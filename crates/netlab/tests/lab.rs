@@ -7,11 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Lines, Outcome, lab_with_listener, p2pcall, run_pair};
-use std::process::Stdio;
+use common::{Outcome, lab_with_listener, run_a, run_pair};
 use std::time::Instant;
 
-use p2pcall_netlab::{Host, Impair, Nat, RELAY_IP};
+use p2pcall_netlab::{Impair, Nat};
 
 /// Pings every 100 ms; enough for the birthday technique (a few seconds, up to 20).
 const PINGS: u32 = 30;
@@ -90,20 +89,9 @@ fn a_stream_survives_the_switch_to_direct() {
     let Some((mut lab, id, _b)) = lab_with_listener(Nat::Cone, Nat::Cone, impair) else {
         return;
     };
-    let mut cmd = lab.command(Host::PeerA, p2pcall());
-    cmd.arg("--data-dir")
-        .arg(lab.dir.join("a"))
-        .args([
-            "--relay",
-            &format!("{RELAY_IP}:7700"),
-            "--json",
-            "speedtest",
-            &id,
-        ])
-        .args(["--bytes", &(3u64 << 20).to_string()])
-        .stdout(Stdio::piped());
-    let child = lab.spawn(&mut cmd).unwrap();
-    let lines = Lines::new(child.stdout.take().unwrap()).collect(Duration::from_secs(60));
+    let bytes = (3u64 << 20).to_string();
+    let (_, lines) = run_a(&mut lab, &["speedtest", &id, "--bytes", &bytes]);
+    let lines = lines.collect(Duration::from_secs(60));
     let result = lines
         .iter()
         .find(|v| v["event"] == "result")
@@ -125,20 +113,10 @@ fn a_dead_direct_path_falls_back_to_the_relay() {
     let Some((mut lab, id, _b)) = lab_with_listener(Nat::Cone, Nat::Cone, Impair::default()) else {
         return;
     };
-    let mut cmd = lab.command(Host::PeerA, p2pcall());
-    cmd.arg("--data-dir")
-        .arg(lab.dir.join("a"))
-        .args([
-            "--relay",
-            &format!("{RELAY_IP}:7700"),
-            "--json",
-            "ping",
-            &id,
-        ])
-        .args(["--count", "60", "--interval", "100"])
-        .stdout(Stdio::piped());
-    let child = lab.spawn(&mut cmd).unwrap();
-    let lines = Lines::new(child.stdout.take().unwrap());
+    let (_, lines) = run_a(
+        &mut lab,
+        &["ping", &id, "--count", "60", "--interval", "100"],
+    );
     let connected = lines.wait_event("connected", Duration::from_secs(20));
     let t_connected = Instant::now();
     assert_eq!(connected["path"], "relay");
@@ -171,21 +149,7 @@ fn a_dead_direct_path_falls_back_to_the_relay() {
 /// probes sent by the dialing side by then; `None` if still relayed after `limit`.
 fn time_to_direct(a: Nat, b: Nat, impair: Impair, limit: Duration) -> Option<(Option<f64>, u64)> {
     let (mut lab, id, _b) = lab_with_listener(a, b, impair)?;
-    let mut cmd = lab.command(Host::PeerA, p2pcall());
-    cmd.arg("--data-dir")
-        .arg(lab.dir.join("a"))
-        .args([
-            "--relay",
-            &format!("{RELAY_IP}:7700"),
-            "--json",
-            "ping",
-            &id,
-        ])
-        .args(["--watch", "--interval", "100"])
-        .stdout(Stdio::piped());
-    let child = lab.spawn(&mut cmd).unwrap();
-    let pid = child.id();
-    let lines = Lines::new(child.stdout.take().unwrap());
+    let (pid, lines) = run_a(&mut lab, &["ping", &id, "--watch", "--interval", "100"]);
     lines.wait_event("connected", Duration::from_secs(20));
     let end = Instant::now() + limit;
     let mut direct = None;

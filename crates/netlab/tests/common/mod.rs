@@ -157,19 +157,26 @@ impl Outcome {
     }
 }
 
-/// Pings B from A `count` times and reports.
-pub fn ping(lab: &mut Lab, id: &str, count: u32) -> Outcome {
-    let bin = p2pcall();
+/// Runs `p2pcall --json ARGS` as peer A (registered with the lab's relay); returns its pid
+/// and its JSON lines.
+pub fn run_a(lab: &mut Lab, args: &[&str]) -> (u32, Lines) {
     let relay = format!("{RELAY_IP}:7700");
-    let mut cmd = lab.command(Host::PeerA, &bin);
+    let mut cmd = lab.command(Host::PeerA, p2pcall());
     cmd.arg("--data-dir")
         .arg(lab.dir.join("a"))
-        .args(["--relay", &relay, "--name", "alice", "--json", "ping", id])
-        .args(["--count", &count.to_string(), "--interval", "100"])
+        .args(["--relay", &relay, "--name", "alice", "--json"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let child = lab.spawn(&mut cmd).unwrap();
-    let lines = Lines::new(child.stdout.take().unwrap()).collect(Duration::from_secs(60));
+    (child.id(), Lines::new(child.stdout.take().unwrap()))
+}
+
+/// Pings B from A `count` times and reports.
+pub fn ping(lab: &mut Lab, id: &str, count: u32) -> Outcome {
+    let count = count.to_string();
+    let (_, lines) = run_a(lab, &["ping", id, "--count", &count, "--interval", "100"]);
+    let lines = lines.collect(Duration::from_secs(60));
     let find = |e: &str| lines.iter().find(|v| v["event"] == e).cloned();
     let connected = find("connected").unwrap_or_else(|| panic!("no connection: {lines:?}"));
     let summary = find("summary").unwrap_or_else(|| panic!("no summary: {lines:?}"));
