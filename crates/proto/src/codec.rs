@@ -178,6 +178,25 @@ impl<'a> Reader<'a> {
         }
         Ok(len)
     }
+
+    /// Reads a u32 count of items, refusing counts above `max` and counts that could not fit
+    /// in the rest of the input at `min_item` bytes each (so a count never drives a large
+    /// allocation the input cannot back).
+    pub fn count32(
+        &mut self,
+        field: &'static str,
+        max: usize,
+        min_item: usize,
+    ) -> Result<usize, DecodeError> {
+        let len = self.u32(field)? as usize;
+        if len > max {
+            return Err(DecodeError::TooLong { field, len, max });
+        }
+        if len.saturating_mul(min_item.max(1)) > self.remaining() {
+            return Err(DecodeError::Truncated { field });
+        }
+        Ok(len)
+    }
 }
 
 /// Writes the fields read by [`Reader`].

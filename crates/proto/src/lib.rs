@@ -8,18 +8,22 @@
 //!   header, address reflection and path probes. Their first byte is below `0x40`, so they can
 //!   never be confused with QUIC packets (whose fixed bit `0x40` is always set: p2pcall
 //!   endpoints never negotiate QUIC bit greasing).
+//! * [`chat`]: chat messages and receipts between two peers.
+//! * [`transfer`]: file and folder-tree offers, answers and data records.
 //!
 //! Every decoder treats its input as hostile: it returns a precise [`DecodeError`] and never
 //! panics or allocates more than the input's length.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod chat;
 pub mod codec;
 pub mod frame;
 pub mod id;
 pub mod packet;
 pub mod peer;
 pub mod relay;
+pub mod transfer;
 
 pub use codec::DecodeError;
 pub use id::{Fingerprint, PeerId, SafetyNumber};
