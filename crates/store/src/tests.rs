@@ -1,0 +1,186 @@
+use super::*;
+
+fn peer(n: u8) -> PeerId {
+    PeerId::from_bytes([n; 32])
+}
+
+#[test]
+fn messages_are_queued_in_sequence_and_only_move_forward() {
+    let s = Store::open_in_memory().unwrap();
+    let (a, b) = (peer(1), peer(2));
+    let m1 = s.queue_message(&a, "one", 10).unwrap();
+    let m2 = s.queue_message(&a, "two", 11).unwrap();
+    let other = s.queue_message(&b, "other", 12).unwrap();
+    assert_eq!((m1.seq, m2.seq, other.seq), (1, 2, 1));
+    assert_ne!(m1.id, m2.id);
+    let pending: Vec<_> = s
+        .undelivered(&a)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(pending, ["one", "two"]);
+    assert!(s.advance(&a, &m1.id, MessageState::Delivered).unwrap());
+    assert!(
+        !s.advance(&a, &m1.id, MessageState::Sent).unwrap(),
+        "never backwards"
+    );
+    assert_eq!(s.undelivered(&a).unwrap().len(), 1);
+    assert_eq!(
+        s.apply_read(&a, &[m1.id, m2.id, [9; 16]]).unwrap(),
+        vec![m1.id, m2.id]
+    );
+    assert!(s.undelivered(&a).unwrap().is_empty());
+    let h = s.history(&a, None, 10).unwrap();
+    assert!(h.iter().all(|m| m.state == MessageState::Read));
+}
+
+#[test]
+fn a_retried_message_is_stored_once_and_receipts_flow() {
+    let s = Store::open_in_memory().unwrap();
+    let a = peer(1);
+    let first = s.receive_message(&a, &[7; 16], 1, 100, "hi", 200).unwrap();
+    assert!(first.is_some());
+    assert_eq!(
+        s.receive_message(&a, &[7; 16], 1, 100, "hi", 300).unwrap(),
+        None
+    );
+    // The same id from another peer is another message.
+    assert!(
+        s.receive_message(&peer(2), &[7; 16], 1, 100, "hi", 300)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(s.unread_counts().unwrap().get(&a), Some(&1));
+    assert!(s.peers_with_outbox().unwrap().is_empty());
+    assert_eq!(s.mark_read(&a).unwrap(), 1);
+    assert_eq!(s.mark_read(&a).unwrap(), 0);
+    assert_eq!(s.pending_receipts(&a).unwrap(), vec![[7; 16]]);
+    assert_eq!(s.peers_with_outbox().unwrap(), vec![a]);
+    s.receipts_sent(&a, &[[7; 16]]).unwrap();
+    assert!(s.pending_receipts(&a).unwrap().is_empty());
+    assert_eq!(s.unread_counts().unwrap().get(&a), None);
+}
+
+#[test]
+fn history_pages_back_in_order() {
+    let s = Store::open_in_memory().unwrap();
+    let a = peer(1);
+    for i in 0..25 {
+        if i % 2 == 0 {
+            s.queue_message(&a, &format!("m{i}"), i).unwrap();
+        } else {
+            s.receive_message(&a, &[i as u8; 16], i, i, &format!("m{i}"), i)
+                .unwrap();
+        }
+    }
+    let newest = s.history(&a, None, 10).unwrap();
+    let texts: Vec<_> = newest.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, (15..25).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let older = s.history(&a, Some(newest[0].rowid), 10).unwrap();
+    assert_eq!(older[0].text, "m5");
+    let oldest = s.history(&a, Some(older[0].rowid), 10).unwrap();
+    assert_eq!(oldest.len(), 5);
+    assert_eq!(oldest[0].text, "m0");
+    assert!(s.history(&peer(3), None, 10).unwrap().is_empty());
+}
+
+#[test]
+fn the_schema_is_migrated_once_and_newer_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/p2pcall.db");
+    {
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        s.queue_message(&peer(1), "kept", 1).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.history(&peer(1), None, 5).unwrap()[0].text, "kept");
+    s.db()
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    drop(s);
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
+}
+
+#[test]
+fn transfer_resume_state_round_trips_and_is_dropped_when_finished() {
+    let s = Store::open_in_memory().unwrap();
+    let a = peer(1);
+    let t = s
+        .create_transfer(
+            &a,
+            false,
+            &[3; 16],
+            5000,
+            2,
+            &[],
+            Some(Path::new("/tmp/in")),
+            1,
+        )
+        .unwrap();
+    assert_eq!(t.state, TransferState::Offered);
+    let again = s
+        .create_transfer(&a, false, &[3; 16], 5000, 2, &[], None, 2)
+        .unwrap();
+    assert_eq!(again.rowid, t.rowid);
+    assert_eq!(again.dest.as_deref(), Some(Path::new("/tmp/in")));
+    let chunks = [
+        ChunkRecord {
+            entry: 1,
+            index: 0,
+            cv: [1; 32],
+        },
+        ChunkRecord {
+            entry: 1,
+            index: 1,
+            cv: [2; 32],
+        },
+        ChunkRecord {
+            entry: 2,
+            index: 0,
+            cv: [3; 32],
+        },
+    ];
+    s.record_chunks(t.rowid, &chunks).unwrap();
+    s.record_chunks(t.rowid, &chunks[..1]).unwrap();
+    assert_eq!(s.chunks(t.rowid).unwrap(), chunks);
+    s.forget_chunks(t.rowid, &[(1, 1)], &[]).unwrap();
+    assert_eq!(s.chunks(t.rowid).unwrap().len(), 2);
+    s.file_done(t.rowid, 2).unwrap();
+    assert_eq!(s.files_done(t.rowid).unwrap(), HashSet::from([2]));
+    assert_eq!(s.chunks(t.rowid).unwrap(), chunks[..1]);
+    let names = HashMap::from([("photos".to_string(), "photos (1)".to_string())]);
+    s.set_top_names(t.rowid, &names).unwrap();
+    assert_eq!(s.top_names(t.rowid).unwrap(), names);
+    s.set_transfer_state(t.rowid, TransferState::Done, None, 3)
+        .unwrap();
+    assert!(s.chunks(t.rowid).unwrap().is_empty());
+    assert_eq!(
+        s.transfer(&a, false, &[3; 16]).unwrap().unwrap().state,
+        TransferState::Done
+    );
+
+    let out = s
+        .create_transfer(
+            &a,
+            true,
+            &[4; 16],
+            1,
+            1,
+            &[PathBuf::from("/x/y"), PathBuf::from("/z")],
+            None,
+            4,
+        )
+        .unwrap();
+    assert_eq!(out.sources, [PathBuf::from("/x/y"), PathBuf::from("/z")]);
+    assert_eq!(s.open_outgoing(Some(&a)).unwrap(), vec![out.clone()]);
+    assert!(s.open_outgoing(Some(&peer(9))).unwrap().is_empty());
+    s.set_transfer_state(out.rowid, TransferState::Cancelled, Some("user"), 5)
+        .unwrap();
+    assert!(s.open_outgoing(None).unwrap().is_empty());
+}
