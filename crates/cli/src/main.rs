@@ -6,9 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use p2pcall_core::chat::ChatEvent;
 use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
 use p2pcall_core::settings::{Dirs, Settings};
-use p2pcall_core::{Path, PeerInfo, identity};
+use p2pcall_core::transfer::{Progress, Summary, TransferEvent, id_hex};
+use p2pcall_core::{Message, MessageState, Path, PeerId, PeerInfo, Store, identity};
 use p2pcall_nat::classify::Mapping;
 use p2pcall_net::{Event, PresenceEvent, RelayConfig, RelayTransport};
 use serde_json::json;
@@ -17,6 +19,8 @@ use serde_json::json;
 const DEFAULT_PORT: u16 = 7700;
 /// How long commands wait for the relay and the peer list.
 const RELAY_WAIT: Duration = Duration::from_secs(10);
+/// Database file in the data dir.
+const DB_FILE: &str = "p2pcall.db";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,8 +75,8 @@ enum Cmd {
     Id,
     /// List the peers online on the relay
     Peers,
-    /// Stay online: accept connections and print events until Ctrl-C
-    Listen,
+    /// Stay online: accept connections, receive messages and files, print events until Ctrl-C
+    Listen(ListenArgs),
     /// Open the end-to-end encrypted connection to a peer and measure RTT
     Ping(PingArgs),
     /// Send data to a peer on one stream and measure throughput; the peer verifies every byte
@@ -81,6 +85,50 @@ enum Cmd {
     Demo(DemoArgs),
     /// Report this network's NAT behaviour as seen through the relay, and our candidates
     Netcheck,
+    /// Send a chat message (queued and delivered later if the peer is offline)
+    Chat(ChatArgs),
+    /// Show the conversation with a peer (and send read receipts)
+    History(HistoryArgs),
+    /// Send files and folders; the peer sees the offer and accepts or rejects it
+    Send(SendArgs),
+}
+
+#[derive(Args, Debug)]
+struct ListenArgs {
+    /// Accept every file offer into DIR without asking (unattended use); without it, offers
+    /// are declined with a message telling the sender why
+    #[arg(long, value_name = "DIR")]
+    accept_files: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ChatArgs {
+    /// The peer: fingerprint (or its first 4+ digits), full id, or display name (online or
+    /// known from earlier)
+    peer: String,
+    /// The message (up to 16 KiB)
+    text: String,
+}
+
+#[derive(Args, Debug)]
+struct HistoryArgs {
+    /// The peer: fingerprint (or its first 4+ digits), full id, or display name
+    peer: String,
+    /// Most messages to show (the newest)
+    #[arg(long, short = 'n', default_value_t = 50)]
+    limit: usize,
+    /// Show messages older than this message number (from an earlier page's "before")
+    #[arg(long, value_name = "N")]
+    before: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+struct SendArgs {
+    /// The peer: fingerprint (or its first 4+ digits), full id, or display name
+    peer: String,
+    /// Files and folders to send (folders with everything in them)
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -187,7 +235,10 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Relay(a) => relay(&cli, a).await,
         Cmd::Id => id(&cli),
         Cmd::Peers => peers(&cli).await,
-        Cmd::Listen => listen(&cli).await,
+        Cmd::Listen(a) => listen(&cli, a).await,
+        Cmd::Chat(a) => chat(&cli, a).await,
+        Cmd::History(a) => history(&cli, a).await,
+        Cmd::Send(a) => send(&cli, a).await,
         Cmd::Ping(a) => ping(&cli, a).await,
         Cmd::Speedtest(a) => speedtest(&cli, a).await,
         Cmd::Netcheck => netcheck(&cli).await,
@@ -233,9 +284,27 @@ async fn resolve_relay(spec: &str) -> Result<SocketAddr> {
         .with_context(|| format!("the relay address {spec:?} resolved to nothing"))
 }
 
+/// The local database in the data dir.
+fn open_store(ctx: &Context_) -> Result<std::sync::Arc<Store>> {
+    let path = ctx.dirs.data.join(DB_FILE);
+    Ok(std::sync::Arc::new(Store::open(&path).with_context(
+        || format!("cannot open the database {}", path.display()),
+    )?))
+}
+
 async fn start_engine(
     cli: &Cli,
     presence: bool,
+) -> Result<(EngineHandle, tokio::sync::mpsc::Receiver<EngineEvent>)> {
+    start_engine_with(cli, presence, false).await
+}
+
+/// `auto_deliver`: deliver queued messages and resume transfers whenever a peer comes online
+/// (for the long-running `listen`).
+async fn start_engine_with(
+    cli: &Cli,
+    presence: bool,
+    auto_deliver: bool,
 ) -> Result<(EngineHandle, tokio::sync::mpsc::Receiver<EngineEvent>)> {
     let ctx = load(cli)?;
     let (identity, _) = identity::load_or_create(&ctx.dirs.data)?;
@@ -259,6 +328,8 @@ async fn start_engine(
         }),
     );
     cfg.direct_paths = !cli.relay_only;
+    cfg.store = Some(open_store(&ctx)?);
+    cfg.auto_deliver = auto_deliver;
     cfg.port_mapping =
         !cli.relay_only && !cli.no_port_mapping && ctx.settings.port_mapping.unwrap_or(true);
     Ok(Engine::start(cfg).await?)
@@ -364,6 +435,15 @@ fn event_json(e: &EngineEvent) -> serde_json::Value {
         EngineEvent::PeerConnected { conn, incoming } => {
             return json!({"event": "connected", "incoming": incoming, "id": conn.peer().to_hex(), "fingerprint": conn.peer().fingerprint().to_string(), "name": conn.remote_name(), "path": path_str(&conn.path()), "safety_number": conn.safety_number().to_string()});
         }
+        EngineEvent::Chat(ChatEvent::Received(m)) => {
+            let mut v = message_json(m);
+            v["event"] = json!("message");
+            return v;
+        }
+        EngineEvent::Chat(ChatEvent::State { peer, id, state }) => {
+            return json!({"event": "message_state", "peer": peer.fingerprint().to_string(), "id": hex(id), "state": state.as_str()});
+        }
+        EngineEvent::Transfer(t) => return transfer_json(t),
         EngineEvent::Net(n) => n,
     };
     match n {
@@ -428,6 +508,13 @@ fn event_text(e: &EngineEvent) -> String {
                 conn.safety_number()
             );
         }
+        EngineEvent::Chat(ChatEvent::Received(m)) => {
+            return format!("message from {}: {}", m.peer.fingerprint(), m.text);
+        }
+        EngineEvent::Chat(ChatEvent::State { peer, state, .. }) => {
+            return format!("message to {} is {}", peer.fingerprint(), state.as_str());
+        }
+        EngineEvent::Transfer(t) => return transfer_text(t),
         EngineEvent::Net(n) => n,
     };
     match n {
@@ -490,22 +577,60 @@ fn print_event(json: bool, e: &EngineEvent) {
     }
 }
 
-async fn listen(cli: &Cli) -> Result<()> {
-    let (engine, mut events) = start_engine(cli, true).await?;
+async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
+    if let Some(dir) = &a.accept_files {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the folder for received files {}",
+                dir.display()
+            )
+        })?;
+    }
+    let (engine, mut events) = start_engine_with(cli, true, true).await?;
     if !cli.json {
         println!(
-            "listening as {} (Ctrl-C to stop)",
-            engine.id().fingerprint()
+            "listening as {} (Ctrl-C to stop){}",
+            engine.id().fingerprint(),
+            a.accept_files
+                .as_ref()
+                .map(|d| format!("; accepting files into {}", d.display()))
+                .unwrap_or_default()
         );
     }
+    let mut last_progress: std::collections::HashMap<[u8; 16], Instant> = Default::default();
     loop {
         tokio::select! {
             _ = shutdown_signal() => break,
             e = events.recv() => match e {
                 Some(e) => {
+                    if let EngineEvent::Transfer(TransferEvent::Progress(p)) = &e {
+                        // At most one progress line per transfer and second.
+                        let now = Instant::now();
+                        let due = last_progress.get(&p.id).is_none_or(|t| now - *t >= Duration::from_secs(1));
+                        if !due {
+                            continue;
+                        }
+                        last_progress.insert(p.id, now);
+                    }
                     print_event(cli.json, &e);
-                    if let EngineEvent::Net(Event::RelayRefused { reason, detail }) = &e {
-                        bail!("the relay refused us: {reason} ({detail})");
+                    match &e {
+                        EngineEvent::Net(Event::RelayRefused { reason, detail }) => {
+                            bail!("the relay refused us: {reason} ({detail})");
+                        }
+                        EngineEvent::Transfer(TransferEvent::Offered(o)) => {
+                            let answer = match &a.accept_files {
+                                Some(dir) => engine.accept_offer(o.peer, o.id, dir.clone()),
+                                None => engine.reject_offer(
+                                    o.peer,
+                                    o.id,
+                                    "the receiver does not accept files unattended (it can run `p2pcall listen --accept-files DIR`)",
+                                ),
+                            };
+                            if let Err(err) = answer {
+                                eprintln!("offer {}: {err}", id_hex(&o.id));
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 None => break,
@@ -824,6 +949,9 @@ async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
                 "rtts_first_ms": rtts(&r.rtts_first), "direct_after_ms": r.direct_after.map(ms),
                 "final_path": path_str(&r.final_path), "rtts_final_ms": rtts(&r.rtts_final),
                 "safety_number": r.safety_number, "bytes": r.bytes, "throughput_mbit": r.throughput_mbit,
+                "chat_ok": r.chat_ok, "chat_ms": ms(r.chat_time),
+                "files": r.files, "file_bytes": r.file_bytes, "files_ms": ms(r.files_time),
+                "files_ok": r.files_ok, "placed": r.placed,
             })
         );
     } else {
@@ -868,12 +996,27 @@ async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
             r.bytes >> 20,
             r.throughput_mbit
         );
+        println!(
+            "chat: 3 messages delivered in order, read receipts back: {} ({:.1} ms)",
+            if r.chat_ok { "yes" } else { "NO" },
+            ms(r.chat_time)
+        );
+        println!(
+            "folder: {} files ({}) sent, accepted, verified by BLAKE3 on both sides: {} ({:.1} ms); bob saved it as {}",
+            r.files,
+            human(r.file_bytes as f64),
+            if r.files_ok { "yes" } else { "NO" },
+            ms(r.files_time),
+            r.placed.join(", ")
+        );
     }
-    if !r.presence_ok || !r.signal_ok {
+    if !r.presence_ok || !r.signal_ok || !r.chat_ok || !r.files_ok {
         bail!(
-            "demo incomplete: presence {} signal {}",
+            "demo incomplete: presence {} signal {} chat {} files {}",
             r.presence_ok,
-            r.signal_ok
+            r.signal_ok,
+            r.chat_ok,
+            r.files_ok
         );
     }
     Ok(())
@@ -932,5 +1075,349 @@ async fn netcheck(cli: &Cli) -> Result<()> {
         println!("candidates:     {}", candidates.join(", "));
     }
     engine.shutdown().await;
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn message_json(m: &Message) -> serde_json::Value {
+    json!({
+        "n": m.rowid, "peer": m.peer.fingerprint().to_string(), "outgoing": m.outgoing,
+        "id": hex(&m.id), "seq": m.seq, "sent_ms": m.sent_ms, "received_ms": m.received_ms,
+        "state": m.state.as_str(), "text": m.text,
+    })
+}
+
+fn progress_json(p: &Progress) -> serde_json::Value {
+    json!({
+        "event": "transfer_progress", "id": id_hex(&p.id), "peer": p.peer.fingerprint().to_string(),
+        "outgoing": p.outgoing, "done_bytes": p.done_bytes, "total_bytes": p.total_bytes,
+        "files_done": p.files_done, "files": p.files,
+        "rate_bytes_per_s": p.rate.map(|r| r.round()), "eta_s": p.eta.map(|e| e.as_secs_f64().round()),
+    })
+}
+
+fn summary_json(s: &Summary) -> serde_json::Value {
+    json!({
+        "event": "transfer_done", "id": id_hex(&s.id), "peer": s.peer.fingerprint().to_string(),
+        "outgoing": s.outgoing, "files": s.files, "folders": s.dirs, "total_bytes": s.total_bytes,
+        "resumed_bytes": s.resumed_bytes, "elapsed_ms": ms(s.elapsed),
+        "mb_per_s": s.bytes_per_s() / 1e6,
+        "placed": s.placed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "skipped": s.skipped.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "blake3": s.hashes.iter().map(|(p, h)| json!({"path": p, "blake3": hex(h)})).collect::<Vec<_>>(),
+    })
+}
+
+fn transfer_json(t: &TransferEvent) -> serde_json::Value {
+    match t {
+        TransferEvent::Offered(o) | TransferEvent::Resumed(o) => json!({
+            "event": if matches!(t, TransferEvent::Offered(_)) { "transfer_offer" } else { "transfer_resumed" },
+            "id": id_hex(&o.id), "peer": o.peer.fingerprint().to_string(), "files": o.files,
+            "folders": o.dirs, "total_bytes": o.total_bytes, "names": o.tops,
+        }),
+        TransferEvent::Progress(p) => progress_json(p),
+        TransferEvent::Finished(s) => summary_json(s),
+        TransferEvent::Failed {
+            peer,
+            id,
+            outgoing,
+            reason,
+            resumable,
+        } => json!({
+            "event": "transfer_failed", "id": id_hex(id), "peer": peer.fingerprint().to_string(),
+            "outgoing": outgoing, "reason": reason, "resumable": resumable,
+        }),
+    }
+}
+
+/// Bytes for people: 1.5 GB, 320 kB.
+fn human(b: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", units[u])
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn transfer_text(t: &TransferEvent) -> String {
+    match t {
+        TransferEvent::Offered(o) | TransferEvent::Resumed(o) => format!(
+            "{} {} offers {} file(s), {} folder(s), {}: {} [transfer {}]",
+            if matches!(t, TransferEvent::Offered(_)) {
+                "offer:"
+            } else {
+                "resuming:"
+            },
+            o.peer.fingerprint(),
+            o.files,
+            o.dirs,
+            human(o.total_bytes as f64),
+            o.tops.join(", "),
+            id_hex(&o.id)
+        ),
+        TransferEvent::Progress(p) => format!(
+            "transfer {}: {} of {} ({}/{} files){}",
+            &id_hex(&p.id)[..8],
+            human(p.done_bytes as f64),
+            human(p.total_bytes as f64),
+            p.files_done,
+            p.files,
+            p.rate
+                .map(|r| format!(", {}/s", human(r)))
+                .unwrap_or_default()
+        ),
+        TransferEvent::Finished(s) => format!(
+            "transfer {} done: {} file(s), {} in {:.1} s ({}/s){}{}",
+            &id_hex(&s.id)[..8],
+            s.files,
+            human(s.total_bytes as f64),
+            s.elapsed.as_secs_f64(),
+            human(s.bytes_per_s()),
+            if s.resumed_bytes > 0 {
+                format!(", {} resumed", human(s.resumed_bytes as f64))
+            } else {
+                String::new()
+            },
+            if s.placed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; saved as {}",
+                    s.placed
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ),
+        TransferEvent::Failed {
+            id,
+            reason,
+            resumable,
+            ..
+        } => format!(
+            "transfer {} stopped: {reason}{}",
+            &id_hex(id)[..8],
+            if *resumable {
+                " (send it again to resume)"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+/// Finds a peer among those known from earlier (for offline work).
+fn resolve_known(store: &Store, query: &str) -> Result<PeerId> {
+    if let Ok(id) = query.parse::<PeerId>() {
+        return Ok(id);
+    }
+    let contacts = store.contacts()?;
+    let mut hits: Vec<_> = contacts.iter().filter(|c| c.peer.matches(query)).collect();
+    if hits.is_empty() {
+        hits = contacts.iter().filter(|c| c.name == query).collect();
+    }
+    match hits.as_slice() {
+        [one] => Ok(one.peer),
+        [] => bail!(
+            "no known peer matches {query:?}; peers become known once seen online (run `p2pcall peers`), or pass the full 64-digit id"
+        ),
+        many => bail!(
+            "{query:?} matches several peers: {}; type more of the fingerprint",
+            many.iter()
+                .map(|c| format!("{} ({})", c.name, c.peer.fingerprint()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+async fn chat(cli: &Cli, a: &ChatArgs) -> Result<()> {
+    let (engine, mut events) = start_engine(cli, true).await?;
+    let online = match wait_online(&engine, &mut events).await {
+        Ok(_) => engine.wait_presence(RELAY_WAIT).await.is_ok(),
+        Err(e) => {
+            eprintln!("warning: {e:#}; the message will be queued");
+            false
+        }
+    };
+    let peer = if online {
+        engine.resolve_peer(&a.peer)?
+    } else {
+        resolve_known(engine.store(), &a.peer)?
+    };
+    let m = engine.send_message(peer, &a.text).await?;
+    if cli.json {
+        println!("{}", message_json(&m));
+    } else {
+        match m.state {
+            MessageState::Queued | MessageState::Sent => println!(
+                "queued for {}: it is not reachable now; the message goes out when you are both online (keep `p2pcall listen` running)",
+                peer.fingerprint()
+            ),
+            s => println!("{} to {}", s.as_str(), peer.fingerprint()),
+        }
+    }
+    engine.shutdown().await;
+    Ok(())
+}
+
+async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
+    let ctx = load(cli)?;
+    let store = open_store(&ctx)?;
+    let peer = resolve_known(&store, &a.peer)?;
+    let page = store.history(&peer, a.before, a.limit)?;
+    let name = store
+        .contacts()?
+        .into_iter()
+        .find(|c| c.peer == peer)
+        .map_or_else(|| peer.fingerprint().to_string(), |c| c.name);
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "peer": peer.fingerprint().to_string(), "name": name,
+                "messages": page.iter().map(message_json).collect::<Vec<_>>(),
+                "before": page.first().map(|m| m.rowid),
+            })
+        );
+    } else {
+        if page.is_empty() {
+            println!("no messages with {name} ({})", peer.fingerprint());
+        }
+        for m in &page {
+            let who = if m.outgoing { "me" } else { name.as_str() };
+            let state = if m.outgoing {
+                format!(" [{}]", m.state.as_str())
+            } else {
+                String::new()
+            };
+            println!(
+                "{:>6}  {}  {who}: {}{state}",
+                m.rowid,
+                since(m.received_ms.unwrap_or(m.sent_ms)),
+                m.text
+            );
+        }
+        if page.len() == a.limit
+            && let Some(first) = page.first()
+        {
+            println!(
+                "(older: p2pcall history {} --before {})",
+                a.peer, first.rowid
+            );
+        }
+    }
+    // Reading sends read receipts: now if the relay is reachable, else by the next `listen`.
+    if store.mark_read(&peer)? > 0 && (cli.relay.is_some() || ctx.settings.relay.is_some()) {
+        drop(store);
+        if let Ok((engine, mut events)) = start_engine(cli, true).await {
+            if wait_online(&engine, &mut events).await.is_ok()
+                && engine.wait_presence(RELAY_WAIT).await.is_ok()
+            {
+                let _ = tokio::time::timeout(RELAY_WAIT, engine.flush_chat(peer)).await;
+            }
+            engine.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
+    for p in &a.paths {
+        std::fs::symlink_metadata(p).with_context(|| format!("cannot send {}", p.display()))?;
+    }
+    let Dialed {
+        engine,
+        mut events,
+        peer,
+        ..
+    } = dial(cli, &a.peer).await?;
+    let bar = (!cli.json).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message("waiting for the peer to accept");
+        b
+    });
+    let h = engine.clone();
+    let paths = a.paths.clone();
+    let mut job = tokio::spawn(async move { h.send_files(peer, &paths).await });
+    let mut id = None;
+    let mut interrupted = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut job => break r?,
+            _ = shutdown_signal(), if !interrupted => {
+                interrupted = true;
+                if let Some(id) = id {
+                    engine.cancel_transfer(peer, id);
+                } else {
+                    job.abort();
+                    break Err(p2pcall_core::EngineError::Aborted { code: p2pcall_proto::transfer::AbortCode::Cancelled, reason: "interrupted before the peer answered".into() });
+                }
+            }
+            e = events.recv() => match e {
+                Some(EngineEvent::Transfer(TransferEvent::Progress(p))) if p.outgoing && p.peer == peer => {
+                    id = Some(p.id);
+                    if let Some(b) = &bar {
+                        b.set_length(p.total_bytes);
+                        b.set_position(p.done_bytes);
+                        b.set_message(format!("{}/{} files", p.files_done, p.files));
+                    } else {
+                        println!("{}", progress_json(&p));
+                    }
+                }
+                Some(_) => {}
+                None => break Err(p2pcall_core::EngineError::Stream("engine stopped".into())),
+            },
+        }
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    engine.shutdown().await;
+    let s = result.map_err(|e| {
+        let hint = match &e {
+            p2pcall_core::EngineError::Aborted { .. }
+            | p2pcall_core::EngineError::Net(_)
+            | p2pcall_core::EngineError::Stream(_) => {
+                "; run the same command again to resume from the verified chunks"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
+    if cli.json {
+        println!("{}", summary_json(&s));
+    } else {
+        println!("{}", transfer_text(&TransferEvent::Finished(s.clone())));
+        if !s.skipped.is_empty() {
+            println!(
+                "skipped (symlinks or special files): {}",
+                s.skipped
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     Ok(())
 }

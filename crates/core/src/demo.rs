@@ -5,7 +5,10 @@
 //! 3. alice signals bob through the relay;
 //! 4. alice opens the end-to-end encrypted connection (relay path first), pings, waits for
 //!    the direct path, pings again;
-//! 5. alice streams `bytes` to bob over one QUIC stream and bob checks every byte.
+//! 5. alice streams `bytes` to bob over one QUIC stream and bob checks every byte;
+//! 6. alice sends three chat messages; bob stores them, reads them, the receipts come back;
+//! 7. alice sends a small folder tree; bob accepts it into a temporary folder and both sides
+//!    compare every file's BLAKE3.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,6 +19,8 @@ use p2pcall_relay::{Relay, RelayConfig as ServerConfig};
 use p2pcall_tls::Identity;
 
 use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
+use crate::transfer::TransferEvent;
+use p2pcall_store::MessageState;
 
 /// What the demo observed.
 #[derive(Debug, Clone)]
@@ -48,6 +53,20 @@ pub struct DemoReport {
     pub bytes: u64,
     /// Stream throughput, Mbit/s.
     pub throughput_mbit: f64,
+    /// Three messages delivered in order and read receipts returned.
+    pub chat_ok: bool,
+    /// Time for the chat exchange.
+    pub chat_time: Duration,
+    /// Files in the folder transfer.
+    pub files: u64,
+    /// Bytes in the folder transfer.
+    pub file_bytes: u64,
+    /// Time for the folder transfer (offer to completion).
+    pub files_time: Duration,
+    /// Both sides report the same BLAKE3 for every file.
+    pub files_ok: bool,
+    /// Where bob's copy landed.
+    pub placed: Vec<String>,
 }
 
 /// Errors of the demo.
@@ -67,7 +86,9 @@ pub enum DemoError {
     Step(String),
 }
 
-async fn peer(
+/// An engine on loopback registered with the relay at `relay` (fresh identity, in-memory
+/// store, no port mapping): for the demo, tests and benchmarks.
+pub async fn local_peer(
     name: &str,
     relay: SocketAddr,
 ) -> Result<(EngineHandle, tokio::sync::mpsc::Receiver<EngineEvent>), DemoError> {
@@ -104,8 +125,8 @@ pub async fn run(bytes: u64) -> Result<DemoReport, DemoError> {
 
 async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError> {
     let step = |s: &str| DemoError::Step(s.to_string());
-    let (alice, _alice_events) = peer("alice", relay).await?;
-    let (bob, mut bob_events) = peer("bob", relay).await?;
+    let (alice, _alice_events) = local_peer("alice", relay).await?;
+    let (bob, mut bob_events) = local_peer("bob", relay).await?;
     alice.wait_relay(Duration::from_secs(5)).await?;
     bob.wait_relay(Duration::from_secs(5)).await?;
 
@@ -125,8 +146,12 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
     // Bob: collect the signal and the incoming connection.
     let (sig_tx, sig_rx) = tokio::sync::oneshot::channel();
     let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let inbox = tempfile::tempdir().map_err(|e| step(&e.to_string()))?;
+    let inbox_path = inbox.path().to_path_buf();
+    let bob2 = bob.clone();
     tokio::spawn(async move {
-        let (mut sig_tx, mut conn_tx) = (Some(sig_tx), Some(conn_tx));
+        let (mut sig_tx, mut conn_tx, mut done_tx) = (Some(sig_tx), Some(conn_tx), Some(done_tx));
         while let Some(e) = bob_events.recv().await {
             match e {
                 EngineEvent::Net(p2pcall_net::Event::Signal { payload, .. }) => {
@@ -140,6 +165,14 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
                 } => {
                     if let Some(t) = conn_tx.take() {
                         let _ = t.send(conn);
+                    }
+                }
+                EngineEvent::Transfer(TransferEvent::Offered(o)) => {
+                    let _ = bob2.accept_offer(o.peer, o.id, inbox_path.clone());
+                }
+                EngineEvent::Transfer(TransferEvent::Finished(s)) => {
+                    if let Some(t) = done_tx.take() {
+                        let _ = t.send(s);
                     }
                 }
                 _ => {}
@@ -172,59 +205,50 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
     }
     let final_path = conn.path();
 
-    // Throughput: one stream, bob verifies the byte pattern.
-    let bob_conn = tokio::time::timeout(Duration::from_secs(5), conn_rx)
+    // Throughput: one stream, bob hashes every byte and answers with the hash.
+    let _ = conn_rx;
+    let speed = alice.speedtest(bob.id(), bytes).await?;
+    if !speed.verified {
+        return Err(step("bob's hash of the streamed bytes differs"));
+    }
+
+    // Chat: three messages, delivered, then read by bob.
+    let t_chat = Instant::now();
+    let mut last = None;
+    for text in ["hi bob", "the folder is coming", "été ✓"] {
+        last = Some(alice.send_message(bob.id(), text).await?);
+    }
+    let delivered = last.as_ref().map(|m| m.state) == Some(MessageState::Delivered);
+    bob.mark_read(alice.id()).await?;
+    let read = alice
+        .store()
+        .history(&bob.id(), None, 3)
+        .map_err(EngineError::from)?
+        .iter()
+        .all(|m| m.state == MessageState::Read);
+    let bob_got: Vec<String> = bob
+        .store()
+        .history(&alice.id(), None, 10)
+        .map_err(EngineError::from)?
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    let chat_ok = delivered && read && bob_got == ["hi bob", "the folder is coming", "été ✓"];
+    let chat_time = t_chat.elapsed();
+
+    // Folder transfer: bob's event task accepts into its own temporary folder.
+    let work = tempfile::tempdir().map_err(|e| step(&e.to_string()))?;
+    let tree = work.path().join("holiday");
+    make_tree(&tree).map_err(|e| step(&e.to_string()))?;
+    let t_files = Instant::now();
+    let sent = alice.send_files(bob.id(), &[tree.clone()]).await?;
+    let files_time = t_files.elapsed();
+    let received = tokio::time::timeout(Duration::from_secs(10), done_rx)
         .await
-        .map_err(|_| step("bob saw no incoming connection"))?
+        .map_err(|_| step("bob saw no finished transfer"))?
         .map_err(|_| step("bob's event task ended"))?;
-    let reader = tokio::spawn(async move {
-        let mut recv = bob_conn
-            .quic()
-            .accept_uni()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut total = 0u64;
-        while let Some(chunk) = recv
-            .read_chunk(1 << 20, true)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            for (i, b) in chunk.bytes.iter().enumerate() {
-                if *b != pattern(total + i as u64) {
-                    return Err(format!("byte {} corrupted", total + i as u64));
-                }
-            }
-            total += chunk.bytes.len() as u64;
-        }
-        Ok::<u64, String>(total)
-    });
-    let t1 = Instant::now();
-    let mut send = conn
-        .quic()
-        .open_uni()
-        .await
-        .map_err(|e| step(&e.to_string()))?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut sent = 0u64;
-    while sent < bytes {
-        let n = (bytes - sent).min(buf.len() as u64) as usize;
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b = pattern(sent + i as u64);
-        }
-        send.write_all(&buf[..n])
-            .await
-            .map_err(|e| step(&e.to_string()))?;
-        sent += n as u64;
-    }
-    send.finish().map_err(|e| step(&e.to_string()))?;
-    let received = reader
-        .await
-        .map_err(|e| step(&e.to_string()))?
-        .map_err(|e| step(&e))?;
-    let secs = t1.elapsed().as_secs_f64();
-    if received != bytes {
-        return Err(step(&format!("bob received {received} of {bytes} bytes")));
-    }
+    let files_ok = received.hashes == sent.hashes && received.files == sent.files;
+
     let report = DemoReport {
         relay,
         alice: alice.id().fingerprint().to_string(),
@@ -239,14 +263,34 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
         rtts_final,
         safety_number: conn.safety_number().to_string(),
         bytes,
-        throughput_mbit: bytes as f64 * 8.0 / secs / 1e6,
+        throughput_mbit: speed.mbit_per_s(),
+        chat_ok,
+        chat_time,
+        files: sent.files,
+        file_bytes: sent.total_bytes,
+        files_time,
+        files_ok,
+        placed: received
+            .placed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
     };
     alice.shutdown().await;
     bob.shutdown().await;
     Ok(report)
 }
 
-/// A byte pattern that catches reordering and corruption (not all-zero).
-fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+/// A small tree: nested folders, an empty folder, an empty file, a unicode name, and a
+/// 6 MiB file (several chunks).
+fn make_tree(root: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(root.join("photos/2026"))?;
+    std::fs::create_dir_all(root.join("empty folder"))?;
+    std::fs::write(root.join("notes.txt"), b"packing list\n")?;
+    std::fs::write(root.join("empty.txt"), b"")?;
+    std::fs::write(root.join("photos/été ☀.txt"), "sunny".repeat(100))?;
+    let big: Vec<u8> = (0..6u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(root.join("photos/2026/video.bin"), big)
 }

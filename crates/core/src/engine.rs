@@ -16,6 +16,7 @@ use p2pcall_net::{
 };
 use p2pcall_proto::relay::PeerInfo;
 use p2pcall_proto::{PeerId, SafetyNumber};
+use p2pcall_store::{Store, StoreError, now_ms};
 use p2pcall_tls::Identity;
 use tokio::sync::{mpsc, watch};
 
@@ -34,6 +35,12 @@ pub struct EngineConfig {
     pub direct_paths: bool,
     /// Ask the gateway for a port mapping (UPnP-IGD, NAT-PMP, PCP).
     pub port_mapping: bool,
+    /// Chat history, contacts and transfer state (in memory when `None`).
+    pub store: Option<Arc<Store>>,
+    /// Deliver queued messages and resume unfinished outgoing transfers whenever a peer
+    /// comes online (long-running front ends: `listen`, the GUI). One-shot commands turn it
+    /// off so they do only what they were asked.
+    pub auto_deliver: bool,
 }
 
 impl EngineConfig {
@@ -46,6 +53,8 @@ impl EngineConfig {
             bind: SocketAddr::from(([0u16; 8], 0)),
             direct_paths: true,
             port_mapping: true,
+            store: None,
+            auto_deliver: true,
         }
     }
 }
@@ -80,6 +89,45 @@ pub enum EngineError {
     /// The relay did not deliver the presence list in time.
     #[error("the relay did not send the peer list within {0:?}")]
     NoPresence(Duration),
+    /// The local database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A chat message is longer than the protocol allows.
+    #[error("the message is {len} bytes; the limit is {max} bytes: split it, or send it as a file")]
+    MessageTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A file or folder to send cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Source {
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Nothing to send.
+    #[error("nothing to send: {0}")]
+    NothingToSend(String),
+    /// The peer refused the offer.
+    #[error("the peer declined the transfer: {0}")]
+    Rejected(String),
+    /// The transfer stopped.
+    #[error("the transfer stopped ({code:?}): {reason}")]
+    Aborted {
+        /// Typed cause.
+        code: p2pcall_proto::transfer::AbortCode,
+        /// Details.
+        reason: String,
+    },
+    /// The other side broke the chat or transfer protocol.
+    #[error("protocol error from the peer: {0}")]
+    Protocol(String),
+    /// No pending offer with that id.
+    #[error("no pending offer {0}")]
+    NoSuchOffer(String),
 }
 
 /// Application events.
@@ -95,6 +143,10 @@ pub enum EngineEvent {
         /// Whether the other side dialed.
         incoming: bool,
     },
+    /// Chat: a new message, or a state change of one.
+    Chat(crate::chat::ChatEvent),
+    /// File transfers: offers, progress, outcomes.
+    Transfer(crate::transfer::TransferEvent),
 }
 
 /// Result of one ping.
@@ -108,10 +160,15 @@ pub struct PingReport {
     pub path: Path,
 }
 
-struct Shared {
-    endpoint: Endpoint,
+pub(crate) struct Shared {
+    pub(crate) endpoint: Endpoint,
     connections: Mutex<HashMap<PeerId, PeerConnection>>,
     presence_ready: watch::Sender<bool>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) events: mpsc::Sender<EngineEvent>,
+    pub(crate) chat: crate::chat::ChatState,
+    pub(crate) transfers: crate::transfer::Registry,
+    auto_deliver: bool,
 }
 
 /// Handle to a running engine (cheap to clone).
@@ -146,12 +203,21 @@ impl Engine {
             port_mapping: cfg.port_mapping,
         })
         .await?;
+        let store = match cfg.store {
+            Some(s) => s,
+            None => Arc::new(Store::open_in_memory()?),
+        };
+        let (tx, rx) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             endpoint,
             connections: Mutex::default(),
             presence_ready: watch::Sender::new(false),
+            store,
+            events: tx.clone(),
+            chat: Default::default(),
+            transfers: Default::default(),
+            auto_deliver: cfg.auto_deliver,
         });
-        let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(pump(shared.clone(), net_events, tx));
         Ok((EngineHandle { shared }, rx))
     }
@@ -164,14 +230,24 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Se
                 if let Ok(mut c) = shared.connections.lock() {
                     c.insert(conn.peer(), conn.clone());
                 }
-                tokio::spawn(crate::streams::serve(conn.clone()));
+                tokio::spawn(crate::streams::serve(shared.clone(), conn.clone()));
+                peer_reachable(&shared, conn.peer());
                 EngineEvent::PeerConnected {
                     conn,
                     incoming: true,
                 }
             }
-            Event::Presence(PresenceEvent::Snapshot(_)) => {
+            Event::Presence(PresenceEvent::Snapshot(ref peers)) => {
                 shared.presence_ready.send_replace(true);
+                for p in peers {
+                    let _ = shared.store.touch_contact(&p.id, &p.name, now_ms());
+                    peer_reachable(&shared, p.id);
+                }
+                EngineEvent::Net(e)
+            }
+            Event::Presence(PresenceEvent::Joined(ref p) | PresenceEvent::Updated(ref p)) => {
+                let _ = shared.store.touch_contact(&p.id, &p.name, now_ms());
+                peer_reachable(&shared, p.id);
                 EngineEvent::Net(e)
             }
             Event::ConnectionClosed { peer, .. } => {
@@ -190,7 +266,46 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Se
     }
 }
 
+/// A peer came online or connected: deliver what waits for it (queued messages, read
+/// receipts, unfinished outgoing transfers).
+fn peer_reachable(shared: &Arc<Shared>, peer: PeerId) {
+    if !shared.auto_deliver {
+        return;
+    }
+    let handle = EngineHandle {
+        shared: shared.clone(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = handle.flush_chat(peer).await {
+            tracing::debug!(%peer, "chat delivery postponed: {e}");
+        }
+        handle.resume_transfers(peer).await;
+    });
+}
+
+impl Shared {
+    /// Sends an event to the UI without ever blocking the caller: when the channel is full
+    /// the event waits in its own task.
+    pub(crate) fn emit(&self, ev: EngineEvent) {
+        if let Err(mpsc::error::TrySendError::Full(ev)) = self.events.try_send(ev) {
+            let tx = self.events.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(ev).await;
+            });
+        }
+    }
+}
+
 impl EngineHandle {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The local database (chat history, contacts, transfers).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
+    }
+
     /// Our identity.
     pub fn id(&self) -> PeerId {
         self.shared.endpoint.id()
@@ -235,6 +350,26 @@ impl EngineHandle {
         } else {
             by_fp
         };
+        let contacts;
+        let hits = if hits.is_empty() {
+            contacts = self.shared.store.contacts().unwrap_or_default();
+            let by_fp: Vec<_> = contacts.iter().filter(|c| c.peer.matches(query)).collect();
+            let found: Vec<PeerId> = if by_fp.is_empty() {
+                contacts
+                    .iter()
+                    .filter(|c| c.name == query)
+                    .map(|c| c.peer)
+                    .collect()
+            } else {
+                by_fp.iter().map(|c| c.peer).collect()
+            };
+            if let [one] = found.as_slice() {
+                return Ok(*one);
+            }
+            hits
+        } else {
+            hits
+        };
         match hits.as_slice() {
             [one] => Ok(one.id),
             [] => Err(EngineError::PeerNotFound {
@@ -250,6 +385,16 @@ impl EngineHandle {
                     .join(", "),
             }),
         }
+    }
+
+    /// Whether a live connection to `peer` exists.
+    pub fn has_connection(&self, peer: PeerId) -> bool {
+        self.shared
+            .connections
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&peer).map(|c| c.quic().close_reason().is_none()))
+            .unwrap_or(false)
     }
 
     /// The open connection to `peer`, or a new one.
@@ -269,7 +414,7 @@ impl EngineHandle {
         if let Ok(mut c) = self.shared.connections.lock() {
             c.insert(peer, conn.clone());
         }
-        tokio::spawn(crate::streams::serve(conn.clone()));
+        tokio::spawn(crate::streams::serve(self.shared.clone(), conn.clone()));
         Ok(conn)
     }
 

@@ -4,16 +4,21 @@
 //! * [`settings`]: TOML settings in the platform config dir.
 //! * [`engine`]: commands in ([`EngineHandle`] methods), events out ([`EngineEvent`]).
 //! * [`demo`]: an in-process relay and two peers, end to end.
-//! * [`streams`]: application streams on a peer connection (speed test).
+//! * [`streams`]: application streams on a peer connection (kinds: speed test, chat, transfer).
+//! * [`chat`]: persistent chat with delivery and read receipts.
+//! * [`transfer`]: file and folder-tree transfer with verification and resume.
 #![forbid(unsafe_code)]
 
+pub mod chat;
 pub mod demo;
 pub mod engine;
 pub mod identity;
 pub mod settings;
 pub mod streams;
+pub mod transfer;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, PingReport};
 pub use p2pcall_net::{Path, RelayTransport};
 pub use p2pcall_proto::relay::PeerInfo;
 pub use p2pcall_proto::{PeerId, SafetyNumber};
+pub use p2pcall_store::{Message, MessageState, Store};

@@ -1,16 +1,20 @@
-//! Application streams on a peer connection: every bidirectional stream after the control
-//! stream starts with a one-byte kind. The kinds now: [`SPEEDTEST`].
+//! Application streams on a peer connection: every stream after the control stream starts
+//! with a one-byte kind. Bidirectional: [`SPEEDTEST`], chat ([`crate::chat::CHAT`]), transfer
+//! offers ([`crate::transfer::OFFER`]); unidirectional: transfer data
+//! ([`crate::transfer::DATA`]). Unknown kinds are refused with a stream error.
 //!
 //! Speed test: the opener sends the kind byte and then any number of bytes and finishes the
 //! stream; the other side hashes everything it received (BLAKE3) and answers with the hash
 //! and the byte count, so the opener knows every byte arrived, in order, exactly once. It
 //! measures the connection's throughput and checks integrity across path switches.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2pcall_net::PeerConnection;
 
 use crate::EngineError;
+use crate::engine::Shared;
 
 /// Kind byte of a speed-test stream.
 pub const SPEEDTEST: u8 = b'S';
@@ -39,25 +43,60 @@ impl SpeedReport {
 }
 
 /// Serves the streams the peer opens on `conn` until it closes.
-pub(crate) async fn serve(conn: PeerConnection) {
+pub(crate) async fn serve(shared: Arc<Shared>, conn: PeerConnection) {
+    let uni = tokio::spawn(serve_uni(shared.clone(), conn.clone()));
     loop {
         let Ok((send, recv)) = conn.quic().accept_bi().await else {
-            return;
+            break;
         };
-        tokio::spawn(serve_one(send, recv));
+        tokio::spawn(serve_bi(shared.clone(), conn.clone(), send, recv));
+    }
+    uni.abort();
+}
+
+async fn serve_uni(shared: Arc<Shared>, conn: PeerConnection) {
+    while let Ok(mut recv) = conn.quic().accept_uni().await {
+        let shared = shared.clone();
+        let peer = conn.peer();
+        tokio::spawn(async move {
+            let mut kind = [0u8; 1];
+            if recv.read_exact(&mut kind).await.is_err() {
+                return;
+            }
+            match kind[0] {
+                crate::transfer::DATA => crate::transfer::serve_data(shared, peer, recv).await,
+                _ => {
+                    let _ = recv.stop(UNKNOWN_KIND.into());
+                }
+            }
+        });
     }
 }
 
-async fn serve_one(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_bi(
+    shared: Arc<Shared>,
+    conn: PeerConnection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let mut kind = [0u8; 1];
     if recv.read_exact(&mut kind).await.is_err() {
         return;
     }
-    if kind[0] != SPEEDTEST {
-        let _ = recv.stop(UNKNOWN_KIND.into());
-        let _ = send.reset(UNKNOWN_KIND.into());
-        return;
+    match kind[0] {
+        SPEEDTEST => serve_speedtest(send, recv).await,
+        crate::chat::CHAT => crate::chat::serve(shared, conn.peer(), send, recv).await,
+        crate::transfer::OFFER => {
+            crate::transfer::serve_offer(shared, conn.peer(), send, recv).await
+        }
+        _ => {
+            let _ = recv.stop(UNKNOWN_KIND.into());
+            let _ = send.reset(UNKNOWN_KIND.into());
+        }
     }
+}
+
+async fn serve_speedtest(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let mut hasher = blake3::Hasher::new();
     let mut count = 0u64;
     loop {

@@ -1,0 +1,308 @@
+//! File and folder-tree transfer (see [`p2pcall_proto::transfer`] for the wire format and
+//! [`p2pcall_transfer`] for the sans-IO logic: hashing, sanitising, resume bookkeeping).
+//!
+//! Sender: scans the paths (regular files and folders; symlinks and special files are
+//! skipped and counted), offers the manifest on a control stream, waits for the answer, then
+//! sends the missing chunks of several files at once on [`DATA_STREAMS`] data streams, each
+//! chunk with its BLAKE3 chaining value and each file closed with its BLAKE3 hash.
+//!
+//! Receiver: sanitises the offer, asks its user (an [`TransferEvent::Offered`] event answered
+//! with [`EngineHandle::accept_offer`] or [`EngineHandle::reject_offer`]), checks free space,
+//! writes each file under a temporary name, verifies every chunk on arrival, records verified
+//! chunks (SQLite, after `fdatasync`) so a retried transfer resumes, and moves a file into
+//! place (never over an existing file) only after its hash matched.
+
+mod fsops;
+mod recv;
+mod send;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use p2pcall_proto::PeerId;
+use p2pcall_proto::transfer::{AbortCode, TransferFrame, TransferId};
+use tokio::sync::{oneshot, watch};
+
+use crate::EngineError;
+use crate::engine::{EngineEvent, EngineHandle, Shared};
+
+pub(crate) use recv::{serve_data, serve_offer};
+
+/// Kind byte of a transfer control stream (bidirectional, opened by the sender).
+pub const OFFER: u8 = b'F';
+/// Kind byte of a transfer data stream (unidirectional, sender to receiver).
+pub const DATA: u8 = b'D';
+/// Chunk size: the unit of verification and resume.
+pub const CHUNK_SIZE: u32 = 1 << 20;
+/// Files sent at once, one data stream each.
+pub const DATA_STREAMS: usize = 4;
+/// Progress events at most this often per transfer.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// What the receiver's user is asked.
+#[derive(Debug, Clone)]
+pub struct OfferInfo {
+    /// Who offers.
+    pub peer: PeerId,
+    /// Transfer id.
+    pub id: TransferId,
+    /// Number of files.
+    pub files: u64,
+    /// Number of folders.
+    pub dirs: u64,
+    /// Sum of file sizes.
+    pub total_bytes: u64,
+    /// Top-level names.
+    pub tops: Vec<String>,
+    /// The first entries: relative path and size (`None` for folders).
+    pub sample: Vec<(String, Option<u64>)>,
+}
+
+/// Progress of one transfer.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The other side.
+    pub peer: PeerId,
+    /// Transfer id.
+    pub id: TransferId,
+    /// We send.
+    pub outgoing: bool,
+    /// Bytes done (verified on the receiver; written to the connection on the sender),
+    /// including bytes held from an earlier attempt.
+    pub done_bytes: u64,
+    /// Total bytes.
+    pub total_bytes: u64,
+    /// Files in place.
+    pub files_done: u64,
+    /// Files in total.
+    pub files: u64,
+    /// Smoothed rate, bytes/s.
+    pub rate: Option<f64>,
+    /// Estimated time left.
+    pub eta: Option<Duration>,
+}
+
+/// A finished transfer.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The other side.
+    pub peer: PeerId,
+    /// Transfer id.
+    pub id: TransferId,
+    /// We sent.
+    pub outgoing: bool,
+    /// Files transferred.
+    pub files: u64,
+    /// Folders.
+    pub dirs: u64,
+    /// Sum of file sizes.
+    pub total_bytes: u64,
+    /// Bytes that were already there from an earlier attempt (not sent again).
+    pub resumed_bytes: u64,
+    /// Duration of this attempt.
+    pub elapsed: Duration,
+    /// Receiver: where the top-level entries landed.
+    pub placed: Vec<PathBuf>,
+    /// Sender: symlinks and special files skipped.
+    pub skipped: Vec<PathBuf>,
+    /// Each file's relative path and BLAKE3 hash.
+    pub hashes: Vec<(String, [u8; 32])>,
+}
+
+impl Summary {
+    /// Bytes moved in this attempt per second.
+    pub fn bytes_per_s(&self) -> f64 {
+        (self.total_bytes - self.resumed_bytes) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Transfer events for the UI.
+#[derive(Debug, Clone)]
+pub enum TransferEvent {
+    /// A peer offers files; answer with `accept_offer` or `reject_offer`.
+    Offered(OfferInfo),
+    /// An interrupted, already accepted transfer resumes (no question asked).
+    Resumed(OfferInfo),
+    /// Progress.
+    Progress(Progress),
+    /// Done.
+    Finished(Summary),
+    /// Stopped: rejected, cancelled, failed; `resumable` if a retry continues it.
+    Failed {
+        /// The other side.
+        peer: PeerId,
+        /// Transfer id.
+        id: TransferId,
+        /// We sent.
+        outgoing: bool,
+        /// What happened.
+        reason: String,
+        /// A retry continues from the verified chunks.
+        resumable: bool,
+    },
+}
+
+/// The receiver user's answer.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    Accept(PathBuf),
+    Reject(String),
+}
+
+type Key = (PeerId, TransferId);
+
+/// Transfers in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    offers: Mutex<HashMap<Key, oneshot::Sender<Decision>>>,
+    receiving: Mutex<HashMap<Key, std::sync::Arc<recv::Receiving>>>,
+    cancels: Mutex<HashMap<(Key, bool), watch::Sender<Option<String>>>>,
+    sending: Mutex<HashSet<Key>>,
+}
+
+/// Hex of a transfer id (for names and output).
+pub fn id_hex(id: &TransferId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a transfer id typed by a user.
+pub fn parse_id(s: &str) -> Option<TransferId> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Maps an I/O error to the abort code the other side sees.
+pub(crate) fn abort_code(e: &std::io::Error) -> AbortCode {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        StorageFull | QuotaExceeded | FileTooLarge => AbortCode::DiskFull,
+        PermissionDenied | ReadOnlyFilesystem => AbortCode::Permission,
+        _ => AbortCode::Io,
+    }
+}
+
+pub(crate) fn encode(f: &TransferFrame) -> Vec<u8> {
+    let mut b = Vec::with_capacity(f.encoded_len());
+    f.encode(&mut b);
+    b
+}
+
+pub(crate) fn emit(shared: &Shared, e: TransferEvent) {
+    // Progress may be dropped when the UI lags; everything else waits for room.
+    match e {
+        TransferEvent::Progress(_) => {
+            let _ = shared.events.try_send(EngineEvent::Transfer(e));
+        }
+        e => shared.emit(EngineEvent::Transfer(e)),
+    }
+}
+
+impl Registry {
+    fn cancel_rx(&self, key: Key, outgoing: bool) -> watch::Receiver<Option<String>> {
+        let (tx, rx) = watch::channel(None);
+        if let Ok(mut m) = self.cancels.lock() {
+            m.insert((key, outgoing), tx);
+        }
+        rx
+    }
+
+    fn drop_cancel(&self, key: Key, outgoing: bool) {
+        if let Ok(mut m) = self.cancels.lock() {
+            m.remove(&(key, outgoing));
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Accepts a pending offer into folder `dir` (created if missing).
+    pub fn accept_offer(
+        &self,
+        peer: PeerId,
+        id: TransferId,
+        dir: PathBuf,
+    ) -> Result<(), EngineError> {
+        self.decide(peer, id, Decision::Accept(dir))
+    }
+
+    /// Declines a pending offer.
+    pub fn reject_offer(
+        &self,
+        peer: PeerId,
+        id: TransferId,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        self.decide(peer, id, Decision::Reject(reason.to_string()))
+    }
+
+    fn decide(&self, peer: PeerId, id: TransferId, d: Decision) -> Result<(), EngineError> {
+        let tx = self
+            .shared()
+            .transfers
+            .offers
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&(peer, id)))
+            .ok_or_else(|| EngineError::NoSuchOffer(id_hex(&id)))?;
+        tx.send(d)
+            .map_err(|_| EngineError::NoSuchOffer(id_hex(&id)))
+    }
+
+    /// Cancels a transfer in either direction; both sides are told, no half-written file
+    /// stays in place, and the partial data is removed.
+    pub fn cancel_transfer(&self, peer: PeerId, id: TransferId) -> bool {
+        let Ok(m) = self.shared().transfers.cancels.lock() else {
+            return false;
+        };
+        let mut any = false;
+        for outgoing in [true, false] {
+            if let Some(tx) = m.get(&((peer, id), outgoing)) {
+                tx.send_replace(Some("cancelled by the user".into()));
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Sends files and folders to `peer`. Resumes an unfinished transfer of the same paths
+    /// to the same peer. Progress arrives as [`TransferEvent::Progress`] events.
+    pub async fn send_files(
+        &self,
+        peer: PeerId,
+        paths: &[PathBuf],
+    ) -> Result<Summary, EngineError> {
+        send::send_files(self, peer, paths).await
+    }
+
+    /// Continues every unfinished outgoing transfer to `peer` (called when it comes back).
+    pub async fn resume_transfers(&self, peer: PeerId) {
+        let Ok(open) = self.store().open_outgoing(Some(&peer)) else {
+            return;
+        };
+        for t in open {
+            let running = self
+                .shared()
+                .transfers
+                .sending
+                .lock()
+                .map(|s| s.contains(&(peer, t.id)))
+                .unwrap_or(true);
+            if running || t.sources.is_empty() {
+                continue;
+            }
+            let h = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = send::send_files(&h, peer, &t.sources).await {
+                    tracing::info!(%peer, "resumed transfer stopped: {e}");
+                }
+            });
+        }
+    }
+}

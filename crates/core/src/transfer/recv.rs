@@ -1,0 +1,855 @@
+//! The receiving side of a transfer.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use p2pcall_proto::PeerId;
+use p2pcall_proto::transfer::{
+    AbortCode, DATA_HEADER_LEN, DataHeader, DataKind, Entry, EntryKind, HaveChunk, MAX_FRAME,
+    TransferFrame, TransferId,
+};
+use p2pcall_store::{ChunkRecord, Store, TransferState, now_ms};
+use p2pcall_tls::framed::FrameReader;
+use p2pcall_transfer::{
+    ChunkError, Cv, FileProgress, Meter, Plan, chunk_cv, sanitize, unique_name,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Decision, OfferInfo, PROGRESS_EVERY, Progress, Summary, TransferEvent, abort_code, emit,
+    encode, fsops, id_hex,
+};
+use crate::engine::Shared;
+
+/// Verified chunks are made durable (fdatasync, then recorded) at least this often.
+const SYNC_BYTES: u64 = 64 << 20;
+/// Stream error code for a data stream that breaks the protocol.
+const DATA_REFUSED: u32 = 3;
+
+type Fail = (AbortCode, String);
+
+fn protocol(e: impl std::fmt::Display) -> Fail {
+    (AbortCode::Protocol, e.to_string())
+}
+
+fn io_fail(what: &str, e: &std::io::Error) -> Fail {
+    (abort_code(e), format!("{what}: {e}"))
+}
+
+struct RecvFile {
+    rel: String,
+    progress: FileProgress,
+    dir: PathBuf,
+    name: String,
+    temp: PathBuf,
+    file: Option<File>,
+    /// Temp file created in this attempt: its holes are zeros.
+    fresh: bool,
+    /// Already in place from an interrupted attempt (verified by the sender's hashes).
+    placed: Option<PathBuf>,
+    mode: u32,
+    mtime: i64,
+    unsynced: Vec<ChunkRecord>,
+    unsynced_bytes: u64,
+    done: bool,
+}
+
+/// A transfer being received.
+pub(crate) struct Receiving {
+    rowid: i64,
+    chunk: u32,
+    files: Vec<Option<Mutex<RecvFile>>>,
+    store: Arc<Store>,
+    ctrl: mpsc::UnboundedSender<TransferFrame>,
+    remaining: AtomicU64,
+    files_done: AtomicU64,
+    bytes: AtomicU64,
+    zeros: Vec<u8>,
+    hashes: Mutex<Vec<(String, Cv)>>,
+    failed: Mutex<Option<Fail>>,
+}
+
+impl std::fmt::Debug for Receiving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiving")
+            .field("rowid", &self.rowid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiving {
+    fn fail(&self, f: Fail) {
+        if let Ok(mut slot) = self.failed.lock()
+            && slot.is_none()
+        {
+            *slot = Some(f.clone());
+            let _ = self.ctrl.send(TransferFrame::Abort {
+                code: f.0,
+                reason: f.1,
+            });
+        }
+    }
+
+    /// Applies one data record (on a blocking thread).
+    fn apply(&self, h: DataHeader, data: Option<Vec<u8>>) -> Result<(), Fail> {
+        let slot = self
+            .files
+            .get(h.entry as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| protocol(format!("data for entry {}, which is not a file", h.entry)))?;
+        let mut f = slot.lock().map_err(|_| protocol("poisoned"))?;
+        if f.done {
+            return Err(protocol(format!("data for {} after its end", f.rel)));
+        }
+        match h.kind {
+            DataKind::Chunk | DataKind::Zero => self.chunk(&mut f, h, data),
+            DataKind::End => self.end(&mut f, h),
+        }
+    }
+
+    fn open(&self, f: &mut RecvFile) -> Result<(), Fail> {
+        if f.file.is_none() {
+            let (file, fresh) = fsops::open_temp(&f.temp, f.progress.size())
+                .map_err(|e| io_fail(&format!("cannot create {}", f.temp.display()), &e))?;
+            f.file = Some(file);
+            f.fresh = fresh;
+        }
+        Ok(())
+    }
+
+    fn chunk(&self, f: &mut RecvFile, h: DataHeader, data: Option<Vec<u8>>) -> Result<(), Fail> {
+        let index = u64::from(h.index);
+        f.progress.check_header(index, h.len).map_err(protocol)?;
+        if f.placed.take().is_some() {
+            // The sender disagrees with what we found in place: that file is not ours.
+            // Receive this one afresh under a free name.
+            self.bytes
+                .fetch_sub(f.progress.verified_bytes(), Ordering::Relaxed);
+            f.progress = FileProgress::new(f.progress.size(), self.chunk);
+            let _ = self.store.forget_chunks(self.rowid, &[], &[h.entry]);
+        }
+        self.open(f)?;
+        let bytes: &[u8] = match (&data, h.kind) {
+            (Some(d), DataKind::Chunk) => d,
+            (None, DataKind::Zero) => &self.zeros[..h.len as usize],
+            _ => return Err(protocol("record payload does not match its type")),
+        };
+        if f.progress.has(index) {
+            return Ok(());
+        }
+        f.progress
+            .verify(index, bytes, &h.hash)
+            .map_err(|e| match e {
+                ChunkError::Mismatch { .. } => protocol(format!(
+                    "{}: {e} (corrupted in transit or by the sender)",
+                    f.rel
+                )),
+                e => protocol(e),
+            })?;
+        let offset = f.progress.offset_of(index);
+        let file = f.file.as_ref().ok_or_else(|| protocol("no file"))?;
+        let write = match h.kind {
+            DataKind::Chunk => true,
+            // A hole in a fresh file is zeros already; an older file may hold stale bytes.
+            _ => {
+                !f.fresh && {
+                    let mut cur = vec![0u8; h.len as usize];
+                    file.read_exact_at(&mut cur, offset).is_err() || cur.iter().any(|b| *b != 0)
+                }
+            }
+        };
+        if write {
+            file.write_all_at(bytes, offset)
+                .map_err(|e| io_fail(&format!("cannot write {}", f.temp.display()), &e))?;
+        }
+        f.unsynced.push(ChunkRecord {
+            entry: h.entry,
+            index,
+            cv: h.hash,
+        });
+        f.unsynced_bytes += u64::from(h.len);
+        self.bytes.fetch_add(u64::from(h.len), Ordering::Relaxed);
+        if f.unsynced_bytes >= SYNC_BYTES {
+            self.sync(f)?;
+        }
+        Ok(())
+    }
+
+    /// Makes written chunks durable, then records them as verified.
+    fn sync(&self, f: &mut RecvFile) -> Result<(), Fail> {
+        if f.unsynced.is_empty() {
+            return Ok(());
+        }
+        if let Some(file) = &f.file {
+            file.sync_data()
+                .map_err(|e| io_fail(&format!("cannot sync {}", f.temp.display()), &e))?;
+        }
+        self.store
+            .record_chunks(self.rowid, &f.unsynced)
+            .map_err(|e| (AbortCode::Io, e.to_string()))?;
+        f.unsynced.clear();
+        f.unsynced_bytes = 0;
+        Ok(())
+    }
+
+    fn end(&self, f: &mut RecvFile, h: DataHeader) -> Result<(), Fail> {
+        let root = match f.progress.finish(&h.hash) {
+            Ok(r) => r,
+            Err(e @ ChunkError::HashMismatch) => {
+                // Refuse the file: its data is gone, a retry fetches it again.
+                let _ = std::fs::remove_file(&f.temp);
+                let _ = self.store.forget_chunks(self.rowid, &[], &[h.entry]);
+                return Err(protocol(format!("{}: {e}; the file was refused", f.rel)));
+            }
+            Err(e) => return Err(protocol(format!("{}: {e}", f.rel))),
+        };
+        let fin = match f.placed.clone() {
+            Some(p) => p,
+            None => {
+                self.open(f)?;
+                let file = f.file.take().ok_or_else(|| protocol("no file"))?;
+                let ctx = |what: &str, e: &std::io::Error| {
+                    io_fail(&format!("{what} {}", f.temp.display()), e)
+                };
+                file.sync_all().map_err(|e| ctx("cannot sync", &e))?;
+                fsops::set_meta(&file, f.mode, f.mtime)
+                    .map_err(|e| ctx("cannot set metadata of", &e))?;
+                drop(file);
+                fsops::place(&f.temp, &f.dir, &f.name)
+                    .map_err(|e| ctx("cannot move into place", &e))?
+            }
+        };
+        tracing::debug!(file = %fin.display(), "received and verified");
+        self.store
+            .file_done(self.rowid, h.entry)
+            .map_err(|e| (AbortCode::Io, e.to_string()))?;
+        f.unsynced.clear();
+        f.done = true;
+        if let Ok(mut hs) = self.hashes.lock() {
+            hs.push((f.rel.clone(), root));
+        }
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+        let _ = self.ctrl.send(TransferFrame::FileDone { entry: h.entry });
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = self.ctrl.send(TransferFrame::Complete);
+        }
+        Ok(())
+    }
+
+    /// Cancellation: removes every partial file.
+    fn discard(&self) {
+        for f in self.files.iter().flatten() {
+            if let Ok(mut f) = f.lock()
+                && !f.done
+            {
+                f.file = None;
+                let _ = std::fs::remove_file(&f.temp);
+            }
+        }
+    }
+
+    /// Interruption: makes what was verified durable for the next attempt.
+    fn checkpoint(&self) {
+        for f in self.files.iter().flatten() {
+            if let Ok(mut f) = f.lock()
+                && !f.done
+            {
+                let _ = self.sync(&mut f);
+            }
+        }
+    }
+}
+
+/// Final components of an entry: its top-level name replaced by the chosen one.
+fn target(components: &[String], names: &HashMap<String, String>) -> Vec<String> {
+    let mut c = components.to_vec();
+    if let Some(n) = names.get(&c[0]) {
+        c[0] = n.clone();
+    }
+    c
+}
+
+struct Prepared {
+    files: Vec<Option<Mutex<RecvFile>>>,
+    have: Vec<HaveChunk>,
+    remaining: u64,
+    resumed: u64,
+    dirs: Vec<(PathBuf, u32)>,
+    placed: Vec<PathBuf>,
+}
+
+/// Creates folders, finds partial data from an earlier attempt and re-verifies it.
+fn prepare(
+    store: &Store,
+    rowid: i64,
+    id: &TransferId,
+    dest: &Path,
+    plan: &Plan,
+    entries: &[Entry],
+    chunk: u32,
+) -> Result<Prepared, Fail> {
+    let mut names = store
+        .top_names(rowid)
+        .map_err(|e| (AbortCode::Io, e.to_string()))?;
+    if names.is_empty() {
+        for top in &plan.tops {
+            let n = unique_name(top, |n| fsops::exists(&dest.join(n)))
+                .ok_or_else(|| (AbortCode::Io, format!("no free name for {top}")))?;
+            names.insert(top.clone(), n);
+        }
+        store
+            .set_top_names(rowid, &names)
+            .map_err(|e| (AbortCode::Io, e.to_string()))?;
+    }
+    let done = store
+        .files_done(rowid)
+        .map_err(|e| (AbortCode::Io, e.to_string()))?;
+    let mut recorded: HashMap<u32, Vec<ChunkRecord>> = HashMap::new();
+    for c in store
+        .chunks(rowid)
+        .map_err(|e| (AbortCode::Io, e.to_string()))?
+    {
+        recorded.entry(c.entry).or_default().push(c);
+    }
+    let hex = id_hex(id);
+    let mut p = Prepared {
+        files: Vec::with_capacity(plan.entries.len()),
+        have: Vec::new(),
+        remaining: 0,
+        resumed: 0,
+        dirs: Vec::new(),
+        placed: plan.tops.iter().map(|t| dest.join(&names[t])).collect(),
+    };
+    let mut bad: Vec<(u32, u64)> = Vec::new();
+    let mut wipe: Vec<u32> = Vec::new();
+    let mut found: Vec<ChunkRecord> = Vec::new();
+    for (i, (pe, e)) in plan.entries.iter().zip(entries).enumerate() {
+        let comps = target(&pe.components, &names);
+        let i = i as u32;
+        let (parent, name) = comps.split_at(comps.len() - 1);
+        let dir = fsops::ensure_dirs(dest, parent)
+            .map_err(|e| io_fail("cannot create the folder", &e))?;
+        let EntryKind::File { size } = pe.kind else {
+            let d = fsops::ensure_dirs(&dir, name)
+                .map_err(|e| io_fail("cannot create the folder", &e))?;
+            p.dirs.push((d, pe.mode));
+            p.files.push(None);
+            continue;
+        };
+        let mut f = RecvFile {
+            rel: e.path.clone(),
+            progress: FileProgress::new(size, chunk),
+            temp: dir.join(format!(".p2pcall-{}-{i}.part", &hex[..16])),
+            dir,
+            name: name[0].clone(),
+            file: None,
+            fresh: false,
+            placed: None,
+            mode: pe.mode,
+            mtime: e.mtime,
+            unsynced: Vec::new(),
+            unsynced_bytes: 0,
+            done: done.contains(&i),
+        };
+        if f.done {
+            p.resumed += size;
+            p.files.push(None);
+            continue;
+        }
+        p.remaining += 1;
+        let fin = f.dir.join(&f.name);
+        let recs = recorded.remove(&i).unwrap_or_default();
+        if fsops::exists(&f.temp) {
+            // Re-verify what the last attempt recorded against what is on disk.
+            if let Ok(file) = fsops::open_existing(&f.temp) {
+                let mut buf = Vec::new();
+                for r in recs {
+                    let len = f.progress.len_of(r.index);
+                    buf.resize(len as usize, 0);
+                    let ok = len > 0
+                        && file
+                            .read_exact_at(&mut buf, f.progress.offset_of(r.index))
+                            .is_ok()
+                        && chunk_cv(&buf, r.index, chunk, size) == r.cv;
+                    if ok {
+                        f.progress.record(r.index, r.cv);
+                    } else {
+                        bad.push((i, r.index));
+                    }
+                }
+            } else {
+                wipe.push(i);
+            }
+        } else if !recs.is_empty() || size > 0 {
+            wipe.push(i);
+            // Placed by the last attempt just before it was interrupted? Offer its hashes;
+            // the sender sends the file again if they differ.
+            if let Ok(file) = fsops::open_existing(&fin)
+                && file.metadata().is_ok_and(|m| m.len() == size)
+            {
+                let mut buf = Vec::new();
+                for index in 0..f.progress.count() {
+                    buf.resize(f.progress.len_of(index) as usize, 0);
+                    if file
+                        .read_exact_at(&mut buf, f.progress.offset_of(index))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    f.progress.record(index, chunk_cv(&buf, index, chunk, size));
+                }
+                if f.progress.is_complete() {
+                    f.placed = Some(fin);
+                    found.extend(f.progress.verified().map(|(index, cv)| ChunkRecord {
+                        entry: i,
+                        index,
+                        cv: *cv,
+                    }));
+                } else {
+                    f.progress = FileProgress::new(size, chunk);
+                }
+            }
+        }
+        for (index, cv) in f.progress.verified() {
+            p.have.push(HaveChunk {
+                entry: i,
+                index: index as u32,
+                cv: *cv,
+            });
+        }
+        p.resumed += f.progress.verified_bytes();
+        p.files.push(Some(Mutex::new(f)));
+    }
+    store
+        .forget_chunks(rowid, &bad, &wipe)
+        .map_err(|e| (AbortCode::Io, e.to_string()))?;
+    // Chunks found in place are recorded so that a further interruption keeps them.
+    store
+        .record_chunks(rowid, &found)
+        .map_err(|e| (AbortCode::Io, e.to_string()))?;
+    Ok(p)
+}
+
+/// Serves a transfer control stream the peer opened (kind byte already read).
+pub(crate) async fn serve_offer(
+    shared: Arc<Shared>,
+    peer: PeerId,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let mut reader = FrameReader::new(recv, MAX_FRAME);
+    let offer = match reader.next().await.map(TransferFrame::decode) {
+        Ok(Ok(TransferFrame::Offer {
+            id,
+            chunk_size,
+            entries,
+        })) => (id, chunk_size, entries),
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+            let _ = send.reset(DATA_REFUSED.into());
+            return;
+        }
+    };
+    let (id, chunk, entries) = offer;
+    let answer = |f: TransferFrame| encode(&f);
+    let failed = |reason: String, resumable: bool| {
+        emit(
+            &shared,
+            TransferEvent::Failed {
+                peer,
+                id,
+                outgoing: false,
+                reason,
+                resumable,
+            },
+        );
+    };
+    let plan = match sanitize(&entries) {
+        Ok(p) => p,
+        Err(e) => {
+            let reason = format!("unsafe offer refused: {e}");
+            tracing::warn!(%peer, "{reason}");
+            let _ = send
+                .write_all(&answer(TransferFrame::Reject {
+                    reason: reason.clone(),
+                }))
+                .await;
+            let _ = send.finish();
+            failed(reason, false);
+            return;
+        }
+    };
+    let info = OfferInfo {
+        peer,
+        id,
+        files: plan.files,
+        dirs: plan.dirs,
+        total_bytes: plan.total_bytes,
+        tops: plan.tops.clone(),
+        sample: entries
+            .iter()
+            .take(20)
+            .map(|e| {
+                (
+                    e.path.clone(),
+                    match e.kind {
+                        EntryKind::File { size } => Some(size),
+                        EntryKind::Dir => None,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let store = shared.store.clone();
+    let existing = store.transfer(&peer, false, &id).ok().flatten();
+    let key = (peer, id);
+    let decision = match existing {
+        Some(t) if t.state == TransferState::Active && t.dest.is_some() => {
+            emit(&shared, TransferEvent::Resumed(info.clone()));
+            Decision::Accept(t.dest.unwrap_or_default())
+        }
+        Some(t) if t.state == TransferState::Done => {
+            Decision::Reject("this transfer was already received completely".into())
+        }
+        _ => {
+            if store
+                .create_transfer(
+                    &peer,
+                    false,
+                    &id,
+                    plan.total_bytes,
+                    plan.files,
+                    &[],
+                    None,
+                    now_ms(),
+                )
+                .is_err()
+            {
+                let _ = send.reset(DATA_REFUSED.into());
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut m) = shared.transfers.offers.lock() {
+                m.insert(key, tx);
+            }
+            emit(&shared, TransferEvent::Offered(info.clone()));
+            let d = tokio::select! {
+                d = rx => d.ok(),
+                // The sender gave up (closed or aborted) before we answered.
+                _ = reader.next() => None,
+            };
+            if let Ok(mut m) = shared.transfers.offers.lock() {
+                m.remove(&key);
+            }
+            match d {
+                Some(d) => d,
+                None => {
+                    if let Ok(Some(t)) = store.transfer(&peer, false, &id) {
+                        let _ = store.set_transfer_state(
+                            t.rowid,
+                            TransferState::Cancelled,
+                            Some("withdrawn"),
+                            now_ms(),
+                        );
+                    }
+                    failed("the sender withdrew the offer".into(), false);
+                    return;
+                }
+            }
+        }
+    };
+    let Ok(Some(rec)) = store.transfer(&peer, false, &id) else {
+        let _ = send.reset(DATA_REFUSED.into());
+        return;
+    };
+    let dest = match decision {
+        Decision::Reject(reason) => {
+            if rec.state != TransferState::Done {
+                let _ = store.set_transfer_state(
+                    rec.rowid,
+                    TransferState::Rejected,
+                    Some(&reason),
+                    now_ms(),
+                );
+            }
+            let _ = send
+                .write_all(&answer(TransferFrame::Reject {
+                    reason: reason.clone(),
+                }))
+                .await;
+            let _ = send.finish();
+            failed(format!("declined: {reason}"), false);
+            return;
+        }
+        Decision::Accept(dest) => dest,
+    };
+
+    // Folders, free space, partial data.
+    let prepared = {
+        let (store, dest, entries, plan) =
+            (store.clone(), dest.clone(), entries.clone(), plan.clone());
+        let rowid = rec.rowid;
+        tokio::task::spawn_blocking(move || -> Result<(PathBuf, Prepared), Fail> {
+            std::fs::create_dir_all(&dest)
+                .map_err(|e| io_fail(&format!("cannot create {}", dest.display()), &e))?;
+            let dest = dest
+                .canonicalize()
+                .map_err(|e| io_fail(&format!("cannot open {}", dest.display()), &e))?;
+            let p = prepare(&store, rowid, &id, &dest, &plan, &entries, chunk)?;
+            let need = plan.total_bytes.saturating_sub(p.resumed);
+            let free =
+                fsops::free_space(&dest).map_err(|e| io_fail("cannot check free space", &e))?;
+            if need > free {
+                return Err((
+                    AbortCode::DiskFull,
+                    format!(
+                        "not enough space in {}: {need} bytes needed, {free} free",
+                        dest.display()
+                    ),
+                ));
+            }
+            Ok((dest, p))
+        })
+        .await
+        .unwrap_or_else(|e| Err((AbortCode::Io, e.to_string())))
+    };
+    let (dest, p) = match prepared {
+        Ok(x) => x,
+        Err((code, reason)) => {
+            let _ =
+                store.set_transfer_state(rec.rowid, TransferState::Failed, Some(&reason), now_ms());
+            let _ = send
+                .write_all(&answer(TransferFrame::Abort {
+                    code,
+                    reason: reason.clone(),
+                }))
+                .await;
+            let _ = send.finish();
+            failed(reason, false);
+            return;
+        }
+    };
+    let _ = store.set_transfer_dest(rec.rowid, &dest);
+    let _ = store.set_transfer_state(rec.rowid, TransferState::Active, None, now_ms());
+
+    let (ctrl, mut ctrl_rx) = mpsc::unbounded_channel();
+    let resumed = p.resumed;
+    let files_total = plan.files;
+    let rx = Arc::new(Receiving {
+        rowid: rec.rowid,
+        chunk,
+        files: p.files,
+        store: store.clone(),
+        ctrl: ctrl.clone(),
+        remaining: AtomicU64::new(p.remaining),
+        files_done: AtomicU64::new(plan.files - p.remaining),
+        bytes: AtomicU64::new(resumed),
+        zeros: vec![0u8; chunk as usize],
+        hashes: Mutex::new(Vec::new()),
+        failed: Mutex::new(None),
+    });
+    if let Ok(mut m) = shared.transfers.receiving.lock() {
+        m.insert(key, rx.clone());
+    }
+    let mut cancel = shared.transfers.cancel_rx(key, false);
+    if p.remaining == 0 {
+        let _ = ctrl.send(TransferFrame::Complete);
+    }
+    let t0 = Instant::now();
+    let mut meter = Meter::new(t0, plan.total_bytes, resumed);
+    let mut last = resumed;
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let outcome: Result<(), (Fail, bool)> = if send
+        .write_all(&answer(TransferFrame::Accept { have: p.have }))
+        .await
+        .is_err()
+    {
+        Err(((AbortCode::Io, "the connection closed".into()), true))
+    } else {
+        loop {
+            tokio::select! {
+                f = ctrl_rx.recv() => match f {
+                    Some(TransferFrame::Complete) => {
+                        if send.write_all(&answer(TransferFrame::Complete)).await.is_err() {
+                            // The files are in place; the sender will learn on its retry.
+                        }
+                        break Ok(());
+                    }
+                    Some(TransferFrame::Abort { code, reason }) => {
+                        let _ = send.write_all(&answer(TransferFrame::Abort { code, reason: reason.clone() })).await;
+                        break Err(((code, reason), code != AbortCode::Cancelled && code != AbortCode::Protocol));
+                    }
+                    Some(f) => {
+                        let _ = send.write_all(&answer(f)).await;
+                    }
+                    None => break Err(((AbortCode::Io, "internal channel closed".into()), true)),
+                },
+                f = reader.next() => match f.map(TransferFrame::decode) {
+                    Ok(Ok(TransferFrame::Abort { code, reason })) => break Err(((code, format!("the sender stopped: {reason}")), code != AbortCode::Cancelled)),
+                    Ok(_) => break Err(((AbortCode::Protocol, "unexpected frame from the sender".into()), false)),
+                    Err(e) => break Err(((AbortCode::Io, format!("interrupted: {e}")), true)),
+                },
+                _ = cancel.changed() => {
+                    let reason = "the receiver cancelled".to_string();
+                    let _ = send.write_all(&answer(TransferFrame::Abort { code: AbortCode::Cancelled, reason: reason.clone() })).await;
+                    break Err(((AbortCode::Cancelled, reason), false));
+                }
+                _ = tick.tick() => {
+                    let b = rx.bytes.load(Ordering::Relaxed);
+                    meter.add(Instant::now(), b.saturating_sub(last));
+                    last = b;
+                    emit(&shared, TransferEvent::Progress(Progress {
+                        peer, id, outgoing: false,
+                        done_bytes: meter.done(), total_bytes: plan.total_bytes,
+                        files_done: rx.files_done.load(Ordering::Relaxed), files: files_total,
+                        rate: meter.rate(), eta: meter.eta(),
+                    }));
+                }
+            }
+        }
+    };
+    let _ = send.finish();
+    if let Ok(mut m) = shared.transfers.receiving.lock() {
+        m.remove(&key);
+    }
+    shared.transfers.drop_cancel(key, false);
+    let rx2 = rx.clone();
+    let dirs = p.dirs;
+    match outcome {
+        Ok(()) => {
+            let _ = tokio::task::spawn_blocking(move || {
+                // Folder modes last (a read-only folder would have blocked its content).
+                for (d, mode) in dirs.iter().rev() {
+                    let _ = fsops::set_dir_mode(d, *mode);
+                }
+            })
+            .await;
+            let _ = store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms());
+            let mut hashes = rx.hashes.lock().map(|h| h.clone()).unwrap_or_default();
+            hashes.sort();
+            emit(
+                &shared,
+                TransferEvent::Finished(Summary {
+                    peer,
+                    id,
+                    outgoing: false,
+                    files: plan.files,
+                    dirs: plan.dirs,
+                    total_bytes: plan.total_bytes,
+                    resumed_bytes: resumed,
+                    elapsed: t0.elapsed(),
+                    placed: p.placed,
+                    skipped: Vec::new(),
+                    hashes,
+                }),
+            );
+        }
+        Err(((code, reason), resumable)) => {
+            let state = if resumable {
+                TransferState::Active
+            } else if code == AbortCode::Cancelled {
+                TransferState::Cancelled
+            } else {
+                TransferState::Failed
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                if resumable {
+                    rx2.checkpoint()
+                } else {
+                    rx2.discard()
+                }
+            })
+            .await;
+            let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
+            failed(reason, resumable);
+        }
+    }
+}
+
+/// Serves a data stream (kind byte already read).
+pub(crate) async fn serve_data(shared: Arc<Shared>, peer: PeerId, mut recv: quinn::RecvStream) {
+    let mut id = [0u8; 16];
+    if recv.read_exact(&mut id).await.is_err() {
+        return;
+    }
+    let Some(rx) = shared
+        .transfers
+        .receiving
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&(peer, id)).cloned())
+    else {
+        let _ = recv.stop(DATA_REFUSED.into());
+        return;
+    };
+    // Records are applied on a blocking thread while the next ones are read.
+    let (tx, mut work) = mpsc::channel::<(DataHeader, Option<Vec<u8>>)>(4);
+    let rx2 = rx.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        while let Some((h, data)) = work.blocking_recv() {
+            if let Err(f) = rx2.apply(h, data) {
+                rx2.fail(f);
+                return;
+            }
+        }
+    });
+    let mut head = [0u8; DATA_HEADER_LEN];
+    loop {
+        match recv.read_exact(&mut head).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => break,
+            Err(_) => break,
+        }
+        let h = match DataHeader::decode(&head) {
+            Ok(h) => h,
+            Err(e) => {
+                rx.fail(protocol(e));
+                break;
+            }
+        };
+        let data = if h.kind == DataKind::Chunk {
+            if h.len > rx.chunk {
+                rx.fail(protocol(format!(
+                    "a chunk of {} bytes exceeds the chunk size",
+                    h.len
+                )));
+                break;
+            }
+            let mut buf = vec![0u8; h.len as usize];
+            if recv.read_exact(&mut buf).await.is_err() {
+                break;
+            }
+            Some(buf)
+        } else {
+            if h.kind == DataKind::Zero && h.len > rx.chunk {
+                rx.fail(protocol("a zero chunk exceeds the chunk size"));
+                break;
+            }
+            None
+        };
+        if tx.send((h, data)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    if rx.failed.lock().map(|f| f.is_some()).unwrap_or(false) {
+        let _ = recv.stop(DATA_REFUSED.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_renames_only_the_top() {
+        let names = HashMap::from([("a".to_string(), "a (1)".to_string())]);
+        assert_eq!(target(&["a".into(), "b".into()], &names), ["a (1)", "b"]);
+        assert_eq!(target(&["c".into()], &names), ["c"]);
+    }
+}

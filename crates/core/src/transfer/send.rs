@@ -1,0 +1,432 @@
+//! The sending side of a transfer.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use p2pcall_proto::PeerId;
+use p2pcall_proto::transfer::{
+    AbortCode, DataHeader, DataKind, EntryKind, MAX_FRAME, TransferFrame, TransferId,
+};
+use p2pcall_store::{TransferState, now_ms};
+use p2pcall_tls::framed::FrameReader;
+use p2pcall_transfer::{Cv, Meter, chunk_count, chunk_cv, chunk_len, file_hash};
+use tokio::sync::mpsc;
+
+use super::{
+    CHUNK_SIZE, DATA, DATA_STREAMS, OFFER, PROGRESS_EVERY, Progress, Summary, TransferEvent, emit,
+    encode, fsops,
+};
+use crate::EngineError;
+use crate::engine::EngineHandle;
+
+struct Job {
+    entry: u32,
+    rel: String,
+    source: PathBuf,
+    size: u64,
+    have: HashMap<u64, Cv>,
+}
+
+/// Counters shared by the workers.
+#[derive(Default)]
+struct Counters {
+    bytes: AtomicU64,
+    resumed: AtomicU64,
+    files_done: AtomicU64,
+}
+
+/// Removes the transfer from the "being sent" set when dropped.
+struct Sending<'a> {
+    h: &'a EngineHandle,
+    key: (PeerId, TransferId),
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        let t = &self.h.shared().transfers;
+        if let Ok(mut s) = t.sending.lock() {
+            s.remove(&self.key);
+        }
+        t.drop_cancel(self.key, true);
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Stream(e.to_string())
+}
+
+pub(super) async fn send_files(
+    h: &EngineHandle,
+    peer: PeerId,
+    paths: &[PathBuf],
+) -> Result<Summary, EngineError> {
+    let shared = h.shared().clone();
+    let paths: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| {
+            std::path::absolute(p).map_err(|source| EngineError::Source {
+                path: p.clone(),
+                source,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let scan = {
+        let paths = paths.clone();
+        tokio::task::spawn_blocking(move || fsops::scan(&paths))
+            .await
+            .map_err(io_err)?
+            .map_err(|(path, source)| EngineError::Source { path, source })?
+    };
+    if scan.entries.is_empty() {
+        return Err(EngineError::NothingToSend(
+            "only symlinks or special files were given".into(),
+        ));
+    }
+    let store = &shared.store;
+    let id: TransferId = store
+        .open_outgoing(Some(&peer))?
+        .into_iter()
+        .find(|t| t.sources == paths)
+        .map_or_else(rand::random, |t| t.id);
+    let key = (peer, id);
+    if !shared
+        .transfers
+        .sending
+        .lock()
+        .map(|mut s| s.insert(key))
+        .unwrap_or(false)
+    {
+        return Err(EngineError::NothingToSend(
+            "this transfer is already being sent by this process".into(),
+        ));
+    }
+    let mut cancel = shared.transfers.cancel_rx(key, true);
+    let _guard = Sending { h, key };
+    let (files, dirs, total) = scan
+        .entries
+        .iter()
+        .fold((0u64, 0u64, 0u64), |(f, d, t), e| match e.kind {
+            EntryKind::File { size } => (f + 1, d, t + size),
+            EntryKind::Dir => (f, d + 1, t),
+        });
+    let rec = store.create_transfer(&peer, true, &id, total, files, &paths, None, now_ms())?;
+
+    let conn = h.connect(peer).await?;
+    let (mut ctl, recv) = conn
+        .quic()
+        .open_bi()
+        .await
+        .map_err(|e| EngineError::Net(e.into()))?;
+    let mut offer = vec![OFFER];
+    TransferFrame::Offer {
+        id,
+        chunk_size: CHUNK_SIZE,
+        entries: scan.entries.clone(),
+    }
+    .encode(&mut offer);
+    ctl.write_all(&offer).await.map_err(io_err)?;
+    let mut reader = FrameReader::new(recv, MAX_FRAME);
+
+    let fail = |state: TransferState, reason: String, resumable: bool| {
+        let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
+        emit(
+            &shared,
+            TransferEvent::Failed {
+                peer,
+                id,
+                outgoing: true,
+                reason,
+                resumable,
+            },
+        );
+    };
+
+    // The answer.
+    let answer = tokio::select! {
+        f = reader.next() => match f {
+            Ok(raw) => TransferFrame::decode(raw).map_err(|e| EngineError::Protocol(e.to_string()))?,
+            Err(e) => {
+                fail(TransferState::Offered, e.to_string(), true);
+                return Err(io_err(e));
+            }
+        },
+        _ = cancel.changed() => {
+            let _ = ctl.write_all(&encode(&TransferFrame::Abort { code: AbortCode::Cancelled, reason: "the sender cancelled".into() })).await;
+            let _ = ctl.finish();
+            fail(TransferState::Cancelled, "cancelled".into(), false);
+            return Err(EngineError::Aborted { code: AbortCode::Cancelled, reason: "cancelled by the user".into() });
+        }
+    };
+    let have = match answer {
+        TransferFrame::Accept { have } => have,
+        TransferFrame::Reject { reason } => {
+            fail(TransferState::Rejected, reason.clone(), false);
+            return Err(EngineError::Rejected(reason));
+        }
+        TransferFrame::Abort { code, reason } => {
+            fail(TransferState::Failed, reason.clone(), false);
+            return Err(EngineError::Aborted { code, reason });
+        }
+        other => {
+            let reason = format!("unexpected answer {other:?}");
+            fail(TransferState::Failed, reason.clone(), true);
+            return Err(EngineError::Protocol(reason));
+        }
+    };
+    store.set_transfer_state(rec.rowid, TransferState::Active, None, now_ms())?;
+
+    // What to send.
+    let mut by_entry: HashMap<u32, HashMap<u64, Cv>> = HashMap::new();
+    for c in have {
+        by_entry
+            .entry(c.entry)
+            .or_default()
+            .insert(u64::from(c.index), c.cv);
+    }
+    let mut jobs: Vec<Job> = scan
+        .entries
+        .iter()
+        .zip(&scan.sources)
+        .enumerate()
+        .filter_map(|(i, (e, src))| match e.kind {
+            EntryKind::File { size } => Some(Job {
+                entry: i as u32,
+                rel: e.path.clone(),
+                source: src.clone(),
+                size,
+                have: by_entry.remove(&(i as u32)).unwrap_or_default(),
+            }),
+            EntryKind::Dir => None,
+        })
+        .collect();
+    jobs.sort_by(|a, b| b.size.cmp(&a.size));
+    let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
+    let counters = Arc::new(Counters::default());
+    let hashes = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..DATA_STREAMS.min(files.max(1) as usize) {
+        let (conn, queue, counters, hashes) = (
+            conn.clone(),
+            queue.clone(),
+            counters.clone(),
+            hashes.clone(),
+        );
+        workers.spawn(async move {
+            let mut s = conn
+                .quic()
+                .open_uni()
+                .await
+                .map_err(|e| EngineError::Net(e.into()))?;
+            let mut head = vec![DATA];
+            head.extend_from_slice(&id);
+            s.write_all(&head).await.map_err(io_err)?;
+            loop {
+                let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                    break;
+                };
+                let (rel, root) = send_file(job, &mut s, &counters).await?;
+                if let Ok(mut h) = hashes.lock() {
+                    h.push((rel, root));
+                }
+            }
+            let _ = s.finish();
+            Ok::<(), EngineError>(())
+        });
+    }
+
+    let mut meter = Meter::new(t0, total, 0);
+    let mut last = 0u64;
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let mut workers_done = false;
+    let result: Result<(), EngineError> = loop {
+        tokio::select! {
+            f = reader.next() => match f.map(TransferFrame::decode) {
+                Ok(Ok(TransferFrame::FileDone { .. })) => {
+                    counters.files_done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Ok(TransferFrame::Complete)) => break Ok(()),
+                Ok(Ok(TransferFrame::Abort { code, reason })) => break Err(EngineError::Aborted { code, reason }),
+                Ok(Ok(other)) => break Err(EngineError::Protocol(format!("unexpected frame {other:?}"))),
+                Ok(Err(e)) => break Err(EngineError::Protocol(e.to_string())),
+                Err(e) => break Err(io_err(e)),
+            },
+            w = workers.join_next(), if !workers_done => match w {
+                None => workers_done = true,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => break Err(e),
+                Some(Err(e)) => break Err(io_err(e)),
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let b = counters.bytes.load(Ordering::Relaxed);
+                meter.add(now, b - last);
+                last = b;
+                emit(&shared, TransferEvent::Progress(Progress {
+                    peer, id, outgoing: true,
+                    done_bytes: meter.done(), total_bytes: total,
+                    files_done: counters.files_done.load(Ordering::Relaxed), files,
+                    rate: meter.rate(), eta: meter.eta(),
+                }));
+            }
+            _ = cancel.changed() => {
+                break Err(EngineError::Aborted { code: AbortCode::Cancelled, reason: "cancelled by the user".into() });
+            }
+        }
+    };
+    workers.abort_all();
+    match result {
+        Ok(()) => {
+            let _ = ctl.finish();
+            store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms())?;
+            let mut hashes = hashes.lock().map(|h| h.clone()).unwrap_or_default();
+            hashes.sort();
+            let s = Summary {
+                peer,
+                id,
+                outgoing: true,
+                files,
+                dirs,
+                total_bytes: total,
+                resumed_bytes: counters.resumed.load(Ordering::Relaxed),
+                elapsed: t0.elapsed(),
+                placed: Vec::new(),
+                skipped: scan.skipped,
+                hashes,
+            };
+            emit(&shared, TransferEvent::Finished(s.clone()));
+            Ok(s)
+        }
+        Err(e) => {
+            let (state, resumable) = match &e {
+                EngineError::Aborted {
+                    code: AbortCode::Cancelled,
+                    ..
+                } => (TransferState::Cancelled, false),
+                EngineError::Aborted {
+                    code: AbortCode::Protocol,
+                    ..
+                }
+                | EngineError::Protocol(_) => (TransferState::Failed, false),
+                _ => (TransferState::Active, true),
+            };
+            if let EngineError::Aborted { code, reason } = &e {
+                let _ = ctl
+                    .write_all(&encode(&TransferFrame::Abort {
+                        code: *code,
+                        reason: reason.clone(),
+                    }))
+                    .await;
+            }
+            let _ = ctl.finish();
+            fail(state, e.to_string(), resumable);
+            Err(e)
+        }
+    }
+}
+
+type Item = Result<(DataHeader, Option<Bytes>), std::io::Error>;
+
+/// Sends one file's missing chunks and its end record; returns its path and hash.
+async fn send_file(
+    job: Job,
+    s: &mut quinn::SendStream,
+    counters: &Arc<Counters>,
+) -> Result<(String, Cv), EngineError> {
+    let (tx, mut rx) = mpsc::channel::<Item>(4);
+    let rel = job.rel.clone();
+    let source = job.source.clone();
+    let c2 = counters.clone();
+    let producer = tokio::task::spawn_blocking(move || read_chunks(job, &tx, &c2));
+    while let Some(item) = rx.recv().await {
+        let (h, data) = item.map_err(|e| EngineError::Source {
+            path: source.clone(),
+            source: e,
+        })?;
+        s.write_all(&h.encode()).await.map_err(io_err)?;
+        if let Some(d) = data {
+            s.write_chunk(d).await.map_err(io_err)?;
+        }
+        counters
+            .bytes
+            .fetch_add(u64::from(h.len), Ordering::Relaxed);
+        if h.kind == DataKind::End {
+            let _ = producer.await;
+            return Ok((rel, h.hash));
+        }
+    }
+    Err(EngineError::Source {
+        path: source,
+        source: std::io::Error::other("reading stopped"),
+    })
+}
+
+/// Reads, hashes and classifies every chunk of a file (on a blocking thread).
+fn read_chunks(job: Job, tx: &mpsc::Sender<Item>, counters: &Counters) {
+    let fail = |e: std::io::Error| {
+        let _ = tx.blocking_send(Err(e));
+    };
+    let f = match fsops::open_existing(&job.source) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    match f.metadata() {
+        Ok(m) if m.len() == job.size => {}
+        Ok(_) => {
+            return fail(std::io::Error::other(
+                "the file changed size since it was offered",
+            ));
+        }
+        Err(e) => return fail(e),
+    }
+    let count = chunk_count(job.size, CHUNK_SIZE);
+    if count > u64::from(u32::MAX) {
+        return fail(std::io::Error::other("the file is too large (over 4 PiB)"));
+    }
+    let mut cvs = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let len = chunk_len(job.size, CHUNK_SIZE, index);
+        let mut buf = vec![0u8; len as usize];
+        if let Err(e) = f.read_exact_at(&mut buf, index * u64::from(CHUNK_SIZE)) {
+            return fail(e);
+        }
+        let cv = chunk_cv(&buf, index, CHUNK_SIZE, job.size);
+        cvs.push(cv);
+        if job.have.get(&index) == Some(&cv) {
+            counters.bytes.fetch_add(u64::from(len), Ordering::Relaxed);
+            counters
+                .resumed
+                .fetch_add(u64::from(len), Ordering::Relaxed);
+            continue;
+        }
+        let zero = buf.iter().all(|b| *b == 0);
+        let h = DataHeader {
+            kind: if zero {
+                DataKind::Zero
+            } else {
+                DataKind::Chunk
+            },
+            entry: job.entry,
+            index: index as u32,
+            len,
+            hash: cv,
+        };
+        let data = (!zero).then(|| Bytes::from(buf));
+        if tx.blocking_send(Ok((h, data))).is_err() {
+            return;
+        }
+    }
+    let end = DataHeader {
+        kind: DataKind::End,
+        entry: job.entry,
+        index: count as u32,
+        len: 0,
+        hash: file_hash(&cvs),
+    };
+    let _ = tx.blocking_send(Ok((end, None)));
+}
