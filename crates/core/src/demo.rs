@@ -145,26 +145,17 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
 
     // Bob: collect the signal and the incoming connection.
     let (sig_tx, sig_rx) = tokio::sync::oneshot::channel();
-    let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let inbox = tempfile::tempdir().map_err(|e| step(&e.to_string()))?;
     let inbox_path = inbox.path().to_path_buf();
     let bob2 = bob.clone();
     tokio::spawn(async move {
-        let (mut sig_tx, mut conn_tx, mut done_tx) = (Some(sig_tx), Some(conn_tx), Some(done_tx));
+        let (mut sig_tx, mut done_tx) = (Some(sig_tx), Some(done_tx));
         while let Some(e) = bob_events.recv().await {
             match e {
                 EngineEvent::Net(p2pcall_net::Event::Signal { payload, .. }) => {
                     if let Some(t) = sig_tx.take() {
                         let _ = t.send(payload);
-                    }
-                }
-                EngineEvent::PeerConnected {
-                    conn,
-                    incoming: true,
-                } => {
-                    if let Some(t) = conn_tx.take() {
-                        let _ = t.send(conn);
                     }
                 }
                 EngineEvent::Transfer(TransferEvent::Offered(o)) => {
@@ -206,7 +197,6 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
     let final_path = conn.path();
 
     // Throughput: one stream, bob hashes every byte and answers with the hash.
-    let _ = conn_rx;
     let speed = alice.speedtest(bob.id(), bytes).await?;
     if !speed.verified {
         return Err(step("bob's hash of the streamed bytes differs"));
@@ -241,7 +231,9 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
     let tree = work.path().join("holiday");
     make_tree(&tree).map_err(|e| step(&e.to_string()))?;
     let t_files = Instant::now();
-    let sent = alice.send_files(bob.id(), &[tree.clone()]).await?;
+    let sent = alice
+        .send_files(bob.id(), std::slice::from_ref(&tree))
+        .await?;
     let files_time = t_files.elapsed();
     let received = tokio::time::timeout(Duration::from_secs(10), done_rx)
         .await

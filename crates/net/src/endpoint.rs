@@ -487,11 +487,13 @@ impl Endpoint {
 
     /// Stops the relay client and every connection.
     pub async fn close(&self) {
-        self.inner.cancel.cancel();
+        // Close the connections while the relay session still carries their close frames,
+        // so peers learn at once instead of after their idle timeout.
         self.inner
             .quinn
             .close(CLOSE_NORMAL.into(), b"endpoint closed");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.quinn.wait_idle()).await;
+        self.inner.cancel.cancel();
     }
 }
 

@@ -38,6 +38,8 @@ pub const DATA: u8 = b'D';
 pub const CHUNK_SIZE: u32 = 1 << 20;
 /// Files sent at once, one data stream each.
 pub const DATA_STREAMS: usize = 4;
+/// Stop reason given to a receiving attempt that a retry replaces.
+const SUPERSEDED: &str = "superseded";
 /// Progress events at most this often per transfer.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
@@ -152,13 +154,15 @@ pub(crate) enum Decision {
 }
 
 type Key = (PeerId, TransferId);
+/// Stop signal of one side of a transfer: `Some(reason)` once stopped.
+type StopTx = watch::Sender<Option<String>>;
 
 /// Transfers in flight.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     offers: Mutex<HashMap<Key, oneshot::Sender<Decision>>>,
     receiving: Mutex<HashMap<Key, std::sync::Arc<recv::Receiving>>>,
-    cancels: Mutex<HashMap<(Key, bool), watch::Sender<Option<String>>>>,
+    pub(crate) cancels: Mutex<HashMap<(Key, bool), StopTx>>,
     sending: Mutex<HashSet<Key>>,
 }
 

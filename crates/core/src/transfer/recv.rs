@@ -103,6 +103,10 @@ impl Receiving {
             .and_then(Option::as_ref)
             .ok_or_else(|| protocol(format!("data for entry {}, which is not a file", h.entry)))?;
         let mut f = slot.lock().map_err(|_| protocol("poisoned"))?;
+        if self.failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+            // This attempt is over (failed, cancelled or superseded): write nothing more.
+            return Ok(());
+        }
         if f.done {
             return Err(protocol(format!("data for {} after its end", f.rel)));
         }
@@ -505,6 +509,37 @@ pub(crate) async fn serve_offer(
             .collect(),
     };
     let store = shared.store.clone();
+    // A retry while the last attempt still looks alive (its connection not yet timed out):
+    // stop that attempt (its verified chunks are kept) and serve this one.
+    let stale = shared
+        .transfers
+        .receiving
+        .lock()
+        .map(|m| m.contains_key(&(peer, id)))
+        .unwrap_or(false);
+    if stale {
+        if let Ok(m) = shared.transfers.cancels.lock()
+            && let Some(tx) = m.get(&((peer, id), false))
+        {
+            tx.send_replace(Some(super::SUPERSEDED.into()));
+        }
+        let gone = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while shared
+                .transfers
+                .receiving
+                .lock()
+                .map(|m| m.contains_key(&(peer, id)))
+                .unwrap_or(false)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if gone.is_err() {
+            let _ = send.reset(DATA_REFUSED.into());
+            return;
+        }
+    }
     let existing = store.transfer(&peer, false, &id).ok().flatten();
     let key = (peer, id);
     let decision = match existing {
@@ -694,6 +729,9 @@ pub(crate) async fn serve_offer(
                     Err(e) => break Err(((AbortCode::Io, format!("interrupted: {e}")), true)),
                 },
                 _ = cancel.changed() => {
+                    if cancel.borrow().as_deref() == Some(super::SUPERSEDED) {
+                        break Err(((AbortCode::Io, "a new attempt of this transfer started".into()), true));
+                    }
                     let reason = "the receiver cancelled".to_string();
                     let _ = send.write_all(&answer(TransferFrame::Abort { code: AbortCode::Cancelled, reason: reason.clone() })).await;
                     break Err(((AbortCode::Cancelled, reason), false));
@@ -713,10 +751,14 @@ pub(crate) async fn serve_offer(
         }
     };
     let _ = send.finish();
-    if let Ok(mut m) = shared.transfers.receiving.lock() {
-        m.remove(&key);
+    if let Ok(mut f) = rx.failed.lock()
+        && f.is_none()
+    {
+        *f = Some(match &outcome {
+            Ok(()) => (AbortCode::Io, "finished".into()),
+            Err((f, _)) => f.clone(),
+        });
     }
-    shared.transfers.drop_cancel(key, false);
     let rx2 = rx.clone();
     let dirs = p.dirs;
     match outcome {
@@ -767,6 +809,10 @@ pub(crate) async fn serve_offer(
             let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
             failed(reason, resumable);
         }
+    }
+    shared.transfers.drop_cancel(key, false);
+    if let Ok(mut m) = shared.transfers.receiving.lock() {
+        m.remove(&key);
     }
 }
 

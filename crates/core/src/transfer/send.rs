@@ -204,7 +204,7 @@ pub(super) async fn send_files(
             EntryKind::Dir => None,
         })
         .collect();
-    jobs.sort_by(|a, b| b.size.cmp(&a.size));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.size));
     let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
     let counters = Arc::new(Counters::default());
     let hashes = Arc::new(Mutex::new(Vec::new()));
@@ -226,10 +226,7 @@ pub(super) async fn send_files(
             let mut head = vec![DATA];
             head.extend_from_slice(&id);
             s.write_all(&head).await.map_err(io_err)?;
-            loop {
-                let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                    break;
-                };
+            while let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
                 let (rel, root) = send_file(job, &mut s, &counters).await?;
                 if let Ok(mut h) = hashes.lock() {
                     h.push((rel, root));

@@ -1,0 +1,578 @@
+//! Chat and file transfer end to end: an in-process relay and real engines on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2pcall_core::chat::ChatEvent;
+use p2pcall_core::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
+use p2pcall_core::transfer::{OFFER, Summary, TransferEvent};
+use p2pcall_core::{MessageState, Store};
+use p2pcall_net::RelayConfig;
+use p2pcall_proto::transfer::{AbortCode, Entry, EntryKind, TransferFrame};
+use p2pcall_relay::{Relay, RelayConfig as ServerConfig};
+use p2pcall_tls::Identity;
+use tokio::sync::mpsc;
+
+const T: Duration = Duration::from_secs(20);
+
+async fn relay() -> Relay {
+    Relay::start(
+        &Identity::generate().unwrap(),
+        ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await
+    .unwrap()
+}
+
+struct Peer {
+    h: EngineHandle,
+    ev: mpsc::Receiver<EngineEvent>,
+}
+
+async fn peer(relay: &Relay, id: &Identity, store: Arc<Store>, relay_only: bool) -> Peer {
+    let mut cfg = EngineConfig::new(
+        id.clone(),
+        "p".into(),
+        Some(RelayConfig {
+            addr: relay.udp_addr,
+            tcp_addr: None,
+            token: None,
+            presence: true,
+            force_tcp: false,
+            relay_key: None,
+        }),
+    );
+    cfg.port_mapping = false;
+    cfg.direct_paths = !relay_only;
+    cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.store = Some(store);
+    let (h, ev) = Engine::start(cfg).await.unwrap();
+    h.wait_relay(T).await.unwrap();
+    h.wait_presence(T).await.unwrap();
+    Peer { h, ev }
+}
+
+async fn sees(a: &EngineHandle, b: &EngineHandle) {
+    tokio::time::timeout(T, async {
+        while !a.online_peers().iter().any(|p| p.id == b.id()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn mem() -> Arc<Store> {
+    Arc::new(Store::open_in_memory().unwrap())
+}
+
+/// Waits for an event matching `f`.
+async fn until<R>(
+    ev: &mut mpsc::Receiver<EngineEvent>,
+    mut f: impl FnMut(EngineEvent) -> Option<R>,
+) -> R {
+    tokio::time::timeout(T, async {
+        loop {
+            if let Some(r) = f(ev.recv().await.expect("engine stopped")) {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("event did not come")
+}
+
+/// Accepts every offer into `dir` and returns the receiver's summary of the first transfer
+/// that finishes (or its failure reason).
+fn auto_accept(p: Peer, dir: PathBuf) -> tokio::task::JoinHandle<(Peer, Result<Summary, String>)> {
+    tokio::spawn(async move {
+        let mut p = p;
+        let r = loop {
+            match p.ev.recv().await {
+                Some(EngineEvent::Transfer(TransferEvent::Offered(o))) => {
+                    p.h.accept_offer(o.peer, o.id, dir.clone()).unwrap();
+                }
+                Some(EngineEvent::Transfer(TransferEvent::Finished(s))) => break Ok(s),
+                // A resumable stop (e.g. an older attempt superseded) is not the end.
+                Some(EngineEvent::Transfer(TransferEvent::Failed {
+                    reason,
+                    resumable: false,
+                    ..
+                })) => {
+                    break Err(reason);
+                }
+                Some(_) => {}
+                None => break Err("engine stopped".into()),
+            }
+        };
+        (p, r)
+    })
+}
+
+/// Every file and folder under `root`: relative path -> (is_dir, content hash, mode).
+fn tree(root: &Path) -> BTreeMap<String, (bool, String, u32)> {
+    let mut out = BTreeMap::new();
+    fn walk(base: &Path, p: &Path, out: &mut BTreeMap<String, (bool, String, u32)>) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            if m.is_dir() {
+                out.insert(rel, (true, String::new(), m.permissions().mode() & 0o777));
+                walk(base, &path, out);
+            } else {
+                let h = blake3::hash(&std::fs::read(&path).unwrap())
+                    .to_hex()
+                    .to_string();
+                out.insert(rel, (false, h, m.permissions().mode() & 0o777));
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn write(p: &Path, data: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn pattern(n: usize, seed: u32) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_tree_arrives_intact_and_never_overwrites() {
+    let r = relay().await;
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("trip");
+    write(&root.join("empty.txt"), b"");
+    std::fs::create_dir_all(root.join("nothing here/also empty")).unwrap();
+    write(
+        &root.join("日本/東京 🗼.txt"),
+        "こんにちは".repeat(1000).as_bytes(),
+    );
+    write(&root.join("a/b/c/deep.bin"), &pattern(3 << 20 | 12345, 1));
+    write(&root.join("script.sh"), b"#!/bin/sh\necho hi\n");
+    std::fs::set_permissions(
+        root.join("script.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    // A large sparse file: 1 GiB, data only at a few places.
+    let sparse = std::fs::File::create(root.join("disk.img")).unwrap();
+    sparse.set_len(1 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse.write_all_at(b"boot sector", 0).unwrap();
+    sparse.write_all_at(&pattern(5000, 7), 700 << 20).unwrap();
+    sparse.write_all_at(b"the end", (1 << 30) - 7).unwrap();
+    drop(sparse);
+    std::os::unix::fs::symlink("/etc/passwd", root.join("link-to-passwd")).unwrap();
+
+    let a = peer(&r, &Identity::generate().unwrap(), mem(), false).await;
+    let b = peer(&r, &Identity::generate().unwrap(), mem(), false).await;
+    sees(&a.h, &b.h).await;
+    let dest = tempfile::tempdir().unwrap();
+    // Something is already called "trip" there: it must stay untouched.
+    write(&dest.path().join("trip"), b"mine");
+    let b_id = b.h.id();
+    let recv = auto_accept(b, dest.path().to_path_buf());
+    let sent =
+        a.h.send_files(b_id, std::slice::from_ref(&root))
+            .await
+            .unwrap();
+    let (b, got) = recv.await.unwrap();
+    let got = got.unwrap();
+    assert_eq!(std::fs::read(dest.path().join("trip")).unwrap(), b"mine");
+    assert_eq!(
+        got.placed,
+        [dest.path().canonicalize().unwrap().join("trip (1)")]
+    );
+    assert_eq!(sent.hashes, got.hashes);
+    assert_eq!(sent.skipped, [root.join("link-to-passwd")]);
+    let mut want = tree(&root);
+    want.remove("link-to-passwd");
+    assert_eq!(tree(&got.placed[0]), want);
+    // Hashes are the ordinary BLAKE3 of each file.
+    let deep = sent
+        .hashes
+        .iter()
+        .find(|(p, _)| p == "trip/a/b/c/deep.bin")
+        .unwrap()
+        .1;
+    assert_eq!(deep, *blake3::hash(&pattern(3 << 20 | 12345, 1)).as_bytes());
+    // The sparse file stayed sparse on the receiver (holes are never written).
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(got.placed[0].join("disk.img")).unwrap();
+    assert_eq!(m.len(), 1 << 30);
+    assert!(m.blocks() * 512 < 64 << 20, "{} blocks", m.blocks());
+    // No temporary file is left anywhere.
+    assert!(!want.keys().any(|k| k.contains(".p2pcall-")));
+    assert!(tree(dest.path()).keys().all(|k| !k.contains(".p2pcall-")));
+
+    // The same again: lands beside, as "trip (2)".
+    let recv = auto_accept(b, dest.path().to_path_buf());
+    let again =
+        a.h.send_files(b_id, &[root.join("script.sh")])
+            .await
+            .unwrap();
+    let (_b, got2) = recv.await.unwrap();
+    assert_eq!(again.files, 1);
+    assert_eq!(
+        got2.unwrap().placed,
+        [dest.path().canonicalize().unwrap().join("script.sh")]
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_and_hostile_offers_reach_the_sender_and_write_nothing() {
+    let r = relay().await;
+    let mut a = peer(&r, &Identity::generate().unwrap(), mem(), false).await;
+    let b = peer(&r, &Identity::generate().unwrap(), mem(), false).await;
+    sees(&b.h, &a.h).await;
+    let src = tempfile::tempdir().unwrap();
+    write(&src.path().join("f.txt"), b"x");
+
+    // A rejection carries its reason.
+    let a_id = a.h.id();
+    let ah = a.h.clone();
+    let rejecter = tokio::spawn(async move {
+        let o = until(&mut a.ev, |e| match e {
+            EngineEvent::Transfer(TransferEvent::Offered(o)) => Some(o),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            (o.files, o.total_bytes, o.tops.clone()),
+            (1, 1, vec!["f.txt".to_string()])
+        );
+        ah.reject_offer(o.peer, o.id, "not now").unwrap();
+        a
+    });
+    let e =
+        b.h.send_files(a_id, &[src.path().join("f.txt")])
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&e, EngineError::Rejected(r) if r == "not now"),
+        "{e}"
+    );
+    let mut a = rejecter.await.unwrap();
+
+    // Hostile manifests: each refused by the receiver with the rule it broke.
+    let conn = b.h.connect(a_id).await.unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("../../etc/cron.d/x", "climbs out"),
+        ("/etc/passwd", "absolute path"),
+        ("ok/../../x", "climbs out"),
+        ("NUL.txt", "device name"),
+        ("a\\..\\b", "forbidden character"),
+        ("a//b", "empty component"),
+    ];
+    for (path, why) in cases {
+        let (mut s, r) = conn.quic().open_bi().await.unwrap();
+        let mut out = vec![OFFER];
+        TransferFrame::Offer {
+            id: rand::random(),
+            chunk_size: 1 << 20,
+            entries: vec![Entry {
+                path: path.to_string(),
+                kind: EntryKind::File { size: 3 },
+                mode: 0o644,
+                mtime: 0,
+            }],
+        }
+        .encode(&mut out);
+        s.write_all(&out).await.unwrap();
+        let mut reader = p2pcall_tls::framed::FrameReader::new(r, 1 << 20);
+        let answer = TransferFrame::decode(reader.next().await.unwrap()).unwrap();
+        match answer {
+            TransferFrame::Reject { reason } => assert!(reason.contains(why), "{path}: {reason}"),
+            other => panic!("{path}: {other:?}"),
+        }
+        let failed = until(&mut a.ev, |e| match e {
+            EngineEvent::Transfer(TransferEvent::Failed { reason, .. })
+                if reason.starts_with("unsafe") =>
+            {
+                Some(reason)
+            }
+            _ => None,
+        })
+        .await;
+        assert!(failed.contains(why));
+    }
+    r.shutdown().await;
+}
+
+/// Starts a relayed (12.5 MB/s) transfer of a 40 MiB file and stops the sender's engine
+/// once the receiver has verified at least 8 MiB. Returns what is needed to resume.
+struct Interrupted {
+    r: Relay,
+    a_id: Identity,
+    a_store: Arc<Store>,
+    b: Peer,
+    file: PathBuf,
+    dest: tempfile::TempDir,
+    _src: tempfile::TempDir,
+}
+
+async fn interrupted_transfer() -> Interrupted {
+    let r = relay().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    write(&file, &pattern(40 << 20, 3));
+    let a_id = Identity::generate().unwrap();
+    let a_store = mem();
+    let a = peer(&r, &a_id, a_store.clone(), true).await;
+    let mut b = peer(&r, &Identity::generate().unwrap(), mem(), true).await;
+    sees(&a.h, &b.h).await;
+    let dest = tempfile::tempdir().unwrap();
+    let (ah, bid, f2) = (a.h.clone(), b.h.id(), file.clone());
+    let sender = tokio::spawn(async move { ah.send_files(bid, &[f2]).await });
+    let o = until(&mut b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Offered(o)) => Some(o),
+        _ => None,
+    })
+    .await;
+    b.h.accept_offer(o.peer, o.id, dest.path().to_path_buf())
+        .unwrap();
+    until(&mut b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Progress(p)) if p.done_bytes >= 8 << 20 => Some(()),
+        _ => None,
+    })
+    .await;
+    a.h.shutdown().await;
+    let e = sender.await.unwrap().unwrap_err();
+    println!("sender stopped: {e}");
+    // The receiver may not notice before its idle timeout: the retry supersedes the attempt.
+    assert!(
+        !dest.path().join("big.bin").exists(),
+        "no final file before verification"
+    );
+    Interrupted {
+        r,
+        a_id,
+        a_store,
+        b,
+        file,
+        dest,
+        _src: src,
+    }
+}
+
+fn part_file(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".part"))
+        .expect("a partial file")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_transfer_resumes_from_verified_chunks() {
+    let i = interrupted_transfer().await;
+    let a = peer(&i.r, &i.a_id, i.a_store.clone(), true).await;
+    sees(&a.h, &i.b.h).await;
+    let bid = i.b.h.id();
+    let recv = auto_accept(i.b, i.dest.path().to_path_buf());
+    let s =
+        a.h.send_files(bid, std::slice::from_ref(&i.file))
+            .await
+            .unwrap();
+    let (_b, got) = recv.await.unwrap();
+    let got = got.unwrap();
+    println!("resumed {} of {} bytes", s.resumed_bytes, s.total_bytes);
+    assert!(s.resumed_bytes >= 8 << 20, "{}", s.resumed_bytes);
+    assert_eq!(got.resumed_bytes, s.resumed_bytes);
+    assert_eq!(
+        std::fs::read(i.dest.path().join("big.bin")).unwrap(),
+        pattern(40 << 20, 3)
+    );
+    i.r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_partial_chunk_is_detected_and_fetched_again() {
+    let i = interrupted_transfer().await;
+    // Damage the first chunk of the partial file on the receiver's disk.
+    let part = part_file(i.dest.path());
+    let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"garbage", 1000).unwrap();
+    drop(f);
+    let a = peer(&i.r, &i.a_id, i.a_store.clone(), true).await;
+    sees(&a.h, &i.b.h).await;
+    let bid = i.b.h.id();
+    let recv = auto_accept(i.b, i.dest.path().to_path_buf());
+    let s =
+        a.h.send_files(bid, std::slice::from_ref(&i.file))
+            .await
+            .unwrap();
+    let (_b, got) = recv.await.unwrap();
+    got.unwrap();
+    assert!(
+        s.resumed_bytes >= 7 << 20,
+        "the other verified chunks were kept: {}",
+        s.resumed_bytes
+    );
+    assert_eq!(s.resumed_bytes % (1 << 20), 0);
+    assert_eq!(
+        std::fs::read(i.dest.path().join("big.bin")).unwrap(),
+        pattern(40 << 20, 3)
+    );
+    i.r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_tells_both_sides_and_leaves_no_file() {
+    let r = relay().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("big.bin");
+    write(&file, &pattern(40 << 20, 9));
+    let a = peer(&r, &Identity::generate().unwrap(), mem(), true).await;
+    let mut b = peer(&r, &Identity::generate().unwrap(), mem(), true).await;
+    sees(&a.h, &b.h).await;
+    let dest = tempfile::tempdir().unwrap();
+    let (ah, bid) = (a.h.clone(), b.h.id());
+    let sender = tokio::spawn(async move { ah.send_files(bid, &[file]).await });
+    let o = until(&mut b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Offered(o)) => Some(o),
+        _ => None,
+    })
+    .await;
+    b.h.accept_offer(o.peer, o.id, dest.path().to_path_buf())
+        .unwrap();
+    until(&mut b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Progress(p)) if p.done_bytes >= 4 << 20 => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(b.h.cancel_transfer(o.peer, o.id));
+    let e = sender.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            EngineError::Aborted {
+                code: AbortCode::Cancelled,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let (reason, resumable) = until(&mut b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Failed {
+            reason, resumable, ..
+        }) => Some((reason, resumable)),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("cancelled"), "{reason}");
+    assert!(!resumable);
+    assert_eq!(
+        std::fs::read_dir(dest.path()).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_is_ordered_deduplicated_and_queued_for_offline_peers() {
+    let r = relay().await;
+    let a_store = mem();
+    let mut a = peer(&r, &Identity::generate().unwrap(), a_store.clone(), false).await;
+    let b_ident = Identity::generate().unwrap();
+    let b_id = b_ident.id();
+
+    // Bob is offline: messages are queued, in order.
+    for i in 0..20 {
+        let m = a.h.send_message(b_id, &format!("msg {i}")).await.unwrap();
+        assert_eq!(m.state, MessageState::Queued);
+        assert_eq!(m.seq, i + 1);
+    }
+    let too_long = "x".repeat(p2pcall_proto::chat::MAX_TEXT + 1);
+    assert!(matches!(
+        a.h.send_message(b_id, &too_long).await,
+        Err(EngineError::MessageTooLong { .. })
+    ));
+
+    // Bob comes online: alice's engine delivers on its own, in order.
+    let b_store = mem();
+    let mut b = peer(&r, &b_ident, b_store.clone(), false).await;
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let m = until(&mut b.ev, |e| match e {
+            EngineEvent::Chat(ChatEvent::Received(m)) => Some(m),
+            _ => None,
+        })
+        .await;
+        got.push(m.text);
+    }
+    assert_eq!(got, (0..20).map(|i| format!("msg {i}")).collect::<Vec<_>>());
+    until(&mut a.ev, |e| match e {
+        EngineEvent::Chat(ChatEvent::State {
+            state: MessageState::Delivered,
+            ..
+        }) => Some(()),
+        _ => None,
+    })
+    .await;
+    tokio::time::timeout(T, async {
+        while !a_store.undelivered(&b_id).unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    // A retry of an already delivered message is stored once.
+    let first = a_store.history(&b_id, None, 1000).unwrap()[0].clone();
+    let conn = a.h.connect(b_id).await.unwrap();
+    let (mut s, rs) = conn.quic().open_bi().await.unwrap();
+    let mut out = vec![p2pcall_core::chat::CHAT];
+    p2pcall_proto::chat::ChatFrame::Message {
+        id: first.id,
+        seq: first.seq,
+        sent_ms: first.sent_ms,
+        text: first.text.clone(),
+    }
+    .encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    s.finish().unwrap();
+    let mut reader = p2pcall_tls::framed::FrameReader::new(rs, 1 << 20);
+    assert_eq!(
+        p2pcall_proto::chat::ChatFrame::decode(reader.next().await.unwrap()).unwrap(),
+        p2pcall_proto::chat::ChatFrame::Delivered { id: first.id }
+    );
+    assert_eq!(b_store.history(&a.h.id(), None, 1000).unwrap().len(), 20);
+
+    // Bob reads: alice sees "read" on every message.
+    assert_eq!(b.h.mark_read(a.h.id()).await.unwrap(), 20);
+    tokio::time::timeout(T, async {
+        while !a_store
+            .history(&b_id, None, 100)
+            .unwrap()
+            .iter()
+            .all(|m| m.state == MessageState::Read)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(b_store.pending_receipts(&a.h.id()).unwrap().is_empty());
+    r.shutdown().await;
+}
