@@ -1,0 +1,174 @@
+//! The real binary: chat queued for an offline peer and delivered by `listen`; `history`;
+//! `send` accepted by `listen --accept-files`, declined without it, and resumed after the
+//! receiving process was killed (SIGKILL) in the middle of a transfer.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// Full id and fingerprint.
+fn id_of(dir: &Path) -> (String, String) {
+    let mut c = cmd(dir);
+    c.args(["--json", "id"]);
+    let v = json_out(c);
+    let s = |k: &str| v[k].as_str().unwrap().to_string();
+    (s("id"), s("fingerprint"))
+}
+
+/// Runs a command to completion; returns its JSON lines, stderr and success.
+fn run(mut c: std::process::Command) -> (Vec<Value>, String, bool) {
+    let out = c.output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn chat_history_send_and_resume_through_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rdir, adir, bdir) = (
+        tmp.path().join("r"),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+    );
+    // The relay forwards 80 Mbit/s per peer; peers stay on the relay path (--relay-only) so a
+    // transfer takes long enough to be interrupted.
+    let mut relay_cmd = cmd(&rdir);
+    relay_cmd.args([
+        "--json",
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--mbit-rate",
+        "80",
+    ]);
+    let relay = Proc::spawn(relay_cmd);
+    let udp = relay.expect("relay_started")["udp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let peer = |dir: &Path, name: &str| {
+        let mut c = cmd(dir);
+        c.args(["--json", "--relay-only", "--relay", &udp, "--name", name]);
+        c
+    };
+    let (alice, alice_fp) = id_of(&adir);
+
+    // Alice is offline: bob's message is queued.
+    let mut c = peer(&bdir, "bob");
+    c.args(["chat", &alice, "hello from the past"]);
+    let (out, err, ok) = run(c);
+    assert!(ok, "{err}");
+    assert_eq!(out[0]["state"], "queued", "{out:?}");
+
+    // Alice listens (accepting files), then bob's listener delivers on its own.
+    let inbox = tmp.path().join("inbox");
+    let mut c = peer(&adir, "alice");
+    c.args(["listen", "--accept-files"]).arg(&inbox);
+    let a_listen = Proc::spawn(c);
+    a_listen.expect("relay_connected");
+    let mut c = peer(&bdir, "bob");
+    c.arg("listen");
+    let mut b_listen = Proc::spawn(c);
+    let m = a_listen.expect("message");
+    assert_eq!(m["text"], "hello from the past");
+    loop {
+        let s = b_listen.expect("message_state");
+        if s["state"] == "delivered" {
+            break;
+        }
+    }
+    b_listen.term();
+    let mut c = cmd(&bdir);
+    c.args(["--json", "history", &alice_fp[..9]]);
+    let h = json_out(c);
+    assert_eq!(h["messages"][0]["text"], "hello from the past");
+    assert_eq!(h["messages"][0]["state"], "delivered");
+    assert_eq!(h["messages"][0]["outgoing"], true);
+
+    // A 40 MiB file: kill the receiving process once 12 MiB are verified (chunks are
+    // recorded every 8 MiB).
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = src.join("big.bin");
+    std::fs::write(&file, pattern(40 << 20)).unwrap();
+    let mut c = peer(&bdir, "bob");
+    c.args(["send", &alice]).arg(&file);
+    let mut sender = Proc::spawn(c);
+    let offer = a_listen.expect("transfer_offer");
+    assert_eq!(offer["total_bytes"], 40 << 20);
+    loop {
+        let p = a_listen.expect("transfer_progress");
+        if p["done_bytes"].as_u64().unwrap() >= 12 << 20 {
+            break;
+        }
+    }
+    let mut a_listen = a_listen;
+    a_listen.child.kill().unwrap(); // SIGKILL
+    a_listen.child.wait().unwrap();
+    // The network is gone for the sender too (it would notice at its idle timeout).
+    sender.child.kill().unwrap();
+    sender.child.wait().unwrap();
+    assert!(
+        !inbox.join("big.bin").exists(),
+        "no final file before verification"
+    );
+
+    // Both come back: the same command resumes from the verified chunks.
+    let mut c = peer(&adir, "alice");
+    c.args(["listen", "--accept-files"]).arg(&inbox);
+    let a_listen = Proc::spawn(c);
+    a_listen.expect("relay_connected");
+    let mut c = peer(&bdir, "bob");
+    c.args(["send", &alice_fp[..9]]).arg(&file);
+    let (out, err, ok) = run(c);
+    assert!(ok, "{err}");
+    let done = out.iter().find(|l| l["event"] == "transfer_done").unwrap();
+    let resumed = done["resumed_bytes"].as_u64().unwrap();
+    assert!(resumed >= 8 << 20, "{done}");
+    a_listen.expect("transfer_resumed");
+    let got = a_listen.expect("transfer_done");
+    assert_eq!(got["resumed_bytes"], resumed);
+    assert_eq!(
+        std::fs::read(inbox.join("big.bin")).unwrap(),
+        pattern(40 << 20)
+    );
+    assert_eq!(
+        done["blake3"][0]["blake3"].as_str().unwrap(),
+        blake3::hash(&pattern(40 << 20)).to_hex().as_str()
+    );
+
+    // A listener that does not accept files declines with a reason the sender sees.
+    drop(a_listen);
+    let mut c = peer(&adir, "alice");
+    c.arg("listen");
+    let a_listen = Proc::spawn(c);
+    a_listen.expect("relay_connected");
+    let mut c = peer(&bdir, "bob");
+    c.args(["send", &alice]).arg(&file);
+    let (out, _, ok) = run(c);
+    assert!(!ok, "{out:?}");
+    let err = out.iter().find(|l| l["event"] == "error").unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("declined") && err.contains("--accept-files"),
+        "{err}"
+    );
+}
