@@ -4,6 +4,7 @@
 #   scripts/bench.sh relay-forward    [--pairs N] [--secs S]
 #   scripts/bench.sh relay-capacity   [--peers N] [--subscribers S]
 #   scripts/bench.sh p2p-throughput   [--mib N]
+#   scripts/bench.sh file-transfer    [--large-mib N] [--small N] [--small-kib N] [--dir D]
 #   scripts/bench.sh all
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ if [ "${1:-all}" = all ]; then
   "$bench" relay-forward
   "$bench" relay-capacity
   "$bench" p2p-throughput
+  "$bench" file-transfer
 else
   exec "$bench" "$@"
 fi

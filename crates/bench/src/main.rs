@@ -6,8 +6,11 @@
 //!   peer, and the relay CPU time per presence change fanned out to S subscribers.
 //! * `p2p-throughput`: one QUIC stream peer to peer over the relay path and the direct path,
 //!   against raw quinn on loopback.
+//! * `file-transfer`: a 1 GiB folder tree (one large file, many small ones) through the
+//!   p2pcall engine against raw quinn moving as many bytes on one stream.
 
 mod capacity;
+mod files;
 mod forward;
 mod throughput;
 
@@ -55,6 +58,21 @@ enum Cmd {
         #[arg(long, default_value_t = 512)]
         mib: u64,
     },
+    /// A folder tree through `send` vs. raw quinn
+    FileTransfer {
+        /// Size of the one large file, MiB
+        #[arg(long, default_value_t = 768)]
+        large_mib: u64,
+        /// Number of small files
+        #[arg(long, default_value_t = 4096)]
+        small: u64,
+        /// Size of each small file, KiB
+        #[arg(long, default_value_t = 64)]
+        small_kib: u64,
+        /// Folder for the tree and the copies [default: the system temp dir]
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,5 +86,11 @@ fn main() -> anyhow::Result<()> {
             max_secs,
         } => capacity::run(peers, subscribers, &relay_bin, max_secs),
         Cmd::P2pThroughput { mib } => throughput::run(mib),
+        Cmd::FileTransfer {
+            large_mib,
+            small,
+            small_kib,
+            dir,
+        } => files::run(large_mib, small, small_kib, dir),
     }
 }

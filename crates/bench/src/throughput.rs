@@ -40,7 +40,7 @@ async fn transfer(tx: &quinn::Connection, rx: &quinn::Connection, bytes: u64) ->
     Ok(bytes as f64 * 8.0 / secs / 1e6)
 }
 
-async fn raw_quinn(bytes: u64) -> Result<f64> {
+pub(crate) async fn raw_quinn(bytes: u64) -> Result<f64> {
     let (a, b) = (Identity::generate()?, Identity::generate()?);
     let t = || p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(20));
     let server = quinn::Endpoint::server(

@@ -281,8 +281,20 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// Flow-control windows of peer connections. quinn's defaults (1.25 MB per stream) are
+/// sized for 100 Mbit/s at 100 ms; a file transfer reads whole 1 MiB chunks, so a stream
+/// window close to the chunk size stalls the sender every chunk. These also bound what a
+/// hostile peer can make us buffer per connection.
+pub const PEER_STREAM_WINDOW: u32 = 8 << 20;
+/// See [`PEER_STREAM_WINDOW`].
+pub const PEER_CONNECTION_WINDOW: u32 = 32 << 20;
+
 fn peer_transport() -> quinn::TransportConfig {
-    p2pcall_tls::transport_config(PEER_KEEP_ALIVE, PEER_IDLE_TIMEOUT)
+    let mut t = p2pcall_tls::transport_config(PEER_KEEP_ALIVE, PEER_IDLE_TIMEOUT);
+    t.stream_receive_window(PEER_STREAM_WINDOW.into());
+    t.receive_window(PEER_CONNECTION_WINDOW.into());
+    t.send_window(u64::from(PEER_CONNECTION_WINDOW));
+    t
 }
 
 impl Endpoint {

@@ -921,24 +921,27 @@ impl Store {
         Ok(())
     }
 
-    /// Records that a received file is verified and in place (and drops its chunks).
-    pub fn file_done(&self, rowid: i64, entry: u32) -> Result<()> {
+    /// Records that received files are verified and in place (and drops their chunks), in
+    /// one transaction.
+    pub fn files_done(&self, rowid: i64, entries: &[u32]) -> Result<()> {
         let mut db = self.db()?;
         let tx = db.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO transfer_files_done(transfer, entry) VALUES (?1, ?2)",
-            params![rowid, entry],
-        )?;
-        tx.execute(
-            "DELETE FROM transfer_chunks WHERE transfer = ?1 AND entry = ?2",
-            params![rowid, entry],
-        )?;
+        for entry in entries {
+            tx.execute(
+                "INSERT OR IGNORE INTO transfer_files_done(transfer, entry) VALUES (?1, ?2)",
+                params![rowid, entry],
+            )?;
+            tx.execute(
+                "DELETE FROM transfer_chunks WHERE transfer = ?1 AND entry = ?2",
+                params![rowid, entry],
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }
 
     /// Received files already in place.
-    pub fn files_done(&self, rowid: i64) -> Result<HashSet<u32>> {
+    pub fn done_files(&self, rowid: i64) -> Result<HashSet<u32>> {
         let db = self.db()?;
         let mut st = db.prepare("SELECT entry FROM transfer_files_done WHERE transfer = ?1")?;
         let rows = st.query_map(params![rowid], |r| r.get::<_, u32>(0))?;

@@ -151,8 +151,8 @@ fn transfer_resume_state_round_trips_and_is_dropped_when_finished() {
     assert_eq!(s.chunks(t.rowid).unwrap(), chunks);
     s.forget_chunks(t.rowid, &[(1, 1)], &[]).unwrap();
     assert_eq!(s.chunks(t.rowid).unwrap().len(), 2);
-    s.file_done(t.rowid, 2).unwrap();
-    assert_eq!(s.files_done(t.rowid).unwrap(), HashSet::from([2]));
+    s.files_done(t.rowid, &[2]).unwrap();
+    assert_eq!(s.done_files(t.rowid).unwrap(), HashSet::from([2]));
     assert_eq!(s.chunks(t.rowid).unwrap(), chunks[..1]);
     let names = HashMap::from([("photos".to_string(), "photos (1)".to_string())]);
     s.set_top_names(t.rowid, &names).unwrap();

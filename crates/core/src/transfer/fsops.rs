@@ -188,13 +188,23 @@ pub(crate) fn set_meta(f: &File, mode: u32, mtime: i64) -> io::Result<()> {
 }
 
 /// Moves `temp` to `dir/name`, or to `dir/name (1)…` when the name is taken by then: never
-/// over an existing file (a hard link fails if the target exists; where links are not
-/// supported, a checked rename). Returns the final path.
+/// over an existing file. `renameat2(RENAME_NOREPLACE)` does it in one step; where the
+/// filesystem lacks it, a hard link (which fails if the target exists) and an unlink; where
+/// links are not supported either, a checked rename. Returns the final path.
 pub(crate) fn place(temp: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
     for _ in 0..8 {
         let fin = unique_name(name, |n| exists(&dir.join(n)))
             .map(|n| dir.join(n))
             .ok_or_else(|| io::Error::new(io::ErrorKind::AlreadyExists, "no free name"))?;
+        match renameat_with(CWD, temp, CWD, &fin, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(fin),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(
+                rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP,
+            ) => {}
+            Err(e) => return Err(e.into()),
+        }
         match fs::hard_link(temp, &fin) {
             Ok(()) => {
                 fs::remove_file(temp)?;

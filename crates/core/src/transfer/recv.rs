@@ -31,6 +31,8 @@ use crate::engine::Shared;
 /// again before a retry claims it, so a chunk lost to a power cut is simply fetched again,
 /// and a killed process (whose written data stays in the page cache) loses at most this much.
 const RECORD_BYTES: u64 = 8 << 20;
+/// Placed files recorded per transaction.
+const DONE_BATCH: usize = 256;
 /// Stream error code for a data stream that breaks the protocol.
 const DATA_REFUSED: u32 = 3;
 
@@ -75,6 +77,10 @@ pub(crate) struct Receiving {
     zeros: Vec<u8>,
     hashes: Mutex<Vec<(String, Cv)>>,
     failed: Mutex<Option<Fail>>,
+    /// Files placed but not yet recorded (recorded in batches: one transaction per
+    /// [`DONE_BATCH`] files; a file placed but not recorded when the process dies is found in
+    /// place and confirmed by the sender's hashes on the next attempt).
+    done_pending: Mutex<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Receiving {
@@ -99,7 +105,7 @@ impl Receiving {
     }
 
     /// Applies one data record (on a blocking thread).
-    fn apply(&self, h: DataHeader, data: Option<Vec<u8>>) -> Result<(), Fail> {
+    fn apply(&self, h: DataHeader, data: Option<&[u8]>) -> Result<(), Fail> {
         let slot = self
             .files
             .get(h.entry as usize)
@@ -129,7 +135,7 @@ impl Receiving {
         Ok(())
     }
 
-    fn chunk(&self, f: &mut RecvFile, h: DataHeader, data: Option<Vec<u8>>) -> Result<(), Fail> {
+    fn chunk(&self, f: &mut RecvFile, h: DataHeader, data: Option<&[u8]>) -> Result<(), Fail> {
         let index = u64::from(h.index);
         f.progress.check_header(index, h.len).map_err(protocol)?;
         if f.placed.take().is_some() {
@@ -141,7 +147,7 @@ impl Receiving {
             let _ = self.store.forget_chunks(self.rowid, &[], &[h.entry]);
         }
         self.open(f)?;
-        let bytes: &[u8] = match (&data, h.kind) {
+        let bytes: &[u8] = match (data, h.kind) {
             (Some(d), DataKind::Chunk) => d,
             (None, DataKind::Zero) => &self.zeros[..h.len as usize],
             _ => return Err(protocol("record payload does not match its type")),
@@ -219,7 +225,6 @@ impl Receiving {
                 let ctx = |what: &str, e: &std::io::Error| {
                     io_fail(&format!("{what} {}", f.temp.display()), e)
                 };
-                file.sync_all().map_err(|e| ctx("cannot sync", &e))?;
                 fsops::set_meta(&file, f.mode, f.mtime)
                     .map_err(|e| ctx("cannot set metadata of", &e))?;
                 drop(file);
@@ -228,10 +233,22 @@ impl Receiving {
             }
         };
         tracing::debug!(file = %fin.display(), "received and verified");
-        self.store
-            .file_done(self.rowid, h.entry)
-            .map_err(|e| (AbortCode::Io, e.to_string()))?;
         f.unrecorded.clear();
+        let batch = self.done_pending.lock().ok().map(|mut p| {
+            p.push(h.entry);
+            if p.len() >= DONE_BATCH {
+                std::mem::take(&mut *p)
+            } else {
+                Vec::new()
+            }
+        });
+        if let Some(b) = batch
+            && !b.is_empty()
+        {
+            self.store
+                .files_done(self.rowid, &b)
+                .map_err(|e| (AbortCode::Io, e.to_string()))?;
+        }
         f.done = true;
         if let Ok(mut hs) = self.hashes.lock() {
             hs.push((f.rel.clone(), root));
@@ -239,9 +256,22 @@ impl Receiving {
         self.files_done.fetch_add(1, Ordering::Relaxed);
         let _ = self.ctrl.send(TransferFrame::FileDone { entry: h.entry });
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.record_done()?;
             let _ = self.ctrl.send(TransferFrame::Complete);
         }
         Ok(())
+    }
+
+    /// Records the files placed since the last batch.
+    fn record_done(&self) -> Result<(), Fail> {
+        let b = self
+            .done_pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        self.store
+            .files_done(self.rowid, &b)
+            .map_err(|e| (AbortCode::Io, e.to_string()))
     }
 
     /// Cancellation: removes every partial file.
@@ -256,8 +286,9 @@ impl Receiving {
         }
     }
 
-    /// Interruption: makes what was verified durable for the next attempt.
+    /// Interruption: records what was verified and placed, for the next attempt.
     fn checkpoint(&self) {
+        let _ = self.record_done();
         for f in self.files.iter().flatten() {
             if let Ok(mut f) = f.lock()
                 && !f.done
@@ -310,7 +341,7 @@ fn prepare(
             .map_err(|e| (AbortCode::Io, e.to_string()))?;
     }
     let done = store
-        .files_done(rowid)
+        .done_files(rowid)
         .map_err(|e| (AbortCode::Io, e.to_string()))?;
     let mut recorded: HashMap<u32, Vec<ChunkRecord>> = HashMap::new();
     for c in store
@@ -685,6 +716,7 @@ pub(crate) async fn serve_offer(
         zeros: vec![0u8; chunk as usize],
         hashes: Mutex::new(Vec::new()),
         failed: Mutex::new(None),
+        done_pending: Mutex::new(Vec::new()),
     });
     if let Ok(mut m) = shared.transfers.receiving.lock() {
         m.insert(key, rx.clone());
@@ -834,9 +866,15 @@ pub(crate) async fn serve_data(shared: Arc<Shared>, peer: PeerId, mut recv: quin
     // Records are applied on a blocking thread while the next ones are read.
     let (tx, mut work) = mpsc::channel::<(DataHeader, Option<Vec<u8>>)>(4);
     let rx2 = rx.clone();
+    let pool = super::Pool::default();
+    let pool2 = pool.clone();
     let writer = tokio::task::spawn_blocking(move || {
         while let Some((h, data)) = work.blocking_recv() {
-            if let Err(f) = rx2.apply(h, data) {
+            let r = rx2.apply(h, data.as_deref());
+            if let Some(d) = data {
+                pool2.put(d);
+            }
+            if let Err(f) = r {
                 rx2.fail(f);
                 return;
             }
@@ -864,7 +902,7 @@ pub(crate) async fn serve_data(shared: Arc<Shared>, peer: PeerId, mut recv: quin
                 )));
                 break;
             }
-            let mut buf = vec![0u8; h.len as usize];
+            let mut buf = pool.take(h.len as usize);
             if recv.read_exact(&mut buf).await.is_err() {
                 break;
             }

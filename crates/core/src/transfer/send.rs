@@ -226,8 +226,9 @@ pub(super) async fn send_files(
             let mut head = vec![DATA];
             head.extend_from_slice(&id);
             s.write_all(&head).await.map_err(io_err)?;
+            let pool = super::Pool::default();
             while let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
-                let (rel, root) = send_file(job, &mut s, &counters).await?;
+                let (rel, root) = send_file(job, &mut s, &counters, &pool).await?;
                 if let Ok(mut h) = hashes.lock() {
                     h.push((rel, root));
                 }
@@ -334,12 +335,14 @@ async fn send_file(
     job: Job,
     s: &mut quinn::SendStream,
     counters: &Arc<Counters>,
+    pool: &super::Pool,
 ) -> Result<(String, Cv), EngineError> {
     let (tx, mut rx) = mpsc::channel::<Item>(4);
     let rel = job.rel.clone();
     let source = job.source.clone();
     let c2 = counters.clone();
-    let producer = tokio::task::spawn_blocking(move || read_chunks(job, &tx, &c2));
+    let pool = pool.clone();
+    let producer = tokio::task::spawn_blocking(move || read_chunks(job, &tx, &c2, &pool));
     while let Some(item) = rx.recv().await {
         let (h, data) = item.map_err(|e| EngineError::Source {
             path: source.clone(),
@@ -364,7 +367,7 @@ async fn send_file(
 }
 
 /// Reads, hashes and classifies every chunk of a file (on a blocking thread).
-fn read_chunks(job: Job, tx: &mpsc::Sender<Item>, counters: &Counters) {
+fn read_chunks(job: Job, tx: &mpsc::Sender<Item>, counters: &Counters, pool: &super::Pool) {
     let fail = |e: std::io::Error| {
         let _ = tx.blocking_send(Err(e));
     };
@@ -388,7 +391,7 @@ fn read_chunks(job: Job, tx: &mpsc::Sender<Item>, counters: &Counters) {
     let mut cvs = Vec::with_capacity(count as usize);
     for index in 0..count {
         let len = chunk_len(job.size, CHUNK_SIZE, index);
-        let mut buf = vec![0u8; len as usize];
+        let mut buf = pool.take(len as usize);
         if let Err(e) = f.read_exact_at(&mut buf, index * u64::from(CHUNK_SIZE)) {
             return fail(e);
         }
@@ -399,6 +402,7 @@ fn read_chunks(job: Job, tx: &mpsc::Sender<Item>, counters: &Counters) {
             counters
                 .resumed
                 .fetch_add(u64::from(len), Ordering::Relaxed);
+            pool.put(buf);
             continue;
         }
         let zero = buf.iter().all(|b| *b == 0);
@@ -413,7 +417,7 @@ fn read_chunks(job: Job, tx: &mpsc::Sender<Item>, counters: &Counters) {
             len,
             hash: cv,
         };
-        let data = (!zero).then(|| Bytes::from(buf));
+        let data = (!zero).then(|| pool.bytes(buf));
         if tx.blocking_send(Ok((h, data))).is_err() {
             return;
         }
