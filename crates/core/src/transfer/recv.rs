@@ -330,7 +330,9 @@ fn prepare(
     let mut names = store
         .top_names(rowid)
         .map_err(|e| (AbortCode::Io, e.to_string()))?;
-    if names.is_empty() {
+    // A first attempt starts in fresh top-level names: nothing of it can be on disk yet.
+    let resuming = !names.is_empty();
+    if !resuming {
         for top in &plan.tops {
             let n = unique_name(top, |n| fsops::exists(&dest.join(n)))
                 .ok_or_else(|| (AbortCode::Io, format!("no free name for {top}")))?;
@@ -362,12 +364,19 @@ fn prepare(
     let mut bad: Vec<(u32, u64)> = Vec::new();
     let mut wipe: Vec<u32> = Vec::new();
     let mut found: Vec<ChunkRecord> = Vec::new();
+    let mut ensured: std::collections::HashSet<Vec<String>> = Default::default();
     for (i, (pe, e)) in plan.entries.iter().zip(entries).enumerate() {
         let comps = target(&pe.components, &names);
         let i = i as u32;
         let (parent, name) = comps.split_at(comps.len() - 1);
-        let dir = fsops::ensure_dirs(dest, parent)
-            .map_err(|e| io_fail("cannot create the folder", &e))?;
+        let dir = if ensured.contains(parent) {
+            parent.iter().fold(dest.to_path_buf(), |d, c| d.join(c))
+        } else {
+            let d = fsops::ensure_dirs(dest, parent)
+                .map_err(|e| io_fail("cannot create the folder", &e))?;
+            ensured.insert(parent.to_vec());
+            d
+        };
         let EntryKind::File { size } = pe.kind else {
             let d = fsops::ensure_dirs(&dir, name)
                 .map_err(|e| io_fail("cannot create the folder", &e))?;
@@ -398,7 +407,7 @@ fn prepare(
         p.remaining += 1;
         let fin = f.dir.join(&f.name);
         let recs = recorded.remove(&i).unwrap_or_default();
-        if fsops::exists(&f.temp) {
+        if resuming && fsops::exists(&f.temp) {
             // Re-verify what the last attempt recorded against what is on disk.
             if let Ok(file) = fsops::open_existing(&f.temp) {
                 let mut buf = Vec::new();
@@ -419,8 +428,10 @@ fn prepare(
             } else {
                 wipe.push(i);
             }
-        } else if !recs.is_empty() || size > 0 {
-            wipe.push(i);
+        } else if resuming {
+            if !recs.is_empty() {
+                wipe.push(i);
+            }
             // Placed by the last attempt just before it was interrupted? Offer its hashes;
             // the sender sends the file again if they differ.
             if let Ok(file) = fsops::open_existing(&fin)
