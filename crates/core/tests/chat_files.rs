@@ -298,7 +298,11 @@ async fn rejected_and_hostile_offers_reach_the_sender_and_write_nothing() {
         .encode(&mut out);
         s.write_all(&out).await.unwrap();
         let mut reader = p2pcall_tls::framed::FrameReader::new(r, 1 << 20);
-        let answer = TransferFrame::decode(reader.next().await.unwrap()).unwrap();
+        let raw = tokio::time::timeout(T, reader.next())
+            .await
+            .expect("an answer")
+            .unwrap();
+        let answer = TransferFrame::decode(raw).unwrap();
         match answer {
             TransferFrame::Reject { reason } => assert!(reason.contains(why), "{path}: {reason}"),
             other => panic!("{path}: {other:?}"),
@@ -314,6 +318,24 @@ async fn rejected_and_hostile_offers_reach_the_sender_and_write_nothing() {
         .await;
         assert!(failed.contains(why));
     }
+
+    // A peer may hold only a few offers open at once (each may carry a 16 MiB manifest).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (mut s, r) = conn.quic().open_bi().await.unwrap();
+        s.write_all(&[OFFER]).await.unwrap();
+        held.push((s, r));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut s, mut fifth) = conn.quic().open_bi().await.unwrap();
+    s.write_all(&[OFFER]).await.unwrap();
+    let mut buf = [0u8; 1];
+    let got = tokio::time::timeout(T, fifth.read(&mut buf)).await;
+    assert!(
+        matches!(got, Ok(Err(quinn::ReadError::Reset(_)))),
+        "the fifth open offer is refused: {got:?}"
+    );
+    drop(held);
     r.shutdown().await;
 }
 

@@ -164,6 +164,7 @@ pub(crate) struct Registry {
     receiving: Mutex<HashMap<Key, std::sync::Arc<recv::Receiving>>>,
     pub(crate) cancels: Mutex<HashMap<(Key, bool), StopTx>>,
     sending: Mutex<HashSet<Key>>,
+    offer_slots: Mutex<HashMap<PeerId, usize>>,
 }
 
 /// Hex of a transfer id (for names and output).

@@ -172,7 +172,8 @@ impl Receiving {
             _ => {
                 !f.fresh && {
                     let mut cur = vec![0u8; h.len as usize];
-                    file.read_exact_at(&mut cur, offset).is_err() || cur.iter().any(|b| *b != 0)
+                    file.read_exact_at(&mut cur, offset).is_err()
+                        || cur[..] != self.zeros[..cur.len()]
                 }
             }
         };
@@ -480,6 +481,43 @@ fn prepare(
     Ok(p)
 }
 
+/// Most transfer control streams one peer may have open at once.
+const MAX_OFFERS_PER_PEER: usize = 4;
+
+/// One of a peer's [`MAX_OFFERS_PER_PEER`] slots, released when dropped.
+struct OfferSlot {
+    shared: Arc<Shared>,
+    peer: PeerId,
+}
+
+impl OfferSlot {
+    fn take(shared: &Arc<Shared>, peer: PeerId) -> Option<Self> {
+        let mut m = shared.transfers.offer_slots.lock().ok()?;
+        let n = m.entry(peer).or_default();
+        if *n >= MAX_OFFERS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: shared.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for OfferSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.shared.transfers.offer_slots.lock()
+            && let Some(n) = m.get_mut(&self.peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Serves a transfer control stream the peer opened (kind byte already read).
 pub(crate) async fn serve_offer(
     shared: Arc<Shared>,
@@ -487,6 +525,11 @@ pub(crate) async fn serve_offer(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
+    // A peer may have a few offers open at once (each may hold a 16 MiB manifest).
+    let Some(_slot) = OfferSlot::take(&shared, peer) else {
+        let _ = send.reset(DATA_REFUSED.into());
+        return;
+    };
     let mut reader = FrameReader::new(recv, MAX_FRAME);
     let offer = match reader.next().await.map(TransferFrame::decode) {
         Ok(Ok(TransferFrame::Offer {
