@@ -262,10 +262,10 @@ async fn rejected_and_hostile_offers_reach_the_sender_and_write_nothing() {
         ah.reject_offer(o.peer, o.id, "not now").unwrap();
         a
     });
-    let e =
-        b.h.send_files(a_id, &[src.path().join("f.txt")])
-            .await
-            .unwrap_err();
+    let e = tokio::time::timeout(T, b.h.send_files(a_id, &[src.path().join("f.txt")]))
+        .await
+        .expect("the offer was answered")
+        .unwrap_err();
     assert!(
         matches!(&e, EngineError::Rejected(r) if r == "not now"),
         "{e}"
