@@ -16,7 +16,7 @@ mod fsops;
 mod recv;
 mod send;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -163,7 +163,7 @@ pub(crate) struct Registry {
     offers: Mutex<HashMap<Key, oneshot::Sender<Decision>>>,
     receiving: Mutex<HashMap<Key, std::sync::Arc<recv::Receiving>>>,
     pub(crate) cancels: Mutex<HashMap<(Key, bool), StopTx>>,
-    sending: Mutex<HashSet<Key>>,
+    sending: Mutex<HashMap<Key, watch::Receiver<Option<send::Outcome>>>>,
     offer_slots: Mutex<HashMap<PeerId, usize>>,
 }
 
@@ -297,7 +297,7 @@ impl EngineHandle {
                 .transfers
                 .sending
                 .lock()
-                .map(|s| s.contains(&(peer, t.id)))
+                .map(|s| s.contains_key(&(peer, t.id)))
                 .unwrap_or(true);
             if running || t.sources.is_empty() {
                 continue;

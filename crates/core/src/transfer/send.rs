@@ -15,7 +15,7 @@ use p2pcall_proto::transfer::{
 use p2pcall_store::{TransferState, now_ms};
 use p2pcall_tls::framed::FrameReader;
 use p2pcall_transfer::{Cv, Meter, chunk_count, chunk_cv, chunk_len, file_hash};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{
     CHUNK_SIZE, DATA, DATA_STREAMS, OFFER, PROGRESS_EVERY, Progress, Summary, TransferEvent, emit,
@@ -94,19 +94,81 @@ pub(super) async fn send_files(
         .find(|t| t.sources == paths)
         .map_or_else(rand::random, |t| t.id);
     let key = (peer, id);
-    if !shared
-        .transfers
-        .sending
-        .lock()
-        .map(|mut s| s.insert(key))
-        .unwrap_or(false)
-    {
-        return Err(EngineError::NothingToSend(
-            "this transfer is already being sent by this process".into(),
-        ));
+    // The same transfer already running here (e.g. resumed when the peer came back): wait
+    // for its outcome instead of sending it twice.
+    let (tx, running) = {
+        let Ok(mut m) = shared.transfers.sending.lock() else {
+            return Err(EngineError::Stream("transfer registry poisoned".into()));
+        };
+        match m.get(&key) {
+            Some(rx) => (None, Some(rx.clone())),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                m.insert(key, rx);
+                (Some(tx), None)
+            }
+        }
+    };
+    if let Some(mut rx) = running {
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| EngineError::Stream("the running transfer vanished".into()))?
+            .clone();
+        return outcome
+            .unwrap_or(Outcome::Other("no outcome".into()))
+            .into();
     }
-    let mut cancel = shared.transfers.cancel_rx(key, true);
     let _guard = Sending { h, key };
+    let r = send_inner(h, peer, paths, scan, id).await;
+    if let Some(tx) = tx {
+        tx.send_replace(Some(Outcome::of(&r)));
+    }
+    r
+}
+
+/// How a send ended, for other callers waiting on the same transfer.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    Done(Box<Summary>),
+    Rejected(String),
+    Aborted(AbortCode, String),
+    Other(String),
+}
+
+impl Outcome {
+    fn of(r: &Result<Summary, EngineError>) -> Self {
+        match r {
+            Ok(s) => Self::Done(Box::new(s.clone())),
+            Err(EngineError::Rejected(r)) => Self::Rejected(r.clone()),
+            Err(EngineError::Aborted { code, reason }) => Self::Aborted(*code, reason.clone()),
+            Err(e) => Self::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<Outcome> for Result<Summary, EngineError> {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Done(s) => Ok(*s),
+            Outcome::Rejected(r) => Err(EngineError::Rejected(r)),
+            Outcome::Aborted(code, reason) => Err(EngineError::Aborted { code, reason }),
+            Outcome::Other(e) => Err(EngineError::Stream(e)),
+        }
+    }
+}
+
+async fn send_inner(
+    h: &EngineHandle,
+    peer: PeerId,
+    paths: Vec<PathBuf>,
+    scan: fsops::Scan,
+    id: TransferId,
+) -> Result<Summary, EngineError> {
+    let shared = h.shared().clone();
+    let store = &shared.store;
+    let key = (peer, id);
+    let mut cancel = shared.transfers.cancel_rx(key, true);
     let (files, dirs, total) = scan
         .entries
         .iter()
