@@ -124,10 +124,17 @@ pub fn run(large_mib: u64, small: u64, small_kib: u64, dir: Option<PathBuf>) -> 
         total as f64 / (1u64 << 30) as f64,
         work.path().display()
     );
+    let gib = total as f64 / f64::from(1u32 << 30);
     rt.block_on(async {
+        let (c0, t0) = (cpu_secs(), Instant::now());
         let raw_mbit = crate::throughput::raw_quinn(total).await?;
         let raw = raw_mbit * 1e6 / 8.0 / 1e6;
-        println!("  raw quinn, one stream, memory to memory (baseline): {raw:>7.1} MB/s");
+        let (cpu, wall) = (cpu_secs() - c0, t0.elapsed().as_secs_f64());
+        println!(
+            "  raw quinn, one stream, memory to memory (baseline): {raw:>7.1} MB/s   CPU {:.2} s/GiB, {:.2} cores busy",
+            cpu / gib,
+            cpu / wall
+        );
         // The filesystem's own cost of creating this tree: a local copy, same folder.
         rustix::fs::sync();
         let t0 = Instant::now();
@@ -147,12 +154,16 @@ pub fn run(large_mib: u64, small: u64, small_kib: u64, dir: Option<PathBuf>) -> 
             // Start each run with no dirty pages pending (not timed).
             rustix::fs::sync();
             let dest = work.path().join(format!("received{run}"));
+            let c0 = cpu_secs();
             let (secs, files, path) = p2pcall_send(&root, &dest).await?;
+            let cpu = cpu_secs() - c0;
             let mbs = total as f64 / secs / 1e6;
             println!(
-                "  p2pcall send, run {run} ({files} files, {path}):  {mbs:>7.1} MB/s   ratio {:.2} to raw quinn, {:.2} to min(raw quinn, cp)   ({secs:.2} s)",
+                "  p2pcall send, run {run} ({files} files, {path}):  {mbs:>7.1} MB/s   ratio {:.2} to raw quinn, {:.2} to min(raw quinn, cp)   ({secs:.2} s, CPU {:.2} s/GiB, {:.2} cores busy)",
                 mbs / raw,
-                mbs / ceiling
+                mbs / ceiling,
+                cpu / gib,
+                cpu / secs
             );
             ratios.push((mbs / raw, mbs / ceiling, mbs));
             if digest(&root)? != digest(&dest.join("tree"))? {
@@ -177,4 +188,17 @@ fn which(bin: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(bin))
         .find(|p| p.exists())
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces, inside parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
 }
