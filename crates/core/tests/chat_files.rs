@@ -593,3 +593,106 @@ async fn chat_is_ordered_deduplicated_and_queued_for_offline_peers() {
     assert!(b_store.pending_receipts(&a.h.id()).unwrap().is_empty());
     r.shutdown().await;
 }
+
+/// A small tmpfs (root only: CI runs as root); `None` with a note otherwise.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn mount(mib: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("SKIPPED: mounting a small tmpfs needs root");
+            return None;
+        }
+        Some(Self(dir))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_space_is_refused_before_and_disk_full_stops_both_sides() {
+    let Some(fs) = SmallFs::mount(24) else { return };
+    let r = relay().await;
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    write(&big, &pattern(32 << 20, 5));
+    let medium = src.path().join("medium.bin");
+    write(&medium, &pattern(16 << 20, 6));
+    let a = peer(&r, &Identity::generate().unwrap(), mem(), true).await;
+    let mut b = peer(&r, &Identity::generate().unwrap(), mem(), true).await;
+    sees(&a.h, &b.h).await;
+    let bid = b.h.id();
+
+    // 32 MiB into 24 MiB: refused before any byte moves, with the figures.
+    let (ah, f) = (a.h.clone(), big.clone());
+    let sender = tokio::spawn(async move { ah.send_files(bid, &[f]).await });
+    let o = until(&mut b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Offered(o)) => Some(o),
+        _ => None,
+    })
+    .await;
+    b.h.accept_offer(o.peer, o.id, fs.0.path().to_path_buf())
+        .unwrap();
+    let e = sender.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&e, EngineError::Aborted { code: AbortCode::DiskFull, reason } if reason.contains("not enough space")),
+        "{e}"
+    );
+
+    // 16 MiB fits, but the disk fills up during the transfer: both sides hear "disk full".
+    let (ah, f) = (a.h.clone(), medium.clone());
+    let sender = tokio::spawn(async move { ah.send_files(bid, &[f]).await });
+    let o = until(&mut b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Offered(o)) => Some(o),
+        _ => None,
+    })
+    .await;
+    b.h.accept_offer(o.peer, o.id, fs.0.path().to_path_buf())
+        .unwrap();
+    until(&mut b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Progress(p)) if p.done_bytes >= 1 << 20 => Some(()),
+        _ => None,
+    })
+    .await;
+    // Something else takes the rest of the space.
+    let filler = fs.0.path().join("filler");
+    let _ = std::fs::write(&filler, vec![1u8; 24 << 20]);
+    let e = sender.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            EngineError::Aborted {
+                code: AbortCode::DiskFull,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let reason = until(&mut b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Failed { reason, .. }) => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(
+        reason.contains("No space") || reason.contains("space"),
+        "{reason}"
+    );
+    assert!(
+        !fs.0.path().join("medium.bin").exists(),
+        "no half-written final file"
+    );
+    r.shutdown().await;
+}
