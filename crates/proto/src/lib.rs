@@ -10,6 +10,7 @@
 //!   endpoints never negotiate QUIC bit greasing).
 //! * [`chat`]: chat messages and receipts between two peers.
 //! * [`transfer`]: file and folder-tree offers, answers and data records.
+//! * [`media`]: media packets and receiver feedback on QUIC datagrams.
 //!
 //! Every decoder treats its input as hostile: it returns a precise [`DecodeError`] and never
 //! panics or allocates more than the input's length.
@@ -20,6 +21,7 @@ pub mod chat;
 pub mod codec;
 pub mod frame;
 pub mod id;
+pub mod media;
 pub mod packet;
 pub mod peer;
 pub mod relay;
