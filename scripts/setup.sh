@@ -9,6 +9,9 @@ set -euo pipefail
 APT_PACKAGES=(
   gcc        # ring (TLS crypto) compiles C and assembly
   libc6-dev  # headers for the same
+  g++        # openh264 (H264 codec) is C++, built from source by the openh264 crate
+  nasm       # openh264's assembly: ~3x faster encoding (1080p real time needs it)
+  cmake      # the opus crate builds its own static libopus with cmake
 )
 
 # The NAT lab (crates/netlab, run by the tests as root): namespaces, NAT routers, impairments.
