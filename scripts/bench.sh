@@ -4,6 +4,7 @@
 #   scripts/bench.sh relay-forward    [--pairs N] [--secs S]
 #   scripts/bench.sh relay-capacity   [--peers N] [--subscribers S]
 #   scripts/bench.sh p2p-throughput   [--mib N]
+#   scripts/bench.sh codec-speed      [--frames N]
 #   scripts/bench.sh file-transfer    [--large-mib N] [--small N] [--small-kib N] [--dir D]
 #   scripts/bench.sh all
 set -euo pipefail
@@ -19,6 +20,7 @@ if [ "${1:-all}" = all ]; then
   "$bench" relay-capacity
   "$bench" p2p-throughput
   "$bench" file-transfer
+  "$bench" codec-speed
 else
   exec "$bench" "$@"
 fi

@@ -6,10 +6,12 @@
 //!   peer, and the relay CPU time per presence change fanned out to S subscribers.
 //! * `p2p-throughput`: one QUIC stream peer to peer over the relay path and the direct path,
 //!   against raw quinn on loopback.
+//! * `codec-speed`: H264 and Opus per frame on this machine, against the frame budget.
 //! * `file-transfer`: a 1 GiB folder tree (one large file, many small ones) through the
 //!   p2pcall engine against raw quinn moving as many bytes on one stream.
 
 mod capacity;
+mod codec;
 mod files;
 mod forward;
 mod throughput;
@@ -58,6 +60,12 @@ enum Cmd {
         #[arg(long, default_value_t = 512)]
         mib: u64,
     },
+    /// H264 and Opus speed vs. the frame budget
+    CodecSpeed {
+        /// Frames per measurement
+        #[arg(long, default_value_t = 120)]
+        frames: u32,
+    },
     /// A folder tree through `send` vs. raw quinn
     FileTransfer {
         /// Size of the one large file, MiB
@@ -86,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             max_secs,
         } => capacity::run(peers, subscribers, &relay_bin, max_secs),
         Cmd::P2pThroughput { mib } => throughput::run(mib),
+        Cmd::CodecSpeed { frames } => codec::run(frames),
         Cmd::FileTransfer {
             large_mib,
             small,

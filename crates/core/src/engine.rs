@@ -125,6 +125,9 @@ pub enum EngineError {
     /// The other side broke the chat or transfer protocol.
     #[error("protocol error from the peer: {0}")]
     Protocol(String),
+    /// A call failed.
+    #[error(transparent)]
+    Call(#[from] crate::call::CallError),
     /// No pending offer with that id.
     #[error("no pending offer {0}")]
     NoSuchOffer(String),
@@ -147,6 +150,8 @@ pub enum EngineEvent {
     Chat(crate::chat::ChatEvent),
     /// File transfers: offers, progress, outcomes.
     Transfer(crate::transfer::TransferEvent),
+    /// Calls: incoming, ringing, started, statistics, ended.
+    Call(crate::call::CallEvent),
 }
 
 /// Result of one ping.
@@ -168,6 +173,7 @@ pub(crate) struct Shared {
     pub(crate) events: mpsc::Sender<EngineEvent>,
     pub(crate) chat: crate::chat::ChatState,
     pub(crate) transfers: crate::transfer::Registry,
+    pub(crate) call: Mutex<Option<crate::call::ActiveCall>>,
     auto_deliver: bool,
 }
 
@@ -216,6 +222,7 @@ impl Engine {
             events: tx.clone(),
             chat: Default::default(),
             transfers: Default::default(),
+            call: Mutex::default(),
             auto_deliver: cfg.auto_deliver,
         });
         tokio::spawn(pump(shared.clone(), net_events, tx));
@@ -231,6 +238,7 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Se
                     c.insert(conn.peer(), conn.clone());
                 }
                 tokio::spawn(crate::streams::serve(shared.clone(), conn.clone()));
+                tokio::spawn(crate::call::route_datagrams(shared.clone(), conn.clone()));
                 peer_reachable(&shared, conn.peer());
                 EngineEvent::PeerConnected {
                     conn,
@@ -415,7 +423,55 @@ impl EngineHandle {
             c.insert(peer, conn.clone());
         }
         tokio::spawn(crate::streams::serve(self.shared.clone(), conn.clone()));
+        tokio::spawn(crate::call::route_datagrams(
+            self.shared.clone(),
+            conn.clone(),
+        ));
         Ok(conn)
+    }
+
+    /// Calls `peer`; the outcome arrives as [`EngineEvent::Call`] events.
+    pub async fn call(
+        &self,
+        peer: PeerId,
+        opts: crate::call::CallOptions,
+    ) -> Result<p2pcall_proto::call::CallId, EngineError> {
+        let conn = self.connect(peer).await?;
+        Ok(crate::call::dial(self.shared.clone(), conn, opts).await?)
+    }
+
+    /// Accepts the ringing incoming call `call`.
+    pub async fn answer(
+        &self,
+        call: p2pcall_proto::call::CallId,
+        opts: crate::call::CallOptions,
+    ) -> Result<(), EngineError> {
+        use crate::call::{Cmd, command};
+        Ok(command(&self.shared, Some(call), Cmd::Answer(Box::new(opts))).await?)
+    }
+
+    /// Declines the ringing incoming call `call`.
+    pub async fn reject_call(&self, call: p2pcall_proto::call::CallId) -> Result<(), EngineError> {
+        use crate::call::{Cmd, command};
+        Ok(command(&self.shared, Some(call), Cmd::Reject).await?)
+    }
+
+    /// Hangs up the current call (or cancels the one ringing).
+    pub async fn hangup(&self) -> Result<(), EngineError> {
+        use crate::call::{Cmd, command};
+        Ok(command(&self.shared, None, Cmd::Hangup).await?)
+    }
+
+    /// Mutes or unmutes our audio in the current call.
+    pub async fn set_muted(&self, muted: bool) -> Result<(), EngineError> {
+        use crate::call::{Cmd, command};
+        Ok(command(&self.shared, None, Cmd::Mute(muted)).await?)
+    }
+
+    /// Turns our video on or off in the current call.
+    pub async fn set_camera(&self, on: bool) -> Result<(), EngineError> {
+        use crate::call::{Cmd, command};
+        Ok(command(&self.shared, None, Cmd::Camera(on)).await?)
     }
 
     /// Sends `bytes` to `peer` on a new stream and checks that every byte arrived.

@@ -5,12 +5,16 @@
 //! * [`engine`]: commands in ([`EngineHandle`] methods), events out ([`EngineEvent`]).
 //! * [`demo`]: an in-process relay and two peers, end to end.
 //! * [`streams`]: application streams on a peer connection (kinds: speed test, chat, transfer).
+//! * [`call`]: calls (signaling, media pipeline, statistics).
+//! * [`devices`]: cameras, microphones, speakers and screens, or why there are none.
 //! * [`chat`]: persistent chat with delivery and read receipts.
 //! * [`transfer`]: file and folder-tree transfer with verification and resume.
 #![forbid(unsafe_code)]
 
+pub mod call;
 pub mod chat;
 pub mod demo;
+pub mod devices;
 pub mod engine;
 pub mod identity;
 pub mod settings;

@@ -86,6 +86,7 @@ async fn serve_bi(
     match kind[0] {
         SPEEDTEST => serve_speedtest(send, recv).await,
         crate::chat::CHAT => crate::chat::serve(shared, conn.peer(), send, recv).await,
+        crate::call::CALL => crate::call::serve(shared, conn, send, recv).await,
         crate::transfer::OFFER => {
             crate::transfer::serve_offer(shared, conn.peer(), send, recv).await
         }

@@ -161,6 +161,15 @@ impl AudioJitterBuffer {
         Duration::from_secs_f64(self.delay.max(0.0) / 1e3)
     }
 
+    /// Capture time (ms in the sender's media clock) of the frame the last
+    /// [`pop`](Self::pop) decided on, once playout has started. Audio and video share the
+    /// sender's clock, so this is what video is synchronised to (a call shorter than the
+    /// 24 h wrap of the 48 kHz clock).
+    pub fn playout_capture_ms(&self) -> Option<f64> {
+        let played = self.next_ts?.checked_sub(u64::from(FRAME_SAMPLES))?;
+        Some(Self::ts_ms(played.saturating_sub(1 << 32)))
+    }
+
     fn unwrap_ts(&mut self, ts: u32) -> u64 {
         let ext = match self.last_ts {
             None => u64::from(ts) + (1 << 32),

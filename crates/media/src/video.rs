@@ -46,6 +46,11 @@ impl FrameBuffer {
         self.need_keyframe
     }
 
+    /// Whether no complete frame is held.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
     /// Adds a complete frame.
     pub fn push(&mut self, f: Frame) {
         if self.last.is_some_and(|l| f.frame <= l) {

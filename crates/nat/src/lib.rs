@@ -97,6 +97,15 @@ pub enum Path {
     Direct(SocketAddr),
 }
 
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Relay => f.write_str("relay"),
+            Self::Direct(a) => write!(f, "direct {a}"),
+        }
+    }
+}
+
 /// Something the driver should know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathEvent {

@@ -8,6 +8,7 @@
 //!   header, address reflection and path probes. Their first byte is below `0x40`, so they can
 //!   never be confused with QUIC packets (whose fixed bit `0x40` is always set: p2pcall
 //!   endpoints never negotiate QUIC bit greasing).
+//! * [`call`]: call signaling (offer, answer, updates, hang-up) and codec negotiation.
 //! * [`chat`]: chat messages and receipts between two peers.
 //! * [`transfer`]: file and folder-tree offers, answers and data records.
 //! * [`media`]: media packets and receiver feedback on QUIC datagrams.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod call;
 pub mod chat;
 pub mod codec;
 pub mod frame;

@@ -1,0 +1,973 @@
+//! Calls: signaling on a call stream (kind [`CALL`]), media on QUIC datagrams.
+//!
+//! One task per call drives the sans-IO [`p2pcall_media::call::Call`] (offer, ring,
+//! accept, updates, hang-up, liveness) and [`MediaSession`] (packetizing, NACK, jitter
+//! buffers, lip sync). Capture threads encode and hand frames to it; a render thread
+//! decodes what it releases and writes the sinks. The task plays audio out at the jitter
+//! buffer's pace (20 ms frames, time-stretched) and reports [`CallStats`] every second.
+//! One call at a time: a second incoming call is answered `Busy`.
+
+pub mod media;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use p2pcall_media::call::{Call, CallEvent as SmEvent, EndReason, Negotiated};
+use p2pcall_media::session::{MediaSession, SessionEvent};
+use p2pcall_net::PeerConnection;
+use p2pcall_proto::PeerId;
+use p2pcall_proto::call::{
+    CallFrame, CallId, Codec, HangupReason, MAX_FRAME, RejectReason, SessionDesc, StreamDesc,
+    StreamKind,
+};
+use p2pcall_tls::framed::{FrameReadError, FrameReader};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+pub use media::{AudioSource, RenderStats, Sinks, VideoSource};
+
+use crate::engine::{EngineEvent, Shared};
+
+/// Kind byte of a call stream.
+pub const CALL: u8 = b'V';
+/// Our audio stream number.
+pub const AUDIO_STREAM: u8 = 0;
+/// Our video stream number.
+pub const VIDEO_STREAM: u8 = 1;
+/// Statistics interval.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// The callee's software must send its first frame within this.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Call errors, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// A call is already running.
+    #[error("already in a call; hang up first")]
+    Busy,
+    /// No call with that id.
+    #[error("no such call")]
+    NoSuchCall,
+    /// A media source cannot be opened.
+    #[error("media source: {0}")]
+    Source(String),
+    /// A sink cannot be written.
+    #[error("media sink: {0}")]
+    Sink(String),
+    /// A codec failed to start.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The call stream failed.
+    #[error("the call stream failed: {0}")]
+    Stream(String),
+}
+
+/// How to place or answer a call.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Outgoing video.
+    pub video: VideoSource,
+    /// Outgoing audio.
+    pub audio: AudioSource,
+    /// Video width of the test pattern (files keep their size).
+    pub width: usize,
+    /// Video height.
+    pub height: usize,
+    /// Frames per second.
+    pub fps: u32,
+    /// Video bitrate, kbit/s.
+    pub video_kbps: u32,
+    /// Where received media goes.
+    pub sinks: Sinks,
+    /// Hang up after this long (counted from the answer).
+    pub duration: Option<Duration>,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        Self {
+            video: VideoSource::TestPattern,
+            audio: AudioSource::Tone,
+            width: 640,
+            height: 360,
+            fps: 30,
+            video_kbps: 1000,
+            sinks: Sinks::default(),
+            duration: None,
+        }
+    }
+}
+
+impl CallOptions {
+    fn describe(&self, audio_on: bool, video_on: bool) -> SessionDesc {
+        let mut streams = Vec::new();
+        if self.audio != AudioSource::None {
+            streams.push(StreamDesc {
+                id: AUDIO_STREAM,
+                kind: StreamKind::Audio,
+                codec: Codec::Opus,
+                active: audio_on,
+            });
+        }
+        if self.video != VideoSource::None {
+            streams.push(StreamDesc {
+                id: VIDEO_STREAM,
+                kind: StreamKind::Camera,
+                codec: Codec::H264,
+                active: video_on,
+            });
+        }
+        SessionDesc {
+            receive: vec![Codec::Opus, Codec::H264],
+            max_width: 1920,
+            max_height: 1080,
+            max_fps: 60,
+            max_kbps: 8000,
+            streams,
+        }
+    }
+}
+
+/// Per-stream statistics of what we send.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SendStreamStats {
+    /// Stream number.
+    pub id: u8,
+    /// audio / camera / screen.
+    pub kind: String,
+    /// Bitrate over the last interval, kbit/s.
+    pub kbps: f64,
+    /// Frames per second over the last interval.
+    pub fps: f64,
+    /// Frames sent.
+    pub frames: u64,
+    /// Packets sent.
+    pub packets: u64,
+    /// Packets sent again after NACKs.
+    pub retransmitted: u64,
+    /// Keyframe requests received.
+    pub keyframe_requests: u64,
+}
+
+/// Per-stream statistics of what we receive.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecvStreamStats {
+    /// Stream number.
+    pub id: u8,
+    /// audio / camera / screen.
+    pub kind: String,
+    /// Bitrate over the last interval, kbit/s.
+    pub kbps: f64,
+    /// Frames per second released (video) or played (audio) over the last interval.
+    pub fps: f64,
+    /// Packets received.
+    pub packets: u64,
+    /// Packets never received, %.
+    pub loss_pct: f64,
+    /// NACKed packets.
+    pub nacks: u64,
+    /// Packets recovered by retransmission.
+    pub recovered: u64,
+    /// Keyframe requests sent.
+    pub keyframe_requests: u64,
+    /// RFC 3550 interarrival jitter, ms.
+    pub jitter_ms: f64,
+    /// Audio: jitter buffer delay, ms.
+    pub buffer_ms: f64,
+    /// Audio: jitter buffer target, ms.
+    pub target_ms: f64,
+    /// Audio: frames concealed, % of frames played.
+    pub concealed_pct: f64,
+    /// Audio: frames rebuilt from FEC.
+    pub fec_frames: u64,
+    /// Video: freezes so far (W3C definition).
+    pub freezes: u64,
+    /// Video: time frozen so far, ms.
+    pub freeze_ms: f64,
+    /// Video: A/V skew of the last frame, ms (> 0: video behind its audio).
+    pub skew_ms: Option<f64>,
+}
+
+/// Call statistics, reported every second and at the end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallStats {
+    /// Call id (hex).
+    pub call: String,
+    /// Seconds since the call was answered.
+    pub elapsed_s: f64,
+    /// Connection round-trip time, ms.
+    pub rtt_ms: f64,
+    /// relay / direct ADDR.
+    pub path: String,
+    /// What we send.
+    pub send: Vec<SendStreamStats>,
+    /// What we receive.
+    pub recv: Vec<RecvStreamStats>,
+    /// Decoder and recorder counters.
+    pub video_decoded: u64,
+    /// Last decoded video size.
+    pub resolution: Option<(usize, usize)>,
+    /// Test-pattern capture-to-render latency, last and mean, ms (same host only).
+    pub video_latency_ms: Option<f64>,
+    /// Mean of it.
+    pub video_latency_mean_ms: Option<f64>,
+    /// Test-pattern frames seen out of sequence.
+    pub stamp_gaps: u64,
+    /// Frames written to the recording.
+    pub recorded_frames: u64,
+    /// Audio samples rendered.
+    pub audio_samples: u64,
+    /// Datagrams refused (garbage, unknown streams).
+    pub rejected_datagrams: u64,
+}
+
+/// Call events.
+#[derive(Debug, Clone)]
+pub enum CallEvent {
+    /// Someone calls us: answer with [`crate::EngineHandle::answer`] or reject.
+    Incoming {
+        /// The call.
+        call: CallId,
+        /// Who.
+        peer: PeerId,
+        /// Their display name (a hint).
+        name: Option<String>,
+        /// They offer audio.
+        audio: bool,
+        /// They offer video.
+        video: bool,
+    },
+    /// The callee's device rings.
+    Ringing {
+        /// The call.
+        call: CallId,
+    },
+    /// The call is up.
+    Started {
+        /// The call.
+        call: CallId,
+        /// With whom.
+        peer: PeerId,
+        /// Streams each way.
+        streams: Negotiated,
+    },
+    /// The peer changed its streams (mute, camera).
+    Updated {
+        /// The call.
+        call: CallId,
+        /// Streams each way.
+        streams: Negotiated,
+    },
+    /// Every second.
+    Stats(Box<CallStats>),
+    /// A source or sink failed; the call goes on without it.
+    Warning {
+        /// The call.
+        call: CallId,
+        /// What happened.
+        message: String,
+    },
+    /// Over.
+    Ended {
+        /// The call.
+        call: CallId,
+        /// With whom.
+        peer: PeerId,
+        /// Why.
+        reason: EndReason,
+        /// Final statistics (`None` if media never started).
+        stats: Option<Box<CallStats>>,
+    },
+}
+
+/// A short machine-readable name and a sentence for an end reason.
+pub fn describe_end(r: &EndReason) -> (&'static str, String) {
+    match r {
+        EndReason::HungUp {
+            remote: true,
+            reason,
+            detail,
+        } => (
+            "hung_up_by_peer",
+            format!("the peer hung up ({reason:?}{})", dash(detail)),
+        ),
+        EndReason::HungUp { reason, detail, .. } => (
+            match reason {
+                HangupReason::Finished => "finished",
+                HangupReason::Error => "error",
+                HangupReason::Normal => "hung_up",
+            },
+            format!("hung up ({reason:?}{})", dash(detail)),
+        ),
+        EndReason::Rejected { remote, reason } => {
+            let code = match reason {
+                RejectReason::Declined => "declined",
+                RejectReason::Busy => "busy",
+                RejectReason::NoAnswer => "no_answer",
+                RejectReason::Incompatible => "incompatible",
+            };
+            let who = if *remote { "the peer" } else { "we" };
+            (code, format!("{who} did not take the call: {code}"))
+        }
+        EndReason::Unreachable => (
+            "unreachable",
+            "the peer's app did not respond to the call".into(),
+        ),
+        EndReason::PeerVanished => (
+            "peer_vanished",
+            "the peer stopped responding (network or process gone)".into(),
+        ),
+        EndReason::Protocol(w) => ("protocol", format!("protocol error: {w}")),
+    }
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
+    }
+}
+
+/// Commands to a running call.
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    Answer(Box<CallOptions>),
+    Reject,
+    Hangup,
+    Mute(bool),
+    Camera(bool),
+}
+
+/// The call registered with the engine.
+#[derive(Debug)]
+pub(crate) struct ActiveCall {
+    pub id: CallId,
+    pub peer: PeerId,
+    pub cmd: mpsc::Sender<Cmd>,
+    pub media: mpsc::Sender<(Instant, Bytes)>,
+}
+
+/// Forwards a connection's media datagrams to the call with its peer, stamped on arrival.
+pub(crate) async fn route_datagrams(shared: Arc<Shared>, conn: PeerConnection) {
+    let Some(mut rx) = conn.take_datagrams() else {
+        return;
+    };
+    let peer = conn.peer();
+    while let Some(d) = rx.recv().await {
+        let at = Instant::now();
+        let tx = shared.call.lock().ok().and_then(|c| {
+            c.as_ref()
+                .filter(|c| c.peer == peer)
+                .map(|c| c.media.clone())
+        });
+        if let Some(tx) = tx {
+            let _ = tx.try_send((at, d));
+        }
+    }
+}
+
+fn hex(id: &CallId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Registers a call; fails with `Busy` when one runs.
+fn register(shared: &Shared, c: ActiveCall) -> Result<(), CallError> {
+    let mut g = shared.call.lock().map_err(|_| CallError::Busy)?;
+    if g.is_some() {
+        return Err(CallError::Busy);
+    }
+    *g = Some(c);
+    Ok(())
+}
+
+/// Places a call to `peer` over `conn`.
+pub(crate) async fn dial(
+    shared: Arc<Shared>,
+    conn: PeerConnection,
+    opts: CallOptions,
+) -> Result<CallId, CallError> {
+    if shared.call.lock().map(|c| c.is_some()).unwrap_or(true) {
+        return Err(CallError::Busy);
+    }
+    let (mut send, recv) = conn
+        .quic()
+        .open_bi()
+        .await
+        .map_err(|e| CallError::Stream(e.to_string()))?;
+    send.write_all(&[CALL])
+        .await
+        .map_err(|e| CallError::Stream(e.to_string()))?;
+    let id: CallId = rand::random();
+    let call = Call::dial(Instant::now(), id, opts.describe(true, true));
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let (media_tx, media_rx) = mpsc::channel(1024);
+    register(
+        &shared,
+        ActiveCall {
+            id,
+            peer: conn.peer(),
+            cmd: cmd_tx,
+            media: media_tx,
+        },
+    )?;
+    tokio::spawn(run(
+        shared,
+        conn,
+        call,
+        (send, recv),
+        (cmd_rx, media_rx),
+        Some(opts),
+    ));
+    Ok(id)
+}
+
+/// Serves a call stream the peer opened.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    conn: PeerConnection,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let mut reader = FrameReader::new(recv, MAX_FRAME);
+    let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, reader.next()).await {
+        Ok(Ok(raw)) => CallFrame::decode(raw),
+        _ => return,
+    };
+    let now = Instant::now();
+    let (call, offer) = match first
+        .map_err(|e| e.to_string())
+        .and_then(|f| Call::incoming(now, f).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer(), "bad call stream: {e}");
+            let _ = send.reset(1u32.into());
+            return;
+        }
+    };
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let (media_tx, media_rx) = mpsc::channel(1024);
+    let id = call.id();
+    if register(
+        &shared,
+        ActiveCall {
+            id,
+            peer: conn.peer(),
+            cmd: cmd_tx,
+            media: media_tx,
+        },
+    )
+    .is_err()
+    {
+        let mut buf = Vec::new();
+        CallFrame::Reject {
+            reason: RejectReason::Busy,
+        }
+        .encode(&mut buf);
+        let _ = send.write_all(&buf).await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        return;
+    }
+    shared.emit(EngineEvent::Call(CallEvent::Incoming {
+        call: id,
+        peer: conn.peer(),
+        name: conn.remote_name(),
+        audio: offer.streams.iter().any(|s| s.codec == Codec::Opus),
+        video: offer.streams.iter().any(|s| s.codec == Codec::H264),
+    }));
+    run_with_reader(shared, conn, call, send, reader, (cmd_rx, media_rx), None).await;
+}
+
+/// Sends a command to the current call.
+pub(crate) async fn command(
+    shared: &Shared,
+    id: Option<CallId>,
+    cmd: Cmd,
+) -> Result<(), CallError> {
+    let tx = shared
+        .call
+        .lock()
+        .ok()
+        .and_then(|c| {
+            c.as_ref()
+                .filter(|c| id.is_none_or(|id| c.id == id))
+                .map(|c| c.cmd.clone())
+        })
+        .ok_or(CallError::NoSuchCall)?;
+    tx.send(cmd).await.map_err(|_| CallError::NoSuchCall)
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    conn: PeerConnection,
+    call: Call,
+    (send, recv): (quinn::SendStream, quinn::RecvStream),
+    chans: (mpsc::Receiver<Cmd>, mpsc::Receiver<(Instant, Bytes)>),
+    opts: Option<CallOptions>,
+) {
+    let reader = FrameReader::new(recv, MAX_FRAME);
+    run_with_reader(shared, conn, call, send, reader, chans, opts).await;
+}
+
+/// Media pipeline state of a running call.
+struct Pipeline {
+    opts: CallOptions,
+    epoch: Instant,
+    captures: Vec<(u8, media::Capture)>,
+    render: Option<media::RenderThread>,
+    render_stats: Arc<Mutex<RenderStats>>,
+    next_audio: Option<Instant>,
+    audio_rx: Option<u8>,
+    video_rx: Option<u8>,
+    muted: bool,
+    camera: bool,
+    meter: Meter,
+}
+
+#[derive(Default)]
+struct Meter {
+    at: Option<Instant>,
+    send: Vec<(u8, u64, u64)>,
+    recv: Vec<(u8, u64, u64)>,
+}
+
+#[allow(clippy::too_many_lines)]
+async fn run_with_reader(
+    shared: Arc<Shared>,
+    conn: PeerConnection,
+    mut call: Call,
+    mut send: quinn::SendStream,
+    mut reader: FrameReader<quinn::RecvStream>,
+    (mut cmd_rx, mut media_rx): (mpsc::Receiver<Cmd>, mpsc::Receiver<(Instant, Bytes)>),
+    mut opts: Option<CallOptions>,
+) {
+    let id = call.id();
+    let peer = conn.peer();
+    let (frame_tx, mut frame_rx) = mpsc::channel::<Option<CallFrame>>(16);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let f = match reader.next().await {
+                Ok(raw) => CallFrame::decode(raw).ok(),
+                Err(FrameReadError::Closed) | Err(_) => None,
+            };
+            let end = f.is_none();
+            if frame_tx.send(f).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let (enc_tx, mut enc_rx) = mpsc::channel::<media::Encoded>(8);
+    let (err_tx, mut err_rx) = mpsc::channel::<String>(4);
+    let mut session = MediaSession::new();
+    let mut pipe: Option<Pipeline> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut next_stats = Instant::now() + STATS_INTERVAL;
+    let mut last_stats: Option<CallStats> = None;
+    let mut ended: Option<EndReason> = None;
+    let mut wbuf = Vec::new();
+    loop {
+        // Signaling out.
+        while let Some(f) = call.poll_transmit() {
+            wbuf.clear();
+            f.encode(&mut wbuf);
+            if send.write_all(&wbuf).await.is_err() {
+                call.stream_closed(Instant::now());
+            }
+        }
+        // Call events.
+        while let Some(e) = call.poll_event() {
+            match e {
+                SmEvent::Ringing => shared.emit(EngineEvent::Call(CallEvent::Ringing { call: id })),
+                SmEvent::Accepted(n) => {
+                    session.configure(&n);
+                    let o = opts.clone().unwrap_or_default();
+                    deadline = o.duration.map(|d| Instant::now() + d);
+                    match start_pipeline(o, &n, &enc_tx, &err_tx) {
+                        Ok(p) => pipe = Some(p),
+                        Err(e) => {
+                            shared.emit(EngineEvent::Call(CallEvent::Warning {
+                                call: id,
+                                message: e.to_string(),
+                            }));
+                            call.hangup(Instant::now(), HangupReason::Error, &e.to_string());
+                        }
+                    }
+                    shared.emit(EngineEvent::Call(CallEvent::Started {
+                        call: id,
+                        peer,
+                        streams: n,
+                    }));
+                }
+                SmEvent::Updated(n) => {
+                    session.configure(&n);
+                    if let Some(p) = &mut pipe {
+                        p.audio_rx = n
+                            .receive
+                            .iter()
+                            .find(|s| s.kind == StreamKind::Audio)
+                            .map(|s| s.id);
+                        p.video_rx = n
+                            .receive
+                            .iter()
+                            .find(|s| s.kind != StreamKind::Audio)
+                            .map(|s| s.id);
+                    }
+                    shared.emit(EngineEvent::Call(CallEvent::Updated {
+                        call: id,
+                        streams: n,
+                    }));
+                }
+                SmEvent::Ended(r) => ended = Some(r),
+            }
+        }
+        if ended.is_some() {
+            break;
+        }
+        // Media out.
+        while let Some(d) = session.poll_transmit() {
+            // Datagrams are best effort: a full send buffer drops the oldest (quinn).
+            let _ = conn.quic().send_datagram(d);
+        }
+        while let Some(SessionEvent::KeyframeRequested { stream }) = session.poll_event() {
+            if let Some(p) = &pipe
+                && let Some((_, c)) = p.captures.iter().find(|(s, _)| *s == stream)
+            {
+                let _ = c.cmd.send(media::CaptureCmd::Keyframe);
+            }
+        }
+        let now = Instant::now();
+        let mut wake = [
+            call.poll_timeout(),
+            session.poll_timeout(now),
+            Some(next_stats),
+            deadline,
+            pipe.as_ref().and_then(|p| p.next_audio),
+            pipe.as_ref()
+                .and_then(|p| p.video_rx)
+                .and_then(|s| session.video_due(s)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(1));
+        wake = wake.max(now);
+        tokio::select! {
+            c = cmd_rx.recv() => match c {
+                Some(Cmd::Answer(o)) => {
+                    let d = o.describe(true, true);
+                    opts = Some(*o);
+                    let _ = call.accept(Instant::now(), d);
+                }
+                Some(Cmd::Reject) => { let _ = call.reject(Instant::now(), RejectReason::Declined); }
+                Some(Cmd::Hangup) | None => call.hangup(Instant::now(), HangupReason::Normal, ""),
+                Some(Cmd::Mute(m)) => set_active(&mut call, &mut pipe, Some(m), None),
+                Some(Cmd::Camera(on)) => set_active(&mut call, &mut pipe, None, Some(on)),
+            },
+            f = frame_rx.recv() => match f {
+                Some(Some(f)) => call.handle_frame(Instant::now(), f),
+                _ => call.stream_closed(Instant::now()),
+            },
+            Some((at, d)) = media_rx.recv() => {
+                call.handle_media(at);
+                let _ = session.handle_datagram(at, &d);
+                // Take whatever else is queued now (one wake-up per burst).
+                while let Ok((at, d)) = media_rx.try_recv() {
+                    let _ = session.handle_datagram(at, &d);
+                }
+            }
+            Some(e) = enc_rx.recv() => {
+                let stream = if e.audio { AUDIO_STREAM } else { VIDEO_STREAM };
+                let max = conn.quic().max_datagram_size().unwrap_or(1200);
+                if let Err(err) = session.send_frame(Instant::now(), stream, e.data, e.timestamp, e.keyframe, max) {
+                    tracing::debug!("media frame not sent: {err}");
+                }
+            }
+            Some(msg) = err_rx.recv() => {
+                shared.emit(EngineEvent::Call(CallEvent::Warning { call: id, message: msg.clone() }));
+                call.hangup(Instant::now(), HangupReason::Error, &msg);
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        call.handle_timeout(now);
+        session.set_rtt(conn.quic().rtt());
+        session.handle_timeout(now);
+        if let Some(p) = &mut pipe {
+            play_out(p, &mut session, now);
+            if now >= next_stats {
+                next_stats = now + STATS_INTERVAL;
+                let s = stats(&call, &conn, &session, p, now);
+                last_stats = Some(s.clone());
+                shared.emit(EngineEvent::Call(CallEvent::Stats(Box::new(s))));
+            }
+        } else if now >= next_stats {
+            next_stats = now + STATS_INTERVAL;
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            deadline = None;
+            call.hangup(now, HangupReason::Finished, "duration reached");
+        }
+    }
+    // Tell the peer (a Hangup/Reject may still be queued), then clean up.
+    while let Some(f) = call.poll_transmit() {
+        wbuf.clear();
+        f.encode(&mut wbuf);
+        let _ = send.write_all(&wbuf).await;
+    }
+    let _ = send.finish();
+    reader_task.abort();
+    if let Ok(mut g) = shared.call.lock()
+        && g.as_ref().is_some_and(|c| c.id == id)
+    {
+        *g = None;
+    }
+    let mut final_stats = None;
+    if let Some(mut p) = pipe {
+        let s = stats(&call, &conn, &session, &mut p, Instant::now());
+        p.captures.clear();
+        if let Some((tx, h)) = p.render.take() {
+            drop(tx);
+            match tokio::task::spawn_blocking(move || h.join()).await {
+                Ok(Ok(Err(e))) => shared.emit(EngineEvent::Call(CallEvent::Warning {
+                    call: id,
+                    message: format!("recording: {e}"),
+                })),
+                Ok(Ok(Ok(()))) => {}
+                _ => tracing::warn!("the render thread failed"),
+            }
+        }
+        // Counters of the render thread are final only now.
+        let r = p.render_stats.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut s = s;
+        fill_render(&mut s, &r);
+        final_stats = Some(Box::new(s));
+    }
+    let _ = last_stats;
+    shared.emit(EngineEvent::Call(CallEvent::Ended {
+        call: id,
+        peer,
+        reason: ended.unwrap_or(EndReason::PeerVanished),
+        stats: final_stats,
+    }));
+}
+
+fn start_pipeline(
+    opts: CallOptions,
+    n: &Negotiated,
+    enc_tx: &mpsc::Sender<media::Encoded>,
+    err_tx: &mpsc::Sender<String>,
+) -> Result<Pipeline, CallError> {
+    let epoch = Instant::now();
+    let render_stats = Arc::new(Mutex::new(RenderStats::default()));
+    let mut captures = Vec::new();
+    for s in &n.send {
+        let c = match s.kind {
+            StreamKind::Audio => {
+                media::start_audio(&opts.audio, epoch, enc_tx.clone(), err_tx.clone())?
+            }
+            StreamKind::Camera | StreamKind::Screen => media::start_video(
+                &opts.video,
+                media::VideoParams {
+                    width: opts.width,
+                    height: opts.height,
+                    fps: opts.fps,
+                    kbps: opts.video_kbps,
+                },
+                s.kind == StreamKind::Screen,
+                epoch,
+                enc_tx.clone(),
+                err_tx.clone(),
+            )?,
+        };
+        captures.push((s.id, c));
+    }
+    let audio_rx = n
+        .receive
+        .iter()
+        .find(|s| s.kind == StreamKind::Audio)
+        .map(|s| s.id);
+    let video_rx = n
+        .receive
+        .iter()
+        .find(|s| s.kind != StreamKind::Audio)
+        .map(|s| s.id);
+    let render = Some(media::start_render(
+        opts.sinks.clone(),
+        opts.fps,
+        render_stats.clone(),
+    )?);
+    Ok(Pipeline {
+        opts,
+        epoch,
+        captures,
+        render,
+        render_stats,
+        next_audio: audio_rx.map(|_| epoch),
+        audio_rx,
+        video_rx,
+        muted: false,
+        camera: true,
+        meter: Meter::default(),
+    })
+}
+
+fn set_active(
+    call: &mut Call,
+    pipe: &mut Option<Pipeline>,
+    mute: Option<bool>,
+    camera: Option<bool>,
+) {
+    let Some(p) = pipe else { return };
+    if let Some(m) = mute {
+        p.muted = m;
+    }
+    if let Some(c) = camera {
+        p.camera = c;
+    }
+    for (s, c) in &p.captures {
+        let on = if *s == AUDIO_STREAM {
+            !p.muted
+        } else {
+            p.camera
+        };
+        let _ = c.cmd.send(media::CaptureCmd::Active(on));
+    }
+    let d = p.opts.describe(!p.muted, p.camera);
+    let _ = call.update(Instant::now(), d);
+}
+
+/// Plays out audio frames that are due, and releases video frames that are due.
+fn play_out(p: &mut Pipeline, session: &mut MediaSession, now: Instant) {
+    let Some((tx, _)) = &p.render else { return };
+    if let (Some(stream), Some(mut next)) = (p.audio_rx, p.next_audio) {
+        // A late wake-up plays every frame that was due (the device would have pulled them).
+        let mut n = 0;
+        while next <= now && n < 10 {
+            let Some(o) = session.pop_audio(next.max(now - Duration::from_millis(1)), stream)
+            else {
+                break;
+            };
+            let samples = o.samples();
+            let _ = tx.try_send(media::Render::Audio {
+                playout: o.playout,
+                stretch: o.stretch,
+            });
+            next += Duration::from_micros(u64::from(samples) * 1_000_000 / 48_000);
+            n += 1;
+        }
+        if next + Duration::from_millis(200) < now {
+            next = now;
+        }
+        p.next_audio = Some(next);
+    }
+    if let Some(stream) = p.video_rx {
+        while let Some(f) = session.pop_video(now, stream) {
+            let _ = tx.try_send(media::Render::Video { data: f.data });
+        }
+    }
+}
+
+fn kind_name(k: StreamKind) -> &'static str {
+    match k {
+        StreamKind::Audio => "audio",
+        StreamKind::Camera => "camera",
+        StreamKind::Screen => "screen",
+    }
+}
+
+fn fill_render(s: &mut CallStats, r: &RenderStats) {
+    s.video_decoded = r.decoded;
+    s.resolution = r.resolution;
+    s.video_latency_ms = r.video_latency_ms;
+    s.video_latency_mean_ms = r.video_latency_mean_ms;
+    s.stamp_gaps = r.stamp_gaps;
+    s.recorded_frames = r.recorded_frames;
+    s.audio_samples = r.audio_samples;
+}
+
+fn stats(
+    call: &Call,
+    conn: &PeerConnection,
+    session: &MediaSession,
+    p: &mut Pipeline,
+    now: Instant,
+) -> CallStats {
+    let dt = p
+        .meter
+        .at
+        .map(|t| now.saturating_duration_since(t).as_secs_f64())
+        .unwrap_or_else(|| now.saturating_duration_since(p.epoch).as_secs_f64())
+        .max(1e-3);
+    let prev =
+        |v: &[(u8, u64, u64)], id: u8| v.iter().find(|x| x.0 == id).map_or((0, 0), |x| (x.1, x.2));
+    let mut s = CallStats {
+        call: hex(&call.id()),
+        elapsed_s: call
+            .started
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()),
+        rtt_ms: conn.quic().rtt().as_secs_f64() * 1e3,
+        path: conn.path().to_string(),
+        rejected_datagrams: session.rejected,
+        ..CallStats::default()
+    };
+    let mut send_now = Vec::new();
+    for (id, kind, st) in session.send_stats() {
+        let (b0, f0) = prev(&p.meter.send, id);
+        s.send.push(SendStreamStats {
+            id,
+            kind: kind_name(kind).into(),
+            kbps: (st.bytes - b0) as f64 * 8.0 / dt / 1e3,
+            fps: (st.frames - f0) as f64 / dt,
+            frames: st.frames,
+            packets: st.packets,
+            retransmitted: st.retransmitted,
+            keyframe_requests: st.keyframe_requests,
+        });
+        send_now.push((id, st.bytes, st.frames));
+    }
+    let mut recv_now = Vec::new();
+    for (id, st) in session.recv_stats() {
+        let (b0, f0) = prev(&p.meter.recv, id);
+        let kind = if Some(id) == p.audio_rx {
+            "audio"
+        } else {
+            "video"
+        };
+        s.recv.push(RecvStreamStats {
+            id,
+            kind: kind.into(),
+            kbps: (st.bytes - b0) as f64 * 8.0 / dt / 1e3,
+            fps: (st.frames.saturating_sub(f0)) as f64 / dt,
+            packets: st.packets,
+            loss_pct: st.loss() * 100.0,
+            nacks: st.nacks,
+            recovered: st.recovered,
+            keyframe_requests: st.keyframe_requests,
+            jitter_ms: st.jitter_ms,
+            buffer_ms: st.buffer_ms,
+            target_ms: st.target_ms,
+            concealed_pct: if st.playouts == 0 {
+                0.0
+            } else {
+                st.concealed as f64 * 100.0 / st.playouts as f64
+            },
+            fec_frames: st.fec,
+            freezes: st.freezes,
+            freeze_ms: st.freeze_ms,
+            skew_ms: st.skew_ms,
+        });
+        recv_now.push((id, st.bytes, st.frames));
+    }
+    p.meter = Meter {
+        at: Some(now),
+        send: send_now,
+        recv: recv_now,
+    };
+    if let Ok(r) = p.render_stats.lock() {
+        fill_render(&mut s, &r);
+    }
+    s
+}
