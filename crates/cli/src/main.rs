@@ -15,6 +15,8 @@ use p2pcall_nat::classify::Mapping;
 use p2pcall_net::{Event, PresenceEvent, RelayConfig, RelayTransport};
 use serde_json::json;
 
+mod calls;
+
 /// Default relay port (UDP and TCP).
 const DEFAULT_PORT: u16 = 7700;
 /// How long commands wait for the relay and the peer list.
@@ -91,6 +93,18 @@ enum Cmd {
     History(HistoryArgs),
     /// Send files and folders; the peer sees the offer and accepts or rejects it
     Send(SendArgs),
+    /// Call a peer (audio and video; headless: synthetic or file sources, recordings, stats)
+    Call(CallArgs),
+    /// List cameras, microphones, speakers and screens, or say why there are none
+    Devices,
+}
+
+#[derive(Args, Debug)]
+struct CallArgs {
+    /// The peer: fingerprint (or its first 4+ digits), full id, or display name
+    peer: String,
+    #[command(flatten)]
+    media: calls::MediaArgs,
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +113,12 @@ struct ListenArgs {
     /// are declined with a message telling the sender why
     #[arg(long, value_name = "DIR")]
     accept_files: Option<PathBuf>,
+    /// Answer incoming calls (one at a time; others get "busy"); without it calls are
+    /// declined
+    #[arg(long)]
+    answer: bool,
+    #[command(flatten)]
+    media: calls::MediaArgs,
 }
 
 #[derive(Args, Debug)]
@@ -242,6 +262,11 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Ping(a) => ping(&cli, a).await,
         Cmd::Speedtest(a) => speedtest(&cli, a).await,
         Cmd::Netcheck => netcheck(&cli).await,
+        Cmd::Call(a) => call(&cli, a).await,
+        Cmd::Devices => {
+            calls::devices(cli.json);
+            Ok(())
+        }
     }
 }
 
@@ -444,6 +469,7 @@ fn event_json(e: &EngineEvent) -> serde_json::Value {
             return json!({"event": "message_state", "peer": peer.fingerprint().to_string(), "id": hex(id), "state": state.as_str()});
         }
         EngineEvent::Transfer(t) => return transfer_json(t),
+        EngineEvent::Call(c) => return calls::call_json(c),
         EngineEvent::Net(n) => n,
     };
     match n {
@@ -515,6 +541,7 @@ fn event_text(e: &EngineEvent) -> String {
             return format!("message to {} is {}", peer.fingerprint(), state.as_str());
         }
         EngineEvent::Transfer(t) => return transfer_text(t),
+        EngineEvent::Call(c) => return calls::call_text(c),
         EngineEvent::Net(n) => n,
     };
     match n {
@@ -598,6 +625,8 @@ async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
         );
     }
     let mut last_progress: std::collections::HashMap<[u8; 16], Instant> = Default::default();
+    let mut stats_file = calls::StatsFile::default();
+    let mut console = None;
     loop {
         tokio::select! {
             _ = shutdown_signal() => break,
@@ -616,6 +645,29 @@ async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                     match &e {
                         EngineEvent::Net(Event::RelayRefused { reason, detail }) => {
                             bail!("the relay refused us: {reason} ({detail})");
+                        }
+                        EngineEvent::Call(c) => {
+                            stats_file.note(c);
+                            match c {
+                                p2pcall_core::call::CallEvent::Incoming { call, .. } => {
+                                    let r = if a.answer {
+                                        console.get_or_insert_with(|| calls::spawn_console(engine.clone()));
+                                        engine.answer(*call, a.media.options()).await
+                                    } else {
+                                        engine.reject_call(*call).await
+                                    };
+                                    if let Err(err) = r {
+                                        eprintln!("call: {err}");
+                                    }
+                                }
+                                p2pcall_core::call::CallEvent::Ended { .. } => {
+                                    if let Some(path) = &a.media.stats_json {
+                                        stats_file.write(path, "callee", c)?;
+                                        stats_file = calls::StatsFile::default();
+                                    }
+                                }
+                                _ => {}
+                            }
                         }
                         EngineEvent::Transfer(TransferEvent::Offered(o)) => {
                             let answer = match &a.accept_files {
@@ -638,6 +690,52 @@ async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
         }
     }
     engine.shutdown().await;
+    Ok(())
+}
+
+async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
+    let Dialed {
+        engine,
+        mut events,
+        peer,
+        ..
+    } = dial(cli, &a.peer).await?;
+    engine.call(peer, a.media.options()).await?;
+    if !cli.json {
+        println!("calling {}…", peer.fingerprint());
+    }
+    let console = calls::spawn_console(engine.clone());
+    let mut stats_file = calls::StatsFile::default();
+    let mut end = None;
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => { let _ = engine.hangup().await; }
+            e = events.recv() => match e {
+                Some(EngineEvent::Call(c)) => {
+                    calls::print(cli.json, &EngineEvent::Call(c.clone()));
+                    stats_file.note(&c);
+                    if matches!(c, p2pcall_core::call::CallEvent::Ended { .. }) {
+                        end = Some(c);
+                        break;
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    console.abort();
+    engine.shutdown().await;
+    let end = end.context("the engine stopped during the call")?;
+    if let Some(path) = &a.media.stats_json {
+        stats_file.write(path, "caller", &end)?;
+    }
+    if !calls::ended_normally(&end) {
+        let p2pcall_core::call::CallEvent::Ended { reason, .. } = &end else {
+            unreachable!()
+        };
+        bail!("{}", p2pcall_core::call::describe_end(reason).1);
+    }
     Ok(())
 }
 

@@ -1,0 +1,315 @@
+//! `call`, `listen --answer` and `devices`: headless calls for people and scripts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use p2pcall_core::call::{
+    AudioSource, CallEvent, CallOptions, CallStats, Sinks, VideoSource, describe_end,
+};
+use p2pcall_core::engine::{EngineEvent, EngineHandle};
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+/// Media options shared by `call` and `listen --answer`.
+#[derive(Args, Debug, Clone)]
+pub struct MediaArgs {
+    /// Video to send: testsrc (moving test pattern), FILE.y4m, camera[:DEV], or none
+    #[arg(long, default_value = "testsrc", value_name = "SRC")]
+    pub video: VideoSource,
+    /// Audio to send: tone, FILE.wav (48 kHz mono), mic[:DEV], or none
+    #[arg(long, default_value = "tone", value_name = "SRC")]
+    pub audio: AudioSource,
+    /// Test-pattern size, WIDTHxHEIGHT (320x240 … 1920x1080)
+    #[arg(long, default_value = "640x360", value_parser = parse_size, value_name = "WxH")]
+    pub size: (usize, usize),
+    /// Frames per second (15–60)
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(15..=60))]
+    pub fps: u32,
+    /// Video bitrate, kbit/s
+    #[arg(long, default_value_t = 1000, value_name = "KBPS")]
+    pub bitrate: u32,
+    /// Write the received video to this Y4M file
+    #[arg(long, value_name = "FILE")]
+    pub record_video: Option<PathBuf>,
+    /// Write the received audio to this WAV file (48 kHz mono)
+    #[arg(long, value_name = "FILE")]
+    pub record_audio: Option<PathBuf>,
+    /// Write the per-second statistics and the final summary to this JSON file
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// Hang up after this many seconds of call
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| format!("{s:?}: expected WIDTHxHEIGHT, e.g. 1280x720"))?;
+    let (w, h): (usize, usize) = (
+        w.parse().map_err(|_| format!("bad width {w:?}"))?,
+        h.parse().map_err(|_| format!("bad height {h:?}"))?,
+    );
+    if !(320..=1920).contains(&w) || !(240..=1080).contains(&h) || w % 2 == 1 || h % 2 == 1 {
+        return Err(format!(
+            "{w}x{h}: sizes from 320x240 to 1920x1080, even numbers"
+        ));
+    }
+    Ok((w, h))
+}
+
+impl MediaArgs {
+    pub fn options(&self) -> CallOptions {
+        CallOptions {
+            video: self.video.clone(),
+            audio: self.audio.clone(),
+            width: self.size.0,
+            height: self.size.1,
+            fps: self.fps,
+            video_kbps: self.bitrate,
+            sinks: Sinks {
+                video: self.record_video.clone(),
+                audio: self.record_audio.clone(),
+            },
+            duration: self.duration.map(Duration::from_secs_f64),
+        }
+    }
+}
+
+/// Collects statistics for `--stats-json`.
+#[derive(Default)]
+pub struct StatsFile {
+    seconds: Vec<CallStats>,
+}
+
+impl StatsFile {
+    /// Remembers what an event says; returns the end code and message when the call ended.
+    pub fn note(&mut self, e: &CallEvent) {
+        if let CallEvent::Stats(s) = e {
+            self.seconds.push((**s).clone());
+        }
+    }
+
+    /// Writes the file.
+    pub fn write(&self, path: &std::path::Path, role: &str, end: &CallEvent) -> Result<()> {
+        let (code, message, last) = match end {
+            CallEvent::Ended { reason, stats, .. } => {
+                let (c, m) = describe_end(reason);
+                (c, m, stats.as_deref().cloned())
+            }
+            _ => ("unknown", String::new(), None),
+        };
+        let v = json!({
+            "role": role,
+            "end": {"code": code, "message": message},
+            "final": last,
+            "seconds": self.seconds,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&v)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+fn fmt_stats(s: &CallStats) -> String {
+    let mut out = format!("{:>5.1} s  rtt {:.1} ms  {}", s.elapsed_s, s.rtt_ms, s.path);
+    for t in &s.send {
+        out += &format!("  ↑{} {:.0} kbit/s", t.kind, t.kbps);
+        if t.kind != "audio" {
+            out += &format!(" {:.0} fps", t.fps);
+        }
+    }
+    for r in &s.recv {
+        out += &format!("  ↓{} {:.0} kbit/s loss {:.1}%", r.kind, r.kbps, r.loss_pct);
+        if r.kind == "audio" {
+            out += &format!(
+                " jb {:.0}/{:.0} ms concealed {:.1}%",
+                r.buffer_ms, r.target_ms, r.concealed_pct
+            );
+        } else {
+            out += &format!(" {:.0} fps freezes {}", r.fps, r.freezes);
+            if let Some(k) = r.skew_ms {
+                out += &format!(" skew {k:+.0} ms");
+            }
+        }
+    }
+    if let Some((w, h)) = s.resolution {
+        out += &format!("  {w}x{h}");
+    }
+    out
+}
+
+/// A call event as one JSON object.
+pub fn call_json(e: &CallEvent) -> serde_json::Value {
+    let id = |c: &[u8; 16]| c.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    match e {
+        CallEvent::Incoming {
+            call,
+            peer,
+            name,
+            audio,
+            video,
+        } => {
+            json!({"event": "call_incoming", "call": id(call), "fingerprint": peer.fingerprint().to_string(), "name": name, "audio": audio, "video": video})
+        }
+        CallEvent::Ringing { call } => json!({"event": "call_ringing", "call": id(call)}),
+        CallEvent::Started {
+            call,
+            peer,
+            streams,
+        } => {
+            json!({"event": "call_started", "call": id(call), "fingerprint": peer.fingerprint().to_string(),
+            "send": streams.send.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>(),
+            "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
+        }
+        CallEvent::Updated { call, streams } => json!({"event": "call_updated", "call": id(call),
+            "receive": streams.receive.iter().map(|s| json!({"kind": format!("{:?}", s.kind).to_lowercase(), "active": s.active})).collect::<Vec<_>>()}),
+        CallEvent::Stats(s) => {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["event"] = json!("call_stats");
+            v
+        }
+        CallEvent::Warning { call, message } => {
+            json!({"event": "call_warning", "call": id(call), "message": message})
+        }
+        CallEvent::Ended {
+            call,
+            peer,
+            reason,
+            stats,
+        } => {
+            let (code, message) = describe_end(reason);
+            json!({"event": "call_ended", "call": id(call), "fingerprint": peer.fingerprint().to_string(), "reason": code, "message": message, "stats": stats})
+        }
+    }
+}
+
+/// A call event as one line of text.
+pub fn call_text(e: &CallEvent) -> String {
+    match e {
+        CallEvent::Incoming {
+            peer,
+            name,
+            audio,
+            video,
+            ..
+        } => format!(
+            "incoming call from {} ({}){}{}",
+            name.clone().unwrap_or_default(),
+            peer.fingerprint(),
+            if *audio { " audio" } else { "" },
+            if *video { " video" } else { "" }
+        ),
+        CallEvent::Ringing { .. } => "ringing…".into(),
+        CallEvent::Started { peer, streams, .. } => format!(
+            "call with {} started: sending {}, receiving {} (type mute, unmute, camera off, camera on or hangup)",
+            peer.fingerprint(),
+            kinds(&streams.send),
+            kinds(&streams.receive)
+        ),
+        CallEvent::Updated { streams, .. } => format!(
+            "the peer now sends {}",
+            streams
+                .receive
+                .iter()
+                .map(|s| format!("{:?}{}", s.kind, if s.active { "" } else { " (off)" }))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        CallEvent::Stats(s) => fmt_stats(s),
+        CallEvent::Warning { message, .. } => format!("warning: {message}"),
+        CallEvent::Ended { reason, stats, .. } => {
+            let (_, message) = describe_end(reason);
+            match stats {
+                Some(s) => format!(
+                    "call ended: {message}; {:.1} s, {} video frames decoded",
+                    s.elapsed_s, s.video_decoded
+                ),
+                None => format!("call ended: {message}"),
+            }
+        }
+    }
+}
+
+fn kinds(s: &[p2pcall_proto::call::StreamDesc]) -> String {
+    if s.is_empty() {
+        return "nothing".into();
+    }
+    s.iter()
+        .map(|s| format!("{:?}", s.kind).to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// Lines typed during a call: mute, unmute, camera on/off, hangup.
+pub fn spawn_console(engine: EngineHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            let r = match l.trim() {
+                "mute" => engine.set_muted(true).await,
+                "unmute" => engine.set_muted(false).await,
+                "camera off" | "video off" => engine.set_camera(false).await,
+                "camera on" | "video on" => engine.set_camera(true).await,
+                "hangup" | "bye" | "q" => engine.hangup().await,
+                "" => Ok(()),
+                other => {
+                    eprintln!(
+                        "unknown command {other:?}: mute, unmute, camera off, camera on, hangup"
+                    );
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                eprintln!("{e}");
+            }
+        }
+    })
+}
+
+/// Whether an end is a normal one (exit status 0).
+pub fn ended_normally(e: &CallEvent) -> bool {
+    matches!(
+        e,
+        CallEvent::Ended { reason, .. }
+            if matches!(describe_end(reason).0, "hung_up" | "hung_up_by_peer" | "finished")
+    )
+}
+
+/// Prints the device lists.
+pub fn devices(json_out: bool) {
+    let d = p2pcall_core::devices::list_devices();
+    if json_out {
+        println!("{}", serde_json::to_value(&d).unwrap_or_default());
+        return;
+    }
+    for (title, l) in [
+        ("cameras", &d.cameras),
+        ("microphones", &d.microphones),
+        ("speakers", &d.speakers),
+        ("screens", &d.screens),
+    ] {
+        println!("{title}:");
+        for x in &l.devices {
+            println!("  {:<28} {}", x.id, x.name);
+        }
+        if let Some(why) = &l.why_none {
+            println!("  none: {why}");
+        }
+    }
+}
+
+/// Engine events of a call, printed.
+pub fn print(json_out: bool, e: &EngineEvent) -> bool {
+    if let EngineEvent::Call(c) = e {
+        if json_out {
+            println!("{}", call_json(c));
+        } else {
+            println!("{}", call_text(c));
+        }
+        true
+    } else {
+        false
+    }
+}
