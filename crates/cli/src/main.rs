@@ -730,13 +730,12 @@ async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
     if let Some(path) = &a.media.stats_json {
         stats_file.write(path, "caller", &end)?;
     }
-    if !calls::ended_normally(&end) {
-        let p2pcall_core::call::CallEvent::Ended { reason, .. } = &end else {
-            unreachable!()
-        };
-        bail!("{}", p2pcall_core::call::describe_end(reason).1);
+    match &end {
+        p2pcall_core::call::CallEvent::Ended { reason, .. } if !calls::ended_normally(&end) => {
+            bail!("{}", p2pcall_core::call::describe_end(reason).1)
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A connection opened for a command: the engine, its events, the peer, and timings.
