@@ -1049,6 +1049,7 @@ async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
                 "chat_ok": r.chat_ok, "chat_ms": ms(r.chat_time),
                 "files": r.files, "file_bytes": r.file_bytes, "files_ms": ms(r.files_time),
                 "files_ok": r.files_ok, "placed": r.placed,
+                "call_ok": r.call_ok, "call": r.call,
             })
         );
     } else {
@@ -1107,13 +1108,44 @@ async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
             r.placed.join(", ")
         );
     }
-    if !r.presence_ok || !r.signal_ok || !r.chat_ok || !r.files_ok {
+    if !cli.json {
+        match &r.call {
+            Some(s) => {
+                println!(
+                    "call: {:.1} s of test pattern + tone both ways, answered by bob: {}",
+                    s.elapsed_s,
+                    if r.call_ok { "ok" } else { "INCOMPLETE" }
+                );
+                println!(
+                    "  alice received {} video frames ({}), audio concealed {:.1}%, capture-to-render {} ms",
+                    s.video_decoded,
+                    s.resolution
+                        .map(|(w, h)| format!("{w}x{h}"))
+                        .unwrap_or_else(|| "-".into()),
+                    s.recv
+                        .iter()
+                        .find(|x| x.kind == "audio")
+                        .map_or(0.0, |a| a.concealed_pct),
+                    s.video_latency_mean_ms
+                        .map_or("-".into(), |l| format!("{l:.0}"))
+                );
+                println!(
+                    "  whole call: {}",
+                    calls::call_text(&p2pcall_core::call::CallEvent::Stats(Box::new(s.clone())))
+                        .trim()
+                );
+            }
+            None => println!("call: did not complete"),
+        }
+    }
+    if !r.presence_ok || !r.signal_ok || !r.chat_ok || !r.files_ok || !r.call_ok {
         bail!(
-            "demo incomplete: presence {} signal {} chat {} files {}",
+            "demo incomplete: presence {} signal {} chat {} files {} call {}",
             r.presence_ok,
             r.signal_ok,
             r.chat_ok,
-            r.files_ok
+            r.files_ok,
+            r.call_ok
         );
     }
     Ok(())

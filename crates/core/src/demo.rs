@@ -67,7 +67,14 @@ pub struct DemoReport {
     pub files_ok: bool,
     /// Where bob's copy landed.
     pub placed: Vec<String>,
+    /// A short synthetic call (test pattern + tone both ways): alice's final statistics.
+    pub call: Option<crate::call::CallStats>,
+    /// The call ended as planned with video and audio received.
+    pub call_ok: bool,
 }
+
+/// Length of the demo call.
+pub const DEMO_CALL: Duration = Duration::from_secs(3);
 
 /// Errors of the demo.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +132,7 @@ pub async fn run(bytes: u64) -> Result<DemoReport, DemoError> {
 
 async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError> {
     let step = |s: &str| DemoError::Step(s.to_string());
-    let (alice, _alice_events) = local_peer("alice", relay).await?;
+    let (alice, mut alice_events) = local_peer("alice", relay).await?;
     let (bob, mut bob_events) = local_peer("bob", relay).await?;
     alice.wait_relay(Duration::from_secs(5)).await?;
     bob.wait_relay(Duration::from_secs(5)).await?;
@@ -160,6 +167,9 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
                 }
                 EngineEvent::Transfer(TransferEvent::Offered(o)) => {
                     let _ = bob2.accept_offer(o.peer, o.id, inbox_path.clone());
+                }
+                EngineEvent::Call(crate::call::CallEvent::Incoming { call, .. }) => {
+                    let _ = bob2.answer(call, crate::call::CallOptions::default()).await;
                 }
                 EngineEvent::Transfer(TransferEvent::Finished(s)) => {
                     if let Some(t) = done_tx.take() {
@@ -241,6 +251,35 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
         .map_err(|_| step("bob's event task ended"))?;
     let files_ok = received.hashes == sent.hashes && received.files == sent.files;
 
+    // A short call: alice dials, bob's event task answers; both send the test pattern and
+    // a tone; alice's final statistics say what she received.
+    let opts = crate::call::CallOptions {
+        duration: Some(DEMO_CALL),
+        ..Default::default()
+    };
+    alice.call(bob.id(), opts).await?;
+    let ended = tokio::time::timeout(DEMO_CALL + Duration::from_secs(10), async {
+        while let Some(e) = alice_events.recv().await {
+            if let EngineEvent::Call(crate::call::CallEvent::Ended { reason, stats, .. }) = e {
+                return Some((reason, stats));
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    let (call, call_ok) = match ended {
+        Some((reason, stats)) => {
+            let ok = crate::call::describe_end(&reason).0 == "finished"
+                && stats.as_ref().is_some_and(|s| {
+                    s.video_decoded > 0 && s.audio_samples > 0 && s.recv.len() == 2
+                });
+            (stats.map(|s| *s), ok)
+        }
+        None => (None, false),
+    };
+
     let report = DemoReport {
         relay,
         alice: alice.id().fingerprint().to_string(),
@@ -267,6 +306,8 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
+        call,
+        call_ok,
     };
     alice.shutdown().await;
     bob.shutdown().await;

@@ -726,6 +726,8 @@ async fn run_with_reader(
     }
     let mut final_stats = None;
     if let Some(mut p) = pipe {
+        // Final rates are averages over the whole call.
+        p.meter = Meter::default();
         let s = stats(&call, &conn, &session, &mut p, Instant::now());
         p.captures.clear();
         if let Some((tx, h)) = p.render.take() {
