@@ -68,8 +68,9 @@ pub fn alsa_pcms(text: &str, capture: bool) -> Vec<Device> {
     let want = if capture { "capture" } else { "playback" };
     text.lines()
         .filter_map(|l| {
-            let mut parts = l.split(" : ");
-            let (cd, name) = (parts.next()?, parts.nth(1)?);
+            let (cd, rest) = l.split_once(':')?;
+            let mut parts = rest.split(" : ");
+            let name = parts.nth(1)?;
             let (card, dev) = cd.split_once('-')?;
             let (card, dev) = (
                 card.trim().parse::<u32>().ok()?,

@@ -114,6 +114,7 @@ pub struct AudioJitterBuffer {
     last_seq: Option<u32>,
     transit: VecDeque<f64>,
     target: f64,
+    min_target: f64,
     delay: f64,
     loss: f64,
     /// Counters.
@@ -145,10 +146,17 @@ impl AudioJitterBuffer {
             last_seq: None,
             transit: VecDeque::new(),
             target: 20.0,
+            min_target: 0.0,
             delay: 0.0,
             loss: 0.0,
             stats: AudioStats::default(),
         }
+    }
+
+    /// A floor for the target (lip sync: audio waits as long as video needs), from the
+    /// next packet on.
+    pub fn set_min_target(&mut self, min: Duration) {
+        self.min_target = (min.as_secs_f64() * 1e3).min(MAX_TARGET);
     }
 
     /// Current target delay.
@@ -219,7 +227,9 @@ impl AudioJitterBuffer {
         spread.sort_by(f64::total_cmp);
         let (p95, p99) = (percentile(&spread, 0.95), percentile(&spread, 0.99));
         let fec = if self.loss > FEC_LOSS { 20.0 } else { 0.0 };
-        self.target = (p99.min(p95 + CAP_OVER_P95) + fec).clamp(20.0, MAX_TARGET);
+        self.target = (p99.min(p95 + CAP_OVER_P95) + fec)
+            .max(self.min_target)
+            .clamp(20.0, MAX_TARGET);
         if self.next_ts.is_some_and(|n| ext < n) {
             // It was concealed, but it was late, not lost: take it back out of the loss
             // estimate (lateness is the target's business, not FEC's).

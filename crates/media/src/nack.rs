@@ -5,7 +5,7 @@
 //! sequence number leaves after the reordering delay observed on this stream (a slowly
 //! decaying maximum of how late gap-filling packets arrived unasked, at least
 //! [`REORDER_WAIT`], at most half an RTT) after the gap is seen; it is repeated when no
-//! retransmission came within 1.5 RTT (at least [`MIN_RETRY`]); after [`MAX_TRIES`] requests
+//! retransmission came within 1.25 RTT (at least [`MIN_RETRY`]); after [`MAX_TRIES`] requests
 //! or [`MAX_AGE`] the packet is given up, which tells the caller that the frame it belonged
 //! to cannot be completed (ask for a keyframe).
 
@@ -141,7 +141,7 @@ impl NackTracker {
     }
 
     fn retry_after(rtt: Duration) -> Duration {
-        (rtt * 3 / 2).max(MIN_RETRY)
+        (rtt * 5 / 4).max(MIN_RETRY)
     }
 
     fn first_wait(&self, rtt: Duration) -> Duration {

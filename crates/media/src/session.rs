@@ -40,6 +40,12 @@ pub const VIDEO_CLOCK: u32 = 90_000;
 pub const VIDEO_WAIT: Duration = Duration::from_millis(40);
 /// A decodable frame is never held longer than this for lip sync.
 pub const MAX_SYNC_HOLD: Duration = Duration::from_millis(500);
+/// Video frames whose completion delay sizes the video playout delay (10 s at 30 fps).
+const VIDEO_DELAY_WINDOW: usize = 300;
+/// Audio packets whose transit gives the audio's smallest delay (10 s).
+const AUDIO_TRANSIT_WINDOW: usize = 500;
+/// Most extra delay audio takes on to wait for video.
+pub const MAX_SYNC_DELAY: Duration = Duration::from_millis(400);
 /// Frame intervals averaged for freeze detection.
 const FREEZE_WINDOW: usize = 30;
 
@@ -175,6 +181,8 @@ enum Receiver {
 #[derive(Debug)]
 struct AudioReceiver {
     jb: AudioJitterBuffer,
+    /// Arrival − capture (ms, session clock) of recent packets.
+    transit: VecDeque<f64>,
     arrivals: Arrivals,
     stats: RecvStats,
 }
@@ -186,6 +194,10 @@ struct VideoReceiver {
     buffer: FrameBuffer,
     keyframes: KeyframeRequests,
     ready: VecDeque<Frame>,
+    /// Completion − capture (ms, session clock) of recent frames.
+    completion: VecDeque<f64>,
+    /// The 98th percentile of `completion`: when a frame is usually decodable.
+    required: Option<f64>,
     arrivals: Arrivals,
     intervals: VecDeque<f64>,
     last_render: Option<Instant>,
@@ -247,6 +259,7 @@ impl MediaSession {
             self.receivers.entry(s.id).or_insert_with(|| match s.kind {
                 StreamKind::Audio => Receiver::Audio(Box::new(AudioReceiver {
                     jb: AudioJitterBuffer::new(),
+                    transit: VecDeque::new(),
                     arrivals: Arrivals::default(),
                     stats: RecvStats::default(),
                 })),
@@ -258,6 +271,8 @@ impl MediaSession {
                         buffer: FrameBuffer::new(),
                         keyframes: KeyframeRequests::default(),
                         ready: VecDeque::new(),
+                        completion: VecDeque::new(),
+                        required: None,
                         arrivals: Arrivals::default(),
                         intervals: VecDeque::new(),
                         last_render: None,
@@ -345,6 +360,15 @@ impl MediaSession {
         match self.receivers.get_mut(&p.stream) {
             Some(Receiver::Audio(a)) => {
                 a.arrivals.note(now, &p, crate::audio::CLOCK, &mut a.stats);
+                if let Some(e) = self.epoch {
+                    let local = now.saturating_duration_since(e).as_secs_f64() * 1e3;
+                    a.transit.push_back(
+                        local - f64::from(p.timestamp) * 1e3 / f64::from(crate::audio::CLOCK),
+                    );
+                    if a.transit.len() > AUDIO_TRANSIT_WINDOW {
+                        a.transit.pop_front();
+                    }
+                }
                 a.jb.push(now, p.seq, p.timestamp, p.payload);
             }
             Some(Receiver::Video(v)) => {
@@ -378,12 +402,25 @@ impl MediaSession {
             // Drain what is decodable into the sync queue.
             while let Some(f) = v.buffer.pop(now, VIDEO_WAIT + rtt * 3) {
                 v.assembler.discard_below(f.frame);
+                if let Some(e) = self.epoch {
+                    let done = f.completed.saturating_duration_since(e).as_secs_f64() * 1e3;
+                    v.completion
+                        .push_back(done - f64::from(f.timestamp) * 1e3 / f64::from(VIDEO_CLOCK));
+                    if v.completion.len() > VIDEO_DELAY_WINDOW {
+                        v.completion.pop_front();
+                    }
+                    let mut c: Vec<f64> = v.completion.iter().copied().collect();
+                    c.sort_by(f64::total_cmp);
+                    v.required = c.get((c.len() - 1) * 98 / 100).copied();
+                }
                 v.ready.push_back(f);
                 if v.ready.len() > crate::video::MAX_FRAMES {
                     v.ready.pop_front();
                 }
             }
-            if v.buffer.needs_keyframe() && v.keyframes.request(now, rtt) {
+            // Only once complete frames are stuck behind a missing keyframe (not while the first
+            // keyframe is still arriving).
+            if v.buffer.needs_keyframe() && !v.buffer.is_empty() && v.keyframes.request(now, rtt) {
                 v.stats.keyframe_requests += 1;
                 let mut buf = Vec::new();
                 MediaDatagram::KeyframeRequest { stream: id }.encode(&mut buf);
@@ -392,8 +429,30 @@ impl MediaSession {
         }
     }
 
+    /// Lip sync: audio waits as long as video usually takes to become decodable (≤
+    /// [`MAX_SYNC_DELAY`] more than audio needs itself), so both play at one delay.
+    fn sync_audio(&mut self) {
+        let required = self.receivers.values().find_map(|r| match r {
+            Receiver::Video(v) => v.required,
+            Receiver::Audio(_) => None,
+        });
+        for r in self.receivers.values_mut() {
+            if let Receiver::Audio(a) = r {
+                let min = a.transit.iter().copied().fold(f64::INFINITY, f64::min);
+                let floor = match required {
+                    Some(v) if min.is_finite() => {
+                        (v - min).clamp(0.0, MAX_SYNC_DELAY.as_secs_f64() * 1e3)
+                    }
+                    _ => 0.0,
+                };
+                a.jb.set_min_target(Duration::from_secs_f64(floor / 1e3));
+            }
+        }
+    }
+
     /// The next audio frame of `stream` to decode and play (call at the device's cadence).
     pub fn pop_audio(&mut self, now: Instant, stream: u8) -> Option<Output> {
+        self.sync_audio();
         let Some(Receiver::Audio(a)) = self.receivers.get_mut(&stream) else {
             return None;
         };
@@ -424,7 +483,8 @@ impl MediaSession {
         let head = v.ready.front()?;
         let local = now.saturating_duration_since(epoch).as_secs_f64() * 1e3;
         let capture = f64::from(head.timestamp) * 1e3 / f64::from(VIDEO_CLOCK);
-        if let Some(off) = offset {
+        // With audio: when its audio plays; without: at the video's own usual delay.
+        if let Some(off) = offset.or(v.required) {
             let due = capture + off;
             let held = now.saturating_duration_since(head.completed);
             if local < due && held < MAX_SYNC_HOLD {
@@ -459,7 +519,7 @@ impl MediaSession {
             return None;
         };
         let head = v.ready.front()?;
-        let Some(off) = self.av_offset else {
+        let Some(off) = self.av_offset.or(v.required) else {
             return Some(epoch);
         };
         let capture = f64::from(head.timestamp) * 1e3 / f64::from(VIDEO_CLOCK);
