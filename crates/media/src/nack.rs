@@ -250,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn nacks_repeat_every_one_and_a_half_rtt_then_give_up() {
+    fn nacks_repeat_every_one_and_a_quarter_rtt_then_give_up() {
         let t0 = Instant::now();
         let mut n = NackTracker::new();
         n.on_packet(t0, 0, false);
@@ -259,14 +259,14 @@ mod tests {
         assert_eq!(n.next_timeout(RTT), Some(ms(10)));
         assert_eq!(n.poll(ms(10), RTT).nack, vec![1, 2]);
         assert_eq!(n.poll(ms(100), RTT).nack, Vec::<u32>::new());
-        assert_eq!(n.next_timeout(RTT), Some(ms(160)));
-        assert_eq!(n.poll(ms(160), RTT).nack, vec![1, 2]);
+        assert_eq!(n.next_timeout(RTT), Some(ms(135)));
+        assert_eq!(n.poll(ms(135), RTT).nack, vec![1, 2]);
         assert!(n.on_packet(ms(200), 1, true));
         assert_eq!(n.recovered, 1);
-        let mut t = 160;
+        let mut t = 135;
         let mut lost = Vec::new();
         while lost.is_empty() {
-            t += 150;
+            t += 125;
             let p = n.poll(ms(t), RTT);
             lost = p.lost;
         }
