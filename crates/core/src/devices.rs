@@ -103,9 +103,7 @@ pub fn list_devices() -> Devices {
     let display = std::env::var("DISPLAY").ok().filter(|d| !d.is_empty());
     Devices {
         cameras: list(cams, || {
-            "no V4L2 camera: /sys/class/video4linux lists no video device (plug one in, or \
-             use --video testsrc or FILE.y4m)"
-                .into()
+            "/sys/class/video4linux lists no V4L2 video device (plug one in)".into()
         }),
         microphones: list(alsa_pcms(&pcm, true), no_sound),
         speakers: list(alsa_pcms(&pcm, false), no_sound),
@@ -123,42 +121,41 @@ pub fn list_devices() -> Devices {
     }
 }
 
-/// The error for `--video camera[:DEV]`.
-pub(crate) fn camera_unavailable(dev: Option<&str>) -> CallError {
-    let d = list_devices().cameras;
-    CallError::Source(match (d.why_none, dev) {
-        (Some(why), _) => why,
-        (None, Some(dev)) if !d.devices.iter().any(|c| c.id.ends_with(dev)) => format!(
-            "no camera {dev}; found: {}",
-            d.devices
+/// Why `what` (`camera` / `microphone`) `dev` cannot be used: none found, not that one, or
+/// capture not built; `fallback` names what to use instead.
+fn unavailable(l: DeviceList, what: &str, dev: Option<&str>, fallback: &str) -> CallError {
+    CallError::Source(match (l.why_none, dev) {
+        (Some(why), _) => format!("no {what}: {why}; use {fallback}"),
+        (None, Some(dev)) if !l.devices.iter().any(|c| c.id.ends_with(dev)) => format!(
+            "no {what} {dev}; found: {}",
+            l.devices
                 .iter()
                 .map(|c| c.id.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        (None, _) => "camera capture (V4L2) is not in this build yet; use --video testsrc or \
-                      FILE.y4m"
-            .into(),
+        (None, _) => format!("{what} capture is not in this build yet; use {fallback}"),
     })
+}
+
+/// The error for `--video camera[:DEV]`.
+pub(crate) fn camera_unavailable(dev: Option<&str>) -> CallError {
+    unavailable(
+        list_devices().cameras,
+        "camera",
+        dev,
+        "--video testsrc or FILE.y4m",
+    )
 }
 
 /// The error for `--audio mic[:DEV]`.
 pub(crate) fn mic_unavailable(dev: Option<&str>) -> CallError {
-    let d = list_devices().microphones;
-    CallError::Source(match (d.why_none, dev) {
-        (Some(why), _) => format!("no microphone: {why}; use --audio tone or FILE.wav"),
-        (None, Some(dev)) if !d.devices.iter().any(|c| c.id.ends_with(dev)) => format!(
-            "no microphone {dev}; found: {}",
-            d.devices
-                .iter()
-                .map(|c| c.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        (None, _) => "microphone capture (ALSA) is not in this build yet; use --audio tone or \
-                      FILE.wav"
-            .into(),
-    })
+    unavailable(
+        list_devices().microphones,
+        "microphone",
+        dev,
+        "--audio tone or FILE.wav",
+    )
 }
 
 #[cfg(test)]

@@ -619,6 +619,15 @@ mod tests {
 
     const RTT: Duration = Duration::from_millis(100);
 
+    /// A callee that received an audio + video offer.
+    fn incoming_av(now: Instant) -> Call {
+        let offer = CallFrame::Offer {
+            id: [1; 16],
+            session: av(),
+        };
+        Call::incoming(now, offer).unwrap().0
+    }
+
     #[test]
     fn offer_ring_accept_update_hangup() {
         let mut p = Pair::new(RTT / 2);
@@ -743,14 +752,7 @@ mod tests {
         assert!(p.a.poll_timeout().is_none());
         // Media alone keeps a call alive.
         let now = Instant::now();
-        let (mut b, _) = Call::incoming(
-            now,
-            CallFrame::Offer {
-                id: [1; 16],
-                session: av(),
-            },
-        )
-        .unwrap();
+        let mut b = incoming_av(now);
         b.accept(now, av()).unwrap();
         for i in 1..=100u64 {
             let t = now + Duration::from_millis(100 * i);
@@ -784,14 +786,7 @@ mod tests {
             })
         ));
         // A callee never accepts an Accept.
-        let (mut b, _) = Call::incoming(
-            now,
-            CallFrame::Offer {
-                id: [1; 16],
-                session: av(),
-            },
-        )
-        .unwrap();
+        let mut b = incoming_av(now);
         b.handle_frame(now, CallFrame::Accept { session: av() });
         assert!(matches!(
             b.state(),

@@ -372,14 +372,24 @@ fn hex(id: &CallId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Registers a call; fails with `Busy` when one runs.
-fn register(shared: &Shared, c: ActiveCall) -> Result<(), CallError> {
+/// The channels of a registered call: commands and media datagrams.
+type CallChannels = (mpsc::Receiver<Cmd>, mpsc::Receiver<(Instant, Bytes)>);
+
+/// Registers call `id` with `peer`; fails with `Busy` when one runs.
+fn register(shared: &Shared, id: CallId, peer: PeerId) -> Result<CallChannels, CallError> {
     let mut g = shared.call.lock().map_err(|_| CallError::Busy)?;
     if g.is_some() {
         return Err(CallError::Busy);
     }
-    *g = Some(c);
-    Ok(())
+    let (cmd, cmd_rx) = mpsc::channel(16);
+    let (media, media_rx) = mpsc::channel(1024);
+    *g = Some(ActiveCall {
+        id,
+        peer,
+        cmd,
+        media,
+    });
+    Ok((cmd_rx, media_rx))
 }
 
 /// Places a call to `peer` over `conn`.
@@ -401,25 +411,8 @@ pub(crate) async fn dial(
         .map_err(|e| CallError::Stream(e.to_string()))?;
     let id: CallId = rand::random();
     let call = Call::dial(Instant::now(), id, opts.describe(true, true));
-    let (cmd_tx, cmd_rx) = mpsc::channel(16);
-    let (media_tx, media_rx) = mpsc::channel(1024);
-    register(
-        &shared,
-        ActiveCall {
-            id,
-            peer: conn.peer(),
-            cmd: cmd_tx,
-            media: media_tx,
-        },
-    )?;
-    tokio::spawn(run(
-        shared,
-        conn,
-        call,
-        (send, recv),
-        (cmd_rx, media_rx),
-        Some(opts),
-    ));
+    let chans = register(&shared, id, conn.peer())?;
+    tokio::spawn(run(shared, conn, call, (send, recv), chans, Some(opts)));
     Ok(id)
 }
 
@@ -447,20 +440,8 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let (cmd_tx, cmd_rx) = mpsc::channel(16);
-    let (media_tx, media_rx) = mpsc::channel(1024);
     let id = call.id();
-    if register(
-        &shared,
-        ActiveCall {
-            id,
-            peer: conn.peer(),
-            cmd: cmd_tx,
-            media: media_tx,
-        },
-    )
-    .is_err()
-    {
+    let Ok(chans) = register(&shared, id, conn.peer()) else {
         let mut buf = Vec::new();
         CallFrame::Reject {
             reason: RejectReason::Busy,
@@ -470,7 +451,7 @@ pub(crate) async fn serve(
         let _ = send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
         return;
-    }
+    };
     shared.emit(EngineEvent::Call(CallEvent::Incoming {
         call: id,
         peer: conn.peer(),
@@ -478,7 +459,7 @@ pub(crate) async fn serve(
         audio: offer.streams.iter().any(|s| s.codec == Codec::Opus),
         video: offer.streams.iter().any(|s| s.codec == Codec::H264),
     }));
-    run_with_reader(shared, conn, call, send, reader, (cmd_rx, media_rx), None).await;
+    run_with_reader(shared, conn, call, send, reader, chans, None).await;
 }
 
 /// Sends a command to the current call.
@@ -505,7 +486,7 @@ async fn run(
     conn: PeerConnection,
     call: Call,
     (send, recv): (quinn::SendStream, quinn::RecvStream),
-    chans: (mpsc::Receiver<Cmd>, mpsc::Receiver<(Instant, Bytes)>),
+    chans: CallChannels,
     opts: Option<CallOptions>,
 ) {
     let reader = FrameReader::new(recv, MAX_FRAME);
@@ -541,7 +522,7 @@ async fn run_with_reader(
     mut call: Call,
     mut send: quinn::SendStream,
     mut reader: FrameReader<quinn::RecvStream>,
-    (mut cmd_rx, mut media_rx): (mpsc::Receiver<Cmd>, mpsc::Receiver<(Instant, Bytes)>),
+    (mut cmd_rx, mut media_rx): CallChannels,
     mut opts: Option<CallOptions>,
 ) {
     let id = call.id();
