@@ -100,6 +100,28 @@ impl Default for CallOptions {
 }
 
 impl CallOptions {
+    /// Stays within what the peer asked to receive (size, frame rate, bitrate; 0 = no cap).
+    pub fn fit_to(&mut self, peer: &SessionDesc) {
+        let cap = |v: usize, c: u16| {
+            if c == 0 {
+                v
+            } else {
+                v.min(usize::from(c)) & !1
+            }
+        };
+        self.width = cap(self.width, peer.max_width).max(2);
+        self.height = cap(self.height, peer.max_height).max(2);
+        if peer.max_fps > 0 {
+            self.fps = self.fps.min(u32::from(peer.max_fps)).max(1);
+        }
+        if peer.max_kbps > 0 {
+            // Audio takes ~32 kbit/s of the peer's budget.
+            self.video_kbps = self
+                .video_kbps
+                .min(peer.max_kbps.saturating_sub(32).max(50));
+        }
+    }
+
     fn describe(&self, audio_on: bool, video_on: bool) -> SessionDesc {
         let mut streams = Vec::new();
         if self.audio != AudioSource::None {
@@ -564,7 +586,10 @@ async fn run_with_reader(
                 SmEvent::Ringing => shared.emit(EngineEvent::Call(CallEvent::Ringing { call: id })),
                 SmEvent::Accepted(n) => {
                     session.configure(&n);
-                    let o = opts.clone().unwrap_or_default();
+                    let mut o = opts.clone().unwrap_or_default();
+                    if let Some(r) = call.remote() {
+                        o.fit_to(r);
+                    }
                     deadline = o.duration.map(|d| Instant::now() + d);
                     match start_pipeline(o, &n, &enc_tx, &err_tx) {
                         Ok(p) => pipe = Some(p),
@@ -953,4 +978,38 @@ fn stats(
         fill_render(&mut s, &r);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_fit_the_peers_caps() {
+        let mut o = CallOptions {
+            width: 1920,
+            height: 1080,
+            fps: 60,
+            video_kbps: 6000,
+            ..CallOptions::default()
+        };
+        let mut peer = o.describe(true, true);
+        peer.max_width = 1280;
+        peer.max_height = 721;
+        peer.max_fps = 30;
+        peer.max_kbps = 2000;
+        o.fit_to(&peer);
+        assert_eq!(
+            (o.width, o.height, o.fps, o.video_kbps),
+            (1280, 720, 30, 1968)
+        );
+        // Zero means no cap.
+        let mut o2 = CallOptions::default();
+        peer.max_width = 0;
+        peer.max_height = 0;
+        peer.max_fps = 0;
+        peer.max_kbps = 0;
+        o2.fit_to(&peer);
+        assert_eq!((o2.width, o2.height, o2.fps), (640, 360, 30));
+    }
 }
