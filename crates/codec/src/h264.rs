@@ -21,6 +21,9 @@ pub struct VideoConfig {
     pub screen: bool,
     /// Encoder threads (0: openh264 decides).
     pub threads: u16,
+    /// Let rate control skip frames to hold the bitrate (calls); off to code every frame
+    /// (speed measurements, recordings).
+    pub skip_frames: bool,
 }
 
 impl Default for VideoConfig {
@@ -30,6 +33,7 @@ impl Default for VideoConfig {
             fps: 30.0,
             screen: false,
             threads: 1,
+            skip_frames: true,
         }
     }
 }
@@ -94,7 +98,7 @@ fn encoder(cfg: &VideoConfig) -> Result<Encoder, CodecError> {
         // Keyframes on demand (loss recovery asks), plus one every 10 s as a safety net.
         .intra_frame_period(IntraFramePeriod::from_num_frames((cfg.fps * 10.0) as u32))
         // Rate control only holds the bitrate if it may skip frames (openh264 says so).
-        .skip_frames(true)
+        .skip_frames(cfg.skip_frames)
         .num_threads(cfg.threads);
     Encoder::with_api_config(OpenH264API::from_source(), c).map_err(h264)
 }

@@ -202,6 +202,7 @@ pub(crate) fn start_video(
         fps: p.fps as f32,
         screen,
         threads: 1,
+        skip_frames: true,
     })
     .map_err(|e| CallError::Codec(e.to_string()))?;
     spawn_capture("video-capture", move |cmds, stop| {
