@@ -61,7 +61,7 @@ impl Lab {
         let fp = fingerprint(&self.root.join(name));
         let mut c = self.peer(name);
         c.arg("listen").args(extra);
-        let p = Proc::spawn(c);
+        let p = Proc::spawn_logged(c, Some(&self.root.join(format!("{name}.log"))));
         p.expect("relay_connected");
         (p, fp)
     }
@@ -102,8 +102,10 @@ fn a_call_delivers_every_frame_in_order_and_continuous_audio() {
     let ev = lines(&out);
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{}\n{}\ncallee log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(lab.root.join("alice.log")).unwrap_or_default()
     );
     let kinds: Vec<&str> = ev.iter().filter_map(|v| v["event"].as_str()).collect();
     for k in ["call_ringing", "call_started", "call_stats", "call_ended"] {

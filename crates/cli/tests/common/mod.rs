@@ -26,12 +26,17 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(mut c: Command) -> Self {
-        let mut child = c
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+    pub fn spawn(c: Command) -> Self {
+        Self::spawn_logged(c, None)
+    }
+
+    /// Like `spawn`, keeping stderr (logs) in `log`.
+    pub fn spawn_logged(mut c: Command, log: Option<&std::path::Path>) -> Self {
+        let err = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::null(),
+        };
+        let mut child = c.stdout(Stdio::piped()).stderr(err).spawn().unwrap();
         let out = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

@@ -585,6 +585,7 @@ async fn run_with_reader(
             match e {
                 SmEvent::Ringing => shared.emit(EngineEvent::Call(CallEvent::Ringing { call: id })),
                 SmEvent::Accepted(n) => {
+                    tracing::debug!(call = hex(&id), ?n, "call accepted");
                     session.configure(&n);
                     let mut o = opts.clone().unwrap_or_default();
                     if let Some(r) = call.remote() {
@@ -626,7 +627,10 @@ async fn run_with_reader(
                         streams: n,
                     }));
                 }
-                SmEvent::Ended(r) => ended = Some(r),
+                SmEvent::Ended(r) => {
+                    tracing::debug!(call = hex(&id), ?r, "call ended");
+                    ended = Some(r);
+                }
             }
         }
         if ended.is_some() {
@@ -663,6 +667,7 @@ async fn run_with_reader(
         tokio::select! {
             c = cmd_rx.recv() => match c {
                 Some(Cmd::Answer(o)) => {
+                    tracing::debug!(call = hex(&id), "answering");
                     let d = o.describe(true, true);
                     opts = Some(*o);
                     let _ = call.accept(Instant::now(), d);
