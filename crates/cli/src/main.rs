@@ -719,6 +719,7 @@ async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
                         break;
                     }
                 }
+                Some(e @ EngineEvent::Net(Event::PathChanged { .. })) => print_event(cli.json, &e),
                 Some(_) => {}
                 None => break,
             },

@@ -102,9 +102,10 @@ fn a_call_delivers_every_frame_in_order_and_continuous_audio() {
     let ev = lines(&out);
     assert!(
         out.status.success(),
-        "{}\n{}\ncallee log:\n{}",
+        "{}\n{}\ncallee events:\n{}\ncallee log:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
+        alice.lines.try_iter().collect::<Vec<_>>().join("\n"),
         std::fs::read_to_string(lab.root.join("alice.log")).unwrap_or_default()
     );
     let kinds: Vec<&str> = ev.iter().filter_map(|v| v["event"].as_str()).collect();
@@ -199,8 +200,17 @@ fn declined_and_vanished_calls_end_cleanly_on_both_sides() {
     let mut c = lab.peer("bob");
     c.args(["call", &fp, "--duration", "60"]);
     let caller = Proc::spawn(c);
-    caller.expect("call_started");
-    caller.expect("call_stats");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("\"call_stats\"")) {
+        match caller.lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => seen.push(l),
+            Err(e) => panic!(
+                "no call_stats ({e:?}); caller said:\n{}\ncallee said:\n{}",
+                seen.join("\n"),
+                dave.lines.try_iter().collect::<Vec<_>>().join("\n")
+            ),
+        }
+    }
     dave.child.kill().unwrap();
     let killed = Instant::now();
     let end = caller.expect("call_ended");

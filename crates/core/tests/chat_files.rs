@@ -321,7 +321,7 @@ async fn rejected_and_hostile_offers_reach_the_sender_and_write_nothing() {
 
     // A peer may hold only a few offers open at once (each may carry a 16 MiB manifest).
     // The receiver reads each stream's kind byte in its own task, so which of five
-    // concurrent offers is the one too many is not fixed: exactly one is refused.
+    // concurrent offers is the one too many is not fixed.
     let mut held = Vec::new();
     for _ in 0..5 {
         let (mut s, r) = conn.quic().open_bi().await.unwrap();
@@ -347,7 +347,9 @@ async fn rejected_and_hostile_offers_reach_the_sender_and_write_nothing() {
         }
     }
     let refused = refused.iter().filter(|r| **r).count();
-    assert_eq!(refused, 1, "one of five open offers is refused");
+    // At most four are held (offers of the hostile cases above may still count for a
+    // moment, so more than one can be refused).
+    assert!(refused >= 1, "five concurrent open offers were all held");
     drop(held);
     r.shutdown().await;
 }

@@ -542,7 +542,14 @@ impl quinn::AsyncUdpSocket for MagicSocket {
                         }
                         Ok(())
                     }
-                    None => self.send_raw(&Transmit { destination, ..*t }),
+                    // quinn remembers the local IP of the first packets it saw (on any
+                    // path); the kernel must choose the source for this destination, or a
+                    // switch from 127.0.0.1 to [fd00::2] fails with EINVAL.
+                    None => self.send_raw(&Transmit {
+                        destination,
+                        src_ip: None,
+                        ..*t
+                    }),
                 }
             }
             (Path::Relay, _) => self.send_relayed(&route, t),

@@ -37,6 +37,8 @@ pub const AUDIO_STREAM: u8 = 0;
 pub const VIDEO_STREAM: u8 = 1;
 /// Statistics interval.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the end of a call waits for the peer to read our last frames.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// The callee's software must send its first frame within this.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -729,6 +731,9 @@ async fn run_with_reader(
         let _ = send.write_all(&wbuf).await;
     }
     let _ = send.finish();
+    // Let the peer read the last frames (its Hangup, our Reject) before anything closes
+    // the connection: a process that exits right after a call must not look vanished.
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
     reader_task.abort();
     if let Ok(mut g) = shared.call.lock()
         && g.as_ref().is_some_and(|c| c.id == id)
