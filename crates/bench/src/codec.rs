@@ -53,54 +53,51 @@ pub fn run(frames: u32) -> Result<()> {
     println!(
         "codec-speed ({frames} frames of the moving test pattern per line; baseline = frame budget)"
     );
-    video(
-        "720p30 camera, 1 thread",
-        (1280, 720),
-        VideoConfig {
-            bitrate: 2_500_000,
-            fps: 30.0,
-            screen: false,
-            threads: 1,
+    // (label, size, bit/s, fps, screen content, threads)
+    let cases = [
+        (
+            "720p30 camera, 1 thread",
+            (1280, 720),
+            2_500_000,
+            30.0,
+            false,
+            1,
+        ),
+        (
+            "1080p30 camera, 1 thread",
+            (1920, 1080),
+            4_000_000,
+            30.0,
+            false,
+            1,
+        ),
+        (
+            "1080p60 screen content, 1 thread",
+            (1920, 1080),
+            6_000_000,
+            60.0,
+            true,
+            1,
+        ),
+        (
+            "1080p60 screen content, 2 threads",
+            (1920, 1080),
+            6_000_000,
+            60.0,
+            true,
+            2,
+        ),
+    ];
+    for (label, size, bitrate, fps, screen, threads) in cases {
+        let cfg = VideoConfig {
+            bitrate,
+            fps,
+            screen,
+            threads,
             skip_frames: false,
-        },
-        frames,
-    )?;
-    video(
-        "1080p30 camera, 1 thread",
-        (1920, 1080),
-        VideoConfig {
-            bitrate: 4_000_000,
-            fps: 30.0,
-            screen: false,
-            threads: 1,
-            skip_frames: false,
-        },
-        frames,
-    )?;
-    video(
-        "1080p60 screen content, 1 thread",
-        (1920, 1080),
-        VideoConfig {
-            bitrate: 6_000_000,
-            fps: 60.0,
-            screen: true,
-            threads: 1,
-            skip_frames: false,
-        },
-        frames,
-    )?;
-    video(
-        "1080p60 screen content, 2 threads",
-        (1920, 1080),
-        VideoConfig {
-            bitrate: 6_000_000,
-            fps: 60.0,
-            screen: true,
-            threads: 2,
-            skip_frames: false,
-        },
-        frames,
-    )?;
+        };
+        video(label, size, cfg, frames)?;
+    }
     let mut s = SpeechLike::new(1);
     let pcm: Vec<Vec<i16>> = (0..500).map(|_| s.frame()).collect();
     let mut enc = AudioEncoder::new(AudioConfig {
