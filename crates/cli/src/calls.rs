@@ -203,7 +203,7 @@ pub fn call_text(e: &CallEvent) -> String {
         ),
         CallEvent::Ringing { .. } => "ringing…".into(),
         CallEvent::Started { peer, streams, .. } => format!(
-            "call with {} started: sending {}, receiving {} (type mute, unmute, camera off, camera on or hangup)",
+            "call with {} started: sending {}, receiving {} (type mute, unmute, camera off, camera on, source SRC or hangup)",
             peer.fingerprint(),
             kinds(&streams.send),
             kinds(&streams.receive)
@@ -242,7 +242,7 @@ fn kinds(s: &[p2pcall_proto::call::StreamDesc]) -> String {
         .join(" + ")
 }
 
-/// Lines typed during a call: mute, unmute, camera on/off, hangup.
+/// Lines typed during a call: mute, unmute, camera on/off, source SRC, hangup.
 pub fn spawn_console(engine: EngineHandle) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -253,10 +253,18 @@ pub fn spawn_console(engine: EngineHandle) -> tokio::task::JoinHandle<()> {
                 "camera off" | "video off" => engine.set_camera(false).await,
                 "camera on" | "video on" => engine.set_camera(true).await,
                 "hangup" | "bye" | "q" => engine.hangup().await,
+                l if l.starts_with("source ") => match l["source ".len()..].trim().parse() {
+                    Ok(src) => engine.set_video_source(src).await,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        Ok(())
+                    }
+                },
                 "" => Ok(()),
                 other => {
                     eprintln!(
-                        "unknown command {other:?}: mute, unmute, camera off, camera on, hangup"
+                        "unknown command {other:?}: mute, unmute, camera off, camera on, \
+                         source testsrc|FILE.y4m|camera[:DEV], hangup"
                     );
                     Ok(())
                 }

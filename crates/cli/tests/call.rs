@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use p2pcall_media_io::pattern::{TestPattern, decode};
-use p2pcall_media_io::{psnr, wav, y4m::Y4mReader};
+use p2pcall_media_io::{psnr, wav, y4m::Y4mReader, y4m::Y4mWriter};
 use serde_json::Value;
+use std::io::Write;
 
 /// PSNR every recorded frame must reach. The encoder alone gives the moving 640×360 test
 /// pattern ~37–40 dB at 1 Mbit/s (`p2pcall-codec` tests); 30 dB leaves room for rate
@@ -218,4 +219,65 @@ fn declined_and_vanished_calls_end_cleanly_on_both_sides() {
     let took = killed.elapsed();
     println!("caller noticed the vanished callee after {took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn mute_and_a_new_source_are_renegotiated_mid_call() {
+    let lab = Lab::new();
+    // A Y4M clip whose stamps start at 10000: frames from it are recognisable.
+    let clip = lab.root.join("clip.y4m");
+    let pattern = TestPattern::new(640, 360);
+    let mut w = Y4mWriter::create(&clip, 640, 360, 30).unwrap();
+    for i in 0..30 {
+        w.write(&pattern.frame(10_000 + i, 0)).unwrap();
+    }
+    w.finish().unwrap();
+    let vid = lab.root.join("got.y4m");
+    let (mut erin, fp) = lab.listen(
+        "erin",
+        &[
+            "--answer",
+            "--video",
+            "none",
+            "--record-video",
+            vid.to_str().unwrap(),
+        ],
+    );
+    let mut c = lab.peer("bob");
+    c.args(["call", &fp, "--duration", "4"])
+        .stdin(std::process::Stdio::piped());
+    let mut caller = Proc::spawn(c);
+    caller.expect("call_stats");
+    let mut stdin = caller.child.stdin.take().unwrap();
+    writeln!(stdin, "mute").unwrap();
+    writeln!(stdin, "source {}", clip.display()).unwrap();
+    stdin.flush().unwrap();
+    // The callee learns that our audio is off.
+    let upd = erin.expect("call_updated");
+    let audio = upd["receive"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "audio")
+        .unwrap();
+    assert_eq!(audio["active"], false, "{upd}");
+    let end = caller.expect("call_ended");
+    assert_eq!(end["reason"], "finished", "{end}");
+    erin.expect("call_ended");
+    // The recording holds test-pattern frames first, then frames of the clip, in order.
+    let mut r = Y4mReader::open(&vid).unwrap();
+    let (mut before, mut after, mut last) = (0, 0, None::<u32>);
+    while let Some(f) = r.next_frame().unwrap() {
+        let Some((n, _)) = decode(&f) else { continue };
+        if n >= 10_000 {
+            after += 1;
+        } else {
+            assert_eq!(after, 0, "pattern frame {n} after the switch");
+            before += 1;
+        }
+        last = Some(n);
+    }
+    println!("{before} frames before the switch, {after} from the clip (last {last:?})");
+    assert!(before > 10 && after > 30, "{before} / {after}");
+    erin.term();
 }

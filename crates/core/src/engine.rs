@@ -468,6 +468,12 @@ impl EngineHandle {
         Ok(command(&self.shared, None, Cmd::Mute(muted)).await?)
     }
 
+    /// Switches the current call's video to another source (test pattern, file, camera).
+    pub async fn set_video_source(&self, src: crate::call::VideoSource) -> Result<(), EngineError> {
+        use crate::call::{Cmd, command};
+        Ok(command(&self.shared, None, Cmd::Video(src)).await?)
+    }
+
     /// Turns our video on or off in the current call.
     pub async fn set_camera(&self, on: bool) -> Result<(), EngineError> {
         use crate::call::{Cmd, command};

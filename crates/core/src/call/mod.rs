@@ -362,6 +362,7 @@ pub(crate) enum Cmd {
     Hangup,
     Mute(bool),
     Camera(bool),
+    Video(VideoSource),
 }
 
 /// The call registered with the engine.
@@ -678,6 +679,14 @@ async fn run_with_reader(
                 Some(Cmd::Hangup) | None => call.hangup(Instant::now(), HangupReason::Normal, ""),
                 Some(Cmd::Mute(m)) => set_active(&mut call, &mut pipe, Some(m), None),
                 Some(Cmd::Camera(on)) => set_active(&mut call, &mut pipe, None, Some(on)),
+                Some(Cmd::Video(src)) => {
+                    if let Some(p) = &mut pipe
+                        && let Err(e) = switch_video(p, src, &enc_tx, &err_tx)
+                    {
+                        shared.emit(EngineEvent::Call(CallEvent::Warning { call: id, message: e.to_string() }));
+                    }
+                    set_active(&mut call, &mut pipe, None, None);
+                }
             },
             f = frame_rx.recv() => match f {
                 Some(Some(f)) => call.handle_frame(Instant::now(), f),
@@ -830,6 +839,37 @@ fn start_pipeline(
         camera: true,
         meter: Meter::default(),
     })
+}
+
+/// Replaces the video source of a running call (the new capture starts with a keyframe).
+fn switch_video(
+    p: &mut Pipeline,
+    src: VideoSource,
+    enc_tx: &mpsc::Sender<media::Encoded>,
+    err_tx: &mpsc::Sender<String>,
+) -> Result<(), CallError> {
+    let Some(slot) = p.captures.iter_mut().find(|(s, _)| *s == VIDEO_STREAM) else {
+        return Err(CallError::Source(
+            "this call has no video stream (it was placed with --video none)".into(),
+        ));
+    };
+    if src == VideoSource::None {
+        return Err(CallError::Source(
+            "to stop video, turn the camera off".into(),
+        ));
+    }
+    let o = &p.opts;
+    let params = media::VideoParams {
+        width: o.width,
+        height: o.height,
+        fps: o.fps,
+        kbps: o.video_kbps,
+    };
+    // Same clock as before: timestamps continue, the receiver sees a keyframe.
+    slot.1 = media::start_video(&src, params, false, p.epoch, enc_tx.clone(), err_tx.clone())?;
+    let _ = slot.1.cmd.send(media::CaptureCmd::Active(p.camera));
+    p.opts.video = src;
+    Ok(())
 }
 
 fn set_active(
