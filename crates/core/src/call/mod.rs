@@ -571,7 +571,6 @@ async fn run_with_reader(
     let mut pipe: Option<Pipeline> = None;
     let mut deadline: Option<Instant> = None;
     let mut next_stats = Instant::now() + STATS_INTERVAL;
-    let mut last_stats: Option<CallStats> = None;
     let mut ended: Option<EndReason> = None;
     let mut wbuf = Vec::new();
     loop {
@@ -722,7 +721,6 @@ async fn run_with_reader(
             if now >= next_stats {
                 next_stats = now + STATS_INTERVAL;
                 let s = stats(&call, &conn, &session, p, now);
-                last_stats = Some(s.clone());
                 shared.emit(EngineEvent::Call(CallEvent::Stats(Box::new(s))));
             }
         } else if now >= next_stats {
@@ -740,9 +738,13 @@ async fn run_with_reader(
         let _ = send.write_all(&wbuf).await;
     }
     let _ = send.finish();
-    // Let the peer read the last frames (its Hangup, our Reject) before anything closes
-    // the connection: a process that exits right after a call must not look vanished.
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+    // Let the peer read our last frames (Hangup, Reject) before anything closes the
+    // connection: a process that exits right after a call must not look vanished to the
+    // peer. The peer finishes its side only after it has read them, so wait for that.
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+        while let Some(Some(_)) = frame_rx.recv().await {}
+    })
+    .await;
     reader_task.abort();
     if let Ok(mut g) = shared.call.lock()
         && g.as_ref().is_some_and(|c| c.id == id)
@@ -772,7 +774,6 @@ async fn run_with_reader(
         fill_render(&mut s, &r);
         final_stats = Some(Box::new(s));
     }
-    let _ = last_stats;
     shared.emit(EngineEvent::Call(CallEvent::Ended {
         call: id,
         peer,
