@@ -29,6 +29,10 @@ pub const ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// `Alive`s: long enough for a path switch (≤ 2 s) and a burst of loss.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 
+/// Most `Update`s a peer may send within one second (a person toggling mute is far
+/// below; more is a flood that would make us renegotiate and notify the UI without end).
+pub const MAX_UPDATES_PER_SEC: usize = 20;
+
 /// Which side of the call this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -174,6 +178,8 @@ pub struct Call {
     last_heard: Instant,
     out: VecDeque<CallFrame>,
     events: VecDeque<CallEvent>,
+    /// Arrival times of the peer's recent updates.
+    updates: VecDeque<Instant>,
     /// When the call became active.
     pub started: Option<Instant>,
 }
@@ -226,6 +232,7 @@ impl Call {
             last_heard: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
+            updates: VecDeque::new(),
             started: None,
         }
     }
@@ -384,6 +391,26 @@ impl Call {
                 });
             }
             (CallState::Active, CallFrame::Update { session }) => {
+                self.updates.push_back(now);
+                while self
+                    .updates
+                    .front()
+                    .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(1))
+                {
+                    self.updates.pop_front();
+                }
+                if self.updates.len() > MAX_UPDATES_PER_SEC {
+                    let why = format!("more than {MAX_UPDATES_PER_SEC} updates in one second");
+                    self.send(
+                        now,
+                        CallFrame::Hangup {
+                            reason: HangupReason::Error,
+                            detail: why.clone(),
+                        },
+                    );
+                    self.end(EndReason::Protocol(why));
+                    return;
+                }
                 self.remote = Some(session);
                 let n = self.negotiated().unwrap_or_default();
                 self.events.push_back(CallEvent::Updated(n));
@@ -798,6 +825,32 @@ mod tests {
                 op: "update",
                 state: "ended"
             })
+        );
+    }
+
+    #[test]
+    fn an_update_flood_ends_the_call() {
+        let now = Instant::now();
+        let mut b = incoming_av(now);
+        b.accept(now, av()).unwrap();
+        // Toggling at 10/s for 3 s is fine.
+        for i in 0..30u64 {
+            b.handle_frame(
+                now + Duration::from_millis(100 * i),
+                CallFrame::Update { session: av() },
+            );
+        }
+        assert_eq!(b.state(), &CallState::Active);
+        // 21 within a second is not.
+        let t = now + Duration::from_secs(5);
+        for i in 0..21u64 {
+            b.handle_frame(
+                t + Duration::from_millis(i),
+                CallFrame::Update { session: av() },
+            );
+        }
+        assert!(
+            matches!(b.state(), CallState::Ended(EndReason::Protocol(w)) if w.contains("updates"))
         );
     }
 
