@@ -401,14 +401,7 @@ impl Call {
                 }
                 if self.updates.len() > MAX_UPDATES_PER_SEC {
                     let why = format!("more than {MAX_UPDATES_PER_SEC} updates in one second");
-                    self.send(
-                        now,
-                        CallFrame::Hangup {
-                            reason: HangupReason::Error,
-                            detail: why.clone(),
-                        },
-                    );
-                    self.end(EndReason::Protocol(why));
+                    self.protocol_error(now, why);
                     return;
                 }
                 self.remote = Some(session);
@@ -424,16 +417,21 @@ impl Call {
             }
             (state, f) => {
                 let why = format!("unexpected {} while {}", frame_name(&f), state.name());
-                self.send(
-                    now,
-                    CallFrame::Hangup {
-                        reason: HangupReason::Error,
-                        detail: why.clone(),
-                    },
-                );
-                self.end(EndReason::Protocol(why));
+                self.protocol_error(now, why);
             }
         }
+    }
+
+    /// The peer broke the protocol: tell it why, and end.
+    fn protocol_error(&mut self, now: Instant, why: String) {
+        self.send(
+            now,
+            CallFrame::Hangup {
+                reason: HangupReason::Error,
+                detail: why.clone(),
+            },
+        );
+        self.end(EndReason::Protocol(why));
     }
 
     /// Advances timers.

@@ -72,28 +72,30 @@ pub enum StreamKind {
     Screen,
 }
 
-impl StreamKind {
-    fn to_u8(self) -> u8 {
-        match self {
-            Self::Audio => 1,
-            Self::Camera => 2,
-            Self::Screen => 3,
-        }
-    }
-    fn from_u8(v: u8) -> Result<Self, DecodeError> {
-        Ok(match v {
-            1 => Self::Audio,
-            2 => Self::Camera,
-            3 => Self::Screen,
-            value => {
-                return Err(DecodeError::InvalidValue {
-                    field: "stream kind",
-                    value: value.into(),
-                });
+/// Wire numbers of a field-less enum, one table used by both encode and decode; an
+/// undefined number is `DecodeError::InvalidValue` for `$field`.
+macro_rules! wire_numbers {
+    ($ty:ty, $field:literal, { $($v:ident = $n:literal),+ $(,)? }) => {
+        impl $ty {
+            fn to_u8(self) -> u8 {
+                match self {
+                    $(Self::$v => $n),+
+                }
             }
-        })
-    }
+            fn from_u8(v: u8) -> Result<Self, DecodeError> {
+                match v {
+                    $($n => Ok(Self::$v),)+
+                    value => Err(DecodeError::InvalidValue {
+                        field: $field,
+                        value: value.into(),
+                    }),
+                }
+            }
+        }
+    };
 }
+
+wire_numbers!(StreamKind, "stream kind", { Audio = 1, Camera = 2, Screen = 3 });
 
 /// One stream a side sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +150,14 @@ pub enum HangupReason {
     /// Something failed on the sender's side (devices, codec).
     Error,
 }
+
+wire_numbers!(RejectReason, "reject reason", {
+    Declined = 1,
+    Busy = 2,
+    NoAnswer = 3,
+    Incompatible = 4,
+});
+wire_numbers!(HangupReason, "hangup reason", { Normal = 1, Finished = 2, Error = 3 });
 
 /// Frames on a call stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,21 +293,10 @@ impl CallFrame {
             }),
             Self::Ringing => frame::write(out, ty::RINGING, |_| {}),
             Self::Accept { session } => frame::write(out, ty::ACCEPT, |b| session.write(b)),
-            Self::Reject { reason } => frame::write(out, ty::REJECT, |b| {
-                b.put_u8(match reason {
-                    RejectReason::Declined => 1,
-                    RejectReason::Busy => 2,
-                    RejectReason::NoAnswer => 3,
-                    RejectReason::Incompatible => 4,
-                })
-            }),
+            Self::Reject { reason } => frame::write(out, ty::REJECT, |b| b.put_u8(reason.to_u8())),
             Self::Update { session } => frame::write(out, ty::UPDATE, |b| session.write(b)),
             Self::Hangup { reason, detail } => frame::write(out, ty::HANGUP, |b| {
-                b.put_u8(match reason {
-                    HangupReason::Normal => 1,
-                    HangupReason::Finished => 2,
-                    HangupReason::Error => 3,
-                });
+                b.put_u8(reason.to_u8());
                 b.put_str16(crate::codec::truncate_utf8(detail, MAX_REASON));
             }),
             Self::Alive => frame::write(out, ty::ALIVE, |_| {}),
@@ -329,34 +328,13 @@ impl CallFrame {
                 session: SessionDesc::read(&mut r)?,
             },
             ty::REJECT => Self::Reject {
-                reason: match r.u8("reject reason")? {
-                    1 => RejectReason::Declined,
-                    2 => RejectReason::Busy,
-                    3 => RejectReason::NoAnswer,
-                    4 => RejectReason::Incompatible,
-                    value => {
-                        return Err(DecodeError::InvalidValue {
-                            field: "reject reason",
-                            value: value.into(),
-                        });
-                    }
-                },
+                reason: RejectReason::from_u8(r.u8("reject reason")?)?,
             },
             ty::UPDATE => Self::Update {
                 session: SessionDesc::read(&mut r)?,
             },
             ty::HANGUP => Self::Hangup {
-                reason: match r.u8("hangup reason")? {
-                    1 => HangupReason::Normal,
-                    2 => HangupReason::Finished,
-                    3 => HangupReason::Error,
-                    value => {
-                        return Err(DecodeError::InvalidValue {
-                            field: "hangup reason",
-                            value: value.into(),
-                        });
-                    }
-                },
+                reason: HangupReason::from_u8(r.u8("hangup reason")?)?,
                 detail: r.str16("hangup detail", MAX_REASON)?,
             },
             ty::ALIVE => Self::Alive,
@@ -411,18 +389,12 @@ mod tests {
                 .prop_map(|(id, session)| CallFrame::Offer { id, session }),
             Just(CallFrame::Ringing),
             session().prop_map(|session| CallFrame::Accept { session }),
-            (1u8..=4).prop_map(|r| {
-                let mut b = Vec::new();
-                frame::write(&mut b, ty::REJECT, |b| b.put_u8(r));
-                CallFrame::decode(split(&b, MAX_FRAME).unwrap().unwrap().1).unwrap()
+            (1u8..=4).prop_map(|r| CallFrame::Reject {
+                reason: RejectReason::from_u8(r).unwrap()
             }),
             session().prop_map(|session| CallFrame::Update { session }),
             (
-                prop_oneof![
-                    Just(HangupReason::Normal),
-                    Just(HangupReason::Finished),
-                    Just(HangupReason::Error)
-                ],
+                (1u8..=3).prop_map(|h| HangupReason::from_u8(h).unwrap()),
                 "\\PC{0,60}"
             )
                 .prop_map(|(reason, detail)| CallFrame::Hangup { reason, detail }),

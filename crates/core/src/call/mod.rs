@@ -124,6 +124,15 @@ impl CallOptions {
         }
     }
 
+    fn video_params(&self) -> media::VideoParams {
+        media::VideoParams {
+            width: self.width,
+            height: self.height,
+            fps: self.fps,
+            kbps: self.video_kbps,
+        }
+    }
+
     fn describe(&self, audio_on: bool, video_on: bool) -> SessionDesc {
         let mut streams = Vec::new();
         if self.audio != AudioSource::None {
@@ -613,16 +622,7 @@ async fn run_with_reader(
                 SmEvent::Updated(n) => {
                     session.configure(&n);
                     if let Some(p) = &mut pipe {
-                        p.audio_rx = n
-                            .receive
-                            .iter()
-                            .find(|s| s.kind == StreamKind::Audio)
-                            .map(|s| s.id);
-                        p.video_rx = n
-                            .receive
-                            .iter()
-                            .find(|s| s.kind != StreamKind::Audio)
-                            .map(|s| s.id);
+                        (p.audio_rx, p.video_rx) = received_streams(&n);
                     }
                     shared.emit(EngineEvent::Call(CallEvent::Updated {
                         call: id,
@@ -782,6 +782,17 @@ async fn run_with_reader(
     }));
 }
 
+/// The peer's audio stream and video stream that we play (the first of each).
+fn received_streams(n: &Negotiated) -> (Option<u8>, Option<u8>) {
+    let first = |audio: bool| {
+        n.receive
+            .iter()
+            .find(|s| (s.kind == StreamKind::Audio) == audio)
+            .map(|s| s.id)
+    };
+    (first(true), first(false))
+}
+
 fn start_pipeline(
     opts: CallOptions,
     n: &Negotiated,
@@ -798,12 +809,7 @@ fn start_pipeline(
             }
             StreamKind::Camera | StreamKind::Screen => media::start_video(
                 &opts.video,
-                media::VideoParams {
-                    width: opts.width,
-                    height: opts.height,
-                    fps: opts.fps,
-                    kbps: opts.video_kbps,
-                },
+                opts.video_params(),
                 s.kind == StreamKind::Screen,
                 epoch,
                 enc_tx.clone(),
@@ -812,16 +818,7 @@ fn start_pipeline(
         };
         captures.push((s.id, c));
     }
-    let audio_rx = n
-        .receive
-        .iter()
-        .find(|s| s.kind == StreamKind::Audio)
-        .map(|s| s.id);
-    let video_rx = n
-        .receive
-        .iter()
-        .find(|s| s.kind != StreamKind::Audio)
-        .map(|s| s.id);
+    let (audio_rx, video_rx) = received_streams(n);
     let render = Some(media::start_render(
         opts.sinks.clone(),
         opts.fps,
@@ -859,15 +856,15 @@ fn switch_video(
             "to stop video, turn the camera off".into(),
         ));
     }
-    let o = &p.opts;
-    let params = media::VideoParams {
-        width: o.width,
-        height: o.height,
-        fps: o.fps,
-        kbps: o.video_kbps,
-    };
     // Same clock as before: timestamps continue, the receiver sees a keyframe.
-    slot.1 = media::start_video(&src, params, false, p.epoch, enc_tx.clone(), err_tx.clone())?;
+    slot.1 = media::start_video(
+        &src,
+        p.opts.video_params(),
+        false,
+        p.epoch,
+        enc_tx.clone(),
+        err_tx.clone(),
+    )?;
     let _ = slot.1.cmd.send(media::CaptureCmd::Active(p.camera));
     p.opts.video = src;
     Ok(())
