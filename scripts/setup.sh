@@ -12,6 +12,8 @@ APT_PACKAGES=(
   g++        # openh264 (H264 codec) is C++, built from source by the openh264 crate
   nasm       # openh264's assembly: ~3x faster encoding (1080p real time needs it)
   cmake      # the opus crate builds its own static libopus with cmake
+  libasound2-dev  # cpal (microphone and speaker) talks to ALSA
+  libclang-dev    # v4l (cameras) generates its V4L2 bindings with bindgen
 )
 
 # The NAT lab (crates/netlab, run by the tests as root): namespaces, NAT routers, impairments.

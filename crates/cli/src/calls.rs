@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use p2pcall_core::call::{
-    AudioSource, CallEvent, CallOptions, CallStats, Sinks, VideoSource, describe_end,
+    AudioSource, CallEvent, CallOptions, CallStats, Sinks, SpeakerChoice, VideoSource, describe_end,
 };
 use p2pcall_core::engine::{EngineEvent, EngineHandle};
 use serde_json::json;
@@ -15,13 +15,19 @@ use tokio::io::AsyncBufReadExt;
 /// Media options shared by `call` and `listen --answer`.
 #[derive(Args, Debug, Clone)]
 pub struct MediaArgs {
-    /// Video to send: testsrc (moving test pattern), FILE.y4m, camera[:DEV], or none
+    /// Video to send: testsrc (moving test pattern), FILE.y4m, camera[:/dev/videoN], or none
     #[arg(long, default_value = "testsrc", value_name = "SRC")]
     pub video: VideoSource,
-    /// Audio to send: tone, FILE.wav (48 kHz mono), mic[:DEV], or none
+    /// Audio to send: tone, speech (synthetic), FILE.wav (48 kHz mono), mic[:ALSA-DEVICE]
+    /// (echo-cancelled and noise-suppressed; e.g. mic:hw:1,0, mic:null), or none
     #[arg(long, default_value = "tone", value_name = "SRC")]
     pub audio: AudioSource,
-    /// Test-pattern size, WIDTHxHEIGHT (320x240 … 1920x1080)
+    /// Where received audio plays: auto (the default speaker, if any), none, or an ALSA
+    /// device (default, hw:0,0, null …)
+    #[arg(long, default_value = "auto", value_name = "DEV")]
+    pub speaker: SpeakerChoice,
+    /// Video size for the test pattern and cameras, WIDTHxHEIGHT (320x240 … 1920x1080;
+    /// files keep their own size)
     #[arg(long, default_value = "640x360", value_parser = parse_size, value_name = "WxH")]
     pub size: (usize, usize),
     /// Frames per second (15–60)
@@ -72,6 +78,7 @@ impl MediaArgs {
             sinks: Sinks {
                 video: self.record_video.clone(),
                 audio: self.record_audio.clone(),
+                speaker: self.speaker.clone(),
             },
             duration: self.duration.map(Duration::from_secs_f64),
         }

@@ -605,6 +605,9 @@ fn print_event(json: bool, e: &EngineEvent) {
 }
 
 async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
+    if a.answer {
+        a.media.options().check()?;
+    }
     if let Some(dir) = &a.accept_files {
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
@@ -694,6 +697,7 @@ async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
 }
 
 async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
+    a.media.options().check()?;
     let Dialed {
         engine,
         mut events,

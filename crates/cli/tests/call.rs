@@ -281,3 +281,98 @@ fn mute_and_a_new_source_are_renegotiated_mid_call() {
     assert!(before > 10 && after > 30, "{before} / {after}");
     erin.term();
 }
+
+#[test]
+fn a_microphone_and_a_speaker_carry_a_call_and_missing_devices_are_refused_before_dialing() {
+    let lab = Lab::new();
+    let stats = lab.root.join("callee.json");
+    // ALSA's `null` device stands in for a sound card: it records silence and takes whatever
+    // is played, through the same cpal streams, resampling and echo canceller as hardware.
+    let (mut alice, fp) = lab.listen(
+        "alice",
+        &[
+            "--answer",
+            "--video",
+            "none",
+            "--audio",
+            "speech",
+            "--speaker",
+            "null",
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+    );
+    let caller = lab.root.join("caller.json");
+    let mut c = lab.peer("bob");
+    c.args([
+        "call",
+        &fp,
+        "--video",
+        "none",
+        "--audio",
+        "mic:null",
+        "--speaker",
+        "null",
+        "--duration",
+        "3",
+        "--stats-json",
+    ])
+    .arg(&caller);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&std::fs::read(&caller).unwrap()).unwrap();
+    let fin = &s["final"];
+    // The callee's speech reached the caller's speaker, ~3 s of it.
+    assert_eq!(fin["speaker"], "null", "{fin}");
+    assert!(
+        fin["audio_samples"].as_u64().unwrap() > 48_000 * 2,
+        "{}",
+        fin["audio_samples"]
+    );
+    let recv = &fin["recv"].as_array().unwrap()[0];
+    assert_eq!(recv["kind"], "audio");
+    assert!(recv["packets"].as_u64().unwrap() > 50, "{recv}");
+    println!("caller final: {fin}");
+    // The caller's microphone (silence: DTX) reached the callee.
+    let t0 = Instant::now();
+    while !stats.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cs: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let got = &cs["final"]["recv"].as_array().unwrap()[0];
+    assert_eq!(got["kind"], "audio", "{got}");
+    assert!(got["packets"].as_u64().unwrap() > 0, "{got}");
+    alice.term();
+
+    // A camera that is not there: refused before anything is dialed, saying what to use.
+    let mut c = lab.peer("bob");
+    c.args(["call", &fp, "--video", "camera:/dev/video-missing"]);
+    let refused = |c: &mut std::process::Command| {
+        let out = c.output().unwrap();
+        assert!(!out.status.success());
+        let ev = lines(&out);
+        assert!(ev.iter().all(|e| e["event"] != "call_ringing"), "{ev:?}");
+        let err = ev
+            .iter()
+            .find(|e| e["event"] == "error")
+            .expect("an error event");
+        err["error"].as_str().unwrap().to_string()
+    };
+    let err = refused(&mut c);
+    assert!(
+        err.contains("/dev/video-missing") && err.contains("--video testsrc"),
+        "{err}"
+    );
+    let mut c = lab.peer("bob");
+    c.args(["call", &fp, "--speaker", "no-such-pcm"]);
+    let err = refused(&mut c);
+    assert!(
+        err.contains("no-such-pcm") && err.contains("--speaker none"),
+        "{err}"
+    );
+}

@@ -14,7 +14,7 @@
 pub mod call;
 pub mod chat;
 pub mod demo;
-pub mod devices;
+pub use p2pcall_devices::list as devices;
 pub mod engine;
 pub mod identity;
 pub mod settings;

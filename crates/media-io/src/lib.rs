@@ -1,12 +1,15 @@
 //! Media sources and sinks that need no device: a synthetic video test pattern that carries
 //! its frame number and capture time in its pixels (so a receiver can measure latency, loss
-//! and quality per frame), tone and speech-like audio generators, Y4M and WAV files, PSNR.
+//! and quality per frame), tone and speech-like audio generators, Y4M and WAV files, PSNR; pixel-format conversion and
+//! scaling for cameras; echo cancellation and noise suppression for microphones.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod audio;
+pub mod convert;
 pub mod frame;
 pub mod pattern;
+pub mod voice;
 pub mod wav;
 pub mod y4m;
 

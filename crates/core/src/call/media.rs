@@ -10,9 +10,12 @@ use bytes::Bytes;
 use p2pcall_codec::{
     AudioConfig, AudioDecoder, AudioEncoder, AudioInput, VideoConfig, VideoDecoder, VideoEncoder,
 };
+use p2pcall_devices::list::{DeviceList, explain, list_devices};
+use p2pcall_devices::{Camera, CameraRequest, DeviceError, Microphone, Speaker};
 use p2pcall_media::audio::{FRAME_SAMPLES, Playout};
-use p2pcall_media_io::audio::Tone;
+use p2pcall_media_io::audio::{SpeechLike, Tone};
 use p2pcall_media_io::pattern::TestPattern;
+use p2pcall_media_io::voice::{VoiceProcessor, VoiceSettings};
 use p2pcall_media_io::y4m::{Y4mReader, Y4mWriter};
 use p2pcall_media_io::{Frame, wav};
 use tokio::sync::mpsc;
@@ -40,6 +43,8 @@ pub enum AudioSource {
     None,
     /// A 440 Hz tone.
     Tone,
+    /// Synthetic speech-like syllables and pauses (exercises DTX and concealment).
+    Speech,
     /// A 48 kHz mono 16-bit WAV file, looped.
     File(PathBuf),
     /// A microphone (the default one when `None`).
@@ -70,12 +75,13 @@ impl std::str::FromStr for AudioSource {
         Ok(match s {
             "none" | "off" => Self::None,
             "tone" => Self::Tone,
+            "speech" => Self::Speech,
             "mic" => Self::Mic(None),
             s if s.starts_with("mic:") => Self::Mic(Some(s["mic:".len()..].into())),
             s if s.ends_with(".wav") => Self::File(s.into()),
             s => {
                 return Err(format!(
-                    "unknown audio source {s:?}: use tone, FILE.wav, mic[:DEV] or none"
+                    "unknown audio source {s:?}: use tone, speech, FILE.wav, mic[:DEV] or none"
                 ));
             }
         })
@@ -130,9 +136,29 @@ pub fn wall_ms() -> u32 {
         .unwrap_or(0)
 }
 
+/// A device that cannot be used, said with what the device listing knows.
+fn device_error(e: &DeviceError, list: impl FnOnce() -> DeviceList, fallback: &str) -> CallError {
+    CallError::Source(explain(e, &list(), fallback))
+}
+
+/// Opens a microphone. Without a sound card, the default one is not even tried (ALSA would
+/// only print its configuration errors): the listing says why there is none.
+fn open_mic(dev: Option<&str>) -> Result<Microphone, CallError> {
+    const FALLBACK: &str = "--audio tone or FILE.wav";
+    if dev.is_none()
+        && let Some(why) = list_devices().microphones.why_none
+    {
+        return Err(CallError::Source(format!(
+            "no microphone: {why}; use {FALLBACK}"
+        )));
+    }
+    Microphone::open(dev).map_err(|e| device_error(&e, || list_devices().microphones, FALLBACK))
+}
+
 enum VideoInput {
     Pattern(TestPattern, u32),
     File(Y4mReader, PathBuf),
+    Camera(Box<Camera>),
 }
 
 impl VideoInput {
@@ -143,13 +169,33 @@ impl VideoInput {
                 Y4mReader::open(path).map_err(|e| CallError::Source(e.to_string()))?,
                 path.clone(),
             )),
-            VideoSource::Camera(dev) => Err(crate::devices::camera_unavailable(dev.as_deref())),
+            VideoSource::Camera(dev) => {
+                let want = CameraRequest {
+                    width: p.width,
+                    height: p.height,
+                    fps: p.fps,
+                };
+                Camera::open(dev.as_deref(), want)
+                    .map(|c| Self::Camera(Box::new(c)))
+                    .map_err(|e| {
+                        device_error(&e, || list_devices().cameras, "--video testsrc or FILE.y4m")
+                    })
+            }
             VideoSource::None => Err(CallError::Source("no video source".into())),
         }
     }
 
+    /// A device hands out frames at its own pace; generated and file frames are paced here.
+    fn device_paced(&self) -> bool {
+        matches!(self, Self::Camera(_))
+    }
+
     fn next(&mut self) -> Result<Frame, CallError> {
         match self {
+            Self::Camera(c) => c
+                .next_frame()
+                .map(|(f, _)| f)
+                .map_err(|e| CallError::Source(e.to_string())),
             Self::Pattern(p, n) => {
                 let f = p.frame(*n, wall_ms());
                 *n += 1;
@@ -209,6 +255,7 @@ pub(crate) fn start_video(
         let interval = Duration::from_secs_f64(1.0 / f64::from(p.fps.max(1)));
         let mut next = Instant::now();
         let (mut active, mut force) = (true, true);
+        let paced = input.device_paced();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             while let Ok(c) = cmds.try_recv() {
                 match c {
@@ -220,7 +267,7 @@ pub(crate) fn start_video(
                 }
             }
             let now = Instant::now();
-            if now < next {
+            if !paced && now < next {
                 std::thread::sleep(next - now);
             }
             next += interval;
@@ -229,6 +276,10 @@ pub(crate) fn start_video(
                 next = Instant::now() + interval;
             }
             if !active {
+                if paced {
+                    // Keep the device streaming, drop its frames.
+                    let _ = input.next();
+                }
                 continue;
             }
             let captured = Instant::now();
@@ -269,17 +320,59 @@ pub(crate) fn start_video(
     })
 }
 
+/// Opens and closes every source and sink a call would use, so a missing camera, microphone,
+/// file or speaker is reported before a call is placed or answered.
+pub(crate) fn check_sources(
+    video: &VideoSource,
+    audio: &AudioSource,
+    sinks: &Sinks,
+    p: VideoParams,
+) -> Result<(), CallError> {
+    if *video != VideoSource::None {
+        drop(VideoInput::open(video, p)?);
+    }
+    match audio {
+        AudioSource::Mic(dev) => drop(open_mic(dev.as_deref())?),
+        AudioSource::File(path) => {
+            wav::read(path).map_err(|e| CallError::Source(e.to_string()))?;
+        }
+        _ => {}
+    }
+    drop(open_speaker(&sinks.speaker)?);
+    Ok(())
+}
+
+/// The echo canceller between a microphone and the speaker (capture and render threads).
+pub(crate) type Voice = Arc<Mutex<VoiceProcessor>>;
+
+/// Echo cancellation and noise suppression for a call whose audio is a microphone.
+pub(crate) fn voice_for(src: &AudioSource) -> Option<Voice> {
+    matches!(src, AudioSource::Mic(_)).then(|| {
+        let mut v = VoiceProcessor::new(VoiceSettings::default());
+        // Speaker queue plus microphone block: a starting point, AEC3 finds the real delay.
+        v.set_delay_ms(60);
+        Arc::new(Mutex::new(v))
+    })
+}
+
 /// Starts audio capture + Opus encoding in 20 ms frames, timestamps from `epoch`.
 pub(crate) fn start_audio(
     src: &AudioSource,
     epoch: Instant,
+    voice: Option<Voice>,
     out: mpsc::Sender<Encoded>,
     errors: mpsc::Sender<String>,
 ) -> Result<Capture, CallError> {
-    let mut next_pcm: Box<dyn FnMut() -> Vec<i16> + Send> = match src {
+    // A microphone paces capture itself; generated and file audio is paced by the clock.
+    let mut paced = false;
+    let mut next_pcm: Box<dyn FnMut() -> Result<Vec<i16>, String> + Send> = match src {
         AudioSource::Tone => {
             let mut t = Tone::new(440.0, 0.3);
-            Box::new(move || t.frame())
+            Box::new(move || Ok(t.frame()))
+        }
+        AudioSource::Speech => {
+            let mut t = SpeechLike::new(1);
+            Box::new(move || Ok(t.frame()))
         }
         AudioSource::File(path) => {
             let w = wav::read(path).map_err(|e| CallError::Source(e.to_string()))?;
@@ -297,10 +390,24 @@ pub(crate) fn start_audio(
                 let (n, len) = (FRAME_SAMPLES as usize, w.samples.len());
                 let frame = (0..n).map(|i| w.samples[(pos + i) % len]).collect();
                 pos = (pos + n) % len;
-                frame
+                Ok(frame)
             })
         }
-        AudioSource::Mic(dev) => return Err(crate::devices::mic_unavailable(dev.as_deref())),
+        AudioSource::Mic(dev) => {
+            let mut mic = open_mic(dev.as_deref())?;
+            paced = true;
+            Box::new(move || {
+                let mut pcm = mic
+                    .read_frame(Duration::from_secs(2))
+                    .map_err(|e| e.to_string())?;
+                if let Some(v) = &voice
+                    && let Ok(mut v) = v.lock()
+                {
+                    let _ = v.capture(&mut pcm);
+                }
+                Ok(pcm)
+            })
+        }
         AudioSource::None => return Err(CallError::Source("no audio source".into())),
     };
     let mut enc =
@@ -317,7 +424,14 @@ pub(crate) fn start_audio(
             // Frame n is captured at epoch + 20 ms × n: one clock for audio and video.
             let due = epoch + Duration::from_millis(20 * (n + 1));
             let now = Instant::now();
-            if now < due {
+            if paced {
+                // The device's clock rules and the frame count is the timestamp; a device
+                // that hands out audio faster than real time (ALSA `null`) is held to it.
+                let ahead = Duration::from_millis(40);
+                if now + ahead < due {
+                    std::thread::sleep(due - ahead - now);
+                }
+            } else if now < due {
                 std::thread::sleep(due - now);
             } else if now > due + Duration::from_millis(200) {
                 // Fell behind: skip ahead (the receiver sees a gap, not a burst).
@@ -326,7 +440,13 @@ pub(crate) fn start_audio(
             }
             let ts = (n * u64::from(FRAME_SAMPLES)) as u32;
             n += 1;
-            let pcm = next_pcm();
+            let pcm = match next_pcm() {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = errors.blocking_send(e);
+                    return;
+                }
+            };
             if !active {
                 continue;
             }
@@ -383,6 +503,10 @@ pub struct RenderStats {
     pub audio_samples: u64,
     /// Frames written to the Y4M recording.
     pub recorded_frames: u64,
+    /// The speaker received audio plays on, or why there is none.
+    pub speaker: Option<String>,
+    /// Times the speaker ran dry (a gap was heard).
+    pub speaker_underruns: u64,
 }
 
 /// Sinks for received media.
@@ -392,6 +516,57 @@ pub struct Sinks {
     pub video: Option<PathBuf>,
     /// Write decoded audio here (WAV, 48 kHz mono).
     pub audio: Option<PathBuf>,
+    /// Play decoded audio here.
+    pub speaker: SpeakerChoice,
+}
+
+/// Which speaker plays received audio.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SpeakerChoice {
+    /// None (recordings only).
+    #[default]
+    Off,
+    /// The default speaker if there is one; without one the call goes on silently.
+    Auto,
+    /// This ALSA device (`default`, `hw:0,0`, `null` …); failing to open it is an error.
+    Device(String),
+}
+
+impl std::str::FromStr for SpeakerChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "none" | "off" => Self::Off,
+            "auto" => Self::Auto,
+            "" => return Err("empty speaker name: use auto, none or an ALSA device".into()),
+            d => Self::Device(d.to_string()),
+        })
+    }
+}
+
+fn open_speaker(choice: &SpeakerChoice) -> Result<(Option<Speaker>, Option<String>), CallError> {
+    Ok(match choice {
+        SpeakerChoice::Off => (None, None),
+        SpeakerChoice::Auto => match list_devices().speakers.why_none {
+            Some(why) => {
+                tracing::info!("received audio is not played: {why}");
+                (None, Some(format!("none ({why})")))
+            }
+            None => match Speaker::open(None) {
+                Ok(s) => (Some(s), Some("default".into())),
+                Err(e) => {
+                    tracing::info!("received audio is not played: {e}");
+                    (None, Some(format!("none ({e})")))
+                }
+            },
+        },
+        SpeakerChoice::Device(d) => {
+            let s = Speaker::open(Some(d)).map_err(|e| {
+                CallError::Sink(explain(&e, &list_devices().speakers, "--speaker none"))
+            })?;
+            (Some(s), Some(d.clone()))
+        }
+    })
 }
 
 /// The render thread's input and handle.
@@ -405,7 +580,12 @@ pub(crate) fn start_render(
     sinks: Sinks,
     fps: u32,
     stats: Arc<Mutex<RenderStats>>,
+    voice: Option<Voice>,
 ) -> Result<RenderThread, CallError> {
+    let (mut speaker, label) = open_speaker(&sinks.speaker)?;
+    if let Ok(mut s) = stats.lock() {
+        s.speaker = label;
+    }
     let (tx, rx) = std_mpsc::sync_channel::<Render>(256);
     let mut vdec = VideoDecoder::new().map_err(|e| CallError::Codec(e.to_string()))?;
     let mut adec = AudioDecoder::new().map_err(|e| CallError::Codec(e.to_string()))?;
@@ -437,8 +617,30 @@ pub(crate) fn start_render(
                         if let Some(w) = &mut wav_out {
                             w.write(&pcm).map_err(|e| e.to_string())?;
                         }
+                        let mut spk_failed = None;
+                        if let Some(spk) = &mut speaker {
+                            match spk.play(&pcm) {
+                                // What the speaker plays is what the echo canceller removes.
+                                Ok(()) => {
+                                    if let Some(v) = &voice
+                                        && let Ok(mut v) = v.lock()
+                                    {
+                                        v.render(&pcm);
+                                    }
+                                }
+                                Err(e) => spk_failed = Some(e.to_string()),
+                            }
+                        }
                         if let Ok(mut s) = stats.lock() {
                             s.audio_samples += pcm.len() as u64;
+                            if let Some(spk) = &speaker {
+                                s.speaker_underruns = spk.underruns();
+                            }
+                            if let Some(e) = spk_failed {
+                                tracing::warn!("speaker: {e}");
+                                s.speaker = Some(format!("none ({e})"));
+                                speaker = None;
+                            }
                         }
                     }
                     Render::Video { data } => {

@@ -25,7 +25,7 @@ use p2pcall_tls::framed::{FrameReadError, FrameReader};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-pub use media::{AudioSource, RenderStats, Sinks, VideoSource};
+pub use media::{AudioSource, RenderStats, Sinks, SpeakerChoice, VideoSource};
 
 use crate::engine::{EngineEvent, Shared};
 
@@ -102,6 +102,12 @@ impl Default for CallOptions {
 }
 
 impl CallOptions {
+    /// Opens every source and sink once: an unusable camera, microphone, file or speaker is an
+    /// error here, before a call is placed or answered, rather than a call that fails.
+    pub fn check(&self) -> Result<(), CallError> {
+        media::check_sources(&self.video, &self.audio, &self.sinks, self.video_params())
+    }
+
     /// Stays within what the peer asked to receive (size, frame rate, bitrate; 0 = no cap).
     pub fn fit_to(&mut self, peer: &SessionDesc) {
         let cap = |v: usize, c: u16| {
@@ -251,6 +257,12 @@ pub struct CallStats {
     pub recorded_frames: u64,
     /// Audio samples rendered.
     pub audio_samples: u64,
+    /// The speaker received audio plays on, or why there is none.
+    pub speaker: Option<String>,
+    /// Times the speaker ran dry.
+    pub speaker_underruns: u64,
+    /// Echo removed from the microphone by the echo canceller, dB (its own estimate).
+    pub echo_erle_db: Option<f64>,
     /// Datagrams refused (garbage, unknown streams).
     pub rejected_datagrams: u64,
 }
@@ -540,6 +552,8 @@ struct Pipeline {
     muted: bool,
     camera: bool,
     meter: Meter,
+    /// Echo canceller of the microphone, if the call uses one.
+    voice: Option<media::Voice>,
 }
 
 #[derive(Default)]
@@ -802,11 +816,16 @@ fn start_pipeline(
     let epoch = Instant::now();
     let render_stats = Arc::new(Mutex::new(RenderStats::default()));
     let mut captures = Vec::new();
+    let voice = media::voice_for(&opts.audio);
     for s in &n.send {
         let c = match s.kind {
-            StreamKind::Audio => {
-                media::start_audio(&opts.audio, epoch, enc_tx.clone(), err_tx.clone())?
-            }
+            StreamKind::Audio => media::start_audio(
+                &opts.audio,
+                epoch,
+                voice.clone(),
+                enc_tx.clone(),
+                err_tx.clone(),
+            )?,
             StreamKind::Camera | StreamKind::Screen => media::start_video(
                 &opts.video,
                 opts.video_params(),
@@ -823,6 +842,7 @@ fn start_pipeline(
         opts.sinks.clone(),
         opts.fps,
         render_stats.clone(),
+        voice.clone(),
     )?);
     Ok(Pipeline {
         opts,
@@ -836,6 +856,7 @@ fn start_pipeline(
         muted: false,
         camera: true,
         meter: Meter::default(),
+        voice,
     })
 }
 
@@ -942,6 +963,8 @@ fn fill_render(s: &mut CallStats, r: &RenderStats) {
     s.stamp_gaps = r.stamp_gaps;
     s.recorded_frames = r.recorded_frames;
     s.audio_samples = r.audio_samples;
+    s.speaker = r.speaker.clone();
+    s.speaker_underruns = r.speaker_underruns;
 }
 
 fn stats(
@@ -967,6 +990,10 @@ fn stats(
         rtt_ms: conn.quic().rtt().as_secs_f64() * 1e3,
         path: conn.path().to_string(),
         rejected_datagrams: session.rejected,
+        echo_erle_db: p
+            .voice
+            .as_ref()
+            .and_then(|v| v.lock().ok()?.echo_return_loss_enhancement_db()),
         ..CallStats::default()
     };
     let mut send_now = Vec::new();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::call::CallError;
+use crate::DeviceError;
 
 /// One device.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -121,41 +121,20 @@ pub fn list_devices() -> Devices {
     }
 }
 
-/// Why `what` (`camera` / `microphone`) `dev` cannot be used: none found, not that one, or
-/// capture not built; `fallback` names what to use instead.
-fn unavailable(l: DeviceList, what: &str, dev: Option<&str>, fallback: &str) -> CallError {
-    CallError::Source(match (l.why_none, dev) {
-        (Some(why), _) => format!("no {what}: {why}; use {fallback}"),
-        (None, Some(dev)) if !l.devices.iter().any(|c| c.id.ends_with(dev)) => format!(
-            "no {what} {dev}; found: {}",
-            l.devices
+/// A device that failed to open, said with what the listing knows: why there are none, or
+/// which ones there are; `fallback` names what to use instead.
+pub fn explain(e: &DeviceError, list: &DeviceList, fallback: &str) -> String {
+    match &list.why_none {
+        Some(why) => format!("{e} ({why}); use {fallback}"),
+        None => format!(
+            "{e}; found: {}; or use {fallback}",
+            list.devices
                 .iter()
                 .map(|c| c.id.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        (None, _) => format!("{what} capture is not in this build yet; use {fallback}"),
-    })
-}
-
-/// The error for `--video camera[:DEV]`.
-pub(crate) fn camera_unavailable(dev: Option<&str>) -> CallError {
-    unavailable(
-        list_devices().cameras,
-        "camera",
-        dev,
-        "--video testsrc or FILE.y4m",
-    )
-}
-
-/// The error for `--audio mic[:DEV]`.
-pub(crate) fn mic_unavailable(dev: Option<&str>) -> CallError {
-    unavailable(
-        list_devices().microphones,
-        "microphone",
-        dev,
-        "--audio tone or FILE.wav",
-    )
+    }
 }
 
 #[cfg(test)]
@@ -204,5 +183,22 @@ mod tests {
         for l in [&d.cameras, &d.microphones, &d.speakers, &d.screens] {
             assert_eq!(l.devices.is_empty(), l.why_none.is_some());
         }
+        let e = DeviceError::NotFound {
+            kind: "camera",
+            why: "x".into(),
+        };
+        let empty = list(Vec::new(), || "none plugged in".into());
+        assert!(
+            explain(&e, &empty, "--video testsrc")
+                .ends_with("(none plugged in); use --video testsrc")
+        );
+        let one = list(
+            vec![Device {
+                id: "camera:/dev/video0".into(),
+                name: "Cam".into(),
+            }],
+            String::new,
+        );
+        assert!(explain(&e, &one, "testsrc").contains("found: camera:/dev/video0"));
     }
 }

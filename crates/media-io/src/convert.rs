@@ -1,0 +1,271 @@
+//! Pixel-format conversions into I420 (what cameras hand out: packed YUYV, NV12, RGB from
+//! decoded MJPEG) and scaling to the size a call sends. Bounds are checked: a short buffer
+//! from a device is an error, not a panic.
+
+use crate::{Frame, IoError};
+
+fn short(what: &'static str, need: usize, got: usize) -> IoError {
+    IoError::Unsupported {
+        what,
+        value: format!("buffer of {got} bytes, need {need}"),
+    }
+}
+
+fn even(width: usize, height: usize) -> Result<(), IoError> {
+    if width < 2 || height < 2 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
+        return Err(IoError::Unsupported {
+            what: "frame size",
+            value: format!("{width}x{height} (need even, at least 2x2)"),
+        });
+    }
+    Ok(())
+}
+
+/// Packed 4:2:2 `Y0 U Y1 V` rows of `stride` bytes → I420 (chroma of two rows averaged).
+pub fn from_yuyv(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    stride: usize,
+) -> Result<Frame, IoError> {
+    even(width, height)?;
+    let stride = stride.max(width * 2);
+    let need = stride * (height - 1) + width * 2;
+    if data.len() < need {
+        return Err(short("YUYV frame", need, data.len()));
+    }
+    let mut f = Frame::new(width, height);
+    let cw = width / 2;
+    for row in 0..height {
+        let line = &data[row * stride..row * stride + width * 2];
+        for (x, px) in line.chunks_exact(4).enumerate() {
+            f.y[row * width + 2 * x] = px[0];
+            f.y[row * width + 2 * x + 1] = px[2];
+        }
+    }
+    for crow in 0..height / 2 {
+        let (a, b) = (&data[2 * crow * stride..], &data[(2 * crow + 1) * stride..]);
+        for x in 0..cw {
+            let avg =
+                |i: usize| (u16::from(a[4 * x + i]) + u16::from(b[4 * x + i])).div_ceil(2) as u8;
+            f.u[crow * cw + x] = avg(1);
+            f.v[crow * cw + x] = avg(3);
+        }
+    }
+    Ok(f)
+}
+
+/// NV12 (Y plane, then interleaved UV at half resolution), rows of `stride` bytes → I420.
+pub fn from_nv12(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    stride: usize,
+) -> Result<Frame, IoError> {
+    even(width, height)?;
+    let stride = stride.max(width);
+    let need = stride * height + stride * (height / 2 - 1) + width;
+    if data.len() < need {
+        return Err(short("NV12 frame", need, data.len()));
+    }
+    let mut f = Frame::new(width, height);
+    for row in 0..height {
+        f.y[row * width..(row + 1) * width]
+            .copy_from_slice(&data[row * stride..row * stride + width]);
+    }
+    let (cw, uv) = (width / 2, &data[stride * height..]);
+    for crow in 0..height / 2 {
+        for x in 0..cw {
+            f.u[crow * cw + x] = uv[crow * stride + 2 * x];
+            f.v[crow * cw + x] = uv[crow * stride + 2 * x + 1];
+        }
+    }
+    Ok(f)
+}
+
+/// Planar I420 as one buffer (what V4L2 calls `YU12`), tightly packed → a frame.
+pub fn from_i420(data: &[u8], width: usize, height: usize) -> Result<Frame, IoError> {
+    even(width, height)?;
+    let (ys, cs) = (width * height, (width / 2) * (height / 2));
+    if data.len() < ys + 2 * cs {
+        return Err(short("I420 frame", ys + 2 * cs, data.len()));
+    }
+    Ok(Frame {
+        width,
+        height,
+        y: data[..ys].to_vec(),
+        u: data[ys..ys + cs].to_vec(),
+        v: data[ys + cs..ys + 2 * cs].to_vec(),
+    })
+}
+
+/// Packed RGB24 → I420 (BT.601 limited range, what H264 decoders assume by default).
+pub fn from_rgb24(data: &[u8], width: usize, height: usize) -> Result<Frame, IoError> {
+    even(width, height)?;
+    if data.len() < width * height * 3 {
+        return Err(short("RGB frame", width * height * 3, data.len()));
+    }
+    let mut f = Frame::new(width, height);
+    let px = |x: usize, y: usize| {
+        let i = 3 * (y * width + x);
+        (
+            i32::from(data[i]),
+            i32::from(data[i + 1]),
+            i32::from(data[i + 2]),
+        )
+    };
+    for y in 0..height {
+        for x in 0..width {
+            let (r, g, b) = px(x, y);
+            f.y[y * width + x] =
+                (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16).clamp(0, 255) as u8;
+        }
+    }
+    let cw = width / 2;
+    for cy in 0..height / 2 {
+        for cx in 0..cw {
+            let (mut r, mut g, mut b) = (0, 0, 0);
+            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                let (pr, pg, pb) = px(2 * cx + dx, 2 * cy + dy);
+                (r, g, b) = (r + pr, g + pg, b + pb);
+            }
+            let (r, g, b) = (r / 4, g / 4, b / 4);
+            f.u[cy * cw + cx] =
+                (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
+            f.v[cy * cw + cx] =
+                (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
+        }
+    }
+    Ok(f)
+}
+
+fn scale_plane(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
+    // Bilinear, 16.16 fixed point; sample centres aligned.
+    let mut out = vec![0u8; dw * dh];
+    let fx = ((sw as u64) << 16) / dw as u64;
+    let fy = ((sh as u64) << 16) / dh as u64;
+    for y in 0..dh {
+        let sy = ((y as u64 * fy + fy / 2).saturating_sub(1 << 15)).min(((sh - 1) as u64) << 16);
+        let (y0, wy) = ((sy >> 16) as usize, (sy & 0xffff) as u32);
+        let y1 = (y0 + 1).min(sh - 1);
+        for x in 0..dw {
+            let sx =
+                ((x as u64 * fx + fx / 2).saturating_sub(1 << 15)).min(((sw - 1) as u64) << 16);
+            let (x0, wx) = ((sx >> 16) as usize, (sx & 0xffff) as u32);
+            let x1 = (x0 + 1).min(sw - 1);
+            let p = |yy: usize, xx: usize| u32::from(src[yy * sw + xx]);
+            let top = p(y0, x0) * (65536 - wx) + p(y0, x1) * wx;
+            let bot = p(y1, x0) * (65536 - wx) + p(y1, x1) * wx;
+            let v = (u64::from(top) * u64::from(65536 - wy) + u64::from(bot) * u64::from(wy)) >> 32;
+            out[y * dw + x] = v.min(255) as u8;
+        }
+    }
+    out
+}
+
+/// The frame scaled (bilinear) to `width × height` (even); the same frame when it already is.
+pub fn scale(f: &Frame, width: usize, height: usize) -> Result<Frame, IoError> {
+    even(width, height)?;
+    even(f.width, f.height)?;
+    if f.width == width && f.height == height {
+        return Ok(f.clone());
+    }
+    let (cw, ch, dcw, dch) = (f.width / 2, f.height / 2, width / 2, height / 2);
+    Ok(Frame {
+        width,
+        height,
+        y: scale_plane(&f.y, f.width, f.height, width, height),
+        u: scale_plane(&f.u, cw, ch, dcw, dch),
+        v: scale_plane(&f.v, cw, ch, dcw, dch),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::TestPattern;
+    use crate::psnr;
+
+    /// I420 → YUYV with each chroma sample on both rows (what the converter averages back).
+    fn to_yuyv(f: &Frame, stride: usize) -> Vec<u8> {
+        let mut out = vec![0u8; stride * f.height];
+        for y in 0..f.height {
+            for x in 0..f.width / 2 {
+                let c = (y / 2) * (f.width / 2) + x;
+                let o = y * stride + 4 * x;
+                out[o] = f.y[y * f.width + 2 * x];
+                out[o + 1] = f.u[c];
+                out[o + 2] = f.y[y * f.width + 2 * x + 1];
+                out[o + 3] = f.v[c];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn packed_and_semi_planar_formats_convert_exactly() {
+        let (w, h) = (160, 96);
+        let f = TestPattern::new(w, h).frame(7, 1234);
+        assert_eq!((f.width, f.height), (w, h));
+        // Padded rows, as drivers hand them out.
+        let yuyv = to_yuyv(&f, w * 2 + 32);
+        assert_eq!(from_yuyv(&yuyv, w, h, w * 2 + 32).unwrap(), f);
+        let stride = w + 16;
+        let mut nv12 = vec![0u8; stride * h * 3 / 2];
+        for y in 0..h {
+            nv12[y * stride..y * stride + w].copy_from_slice(&f.y[y * w..(y + 1) * w]);
+        }
+        for cy in 0..h / 2 {
+            for x in 0..w / 2 {
+                nv12[stride * h + cy * stride + 2 * x] = f.u[cy * w / 2 + x];
+                nv12[stride * h + cy * stride + 2 * x + 1] = f.v[cy * w / 2 + x];
+            }
+        }
+        assert_eq!(from_nv12(&nv12, w, h, stride).unwrap(), f);
+        let planar = [f.y.clone(), f.u.clone(), f.v.clone()].concat();
+        assert_eq!(from_i420(&planar, w, h).unwrap(), f);
+    }
+
+    #[test]
+    fn rgb_primaries_land_on_their_bt601_values() {
+        let mut rgb = Vec::new();
+        for _ in 0..4 {
+            rgb.extend_from_slice(&[255, 0, 0]);
+        }
+        let f = from_rgb24(&rgb, 2, 2).unwrap();
+        // Red: Y 82, U 90, V 240 (BT.601 limited range, ±1).
+        assert!((i32::from(f.y[0]) - 82).abs() <= 1, "{}", f.y[0]);
+        assert!((i32::from(f.u[0]) - 90).abs() <= 1, "{}", f.u[0]);
+        assert!((i32::from(f.v[0]) - 240).abs() <= 1, "{}", f.v[0]);
+        let white = from_rgb24(&[255; 12], 2, 2).unwrap();
+        assert_eq!((white.y[0], white.u[0], white.v[0]), (235, 128, 128));
+    }
+
+    #[test]
+    fn short_or_odd_buffers_are_errors() {
+        assert!(from_yuyv(&[0; 10], 4, 4, 8).is_err());
+        assert!(from_nv12(&[0; 10], 4, 4, 4).is_err());
+        assert!(from_i420(&[0; 23], 4, 4).is_err());
+        assert!(from_rgb24(&[0; 47], 4, 4).is_err());
+        assert!(from_yuyv(&[0; 64], 3, 4, 8).is_err());
+        assert!(scale(&Frame::new(4, 4), 5, 4).is_err());
+    }
+
+    #[test]
+    fn scaling_keeps_flat_areas_and_round_trips_smooth_content() {
+        let flat = Frame::new(640, 360);
+        let s = scale(&flat, 320, 180).unwrap();
+        assert!(s.y.iter().all(|&p| p == 128));
+        // A smooth gradient survives down- and up-scaling closely.
+        let mut g = Frame::new(320, 240);
+        for y in 0..240 {
+            for x in 0..320 {
+                g.y[y * 320 + x] = ((x + y) * 255 / 560) as u8;
+            }
+        }
+        let back = scale(&scale(&g, 160, 120).unwrap(), 320, 240).unwrap();
+        assert!(psnr(&g, &back) > 35.0, "{}", psnr(&g, &back));
+        let up = scale(&g, 1280, 720).unwrap();
+        assert_eq!((up.width, up.height, up.u.len()), (1280, 720, 640 * 360));
+    }
+}
