@@ -6,6 +6,7 @@
 #   scripts/bench.sh p2p-throughput   [--mib N]
 #   scripts/bench.sh codec-speed      [--frames N]
 #   scripts/bench.sh file-transfer    [--large-mib N] [--small N] [--small-kib N] [--dir D]
+#   scripts/bench.sh call-quality     (root: NAT lab; CALL_SECS=30 per condition)
 #   scripts/bench.sh all
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +16,16 @@ cargo build --release --locked -q -p p2pcall -p p2pcall-bench
 # if sockets are per session; raise the soft limit anyway when allowed.
 ulimit -n 65536 2>/dev/null || true
 bench=target/release/p2pcall-bench
+if [ "${1:-}" = call-quality ]; then
+  exec cargo test --release --locked -q -p p2pcall-netlab --test call_quality -- --ignored --nocapture
+fi
 if [ "${1:-all}" = all ]; then
   "$bench" relay-forward
   "$bench" relay-capacity
   "$bench" p2p-throughput
   "$bench" file-transfer
   "$bench" codec-speed
+  cargo test --release --locked -q -p p2pcall-netlab --test call_quality -- --ignored --nocapture
 else
   exec "$bench" "$@"
 fi

@@ -271,7 +271,15 @@ pub fn transport_config(keep_alive: Duration, idle_timeout: Duration) -> quinn::
     t.keep_alive_interval(Some(keep_alive));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     t.datagram_receive_buffer_size(Some(1 << 20));
-    t.datagram_send_buffer_size(1 << 20);
+    // Datagrams are real-time media: what cannot leave within ~0.25 s at call rates is
+    // better dropped (quinn drops the oldest) than queued (1 MiB queued 4-8 s of video
+    // behind a congestion window in the NAT lab's jitter run).
+    t.datagram_send_buffer_size(64 << 10);
+    // Jittery paths reorder packets; with the default threshold of 3, reordering counts as
+    // loss and collapses the congestion window. The time threshold (9/8 RTT) still catches
+    // real losses.
+    t.packet_threshold(16);
+    t.congestion_controller_factory(std::sync::Arc::new(quinn::congestion::BbrConfig::default()));
     // Relayed packets carry a 49-byte header; keep discovered MTUs below what a 1500-byte
     // Ethernet path can carry with it so a switch to the relay path loses no packets.
     let mut mtu = quinn::MtuDiscoveryConfig::default();

@@ -13,7 +13,7 @@ use p2pcall_codec::{
 use p2pcall_devices::list::{DeviceList, explain, list_devices};
 use p2pcall_devices::{Camera, CameraRequest, DeviceError, Microphone, Speaker};
 use p2pcall_media::audio::{FRAME_SAMPLES, Playout};
-use p2pcall_media_io::audio::{SpeechLike, Tone};
+use p2pcall_media_io::audio::{BeaconDetector, SpeechLike, Tone};
 use p2pcall_media_io::pattern::TestPattern;
 use p2pcall_media_io::voice::{VoiceProcessor, VoiceSettings};
 use p2pcall_media_io::y4m::{Y4mReader, Y4mWriter};
@@ -153,6 +153,14 @@ fn open_mic(dev: Option<&str>) -> Result<Microphone, CallError> {
         )));
     }
     Microphone::open(dev).map_err(|e| device_error(&e, || list_devices().microphones, FALLBACK))
+}
+
+/// Wall-clock milliseconds with fractions (audio beacons).
+pub fn wall_ms_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
 }
 
 enum VideoInput {
@@ -367,8 +375,10 @@ pub(crate) fn start_audio(
     let mut paced = false;
     let mut next_pcm: Box<dyn FnMut() -> Result<Vec<i16>, String> + Send> = match src {
         AudioSource::Tone => {
+            // With beacons on the wall clock: a receiver on the same host times them. The
+            // frame is complete now, so its first sample was "captured" 20 ms ago.
             let mut t = Tone::new(440.0, 0.3);
-            Box::new(move || Ok(t.frame()))
+            Box::new(move || Ok(t.frame_at(wall_ms_f64() - 20.0)))
         }
         AudioSource::Speech => {
             let mut t = SpeechLike::new(1);
@@ -501,6 +511,12 @@ pub struct RenderStats {
     pub stamp_gaps: u64,
     /// Audio samples written.
     pub audio_samples: u64,
+    /// Tone beacons: capture-to-playout latency of the last one, ms (same host).
+    pub audio_latency_ms: Option<f64>,
+    /// Mean of those latencies.
+    pub audio_latency_mean_ms: Option<f64>,
+    /// Beacons timed.
+    pub beacons: u64,
     /// Frames written to the Y4M recording.
     pub recorded_frames: u64,
     /// The speaker received audio plays on, or why there is none.
@@ -601,6 +617,7 @@ pub(crate) fn start_render(
             let mut y4m: Option<Y4mWriter> = None;
             let mut last_stamp: Option<u32> = None;
             let mut lat_sum = 0.0;
+            let (mut beacon, mut audio_lat_sum) = (BeaconDetector::new(), 0.0);
             while let Ok(msg) = rx.recv() {
                 match msg {
                     Render::Audio { playout, stretch } => {
@@ -614,6 +631,9 @@ pub(crate) fn start_render(
                             .decode(input)
                             .unwrap_or_else(|_| vec![0; FRAME_SAMPLES as usize]);
                         let pcm = stretch_pcm(&pcm, stretch);
+                        // Played now, or once the speaker's queue ahead of it has played.
+                        let queued = speaker.as_ref().map_or(0, |s| s.queued_ms());
+                        let beacons = beacon.feed(&pcm, wall_ms_f64() + f64::from(queued));
                         if let Some(w) = &mut wav_out {
                             w.write(&pcm).map_err(|e| e.to_string())?;
                         }
@@ -633,6 +653,12 @@ pub(crate) fn start_render(
                         }
                         if let Ok(mut s) = stats.lock() {
                             s.audio_samples += pcm.len() as u64;
+                            for lat in beacons {
+                                s.beacons += 1;
+                                audio_lat_sum += lat;
+                                s.audio_latency_ms = Some(lat);
+                                s.audio_latency_mean_ms = Some(audio_lat_sum / s.beacons as f64);
+                            }
                             if let Some(spk) = &speaker {
                                 s.speaker_underruns = spk.underruns();
                             }

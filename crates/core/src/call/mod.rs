@@ -257,6 +257,10 @@ pub struct CallStats {
     pub recorded_frames: u64,
     /// Audio samples rendered.
     pub audio_samples: u64,
+    /// Tone beacons: capture-to-playout latency, last, ms (same host only).
+    pub audio_latency_ms: Option<f64>,
+    /// Mean of it.
+    pub audio_latency_mean_ms: Option<f64>,
     /// The speaker received audio plays on, or why there is none.
     pub speaker: Option<String>,
     /// Times the speaker ran dry.
@@ -963,6 +967,8 @@ fn fill_render(s: &mut CallStats, r: &RenderStats) {
     s.stamp_gaps = r.stamp_gaps;
     s.recorded_frames = r.recorded_frames;
     s.audio_samples = r.audio_samples;
+    s.audio_latency_ms = r.audio_latency_ms;
+    s.audio_latency_mean_ms = r.audio_latency_mean_ms;
     s.speaker = r.speaker.clone();
     s.speaker_underruns = r.speaker_underruns;
 }

@@ -84,6 +84,16 @@ impl Lines {
 
 /// A lab with a relay and a listening peer B; returns it and B's id.
 pub fn lab_with_listener(a: Nat, b: Nat, impair: Impair) -> Option<(Lab, String, Lines)> {
+    lab_with_listener_args(a, b, impair, &[])
+}
+
+/// The same, with more arguments for B's `listen`.
+pub fn lab_with_listener_args(
+    a: Nat,
+    b: Nat,
+    impair: Impair,
+    listen_args: &[&str],
+) -> Option<(Lab, String, Lines)> {
     if let Some(why) = p2pcall_netlab::unavailable() {
         eprintln!("SKIPPED: {why}");
         return None;
@@ -115,6 +125,7 @@ pub fn lab_with_listener(a: Nat, b: Nat, impair: Impair) -> Option<(Lab, String,
     cmd.arg("--data-dir")
         .arg(dir.join("b"))
         .args(["--relay", &relay, "--name", "bob", "--json", "listen"])
+        .args(listen_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let child = lab.spawn(&mut cmd).unwrap();
