@@ -155,6 +155,28 @@ fn fault_sink(fault: &Fault) -> impl FnMut(cpal::Error) + Send + 'static {
     }
 }
 
+/// Starts a built stream and says what the device runs at.
+fn start(
+    stream: Result<cpal::Stream, cpal::Error>,
+    kind: &str,
+    label: &str,
+    config: &SupportedStreamConfig,
+) -> Result<cpal::Stream, DeviceError> {
+    let open = |e: cpal::Error| DeviceError::Open {
+        device: label.to_string(),
+        reason: e.to_string(),
+    };
+    let stream = stream.map_err(open)?;
+    stream.play().map_err(open)?;
+    tracing::info!(
+        "{kind} {label}: {} Hz, {} channel(s), {}",
+        config.sample_rate(),
+        config.channels(),
+        config.sample_format()
+    );
+    Ok(stream)
+}
+
 /// A microphone: 20 ms frames of 48 kHz mono.
 pub struct Microphone {
     _stream: cpal::Stream,
@@ -222,26 +244,17 @@ impl Microphone {
         let fault: Fault = Arc::default();
         let dropped = Arc::new(AtomicU64::new(0));
         let d = dropped.clone();
-        let stream = match config.sample_format() {
-            SampleFormat::I16 => input_stream::<i16>(&device, &config, tx, &fault, d),
-            SampleFormat::I32 => input_stream::<i32>(&device, &config, tx, &fault, d),
-            SampleFormat::U16 => input_stream::<u16>(&device, &config, tx, &fault, d),
-            _ => input_stream::<f32>(&device, &config, tx, &fault, d),
-        }
-        .map_err(|e| DeviceError::Open {
-            device: label.clone(),
-            reason: e.to_string(),
-        })?;
-        stream.play().map_err(|e| DeviceError::Open {
-            device: label.clone(),
-            reason: e.to_string(),
-        })?;
-        tracing::info!(
-            "microphone {label}: {} Hz, {} channel(s), {}",
-            config.sample_rate(),
-            config.channels(),
-            config.sample_format()
-        );
+        let stream = start(
+            match config.sample_format() {
+                SampleFormat::I16 => input_stream::<i16>(&device, &config, tx, &fault, d),
+                SampleFormat::I32 => input_stream::<i32>(&device, &config, tx, &fault, d),
+                SampleFormat::U16 => input_stream::<u16>(&device, &config, tx, &fault, d),
+                _ => input_stream::<f32>(&device, &config, tx, &fault, d),
+            },
+            "microphone",
+            &label,
+            &config,
+        )?;
         Ok(Self {
             _stream: stream,
             rx,
@@ -377,26 +390,17 @@ impl Speaker {
         let counters = Arc::new(Counters::default());
         let fault: Fault = Arc::default();
         let (q, c) = (queue.clone(), counters.clone());
-        let stream = match config.sample_format() {
-            SampleFormat::I16 => output_stream::<i16>(&device, &config, q, c, &fault),
-            SampleFormat::I32 => output_stream::<i32>(&device, &config, q, c, &fault),
-            SampleFormat::U16 => output_stream::<u16>(&device, &config, q, c, &fault),
-            _ => output_stream::<f32>(&device, &config, q, c, &fault),
-        }
-        .map_err(|e| DeviceError::Open {
-            device: label.clone(),
-            reason: e.to_string(),
-        })?;
-        stream.play().map_err(|e| DeviceError::Open {
-            device: label.clone(),
-            reason: e.to_string(),
-        })?;
-        tracing::info!(
-            "speaker {label}: {} Hz, {} channel(s), {}",
-            config.sample_rate(),
-            config.channels(),
-            config.sample_format()
-        );
+        let stream = start(
+            match config.sample_format() {
+                SampleFormat::I16 => output_stream::<i16>(&device, &config, q, c, &fault),
+                SampleFormat::I32 => output_stream::<i32>(&device, &config, q, c, &fault),
+                SampleFormat::U16 => output_stream::<u16>(&device, &config, q, c, &fault),
+                _ => output_stream::<f32>(&device, &config, q, c, &fault),
+            },
+            "speaker",
+            &label,
+            &config,
+        )?;
         Ok(Self {
             _stream: stream,
             queue,
