@@ -75,6 +75,15 @@ fn lines(out: &std::process::Output) -> Vec<Value> {
         .collect()
 }
 
+/// A `--stats-json` file, once its writer (which writes it when the call ends) has.
+fn summary(path: &Path) -> Value {
+    let t0 = Instant::now();
+    while !path.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 #[test]
 fn a_call_delivers_every_frame_in_order_and_continuous_audio() {
     let lab = Lab::new();
@@ -117,11 +126,7 @@ fn a_call_delivers_every_frame_in_order_and_continuous_audio() {
     assert_eq!(end["reason"], "finished", "{end}");
 
     // The callee writes its summary when the call ends.
-    let t0 = Instant::now();
-    while !stats.exists() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let s: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let s = summary(&stats);
     assert_eq!(s["end"]["code"], "hung_up_by_peer", "{}", s["end"]);
     let fin = &s["final"];
     let audio = fin["recv"]
@@ -325,7 +330,7 @@ fn a_microphone_and_a_speaker_carry_a_call_and_missing_devices_are_refused_befor
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let s: Value = serde_json::from_slice(&std::fs::read(&caller).unwrap()).unwrap();
+    let s = summary(&caller);
     let fin = &s["final"];
     // The callee's speech reached the caller's speaker, ~3 s of it.
     assert_eq!(fin["speaker"], "null", "{fin}");
@@ -339,11 +344,7 @@ fn a_microphone_and_a_speaker_carry_a_call_and_missing_devices_are_refused_befor
     assert!(recv["packets"].as_u64().unwrap() > 50, "{recv}");
     println!("caller final: {fin}");
     // The caller's microphone (silence: DTX) reached the callee.
-    let t0 = Instant::now();
-    while !stats.exists() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let cs: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let cs = summary(&stats);
     let got = &cs["final"]["recv"].as_array().unwrap()[0];
     assert_eq!(got["kind"], "audio", "{got}");
     assert!(got["packets"].as_u64().unwrap() > 0, "{got}");
