@@ -1,6 +1,6 @@
 //! Pixel-format conversions into I420 (what cameras hand out: packed YUYV, NV12, RGB from
-//! decoded MJPEG) and scaling to the size a call sends. Bounds are checked: a short buffer
-//! from a device is an error, not a panic.
+//! decoded MJPEG; what X11 screen capture hands out: BGRX) and scaling to the size a call
+//! sends. Bounds are checked: a short buffer from a device is an error, not a panic.
 
 use crate::{Frame, IoError};
 
@@ -139,6 +139,72 @@ pub fn from_rgb24(data: &[u8], width: usize, height: usize) -> Result<Frame, IoE
     Ok(f)
 }
 
+/// Packed 32-bit BGRX or BGRA (what X11 hands out for 24/32-bit TrueColor on little-endian
+/// machines; the fourth byte is ignored), rows of `stride` bytes → I420, BT.601 limited range
+/// with exactly the coefficients and rounding of [`from_rgb24`] (chroma from the truncated mean
+/// of each 2×2 block). Written for screen capture: two rows per pass, integer arithmetic, no
+/// per-pixel bounds checks (about 2 ms for 1920×1080 on one core here).
+pub fn from_bgrx(
+    data: &[u8],
+    width: usize,
+    height: usize,
+    stride: usize,
+) -> Result<Frame, IoError> {
+    even(width, height)?;
+    let stride = stride.max(width * 4);
+    let need = stride * (height - 1) + width * 4;
+    if data.len() < need {
+        return Err(short("BGRX frame", need, data.len()));
+    }
+    let cw = width / 2;
+    let mut f = Frame {
+        width,
+        height,
+        y: vec![0; width * height],
+        u: vec![0; cw * (height / 2)],
+        v: vec![0; cw * (height / 2)],
+    };
+    #[inline(always)]
+    fn luma(p: &[u8]) -> (u8, u32, u32, u32) {
+        let (b, g, r) = (u32::from(p[0]), u32::from(p[1]), u32::from(p[2]));
+        // At most (66 + 129 + 25) * 255 + 128 = 56228 → 219 + 16: never above 235.
+        (
+            (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16) as u8,
+            r,
+            g,
+            b,
+        )
+    }
+    let rows =
+        f.y.chunks_exact_mut(2 * width)
+            .zip(f.u.chunks_exact_mut(cw))
+            .zip(f.v.chunks_exact_mut(cw));
+    for (cy, ((y2, u_row), v_row)) in rows.enumerate() {
+        let top = &data[2 * cy * stride..][..width * 4];
+        let bottom = &data[(2 * cy + 1) * stride..][..width * 4];
+        let (y_top, y_bottom) = y2.split_at_mut(width);
+        let pairs = top
+            .chunks_exact(8)
+            .zip(bottom.chunks_exact(8))
+            .zip(y_top.chunks_exact_mut(2).zip(y_bottom.chunks_exact_mut(2)))
+            .zip(u_row.iter_mut().zip(v_row.iter_mut()));
+        for (((t, b), (yt, yb)), (u, v)) in pairs {
+            let (y0, r0, g0, b0) = luma(&t[..4]);
+            let (y1, r1, g1, b1) = luma(&t[4..]);
+            let (y2, r2, g2, b2) = luma(&b[..4]);
+            let (y3, r3, g3, b3) = luma(&b[4..]);
+            (yt[0], yt[1], yb[0], yb[1]) = (y0, y1, y2, y3);
+            let r = ((r0 + r1 + r2 + r3) >> 2) as i32;
+            let g = ((g0 + g1 + g2 + g3) >> 2) as i32;
+            let b = ((b0 + b1 + b2 + b3) >> 2) as i32;
+            // Both stay within 16..=240 for 8-bit input: no clamp needed.
+            *u = (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128) as u8;
+            *v = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128) as u8;
+        }
+    }
+    Ok(f)
+}
+
 fn scale_plane(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
     // Bilinear, 16.16 fixed point; sample centres aligned.
     let mut out = vec![0u8; dw * dh];
@@ -239,6 +305,42 @@ mod tests {
         assert!((i32::from(f.v[0]) - 240).abs() <= 1, "{}", f.v[0]);
         let white = from_rgb24(&[255; 12], 2, 2).unwrap();
         assert_eq!((white.y[0], white.u[0], white.v[0]), (235, 128, 128));
+    }
+
+    #[test]
+    fn bgrx_matches_rgb24_exactly_with_padded_rows() {
+        let (w, h, stride) = (66, 38, 66 * 4 + 12);
+        let mut seed = 0x2545_f491_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as u8
+        };
+        let mut rgb = vec![0u8; w * h * 3];
+        rgb.iter_mut().for_each(|b| *b = next());
+        // Extremes too, where clamping would matter if the arithmetic were wrong.
+        rgb[..6].copy_from_slice(&[255, 255, 255, 0, 0, 0]);
+        let mut bgrx = vec![0xee_u8; stride * h];
+        for y in 0..h {
+            for x in 0..w {
+                let (s, d) = (3 * (y * w + x), y * stride + 4 * x);
+                bgrx[d..d + 4].copy_from_slice(&[rgb[s + 2], rgb[s + 1], rgb[s], next()]);
+            }
+        }
+        assert_eq!(
+            from_bgrx(&bgrx, w, h, stride).unwrap(),
+            from_rgb24(&rgb, w, h).unwrap()
+        );
+        // Red in BGRX order: Y 82, U 90, V 240 (±1).
+        let red = from_bgrx(&[0, 0, 255, 0].repeat(4), 2, 2, 8).unwrap();
+        assert!((i32::from(red.y[0]) - 82).abs() <= 1, "{}", red.y[0]);
+        assert!((i32::from(red.u[0]) - 90).abs() <= 1, "{}", red.u[0]);
+        assert!((i32::from(red.v[0]) - 240).abs() <= 1, "{}", red.v[0]);
+        // The last row need not be padded; one byte less is an error; odd sizes are errors.
+        assert!(from_bgrx(&bgrx[..stride * (h - 1) + w * 4], w, h, stride).is_ok());
+        assert!(from_bgrx(&bgrx[..stride * (h - 1) + w * 4 - 1], w, h, stride).is_err());
+        assert!(from_bgrx(&bgrx, w - 1, h, stride).is_err());
     }
 
     #[test]
