@@ -14,6 +14,7 @@ APT_PACKAGES=(
   cmake      # the opus crate builds its own static libopus with cmake
   libasound2-dev  # cpal (microphone and speaker) talks to ALSA
   libclang-dev    # v4l (cameras) generates its V4L2 bindings with bindgen
+  xvfb            # the screen-sharing tests (crates/screen) start their own virtual X server
 )
 
 # The NAT lab (crates/netlab, run by the tests as root): namespaces, NAT routers, impairments.
