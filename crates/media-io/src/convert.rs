@@ -142,8 +142,10 @@ pub fn from_rgb24(data: &[u8], width: usize, height: usize) -> Result<Frame, IoE
 /// Packed 32-bit BGRX or BGRA (what X11 hands out for 24/32-bit TrueColor on little-endian
 /// machines; the fourth byte is ignored), rows of `stride` bytes → I420, BT.601 limited range
 /// with exactly the coefficients and rounding of [`from_rgb24`] (chroma from the truncated mean
-/// of each 2×2 block). Written for screen capture: two rows per pass, integer arithmetic, no
-/// per-pixel bounds checks (about 2 ms for 1920×1080 on one core here).
+/// of each 2×2 block). Written for screen capture: two rows per pass, integer arithmetic, and
+/// loops shaped so that the compiler vectorises them even for baseline x86-64 (SSE2): one pixel
+/// per step for luma, then packed `B|R` and `G` sums of the two rows, then pairs of those for
+/// chroma. About 1.6 ms for 1920×1080 on one core here (a loop over 2×2 blocks took 4.4 ms).
 pub fn from_bgrx(
     data: &[u8],
     width: usize,
@@ -164,39 +166,44 @@ pub fn from_bgrx(
         u: vec![0; cw * (height / 2)],
         v: vec![0; cw * (height / 2)],
     };
-    #[inline(always)]
-    fn luma(p: &[u8]) -> (u8, u32, u32, u32) {
-        let (b, g, r) = (u32::from(p[0]), u32::from(p[1]), u32::from(p[2]));
-        // At most (66 + 129 + 25) * 255 + 128 = 56228 → 219 + 16: never above 235.
-        (
-            (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16) as u8,
-            r,
-            g,
-            b,
-        )
+    fn luma_row(src: &[[u8; 4]], out: &mut [u8]) {
+        for (o, px) in out.iter_mut().zip(src) {
+            let p = u32::from_le_bytes(*px);
+            let (b, g, r) = (p & 0xff, (p >> 8) & 0xff, (p >> 16) & 0xff);
+            // At most (66 + 129 + 25) * 255 + 128 = 56228 → 219 + 16: never above 235.
+            *o = (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16) as u8;
+        }
     }
+    // Per column of the row pair: B and R summed in 16-bit halves, and G (low half).
+    const LANES: u32 = 0x00ff_00ff;
+    let (mut br, mut gx) = (vec![0u32; width], vec![0u32; width]);
     let rows =
         f.y.chunks_exact_mut(2 * width)
             .zip(f.u.chunks_exact_mut(cw))
             .zip(f.v.chunks_exact_mut(cw));
     for (cy, ((y2, u_row), v_row)) in rows.enumerate() {
-        let top = &data[2 * cy * stride..][..width * 4];
-        let bottom = &data[(2 * cy + 1) * stride..][..width * 4];
+        let (top, _) = data[2 * cy * stride..][..width * 4].as_chunks::<4>();
+        let (bottom, _) = data[(2 * cy + 1) * stride..][..width * 4].as_chunks::<4>();
         let (y_top, y_bottom) = y2.split_at_mut(width);
-        let pairs = top
-            .chunks_exact(8)
-            .zip(bottom.chunks_exact(8))
-            .zip(y_top.chunks_exact_mut(2).zip(y_bottom.chunks_exact_mut(2)))
+        luma_row(top, y_top);
+        luma_row(bottom, y_bottom);
+        let sums = top.iter().zip(bottom).zip(br.iter_mut().zip(gx.iter_mut()));
+        for ((t, b), (br, gx)) in sums {
+            let (t, b) = (u32::from_le_bytes(*t), u32::from_le_bytes(*b));
+            *br = (t & LANES) + (b & LANES);
+            *gx = ((t >> 8) & LANES) + ((b >> 8) & LANES);
+        }
+        let (br_pairs, _) = br.as_chunks::<2>();
+        let (gx_pairs, _) = gx.as_chunks::<2>();
+        let blocks = br_pairs
+            .iter()
+            .zip(gx_pairs)
             .zip(u_row.iter_mut().zip(v_row.iter_mut()));
-        for (((t, b), (yt, yb)), (u, v)) in pairs {
-            let (y0, r0, g0, b0) = luma(&t[..4]);
-            let (y1, r1, g1, b1) = luma(&t[4..]);
-            let (y2, r2, g2, b2) = luma(&b[..4]);
-            let (y3, r3, g3, b3) = luma(&b[4..]);
-            (yt[0], yt[1], yb[0], yb[1]) = (y0, y1, y2, y3);
-            let r = ((r0 + r1 + r2 + r3) >> 2) as i32;
-            let g = ((g0 + g1 + g2 + g3) >> 2) as i32;
-            let b = ((b0 + b1 + b2 + b3) >> 2) as i32;
+        for ((br, gx), (u, v)) in blocks {
+            let s = br[0] + br[1];
+            let b = ((s & 0xffff) >> 2) as i32;
+            let r = (s >> 18) as i32;
+            let g = (((gx[0] + gx[1]) & 0xffff) >> 2) as i32;
             // Both stay within 16..=240 for 8-bit input: no clamp needed.
             *u = (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128) as u8;
             *v = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128) as u8;
