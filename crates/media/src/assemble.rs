@@ -190,6 +190,7 @@ mod tests {
             stream: 0,
             keyframe: false,
             retransmit: false,
+            tw: 0,
             seq: 0,
             timestamp: ts,
             frame,

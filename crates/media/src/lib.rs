@@ -17,6 +17,7 @@
 
 pub mod assemble;
 pub mod audio;
+pub mod bwe;
 pub mod call;
 pub mod nack;
 pub mod packetize;

@@ -61,6 +61,7 @@ impl Packetizer {
                 stream: self.stream,
                 keyframe,
                 retransmit: false,
+                tw: 0,
                 seq: self.seq,
                 timestamp,
                 frame,

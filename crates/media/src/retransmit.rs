@@ -88,6 +88,7 @@ mod tests {
             stream: 1,
             keyframe: false,
             retransmit: false,
+            tw: 0,
             seq,
             timestamp: 0,
             frame: seq,

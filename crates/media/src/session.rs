@@ -352,6 +352,7 @@ impl MediaSession {
                     self.rejected += 1;
                 }
             }
+            MediaDatagram::Padding { .. } | MediaDatagram::Feedback(_) => {}
         }
         Ok(())
     }
