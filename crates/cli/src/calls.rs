@@ -144,6 +144,12 @@ fn fmt_stats(s: &CallStats) -> String {
     if let Some((w, h)) = s.resolution {
         out += &format!("  {w}x{h}");
     }
+    if s.rate.target_kbps > 0.0 {
+        out += &format!(
+            "  bwe {:.0} kbit/s (video {:.0}) queue {:.0} ms",
+            s.rate.target_kbps, s.rate.video_target_kbps, s.rate.queue_ms
+        );
+    }
     out
 }
 

@@ -29,6 +29,8 @@ pub const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 /// Sent packets remembered for feedback (older ones are forgotten).
 const HISTORY_AGE: Duration = Duration::from_secs(2);
 const HISTORY_MAX: usize = 8192;
+/// A gap is reported as loss only once a later packet arrived this long ago.
+const REORDER_WINDOW: Duration = Duration::from_millis(40);
 /// Arrivals a receiver keeps before it must report.
 const ARRIVALS_MAX: usize = 4 * MAX_FEEDBACK;
 /// Packets sent within this time of a group's first packet form one group (a burst).
@@ -179,10 +181,10 @@ impl FeedbackBuilder {
         if self.pending.is_empty() {
             return None;
         }
-        Some(match self.last_sent {
-            Some(t) => t + FEEDBACK_INTERVAL,
-            None => self.origin.unwrap_or_else(Instant::now),
-        })
+        match self.last_sent {
+            Some(t) => Some(t + FEEDBACK_INTERVAL),
+            None => self.origin,
+        }
     }
 
     /// Feedback due now (none until [`FEEDBACK_INTERVAL`] after the last).
@@ -192,6 +194,9 @@ impl FeedbackBuilder {
             return out;
         }
         self.last_sent = Some(now);
+        let now_ticks = self.origin.map_or(0, |o| {
+            now.saturating_duration_since(o).as_micros() as u64 / FEEDBACK_TICK_US
+        });
         while let Some((&first, _)) = self.pending.first_key_value() {
             let mut next = self.next.unwrap_or(first).max(first.saturating_sub(64));
             // Long gaps before the first received one are not worth reporting one by one.
@@ -207,6 +212,13 @@ impl FeedbackBuilder {
                     break;
                 };
                 if seq > next {
+                    // A gap closely followed by an arrival may be reordering: report it
+                    // next time, when the missing packets had time to arrive.
+                    let recent =
+                        (t + REORDER_WINDOW.as_micros() as u64 / FEEDBACK_TICK_US) > now_ticks;
+                    if recent {
+                        break;
+                    }
                     deltas.push(NOT_RECEIVED);
                     next += 1;
                     continue;
@@ -216,7 +228,8 @@ impl FeedbackBuilder {
                         reference = Some(t);
                         0
                     }
-                    Some(_) => t.saturating_sub(last),
+                    // Signed: a reordered packet arrived before the one numbered before it.
+                    Some(_) => t as i64 - last as i64,
                 };
                 // A delta that does not fit ends this datagram.
                 let Ok(d) = i16::try_from(d) else { break };
@@ -230,12 +243,19 @@ impl FeedbackBuilder {
             }
             self.next = Some(next);
             let Some(reference) = reference else { break };
+            let held_back = self
+                .pending
+                .first_key_value()
+                .is_some_and(|(&q, _)| q > next);
             out.push(Feedback {
                 base: base as u16,
                 reference: reference as u32,
                 rx_bytes: self.rx_bytes,
                 deltas,
             });
+            if held_back {
+                break;
+            }
         }
         out
     }
@@ -629,7 +649,11 @@ impl Bwe {
         let stable = self
             .last_overuse
             .is_none_or(|t| now >= t + Duration::from_secs(2));
-        if now < due || !stable || self.rate >= self.max * 0.95 || self.loss > 0.05 {
+        if now < due {
+            return None;
+        }
+        if !stable || self.rate >= self.max * 0.95 || self.loss > 0.05 {
+            self.next_probe = Some(now + Duration::from_millis(500)); // look again soon
             return None;
         }
         // Start-up: 3× the start rate; after a probe that found more: 2×; else 1.5× (a
@@ -1016,10 +1040,6 @@ mod tests {
         out
     }
 
-    pub(super) fn run_pub(l: impl Fn(f64) -> f64, s: f64, st: u64) -> Vec<(f64, u64, f64)> {
-        run(l, s, st)
-    }
-
     fn mean_rate(out: &[(f64, u64, f64)], from: f64, to: f64) -> f64 {
         let v: Vec<f64> = out
             .iter()
@@ -1074,13 +1094,17 @@ mod tests {
         for (i, tw) in [10u16, 11, 13, 14].into_iter().enumerate() {
             fb.on_arrival(t0 + Duration::from_millis(i as u64), tw, 100);
         }
+        // 12 may still come (reordering): the gap waits for a later report.
         let f = fb.poll(t0 + Duration::from_millis(5));
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].base, 10);
-        assert_eq!(f[0].deltas, vec![0, 4, NOT_RECEIVED, 4, 4]);
+        assert_eq!((f[0].base, f[0].deltas.clone()), (10, vec![0, 4]));
+        let f = fb.poll(t0 + Duration::from_millis(60));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].base, 12);
+        assert_eq!(f[0].deltas, vec![NOT_RECEIVED, 0, 4]);
         // Nothing more until the interval passed; a late 12 is not reported again.
-        fb.on_arrival(t0 + Duration::from_millis(6), 12, 100);
-        assert!(fb.poll(t0 + Duration::from_millis(7)).is_empty());
+        fb.on_arrival(t0 + Duration::from_millis(61), 12, 100);
+        assert!(fb.poll(t0 + Duration::from_millis(62)).is_empty());
         // A hostile flood of numbers keeps the pending set bounded.
         for i in 0..60_000u32 {
             fb.on_arrival(t0 + Duration::from_millis(10), (i * 7) as u16, 0);
@@ -1088,6 +1112,29 @@ mod tests {
         assert!(fb.pending.len() <= ARRIVALS_MAX);
         let f = fb.poll(t0 + Duration::from_secs(1));
         assert!(f.iter().all(|f| f.deltas.len() <= MAX_FEEDBACK));
+    }
+
+    #[test]
+    fn reordered_arrivals_are_reported_with_their_own_times() {
+        let t0 = Instant::now();
+        let ms = |m| t0 + Duration::from_millis(m);
+        let mut fb = FeedbackBuilder::new();
+        fb.on_arrival(ms(0), 10, 0);
+        fb.on_arrival(ms(1), 12, 0);
+        fb.on_arrival(ms(10), 11, 0); // overtaken by 12
+        let f = fb.poll(ms(60));
+        assert_eq!(f.len(), 1);
+        // 11 arrived 10 ms after 10 (40 ticks), 12 9 ms before 11 (−36 ticks).
+        assert_eq!((f[0].base, f[0].deltas.clone()), (10, vec![0, 40, -36]));
+        // The sender reads the same arrival times back.
+        let mut bwe = Bwe::new(300_000, 50_000, 1_000_000);
+        for i in 0..3 {
+            bwe.on_send(ms(i), 1000, None);
+        }
+        let mut u = Unwrapper::default();
+        assert_eq!(u.unwrap(10) + 2, u.unwrap(12));
+        bwe.on_feedback(ms(60), &f[0]);
+        assert_eq!(bwe.stats().feedbacks, 1);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod audio;
 pub mod bwe;
 pub mod call;
 pub mod nack;
+pub mod pacer;
 pub mod packetize;
 pub mod retransmit;
 pub mod session;

@@ -36,7 +36,8 @@ impl RetransmitBuffer {
         Self::default()
     }
 
-    /// Keeps a packet just sent (packets must be added in sequence order).
+    /// Keeps a packet just sent (packets must be added in increasing sequence order; gaps
+    /// are fine).
     pub fn sent(&mut self, now: Instant, packet: MediaPacket) {
         self.kept.push_back(Kept {
             sent: now,
@@ -53,16 +54,14 @@ impl RetransmitBuffer {
         while self.kept.front().is_some_and(|k| now > k.sent + MAX_AGE) {
             self.kept.pop_front();
         }
-        let Some(first) = self.kept.front().map(|k| k.packet.seq) else {
-            self.missed += seqs.len() as u64;
-            return Vec::new();
-        };
         let mut out = Vec::new();
         for &s in seqs {
-            let k = s
-                .checked_sub(first)
-                .and_then(|i| self.kept.get_mut(i as usize))
-                .filter(|k| k.packet.seq == s);
+            // Kept in sequence order, with gaps where the pacer dropped a late frame.
+            let k = self
+                .kept
+                .binary_search_by_key(&s, |k| k.packet.seq)
+                .ok()
+                .and_then(|i| self.kept.get_mut(i));
             match k {
                 Some(k) if k.resends < MAX_RESENDS => {
                     k.resends += 1;

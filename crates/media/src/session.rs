@@ -2,14 +2,21 @@
 //! send, frames to decode and statistics out.
 //!
 //! ```text
-//! send_audio / send_video ─▶ Packetizer ─▶ (video: RetransmitBuffer) ─▶ poll_transmit
+//! send_frame ─▶ Packetizer ─┬─ audio ─────────────▶ urgent ─┐
+//!                            └─ video ─▶ Pacer ───────────────┼─▶ poll_transmit: Bwe numbers
 //! handle_datagram ─┬─ Packet, audio ─▶ AudioJitterBuffer ─▶ pop_audio (device cadence)
-//!                  ├─ Packet, video ─▶ NackTracker + FrameAssembler ─▶ FrameBuffer
-//!                  │                   ─▶ ready queue ─▶ pop_video (in sync with audio)
-//!                  ├─ Nack ─▶ RetransmitBuffer ─▶ poll_transmit
+//!   (every Packet  ├─ Packet, video ─▶ NackTracker + FrameAssembler ─▶ FrameBuffer
+//!    and Padding   │                   ─▶ ready queue ─▶ pop_video (in sync with audio)
+//!    ─▶ Feedback-  ├─ Nack ─▶ RetransmitBuffer ─▶ Pacer (ahead of new video)
+//!    Builder)      ├─ Feedback ─▶ Bwe ─▶ target ─▶ pacing rate, video/bulk allocation
 //!                  └─ KeyframeRequest ─▶ poll_event
-//! handle_timeout ─▶ NACKs, given-up packets → keyframe requests (rate-limited)
+//! handle_timeout ─▶ NACKs, given-up packets → keyframe requests (rate-limited), probes
 //! ```
+//!
+//! Every media and padding datagram carries a transport-wide number the moment it leaves
+//! ([`poll_transmit`](MediaSession::poll_transmit)); the receiver reports their arrival
+//! times ([`crate::bwe`]) and the estimate sets how fast video is paced and how much of
+//! the connection the driver leaves to bulk streams ([`MediaSession::bulk_allowance_bps`]).
 //!
 //! Audio and video timestamps come from one sender clock (48 kHz and 90 kHz ticks of the
 //! same capture instant), so a video frame is released when the audio that was captured
@@ -22,13 +29,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use p2pcall_proto::DecodeError;
 use p2pcall_proto::call::StreamKind;
-use p2pcall_proto::media::{MediaDatagram, MediaPacket};
+use p2pcall_proto::media::{MEDIA_HEADER_LEN, MediaDatagram, MediaPacket};
 
 use crate::MediaError;
 use crate::assemble::{Frame, FrameAssembler};
 use crate::audio::{AudioJitterBuffer, Output};
+use crate::bwe::{Bwe, BweStats, FeedbackBuilder};
 use crate::call::Negotiated;
 use crate::nack::{KeyframeRequests, NackTracker};
+use crate::pacer::{Paced, Pacer, PacerStats};
 use crate::packetize::Packetizer;
 use crate::retransmit::RetransmitBuffer;
 use crate::video::FrameBuffer;
@@ -48,6 +57,68 @@ const AUDIO_TRANSIT_WINDOW: usize = 500;
 pub const MAX_SYNC_DELAY: Duration = Duration::from_millis(400);
 /// Frame intervals averaged for freeze detection.
 const FREEZE_WINDOW: usize = 30;
+/// Bytes a datagram costs on the wire beyond its payload (QUIC short header, DATAGRAM frame,
+/// AEAD tag, UDP and IPv4 headers), for the estimator's accounting.
+pub const WIRE_OVERHEAD: usize = 50;
+/// The estimate never goes below this, bit/s.
+pub const MIN_BITRATE: u64 = 60_000;
+/// The estimate's ceiling while bulk streams share the connection, bit/s.
+pub const BULK_MAX_BITRATE: u64 = 1_000_000_000;
+/// Bulk streams always get at least this share of the estimate (a call must not stall a
+/// transfer completely).
+pub const BULK_MIN_SHARE: f64 = 0.05;
+/// Media send rate window.
+const SEND_RATE_WINDOW: Duration = Duration::from_millis(500);
+
+/// What the call may use: the driver sets it from the negotiated streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bitrates {
+    /// Audio's bitrate (kept before anything else), bit/s.
+    pub audio: u64,
+    /// Video never asks for less than this, bit/s.
+    pub video_min: u64,
+    /// Video never gets more than this, bit/s.
+    pub video_max: u64,
+    /// Where the estimate starts, bit/s.
+    pub start: u64,
+}
+
+impl Default for Bitrates {
+    fn default() -> Self {
+        Self {
+            audio: 32_000,
+            video_min: 100_000,
+            video_max: 2_500_000,
+            start: 600_000,
+        }
+    }
+}
+
+/// The estimator's view, for statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RateStats {
+    /// Estimator state.
+    pub bwe: BweStats,
+    /// What video is allowed now, bit/s.
+    pub video_target_bps: u64,
+    /// What bulk streams may use now, bit/s (None: unlimited, no media needs the link).
+    pub bulk_bps: Option<u64>,
+    /// What media sent over the last half second, bit/s (padding included).
+    pub media_send_bps: u64,
+    /// Pacer counters.
+    pub pacer: PacerStats,
+    /// Pacer queue delay now, ms.
+    pub pacer_delay_ms: f64,
+}
+
+/// Something leaving at once.
+#[derive(Debug)]
+enum Urgent {
+    /// An audio packet (numbered when it leaves).
+    Media(MediaPacket),
+    /// NACK, keyframe request, feedback: not numbered.
+    Control(Bytes),
+}
 
 /// Events for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +280,17 @@ struct VideoReceiver {
 pub struct MediaSession {
     senders: BTreeMap<u8, Sender>,
     receivers: BTreeMap<u8, Receiver>,
-    out: VecDeque<Bytes>,
+    out: VecDeque<Urgent>,
+    pacer: Pacer,
+    bwe: Bwe,
+    feedback: FeedbackBuilder,
+    bitrates: Bitrates,
+    bulk: bool,
+    rx_bytes: u64,
+    max_datagram: usize,
+    /// Media bytes sent recently: (when, wire bytes).
+    sent: VecDeque<(Instant, usize)>,
+    sent_bytes: usize,
     events: VecDeque<SessionEvent>,
     rtt: Duration,
     epoch: Option<Instant>,
@@ -232,6 +313,18 @@ impl MediaSession {
             senders: BTreeMap::new(),
             receivers: BTreeMap::new(),
             out: VecDeque::new(),
+            pacer: Pacer::new(),
+            bwe: {
+                let b = Bitrates::default();
+                Bwe::new(b.start, MIN_BITRATE, b.audio + b.video_max)
+            },
+            feedback: FeedbackBuilder::new(),
+            bitrates: Bitrates::default(),
+            bulk: false,
+            rx_bytes: 0,
+            max_datagram: 1200,
+            sent: VecDeque::new(),
+            sent_bytes: 0,
             events: VecDeque::new(),
             rtt: Duration::from_millis(100),
             epoch: None,
@@ -286,6 +379,89 @@ impl MediaSession {
     /// The connection's current round-trip time.
     pub fn set_rtt(&mut self, rtt: Duration) {
         self.rtt = rtt.max(Duration::from_millis(1));
+        self.bwe.set_rtt(self.rtt);
+    }
+
+    /// What the call may use. The estimate restarts at `start` only on the first call.
+    pub fn set_bitrates(&mut self, b: Bitrates) {
+        if self.sent.is_empty() && self.bwe.stats().feedbacks == 0 {
+            self.bwe = Bwe::new(b.start, MIN_BITRATE, b.audio + b.video_max);
+            self.bwe.set_rtt(self.rtt);
+        }
+        self.bitrates = b;
+        self.update_bounds();
+    }
+
+    /// Bulk streams (file transfers) share the connection now: the estimate may grow past
+    /// what media needs, and [`bulk_allowance_bps`](Self::bulk_allowance_bps) says how
+    /// much of it they may use.
+    pub fn set_bulk_active(&mut self, active: bool) {
+        if self.bulk != active {
+            self.bulk = active;
+            self.update_bounds();
+        }
+    }
+
+    /// Everything the connection has received so far (UDP payload bytes, all streams):
+    /// reported to the peer so its estimate sees what bulk streams deliver too.
+    pub fn set_connection_rx_bytes(&mut self, bytes: u64) {
+        self.rx_bytes = bytes;
+    }
+
+    fn update_bounds(&mut self) {
+        let media = self.bitrates.audio + self.bitrates.video_max;
+        let max = if self.bulk { BULK_MAX_BITRATE } else { media };
+        self.bwe.set_bounds(MIN_BITRATE, max);
+        self.pacer.set_video_target(self.video_target_bps());
+    }
+
+    /// What video may send now, bit/s: the estimate less audio and packet overhead, within
+    /// the video bounds.
+    pub fn video_target_bps(&self) -> u64 {
+        let b = self.bitrates;
+        // ~50 audio packets a second carry a header and the wire overhead.
+        let audio = b.audio + 50 * 8 * (MEDIA_HEADER_LEN + WIRE_OVERHEAD) as u64;
+        let t = self.bwe.target_bps().saturating_sub(audio);
+        // Headers and overhead of video packets (~1200 bytes each).
+        let t = t - t * (MEDIA_HEADER_LEN + WIRE_OVERHEAD) as u64 / 1200;
+        t.clamp(b.video_min, b.video_max.max(b.video_min))
+    }
+
+    /// What bulk streams may send now, bit/s: the estimate less what media sends (at least
+    /// [`BULK_MIN_SHARE`] of it). None while no call media flows: no limit.
+    pub fn bulk_allowance_bps(&self, now: Instant) -> Option<u64> {
+        if self.senders.is_empty() {
+            return None;
+        }
+        let target = self.bwe.target_bps() as f64;
+        let audio = self.bitrates.audio as f64;
+        let media = (self.media_send_bps(now) as f64).max(audio);
+        Some((target - media).max(BULK_MIN_SHARE * target) as u64)
+    }
+
+    fn media_send_bps(&self, now: Instant) -> u64 {
+        match self.sent.front() {
+            Some(&(t, _)) if now > t => {
+                let span = now
+                    .saturating_duration_since(t)
+                    .max(SEND_RATE_WINDOW / 2)
+                    .as_secs_f64();
+                (self.sent_bytes as f64 * 8.0 / span) as u64
+            }
+            _ => 0,
+        }
+    }
+
+    /// Estimator, allocation and pacer state.
+    pub fn rate_stats(&self, now: Instant) -> RateStats {
+        RateStats {
+            bwe: self.bwe.stats(),
+            video_target_bps: self.video_target_bps(),
+            bulk_bps: self.bulk_allowance_bps(now),
+            media_send_bps: self.media_send_bps(now),
+            pacer: self.pacer.stats,
+            pacer_delay_ms: self.pacer.queue_delay(now).as_secs_f64() * 1e3,
+        }
     }
 
     /// Sends one encoded frame on our `stream` (`timestamp` in the stream's clock).
@@ -305,18 +481,15 @@ impl MediaSession {
             .packetizer
             .packetize(data, timestamp, keyframe, max_datagram)?;
         s.stats.frames += 1;
+        self.max_datagram = max_datagram;
         for p in pkts {
             s.stats.packets += 1;
             s.stats.bytes += p.payload.len() as u64;
-            let mut buf =
-                Vec::with_capacity(p2pcall_proto::media::MEDIA_HEADER_LEN + p.payload.len());
-            let keep = s.kind != StreamKind::Audio;
-            let d = MediaDatagram::Packet(p);
-            d.encode(&mut buf);
-            if keep && let MediaDatagram::Packet(p) = d {
-                s.retransmit.sent(now, p);
+            if s.kind == StreamKind::Audio {
+                self.out.push_back(Urgent::Media(p));
+            } else {
+                self.pacer.push_video(now, p);
             }
-            self.out.push_back(Bytes::from(buf));
         }
         Ok(())
     }
@@ -326,7 +499,10 @@ impl MediaSession {
         self.epoch.get_or_insert(now);
         let d = MediaDatagram::decode(buf).inspect_err(|_| self.rejected += 1)?;
         match d {
-            MediaDatagram::Packet(p) => self.on_packet(now, p),
+            MediaDatagram::Packet(p) => {
+                self.feedback.on_arrival(now, p.tw, self.rx_bytes as u32);
+                self.on_packet(now, p);
+            }
             MediaDatagram::Nack { stream, seqs } => {
                 if let Some(s) = self.senders.get_mut(&stream) {
                     let again = s.retransmit.nacked(now, &seqs);
@@ -335,9 +511,7 @@ impl MediaSession {
                         s.stats.packets += 1;
                         s.stats.retransmitted += 1;
                         s.stats.bytes += p.payload.len() as u64;
-                        let mut buf = Vec::new();
-                        MediaDatagram::Packet(p).encode(&mut buf);
-                        self.out.push_back(Bytes::from(buf));
+                        self.pacer.push_resend(now, p);
                     }
                 } else {
                     self.rejected += 1;
@@ -352,7 +526,13 @@ impl MediaSession {
                     self.rejected += 1;
                 }
             }
-            MediaDatagram::Padding { .. } | MediaDatagram::Feedback(_) => {}
+            MediaDatagram::Padding { tw, .. } => {
+                self.feedback.on_arrival(now, tw, self.rx_bytes as u32);
+            }
+            MediaDatagram::Feedback(f) => {
+                self.bwe.on_feedback(now, &f);
+                self.pacer.set_video_target(self.video_target_bps());
+            }
         }
         Ok(())
     }
@@ -383,8 +563,24 @@ impl MediaSession {
         }
     }
 
-    /// Advances NACK and keyframe timers; call at [`poll_timeout`](Self::poll_timeout).
+    /// Advances NACK, keyframe, feedback and probe timers; call at
+    /// [`poll_timeout`](Self::poll_timeout).
     pub fn handle_timeout(&mut self, now: Instant) {
+        for f in self.feedback.poll(now) {
+            let mut buf = Vec::new();
+            MediaDatagram::Feedback(f).encode(&mut buf);
+            self.out.push_back(Urgent::Control(Bytes::from(buf)));
+        }
+        if self.wants_probes()
+            && !self.pacer.probing()
+            && let Some(c) = self.bwe.poll_probe(now)
+        {
+            self.pacer.start_probe(now, c);
+        }
+        for stream in self.pacer.take_dropped() {
+            self.events
+                .push_back(SessionEvent::KeyframeRequested { stream });
+        }
         let rtt = self.rtt;
         for (&id, r) in &mut self.receivers {
             let Receiver::Video(v) = r else { continue };
@@ -397,13 +593,15 @@ impl MediaSession {
                     seqs: poll.nack,
                 }
                 .encode(&mut buf);
-                self.out.push_back(Bytes::from(buf));
+                self.out.push_back(Urgent::Control(Bytes::from(buf)));
             }
             v.stats.recovered = v.nack.recovered;
             // Drain what is decodable into the sync queue.
             while let Some(f) = v.buffer.pop(now, VIDEO_WAIT + rtt * 3) {
                 v.assembler.discard_below(f.frame);
-                if let Some(e) = self.epoch {
+                // Keyframes are several frames large and take longer to arrive: syncing
+                // audio to them would delay every frame for the rare big one.
+                if let Some(e) = self.epoch.filter(|_| !f.keyframe) {
                     let done = f.completed.saturating_duration_since(e).as_secs_f64() * 1e3;
                     v.completion
                         .push_back(done - f64::from(f.timestamp) * 1e3 / f64::from(VIDEO_CLOCK));
@@ -421,11 +619,16 @@ impl MediaSession {
             }
             // Only once complete frames are stuck behind a missing keyframe (not while the first
             // keyframe is still arriving).
-            if v.buffer.needs_keyframe() && !v.buffer.is_empty() && v.keyframes.request(now, rtt) {
+            // (Paced, a keyframe's last packets may arrive a little after the next frame.)
+            let stuck = v
+                .buffer
+                .oldest_wait(now)
+                .is_some_and(|w| w >= VIDEO_WAIT + rtt);
+            if v.buffer.needs_keyframe() && stuck && v.keyframes.request(now, rtt) {
                 v.stats.keyframe_requests += 1;
                 let mut buf = Vec::new();
                 MediaDatagram::KeyframeRequest { stream: id }.encode(&mut buf);
-                self.out.push_back(Bytes::from(buf));
+                self.out.push_back(Urgent::Control(Bytes::from(buf)));
             }
         }
     }
@@ -528,9 +731,61 @@ impl MediaSession {
         Some(due.min(head.completed + MAX_SYNC_HOLD))
     }
 
-    /// The next datagram to send.
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.out.pop_front()
+    /// Probing is worth its padding while video or bulk streams could use more.
+    fn wants_probes(&self) -> bool {
+        self.bulk || self.senders.values().any(|s| s.kind != StreamKind::Audio)
+    }
+
+    /// The next datagram to send now: audio and control first, then paced video and probe
+    /// padding. Media leaves numbered for the estimator, so send it right away.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        let (packet, probe) = match self.out.pop_front() {
+            Some(Urgent::Control(b)) => return Some(b),
+            Some(Urgent::Media(p)) => (p, None),
+            None => match self.pacer.poll(now, self.max_datagram.saturating_sub(8))? {
+                Paced::Packet(p, probe) => (p, probe),
+                Paced::Padding(n, id) => {
+                    let len = n.saturating_sub(p2pcall_proto::media::PADDING_HEADER_LEN);
+                    let len = u16::try_from(len).unwrap_or(u16::MAX);
+                    let wire = p2pcall_proto::media::PADDING_HEADER_LEN + usize::from(len);
+                    let tw = self.bwe.on_send(now, wire + WIRE_OVERHEAD, Some(id));
+                    self.note_sent(now, wire);
+                    let mut buf = Vec::with_capacity(wire);
+                    MediaDatagram::Padding { tw, len }.encode(&mut buf);
+                    return Some(Bytes::from(buf));
+                }
+            },
+        };
+        let mut p = packet;
+        let wire = MEDIA_HEADER_LEN + p.payload.len();
+        p.tw = self.bwe.on_send(now, wire + WIRE_OVERHEAD, probe);
+        self.note_sent(now, wire);
+        let mut buf = Vec::with_capacity(wire);
+        let d = MediaDatagram::Packet(p);
+        d.encode(&mut buf);
+        if let MediaDatagram::Packet(p) = d
+            && !p.retransmit
+            && let Some(s) = self.senders.get_mut(&p.stream)
+            && s.kind != StreamKind::Audio
+        {
+            s.retransmit.sent(now, p);
+        }
+        Some(Bytes::from(buf))
+    }
+
+    fn note_sent(&mut self, now: Instant, wire: usize) {
+        let bytes = wire + WIRE_OVERHEAD;
+        self.sent.push_back((now, bytes));
+        self.sent_bytes += bytes;
+        while self
+            .sent
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > SEND_RATE_WINDOW)
+        {
+            if let Some((_, b)) = self.sent.pop_front() {
+                self.sent_bytes -= b;
+            }
+        }
     }
 
     /// The next event.
@@ -541,7 +796,22 @@ impl MediaSession {
     /// When [`handle_timeout`](Self::handle_timeout) must run next (NACK timers; video
     /// frames waiting to become decodable are checked at least every 10 ms).
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        let mut t: Option<Instant> = None;
+        if !self.out.is_empty() {
+            return Some(now);
+        }
+        let probe = if self.wants_probes() && !self.pacer.probing() {
+            self.bwe.next_probe().or(Some(now))
+        } else {
+            None
+        };
+        let mut t: Option<Instant> = [
+            self.pacer.poll_timeout(now),
+            self.feedback.poll_timeout(),
+            probe,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         for r in self.receivers.values() {
             if let Receiver::Video(v) = r {
                 let n = v.nack.next_timeout(self.rtt);

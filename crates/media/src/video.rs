@@ -46,6 +46,14 @@ impl FrameBuffer {
         self.need_keyframe
     }
 
+    /// How long the oldest complete frame held has waited (None: none held).
+    pub fn oldest_wait(&self, now: Instant) -> Option<Duration> {
+        self.frames
+            .values()
+            .next()
+            .map(|f| now.saturating_duration_since(f.completed))
+    }
+
     /// Whether no complete frame is held.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use p2pcall_media::call::{Call, CallEvent as SmEvent, EndReason, Negotiated};
-use p2pcall_media::session::{MediaSession, SessionEvent};
+use p2pcall_media::session::{Bitrates, MediaSession, SessionEvent};
 use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::call::{
@@ -39,6 +39,10 @@ pub const VIDEO_STREAM: u8 = 1;
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the end of a call waits for the peer to read our last frames.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Video is never asked to go below this, kbit/s.
+const VIDEO_MIN_KBPS: u32 = 100;
+/// The bandwidth estimate of a new connection starts here, kbit/s.
+const START_KBPS: u64 = 1200;
 /// The callee's software must send its first frame within this.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -127,6 +131,18 @@ impl CallOptions {
             self.video_kbps = self
                 .video_kbps
                 .min(peer.max_kbps.saturating_sub(32).max(50));
+        }
+    }
+
+    /// What the bandwidth estimator may give the call.
+    fn bitrates(&self) -> Bitrates {
+        let max = u64::from(self.video_kbps.max(50)) * 1000;
+        Bitrates {
+            audio: p2pcall_codec::AudioConfig::default().bitrate.max(0) as u64,
+            video_min: VIDEO_MIN_KBPS.min(self.video_kbps.max(50)) as u64 * 1000,
+            video_max: max,
+            // Probing from here triples the estimate within the first second or two.
+            start: (max + 32_000).min(START_KBPS * 1000),
         }
     }
 
@@ -269,6 +285,57 @@ pub struct CallStats {
     pub echo_erle_db: Option<f64>,
     /// Datagrams refused (garbage, unknown streams).
     pub rejected_datagrams: u64,
+    /// Bandwidth estimation and pacing.
+    pub rate: RateReport,
+}
+
+/// What the bandwidth estimator thinks, and what it lets each part send.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RateReport {
+    /// The estimate for everything the connection sends, kbit/s.
+    pub target_kbps: f64,
+    /// Its delay-based part, kbit/s.
+    pub delay_kbps: f64,
+    /// Its loss-based part, kbit/s.
+    pub loss_kbps: f64,
+    /// What the peer acknowledged receiving recently, kbit/s.
+    pub acked_kbps: f64,
+    /// What video may send, kbit/s.
+    pub video_target_kbps: f64,
+    /// What file transfers may send (None: no limit).
+    pub bulk_kbps: Option<f64>,
+    /// Queueing delay the estimator sees on the path, ms.
+    pub queue_ms: f64,
+    /// normal / overusing / underusing.
+    pub usage: String,
+    /// Lost fraction of recent media packets, %.
+    pub loss_pct: f64,
+    /// Probe clusters sent.
+    pub probes: u64,
+    /// Time the oldest packet waits in the pacer, ms.
+    pub pacer_delay_ms: f64,
+    /// Video frames the pacer dropped because they would have been late.
+    pub dropped_frames: u64,
+}
+
+impl RateReport {
+    fn new(r: &p2pcall_media::session::RateStats) -> Self {
+        let k = |b: u64| b as f64 / 1e3;
+        Self {
+            target_kbps: k(r.bwe.target_bps),
+            delay_kbps: k(r.bwe.delay_bps),
+            loss_kbps: k(r.bwe.loss_bps),
+            acked_kbps: k(r.bwe.acked_bps),
+            video_target_kbps: k(r.video_target_bps),
+            bulk_kbps: r.bulk_bps.map(k),
+            queue_ms: r.bwe.queue_ms,
+            usage: format!("{:?}", r.bwe.usage).to_lowercase(),
+            loss_pct: r.bwe.loss * 100.0,
+            probes: r.bwe.probes,
+            pacer_delay_ms: r.pacer_delay_ms,
+            dropped_frames: r.pacer.dropped_frames,
+        }
+    }
 }
 
 /// Call events.
@@ -620,6 +687,7 @@ async fn run_with_reader(
                     if let Some(r) = call.remote() {
                         o.fit_to(r);
                     }
+                    session.set_bitrates(o.bitrates());
                     deadline = o.duration.map(|d| Instant::now() + d);
                     match start_pipeline(o, &n, &enc_tx, &err_tx) {
                         Ok(p) => pipe = Some(p),
@@ -657,7 +725,7 @@ async fn run_with_reader(
             break;
         }
         // Media out.
-        while let Some(d) = session.poll_transmit() {
+        while let Some(d) = session.poll_transmit(Instant::now()) {
             // Datagrams are best effort: a full send buffer drops the oldest (quinn).
             let _ = conn.quic().send_datagram(d);
         }
@@ -711,6 +779,7 @@ async fn run_with_reader(
             },
             Some((at, d)) = media_rx.recv() => {
                 call.handle_media(at);
+                session.set_connection_rx_bytes(conn.quic().stats().udp_rx.bytes);
                 let _ = session.handle_datagram(at, &d);
                 // Take whatever else is queued now (one wake-up per burst).
                 while let Ok((at, d)) = media_rx.try_recv() {
@@ -996,6 +1065,7 @@ fn stats(
         rtt_ms: conn.quic().rtt().as_secs_f64() * 1e3,
         path: conn.path().to_string(),
         rejected_datagrams: session.rejected,
+        rate: RateReport::new(&session.rate_stats(now)),
         echo_erle_db: p
             .voice
             .as_ref()
