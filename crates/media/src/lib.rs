@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod adapt;
 pub mod assemble;
 pub mod audio;
 pub mod bwe;
