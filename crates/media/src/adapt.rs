@@ -4,9 +4,11 @@
 //! A ladder of rungs runs from the source's full size and rate down. Each rung needs a
 //! minimum bitrate, `pixels × fps × bits per pixel`: camera video keeps its frame rate and
 //! gives up size first (motion wants frames); screen content keeps its size (text must stay
-//! legible) and gives up frame rate first. The ladder steps down when the target stays
-//! below the current rung's need for [`DOWN_AFTER`] (at once below 70 % of it), and up
-//! when the target stays above 1.3 × the next rung's need for [`UP_AFTER`]: a target
+//! legible) and gives up frame rate first. The ladder steps down, straight to the rung the
+//! target fits, when the target stays below the current rung's need for [`DOWN_AFTER`]
+//! (a new size costs a keyframe, the worst thing to send into congestion), and up
+//! when the target stays above 1.3 × the next rung's need for [`UP_AFTER`] (down only below
+//! 0.8 × the current need; a size holds [`MIN_DWELL`] before it climbs again): a target
 //! wobbling around one threshold changes neither size nor rate.
 
 use std::time::{Duration, Instant};
@@ -14,15 +16,17 @@ use std::time::{Duration, Instant};
 /// A target below the current rung's need this long steps down.
 pub const DOWN_AFTER: Duration = Duration::from_secs(1);
 /// A target above the next rung's need (with margin) this long steps up.
-pub const UP_AFTER: Duration = Duration::from_secs(2);
+pub const UP_AFTER: Duration = Duration::from_secs(3);
+/// A new size holds at least this long (each change costs a keyframe).
+pub const MIN_DWELL: Duration = Duration::from_secs(4);
+/// Down when the target is below the current need × this.
+const DOWN_MARGIN: f64 = 0.8;
 /// Bits per pixel a camera frame needs to look acceptable in H264.
 const CAMERA_BPP: f64 = 0.05;
 /// Screen content (flat areas, text) compresses far better.
 const SCREEN_BPP: f64 = 0.012;
 /// Headroom to climb: the next rung's need × this.
 const UP_MARGIN: f64 = 1.3;
-/// Below the current need × this, step down at once.
-const DOWN_NOW: f64 = 0.7;
 /// A bitrate change smaller than this fraction waits (unless a second passed).
 const MIN_CHANGE: f64 = 0.05;
 
@@ -60,6 +64,7 @@ pub struct Ladder {
     at: usize,
     below_since: Option<Instant>,
     above_since: Option<Instant>,
+    changed_at: Option<Instant>,
     last: Option<(Instant, Quality)>,
 }
 
@@ -103,6 +108,7 @@ impl Ladder {
             at: 0,
             below_since: None,
             above_since: None,
+            changed_at: None,
             last: None,
         }
     }
@@ -111,20 +117,22 @@ impl Ladder {
     /// returned enough to tell the encoder (call often: every feedback, or every 100 ms).
     pub fn update(&mut self, now: Instant, target_bps: u64) -> Option<Quality> {
         let t = target_bps as f64;
-        let need = self.rungs[self.at].need(self.bpp);
-        // Down: one rung per decision, at once when far below.
+        let need = self.rungs[self.at].need(self.bpp) * DOWN_MARGIN;
+        let settled = self
+            .changed_at
+            .is_none_or(|c| now.saturating_duration_since(c) >= MIN_DWELL);
         if t < need && self.at + 1 < self.rungs.len() {
             let since = *self.below_since.get_or_insert(now);
-            if t < need * DOWN_NOW || now.saturating_duration_since(since) >= DOWN_AFTER {
-                // Far below: straight to the best rung the target fits.
+            // Not at once: a new size is a keyframe, and a sudden drop is congestion,
+            // the worst time for one. The bitrate follows at once meanwhile.
+            if now.saturating_duration_since(since) >= DOWN_AFTER {
+                // Straight to the best rung the target fits (one new size, one keyframe).
                 while self.at + 1 < self.rungs.len()
-                    && t < self.rungs[self.at].need(self.bpp) * DOWN_NOW
+                    && t < self.rungs[self.at].need(self.bpp) * DOWN_MARGIN
                 {
                     self.at += 1;
                 }
-                if t < self.rungs[self.at].need(self.bpp) && self.at + 1 < self.rungs.len() {
-                    self.at += 1;
-                }
+                self.changed_at = Some(now);
                 self.below_since = None;
                 self.above_since = None;
             }
@@ -134,9 +142,10 @@ impl Ladder {
         // Up: the better rung must fit with margin, for a while.
         if self.at > 0 && t >= self.rungs[self.at - 1].need(self.bpp) * UP_MARGIN {
             let since = *self.above_since.get_or_insert(now);
-            if now.saturating_duration_since(since) >= UP_AFTER {
+            if now.saturating_duration_since(since) >= UP_AFTER && settled {
                 self.at -= 1;
                 self.above_since = None;
+                self.changed_at = Some(now);
             }
         } else {
             self.above_since = None;
@@ -210,7 +219,11 @@ mod tests {
         let mut sizes = std::collections::HashSet::new();
         for i in 0..400 {
             // ±10 % around the full size's need, flipping every 300 ms.
-            let bps = if (i / 6) % 2 == 0 { need * 1.1 } else { need * 0.9 };
+            let bps = if (i / 6) % 2 == 0 {
+                need * 1.1
+            } else {
+                need * 0.9
+            };
             let q = run(
                 &mut cam,
                 t0,
@@ -232,9 +245,12 @@ mod tests {
         assert!(low.width <= 320, "{low:?}");
         let back = run(&mut cam, t0, 6.0, 20.0, 1_000_000);
         assert_eq!((back.width, back.height, back.fps), (640, 360, 30.0));
-        // A sudden collapse goes down at once, not one rung per second.
+        // A collapse cuts the bitrate at once, the size a second later, straight to the
+        // rung that fits (not one rung per second).
         let t = t0 + Duration::from_secs(20);
         let q = cam.update(t, 40_000).unwrap();
+        assert_eq!((q.bitrate_bps, q.width), (40_000, 640));
+        let q = run(&mut cam, t, 0.05, 1.2, 40_000);
         assert!(q.width <= 240, "{q:?}");
     }
 }

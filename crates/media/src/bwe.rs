@@ -41,8 +41,16 @@ const TREND_SMOOTHING: f64 = 0.9;
 const TREND_GAIN: f64 = 4.0;
 /// Overuse must last this long (and two groups) to count.
 const OVERUSE_TIME_MS: f64 = 10.0;
+/// The adaptive threshold never goes below this (ms of modified trend).
+const MIN_THRESHOLD: f64 = 10.0;
 /// Acknowledged rate window.
 const ACKED_WINDOW: Duration = Duration::from_millis(250);
+/// Below this loss fraction the loss controller lets the estimate grow. GCC says 2 %; a
+/// path with 2 % random (not congestive) loss then never grows, and the delay-based part
+/// already sees congestion well before it causes loss.
+const LOSS_GROW: f64 = 0.05;
+/// Window of the connection's delivery rate (everything it received).
+const DELIVERED_WINDOW: Duration = Duration::from_millis(500);
 /// Rate multiplier on a delay-based decrease (of the acknowledged rate).
 const BETA: f64 = 0.85;
 /// The base (queue-free) one-way delay is the minimum over this window.
@@ -420,7 +428,8 @@ impl Trendline {
         if m <= self.threshold + 15.0 {
             let k = if m < self.threshold { 0.039 } else { 0.0087 };
             let dt = ((now_us - last) as f64 / 1e3).clamp(0.0, 100.0);
-            self.threshold = (self.threshold + k * (m - self.threshold) * dt).clamp(6.0, 600.0);
+            self.threshold =
+                (self.threshold + k * (m - self.threshold) * dt).clamp(MIN_THRESHOLD, 600.0);
         }
     }
 
@@ -632,12 +641,13 @@ impl Bwe {
         }
     }
 
-    /// What the receiver's connection received over the last second, from `rx_bytes`.
+    /// What the receiver's connection received recently, from `rx_bytes`.
     fn delivered_bps(&self) -> Option<f64> {
         let (t0, b0) = *self.delivered.front()?;
         let (t1, b1) = *self.delivered.back()?;
         let span = (t1 - t0) as f64 / 1e6;
-        (span >= 0.25 && b1 > b0).then(|| (b1 - b0) as f64 * 8.0 / span)
+        (span >= DELIVERED_WINDOW.as_secs_f64() / 2.0 && b1 > b0)
+            .then(|| (b1 - b0) as f64 * 8.0 / span)
     }
 
     /// The probe cluster to send now, if any (the pacer sends its padding).
@@ -793,7 +803,7 @@ impl Bwe {
         while self
             .delivered
             .front()
-            .is_some_and(|(t, _)| *t < t_us - 1_000_000)
+            .is_some_and(|(t, _)| *t < t_us - DELIVERED_WINDOW.as_micros() as i64)
         {
             self.delivered.pop_front();
         }
@@ -819,8 +829,8 @@ impl Bwe {
             .iter()
             .fold((0, 0), |(a, b), (_, l, n)| (a + l, b + n));
         self.loss = l as f64 / n.max(1) as f64;
-        // GCC's loss controller: > 10 % cuts, < 2 % lets the estimate grow (the delay
-        // controller decides how fast), in between holds. At most once per RTT-ish.
+        // GCC's loss controller: > 10 % cuts, below LOSS_GROW lets the estimate grow (the
+        // delay controller decides how fast), in between holds. At most once per RTT-ish.
         if n < 20 {
             return;
         }
@@ -831,7 +841,7 @@ impl Bwe {
                 self.loss_rate = (base * (1.0 - 0.5 * self.loss)).max(self.min);
                 self.last_decrease = Some(now);
             }
-        } else if self.loss < 0.02 {
+        } else if self.loss < LOSS_GROW {
             self.loss_rate = self.max;
         } else {
             self.loss_rate = self.loss_rate.min(self.rate.max(self.min) * 1.0);
@@ -876,9 +886,11 @@ impl Bwe {
                 let mut r = self.rate + inc.max(1000.0 * dt.as_secs_f64());
                 // The queue a decrease drained is gone: back to just below what got through.
                 if self.queue_ms < 10.0
+                    && self.loss < LOSS_GROW
                     && let Some(to) = self.recover_to.take()
                 {
                     r = r.max(to);
+                    self.loss_rate = self.loss_rate.max(to);
                 }
                 // Never far above what actually gets through (an application-limited call
                 // must not build an estimate it has never tested).
@@ -889,13 +901,23 @@ impl Bwe {
             }
             RateState::Decrease => {
                 let since = self.last_decrease.map_or(Duration::MAX, |t| now - t);
-                if since >= self.rtt.max(Duration::from_millis(50)) {
+                // Once per round trip, but a queue inflates the RTT: cap the wait so a
+                // collapsing link is followed within a few feedbacks.
+                let spacing = self
+                    .rtt
+                    .clamp(Duration::from_millis(50), Duration::from_millis(200));
+                if since >= spacing {
                     let a = acked.unwrap_or(self.rate);
                     // Below what gets through, and lower still while a queue stands, so
                     // that it drains in about DRAIN_TIME instead of lingering.
                     let backlog = a * self.queue_ms / 1e3 / DRAIN_TIME.as_secs_f64();
                     let r = (BETA * a - backlog).max(0.5 * a).min(self.rate);
-                    self.recover_to = (r < BETA * a).then_some(BETA * a);
+                    // While a queue stands, what got through is the bottleneck's rate: the
+                    // level to return to once the queue is gone (later cuts, made while
+                    // the queue drains and little arrives, do not lower it).
+                    if self.queue_ms > 50.0 {
+                        self.recover_to = Some(BETA * a);
+                    }
                     self.rate = r.max(self.min);
                     let k = a / 1e3;
                     self.capacity = Some(match self.capacity {
@@ -946,6 +968,10 @@ impl Bwe {
                         }
                     } else {
                         self.probe_failures += 1;
+                        // A probe at capacity queues for its own 50 ms: that is not a
+                        // reason to cut below what the path just carried.
+                        self.probe_grace_until =
+                            Some(now + self.rtt.min(Duration::from_millis(200)));
                     }
                     let _ = rate;
                 }

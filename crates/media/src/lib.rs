@@ -20,6 +20,7 @@ pub mod assemble;
 pub mod audio;
 pub mod bwe;
 pub mod call;
+pub mod gate;
 pub mod nack;
 pub mod pacer;
 pub mod packetize;

@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! audio, NACKs, feedback ─▶ urgent (always sent at once: small, and late audio is useless)
-//! retransmissions        ─▶ at once, ahead of new video (charged to the budget)
-//! video packets          ─▶ paced at PACING_FACTOR × the video target (up to twice that if
-//!                           the queue would wait more than DRAIN_TIME); a frame whose packets
+//! retransmissions        ─▶ ahead of new video, up to 20 ms of budget in advance; one that
+//!                           waited 100 ms is dropped (too late to help, and under loss a
+//!                           backlog of them starved new video for a second)
+//! video packets          ─▶ paced at PACING_FACTOR × the video target (never faster: an
+//!                           encoder that overshoots loses frames here, not audio at the
+//!                           bottleneck); a frame whose packets
 //!                           waited longer than MAX_QUEUE_DELAY is dropped whole (it would
 //!                           play late; the encoder is asked for a keyframe instead)
 //! probe clusters         ─▶ padding at the cluster's rate, where media does not fill it
@@ -25,11 +28,11 @@ use crate::bwe::ProbeCluster;
 /// average still follows the encoder.
 pub const PACING_FACTOR: f64 = 2.5;
 /// A video frame that waited longer than this in the pacer is dropped.
-pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(300);
-/// The queue is sent within this time at most, whatever the pacing rate.
-pub const DRAIN_TIME: Duration = Duration::from_millis(150);
-/// Draining may pace this much faster than the pacing rate.
-const MAX_DRAIN_BOOST: f64 = 2.0;
+pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(500);
+/// A retransmission waits at most this long.
+pub const MAX_RESEND_DELAY: Duration = Duration::from_millis(100);
+/// Retransmissions may put the budget this far into debt.
+const RESEND_DEBT: Duration = Duration::from_millis(20);
 /// Most budget banked while idle.
 const BURST: Duration = Duration::from_millis(5);
 /// Padding datagrams are this large (or the path's limit, if smaller).
@@ -83,6 +86,8 @@ pub struct Pacer {
     queued_bytes: usize,
     /// Streams whose frames were dropped since the last [`take_dropped`](Self::take_dropped).
     dropped: Vec<u8>,
+    /// Streams waiting for a keyframe after a drop.
+    broken: Vec<u8>,
     /// Counters.
     pub stats: PacerStats,
 }
@@ -105,6 +110,7 @@ impl Pacer {
             probe: None,
             queued_bytes: 0,
             dropped: Vec::new(),
+            broken: Vec::new(),
             stats: PacerStats::default(),
         }
     }
@@ -121,6 +127,12 @@ impl Pacer {
 
     /// Queues a new video packet.
     pub fn push_video(&mut self, now: Instant, packet: MediaPacket) {
+        if packet.keyframe {
+            self.broken.retain(|s| *s != packet.stream);
+        } else if self.broken.contains(&packet.stream) {
+            self.stats.dropped_packets += 1;
+            return; // undecodable until the keyframe the encoder was asked for
+        }
         self.queued_bytes += packet.payload.len();
         self.video.push_back(Queued { at: now, packet });
     }
@@ -166,24 +178,14 @@ impl Pacer {
         std::mem::take(&mut self.dropped)
     }
 
-    /// The rate now: the pacing rate, a running probe's, or fast enough that the oldest
-    /// packet waits no more than [`DRAIN_TIME`] (a keyframe must not be late because of
-    /// its own pacing).
-    fn current_rate(&self, now: Instant) -> f64 {
-        let left = DRAIN_TIME
-            .saturating_sub(self.queue_delay(now))
-            .max(Duration::from_millis(20));
-        let drain = self.queued_bytes as f64 * 8.0 / left.as_secs_f64();
+    /// The rate now: the pacing rate, or a running probe's.
+    fn current_rate(&self) -> f64 {
         let probe = self.probe.map_or(0.0, |p| p.cluster.rate_bps as f64);
-        // At most MAX_DRAIN_BOOST × the pacing rate: an encoder that overshoots for
-        // longer loses frames here rather than flooding the bottleneck.
-        self.rate
-            .max(probe)
-            .max(drain.min(self.rate * MAX_DRAIN_BOOST))
+        self.rate.max(probe)
     }
 
     fn refill(&mut self, now: Instant) {
-        let rate = self.current_rate(now);
+        let rate = self.current_rate();
         if let Some(last) = self.last {
             let dt = now.saturating_duration_since(last).as_secs_f64();
             let cap = rate / 8.0 * BURST.as_secs_f64();
@@ -192,32 +194,47 @@ impl Pacer {
         self.last = Some(now);
     }
 
-    /// Drops whole frames that waited too long (the packets of a frame share its number).
+    /// Drops late frames whole. A late P-frame takes every later P-frame of its stream
+    /// with it up to the next keyframe (they could not be decoded), and the stream stays
+    /// broken (new P-frames are discarded) until a keyframe comes. Keyframes are never
+    /// dropped: another one would only be bigger news.
     fn drop_late(&mut self, now: Instant) {
         while let Some(q) = self.video.front() {
-            if now.saturating_duration_since(q.at) <= MAX_QUEUE_DELAY {
+            if now.saturating_duration_since(q.at) <= MAX_QUEUE_DELAY || q.packet.keyframe {
                 break;
             }
-            let (stream, frame) = (q.packet.stream, q.packet.frame);
+            let stream = q.packet.stream;
             let before = self.video.len();
+            let mut frames = std::collections::BTreeSet::new();
+            let mut keyframe_follows = false;
+            let queued = &mut self.queued_bytes;
             self.video.retain(|q| {
-                let drop = q.packet.stream == stream && q.packet.frame == frame;
-                if drop {
-                    self.queued_bytes -= q.packet.payload.len();
+                if q.packet.stream != stream || keyframe_follows {
+                    return true;
                 }
-                !drop
+                if q.packet.keyframe {
+                    keyframe_follows = true;
+                    return true;
+                }
+                frames.insert(q.packet.frame);
+                *queued -= q.packet.payload.len();
+                false
             });
-            self.stats.dropped_frames += 1;
+            if !keyframe_follows && !self.broken.contains(&stream) {
+                self.broken.push(stream);
+            }
+            self.stats.dropped_frames += frames.len() as u64;
             self.stats.dropped_packets += (before - self.video.len()) as u64;
             if !self.dropped.contains(&stream) {
                 self.dropped.push(stream);
             }
         }
-        // Retransmissions that waited this long are of no use either.
+        // A retransmission that cannot leave soon is too late to help (the receiver gives
+        // up and asks for a keyframe), and under loss a backlog of them starves new video.
         while self
             .resend
             .front()
-            .is_some_and(|q| now.saturating_duration_since(q.at) > MAX_QUEUE_DELAY)
+            .is_some_and(|q| now.saturating_duration_since(q.at) > MAX_RESEND_DELAY)
         {
             if let Some(q) = self.resend.pop_front() {
                 self.queued_bytes -= q.packet.payload.len();
@@ -225,13 +242,21 @@ impl Pacer {
         }
     }
 
+    /// How long what is queued takes to leave at the pacing rate.
+    pub fn drain_time(&self) -> Duration {
+        Duration::from_secs_f64(self.queued_bytes as f64 * 8.0 / self.rate)
+    }
+
     /// The next thing to send now, if the budget allows; `max_padding` bounds a padding
     /// datagram (the path's datagram limit).
     pub fn poll(&mut self, now: Instant, max_padding: usize) -> Option<Paced> {
         self.refill(now);
         self.drop_late(now);
-        // Retransmissions skip the wait (a frame is stuck on them) but pay into the budget.
-        if self.budget <= 0.0 && self.resend.is_empty() {
+        // Retransmissions may run a little into debt (a frame is stuck on them), no more:
+        // under heavy loss they would otherwise starve new video for seconds.
+        let debt = self.current_rate() / 8.0 * RESEND_DEBT.as_secs_f64();
+        let resend = !self.resend.is_empty() && self.budget > -debt;
+        if self.budget <= 0.0 && !resend {
             return None;
         }
         let probe_id = self.probe.map(|p| p.cluster.id);
@@ -268,10 +293,11 @@ impl Pacer {
         if self.resend.is_empty() && self.video.is_empty() && self.probe.is_none() {
             return None;
         }
-        if self.budget > 0.0 || !self.resend.is_empty() {
+        let debt = self.current_rate() / 8.0 * RESEND_DEBT.as_secs_f64();
+        if self.budget > 0.0 || (!self.resend.is_empty() && self.budget > -debt) {
             return Some(now);
         }
-        let rate = self.current_rate(now);
+        let rate = self.current_rate();
         let wait = Duration::from_secs_f64((-self.budget + 1.0) * 8.0 / rate);
         let t = self.last.unwrap_or(now) + wait;
         // Also wake to drop a frame that becomes too old.
@@ -336,18 +362,16 @@ mod tests {
             (Duration::from_millis(70)..Duration::from_millis(85)).contains(&last),
             "{last:?}"
         );
-        // A 60 kB keyframe would take 480 ms at that rate: the pacer speeds up so that
-        // it is not dropped as late, and spreads it over more than a burst.
-        for i in 10..70 {
-            p.push_video(t0 + Duration::from_secs(2), pkt(1, i, 1000));
+        // A 70 kB keyframe takes 560 ms at that rate: late, but never dropped (the P-frame
+        // queued behind it is).
+        for i in 10..80 {
+            let mut k = pkt(1, i, 1000);
+            k.keyframe = true;
+            p.push_video(t0 + Duration::from_secs(2), k);
         }
+        p.push_video(t0 + Duration::from_secs(2), pkt(2, 80, 1000));
         let out = drain(&mut p, t0 + Duration::from_secs(2), Duration::from_secs(2));
-        assert_eq!((out.len(), p.stats.dropped_frames), (60, 0));
-        let last = out.last().map(|x| x.0).unwrap_or_default();
-        assert!(
-            (Duration::from_millis(150)..MAX_QUEUE_DELAY).contains(&last),
-            "{last:?}"
-        );
+        assert_eq!((out.len(), p.stats.dropped_frames), (70, 1));
     }
 
     #[test]
@@ -373,6 +397,14 @@ mod tests {
         );
         assert_eq!(p.take_dropped(), vec![1]);
         assert_eq!(p.queued_bytes(), 0);
+        // After a drop the stream is broken: P-frames are discarded until a keyframe.
+        p.push_video(t0 + Duration::from_secs(4), pkt(20, 100, 500));
+        assert_eq!(p.queued_bytes(), 0);
+        let mut key = pkt(21, 101, 500);
+        key.keyframe = true;
+        p.push_video(t0 + Duration::from_secs(4), key);
+        p.push_video(t0 + Duration::from_secs(4), pkt(22, 102, 500));
+        assert_eq!(p.queued_bytes(), 1000);
     }
 
     #[test]

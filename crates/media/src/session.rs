@@ -67,6 +67,10 @@ pub const BULK_MAX_BITRATE: u64 = 1_000_000_000;
 /// Bulk streams always get at least this share of the estimate (a call must not stall a
 /// transfer completely).
 pub const BULK_MIN_SHARE: f64 = 0.05;
+/// The encoder skips frames while the pacer holds more than this.
+pub const SKIP_BACKLOG: Duration = Duration::from_millis(100);
+/// Bulk streams get this share of the estimate, less what media sends.
+const BULK_HEADROOM: f64 = 0.9;
 /// Media send rate window.
 const SEND_RATE_WINDOW: Duration = Duration::from_millis(500);
 
@@ -109,6 +113,10 @@ pub struct RateStats {
     pub pacer: PacerStats,
     /// Pacer queue delay now, ms.
     pub pacer_delay_ms: f64,
+    /// Bytes waiting in the pacer.
+    pub pacer_bytes: usize,
+    /// Pacing rate, bit/s.
+    pub pacing_bps: u64,
 }
 
 /// Something leaving at once.
@@ -436,7 +444,9 @@ impl MediaSession {
         let target = self.bwe.target_bps() as f64;
         let audio = self.bitrates.audio as f64;
         let media = (self.media_send_bps(now) as f64).max(audio);
-        Some((target - media).max(BULK_MIN_SHARE * target) as u64)
+        // Some headroom: QUIC retransmits lost stream data on top of what the gate lets
+        // through, and the media rate is measured, so it lags a rising encoder.
+        Some((BULK_HEADROOM * target - media).max(BULK_MIN_SHARE * target) as u64)
     }
 
     fn media_send_bps(&self, now: Instant) -> u64 {
@@ -452,6 +462,13 @@ impl MediaSession {
         }
     }
 
+    /// The encoder should skip the next video frame: what waits in the pacer already takes
+    /// longer than [`SKIP_BACKLOG`] to leave. Skipping before encoding keeps the stream
+    /// decodable; dropping after would cost a keyframe.
+    pub fn should_skip_frame(&self) -> bool {
+        self.pacer.drain_time() > SKIP_BACKLOG
+    }
+
     /// Estimator, allocation and pacer state.
     pub fn rate_stats(&self, now: Instant) -> RateStats {
         RateStats {
@@ -461,6 +478,8 @@ impl MediaSession {
             media_send_bps: self.media_send_bps(now),
             pacer: self.pacer.stats,
             pacer_delay_ms: self.pacer.queue_delay(now).as_secs_f64() * 1e3,
+            pacer_bytes: self.pacer.queued_bytes(),
+            pacing_bps: self.pacer.rate() as u64,
         }
     }
 

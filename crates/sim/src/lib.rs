@@ -26,6 +26,12 @@ pub struct Link {
     pub loss: f64,
     /// A cut link drops everything.
     pub up: bool,
+    /// Bottleneck capacity, bit/s: datagrams queue behind each other at this rate (None:
+    /// unlimited).
+    pub rate_bps: Option<u64>,
+    /// Most queueing delay the bottleneck holds; a datagram that would wait longer is
+    /// dropped (tail drop).
+    pub queue: Duration,
 }
 
 impl Link {
@@ -36,6 +42,16 @@ impl Link {
             jitter: Duration::ZERO,
             loss: 0.0,
             up: true,
+            rate_bps: None,
+            queue: Duration::from_millis(300),
+        }
+    }
+
+    /// The same link with a bottleneck of `bps` (RMCAT test cases: a 300 ms queue).
+    pub fn with_rate(self, bps: u64) -> Self {
+        Self {
+            rate_bps: Some(bps),
+            ..self
         }
     }
 }
@@ -76,6 +92,8 @@ pub struct NetStats {
     pub dropped: u64,
     /// Datagrams delivered.
     pub delivered: u64,
+    /// Datagrams dropped because a bottleneck's queue was full.
+    pub queue_drops: u64,
 }
 
 /// The network: links between addresses, datagrams in flight, a seeded RNG.
@@ -83,6 +101,8 @@ pub struct NetStats {
 pub struct VirtualNet {
     now: Instant,
     links: HashMap<(IpAddr, IpAddr), Link>,
+    /// When each bottleneck finishes sending what it holds.
+    busy: HashMap<(IpAddr, IpAddr), Instant>,
     nats: Vec<nat::NatBox>,
     queue: BinaryHeap<Datagram>,
     seq: u64,
@@ -97,6 +117,7 @@ impl VirtualNet {
         Self {
             now: start,
             links: HashMap::new(),
+            busy: HashMap::new(),
             nats: Vec::new(),
             queue: BinaryHeap::new(),
             seq: 0,
@@ -126,6 +147,22 @@ impl VirtualNet {
     pub fn add_nat(&mut self, public: IpAddr, cfg: NatConfig, inside: &[IpAddr]) {
         self.nats
             .push(nat::NatBox::new(public, cfg, inside.to_vec()));
+    }
+
+    /// Changes the bottleneck from `from`'s host to `to`'s (one direction): what is queued
+    /// keeps its departure times, new datagrams queue at the new rate.
+    pub fn set_rate(&mut self, from: SocketAddr, to: SocketAddr, bps: Option<u64>) {
+        if let Some(l) = self.links.get_mut(&(from.ip(), to.ip())) {
+            l.rate_bps = bps;
+        }
+    }
+
+    /// How long a datagram sent now from `from`'s host to `to`'s would wait in the
+    /// bottleneck's queue.
+    pub fn queue_delay(&self, from: SocketAddr, to: SocketAddr) -> Duration {
+        self.busy
+            .get(&(from.ip(), to.ip()))
+            .map_or(Duration::ZERO, |b| b.saturating_duration_since(self.now))
     }
 
     /// Cuts or restores both directions between the hosts of `a` and `b`.
@@ -162,10 +199,24 @@ impl VirtualNet {
             self.stats.dropped += 1;
             return;
         }
+        // A bottleneck sends one datagram after the other (IP + UDP headers count).
+        let mut depart = self.now;
+        if let Some(rate) = link.rate_bps.filter(|r| *r > 0) {
+            let key = (from.ip(), to.ip());
+            let busy = self.busy.get(&key).copied().unwrap_or(now).max(now);
+            if busy.saturating_duration_since(now) > link.queue {
+                self.stats.dropped += 1;
+                self.stats.queue_drops += 1;
+                return;
+            }
+            let bits = (payload.len() + 28) as f64 * 8.0;
+            depart = busy + Duration::from_secs_f64(bits / rate as f64);
+            self.busy.insert(key, depart);
+        }
         let jitter = link.jitter.mul_f64(self.random());
         self.seq += 1;
         self.queue.push(Datagram {
-            at: self.now + link.delay + jitter,
+            at: depart + link.delay + jitter,
             from,
             to,
             payload,
@@ -233,9 +284,45 @@ mod tests {
             NetStats {
                 sent: 4,
                 dropped: 2,
-                delivered: 2
+                delivered: 2,
+                queue_drops: 0,
             }
         );
+    }
+
+    #[test]
+    fn a_bottleneck_serialises_datagrams_and_drops_past_its_queue() {
+        let t0 = Instant::now();
+        let mut net = VirtualNet::new(t0, 1);
+        // 1 Mbit/s, 5 ms delay, 300 ms queue: 1222 + 28 bytes take 10 ms each.
+        net.connect(
+            addr(1),
+            addr(2),
+            Link::with_delay(Duration::from_millis(5)).with_rate(1_000_000),
+        );
+        for i in 0..40u8 {
+            net.send(addr(1), addr(2), vec![i; 1222]);
+        }
+        // 31 fit (the 31st starts after 300 ms of queue), the rest are dropped.
+        assert_eq!(net.stats.queue_drops, 9);
+        assert_eq!(
+            net.queue_delay(addr(1), addr(2)),
+            Duration::from_millis(310)
+        );
+        let mut arrivals = Vec::new();
+        while let Some(t) = net.next_event() {
+            net.advance_to(t);
+            while let Some(d) = net.pop_due() {
+                arrivals.push(d.at - t0);
+            }
+        }
+        assert_eq!(arrivals.len(), 31);
+        assert_eq!(arrivals[0], Duration::from_millis(15));
+        assert_eq!(arrivals[30], Duration::from_millis(315));
+        // The other direction has no bottleneck (set_rate is per direction).
+        net.set_rate(addr(2), addr(1), None);
+        net.send(addr(2), addr(1), vec![0; 1222]);
+        assert_eq!(net.next_event(), Some(net.now() + Duration::from_millis(5)));
     }
 
     #[test]

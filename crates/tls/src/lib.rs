@@ -27,6 +27,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+pub mod congestion;
 pub mod framed;
 pub mod udp;
 
@@ -279,7 +280,9 @@ pub fn transport_config(keep_alive: Duration, idle_timeout: Duration) -> quinn::
     // loss and collapses the congestion window. The time threshold (9/8 RTT) still catches
     // real losses.
     t.packet_threshold(16);
-    t.congestion_controller_factory(std::sync::Arc::new(quinn::congestion::BbrConfig::default()));
+    // BBR for bulk, with a floor a running call sets so that it does not throttle media
+    // the call's own estimator already paces (see `congestion`).
+    t.congestion_controller_factory(std::sync::Arc::new(congestion::MediaAwareConfig::default()));
     // Relayed packets carry a 49-byte header; keep discovered MTUs below what a 1500-byte
     // Ethernet path can carry with it so a switch to the relay path loses no packets.
     let mut mtu = quinn::MtuDiscoveryConfig::default();

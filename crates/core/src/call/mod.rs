@@ -42,7 +42,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Video is never asked to go below this, kbit/s.
 const VIDEO_MIN_KBPS: u32 = 100;
 /// The bandwidth estimate of a new connection starts here, kbit/s.
-const START_KBPS: u64 = 1200;
+const START_KBPS: u64 = 600;
 /// The callee's software must send its first frame within this.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
