@@ -175,10 +175,6 @@ impl Peer {
             conn.handle_timeout(now);
         }
         self.session.set_rtt(conn.rtt());
-        // Like the engine: QUIC's window keeps room for what the call's estimator allows.
-        if let Some(f) = p2pcall_tls::congestion::WindowFloor::of(conn.congestion_state()) {
-            f.set_for_rate(self.session.rate_stats(now).bwe.target_bps, conn.rtt());
-        }
         self.session
             .set_connection_rx_bytes(conn.stats().udp_rx.bytes);
         while let Some(d) = conn.datagrams().recv() {

@@ -27,7 +27,6 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-pub mod congestion;
 pub mod framed;
 pub mod udp;
 
@@ -280,9 +279,10 @@ pub fn transport_config(keep_alive: Duration, idle_timeout: Duration) -> quinn::
     // loss and collapses the congestion window. The time threshold (9/8 RTT) still catches
     // real losses.
     t.packet_threshold(16);
-    // BBR for bulk, with a floor a running call sets so that it does not throttle media
-    // the call's own estimator already paces (see `congestion`).
-    t.congestion_controller_factory(std::sync::Arc::new(congestion::MediaAwareConfig::default()));
+    // BBR: right for bulk; media is paced below it by the call's own estimator. In the
+    // RFC 8867 simulation BBR's window never limited media (a window floor set by the call
+    // changed no figure), so media and BBR need no coupling beyond the bulk gate.
+    t.congestion_controller_factory(std::sync::Arc::new(quinn::congestion::BbrConfig::default()));
     // Relayed packets carry a 49-byte header; keep discovered MTUs below what a 1500-byte
     // Ethernet path can carry with it so a switch to the relay path loses no packets.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
