@@ -232,6 +232,26 @@ impl Capturer {
         self.size
     }
 
+    /// Scales frames down to fit `max_width × max_height` from the next grab on (0: no
+    /// limit; aspect ratio kept, even sizes). A new size makes the next grab a frame even if
+    /// nothing changed on the screen.
+    pub fn set_max_size(&mut self, max_width: u32, max_height: u32) {
+        if (self.opts.max_width, self.opts.max_height) == (max_width, max_height) {
+            return;
+        }
+        self.opts.max_width = max_width;
+        self.opts.max_height = max_height;
+        if let Some(view) = self.last {
+            let size = self.output_size(view.full);
+            if size != self.size {
+                self.size = size;
+                self.damaged = true;
+                // Without XDamage the pixels are compared: make the compare fail too.
+                self.previous.clear();
+            }
+        }
+    }
+
     /// Whether pixels come through MIT-SHM (else plain `GetImage`).
     pub fn uses_shm(&self) -> bool {
         self.shm.is_some()

@@ -31,6 +31,12 @@ pub use capture::Capturer;
 pub use error::ScreenError;
 pub use p2pcall_media_io::Frame;
 
+/// The largest even size within `max_width × max_height` (0: no limit) with the aspect ratio
+/// of `width × height`, never larger than that: the size [`CaptureOptions::fit`] gives frames.
+pub fn fit(width: usize, height: usize, max_width: u32, max_height: u32) -> (usize, usize) {
+    scale::fit(width & !1, height & !1, max_width, max_height)
+}
+
 /// What to capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

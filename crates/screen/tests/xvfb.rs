@@ -257,6 +257,29 @@ fn scaled_capture_fits_the_limit_and_keeps_the_picture() {
     let f = frame(cap.grab().unwrap());
     assert_eq!((f.width, f.height), (640, 360));
     assert_colour(&f, 130, 150, BLUE, "left half at a third");
+    // A new limit while capturing: the next grab is a frame of the new size although
+    // nothing changed, then the screen is unchanged again; lifting the limit goes back.
+    assert_eq!(cap.grab().unwrap(), Grab::Unchanged);
+    cap.set_max_size(320, 0);
+    assert_eq!(cap.size(), (320, 180));
+    let f = frame(cap.grab().unwrap());
+    assert_eq!((f.width, f.height), (320, 180));
+    assert_eq!(cap.grab().unwrap(), Grab::Unchanged);
+    cap.set_max_size(0, 0);
+    let f = frame(cap.grab().unwrap());
+    assert_eq!((f.width, f.height), (1920, 1080));
+    assert_eq!(p2pcall_screen::fit(1920, 1080, 320, 0), (320, 180));
+    // The same without XDamage (frames compared).
+    let opts = CaptureOptions {
+        damage: false,
+        ..no_cursor()
+    };
+    let mut cap = Capturer::open(d.display(), &Target::Screen(0), opts).unwrap();
+    frame(cap.grab().unwrap());
+    assert_eq!(cap.grab().unwrap(), Grab::Unchanged);
+    cap.set_max_size(960, 540);
+    assert_eq!(frame(cap.grab().unwrap()).width, 960);
+    assert_eq!(cap.grab().unwrap(), Grab::Unchanged);
 }
 
 #[test]
