@@ -100,24 +100,55 @@ pub fn list_devices() -> Devices {
             "no ALSA sound support on this system (/proc/asound is missing)".to_string()
         }
     };
-    let display = std::env::var("DISPLAY").ok().filter(|d| !d.is_empty());
     Devices {
         cameras: list(cams, || {
             "/sys/class/video4linux lists no V4L2 video device (plug one in)".into()
         }),
         microphones: list(alsa_pcms(&pcm, true), no_sound),
         speakers: list(alsa_pcms(&pcm, false), no_sound),
-        screens: list(
-            display
-                .map(|d| {
-                    vec![Device {
-                        id: format!("screen:{d}"),
-                        name: format!("X11 display {d}"),
-                    }]
-                })
-                .unwrap_or_default(),
-            || "no X11 display ($DISPLAY is not set); Wayland capture is not supported yet".into(),
-        ),
+        screens: screens(None),
+    }
+}
+
+/// The monitors and top-level windows of `display` (`None`: `$DISPLAY`) with the source
+/// names `--video` takes (`screen:N`, `window:0xID`), or why there are none.
+pub fn screens(display: Option<&str>) -> DeviceList {
+    match p2pcall_screen::list(display) {
+        Ok(found) => {
+            let devices = found.iter().map(screen_device).collect();
+            list(devices, || {
+                "the X server shows no monitor and no window".into()
+            })
+        }
+        Err(e) => DeviceList {
+            devices: Vec::new(),
+            why_none: Some(e.to_string()),
+        },
+    }
+}
+
+fn screen_device(s: &p2pcall_screen::ScreenInfo) -> Device {
+    use p2pcall_screen::ScreenInfo;
+    match s {
+        ScreenInfo::Monitor(m) => Device {
+            id: format!("screen:{}", m.index),
+            name: format!(
+                "monitor {} {}x{}+{}+{}{}",
+                m.name,
+                m.width,
+                m.height,
+                m.x,
+                m.y,
+                if m.primary { " (primary)" } else { "" }
+            ),
+        },
+        ScreenInfo::Window(w) => Device {
+            id: format!("window:0x{:x}", w.id),
+            name: format!(
+                "window {:?} {}x{}+{}+{}",
+                w.name, w.width, w.height, w.x, w.y
+            ),
+        },
     }
 }
 
@@ -173,6 +204,26 @@ mod tests {
         assert_eq!(c[0].id, "camera:/dev/video0");
         assert_eq!(c[0].name, "Integrated");
         assert!(cameras_in(&d.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn screens_are_listed_with_the_names_video_takes() {
+        let none = screens(Some(":4711"));
+        assert!(none.devices.is_empty());
+        let why = none.why_none.unwrap();
+        assert!(why.contains(":4711"), "{why}");
+        let Some(x) = p2pcall_screen::xvfb::Xvfb::start(1280, 800).unwrap() else {
+            eprintln!("skipping the Xvfb part: Xvfb is not installed (scripts/setup.sh)");
+            return;
+        };
+        let l = screens(Some(x.display()));
+        assert_eq!(l.why_none, None);
+        assert_eq!(l.devices[0].id, "screen:0");
+        assert!(
+            l.devices[0].name.contains("1280x800+0+0"),
+            "{:?}",
+            l.devices[0]
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@ use p2pcall_media_io::audio::{BeaconDetector, SpeechLike, Tone};
 use p2pcall_media_io::pattern::TestPattern;
 use p2pcall_media_io::voice::{VoiceProcessor, VoiceSettings};
 use p2pcall_media_io::y4m::{Y4mReader, Y4mWriter};
-use p2pcall_media_io::{Frame, wav};
+use p2pcall_media_io::{Frame, convert, wav};
+use p2pcall_screen::{CaptureOptions, Capturer, Grab, ScreenError, Target};
 use tokio::sync::mpsc;
 
 use super::CallError;
@@ -34,6 +35,53 @@ pub enum VideoSource {
     File(PathBuf),
     /// A V4L2 camera (`/dev/videoN`; the first one when `None`).
     Camera(Option<String>),
+    /// An X11 monitor or window (`screen[:N]`, `window:ID`, `window:NAME`), at its own size
+    /// scaled down to fit the call's size.
+    Screen {
+        /// What to capture.
+        target: Target,
+        /// The X display (`:1`); `None`: `$DISPLAY`.
+        display: Option<String>,
+    },
+}
+
+impl VideoSource {
+    /// A screen or window on `$DISPLAY`.
+    pub fn screen(target: Target) -> Self {
+        Self::Screen {
+            target,
+            display: None,
+        }
+    }
+
+    /// Whether this is a screen share (sent as a screen stream, screen-content encoding).
+    pub fn is_screen(&self) -> bool {
+        matches!(self, Self::Screen { .. })
+    }
+}
+
+/// Largest size a screen share is sent at unless the call asks for less.
+pub const SCREEN_MAX_SIZE: (usize, usize) = (1920, 1080);
+/// Default bitrate of a screen share, kbit/s: legible text at 1080p, and scrolling at 30 fps
+/// without long skips.
+pub const SCREEN_KBPS: u32 = 4000;
+/// Encoder threads for a screen share: 1080p60 does not fit one core
+/// (`cargo run --release -p p2pcall-bench -- screen`).
+pub const SCREEN_THREADS: u16 = 2;
+/// A screen that stays unchanged still gets its last frame coded again this often (an almost
+/// empty delta frame): a receiver that lost the last change gets it back, and sees a live
+/// stream rather than a frozen one.
+pub const IDLE_REFRESH: Duration = Duration::from_secs(1);
+
+fn parse_window(s: &str) -> Target {
+    let id = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse::<u32>().ok(),
+    };
+    match id {
+        Some(id) => Target::Window(id),
+        None => Target::WindowNamed(s.to_owned()),
+    }
 }
 
 /// Where outgoing audio comes from.
@@ -60,9 +108,23 @@ impl std::str::FromStr for VideoSource {
             "camera" => Self::Camera(None),
             s if s.starts_with("camera:") => Self::Camera(Some(s["camera:".len()..].into())),
             s if s.ends_with(".y4m") => Self::File(s.into()),
+            "screen" => Self::screen(Target::Screen(0)),
+            s if s.starts_with("screen:") => match s["screen:".len()..].parse::<usize>() {
+                Ok(n) => Self::screen(Target::Screen(n)),
+                Err(_) => {
+                    return Err(format!(
+                        "{s:?}: screen:N takes a monitor number (0, 1, …; `p2pcall devices` \
+                         lists them)"
+                    ));
+                }
+            },
+            s if s.starts_with("window:") && s.len() > "window:".len() => {
+                Self::screen(parse_window(&s["window:".len()..]))
+            }
             s => {
                 return Err(format!(
-                    "unknown video source {s:?}: use testsrc, FILE.y4m, camera[:DEV] or none"
+                    "unknown video source {s:?}: use testsrc, FILE.y4m, camera[:DEV], \
+                     screen[:N], window:ID|NAME or none"
                 ));
             }
         })
@@ -99,10 +161,30 @@ pub(crate) struct Encoded {
 }
 
 /// Commands to a capture thread.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum CaptureCmd {
+    /// Code the next frame as a keyframe (an unchanged screen: its last frame again).
     Keyframe,
+    /// Send (true) or stop sending (false); turning on starts with a keyframe.
     Active(bool),
+    /// New video quality at runtime (the rate controller's output), applied from the next
+    /// frame on. Bitrate and frame rate change in the running encoder without a keyframe;
+    /// the frame rate is also the capture rate (frames of a device that delivers faster are
+    /// dropped). Frames larger than `max_width × max_height` are scaled down to fit (aspect
+    /// ratio kept, even sizes; a screen is captured at that size): a new size restarts the
+    /// encoder with a keyframe. The call's own size and frame rate (what the peer accepts)
+    /// stay the upper bounds; 0 for a size means that bound. Only video captures act on it.
+    #[allow(dead_code)] // sent by the rate controller (rate-adaptation issue) and the tests
+    Quality {
+        /// Target bitrate, bit/s (10 kbit/s … 100 Mbit/s).
+        bitrate_bps: u32,
+        /// Frames per second (1 … the call's frame rate; 0: the call's).
+        fps: f32,
+        /// Largest width (0: the call's).
+        max_width: usize,
+        /// Largest height (0: the call's).
+        max_height: usize,
+    },
 }
 
 /// A running capture thread; dropping it stops the thread.
@@ -167,6 +249,36 @@ enum VideoInput {
     Pattern(TestPattern, u32),
     File(Y4mReader, PathBuf),
     Camera(Box<Camera>),
+    Screen(Box<Capturer>),
+}
+
+impl std::fmt::Debug for VideoInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pattern(..) => "Pattern",
+            Self::File(..) => "File",
+            Self::Camera(_) => "Camera",
+            Self::Screen(_) => "Screen",
+        })
+    }
+}
+
+/// A screen that cannot be captured, with what to do about it.
+fn screen_error(e: &ScreenError) -> CallError {
+    let hint = match e {
+        ScreenError::NoDisplay | ScreenError::WaylandWithoutX11 { .. } => {
+            "; run the call from an X11 session, or under XWayland with $DISPLAY set (only X11 \
+             windows are visible there), or share --video testsrc, camera or FILE.y4m instead"
+        }
+        ScreenError::Connect { .. } => {
+            "; check that this X server runs and lets you in ($DISPLAY, $XAUTHORITY, `xhost`)"
+        }
+        ScreenError::ScreenOutOfRange { .. }
+        | ScreenError::WindowNotFound { .. }
+        | ScreenError::WindowAmbiguous { .. } => "; `p2pcall devices` lists screens and windows",
+        _ => "",
+    };
+    CallError::Source(format!("screen capture: {e}{hint}"))
 }
 
 impl VideoInput {
@@ -189,6 +301,12 @@ impl VideoInput {
                         device_error(&e, || list_devices().cameras, "--video testsrc or FILE.y4m")
                     })
             }
+            VideoSource::Screen { target, display } => {
+                let opts = CaptureOptions::fit(p.width as u32, p.height as u32);
+                Capturer::open(display.as_deref(), target, opts)
+                    .map(|c| Self::Screen(Box::new(c)))
+                    .map_err(|e| screen_error(&e))
+            }
             VideoSource::None => Err(CallError::Source("no video source".into())),
         }
     }
@@ -198,31 +316,67 @@ impl VideoInput {
         matches!(self, Self::Camera(_))
     }
 
-    fn next(&mut self) -> Result<Frame, CallError> {
+    /// The next frame; `None` when a screen has not changed since the last one.
+    fn next(&mut self) -> Result<Option<Frame>, CallError> {
         match self {
             Self::Camera(c) => c
                 .next_frame()
-                .map(|(f, _)| f)
+                .map(|(f, _)| Some(f))
                 .map_err(|e| CallError::Source(e.to_string())),
             Self::Pattern(p, n) => {
                 let f = p.frame(*n, wall_ms());
                 *n += 1;
-                Ok(f)
+                Ok(Some(f))
             }
             Self::File(r, path) => {
                 let src = |e: p2pcall_media_io::IoError| CallError::Source(e.to_string());
                 match r.next_frame().map_err(src)? {
-                    Some(f) => Ok(f),
+                    Some(f) => Ok(Some(f)),
                     None => {
                         *r = Y4mReader::open(path).map_err(src)?;
-                        r.next_frame().map_err(src)?.ok_or_else(|| {
+                        r.next_frame().map_err(src)?.map(Some).ok_or_else(|| {
                             CallError::Source(format!("{} has no frames", path.display()))
                         })
                     }
                 }
             }
+            Self::Screen(c) => match c.grab() {
+                Ok(Grab::Frame(f)) => Ok(Some(f)),
+                Ok(Grab::Unchanged) => Ok(None),
+                Err(e) => Err(screen_error(&e)),
+            },
         }
     }
+
+    /// Frames from now on fit `max_width × max_height`. Sources that can produce that size
+    /// do (the test pattern is drawn at it, a screen is captured at it, keeping stamps and
+    /// text sharp); the others are scaled after capture (see [`fit_frame`]).
+    /// `base` is the size the pattern was made for at the start.
+    fn set_max_size(&mut self, base: (usize, usize), max_width: usize, max_height: usize) {
+        match self {
+            Self::Pattern(p, _) => {
+                let (w, h) =
+                    p2pcall_screen::fit(base.0, base.1, max_width as u32, max_height as u32);
+                if (w, h) != (p.width, p.height) {
+                    *p = TestPattern::new(w, h);
+                }
+            }
+            Self::Screen(c) => c.set_max_size(max_width as u32, max_height as u32),
+            Self::File(..) | Self::Camera(_) => {}
+        }
+    }
+}
+
+/// `f` scaled down (bilinear) to fit `limit`, when it is larger.
+fn fit_frame(f: Frame, limit: Option<(usize, usize)>) -> Result<Frame, CallError> {
+    let Some((mw, mh)) = limit else {
+        return Ok(f);
+    };
+    let (w, h) = p2pcall_screen::fit(f.width, f.height, mw as u32, mh as u32);
+    if (w, h) == (f.width, f.height) {
+        return Ok(f);
+    }
+    convert::scale(&f, w, h).map_err(|e| CallError::Source(format!("scaling a frame: {e}")))
 }
 
 fn spawn_capture(
@@ -241,7 +395,23 @@ fn spawn_capture(
     Ok(Capture { cmd: tx, stop })
 }
 
-/// Starts video capture + encoding at `p.fps`, timestamps from `epoch`.
+/// What a capture thread is asked to produce now (the call's settings, then
+/// [`CaptureCmd::Quality`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Quality {
+    fps: f32,
+    /// Frames larger than this are scaled down after capture; `None`: as captured.
+    limit: Option<(usize, usize)>,
+}
+
+impl Quality {
+    fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.fps.max(1.0)))
+    }
+}
+
+/// Starts video capture + encoding at `p.fps`, timestamps from `epoch`. `screen`: the stream
+/// is a screen share (screen-content coding on [`SCREEN_THREADS`] threads).
 pub(crate) fn start_video(
     src: &VideoSource,
     p: VideoParams,
@@ -255,15 +425,32 @@ pub(crate) fn start_video(
         bitrate: p.kbps * 1000,
         fps: p.fps as f32,
         screen,
-        threads: 1,
+        threads: if screen { SCREEN_THREADS } else { 1 },
         skip_frames: true,
     })
     .map_err(|e| CallError::Codec(e.to_string()))?;
+    let call_fps = p.fps.clamp(1, 60) as f32;
+    // Generated frames and screens are made at the call's size; files keep theirs.
+    let bound = match input {
+        VideoInput::File(..) => None,
+        _ => Some((p.width, p.height)),
+    };
     spawn_capture("video-capture", move |cmds, stop| {
-        let interval = Duration::from_secs_f64(1.0 / f64::from(p.fps.max(1)));
+        let mut q = Quality {
+            fps: call_fps,
+            limit: None,
+        };
+        // A camera runs at the call's rate: a lower one drops frames that come too early.
+        let device_interval = Duration::from_secs_f64(1.0 / f64::from(call_fps));
         let mut next = Instant::now();
         let (mut active, mut force) = (true, true);
         let paced = input.device_paced();
+        // The last frame coded, and when: re-coded for a keyframe or an idle refresh when a
+        // screen has not changed.
+        let mut last: Option<(Frame, Instant)> = None;
+        let fail = |msg: String| {
+            let _ = errors.blocking_send(msg);
+        };
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             while let Ok(c) = cmds.try_recv() {
                 match c {
@@ -272,16 +459,50 @@ pub(crate) fn start_video(
                         force |= a && !active;
                         active = a;
                     }
+                    CaptureCmd::Quality {
+                        bitrate_bps,
+                        fps,
+                        max_width,
+                        max_height,
+                    } => {
+                        // 0 (or nonsense) is the call's rate.
+                        let fps = if fps.is_finite() && fps > 0.0 {
+                            fps.clamp(1.0, call_fps)
+                        } else {
+                            call_fps
+                        };
+                        if let Err(e) = enc.set_rate(bitrate_bps, fps) {
+                            tracing::warn!("video quality {bitrate_bps} bit/s {fps} fps: {e}");
+                        }
+                        let cap = |m: usize, b: Option<usize>| match (m, b) {
+                            (0, b) => b.unwrap_or(0),
+                            (m, Some(b)) => m.min(b),
+                            (m, None) => m,
+                        };
+                        let limit = (
+                            cap(max_width, bound.map(|b| b.0)),
+                            cap(max_height, bound.map(|b| b.1)),
+                        );
+                        input.set_max_size(bound.unwrap_or((0, 0)), limit.0, limit.1);
+                        q = Quality {
+                            fps,
+                            limit: (limit != (0, 0)).then_some(limit),
+                        };
+                        tracing::debug!(?q, bitrate_bps, "video quality");
+                    }
                 }
             }
+            let interval = q.interval();
             let now = Instant::now();
             if !paced && now < next {
                 std::thread::sleep(next - now);
             }
-            next += interval;
-            // Fell far behind (suspended, overloaded): do not burst to catch up.
-            if Instant::now() > next + interval * 4 {
-                next = Instant::now() + interval;
+            if !paced {
+                next += interval;
+                // Fell far behind (suspended, overloaded): do not burst to catch up.
+                if Instant::now() > next + interval * 4 {
+                    next = Instant::now() + interval;
+                }
             }
             if !active {
                 if paced {
@@ -291,25 +512,47 @@ pub(crate) fn start_video(
                 continue;
             }
             let captured = Instant::now();
-            let frame = match input.next() {
+            let grabbed = match input.next() {
                 Ok(f) => f,
-                Err(e) => {
-                    let _ = errors.blocking_send(e.to_string());
-                    return;
+                Err(e) => return fail(e.to_string()),
+            };
+            if paced {
+                // Drop device frames that come faster than the current frame rate.
+                let now = Instant::now();
+                if now + device_interval / 2 < next {
+                    continue;
+                }
+                next += interval;
+                if next < now {
+                    next = now;
+                }
+            }
+            let (frame, keyframe) = match grabbed {
+                Some(f) => match fit_frame(f, q.limit) {
+                    Ok(f) => (f, force),
+                    Err(e) => return fail(e.to_string()),
+                },
+                None => {
+                    // An unchanged screen costs nothing, unless a keyframe is asked for or
+                    // the last frame is due for its refresh.
+                    let Some((f, at)) = last.take() else { continue };
+                    if !force && captured.saturating_duration_since(at) < IDLE_REFRESH {
+                        last = Some((f, at));
+                        continue;
+                    }
+                    (f, force)
                 }
             };
             let ms = captured.saturating_duration_since(epoch).as_millis() as u64;
-            let e = match enc.encode(&frame, ms, force) {
+            let e = match enc.encode(&frame, ms, keyframe) {
                 Ok(e) => e,
-                Err(e) => {
-                    let _ = errors.blocking_send(format!("video encoder: {e}"));
-                    return;
-                }
+                Err(e) => return fail(format!("video encoder: {e}")),
             };
-            force = false;
+            last = Some((frame, captured));
             if e.data.is_empty() {
-                continue; // rate control skipped the frame
+                continue; // rate control skipped the frame (a keyframe stays asked for)
             }
+            force = false;
             let ts = (captured.saturating_duration_since(epoch).as_secs_f64() * 90_000.0) as u64;
             // A full queue means the call task is behind: drop this frame rather than queue.
             if out
@@ -773,6 +1016,28 @@ mod tests {
                 .unwrap_err()
                 .contains("FILE.y4m")
         );
+        // Screens and windows.
+        let screen = |t| Ok(VideoSource::screen(t));
+        assert_eq!("screen".parse(), screen(Target::Screen(0)));
+        assert_eq!("screen:2".parse(), screen(Target::Screen(2)));
+        assert_eq!(
+            "window:0x1a00003".parse(),
+            screen(Target::Window(0x1a0_0003))
+        );
+        assert_eq!("window:123".parse(), screen(Target::Window(123)));
+        assert_eq!(
+            "window:Firefox — Mozilla".parse(),
+            screen(Target::WindowNamed("Firefox — Mozilla".into()))
+        );
+        assert!("screen".parse::<VideoSource>().unwrap().is_screen());
+        assert!(!VideoSource::TestPattern.is_screen());
+        let e = "screen:left".parse::<VideoSource>().unwrap_err();
+        assert!(e.contains("monitor number"), "{e}");
+        let e = "window:".parse::<VideoSource>().unwrap_err();
+        assert!(
+            e.contains("screen[:N]") && e.contains("window:ID|NAME"),
+            "{e}"
+        );
         assert_eq!("mic".parse(), Ok(AudioSource::Mic(None)));
         assert_eq!("b.wav".parse(), Ok(AudioSource::File("b.wav".into())));
         assert!(
@@ -781,5 +1046,182 @@ mod tests {
                 .unwrap_err()
                 .contains("FILE.wav")
         );
+    }
+
+    /// Frames a capture thread sent, decoded: (timestamp, keyframe, bytes, frame).
+    type Got = Vec<(u32, bool, usize, Frame)>;
+
+    /// Collects `n` frames (or what came within `within`), decoding each.
+    fn collect(
+        rx: &mut mpsc::Receiver<Encoded>,
+        dec: &mut VideoDecoder,
+        n: usize,
+        within: Duration,
+    ) -> Got {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n && Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(e) => {
+                    assert!(!e.audio);
+                    let f = dec.decode(&e.data).unwrap().expect("a picture per frame");
+                    got.push((e.timestamp, e.keyframe, e.data.len(), f));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        got
+    }
+
+    /// kbit/s over the frames' own timestamps (90 kHz), first frame excluded.
+    fn kbps(got: &[(u32, bool, usize, Frame)]) -> f64 {
+        let span = f64::from(got[got.len() - 1].0 - got[0].0) / 90_000.0;
+        got[1..].iter().map(|g| g.2).sum::<usize>() as f64 * 8.0 / span / 1000.0
+    }
+
+    fn median_interval_ms(got: &[(u32, bool, usize, Frame)]) -> f64 {
+        let mut d: Vec<f64> = got
+            .windows(2)
+            .map(|w| f64::from(w[1].0 - w[0].0) / 90.0)
+            .collect();
+        d.sort_by(f64::total_cmp);
+        d[d.len() / 2]
+    }
+
+    #[test]
+    fn quality_commands_change_a_running_capture() {
+        let (tx, mut rx) = mpsc::channel(512);
+        let (etx, mut erx) = mpsc::channel(4);
+        let p = VideoParams {
+            width: 640,
+            height: 360,
+            fps: 30,
+            kbps: 1200,
+        };
+        let cap =
+            start_video(&VideoSource::TestPattern, p, false, Instant::now(), tx, etx).unwrap();
+        let mut dec = VideoDecoder::new().unwrap();
+        let long = Duration::from_secs(20);
+        let before = collect(&mut rx, &mut dec, 60, long);
+        assert_eq!(before.len(), 60, "{:?}", erx.try_recv());
+        assert!(before[0].1, "starts with a keyframe");
+        assert!(before.iter().all(|g| (g.3.width, g.3.height) == (640, 360)));
+        let high = kbps(&before[20..]);
+
+        // Bitrate alone: the running encoder follows, no keyframe. (Not much lower: far below,
+        // openh264 skips most frames of this busy pattern and codes scene changes as IDR.)
+        let rate = CaptureCmd::Quality {
+            bitrate_bps: 600_000,
+            fps: 30.0,
+            max_width: 0,
+            max_height: 0,
+        };
+        cap.cmd.send(rate).unwrap();
+        // Frames coded before the command arrived may still be queued: skip a few.
+        let after = collect(&mut rx, &mut dec, 90, long);
+        assert_eq!(after.len(), 90);
+        assert!(after.iter().all(|g| !g.1), "no keyframe for a rate change");
+        assert!(after.iter().all(|g| (g.3.width, g.3.height) == (640, 360)));
+        let low = kbps(&after[30..]);
+
+        // Size and frame rate: the next frames are 320x180 (a keyframe first), 10 per second.
+        cap.cmd
+            .send(CaptureCmd::Quality {
+                bitrate_bps: 200_000,
+                fps: 10.0,
+                max_width: 320,
+                max_height: 240,
+            })
+            .unwrap();
+        let mut small = collect(&mut rx, &mut dec, 40, long);
+        let first = small
+            .iter()
+            .position(|g| g.3.width == 320)
+            .expect("frames of the new size");
+        assert!(small[first].1, "a new size starts with a keyframe");
+        small.drain(..first);
+        assert!(small.len() >= 20, "{} frames", small.len());
+        assert!(small.iter().all(|g| (g.3.width, g.3.height) == (320, 180)));
+        // The test pattern is drawn at the new size: its stamps still read.
+        assert!(
+            small
+                .iter()
+                .all(|g| p2pcall_media_io::pattern::decode(&g.3).is_some())
+        );
+        let slow = median_interval_ms(&small);
+        // A size above the call's is capped to it, and 0 fps is the call's rate.
+        cap.cmd
+            .send(CaptureCmd::Quality {
+                bitrate_bps: 1_500_000,
+                fps: 0.0,
+                max_width: 4000,
+                max_height: 4000,
+            })
+            .unwrap();
+        let mut back = collect(&mut rx, &mut dec, 60, long);
+        let first = back
+            .iter()
+            .position(|g| g.3.width == 640)
+            .expect("640x360 again");
+        back.drain(..first);
+        println!(
+            "1.5 Mbit/s: {high:.0} kbit/s; 600 kbit/s: {low:.0} kbit/s; 10 fps: {slow:.0} ms \
+             between frames; back: {:.0} ms",
+            median_interval_ms(&back)
+        );
+        assert!(low < high * 0.6, "{low} vs {high}");
+        // A lower bound only (a loaded machine makes intervals longer, never shorter).
+        assert!(slow >= 80.0, "10 fps: {slow} ms between frames");
+        assert!(back.iter().all(|g| (g.3.width, g.3.height) == (640, 360)));
+        assert!(erx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_idle_screen_sends_almost_nothing_and_keyframes_on_request() {
+        let Some(x) = p2pcall_screen::xvfb::Xvfb::start(1920, 1080).unwrap() else {
+            eprintln!("skipping: Xvfb is not installed (scripts/setup.sh installs it)");
+            return;
+        };
+        let src = VideoSource::Screen {
+            target: Target::Screen(0),
+            display: Some(x.display().to_owned()),
+        };
+        let p = VideoParams {
+            width: 1280,
+            height: 720,
+            fps: 30,
+            kbps: 2000,
+        };
+        check_sources(&src, &AudioSource::None, &Sinks::default(), p).unwrap();
+        let (tx, mut rx) = mpsc::channel(512);
+        let (etx, mut erx) = mpsc::channel(4);
+        let cap = start_video(&src, p, true, Instant::now(), tx, etx).unwrap();
+        let mut dec = VideoDecoder::new().unwrap();
+        // 2.5 s of an unchanged screen: the first frame and about one refresh per second,
+        // instead of 75 frames.
+        let idle = collect(&mut rx, &mut dec, 1000, Duration::from_millis(2500));
+        assert!(!idle.is_empty(), "{:?}", erx.try_recv());
+        assert!(idle[0].1);
+        assert_eq!((idle[0].3.width, idle[0].3.height), (1280, 720));
+        assert!(idle.len() <= 5, "{} frames from an idle screen", idle.len());
+        // A keyframe request re-codes the unchanged screen as one.
+        cap.cmd.send(CaptureCmd::Keyframe).unwrap();
+        let k = collect(&mut rx, &mut dec, 1, Duration::from_secs(10));
+        assert!(k[0].1, "keyframe on request");
+        // A smaller size is a new (key)frame of that size, the screen unchanged.
+        cap.cmd
+            .send(CaptureCmd::Quality {
+                bitrate_bps: 500_000,
+                fps: 15.0,
+                max_width: 640,
+                max_height: 0,
+            })
+            .unwrap();
+        let mut s = collect(&mut rx, &mut dec, 3, Duration::from_secs(3));
+        s.retain(|g| g.3.width == 640);
+        assert!(!s.is_empty(), "a 640-wide frame");
+        assert!(s[0].1);
+        assert_eq!(s[0].3.height, 360);
+        assert!(erx.try_recv().is_err());
     }
 }

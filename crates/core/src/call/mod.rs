@@ -25,7 +25,11 @@ use p2pcall_tls::framed::{FrameReadError, FrameReader};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-pub use media::{AudioSource, RenderStats, Sinks, SpeakerChoice, VideoSource};
+pub use media::{
+    AudioSource, IDLE_REFRESH, RenderStats, SCREEN_KBPS, SCREEN_MAX_SIZE, SCREEN_THREADS, Sinks,
+    SpeakerChoice, VideoSource,
+};
+pub use p2pcall_screen::Target as ScreenTarget;
 
 use crate::engine::{EngineEvent, Shared};
 
@@ -76,7 +80,8 @@ pub struct CallOptions {
     pub video: VideoSource,
     /// Outgoing audio.
     pub audio: AudioSource,
-    /// Video width of the test pattern (files keep their size).
+    /// Video width of the test pattern and cameras; the largest width of a screen share
+    /// (files keep their size).
     pub width: usize,
     /// Video height.
     pub height: usize,
@@ -168,7 +173,11 @@ impl CallOptions {
         if self.video != VideoSource::None {
             streams.push(StreamDesc {
                 id: VIDEO_STREAM,
-                kind: StreamKind::Camera,
+                kind: if self.video.is_screen() {
+                    StreamKind::Screen
+                } else {
+                    StreamKind::Camera
+                },
                 codec: Codec::H264,
                 active: video_on,
             });
@@ -950,11 +959,12 @@ fn switch_video(
             "to stop video, turn the camera off".into(),
         ));
     }
-    // Same clock as before: timestamps continue, the receiver sees a keyframe.
+    // Same clock as before: timestamps continue, the receiver sees a keyframe. The stream
+    // becomes a screen stream or a camera stream with the source (the update says so).
     slot.1 = media::start_video(
         &src,
         p.opts.video_params(),
-        false,
+        src.is_screen(),
         p.epoch,
         enc_tx.clone(),
         err_tx.clone(),
