@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use p2pcall_core::call::{
-    AudioSource, CallEvent, CallOptions, CallStats, Sinks, SpeakerChoice, VideoSource, describe_end,
+    AudioSource, CallEvent, CallOptions, CallStats, SCREEN_KBPS, SCREEN_MAX_SIZE, Sinks,
+    SpeakerChoice, VideoSource, describe_end,
 };
 use p2pcall_core::engine::{EngineEvent, EngineHandle};
 use serde_json::json;
@@ -15,7 +16,10 @@ use tokio::io::AsyncBufReadExt;
 /// Media options shared by `call` and `listen --answer`.
 #[derive(Args, Debug, Clone)]
 pub struct MediaArgs {
-    /// Video to send: testsrc (moving test pattern), FILE.y4m, camera[:/dev/videoN], or none
+    /// Video to send: testsrc (moving test pattern), FILE.y4m, camera[:/dev/videoN],
+    /// screen[:N] (share X11 monitor N, 0 by default; sent at its own size up to --size,
+    /// 1920x1080 unless given), window:ID or window:NAME (one X11 window; ID decimal or 0x
+    /// hex), or none. `p2pcall devices` lists cameras, screens and windows
     #[arg(long, default_value = "testsrc", value_name = "SRC")]
     pub video: VideoSource,
     /// Audio to send: tone, speech (synthetic), FILE.wav (48 kHz mono), mic[:ALSA-DEVICE]
@@ -27,15 +31,16 @@ pub struct MediaArgs {
     #[arg(long, default_value = "auto", value_name = "DEV")]
     pub speaker: SpeakerChoice,
     /// Video size for the test pattern and cameras, WIDTHxHEIGHT (320x240 … 1920x1080;
-    /// files keep their own size)
-    #[arg(long, default_value = "640x360", value_parser = parse_size, value_name = "WxH")]
-    pub size: (usize, usize),
-    /// Frames per second (15–60)
+    /// default 640x360); the largest size of a shared screen (default 1920x1080: a smaller
+    /// screen is sent at its own size, a larger one scaled down); files keep their own size
+    #[arg(long, value_parser = parse_size, value_name = "WxH")]
+    pub size: Option<(usize, usize)>,
+    /// Frames per second (15–60; a screen share at 1080p60 needs two cores)
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(15..=60))]
     pub fps: u32,
-    /// Video bitrate, kbit/s
-    #[arg(long, default_value_t = 1000, value_name = "KBPS")]
-    pub bitrate: u32,
+    /// Video bitrate, kbit/s [default: 1000; 4000 for a screen]
+    #[arg(long, value_name = "KBPS")]
+    pub bitrate: Option<u32>,
     /// Write the received video to this Y4M file
     #[arg(long, value_name = "FILE")]
     pub record_video: Option<PathBuf>,
@@ -68,13 +73,19 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
 
 impl MediaArgs {
     pub fn options(&self) -> CallOptions {
+        let screen = self.video.is_screen();
+        let (width, height) =
+            self.size
+                .unwrap_or(if screen { SCREEN_MAX_SIZE } else { (640, 360) });
         CallOptions {
             video: self.video.clone(),
             audio: self.audio.clone(),
-            width: self.size.0,
-            height: self.size.1,
+            width,
+            height,
             fps: self.fps,
-            video_kbps: self.bitrate,
+            video_kbps: self
+                .bitrate
+                .unwrap_or(if screen { SCREEN_KBPS } else { 1000 }),
             sinks: Sinks {
                 video: self.record_video.clone(),
                 audio: self.record_audio.clone(),
@@ -277,7 +288,7 @@ pub fn spawn_console(engine: EngineHandle) -> tokio::task::JoinHandle<()> {
                 other => {
                     eprintln!(
                         "unknown command {other:?}: mute, unmute, camera off, camera on, \
-                         source testsrc|FILE.y4m|camera[:DEV], hangup"
+                         source testsrc|FILE.y4m|camera[:DEV]|screen[:N]|window:ID|NAME, hangup"
                     );
                     Ok(())
                 }

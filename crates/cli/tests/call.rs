@@ -377,3 +377,122 @@ fn a_microphone_and_a_speaker_carry_a_call_and_missing_devices_are_refused_befor
         "{err}"
     );
 }
+
+#[test]
+fn a_shared_screen_arrives_at_its_size_and_a_missing_display_is_refused_before_dialing() {
+    use p2pcall_screen::{CaptureOptions, Capturer, Grab, Target};
+    let Some(x) = p2pcall_screen::xvfb::Xvfb::start(1280, 800).unwrap() else {
+        eprintln!(
+            "skipping the screen-share call test: Xvfb is not installed (scripts/setup.sh \
+             installs it)"
+        );
+        return;
+    };
+    let lab = Lab::new();
+    // `devices` lists the monitor under the name --video takes.
+    let mut c = cmd(&lab.root.join("bob"));
+    c.env("DISPLAY", x.display()).args(["--json", "devices"]);
+    let d = json_out(c);
+    assert_eq!(d["screens"]["devices"][0]["id"], "screen:0", "{d}");
+
+    let (vid, stats) = (lab.root.join("screen.y4m"), lab.root.join("callee.json"));
+    let (mut alice, fp) = lab.listen(
+        "alice",
+        &[
+            "--answer",
+            "--video",
+            "none",
+            "--record-video",
+            vid.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+    );
+    // 1280x800 shared within 1280x720: 1152x720 (aspect ratio kept).
+    let mut c = lab.peer("bob");
+    c.env("DISPLAY", x.display())
+        .args(["call", &fp, "--video", "screen:0", "--size", "1280x720"])
+        .args(["--fps", "60", "--duration", "3"]);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}\ncallee log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(lab.root.join("alice.log")).unwrap_or_default()
+    );
+    let started = alice.expect("call_started");
+    assert!(
+        started["receive"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "screen"),
+        "sent as a screen stream: {started}"
+    );
+    let s = summary(&stats);
+    let fin = &s["final"];
+    assert_eq!(fin["resolution"], serde_json::json!([1152, 720]), "{fin}");
+    // The screen does not change: the first frame, then about one refresh per second.
+    let decoded = fin["video_decoded"].as_u64().unwrap();
+    assert!(
+        (2..=8).contains(&decoded),
+        "{decoded} frames of an idle screen"
+    );
+    // What arrived is the screen: compare with a capture of it at the same size.
+    let mut cap = Capturer::open(
+        Some(x.display()),
+        &Target::Screen(0),
+        CaptureOptions::fit(1280, 720),
+    )
+    .unwrap();
+    let Grab::Frame(want) = cap.grab().unwrap() else {
+        panic!("no frame")
+    };
+    let mut r = Y4mReader::open(&vid).unwrap();
+    let mut n = 0;
+    while let Some(f) = r.next_frame().unwrap() {
+        assert_eq!((f.width, f.height), (1152, 720));
+        let q = psnr(&want, &f);
+        assert!(
+            q > MIN_PSNR,
+            "recorded frame {n}: {q:.1} dB against the screen"
+        );
+        n += 1;
+    }
+    println!("screen share: {decoded} frames decoded, {n} recorded at 1152x720");
+    assert!(n >= 1);
+    alice.term();
+
+    // No X11 display in a Wayland session: refused before dialing, saying why and what to do.
+    let mut c = lab.peer("bob");
+    c.env_remove("DISPLAY")
+        .env("WAYLAND_DISPLAY", "wayland-0")
+        .args(["call", &fp, "--video", "screen"]);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let ev = lines(&out);
+    assert!(ev.iter().all(|e| e["event"] != "call_ringing"), "{ev:?}");
+    let err = ev
+        .iter()
+        .find(|e| e["event"] == "error")
+        .expect("an error event")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("Wayland") && err.contains("X11") && err.contains("--video testsrc"),
+        "{err}"
+    );
+    // A monitor that is not there.
+    let mut c = lab.peer("bob");
+    c.env("DISPLAY", x.display())
+        .args(["call", &fp, "--video", "screen:3"]);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no screen 3") && text.contains("p2pcall devices"),
+        "{text}"
+    );
+}
