@@ -173,6 +173,8 @@ pub(crate) struct Shared {
     pub(crate) events: mpsc::Sender<EngineEvent>,
     pub(crate) chat: crate::chat::ChatState,
     pub(crate) transfers: crate::transfer::Registry,
+    /// Per peer: how much of the connection file transfers may use during a call.
+    pub(crate) bulk: crate::bulk::Gates,
     pub(crate) call: Mutex<Option<crate::call::ActiveCall>>,
     auto_deliver: bool,
 }
@@ -222,6 +224,7 @@ impl Engine {
             events: tx.clone(),
             chat: Default::default(),
             transfers: Default::default(),
+            bulk: Default::default(),
             call: Mutex::default(),
             auto_deliver: cfg.auto_deliver,
         });

@@ -11,6 +11,7 @@
 //! * [`transfer`]: file and folder-tree transfer with verification and resume.
 #![forbid(unsafe_code)]
 
+pub mod bulk;
 pub mod call;
 pub mod chat;
 pub mod demo;

@@ -33,7 +33,9 @@ impl RateGate {
     /// Stream bytes that may be written now when the wire rate is `bps` (None: no limit).
     pub fn available(&mut self, now: Instant, bps: Option<u64>) -> usize {
         let Some(bps) = bps else {
+            // No limit: nothing banked, no debt, for when a limit comes.
             self.last = Some(now);
+            self.tokens = 0.0;
             return usize::MAX;
         };
         let rate = bps as f64 / 8.0 * PAYLOAD_SHARE;

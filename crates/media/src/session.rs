@@ -53,6 +53,8 @@ pub const MAX_SYNC_HOLD: Duration = Duration::from_millis(500);
 const VIDEO_DELAY_WINDOW: usize = 300;
 /// Audio packets whose transit gives the audio's smallest delay (10 s).
 const AUDIO_TRANSIT_WINDOW: usize = 500;
+/// How fast lip sync may raise audio's delay (stretching covers up to 100 ms/s).
+const SYNC_RISE_MS_PER_S: f64 = 40.0;
 /// Most extra delay audio takes on to wait for video.
 pub const MAX_SYNC_DELAY: Duration = Duration::from_millis(400);
 /// Frame intervals averaged for freeze detection.
@@ -262,6 +264,8 @@ struct AudioReceiver {
     jb: AudioJitterBuffer,
     /// Arrival − capture (ms, session clock) of recent packets.
     transit: VecDeque<f64>,
+    /// The lip-sync floor given to the jitter buffer, ms.
+    sync_floor: f64,
     arrivals: Arrivals,
     stats: RecvStats,
 }
@@ -302,6 +306,8 @@ pub struct MediaSession {
     events: VecDeque<SessionEvent>,
     rtt: Duration,
     epoch: Option<Instant>,
+    /// When lip sync last moved audio's floor.
+    sync_at: Option<Instant>,
     /// Audio playout offset: local ms since `epoch` minus the capture ms being played.
     av_offset: Option<f64>,
     /// Datagrams that did not decode, or were for streams not negotiated.
@@ -336,6 +342,7 @@ impl MediaSession {
             events: VecDeque::new(),
             rtt: Duration::from_millis(100),
             epoch: None,
+            sync_at: None,
             av_offset: None,
             rejected: 0,
         }
@@ -361,6 +368,7 @@ impl MediaSession {
                 StreamKind::Audio => Receiver::Audio(Box::new(AudioReceiver {
                     jb: AudioJitterBuffer::new(),
                     transit: VecDeque::new(),
+                    sync_floor: 0.0,
                     arrivals: Arrivals::default(),
                     stats: RecvStats::default(),
                 })),
@@ -654,7 +662,11 @@ impl MediaSession {
 
     /// Lip sync: audio waits as long as video usually takes to become decodable (≤
     /// [`MAX_SYNC_DELAY`] more than audio needs itself), so both play at one delay.
-    fn sync_audio(&mut self) {
+    fn sync_audio(&mut self, now: Instant) {
+        let dt = self
+            .sync_at
+            .replace(now)
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         let required = self.receivers.values().find_map(|r| match r {
             Receiver::Video(v) => v.required,
             Receiver::Audio(_) => None,
@@ -662,12 +674,16 @@ impl MediaSession {
         for r in self.receivers.values_mut() {
             if let Receiver::Audio(a) = r {
                 let min = a.transit.iter().copied().fold(f64::INFINITY, f64::min);
-                let floor = match required {
+                let want = match required {
                     Some(v) if min.is_finite() => {
                         (v - min).clamp(0.0, MAX_SYNC_DELAY.as_secs_f64() * 1e3)
                     }
                     _ => 0.0,
                 };
+                // Rise slowly enough that the jitter buffer grows by stretching audio, not
+                // by inserting concealed frames; fall at once.
+                let floor = want.min(a.sync_floor + SYNC_RISE_MS_PER_S * dt);
+                a.sync_floor = floor;
                 a.jb.set_min_target(Duration::from_secs_f64(floor / 1e3));
             }
         }
@@ -675,7 +691,7 @@ impl MediaSession {
 
     /// The next audio frame of `stream` to decode and play (call at the device's cadence).
     pub fn pop_audio(&mut self, now: Instant, stream: u8) -> Option<Output> {
-        self.sync_audio();
+        self.sync_audio(now);
         let Some(Receiver::Audio(a)) = self.receivers.get_mut(&stream) else {
             return None;
         };

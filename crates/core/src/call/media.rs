@@ -174,7 +174,6 @@ pub(crate) enum CaptureCmd {
     /// ratio kept, even sizes; a screen is captured at that size): a new size restarts the
     /// encoder with a keyframe. The call's own size and frame rate (what the peer accepts)
     /// stay the upper bounds; 0 for a size means that bound. Only video captures act on it.
-    #[allow(dead_code)] // sent by the rate controller (rate-adaptation issue) and the tests
     Quality {
         /// Target bitrate, bit/s (10 kbit/s … 100 Mbit/s).
         bitrate_bps: u32,
@@ -185,6 +184,10 @@ pub(crate) enum CaptureCmd {
         /// Largest height (0: the call's).
         max_height: usize,
     },
+    /// The pacer is backed up (true): skip coding frames until it is not, except a
+    /// keyframe that is asked for (a skipped frame keeps the stream decodable; one
+    /// dropped after coding would cost a keyframe).
+    Backlog(bool),
 }
 
 /// A running capture thread; dropping it stops the thread.
@@ -443,7 +446,7 @@ pub(crate) fn start_video(
         // A camera runs at the call's rate: a lower one drops frames that come too early.
         let device_interval = Duration::from_secs_f64(1.0 / f64::from(call_fps));
         let mut next = Instant::now();
-        let (mut active, mut force) = (true, true);
+        let (mut active, mut force, mut backlog) = (true, true, false);
         let paced = input.device_paced();
         // The last frame coded, and when: re-coded for a keyframe or an idle refresh when a
         // screen has not changed.
@@ -455,6 +458,7 @@ pub(crate) fn start_video(
             while let Ok(c) = cmds.try_recv() {
                 match c {
                     CaptureCmd::Keyframe => force = true,
+                    CaptureCmd::Backlog(b) => backlog = b,
                     CaptureCmd::Active(a) => {
                         force |= a && !active;
                         active = a;
@@ -543,6 +547,10 @@ pub(crate) fn start_video(
                     (f, force)
                 }
             };
+            if backlog && !keyframe {
+                last = Some((frame, captured));
+                continue;
+            }
             let ms = captured.saturating_duration_since(epoch).as_millis() as u64;
             let e = match enc.encode(&frame, ms, keyframe) {
                 Ok(e) => e,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use p2pcall_media::adapt::Ladder;
 use p2pcall_media::call::{Call, CallEvent as SmEvent, EndReason, Negotiated};
 use p2pcall_media::session::{Bitrates, MediaSession, SessionEvent};
 use p2pcall_net::PeerConnection;
@@ -43,6 +44,9 @@ pub const VIDEO_STREAM: u8 = 1;
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the end of a call waits for the peer to read our last frames.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Datagrams go to QUIC only while its buffer has this much room (it holds at most a
+/// couple of packets more than it can send).
+const DATAGRAM_ROOM: usize = (64 << 10) - 2 * 1500;
 /// Video is never asked to go below this, kbit/s.
 const VIDEO_MIN_KBPS: u32 = 100;
 /// The bandwidth estimate of a new connection starts here, kbit/s.
@@ -634,6 +638,10 @@ struct Pipeline {
     meter: Meter,
     /// Echo canceller of the microphone, if the call uses one.
     voice: Option<media::Voice>,
+    /// Bitrate → size and frame rate of our video (None: no video sent).
+    ladder: Option<Ladder>,
+    /// The video capture was told to skip frames (the pacer is backed up).
+    backlog: bool,
 }
 
 #[derive(Default)]
@@ -671,6 +679,7 @@ async fn run_with_reader(
     let (enc_tx, mut enc_rx) = mpsc::channel::<media::Encoded>(8);
     let (err_tx, mut err_rx) = mpsc::channel::<String>(4);
     let mut session = MediaSession::new();
+    let gate = shared.bulk.of(peer);
     let mut pipe: Option<Pipeline> = None;
     let mut deadline: Option<Instant> = None;
     let mut next_stats = Instant::now() + STATS_INTERVAL;
@@ -733,9 +742,11 @@ async fn run_with_reader(
         if ended.is_some() {
             break;
         }
-        // Media out.
-        while let Some(d) = session.poll_transmit(Instant::now()) {
-            // Datagrams are best effort: a full send buffer drops the oldest (quinn).
+        // Media out, while QUIC takes it at once: what it cannot send yet waits in the
+        // session's pacer (audio first, late frames dropped whole), not in QUIC's buffer.
+        while conn.quic().datagram_send_buffer_space() >= DATAGRAM_ROOM
+            && let Some(d) = session.poll_transmit(Instant::now())
+        {
             let _ = conn.quic().send_datagram(d);
         }
         while let Some(SessionEvent::KeyframeRequested { stream }) = session.poll_event() {
@@ -811,8 +822,11 @@ async fn run_with_reader(
         let now = Instant::now();
         call.handle_timeout(now);
         session.set_rtt(conn.quic().rtt());
+        session.set_bulk_active(gate.writers() > 0);
         session.handle_timeout(now);
+        gate.set_allowance(session.bulk_allowance_bps(now));
         if let Some(p) = &mut pipe {
+            adapt(p, &session, now);
             play_out(p, &mut session, now);
             if now >= next_stats {
                 next_stats = now + STATS_INTERVAL;
@@ -827,6 +841,7 @@ async fn run_with_reader(
             call.hangup(now, HangupReason::Finished, "duration reached");
         }
     }
+    gate.set_allowance(None);
     // Tell the peer (a Hangup/Reject may still be queued), then clean up.
     while let Some(f) = call.poll_transmit() {
         wbuf.clear();
@@ -889,6 +904,36 @@ fn received_streams(n: &Negotiated) -> (Option<u8>, Option<u8>) {
     (first(true), first(false))
 }
 
+/// The quality ladder of a call's video: from the call's size and frame rate down.
+fn ladder_for(o: &CallOptions) -> Ladder {
+    Ladder::new(o.width, o.height, o.fps as f32, o.video.is_screen())
+}
+
+/// Follows the bandwidth estimate: the video capture gets the bitrate at once and the size
+/// and frame rate the ladder picks, and skips frames while the pacer is backed up.
+fn adapt(p: &mut Pipeline, session: &MediaSession, now: Instant) {
+    let Some((_, c)) = p.captures.iter().find(|(s, _)| *s == VIDEO_STREAM) else {
+        return;
+    };
+    if let Some(q) = p
+        .ladder
+        .as_mut()
+        .and_then(|l| l.update(now, session.video_target_bps()))
+    {
+        let _ = c.cmd.send(media::CaptureCmd::Quality {
+            bitrate_bps: q.bitrate_bps,
+            fps: q.fps,
+            max_width: q.width,
+            max_height: q.height,
+        });
+    }
+    let backlog = session.should_skip_frame();
+    if backlog != p.backlog {
+        p.backlog = backlog;
+        let _ = c.cmd.send(media::CaptureCmd::Backlog(backlog));
+    }
+}
+
 fn start_pipeline(
     opts: CallOptions,
     n: &Negotiated,
@@ -920,6 +965,11 @@ fn start_pipeline(
         captures.push((s.id, c));
     }
     let (audio_rx, video_rx) = received_streams(n);
+    let ladder = n
+        .send
+        .iter()
+        .any(|s| s.kind != StreamKind::Audio)
+        .then(|| ladder_for(&opts));
     let render = Some(media::start_render(
         opts.sinks.clone(),
         opts.fps,
@@ -935,6 +985,8 @@ fn start_pipeline(
         next_audio: audio_rx.map(|_| epoch),
         audio_rx,
         video_rx,
+        ladder,
+        backlog: false,
         muted: false,
         camera: true,
         meter: Meter::default(),
@@ -971,6 +1023,9 @@ fn switch_video(
     )?;
     let _ = slot.1.cmd.send(media::CaptureCmd::Active(p.camera));
     p.opts.video = src;
+    // A new source climbs its own ladder (a screen keeps its size, a camera its rate).
+    p.ladder = Some(ladder_for(&p.opts));
+    p.backlog = false;
     Ok(())
 }
 

@@ -279,7 +279,10 @@ async fn send_inner(
             counters.clone(),
             hashes.clone(),
         );
+        // During a call, transfers get what the call's estimate leaves (crate::bulk).
+        let gate = shared.bulk.of(conn.peer());
         workers.spawn(async move {
+            let _writer = gate.writer();
             let mut s = conn
                 .quic()
                 .open_uni()
@@ -290,7 +293,7 @@ async fn send_inner(
             s.write_all(&head).await.map_err(io_err)?;
             let pool = super::Pool::default();
             while let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
-                let (rel, root) = send_file(job, &mut s, &counters, &pool).await?;
+                let (rel, root) = send_file(job, &mut s, &counters, &pool, &gate).await?;
                 if let Ok(mut h) = hashes.lock() {
                     h.push((rel, root));
                 }
@@ -401,6 +404,7 @@ async fn send_file(
     s: &mut quinn::SendStream,
     counters: &Arc<Counters>,
     pool: &super::Pool,
+    gate: &crate::bulk::BulkGate,
 ) -> Result<(String, Cv), EngineError> {
     let (tx, mut rx) = mpsc::channel::<Item>(4);
     let rel = job.rel.clone();
@@ -414,8 +418,13 @@ async fn send_file(
             source: e,
         })?;
         s.write_all(&h.encode()).await.map_err(io_err)?;
-        if let Some(d) = data {
-            s.write_chunk(d).await.map_err(io_err)?;
+        if let Some(mut d) = data {
+            while !d.is_empty() {
+                let n = gate.acquire(d.len().min(crate::bulk::GATED_WRITE)).await;
+                s.write_chunk(d.split_to(n.min(d.len())))
+                    .await
+                    .map_err(io_err)?;
+            }
         }
         counters
             .bytes
