@@ -7,6 +7,7 @@
 #   scripts/bench.sh codec-speed      [--frames N]
 #   scripts/bench.sh file-transfer    [--large-mib N] [--small N] [--small-kib N] [--dir D]
 #   scripts/bench.sh call-quality     (root: NAT lab; CALL_SECS=30 per condition)
+#   scripts/bench.sh rate-steps       (root: NAT lab; tbf steps 1 -> 2.5 -> 0.6 -> 1 Mbit/s)
 #   scripts/bench.sh all
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,9 @@ bench=target/release/p2pcall-bench
 if [ "${1:-}" = call-quality ]; then
   exec cargo test --release --locked -q -p p2pcall-netlab --test call_quality -- --ignored --nocapture
 fi
+if [ "${1:-}" = rate-steps ]; then
+  exec cargo test --release --locked -q -p p2pcall-netlab --test rate_steps -- --ignored --nocapture
+fi
 if [ "${1:-all}" = all ]; then
   "$bench" relay-forward
   "$bench" relay-capacity
@@ -26,6 +30,7 @@ if [ "${1:-all}" = all ]; then
   "$bench" file-transfer
   "$bench" codec-speed
   cargo test --release --locked -q -p p2pcall-netlab --test call_quality -- --ignored --nocapture
+  cargo test --release --locked -q -p p2pcall-netlab --test rate_steps -- --ignored --nocapture
 else
   exec "$bench" "$@"
 fi

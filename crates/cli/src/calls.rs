@@ -38,7 +38,8 @@ pub struct MediaArgs {
     /// Frames per second (15–60; a screen share at 1080p60 needs two cores)
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(15..=60))]
     pub fps: u32,
-    /// Video bitrate, kbit/s [default: 1000; 4000 for a screen]
+    /// Most video bitrate, kbit/s [default: 1000; 4000 for a screen]: the call's bandwidth
+    /// estimate sets the actual bitrate, size and frame rate below it
     #[arg(long, value_name = "KBPS")]
     pub bitrate: Option<u32>,
     /// Write the received video to this Y4M file

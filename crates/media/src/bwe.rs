@@ -57,6 +57,8 @@ const BETA: f64 = 0.85;
 const BASE_DELAY_WINDOW: Duration = Duration::from_secs(10);
 /// A decrease also drains the standing queue within about this time.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
+/// Probes may jump the estimate without bound only this long after the first packet.
+const STARTUP: Duration = Duration::from_secs(10);
 /// Probe cluster length.
 const PROBE_TIME: Duration = Duration::from_millis(50);
 const PROBE_MIN_PACKETS: usize = 10;
@@ -532,6 +534,8 @@ pub struct Bwe {
     queue_ms: f64,
     /// After a decrease that also drained a queue: the rate to return to once it is empty.
     recover_to: Option<f64>,
+    /// When the first packet left (start-up ends 10 s later at the latest).
+    first_sent: Option<Instant>,
     usage: Usage,
     stats: BweStats,
 }
@@ -571,6 +575,7 @@ impl Bwe {
             owd: VecDeque::new(),
             queue_ms: 0.0,
             recover_to: None,
+            first_sent: None,
             usage: Usage::Normal,
             stats: BweStats::default(),
         }
@@ -591,6 +596,7 @@ impl Bwe {
     /// Numbers a datagram about to leave: `bytes` on the wire, `probe` if it belongs to a
     /// probe cluster. Returns its transport-wide sequence number.
     pub fn on_send(&mut self, now: Instant, bytes: usize, probe: Option<u32>) -> u16 {
+        self.first_sent.get_or_insert(now);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.history.push_back(Sent {
@@ -767,6 +773,15 @@ impl Bwe {
         }
         let base = self.owd.front().map_or(d, |&(_, v)| v);
         self.queue_ms = (d - base).max(0) as f64 / 1e3;
+    }
+
+    /// Start-up: before the first overuse, and within 10 s of the first packet.
+    fn startup(&self, now: Instant) -> bool {
+        self.last_overuse.is_none()
+            && self
+                .history
+                .front()
+                .is_none_or(|_| self.first_sent.is_none_or(|t| now < t + STARTUP))
     }
 
     fn find(&mut self, seq: u64) -> Option<&mut Sent> {
@@ -958,12 +973,21 @@ impl Bwe {
                     // What the path delivered is a measurement, overuse or not (the
                     // probe's own burst queues a little by design).
                     if got > self.rate * 1.1 {
-                        self.rate = (0.9 * got).min(self.max).max(self.rate);
+                        // A short probe can pass a token bucket's burst at line rate (the
+                        // NAT lab's tbf let 16 kB through and probes read 2-3x the link):
+                        // past start-up, one probe may raise the estimate by half at most,
+                        // and the delay detector judges the rest.
+                        let cap = if self.startup(now) {
+                            self.max
+                        } else {
+                            self.rate * 1.5
+                        };
+                        self.rate = (0.9 * got).min(cap).min(self.max).max(self.rate);
                         self.probe_failures = 0;
                         self.probe_grace_until = Some(now + self.rtt + Duration::from_millis(200));
-                        // Everything the probe sent got through: the path has more to
-                        // give, probe again right away (exponential probing).
-                        if recv >= 0.85 * send {
+                        // Everything the probe sent got through: during start-up the path
+                        // may have far more to give, probe again right away.
+                        if recv >= 0.85 * send && self.startup(now) {
                             self.next_probe = Some(now);
                         }
                     } else {

@@ -213,6 +213,25 @@ impl Lab {
             .args(args.split_whitespace()))
     }
 
+    /// Sets (or changes, while traffic flows) the rate limit of both routers' internet
+    /// links, both directions: tbf, 16 kB burst, 200 ms of queue.
+    pub fn set_rate(&self, kbit: u32) -> io::Result<()> {
+        for (h, dev) in [
+            (Host::Inet, "ra"),
+            (Host::Inet, "rb"),
+            (Host::RouterA, "wan"),
+            (Host::RouterB, "wan"),
+        ] {
+            run(self.command(h, "tc").args(
+                format!(
+                    "qdisc replace dev {dev} root tbf rate {kbit}kbit burst 16kb latency 200ms"
+                )
+                .split_whitespace(),
+            ))?;
+        }
+        Ok(())
+    }
+
     /// A command that runs `program` inside `h`.
     pub fn command(&self, h: Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
@@ -291,19 +310,7 @@ impl Lab {
             run_stdin(self.command(router, "nft").args(["-f", "-"]), &ruleset(nat))?;
         }
         if let Some(kbit) = impair.rate_kbit {
-            for (h, dev) in [
-                (Host::Inet, "ra"),
-                (Host::Inet, "rb"),
-                (Host::RouterA, "wan"),
-                (Host::RouterB, "wan"),
-            ] {
-                run(self.command(h, "tc").args(
-                    format!(
-                        "qdisc replace dev {dev} root tbf rate {kbit}kbit burst 16kb latency 200ms"
-                    )
-                    .split_whitespace(),
-                ))?;
-            }
+            self.set_rate(kbit)?;
         }
         if impair.needs_delayer() {
             for dev in ["ra", "rb"] {

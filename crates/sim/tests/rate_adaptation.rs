@@ -604,8 +604,10 @@ fn report(name: &str, o: &Outcome, f: &Figures) {
 
 /// The targets are utilisation ≥ 85 %, p95 queueing ≤ 100 ms, re-convergence
 /// ≤ 5 s and no audio interruption. What this build reaches (ARCHITECTURE.md has the
-/// figures): p95 queueing holds (68-77 ms); utilisation is 81-84 %; re-convergence after
-/// the steps up is 3-11 s; after the 2.5 → 0.6 Mbit/s step the 300 ms queue fills within
+/// figures): p95 queueing holds (69-87 ms); utilisation is 79-83 %; re-convergence after
+/// the steps up is 5-13 s (after start-up a probe may raise the estimate by half at most:
+/// in the NAT lab a tbf burst fooled unbounded probes); the queue drains 2-6 s after the
+/// step down; after the 2.5 → 0.6 Mbit/s step the 300 ms queue fills within
 /// ~110 ms, before any feedback can arrive, so audio is lost or late for up to ~1 s and
 /// utilisation at 0.6 Mbit/s stays ~75-85 %. The bounds below are those measured figures
 /// with a margin: a regression fails, the gap to the targets stays visible in the output.
@@ -623,10 +625,10 @@ fn check(name: &str, o: &Outcome, f: &Figures) {
     );
     for i in [0, 2] {
         let r = f.reconverge_s[i];
-        assert!(r <= 12.0, "{name}: step {} re-converged after {r} s", i + 1);
+        assert!(r <= 15.0, "{name}: step {} re-converged after {r} s", i + 1);
     }
     assert!(
-        f.drain_s <= 5.0,
+        f.drain_s <= 8.0,
         "{name}: queue drained {} s after the step down",
         f.drain_s
     );
@@ -635,7 +637,9 @@ fn check(name: &str, o: &Outcome, f: &Figures) {
         "{name}: audio interrupted for {} frames",
         o.longest_gap
     );
-    // Away from the steps audio is not starved: at most a few isolated frames.
+    // Away from the steps audio is not starved: at most a second of concealment over the
+    // run (measured: 0-25 frames; 46 next to a transfer, where queue spikes of ~110 ms at
+    // 2.5 Mbit/s make packets late).
     let steady: u64 = (3..o.gaps.len())
         .filter(|&i| {
             STEPS
@@ -645,7 +649,7 @@ fn check(name: &str, o: &Outcome, f: &Figures) {
         .map(|i| o.gaps[i] - o.gaps[i - 1])
         .sum();
     assert!(
-        steady <= 25,
+        steady <= 50,
         "{name}: {steady} audio frames concealed away from the steps"
     );
 }
