@@ -6,6 +6,7 @@
 #   scripts/bench.sh p2p-throughput   [--mib N]
 #   scripts/bench.sh codec-speed      [--frames N]
 #   scripts/bench.sh file-transfer    [--large-mib N] [--small N] [--small-kib N] [--dir D]
+#   scripts/bench.sh screen           [--secs S] [--fps F] [--kbps K]  (Xvfb 1080p60)
 #   scripts/bench.sh call-quality     (root: NAT lab; CALL_SECS=30 per condition)
 #   scripts/bench.sh rate-steps       (root: NAT lab; tbf steps 1 -> 2.5 -> 0.6 -> 1 Mbit/s)
 #   scripts/bench.sh all
@@ -29,6 +30,7 @@ if [ "${1:-all}" = all ]; then
   "$bench" p2p-throughput
   "$bench" file-transfer
   "$bench" codec-speed
+  "$bench" screen
   cargo test --release --locked -q -p p2pcall-netlab --test call_quality -- --ignored --nocapture
   cargo test --release --locked -q -p p2pcall-netlab --test rate_steps -- --ignored --nocapture
 else

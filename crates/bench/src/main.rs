@@ -9,11 +9,15 @@
 //! * `codec-speed`: H264 and Opus per frame on this machine, against the frame budget.
 //! * `file-transfer`: a 1 GiB folder tree (one large file, many small ones) through the
 //!   p2pcall engine against raw quinn moving as many bytes on one stream.
+//! * `screen`: 1080p screen sharing of scrolling text under Xvfb (capture → encode →
+//!   packetize → loopback UDP at 60 fps) and of an idle screen, against capture alone and
+//!   encode alone.
 
 mod capacity;
 mod codec;
 mod files;
 mod forward;
+mod screen;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -81,6 +85,26 @@ enum Cmd {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// 1080p screen sharing (scrolling text, then idle) under Xvfb vs. capture and encode alone
+    Screen {
+        /// Seconds per phase (scrolling, idle)
+        #[arg(long, default_value_t = 20.0)]
+        secs: f64,
+        /// Frame rate target
+        #[arg(long, default_value_t = 60)]
+        fps: u32,
+        /// Bitrate, kbit/s [default: what calls use]
+        #[arg(long, default_value_t = p2pcall_core::call::SCREEN_KBPS)]
+        kbps: u32,
+    },
+    /// (internal) The painter process of `screen`: scrolls text on DISPLAY until killed
+    #[command(hide = true)]
+    ScreenPainter {
+        #[arg(long)]
+        display: String,
+        #[arg(long, default_value_t = 120)]
+        hz: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,5 +125,7 @@ fn main() -> anyhow::Result<()> {
             small_kib,
             dir,
         } => files::run(large_mib, small, small_kib, dir),
+        Cmd::Screen { secs, fps, kbps } => screen::run(secs, fps, kbps),
+        Cmd::ScreenPainter { display, hz } => screen::paint(&display, hz),
     }
 }

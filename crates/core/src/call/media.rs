@@ -18,10 +18,11 @@ use p2pcall_media_io::pattern::TestPattern;
 use p2pcall_media_io::voice::{VoiceProcessor, VoiceSettings};
 use p2pcall_media_io::y4m::{Y4mReader, Y4mWriter};
 use p2pcall_media_io::{Frame, convert, wav};
-use p2pcall_screen::{CaptureOptions, Capturer, Grab, ScreenError, Target};
+use p2pcall_screen::{CaptureOptions, Capturer, ScreenError, Target};
 use tokio::sync::mpsc;
 
 use super::CallError;
+use super::grabber::Grabber;
 
 /// Where outgoing video comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,17 +153,24 @@ impl std::str::FromStr for AudioSource {
 
 /// An encoded frame from a capture thread.
 #[derive(Debug)]
-pub(crate) struct Encoded {
+pub struct Encoded {
+    /// Audio (Opus) or video (H264).
     pub audio: bool,
+    /// The encoded frame.
     pub data: Bytes,
     /// Media clock: 48 kHz (audio) or 90 kHz (video) since the call's epoch.
     pub timestamp: u32,
+    /// Decodable alone.
     pub keyframe: bool,
+    /// Video: how long capturing the frame took (a screen grab: on the grabber thread).
+    pub capture_time: Duration,
+    /// Video: how long encoding it took.
+    pub encode_time: Duration,
 }
 
 /// Commands to a capture thread.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum CaptureCmd {
+pub enum CaptureCmd {
     /// Code the next frame as a keyframe (an unchanged screen: its last frame again).
     Keyframe,
     /// Send (true) or stop sending (false); turning on starts with a keyframe.
@@ -192,7 +200,8 @@ pub(crate) enum CaptureCmd {
 
 /// A running capture thread; dropping it stops the thread.
 #[derive(Debug)]
-pub(crate) struct Capture {
+pub struct Capture {
+    /// Commands to it.
     pub cmd: std_mpsc::Sender<CaptureCmd>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -205,10 +214,14 @@ impl Drop for Capture {
 
 /// Video capture settings.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct VideoParams {
+pub struct VideoParams {
+    /// Width of generated frames and cameras; the largest width of a screen.
     pub width: usize,
+    /// Height, likewise.
     pub height: usize,
+    /// Frames per second.
     pub fps: u32,
+    /// Bitrate, kbit/s.
     pub kbps: u32,
 }
 
@@ -252,8 +265,23 @@ enum VideoInput {
     Pattern(TestPattern, u32),
     File(Y4mReader, PathBuf),
     Camera(Box<Camera>),
-    Screen(Box<Capturer>),
+    Screen(Box<Grabber>),
 }
+
+/// Who paces a video capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pacing {
+    /// The capture loop sleeps between frames (generated and file frames).
+    Loop,
+    /// A device delivers at its own rate; faster than asked, frames are dropped.
+    Device,
+    /// The screen grabber thread grabs at the rate it is given.
+    Grabber,
+}
+
+/// One captured frame (`None`: an unchanged screen), when it was captured (`None`: now) and
+/// how long capturing it took.
+type Captured = (Option<Frame>, Option<Instant>, Duration);
 
 impl std::fmt::Debug for VideoInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -306,49 +334,75 @@ impl VideoInput {
             }
             VideoSource::Screen { target, display } => {
                 let opts = CaptureOptions::fit(p.width as u32, p.height as u32);
-                Capturer::open(display.as_deref(), target, opts)
-                    .map(|c| Self::Screen(Box::new(c)))
-                    .map_err(|e| screen_error(&e))
+                let cap = Capturer::open(display.as_deref(), target, opts)
+                    .map_err(|e| screen_error(&e))?;
+                let interval = Duration::from_secs_f64(1.0 / f64::from(p.fps.clamp(1, 60)));
+                Grabber::start(cap, interval)
+                    .map(|g| Self::Screen(Box::new(g)))
+                    .map_err(|e| CallError::Source(format!("cannot start screen capture: {e}")))
             }
             VideoSource::None => Err(CallError::Source("no video source".into())),
         }
     }
 
-    /// A device hands out frames at its own pace; generated and file frames are paced here.
-    fn device_paced(&self) -> bool {
-        matches!(self, Self::Camera(_))
+    /// A device hands out frames at its own pace, a screen grabber at the pace it is given;
+    /// generated and file frames are paced by the capture loop.
+    fn pacing(&self) -> Pacing {
+        match self {
+            Self::Camera(_) => Pacing::Device,
+            Self::Screen(_) => Pacing::Grabber,
+            Self::Pattern(..) | Self::File(..) => Pacing::Loop,
+        }
+    }
+
+    /// Frames at this interval from now on (a screen grabber's own pace).
+    fn set_interval(&mut self, interval: Duration) {
+        if let Self::Screen(g) = self {
+            g.set_interval(interval);
+        }
+    }
+
+    /// A screen grabber stops grabbing while the stream is off.
+    fn set_active(&mut self, active: bool) {
+        if let Self::Screen(g) = self {
+            g.set_paused(!active);
+        }
     }
 
     /// The next frame; `None` when a screen has not changed since the last one.
-    fn next(&mut self) -> Result<Option<Frame>, CallError> {
-        match self {
+    fn next(&mut self) -> Result<Captured, CallError> {
+        let t0 = Instant::now();
+        let f = match self {
             Self::Camera(c) => c
                 .next_frame()
-                .map(|(f, _)| Some(f))
-                .map_err(|e| CallError::Source(e.to_string())),
+                .map(|(f, _)| f)
+                .map_err(|e| CallError::Source(e.to_string()))?,
             Self::Pattern(p, n) => {
                 let f = p.frame(*n, wall_ms());
                 *n += 1;
-                Ok(Some(f))
+                f
             }
             Self::File(r, path) => {
                 let src = |e: p2pcall_media_io::IoError| CallError::Source(e.to_string());
                 match r.next_frame().map_err(src)? {
-                    Some(f) => Ok(Some(f)),
+                    Some(f) => f,
                     None => {
                         *r = Y4mReader::open(path).map_err(src)?;
-                        r.next_frame().map_err(src)?.map(Some).ok_or_else(|| {
+                        r.next_frame().map_err(src)?.ok_or_else(|| {
                             CallError::Source(format!("{} has no frames", path.display()))
-                        })
+                        })?
                     }
                 }
             }
-            Self::Screen(c) => match c.grab() {
-                Ok(Grab::Frame(f)) => Ok(Some(f)),
-                Ok(Grab::Unchanged) => Ok(None),
-                Err(e) => Err(screen_error(&e)),
-            },
-        }
+            Self::Screen(g) => {
+                return match g.next() {
+                    Ok(Some((f, at, took))) => Ok((Some(f), Some(at), took)),
+                    Ok(None) => Ok((None, None, Duration::ZERO)),
+                    Err(e) => Err(screen_error(&e)),
+                };
+            }
+        };
+        Ok((Some(f), None, t0.elapsed()))
     }
 
     /// Frames from now on fit `max_width × max_height`. Sources that can produce that size
@@ -414,8 +468,10 @@ impl Quality {
 }
 
 /// Starts video capture + encoding at `p.fps`, timestamps from `epoch`. `screen`: the stream
-/// is a screen share (screen-content coding on [`SCREEN_THREADS`] threads).
-pub(crate) fn start_video(
+/// is a screen share (screen-content coding on [`SCREEN_THREADS`] threads). Encoded frames go
+/// to `out` (dropped when it is full), a failure ends the thread with a message on `errors`.
+/// Public for benchmarks; calls start it themselves.
+pub fn start_video(
     src: &VideoSource,
     p: VideoParams,
     screen: bool,
@@ -447,7 +503,8 @@ pub(crate) fn start_video(
         let device_interval = Duration::from_secs_f64(1.0 / f64::from(call_fps));
         let mut next = Instant::now();
         let (mut active, mut force, mut backlog) = (true, true, false);
-        let paced = input.device_paced();
+        let pacing = input.pacing();
+        let paced = pacing != Pacing::Loop;
         // The last frame coded, and when: re-coded for a keyframe or an idle refresh when a
         // screen has not changed.
         let mut last: Option<(Frame, Instant)> = None;
@@ -462,6 +519,7 @@ pub(crate) fn start_video(
                     CaptureCmd::Active(a) => {
                         force |= a && !active;
                         active = a;
+                        input.set_active(a);
                     }
                     CaptureCmd::Quality {
                         bitrate_bps,
@@ -492,6 +550,7 @@ pub(crate) fn start_video(
                             fps,
                             limit: (limit != (0, 0)).then_some(limit),
                         };
+                        input.set_interval(q.interval());
                         tracing::debug!(?q, bitrate_bps, "video quality");
                     }
                 }
@@ -509,18 +568,21 @@ pub(crate) fn start_video(
                 }
             }
             if !active {
-                if paced {
+                match pacing {
                     // Keep the device streaming, drop its frames.
-                    let _ = input.next();
+                    Pacing::Device => drop(input.next()),
+                    // The grabber is paused.
+                    Pacing::Grabber => std::thread::sleep(interval),
+                    Pacing::Loop => {}
                 }
                 continue;
             }
-            let captured = Instant::now();
-            let grabbed = match input.next() {
-                Ok(f) => f,
+            let (grabbed, at, capture_time) = match input.next() {
+                Ok(c) => c,
                 Err(e) => return fail(e.to_string()),
             };
-            if paced {
+            let captured = at.unwrap_or_else(Instant::now);
+            if pacing == Pacing::Device {
                 // Drop device frames that come faster than the current frame rate.
                 let now = Instant::now();
                 if now + device_interval / 2 < next {
@@ -552,10 +614,12 @@ pub(crate) fn start_video(
                 continue;
             }
             let ms = captured.saturating_duration_since(epoch).as_millis() as u64;
+            let t0 = Instant::now();
             let e = match enc.encode(&frame, ms, keyframe) {
                 Ok(e) => e,
                 Err(e) => return fail(format!("video encoder: {e}")),
             };
+            let encode_time = t0.elapsed();
             last = Some((frame, captured));
             if e.data.is_empty() {
                 continue; // rate control skipped the frame (a keyframe stays asked for)
@@ -569,6 +633,8 @@ pub(crate) fn start_video(
                     data: Bytes::from(e.data),
                     timestamp: ts as u32,
                     keyframe: e.keyframe,
+                    capture_time,
+                    encode_time,
                 })
                 .is_err()
                 && out.is_closed()
@@ -726,6 +792,8 @@ pub(crate) fn start_audio(
                     data: Bytes::from(data),
                     timestamp: ts,
                     keyframe: true,
+                    capture_time: Duration::ZERO,
+                    encode_time: Duration::ZERO,
                 })
                 .is_err()
                 && out.is_closed()

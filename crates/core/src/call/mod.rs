@@ -7,6 +7,7 @@
 //! buffer's pace (20 ms frames, time-stretched) and reports [`CallStats`] every second.
 //! One call at a time: a second incoming call is answered `Busy`.
 
+mod grabber;
 pub mod media;
 
 use std::sync::{Arc, Mutex};
