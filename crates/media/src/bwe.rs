@@ -8,7 +8,7 @@
 //! on_feedback:
 //!   delay-based: packet groups (5 ms bursts) -> delay variation -> trendline slope ->
 //!                overuse detector (adaptive threshold) -> AIMD rate control
-//!   loss-based:  lost fraction per feedback -> > 10 %: cut, < 2 %: may grow
+//!   loss-based:  lost fraction of recent feedback -> > 10 %: cut, < 5 %: may grow
 //!   acknowledged rate: what the receiver got (media, or everything the connection
 //!                delivered when streams share it), the base of every decrease
 //!   probes:      padding clusters at a higher rate; what arrives bounds the jump
@@ -62,10 +62,6 @@ const STARTUP: Duration = Duration::from_secs(10);
 /// Probe cluster length.
 const PROBE_TIME: Duration = Duration::from_millis(50);
 const PROBE_MIN_PACKETS: usize = 10;
-/// Time between probes.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-/// After start-up, time from a probe that raised the estimate to the next one.
-const PROBE_AGAIN: Duration = Duration::from_millis(700);
 
 /// What the delay-based detector concludes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -693,9 +689,9 @@ impl Bwe {
         };
         self.stats.probes += 1;
         self.probes_running.push((c.id, now, c.rate_bps));
-        // Often enough that a link which got faster is found within seconds (a failed
-        // probe costs a queue of ~25 ms for 50 ms).
-        self.next_probe = Some(now + PROBE_INTERVAL);
+        // Often enough that a link which got faster is found within seconds.
+        let interval = if self.probe_failures < 3 { 2 } else { 4 };
+        self.next_probe = Some(now + Duration::from_secs(interval));
         Some(c)
     }
 
@@ -989,17 +985,10 @@ impl Bwe {
                         self.rate = (0.9 * got).min(cap).min(self.max).max(self.rate);
                         self.probe_failures = 0;
                         self.probe_grace_until = Some(now + self.rtt + Duration::from_millis(200));
-                        // Everything the probe sent got through: the path may have far
-                        // more to give. During start-up probe again right away; later once
-                        // the raised estimate has been carried for a moment (the delay
-                        // detector judges each 1.5x step before the next).
-                        if recv >= 0.85 * send {
-                            let after = if self.startup(now) {
-                                Duration::ZERO
-                            } else {
-                                PROBE_AGAIN
-                            };
-                            self.next_probe = Some(now + after);
+                        // Everything the probe sent got through: during start-up the path
+                        // may have far more to give, probe again right away.
+                        if recv >= 0.85 * send && self.startup(now) {
+                            self.next_probe = Some(now);
                         }
                     } else {
                         self.probe_failures += 1;

@@ -619,10 +619,11 @@ fn report(name: &str, o: &Outcome, f: &Figures) {
 
 /// The targets are utilisation ≥ 85 %, p95 queueing ≤ 100 ms, re-convergence
 /// ≤ 5 s and no audio interruption. What this build reaches (ARCHITECTURE.md has the
-/// figures): p95 queueing holds (67-81 ms); utilisation is 79-84 %; re-convergence after
-/// the steps up is 4-10 s (probes every 2 s, after start-up one probe raises the estimate
-/// by half at most, the next follows 0.7 s later: in the NAT lab a tbf burst fooled
-/// unbounded probes); the queue drains 2-3 s after the step down; after the 2.5 → 0.6
+/// figures): p95 queueing holds (67-71 ms); utilisation is 82-84 %; re-convergence after
+/// the steps up is 3-13 s (probes every 2 s, 4 s after 3 that found nothing; after
+/// start-up one probe raises the estimate by half at most: in the NAT lab a tbf burst
+/// fooled unbounded probes, and quicker re-probing made that worse there); the queue
+/// drains 2 s after the step down; after the 2.5 → 0.6
 /// Mbit/s step the 300 ms queue fills within ~110 ms, before any feedback can arrive, so
 /// audio is lost or late for up to ~1 s, and at 0.6 Mbit/s the estimate saws between ~400
 /// and ~520 kbit/s (bursty frames of a starved encoder), ~77 % of the link. The bounds
