@@ -660,6 +660,24 @@ impl MediaSession {
         }
     }
 
+    /// The decoder could not use what `stream` delivered (its picture is broken until the
+    /// next keyframe): asks the sender for one, at most once per max(2 RTT, 300 ms).
+    /// Returns whether a request was queued.
+    pub fn request_keyframe(&mut self, now: Instant, stream: u8) -> bool {
+        let rtt = self.rtt;
+        let Some(Receiver::Video(v)) = self.receivers.get_mut(&stream) else {
+            return false;
+        };
+        if !v.keyframes.request(now, rtt) {
+            return false;
+        }
+        v.stats.keyframe_requests += 1;
+        let mut buf = Vec::new();
+        MediaDatagram::KeyframeRequest { stream }.encode(&mut buf);
+        self.out.push_back(Urgent::Control(Bytes::from(buf)));
+        true
+    }
+
     /// Lip sync: audio waits as long as video usually takes to become decodable (≤
     /// [`MAX_SYNC_DELAY`] more than audio needs itself), so both play at one delay.
     fn sync_audio(&mut self, now: Instant) {

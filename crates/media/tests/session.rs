@@ -245,3 +245,35 @@ fn audio_and_video_stay_smooth_and_in_sync_under_jitter_and_loss() {
         "{freezes:?}"
     );
 }
+
+#[test]
+fn a_decoder_error_asks_the_sender_for_a_keyframe_at_a_bounded_rate() {
+    let t0 = Instant::now();
+    let mut tx = MediaSession::new();
+    let mut rx = MediaSession::new();
+    tx.configure(&Negotiated {
+        send: streams(),
+        receive: vec![],
+    });
+    rx.configure(&Negotiated {
+        send: vec![],
+        receive: streams(),
+    });
+    rx.set_rtt(Duration::from_millis(100));
+    // Only a stream we receive video on can be asked about.
+    assert!(!rx.request_keyframe(t0, AUDIO));
+    assert!(!rx.request_keyframe(t0, 9));
+    assert!(rx.request_keyframe(t0, VIDEO));
+    // Repeated errors within max(2 RTT, 300 ms) do not repeat the request.
+    assert!(!rx.request_keyframe(t0 + Duration::from_millis(100), VIDEO));
+    let mut requests = 0;
+    while let Some(d) = rx.poll_transmit(t0) {
+        tx.handle_datagram(t0, &d).unwrap();
+        while let Some(SessionEvent::KeyframeRequested { stream }) = tx.poll_event() {
+            assert_eq!(stream, VIDEO);
+            requests += 1;
+        }
+    }
+    assert_eq!(requests, 1);
+    assert!(rx.request_keyframe(t0 + Duration::from_millis(400), VIDEO));
+}

@@ -166,6 +166,9 @@ pub struct Encoded {
     pub capture_time: Duration,
     /// Video: how long encoding it took.
     pub encode_time: Duration,
+    /// The [`Capture::id`] that made it: a capture replaced by another may still deliver
+    /// one last frame, which belongs to the old encoder's stream and must not be sent.
+    pub capture: u64,
 }
 
 /// Commands to a capture thread.
@@ -204,6 +207,8 @@ pub struct Capture {
     /// Commands to it.
     pub cmd: std_mpsc::Sender<CaptureCmd>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Unique per capture: [`Encoded::capture`] of what it makes.
+    pub id: u64,
 }
 
 impl Drop for Capture {
@@ -438,18 +443,20 @@ fn fit_frame(f: Frame, limit: Option<(usize, usize)>) -> Result<Frame, CallError
 
 fn spawn_capture(
     name: &str,
-    body: impl FnOnce(std_mpsc::Receiver<CaptureCmd>, Arc<std::sync::atomic::AtomicBool>)
+    body: impl FnOnce(std_mpsc::Receiver<CaptureCmd>, Arc<std::sync::atomic::AtomicBool>, u64)
     + Send
     + 'static,
 ) -> Result<Capture, CallError> {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, rx) = std_mpsc::channel();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || body(rx, s))
+        .spawn(move || body(rx, s, id))
         .map_err(|e| CallError::Source(format!("cannot start the {name} thread: {e}")))?;
-    Ok(Capture { cmd: tx, stop })
+    Ok(Capture { cmd: tx, stop, id })
 }
 
 /// What a capture thread is asked to produce now (the call's settings, then
@@ -494,7 +501,7 @@ pub fn start_video(
         VideoInput::File(..) => None,
         _ => Some((p.width, p.height)),
     };
-    spawn_capture("video-capture", move |cmds, stop| {
+    spawn_capture("video-capture", move |cmds, stop, capture| {
         let mut q = Quality {
             fps: call_fps,
             limit: None,
@@ -635,6 +642,7 @@ pub fn start_video(
                     keyframe: e.keyframe,
                     capture_time,
                     encode_time,
+                    capture,
                 })
                 .is_err()
                 && out.is_closed()
@@ -739,7 +747,7 @@ pub(crate) fn start_audio(
     };
     let mut enc =
         AudioEncoder::new(AudioConfig::default()).map_err(|e| CallError::Codec(e.to_string()))?;
-    spawn_capture("audio-capture", move |cmds, stop| {
+    spawn_capture("audio-capture", move |cmds, stop, capture| {
         let mut n: u64 = 0;
         let mut active = true;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -794,6 +802,7 @@ pub(crate) fn start_audio(
                     keyframe: true,
                     capture_time: Duration::ZERO,
                     encode_time: Duration::ZERO,
+                    capture,
                 })
                 .is_err()
                 && out.is_closed()

@@ -643,6 +643,8 @@ struct Pipeline {
     ladder: Option<Ladder>,
     /// The video capture was told to skip frames (the pacer is backed up).
     backlog: bool,
+    /// Decode errors the render thread had reported when last looked at.
+    decode_errors: u64,
 }
 
 #[derive(Default)]
@@ -809,8 +811,14 @@ async fn run_with_reader(
             }
             Some(e) = enc_rx.recv() => {
                 let stream = if e.audio { AUDIO_STREAM } else { VIDEO_STREAM };
+                let current = pipe.as_ref().is_some_and(|p| {
+                    p.captures.iter().any(|(s, c)| *s == stream && c.id == e.capture)
+                });
+                // Not from a capture that was replaced or stopped.
                 let max = conn.quic().max_datagram_size().unwrap_or(1200);
-                if let Err(err) = session.send_frame(Instant::now(), stream, e.data, e.timestamp, e.keyframe, max) {
+                if current
+                    && let Err(err) = session.send_frame(Instant::now(), stream, e.data, e.timestamp, e.keyframe, max)
+                {
                     tracing::debug!("media frame not sent: {err}");
                 }
             }
@@ -829,6 +837,15 @@ async fn run_with_reader(
         if let Some(p) = &mut pipe {
             adapt(p, &session, now);
             play_out(p, &mut session, now);
+            // A frame the decoder could not use leaves the picture broken until the next
+            // keyframe (there are no periodic ones): ask for one.
+            let errors = p.render_stats.lock().map_or(0, |r| r.decode_errors);
+            if errors > p.decode_errors
+                && let Some(v) = p.video_rx
+                && session.request_keyframe(now, v)
+            {
+                p.decode_errors = errors;
+            }
             if now >= next_stats {
                 next_stats = now + STATS_INTERVAL;
                 let s = stats(&call, &conn, &session, p, now);
@@ -988,6 +1005,7 @@ fn start_pipeline(
         video_rx,
         ladder,
         backlog: false,
+        decode_errors: 0,
         muted: false,
         camera: true,
         meter: Meter::default(),
