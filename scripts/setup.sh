@@ -15,6 +15,8 @@ APT_PACKAGES=(
   libasound2-dev  # cpal (microphone and speaker) talks to ALSA
   libclang-dev    # v4l (cameras) generates its V4L2 bindings with bindgen
   xvfb            # the screen-sharing tests (crates/screen) start their own virtual X server
+  pkg-config      # finds libwayland-client for the next one
+  libwayland-dev  # the desktop app's window (winit) on Wayland, and its screen-reader support
 )
 
 # The NAT lab (crates/netlab, run by the tests as root): namespaces, NAT routers, impairments.

@@ -65,12 +65,15 @@ struct Cli {
     /// Machine-readable output: one JSON object (or JSON lines for streams of events)
     #[arg(long, global = true)]
     json: bool,
+    /// What to do [default: `app`, the desktop window]
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Open the desktop app (also what `p2pcall` alone does)
+    App,
     /// Run a relay server
     Relay(RelayArgs),
     /// Print this installation's peer id (created on first run)
@@ -225,6 +228,20 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The window runs on this thread (the windowing system wants the main one); the app
+    // starts its own engine runtime.
+    if matches!(cli.cmd, None | Some(Cmd::App)) {
+        let r = Dirs::resolve(cli.data_dir.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|d| p2pcall_app::run(d).map_err(anyhow::Error::from));
+        return match r {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -250,7 +267,11 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    match &cli.cmd {
+    let Some(cmd) = &cli.cmd else {
+        bail!("the desktop app runs on the main thread, not here");
+    };
+    match cmd {
+        Cmd::App => bail!("the desktop app runs on the main thread, not here"),
         Cmd::Demo(a) => demo(&cli, a).await,
         Cmd::Relay(a) => relay(&cli, a).await,
         Cmd::Id => id(&cli),

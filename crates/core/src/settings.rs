@@ -19,6 +19,12 @@ pub struct Settings {
     pub token: Option<String>,
     /// Ask the home router for a port mapping (UPnP-IGD, NAT-PMP, PCP) [default: true].
     pub port_mapping: Option<bool>,
+    /// The desktop app runs a relay on this machine (on `relay_listen`) and uses it.
+    pub host_relay: Option<bool>,
+    /// Where a relay hosted by the app listens [default: 0.0.0.0:7700].
+    pub relay_listen: Option<String>,
+    /// Folder accepted files go to [default: the platform's download dir].
+    pub download_dir: Option<PathBuf>,
 }
 
 /// Where the data dir and the settings live.
@@ -87,6 +93,24 @@ impl Settings {
             }),
         }
     }
+
+    /// Writes the settings file (its folder is created; the file is replaced atomically).
+    pub fn save(&self, path: &Path) -> Result<(), SettingsError> {
+        let io = |source| SettingsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = toml::to_string_pretty(self).map_err(|e| SettingsError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
 }
 
 #[cfg(test)]
@@ -104,5 +128,19 @@ mod tests {
         std::fs::write(&p, "nmae = \"typo\"\n").unwrap();
         let e = Settings::load(&p).unwrap_err();
         assert!(e.to_string().contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn saved_settings_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub").join(SETTINGS_FILE);
+        let s = Settings {
+            name: Some("ada \"the\" first".into()),
+            host_relay: Some(true),
+            download_dir: Some(dir.path().join("in")),
+            ..Settings::default()
+        };
+        s.save(&p).unwrap();
+        assert_eq!(Settings::load(&p).unwrap(), s);
     }
 }

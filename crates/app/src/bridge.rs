@@ -1,0 +1,536 @@
+//! The engine side of the app: a tokio runtime on its own thread runs the engine (and a relay
+//! when the app hosts one); the UI sends [`UiCmd`]s and receives [`AppEvent`]s, and is woken
+//! by `request_repaint` for each. Nothing here blocks the UI thread.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use p2pcall_core::chat::ChatEvent;
+use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
+use p2pcall_core::settings::{Dirs, Settings};
+use p2pcall_core::transfer::{OfferInfo, Progress, Summary, TransferEvent};
+use p2pcall_core::{Message, MessageState, PeerId, PeerInfo, Store, identity};
+use p2pcall_net::{Event, RelayConfig, RelayTransport};
+use p2pcall_proto::chat::MessageId;
+use p2pcall_proto::transfer::TransferId;
+use tokio::sync::mpsc;
+
+use crate::AppError;
+
+/// Default relay port (UDP and TCP).
+pub const DEFAULT_PORT: u16 = 7700;
+/// Database file in the data dir.
+pub const DB_FILE: &str = "p2pcall.db";
+/// Messages per history page.
+pub const PAGE: usize = 50;
+
+/// How the app reaches other peers (chosen on first run, kept in the settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// A relay somewhere: `HOST[:PORT]`.
+    Relay(String),
+    /// Run a relay on this machine (listening on this address) and use it.
+    HostRelay(String),
+}
+
+/// What the UI asks of the engine.
+#[derive(Debug, Clone)]
+pub enum UiCmd {
+    /// First run: save the name and network choice, create the identity, start.
+    Setup {
+        /// Display name.
+        name: String,
+        /// Where to find peers.
+        network: Network,
+    },
+    /// Load the newest page of a conversation and mark it read.
+    Open(PeerId),
+    /// Load the page before message row `before`.
+    Older {
+        /// Conversation.
+        peer: PeerId,
+        /// Oldest row shown.
+        before: i64,
+    },
+    /// Mark a conversation read (it is on screen).
+    MarkRead(PeerId),
+    /// Send a chat message (queued while the peer is offline).
+    Send {
+        /// To whom.
+        peer: PeerId,
+        /// Text.
+        text: String,
+    },
+    /// Offer files and folders.
+    SendFiles {
+        /// To whom.
+        peer: PeerId,
+        /// What.
+        paths: Vec<PathBuf>,
+    },
+    /// Accept an offer into the download folder.
+    Accept {
+        /// From whom.
+        peer: PeerId,
+        /// Which transfer.
+        id: TransferId,
+    },
+    /// Decline an offer.
+    Reject {
+        /// From whom.
+        peer: PeerId,
+        /// Which transfer.
+        id: TransferId,
+    },
+    /// Stop a running transfer.
+    Cancel {
+        /// With whom.
+        peer: PeerId,
+        /// Which transfer.
+        id: TransferId,
+    },
+}
+
+/// Where the relay session stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// First run: waiting for [`UiCmd::Setup`].
+    NeedsSetup,
+    /// Starting or reconnecting.
+    Connecting(String),
+    /// Registered with the relay.
+    Online(RelayTransport),
+    /// The relay refused us for good, or the engine could not start.
+    Failed(String),
+}
+
+/// What the engine tells the UI.
+#[derive(Debug, Clone)]
+pub enum AppEvent {
+    /// The engine runs as this peer.
+    Started {
+        /// Our key.
+        me: PeerId,
+        /// Our display name.
+        name: String,
+        /// Where accepted files go.
+        downloads: PathBuf,
+    },
+    /// Relay session state.
+    Status(Status),
+    /// Everyone online now.
+    Online(Vec<PeerInfo>),
+    /// Peers we have talked to (name, last seen) and unread counts.
+    Contacts {
+        /// Known peers and their last names.
+        known: Vec<(PeerId, String)>,
+        /// Unread incoming messages per peer.
+        unread: HashMap<PeerId, u64>,
+    },
+    /// A page of history, oldest first.
+    History {
+        /// Conversation.
+        peer: PeerId,
+        /// The messages.
+        messages: Vec<Message>,
+        /// An older page than the ones shown (else the newest).
+        older: bool,
+        /// More pages exist before these.
+        more: bool,
+    },
+    /// A message was written or arrived.
+    Message(Message),
+    /// One of our messages changed state.
+    MessageState {
+        /// Conversation.
+        peer: PeerId,
+        /// Which.
+        id: MessageId,
+        /// Its new state.
+        state: MessageState,
+    },
+    /// A peer offers files.
+    Offer(OfferInfo),
+    /// A transfer started or moved on.
+    Progress(Progress),
+    /// A transfer finished.
+    Finished(Summary),
+    /// A transfer stopped.
+    TransferFailed {
+        /// With whom.
+        peer: PeerId,
+        /// Which.
+        id: TransferId,
+        /// Why.
+        reason: String,
+    },
+    /// Something the user should read (a failed command).
+    Error(String),
+}
+
+/// Where the bridge keeps and finds things.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Data dir and settings file.
+    pub dirs: Dirs,
+    /// UDP bind address of the engine.
+    pub bind: SocketAddr,
+}
+
+/// The UI's end of the bridge.
+#[derive(Debug)]
+pub struct Bridge {
+    cmd: mpsc::UnboundedSender<UiCmd>,
+    events: std_mpsc::Receiver<AppEvent>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Bridge {
+    /// Starts the engine thread; `wake` is called after every event (the UI repaints).
+    pub fn start(
+        cfg: BridgeConfig,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Bridge, AppError> {
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = std_mpsc::channel();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(AppError::Runtime)?;
+        let out = Out {
+            tx: ev_tx,
+            wake: Arc::new(wake),
+        };
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || rt.block_on(run(cfg, cmd_rx, out)))
+            .map_err(AppError::Runtime)?;
+        Ok(Bridge {
+            cmd: cmd_tx,
+            events: ev_rx,
+            _thread: thread,
+        })
+    }
+
+    /// Sends a command (never blocks).
+    pub fn send(&self, c: UiCmd) {
+        let _ = self.cmd.send(c);
+    }
+
+    /// Events that arrived since the last call.
+    pub fn poll(&self) -> Vec<AppEvent> {
+        self.events.try_iter().collect()
+    }
+}
+
+#[derive(Clone)]
+struct Out {
+    tx: std_mpsc::Sender<AppEvent>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Out {
+    fn emit(&self, e: AppEvent) {
+        let _ = self.tx.send(e);
+        (self.wake)();
+    }
+}
+
+/// `HOST[:PORT]` with the default port, resolved.
+pub async fn resolve_relay(spec: &str) -> Result<SocketAddr, String> {
+    let spec = spec.trim();
+    let with_port = if spec.parse::<SocketAddr>().is_ok()
+        || spec
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
+    {
+        spec.to_string()
+    } else if spec.contains(':') && !spec.starts_with('[') {
+        format!("[{spec}]:{DEFAULT_PORT}")
+    } else {
+        format!("{spec}:{DEFAULT_PORT}")
+    };
+    tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| format!("cannot resolve the relay address {spec:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("the relay address {spec:?} resolved to nothing"))
+}
+
+/// The running engine and what the app hosts for it.
+struct Running {
+    engine: EngineHandle,
+    downloads: PathBuf,
+    _relay: Option<p2pcall_relay::Relay>,
+}
+
+async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: Out) {
+    let mut settings = match Settings::load(&cfg.dirs.settings) {
+        Ok(s) => s,
+        Err(e) => {
+            out.emit(AppEvent::Status(Status::Failed(e.to_string())));
+            Settings::default()
+        }
+    };
+    let mut running: Option<Running> = None;
+    let (ev_tx, mut ev_rx) = mpsc::channel::<EngineEvent>(256);
+    if settings.name.is_some() && (settings.relay.is_some() || settings.host_relay == Some(true)) {
+        running = start(&cfg, &settings, &out, &ev_tx).await;
+    } else {
+        out.emit(AppEvent::Status(Status::NeedsSetup));
+    }
+    loop {
+        tokio::select! {
+            c = cmds.recv() => {
+                let Some(c) = c else { break };
+                match (c, &running) {
+                    (UiCmd::Setup { name, network }, None) => {
+                        settings.name = Some(name.trim().to_string());
+                        match network {
+                            Network::Relay(r) => {
+                                settings.relay = Some(r.trim().to_string());
+                                settings.host_relay = None;
+                            }
+                            Network::HostRelay(listen) => {
+                                settings.host_relay = Some(true);
+                                settings.relay_listen = Some(listen.trim().to_string());
+                            }
+                        }
+                        if let Err(e) = settings.save(&cfg.dirs.settings) {
+                            out.emit(AppEvent::Error(format!("cannot save the settings: {e}")));
+                        }
+                        running = start(&cfg, &settings, &out, &ev_tx).await;
+                    }
+                    (UiCmd::Setup { .. }, Some(_)) => {}
+                    (c, Some(r)) => command(r, c, &out),
+                    (_, None) => out.emit(AppEvent::Error("not connected yet".into())),
+                }
+            }
+            Some(e) = ev_rx.recv() => {
+                if let Some(r) = &running {
+                    event(r, e, &out);
+                }
+            }
+        }
+    }
+    if let Some(r) = running {
+        r.engine.shutdown().await;
+    }
+}
+
+/// Starts the engine (and the hosted relay); failures become a `Failed` status.
+async fn start(
+    cfg: &BridgeConfig,
+    s: &Settings,
+    out: &Out,
+    forward: &mpsc::Sender<EngineEvent>,
+) -> Option<Running> {
+    out.emit(AppEvent::Status(Status::Connecting("starting".into())));
+    match try_start(cfg, s, forward).await {
+        Ok(r) => {
+            let me = r.engine.id();
+            out.emit(AppEvent::Started {
+                me,
+                name: s.name.clone().unwrap_or_default(),
+                downloads: r.downloads.clone(),
+            });
+            contacts(&r.engine, out);
+            Some(r)
+        }
+        Err(e) => {
+            out.emit(AppEvent::Status(Status::Failed(e)));
+            None
+        }
+    }
+}
+
+async fn try_start(
+    cfg: &BridgeConfig,
+    s: &Settings,
+    forward: &mpsc::Sender<EngineEvent>,
+) -> Result<Running, String> {
+    let (identity, _) = identity::load_or_create(&cfg.dirs.data).map_err(|e| e.to_string())?;
+    let mut relay = None;
+    let addr = if s.host_relay == Some(true) {
+        let listen = s.relay_listen.as_deref().unwrap_or("0.0.0.0:7700");
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|e| format!("relay address {listen:?}: {e} (use IP:PORT)"))?;
+        let key = p2pcall_tls::Identity::generate().map_err(|e| e.to_string())?;
+        let r = p2pcall_relay::Relay::start(&key, p2pcall_relay::RelayConfig::new(listen))
+            .await
+            .map_err(|e| {
+                format!("cannot host a relay on {listen}: {e} (is another relay running there?)")
+            })?;
+        let mut a = r.udp_addr;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        relay = Some(r);
+        a
+    } else {
+        let spec = s.relay.as_deref().unwrap_or_default();
+        resolve_relay(spec).await?
+    };
+    let db = cfg.dirs.data.join(DB_FILE);
+    let store = Store::open(&db).map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    let mut ec = EngineConfig::new(
+        identity,
+        s.name.clone().unwrap_or_else(|| "anonymous".into()),
+        Some(RelayConfig {
+            addr,
+            tcp_addr: None,
+            token: s.token.clone(),
+            presence: true,
+            force_tcp: false,
+            relay_key: None,
+        }),
+    );
+    ec.bind = cfg.bind;
+    ec.store = Some(Arc::new(store));
+    ec.port_mapping = s.port_mapping.unwrap_or(true);
+    ec.auto_deliver = true;
+    let (engine, mut events) = Engine::start(ec).await.map_err(|e| e.to_string())?;
+    let f = forward.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            if f.send(e).await.is_err() {
+                break;
+            }
+        }
+    });
+    let downloads = s.download_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join("Downloads"))
+            .unwrap_or_else(|| cfg.dirs.data.join("downloads"))
+    });
+    Ok(Running {
+        engine,
+        downloads,
+        _relay: relay,
+    })
+}
+
+fn contacts(engine: &EngineHandle, out: &Out) {
+    let store = engine.store();
+    let known = store
+        .contacts()
+        .map(|c| c.into_iter().map(|c| (c.peer, c.name)).collect())
+        .unwrap_or_default();
+    let unread = store.unread_counts().unwrap_or_default();
+    out.emit(AppEvent::Contacts { known, unread });
+}
+
+fn history(engine: &EngineHandle, peer: PeerId, before: Option<i64>, out: &Out) {
+    match engine.store().history(&peer, before, PAGE + 1) {
+        Ok(mut m) => {
+            let more = m.len() > PAGE;
+            if more {
+                m.remove(0);
+            }
+            out.emit(AppEvent::History {
+                peer,
+                messages: m,
+                older: before.is_some(),
+                more,
+            });
+        }
+        Err(e) => out.emit(AppEvent::Error(format!("cannot read the history: {e}"))),
+    }
+}
+
+fn command(r: &Running, c: UiCmd, out: &Out) {
+    let engine = r.engine.clone();
+    match c {
+        UiCmd::Setup { .. } => {}
+        UiCmd::Open(peer) => {
+            history(&engine, peer, None, out);
+            mark_read(engine, peer, out.clone());
+        }
+        UiCmd::Older { peer, before } => history(&engine, peer, Some(before), out),
+        UiCmd::MarkRead(peer) => mark_read(engine, peer, out.clone()),
+        UiCmd::Send { peer, text } => {
+            let out = out.clone();
+            tokio::spawn(async move {
+                match engine.send_message(peer, &text).await {
+                    Ok(m) => out.emit(AppEvent::Message(m)),
+                    Err(e) => out.emit(AppEvent::Error(e.to_string())),
+                }
+            });
+        }
+        UiCmd::SendFiles { peer, paths } => {
+            let out = out.clone();
+            tokio::spawn(async move {
+                // Progress, completion and failure arrive as transfer events; a failure
+                // before the transfer starts (unreadable path, declined) only here.
+                if let Err(e) = engine.send_files(peer, &paths).await {
+                    out.emit(AppEvent::Error(format!("sending files: {e}")));
+                }
+            });
+        }
+        UiCmd::Accept { peer, id } => {
+            if let Err(e) = engine.accept_offer(peer, id, r.downloads.clone()) {
+                out.emit(AppEvent::Error(e.to_string()));
+            }
+        }
+        UiCmd::Reject { peer, id } => {
+            if let Err(e) = engine.reject_offer(peer, id, "declined by the user") {
+                out.emit(AppEvent::Error(e.to_string()));
+            }
+        }
+        UiCmd::Cancel { peer, id } => {
+            engine.cancel_transfer(peer, id);
+        }
+    }
+}
+
+fn mark_read(engine: EngineHandle, peer: PeerId, out: Out) {
+    tokio::spawn(async move {
+        if engine.mark_read(peer).await.is_ok() {
+            contacts(&engine, &out);
+        }
+    });
+}
+
+fn event(r: &Running, e: EngineEvent, out: &Out) {
+    match e {
+        EngineEvent::Net(Event::RelayConnected { transport, .. }) => {
+            out.emit(AppEvent::Status(Status::Online(transport)));
+        }
+        EngineEvent::Net(Event::RelayDisconnected { reason, retry_in }) => {
+            out.emit(AppEvent::Status(Status::Connecting(format!(
+                "{reason}; retrying in {:.0} s",
+                retry_in.max(Duration::from_millis(500)).as_secs_f64()
+            ))))
+        }
+        EngineEvent::Net(Event::RelayRefused { reason, detail }) => out.emit(AppEvent::Status(
+            Status::Failed(format!("the relay refused us: {reason} ({detail})")),
+        )),
+        EngineEvent::Net(Event::Presence(_)) => {
+            out.emit(AppEvent::Online(r.engine.online_peers()));
+            contacts(&r.engine, out);
+        }
+        EngineEvent::Chat(ChatEvent::Received(m)) => {
+            out.emit(AppEvent::Message(m));
+            contacts(&r.engine, out);
+        }
+        EngineEvent::Chat(ChatEvent::State { peer, id, state }) => {
+            out.emit(AppEvent::MessageState { peer, id, state });
+        }
+        EngineEvent::Transfer(t) => match t {
+            TransferEvent::Offered(o) => out.emit(AppEvent::Offer(o)),
+            TransferEvent::Resumed(_) => {}
+            TransferEvent::Progress(p) => out.emit(AppEvent::Progress(p)),
+            TransferEvent::Finished(s) => out.emit(AppEvent::Finished(s)),
+            TransferEvent::Failed {
+                peer, id, reason, ..
+            } => out.emit(AppEvent::TransferFailed { peer, id, reason }),
+        },
+        EngineEvent::Net(_) | EngineEvent::PeerConnected { .. } | EngineEvent::Call(_) => {}
+    }
+}

@@ -1,0 +1,560 @@
+//! What the window shows, built only from [`AppEvent`]s (no engine handles, nothing that
+//! blocks): the UI renders it and turns clicks into commands.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use p2pcall_core::transfer::{OfferInfo, Progress};
+use p2pcall_core::{Message, MessageState, PeerId, PeerInfo};
+use p2pcall_proto::transfer::TransferId;
+
+use crate::bridge::{AppEvent, Status};
+
+/// Most messages kept per conversation in memory (older ones are paged in again).
+pub const MAX_MESSAGES: usize = 2000;
+/// How long a toast stays.
+pub const TOAST_TIME: Duration = Duration::from_secs(6);
+
+/// One peer in the list: online now, or known from an earlier conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerRow {
+    /// Its key.
+    pub id: PeerId,
+    /// Display name (self-chosen: the fingerprint is what identifies it).
+    pub name: String,
+    /// Online now.
+    pub online: bool,
+    /// Unread incoming messages.
+    pub unread: u64,
+}
+
+/// A conversation as loaded so far.
+#[derive(Debug, Default, Clone)]
+pub struct Conversation {
+    /// Oldest first.
+    pub messages: Vec<Message>,
+    /// Older pages exist.
+    pub more: bool,
+    /// A page was asked for and has not arrived.
+    pub loading: bool,
+}
+
+/// A transfer in flight or just ended.
+#[derive(Debug, Clone)]
+pub struct TransferRow {
+    /// With whom.
+    pub peer: PeerId,
+    /// Which.
+    pub id: TransferId,
+    /// Latest progress.
+    pub progress: Option<Progress>,
+    /// What it carries (top-level names), if known.
+    pub label: String,
+    /// Ended: `Ok(where)` or `Err(why)`.
+    pub outcome: Option<Result<Vec<PathBuf>, String>>,
+}
+
+/// A short notice at the corner of the window.
+#[derive(Debug, Clone)]
+pub struct Toast {
+    /// What happened.
+    pub text: String,
+    /// An error (shown in red).
+    pub error: bool,
+    /// When it appeared.
+    pub at: Instant,
+}
+
+/// Everything the window shows.
+#[derive(Debug)]
+pub struct Model {
+    /// Relay session.
+    pub status: Status,
+    /// Our key and name, once started.
+    pub me: Option<(PeerId, String)>,
+    /// Where accepted files go.
+    pub downloads: Option<PathBuf>,
+    online: BTreeMap<PeerId, PeerInfo>,
+    known: HashMap<PeerId, String>,
+    unread: HashMap<PeerId, u64>,
+    /// Conversations loaded.
+    pub conversations: HashMap<PeerId, Conversation>,
+    /// The conversation on screen.
+    pub selected: Option<PeerId>,
+    /// Offers waiting for an answer, oldest first.
+    pub offers: Vec<OfferInfo>,
+    /// Transfers, newest last.
+    pub transfers: Vec<TransferRow>,
+    /// Notices, oldest first.
+    pub toasts: Vec<Toast>,
+    /// Things to tell the desktop while the window is not focused (taken by the UI).
+    pub notify: Vec<(String, String)>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self {
+            status: Status::Connecting("starting".into()),
+            me: None,
+            downloads: None,
+            online: BTreeMap::new(),
+            known: HashMap::new(),
+            unread: HashMap::new(),
+            conversations: HashMap::new(),
+            selected: None,
+            offers: Vec::new(),
+            transfers: Vec::new(),
+            toasts: Vec::new(),
+            notify: Vec::new(),
+        }
+    }
+}
+
+impl Model {
+    /// Applies one event at `now`.
+    pub fn apply(&mut self, now: Instant, e: AppEvent) {
+        match e {
+            AppEvent::Started {
+                me,
+                name,
+                downloads,
+            } => {
+                self.me = Some((me, name));
+                self.downloads = Some(downloads);
+            }
+            AppEvent::Status(s) => {
+                if let Status::Failed(why) = &s {
+                    self.toast(now, why.clone(), true);
+                }
+                self.status = s;
+            }
+            AppEvent::Online(peers) => {
+                let me = self.me.as_ref().map(|m| m.0);
+                self.online = peers
+                    .into_iter()
+                    .filter(|p| Some(p.id) != me)
+                    .map(|p| (p.id, p))
+                    .collect();
+            }
+            AppEvent::Contacts { known, unread } => {
+                self.known = known.into_iter().collect();
+                self.unread = unread;
+                // What is on screen is read.
+                if let Some(p) = self.selected {
+                    self.unread.remove(&p);
+                }
+            }
+            AppEvent::History {
+                peer,
+                messages,
+                older,
+                more,
+            } => {
+                let c = self.conversations.entry(peer).or_default();
+                c.loading = false;
+                c.more = more;
+                if older {
+                    let first = c.messages.first().map(|m| m.rowid);
+                    let mut page: Vec<Message> = messages
+                        .into_iter()
+                        .filter(|m| first.is_none_or(|f| m.rowid < f))
+                        .collect();
+                    page.append(&mut c.messages);
+                    c.messages = page;
+                } else {
+                    // The newest page: what arrived meanwhile stays.
+                    let last = messages.last().map(|m| m.rowid);
+                    let newer: Vec<Message> = c
+                        .messages
+                        .drain(..)
+                        .filter(|m| last.is_some_and(|l| m.rowid > l))
+                        .collect();
+                    c.messages = messages;
+                    c.messages.extend(newer);
+                }
+                trim(c);
+            }
+            AppEvent::Message(m) => {
+                let peer = m.peer;
+                if !m.outgoing && self.selected != Some(peer) {
+                    let who = self.name_of(&peer);
+                    self.notify
+                        .push((format!("Message from {who}"), m.text.clone()));
+                    self.toast(now, format!("{who}: {}", short(&m.text, 80)), false);
+                }
+                let c = self.conversations.entry(peer).or_default();
+                match c.messages.iter_mut().find(|x| x.id == m.id) {
+                    Some(x) => *x = m,
+                    None => {
+                        let at = c.messages.partition_point(|x| x.rowid < m.rowid);
+                        c.messages.insert(at, m);
+                    }
+                }
+                trim(c);
+            }
+            AppEvent::MessageState { peer, id, state } => {
+                if let Some(m) = self
+                    .conversations
+                    .get_mut(&peer)
+                    .and_then(|c| c.messages.iter_mut().find(|m| m.id == id))
+                    && rank(state) > rank(m.state)
+                {
+                    m.state = state;
+                }
+            }
+            AppEvent::Offer(o) => {
+                let who = self.name_of(&o.peer);
+                self.notify.push((
+                    format!("{who} offers files"),
+                    format!("{} ({})", o.tops.join(", "), bytes(o.total_bytes)),
+                ));
+                self.toast(now, format!("{who} offers {}", o.tops.join(", ")), false);
+                self.offers.retain(|x| x.id != o.id);
+                self.offers.push(o);
+            }
+            AppEvent::Progress(p) => {
+                self.offers.retain(|o| o.id != p.id);
+                let row = self.transfer(p.peer, p.id);
+                row.progress = Some(p);
+            }
+            AppEvent::Finished(s) => {
+                self.offers.retain(|o| o.id != s.id);
+                let who = self.name_of(&s.peer);
+                let text = if s.outgoing {
+                    format!(
+                        "{who} received {} files ({})",
+                        s.files,
+                        bytes(s.total_bytes)
+                    )
+                } else {
+                    format!(
+                        "received {} files from {who} ({})",
+                        s.files,
+                        bytes(s.total_bytes)
+                    )
+                };
+                self.notify.push(("Transfer finished".into(), text.clone()));
+                self.toast(now, text, false);
+                let row = self.transfer(s.peer, s.id);
+                if let Some(p) = &mut row.progress {
+                    p.done_bytes = p.total_bytes;
+                    p.files_done = p.files;
+                }
+                row.outcome = Some(Ok(s.placed));
+            }
+            AppEvent::TransferFailed { peer, id, reason } => {
+                self.offers.retain(|o| o.id != id);
+                self.toast(now, format!("transfer stopped: {reason}"), true);
+                self.transfer(peer, id).outcome = Some(Err(reason));
+            }
+            AppEvent::Error(e) => self.toast(now, e, true),
+        }
+    }
+
+    /// Drops toasts older than [`TOAST_TIME`].
+    pub fn expire(&mut self, now: Instant) {
+        self.toasts
+            .retain(|t| now.saturating_duration_since(t.at) < TOAST_TIME);
+    }
+
+    fn toast(&mut self, now: Instant, text: String, error: bool) {
+        self.toasts.push(Toast {
+            text,
+            error,
+            at: now,
+        });
+        if self.toasts.len() > 5 {
+            self.toasts.remove(0);
+        }
+    }
+
+    fn transfer(&mut self, peer: PeerId, id: TransferId) -> &mut TransferRow {
+        let i = match self
+            .transfers
+            .iter()
+            .position(|t| t.id == id && t.peer == peer)
+        {
+            Some(i) => i,
+            None => {
+                let label = self
+                    .offers
+                    .iter()
+                    .find(|o| o.id == id)
+                    .map(|o| o.tops.join(", "))
+                    .unwrap_or_default();
+                self.transfers.push(TransferRow {
+                    peer,
+                    id,
+                    progress: None,
+                    label,
+                    outcome: None,
+                });
+                if self.transfers.len() > 50 {
+                    self.transfers.remove(0);
+                }
+                self.transfers.len() - 1
+            }
+        };
+        &mut self.transfers[i]
+    }
+
+    /// The name to show for a peer (online name, else the last one seen, else its
+    /// fingerprint).
+    pub fn name_of(&self, p: &PeerId) -> String {
+        self.online
+            .get(p)
+            .map(|i| i.name.clone())
+            .or_else(|| self.known.get(p).cloned())
+            .unwrap_or_else(|| p.fingerprint().to_string())
+    }
+
+    /// Whether a peer is online now.
+    pub fn is_online(&self, p: &PeerId) -> bool {
+        self.online.contains_key(p)
+    }
+
+    /// The peer list: online first, then known ones; each group by name. `filter` matches
+    /// names and fingerprints, case-insensitively.
+    pub fn peers(&self, filter: &str) -> Vec<PeerRow> {
+        let me = self.me.as_ref().map(|m| m.0);
+        let f = filter.trim().to_lowercase();
+        let mut ids: Vec<PeerId> = self.online.keys().copied().collect();
+        ids.extend(self.known.keys().filter(|k| !self.online.contains_key(k)));
+        let mut rows: Vec<PeerRow> = ids
+            .into_iter()
+            .filter(|id| Some(*id) != me)
+            .map(|id| PeerRow {
+                id,
+                name: self.name_of(&id),
+                online: self.online.contains_key(&id),
+                unread: if self.selected == Some(id) {
+                    0
+                } else {
+                    self.unread.get(&id).copied().unwrap_or(0)
+                },
+            })
+            .filter(|r| {
+                f.is_empty()
+                    || r.name.to_lowercase().contains(&f)
+                    || r.id.fingerprint().to_string().contains(&f)
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.online
+                .cmp(&a.online)
+                .then_with(|| a.name.to_lowercase().cmp(&b.name.to_lowercase()))
+                .then_with(|| a.id.as_bytes().cmp(b.id.as_bytes()))
+        });
+        rows
+    }
+
+    /// Selects a conversation (the UI then asks for its history).
+    pub fn select(&mut self, p: PeerId) {
+        self.selected = Some(p);
+        self.unread.remove(&p);
+        self.conversations.entry(p).or_default().loading = true;
+    }
+}
+
+/// Keeps the newest [`MAX_MESSAGES`].
+fn trim(c: &mut Conversation) {
+    if c.messages.len() > MAX_MESSAGES {
+        let cut = c.messages.len() - MAX_MESSAGES;
+        c.messages.drain(..cut);
+        c.more = true;
+    }
+}
+
+/// States only move forward (a late `Sent` does not undo `Delivered`).
+fn rank(s: MessageState) -> u8 {
+    match s {
+        MessageState::Queued => 0,
+        MessageState::Sent => 1,
+        MessageState::Delivered => 2,
+        MessageState::Read => 3,
+        MessageState::Received => 4,
+    }
+}
+
+fn short(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// `1.5 MB`-style sizes.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pcall_tls::Identity;
+
+    fn peer() -> PeerId {
+        Identity::generate().unwrap().id()
+    }
+
+    fn msg(peer: PeerId, rowid: i64, outgoing: bool, text: &str) -> Message {
+        Message {
+            rowid,
+            peer,
+            outgoing,
+            id: [rowid as u8; 16],
+            seq: rowid as u64,
+            sent_ms: 0,
+            received_ms: None,
+            text: text.into(),
+            state: if outgoing {
+                MessageState::Queued
+            } else {
+                MessageState::Received
+            },
+        }
+    }
+
+    #[test]
+    fn pages_merge_in_order_and_live_messages_survive_a_reload() {
+        let p = peer();
+        let now = Instant::now();
+        let mut m = Model::default();
+        m.select(p);
+        m.apply(
+            now,
+            AppEvent::History {
+                peer: p,
+                messages: (11..=20).map(|i| msg(p, i, true, "x")).collect(),
+                older: false,
+                more: true,
+            },
+        );
+        m.apply(now, AppEvent::Message(msg(p, 21, false, "live")));
+        // An older page goes in front; an overlapping row is not doubled.
+        m.apply(
+            now,
+            AppEvent::History {
+                peer: p,
+                messages: (5..=11).map(|i| msg(p, i, true, "x")).collect(),
+                older: true,
+                more: false,
+            },
+        );
+        let rows: Vec<i64> = m.conversations[&p]
+            .messages
+            .iter()
+            .map(|m| m.rowid)
+            .collect();
+        assert_eq!(rows, (5..=21).collect::<Vec<_>>());
+        assert!(!m.conversations[&p].more);
+        // Reloading the newest page keeps what is newer than it.
+        m.apply(
+            now,
+            AppEvent::History {
+                peer: p,
+                messages: (15..=20).map(|i| msg(p, i, true, "x")).collect(),
+                older: false,
+                more: true,
+            },
+        );
+        let rows: Vec<i64> = m.conversations[&p]
+            .messages
+            .iter()
+            .map(|m| m.rowid)
+            .collect();
+        assert_eq!(rows, (15..=21).collect::<Vec<_>>());
+        // The selected conversation raises no notification.
+        assert!(m.notify.is_empty());
+    }
+
+    #[test]
+    fn states_only_advance_and_other_conversations_notify() {
+        let (a, b) = (peer(), peer());
+        let now = Instant::now();
+        let mut m = Model::default();
+        m.select(a);
+        let mine = msg(a, 1, true, "hi");
+        let id = mine.id;
+        m.apply(now, AppEvent::Message(mine));
+        for s in [
+            MessageState::Delivered,
+            MessageState::Sent,
+            MessageState::Read,
+        ] {
+            m.apply(
+                now,
+                AppEvent::MessageState {
+                    peer: a,
+                    id,
+                    state: s,
+                },
+            );
+        }
+        assert_eq!(m.conversations[&a].messages[0].state, MessageState::Read);
+        m.apply(now, AppEvent::Message(msg(b, 2, false, "psst")));
+        assert_eq!(m.notify.len(), 1);
+        assert_eq!(m.toasts.len(), 1);
+        m.expire(now + TOAST_TIME);
+        assert!(m.toasts.is_empty());
+    }
+
+    #[test]
+    fn the_list_puts_online_peers_first_filters_and_hides_us() {
+        let (me, a, b, c) = (peer(), peer(), peer(), peer());
+        let now = Instant::now();
+        let mut m = Model::default();
+        m.apply(
+            now,
+            AppEvent::Started {
+                me,
+                name: "me".into(),
+                downloads: PathBuf::from("/tmp"),
+            },
+        );
+        let info = |id, name: &str| PeerInfo {
+            id,
+            name: name.into(),
+            online_since_ms: 0,
+        };
+        m.apply(
+            now,
+            AppEvent::Online(vec![info(me, "me"), info(b, "Bob"), info(a, "alice")]),
+        );
+        m.apply(
+            now,
+            AppEvent::Contacts {
+                known: vec![(c, "carol".into()), (a, "old alice".into())],
+                unread: HashMap::from([(c, 3)]),
+            },
+        );
+        let rows = m.peers("");
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["alice", "Bob", "carol"]);
+        assert_eq!(rows[2].unread, 3);
+        assert!(!rows[2].online);
+        assert_eq!(m.peers("BO").len(), 1);
+        let fp = c.fingerprint().to_string();
+        assert_eq!(m.peers(&fp[..9])[0].id, c);
+        m.select(c);
+        assert_eq!(m.peers("carol")[0].unread, 0);
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1_500_000), "1.5 MB");
+    }
+}

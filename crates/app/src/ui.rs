@@ -1,0 +1,520 @@
+//! The window: first run, the peer list, a conversation with its files, toasts. It renders
+//! the [`Model`] and turns clicks into [`UiCmd`]s; it never waits on the engine.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use eframe::egui::{self, Color32, RichText};
+use p2pcall_core::{MessageState, PeerId};
+
+use crate::bridge::{Bridge, Network, Status, UiCmd};
+use crate::model::{Model, bytes};
+
+/// First-run answers being typed.
+#[derive(Debug, Clone)]
+pub struct SetupForm {
+    /// Display name.
+    pub name: String,
+    /// Host a relay here (else use `relay`).
+    pub host: bool,
+    /// Relay address, `HOST[:PORT]`.
+    pub relay: String,
+    /// Where a hosted relay listens.
+    pub listen: String,
+}
+
+impl Default for SetupForm {
+    fn default() -> Self {
+        Self {
+            name: std::env::var("USER").unwrap_or_default(),
+            host: false,
+            relay: String::new(),
+            listen: "0.0.0.0:7700".into(),
+        }
+    }
+}
+
+/// The app: a bridge to the engine, the model built from its events, and what is being
+/// typed.
+#[derive(Debug)]
+pub struct App {
+    bridge: Bridge,
+    /// What is shown.
+    pub model: Model,
+    setup: SetupForm,
+    search: String,
+    drafts: HashMap<PeerId, String>,
+    attach: String,
+    /// The peer whose history was last asked for.
+    opened: Option<PeerId>,
+}
+
+impl App {
+    /// An app on a running bridge.
+    pub fn new(bridge: Bridge) -> Self {
+        Self {
+            bridge,
+            model: Model::default(),
+            setup: SetupForm::default(),
+            search: String::new(),
+            drafts: HashMap::new(),
+            attach: String::new(),
+            opened: None,
+        }
+    }
+
+    /// Takes what the engine sent.
+    pub fn pump(&mut self, now: Instant) {
+        for e in self.bridge.poll() {
+            self.model.apply(now, e);
+        }
+        self.model.expire(now);
+    }
+
+    /// Draws the whole window into `ui` (what the frame calls each time).
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        let now = Instant::now();
+        self.pump(now);
+        let ctx = ui.ctx().clone();
+        // Desktop notifications come with the notifications part of the settings; until
+        // then what would be notified is shown as toasts (already in the model).
+        self.model.notify.clear();
+        if self.model.status == Status::NeedsSetup {
+            egui::CentralPanel::default().show(ui, |ui| self.first_run(ui));
+            return;
+        }
+        self.top_bar(ui);
+        egui::Panel::left("peers")
+            .resizable(true)
+            .default_size(260.0)
+            .show(ui, |ui| self.peer_list(ui));
+        egui::CentralPanel::default().show(ui, |ui| self.conversation(ui));
+        self.toasts(&ctx);
+        // Toasts expire, progress moves: look again soon even without events.
+        if !self.model.toasts.is_empty() || !self.model.transfers.is_empty() {
+            ctx.request_repaint_after(Duration::from_millis(250));
+        }
+        // Files dropped on the window go to the open conversation.
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        });
+        if !dropped.is_empty() {
+            match self.model.selected {
+                Some(peer) => self.bridge.send(UiCmd::SendFiles {
+                    peer,
+                    paths: dropped,
+                }),
+                None => self.model.apply(
+                    now,
+                    crate::bridge::AppEvent::Error("pick a peer to send files to first".into()),
+                ),
+            }
+        }
+    }
+
+    fn first_run(&mut self, ui: &mut egui::Ui) {
+        ui.vertical_centered(|ui| {
+            ui.add_space(40.0);
+            ui.heading("Welcome to p2pcall");
+            ui.label("End-to-end encrypted calls, chat and files, peer to peer.");
+            ui.add_space(20.0);
+        });
+        egui::Grid::new("setup")
+            .num_columns(2)
+            .spacing([12.0, 10.0])
+            .show(ui, |ui| {
+                let l = ui.label("Your name");
+                ui.add(
+                    egui::TextEdit::singleline(&mut self.setup.name).hint_text("shown to others"),
+                )
+                .labelled_by(l.id);
+                ui.end_row();
+                ui.label("Find peers through");
+                ui.vertical(|ui| {
+                    ui.radio_value(&mut self.setup.host, false, "A relay server");
+                    ui.radio_value(&mut self.setup.host, true, "A relay hosted on this machine");
+                });
+                ui.end_row();
+                if self.setup.host {
+                    let l = ui.label("Listen on");
+                    ui.add(egui::TextEdit::singleline(&mut self.setup.listen))
+                        .labelled_by(l.id);
+                } else {
+                    let l = ui.label("Relay address");
+                    ui.add(
+                        egui::TextEdit::singleline(&mut self.setup.relay)
+                            .hint_text("relay.example.org or 192.0.2.7:7700"),
+                    )
+                    .labelled_by(l.id);
+                }
+                ui.end_row();
+            });
+        ui.add_space(10.0);
+        let ready = !self.setup.name.trim().is_empty()
+            && (self.setup.host || !self.setup.relay.trim().is_empty());
+        if ui.add_enabled(ready, egui::Button::new("Start")).clicked() {
+            let network = if self.setup.host {
+                Network::HostRelay(self.setup.listen.clone())
+            } else {
+                Network::Relay(self.setup.relay.clone())
+            };
+            self.model.status = Status::Connecting("starting".into());
+            self.bridge.send(UiCmd::Setup {
+                name: self.setup.name.clone(),
+                network,
+            });
+        }
+        ui.small("A new identity (an Ed25519 key) is created in this computer's data folder.");
+    }
+
+    fn top_bar(&mut self, ui: &mut egui::Ui) {
+        egui::Panel::top("top").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                if let Some((me, name)) = &self.model.me {
+                    ui.strong(name);
+                    ui.monospace(me.fingerprint().to_string())
+                        .on_hover_text("your fingerprint: peers compare it to know it is you");
+                }
+                ui.separator();
+                let (color, text) = match &self.model.status {
+                    Status::Online(t) => (Color32::GREEN, format!("online ({t:?})")),
+                    Status::Connecting(why) => (Color32::YELLOW, format!("connecting: {why}")),
+                    Status::Failed(why) => (Color32::RED, why.clone()),
+                    Status::NeedsSetup => (Color32::GRAY, "not set up".into()),
+                };
+                dot(ui, color);
+                ui.label(text);
+            });
+        });
+    }
+
+    fn peer_list(&mut self, ui: &mut egui::Ui) {
+        ui.add_space(4.0);
+        let l = ui.label("Search");
+        ui.add(egui::TextEdit::singleline(&mut self.search).hint_text("name or fingerprint"))
+            .labelled_by(l.id);
+        ui.separator();
+        let rows = self.model.peers(&self.search);
+        if rows.is_empty() {
+            ui.weak("Nobody here yet. Peers appear when they are online on the same relay.");
+        }
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            for r in rows {
+                let selected = self.model.selected == Some(r.id);
+                let mut text = RichText::new(&r.name);
+                if !r.online {
+                    text = text.weak();
+                }
+                let resp = ui
+                    .horizontal(|ui| {
+                        dot(
+                            ui,
+                            if r.online {
+                                Color32::GREEN
+                            } else {
+                                Color32::GRAY
+                            },
+                        );
+                        let b = ui.selectable_label(selected, text);
+                        if r.unread > 0 {
+                            ui.label(
+                                RichText::new(format!(" {} ", r.unread))
+                                    .color(Color32::WHITE)
+                                    .background_color(Color32::from_rgb(200, 40, 40)),
+                            );
+                        }
+                        b
+                    })
+                    .inner;
+                let fp = r.id.fingerprint().to_string();
+                ui.weak(RichText::new(&fp[..14]).monospace().small());
+                if resp.clicked() {
+                    self.model.select(r.id);
+                }
+            }
+        });
+    }
+
+    fn conversation(&mut self, ui: &mut egui::Ui) {
+        let Some(peer) = self.model.selected else {
+            ui.centered_and_justified(|ui| ui.weak("Pick a peer on the left to talk to them."));
+            return;
+        };
+        if self.opened != Some(peer) {
+            self.opened = Some(peer);
+            self.bridge.send(UiCmd::Open(peer));
+        }
+        let name = self.model.name_of(&peer);
+        let online = self.model.is_online(&peer);
+        ui.horizontal(|ui| {
+            ui.heading(&name);
+            ui.weak(if online { "online" } else { "offline" });
+        });
+        ui.monospace(peer.fingerprint().to_string());
+        ui.separator();
+        self.offers_and_transfers(ui, peer);
+        // The composer at the bottom, the history above it.
+        egui::Panel::bottom("composer").show(ui, |ui| {
+            ui.add_space(4.0);
+            ui.horizontal(|ui| {
+                let draft = self.drafts.entry(peer).or_default();
+                let l = ui.label("Message");
+                let edit = ui.add(
+                    egui::TextEdit::singleline(draft)
+                        .hint_text(if online {
+                            "type a message"
+                        } else {
+                            "type a message (delivered when they are back)"
+                        })
+                        .desired_width(ui.available_width() - 70.0),
+                );
+                let edit = edit.labelled_by(l.id);
+                let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+                if (ui.button("Send").clicked() || enter) && !draft.trim().is_empty() {
+                    let text = std::mem::take(draft);
+                    self.bridge.send(UiCmd::Send { peer, text });
+                    edit.request_focus();
+                }
+            });
+            ui.horizontal(|ui| {
+                let l = ui.label("Files");
+                ui.add(
+                    egui::TextEdit::singleline(&mut self.attach)
+                        .hint_text("paths to send (or drop files on the window)")
+                        .desired_width(ui.available_width() - 70.0),
+                )
+                .labelled_by(l.id);
+                if ui.button("Offer").clicked() && !self.attach.trim().is_empty() {
+                    let paths = self
+                        .attach
+                        .split(';')
+                        .map(|p| PathBuf::from(p.trim()))
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .collect();
+                    self.attach.clear();
+                    self.bridge.send(UiCmd::SendFiles { peer, paths });
+                }
+            });
+        });
+        let conv = self
+            .model
+            .conversations
+            .get(&peer)
+            .cloned()
+            .unwrap_or_default();
+        egui::ScrollArea::vertical()
+            .stick_to_bottom(true)
+            .auto_shrink([false, false])
+            .show(ui, |ui| {
+                if conv.more {
+                    let older = ui.add_enabled(!conv.loading, egui::Button::new("Load older"));
+                    if older.clicked()
+                        && let Some(first) = conv.messages.first()
+                    {
+                        if let Some(c) = self.model.conversations.get_mut(&peer) {
+                            c.loading = true;
+                        }
+                        self.bridge.send(UiCmd::Older {
+                            peer,
+                            before: first.rowid,
+                        });
+                    }
+                }
+                for m in &conv.messages {
+                    let layout = if m.outgoing {
+                        egui::Layout::right_to_left(egui::Align::TOP)
+                    } else {
+                        egui::Layout::left_to_right(egui::Align::TOP)
+                    };
+                    ui.with_layout(layout, |ui| {
+                        let fill = if m.outgoing {
+                            Color32::from_rgb(40, 80, 140)
+                        } else {
+                            ui.visuals().faint_bg_color
+                        };
+                        egui::Frame::new()
+                            .fill(fill)
+                            .corner_radius(6.0)
+                            .inner_margin(6.0)
+                            .show(ui, |ui| {
+                                ui.set_max_width(ui.available_width() * 0.7);
+                                ui.label(&m.text);
+                                let mut meta = clock(m.sent_ms);
+                                if m.outgoing {
+                                    meta.push_str("  ");
+                                    meta.push_str(state_mark(m.state));
+                                }
+                                ui.small(meta).on_hover_text(state_text(m.state));
+                            });
+                    });
+                }
+            });
+    }
+
+    fn offers_and_transfers(&mut self, ui: &mut egui::Ui, peer: PeerId) {
+        let offers: Vec<_> = self
+            .model
+            .offers
+            .iter()
+            .filter(|o| o.peer == peer)
+            .cloned()
+            .collect();
+        for o in offers {
+            egui::Frame::group(ui.style()).show(ui, |ui| {
+                ui.strong(format!(
+                    "Offers {} file(s), {} folder(s), {}",
+                    o.files,
+                    o.dirs,
+                    bytes(o.total_bytes)
+                ));
+                for (path, size) in o.sample.iter().take(8) {
+                    ui.label(match size {
+                        Some(s) => format!("{path}  ({})", bytes(*s)),
+                        None => format!("{path}/"),
+                    });
+                }
+                if let Some(d) = &self.model.downloads {
+                    ui.weak(format!("into {}", d.display()));
+                }
+                ui.horizontal(|ui| {
+                    if ui.button("Accept").clicked() {
+                        self.bridge.send(UiCmd::Accept { peer, id: o.id });
+                    }
+                    if ui.button("Reject").clicked() {
+                        self.bridge.send(UiCmd::Reject { peer, id: o.id });
+                        self.model.offers.retain(|x| x.id != o.id);
+                    }
+                });
+            });
+        }
+        let rows: Vec<_> = self
+            .model
+            .transfers
+            .iter()
+            .filter(|t| t.peer == peer)
+            .cloned()
+            .collect();
+        for t in rows.iter().rev().take(4) {
+            ui.horizontal(|ui| {
+                let (done, total) = t
+                    .progress
+                    .as_ref()
+                    .map_or((0, 0), |p| (p.done_bytes, p.total_bytes));
+                let frac = if total == 0 {
+                    0.0
+                } else {
+                    done as f32 / total as f32
+                };
+                let mut text = format!("{} / {}", bytes(done), bytes(total));
+                if let Some(p) = &t.progress
+                    && t.outcome.is_none()
+                {
+                    if let Some(r) = p.rate {
+                        text.push_str(&format!("  {}/s", bytes(r as u64)));
+                    }
+                    if let Some(eta) = p.eta {
+                        text.push_str(&format!("  {} s left", eta.as_secs()));
+                    }
+                }
+                match &t.outcome {
+                    None => {
+                        ui.add(egui::ProgressBar::new(frac).text(text).desired_width(300.0));
+                        if ui.button("Cancel").clicked() {
+                            self.bridge.send(UiCmd::Cancel { peer, id: t.id });
+                        }
+                    }
+                    Some(Ok(placed)) => {
+                        ui.label(format!("done: {text}"));
+                        let folder = placed
+                            .first()
+                            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+                            .or_else(|| self.model.downloads.clone());
+                        if let Some(dir) = folder
+                            && !t.progress.as_ref().is_some_and(|p| p.outgoing)
+                            && ui.button("Open folder").clicked()
+                        {
+                            // The desktop's file manager; not waited for.
+                            let _ = std::process::Command::new("xdg-open").arg(dir).spawn();
+                        }
+                    }
+                    Some(Err(why)) => {
+                        ui.colored_label(Color32::RED, format!("stopped: {why}"));
+                    }
+                }
+            });
+        }
+    }
+
+    fn toasts(&self, ctx: &egui::Context) {
+        if self.model.toasts.is_empty() {
+            return;
+        }
+        egui::Area::new(egui::Id::unique("toasts"))
+            .anchor(egui::Align2::RIGHT_BOTTOM, [-12.0, -12.0])
+            .show(ctx, |ui| {
+                for t in &self.model.toasts {
+                    egui::Frame::popup(ui.style()).show(ui, |ui| {
+                        let text = RichText::new(&t.text);
+                        ui.label(if t.error {
+                            text.color(Color32::from_rgb(230, 80, 80))
+                        } else {
+                            text
+                        });
+                    });
+                }
+            });
+    }
+}
+
+impl eframe::App for App {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.show(ui);
+    }
+}
+
+fn state_mark(s: MessageState) -> &'static str {
+    match s {
+        MessageState::Queued => "queued",
+        MessageState::Sent => "sent",
+        MessageState::Delivered => "delivered",
+        MessageState::Read => "read",
+        MessageState::Received => "",
+    }
+}
+
+/// A filled circle (online, status) drawn rather than taken from a font.
+fn dot(ui: &mut egui::Ui, color: Color32) {
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+    ui.painter().circle_filled(rect.center(), 4.0, color);
+}
+
+fn state_text(s: MessageState) -> &'static str {
+    match s {
+        MessageState::Queued => "queued: sent when the peer is online",
+        MessageState::Sent => "sent",
+        MessageState::Delivered => "delivered",
+        MessageState::Read => "read",
+        MessageState::Received => "received",
+    }
+}
+
+/// `HH:MM` (UTC) of a time in ms since the epoch, with the date when not today.
+fn clock(ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (day, now_day) = (ms / 86_400_000, now / 86_400_000);
+    let secs = (ms / 1000) % 86_400;
+    let hm = format!("{:02}:{:02}", secs / 3600, (secs / 60) % 60);
+    if day == now_day {
+        hm
+    } else {
+        format!("{} days ago {hm}", now_day.saturating_sub(day))
+    }
+}

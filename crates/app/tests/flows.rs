@@ -1,0 +1,185 @@
+//! The app's main flows, driven through its widgets (egui_kittest, headless) against a real
+//! in-process relay and a second real engine ("bob"): first run, the peer list, chat both
+//! ways, and a file offer accepted from the window.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use p2pcall_app::{App, Bridge, BridgeConfig, Dirs};
+use p2pcall_core::chat::ChatEvent;
+use p2pcall_core::engine::{EngineEvent, EngineHandle};
+use p2pcall_core::settings::Settings;
+use p2pcall_core::transfer::TransferEvent;
+use tokio::sync::mpsc;
+
+struct World {
+    rt: tokio::runtime::Runtime,
+    relay: SocketAddr,
+    _relay: p2pcall_relay::Relay,
+    bob: EngineHandle,
+    bob_events: mpsc::Receiver<EngineEvent>,
+    dir: tempfile::TempDir,
+}
+
+fn world() -> World {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let relay = rt
+        .block_on(p2pcall_relay::Relay::start(
+            &p2pcall_tls::Identity::generate().unwrap(),
+            p2pcall_relay::RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ))
+        .unwrap();
+    let addr = relay.udp_addr;
+    let (bob, bob_events) = rt
+        .block_on(p2pcall_core::demo::local_peer("bob", addr))
+        .unwrap();
+    World {
+        rt,
+        relay: addr,
+        _relay: relay,
+        bob,
+        bob_events,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// An app with a fresh data dir (first run); no port mapping, loopback only.
+fn app(w: &World) -> Harness<'static, App> {
+    let data = w.dir.path().join("app");
+    let dirs = Dirs::resolve(Some(&data)).unwrap();
+    Settings {
+        port_mapping: Some(false),
+        download_dir: Some(w.dir.path().join("downloads")),
+        ..Settings::default()
+    }
+    .save(&dirs.settings)
+    .unwrap();
+    let bridge = Bridge::start(
+        BridgeConfig {
+            dirs,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        || {},
+    )
+    .unwrap();
+    Harness::builder()
+        .with_size([1000.0, 700.0])
+        .build_ui_state(|ui, app: &mut App| app.show(ui), App::new(bridge))
+}
+
+/// Steps the UI until `cond` holds (the engine works on its own threads meanwhile).
+fn until(h: &mut Harness<'_, App>, what: &str, cond: impl Fn(&Harness<'_, App>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond(h) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.step();
+}
+
+/// Some node has this label.
+fn has(h: &Harness<'_, App>, label: &str) -> bool {
+    h.query_all_by_label(label).next().is_some()
+}
+
+/// Some node's label contains this.
+fn has_part(h: &Harness<'_, App>, part: &str) -> bool {
+    h.query_all_by_label_contains(part).next().is_some()
+}
+
+fn type_into(h: &mut Harness<'_, App>, label: &str, text: &str) {
+    let field = h.get_by_role_and_label(Role::TextInput, label);
+    field.click();
+    h.step();
+    h.get_by_role_and_label(Role::TextInput, label)
+        .type_text(text);
+    h.step();
+}
+
+#[test]
+fn first_run_chat_both_ways_and_an_accepted_file_offer() {
+    let mut w = world();
+    let mut h = app(&w);
+    until(&mut h, "the first-run form", |h| {
+        has(h, "Welcome to p2pcall")
+    });
+    // The form wants a name and a relay before it lets us start.
+    h.get_by_role_and_label(Role::TextInput, "Your name")
+        .focus();
+    h.step();
+    h.key_combination_modifiers(egui::Modifiers::COMMAND, &[egui::Key::A]);
+    type_into(&mut h, "Your name", "Ada");
+    type_into(&mut h, "Relay address", &w.relay.to_string());
+    h.get_by_label("Start").click();
+    // Online, and bob is in the list.
+    until(&mut h, "bob in the peer list", |h| {
+        h.query_by_role_and_label(Role::Button, "bob").is_some()
+    });
+    assert!(has_part(&h, "online ("));
+    let settings = Settings::load(&w.dir.path().join("app").join("config.toml")).unwrap();
+    assert_eq!(settings.name.as_deref(), Some("Ada"));
+    assert_eq!(
+        settings.relay.as_deref(),
+        Some(w.relay.to_string().as_str())
+    );
+
+    // Open bob's conversation and write to him.
+    h.get_by_role_and_label(Role::Button, "bob").click();
+    until(&mut h, "the conversation", |h| {
+        h.query_by_role_and_label(Role::TextInput, "Message")
+            .is_some()
+    });
+    type_into(&mut h, "Message", "hello bob");
+    h.get_by_label("Send").click();
+    h.step();
+    let got = w.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(EngineEvent::Chat(ChatEvent::Received(m))) = w.bob_events.recv().await {
+                    return m;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(got.text, "hello bob");
+    until(&mut h, "our message delivered", |h| {
+        has(h, "hello bob") && has_part(h, "delivered")
+    });
+
+    // Bob answers; it shows up in the open conversation.
+    let ada = got.peer;
+    w.rt.block_on(w.bob.send_message(ada, "hi Ada")).unwrap();
+    until(&mut h, "bob's answer", |h| has(h, "hi Ada"));
+
+    // Bob offers a file; we accept it from the window and it lands in the download folder.
+    let file = w.dir.path().join("notes.txt");
+    std::fs::write(&file, b"twelve bytes").unwrap();
+    let bob = w.bob.clone();
+    let sent =
+        w.rt.spawn(async move { bob.send_files(ada, &[file]).await });
+    until(&mut h, "the offer", |h| has(h, "Accept"));
+    assert!(has_part(&h, "notes.txt"));
+    h.get_by_label("Accept").click();
+    until(&mut h, "the transfer done", |h| has_part(h, "done:"));
+    let summary = w.rt.block_on(sent).unwrap().unwrap();
+    assert_eq!(summary.files, 1);
+    let landed = w.dir.path().join("downloads").join("notes.txt");
+    assert_eq!(std::fs::read(&landed).unwrap(), b"twelve bytes");
+    while let Ok(e) = w.bob_events.try_recv() {
+        if let EngineEvent::Transfer(TransferEvent::Failed { reason, .. }) = e {
+            panic!("transfer failed: {reason}");
+        }
+    }
+}
