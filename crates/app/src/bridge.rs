@@ -5,16 +5,19 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use p2pcall_core::call::media::{Picture, VideoTap};
+use p2pcall_core::call::{AudioSource, CallEvent, CallOptions, SpeakerChoice, VideoSource};
 use p2pcall_core::chat::ChatEvent;
 use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
 use p2pcall_core::settings::{Dirs, Settings};
 use p2pcall_core::transfer::{OfferInfo, Progress, Summary, TransferEvent};
 use p2pcall_core::{Message, MessageState, PeerId, PeerInfo, Store, identity};
 use p2pcall_net::{Event, RelayConfig, RelayTransport};
+use p2pcall_proto::call::CallId;
 use p2pcall_proto::chat::MessageId;
 use p2pcall_proto::transfer::TransferId;
 use tokio::sync::mpsc;
@@ -93,6 +96,22 @@ pub enum UiCmd {
         /// Which transfer.
         id: TransferId,
     },
+    /// Call a peer.
+    Call(PeerId),
+    /// Answer the ringing call.
+    Answer(CallId),
+    /// Decline the ringing call.
+    Decline(CallId),
+    /// End the call.
+    Hangup,
+    /// Stop (true) or resume sending audio.
+    Mute(bool),
+    /// Send (true) or stop sending video.
+    Camera(bool),
+    /// Send this screen or window (`screen:N`, `window:ID`), or the configured camera again.
+    Share(Option<String>),
+    /// List screens and windows that can be shared.
+    ListScreens,
 }
 
 /// Where the relay session stands.
@@ -168,8 +187,32 @@ pub enum AppEvent {
         /// Why.
         reason: String,
     },
+    /// A call event (incoming, ringing, started, statistics, ended…).
+    Call(CallEvent),
+    /// Screens and windows that can be shared: (`--video` name, description), or why none.
+    Screens(Result<Vec<(String, String)>, String>),
     /// Something the user should read (a failed command).
     Error(String),
+}
+
+/// The newest picture of one side of a call, RGBA.
+#[derive(Debug, Default, Clone)]
+pub struct Frame {
+    /// Width, height.
+    pub size: [usize; 2],
+    /// `4 × width × height` bytes.
+    pub rgba: Vec<u8>,
+    /// Counts frames (a new one since the last look when it changed).
+    pub seq: u64,
+}
+
+/// The newest local and remote pictures (written by the capture and render threads).
+#[derive(Debug, Default)]
+pub struct Videos {
+    /// What we send.
+    pub local: Frame,
+    /// What the peer sends.
+    pub remote: Frame,
 }
 
 /// Where the bridge keeps and finds things.
@@ -186,6 +229,7 @@ pub struct BridgeConfig {
 pub struct Bridge {
     cmd: mpsc::UnboundedSender<UiCmd>,
     events: std_mpsc::Receiver<AppEvent>,
+    videos: Arc<Mutex<Videos>>,
     _thread: std::thread::JoinHandle<()>,
 }
 
@@ -205,7 +249,9 @@ impl Bridge {
         let out = Out {
             tx: ev_tx,
             wake: Arc::new(wake),
+            videos: Arc::new(Mutex::new(Videos::default())),
         };
+        let videos = out.videos.clone();
         let thread = std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || rt.block_on(run(cfg, cmd_rx, out)))
@@ -213,8 +259,14 @@ impl Bridge {
         Ok(Bridge {
             cmd: cmd_tx,
             events: ev_rx,
+            videos,
             _thread: thread,
         })
+    }
+
+    /// The newest call pictures.
+    pub fn videos(&self) -> &Arc<Mutex<Videos>> {
+        &self.videos
     }
 
     /// Sends a command (never blocks).
@@ -232,12 +284,31 @@ impl Bridge {
 struct Out {
     tx: std_mpsc::Sender<AppEvent>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    videos: Arc<Mutex<Videos>>,
 }
 
 impl Out {
     fn emit(&self, e: AppEvent) {
         let _ = self.tx.send(e);
         (self.wake)();
+    }
+
+    /// Frames of a call into [`Videos`], converted once (I420 → RGBA) on the thread that
+    /// has them; the UI uploads them as textures.
+    fn tap(&self) -> VideoTap {
+        let (videos, wake) = (self.videos.clone(), self.wake.clone());
+        VideoTap::new(move |which, f| {
+            if let Ok(mut v) = videos.lock() {
+                let p = match which {
+                    Picture::Local => &mut v.local,
+                    Picture::Remote => &mut v.remote,
+                };
+                p2pcall_media_io::convert::to_rgba(f, &mut p.rgba);
+                p.size = [f.width, f.height];
+                p.seq += 1;
+            }
+            wake();
+        })
     }
 }
 
@@ -266,6 +337,7 @@ pub async fn resolve_relay(spec: &str) -> Result<SocketAddr, String> {
 struct Running {
     engine: EngineHandle,
     downloads: PathBuf,
+    settings: Settings,
     _relay: Option<p2pcall_relay::Relay>,
 }
 
@@ -412,6 +484,7 @@ async fn try_start(
     Ok(Running {
         engine,
         downloads,
+        settings: s.clone(),
         _relay: relay,
     })
 }
@@ -486,7 +559,124 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
         UiCmd::Cancel { peer, id } => {
             engine.cancel_transfer(peer, id);
         }
+        UiCmd::Call(peer) => {
+            let (opts, out) = (call_options(&r.settings, out), out.clone());
+            tokio::spawn(async move {
+                if let Err(e) = engine.call(peer, opts).await {
+                    out.emit(AppEvent::Error(format!("the call failed: {e}")));
+                }
+            });
+        }
+        UiCmd::Answer(call) => {
+            let (opts, out) = (call_options(&r.settings, out), out.clone());
+            tokio::spawn(async move {
+                if let Err(e) = engine.answer(call, opts).await {
+                    out.emit(AppEvent::Error(format!("cannot answer: {e}")));
+                }
+            });
+        }
+        UiCmd::Decline(call) => spawn_result(out, async move { engine.reject_call(call).await }),
+        UiCmd::Hangup => spawn_result(out, async move { engine.hangup().await }),
+        UiCmd::Mute(m) => spawn_result(out, async move { engine.set_muted(m).await }),
+        UiCmd::Camera(on) => spawn_result(out, async move { engine.set_camera(on).await }),
+        UiCmd::Share(src) => {
+            let spec = src.unwrap_or_else(|| video_spec(&r.settings));
+            match spec.parse::<VideoSource>() {
+                Ok(v) => spawn_result(out, async move { engine.set_video_source(v).await }),
+                Err(e) => out.emit(AppEvent::Error(e)),
+            }
+        }
+        UiCmd::ListScreens => {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || {
+                let d = p2pcall_core::devices::list_devices();
+                let screens = &d.screens;
+                let r = if screens.devices.is_empty() {
+                    Err(screens
+                        .why_none
+                        .clone()
+                        .unwrap_or_else(|| "no screen to share".into()))
+                } else {
+                    Ok(screens
+                        .devices
+                        .iter()
+                        .map(|x| (x.id.clone(), x.name.clone()))
+                        .collect())
+                };
+                out.emit(AppEvent::Screens(r));
+            });
+        }
     }
+}
+
+/// Runs an engine command; a failure becomes an error toast.
+fn spawn_result(
+    out: &Out,
+    f: impl std::future::Future<Output = Result<(), p2pcall_core::EngineError>> + Send + 'static,
+) {
+    let out = out.clone();
+    tokio::spawn(async move {
+        if let Err(e) = f.await {
+            out.emit(AppEvent::Error(e.to_string()));
+        }
+    });
+}
+
+fn video_spec(s: &Settings) -> String {
+    s.video.clone().unwrap_or_else(|| "camera".into())
+}
+
+/// The call's sources and sinks from the settings. A source that cannot be opened (no
+/// camera, no microphone) is left out, with a toast saying why: the call goes on without it.
+fn call_options(s: &Settings, out: &Out) -> CallOptions {
+    let mut o = CallOptions {
+        sinks: p2pcall_core::call::Sinks {
+            tap: Some(out.tap()),
+            speaker: SpeakerChoice::Auto,
+            ..Default::default()
+        },
+        ..CallOptions::default()
+    };
+    match video_spec(s).parse::<VideoSource>() {
+        Ok(v) => o.video = v,
+        Err(e) => out.emit(AppEvent::Error(e)),
+    }
+    match s.audio.as_deref().unwrap_or("mic").parse::<AudioSource>() {
+        Ok(a) => o.audio = a,
+        Err(e) => out.emit(AppEvent::Error(e)),
+    }
+    if let Some(sp) = &s.speaker {
+        match sp.parse::<SpeakerChoice>() {
+            Ok(c) => o.sinks.speaker = c,
+            Err(e) => out.emit(AppEvent::Error(e)),
+        }
+    }
+    if o.video.is_screen() {
+        o.width = p2pcall_core::call::SCREEN_MAX_SIZE.0;
+        o.height = p2pcall_core::call::SCREEN_MAX_SIZE.1;
+    }
+    // Drop what cannot be opened, one part at a time, saying why.
+    if let Err(e) = o.check() {
+        let mut without_video = o.clone();
+        without_video.video = VideoSource::None;
+        if without_video.check().is_ok() {
+            out.emit(AppEvent::Error(format!("no video in this call: {e}")));
+            return without_video;
+        }
+        let mut without_audio = o.clone();
+        without_audio.audio = AudioSource::None;
+        if without_audio.check().is_ok() {
+            out.emit(AppEvent::Error(format!("no audio in this call: {e}")));
+            return without_audio;
+        }
+        out.emit(AppEvent::Error(format!(
+            "no camera or microphone for this call: {e}"
+        )));
+        o.video = VideoSource::None;
+        o.audio = AudioSource::None;
+        o.sinks.speaker = SpeakerChoice::Off;
+    }
+    o
 }
 
 fn mark_read(engine: EngineHandle, peer: PeerId, out: Out) {
@@ -531,6 +721,14 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
                 peer, id, reason, ..
             } => out.emit(AppEvent::TransferFailed { peer, id, reason }),
         },
-        EngineEvent::Net(_) | EngineEvent::PeerConnected { .. } | EngineEvent::Call(_) => {}
+        EngineEvent::Call(c) => {
+            if let CallEvent::Ended { .. } = &c
+                && let Ok(mut v) = out.videos.lock()
+            {
+                *v = Videos::default();
+            }
+            out.emit(AppEvent::Call(c));
+        }
+        EngineEvent::Net(_) | EngineEvent::PeerConnected { .. } => {}
     }
 }

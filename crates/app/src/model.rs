@@ -1,12 +1,14 @@
 //! What the window shows, built only from [`AppEvent`]s (no engine handles, nothing that
 //! blocks): the UI renders it and turns clicks into commands.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use p2pcall_core::call::{CallEvent, CallStats, describe_end};
 use p2pcall_core::transfer::{OfferInfo, Progress};
 use p2pcall_core::{Message, MessageState, PeerId, PeerInfo};
+use p2pcall_proto::call::CallId;
 use p2pcall_proto::transfer::TransferId;
 
 use crate::bridge::{AppEvent, Status};
@@ -66,6 +68,68 @@ pub struct Toast {
     pub at: Instant,
 }
 
+/// Seconds of call statistics kept for the plots.
+pub const STATS_HISTORY: usize = 300;
+
+/// Where a call stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallPhase {
+    /// They call us: accept or decline.
+    Incoming {
+        /// They offer video.
+        video: bool,
+    },
+    /// We call them, no answer yet.
+    Calling {
+        /// Their device rings.
+        ringing: bool,
+    },
+    /// Up since then.
+    Active(Instant),
+}
+
+/// One second of a call, for the plots.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    /// Seconds into the call.
+    pub t: f64,
+    /// Round-trip time, ms.
+    pub rtt_ms: f64,
+    /// What we send, kbit/s (all streams).
+    pub send_kbps: f64,
+    /// What we receive, kbit/s.
+    pub recv_kbps: f64,
+    /// The bandwidth estimate, kbit/s.
+    pub target_kbps: f64,
+    /// Received packet loss, % (worst stream).
+    pub loss_pct: f64,
+    /// Audio jitter-buffer delay, ms.
+    pub buffer_ms: f64,
+    /// Received video frames per second.
+    pub fps: f64,
+}
+
+/// The call in progress.
+#[derive(Debug, Clone)]
+pub struct CallView {
+    /// Which call (None until the engine names our outgoing one).
+    pub id: Option<CallId>,
+    /// With whom.
+    pub peer: PeerId,
+    /// Where it stands.
+    pub phase: CallPhase,
+    /// Our audio is off.
+    pub muted: bool,
+    /// Our video is on.
+    pub camera: bool,
+    /// What we share instead of the camera (`screen:N`, `window:ID`).
+    pub sharing: Option<String>,
+    /// The latest statistics.
+    pub stats: Option<CallStats>,
+    /// The last seconds of statistics.
+    pub history: VecDeque<Sample>,
+}
+
 /// Everything the window shows.
 #[derive(Debug)]
 pub struct Model {
@@ -90,6 +154,10 @@ pub struct Model {
     pub toasts: Vec<Toast>,
     /// Things to tell the desktop while the window is not focused (taken by the UI).
     pub notify: Vec<(String, String)>,
+    /// The call, if one is ringing or running.
+    pub call: Option<CallView>,
+    /// Screens and windows to share, once listed.
+    pub screens: Option<Result<Vec<(String, String)>, String>>,
 }
 
 impl Default for Model {
@@ -107,6 +175,8 @@ impl Default for Model {
             transfers: Vec::new(),
             toasts: Vec::new(),
             notify: Vec::new(),
+            call: None,
+            screens: None,
         }
     }
 }
@@ -248,7 +318,106 @@ impl Model {
                 self.toast(now, format!("transfer stopped: {reason}"), true);
                 self.transfer(peer, id).outcome = Some(Err(reason));
             }
+            AppEvent::Call(c) => self.on_call(now, c),
+            AppEvent::Screens(s) => self.screens = Some(s),
             AppEvent::Error(e) => self.toast(now, e, true),
+        }
+    }
+
+    /// We dial `peer` (the UI sends the command).
+    pub fn calling(&mut self, peer: PeerId) {
+        self.call = Some(CallView {
+            id: None,
+            peer,
+            phase: CallPhase::Calling { ringing: false },
+            muted: false,
+            camera: true,
+            sharing: None,
+            stats: None,
+            history: VecDeque::new(),
+        });
+    }
+
+    fn on_call(&mut self, now: Instant, e: CallEvent) {
+        match e {
+            CallEvent::Incoming {
+                call,
+                peer,
+                name,
+                video,
+                ..
+            } => {
+                let who = name.unwrap_or_else(|| self.name_of(&peer));
+                self.notify
+                    .push(("Incoming call".into(), format!("{who} is calling")));
+                self.call = Some(CallView {
+                    id: Some(call),
+                    peer,
+                    phase: CallPhase::Incoming { video },
+                    muted: false,
+                    camera: true,
+                    sharing: None,
+                    stats: None,
+                    history: VecDeque::new(),
+                });
+            }
+            CallEvent::Ringing { call } => {
+                if let Some(c) = &mut self.call {
+                    c.id = Some(call);
+                    c.phase = CallPhase::Calling { ringing: true };
+                }
+            }
+            CallEvent::Started { call, peer, .. } => {
+                let c = self.call.get_or_insert_with(|| CallView {
+                    id: Some(call),
+                    peer,
+                    phase: CallPhase::Active(now),
+                    muted: false,
+                    camera: true,
+                    sharing: None,
+                    stats: None,
+                    history: VecDeque::new(),
+                });
+                c.id = Some(call);
+                c.peer = peer;
+                c.phase = CallPhase::Active(now);
+            }
+            CallEvent::Updated { .. } => {}
+            CallEvent::Stats(st) => {
+                if let Some(c) = &mut self.call {
+                    let sum = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>();
+                    let sample = Sample {
+                        t: st.elapsed_s,
+                        rtt_ms: st.rtt_ms,
+                        send_kbps: sum(&mut st.send.iter().map(|x| x.kbps)),
+                        recv_kbps: sum(&mut st.recv.iter().map(|x| x.kbps)),
+                        target_kbps: st.rate.target_kbps,
+                        loss_pct: st.recv.iter().map(|x| x.loss_pct).fold(0.0, f64::max),
+                        buffer_ms: st
+                            .recv
+                            .iter()
+                            .find(|x| x.kind == "audio")
+                            .map_or(0.0, |x| x.buffer_ms),
+                        fps: st
+                            .recv
+                            .iter()
+                            .find(|x| x.kind != "audio")
+                            .map_or(0.0, |x| x.fps),
+                    };
+                    c.history.push_back(sample);
+                    while c.history.len() > STATS_HISTORY {
+                        c.history.pop_front();
+                    }
+                    c.stats = Some(*st);
+                }
+            }
+            CallEvent::Warning { message, .. } => self.toast(now, message, true),
+            CallEvent::Ended { peer, reason, .. } => {
+                let (_, text) = describe_end(&reason);
+                let who = self.name_of(&peer);
+                self.toast(now, format!("call with {who} ended: {text}"), false);
+                self.call = None;
+            }
         }
     }
 

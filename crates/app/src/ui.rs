@@ -9,7 +9,7 @@ use eframe::egui::{self, Color32, RichText};
 use p2pcall_core::{MessageState, PeerId};
 
 use crate::bridge::{Bridge, Network, Status, UiCmd};
-use crate::model::{Model, bytes};
+use crate::model::{CallPhase, Model, Sample, bytes};
 
 /// First-run answers being typed.
 #[derive(Debug, Clone)]
@@ -37,7 +37,6 @@ impl Default for SetupForm {
 
 /// The app: a bridge to the engine, the model built from its events, and what is being
 /// typed.
-#[derive(Debug)]
 pub struct App {
     bridge: Bridge,
     /// What is shown.
@@ -48,6 +47,17 @@ pub struct App {
     attach: String,
     /// The peer whose history was last asked for.
     opened: Option<PeerId>,
+    /// Call pictures as textures, and the frame count they show.
+    remote: Option<(egui::TextureHandle, u64)>,
+    local: Option<(egui::TextureHandle, u64)>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
 }
 
 impl App {
@@ -61,6 +71,8 @@ impl App {
             drafts: HashMap::new(),
             attach: String::new(),
             opened: None,
+            remote: None,
+            local: None,
         }
     }
 
@@ -84,12 +96,20 @@ impl App {
             egui::CentralPanel::default().show(ui, |ui| self.first_run(ui));
             return;
         }
+        self.textures(&ctx);
+        self.incoming(&ctx);
         self.top_bar(ui);
         egui::Panel::left("peers")
             .resizable(true)
             .default_size(260.0)
             .show(ui, |ui| self.peer_list(ui));
-        egui::CentralPanel::default().show(ui, |ui| self.conversation(ui));
+        egui::CentralPanel::default().show(ui, |ui| {
+            self.call_panel(ui);
+            self.conversation(ui);
+        });
+        if self.model.call.is_some() {
+            ctx.request_repaint_after(Duration::from_millis(500)); // the call timer
+        }
         self.toasts(&ctx);
         // Toasts expire, progress moves: look again soon even without events.
         if !self.model.toasts.is_empty() || !self.model.transfers.is_empty() {
@@ -255,6 +275,15 @@ impl App {
         ui.horizontal(|ui| {
             ui.heading(&name);
             ui.weak(if online { "online" } else { "offline" });
+            if self.model.call.is_none()
+                && ui
+                    .add_enabled(online, egui::Button::new("Call"))
+                    .on_disabled_hover_text("they are offline")
+                    .clicked()
+            {
+                self.model.calling(peer);
+                self.bridge.send(UiCmd::Call(peer));
+            }
         });
         ui.monospace(peer.fingerprint().to_string());
         ui.separator();
@@ -451,6 +480,237 @@ impl App {
         }
     }
 
+    /// New call frames become textures (one upload each; the conversion from I420 was done
+    /// on the thread that had the frame).
+    fn textures(&mut self, ctx: &egui::Context) {
+        if self.model.call.is_none() {
+            self.remote = None;
+            self.local = None;
+            return;
+        }
+        let Ok(v) = self.bridge.videos().lock() else {
+            return;
+        };
+        for (slot, pic, name) in [
+            (&mut self.remote, &v.remote, "remote video"),
+            (&mut self.local, &v.local, "local video"),
+        ] {
+            let fresh = slot.as_ref().is_none_or(|(_, seq)| *seq != pic.seq);
+            if pic.rgba.is_empty() || !fresh {
+                continue;
+            }
+            let img = egui::ColorImage::from_rgba_unmultiplied(pic.size, &pic.rgba);
+            match slot {
+                Some((t, seq)) => {
+                    t.set(img, egui::TextureOptions::LINEAR);
+                    *seq = pic.seq;
+                }
+                None => {
+                    *slot = Some((
+                        ctx.load_texture(name, img, egui::TextureOptions::LINEAR),
+                        pic.seq,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Whether the remote picture and our preview are on screen.
+    pub fn shows_video(&self) -> (bool, bool) {
+        (self.remote.is_some(), self.local.is_some())
+    }
+
+    fn incoming(&mut self, ctx: &egui::Context) {
+        let Some(c) = &self.model.call else { return };
+        let CallPhase::Incoming { video } = c.phase else {
+            return;
+        };
+        let (id, peer) = (c.id, c.peer);
+        let who = self.model.name_of(&peer);
+        egui::Modal::new(egui::Id::unique("incoming call")).show(ctx, |ui| {
+            ui.heading(format!("{who} is calling"));
+            ui.monospace(peer.fingerprint().to_string());
+            ui.label(if video { "video call" } else { "voice call" });
+            ui.horizontal(|ui| {
+                if ui.button("Accept").clicked()
+                    && let Some(id) = id
+                {
+                    if let Some(c) = &mut self.model.call {
+                        c.phase = CallPhase::Active(Instant::now());
+                    }
+                    self.model.select(peer);
+                    self.bridge.send(UiCmd::Answer(id));
+                }
+                if ui.button("Decline").clicked()
+                    && let Some(id) = id
+                {
+                    self.model.call = None;
+                    self.bridge.send(UiCmd::Decline(id));
+                }
+            });
+        });
+    }
+
+    fn call_panel(&mut self, ui: &mut egui::Ui) {
+        let Some(c) = self.model.call.clone() else {
+            return;
+        };
+        let who = self.model.name_of(&c.peer);
+        match c.phase {
+            CallPhase::Incoming { .. } => return,
+            CallPhase::Calling { ringing } => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label(if ringing {
+                        format!("Calling {who}: ringing")
+                    } else {
+                        format!("Calling {who}")
+                    });
+                    if ui.button("Hang up").clicked() {
+                        self.bridge.send(UiCmd::Hangup);
+                    }
+                });
+                ui.separator();
+                return;
+            }
+            CallPhase::Active(_) => {}
+        }
+        let CallPhase::Active(since) = c.phase else {
+            return;
+        };
+        let secs = since.elapsed().as_secs();
+        ui.horizontal(|ui| {
+            ui.strong(format!("In a call with {who}"));
+            ui.monospace(format!("{:02}:{:02}", secs / 60, secs % 60));
+            if let Some(st) = &c.stats {
+                let loss = c.history.back().map_or(0.0, |s| s.loss_pct);
+                let (color, quality) = if loss > 5.0 || st.rtt_ms > 300.0 {
+                    (Color32::RED, "poor")
+                } else if loss > 1.0 || st.rtt_ms > 150.0 {
+                    (Color32::YELLOW, "fair")
+                } else {
+                    (Color32::GREEN, "good")
+                };
+                dot(ui, color);
+                let path = if st.path.starts_with("direct") {
+                    "direct"
+                } else {
+                    "relayed"
+                };
+                ui.label(format!("{quality}, {path}, RTT {:.0} ms", st.rtt_ms))
+                    .on_hover_text(&st.path);
+            }
+        });
+        // Remote video large, our preview small in its corner.
+        let h = (ui.available_height() * 0.55).max(120.0);
+        let (rect, _) =
+            ui.allocate_exact_size(egui::vec2(ui.available_width(), h), egui::Sense::hover());
+        ui.painter().rect_filled(rect, 4.0, Color32::from_gray(16));
+        let fit = |tex: &egui::TextureHandle, area: egui::Rect| {
+            let [w, h] = tex.size().map(|v| v as f32);
+            let scale = (area.width() / w).min(area.height() / h);
+            egui::Rect::from_center_size(area.center(), egui::vec2(w, h) * scale)
+        };
+        let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+        match &self.remote {
+            Some((t, _)) => {
+                ui.painter().image(t.id(), fit(t, rect), uv, Color32::WHITE);
+            }
+            None => {
+                ui.painter().text(
+                    rect.center(),
+                    egui::Align2::CENTER_CENTER,
+                    "no video from them",
+                    egui::FontId::proportional(16.0),
+                    Color32::GRAY,
+                );
+            }
+        }
+        if let Some((t, _)) = &self.local
+            && c.camera
+        {
+            let corner = egui::Rect::from_min_size(
+                rect.right_bottom()
+                    - egui::vec2(rect.width() * 0.25 + 8.0, rect.height() * 0.25 + 8.0),
+                egui::vec2(rect.width() * 0.25, rect.height() * 0.25),
+            );
+            let r = fit(t, corner);
+            ui.painter().image(t.id(), r, uv, Color32::WHITE);
+            ui.painter()
+                .rect_stroke(r, 2.0, (1.0, Color32::WHITE), egui::StrokeKind::Outside);
+        }
+        ui.horizontal(|ui| {
+            if ui.button(if c.muted { "Unmute" } else { "Mute" }).clicked() {
+                self.bridge.send(UiCmd::Mute(!c.muted));
+                if let Some(v) = &mut self.model.call {
+                    v.muted = !c.muted;
+                }
+            }
+            if ui
+                .button(if c.camera { "Camera off" } else { "Camera on" })
+                .clicked()
+            {
+                self.bridge.send(UiCmd::Camera(!c.camera));
+                if let Some(v) = &mut self.model.call {
+                    v.camera = !c.camera;
+                }
+            }
+            let share = ui.menu_button(
+                if c.sharing.is_some() {
+                    "Sharing…"
+                } else {
+                    "Share screen"
+                },
+                |ui| self.share_menu(ui, c.sharing.is_some()),
+            );
+            if share.response.clicked() {
+                self.bridge.send(UiCmd::ListScreens);
+            }
+            if ui
+                .add(
+                    egui::Button::new(RichText::new("Hang up").color(Color32::WHITE))
+                        .fill(Color32::from_rgb(190, 40, 40)),
+                )
+                .clicked()
+            {
+                self.bridge.send(UiCmd::Hangup);
+            }
+        });
+        egui::CollapsingHeader::new("Statistics")
+            .default_open(false)
+            .show(ui, |ui| stats(ui, &c));
+        ui.separator();
+    }
+
+    fn share_menu(&mut self, ui: &mut egui::Ui, sharing: bool) {
+        if sharing && ui.button("Stop sharing (camera again)").clicked() {
+            self.bridge.send(UiCmd::Share(None));
+            if let Some(c) = &mut self.model.call {
+                c.sharing = None;
+            }
+            ui.close();
+        }
+        match &self.model.screens {
+            None => {
+                ui.spinner();
+            }
+            Some(Err(why)) => {
+                ui.label(why.clone());
+            }
+            Some(Ok(list)) => {
+                for (id, name) in list.clone() {
+                    if ui.button(format!("{name} ({id})")).clicked() {
+                        self.bridge.send(UiCmd::Share(Some(id.clone())));
+                        if let Some(c) = &mut self.model.call {
+                            c.sharing = Some(id);
+                        }
+                        ui.close();
+                    }
+                }
+            }
+        }
+    }
+
     fn toasts(&self, ctx: &egui::Context) {
         if self.model.toasts.is_empty() {
             return;
@@ -476,6 +736,58 @@ impl eframe::App for App {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.show(ui);
     }
+}
+
+/// Live plots of a call's last minutes, and its path.
+fn stats(ui: &mut egui::Ui, c: &crate::model::CallView) {
+    use egui_plot::{Legend, Line, Plot};
+    let series = |f: fn(&Sample) -> f64| -> Vec<[f64; 2]> {
+        c.history.iter().map(|s| [s.t, f(s)]).collect()
+    };
+    let plot = |ui: &mut egui::Ui, id: &str, lines: Vec<(&str, Vec<[f64; 2]>)>| {
+        Plot::new(id)
+            .height(110.0)
+            .legend(Legend::default())
+            .allow_zoom(false)
+            .allow_drag(false)
+            .allow_scroll(false)
+            .show(ui, |p| {
+                for (name, pts) in lines {
+                    p.line(Line::new(name, pts));
+                }
+            });
+    };
+    if let Some(st) = &c.stats {
+        ui.label(format!("path: {}", st.path));
+        if let Some((w, h)) = st.resolution {
+            ui.label(format!("receiving {w}x{h}"));
+        }
+    }
+    ui.columns(2, |cols| {
+        plot(&mut cols[0], "rtt", vec![("RTT ms", series(|s| s.rtt_ms))]);
+        plot(
+            &mut cols[1],
+            "rates",
+            vec![
+                ("send kbit/s", series(|s| s.send_kbps)),
+                ("receive kbit/s", series(|s| s.recv_kbps)),
+                ("estimate kbit/s", series(|s| s.target_kbps)),
+            ],
+        );
+        plot(
+            &mut cols[0],
+            "loss",
+            vec![("loss %", series(|s| s.loss_pct))],
+        );
+        plot(
+            &mut cols[1],
+            "delay",
+            vec![
+                ("audio buffer ms", series(|s| s.buffer_ms)),
+                ("video fps", series(|s| s.fps)),
+            ],
+        );
+    });
 }
 
 fn state_mark(s: MessageState) -> &'static str {

@@ -11,6 +11,7 @@ use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use p2pcall_app::{App, Bridge, BridgeConfig, Dirs};
+use p2pcall_core::call::{CallEvent, CallOptions};
 use p2pcall_core::chat::ChatEvent;
 use p2pcall_core::engine::{EngineEvent, EngineHandle};
 use p2pcall_core::settings::Settings;
@@ -52,17 +53,26 @@ fn world() -> World {
     }
 }
 
-/// An app with a fresh data dir (first run); no port mapping, loopback only.
+/// An app with a fresh data dir (first run); no port mapping, loopback only, synthetic
+/// media (this machine has no camera or sound card).
 fn app(w: &World) -> Harness<'static, App> {
+    app_with(
+        w,
+        Settings {
+            port_mapping: Some(false),
+            download_dir: Some(w.dir.path().join("downloads")),
+            video: Some("testsrc".into()),
+            audio: Some("tone".into()),
+            speaker: Some("off".into()),
+            ..Settings::default()
+        },
+    )
+}
+
+fn app_with(w: &World, settings: Settings) -> Harness<'static, App> {
     let data = w.dir.path().join("app");
     let dirs = Dirs::resolve(Some(&data)).unwrap();
-    Settings {
-        port_mapping: Some(false),
-        download_dir: Some(w.dir.path().join("downloads")),
-        ..Settings::default()
-    }
-    .save(&dirs.settings)
-    .unwrap();
+    settings.save(&dirs.settings).unwrap();
     let bridge = Bridge::start(
         BridgeConfig {
             dirs,
@@ -182,4 +192,62 @@ fn first_run_chat_both_ways_and_an_accepted_file_offer() {
             panic!("transfer failed: {reason}");
         }
     }
+}
+
+#[test]
+fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
+    let mut w = world();
+    // Set up before: no first run, straight online.
+    let mut h = app_with(
+        &w,
+        Settings {
+            name: Some("Ada".into()),
+            relay: Some(w.relay.to_string()),
+            port_mapping: Some(false),
+            video: Some("testsrc".into()),
+            audio: Some("tone".into()),
+            speaker: Some("off".into()),
+            ..Settings::default()
+        },
+    );
+    until(&mut h, "online with bob listed", |h| {
+        h.query_by_role_and_label(Role::Button, "bob").is_some()
+    });
+    let ada = h.state().model.me.as_ref().unwrap().0;
+    let bob = w.bob.clone();
+    w.rt.spawn(async move { bob.call(ada, CallOptions::default()).await.unwrap() });
+    until(&mut h, "the incoming call", |h| has(h, "bob is calling"));
+    h.get_by_label("Accept").click();
+    until(&mut h, "both pictures and the controls", |h| {
+        h.state().shows_video() == (true, true) && has(h, "Hang up") && has(h, "Mute")
+    });
+    assert!(has_part(&h, "In a call with bob"));
+    // The statistics arrive every second and name the path.
+    until(&mut h, "call statistics", |h| {
+        h.state()
+            .model
+            .call
+            .as_ref()
+            .is_some_and(|c| c.history.len() >= 2)
+    });
+    h.get_by_label("Hang up").click();
+    h.step();
+    let ended = w.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(EngineEvent::Call(CallEvent::Ended { reason, .. })) =
+                    w.bob_events.recv().await
+                {
+                    return reason;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    });
+    let (code, _) = p2pcall_core::call::describe_end(&ended);
+    assert_eq!(code, "hung_up_by_peer");
+    until(&mut h, "the call gone from the window", |h| {
+        h.state().model.call.is_none() && !has(h, "Hang up")
+    });
 }

@@ -384,7 +384,7 @@ fn share(
     };
     let meter = CpuMeter::start([std::process::id(), xvfb_pid]);
     let t0 = Instant::now();
-    let capture = start_video(&src, params, true, t0, tx, etx)?;
+    let capture = start_video(&src, params, true, t0, tx, etx, None)?;
     let end = t0 + Duration::from_secs_f64(secs);
     let next = |rx: &mut tokio::sync::mpsc::Receiver<_>| {
         rt.block_on(async { tokio::time::timeout_at(end.into(), rx.recv()).await })

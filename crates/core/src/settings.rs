@@ -25,6 +25,12 @@ pub struct Settings {
     pub relay_listen: Option<String>,
     /// Folder accepted files go to [default: the platform's download dir].
     pub download_dir: Option<PathBuf>,
+    /// The app's video source for calls, as `--video` takes it [default: camera].
+    pub video: Option<String>,
+    /// The app's audio source for calls, as `--audio` takes it [default: mic].
+    pub audio: Option<String>,
+    /// The app's speaker, as `--speaker` takes it [default: auto].
+    pub speaker: Option<String>,
 }
 
 /// Where the data dir and the settings live.

@@ -253,11 +253,60 @@ pub fn scale(f: &Frame, width: usize, height: usize) -> Result<Frame, IoError> {
     })
 }
 
+/// I420 (BT.601 limited range) → packed RGBA with opaque alpha, into `out` (resized to
+/// `4 × width × height`): what a GUI uploads as a texture, the one conversion a frame takes
+/// on its way to the screen. Integer arithmetic, the inverse of [`from_rgb24`].
+pub fn to_rgba(f: &Frame, out: &mut Vec<u8>) {
+    let (w, h) = (f.width, f.height);
+    out.resize(4 * w * h, 255);
+    let cw = w / 2;
+    for (y, row) in out.chunks_exact_mut(4 * w).enumerate().take(h) {
+        let (yrow, crow) = (&f.y[y * w..(y + 1) * w], (y / 2) * cw);
+        for (x, px) in row.chunks_exact_mut(4).enumerate() {
+            let c = 298 * (i32::from(yrow[x]) - 16);
+            let d = i32::from(f.u[crow + x / 2]) - 128;
+            let e = i32::from(f.v[crow + x / 2]) - 128;
+            px[0] = ((c + 409 * e + 128) >> 8).clamp(0, 255) as u8;
+            px[1] = ((c - 100 * d - 208 * e + 128) >> 8).clamp(0, 255) as u8;
+            px[2] = ((c + 516 * d + 128) >> 8).clamp(0, 255) as u8;
+            px[3] = 255;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pattern::TestPattern;
     use crate::psnr;
+
+    #[test]
+    fn rgba_from_i420_inverts_rgb24() {
+        // Flat colours survive RGB → I420 → RGBA within rounding.
+        let (w, h) = (8, 4);
+        for rgb in [
+            [0u8, 0, 0],
+            [255, 255, 255],
+            [200, 30, 60],
+            [20, 180, 90],
+            [128, 128, 128],
+        ] {
+            let data: Vec<u8> = (0..w * h).flat_map(|_| rgb).collect();
+            let f = from_rgb24(&data, w, h).unwrap();
+            let mut out = Vec::new();
+            to_rgba(&f, &mut out);
+            assert_eq!(out.len(), 4 * w * h);
+            for px in out.chunks_exact(4) {
+                for i in 0..3 {
+                    assert!(
+                        (i32::from(px[i]) - i32::from(rgb[i])).abs() <= 3,
+                        "{rgb:?} came back as {px:?}"
+                    );
+                }
+                assert_eq!(px[3], 255);
+            }
+        }
+    }
 
     /// I420 → YUYV with each chroma sample on both rows (what the converter averages back).
     fn to_yuyv(f: &Frame, stride: usize) -> Vec<u8> {

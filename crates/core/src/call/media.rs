@@ -478,6 +478,7 @@ impl Quality {
 /// is a screen share (screen-content coding on [`SCREEN_THREADS`] threads). Encoded frames go
 /// to `out` (dropped when it is full), a failure ends the thread with a message on `errors`.
 /// Public for benchmarks; calls start it themselves.
+#[allow(clippy::too_many_arguments)]
 pub fn start_video(
     src: &VideoSource,
     p: VideoParams,
@@ -485,6 +486,7 @@ pub fn start_video(
     epoch: Instant,
     out: mpsc::Sender<Encoded>,
     errors: mpsc::Sender<String>,
+    tap: Option<VideoTap>,
 ) -> Result<Capture, CallError> {
     let mut input = VideoInput::open(src, p)?;
     let mut enc = VideoEncoder::new(VideoConfig {
@@ -600,6 +602,7 @@ pub fn start_video(
                     next = now;
                 }
             }
+            let grabbed_new = grabbed.is_some();
             let (frame, keyframe) = match grabbed {
                 Some(f) => match fit_frame(f, q.limit) {
                     Ok(f) => (f, force),
@@ -616,6 +619,11 @@ pub fn start_video(
                     (f, force)
                 }
             };
+            if let Some(t) = &tap
+                && grabbed_new
+            {
+                t.show(Picture::Local, &frame);
+            }
             if backlog && !keyframe {
                 last = Some((frame, captured));
                 continue;
@@ -853,9 +861,44 @@ pub struct RenderStats {
     pub speaker_underruns: u64,
 }
 
+/// Which picture a [`VideoTap`] is handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Picture {
+    /// What we send (after scaling to the size we send), before encoding.
+    Local,
+    /// What the peer sends, as decoded.
+    Remote,
+}
+
+/// Hands video frames to a front end (the app's preview and remote view). Called on the
+/// capture and render threads: it must return quickly (convert or copy, then wake the UI).
+#[derive(Clone)]
+pub struct VideoTap(Arc<TapFn>);
+
+type TapFn = dyn Fn(Picture, &Frame) + Send + Sync;
+
+impl VideoTap {
+    /// A tap calling `f` for every frame.
+    pub fn new(f: impl Fn(Picture, &Frame) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    fn show(&self, which: Picture, f: &Frame) {
+        (self.0)(which, f);
+    }
+}
+
+impl std::fmt::Debug for VideoTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VideoTap")
+    }
+}
+
 /// Sinks for received media.
 #[derive(Debug, Clone, Default)]
 pub struct Sinks {
+    /// Hand decoded (and our own outgoing) video frames to this.
+    pub tap: Option<VideoTap>,
     /// Write decoded video here (Y4M).
     pub video: Option<PathBuf>,
     /// Write decoded audio here (WAV, 48 kHz mono).
@@ -1005,6 +1048,9 @@ pub(crate) fn start_render(
                             continue;
                         };
                         let Some(f) = out else { continue };
+                        if let Some(t) = &sinks.tap {
+                            t.show(Picture::Remote, &f);
+                        }
                         let stamp = p2pcall_media_io::pattern::decode(&f);
                         let mut recorded = false;
                         if let Some(path) = &sinks.video {

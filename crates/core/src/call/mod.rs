@@ -978,6 +978,7 @@ fn start_pipeline(
                 epoch,
                 enc_tx.clone(),
                 err_tx.clone(),
+                opts.sinks.tap.clone(),
             )?,
         };
         captures.push((s.id, c));
@@ -1039,6 +1040,7 @@ fn switch_video(
         p.epoch,
         enc_tx.clone(),
         err_tx.clone(),
+        p.opts.sinks.tap.clone(),
     )?;
     let _ = slot.1.cmd.send(media::CaptureCmd::Active(p.camera));
     p.opts.video = src;
