@@ -1229,8 +1229,16 @@ mod tests {
             fps: 30,
             kbps: 1200,
         };
-        let cap =
-            start_video(&VideoSource::TestPattern, p, false, Instant::now(), tx, etx).unwrap();
+        let cap = start_video(
+            &VideoSource::TestPattern,
+            p,
+            false,
+            Instant::now(),
+            tx,
+            etx,
+            None,
+        )
+        .unwrap();
         let mut dec = VideoDecoder::new().unwrap();
         let long = Duration::from_secs(20);
         let before = collect(&mut rx, &mut dec, 60, long);
@@ -1326,7 +1334,7 @@ mod tests {
         check_sources(&src, &AudioSource::None, &Sinks::default(), p).unwrap();
         let (tx, mut rx) = mpsc::channel(512);
         let (etx, mut erx) = mpsc::channel(4);
-        let cap = start_video(&src, p, true, Instant::now(), tx, etx).unwrap();
+        let cap = start_video(&src, p, true, Instant::now(), tx, etx, None).unwrap();
         let mut dec = VideoDecoder::new().unwrap();
         // 2.5 s of an unchanged screen: the first frame and about one refresh per second,
         // instead of 75 frames.
