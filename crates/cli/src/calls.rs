@@ -91,6 +91,7 @@ impl MediaArgs {
                 video: self.record_video.clone(),
                 audio: self.record_audio.clone(),
                 speaker: self.speaker.clone(),
+                tap: None,
             },
             duration: self.duration.map(Duration::from_secs_f64),
         }
