@@ -203,7 +203,15 @@ impl App {
                 }
                 ui.separator();
                 let (color, text) = match &self.model.status {
-                    Status::Online(t) => (Color32::GREEN, format!("online ({t:?})")),
+                    Status::Online(t) => (
+                        Color32::GREEN,
+                        match t {
+                            p2pcall_net::RelayTransport::Udp => "online".to_string(),
+                            p2pcall_net::RelayTransport::Tcp => {
+                                "online (TCP fallback: UDP to the relay is blocked)".to_string()
+                            }
+                        },
+                    ),
                     Status::Connecting(why) => (Color32::YELLOW, format!("connecting: {why}")),
                     Status::Failed(why) => (Color32::RED, why.clone()),
                     Status::NeedsSetup => (Color32::GRAY, "not set up".into()),
@@ -532,14 +540,8 @@ impl App {
             ui.monospace(peer.fingerprint().to_string());
             ui.label(if video { "video call" } else { "voice call" });
             ui.horizontal(|ui| {
-                if ui.button("Accept").clicked()
-                    && let Some(id) = id
-                {
-                    if let Some(c) = &mut self.model.call {
-                        c.phase = CallPhase::Active(Instant::now());
-                    }
-                    self.model.select(peer);
-                    self.bridge.send(UiCmd::Answer(id));
+                if ui.button("Accept").clicked() {
+                    self.answer();
                 }
                 if ui.button("Decline").clicked()
                     && let Some(id) = id
@@ -549,6 +551,21 @@ impl App {
                 }
             });
         });
+    }
+
+    /// Answers the ringing call (what its Accept button does) and opens the caller's
+    /// conversation.
+    pub fn answer(&mut self) {
+        let Some(c) = &mut self.model.call else {
+            return;
+        };
+        let (CallPhase::Incoming { .. }, Some(id)) = (&c.phase, c.id) else {
+            return;
+        };
+        c.phase = CallPhase::Active(Instant::now());
+        let peer = c.peer;
+        self.model.select(peer);
+        self.bridge.send(UiCmd::Answer(id));
     }
 
     fn call_panel(&mut self, ui: &mut egui::Ui) {
@@ -716,7 +733,7 @@ impl App {
             return;
         }
         egui::Area::new(egui::Id::unique("toasts"))
-            .anchor(egui::Align2::RIGHT_BOTTOM, [-12.0, -12.0])
+            .anchor(egui::Align2::RIGHT_TOP, [-12.0, 36.0])
             .show(ctx, |ui| {
                 for t in &self.model.toasts {
                     egui::Frame::popup(ui.style()).show(ui, |ui| {
