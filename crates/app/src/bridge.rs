@@ -112,6 +112,15 @@ pub enum UiCmd {
     Share(Option<String>),
     /// List screens and windows that can be shared.
     ListScreens,
+    /// Our user compared safety numbers with this peer (true), or takes that back.
+    Verify {
+        /// Whom.
+        peer: PeerId,
+        /// The name it goes by now.
+        name: String,
+        /// Verified or not.
+        verified: bool,
+    },
 }
 
 /// Where the relay session stands.
@@ -145,8 +154,8 @@ pub enum AppEvent {
     Online(Vec<PeerInfo>),
     /// Peers we have talked to (name, last seen) and unread counts.
     Contacts {
-        /// Known peers and their last names.
-        known: Vec<(PeerId, String)>,
+        /// Known peers, their last names, and whether our user verified their key.
+        known: Vec<(PeerId, String, bool)>,
         /// Unread incoming messages per peer.
         unread: HashMap<PeerId, u64>,
     },
@@ -493,7 +502,11 @@ fn contacts(engine: &EngineHandle, out: &Out) {
     let store = engine.store();
     let known = store
         .contacts()
-        .map(|c| c.into_iter().map(|c| (c.peer, c.name)).collect())
+        .map(|c| {
+            c.into_iter()
+                .map(|c| (c.peer, c.name, c.verified_ms.is_some()))
+                .collect()
+        })
         .unwrap_or_default();
     let unread = store.unread_counts().unwrap_or_default();
     out.emit(AppEvent::Contacts { known, unread });
@@ -584,6 +597,19 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             match spec.parse::<VideoSource>() {
                 Ok(v) => spawn_result(out, async move { engine.set_video_source(v).await }),
                 Err(e) => out.emit(AppEvent::Error(e)),
+            }
+        }
+        UiCmd::Verify {
+            peer,
+            name,
+            verified,
+        } => {
+            let now = p2pcall_store::now_ms();
+            match engine.store().set_verified(&peer, &name, verified, now) {
+                Ok(()) => contacts(&engine, out),
+                Err(e) => out.emit(AppEvent::Error(format!(
+                    "cannot save the verification: {e}"
+                ))),
             }
         }
         UiCmd::ListScreens => {

@@ -1,7 +1,7 @@
 //! What the window shows, built only from [`AppEvent`]s (no engine handles, nothing that
 //! blocks): the UI renders it and turns clicks into commands.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,11 @@ pub struct PeerRow {
     pub online: bool,
     /// Unread incoming messages.
     pub unread: u64,
+    /// Our user verified this key (compared safety numbers).
+    pub verified: bool,
+    /// Not verified, but goes by the name of a peer that is: maybe someone posing as them
+    /// (or they have a new key). The verified peer's name.
+    pub lookalike: Option<String>,
 }
 
 /// A conversation as loaded so far.
@@ -141,6 +146,7 @@ pub struct Model {
     pub downloads: Option<PathBuf>,
     online: BTreeMap<PeerId, PeerInfo>,
     known: HashMap<PeerId, String>,
+    verified: HashSet<PeerId>,
     unread: HashMap<PeerId, u64>,
     /// Conversations loaded.
     pub conversations: HashMap<PeerId, Conversation>,
@@ -168,6 +174,7 @@ impl Default for Model {
             downloads: None,
             online: BTreeMap::new(),
             known: HashMap::new(),
+            verified: HashSet::new(),
             unread: HashMap::new(),
             conversations: HashMap::new(),
             selected: None,
@@ -208,7 +215,8 @@ impl Model {
                     .collect();
             }
             AppEvent::Contacts { known, unread } => {
-                self.known = known.into_iter().collect();
+                self.verified = known.iter().filter(|k| k.2).map(|k| k.0).collect();
+                self.known = known.into_iter().map(|(p, n, _)| (p, n)).collect();
                 self.unread = unread;
                 // What is on screen is read.
                 if let Some(p) = self.selected {
@@ -478,6 +486,27 @@ impl Model {
             .unwrap_or_else(|| p.fingerprint().to_string())
     }
 
+    /// Whether our user verified this key.
+    pub fn is_verified(&self, p: &PeerId) -> bool {
+        self.verified.contains(p)
+    }
+
+    /// An unverified key going by the name of a verified one (case and spaces ignored):
+    /// the verified peer's name. Names are self-chosen, so this is what a changed key, or
+    /// someone posing as a known peer, looks like.
+    pub fn lookalike(&self, p: &PeerId) -> Option<String> {
+        if self.verified.contains(p) {
+            return None;
+        }
+        let norm = |s: &str| s.trim().to_lowercase();
+        let name = norm(&self.name_of(p));
+        self.verified
+            .iter()
+            .filter(|v| *v != p)
+            .map(|v| self.name_of(v))
+            .find(|n| norm(n) == name)
+    }
+
     /// Whether a peer is online now.
     pub fn is_online(&self, p: &PeerId) -> bool {
         self.online.contains_key(p)
@@ -502,6 +531,8 @@ impl Model {
                 } else {
                     self.unread.get(&id).copied().unwrap_or(0)
                 },
+                verified: self.verified.contains(&id),
+                lookalike: self.lookalike(&id),
             })
             .filter(|r| {
                 f.is_empty()
@@ -705,7 +736,7 @@ mod tests {
         m.apply(
             now,
             AppEvent::Contacts {
-                known: vec![(c, "carol".into()), (a, "old alice".into())],
+                known: vec![(c, "carol".into(), false), (a, "old alice".into(), false)],
                 unread: HashMap::from([(c, 3)]),
             },
         );
@@ -719,6 +750,43 @@ mod tests {
         assert_eq!(m.peers(&fp[..9])[0].id, c);
         m.select(c);
         assert_eq!(m.peers("carol")[0].unread, 0);
+    }
+
+    #[test]
+    fn an_unverified_key_with_a_verified_name_is_flagged() {
+        let (me, real, fake, other) = (peer(), peer(), peer(), peer());
+        let now = Instant::now();
+        let mut m = Model::default();
+        let info = |id, name: &str| PeerInfo {
+            id,
+            name: name.into(),
+            online_since_ms: 0,
+        };
+        m.apply(
+            now,
+            AppEvent::Started {
+                me,
+                name: "me".into(),
+                downloads: PathBuf::from("/tmp"),
+            },
+        );
+        m.apply(
+            now,
+            AppEvent::Contacts {
+                known: vec![(real, "Bob".into(), true)],
+                unread: HashMap::new(),
+            },
+        );
+        m.apply(
+            now,
+            AppEvent::Online(vec![info(fake, " bob "), info(other, "carol")]),
+        );
+        let rows = m.peers("");
+        let row = |id| rows.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(row(fake).lookalike.as_deref(), Some("Bob"));
+        assert!(!row(fake).verified);
+        assert!(row(real).verified && row(real).lookalike.is_none());
+        assert!(row(other).lookalike.is_none());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct App {
     /// Call pictures as textures, and the frame count they show.
     remote: Option<(egui::TextureHandle, u64)>,
     local: Option<(egui::TextureHandle, u64)>,
+    /// The safety-number dialog is open for this peer.
+    verifying: Option<PeerId>,
 }
 
 impl std::fmt::Debug for App {
@@ -73,6 +75,7 @@ impl App {
             opened: None,
             remote: None,
             local: None,
+            verifying: None,
         }
     }
 
@@ -98,6 +101,7 @@ impl App {
         }
         self.textures(&ctx);
         self.incoming(&ctx);
+        self.verify_dialog(&ctx);
         self.top_bar(ui);
         egui::Panel::left("peers")
             .resizable(true)
@@ -250,6 +254,21 @@ impl App {
                             },
                         );
                         let b = ui.selectable_label(selected, text);
+                        if r.verified {
+                            ui.label(RichText::new("verified").small().color(Color32::GREEN))
+                                .on_hover_text("you compared safety numbers with this key");
+                        }
+                        if r.lookalike.is_some() {
+                            ui.label(
+                                RichText::new("NEW KEY?")
+                                    .small()
+                                    .strong()
+                                    .color(Color32::RED),
+                            )
+                            .on_hover_text(
+                                "goes by the name of a peer you verified, with another key",
+                            );
+                        }
                         if r.unread > 0 {
                             ui.label(
                                 RichText::new(format!(" {} ", r.unread))
@@ -293,7 +312,33 @@ impl App {
                 self.bridge.send(UiCmd::Call(peer));
             }
         });
-        ui.monospace(peer.fingerprint().to_string());
+        ui.horizontal(|ui| {
+            ui.monospace(peer.fingerprint().to_string());
+            let verified = self.model.is_verified(&peer);
+            if verified {
+                ui.label(RichText::new("verified").color(Color32::GREEN));
+            }
+            if ui
+                .button(if verified { "Safety number" } else { "Verify" })
+                .clicked()
+            {
+                self.verifying = Some(peer);
+            }
+        });
+        if let Some(real) = self.model.lookalike(&peer) {
+            egui::Frame::new()
+                .fill(Color32::from_rgb(120, 20, 20))
+                .inner_margin(8.0)
+                .show(ui, |ui| {
+                    ui.label(
+                        RichText::new(format!(
+                            "Warning: this is not the {real} you verified. It uses the same                              name with a different key: {real} may have reinstalled, or                              someone may be posing as them. Compare safety numbers before                              you trust it."
+                        ))
+                        .color(Color32::WHITE)
+                        .strong(),
+                    );
+                });
+        }
         ui.separator();
         self.offers_and_transfers(ui, peer);
         // The composer at the bottom, the history above it.
@@ -566,6 +611,50 @@ impl App {
         let peer = c.peer;
         self.model.select(peer);
         self.bridge.send(UiCmd::Answer(id));
+    }
+
+    fn verify_dialog(&mut self, ctx: &egui::Context) {
+        let (Some(peer), Some((me, _))) = (self.verifying, &self.model.me) else {
+            return;
+        };
+        let number = p2pcall_core::SafetyNumber::new(me, &peer).to_string();
+        let name = self.model.name_of(&peer);
+        let verified = self.model.is_verified(&peer);
+        let mut open = true;
+        egui::Window::new(format!("Safety number with {name}"))
+            .collapsible(false)
+            .resizable(false)
+            .open(&mut open)
+            .show(ctx, |ui| {
+                ui.label(
+                    "Compare these digits with what their app shows, in person or on a call                      you recognise their voice on. If they match, nobody is in the middle.",
+                );
+                for line in number.split("  ") {
+                    ui.label(RichText::new(line).monospace().size(20.0));
+                }
+                ui.label(format!("their fingerprint: {}", peer.fingerprint()));
+                ui.horizontal(|ui| {
+                    if !verified && ui.button("They match: mark as verified").clicked() {
+                        self.bridge.send(UiCmd::Verify {
+                            peer,
+                            name: name.clone(),
+                            verified: true,
+                        });
+                        self.verifying = None;
+                    }
+                    if verified && ui.button("Remove verification").clicked() {
+                        self.bridge.send(UiCmd::Verify {
+                            peer,
+                            name: name.clone(),
+                            verified: false,
+                        });
+                        self.verifying = None;
+                    }
+                });
+            });
+        if !open {
+            self.verifying = None;
+        }
     }
 
     fn call_panel(&mut self, ui: &mut egui::Ui) {

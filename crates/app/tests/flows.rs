@@ -173,6 +173,16 @@ fn first_run_chat_both_ways_and_an_accepted_file_offer() {
     w.rt.block_on(w.bob.send_message(ada, "hi Ada")).unwrap();
     until(&mut h, "bob's answer", |h| has(h, "hi Ada"));
 
+    // Verify bob: the dialog shows the safety number both apps derive; marking it sticks.
+    h.get_by_label("Verify").click();
+    let number = p2pcall_core::SafetyNumber::new(&ada, &w.bob.id()).to_string();
+    let first_line = number.split("  ").next().unwrap().to_string();
+    until(&mut h, "the safety number", |h| has(h, &first_line));
+    h.get_by_label("They match: mark as verified").click();
+    until(&mut h, "the verified badge", |h| {
+        has(h, "verified") && h.query_by_label("Verify").is_none()
+    });
+
     // Bob offers a file; we accept it from the window and it lands in the download folder.
     let file = w.dir.path().join("notes.txt");
     std::fs::write(&file, b"twelve bytes").unwrap();

@@ -110,6 +110,8 @@ const MIGRATIONS: &[&str] = &[
         entry INTEGER NOT NULL,
         PRIMARY KEY(transfer, entry)
     ) WITHOUT ROWID;",
+    // 2: the user compared safety numbers with this peer (when).
+    "ALTER TABLE contacts ADD COLUMN verified_ms INTEGER;",
 ];
 
 /// Where a message stands. Outgoing: queued → sent → delivered → read. Incoming: received,
@@ -196,6 +198,8 @@ pub struct Contact {
     pub first_seen_ms: u64,
     /// Last seen, ms since the epoch.
     pub last_seen_ms: u64,
+    /// When our user verified this key (compared safety numbers), if they did.
+    pub verified_ms: Option<u64>,
 }
 
 /// Where a transfer stands.
@@ -495,11 +499,30 @@ impl Store {
         Ok(())
     }
 
+    /// Marks `peer` (seen as `name`) verified by our user at `now_ms`, or not verified.
+    pub fn set_verified(
+        &self,
+        peer: &PeerId,
+        name: &str,
+        verified: bool,
+        now_ms: u64,
+    ) -> Result<()> {
+        let at = verified.then_some(now_ms as i64);
+        self.db()?.execute(
+            "INSERT INTO contacts(peer, name, first_seen_ms, last_seen_ms, verified_ms)
+             VALUES (?1, ?2, ?3, ?3, ?4)
+             ON CONFLICT(peer) DO UPDATE SET verified_ms = excluded.verified_ms",
+            params![peer.as_bytes().as_slice(), name, now_ms as i64, at],
+        )?;
+        Ok(())
+    }
+
     /// Every known peer, most recently seen first.
     pub fn contacts(&self) -> Result<Vec<Contact>> {
         let db = self.db()?;
         let mut st = db.prepare(
-            "SELECT peer, name, first_seen_ms, last_seen_ms FROM contacts ORDER BY last_seen_ms DESC",
+            "SELECT peer, name, first_seen_ms, last_seen_ms, verified_ms FROM contacts
+             ORDER BY last_seen_ms DESC",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -507,15 +530,17 @@ impl Store {
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
             ))
         })?;
         rows.map(|r| {
-            let (peer, name, first, last) = r?;
+            let (peer, name, first, last, verified) = r?;
             Ok(Contact {
                 peer: PeerId::from_bytes(blob32(peer, "contacts.peer")?),
                 name,
                 first_seen_ms: first as u64,
                 last_seen_ms: last as u64,
+                verified_ms: verified.map(|v| v as u64),
             })
         })
         .collect()

@@ -184,3 +184,22 @@ fn transfer_resume_state_round_trips_and_is_dropped_when_finished() {
         .unwrap();
     assert!(s.open_outgoing(None).unwrap().is_empty());
 }
+
+#[test]
+fn verification_is_kept_per_key_and_survives_name_changes() {
+    let s = Store::open_in_memory().unwrap();
+    let (a, b) = (peer(1), peer(2));
+    s.touch_contact(&a, "ann", 10).unwrap();
+    s.set_verified(&a, "ann", true, 20).unwrap();
+    // A peer never seen before can be verified (it becomes a contact).
+    s.set_verified(&b, "bo", true, 30).unwrap();
+    s.touch_contact(&a, "ann (laptop)", 40).unwrap();
+    let c = s.contacts().unwrap();
+    let get = |p: &PeerId| c.iter().find(|x| x.peer == *p).unwrap();
+    assert_eq!(get(&a).verified_ms, Some(20));
+    assert_eq!(get(&a).name, "ann (laptop)");
+    assert_eq!(get(&b).verified_ms, Some(30));
+    s.set_verified(&b, "bo", false, 50).unwrap();
+    let c = s.contacts().unwrap();
+    assert_eq!(c.iter().find(|x| x.peer == b).unwrap().verified_ms, None);
+}
