@@ -112,6 +112,16 @@ pub enum UiCmd {
     Share(Option<String>),
     /// List screens and windows that can be shared.
     ListScreens,
+    /// Save these settings (a new name is announced at once; a new relay is used from the
+    /// next start).
+    SaveSettings(Box<Settings>),
+    /// Tell the desktop (the window is not focused).
+    Notify {
+        /// Headline.
+        title: String,
+        /// Text.
+        body: String,
+    },
     /// Our user compared safety numbers with this peer (true), or takes that back.
     Verify {
         /// Whom.
@@ -196,6 +206,8 @@ pub enum AppEvent {
         /// Why.
         reason: String,
     },
+    /// The settings as saved.
+    Settings(Box<Settings>),
     /// A call event (incoming, ringing, started, statistics, ended…).
     Call(CallEvent),
     /// Screens and windows that can be shared: (`--video` name, description), or why none.
@@ -358,7 +370,9 @@ async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: O
             Settings::default()
         }
     };
+    out.emit(AppEvent::Settings(Box::new(settings.clone())));
     let mut running: Option<Running> = None;
+    let notify_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ev_tx, mut ev_rx) = mpsc::channel::<EngineEvent>(256);
     if settings.name.is_some() && (settings.relay.is_some() || settings.host_relay == Some(true)) {
         running = start(&cfg, &settings, &out, &ev_tx).await;
@@ -385,9 +399,26 @@ async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: O
                         if let Err(e) = settings.save(&cfg.dirs.settings) {
                             out.emit(AppEvent::Error(format!("cannot save the settings: {e}")));
                         }
+                        out.emit(AppEvent::Settings(Box::new(settings.clone())));
                         running = start(&cfg, &settings, &out, &ev_tx).await;
                     }
                     (UiCmd::Setup { .. }, Some(_)) => {}
+                    (UiCmd::SaveSettings(new), _) => {
+                        settings = *new;
+                        match settings.save(&cfg.dirs.settings) {
+                            Ok(()) => out.emit(AppEvent::Settings(Box::new(settings.clone()))),
+                            Err(e) => out.emit(AppEvent::Error(format!("cannot save the settings: {e}"))),
+                        }
+                        if let Some(r) = &mut running {
+                            let name = settings.name.clone().unwrap_or_default();
+                            if r.settings.name != settings.name && !name.is_empty() {
+                                let (e, out) = (r.engine.clone(), out.clone());
+                                spawn_result(&out, async move { e.set_name(name).await });
+                            }
+                            r.settings = settings.clone();
+                        }
+                    }
+                    (UiCmd::Notify { title, body }, _) => notify(&out, title, body, &notify_failed),
                     (c, Some(r)) => command(r, c, &out),
                     (_, None) => out.emit(AppEvent::Error("not connected yet".into())),
                 }
@@ -533,7 +564,7 @@ fn history(engine: &EngineHandle, peer: PeerId, before: Option<i64>, out: &Out) 
 fn command(r: &Running, c: UiCmd, out: &Out) {
     let engine = r.engine.clone();
     match c {
-        UiCmd::Setup { .. } => {}
+        UiCmd::Setup { .. } | UiCmd::SaveSettings(_) | UiCmd::Notify { .. } => {}
         UiCmd::Open(peer) => {
             history(&engine, peer, None, out);
             mark_read(engine, peer, out.clone());
@@ -635,6 +666,26 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
     }
 }
 
+/// A desktop notification (D-Bus), off the runtime's threads; when there is no
+/// notification service the first failure says so once.
+fn notify(out: &Out, title: String, body: String, failed: &Arc<std::sync::atomic::AtomicBool>) {
+    let (out, failed) = (out.clone(), failed.clone());
+    tokio::task::spawn_blocking(move || {
+        let r = notify_rust::Notification::new()
+            .appname("p2pcall")
+            .summary(&title)
+            .body(&body)
+            .show();
+        if let Err(e) = r
+            && !failed.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            out.emit(AppEvent::Error(format!(
+                "desktop notifications are not available ({e}); you will see them in the window"
+            )));
+        }
+    });
+}
+
 /// Runs an engine command; a failure becomes an error toast.
 fn spawn_result(
     out: &Out,
@@ -646,6 +697,16 @@ fn spawn_result(
             out.emit(AppEvent::Error(e.to_string()));
         }
     });
+}
+
+/// `WIDTHxHEIGHT`, even numbers from 64x64 to 3840x2160.
+pub fn parse_size(s: &str) -> Option<(usize, usize)> {
+    let (w, h) = s.trim().split_once(['x', 'X'])?;
+    let (w, h) = (
+        w.trim().parse::<usize>().ok()?,
+        h.trim().parse::<usize>().ok()?,
+    );
+    ((64..=3840).contains(&w) && (64..=2160).contains(&h)).then_some((w & !1, h & !1))
 }
 
 fn video_spec(s: &Settings) -> String {
@@ -676,6 +737,15 @@ fn call_options(s: &Settings, out: &Out) -> CallOptions {
             Ok(c) => o.sinks.speaker = c,
             Err(e) => out.emit(AppEvent::Error(e)),
         }
+    }
+    if let Some((w, h)) = s.video_size.as_deref().and_then(parse_size) {
+        (o.width, o.height) = (w, h);
+    }
+    if let Some(f) = s.video_fps {
+        o.fps = f.clamp(1, 60);
+    }
+    if let Some(k) = s.video_kbps {
+        o.video_kbps = k.clamp(100, 20_000);
     }
     if o.video.is_screen() {
         o.width = p2pcall_core::call::SCREEN_MAX_SIZE.0;
@@ -739,7 +809,21 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
             out.emit(AppEvent::MessageState { peer, id, state });
         }
         EngineEvent::Transfer(t) => match t {
-            TransferEvent::Offered(o) => out.emit(AppEvent::Offer(o)),
+            TransferEvent::Offered(o) => {
+                let verified = r.settings.auto_accept_verified == Some(true)
+                    && r.engine.store().contacts().is_ok_and(|c| {
+                        c.iter()
+                            .any(|c| c.peer == o.peer && c.verified_ms.is_some())
+                    });
+                if verified
+                    && r.engine
+                        .accept_offer(o.peer, o.id, r.downloads.clone())
+                        .is_ok()
+                {
+                    return; // progress events follow
+                }
+                out.emit(AppEvent::Offer(o));
+            }
             TransferEvent::Resumed(_) => {}
             TransferEvent::Progress(p) => out.emit(AppEvent::Progress(p)),
             TransferEvent::Finished(s) => out.emit(AppEvent::Finished(s)),

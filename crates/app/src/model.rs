@@ -164,6 +164,8 @@ pub struct Model {
     pub call: Option<CallView>,
     /// Screens and windows to share, once listed.
     pub screens: Option<Result<Vec<(String, String)>, String>>,
+    /// The settings as saved.
+    pub settings: p2pcall_core::settings::Settings,
 }
 
 impl Default for Model {
@@ -184,6 +186,7 @@ impl Default for Model {
             notify: Vec::new(),
             call: None,
             screens: None,
+            settings: Default::default(),
         }
     }
 }
@@ -326,6 +329,7 @@ impl Model {
                 self.toast(now, format!("transfer stopped: {reason}"), true);
                 self.transfer(peer, id).outcome = Some(Err(reason));
             }
+            AppEvent::Settings(s) => self.settings = *s,
             AppEvent::Call(c) => self.on_call(now, c),
             AppEvent::Screens(s) => self.screens = Some(s),
             AppEvent::Error(e) => self.toast(now, e, true),

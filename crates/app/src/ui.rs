@@ -52,6 +52,8 @@ pub struct App {
     local: Option<(egui::TextureHandle, u64)>,
     /// The safety-number dialog is open for this peer.
     verifying: Option<PeerId>,
+    /// The settings being edited (the window is open).
+    editing: Option<p2pcall_core::settings::Settings>,
 }
 
 impl std::fmt::Debug for App {
@@ -76,6 +78,7 @@ impl App {
             remote: None,
             local: None,
             verifying: None,
+            editing: None,
         }
     }
 
@@ -92,9 +95,20 @@ impl App {
         let now = Instant::now();
         self.pump(now);
         let ctx = ui.ctx().clone();
-        // Desktop notifications come with the notifications part of the settings; until
-        // then what would be notified is shown as toasts (already in the model).
-        self.model.notify.clear();
+        // While the window is not focused, what happened goes to the desktop too (the
+        // toasts are in the model either way).
+        let focused = ctx.input(|i| i.focused);
+        let wanted = self.model.settings.notifications != Some(false);
+        for (title, body) in std::mem::take(&mut self.model.notify) {
+            if !focused && wanted {
+                self.bridge.send(UiCmd::Notify { title, body });
+            }
+        }
+        ctx.set_theme(match self.model.settings.theme.as_deref() {
+            Some("dark") => egui::ThemePreference::Dark,
+            Some("light") => egui::ThemePreference::Light,
+            _ => egui::ThemePreference::System,
+        });
         if self.model.status == Status::NeedsSetup {
             egui::CentralPanel::default().show(ui, |ui| self.first_run(ui));
             return;
@@ -102,6 +116,7 @@ impl App {
         self.textures(&ctx);
         self.incoming(&ctx);
         self.verify_dialog(&ctx);
+        self.settings_window(&ctx);
         self.top_bar(ui);
         egui::Panel::left("peers")
             .resizable(true)
@@ -222,6 +237,12 @@ impl App {
                 };
                 dot(ui, color);
                 ui.label(text);
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    if ui.button("Settings").clicked() {
+                        self.editing = Some(self.model.settings.clone());
+                        self.bridge.send(UiCmd::ListScreens); // devices for the pickers
+                    }
+                });
             });
         });
     }
@@ -611,6 +632,114 @@ impl App {
         let peer = c.peer;
         self.model.select(peer);
         self.bridge.send(UiCmd::Answer(id));
+    }
+
+    fn settings_window(&mut self, ctx: &egui::Context) {
+        let Some(mut s) = self.editing.take() else {
+            return;
+        };
+        let mut open = true;
+        let mut save = false;
+        egui::Window::new("Settings")
+            .collapsible(false)
+            .open(&mut open)
+            .show(ctx, |ui| {
+                egui::Grid::new("settings")
+                    .num_columns(2)
+                    .spacing([12.0, 8.0])
+                    .show(ui, |ui| {
+                        let text =
+                            |ui: &mut egui::Ui, label: &str, v: &mut Option<String>, hint: &str| {
+                                let l = ui.label(label);
+                                let mut t = v.clone().unwrap_or_default();
+                                ui.add(egui::TextEdit::singleline(&mut t).hint_text(hint))
+                                    .labelled_by(l.id);
+                                *v = (!t.trim().is_empty()).then(|| t.trim().to_string());
+                                ui.end_row();
+                            };
+                        text(ui, "Name", &mut s.name, "shown to others");
+                        text(
+                            ui,
+                            "Relay",
+                            &mut s.relay,
+                            "HOST[:PORT] (used from the next start)",
+                        );
+                        text(
+                            ui,
+                            "Camera / video",
+                            &mut s.video,
+                            "camera, camera:/dev/video1, testsrc, none",
+                        );
+                        text(
+                            ui,
+                            "Microphone / audio",
+                            &mut s.audio,
+                            "mic, mic:DEVICE, tone, none",
+                        );
+                        text(
+                            ui,
+                            "Speaker",
+                            &mut s.speaker,
+                            "auto, off, or an ALSA device",
+                        );
+                        text(ui, "Largest video size", &mut s.video_size, "640x360");
+                        let l = ui.label("Frame rate");
+                        let mut fps = s.video_fps.unwrap_or(30);
+                        ui.add(egui::Slider::new(&mut fps, 5..=60).suffix(" fps"))
+                            .labelled_by(l.id);
+                        s.video_fps = Some(fps);
+                        ui.end_row();
+                        let l = ui.label("Most video bitrate");
+                        let mut kbps = s.video_kbps.unwrap_or(1000);
+                        ui.add(
+                            egui::Slider::new(&mut kbps, 100..=8000)
+                                .suffix(" kbit/s")
+                                .logarithmic(true),
+                        )
+                        .labelled_by(l.id);
+                        s.video_kbps = Some(kbps);
+                        ui.end_row();
+                        ui.label("Files");
+                        let mut auto = s.auto_accept_verified == Some(true);
+                        ui.checkbox(&mut auto, "Accept files from verified peers without asking");
+                        s.auto_accept_verified = Some(auto);
+                        ui.end_row();
+                        ui.label("Notifications");
+                        let mut n = s.notifications != Some(false);
+                        ui.checkbox(
+                            &mut n,
+                            "Desktop notifications while the window is in the background",
+                        );
+                        s.notifications = Some(n);
+                        ui.end_row();
+                        ui.label("Theme");
+                        ui.horizontal(|ui| {
+                            let mut t = s.theme.clone().unwrap_or_else(|| "system".into());
+                            for v in ["system", "dark", "light"] {
+                                ui.radio_value(&mut t, v.to_string(), v);
+                            }
+                            s.theme = Some(t);
+                        });
+                        ui.end_row();
+                    });
+                if let Some(d) = &self.model.downloads {
+                    ui.weak(format!("Accepted files go to {}", d.display()));
+                }
+                let size_ok = s
+                    .video_size
+                    .as_deref()
+                    .is_none_or(|v| crate::bridge::parse_size(v).is_some());
+                if !size_ok {
+                    ui.colored_label(Color32::RED, "video size: WIDTHxHEIGHT, e.g. 1280x720");
+                }
+                save = ui.add_enabled(size_ok, egui::Button::new("Save")).clicked();
+            });
+        if save {
+            self.model.settings = s.clone();
+            self.bridge.send(UiCmd::SaveSettings(Box::new(s)));
+        } else if open {
+            self.editing = Some(s);
+        }
     }
 
     fn verify_dialog(&mut self, ctx: &egui::Context) {

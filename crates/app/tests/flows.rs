@@ -224,6 +224,32 @@ fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
         h.query_by_role_and_label(Role::Button, "bob").is_some()
     });
     let ada = h.state().model.me.as_ref().unwrap().0;
+    // A new name in the settings is saved and announced to everyone at once.
+    h.get_by_label("Settings").click();
+    until(&mut h, "the settings window", |h| {
+        h.query_by_role_and_label(Role::TextInput, "Name").is_some()
+    });
+    h.get_by_role_and_label(Role::TextInput, "Name").focus();
+    h.step();
+    h.key_combination_modifiers(egui::Modifiers::COMMAND, &[egui::Key::A]);
+    h.get_by_role_and_label(Role::TextInput, "Name")
+        .type_text("Ada Lovelace");
+    h.step();
+    h.get_by_label("Save").click();
+    h.step();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !w
+        .bob
+        .online_peers()
+        .iter()
+        .any(|p| p.id == ada && p.name == "Ada Lovelace")
+    {
+        assert!(Instant::now() < deadline, "bob never saw the new name");
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let saved = Settings::load(&w.dir.path().join("app").join("config.toml")).unwrap();
+    assert_eq!(saved.name.as_deref(), Some("Ada Lovelace"));
     let bob = w.bob.clone();
     w.rt.spawn(async move { bob.call(ada, CallOptions::default()).await.unwrap() });
     until(&mut h, "the incoming call", |h| has(h, "bob is calling"));

@@ -31,6 +31,18 @@ pub struct Settings {
     pub audio: Option<String>,
     /// The app's speaker, as `--speaker` takes it [default: auto].
     pub speaker: Option<String>,
+    /// The app's largest video size for calls, `WIDTHxHEIGHT` [default: 640x360].
+    pub video_size: Option<String>,
+    /// The app's video frame rate for calls [default: 30].
+    pub video_fps: Option<u32>,
+    /// The app's video bitrate cap for calls, kbit/s [default: 1000].
+    pub video_kbps: Option<u32>,
+    /// The app accepts file offers from verified peers without asking [default: false].
+    pub auto_accept_verified: Option<bool>,
+    /// The app shows desktop notifications while its window is not focused [default: true].
+    pub notifications: Option<bool>,
+    /// The app's theme: `system`, `dark` or `light` [default: system].
+    pub theme: Option<String>,
 }
 
 /// Where the data dir and the settings live.
