@@ -129,6 +129,9 @@ impl App {
         if self.model.call.is_some() {
             ctx.request_repaint_after(Duration::from_millis(500)); // the call timer
         }
+        if !focused {
+            self.mini_window(&ctx);
+        }
         self.toasts(&ctx);
         // Toasts expire, progress moves: look again soon even without events.
         if !self.model.toasts.is_empty() || !self.model.transfers.is_empty() {
@@ -632,6 +635,46 @@ impl App {
         let peer = c.peer;
         self.model.select(peer);
         self.bridge.send(UiCmd::Answer(id));
+    }
+
+    /// During a call, while the main window is in the background: a small always-on-top
+    /// window with the remote picture and a hang-up button.
+    fn mini_window(&mut self, ctx: &egui::Context) {
+        let Some(c) = &self.model.call else { return };
+        if !matches!(c.phase, CallPhase::Active(_)) {
+            return;
+        }
+        let who = self.model.name_of(&c.peer);
+        let remote = self.remote.as_ref().map(|(t, _)| (t.id(), t.size()));
+        let builder = egui::ViewportBuilder::default()
+            .with_title(format!("p2pcall: {who}"))
+            .with_inner_size([320.0, 230.0])
+            .with_window_level(egui::WindowLevel::AlwaysOnTop);
+        let hang_up = ctx.show_viewport_immediate(
+            egui::ViewportId::from_hash_of("mini call window"),
+            builder,
+            |ui, _class| {
+                let mut hang_up = false;
+                egui::CentralPanel::default().show(ui, |ui| {
+                    ui.label(format!("In a call with {who}"));
+                    let size = egui::vec2(ui.available_width(), ui.available_height() - 30.0);
+                    match remote {
+                        Some((id, [w, h])) => {
+                            let scale = (size.x / w as f32).min(size.y / h as f32);
+                            ui.image((id, egui::vec2(w as f32, h as f32) * scale));
+                        }
+                        None => {
+                            ui.weak("no video from them");
+                        }
+                    }
+                    hang_up = ui.button("Hang up (mini window)").clicked();
+                });
+                hang_up
+            },
+        );
+        if hang_up {
+            self.bridge.send(UiCmd::Hangup);
+        }
     }
 
     fn settings_window(&mut self, ctx: &egui::Context) {
