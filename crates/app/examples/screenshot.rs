@@ -126,6 +126,8 @@ fn main() {
         video: Some("testsrc".into()),
         audio: Some("tone".into()),
         speaker: Some("off".into()),
+        // Xvfb has no window manager, so the window never has focus; no desktop to notify.
+        notifications: Some(false),
         ..Settings::default()
     }
     .save(&dirs.settings)
