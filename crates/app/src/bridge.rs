@@ -359,6 +359,8 @@ struct Running {
     engine: EngineHandle,
     downloads: PathBuf,
     settings: Settings,
+    /// The incoming call rings on the speaker until it is answered, declined or over.
+    ringer: Mutex<Option<p2pcall_core::call::ring::Ringer>>,
     _relay: Option<p2pcall_relay::Relay>,
 }
 
@@ -525,6 +527,7 @@ async fn try_start(
         engine,
         downloads,
         settings: s.clone(),
+        ringer: Mutex::new(None),
         _relay: relay,
     })
 }
@@ -612,6 +615,7 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             });
         }
         UiCmd::Answer(call) => {
+            set_ringer(r, None);
             let (opts, out) = (call_options(&r.settings, out), out.clone());
             tokio::spawn(async move {
                 if let Err(e) = engine.answer(call, opts).await {
@@ -619,7 +623,10 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
                 }
             });
         }
-        UiCmd::Decline(call) => spawn_result(out, async move { engine.reject_call(call).await }),
+        UiCmd::Decline(call) => {
+            set_ringer(r, None);
+            spawn_result(out, async move { engine.reject_call(call).await });
+        }
         UiCmd::Hangup => spawn_result(out, async move { engine.hangup().await }),
         UiCmd::Mute(m) => spawn_result(out, async move { engine.set_muted(m).await }),
         UiCmd::Camera(on) => spawn_result(out, async move { engine.set_camera(on).await }),
@@ -663,6 +670,12 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
                 out.emit(AppEvent::Screens(r));
             });
         }
+    }
+}
+
+fn set_ringer(r: &Running, ringer: Option<p2pcall_core::call::ring::Ringer>) {
+    if let Ok(mut g) = r.ringer.lock() {
+        *g = ringer;
     }
 }
 
@@ -832,6 +845,19 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
             } => out.emit(AppEvent::TransferFailed { peer, id, reason }),
         },
         EngineEvent::Call(c) => {
+            match &c {
+                CallEvent::Incoming { .. } => {
+                    let speaker = r
+                        .settings
+                        .speaker
+                        .as_deref()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(SpeakerChoice::Auto);
+                    set_ringer(r, p2pcall_core::call::ring::Ringer::start(&speaker));
+                }
+                CallEvent::Started { .. } | CallEvent::Ended { .. } => set_ringer(r, None),
+                _ => {}
+            }
             if let CallEvent::Ended { .. } = &c
                 && let Ok(mut v) = out.videos.lock()
             {

@@ -216,7 +216,8 @@ fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
             port_mapping: Some(false),
             video: Some("testsrc".into()),
             audio: Some("tone".into()),
-            speaker: Some("off".into()),
+            // ALSA's null device: the ring and the call's audio play through the real path.
+            speaker: Some("null".into()),
             ..Settings::default()
         },
     );
@@ -269,7 +270,9 @@ fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
     // The window goes to the background: the mini window shows the call; hang up there.
     assert!(!has(&h, "Hang up (mini window)"));
     h.input_mut().focused = false;
-    until(&mut h, "the mini window", |h| has(h, "Hang up (mini window)"));
+    until(&mut h, "the mini window", |h| {
+        has(h, "Hang up (mini window)")
+    });
     h.get_by_label("Hang up (mini window)").click();
     h.step();
     let ended = w.rt.block_on(async {

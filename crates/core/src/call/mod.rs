@@ -9,6 +9,7 @@
 
 mod grabber;
 pub mod media;
+pub mod ring;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
