@@ -157,6 +157,9 @@ pub enum AppEvent {
         name: String,
         /// Where accepted files go.
         downloads: PathBuf,
+        /// The relay this app hosts: its UDP address (others use this machine's address and
+        /// that port).
+        hosting: Option<SocketAddr>,
     },
     /// Relay session state.
     Status(Status),
@@ -361,7 +364,7 @@ struct Running {
     settings: Settings,
     /// The incoming call rings on the speaker until it is answered, declined or over.
     ringer: Mutex<Option<p2pcall_core::call::ring::Ringer>>,
-    _relay: Option<p2pcall_relay::Relay>,
+    relay: Option<p2pcall_relay::Relay>,
 }
 
 async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: Out) {
@@ -452,6 +455,7 @@ async fn start(
                 me,
                 name: s.name.clone().unwrap_or_default(),
                 downloads: r.downloads.clone(),
+                hosting: r.relay.as_ref().map(|x| x.udp_addr),
             });
             contacts(&r.engine, out);
             Some(r)
@@ -528,7 +532,7 @@ async fn try_start(
         downloads,
         settings: s.clone(),
         ringer: Mutex::new(None),
-        _relay: relay,
+        relay,
     })
 }
 

@@ -144,6 +144,8 @@ pub struct Model {
     pub me: Option<(PeerId, String)>,
     /// Where accepted files go.
     pub downloads: Option<PathBuf>,
+    /// The relay this app hosts (its UDP address).
+    pub hosting: Option<std::net::SocketAddr>,
     online: BTreeMap<PeerId, PeerInfo>,
     known: HashMap<PeerId, String>,
     verified: HashSet<PeerId>,
@@ -174,6 +176,7 @@ impl Default for Model {
             status: Status::Connecting("starting".into()),
             me: None,
             downloads: None,
+            hosting: None,
             online: BTreeMap::new(),
             known: HashMap::new(),
             verified: HashSet::new(),
@@ -199,9 +202,11 @@ impl Model {
                 me,
                 name,
                 downloads,
+                hosting,
             } => {
                 self.me = Some((me, name));
                 self.downloads = Some(downloads);
+                self.hosting = hosting;
             }
             AppEvent::Status(s) => {
                 if let Status::Failed(why) = &s {
@@ -726,6 +731,7 @@ mod tests {
                 me,
                 name: "me".into(),
                 downloads: PathBuf::from("/tmp"),
+                hosting: None,
             },
         );
         let info = |id, name: &str| PeerInfo {
@@ -772,6 +778,7 @@ mod tests {
                 me,
                 name: "me".into(),
                 downloads: PathBuf::from("/tmp"),
+                hosting: None,
             },
         );
         m.apply(

@@ -85,6 +85,13 @@ impl App {
     /// Takes what the engine sent.
     pub fn pump(&mut self, now: Instant) {
         for e in self.bridge.poll() {
+            // A message into the open conversation is read as it arrives.
+            if let crate::bridge::AppEvent::Message(m) = &e
+                && !m.outgoing
+                && self.model.selected == Some(m.peer)
+            {
+                self.bridge.send(UiCmd::MarkRead(m.peer));
+            }
             self.model.apply(now, e);
         }
         self.model.expire(now);
@@ -109,8 +116,18 @@ impl App {
             Some("light") => egui::ThemePreference::Light,
             _ => egui::ThemePreference::System,
         });
-        if self.model.status == Status::NeedsSetup {
-            egui::CentralPanel::default().show(ui, |ui| self.first_run(ui));
+        // First run, or a first start that failed (a relay that does not resolve, a port
+        // taken): the form again, with what went wrong.
+        let failed_start =
+            matches!(self.model.status, Status::Failed(_)) && self.model.me.is_none();
+        if self.model.status == Status::NeedsSetup || failed_start {
+            egui::CentralPanel::default().show(ui, |ui| {
+                if let Status::Failed(why) = &self.model.status {
+                    ui.colored_label(Color32::from_rgb(230, 80, 80), why.clone());
+                }
+                self.first_run(ui);
+            });
+            self.toasts(&ctx);
             return;
         }
         self.textures(&ctx);
@@ -240,6 +257,14 @@ impl App {
                 };
                 dot(ui, color);
                 ui.label(text);
+                if let Some(a) = self.model.hosting {
+                    ui.separator();
+                    ui.label(format!("hosting a relay on port {}", a.port()))
+                        .on_hover_text(
+                            "others set this machine's address and this port as their relay \
+                         (UDP, and TCP for networks that block UDP)",
+                        );
+                }
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                     if ui.button("Settings").clicked() {
                         self.editing = Some(self.model.settings.clone());

@@ -90,7 +90,12 @@ fn app_with(w: &World, settings: Settings) -> Harness<'static, App> {
 fn until(h: &mut Harness<'_, App>, what: &str, cond: impl Fn(&Harness<'_, App>) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cond(h) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; status {:?}, toasts {:?}",
+            h.state().model.status,
+            h.state().model.toasts
+        );
         h.step();
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -105,6 +110,16 @@ fn has(h: &Harness<'_, App>, label: &str) -> bool {
 /// Some node's label contains this.
 fn has_part(h: &Harness<'_, App>, part: &str) -> bool {
     h.query_all_by_label_contains(part).next().is_some()
+}
+
+/// Replaces the whole text of a field.
+fn replace_text(h: &mut Harness<'_, App>, label: &str, text: &str) {
+    h.get_by_role_and_label(Role::TextInput, label).focus();
+    h.step();
+    h.key_combination_modifiers(egui::Modifiers::COMMAND, &[egui::Key::A]);
+    h.get_by_role_and_label(Role::TextInput, label)
+        .type_text(text);
+    h.step();
 }
 
 fn type_into(h: &mut Harness<'_, App>, label: &str, text: &str) {
@@ -124,11 +139,7 @@ fn first_run_chat_both_ways_and_an_accepted_file_offer() {
         has(h, "Welcome to p2pcall")
     });
     // The form wants a name and a relay before it lets us start.
-    h.get_by_role_and_label(Role::TextInput, "Your name")
-        .focus();
-    h.step();
-    h.key_combination_modifiers(egui::Modifiers::COMMAND, &[egui::Key::A]);
-    type_into(&mut h, "Your name", "Ada");
+    replace_text(&mut h, "Your name", "Ada");
     type_into(&mut h, "Relay address", &w.relay.to_string());
     h.get_by_label("Start").click();
     // Online, and bob is in the list.
@@ -230,12 +241,7 @@ fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
     until(&mut h, "the settings window", |h| {
         h.query_by_role_and_label(Role::TextInput, "Name").is_some()
     });
-    h.get_by_role_and_label(Role::TextInput, "Name").focus();
-    h.step();
-    h.key_combination_modifiers(egui::Modifiers::COMMAND, &[egui::Key::A]);
-    h.get_by_role_and_label(Role::TextInput, "Name")
-        .type_text("Ada Lovelace");
-    h.step();
+    replace_text(&mut h, "Name", "Ada Lovelace");
     h.get_by_label("Save").click();
     h.step();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -293,4 +299,44 @@ fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
     until(&mut h, "the call gone from the window", |h| {
         h.state().model.call.is_none() && !has_part(h, "Hang up")
     });
+}
+
+#[test]
+fn first_run_can_host_the_relay_others_then_use() {
+    let w = world();
+    let mut h = app(&w);
+    until(&mut h, "the first-run form", |h| {
+        has(h, "Welcome to p2pcall")
+    });
+    replace_text(&mut h, "Your name", "Ada");
+    h.get_by_label("A relay hosted on this machine").click();
+    h.step();
+    // A port that is taken (the test relay's): the form comes back saying so.
+    replace_text(&mut h, "Listen on", &w.relay.to_string());
+    h.get_by_label("Start").click();
+    until(&mut h, "the refusal on the form", |h| {
+        has_part(h, "cannot host a relay on") && has(h, "Welcome to p2pcall")
+    });
+    // Loopback and any free port here (a real user keeps 0.0.0.0:7700).
+    replace_text(&mut h, "Listen on", "127.0.0.1:0");
+    h.get_by_label("Start").click();
+    until(&mut h, "online on our own relay", |h| {
+        has(h, "online") && h.state().model.hosting.is_some()
+    });
+    let hosted = h.state().model.hosting.unwrap();
+    assert!(has(
+        &h,
+        &format!("hosting a relay on port {}", hosted.port())
+    ));
+    // Someone else registers with it and shows up in our list.
+    let (carol, _events) =
+        w.rt.block_on(p2pcall_core::demo::local_peer("carol", hosted))
+            .unwrap();
+    until(&mut h, "carol in the list", |h| {
+        h.query_by_role_and_label(Role::Button, "carol").is_some()
+    });
+    let saved = Settings::load(&w.dir.path().join("app").join("config.toml")).unwrap();
+    assert_eq!(saved.host_relay, Some(true));
+    assert_eq!(saved.relay_listen.as_deref(), Some("127.0.0.1:0"));
+    drop(carol);
 }
