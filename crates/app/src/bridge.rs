@@ -215,6 +215,15 @@ pub enum AppEvent {
     Call(CallEvent),
     /// Screens and windows that can be shared: (`--video` name, description), or why none.
     Screens(Result<Vec<(String, String)>, String>),
+    /// Cameras, microphones and speakers: (the settings' value, description), or why none.
+    Devices {
+        /// `camera:/dev/videoN`.
+        cameras: Result<Vec<(String, String)>, String>,
+        /// `mic:hw:C,D`.
+        microphones: Result<Vec<(String, String)>, String>,
+        /// `hw:C,D` (as the speaker setting takes it).
+        speakers: Result<Vec<(String, String)>, String>,
+    },
     /// Something the user should read (a failed command).
     Error(String),
 }
@@ -254,7 +263,19 @@ pub struct Bridge {
     cmd: mpsc::UnboundedSender<UiCmd>,
     events: std_mpsc::Receiver<AppEvent>,
     videos: Arc<Mutex<Videos>>,
-    _thread: std::thread::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Bridge {
+    /// Closing the window stops the engine: connections are closed so peers learn at once
+    /// (bounded by the engine's own shutdown wait).
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.cmd, closed));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Bridge {
@@ -284,7 +305,7 @@ impl Bridge {
             cmd: cmd_tx,
             events: ev_rx,
             videos,
-            _thread: thread,
+            thread: Some(thread),
         })
     }
 
@@ -658,20 +679,29 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             let out = out.clone();
             tokio::task::spawn_blocking(move || {
                 let d = p2pcall_core::devices::list_devices();
-                let screens = &d.screens;
-                let r = if screens.devices.is_empty() {
-                    Err(screens
-                        .why_none
-                        .clone()
-                        .unwrap_or_else(|| "no screen to share".into()))
-                } else {
-                    Ok(screens
-                        .devices
-                        .iter()
-                        .map(|x| (x.id.clone(), x.name.clone()))
-                        .collect())
+                let list = |l: &p2pcall_core::devices::DeviceList, none: &str, strip: &str| {
+                    if l.devices.is_empty() {
+                        Err(l.why_none.clone().unwrap_or_else(|| none.into()))
+                    } else {
+                        Ok(l.devices
+                            .iter()
+                            .map(|x| {
+                                let id = x.id.strip_prefix(strip).unwrap_or(&x.id).to_string();
+                                (id, x.name.clone())
+                            })
+                            .collect())
+                    }
                 };
-                out.emit(AppEvent::Screens(r));
+                out.emit(AppEvent::Screens(list(
+                    &d.screens,
+                    "no screen to share",
+                    "",
+                )));
+                out.emit(AppEvent::Devices {
+                    cameras: list(&d.cameras, "no camera", ""),
+                    microphones: list(&d.microphones, "no microphone", ""),
+                    speakers: list(&d.speakers, "no speaker", "speaker:"),
+                });
             });
         }
     }

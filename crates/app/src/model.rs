@@ -168,6 +168,19 @@ pub struct Model {
     pub screens: Option<Result<Vec<(String, String)>, String>>,
     /// The settings as saved.
     pub settings: p2pcall_core::settings::Settings,
+    /// Cameras, microphones, speakers, once listed.
+    pub devices: Option<Devices>,
+}
+
+/// Device choices for the settings: (value, description) each, or why there are none.
+#[derive(Debug, Clone)]
+pub struct Devices {
+    /// Cameras.
+    pub cameras: Result<Vec<(String, String)>, String>,
+    /// Microphones.
+    pub microphones: Result<Vec<(String, String)>, String>,
+    /// Speakers.
+    pub speakers: Result<Vec<(String, String)>, String>,
 }
 
 impl Default for Model {
@@ -190,6 +203,7 @@ impl Default for Model {
             call: None,
             screens: None,
             settings: Default::default(),
+            devices: None,
         }
     }
 }
@@ -337,6 +351,17 @@ impl Model {
             AppEvent::Settings(s) => self.settings = *s,
             AppEvent::Call(c) => self.on_call(now, c),
             AppEvent::Screens(s) => self.screens = Some(s),
+            AppEvent::Devices {
+                cameras,
+                microphones,
+                speakers,
+            } => {
+                self.devices = Some(Devices {
+                    cameras,
+                    microphones,
+                    speakers,
+                })
+            }
             AppEvent::Error(e) => self.toast(now, e, true),
         }
     }

@@ -732,23 +732,33 @@ impl App {
                             &mut s.relay,
                             "HOST[:PORT] (used from the next start)",
                         );
-                        text(
+                        let devices = self.model.devices.clone();
+                        let none = || Err("listing…".to_string());
+                        pick(
                             ui,
-                            "Camera / video",
+                            "Camera",
                             &mut s.video,
-                            "camera, camera:/dev/video1, testsrc, none",
+                            ("camera", "the default camera"),
+                            &[("testsrc", "test pattern"), ("none", "no video")],
+                            devices.as_ref().map_or_else(none, |d| d.cameras.clone()),
                         );
-                        text(
+                        pick(
                             ui,
-                            "Microphone / audio",
+                            "Microphone",
                             &mut s.audio,
-                            "mic, mic:DEVICE, tone, none",
+                            ("mic", "the default microphone"),
+                            &[("tone", "test tone"), ("none", "no audio")],
+                            devices
+                                .as_ref()
+                                .map_or_else(none, |d| d.microphones.clone()),
                         );
-                        text(
+                        pick(
                             ui,
                             "Speaker",
                             &mut s.speaker,
-                            "auto, off, or an ALSA device",
+                            ("auto", "the default speaker"),
+                            &[("off", "none")],
+                            devices.as_ref().map_or_else(none, |d| d.speakers.clone()),
                         );
                         text(ui, "Largest video size", &mut s.video_size, "640x360");
                         let l = ui.label("Frame rate");
@@ -1039,6 +1049,49 @@ impl eframe::App for App {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.show(ui);
     }
+}
+
+/// A settings row choosing a device: the default, the devices found, fixed choices; shows
+/// why there are no devices when there are none.
+fn pick(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut Option<String>,
+    default: (&str, &str),
+    fixed: &[(&str, &str)],
+    found: Result<Vec<(String, String)>, String>,
+) {
+    let mut options: Vec<(String, String)> = vec![(default.0.into(), default.1.into())];
+    if let Ok(f) = &found {
+        options.extend(f.iter().cloned());
+    }
+    options.extend(fixed.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+    let current = value.clone().unwrap_or_else(|| default.0.to_string());
+    if !options.iter().any(|o| o.0 == current) {
+        options.push((current.clone(), current.clone()));
+    }
+    let shown = options
+        .iter()
+        .find(|o| o.0 == current)
+        .map_or(current.clone(), |o| o.1.clone());
+    ui.label(label);
+    ui.horizontal(|ui| {
+        let mut chosen = current.clone();
+        egui::ComboBox::from_id_salt(label)
+            .selected_text(shown)
+            .show_ui(ui, |ui| {
+                for (v, name) in &options {
+                    ui.selectable_value(&mut chosen, v.clone(), name);
+                }
+            })
+            .response
+            .on_hover_text(format!("{label}: {current}"));
+        if let Err(why) = &found {
+            ui.weak(why);
+        }
+        *value = (chosen != default.0).then_some(chosen);
+    });
+    ui.end_row();
 }
 
 /// Live plots of a call's last minutes, and its path.

@@ -241,6 +241,11 @@ fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
     until(&mut h, "the settings window", |h| {
         h.query_by_role_and_label(Role::TextInput, "Name").is_some()
     });
+    // The device pickers show the configured sources by name.
+    until(&mut h, "the device pickers", |h| {
+        let value = |v: &str| h.query_all_by_value(v).next().is_some() || has(h, v);
+        value("test pattern") && value("test tone") && value("null")
+    });
     replace_text(&mut h, "Name", "Ada Lovelace");
     h.get_by_label("Save").click();
     h.step();
