@@ -433,28 +433,19 @@ impl App {
                 }
             });
         });
-        let conv = self
-            .model
-            .conversations
-            .get(&peer)
-            .cloned()
-            .unwrap_or_default();
+        // Borrowed, not copied, while it is drawn (it can hold thousands of messages and a
+        // call repaints at its frame rate); a click on "Load older" is applied afterwards.
+        let empty = crate::model::Conversation::default();
+        let conv = self.model.conversations.get(&peer).unwrap_or(&empty);
+        let mut older_than = None;
         egui::ScrollArea::vertical()
             .stick_to_bottom(true)
             .auto_shrink([false, false])
             .show(ui, |ui| {
                 if conv.more {
                     let older = ui.add_enabled(!conv.loading, egui::Button::new("Load older"));
-                    if older.clicked()
-                        && let Some(first) = conv.messages.first()
-                    {
-                        if let Some(c) = self.model.conversations.get_mut(&peer) {
-                            c.loading = true;
-                        }
-                        self.bridge.send(UiCmd::Older {
-                            peer,
-                            before: first.rowid,
-                        });
+                    if older.clicked() {
+                        older_than = conv.messages.first().map(|m| m.rowid);
                     }
                 }
                 for m in &conv.messages {
@@ -486,6 +477,12 @@ impl App {
                     });
                 }
             });
+        if let Some(before) = older_than {
+            if let Some(c) = self.model.conversations.get_mut(&peer) {
+                c.loading = true;
+            }
+            self.bridge.send(UiCmd::Older { peer, before });
+        }
     }
 
     fn offers_and_transfers(&mut self, ui: &mut egui::Ui, peer: PeerId) {

@@ -345,3 +345,47 @@ fn first_run_can_host_the_relay_others_then_use() {
     assert_eq!(saved.relay_listen.as_deref(), Some("127.0.0.1:0"));
     drop(carol);
 }
+
+#[test]
+fn a_long_history_loads_older_pages_on_demand() {
+    let w = world();
+    let mut h = app_with(
+        &w,
+        Settings {
+            name: Some("Ada".into()),
+            relay: Some(w.relay.to_string()),
+            port_mapping: Some(false),
+            ..Settings::default()
+        },
+    );
+    until(&mut h, "bob listed", |h| {
+        h.query_by_role_and_label(Role::Button, "bob").is_some()
+    });
+    let ada = h.state().model.me.as_ref().unwrap().0;
+    // More than a page (50) arrives while the conversation is closed.
+    let bob = w.bob.clone();
+    w.rt.block_on(async {
+        for i in 0..60 {
+            bob.send_message(ada, &format!("note {i}")).await.unwrap();
+        }
+    });
+    until(&mut h, "the unread count", |h| has(h, " 60 "));
+    h.get_by_role_and_label(Role::Button, "bob").click();
+    until(&mut h, "the newest page", |h| {
+        has(h, "note 59") && has(h, "Load older")
+    });
+    assert!(!has(&h, "note 9"), "only the newest 50 at first");
+    // It is at the top of the scrolled history: scroll there, then click.
+    h.get_by_label("Load older").scroll_to_me();
+    h.run_steps(3);
+    h.get_by_label("Load older").click();
+    let bob_id = w.bob.id();
+    until(&mut h, "the older page", |h| {
+        h.state().model.conversations[&bob_id].messages.len() == 60
+            && has(h, "note 0")
+            && has(h, "note 9")
+    });
+    assert!(!has(&h, "Load older"), "nothing older is left");
+    // Opening the conversation read it: the badge is gone.
+    assert!(!has(&h, " 60 "));
+}
