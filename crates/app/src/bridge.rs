@@ -342,15 +342,27 @@ impl Out {
     /// has them; the UI uploads them as textures.
     fn tap(&self) -> VideoTap {
         let (videos, wake) = (self.videos.clone(), self.wake.clone());
+        // One spare buffer per side: frames are converted outside the lock the window
+        // thread takes, then swapped in (no allocation per frame, no wait for the UI).
+        let spare: Arc<Mutex<[Vec<u8>; 2]>> = Arc::default();
         VideoTap::new(move |which, f| {
+            let side = usize::from(which == Picture::Remote);
+            let mut buf = spare
+                .lock()
+                .map(|mut s| std::mem::take(&mut s[side]))
+                .unwrap_or_default();
+            p2pcall_media_io::convert::to_rgba(f, &mut buf);
             if let Ok(mut v) = videos.lock() {
                 let p = match which {
                     Picture::Local => &mut v.local,
                     Picture::Remote => &mut v.remote,
                 };
-                p2pcall_media_io::convert::to_rgba(f, &mut p.rgba);
+                std::mem::swap(&mut p.rgba, &mut buf);
                 p.size = [f.width, f.height];
                 p.seq += 1;
+            }
+            if let Ok(mut s) = spare.lock() {
+                s[side] = buf;
             }
             wake();
         })

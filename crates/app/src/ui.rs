@@ -151,7 +151,8 @@ impl App {
         }
         self.toasts(&ctx);
         // Toasts expire, progress moves: look again soon even without events.
-        if !self.model.toasts.is_empty() || !self.model.transfers.is_empty() {
+        let moving = self.model.transfers.iter().any(|t| t.outcome.is_none());
+        if !self.model.toasts.is_empty() || moving {
             ctx.request_repaint_after(Duration::from_millis(250));
         }
         // Files dropped on the window go to the open conversation.
