@@ -24,8 +24,6 @@ use tokio::sync::mpsc;
 
 use crate::AppError;
 
-/// Default relay port (UDP and TCP).
-pub const DEFAULT_PORT: u16 = 7700;
 /// Database file in the data dir.
 pub const DB_FILE: &str = "p2pcall.db";
 /// Messages per history page.
@@ -369,27 +367,6 @@ impl Out {
     }
 }
 
-/// `HOST[:PORT]` with the default port, resolved.
-pub async fn resolve_relay(spec: &str) -> Result<SocketAddr, String> {
-    let spec = spec.trim();
-    let with_port = if spec.parse::<SocketAddr>().is_ok()
-        || spec
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
-    {
-        spec.to_string()
-    } else if spec.contains(':') && !spec.starts_with('[') {
-        format!("[{spec}]:{DEFAULT_PORT}")
-    } else {
-        format!("{spec}:{DEFAULT_PORT}")
-    };
-    tokio::net::lookup_host(&with_port)
-        .await
-        .map_err(|e| format!("cannot resolve the relay address {spec:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("the relay address {spec:?} resolved to nothing"))
-}
-
 /// The running engine and what the app hosts for it.
 struct Running {
     engine: EngineHandle,
@@ -526,7 +503,9 @@ async fn try_start(
         a
     } else {
         let spec = s.relay.as_deref().unwrap_or_default();
-        resolve_relay(spec).await?
+        p2pcall_core::settings::resolve_relay(spec)
+            .await
+            .map_err(|e| e.to_string())?
     };
     let db = cfg.dirs.data.join(DB_FILE);
     let store = Store::open(&db).map_err(|e| format!("cannot open {}: {e}", db.display()))?;

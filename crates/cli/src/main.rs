@@ -17,8 +17,6 @@ use serde_json::json;
 
 mod calls;
 
-/// Default relay port (UDP and TCP).
-const DEFAULT_PORT: u16 = 7700;
 /// How long commands wait for the relay and the peer list.
 const RELAY_WAIT: Duration = Duration::from_secs(10);
 /// Database file in the data dir.
@@ -311,23 +309,7 @@ fn display_name(cli: &Cli, s: &Settings) -> String {
 }
 
 async fn resolve_relay(spec: &str) -> Result<SocketAddr> {
-    let with_port = if spec.parse::<SocketAddr>().is_ok()
-        || spec
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok() && !h.contains(':'))
-    {
-        spec.to_string()
-    } else if spec.contains(':') && !spec.starts_with('[') {
-        format!("[{spec}]:{DEFAULT_PORT}")
-    } else {
-        format!("{spec}:{DEFAULT_PORT}")
-    };
-    let mut addrs = tokio::net::lookup_host(&with_port)
-        .await
-        .with_context(|| format!("cannot resolve the relay address {spec:?}"))?;
-    addrs
-        .next()
-        .with_context(|| format!("the relay address {spec:?} resolved to nothing"))
+    Ok(p2pcall_core::settings::resolve_relay(spec).await?)
 }
 
 /// The local database in the data dir.

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// Settings file name.
 pub const SETTINGS_FILE: &str = "config.toml";
+/// A relay's port when an address names none (UDP and TCP).
+pub const DEFAULT_RELAY_PORT: u16 = 7700;
 
 /// Persisted settings. Every field has a default, so an empty or partial file is valid.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +70,14 @@ pub enum SettingsError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A relay address that does not resolve.
+    #[error("cannot resolve the relay address {spec:?}: {message}")]
+    Relay {
+        /// What was given.
+        spec: String,
+        /// Why.
+        message: String,
+    },
     /// The file is not valid TOML for these settings.
     #[error("{path} is not valid: {message}")]
     Parse {
@@ -94,6 +104,32 @@ impl Dirs {
             settings: p.config_dir().join(SETTINGS_FILE),
         })
     }
+}
+
+/// Resolves a relay address, `HOST[:PORT]` or `[V6][:PORT]`, with [`DEFAULT_RELAY_PORT`]
+/// when it names no port.
+pub async fn resolve_relay(spec: &str) -> Result<std::net::SocketAddr, SettingsError> {
+    let spec = spec.trim();
+    let with_port = if spec.parse::<std::net::SocketAddr>().is_ok()
+        || spec
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
+    {
+        spec.to_string()
+    } else if spec.contains(':') && !spec.starts_with('[') {
+        format!("[{spec}]:{DEFAULT_RELAY_PORT}")
+    } else {
+        format!("{spec}:{DEFAULT_RELAY_PORT}")
+    };
+    let err = |message: String| SettingsError::Relay {
+        spec: spec.to_string(),
+        message,
+    };
+    tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("it resolved to nothing".into()))
 }
 
 impl Settings {
@@ -146,6 +182,20 @@ mod tests {
         std::fs::write(&p, "nmae = \"typo\"\n").unwrap();
         let e = Settings::load(&p).unwrap_err();
         assert!(e.to_string().contains("nmae"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn relay_addresses_get_the_default_port() {
+        let a = resolve_relay("127.0.0.1").await.unwrap();
+        assert_eq!(a, "127.0.0.1:7700".parse().unwrap());
+        let a = resolve_relay(" 127.0.0.1:9000 ").await.unwrap();
+        assert_eq!(a.port(), 9000);
+        let a = resolve_relay("::1").await.unwrap();
+        assert_eq!(a, "[::1]:7700".parse().unwrap());
+        let a = resolve_relay("[::1]:7800").await.unwrap();
+        assert_eq!(a.port(), 7800);
+        let e = resolve_relay("256.1.1.1:70000").await.unwrap_err();
+        assert!(e.to_string().contains("256.1.1.1:70000"), "{e}");
     }
 
     #[test]
