@@ -209,6 +209,8 @@ pub enum AppEvent {
     },
     /// The settings as saved.
     Settings(Box<Settings>),
+    /// Placing or answering a call failed before it started (it is gone).
+    CallFailed(String),
     /// A call event (incoming, ringing, started, statistics, ended…).
     Call(CallEvent),
     /// Screens and windows that can be shared: (`--video` name, description), or why none.
@@ -626,7 +628,7 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             let (opts, out) = (call_options(&r.settings, out), out.clone());
             tokio::spawn(async move {
                 if let Err(e) = engine.call(peer, opts).await {
-                    out.emit(AppEvent::Error(format!("the call failed: {e}")));
+                    out.emit(AppEvent::CallFailed(format!("the call failed: {e}")));
                 }
             });
         }
@@ -635,7 +637,7 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             let (opts, out) = (call_options(&r.settings, out), out.clone());
             tokio::spawn(async move {
                 if let Err(e) = engine.answer(call, opts).await {
-                    out.emit(AppEvent::Error(format!("cannot answer: {e}")));
+                    out.emit(AppEvent::CallFailed(format!("cannot answer: {e}")));
                 }
             });
         }

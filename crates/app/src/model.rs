@@ -350,6 +350,10 @@ impl Model {
             }
             AppEvent::Settings(s) => self.settings = *s,
             AppEvent::Call(c) => self.on_call(now, c),
+            AppEvent::CallFailed(why) => {
+                self.call = None;
+                self.toast(now, why, true);
+            }
             AppEvent::Screens(s) => self.screens = Some(s),
             AppEvent::Devices {
                 cameras,
@@ -823,6 +827,17 @@ mod tests {
         assert!(!row(fake).verified);
         assert!(row(real).verified && row(real).lookalike.is_none());
         assert!(row(other).lookalike.is_none());
+    }
+
+    #[test]
+    fn a_call_that_fails_to_start_leaves_no_call_behind() {
+        let now = Instant::now();
+        let mut m = Model::default();
+        m.calling(peer());
+        assert!(m.call.is_some());
+        m.apply(now, AppEvent::CallFailed("the call failed: offline".into()));
+        assert!(m.call.is_none());
+        assert!(m.toasts[0].error && m.toasts[0].text.contains("offline"));
     }
 
     #[test]
