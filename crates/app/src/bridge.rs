@@ -73,6 +73,13 @@ pub enum UiCmd {
         /// What.
         paths: Vec<PathBuf>,
     },
+    /// Ask the desktop's file chooser (the XDG portal) for files or folders to offer.
+    PickFiles {
+        /// To whom.
+        peer: PeerId,
+        /// Folders instead of files.
+        folders: bool,
+    },
     /// Accept an offer into the download folder.
     Accept {
         /// From whom.
@@ -606,6 +613,37 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             tokio::spawn(async move {
                 // Progress, completion and failure arrive as transfer events; a failure
                 // before the transfer starts (unreadable path, declined) only here.
+                if let Err(e) = engine.send_files(peer, &paths).await {
+                    out.emit(AppEvent::Error(format!("sending files: {e}")));
+                }
+            });
+        }
+        UiCmd::PickFiles { peer, folders } => {
+            let out = out.clone();
+            tokio::spawn(async move {
+                let d = rfd::AsyncFileDialog::new().set_title(if folders {
+                    "Folders to send"
+                } else {
+                    "Files to send"
+                });
+                let picked = if folders {
+                    d.pick_folders().await
+                } else {
+                    d.pick_files().await
+                };
+                let paths: Vec<PathBuf> = picked
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|f| f.path().to_path_buf())
+                    .collect();
+                if paths.is_empty() {
+                    out.emit(AppEvent::Error(
+                        "nothing chosen (if no dialog appeared, this desktop has no file \
+                         chooser portal: drop files on the window or type their paths)"
+                            .into(),
+                    ));
+                    return;
+                }
                 if let Err(e) = engine.send_files(peer, &paths).await {
                     out.emit(AppEvent::Error(format!("sending files: {e}")));
                 }

@@ -418,10 +418,22 @@ impl App {
                 let l = ui.label("Files");
                 ui.add(
                     egui::TextEdit::singleline(&mut self.attach)
-                        .hint_text("paths to send (or drop files on the window)")
-                        .desired_width(ui.available_width() - 70.0),
+                        .hint_text("paths to send, ; between them (or drop files on the window)")
+                        .desired_width(ui.available_width() - 190.0),
                 )
                 .labelled_by(l.id);
+                if ui.button("Files…").clicked() {
+                    self.bridge.send(UiCmd::PickFiles {
+                        peer,
+                        folders: false,
+                    });
+                }
+                if ui.button("Folder…").clicked() {
+                    self.bridge.send(UiCmd::PickFiles {
+                        peer,
+                        folders: true,
+                    });
+                }
                 if ui.button("Offer").clicked() && !self.attach.trim().is_empty() {
                     let paths = self
                         .attach

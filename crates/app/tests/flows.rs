@@ -388,4 +388,14 @@ fn a_long_history_loads_older_pages_on_demand() {
     assert!(!has(&h, "Load older"), "nothing older is left");
     // Opening the conversation read it: the badge is gone.
     assert!(!has(&h, " 60 "));
+    // The file chooser needs the desktop portal; without one (here) the window says what to
+    // do instead of nothing happening.
+    h.get_by_label("Files…").click();
+    until(&mut h, "the no-chooser notice", |h| {
+        h.state()
+            .model
+            .toasts
+            .iter()
+            .any(|t| t.text.contains("no file chooser portal"))
+    });
 }
