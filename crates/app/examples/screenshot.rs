@@ -106,12 +106,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let relay = rt
-        .block_on(p2pcall_relay::Relay::start(
-            &p2pcall_tls::Identity::generate().unwrap(),
-            p2pcall_relay::RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
-        ))
-        .unwrap();
+    let relay = rt.block_on(p2pcall_core::demo::local_relay()).unwrap();
     let addr = relay.udp_addr;
     let (bob, mut events) = rt
         .block_on(p2pcall_core::demo::local_peer("bob", addr))

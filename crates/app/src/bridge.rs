@@ -663,20 +663,18 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             engine.cancel_transfer(peer, id);
         }
         UiCmd::Call(peer) => {
-            let (opts, out) = (call_options(&r.settings, out), out.clone());
-            tokio::spawn(async move {
-                if let Err(e) = engine.call(peer, opts).await {
-                    out.emit(AppEvent::CallFailed(format!("the call failed: {e}")));
-                }
-            });
+            let opts = call_options(&r.settings, out);
+            spawn_reporting(
+                out,
+                async move { engine.call(peer, opts).await.map(drop) },
+                |e| AppEvent::CallFailed(format!("the call failed: {e}")),
+            );
         }
         UiCmd::Answer(call) => {
             set_ringer(r, None);
-            let (opts, out) = (call_options(&r.settings, out), out.clone());
-            tokio::spawn(async move {
-                if let Err(e) = engine.answer(call, opts).await {
-                    out.emit(AppEvent::CallFailed(format!("cannot answer: {e}")));
-                }
+            let opts = call_options(&r.settings, out);
+            spawn_reporting(out, async move { engine.answer(call, opts).await }, |e| {
+                AppEvent::CallFailed(format!("cannot answer: {e}"))
             });
         }
         UiCmd::Decline(call) => {
@@ -769,10 +767,19 @@ fn spawn_result(
     out: &Out,
     f: impl std::future::Future<Output = Result<(), p2pcall_core::EngineError>> + Send + 'static,
 ) {
+    spawn_reporting(out, f, |e| AppEvent::Error(e.to_string()));
+}
+
+/// Runs an engine command; a failure becomes the event `report` makes of it.
+fn spawn_reporting(
+    out: &Out,
+    f: impl std::future::Future<Output = Result<(), p2pcall_core::EngineError>> + Send + 'static,
+    report: impl FnOnce(p2pcall_core::EngineError) -> AppEvent + Send + 'static,
+) {
     let out = out.clone();
     tokio::spawn(async move {
         if let Err(e) = f.await {
-            out.emit(AppEvent::Error(e.to_string()));
+            out.emit(report(e));
         }
     });
 }

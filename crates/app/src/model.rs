@@ -135,6 +135,21 @@ pub struct CallView {
     pub history: VecDeque<Sample>,
 }
 
+impl CallView {
+    fn new(id: Option<CallId>, peer: PeerId, phase: CallPhase) -> Self {
+        Self {
+            id,
+            peer,
+            phase,
+            muted: false,
+            camera: true,
+            sharing: None,
+            stats: None,
+            history: VecDeque::new(),
+        }
+    }
+}
+
 /// Everything the window shows.
 #[derive(Debug)]
 pub struct Model {
@@ -372,16 +387,11 @@ impl Model {
 
     /// We dial `peer` (the UI sends the command).
     pub fn calling(&mut self, peer: PeerId) {
-        self.call = Some(CallView {
-            id: None,
+        self.call = Some(CallView::new(
+            None,
             peer,
-            phase: CallPhase::Calling { ringing: false },
-            muted: false,
-            camera: true,
-            sharing: None,
-            stats: None,
-            history: VecDeque::new(),
-        });
+            CallPhase::Calling { ringing: false },
+        ));
     }
 
     fn on_call(&mut self, now: Instant, e: CallEvent) {
@@ -396,16 +406,11 @@ impl Model {
                 let who = name.unwrap_or_else(|| self.name_of(&peer));
                 self.notify
                     .push(("Incoming call".into(), format!("{who} is calling")));
-                self.call = Some(CallView {
-                    id: Some(call),
+                self.call = Some(CallView::new(
+                    Some(call),
                     peer,
-                    phase: CallPhase::Incoming { video },
-                    muted: false,
-                    camera: true,
-                    sharing: None,
-                    stats: None,
-                    history: VecDeque::new(),
-                });
+                    CallPhase::Incoming { video },
+                ));
             }
             CallEvent::Ringing { call } => {
                 if let Some(c) = &mut self.call {
@@ -414,16 +419,9 @@ impl Model {
                 }
             }
             CallEvent::Started { call, peer, .. } => {
-                let c = self.call.get_or_insert_with(|| CallView {
-                    id: Some(call),
-                    peer,
-                    phase: CallPhase::Active(now),
-                    muted: false,
-                    camera: true,
-                    sharing: None,
-                    stats: None,
-                    history: VecDeque::new(),
-                });
+                let c = self
+                    .call
+                    .get_or_insert_with(|| CallView::new(None, peer, CallPhase::Active(now)));
                 c.id = Some(call);
                 c.peer = peer;
                 c.phase = CallPhase::Active(now);
@@ -665,55 +663,39 @@ mod tests {
         }
     }
 
+    /// A history page of rows `rows` (outgoing, text "x").
+    fn page(p: PeerId, rows: std::ops::RangeInclusive<i64>, older: bool, more: bool) -> AppEvent {
+        AppEvent::History {
+            peer: p,
+            messages: rows.map(|i| msg(p, i, true, "x")).collect(),
+            older,
+            more,
+        }
+    }
+
+    fn rows(m: &Model, p: &PeerId) -> Vec<i64> {
+        m.conversations[p]
+            .messages
+            .iter()
+            .map(|m| m.rowid)
+            .collect()
+    }
+
     #[test]
     fn pages_merge_in_order_and_live_messages_survive_a_reload() {
         let p = peer();
         let now = Instant::now();
         let mut m = Model::default();
         m.select(p);
-        m.apply(
-            now,
-            AppEvent::History {
-                peer: p,
-                messages: (11..=20).map(|i| msg(p, i, true, "x")).collect(),
-                older: false,
-                more: true,
-            },
-        );
+        m.apply(now, page(p, 11..=20, false, true));
         m.apply(now, AppEvent::Message(msg(p, 21, false, "live")));
         // An older page goes in front; an overlapping row is not doubled.
-        m.apply(
-            now,
-            AppEvent::History {
-                peer: p,
-                messages: (5..=11).map(|i| msg(p, i, true, "x")).collect(),
-                older: true,
-                more: false,
-            },
-        );
-        let rows: Vec<i64> = m.conversations[&p]
-            .messages
-            .iter()
-            .map(|m| m.rowid)
-            .collect();
-        assert_eq!(rows, (5..=21).collect::<Vec<_>>());
+        m.apply(now, page(p, 5..=11, true, false));
+        assert_eq!(rows(&m, &p), (5..=21).collect::<Vec<_>>());
         assert!(!m.conversations[&p].more);
         // Reloading the newest page keeps what is newer than it.
-        m.apply(
-            now,
-            AppEvent::History {
-                peer: p,
-                messages: (15..=20).map(|i| msg(p, i, true, "x")).collect(),
-                older: false,
-                more: true,
-            },
-        );
-        let rows: Vec<i64> = m.conversations[&p]
-            .messages
-            .iter()
-            .map(|m| m.rowid)
-            .collect();
-        assert_eq!(rows, (15..=21).collect::<Vec<_>>());
+        m.apply(now, page(p, 15..=20, false, true));
+        assert_eq!(rows(&m, &p), (15..=21).collect::<Vec<_>>());
         // The selected conversation raises no notification.
         assert!(m.notify.is_empty());
     }

@@ -83,8 +83,11 @@ impl App {
     }
 
     /// Takes what the engine sent.
-    pub fn pump(&mut self, now: Instant) {
+    /// Returns whether the settings changed.
+    pub fn pump(&mut self, now: Instant) -> bool {
+        let mut settings = false;
         for e in self.bridge.poll() {
+            settings |= matches!(e, crate::bridge::AppEvent::Settings(_));
             // A message into the open conversation is read as it arrives.
             if let crate::bridge::AppEvent::Message(m) = &e
                 && !m.outgoing
@@ -95,12 +98,13 @@ impl App {
             self.model.apply(now, e);
         }
         self.model.expire(now);
+        settings
     }
 
     /// Draws the whole window into `ui` (what the frame calls each time).
     pub fn show(&mut self, ui: &mut egui::Ui) {
         let now = Instant::now();
-        self.pump(now);
+        let settings_changed = self.pump(now);
         let ctx = ui.ctx().clone();
         // While the window is not focused, what happened goes to the desktop too (the
         // toasts are in the model either way).
@@ -111,11 +115,13 @@ impl App {
                 self.bridge.send(UiCmd::Notify { title, body });
             }
         }
-        ctx.set_theme(match self.model.settings.theme.as_deref() {
-            Some("dark") => egui::ThemePreference::Dark,
-            Some("light") => egui::ThemePreference::Light,
-            _ => egui::ThemePreference::System,
-        });
+        if settings_changed {
+            ctx.set_theme(match self.model.settings.theme.as_deref() {
+                Some("dark") => egui::ThemePreference::Dark,
+                Some("light") => egui::ThemePreference::Light,
+                _ => egui::ThemePreference::System,
+            });
+        }
         // First run, or a first start that failed (a relay that does not resolve, a port
         // taken): the form again, with what went wrong.
         let failed_start =

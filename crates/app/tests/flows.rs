@@ -33,12 +33,7 @@ fn world() -> World {
         .enable_all()
         .build()
         .unwrap();
-    let relay = rt
-        .block_on(p2pcall_relay::Relay::start(
-            &p2pcall_tls::Identity::generate().unwrap(),
-            p2pcall_relay::RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
-        ))
-        .unwrap();
+    let relay = rt.block_on(p2pcall_core::demo::local_relay()).unwrap();
     let addr = relay.udp_addr;
     let (bob, bob_events) = rt
         .block_on(p2pcall_core::demo::local_peer("bob", addr))
@@ -67,6 +62,16 @@ fn app(w: &World) -> Harness<'static, App> {
             ..Settings::default()
         },
     )
+}
+
+/// Settings of an app that was set up before (no first run): Ada on the test relay.
+fn set_up(w: &World) -> Settings {
+    Settings {
+        name: Some("Ada".into()),
+        relay: Some(w.relay.to_string()),
+        port_mapping: Some(false),
+        ..Settings::default()
+    }
 }
 
 fn app_with(w: &World, settings: Settings) -> Harness<'static, App> {
@@ -222,14 +227,11 @@ fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
     let mut h = app_with(
         &w,
         Settings {
-            name: Some("Ada".into()),
-            relay: Some(w.relay.to_string()),
-            port_mapping: Some(false),
             video: Some("testsrc".into()),
             audio: Some("tone".into()),
             // ALSA's null device: the ring and the call's audio play through the real path.
             speaker: Some("null".into()),
-            ..Settings::default()
+            ..set_up(&w)
         },
     );
     until(&mut h, "online with bob listed", |h| {
@@ -349,15 +351,7 @@ fn first_run_can_host_the_relay_others_then_use() {
 #[test]
 fn a_long_history_loads_older_pages_on_demand() {
     let w = world();
-    let mut h = app_with(
-        &w,
-        Settings {
-            name: Some("Ada".into()),
-            relay: Some(w.relay.to_string()),
-            port_mapping: Some(false),
-            ..Settings::default()
-        },
-    );
+    let mut h = app_with(&w, set_up(&w));
     until(&mut h, "bob listed", |h| {
         h.query_by_role_and_label(Role::Button, "bob").is_some()
     });

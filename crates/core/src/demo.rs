@@ -117,13 +117,18 @@ pub async fn local_peer(
     Ok(Engine::start(cfg).await?)
 }
 
-/// Runs the demo, streaming `bytes` at the end.
-pub async fn run(bytes: u64) -> Result<DemoReport, DemoError> {
-    let relay = Relay::start(
+/// A relay on a free loopback port with a fresh key: for the demo, tests and tools.
+pub async fn local_relay() -> Result<Relay, DemoError> {
+    Ok(Relay::start(
         &Identity::generate()?,
         ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
     )
-    .await?;
+    .await?)
+}
+
+/// Runs the demo, streaming `bytes` at the end.
+pub async fn run(bytes: u64) -> Result<DemoReport, DemoError> {
+    let relay = local_relay().await?;
     let relay_addr = relay.udp_addr;
     let result = run_with(relay_addr, bytes).await;
     relay.shutdown().await;

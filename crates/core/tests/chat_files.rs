@@ -14,19 +14,14 @@ use p2pcall_core::transfer::{OFFER, Summary, TransferEvent};
 use p2pcall_core::{MessageState, Store};
 use p2pcall_net::RelayConfig;
 use p2pcall_proto::transfer::{AbortCode, Entry, EntryKind, TransferFrame};
-use p2pcall_relay::{Relay, RelayConfig as ServerConfig};
+use p2pcall_relay::Relay;
 use p2pcall_tls::Identity;
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(20);
 
 async fn relay() -> Relay {
-    Relay::start(
-        &Identity::generate().unwrap(),
-        ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
-    )
-    .await
-    .unwrap()
+    p2pcall_core::demo::local_relay().await.unwrap()
 }
 
 struct Peer {

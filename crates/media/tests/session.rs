@@ -61,6 +61,20 @@ impl Net {
     }
 }
 
+/// A sender of [`streams`] and a receiver of them.
+fn pair() -> (MediaSession, MediaSession) {
+    let (mut tx, mut rx) = (MediaSession::new(), MediaSession::new());
+    tx.configure(&Negotiated {
+        send: streams(),
+        receive: vec![],
+    });
+    rx.configure(&Negotiated {
+        send: vec![],
+        receive: streams(),
+    });
+    (tx, rx)
+}
+
 struct Outcome {
     concealed_pct: f64,
     freezes_per_min: f64,
@@ -76,16 +90,7 @@ fn run(seed: u64, loss: f64) -> Outcome {
     let jitter = Normal::new(50.0, 10.0).unwrap();
     let t0 = Instant::now();
     let at = |ms: f64| t0 + Duration::from_secs_f64(ms / 1e3);
-    let mut tx = MediaSession::new();
-    let mut rx = MediaSession::new();
-    tx.configure(&Negotiated {
-        send: streams(),
-        receive: vec![],
-    });
-    rx.configure(&Negotiated {
-        send: vec![],
-        receive: streams(),
-    });
+    let (mut tx, mut rx) = pair();
     // 8 kB frames at 30 fps: ~2 Mbit/s of video on a path with room for it.
     tx.set_bitrates(Bitrates {
         start: 2_500_000,
@@ -249,16 +254,7 @@ fn audio_and_video_stay_smooth_and_in_sync_under_jitter_and_loss() {
 #[test]
 fn a_decoder_error_asks_the_sender_for_a_keyframe_at_a_bounded_rate() {
     let t0 = Instant::now();
-    let mut tx = MediaSession::new();
-    let mut rx = MediaSession::new();
-    tx.configure(&Negotiated {
-        send: streams(),
-        receive: vec![],
-    });
-    rx.configure(&Negotiated {
-        send: vec![],
-        receive: streams(),
-    });
+    let (mut tx, mut rx) = pair();
     rx.set_rtt(Duration::from_millis(100));
     // Only a stream we receive video on can be asked about.
     assert!(!rx.request_keyframe(t0, AUDIO));
