@@ -76,6 +76,7 @@ async fn endpoint(relay: SocketAddr, direct: bool) -> Result<(Endpoint, mpsc::Re
         }),
         direct_paths: direct,
         port_mapping: false,
+        lan: None,
     })
     .await?;
     ep.wait_relay(Duration::from_secs(5)).await?;

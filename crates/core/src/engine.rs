@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub direct_paths: bool,
     /// Ask the gateway for a port mapping (UPnP-IGD, NAT-PMP, PCP).
     pub port_mapping: bool,
+    /// LAN-only mode: peers found by mDNS, no relay (`relay` must be `None`).
+    pub lan: Option<p2pcall_net::LanConfig>,
     /// Chat history, contacts and transfer state (in memory when `None`).
     pub store: Option<Arc<Store>>,
     /// Deliver queued messages and resume unfinished outgoing transfers whenever a peer
@@ -53,6 +55,7 @@ impl EngineConfig {
             bind: SocketAddr::from(([0u16; 8], 0)),
             direct_paths: true,
             port_mapping: true,
+            lan: None,
             store: None,
             auto_deliver: true,
         }
@@ -209,6 +212,7 @@ impl Engine {
             relay: cfg.relay,
             direct_paths: cfg.direct_paths,
             port_mapping: cfg.port_mapping,
+            lan: cfg.lan,
         })
         .await?;
         let store = match cfg.store {

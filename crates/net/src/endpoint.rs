@@ -79,6 +79,9 @@ pub struct EndpointConfig {
     /// Ask the gateway for a UDP port mapping (UPnP-IGD, NAT-PMP, PCP) and offer the mapped
     /// address as a candidate. No gateway, or one that refuses, is normal.
     pub port_mapping: bool,
+    /// LAN-only mode: find peers by mDNS on the local network, with no relay (`relay` must
+    /// be `None`).
+    pub lan: Option<crate::LanConfig>,
 }
 
 /// Which transport the relay session uses.
@@ -191,6 +194,8 @@ pub(crate) struct Inner {
     pub port_mapper: Option<portmapper::Client>,
     /// The public address the gateway mapped for us.
     pub mapped: Mutex<Option<SocketAddr>>,
+    /// The mDNS responder and browser (LAN-only mode).
+    pub lan: std::sync::OnceLock<crate::lan::Lan>,
 }
 
 impl Inner {
@@ -301,6 +306,9 @@ impl Endpoint {
     /// Binds the socket, starts the relay client (if configured) and the accept loop. The
     /// caller must keep draining the returned event receiver.
     pub async fn bind(cfg: EndpointConfig) -> Result<(Self, mpsc::Receiver<Event>), NetError> {
+        if cfg.lan.is_some() && cfg.relay.is_some() {
+            return Err(NetError::LanAndRelay);
+        }
         let (socket, control_rx) =
             MagicSocket::bind(cfg.bind).map_err(|source| NetError::Bind {
                 addr: cfg.bind,
@@ -351,7 +359,13 @@ impl Endpoint {
             net_epoch: tokio::sync::watch::Sender::new(0),
             port_mapper,
             mapped: Mutex::new(None),
+            lan: std::sync::OnceLock::new(),
         });
+        if let Some(lan) = &cfg.lan {
+            let (handle, browse) = crate::lan::start(&inner, lan)?;
+            let _ = inner.lan.set(handle);
+            tokio::spawn(crate::lan::run(inner.clone(), browse));
+        }
         if let Some(pm) = &inner.port_mapper {
             tokio::spawn(watch_port_mapping(
                 inner.clone(),
@@ -411,10 +425,14 @@ impl Endpoint {
             .map_err(|_| NetError::NoRelay)
     }
 
-    /// Changes the display name (relay presence and future peer hellos).
+    /// Changes the display name (relay or LAN presence, and future peer hellos).
     pub async fn set_name(&self, name: String) -> Result<(), NetError> {
         if let Ok(mut n) = self.inner.name.lock() {
             n.clone_from(&name);
+        }
+        if let Some(lan) = self.inner.lan.get() {
+            lan.name.send_replace(name);
+            return Ok(());
         }
         self.inner
             .relay_cmd
@@ -497,8 +515,16 @@ impl Endpoint {
         ))
     }
 
-    /// Stops the relay client and every connection.
+    /// Whether this endpoint runs in LAN-only mode (mDNS presence, no relay).
+    pub fn is_lan(&self) -> bool {
+        self.inner.lan.get().is_some()
+    }
+
+    /// Stops the relay client (or the LAN announcement) and every connection.
     pub async fn close(&self) {
+        if let Some(lan) = self.inner.lan.get() {
+            lan.close().await;
+        }
         // Close the connections while the relay session still carries their close frames,
         // so peers learn at once instead of after their idle timeout.
         self.inner
@@ -980,6 +1006,8 @@ async fn drive_connection(
             match e {
                 PathEvent::Selected { path, via, rtt } => {
                     shared.route.set_path(path, aux.get(via));
+                    // For a LAN peer "the relay" is its announced address.
+                    let path = shared.route.path();
                     let _ = path_tx.send(path);
                     tracing::info!(%peer, ?path, via, ?rtt, "path changed");
                     inner

@@ -52,6 +52,14 @@ pub enum NetError {
     /// No relay connection is available.
     #[error("not connected to a relay")]
     NoRelay,
+    /// LAN-only mode (mDNS) could not start.
+    #[error(
+        "LAN discovery (mDNS) failed: {0}; check that the network allows multicast, or use a relay"
+    )]
+    Lan(String),
+    /// Both a relay and LAN-only mode were asked for.
+    #[error("LAN-only mode runs without a relay: configure one or the other")]
+    LanAndRelay,
     /// The endpoint is shutting down.
     #[error("the endpoint is closed")]
     Closed,

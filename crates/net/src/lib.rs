@@ -14,10 +14,14 @@
 //! Each connection has a task running its sans-IO [`p2pcall_nat::PathManager`]: it exchanges
 //! candidates over the connection's control stream, sends and answers MAC-authenticated
 //! probes, and sets the route's path.
+//!
+//! In LAN-only mode there is no relay: presence comes from mDNS (`lan`), and a peer's
+//! announced address stands in for the relay as its path of last resort.
 #![forbid(unsafe_code)]
 
 mod endpoint;
 mod error;
+mod lan;
 mod relay_client;
 pub mod socket;
 
@@ -26,5 +30,6 @@ pub use endpoint::{
     RelayTransport,
 };
 pub use error::NetError;
+pub use lan::{LAN_SETTLE, LanConfig};
 pub use p2pcall_nat::Path;
 pub use p2pcall_tls::Identity;

@@ -72,6 +72,9 @@ pub struct PeerRoute {
     /// The selected path, and the auxiliary socket a direct path leaves on (if not the main
     /// socket).
     path: Mutex<(Path, Option<Arc<tokio::net::UdpSocket>>)>,
+    /// The address mDNS announced for this peer (LAN-only mode): it replaces the relay as
+    /// the path of last resort, before any probe and after a direct path dies.
+    lan: Mutex<Option<SocketAddr>>,
     last_direct_rx: Mutex<Option<(SocketAddr, Instant)>>,
     /// Bytes sent via the relay / direct, and received via the relay / direct.
     pub counters: PathCounters,
@@ -95,13 +98,23 @@ pub struct PathCounters {
 impl PeerRoute {
     /// The path packets take now.
     pub fn path(&self) -> Path {
-        self.path.lock().map_or(Path::Relay, |p| p.0)
+        self.path_and_socket().0
     }
 
     fn path_and_socket(&self) -> (Path, Option<Arc<tokio::net::UdpSocket>>) {
-        self.path
+        let (p, sock) = self
+            .path
             .lock()
-            .map_or((Path::Relay, None), |p| (p.0, p.1.clone()))
+            .map_or((Path::Relay, None), |p| (p.0, p.1.clone()));
+        match (p, self.lan()) {
+            (Path::Relay, Some(a)) => (Path::Direct(a), None),
+            _ => (p, sock),
+        }
+    }
+
+    /// The peer's mDNS-announced address, if it was found on the LAN.
+    pub fn lan(&self) -> Option<SocketAddr> {
+        self.lan.lock().ok().and_then(|g| *g)
     }
 
     /// Selects `p`; a direct path leaves on `sock` if given, else on the main socket.
@@ -270,6 +283,7 @@ impl MagicSocket {
             id,
             vaddr: SocketAddr::new(IpAddr::V4(ip), VIRTUAL_PORT),
             path: Mutex::new((Path::Relay, None)),
+            lan: Mutex::new(None),
             last_direct_rx: Mutex::new(None),
             counters: PathCounters::default(),
             conns: std::sync::atomic::AtomicUsize::new(0),
@@ -302,6 +316,35 @@ impl MagicSocket {
             .count();
         if mine < MAX_DIRECT_PER_PEER || routes.by_direct.contains_key(&addr) {
             routes.by_direct.insert(addr, route.clone());
+        }
+    }
+
+    /// Records the addresses mDNS announced for `route`'s peer: QUIC packets from any of them
+    /// are attributed to it (the handshake then proves the key), and `preferred` becomes the
+    /// path of last resort. Earlier LAN addresses of the peer stop being attributed to it.
+    pub(crate) fn set_lan(
+        &self,
+        route: &Arc<PeerRoute>,
+        preferred: SocketAddr,
+        all: &[SocketAddr],
+    ) {
+        let old = route
+            .lan
+            .lock()
+            .ok()
+            .and_then(|mut g| g.replace(canonical(preferred)));
+        if let Some(old) = old
+            && !all.contains(&old)
+            && let Ok(mut routes) = self.routes.write()
+            && routes
+                .by_direct
+                .get(&old)
+                .is_some_and(|r| Arc::ptr_eq(r, route))
+        {
+            routes.by_direct.remove(&old);
+        }
+        for a in all {
+            self.map_direct(*a, route);
         }
     }
 

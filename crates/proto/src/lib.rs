@@ -12,6 +12,7 @@
 //! * [`chat`]: chat messages and receipts between two peers.
 //! * [`transfer`]: file and folder-tree offers, answers and data records.
 //! * [`media`]: media packets and receiver feedback on QUIC datagrams.
+//! * [`lan`]: the mDNS / DNS-SD announcement of LAN-only mode.
 //!
 //! Every decoder treats its input as hostile: it returns a precise [`DecodeError`] and never
 //! panics or allocates more than the input's length.
@@ -23,6 +24,7 @@ pub mod chat;
 pub mod codec;
 pub mod frame;
 pub mod id;
+pub mod lan;
 pub mod media;
 pub mod packet;
 pub mod peer;

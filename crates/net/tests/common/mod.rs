@@ -50,6 +50,7 @@ pub async fn peer_with(name: &str, identity: Identity, relay: RelayConfig, direc
         relay: Some(relay),
         direct_paths: direct,
         port_mapping: false,
+        lan: None,
     })
     .await
     .unwrap();
