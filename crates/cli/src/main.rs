@@ -34,7 +34,8 @@ const DB_FILE: &str = "p2pcall.db";
     after_help = "Try it on one machine:  p2pcall demo\n\
         Or with two identities:  p2pcall relay --listen 127.0.0.1:7700\n  \
         p2pcall --data-dir /tmp/a --relay 127.0.0.1 listen\n  \
-        p2pcall --data-dir /tmp/b --relay 127.0.0.1 ping <fingerprint of a>"
+        p2pcall --data-dir /tmp/b --relay 127.0.0.1 ping <fingerprint of a>\n\
+        Without a relay, on one network:  p2pcall --lan listen  /  p2pcall --lan peers"
 )]
 struct Cli {
     /// Directory for the identity key and settings [default: the platform's data and
@@ -57,6 +58,14 @@ struct Cli {
     /// encrypted; hides your addresses from peers)
     #[arg(long, global = true)]
     relay_only: bool,
+    /// LAN only: find peers on this network by mDNS, with no relay at all (overrides
+    /// --relay) [default: `lan_only` in the settings]
+    #[arg(long, global = true, conflicts_with_all = ["tcp", "relay_only"])]
+    lan: bool,
+    /// With --lan: announce and browse on this interface only (repeatable; `lo` for peers on
+    /// this machine) [default: `lan_interfaces` in the settings, else all but loopback]
+    #[arg(long, global = true, value_name = "IFACE")]
+    lan_interface: Vec<String>,
     /// Do not ask the home router for a port mapping (UPnP-IGD, NAT-PMP, PCP)
     #[arg(long, global = true, env = "P2PCALL_NO_PORT_MAPPING")]
     no_port_mapping: bool,
@@ -336,43 +345,79 @@ async fn start_engine_with(
 ) -> Result<(EngineHandle, tokio::sync::mpsc::Receiver<EngineEvent>)> {
     let ctx = load(cli)?;
     let (identity, _) = identity::load_or_create(&ctx.dirs.data)?;
-    let spec = cli.relay.clone().or_else(|| ctx.settings.relay.clone()).with_context(|| {
-        format!(
-            "no relay configured: pass --relay HOST[:PORT], or set `relay = \"HOST:PORT\"` in {}",
-            ctx.dirs.settings.display()
-        )
-    })?;
-    let addr = resolve_relay(&spec).await?;
-    let mut cfg = EngineConfig::new(
-        identity,
-        display_name(cli, &ctx.settings),
-        Some(RelayConfig {
-            addr,
-            tcp_addr: None,
-            token: cli.token.clone().or_else(|| ctx.settings.token.clone()),
-            presence,
-            force_tcp: cli.tcp,
-            relay_key: None,
-        }),
-    );
+    let name = display_name(cli, &ctx.settings);
+    let mut cfg = match lan_config(cli, &ctx.settings) {
+        Some(lan) => {
+            let mut c = EngineConfig::new(identity, name, None);
+            c.lan = Some(lan);
+            c
+        }
+        None => {
+            let spec = cli.relay.clone().or_else(|| ctx.settings.relay.clone()).with_context(|| {
+                format!(
+                    "no relay configured: pass --relay HOST[:PORT] (or --lan, to find peers on this network without one), or set `relay = \"HOST:PORT\"` in {}",
+                    ctx.dirs.settings.display()
+                )
+            })?;
+            let addr = resolve_relay(&spec).await?;
+            EngineConfig::new(
+                identity,
+                name,
+                Some(RelayConfig {
+                    addr,
+                    tcp_addr: None,
+                    token: cli.token.clone().or_else(|| ctx.settings.token.clone()),
+                    presence,
+                    force_tcp: cli.tcp,
+                    relay_key: None,
+                }),
+            )
+        }
+    };
     cfg.direct_paths = !cli.relay_only;
     cfg.store = Some(open_store(&ctx)?);
     cfg.auto_deliver = auto_deliver;
-    cfg.port_mapping =
-        !cli.relay_only && !cli.no_port_mapping && ctx.settings.port_mapping.unwrap_or(true);
+    // On a LAN-only network nobody outside needs to reach us.
+    cfg.port_mapping = cfg.lan.is_none()
+        && !cli.relay_only
+        && !cli.no_port_mapping
+        && ctx.settings.port_mapping.unwrap_or(true);
     Ok(Engine::start(cfg).await?)
 }
 
-/// Waits for the relay session, turning a refusal into a clear error.
+/// LAN-only mode, if `--lan` or the settings ask for it (a `--relay` on the command line
+/// wins over the settings' `lan_only`).
+fn lan_config(cli: &Cli, s: &Settings) -> Option<p2pcall_net::LanConfig> {
+    let mut lan = if cli.lan {
+        Some(p2pcall_net::LanConfig {
+            interfaces: s.lan_interfaces.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    } else if cli.relay.is_none() {
+        s.lan()
+    } else {
+        None
+    }?;
+    if !cli.lan_interface.is_empty() {
+        lan.interfaces.clone_from(&cli.lan_interface);
+    }
+    Some(lan)
+}
+
+/// Waits for the relay session, turning a refusal into a clear error. `None` in LAN-only
+/// mode (no relay; presence comes by mDNS).
 async fn wait_online(
     engine: &EngineHandle,
     events: &mut tokio::sync::mpsc::Receiver<EngineEvent>,
-) -> Result<RelayTransport> {
+) -> Result<Option<RelayTransport>> {
+    if engine.endpoint().is_lan() {
+        return Ok(None);
+    }
     let deadline = tokio::time::Instant::now() + RELAY_WAIT;
     let mut last = String::from("no answer");
     loop {
         tokio::select! {
-            r = engine.wait_relay(Duration::from_millis(50)) => if let Ok(t) = r { return Ok(t) },
+            r = engine.wait_relay(Duration::from_millis(50)) => if let Ok(t) = r { return Ok(Some(t)) },
             e = events.recv() => match e {
                 Some(EngineEvent::Net(Event::RelayRefused { reason, detail })) => bail!("the relay refused us: {reason} ({detail})"),
                 Some(EngineEvent::Net(Event::RelayDisconnected { reason, .. })) => last = reason,
@@ -382,6 +427,11 @@ async fn wait_online(
             _ = tokio::time::sleep_until(deadline) => bail!("could not reach the relay within {RELAY_WAIT:?}: {last}; check the address, and that UDP or TCP to it is allowed"),
         }
     }
+}
+
+/// The relay transport for `--json` (`null` in LAN-only mode).
+fn transport_name(t: Option<RelayTransport>) -> Option<String> {
+    t.map(|t| format!("{t:?}").to_lowercase())
 }
 
 fn path_str(p: &Path) -> String {
@@ -622,8 +672,13 @@ async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
     let (engine, mut events) = start_engine_with(cli, true, true).await?;
     if !cli.json {
         println!(
-            "listening as {} (Ctrl-C to stop){}",
+            "listening as {}{} (Ctrl-C to stop){}",
             engine.id().fingerprint(),
+            if engine.endpoint().is_lan() {
+                " on the LAN (mDNS, no relay)"
+            } else {
+                ""
+            },
             a.accept_files
                 .as_ref()
                 .map(|d| format!("; accepting files into {}", d.display()))
@@ -752,7 +807,8 @@ struct Dialed {
     events: tokio::sync::mpsc::Receiver<EngineEvent>,
     peer: p2pcall_core::PeerId,
     conn: p2pcall_net::PeerConnection,
-    transport: RelayTransport,
+    /// `None` in LAN-only mode.
+    transport: Option<RelayTransport>,
     /// How long the connection took to come up.
     setup: Duration,
     /// When it was up.
@@ -873,7 +929,7 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
     if cli.json {
         println!(
             "{}",
-            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "name": conn.remote_name(), "connect_ms": ms(setup), "path": path_str(&conn.path()), "relay_transport": format!("{transport:?}").to_lowercase(), "safety_number": conn.safety_number().to_string()})
+            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "name": conn.remote_name(), "connect_ms": ms(setup), "path": path_str(&conn.path()), "relay_transport": transport_name(transport), "safety_number": conn.safety_number().to_string()})
         );
     } else {
         println!(
@@ -1161,7 +1217,11 @@ async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
 
 async fn netcheck(cli: &Cli) -> Result<()> {
     let (engine, mut events) = start_engine(cli, false).await?;
-    wait_online(&engine, &mut events).await?;
+    if wait_online(&engine, &mut events).await?.is_none() {
+        bail!(
+            "netcheck measures the NAT through a relay's reflection ports; LAN-only mode has no relay: pass --relay HOST"
+        );
+    }
     let transport = engine.wait_relay(RELAY_WAIT).await?;
     let ep = engine.endpoint();
     let report = ep.netcheck().await?;
@@ -1457,7 +1517,10 @@ async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
         }
     }
     // Reading sends read receipts: now if the relay is reachable, else by the next `listen`.
-    if store.mark_read(&peer)? > 0 && (cli.relay.is_some() || ctx.settings.relay.is_some()) {
+    let reachable = cli.relay.is_some()
+        || ctx.settings.relay.is_some()
+        || lan_config(cli, &ctx.settings).is_some();
+    if store.mark_read(&peer)? > 0 && reachable {
         drop(store);
         if let Ok((engine, mut events)) = start_engine(cli, true).await {
             if wait_online(&engine, &mut events).await.is_ok()

@@ -23,6 +23,12 @@ pub struct Settings {
     pub port_mapping: Option<bool>,
     /// The desktop app runs a relay on this machine (on `relay_listen`) and uses it.
     pub host_relay: Option<bool>,
+    /// LAN only: find peers on the local network by mDNS, with no relay at all (`relay` and
+    /// `host_relay` are then ignored) [default: false].
+    pub lan_only: Option<bool>,
+    /// Interfaces LAN-only mode announces and browses on, by name [default: every interface
+    /// except loopback; name `lo` to include it].
+    pub lan_interfaces: Option<Vec<String>>,
     /// Where a relay hosted by the app listens [default: 0.0.0.0:7700].
     pub relay_listen: Option<String>,
     /// Folder accepted files go to [default: the platform's download dir].
@@ -102,6 +108,16 @@ impl Dirs {
         Ok(Self {
             data: p.data_dir().to_path_buf(),
             settings: p.config_dir().join(SETTINGS_FILE),
+        })
+    }
+}
+
+impl Settings {
+    /// The LAN-only mode these settings ask for, if any.
+    pub fn lan(&self) -> Option<p2pcall_net::LanConfig> {
+        (self.lan_only == Some(true)).then(|| p2pcall_net::LanConfig {
+            interfaces: self.lan_interfaces.clone().unwrap_or_default(),
+            ..p2pcall_net::LanConfig::default()
         })
     }
 }
@@ -205,6 +221,7 @@ mod tests {
         let s = Settings {
             name: Some("ada \"the\" first".into()),
             host_relay: Some(true),
+            lan_interfaces: Some(vec!["eth0".into(), "lo".into()]),
             download_dir: Some(dir.path().join("in")),
             ..Settings::default()
         };

@@ -234,9 +234,7 @@ impl Lab {
 
     /// A command that runs `program` inside `h`.
     pub fn command(&self, h: Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.arg("netns").arg("exec").arg(self.ns(h)).arg(program);
-        c
+        exec_in(&self.ns(h), program)
     }
 
     /// Starts `cmd` (from [`command`](Self::command)) and kills it when the lab ends.
@@ -421,20 +419,116 @@ fn ruleset(nat: Nat) -> String {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for h in HOSTS {
-            let ns = self.ns(h);
-            // Anything else still running in the namespace (started by a test by hand).
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
+        let names: Vec<String> = HOSTS.iter().map(|h| self.ns(*h)).collect();
+        teardown(&mut self.children, &names, &self.dir);
+    }
+}
+
+/// Kills `children` and anything else still running in `namespaces` (started by a test by
+/// hand), deletes the namespaces and the scratch `dir`.
+fn teardown(children: &mut [Child], namespaces: &[String], dir: &Path) {
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for ns in namespaces {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
             }
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A command that runs `program` inside namespace `ns`.
+fn exec_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("ip");
+    c.arg("netns").arg("exec").arg(ns).arg(program);
+    c
+}
+
+/// Two hosts on one Ethernet segment and nothing else: no router, no relay, no way out
+/// (LAN-only mode). Host 0 is 10.77.0.1/24 on `eth0`, host 1 is 10.77.0.2/24; multicast
+/// (mDNS) works between them. Dropping it kills its programs and deletes its namespaces.
+#[derive(Debug)]
+pub struct LanPair {
+    prefix: String,
+    children: Vec<Child>,
+    /// Scratch directory for the programs' data (removed on drop).
+    pub dir: PathBuf,
+}
+
+impl LanPair {
+    /// The address of host `i` (0 or 1).
+    pub fn addr(i: usize) -> String {
+        format!("10.77.0.{}", i + 1)
+    }
+
+    /// Builds the segment.
+    pub fn new() -> io::Result<LanPair> {
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("p2n{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        let pair = LanPair {
+            prefix,
+            children: Vec::new(),
+            dir,
+        };
+        for i in 0..2 {
+            run(Command::new("ip").args(["netns", "add"]).arg(pair.ns(i)))?;
+        }
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &pair.ns(0),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pair.ns(1),
+        ]))?;
+        for i in 0..2 {
+            let ip = |args: String| {
+                run(Command::new("ip")
+                    .arg("-n")
+                    .arg(pair.ns(i))
+                    .args(args.split_whitespace()))
+            };
+            ip("link set lo up".into())?;
+            ip(format!("addr add {}/24 dev eth0", Self::addr(i)))?;
+            ip("link set eth0 up".into())?;
+        }
+        Ok(pair)
+    }
+
+    /// The namespace name of host `i`.
+    pub fn ns(&self, i: usize) -> String {
+        format!("{}-{i}", self.prefix)
+    }
+
+    /// A command that runs `program` on host `i`.
+    pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        exec_in(&self.ns(i), program)
+    }
+
+    /// Starts `cmd` (from [`command`](Self::command)) and kills it when the pair ends.
+    pub fn spawn(&mut self, cmd: &mut Command) -> io::Result<&mut Child> {
+        self.children.push(cmd.spawn()?);
+        let last = self.children.len() - 1;
+        Ok(&mut self.children[last])
+    }
+}
+
+impl Drop for LanPair {
+    fn drop(&mut self) {
+        let names = [self.ns(0), self.ns(1)];
+        teardown(&mut self.children, &names, &self.dir);
     }
 }
