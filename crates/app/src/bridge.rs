@@ -36,6 +36,8 @@ pub enum Network {
     Relay(String),
     /// Run a relay on this machine (listening on this address) and use it.
     HostRelay(String),
+    /// No relay: find peers on the local network by mDNS.
+    Lan,
 }
 
 /// What the UI asks of the engine.
@@ -147,6 +149,8 @@ pub enum Status {
     Connecting(String),
     /// Registered with the relay.
     Online(RelayTransport),
+    /// LAN-only mode: announcing and browsing by mDNS (no relay).
+    OnLan,
     /// The relay refused us for good, or the engine could not start.
     Failed(String),
 }
@@ -398,7 +402,10 @@ async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: O
     let mut running: Option<Running> = None;
     let notify_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ev_tx, mut ev_rx) = mpsc::channel::<EngineEvent>(256);
-    if settings.name.is_some() && (settings.relay.is_some() || settings.host_relay == Some(true)) {
+    let network_chosen = settings.relay.is_some()
+        || settings.host_relay == Some(true)
+        || settings.lan_only == Some(true);
+    if settings.name.is_some() && network_chosen {
         running = start(&cfg, &settings, &out, &ev_tx).await;
     } else {
         out.emit(AppEvent::Status(Status::NeedsSetup));
@@ -414,10 +421,16 @@ async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: O
                             Network::Relay(r) => {
                                 settings.relay = Some(r.trim().to_string());
                                 settings.host_relay = None;
+                                settings.lan_only = None;
                             }
                             Network::HostRelay(listen) => {
                                 settings.host_relay = Some(true);
                                 settings.relay_listen = Some(listen.trim().to_string());
+                                settings.lan_only = None;
+                            }
+                            Network::Lan => {
+                                settings.lan_only = Some(true);
+                                settings.host_relay = None;
                             }
                         }
                         if let Err(e) = settings.save(&cfg.dirs.settings) {
@@ -477,6 +490,9 @@ async fn start(
                 hosting: r.relay.as_ref().map(|x| x.udp_addr),
             });
             contacts(&r.engine, out);
+            if r.engine.endpoint().is_lan() {
+                out.emit(AppEvent::Status(Status::OnLan));
+            }
             Some(r)
         }
         Err(e) => {
@@ -492,47 +508,46 @@ async fn try_start(
     forward: &mpsc::Sender<EngineEvent>,
 ) -> Result<Running, String> {
     let (identity, _) = identity::load_or_create(&cfg.dirs.data).map_err(|e| e.to_string())?;
+    let name = s.name.clone().unwrap_or_else(|| "anonymous".into());
     let mut relay = None;
-    let addr = if s.host_relay == Some(true) {
-        let listen = s.relay_listen.as_deref().unwrap_or("0.0.0.0:7700");
-        let listen: SocketAddr = listen
-            .parse()
-            .map_err(|e| format!("relay address {listen:?}: {e} (use IP:PORT)"))?;
-        let key = p2pcall_tls::Identity::generate().map_err(|e| e.to_string())?;
-        let r = p2pcall_relay::Relay::start(&key, p2pcall_relay::RelayConfig::new(listen))
-            .await
-            .map_err(|e| {
-                format!("cannot host a relay on {listen}: {e} (is another relay running there?)")
-            })?;
-        let mut a = r.udp_addr;
-        if a.ip().is_unspecified() {
-            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        relay = Some(r);
-        a
+    let mut ec = if let Some(lan) = s.lan() {
+        let mut ec = EngineConfig::new(identity, name, None);
+        ec.lan = Some(lan);
+        ec
     } else {
-        let spec = s.relay.as_deref().unwrap_or_default();
-        p2pcall_core::settings::resolve_relay(spec)
-            .await
-            .map_err(|e| e.to_string())?
+        let addr = if s.host_relay == Some(true) {
+            let r = host_relay(s).await?;
+            let mut a = r.udp_addr;
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            relay = Some(r);
+            a
+        } else {
+            let spec = s.relay.as_deref().unwrap_or_default();
+            p2pcall_core::settings::resolve_relay(spec)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        EngineConfig::new(
+            identity,
+            name,
+            Some(RelayConfig {
+                addr,
+                tcp_addr: None,
+                token: s.token.clone(),
+                presence: true,
+                force_tcp: false,
+                relay_key: None,
+            }),
+        )
     };
     let db = cfg.dirs.data.join(DB_FILE);
     let store = Store::open(&db).map_err(|e| format!("cannot open {}: {e}", db.display()))?;
-    let mut ec = EngineConfig::new(
-        identity,
-        s.name.clone().unwrap_or_else(|| "anonymous".into()),
-        Some(RelayConfig {
-            addr,
-            tcp_addr: None,
-            token: s.token.clone(),
-            presence: true,
-            force_tcp: false,
-            relay_key: None,
-        }),
-    );
     ec.bind = cfg.bind;
     ec.store = Some(Arc::new(store));
-    ec.port_mapping = s.port_mapping.unwrap_or(true);
+    // On a LAN-only network nobody outside needs to reach us.
+    ec.port_mapping = ec.lan.is_none() && s.port_mapping.unwrap_or(true);
     ec.auto_deliver = true;
     let (engine, mut events) = Engine::start(ec).await.map_err(|e| e.to_string())?;
     let f = forward.clone();
@@ -555,6 +570,20 @@ async fn try_start(
         ringer: Mutex::new(None),
         relay,
     })
+}
+
+/// Starts the relay the settings ask this machine to host.
+async fn host_relay(s: &Settings) -> Result<p2pcall_relay::Relay, String> {
+    let listen = s.relay_listen.as_deref().unwrap_or("0.0.0.0:7700");
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("relay address {listen:?}: {e} (use IP:PORT)"))?;
+    let key = p2pcall_tls::Identity::generate().map_err(|e| e.to_string())?;
+    p2pcall_relay::Relay::start(&key, p2pcall_relay::RelayConfig::new(listen))
+        .await
+        .map_err(|e| {
+            format!("cannot host a relay on {listen}: {e} (is another relay running there?)")
+        })
 }
 
 fn contacts(engine: &EngineHandle, out: &Out) {

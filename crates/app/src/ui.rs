@@ -11,13 +11,24 @@ use p2pcall_core::{MessageState, PeerId};
 use crate::bridge::{Bridge, Network, Status, UiCmd};
 use crate::model::{CallPhase, Model, Sample, bytes};
 
+/// The first run's choice of how to find peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// A relay server somewhere.
+    Relay,
+    /// A relay hosted by this app.
+    Host,
+    /// No relay: mDNS on the local network.
+    Lan,
+}
+
 /// First-run answers being typed.
 #[derive(Debug, Clone)]
 pub struct SetupForm {
     /// Display name.
     pub name: String,
-    /// Host a relay here (else use `relay`).
-    pub host: bool,
+    /// How to find peers.
+    pub reach: Reach,
     /// Relay address, `HOST[:PORT]`.
     pub relay: String,
     /// Where a hosted relay listens.
@@ -28,7 +39,7 @@ impl Default for SetupForm {
     fn default() -> Self {
         Self {
             name: std::env::var("USER").unwrap_or_default(),
-            host: false,
+            reach: Reach::Relay,
             relay: String::new(),
             listen: "0.0.0.0:7700".into(),
         }
@@ -203,32 +214,42 @@ impl App {
                 ui.end_row();
                 ui.label("Find peers through");
                 ui.vertical(|ui| {
-                    ui.radio_value(&mut self.setup.host, false, "A relay server");
-                    ui.radio_value(&mut self.setup.host, true, "A relay hosted on this machine");
+                    let r = &mut self.setup.reach;
+                    ui.radio_value(r, Reach::Relay, "A relay server");
+                    ui.radio_value(r, Reach::Host, "A relay hosted on this machine");
+                    ui.radio_value(r, Reach::Lan, "LAN only")
+                        .on_hover_text("no relay at all: apps on this network find each other by mDNS");
                 });
                 ui.end_row();
-                if self.setup.host {
-                    let l = ui.label("Listen on");
-                    ui.add(egui::TextEdit::singleline(&mut self.setup.listen))
+                match self.setup.reach {
+                    Reach::Host => {
+                        let l = ui.label("Listen on");
+                        ui.add(egui::TextEdit::singleline(&mut self.setup.listen))
+                            .labelled_by(l.id);
+                    }
+                    Reach::Relay => {
+                        let l = ui.label("Relay address");
+                        ui.add(
+                            egui::TextEdit::singleline(&mut self.setup.relay)
+                                .hint_text("relay.example.org or 192.0.2.7:7700"),
+                        )
                         .labelled_by(l.id);
-                } else {
-                    let l = ui.label("Relay address");
-                    ui.add(
-                        egui::TextEdit::singleline(&mut self.setup.relay)
-                            .hint_text("relay.example.org or 192.0.2.7:7700"),
-                    )
-                    .labelled_by(l.id);
+                    }
+                    Reach::Lan => {
+                        ui.label("");
+                        ui.weak("Peers running p2pcall on this network appear by themselves. Calls, chat and files stay end-to-end encrypted.");
+                    }
                 }
                 ui.end_row();
             });
         ui.add_space(10.0);
         let ready = !self.setup.name.trim().is_empty()
-            && (self.setup.host || !self.setup.relay.trim().is_empty());
+            && (self.setup.reach != Reach::Relay || !self.setup.relay.trim().is_empty());
         if ui.add_enabled(ready, egui::Button::new("Start")).clicked() {
-            let network = if self.setup.host {
-                Network::HostRelay(self.setup.listen.clone())
-            } else {
-                Network::Relay(self.setup.relay.clone())
+            let network = match self.setup.reach {
+                Reach::Host => Network::HostRelay(self.setup.listen.clone()),
+                Reach::Relay => Network::Relay(self.setup.relay.clone()),
+                Reach::Lan => Network::Lan,
             };
             self.model.status = Status::Connecting("starting".into());
             self.bridge.send(UiCmd::Setup {
@@ -258,6 +279,7 @@ impl App {
                             }
                         },
                     ),
+                    Status::OnLan => (Color32::GREEN, "on the LAN (no relay)".to_string()),
                     Status::Connecting(why) => (Color32::YELLOW, format!("connecting: {why}")),
                     Status::Failed(why) => (Color32::RED, why.clone()),
                     Status::NeedsSetup => (Color32::GRAY, "not set up".into()),
@@ -290,7 +312,11 @@ impl App {
         ui.separator();
         let rows = self.model.peers(&self.search);
         if rows.is_empty() {
-            ui.weak("Nobody here yet. Peers appear when they are online on the same relay.");
+            ui.weak(if self.model.status == Status::OnLan {
+                "Nobody here yet. Peers appear when they run p2pcall on this network."
+            } else {
+                "Nobody here yet. Peers appear when they are online on the same relay."
+            });
         }
         egui::ScrollArea::vertical().show(ui, |ui| {
             for r in rows {
@@ -742,12 +768,20 @@ impl App {
                                 ui.end_row();
                             };
                         text(ui, "Name", &mut s.name, "shown to others");
-                        text(
-                            ui,
-                            "Relay",
-                            &mut s.relay,
-                            "HOST[:PORT] (used from the next start)",
-                        );
+                        let l = ui.label("Network");
+                        let mut lan = s.lan_only == Some(true);
+                        ui.checkbox(&mut lan, "LAN only: mDNS, no relay (from the next start)")
+                            .labelled_by(l.id);
+                        s.lan_only = lan.then_some(true);
+                        ui.end_row();
+                        if !lan {
+                            text(
+                                ui,
+                                "Relay",
+                                &mut s.relay,
+                                "HOST[:PORT] (used from the next start)",
+                            );
+                        }
                         let devices = self.model.devices.clone();
                         let none = || Err("listing…".to_string());
                         pick(

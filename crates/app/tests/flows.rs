@@ -393,3 +393,67 @@ fn a_long_history_loads_older_pages_on_demand() {
             .any(|t| t.text.contains("no file chooser portal"))
     });
 }
+
+#[test]
+fn first_run_lan_only_finds_a_peer_without_any_relay() {
+    // mDNS multicasts: this runs again inside a private network namespace (loopback only).
+    if !p2pcall_netlab::rerun_in_private_netns("first_run_lan_only_finds_a_peer_without_any_relay")
+    {
+        return;
+    }
+    let w = world();
+    let (dave, mut dave_events) =
+        w.rt.block_on(p2pcall_core::demo::local_lan_peer("dave"))
+            .unwrap();
+    // The namespace has only loopback; a real network needs no interface setting.
+    let mut h = app_with(
+        &w,
+        Settings {
+            port_mapping: Some(false),
+            lan_interfaces: Some(vec!["lo".into()]),
+            ..Settings::default()
+        },
+    );
+    until(&mut h, "the first-run form", |h| {
+        has(h, "Welcome to p2pcall")
+    });
+    replace_text(&mut h, "Your name", "Ada");
+    h.get_by_label("LAN only").click();
+    h.step();
+    // No address to type: Start is ready.
+    h.get_by_label("Start").click();
+    until(&mut h, "dave found on the LAN", |h| {
+        h.query_by_role_and_label(Role::Button, "dave").is_some()
+    });
+    assert!(has(&h, "on the LAN (no relay)"));
+    // Bob is on the test world's relay, which a LAN-only app never contacts.
+    assert!(h.query_by_role_and_label(Role::Button, "bob").is_none());
+    let saved = Settings::load(&w.dir.path().join("app").join("config.toml")).unwrap();
+    assert_eq!(saved.lan_only, Some(true));
+
+    h.get_by_role_and_label(Role::Button, "dave").click();
+    until(&mut h, "the conversation", |h| {
+        h.query_by_role_and_label(Role::TextInput, "Message")
+            .is_some()
+    });
+    type_into(&mut h, "Message", "hello over the LAN");
+    h.get_by_label("Send").click();
+    h.step();
+    let got = w.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(EngineEvent::Chat(ChatEvent::Received(m))) = dave_events.recv().await {
+                    return m;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(got.text, "hello over the LAN");
+    until(&mut h, "our message delivered", |h| {
+        has_part(h, "delivered")
+    });
+    drop(dave);
+    drop(w.bob_events);
+}

@@ -117,6 +117,21 @@ pub async fn local_peer(
     Ok(Engine::start(cfg).await?)
 }
 
+/// A peer in LAN-only mode on the loopback interface (mDNS there only, no relay): for tests
+/// run inside a private network namespace.
+pub async fn local_lan_peer(
+    name: &str,
+) -> Result<(EngineHandle, tokio::sync::mpsc::Receiver<EngineEvent>), DemoError> {
+    let mut cfg = EngineConfig::new(Identity::generate()?, name.to_string(), None);
+    cfg.lan = Some(p2pcall_net::LanConfig {
+        interfaces: vec!["lo".into()],
+        ..Default::default()
+    });
+    cfg.port_mapping = false;
+    cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    Ok(Engine::start(cfg).await?)
+}
+
 /// A relay on a free loopback port with a fresh key: for the demo, tests and tools.
 pub async fn local_relay() -> Result<Relay, DemoError> {
     Ok(Relay::start(

@@ -7,40 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use p2pcall_net::{Endpoint, EndpointConfig, Event, Identity, LanConfig, Path, PresenceEvent};
 use tokio::sync::mpsc;
-
-const INSIDE: &str = "P2PCALL_TEST_IN_NETNS";
-
-/// Runs test `name` of this binary in a fresh network namespace; `true` when the caller is
-/// already inside and should run the body.
-fn in_private_netns(name: &str) -> bool {
-    if std::env::var_os(INSIDE).is_some() {
-        return true;
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if !root {
-        eprintln!("SKIPPED: LAN tests need root for a private network namespace");
-        return false;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c"])
-        .arg(r#"ip link set lo up && ip link set lo multicast on && exec "$0" --exact "$1" --nocapture"#)
-        .arg(exe)
-        .arg(name)
-        .env(INSIDE, "1")
-        .status()
-        .expect("unshare runs");
-    assert!(status.success(), "{name} failed inside its namespace");
-    false
-}
 
 fn lan_cfg(name: &str) -> EndpointConfig {
     EndpointConfig {
@@ -72,7 +42,8 @@ async fn next_presence(rx: &mut mpsc::Receiver<Event>, within: Duration) -> Pres
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lan_peers_find_each_other_connect_rename_and_leave() {
-    if !in_private_netns("lan_peers_find_each_other_connect_rename_and_leave") {
+    if !p2pcall_netlab::rerun_in_private_netns("lan_peers_find_each_other_connect_rename_and_leave")
+    {
         return;
     }
     let (a, mut a_rx) = Endpoint::bind(lan_cfg("alice")).await.unwrap();

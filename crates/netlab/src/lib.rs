@@ -132,6 +132,40 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Environment variable set for a test re-run inside its own namespace.
+const IN_PRIVATE_NETNS: &str = "P2PCALL_TEST_IN_NETNS";
+
+/// For tests that multicast (mDNS), which must not leave this machine: runs test `name` of
+/// the current test binary again inside a fresh network namespace holding only a loopback
+/// interface (up, multicast on), and fails if it fails there. Returns `true` when called
+/// from inside that namespace (run the test body), `false` otherwise (done: the re-run passed,
+/// or it was skipped without root, which it says).
+pub fn rerun_in_private_netns(name: &str) -> bool {
+    if std::env::var_os(IN_PRIVATE_NETNS).is_some() {
+        return true;
+    }
+    if !is_root() {
+        eprintln!("SKIPPED: {name} needs root for a private network namespace");
+        return false;
+    }
+    let status = std::env::current_exe().and_then(|exe| {
+        Command::new("unshare")
+            .args(["--net", "--", "sh", "-c"])
+            .arg(
+                r#"ip link set lo up && ip link set lo multicast on && exec "$0" --exact "$1" --nocapture"#,
+            )
+            .arg(exe)
+            .arg(name)
+            .env(IN_PRIVATE_NETNS, "1")
+            .status()
+    });
+    match status {
+        Ok(s) if s.success() => false,
+        Ok(s) => panic!("{name} failed inside its private network namespace ({s})"),
+        Err(e) => panic!("cannot re-run {name} in a private network namespace: {e}"),
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
