@@ -529,18 +529,11 @@ async fn try_start(
                 .await
                 .map_err(|e| e.to_string())?
         };
-        EngineConfig::new(
-            identity,
-            name,
-            Some(RelayConfig {
-                addr,
-                tcp_addr: None,
-                token: s.token.clone(),
-                presence: true,
-                force_tcp: false,
-                relay_key: None,
-            }),
-        )
+        let relay = RelayConfig {
+            token: s.token.clone(),
+            ..RelayConfig::new(addr)
+        };
+        EngineConfig::new(identity, name, Some(relay))
     };
     let db = cfg.dirs.data.join(DB_FILE);
     let store = Store::open(&db).map_err(|e| format!("cannot open {}: {e}", db.display()))?;

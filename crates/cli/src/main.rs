@@ -360,18 +360,13 @@ async fn start_engine_with(
                 )
             })?;
             let addr = resolve_relay(&spec).await?;
-            EngineConfig::new(
-                identity,
-                name,
-                Some(RelayConfig {
-                    addr,
-                    tcp_addr: None,
-                    token: cli.token.clone().or_else(|| ctx.settings.token.clone()),
-                    presence,
-                    force_tcp: cli.tcp,
-                    relay_key: None,
-                }),
-            )
+            let relay = RelayConfig {
+                token: cli.token.clone().or_else(|| ctx.settings.token.clone()),
+                presence,
+                force_tcp: cli.tcp,
+                ..RelayConfig::new(addr)
+            };
+            EngineConfig::new(identity, name, Some(relay))
         }
     };
     cfg.direct_paths = !cli.relay_only;

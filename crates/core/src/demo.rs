@@ -102,14 +102,7 @@ pub async fn local_peer(
     let mut cfg = EngineConfig::new(
         Identity::generate()?,
         name.to_string(),
-        Some(RelayConfig {
-            addr: relay,
-            tcp_addr: None,
-            token: None,
-            presence: true,
-            force_tcp: false,
-            relay_key: None,
-        }),
+        Some(RelayConfig::new(relay)),
     );
     // Loopback only: no gateway to ask for a port mapping.
     cfg.port_mapping = false;

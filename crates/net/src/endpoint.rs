@@ -62,6 +62,21 @@ pub struct RelayConfig {
     pub relay_key: Option<PeerId>,
 }
 
+impl RelayConfig {
+    /// The relay at `addr` over UDP (TCP fallback on the same port), no token, presence on,
+    /// any relay key.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tcp_addr: None,
+            token: None,
+            presence: true,
+            force_tcp: false,
+            relay_key: None,
+        }
+    }
+}
+
 /// Endpoint settings.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
