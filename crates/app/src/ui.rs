@@ -414,7 +414,10 @@ impl App {
                 .show(ui, |ui| {
                     ui.label(
                         RichText::new(format!(
-                            "Warning: this is not the {real} you verified. It uses the same                              name with a different key: {real} may have reinstalled, or                              someone may be posing as them. Compare safety numbers before                              you trust it."
+                            "Warning: this is not the {real} you verified. It uses the same \
+                             name with a different key: {real} may have reinstalled, or \
+                             someone may be posing as them. Compare safety numbers before \
+                             you trust it."
                         ))
                         .color(Color32::WHITE)
                         .strong(),
@@ -884,7 +887,8 @@ impl App {
             .open(&mut open)
             .show(ctx, |ui| {
                 ui.label(
-                    "Compare these digits with what their app shows, in person or on a call                      you recognise their voice on. If they match, nobody is in the middle.",
+                    "Compare these digits with what their app shows, in person or on a call \
+                     you recognise their voice on. If they match, nobody is in the middle.",
                 );
                 for line in number.split("  ") {
                     ui.label(RichText::new(line).monospace().size(20.0));
