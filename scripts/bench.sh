@@ -9,6 +9,7 @@
 #   scripts/bench.sh screen           [--secs S] [--fps F] [--kbps K]  (Xvfb 1080p60)
 #   scripts/bench.sh call-quality     (root: NAT lab; CALL_SECS=30 per condition)
 #   scripts/bench.sh rate-steps       (root: NAT lab; tbf steps 1 -> 2.5 -> 0.6 -> 1 Mbit/s)
+#   scripts/bench.sh rate-seeds       (virtual clock: RFC 8867 5.1 runs over SEEDS=6 seeds)
 #   scripts/bench.sh all
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,9 @@ if [ "${1:-}" = call-quality ]; then
 fi
 if [ "${1:-}" = rate-steps ]; then
   exec cargo test --release --locked -q -p p2pcall-netlab --test rate_steps -- --ignored --nocapture
+fi
+if [ "${1:-}" = rate-seeds ]; then
+  exec cargo test --release --locked -q -p p2pcall-sim --test rate_adaptation -- --ignored --nocapture rfc8867_5_1_over_seeds
 fi
 if [ "${1:-all}" = all ]; then
   "$bench" relay-forward
