@@ -89,24 +89,35 @@ pub(crate) fn start(
     cfg: &LanConfig,
 ) -> Result<(Lan, mdns_sd::Receiver<ServiceEvent>), NetError> {
     let daemon = ServiceDaemon::new_with_port(cfg.mdns_port).map_err(lan_err)?;
-    if cfg.interfaces.is_empty() {
-        daemon
-            .disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
-            .map_err(lan_err)?;
-    } else {
-        daemon.disable_interface(IfKind::All).map_err(lan_err)?;
-        let names: Vec<IfKind> = cfg
-            .interfaces
-            .iter()
-            .map(|n| IfKind::Name(n.clone()))
-            .collect();
-        daemon.enable_interface(names).map_err(lan_err)?;
-    }
-    let browse = daemon.browse(SERVICE_TYPE).map_err(lan_err)?;
-    let name = inner.name.lock().map(|n| n.clone()).unwrap_or_default();
-    let info = service_info(inner, &name)?;
-    let fullname = info.get_fullname().to_string();
-    daemon.register(info).map_err(lan_err)?;
+    let set_up = || -> Result<_, NetError> {
+        if cfg.interfaces.is_empty() {
+            daemon
+                .disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
+                .map_err(lan_err)?;
+        } else {
+            daemon.disable_interface(IfKind::All).map_err(lan_err)?;
+            let names: Vec<IfKind> = cfg
+                .interfaces
+                .iter()
+                .map(|n| IfKind::Name(n.clone()))
+                .collect();
+            daemon.enable_interface(names).map_err(lan_err)?;
+        }
+        let browse = daemon.browse(SERVICE_TYPE).map_err(lan_err)?;
+        let name = inner.name.lock().map(|n| n.clone()).unwrap_or_default();
+        let info = service_info(inner, &name)?;
+        let fullname = info.get_fullname().to_string();
+        daemon.register(info).map_err(lan_err)?;
+        Ok((browse, name, fullname))
+    };
+    let (browse, name, fullname) = match set_up() {
+        Ok(v) => v,
+        Err(e) => {
+            // Do not leave the daemon's thread behind.
+            let _ = daemon.shutdown();
+            return Err(e);
+        }
+    };
     Ok((
         Lan {
             daemon,

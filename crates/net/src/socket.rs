@@ -321,7 +321,8 @@ impl MagicSocket {
 
     /// Records the addresses mDNS announced for `route`'s peer: QUIC packets from any of them
     /// are attributed to it (the handshake then proves the key), and `preferred` becomes the
-    /// path of last resort. Earlier LAN addresses of the peer stop being attributed to it.
+    /// path of last resort. The previous preferred address stops being attributed to the peer
+    /// unless it is still announced.
     pub(crate) fn set_lan(
         &self,
         route: &Arc<PeerRoute>,

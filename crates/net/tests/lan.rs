@@ -118,14 +118,10 @@ async fn lan_peers_find_each_other_connect_rename_and_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lan_endpoint_refuses_a_relay_too() {
     let mut cfg = lan_cfg("x");
-    cfg.relay = Some(p2pcall_net::RelayConfig {
-        addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-        tcp_addr: None,
-        token: None,
-        presence: true,
-        force_tcp: false,
-        relay_key: None,
-    });
+    cfg.relay = Some(p2pcall_net::RelayConfig::new(SocketAddr::from((
+        [127, 0, 0, 1],
+        1,
+    ))));
     let err = Endpoint::bind(cfg).await.unwrap_err();
     assert!(matches!(err, p2pcall_net::NetError::LanAndRelay), "{err}");
 }

@@ -32,14 +32,7 @@ pub struct Peer {
 }
 
 pub fn relay_cfg(addr: SocketAddr) -> RelayConfig {
-    RelayConfig {
-        addr,
-        tcp_addr: None,
-        token: None,
-        presence: true,
-        force_tcp: false,
-        relay_key: None,
-    }
+    RelayConfig::new(addr)
 }
 
 pub async fn peer_with(name: &str, identity: Identity, relay: RelayConfig, direct: bool) -> Peer {
