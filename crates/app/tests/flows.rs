@@ -136,6 +136,35 @@ fn type_into(h: &mut Harness<'_, App>, label: &str, text: &str) {
     h.step();
 }
 
+/// Opens `peer`'s conversation, sends `text`, and returns it as the peer's engine received it.
+fn write_to(
+    h: &mut Harness<'_, App>,
+    rt: &tokio::runtime::Runtime,
+    peer: &str,
+    text: &str,
+    events: &mut mpsc::Receiver<EngineEvent>,
+) -> p2pcall_core::Message {
+    h.get_by_role_and_label(Role::Button, peer).click();
+    until(h, "the conversation", |h| {
+        h.query_by_role_and_label(Role::TextInput, "Message")
+            .is_some()
+    });
+    type_into(h, "Message", text);
+    h.get_by_label("Send").click();
+    h.step();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(EngineEvent::Chat(ChatEvent::Received(m))) = events.recv().await {
+                    return m;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    })
+}
+
 #[test]
 fn first_run_chat_both_ways_and_an_accepted_file_offer() {
     let mut w = world();
@@ -160,25 +189,7 @@ fn first_run_chat_both_ways_and_an_accepted_file_offer() {
     );
 
     // Open bob's conversation and write to him.
-    h.get_by_role_and_label(Role::Button, "bob").click();
-    until(&mut h, "the conversation", |h| {
-        h.query_by_role_and_label(Role::TextInput, "Message")
-            .is_some()
-    });
-    type_into(&mut h, "Message", "hello bob");
-    h.get_by_label("Send").click();
-    h.step();
-    let got = w.rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(EngineEvent::Chat(ChatEvent::Received(m))) = w.bob_events.recv().await {
-                    return m;
-                }
-            }
-        })
-        .await
-        .unwrap()
-    });
+    let got = write_to(&mut h, &w.rt, "bob", "hello bob", &mut w.bob_events);
     assert_eq!(got.text, "hello bob");
     until(&mut h, "our message delivered", |h| {
         has(h, "hello bob") && has_part(h, "delivered")
@@ -431,25 +442,13 @@ fn first_run_lan_only_finds_a_peer_without_any_relay() {
     let saved = Settings::load(&w.dir.path().join("app").join("config.toml")).unwrap();
     assert_eq!(saved.lan_only, Some(true));
 
-    h.get_by_role_and_label(Role::Button, "dave").click();
-    until(&mut h, "the conversation", |h| {
-        h.query_by_role_and_label(Role::TextInput, "Message")
-            .is_some()
-    });
-    type_into(&mut h, "Message", "hello over the LAN");
-    h.get_by_label("Send").click();
-    h.step();
-    let got = w.rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(EngineEvent::Chat(ChatEvent::Received(m))) = dave_events.recv().await {
-                    return m;
-                }
-            }
-        })
-        .await
-        .unwrap()
-    });
+    let got = write_to(
+        &mut h,
+        &w.rt,
+        "dave",
+        "hello over the LAN",
+        &mut dave_events,
+    );
     assert_eq!(got.text, "hello over the LAN");
     until(&mut h, "our message delivered", |h| {
         has_part(h, "delivered")
