@@ -816,6 +816,13 @@ pub fn parse_size(s: &str) -> Option<(usize, usize)> {
     ((64..=3840).contains(&w) && (64..=2160).contains(&h)).then_some((w & !1, h & !1))
 }
 
+/// The settings' speaker (the default one when none is set).
+fn speaker_choice(s: &Settings) -> Result<SpeakerChoice, String> {
+    s.speaker
+        .as_deref()
+        .map_or(Ok(SpeakerChoice::Auto), str::parse)
+}
+
 fn video_spec(s: &Settings) -> String {
     s.video.clone().unwrap_or_else(|| "camera".into())
 }
@@ -839,11 +846,9 @@ fn call_options(s: &Settings, out: &Out) -> CallOptions {
         Ok(a) => o.audio = a,
         Err(e) => out.emit(AppEvent::Error(e)),
     }
-    if let Some(sp) = &s.speaker {
-        match sp.parse::<SpeakerChoice>() {
-            Ok(c) => o.sinks.speaker = c,
-            Err(e) => out.emit(AppEvent::Error(e)),
-        }
+    match speaker_choice(s) {
+        Ok(c) => o.sinks.speaker = c,
+        Err(e) => out.emit(AppEvent::Error(e)),
     }
     if let Some((w, h)) = s.video_size.as_deref().and_then(parse_size) {
         (o.width, o.height) = (w, h);
@@ -941,12 +946,8 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
         EngineEvent::Call(c) => {
             match &c {
                 CallEvent::Incoming { .. } => {
-                    let speaker = r
-                        .settings
-                        .speaker
-                        .as_deref()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(SpeakerChoice::Auto);
+                    // A speaker setting that does not parse is reported when the call opens.
+                    let speaker = speaker_choice(&r.settings).unwrap_or(SpeakerChoice::Auto);
                     set_ringer(r, p2pcall_core::call::ring::Ringer::start(&speaker));
                 }
                 CallEvent::Started { .. } | CallEvent::Ended { .. } => set_ringer(r, None),

@@ -645,6 +645,27 @@ mod tests {
         Identity::generate().unwrap().id()
     }
 
+    /// The engine started as `me`.
+    fn started(m: &mut Model, now: Instant, me: PeerId) {
+        m.apply(
+            now,
+            AppEvent::Started {
+                me,
+                name: "me".into(),
+                downloads: PathBuf::from("/tmp"),
+                hosting: None,
+            },
+        );
+    }
+
+    fn info(id: PeerId, name: &str) -> PeerInfo {
+        PeerInfo {
+            id,
+            name: name.into(),
+            online_since_ms: 0,
+        }
+    }
+
     fn msg(peer: PeerId, rowid: i64, outgoing: bool, text: &str) -> Message {
         Message {
             rowid,
@@ -736,20 +757,7 @@ mod tests {
         let (me, a, b, c) = (peer(), peer(), peer(), peer());
         let now = Instant::now();
         let mut m = Model::default();
-        m.apply(
-            now,
-            AppEvent::Started {
-                me,
-                name: "me".into(),
-                downloads: PathBuf::from("/tmp"),
-                hosting: None,
-            },
-        );
-        let info = |id, name: &str| PeerInfo {
-            id,
-            name: name.into(),
-            online_since_ms: 0,
-        };
+        started(&mut m, now, me);
         m.apply(
             now,
             AppEvent::Online(vec![info(me, "me"), info(b, "Bob"), info(a, "alice")]),
@@ -778,20 +786,7 @@ mod tests {
         let (me, real, fake, other) = (peer(), peer(), peer(), peer());
         let now = Instant::now();
         let mut m = Model::default();
-        let info = |id, name: &str| PeerInfo {
-            id,
-            name: name.into(),
-            online_since_ms: 0,
-        };
-        m.apply(
-            now,
-            AppEvent::Started {
-                me,
-                name: "me".into(),
-                downloads: PathBuf::from("/tmp"),
-                hosting: None,
-            },
-        );
+        started(&mut m, now, me);
         m.apply(
             now,
             AppEvent::Contacts {
