@@ -8,6 +8,9 @@
 //! on_feedback:
 //!   delay-based: packet groups (5 ms bursts) -> delay variation -> trendline slope ->
 //!                overuse detector (adaptive threshold) -> AIMD rate control
+//!   a fall:      a queue that grew fast while the connection delivered < half the
+//!                target -> send a quarter of what got through until it drained (its
+//!                overflow is not counted as loss), then 0.7 of it; GCC goes on from there
 //!   loss-based:  lost fraction of recent feedback -> > 10 %: cut, < 5 %: may grow
 //!   acknowledged rate: what the receiver got (media, or everything the connection
 //!                delivered when streams share it), the base of every decrease
@@ -62,6 +65,23 @@ const STARTUP: Duration = Duration::from_secs(10);
 /// Probe cluster length.
 const PROBE_TIME: Duration = Duration::from_millis(50);
 const PROBE_MIN_PACKETS: usize = 10;
+/// A capacity drop: within one feedback the queue grew by at least this much …
+const DROP_GROWTH_US: i64 = 25_000;
+/// … to a standing queue of at least this much (ms; frame bursts alone grow it by tens of
+/// ms, but from an empty queue) …
+const DROP_QUEUE_MS: f64 = 50.0;
+/// … while the connection delivered less than this fraction of the target.
+const DROP_DELIVERED: f64 = 0.5;
+/// After a capacity drop, send this fraction of what got through until the queue drained.
+const DROP_DRAIN: f64 = 0.25;
+/// … and then this fraction (the recovery keyframe and retransmissions come on top).
+const DROP_RECOVER: f64 = 0.7;
+/// The queue counts as drained below this (ms), or this long after the drop at the latest
+/// (frame bursts keep a little queue even on an idle link).
+const DRAINED_MS: f64 = 20.0;
+const MAX_DRAIN_TIME: Duration = Duration::from_millis(1500);
+/// After a probe that raised the estimate, the next one starts this soon.
+const REPROBE_AFTER_SUCCESS: Duration = Duration::from_secs(1);
 
 /// What the delay-based detector concludes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -143,9 +163,9 @@ pub struct FeedbackBuilder {
     unwrap: Unwrapper,
     /// Next sequence number to report (everything before it has been).
     next: Option<u64>,
-    /// Arrivals not reported yet: (seq, ticks since origin).
-    pending: std::collections::BTreeMap<u64, u64>,
-    rx_bytes: u32,
+    /// Arrivals not reported yet: seq -> (ticks since origin, connection bytes received by
+    /// then).
+    pending: std::collections::BTreeMap<u64, (u64, u32)>,
     last_sent: Option<Instant>,
 }
 
@@ -163,7 +183,6 @@ impl FeedbackBuilder {
             unwrap: Unwrapper::default(),
             next: None,
             pending: Default::default(),
-            rx_bytes: 0,
             last_sent: None,
         }
     }
@@ -178,8 +197,7 @@ impl FeedbackBuilder {
             return; // already reported as missing
         }
         let ticks = now.saturating_duration_since(origin).as_micros() as u64 / FEEDBACK_TICK_US;
-        self.pending.insert(seq, ticks);
-        self.rx_bytes = rx_bytes;
+        self.pending.insert(seq, (ticks, rx_bytes));
         // A flood of far-ahead numbers must not grow memory: report or drop the oldest.
         while self.pending.len() > ARRIVALS_MAX {
             self.pending.pop_first();
@@ -217,8 +235,9 @@ impl FeedbackBuilder {
             let mut deltas = Vec::new();
             let mut reference = None;
             let mut last = 0u64;
+            let mut rx_bytes = 0;
             while deltas.len() < MAX_FEEDBACK {
-                let Some((&seq, &t)) = self.pending.first_key_value() else {
+                let Some((&seq, &(t, rx))) = self.pending.first_key_value() else {
                     break;
                 };
                 if seq > next {
@@ -248,6 +267,7 @@ impl FeedbackBuilder {
                 }
                 deltas.push(d);
                 last = t;
+                rx_bytes = rx;
                 self.pending.pop_first();
                 next = seq + 1;
             }
@@ -260,7 +280,7 @@ impl FeedbackBuilder {
             out.push(Feedback {
                 base: base as u16,
                 reference: reference as u32,
-                rx_bytes: self.rx_bytes,
+                rx_bytes,
                 deltas,
             });
             if held_back {
@@ -534,6 +554,14 @@ pub struct Bwe {
     queue_ms: f64,
     /// After a decrease that also drained a queue: the rate to return to once it is empty.
     recover_to: Option<f64>,
+    /// What the connection delivered while a sudden queue built (this feedback): the link's
+    /// new capacity, acted on at once.
+    dropped_to: Option<f64>,
+    /// Packets sent before this were in flight when a capacity drop was answered, or went
+    /// into the queue it filled: their loss is not counted.
+    overflow_before: Option<Instant>,
+    /// After a capacity drop, until the queue it filled has drained.
+    draining: bool,
     /// When the first packet left (start-up ends 10 s later at the latest).
     first_sent: Option<Instant>,
     usage: Usage,
@@ -575,6 +603,9 @@ impl Bwe {
             owd: VecDeque::new(),
             queue_ms: 0.0,
             recover_to: None,
+            dropped_to: None,
+            overflow_before: None,
+            draining: false,
             first_sent: None,
             usage: Usage::Normal,
             stats: BweStats::default(),
@@ -709,6 +740,7 @@ impl Bwe {
         let (mut lost, mut total) = (0usize, 0usize);
         let mut t = reference;
         let mut last_arrival = None;
+        let overflow_before = self.overflow_before;
         for (i, &d) in fb.deltas.iter().enumerate() {
             let seq = base + i as u64;
             let received = d != NOT_RECEIVED;
@@ -729,6 +761,8 @@ impl Bwe {
                     bytes: s.bytes,
                     probe: s.probe,
                 });
+            } else if overflow_before.is_some_and(|t| s.at < t) {
+                total -= 1;
             } else {
                 lost += 1;
             }
@@ -737,11 +771,17 @@ impl Bwe {
             self.note_delivered(t, fb.rx_bytes);
         }
         acked.sort_by_key(|a| a.arrival_us);
+        let mut min_owd: Option<i64> = None;
+        let mut growth = 0;
         for a in &acked {
             self.acked.add(a.arrival_us, a.bytes, ACKED_WINDOW);
             self.trend.on_packet(a);
-            self.note_delay(a);
+            let owd = self.note_delay(a);
+            let m = *min_owd.get_or_insert(owd);
+            min_owd = Some(m.min(owd));
+            growth = growth.max(owd - m);
         }
+        self.detect_drop(growth);
         self.on_probe_results(now, &acked);
         self.update_loss(now, lost, total);
         self.usage = self.trend.usage;
@@ -750,7 +790,7 @@ impl Bwe {
 
     /// Tracks the one-way delay (with the unknown clock offset) and its minimum over
     /// [`BASE_DELAY_WINDOW`]: what lies above the minimum is queueing.
-    fn note_delay(&mut self, a: &Acked) {
+    fn note_delay(&mut self, a: &Acked) -> i64 {
         let origin = *self.origin.get_or_insert(a.sent);
         let sent_us = a.sent.saturating_duration_since(origin).as_micros() as i64;
         let d = a.arrival_us - sent_us;
@@ -773,6 +813,31 @@ impl Bwe {
         }
         let base = self.owd.front().map_or(d, |&(_, v)| v);
         self.queue_ms = (d - base).max(0) as f64 / 1e3;
+        d
+    }
+
+    /// A link whose capacity fell far below the target shows, one feedback after the fall,
+    /// as a queue that grew fast (`growth` µs among this feedback's packets) while the
+    /// connection delivered much less than the target. The delay detector would need the
+    /// queue's own delay plus a round trip to see it (the queue is full by then); what got
+    /// through is the new capacity, acted on now.
+    fn detect_drop(&mut self, growth: i64) {
+        if growth < DROP_GROWTH_US || self.queue_ms < DROP_QUEUE_MS {
+            return;
+        }
+        let n = self.delivered.len();
+        if n < 2 {
+            return;
+        }
+        let ((t0, b0), (t1, b1)) = (self.delivered[n - 2], self.delivered[n - 1]);
+        let span = (t1 - t0) as f64 / 1e6;
+        if span < 0.02 {
+            return;
+        }
+        let rate = (b1 - b0) as f64 * 8.0 / span;
+        if rate < DROP_DELIVERED * self.target_bps() as f64 {
+            self.dropped_to = Some(rate);
+        }
     }
 
     /// Start-up: before the first overuse, and within 10 s of the first packet.
@@ -865,6 +930,39 @@ impl Bwe {
 
     fn update_rate(&mut self, now: Instant) {
         let acked = self.acked_bps();
+        if let Some(a) = self.dropped_to.take() {
+            // The queue keeps growing for a round trip of data sent at the old rate: send a
+            // quarter of what gets through until it drained, then return to just below it.
+            self.rate = (DROP_DRAIN * a).max(self.min);
+            self.recover_to = Some(DROP_RECOVER * a);
+            self.draining = true;
+            self.overflow_before = Some(now);
+            self.last_decrease = Some(now);
+            self.last_overuse = Some(now);
+            self.last_change = Some(now);
+            self.capacity = None;
+            self.state = RateState::Hold;
+            return;
+        }
+        if self.draining {
+            // What the full queue dropped, and what the delay detector reads of it, is this
+            // fall, already answered: neither cuts again. Once it drained, back to just
+            // below what got through.
+            let drained = self.queue_ms < DRAINED_MS
+                || self.last_decrease.is_none_or(|t| now >= t + MAX_DRAIN_TIME);
+            if !drained {
+                self.overflow_before = Some(now);
+                return;
+            }
+            self.draining = false;
+            if let Some(to) = self.recover_to.take() {
+                self.rate = self.rate.max(to).min(self.max);
+                self.loss_rate = self.loss_rate.max(to);
+            }
+            self.last_change = Some(now);
+            self.state = RateState::Hold;
+            return;
+        }
         let grace = self.probe_grace_until.is_some_and(|t| now < t);
         self.state = match (self.usage, self.state) {
             (Usage::Overusing, _) if grace => RateState::Hold,
@@ -989,6 +1087,11 @@ impl Bwe {
                         // may have far more to give, probe again right away.
                         if recv >= 0.85 * send && self.startup(now) {
                             self.next_probe = Some(now);
+                        } else {
+                            // Found more: look again soon (a link that got faster is
+                            // climbed in a few steps of at most half each).
+                            let soon = now + REPROBE_AFTER_SUCCESS;
+                            self.next_probe = Some(self.next_probe.map_or(soon, |n| n.min(soon)));
                         }
                     } else {
                         self.probe_failures += 1;
@@ -1046,6 +1149,7 @@ mod tests {
         let step = Duration::from_millis(5);
         let mut credit = 0.0;
         let mut probe: Option<(ProbeCluster, usize)> = None;
+        let mut rx_bytes = 0u32;
         while now < t0 + Duration::from_secs_f64(secs) {
             let t = (now - t0).as_secs_f64();
             link.rate = link_rate(t);
@@ -1074,7 +1178,8 @@ mod tests {
             }
             while inflight.front().is_some_and(|(a, _)| *a <= now) {
                 if let Some((a, tw)) = inflight.pop_front() {
-                    fb.on_arrival(a, tw, 0);
+                    rx_bytes = rx_bytes.wrapping_add(1000);
+                    fb.on_arrival(a, tw, rx_bytes);
                 }
             }
             for f in fb.poll(now) {
@@ -1135,6 +1240,34 @@ mod tests {
         assert!(high > 1_500_000.0, "{high}");
         assert!((400_000.0..650_000.0).contains(&low), "{low}");
         assert!(back > 1_100_000.0, "{back}");
+    }
+
+    #[test]
+    fn a_sudden_fall_is_answered_before_the_delay_detector_could() {
+        // 2.5 -> 0.6 Mbit/s: the queue fills within ~100 ms; the delay it builds reaches
+        // the sender only after that delay plus a round trip.
+        let out = run(
+            |t| if t < 15.0 { 2_500_000.0 } else { 600_000.0 },
+            30.0,
+            300_000,
+        );
+        let cut = out
+            .iter()
+            .find(|(t, r, _)| *t >= 15.0 && *r < 600_000)
+            .map_or(f64::INFINITY, |x| x.0 - 15.0);
+        assert!(
+            cut <= 0.3,
+            "target under the new capacity {cut:.3} s after the fall"
+        );
+        // Drained and back near the new capacity (not held down by the overflow's loss).
+        let qmax = out
+            .iter()
+            .filter(|(t, _, _)| *t > 16.5)
+            .map(|x| x.2)
+            .fold(0.0, f64::max);
+        assert!(qmax < 150.0, "queue {qmax} ms after the drain");
+        let low = mean_rate(&out, 16.5, 30.0);
+        assert!((400_000.0..650_000.0).contains(&low), "{low}");
     }
 
     #[test]

@@ -120,7 +120,8 @@ pub struct Feedback {
     pub base: u16,
     /// Arrival of the first received packet, receiver clock, [`FEEDBACK_TICK_US`] ticks.
     pub reference: u32,
-    /// All bytes the receiver's connection has received, mod 2³².
+    /// All bytes the receiver's connection had received when the last packet reported here
+    /// arrived, mod 2³² (so the sender can pair it with that packet's arrival time).
     pub rx_bytes: u32,
     /// Per packet from `base`: ticks after the previous received packet (the first received
     /// one: after `reference`, so 0), or [`NOT_RECEIVED`]. At most [`MAX_FEEDBACK`].

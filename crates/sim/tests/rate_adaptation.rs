@@ -629,16 +629,16 @@ fn table(o: &Outcome) {
 
 /// The targets are utilisation ≥ 85 %, p95 queueing ≤ 100 ms, re-convergence
 /// ≤ 5 s and no audio interruption. What this build reaches (ARCHITECTURE.md has the
-/// figures): p95 queueing holds (67-71 ms); utilisation is 82-84 %; re-convergence after
-/// the steps up is 3-13 s (probes every 2 s, 4 s after 3 that found nothing; after
-/// start-up one probe raises the estimate by half at most: in the NAT lab a tbf burst
-/// fooled unbounded probes, and quicker re-probing made that worse there); the queue
-/// drains 2 s after the step down; after the 2.5 → 0.6
-/// Mbit/s step the 300 ms queue fills within ~110 ms, before any feedback can arrive, so
-/// audio is lost or late for up to ~1 s, and at 0.6 Mbit/s the estimate saws between ~400
-/// and ~520 kbit/s (bursty frames of a starved encoder), ~77 % of the link. The bounds
-/// below are those measured figures with a margin: a regression fails, the gap to the
-/// targets stays visible in the output.
+/// figures over seeds): p95 queueing holds (65-80 ms); utilisation is 81-84 %;
+/// re-convergence after the first step up is 3-5 s (a probe that found more is followed
+/// by another 1 s later; past start-up one probe raises the estimate by half at most: in
+/// the NAT lab a tbf burst fooled unbounded probes), 3-20 s after the others; after the
+/// 2.5 → 0.6 Mbit/s step the 300 ms queue fills within ~110 ms, before any feedback can
+/// arrive: the fall is answered ~250 ms after it (queue growth while the connection
+/// delivers < half the target), the queue drains within ~0.5 s, and audio is lost or late
+/// for ~0.4-0.6 s (the longest gap, 20-32 frames) — not "never interrupted". The bounds
+/// below are measured figures with a margin: a regression fails, the gap to the targets
+/// stays visible in the output.
 fn check(name: &str, o: &Outcome, f: &Figures) {
     report(name, o, f);
     assert!(
@@ -661,7 +661,7 @@ fn check(name: &str, o: &Outcome, f: &Figures) {
         f.drain_s
     );
     assert!(
-        o.longest_gap <= 60,
+        o.longest_gap <= 40,
         "{name}: audio interrupted for {} frames",
         o.longest_gap
     );
