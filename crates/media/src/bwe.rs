@@ -10,7 +10,7 @@
 //!                overuse detector (adaptive threshold) -> AIMD rate control
 //!   a fall:      a queue that grew fast while the connection delivered < half the
 //!                target -> send a quarter of what got through until it drained (its
-//!                overflow is not counted as loss), then 0.7 of it; GCC goes on from there
+//!                overflow is not counted as loss), then 0.8 of it; GCC goes on from there
 //!   loss-based:  lost fraction of recent feedback -> > 10 %: cut, < 5 %: may grow
 //!   acknowledged rate: what the receiver got (media, or everything the connection
 //!                delivered when streams share it), the base of every decrease
@@ -75,7 +75,7 @@ const DROP_DELIVERED: f64 = 0.5;
 /// After a capacity drop, send this fraction of what got through until the queue drained.
 const DROP_DRAIN: f64 = 0.25;
 /// … and then this fraction (the recovery keyframe and retransmissions come on top).
-const DROP_RECOVER: f64 = 0.7;
+const DROP_RECOVER: f64 = 0.8;
 /// The queue counts as drained below this (ms), or this long after the drop at the latest
 /// (frame bursts keep a little queue even on an idle link).
 const DRAINED_MS: f64 = 20.0;
