@@ -560,8 +560,8 @@ pub struct Bwe {
     /// Packets sent before this were in flight when a capacity drop was answered, or went
     /// into the queue it filled: their loss is not counted.
     overflow_before: Option<Instant>,
-    /// After a capacity drop, until the queue it filled has drained.
-    draining: bool,
+    /// When a capacity drop was answered, until the queue it filled has drained.
+    draining_since: Option<Instant>,
     /// When the first packet left (start-up ends 10 s later at the latest).
     first_sent: Option<Instant>,
     usage: Usage,
@@ -605,7 +605,7 @@ impl Bwe {
             recover_to: None,
             dropped_to: None,
             overflow_before: None,
-            draining: false,
+            draining_since: None,
             first_sent: None,
             usage: Usage::Normal,
             stats: BweStats::default(),
@@ -779,7 +779,7 @@ impl Bwe {
             let owd = self.note_delay(a);
             let m = *min_owd.get_or_insert(owd);
             min_owd = Some(m.min(owd));
-            growth = growth.max(owd - m);
+            growth = growth.max(owd.saturating_sub(m));
         }
         self.detect_drop(growth);
         self.on_probe_results(now, &acked);
@@ -935,7 +935,7 @@ impl Bwe {
             // quarter of what gets through until it drained, then return to just below it.
             self.rate = (DROP_DRAIN * a).max(self.min);
             self.recover_to = Some(DROP_RECOVER * a);
-            self.draining = true;
+            self.draining_since = Some(now);
             self.overflow_before = Some(now);
             self.last_decrease = Some(now);
             self.last_overuse = Some(now);
@@ -944,17 +944,16 @@ impl Bwe {
             self.state = RateState::Hold;
             return;
         }
-        if self.draining {
+        if let Some(since) = self.draining_since {
             // What the full queue dropped, and what the delay detector reads of it, is this
             // fall, already answered: neither cuts again. Once it drained, back to just
             // below what got through.
-            let drained = self.queue_ms < DRAINED_MS
-                || self.last_decrease.is_none_or(|t| now >= t + MAX_DRAIN_TIME);
+            let drained = self.queue_ms < DRAINED_MS || now >= since + MAX_DRAIN_TIME;
             if !drained {
                 self.overflow_before = Some(now);
                 return;
             }
-            self.draining = false;
+            self.draining_since = None;
             if let Some(to) = self.recover_to.take() {
                 self.rate = self.rate.max(to).min(self.max);
                 self.loss_rate = self.loss_rate.max(to);
