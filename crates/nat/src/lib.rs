@@ -8,10 +8,16 @@
 //! ```text
 //!            probe answered                  no packet on the direct path for DIRECT_DEAD_AFTER
 //!  Relay  ------------------->  Direct(a)  --------------------------------------------> Relay
-//!    ^                            |   lower-RTT path validated (RTT < 70% of current)
-//!    |  re-probe every            v
-//!    +---- REPROBE_INTERVAL    Direct(b)
+//!    ^                            |   another path clearly better (smoothed RTT over at
+//!    |  re-probe every            v   least SWITCH_MIN_SAMPLES probes, < 70 % of the
+//!    +---- REPROBE_INTERVAL    Direct(b)   current one and at least SWITCH_MIN_GAIN less)
 //! ```
+//!
+//! Path choice is stable: every validated path keeps a smoothed RTT (RFC 6298's 1/8 gain);
+//! the first answered path is selected at once, and a selected path is replaced only when it
+//! dies or when another is clearly better by both margins over enough samples. Paths of equal
+//! RTT (IPv4 and IPv6 to one host, several interfaces of one LAN) never alternate: sub-ms
+//! differences are below [`SWITCH_MIN_GAIN`], and single-sample noise is smoothed away.
 //!
 //! Candidates are probed as soon as they are known (enough for most NAT pairs). In addition
 //! the dialer runs coordinated punching *rounds* (like libp2p's DCUtR): it asks the driver to
@@ -61,9 +67,18 @@ pub const DIRECT_DEAD_AFTER: Duration = Duration::from_millis(1500);
 /// Validated but unselected paths are kept alive this often, under the ~30 s UDP mapping
 /// timeout of common NATs.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-/// A validated path replaces the selected one only if its RTT is below this fraction of the
-/// selected path's RTT (hysteresis against flapping).
+/// A validated path replaces the selected one only if its smoothed RTT is below this fraction
+/// of the selected path's (hysteresis against flapping).
 pub const SWITCH_RTT_RATIO: f64 = 0.7;
+/// ... and at least this much lower in absolute terms: on a LAN or one host, paths differ by
+/// fractions of a millisecond that are 30 % of nothing; nobody gains from such a switch.
+pub const SWITCH_MIN_GAIN: Duration = Duration::from_millis(2);
+/// ... and only once both paths have this many RTT samples (one probe's RTT is noise).
+pub const SWITCH_MIN_SAMPLES: u32 = 5;
+/// A validated but unselected path with fewer than [`SWITCH_MIN_SAMPLES`] samples is probed
+/// this often, so that a clearly better path is found within a few seconds; afterwards only
+/// every [`KEEPALIVE_INTERVAL`].
+pub const EVAL_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Most candidate addresses tracked (announced plus peer-reflexive).
 pub const MAX_CANDIDATES: usize = 48;
 /// Probes awaiting an answer; older ones are forgotten (2.5 s of birthday probes).
@@ -161,9 +176,11 @@ struct Birthday {
 enum CandState {
     /// Probing: `tries` probes sent, the next one due at `next`.
     Probing { tries: u32, next: Instant },
-    /// Answered. `last_rx` is the last packet of any kind from this address.
+    /// Answered. `rtt` is the smoothed RTT over `samples` answered probes; `last_rx` is the
+    /// last packet of any kind from this address.
     Valid {
         rtt: Duration,
+        samples: u32,
         last_rx: Instant,
         last_tx: Instant,
     },
@@ -376,6 +393,14 @@ impl PathManager {
         self.counter
     }
 
+    /// The addresses validated so far (answered probes), selected or not.
+    pub fn validated(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.candidates
+            .iter()
+            .filter(|c| matches!(c.state, CandState::Valid { .. }))
+            .map(|c| c.addr)
+    }
+
     /// Round-trip time of the selected direct path.
     pub fn direct_rtt(&self) -> Option<Duration> {
         let Path::Direct(addr) = self.selected else {
@@ -500,8 +525,15 @@ impl PathManager {
                 self.add_candidate(now, from);
                 if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == from) {
                     c.via = via;
+                    let (rtt, samples) = match c.state {
+                        CandState::Valid {
+                            rtt: srtt, samples, ..
+                        } => (smooth(srtt, rtt), samples.saturating_add(1)),
+                        _ => (rtt, 1),
+                    };
                     c.state = CandState::Valid {
                         rtt,
+                        samples,
                         last_rx: now,
                         last_tx: sent,
                     };
@@ -564,7 +596,10 @@ impl PathManager {
                     to_send.push((c.addr, c.via));
                 }
                 CandState::Valid {
-                    last_rx, last_tx, ..
+                    last_rx,
+                    last_tx,
+                    samples,
+                    ..
                 } => {
                     let is_selected = self.selected == Path::Direct(c.addr);
                     let idle = now.saturating_duration_since(*last_rx);
@@ -585,13 +620,7 @@ impl PathManager {
                         to_send.push((c.addr, c.via));
                         continue;
                     }
-                    let probe_every = if is_selected {
-                        LIVENESS_PROBE_AFTER
-                    } else {
-                        KEEPALIVE_INTERVAL
-                    };
-                    let since_tx = now.saturating_duration_since(*last_tx);
-                    if idle >= probe_every && since_tx >= probe_every.min(LIVENESS_PROBE_AFTER) {
+                    if now >= probe_due(is_selected, *samples, *last_rx, *last_tx) {
                         *last_tx = now;
                         to_send.push((c.addr, c.via));
                     }
@@ -622,13 +651,17 @@ impl PathManager {
             CandState::Probing { next, .. } => next,
             CandState::Failed { retry_at } => retry_at,
             CandState::Valid {
-                last_rx, last_tx, ..
+                last_rx,
+                last_tx,
+                samples,
+                ..
             } => {
-                if self.selected == Path::Direct(c.addr) {
-                    (last_rx + DIRECT_DEAD_AFTER).min((last_rx.max(last_tx)) + LIVENESS_PROBE_AFTER)
+                let selected = self.selected == Path::Direct(c.addr);
+                let probe = probe_due(selected, samples, last_rx, last_tx);
+                if selected {
+                    (last_rx + DIRECT_DEAD_AFTER).min(probe)
                 } else {
-                    (last_rx + KEEPALIVE_INTERVAL * 2)
-                        .min(last_rx.max(last_tx) + KEEPALIVE_INTERVAL)
+                    (last_rx + KEEPALIVE_INTERVAL * 2).min(probe)
                 }
             }
         });
@@ -674,28 +707,31 @@ impl PathManager {
         self.transmits.push_back(Transmit { dst, via, payload });
     }
 
-    /// Picks the best validated path, with hysteresis.
+    /// Picks the best validated path, with hysteresis: the first answered path at once, and
+    /// another one only when it is clearly better (see [`clearly_better`]).
     fn choose(&mut self) {
+        let valid = |c: &Candidate| match c.state {
+            CandState::Valid { rtt, samples, .. } => Some((c.addr, rtt, samples)),
+            _ => None,
+        };
         let best = self
             .candidates
             .iter()
-            .filter_map(|c| match c.state {
-                CandState::Valid { rtt, .. } => Some((c.addr, rtt)),
-                _ => None,
-            })
-            .min_by_key(|(_, rtt)| *rtt);
-        let current_rtt = match self.selected {
-            Path::Direct(a) => self.candidates.iter().find_map(|c| match c.state {
-                CandState::Valid { rtt, .. } if c.addr == a => Some(rtt),
-                _ => None,
-            }),
+            .filter_map(valid)
+            .min_by_key(|(_, rtt, _)| *rtt);
+        let current = match self.selected {
+            Path::Direct(a) => self
+                .candidates
+                .iter()
+                .filter(|c| c.addr == a)
+                .find_map(valid),
             Path::Relay => None,
         };
-        let next = match (best, current_rtt) {
+        let next = match (best, current) {
             (None, _) => Path::Relay,
-            (Some((addr, _)), None) => Path::Direct(addr),
-            (Some((addr, rtt)), Some(cur)) => {
-                if rtt.as_secs_f64() < cur.as_secs_f64() * SWITCH_RTT_RATIO {
+            (Some((addr, ..)), None) => Path::Direct(addr),
+            (Some((addr, rtt, n)), Some((_, cur, cur_n))) => {
+                if clearly_better((rtt, n), (cur, cur_n)) {
                     Path::Direct(addr)
                 } else {
                     self.selected
@@ -716,6 +752,39 @@ impl PathManager {
             }
         }
     }
+}
+
+/// RFC 6298's smoothed RTT: 7/8 of the old estimate plus 1/8 of the new sample.
+fn smooth(srtt: Duration, sample: Duration) -> Duration {
+    (srtt * 7 + sample) / 8
+}
+
+/// When a validated path is probed next: when nothing arrived on it for a while (the
+/// selected one after [`LIVENESS_PROBE_AFTER`], for liveness; another after
+/// [`KEEPALIVE_INTERVAL`], to keep its NAT mapping open), and every [`EVAL_PROBE_INTERVAL`]
+/// while its RTT has fewer than [`SWITCH_MIN_SAMPLES`] samples (so paths can be compared).
+fn probe_due(selected: bool, samples: u32, last_rx: Instant, last_tx: Instant) -> Instant {
+    let every = if selected {
+        LIVENESS_PROBE_AFTER
+    } else {
+        KEEPALIVE_INTERVAL
+    };
+    let idle = (last_rx + every).max(last_tx + every.min(LIVENESS_PROBE_AFTER));
+    if samples < SWITCH_MIN_SAMPLES {
+        idle.min(last_tx + EVAL_PROBE_INTERVAL)
+    } else {
+        idle
+    }
+}
+
+/// Whether a path of smoothed RTT `cand` (over `cand_n` samples) should replace the selected
+/// one (`cur`, `cur_n`): both measured at least [`SWITCH_MIN_SAMPLES`] times, and the
+/// candidate below [`SWITCH_RTT_RATIO`] of the current RTT by at least [`SWITCH_MIN_GAIN`].
+fn clearly_better((cand, cand_n): (Duration, u32), (cur, cur_n): (Duration, u32)) -> bool {
+    cand_n >= SWITCH_MIN_SAMPLES
+        && cur_n >= SWITCH_MIN_SAMPLES
+        && cand.as_secs_f64() < cur.as_secs_f64() * SWITCH_RTT_RATIO
+        && cur.saturating_sub(cand) >= SWITCH_MIN_GAIN
 }
 
 #[cfg(test)]

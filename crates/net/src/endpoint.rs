@@ -44,6 +44,9 @@ const CLOSE_KEY_MISMATCH: u32 = 0x101;
 const CLOSE_PROTOCOL: u32 = 0x102;
 /// Application close code for a normal hang-up.
 pub const CLOSE_NORMAL: u32 = 0;
+/// Application close code for a connection whose peer process is gone: a newer connection
+/// from the same key announced another instance (the peer restarted).
+const CLOSE_PEER_RESTARTED: u32 = 0x103;
 
 /// How to reach the relay.
 #[derive(Debug, Clone)]
@@ -192,7 +195,13 @@ pub(crate) struct Inner {
     pub quinn: quinn::Endpoint,
     pub events: mpsc::Sender<Event>,
     pub relay_cmd: mpsc::Sender<ClientFrame>,
-    pub probe_handlers: Mutex<HashMap<PeerId, mpsc::Sender<ControlPacket>>>,
+    /// Live connections per peer, oldest first (probes go to each; the newest steers the
+    /// peer's route).
+    pub conns: Mutex<HashMap<PeerId, Vec<LiveConn>>>,
+    /// Random per endpoint, announced in every `Hello` (see [`PeerFrame::Hello`]).
+    pub instance: u64,
+    /// Serial of the next connection (never 0: 0 is "no owner" of a route).
+    pub next_serial: std::sync::atomic::AtomicU64,
     pub observed: Mutex<Option<SocketAddr>>,
     pub presence: Mutex<BTreeMap<PeerId, PeerInfo>>,
     pub relay_up: tokio::sync::watch::Sender<Option<RelayTransport>>,
@@ -362,7 +371,9 @@ impl Endpoint {
             quinn,
             events,
             relay_cmd,
-            probe_handlers: Mutex::default(),
+            conns: Mutex::default(),
+            instance: rand::random(),
+            next_serial: std::sync::atomic::AtomicU64::new(1),
             observed: Mutex::new(None),
             presence: Mutex::default(),
             relay_up: tokio::sync::watch::Sender::new(None),
@@ -571,9 +582,20 @@ pub struct ConnectionStats {
     pub probes_sent: u64,
 }
 
+/// A live connection, as the endpoint tracks it.
+pub(crate) struct LiveConn {
+    serial: u64,
+    probe_tx: mpsc::Sender<ControlPacket>,
+    shared: Arc<ConnShared>,
+}
+
 struct ConnShared {
     me: PeerId,
     peer: PeerId,
+    /// This connection's number within the endpoint (order of establishment).
+    serial: u64,
+    /// The peer's instance, from its `Hello`.
+    remote_instance: Mutex<Option<u64>>,
     conn: quinn::Connection,
     route: Arc<PeerRoute>,
     pings: Mutex<HashMap<u32, oneshot::Sender<Instant>>>,
@@ -705,14 +727,19 @@ fn start_connection(
     dialer: bool,
 ) -> PeerConnection {
     route.conns.fetch_add(1, Ordering::Relaxed);
-    // A new connection starts on the relay path: a direct path of an earlier connection to
-    // the same peer (often a dead process's port) is not trusted until probed again.
-    route.set_path(Path::Relay, None);
-    let (path_tx, path_rx) = tokio::sync::watch::channel(route.path());
+    // The newest connection to a peer steers its route, starting on the relay path: a
+    // direct path of an earlier connection (often a dead process's port) is not trusted
+    // until probed again, and its validated addresses are forgotten.
+    let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
+    inner.socket.forget_direct(&route);
+    route.claim(serial);
+    let path_rx = route.watch_path();
     let (dg_tx, dg_rx) = mpsc::channel(256);
     let shared = Arc::new(ConnShared {
         me: inner.identity.id(),
         peer: route.id,
+        serial,
+        remote_instance: Mutex::new(None),
         conn,
         route,
         pings: Mutex::default(),
@@ -722,8 +749,12 @@ fn start_connection(
         probes_sent: std::sync::atomic::AtomicU64::new(0),
     });
     let (probe_tx, probe_rx) = mpsc::channel(1024);
-    if let Ok(mut h) = inner.probe_handlers.lock() {
-        h.insert(shared.peer, probe_tx.clone());
+    if let Ok(mut c) = inner.conns.lock() {
+        c.entry(shared.peer).or_default().push(LiveConn {
+            serial,
+            probe_tx: probe_tx.clone(),
+            shared: shared.clone(),
+        });
     }
     let pc = PeerConnection {
         shared: shared.clone(),
@@ -733,8 +764,7 @@ fn start_connection(
         inner,
         shared,
         (send, recv),
-        (probe_tx, probe_rx),
-        path_tx,
+        probe_rx,
         dg_tx,
         (dialer, aux),
     ));
@@ -906,18 +936,47 @@ async fn send_frame(send: &mut quinn::SendStream, f: &PeerFrame, peer: PeerId) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Closes older connections to the same peer whose peer process was another instance than
+/// `instance` (the peer restarted: they are dead, and would only hold streams until their
+/// idle timeout).
+fn close_restarted(inner: &Inner, shared: &ConnShared, instance: u64) {
+    let stale: Vec<quinn::Connection> = inner
+        .conns
+        .lock()
+        .map(|c| {
+            c.get(&shared.peer)
+                .into_iter()
+                .flatten()
+                .filter(|o| o.serial < shared.serial)
+                .filter(|o| {
+                    o.shared
+                        .remote_instance
+                        .lock()
+                        .is_ok_and(|i| i.is_some_and(|i| i != instance))
+                })
+                .map(|o| o.shared.conn.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    for c in stale {
+        tracing::debug!(peer = %shared.peer, "closing a connection to the peer's previous instance");
+        c.close(CLOSE_PEER_RESTARTED.into(), b"the peer restarted");
+    }
+}
+
 async fn drive_connection(
     inner: Arc<Inner>,
     shared: Arc<ConnShared>,
     (mut send, recv): (quinn::SendStream, quinn::RecvStream),
-    (probe_tx, mut probe_rx): (mpsc::Sender<ControlPacket>, mpsc::Receiver<ControlPacket>),
-    path_tx: tokio::sync::watch::Sender<Path>,
+    mut probe_rx: mpsc::Receiver<ControlPacket>,
     dg_tx: mpsc::Sender<Bytes>,
     (dialer, mut aux): (bool, AuxSockets),
 ) {
     let conn = shared.conn.clone();
     let peer = shared.peer;
+    let serial = shared.serial;
+    let mut owner_rx = shared.route.watch_owner();
+    let mut owned = shared.route.owner() == serial;
     let mut key = [0u8; 32];
     if conn
         .export_keying_material(&mut key, PROBE_KEY_LABEL, b"")
@@ -931,7 +990,12 @@ async fn drive_connection(
     let reach = inner.reach();
     pm.set_local_mapping(reach.mapping);
     let name = inner.name.lock().map(|n| n.clone()).unwrap_or_default();
-    send_frame(&mut send, &PeerFrame::Hello { name, reach }, peer).await;
+    let hello = PeerFrame::Hello {
+        name,
+        instance: inner.instance,
+        reach,
+    };
+    send_frame(&mut send, &hello, peer).await;
     let mut reader = FrameReader::new(recv, p2pcall_proto::peer::MAX_FRAME);
     let mut control_open = true;
     let reason = loop {
@@ -944,10 +1008,14 @@ async fn drive_connection(
             e = conn.closed() => break e.to_string(),
             f = reader.next(), if control_open => match f {
                 Ok(raw) => match PeerFrame::decode(raw) {
-                    Ok(PeerFrame::Hello { name, reach }) => {
+                    Ok(PeerFrame::Hello { name, instance, reach }) => {
                         if let Ok(mut n) = shared.remote_name.lock() {
                             *n = Some(name);
                         }
+                        if let Ok(mut i) = shared.remote_instance.lock() {
+                            *i = Some(instance);
+                        }
+                        close_restarted(&inner, &shared, instance);
                         if inner.direct_paths {
                             pm.set_remote_nat(reach.mapping, reach.observed);
                             pm.add_remote_candidates(Instant::now(), &reach.candidates);
@@ -995,6 +1063,7 @@ async fn drive_connection(
                 pm.reprobe(Instant::now());
                 announce = true;
             }
+            Ok(()) = owner_rx.changed() => {}
             d = conn.read_datagram() => match d {
                 Ok(d) => handle_datagram(&shared, &dg_tx, d),
                 Err(e) => break e.to_string(),
@@ -1007,7 +1076,21 @@ async fn drive_connection(
         }
         let now = Instant::now();
         pm.set_relay_rtt(conn.rtt());
-        if let Some((addr, at)) = shared.route.take_direct_rx() {
+        let owns = shared.route.owner() == serial;
+        if owns && !owned {
+            // An older connection ended and this one steers the route now: apply what its
+            // path manager knows.
+            for a in pm.validated() {
+                inner.socket.map_direct(a, &shared.route);
+            }
+            if let Path::Direct(_) = pm.selected() {
+                shared
+                    .route
+                    .set_path(serial, pm.selected(), aux.get(pm.selected_via()));
+            }
+        }
+        owned = owns;
+        if owns && let Some((addr, at)) = shared.route.take_direct_rx() {
             pm.note_rx(at, addr);
         }
         pm.handle_timeout(now);
@@ -1020,10 +1103,12 @@ async fn drive_connection(
         while let Some(e) = pm.poll_event() {
             match e {
                 PathEvent::Selected { path, via, rtt } => {
-                    shared.route.set_path(path, aux.get(via));
+                    if !shared.route.set_path(serial, path, aux.get(via)) {
+                        tracing::debug!(%peer, ?path, "path of a connection that no longer steers the route");
+                        continue;
+                    }
                     // For a LAN peer "the relay" is its announced address.
                     let path = shared.route.path();
-                    let _ = path_tx.send(path);
                     tracing::info!(%peer, ?path, via, ?rtt, "path changed");
                     inner
                         .emit(crate::Event::PathChanged {
@@ -1042,15 +1127,18 @@ async fn drive_connection(
         }
     };
     drop(aux);
-    // A newer connection to the same peer may own the probe handler and the route by now.
-    if let Ok(mut h) = inner.probe_handlers.lock()
-        && h.get(&peer).is_some_and(|t| t.same_channel(&probe_tx))
-    {
-        h.remove(&peer);
-    }
-    if shared.route.conns.fetch_sub(1, Ordering::Relaxed) == 1 {
-        shared.route.set_path(Path::Relay, None);
-    }
+    // If this connection steered the route, the newest other one to the peer takes over.
+    let next = inner.conns.lock().ok().and_then(|mut c| {
+        let list = c.get_mut(&peer)?;
+        list.retain(|o| o.serial != serial);
+        let next = list.last().map(|o| o.serial);
+        if list.is_empty() {
+            c.remove(&peer);
+        }
+        next
+    });
+    shared.route.release(serial, next);
+    shared.route.conns.fetch_sub(1, Ordering::Relaxed);
     inner
         .emit(crate::Event::ConnectionClosed { peer, reason })
         .await;
@@ -1180,13 +1268,27 @@ async fn control_dispatch(inner: Arc<Inner>, mut rx: mpsc::Receiver<ControlPacke
                 }
             }
             Control::ProbePing { from, .. } | Control::ProbePong { from, .. } => {
-                let h = inner
-                    .probe_handlers
+                // Every connection to that peer (usually one) checks the probe's MAC with
+                // its own key; the others ignore it.
+                let handlers: Vec<_> = inner
+                    .conns
                     .lock()
                     .ok()
-                    .and_then(|m| m.get(from).cloned());
-                if let Some(h) = h {
-                    let _ = h.try_send(pkt);
+                    .and_then(|m| {
+                        m.get(from)
+                            .map(|l| l.iter().map(|c| c.probe_tx.clone()).collect())
+                    })
+                    .unwrap_or_default();
+                if let Some((last, rest)) = handlers.split_last() {
+                    for h in rest {
+                        let _ = h.try_send(ControlPacket {
+                            from: pkt.from,
+                            at: pkt.at,
+                            packet: pkt.packet.clone(),
+                            via: pkt.via,
+                        });
+                    }
+                    let _ = last.try_send(pkt);
                 }
             }
             Control::ReflectReq { .. } => {}

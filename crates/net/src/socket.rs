@@ -9,8 +9,12 @@
 //!   so quinn never sees the path change and the connection survives every switch;
 //! * p2pcall's own non-QUIC packets (probes, reflection answers), handed to the endpoint.
 //!
-//! Routing decisions come from the sans-IO [`p2pcall_nat::PathManager`] of each connection;
-//! this module only applies them.
+//! Routing decisions come from the sans-IO [`p2pcall_nat::PathManager`] of the connection
+//! that owns the peer's route (the newest one: see [`PeerRoute::claim`]); this module only
+//! applies them. QUIC handshake packets (long header) always take the path of last resort
+//! (the relay, or a LAN peer's announced address): a handshake is how a peer that restarted
+//! on a new port comes back, so it must never follow a direct path learnt by an older
+//! connection.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -80,6 +84,14 @@ pub struct PeerRoute {
     pub counters: PathCounters,
     /// Live connections using this route; routes without any may be evicted.
     pub(crate) conns: std::sync::atomic::AtomicUsize,
+    /// Serial of the connection whose path manager steers this route (0: none). A newer
+    /// connection to the same peer takes it over; an older one may no longer change it.
+    owner: tokio::sync::watch::Sender<u64>,
+    /// The path packets take (what [`PeerRoute::path`] returns), for waiting on changes.
+    path_tx: tokio::sync::watch::Sender<Path>,
+    /// Every address mDNS announced for the peer (kept mapped when a connection's direct
+    /// addresses are forgotten).
+    lan_all: Mutex<Vec<SocketAddr>>,
 }
 
 /// Traffic counters per path.
@@ -112,16 +124,75 @@ impl PeerRoute {
         }
     }
 
+    /// The path of last resort: the relay, or the peer's mDNS-announced address.
+    fn fallback_path(&self) -> Path {
+        self.lan().map_or(Path::Relay, Path::Direct)
+    }
+
     /// The peer's mDNS-announced address, if it was found on the LAN.
     pub fn lan(&self) -> Option<SocketAddr> {
         self.lan.lock().ok().and_then(|g| *g)
     }
 
-    /// Selects `p`; a direct path leaves on `sock` if given, else on the main socket.
-    pub(crate) fn set_path(&self, p: Path, sock: Option<Arc<tokio::net::UdpSocket>>) {
+    /// The connection that steers this route now (0: none).
+    pub(crate) fn owner(&self) -> u64 {
+        *self.owner.borrow()
+    }
+
+    /// Follows ownership changes (a connection that gains the route applies its path).
+    pub(crate) fn watch_owner(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.owner.subscribe()
+    }
+
+    /// Follows path changes.
+    pub(crate) fn watch_path(&self) -> tokio::sync::watch::Receiver<Path> {
+        self.path_tx.subscribe()
+    }
+
+    /// Connection `serial` takes the route over, on the relay path: a new connection (the
+    /// newest one steers, and whatever older ones learnt, their direct path and their last
+    /// direct packet, is forgotten at once), or the next one when the owner ended.
+    pub(crate) fn claim(&self, serial: u64) {
         if let Ok(mut g) = self.path.lock() {
+            self.owner.send_replace(serial);
+            *g = (Path::Relay, None);
+        }
+        if let Ok(mut g) = self.last_direct_rx.lock() {
+            *g = None;
+        }
+        self.path_tx.send_replace(self.path());
+    }
+
+    /// Connection `serial` ended: if it owned the route, `next` (another live connection to
+    /// the peer, if any) takes it over; returns whether `serial` was the owner.
+    pub(crate) fn release(&self, serial: u64, next: Option<u64>) -> bool {
+        if self.owner() != serial {
+            return false;
+        }
+        self.claim(next.unwrap_or(0));
+        true
+    }
+
+    /// Selects `p` on behalf of connection `serial`, if it owns the route (returns whether
+    /// it did); a direct path leaves on `sock` if given, else on the main socket.
+    pub(crate) fn set_path(
+        &self,
+        serial: u64,
+        p: Path,
+        sock: Option<Arc<tokio::net::UdpSocket>>,
+    ) -> bool {
+        {
+            let Ok(mut g) = self.path.lock() else {
+                return false;
+            };
+            // Checked under the path lock, so a claim cannot slip between check and write.
+            if self.owner() != serial {
+                return false;
+            }
             *g = (p, sock);
         }
+        self.path_tx.send_replace(self.path());
+        true
     }
 
     /// Notes a direct QUIC packet from `src` (for the path manager's liveness tracking).
@@ -287,6 +358,9 @@ impl MagicSocket {
             last_direct_rx: Mutex::new(None),
             counters: PathCounters::default(),
             conns: std::sync::atomic::AtomicUsize::new(0),
+            owner: tokio::sync::watch::Sender::new(0),
+            path_tx: tokio::sync::watch::Sender::new(Path::Relay),
+            lan_all: Mutex::new(Vec::new()),
         });
         routes.by_vaddr.insert(r.vaddr, r.clone());
         routes.by_peer.insert(id, r.clone());
@@ -319,6 +393,18 @@ impl MagicSocket {
         }
     }
 
+    /// Forgets every direct address validated for `route` (but its mDNS-announced ones): a
+    /// new connection validates its own, and a dead process's address must not keep
+    /// attracting the peer's packets.
+    pub(crate) fn forget_direct(&self, route: &Arc<PeerRoute>) {
+        let keep = route.lan_all.lock().map(|l| l.clone()).unwrap_or_default();
+        if let Ok(mut routes) = self.routes.write() {
+            routes
+                .by_direct
+                .retain(|a, r| !Arc::ptr_eq(r, route) || keep.contains(a));
+        }
+    }
+
     /// Records the addresses mDNS announced for `route`'s peer: QUIC packets from any of them
     /// are attributed to it (the handshake then proves the key), and `preferred` becomes the
     /// path of last resort. The previous preferred address stops being attributed to the peer
@@ -344,6 +430,10 @@ impl MagicSocket {
         {
             routes.by_direct.remove(&old);
         }
+        if let Ok(mut l) = route.lan_all.lock() {
+            *l = all.iter().copied().map(canonical).collect();
+        }
+        route.path_tx.send_replace(route.path());
         for a in all {
             self.map_direct(*a, route);
         }
@@ -569,7 +659,13 @@ impl quinn::AsyncUdpSocket for MagicSocket {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
-        match route.path_and_socket() {
+        let (path, sock) = if packet::is_quic_long_header(t.contents.first().copied().unwrap_or(0))
+        {
+            (route.fallback_path(), None)
+        } else {
+            route.path_and_socket()
+        };
+        match (path, sock) {
             (Path::Direct(addr), sock) => {
                 route
                     .counters

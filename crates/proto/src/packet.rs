@@ -52,6 +52,12 @@ pub fn is_quic(first_byte: u8) -> bool {
     first_byte & 0x40 != 0
 }
 
+/// True if a QUIC datagram starts with a long-header packet (Initial, 0-RTT, Handshake,
+/// Retry: the handshake), false for 1-RTT (short header) packets.
+pub fn is_quic_long_header(first_byte: u8) -> bool {
+    first_byte & 0xc0 == 0xc0
+}
+
 /// A peer-to-relay packet asking for forwarding, borrowed from the receive buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelaySend<'a> {

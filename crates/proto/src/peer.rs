@@ -81,6 +81,10 @@ pub enum PeerFrame {
     Hello {
         /// The sender's display name.
         name: String,
+        /// Random per process of the sender (its endpoint's lifetime): a connection whose
+        /// peer announces another instance than an older connection's means the peer
+        /// restarted, and the older connection is dead.
+        instance: u64,
         /// Where the sender may be reached.
         reach: Reach,
     },
@@ -160,8 +164,13 @@ impl PeerFrame {
     /// Appends the enveloped frame to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Hello { name, reach } => frame::write(out, ty::HELLO, |b| {
+            Self::Hello {
+                name,
+                instance,
+                reach,
+            } => frame::write(out, ty::HELLO, |b| {
                 b.put_str16(truncate_utf8(name, MAX_NAME));
+                b.put_u64(*instance);
                 write_reach(b, reach);
             }),
             Self::Candidates(reach) => frame::write(out, ty::CANDIDATES, |b| write_reach(b, reach)),
@@ -173,7 +182,9 @@ impl PeerFrame {
     pub fn encoded_len(&self) -> usize {
         frame::HEADER_LEN
             + match self {
-                Self::Hello { name, reach } => 2 + name.len().min(MAX_NAME) + reach_len(reach),
+                Self::Hello { name, reach, .. } => {
+                    2 + name.len().min(MAX_NAME) + 8 + reach_len(reach)
+                }
                 Self::Candidates(reach) => reach_len(reach),
                 Self::Punch { .. } => 4,
             }
@@ -185,6 +196,7 @@ impl PeerFrame {
         let frame = match f.ty {
             ty::HELLO => Self::Hello {
                 name: r.str16("name", MAX_NAME)?,
+                instance: r.u64("instance")?,
                 reach: read_reach(&mut r)?,
             },
             ty::CANDIDATES => Self::Candidates(read_reach(&mut r)?),
@@ -290,7 +302,13 @@ mod tests {
                 })
         };
         prop_oneof![
-            (name(), reach()).prop_map(|(name, reach)| PeerFrame::Hello { name, reach }),
+            (name(), any::<u64>(), reach()).prop_map(|(name, instance, reach)| {
+                PeerFrame::Hello {
+                    name,
+                    instance,
+                    reach,
+                }
+            }),
             reach().prop_map(PeerFrame::Candidates),
             any::<u32>().prop_map(|round| PeerFrame::Punch { round }),
         ]
