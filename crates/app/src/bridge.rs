@@ -542,6 +542,7 @@ async fn try_start(
     // On a LAN-only network nobody outside needs to reach us.
     ec.port_mapping = ec.lan.is_none() && s.port_mapping.unwrap_or(true);
     ec.auto_deliver = true;
+    ec.partial_max_age = s.partial_max_age();
     let (engine, mut events) = Engine::start(ec).await.map_err(|e| e.to_string())?;
     let f = forward.clone();
     tokio::spawn(async move {

@@ -249,8 +249,14 @@ pub fn call_text(e: &CallEvent) -> String {
             let (_, message) = describe_end(reason);
             match stats {
                 Some(s) => format!(
-                    "call ended: {message}; {:.1} s, {} video frames decoded",
-                    s.elapsed_s, s.video_decoded
+                    "call ended: {message}; {:.1} s, {} video frames decoded{}",
+                    s.elapsed_s,
+                    s.video_decoded,
+                    if s.recordings.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; recorded to {}", s.recordings.join(", "))
+                    }
                 ),
                 None => format!("call ended: {message}"),
             }

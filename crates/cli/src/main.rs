@@ -16,11 +16,24 @@ use p2pcall_net::{Event, PresenceEvent, RelayConfig, RelayTransport};
 use serde_json::json;
 
 mod calls;
+#[macro_use]
+mod exit;
+mod transfers;
 
 /// How long commands wait for the relay and the peer list.
 const RELAY_WAIT: Duration = Duration::from_secs(10);
 /// Database file in the data dir.
 const DB_FILE: &str = "p2pcall.db";
+
+/// What `--help` prints after the options: how to start, and the exit codes.
+const AFTER_HELP: &str = concat!(
+    "Try it on one machine:  p2pcall demo\n",
+    "Or with two identities:  p2pcall relay --listen 127.0.0.1:7700\n",
+    "  p2pcall --data-dir /tmp/a --relay 127.0.0.1 listen\n",
+    "  p2pcall --data-dir /tmp/b --relay 127.0.0.1 ping <fingerprint of a>\n",
+    "Without a relay, on one network:  p2pcall --lan listen  /  p2pcall --lan peers\n\n",
+    exit_codes_help!()
+);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,11 +44,7 @@ const DB_FILE: &str = "p2pcall.db";
         Peers register with a relay (presence and signaling), then talk over one QUIC \
         connection per pair that the relay cannot decrypt; it moves to a direct path when \
         one exists.\n\nLogs: RUST_LOG=debug p2pcall ...",
-    after_help = "Try it on one machine:  p2pcall demo\n\
-        Or with two identities:  p2pcall relay --listen 127.0.0.1:7700\n  \
-        p2pcall --data-dir /tmp/a --relay 127.0.0.1 listen\n  \
-        p2pcall --data-dir /tmp/b --relay 127.0.0.1 ping <fingerprint of a>\n\
-        Without a relay, on one network:  p2pcall --lan listen  /  p2pcall --lan peers"
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// Directory for the identity key and settings [default: the platform's data and
@@ -103,6 +112,9 @@ enum Cmd {
     History(HistoryArgs),
     /// Send files and folders; the peer sees the offer and accepts or rejects it
     Send(SendArgs),
+    /// List unfinished transfers (what `send` resumes, partial files of incoming ones), or
+    /// clean them up
+    Transfers(transfers::TransfersArgs),
     /// Call a peer (audio and video; headless: synthetic or file sources, recordings, stats)
     Call(CallArgs),
     /// List cameras, microphones, speakers and screens, or say why there are none
@@ -263,12 +275,16 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            let code = exit::code(&e);
             if json {
-                println!("{}", json!({"event": "error", "error": format!("{e:#}")}));
+                println!(
+                    "{}",
+                    json!({"event": "error", "error": format!("{e:#}"), "exit_code": code})
+                );
             } else {
                 eprintln!("error: {e:#}");
             }
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(code)
         }
     }
 }
@@ -287,6 +303,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Chat(a) => chat(&cli, a).await,
         Cmd::History(a) => history(&cli, a).await,
         Cmd::Send(a) => send(&cli, a).await,
+        Cmd::Transfers(a) => transfers::run(&*open_store(&load(&cli)?)?, cli.json, a),
         Cmd::Ping(a) => ping(&cli, a).await,
         Cmd::Speedtest(a) => speedtest(&cli, a).await,
         Cmd::Netcheck => netcheck(&cli).await,
@@ -372,6 +389,7 @@ async fn start_engine_with(
     cfg.direct_paths = !cli.relay_only;
     cfg.store = Some(open_store(&ctx)?);
     cfg.auto_deliver = auto_deliver;
+    cfg.partial_max_age = ctx.settings.partial_max_age();
     // On a LAN-only network nobody outside needs to reach us.
     cfg.port_mapping = cfg.lan.is_none()
         && !cli.relay_only
@@ -414,12 +432,19 @@ async fn wait_online(
         tokio::select! {
             r = engine.wait_relay(Duration::from_millis(50)) => if let Ok(t) = r { return Ok(Some(t)) },
             e = events.recv() => match e {
-                Some(EngineEvent::Net(Event::RelayRefused { reason, detail })) => bail!("the relay refused us: {reason} ({detail})"),
+                Some(EngineEvent::Net(Event::RelayRefused { reason, detail })) => {
+                    return Err(exit::Fail::RelayRefused(format!("{reason} ({detail})")).into());
+                }
+                Some(EngineEvent::Net(Event::RelayUnreachable { addr, detail })) => {
+                    return Err(exit::Fail::RelayUnreachable { addr, detail }.into());
+                }
                 Some(EngineEvent::Net(Event::RelayDisconnected { reason, .. })) => last = reason,
                 Some(_) => {}
                 None => bail!("engine stopped"),
             },
-            _ = tokio::time::sleep_until(deadline) => bail!("could not reach the relay within {RELAY_WAIT:?}: {last}; check the address, and that UDP or TCP to it is allowed"),
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(exit::Fail::RelayTimeout { secs: RELAY_WAIT.as_secs(), last }.into());
+            }
         }
     }
 }
@@ -534,6 +559,9 @@ fn event_json(e: &EngineEvent) -> serde_json::Value {
         Event::RelayRefused { reason, detail } => {
             json!({"event": "relay_refused", "reason": reason.to_string(), "detail": detail})
         }
+        Event::RelayUnreachable { addr, detail } => {
+            json!({"event": "relay_unreachable", "addr": addr.to_string(), "detail": detail})
+        }
         Event::Presence(PresenceEvent::Snapshot(list)) => {
             json!({"event": "peers", "peers": list.iter().map(peer_json).collect::<Vec<_>>()})
         }
@@ -605,6 +633,9 @@ fn event_text(e: &EngineEvent) -> String {
             "relay connection lost ({reason}); retrying in {:.1}s",
             retry_in.as_secs_f64()
         ),
+        Event::RelayUnreachable { addr, detail } => {
+            format!("the relay at {addr} is unreachable: {detail}")
+        }
         Event::RelayRefused { reason, detail } => {
             format!("the relay refused us: {reason} ({detail})")
         }
@@ -1454,10 +1485,18 @@ async fn chat(cli: &Cli, a: &ChatArgs) -> Result<()> {
         println!("{}", message_json(&m));
     } else {
         match m.state {
-            MessageState::Queued | MessageState::Sent => println!(
-                "queued for {}: it is not reachable now; the message goes out when you are both online (keep `p2pcall listen` running)",
-                peer.fingerprint()
-            ),
+            MessageState::Queued | MessageState::Sent => {
+                let name = engine.peer_name(&peer);
+                if engine.peer_offline(&peer) || !online {
+                    println!(
+                        "queued: {name} is offline; it is delivered when {name} is online (keep `p2pcall listen` running)"
+                    );
+                } else {
+                    println!(
+                        "queued: {name} is not reachable now; it is delivered when you are both online (keep `p2pcall listen` running)"
+                    );
+                }
+            }
             s => println!("{} to {}", s.as_str(), peer.fingerprint()),
         }
     }
@@ -1560,12 +1599,14 @@ async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
         tokio::select! {
             r = &mut job => break r?,
             _ = shutdown_signal(), if !interrupted => {
+                // Ctrl-C interrupts (both sides keep what was verified); it does not cancel.
                 interrupted = true;
                 if let Some(id) = id {
-                    engine.cancel_transfer(peer, id);
+                    engine.interrupt_transfer(peer, id);
                 } else {
+                    engine.interrupt_transfers().await;
                     job.abort();
-                    break Err(p2pcall_core::EngineError::Aborted { code: p2pcall_proto::transfer::AbortCode::Cancelled, reason: "interrupted before the peer answered".into() });
+                    break Err(p2pcall_core::EngineError::Aborted { code: p2pcall_proto::transfer::AbortCode::Interrupted, reason: "interrupted before the peer answered".into() });
                 }
             }
             e = events.recv() => match e {
@@ -1588,16 +1629,22 @@ async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
         b.finish_and_clear();
     }
     engine.shutdown().await;
-    let s = result.map_err(|e| {
-        let hint = match &e {
-            p2pcall_core::EngineError::Aborted { .. }
-            | p2pcall_core::EngineError::Net(_)
-            | p2pcall_core::EngineError::Stream(_) => {
-                "; run the same command again to resume from the verified chunks"
-            }
-            _ => "",
-        };
-        anyhow::anyhow!("{e}{hint}")
+    let s = result.map_err(|e| -> anyhow::Error {
+        use p2pcall_core::EngineError as E;
+        use p2pcall_proto::transfer::AbortCode as C;
+        let resumable = matches!(
+            &e,
+            E::Aborted {
+                code: C::Interrupted | C::Io,
+                ..
+            } | E::Stream(_)
+                | E::Net(p2pcall_net::NetError::Connection(_))
+        );
+        if resumable {
+            exit::Fail::Interrupted(e.to_string()).into()
+        } else {
+            e.into()
+        }
     })?;
     if cli.json {
         println!("{}", summary_json(&s));

@@ -43,7 +43,16 @@ pub struct EngineConfig {
     /// comes online (long-running front ends: `listen`, the GUI). One-shot commands turn it
     /// off so they do only what they were asked.
     pub auto_deliver: bool,
+    /// Partial files of incoming transfers untouched for this long are removed (the
+    /// transfer is given up), at start and every [`PARTIAL_CLEAN_EVERY`]; `None` keeps them.
+    pub partial_max_age: Option<Duration>,
 }
+
+/// Partial files older than this are removed by default (the `partial_max_age_days`
+/// setting changes it).
+pub const DEFAULT_PARTIAL_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often a running engine looks for abandoned partial files.
+pub const PARTIAL_CLEAN_EVERY: Duration = Duration::from_secs(3600);
 
 impl EngineConfig {
     /// Defaults: dual-stack any port, direct paths on.
@@ -58,6 +67,7 @@ impl EngineConfig {
             lan: None,
             store: None,
             auto_deliver: true,
+            partial_max_age: Some(DEFAULT_PARTIAL_MAX_AGE),
         }
     }
 }
@@ -85,6 +95,18 @@ pub enum EngineError {
         query: String,
         /// Who matched.
         candidates: String,
+    },
+    /// The relay reports the peer offline (it has no session with that key).
+    #[error(
+        "{name} is offline: the relay does not see {fingerprint} now; try again once {name} is online"
+    )]
+    PeerOffline {
+        /// The peer.
+        peer: PeerId,
+        /// Its name as we know it (the fingerprint if we know none).
+        name: String,
+        /// Its fingerprint.
+        fingerprint: String,
     },
     /// A stream to the peer failed.
     #[error("the stream to the peer failed: {0}")]
@@ -233,7 +255,11 @@ impl Engine {
             auto_deliver: cfg.auto_deliver,
         });
         tokio::spawn(pump(shared.clone(), net_events, tx));
-        Ok((EngineHandle { shared }, rx))
+        let handle = EngineHandle { shared };
+        if let Some(age) = cfg.partial_max_age {
+            tokio::spawn(clean_partials(Arc::downgrade(&handle.shared), age));
+        }
+        Ok((handle, rx))
     }
 }
 
@@ -278,6 +304,33 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Se
         };
         // A consumer that went away must not stop the engine.
         let _ = out.send(ev).await;
+    }
+}
+
+/// Removes the partial files of abandoned incoming transfers now and every
+/// [`PARTIAL_CLEAN_EVERY`] (never those being received).
+async fn clean_partials(shared: std::sync::Weak<Shared>, age: Duration) {
+    // Weak: this task must not keep a stopped engine alive.
+    while let Some(shared) = shared.upgrade() {
+        let h = EngineHandle { shared };
+        let store = h.store().clone();
+        let r = tokio::task::spawn_blocking(move || {
+            crate::transfer::partials::clean_older_than(&store, age, |r| {
+                h.is_receiving(r.peer, r.id)
+            })
+        })
+        .await;
+        match r {
+            Ok(Ok(c)) if c.transfers > 0 => tracing::info!(
+                transfers = c.transfers,
+                files = c.files,
+                bytes = c.bytes,
+                "removed the partial files of abandoned transfers"
+            ),
+            Ok(Err(e)) => tracing::warn!("cleaning abandoned partial files: {e}"),
+            _ => {}
+        }
+        tokio::time::sleep(PARTIAL_CLEAN_EVERY).await;
     }
 }
 
@@ -412,7 +465,34 @@ impl EngineHandle {
             .unwrap_or(false)
     }
 
-    /// The open connection to `peer`, or a new one.
+    /// The name we know `peer` by (its fingerprint if none).
+    pub fn peer_name(&self, peer: &PeerId) -> String {
+        self.online_peers()
+            .into_iter()
+            .find(|p| p.id == *peer)
+            .map(|p| p.name)
+            .or_else(|| {
+                self.shared
+                    .store
+                    .contacts()
+                    .ok()?
+                    .into_iter()
+                    .find(|c| c.peer == *peer)
+                    .map(|c| c.name)
+            })
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| peer.fingerprint().to_string())
+    }
+
+    /// Whether the relay reports `peer` offline now (see [`Endpoint::peer_offline`]).
+    pub fn peer_offline(&self, peer: &PeerId) -> bool {
+        self.shared.endpoint.peer_offline(peer)
+    }
+
+    /// The open connection to `peer`, or a new one. A connection made before the peer last
+    /// registered with the relay is checked first (the peer may have restarted, leaving it
+    /// dead until its idle timeout). A peer the relay reports offline fails at once with
+    /// [`EngineError::PeerOffline`].
     pub async fn connect(&self, peer: PeerId) -> Result<PeerConnection, EngineError> {
         let existing = self
             .shared
@@ -422,8 +502,16 @@ impl EngineHandle {
             .and_then(|c| c.get(&peer).cloned());
         if let Some(c) = existing
             && c.quic().close_reason().is_none()
+            && (!c.is_suspect() || c.check_alive().await)
         {
             return Ok(c);
+        }
+        if self.peer_offline(&peer) {
+            return Err(EngineError::PeerOffline {
+                peer,
+                name: self.peer_name(&peer),
+                fingerprint: peer.fingerprint().to_string(),
+            });
         }
         let conn = self.shared.endpoint.connect(peer).await?;
         if let Ok(mut c) = self.shared.connections.lock() {
@@ -524,8 +612,11 @@ impl EngineHandle {
         Ok(self.shared.endpoint.set_name(name).await?)
     }
 
-    /// Closes every connection and the relay session.
+    /// Interrupts the running transfers (each records its verified chunks and tells the
+    /// peer, so that the same transfer resumes), then closes every connection and the relay
+    /// session.
     pub async fn shutdown(&self) {
+        self.interrupt_transfers().await;
         let conns: Vec<_> = self
             .shared
             .connections

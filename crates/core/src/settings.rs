@@ -51,6 +51,20 @@ pub struct Settings {
     pub notifications: Option<bool>,
     /// The app's theme: `system`, `dark` or `light` [default: system].
     pub theme: Option<String>,
+    /// Partial files of an incoming transfer nobody resumed for this many days are removed
+    /// (`0` keeps them until `p2pcall transfers clean`) [default: 30].
+    pub partial_max_age_days: Option<u64>,
+}
+
+impl Settings {
+    /// How long abandoned partial files are kept (`None`: until removed by hand).
+    pub fn partial_max_age(&self) -> Option<std::time::Duration> {
+        match self.partial_max_age_days {
+            Some(0) => None,
+            Some(d) => Some(std::time::Duration::from_secs(d.saturating_mul(24 * 3600))),
+            None => Some(crate::engine::DEFAULT_PARTIAL_MAX_AGE),
+        }
+    }
 }
 
 /// Where the data dir and the settings live.

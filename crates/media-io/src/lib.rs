@@ -13,6 +13,42 @@ pub mod voice;
 pub mod wav;
 pub mod y4m;
 
+/// Creates a new file at `path`, or, if that name is taken, at the first free
+/// `stem (n).ext` beside it (the rule received files follow): a recording never overwrites
+/// a file. Returns the file and the path it got.
+pub fn create_new(path: &std::path::Path) -> Result<(std::fs::File, std::path::PathBuf), IoError> {
+    let err = |source| IoError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new(""));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| err(std::io::Error::other("not a file name")))?;
+    // A name can be taken between the check and the creation: `create_new` is the judge.
+    for _ in 0..16 {
+        let free = p2pcall_transfer::unique_name(&name, |n| dir.join(n).symlink_metadata().is_ok())
+            .ok_or_else(|| err(std::io::Error::other("no free name for a new file")))?;
+        let target = dir.join(free);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+        {
+            Ok(f) => return Ok((f, target)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(IoError::File {
+                    path: target,
+                    source,
+                });
+            }
+        }
+    }
+    Err(err(std::io::Error::other("no free name for a new file")))
+}
+
 pub use frame::{Frame, psnr};
 
 /// Errors of sources and sinks.

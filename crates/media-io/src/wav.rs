@@ -95,14 +95,12 @@ pub struct WavWriter {
 }
 
 impl WavWriter {
-    /// Creates `path`.
+    /// Creates `path`, or `stem (n).wav` beside it if that name is taken (see
+    /// [`crate::create_new`]); [`path`](Self::path) tells which.
     pub fn create(path: &Path, rate: u32, channels: u16) -> Result<Self, IoError> {
-        let f = std::fs::File::create(path).map_err(|source| IoError::File {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let (f, path) = crate::create_new(path)?;
         let mut w = Self {
-            path: path.to_path_buf(),
+            path,
             f: std::io::BufWriter::new(f),
             samples: 0,
             channels,
@@ -110,6 +108,11 @@ impl WavWriter {
         };
         w.header()?;
         Ok(w)
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn header(&mut self) -> Result<(), IoError> {

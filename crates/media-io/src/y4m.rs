@@ -145,20 +145,27 @@ pub struct Y4mWriter {
 }
 
 impl Y4mWriter {
-    /// Creates `path` for `width × height` at `fps`.
+    /// Creates `path` for `width × height` at `fps`, or `stem (n).y4m` beside it if that
+    /// name is taken (see [`crate::create_new`]); [`path`](Self::path) tells which.
     pub fn create(path: &Path, width: usize, height: usize, fps: u32) -> Result<Self, IoError> {
+        let (f, path) = crate::create_new(path)?;
         let io = |source| IoError::File {
-            path: path.to_path_buf(),
+            path: path.clone(),
             source,
         };
-        let mut w = BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        let mut w = BufWriter::new(f);
         writeln!(w, "YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg").map_err(io)?;
         Ok(Self {
-            path: path.to_path_buf(),
+            path,
             w,
             width,
             height,
         })
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Appends a frame (it must have the file's size).

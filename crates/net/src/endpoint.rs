@@ -32,6 +32,9 @@ const PEER_KEEP_ALIVE: Duration = Duration::from_secs(5);
 const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A `ping` without answer for this long counts as lost.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pings of a connection whose peer re-registered are sent this far apart, and each may
+/// take three times as long (a relayed path across continents has ~300 ms RTT).
+const ALIVE_CHECK_EVERY: Duration = Duration::from_millis(300);
 /// Most local candidates announced.
 const MAX_LOCAL_CANDIDATES: usize = 16;
 /// How often the local interface addresses are checked for changes.
@@ -130,6 +133,15 @@ pub enum Event {
         /// Delay before the next attempt.
         retry_in: Duration,
     },
+    /// Nothing listens at the relay's address: UDP answered "port unreachable" and TCP
+    /// "connection refused" (wrong address or port, or the relay is not running). Attempts
+    /// go on (a `RelayDisconnected` follows); one-shot commands give up at once.
+    RelayUnreachable {
+        /// The address tried.
+        addr: SocketAddr,
+        /// What each transport answered.
+        detail: String,
+    },
     /// The relay refused us for a reason retrying cannot fix; no more attempts.
     RelayRefused {
         /// Cause.
@@ -204,6 +216,9 @@ pub(crate) struct Inner {
     pub next_serial: std::sync::atomic::AtomicU64,
     pub observed: Mutex<Option<SocketAddr>>,
     pub presence: Mutex<BTreeMap<PeerId, PeerInfo>>,
+    /// Whether `presence` is complete: the relay session is up, presence was asked for, and
+    /// its snapshot arrived. Only then does a peer missing from it count as offline.
+    pub presence_known: std::sync::atomic::AtomicBool,
     pub relay_up: tokio::sync::watch::Sender<Option<RelayTransport>>,
     pub reflections: Mutex<HashMap<[u8; 12], oneshot::Sender<SocketAddr>>>,
     /// The relay's reflection addresses (from its welcome).
@@ -225,6 +240,15 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) async fn emit(&self, e: Event) {
         let _ = self.events.send(e).await;
+    }
+
+    /// Marks every live connection to `peer` suspect (see [`PeerConnection::is_suspect`]).
+    pub(crate) fn mark_suspect(&self, peer: &PeerId) {
+        if let Ok(c) = self.conns.lock() {
+            for c in c.get(peer).into_iter().flatten() {
+                c.shared.suspect.store(true, Ordering::Release);
+            }
+        }
     }
 
     async fn reflect(&self, server: SocketAddr) -> Result<SocketAddr, NetError> {
@@ -376,6 +400,7 @@ impl Endpoint {
             next_serial: std::sync::atomic::AtomicU64::new(1),
             observed: Mutex::new(None),
             presence: Mutex::default(),
+            presence_known: std::sync::atomic::AtomicBool::new(false),
             relay_up: tokio::sync::watch::Sender::new(None),
             reflections: Mutex::default(),
             reflectors: Mutex::default(),
@@ -429,6 +454,18 @@ impl Endpoint {
             .lock()
             .map(|p| p.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Whether the relay reports `peer` offline: our relay session is up, its presence list
+    /// is complete, and `peer` is not in it. `false` when we cannot know (no relay session,
+    /// presence not asked for, LAN-only mode).
+    pub fn peer_offline(&self, peer: &PeerId) -> bool {
+        self.inner.presence_known.load(Ordering::Acquire)
+            && self
+                .inner
+                .presence
+                .lock()
+                .is_ok_and(|p| !p.contains_key(peer))
     }
 
     /// Waits until the relay session is up (or `timeout` passes).
@@ -596,6 +633,10 @@ struct ConnShared {
     serial: u64,
     /// The peer's instance, from its `Hello`.
     remote_instance: Mutex<Option<u64>>,
+    /// Set when the peer registered with the relay again while this connection was up: it
+    /// may have restarted (this connection is then dead) or only lost its relay session.
+    /// [`PeerConnection::check_alive`] tells which.
+    suspect: std::sync::atomic::AtomicBool,
     conn: quinn::Connection,
     route: Arc<PeerRoute>,
     pings: Mutex<HashMap<u32, oneshot::Sender<Instant>>>,
@@ -661,8 +702,53 @@ impl PeerConnection {
         self.shared.datagrams.lock().ok()?.take()
     }
 
+    /// Whether the peer re-registered with the relay since this connection came up (it may
+    /// have restarted): check with [`check_alive`](Self::check_alive) before relying on it.
+    pub fn is_suspect(&self) -> bool {
+        self.shared.suspect.load(Ordering::Acquire)
+    }
+
+    /// Whether the peer still answers on this connection: up to three pings, one every
+    /// [`ALIVE_CHECK_EVERY`] (so one lost packet does not condemn a live connection). A
+    /// connection that does not answer is closed; one that does is no longer suspect.
+    pub async fn check_alive(&self) -> bool {
+        let (tx, mut rx) = mpsc::channel(3);
+        for i in 0..3u32 {
+            let seq = rand::random::<u32>();
+            let me = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ALIVE_CHECK_EVERY * i).await;
+                let _ = tx
+                    .send(me.ping_within(seq, 0, ALIVE_CHECK_EVERY * 3).await.is_ok())
+                    .await;
+            });
+        }
+        drop(tx);
+        while let Some(ok) = rx.recv().await {
+            if ok {
+                self.shared.suspect.store(false, Ordering::Release);
+                return true;
+            }
+        }
+        self.shared.conn.close(
+            CLOSE_PEER_RESTARTED.into(),
+            b"no answer after the peer registered again",
+        );
+        false
+    }
+
     /// Sends a ping datagram of `pad` extra bytes and waits for its pong.
     pub async fn ping(&self, seq: u32, pad: usize) -> Result<Duration, NetError> {
+        self.ping_within(seq, pad, PING_TIMEOUT).await
+    }
+
+    async fn ping_within(
+        &self,
+        seq: u32,
+        pad: usize,
+        wait: Duration,
+    ) -> Result<Duration, NetError> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.shared.pings.lock() {
             if m.len() > 1024 {
@@ -678,7 +764,7 @@ impl PeerConnection {
         .encode(&mut buf);
         let sent = Instant::now();
         self.shared.conn.send_datagram(Bytes::from(buf))?;
-        match tokio::time::timeout(PING_TIMEOUT, rx).await {
+        match tokio::time::timeout(wait, rx).await {
             Ok(Ok(at)) => Ok(at.saturating_duration_since(sent)),
             _ => {
                 if let Ok(mut m) = self.shared.pings.lock() {
@@ -740,6 +826,7 @@ fn start_connection(
         peer: route.id,
         serial,
         remote_instance: Mutex::new(None),
+        suspect: std::sync::atomic::AtomicBool::new(false),
         conn,
         route,
         pings: Mutex::default(),

@@ -37,6 +37,8 @@ const TCP_DATA_QUEUE: usize = 1024;
 enum SessionEnd {
     /// Retry after backoff.
     Retry(String),
+    /// The TCP connection was refused (nothing listens there); retry after backoff.
+    TcpRefused(String),
     /// Do not retry.
     Fatal(RefuseReason, String),
     /// The endpoint is closing.
@@ -54,23 +56,38 @@ pub(crate) async fn run(
     loop {
         let started = Instant::now();
         let end = if prefer_tcp {
-            tcp_session(&inner, &cfg, &mut cmd_rx).await
+            match tcp_session(&inner, &cfg, &mut cmd_rx).await {
+                SessionEnd::TcpRefused(tcp) => {
+                    unreachable(&inner, &cfg, tcp.clone()).await;
+                    SessionEnd::Retry(tcp)
+                }
+                end => end,
+            }
         } else {
             match quic_connect(&inner, &cfg).await {
                 Ok(conn) => quic_session(&inner, &cfg, conn, &mut cmd_rx).await,
                 Err(e) => {
                     tracing::info!("relay over UDP failed ({e}); trying TCP+TLS");
-                    let end = tcp_session(&inner, &cfg, &mut cmd_rx).await;
-                    if matches!(end, SessionEnd::Retry(_)) {
-                        SessionEnd::Retry(format!("UDP: {e}; {}", describe(&end)))
-                    } else {
-                        prefer_tcp = true;
-                        end
+                    match tcp_session(&inner, &cfg, &mut cmd_rx).await {
+                        SessionEnd::TcpRefused(tcp) => {
+                            if e == UDP_REFUSED {
+                                unreachable(&inner, &cfg, format!("UDP: {e}; {tcp}")).await;
+                            }
+                            SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
+                        }
+                        SessionEnd::Retry(tcp) => SessionEnd::Retry(format!("UDP: {e}; {tcp}")),
+                        end => {
+                            prefer_tcp = true;
+                            end
+                        }
                     }
                 }
             }
         };
         inner.socket.set_relay_route(RelayRoute::None);
+        inner
+            .presence_known
+            .store(false, std::sync::atomic::Ordering::Release);
         inner.relay_up.send_replace(None);
         match end {
             SessionEnd::Shutdown => return,
@@ -78,7 +95,7 @@ pub(crate) async fn run(
                 inner.emit(Event::RelayRefused { reason, detail }).await;
                 return;
             }
-            SessionEnd::Retry(reason) => {
+            SessionEnd::Retry(reason) | SessionEnd::TcpRefused(reason) => {
                 if started.elapsed() >= STABLE_SESSION {
                     backoff = MIN_BACKOFF;
                     prefer_tcp = cfg.force_tcp;
@@ -103,12 +120,52 @@ pub(crate) async fn run(
     }
 }
 
-fn describe(e: &SessionEnd) -> String {
-    match e {
-        SessionEnd::Retry(r) => format!("TCP: {r}"),
-        SessionEnd::Fatal(r, d) => format!("{r}: {d}"),
-        SessionEnd::Shutdown => "shutdown".into(),
+/// Tells the front end that nothing listens at the relay's address.
+async fn unreachable(inner: &Inner, cfg: &RelayConfig, detail: String) {
+    inner
+        .emit(Event::RelayUnreachable {
+            addr: cfg.addr,
+            detail,
+        })
+        .await;
+}
+
+/// What [`quic_connect`] says when the relay's host answered "port unreachable".
+const UDP_REFUSED: &str = "nothing listens on that UDP port (ICMP port unreachable)";
+
+/// Whether the relay's host answers "port unreachable" to a UDP packet: a connected UDP
+/// socket reports the ICMP error of the next datagram as `ConnectionRefused` (the endpoint's
+/// shared socket cannot tell which destination an ICMP error was for). Any other outcome,
+/// an answer or silence, is `false`.
+async fn udp_port_unreachable(addr: std::net::SocketAddr) -> bool {
+    let any: std::net::SocketAddr = if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let Ok(sock) = tokio::net::UdpSocket::bind(any).await else {
+        return false;
+    };
+    if sock.connect(addr).await.is_err() {
+        return false;
     }
+    let mut req = Vec::new();
+    p2pcall_proto::packet::Control::ReflectReq {
+        txid: rand::random(),
+    }
+    .encode(&mut req);
+    let mut buf = [0u8; 256];
+    for _ in 0..3 {
+        if let Err(e) = sock.send(&req).await {
+            return e.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await {
+            Ok(Err(e)) => return e.kind() == std::io::ErrorKind::ConnectionRefused,
+            Ok(Ok(_)) => return false,
+            Err(_) => {}
+        }
+    }
+    false
 }
 
 async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connection, String> {
@@ -127,10 +184,22 @@ async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connect
             p2pcall_tls::RELAY_SERVER_NAME,
         )
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(UDP_CONNECT_TIMEOUT, connecting).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer over UDP".into()),
+    // A relay that is not running answers with ICMP at once: do not wait for the handshake
+    // to time out then.
+    let refused = async {
+        if udp_port_unreachable(cfg.addr).await {
+            std::future::ready(()).await
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
+    tokio::select! {
+        r = tokio::time::timeout(UDP_CONNECT_TIMEOUT, connecting) => match r {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer over UDP".into()),
+        },
+        () = refused => Err(UDP_REFUSED.into()),
     }
 }
 
@@ -178,6 +247,9 @@ async fn tcp_session(
         .await
     {
         Ok(Ok(s)) => s,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return SessionEnd::TcpRefused(format!("TCP connect to {addr}: {e}"));
+        }
         Ok(Err(e)) => return SessionEnd::Retry(format!("TCP connect to {addr}: {e}")),
         Err(_) => return SessionEnd::Retry(format!("TCP connect to {addr} timed out")),
     };
@@ -283,6 +355,9 @@ where
     if let Ok(mut p) = inner.presence.lock() {
         p.clear();
     }
+    inner
+        .presence_known
+        .store(false, std::sync::atomic::Ordering::Release);
     inner.relay_up.send_replace(Some(transport));
     if transport == RelayTransport::Udp {
         tokio::spawn(inner.clone().measure_nat());
@@ -369,6 +444,9 @@ async fn handle_frame(
                     p.extend(list.iter().map(|i| (i.id, i.clone())));
                 }
                 inner
+                    .presence_known
+                    .store(true, std::sync::atomic::Ordering::Release);
+                inner
                     .emit(Event::Presence(PresenceEvent::Snapshot(list)))
                     .await;
             }
@@ -378,6 +456,8 @@ async fn handle_frame(
             if let Ok(mut p) = inner.presence.lock() {
                 p.insert(info.id, info.clone());
             }
+            // A new relay session of a peer we have connections to: it may have restarted.
+            inner.mark_suspect(&info.id);
             inner
                 .emit(Event::Presence(PresenceEvent::Joined(info)))
                 .await;

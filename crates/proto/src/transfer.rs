@@ -94,6 +94,9 @@ pub enum AbortCode {
     Io,
     /// The other side broke the protocol.
     Protocol,
+    /// The other side stopped for now (Ctrl-C, shutting down): its verified chunks are
+    /// kept, and the same transfer resumes from them when the sender offers it again.
+    Interrupted,
 }
 
 impl AbortCode {
@@ -104,6 +107,7 @@ impl AbortCode {
             Self::Permission => 3,
             Self::Io => 4,
             Self::Protocol => 5,
+            Self::Interrupted => 6,
         }
     }
 
@@ -114,6 +118,7 @@ impl AbortCode {
             3 => Self::Permission,
             4 => Self::Io,
             5 => Self::Protocol,
+            6 => Self::Interrupted,
             v => {
                 return Err(DecodeError::InvalidValue {
                     field: "abort code",
@@ -425,6 +430,7 @@ mod tests {
             Just(AbortCode::Permission),
             Just(AbortCode::Io),
             Just(AbortCode::Protocol),
+            Just(AbortCode::Interrupted),
         ]
     }
 

@@ -276,6 +276,8 @@ pub struct TransferRecord {
     pub state: TransferState,
     /// Created, ms since the epoch.
     pub created_ms: u64,
+    /// Last change of state (an attempt started or stopped), ms since the epoch.
+    pub updated_ms: u64,
     /// Sum of file sizes.
     pub total_bytes: u64,
     /// Number of files.
@@ -356,8 +358,7 @@ fn message(m: RawMessage) -> Result<Message> {
     })
 }
 
-const TRANSFER_COLS: &str =
-    "rowid, peer, outgoing, id, state, created_ms, total_bytes, files, sources, dest, error";
+const TRANSFER_COLS: &str = "rowid, peer, outgoing, id, state, created_ms, total_bytes, files, sources, dest, error, updated_ms";
 
 type RawTransfer = (
     i64,
@@ -371,6 +372,7 @@ type RawTransfer = (
     String,
     Option<String>,
     Option<String>,
+    i64,
 );
 
 fn raw_transfer(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawTransfer> {
@@ -386,11 +388,13 @@ fn raw_transfer(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawTransfer> {
         r.get(8)?,
         r.get(9)?,
         r.get(10)?,
+        r.get(11)?,
     ))
 }
 
 fn transfer(t: RawTransfer) -> Result<TransferRecord> {
-    let (rowid, peer, outgoing, id, state, created_ms, total, files, sources, dest, error) = t;
+    let (rowid, peer, outgoing, id, state, created_ms, total, files, sources, dest, error, updated) =
+        t;
     Ok(TransferRecord {
         rowid,
         peer: PeerId::from_bytes(blob32(peer, "transfers.peer")?),
@@ -398,6 +402,7 @@ fn transfer(t: RawTransfer) -> Result<TransferRecord> {
         id: blob16(id, "transfers.id")?,
         state: TransferState::from_code(state)?,
         created_ms: created_ms as u64,
+        updated_ms: updated as u64,
         total_bytes: total as u64,
         files: files as u64,
         sources: sources
@@ -817,6 +822,17 @@ impl Store {
              AND (?1 IS NULL OR peer = ?1) ORDER BY rowid"
         ))?;
         let rows = st.query_map(params![peer.map(|p| p.as_bytes().to_vec())], raw_transfer)?;
+        rows.map(|r| transfer(r?)).collect()
+    }
+
+    /// Unfinished incoming transfers (offered or interrupted): their partial files wait
+    /// for the sender to come back, or for `transfers clean`.
+    pub fn open_incoming(&self) -> Result<Vec<TransferRecord>> {
+        let db = self.db()?;
+        let mut st = db.prepare(&format!(
+            "SELECT {TRANSFER_COLS} FROM transfers WHERE outgoing = 0 AND state IN (0, 1) ORDER BY rowid"
+        ))?;
+        let rows = st.query_map([], raw_transfer)?;
         rows.map(|r| transfer(r?)).collect()
     }
 

@@ -855,10 +855,21 @@ pub struct RenderStats {
     pub beacons: u64,
     /// Frames written to the Y4M recording.
     pub recorded_frames: u64,
+    /// The files recorded to (a taken name gets ` (1)`: nothing is overwritten).
+    pub recordings: Vec<String>,
     /// The speaker received audio plays on, or why there is none.
     pub speaker: Option<String>,
     /// Times the speaker ran dry (a gap was heard).
     pub speaker_underruns: u64,
+}
+
+/// Adds a recording's file to the statistics (and the log): its name may differ from the
+/// one asked for.
+fn note_recording(stats: &Mutex<RenderStats>, path: &std::path::Path) {
+    tracing::info!(file = %path.display(), "recording");
+    if let Ok(mut s) = stats.lock() {
+        s.recordings.push(path.display().to_string());
+    }
 }
 
 /// Which picture a [`VideoTap`] is handed.
@@ -978,7 +989,10 @@ pub(crate) fn start_render(
     let mut adec = AudioDecoder::new().map_err(|e| CallError::Codec(e.to_string()))?;
     let mut wav_out = match &sinks.audio {
         Some(p) => {
-            Some(wav::WavWriter::create(p, 48_000, 1).map_err(|e| CallError::Sink(e.to_string()))?)
+            let w =
+                wav::WavWriter::create(p, 48_000, 1).map_err(|e| CallError::Sink(e.to_string()))?;
+            note_recording(&stats, w.path());
+            Some(w)
         }
         None => None,
     };
@@ -1055,10 +1069,10 @@ pub(crate) fn start_render(
                         let mut recorded = false;
                         if let Some(path) = &sinks.video {
                             if y4m.is_none() {
-                                y4m = Some(
-                                    Y4mWriter::create(path, f.width, f.height, fps)
-                                        .map_err(|e| e.to_string())?,
-                                );
+                                let w = Y4mWriter::create(path, f.width, f.height, fps)
+                                    .map_err(|e| e.to_string())?;
+                                note_recording(&stats, w.path());
+                                y4m = Some(w);
                             }
                             // A Y4M file has one size: frames of another size are not
                             // recorded (the call itself goes on).

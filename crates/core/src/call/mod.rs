@@ -286,6 +286,8 @@ pub struct CallStats {
     pub stamp_gaps: u64,
     /// Frames written to the recording.
     pub recorded_frames: u64,
+    /// The files recorded to (a taken name gets ` (1)`: nothing is overwritten).
+    pub recordings: Vec<String>,
     /// Audio samples rendered.
     pub audio_samples: u64,
     /// Tone beacons: capture-to-playout latency, last, ms (same host only).
@@ -1122,6 +1124,7 @@ fn fill_render(s: &mut CallStats, r: &RenderStats) {
     s.video_latency_mean_ms = r.video_latency_mean_ms;
     s.stamp_gaps = r.stamp_gaps;
     s.recorded_frames = r.recorded_frames;
+    s.recordings.clone_from(&r.recordings);
     s.audio_samples = r.audio_samples;
     s.audio_latency_ms = r.audio_latency_ms;
     s.audio_latency_mean_ms = r.audio_latency_mean_ms;

@@ -13,6 +13,7 @@
 //! place (never over an existing file) only after its hash matched.
 
 mod fsops;
+pub mod partials;
 mod recv;
 mod send;
 
@@ -40,6 +41,11 @@ pub const CHUNK_SIZE: u32 = 1 << 20;
 pub const DATA_STREAMS: usize = 4;
 /// Stop reason given to a receiving attempt that a retry replaces.
 const SUPERSEDED: &str = "superseded";
+/// Stop reason of an interruption (Ctrl-C, the engine shutting down): unlike a cancel, the
+/// partial data stays and the same transfer resumes later.
+const INTERRUPTED: &str = "interrupted";
+/// How long [`EngineHandle::interrupt_transfers`] waits for transfers to record their state.
+const INTERRUPT_WAIT: Duration = Duration::from_secs(3);
 /// Progress events at most this often per transfer.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
@@ -274,6 +280,53 @@ impl EngineHandle {
             }
         }
         any
+    }
+
+    /// Interrupts a transfer in either direction (Ctrl-C on a `send`): both sides keep what
+    /// was verified, and the same `send` resumes from there. Returns whether one was running.
+    pub fn interrupt_transfer(&self, peer: PeerId, id: TransferId) -> bool {
+        let Ok(m) = self.shared().transfers.cancels.lock() else {
+            return false;
+        };
+        let mut any = false;
+        for outgoing in [true, false] {
+            if let Some(tx) = m.get(&((peer, id), outgoing)) {
+                tx.send_replace(Some(INTERRUPTED.into()));
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Interrupts every running transfer (the engine is shutting down) and waits, up to
+    /// [`INTERRUPT_WAIT`], until each has recorded its verified chunks and told the peer.
+    pub async fn interrupt_transfers(&self) {
+        let t = &self.shared().transfers;
+        if let Ok(m) = t.cancels.lock() {
+            for tx in m.values() {
+                tx.send_replace(Some(INTERRUPTED.into()));
+            }
+        }
+        let idle = || {
+            t.receiving.lock().map(|m| m.is_empty()).unwrap_or(true)
+                && t.sending.lock().map(|m| m.is_empty()).unwrap_or(true)
+        };
+        let _ = tokio::time::timeout(INTERRUPT_WAIT, async {
+            while !idle() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Whether an incoming transfer is being received by this engine now.
+    pub fn is_receiving(&self, peer: PeerId, id: TransferId) -> bool {
+        self.shared()
+            .transfers
+            .receiving
+            .lock()
+            .map(|m| m.contains_key(&(peer, id)))
+            .unwrap_or(false)
     }
 
     /// Sends files and folders to `peer`. Resumes an unfinished transfer of the same paths

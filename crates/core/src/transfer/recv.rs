@@ -817,6 +817,11 @@ pub(crate) async fn serve_offer(
                     if cancel.borrow().as_deref() == Some(super::SUPERSEDED) {
                         break Err(((AbortCode::Io, "a new attempt of this transfer started".into()), true));
                     }
+                    if cancel.borrow().as_deref() == Some(super::INTERRUPTED) {
+                        let reason = "the receiver stopped; sending again resumes".to_string();
+                        let _ = send.write_all(&answer(TransferFrame::Abort { code: AbortCode::Interrupted, reason: reason.clone() })).await;
+                        break Err(((AbortCode::Interrupted, reason), true));
+                    }
                     let reason = "the receiver cancelled".to_string();
                     let _ = send.write_all(&answer(TransferFrame::Abort { code: AbortCode::Cancelled, reason: reason.clone() })).await;
                     break Err(((AbortCode::Cancelled, reason), false));

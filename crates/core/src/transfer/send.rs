@@ -218,10 +218,16 @@ async fn send_inner(
             }
         },
         _ = cancel.changed() => {
-            let _ = ctl.write_all(&encode(&TransferFrame::Abort { code: AbortCode::Cancelled, reason: "the sender cancelled".into() })).await;
+            let (code, reason) = stop_reason(&cancel);
+            let _ = ctl.write_all(&encode(&TransferFrame::Abort { code, reason: format!("the sender {reason}") })).await;
             let _ = ctl.finish();
-            fail(TransferState::Cancelled, "cancelled".into(), false);
-            return Err(EngineError::Aborted { code: AbortCode::Cancelled, reason: "cancelled by the user".into() });
+            if code == AbortCode::Interrupted {
+                // Still offered: the same `send` offers it again, under the same id.
+                fail(TransferState::Offered, reason.clone(), true);
+            } else {
+                fail(TransferState::Cancelled, reason.clone(), false);
+            }
+            return Err(EngineError::Aborted { code, reason });
         }
     };
     let have = match answer {
@@ -338,7 +344,8 @@ async fn send_inner(
                 }));
             }
             _ = cancel.changed() => {
-                break Err(EngineError::Aborted { code: AbortCode::Cancelled, reason: "cancelled by the user".into() });
+                let (code, reason) = stop_reason(&cancel);
+                break Err(EngineError::Aborted { code, reason });
             }
         }
     };
@@ -390,6 +397,15 @@ async fn send_inner(
             fail(state, e.to_string(), resumable);
             Err(e)
         }
+    }
+}
+
+/// Why the user stopped a transfer: interrupted (resumable) or cancelled.
+fn stop_reason(cancel: &watch::Receiver<Option<String>>) -> (AbortCode, String) {
+    if cancel.borrow().as_deref() == Some(super::INTERRUPTED) {
+        (AbortCode::Interrupted, "interrupted".into())
+    } else {
+        (AbortCode::Cancelled, "cancelled by the user".into())
     }
 }
 
