@@ -68,6 +68,12 @@ pub enum Fail {
     /// The relay refused the session.
     #[error("the relay refused us: {0}")]
     RelayRefused(String),
+    /// The peer declined.
+    #[error("{0}")]
+    Declined(String),
+    /// The peer's software did not answer in time.
+    #[error("{0}")]
+    PeerSilent(String),
     /// A transfer stopped and can be resumed.
     #[error("{0}; run the same command again to resume from the verified chunks")]
     Interrupted(String),
@@ -82,6 +88,8 @@ pub fn code(e: &anyhow::Error) -> u8 {
                 Fail::RelayTimeout { .. } => TIMEOUT,
                 Fail::RelayRefused(_) => RELAY_REFUSED,
                 Fail::Interrupted(_) => INTERRUPTED,
+                Fail::Declined(_) => DECLINED,
+                Fail::PeerSilent(_) => TIMEOUT,
             };
         }
         if let Some(e) = cause.downcast_ref::<EngineError>() {

@@ -821,7 +821,13 @@ async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
     }
     match &end {
         p2pcall_core::call::CallEvent::Ended { reason, .. } if !calls::ended_normally(&end) => {
-            bail!("{}", p2pcall_core::call::describe_end(reason).1)
+            use p2pcall_core::call::EndReason as R;
+            let message = p2pcall_core::call::describe_end(reason).1;
+            Err(match reason {
+                R::Rejected { remote: true, .. } => exit::Fail::Declined(message).into(),
+                R::Unreachable => exit::Fail::PeerSilent(message).into(),
+                _ => anyhow::anyhow!(message),
+            })
         }
         _ => Ok(()),
     }

@@ -517,3 +517,37 @@ fn a_shared_screen_arrives_at_its_size_and_a_missing_display_is_refused_before_d
         "{text}"
     );
 }
+
+#[test]
+fn recording_twice_to_the_same_name_keeps_both_files() {
+    let lab = Lab::new();
+    let wav = lab.root.join("got.wav");
+    let (mut carol, fp) = lab.listen(
+        "carol",
+        &[
+            "--answer",
+            "--video",
+            "none",
+            "--record-audio",
+            wav.to_str().unwrap(),
+        ],
+    );
+    for _ in 0..2 {
+        let mut c = lab.peer("bob");
+        c.args(["call", &fp, "--duration", "1", "--video", "none"]);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        carol.expect("call_ended");
+    }
+    let second = lab.root.join("got (1).wav");
+    for f in [&wav, &second] {
+        let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 48_000, "{} holds {len} bytes", f.display());
+    }
+    assert!(!lab.root.join("got (2).wav").exists());
+    carol.term();
+}

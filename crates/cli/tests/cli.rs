@@ -225,8 +225,68 @@ fn user_errors_are_clear() {
         .args(["--relay", &udp, "--token", "sesame", "ping", "abcd"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(9), "no such peer");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no online peer matches"));
+
+    // A known peer that is offline: the relay's presence says so, no connection attempt
+    // waits for a timeout.
+    let bdir = tmp.path().join("b");
+    let bob = cmd(&bdir)
+        .args([
+            "--relay", &udp, "--token", "sesame", "--name", "bob", "peers",
+        ])
+        .output()
+        .unwrap();
+    assert!(bob.status.success());
+    let mut listen = cmd(&bdir);
+    listen.args([
+        "--json", "--relay", &udp, "--token", "sesame", "--name", "bob", "listen",
+    ]);
+    let mut bob = Proc::spawn(listen);
+    bob.expect("relay_connected");
+    let seen = cmd(&adir)
+        .args(["--relay", &udp, "--token", "sesame", "peers"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&seen.stdout).contains("bob"));
+    assert!(bob.term().success());
+    for what in [&["ping", "bob"][..], &["send", "bob", "Cargo.toml"][..]] {
+        let out = cmd(&adir)
+            .args(["--relay", &udp, "--token", "sesame"])
+            .args(what)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{what:?}: {err}");
+        assert!(err.contains("bob is offline"), "{err}");
+    }
+    let out = cmd(&adir)
+        .args(["--relay", &udp, "--token", "sesame", "chat", "bob", "hi"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("queued") && said.contains("delivered when bob is online"),
+        "{said}"
+    );
+
+    // Nothing listens at the relay's address: UDP and TCP both refuse at once.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = cmd(&adir)
+        .args(["--json", "--relay", &format!("127.0.0.1:{port}"), "peers"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "relay unreachable");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["exit_code"], 4);
+    let err = line["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("check the address"),
+        "{err}"
+    );
 
     // A key file others can read.
     #[cfg(unix)]

@@ -183,4 +183,27 @@ mod tests {
         std::fs::write(&path, b"not a wav").unwrap();
         assert!(matches!(read(&path), Err(IoError::Format { .. })));
     }
+
+    #[test]
+    fn recording_twice_to_one_name_keeps_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("got.wav");
+        let mut first = WavWriter::create(&path, 48_000, 1).unwrap();
+        first.write(&[1000; 960]).unwrap();
+        first.finish().unwrap();
+        let mut second = WavWriter::create(&path, 48_000, 1).unwrap();
+        assert_eq!(second.path(), dir.path().join("got (1).wav"));
+        second.write(&[-1000; 480]).unwrap();
+        second.finish().unwrap();
+        assert_eq!(read(&path).unwrap().samples, vec![1000; 960]);
+        assert_eq!(
+            read(&dir.path().join("got (1).wav")).unwrap().samples,
+            vec![-1000; 480]
+        );
+        let video = dir.path().join("got.y4m");
+        std::fs::write(&video, b"mine").unwrap();
+        let w = crate::y4m::Y4mWriter::create(&video, 16, 16, 30).unwrap();
+        assert_eq!(w.path(), dir.path().join("got (1).y4m"));
+        assert_eq!(std::fs::read(&video).unwrap(), b"mine");
+    }
 }

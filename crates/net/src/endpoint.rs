@@ -242,12 +242,31 @@ impl Inner {
         let _ = self.events.send(e).await;
     }
 
-    /// Marks every live connection to `peer` suspect (see [`PeerConnection::is_suspect`]).
+    /// Marks every live connection to `peer` suspect (see [`PeerConnection::is_suspect`])
+    /// and checks each in the background: one whose peer restarted is closed within about
+    /// a second, so that what runs on it (a transfer, a call) fails at once instead of
+    /// after the idle timeout.
     pub(crate) fn mark_suspect(&self, peer: &PeerId) {
-        if let Ok(c) = self.conns.lock() {
-            for c in c.get(peer).into_iter().flatten() {
-                c.shared.suspect.store(true, Ordering::Release);
-            }
+        let conns: Vec<PeerConnection> = self
+            .conns
+            .lock()
+            .map(|c| {
+                c.get(peer)
+                    .into_iter()
+                    .flatten()
+                    .map(|c| PeerConnection {
+                        shared: c.shared.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for c in conns {
+            c.shared.suspect.store(true, Ordering::Release);
+            tokio::spawn(async move {
+                if !c.check_alive().await {
+                    tracing::info!(peer = %c.peer(), "closed a connection whose peer registered again and did not answer");
+                }
+            });
         }
     }
 

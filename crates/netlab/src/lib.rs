@@ -402,6 +402,24 @@ impl Lab {
         run_stdin(self.command(Host::Inet, "nft").args(["-f", "-"]), rules)
     }
 
+    /// Cuts (or restores) every path of peer A: router A loses the internet, the relay
+    /// included (a network outage on A's side).
+    pub fn cut_a(&self, cut: bool) -> io::Result<()> {
+        let rules = if cut {
+            "table ip cut_a {
+  chain forward_cut {
+    type filter hook forward priority -10; policy accept;
+    ip saddr 203.0.113.0/28 drop
+    ip daddr 203.0.113.0/28 drop
+  }
+}
+"
+        } else {
+            "delete table ip cut_a\n"
+        };
+        run_stdin(self.command(Host::Inet, "nft").args(["-f", "-"]), rules)
+    }
+
     /// The UDP NAT mappings router `h` holds now (`conntrack -L -p udp`), for diagnostics.
     pub fn conntrack(&self, h: Host) -> String {
         self.command(h, "conntrack")
@@ -454,6 +472,81 @@ fn ruleset(nat: Nat) -> String {
 impl Drop for Lab {
     fn drop(&mut self) {
         let names: Vec<String> = HOSTS.iter().map(|h| self.ns(*h)).collect();
+        teardown(&mut self.children, &names, &self.dir);
+    }
+}
+
+/// One host with several equal paths to itself: loopback plus two interfaces, each with an
+/// IPv4 and an IPv6 address (`eth0`: 192.0.2.2/24 and fd00::2/64, `eth1`: 198.51.100.2/24
+/// and fd01::2/64), as a laptop on a dual-stack LAN has. Peers on it see six candidate
+/// addresses of equal RTT for each other. Nothing routes out of it. Dropping it kills its
+/// programs and deletes the namespace.
+#[derive(Debug)]
+pub struct MultiHomed {
+    name: String,
+    children: Vec<Child>,
+    /// Scratch directory for the programs' data (removed on drop).
+    pub dir: PathBuf,
+}
+
+impl MultiHomed {
+    /// The interfaces and their addresses.
+    pub const INTERFACES: [(&'static str, &'static str, &'static str); 2] = [
+        ("eth0", "192.0.2.2/24", "fd00::2/64"),
+        ("eth1", "198.51.100.2/24", "fd01::2/64"),
+    ];
+
+    /// Builds the host.
+    pub fn new() -> io::Result<MultiHomed> {
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("p2m{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let host = MultiHomed {
+            name,
+            children: Vec::new(),
+            dir,
+        };
+        run(Command::new("ip").args(["netns", "add", &host.name]))?;
+        let ip = |args: String| {
+            run(Command::new("ip")
+                .arg("-n")
+                .arg(&host.name)
+                .args(args.split_whitespace()))
+        };
+        ip("link set lo up".into())?;
+        for (dev, v4, v6) in Self::INTERFACES {
+            // A veth pair inside the namespace: the kernel has no dummy interfaces here.
+            ip(format!("link add {dev} type veth peer name {dev}p"))?;
+            ip(format!("addr add {v4} dev {dev}"))?;
+            ip(format!("addr add {v6} dev {dev} nodad"))?;
+            ip(format!("link set {dev} up"))?;
+            ip(format!("link set {dev}p up"))?;
+        }
+        Ok(host)
+    }
+
+    /// The namespace's name.
+    pub fn ns(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs `program` on the host.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        exec_in(&self.name, program)
+    }
+
+    /// Starts `cmd` (from [`command`](Self::command)) and kills it when the host ends.
+    pub fn spawn(&mut self, cmd: &mut Command) -> io::Result<&mut Child> {
+        self.children.push(cmd.spawn()?);
+        let last = self.children.len() - 1;
+        Ok(&mut self.children[last])
+    }
+}
+
+impl Drop for MultiHomed {
+    fn drop(&mut self) {
+        let names = [self.name.clone()];
         teardown(&mut self.children, &names, &self.dir);
     }
 }

@@ -96,7 +96,7 @@ pub fn clean_older_than(
     running: impl Fn(&TransferRecord) -> bool,
 ) -> Result<Cleaned, EngineError> {
     let cutoff = now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
-    clean(store, |r| r.updated_ms < cutoff && !running(r))
+    clean(store, |r| r.updated_ms <= cutoff && !running(r))
 }
 
 /// The file-name prefix of a transfer's partial files.
@@ -164,4 +164,86 @@ fn remove_if_empty(dir: &Path, depth: usize) -> bool {
         empty &= sub_empty;
     }
     empty && std::fs::remove_dir(dir).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pcall_proto::PeerId;
+    use std::collections::HashMap;
+
+    /// An incoming transfer of a top-level file `a.txt` and a folder `d` (renamed `d (1)`
+    /// on arrival), interrupted with two partial files.
+    fn interrupted(store: &Store, dest: &Path, id: u8) -> TransferRecord {
+        let peer = PeerId::from_bytes([id; 32]);
+        let r = store
+            .create_transfer(&peer, false, &[id; 16], 300, 2, &[], None, now_ms())
+            .unwrap();
+        store.set_transfer_dest(r.rowid, dest).unwrap();
+        store
+            .set_top_names(
+                r.rowid,
+                &HashMap::from([
+                    ("a.txt".to_string(), "a.txt".to_string()),
+                    ("d".to_string(), "d (1)".to_string()),
+                ]),
+            )
+            .unwrap();
+        store
+            .set_transfer_state(r.rowid, TransferState::Active, None, now_ms())
+            .unwrap();
+        let hex = &id_hex(&[id; 16])[..16];
+        std::fs::write(dest.join(format!(".p2pcall-{hex}-0.part")), [1u8; 100]).unwrap();
+        std::fs::create_dir_all(dest.join("d (1)/sub/empty")).unwrap();
+        std::fs::write(
+            dest.join(format!("d (1)/sub/.p2pcall-{hex}-2.part")),
+            [2u8; 200],
+        )
+        .unwrap();
+        store.transfer(&peer, false, &[id; 16]).unwrap().unwrap()
+    }
+
+    #[test]
+    fn abandoned_partials_are_listed_and_cleaned_and_nothing_else_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_memory().unwrap();
+        let one = interrupted(&store, dir.path(), 1);
+        let two = interrupted(&store, dir.path(), 2);
+        // Files that are not partials of these transfers stay.
+        std::fs::write(dir.path().join("mine.txt"), b"keep").unwrap();
+        std::fs::write(dir.path().join(".p2pcall-ffffffffffffffff-0.part"), b"x").unwrap();
+
+        let u = unfinished(&store).unwrap();
+        assert_eq!(u.len(), 2);
+        assert_eq!(u[0].record.rowid, one.rowid);
+        assert_eq!(u[0].partials.len(), 2, "{:?}", u[0].partials);
+        assert!(u[0].partial_bytes >= 300, "{}", u[0].partial_bytes);
+
+        // Young transfers survive an age-based clean; a running one survives any.
+        let c = clean_older_than(&store, Duration::from_secs(3600), |_| false).unwrap();
+        assert_eq!(c, Cleaned::default());
+        let c = clean_older_than(&store, Duration::ZERO, |r| r.rowid == two.rowid).unwrap();
+        assert_eq!(
+            c,
+            Cleaned {
+                transfers: 1,
+                files: 2,
+                bytes: u[0].partial_bytes
+            }
+        );
+        let left = unfinished(&store).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].record.rowid, two.rowid);
+        let gone = store.transfer(&one.peer, false, &one.id).unwrap().unwrap();
+        assert_eq!(gone.state, TransferState::Cancelled);
+        // The folder still holds transfer two's partial file, so it stays.
+        assert!(dir.path().join("d (1)").exists());
+
+        let c = clean(&store, |_| true).unwrap();
+        assert_eq!(c.transfers, 1);
+        assert!(unfinished(&store).unwrap().is_empty());
+        assert!(!dir.path().join("d (1)").exists(), "emptied folders go");
+        assert!(dir.path().join("mine.txt").exists());
+        assert!(dir.path().join(".p2pcall-ffffffffffffffff-0.part").exists());
+    }
 }

@@ -1,0 +1,304 @@
+//! The resume matrix through the real binaries in the NAT lab (cone x cone, 80 Mbit/s
+//! links): a `send` of a 48 MiB file is interrupted half-way in each way a transfer can be
+//! (Ctrl-C of the sender or the receiver, kill -9 of either, a network cut on the sender's
+//! side), over a direct path and over the relay; the same `send` run again completes, sends
+//! again at most what was not verified yet, and leaves no partial file behind. Needs root;
+//! says so and skips otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Lines, delayer, p2pcall};
+use p2pcall_netlab::{Host, Impair, Lab, Nat, RELAY_IP};
+use serde_json::Value;
+
+const FILE_BYTES: u64 = 48 << 20;
+/// The receiver has verified at least this much when the transfer is interrupted.
+const INTERRUPT_AT: u64 = FILE_BYTES / 2;
+/// Verified chunks a receiver killed with SIGKILL may not have recorded yet (its
+/// `RECORD_BYTES`): they are sent again.
+const UNRECORDED: u64 = 8 << 20;
+/// Chunks in flight when a transfer stops gracefully (verified, counted as progress a
+/// moment before the stop): one per data stream.
+const IN_FLIGHT: u64 = 4 << 20;
+/// Exit code of an interrupted command (`p2pcall --help`).
+const EXIT_INTERRUPTED: i32 = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    CtrlCSender,
+    CtrlCReceiver,
+    KillSender,
+    KillReceiver,
+    PathCut,
+}
+
+struct Matrix {
+    lab: Lab,
+    bin: PathBuf,
+    bob: String,
+    inbox: PathBuf,
+    b_pid: u32,
+    b_out: Lines,
+}
+
+fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+}
+
+fn gone(pid: u32, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        if !alive {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Pseudo-random content (no all-zero chunks: those travel without payload).
+fn write_file(path: &Path, seed: u64) {
+    let mut x = seed | 1;
+    let mut buf = Vec::with_capacity(FILE_BYTES as usize);
+    while (buf.len() as u64) < FILE_BYTES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(path, buf).unwrap();
+}
+
+fn parts_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            parts_under(&p, out);
+        } else if p.to_string_lossy().ends_with(".part") {
+            out.push(p);
+        }
+    }
+}
+
+impl Matrix {
+    fn new() -> Option<Matrix> {
+        if let Some(why) = p2pcall_netlab::unavailable() {
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+        let bin = p2pcall();
+        let mut lab = Lab::new(Nat::Cone, Nat::Cone, Impair::default(), &delayer()).unwrap();
+        lab.set_rate(80_000).unwrap();
+        let dir = lab.dir.clone();
+        let mut relay = lab.command(Host::Relay, &bin);
+        relay
+            .arg("--data-dir")
+            .arg(dir.join("relay"))
+            .args(["--json", "relay", "--listen", &format!("{RELAY_IP}:7700")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let child = lab.spawn(&mut relay).unwrap();
+        Lines::new(child.stdout.take().unwrap())
+            .wait_event("relay_started", Duration::from_secs(10));
+        let out = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(dir.join("b"))
+            .args(["--json", "id"])
+            .output()
+            .unwrap();
+        let bob = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let inbox = dir.join("inbox");
+        let (b_pid, b_out) = start_receiver(&mut lab, &bin, &inbox);
+        Some(Matrix {
+            lab,
+            bin,
+            bob,
+            inbox,
+            b_pid,
+            b_out,
+        })
+    }
+
+    fn restart_receiver(&mut self) {
+        let (pid, out) = start_receiver(&mut self.lab, &self.bin, &self.inbox);
+        self.b_pid = pid;
+        self.b_out = out;
+    }
+
+    fn send(&mut self, file: &Path, relayed: bool) -> (u32, Lines) {
+        let mut cmd = self.lab.command(Host::PeerA, &self.bin);
+        cmd.arg("--data-dir")
+            .arg(self.lab.dir.join("a"))
+            .args(["--relay", &format!("{RELAY_IP}:7700"), "--name", "alice"])
+            .args(["--json", "--no-port-mapping"]);
+        if relayed {
+            cmd.arg("--relay-only");
+        }
+        cmd.args(["send", &self.bob])
+            .arg(file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let child = self.lab.spawn(&mut cmd).unwrap();
+        (child.id(), Lines::new(child.stdout.take().unwrap()))
+    }
+
+    /// Forgets what the receiver printed so far (earlier transfers).
+    fn drain(&self) {
+        while self.b_out.next(Duration::ZERO).is_some() {}
+    }
+
+    /// Waits until the receiver reports at least `bytes` verified of the transfer it was
+    /// offered next; returns what it reported.
+    fn wait_verified(&self, bytes: u64) -> u64 {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut id = None;
+        while Instant::now() < end {
+            let Some(v) = self.b_out.next(Duration::from_millis(500)) else {
+                continue;
+            };
+            if v["event"] == "transfer_offer" || v["event"] == "transfer_resumed" {
+                id = Some(v["id"].clone());
+            }
+            if v["event"] == "transfer_progress"
+                && Some(&v["id"]) == id.as_ref()
+                && let Some(done) = v["done_bytes"].as_u64()
+                && done >= bytes
+            {
+                return done;
+            }
+        }
+        panic!("the receiver never verified {bytes} bytes");
+    }
+
+    fn case(&mut self, stop: Stop, relayed: bool, n: u64) -> String {
+        let file = self.lab.dir.join(format!("f{n}.bin"));
+        write_file(&file, n);
+        self.drain();
+        let (a_pid, a_out) = self.send(&file, relayed);
+        let verified = self.wait_verified(INTERRUPT_AT);
+        match stop {
+            Stop::CtrlCSender => kill(a_pid, "-INT"),
+            Stop::KillSender => kill(a_pid, "-KILL"),
+            Stop::CtrlCReceiver | Stop::KillReceiver => {
+                kill(
+                    self.b_pid,
+                    if stop == Stop::KillReceiver {
+                        "-KILL"
+                    } else {
+                        "-INT"
+                    },
+                );
+                assert!(gone(self.b_pid, Duration::from_secs(10)), "receiver stuck");
+                self.restart_receiver();
+            }
+            Stop::PathCut => {
+                self.lab.cut_a(true).unwrap();
+                std::thread::sleep(Duration::from_secs(1));
+                // The user gives up on the stalled transfer.
+                kill(a_pid, "-INT");
+            }
+        }
+        // The first `send` ends (at once, or when it learns the receiver restarted).
+        assert!(
+            gone(a_pid, Duration::from_secs(30)),
+            "{stop:?}: the first send did not end"
+        );
+        if stop == Stop::PathCut {
+            self.lab.cut_a(false).unwrap();
+        }
+        if stop != Stop::KillSender {
+            let lines = a_out.collect(Duration::from_secs(1));
+            let err = lines.iter().find(|v| v["event"] == "error");
+            assert!(
+                err.is_some_and(|e| e["exit_code"] == EXIT_INTERRUPTED),
+                "{stop:?}: the first send did not exit as interrupted: {lines:?}"
+            );
+        }
+        let (_, out) = self.send(&file, relayed);
+        let lines = out.collect(Duration::from_secs(120));
+        let done = lines
+            .iter()
+            .find(|v| v["event"] == "transfer_done")
+            .unwrap_or_else(|| {
+                panic!("{stop:?} relayed={relayed}: the second send failed: {lines:?}")
+            });
+        let resumed = done["resumed_bytes"].as_u64().unwrap();
+        let sent_again = FILE_BYTES - resumed;
+        let allowed = FILE_BYTES - verified
+            + if stop == Stop::KillReceiver {
+                UNRECORDED
+            } else {
+                IN_FLIGHT
+            };
+        let row = format!(
+            "{stop:?} {}: verified {:.1} MiB at the stop, resumed {:.1} MiB, sent again {:.1} MiB ({:.1} % of the file)",
+            if relayed { "relayed" } else { "direct" },
+            verified as f64 / 1048576.0,
+            resumed as f64 / 1048576.0,
+            sent_again as f64 / 1048576.0,
+            100.0 * sent_again as f64 / FILE_BYTES as f64,
+        );
+        println!("{row}");
+        assert!(sent_again <= allowed, "{row}: more than {allowed} bytes");
+        let landed = self.inbox.join(format!("f{n}.bin"));
+        assert_eq!(
+            std::fs::read(&landed).unwrap(),
+            std::fs::read(&file).unwrap(),
+            "{row}: the received file differs"
+        );
+        let mut parts = Vec::new();
+        parts_under(&self.inbox, &mut parts);
+        assert!(parts.is_empty(), "{row}: partial files left: {parts:?}");
+        row
+    }
+}
+
+fn start_receiver(lab: &mut Lab, bin: &Path, inbox: &Path) -> (u32, Lines) {
+    let mut cmd = lab.command(Host::PeerB, bin);
+    cmd.arg("--data-dir")
+        .arg(lab.dir.join("b"))
+        .args(["--relay", &format!("{RELAY_IP}:7700"), "--name", "bob"])
+        .args(["--json", "--no-port-mapping", "listen", "--accept-files"])
+        .arg(inbox)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let child = lab.spawn(&mut cmd).unwrap();
+    let pid = child.id();
+    let out = Lines::new(child.stdout.take().unwrap());
+    out.wait_event("relay_connected", Duration::from_secs(15));
+    (pid, out)
+}
+
+#[test]
+fn every_interruption_resumes_from_the_verified_chunks() {
+    let Some(mut m) = Matrix::new() else { return };
+    let mut n = 0;
+    let mut rows = Vec::new();
+    for relayed in [false, true] {
+        for stop in [
+            Stop::CtrlCSender,
+            Stop::CtrlCReceiver,
+            Stop::KillSender,
+            Stop::KillReceiver,
+            Stop::PathCut,
+        ] {
+            n += 1;
+            rows.push(m.case(stop, relayed, n));
+        }
+    }
+    for r in rows {
+        println!("{r}");
+    }
+}
