@@ -120,7 +120,7 @@ impl Soak {
     /// Kills the listener (SIGKILL or SIGINT, alternately) and starts it again; returns
     /// once it is registered with the relay.
     fn restart_listener(&mut self) {
-        let signal = if self.restarts % 2 == 0 {
+        let signal = if self.restarts.is_multiple_of(2) {
             "-KILL"
         } else {
             "-INT"
@@ -208,7 +208,7 @@ impl Soak {
         let mut r = Report::default();
         let mut x = seed | 1;
         for i in 0..n {
-            if i > 0 && i % restart_every == 0 {
+            if i > 0 && i.is_multiple_of(restart_every) {
                 self.restart_listener();
             }
             let kind = match i % 10 {
