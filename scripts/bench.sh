@@ -10,6 +10,10 @@
 #   scripts/bench.sh call-quality     (root: NAT lab; CALL_SECS=30 per condition)
 #   scripts/bench.sh rate-steps       (root: NAT lab; tbf steps 1 -> 2.5 -> 0.6 -> 1 Mbit/s)
 #   scripts/bench.sh rate-seeds       (virtual clock: RFC 8867 5.1 runs over SEEDS=6 seeds)
+#   scripts/bench.sh reconnect        (root: SOAK_RECONNECTS=1000 one-shot commands against a
+#                                      listener on a multi-homed host; failures, connect p50/p99)
+#   scripts/bench.sh resume           (root: NAT lab; RESUME_MIB=1024 interrupted 5 ways and
+#                                      resumed, direct and relayed; bytes sent again)
 #   scripts/bench.sh all
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +29,12 @@ fi
 if [ "${1:-}" = rate-steps ]; then
   exec cargo test --release --locked -q -p p2pcall-netlab --test rate_steps -- --ignored --nocapture
 fi
+if [ "${1:-}" = reconnect ]; then
+  exec cargo test --release --locked -q -p p2pcall-netlab --test reconnect -- --ignored --nocapture
+fi
+if [ "${1:-}" = resume ]; then
+  exec cargo test --release --locked -q -p p2pcall-netlab --test resume -- --ignored --nocapture
+fi
 if [ "${1:-}" = rate-seeds ]; then
   exec cargo test --release --locked -q -p p2pcall-sim --test rate_adaptation -- --ignored --nocapture rfc8867_5_1_over_seeds
 fi
@@ -37,6 +47,8 @@ if [ "${1:-all}" = all ]; then
   "$bench" screen
   cargo test --release --locked -q -p p2pcall-netlab --test call_quality -- --ignored --nocapture
   cargo test --release --locked -q -p p2pcall-netlab --test rate_steps -- --ignored --nocapture
+  cargo test --release --locked -q -p p2pcall-netlab --test reconnect -- --ignored --nocapture
+  cargo test --release --locked -q -p p2pcall-netlab --test resume -- --ignored --nocapture
 else
   exec "$bench" "$@"
 fi

@@ -16,9 +16,9 @@ use common::{Lines, delayer, p2pcall};
 use p2pcall_netlab::{Host, Impair, Lab, Nat, RELAY_IP};
 use serde_json::Value;
 
+/// The file of the CI matrix, and its links' rate.
 const FILE_BYTES: u64 = 48 << 20;
-/// The receiver has verified at least this much when the transfer is interrupted.
-const INTERRUPT_AT: u64 = FILE_BYTES / 2;
+const RATE_KBIT: u32 = 80_000;
 /// Verified chunks a receiver killed with SIGKILL may not have recorded yet (its
 /// `RECORD_BYTES`): they are sent again.
 const UNRECORDED: u64 = 8 << 20;
@@ -39,6 +39,7 @@ enum Stop {
 
 struct Matrix {
     lab: Lab,
+    size: u64,
     bin: PathBuf,
     bob: String,
     inbox: PathBuf,
@@ -66,16 +67,25 @@ fn gone(pid: u32, within: Duration) -> bool {
 }
 
 /// Pseudo-random content (no all-zero chunks: those travel without payload).
-fn write_file(path: &Path, seed: u64) {
+fn write_file(path: &Path, seed: u64, size: u64) {
+    use std::io::Write;
     let mut x = seed | 1;
-    let mut buf = Vec::with_capacity(FILE_BYTES as usize);
-    while (buf.len() as u64) < FILE_BYTES {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for _ in 0..size / 8 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        buf.extend_from_slice(&x.to_le_bytes());
+        f.write_all(&x.to_le_bytes()).unwrap();
     }
-    std::fs::write(path, buf).unwrap();
+    f.flush().unwrap();
+}
+
+/// What one interrupted-then-resumed transfer cost.
+#[derive(Debug)]
+struct Row {
+    text: String,
+    /// Bytes router A sent to the internet over both runs.
+    wire_bytes: u64,
 }
 
 fn parts_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -90,14 +100,14 @@ fn parts_under(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 impl Matrix {
-    fn new() -> Option<Matrix> {
+    fn new(size: u64, rate_kbit: u32) -> Option<Matrix> {
         if let Some(why) = p2pcall_netlab::unavailable() {
             eprintln!("SKIPPED: {why}");
             return None;
         }
         let bin = p2pcall();
         let mut lab = Lab::new(Nat::Cone, Nat::Cone, Impair::default(), &delayer()).unwrap();
-        lab.set_rate(80_000).unwrap();
+        lab.set_rate(rate_kbit).unwrap();
         let dir = lab.dir.clone();
         let mut relay = lab.command(Host::Relay, &bin);
         relay
@@ -123,6 +133,7 @@ impl Matrix {
         let (b_pid, b_out) = start_receiver(&mut lab, &bin, &inbox);
         Some(Matrix {
             lab,
+            size,
             bin,
             bob,
             inbox,
@@ -182,12 +193,43 @@ impl Matrix {
         panic!("the receiver never verified {bytes} bytes");
     }
 
-    fn case(&mut self, stop: Stop, relayed: bool, n: u64) -> String {
+    /// Bytes router A has sent to the internet so far (its tbf's counter).
+    fn wire_bytes(&self) -> u64 {
+        let out = self
+            .lab
+            .command(Host::RouterA, "tc")
+            .args(["-s", "qdisc", "show", "dev", "wan"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "Sent")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no byte counter in {text}"))
+    }
+
+    /// One uninterrupted transfer of a fresh file: the bytes it puts on the wire.
+    fn baseline(&mut self, relayed: bool, n: u64) -> u64 {
         let file = self.lab.dir.join(format!("f{n}.bin"));
-        write_file(&file, n);
+        write_file(&file, n, self.size);
+        let before = self.wire_bytes();
+        let (_, out) = self.send(&file, relayed);
+        let lines = out.collect(Duration::from_secs(600));
+        assert!(
+            lines.iter().any(|v| v["event"] == "transfer_done"),
+            "{lines:?}"
+        );
+        self.wire_bytes() - before
+    }
+
+    fn case(&mut self, stop: Stop, relayed: bool, n: u64) -> Row {
+        let file = self.lab.dir.join(format!("f{n}.bin"));
+        write_file(&file, n, self.size);
         self.drain();
+        let before = self.wire_bytes();
         let (a_pid, a_out) = self.send(&file, relayed);
-        let verified = self.wait_verified(INTERRUPT_AT);
+        let verified = self.wait_verified(self.size / 2);
         match stop {
             Stop::CtrlCSender => kill(a_pid, "-INT"),
             Stop::KillSender => kill(a_pid, "-KILL"),
@@ -227,28 +269,29 @@ impl Matrix {
             );
         }
         let (_, out) = self.send(&file, relayed);
-        let lines = out.collect(Duration::from_secs(120));
+        let lines = out.collect(Duration::from_secs(600));
         let done = lines
             .iter()
             .find(|v| v["event"] == "transfer_done")
             .unwrap_or_else(|| {
                 panic!("{stop:?} relayed={relayed}: the second send failed: {lines:?}")
             });
+        let wire_bytes = self.wire_bytes() - before;
         let resumed = done["resumed_bytes"].as_u64().unwrap();
-        let sent_again = FILE_BYTES - resumed;
-        let allowed = FILE_BYTES - verified
+        let sent_again = self.size - resumed;
+        let allowed = self.size - verified
             + if stop == Stop::KillReceiver {
                 UNRECORDED
             } else {
                 IN_FLIGHT
             };
         let row = format!(
-            "{stop:?} {}: verified {:.1} MiB at the stop, resumed {:.1} MiB, sent again {:.1} MiB ({:.1} % of the file)",
+            "{stop:?} {}: verified {:.1} MiB at the stop, resumed {:.1} MiB, second run sent {:.1} MiB ({:.1} % of the file)",
             if relayed { "relayed" } else { "direct" },
             verified as f64 / 1048576.0,
             resumed as f64 / 1048576.0,
             sent_again as f64 / 1048576.0,
-            100.0 * sent_again as f64 / FILE_BYTES as f64,
+            100.0 * sent_again as f64 / self.size as f64,
         );
         println!("{row}");
         assert!(sent_again <= allowed, "{row}: more than {allowed} bytes");
@@ -261,7 +304,10 @@ impl Matrix {
         let mut parts = Vec::new();
         parts_under(&self.inbox, &mut parts);
         assert!(parts.is_empty(), "{row}: partial files left: {parts:?}");
-        row
+        Row {
+            text: row,
+            wire_bytes,
+        }
     }
 }
 
@@ -283,7 +329,9 @@ fn start_receiver(lab: &mut Lab, bin: &Path, inbox: &Path) -> (u32, Lines) {
 
 #[test]
 fn every_interruption_resumes_from_the_verified_chunks() {
-    let Some(mut m) = Matrix::new() else { return };
+    let Some(mut m) = Matrix::new(FILE_BYTES, RATE_KBIT) else {
+        return;
+    };
     let mut n = 0;
     let mut rows = Vec::new();
     for relayed in [false, true] {
@@ -295,10 +343,54 @@ fn every_interruption_resumes_from_the_verified_chunks() {
             Stop::PathCut,
         ] {
             n += 1;
-            rows.push(m.case(stop, relayed, n));
+            rows.push(m.case(stop, relayed, n).text);
         }
     }
     for r in rows {
         println!("{r}");
+    }
+}
+
+/// `RESUME_MIB` (default 1,024) MiB interrupted half-way and resumed, at 400 Mbit/s: the
+/// bytes put on the wire over both runs against an uninterrupted transfer of the same size
+/// measured in the same run (so headers and acknowledgements cancel out).
+#[test]
+#[ignore = "benchmark: scripts/bench.sh resume"]
+fn resume_benchmark() {
+    let mib: u64 = std::env::var("RESUME_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let Some(mut m) = Matrix::new(mib << 20, 400_000) else {
+        return;
+    };
+    let mut n = 100;
+    for relayed in [false, true] {
+        n += 1;
+        let base = m.baseline(relayed, n);
+        println!(
+            "{}: an uninterrupted {mib} MiB transfer puts {:.1} MiB on the wire ({:.3}x the file)",
+            if relayed { "relayed" } else { "direct" },
+            base as f64 / 1048576.0,
+            base as f64 / (mib << 20) as f64
+        );
+        for stop in [
+            Stop::CtrlCSender,
+            Stop::CtrlCReceiver,
+            Stop::KillSender,
+            Stop::KillReceiver,
+            Stop::PathCut,
+        ] {
+            n += 1;
+            let r = m.case(stop, relayed, n);
+            let extra = r.wire_bytes as f64 - base as f64;
+            println!(
+                "  {}; both runs on the wire: {:.1} MiB, {:+.1} MiB = {:+.2} % of the file sent again",
+                r.text,
+                r.wire_bytes as f64 / 1048576.0,
+                extra / 1048576.0,
+                100.0 * extra / (mib << 20) as f64
+            );
+        }
     }
 }
