@@ -1610,7 +1610,8 @@ async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
                 if let Some(id) = id {
                     engine.interrupt_transfer(peer, id);
                 } else {
-                    engine.interrupt_transfers().await;
+                    // Not accepted yet: withdrawing the offer is enough (the transfer stays
+                    // open here, and the same `send` offers it again under its id).
                     job.abort();
                     break Err(p2pcall_core::EngineError::Aborted { code: p2pcall_proto::transfer::AbortCode::Interrupted, reason: "interrupted before the peer answered".into() });
                 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lines, p2pcall};
+use common::{Lines, identity, p2pcall, relay_args, relay_started};
 use p2pcall_netlab::MultiHomed;
 use serde_json::Value;
 
@@ -89,23 +89,9 @@ impl Soak {
         let dir = host.dir.clone();
         std::fs::create_dir_all(dir.join("files")).unwrap();
         let mut relay = host.command(&bin);
-        relay
-            .arg("--data-dir")
-            .arg(dir.join("relay"))
-            .args(["--json", "relay", "--listen", "0.0.0.0:7700"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let child = host.spawn(&mut relay).unwrap();
-        Lines::new(child.stdout.take().unwrap())
-            .wait_event("relay_started", Duration::from_secs(10));
-        let out = Command::new(&bin)
-            .arg("--data-dir")
-            .arg(dir.join("alice"))
-            .args(["--json", "id"])
-            .output()
-            .unwrap();
-        let id: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let alice = id["id"].as_str().unwrap().to_string();
+        relay_args(&mut relay, &dir.join("relay"), "0.0.0.0:7700");
+        relay_started(host.spawn(&mut relay).unwrap());
+        let alice = identity(&dir.join("alice"));
         let (listener, events) = start_listener(&mut host, &bin);
         Some(Soak {
             host,

@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lines, delayer, p2pcall};
+use common::{Lines, delayer, identity, p2pcall, relay_args, relay_started};
 use p2pcall_netlab::{Host, Impair, Lab, Nat, RELAY_IP};
-use serde_json::Value;
 
 /// The file of the CI matrix, and its links' rate.
 const FILE_BYTES: u64 = 48 << 20;
@@ -35,6 +34,16 @@ enum Stop {
     KillSender,
     KillReceiver,
     PathCut,
+}
+
+impl Stop {
+    const ALL: [Stop; 5] = [
+        Stop::CtrlCSender,
+        Stop::CtrlCReceiver,
+        Stop::KillSender,
+        Stop::KillReceiver,
+        Stop::PathCut,
+    ];
 }
 
 struct Matrix {
@@ -110,25 +119,9 @@ impl Matrix {
         lab.set_rate(rate_kbit).unwrap();
         let dir = lab.dir.clone();
         let mut relay = lab.command(Host::Relay, &bin);
-        relay
-            .arg("--data-dir")
-            .arg(dir.join("relay"))
-            .args(["--json", "relay", "--listen", &format!("{RELAY_IP}:7700")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let child = lab.spawn(&mut relay).unwrap();
-        Lines::new(child.stdout.take().unwrap())
-            .wait_event("relay_started", Duration::from_secs(10));
-        let out = Command::new(&bin)
-            .arg("--data-dir")
-            .arg(dir.join("b"))
-            .args(["--json", "id"])
-            .output()
-            .unwrap();
-        let bob = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        relay_args(&mut relay, &dir.join("relay"), &format!("{RELAY_IP}:7700"));
+        relay_started(lab.spawn(&mut relay).unwrap());
+        let bob = identity(&dir.join("b"));
         let inbox = dir.join("inbox");
         let (b_pid, b_out) = start_receiver(&mut lab, &bin, &inbox);
         Some(Matrix {
@@ -335,13 +328,7 @@ fn every_interruption_resumes_from_the_verified_chunks() {
     let mut n = 0;
     let mut rows = Vec::new();
     for relayed in [false, true] {
-        for stop in [
-            Stop::CtrlCSender,
-            Stop::CtrlCReceiver,
-            Stop::KillSender,
-            Stop::KillReceiver,
-            Stop::PathCut,
-        ] {
+        for stop in Stop::ALL {
             n += 1;
             rows.push(m.case(stop, relayed, n).text);
         }
@@ -374,13 +361,7 @@ fn resume_benchmark() {
             base as f64 / 1048576.0,
             base as f64 / (mib << 20) as f64
         );
-        for stop in [
-            Stop::CtrlCSender,
-            Stop::CtrlCReceiver,
-            Stop::KillSender,
-            Stop::KillReceiver,
-            Stop::PathCut,
-        ] {
+        for stop in Stop::ALL {
             n += 1;
             let r = m.case(stop, relayed, n);
             let extra = r.wire_bytes as f64 - base as f64;

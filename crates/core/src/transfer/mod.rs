@@ -269,29 +269,23 @@ impl EngineHandle {
     /// Cancels a transfer in either direction; both sides are told, no half-written file
     /// stays in place, and the partial data is removed.
     pub fn cancel_transfer(&self, peer: PeerId, id: TransferId) -> bool {
-        let Ok(m) = self.shared().transfers.cancels.lock() else {
-            return false;
-        };
-        let mut any = false;
-        for outgoing in [true, false] {
-            if let Some(tx) = m.get(&((peer, id), outgoing)) {
-                tx.send_replace(Some("cancelled by the user".into()));
-                any = true;
-            }
-        }
-        any
+        self.stop_transfer(peer, id, "cancelled by the user")
     }
 
     /// Interrupts a transfer in either direction (Ctrl-C on a `send`): both sides keep what
     /// was verified, and the same `send` resumes from there. Returns whether one was running.
     pub fn interrupt_transfer(&self, peer: PeerId, id: TransferId) -> bool {
+        self.stop_transfer(peer, id, INTERRUPTED)
+    }
+
+    fn stop_transfer(&self, peer: PeerId, id: TransferId, reason: &str) -> bool {
         let Ok(m) = self.shared().transfers.cancels.lock() else {
             return false;
         };
         let mut any = false;
         for outgoing in [true, false] {
             if let Some(tx) = m.get(&((peer, id), outgoing)) {
-                tx.send_replace(Some(INTERRUPTED.into()));
+                tx.send_replace(Some(reason.into()));
                 any = true;
             }
         }

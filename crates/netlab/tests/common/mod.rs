@@ -27,6 +27,33 @@ pub fn p2pcall() -> PathBuf {
     bin
 }
 
+/// Makes `cmd` (a `p2pcall` command on some lab host) run a relay on `listen` with its data
+/// in `data`, JSON lines on stdout.
+pub fn relay_args(cmd: &mut Command, data: &std::path::Path, listen: &str) {
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(["--json", "relay", "--listen", listen])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+}
+
+/// Waits until a relay started with [`relay_args`] is serving.
+pub fn relay_started(child: &mut std::process::Child) {
+    Lines::new(child.stdout.take().unwrap()).wait_event("relay_started", Duration::from_secs(10));
+}
+
+/// The full id of the identity in `data` (created if missing).
+pub fn identity(data: &std::path::Path) -> String {
+    let out = Command::new(p2pcall())
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--json", "id"])
+        .output()
+        .unwrap();
+    let id: Value = serde_json::from_slice(&out.stdout).unwrap();
+    id["id"].as_str().unwrap().to_string()
+}
+
 pub fn delayer() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_netlab-delay"))
 }
@@ -103,23 +130,9 @@ pub fn lab_with_listener_args(
     let dir = lab.dir.clone();
     let relay = format!("{RELAY_IP}:7700");
     let mut cmd = lab.command(Host::Relay, &bin);
-    cmd.arg("--data-dir")
-        .arg(dir.join("relay"))
-        .args(["--json", "relay", "--listen", &relay])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let child = lab.spawn(&mut cmd).unwrap();
-    let relay_out = Lines::new(child.stdout.take().unwrap());
-    relay_out.wait_event("relay_started", Duration::from_secs(10));
-
-    let out = Command::new(&bin)
-        .arg("--data-dir")
-        .arg(dir.join("b"))
-        .args(["--json", "id"])
-        .output()
-        .unwrap();
-    let id: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = id["id"].as_str().unwrap().to_string();
+    relay_args(&mut cmd, &dir.join("relay"), &relay);
+    relay_started(lab.spawn(&mut cmd).unwrap());
+    let id = identity(&dir.join("b"));
 
     let mut cmd = lab.command(Host::PeerB, &bin);
     cmd.arg("--data-dir")
