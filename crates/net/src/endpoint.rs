@@ -782,6 +782,7 @@ impl PeerConnection {
         }
         .encode(&mut buf);
         let sent = Instant::now();
+        tracing::trace!(serial = self.shared.serial, seq, "ping sent");
         self.shared.conn.send_datagram(Bytes::from(buf))?;
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(at)) => Ok(at.saturating_duration_since(sent)),
@@ -834,9 +835,18 @@ fn start_connection(
     route.conns.fetch_add(1, Ordering::Relaxed);
     // The newest connection to a peer steers its route, starting on the relay path: a
     // direct path of an earlier connection (often a dead process's port) is not trusted
-    // until probed again, and its validated addresses are forgotten.
+    // until probed again. With no other connection alive, what earlier ones validated is
+    // forgotten now; otherwise when the peer's `Hello` shows they were another instance
+    // (a second connection from the same process keeps them: its traffic is in flight).
     let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
-    inner.socket.forget_direct(&route);
+    let alone = inner
+        .conns
+        .lock()
+        .map(|c| c.get(&route.id).is_none_or(Vec::is_empty))
+        .unwrap_or(true);
+    if alone {
+        inner.socket.forget_direct(&route, serial);
+    }
     route.claim(serial);
     let path_rx = route.watch_path();
     let (dg_tx, dg_rx) = mpsc::channel(256);
@@ -888,10 +898,7 @@ fn local_candidates(inner: &Inner) -> Vec<SocketAddr> {
             let usable = match ip {
                 IpAddr::V4(_) => true,
                 // Link-local IPv6 needs a scope id the other side cannot use.
-                IpAddr::V6(v6) => {
-                    !v6.is_unicast_link_local()
-                        && inner.socket.family(SocketAddr::new(ip, 0)).is_ipv6()
-                }
+                IpAddr::V6(v6) => !v6.is_unicast_link_local() && inner.socket.is_v6(),
             };
             if usable {
                 out.push(SocketAddr::new(ip, port));
@@ -1044,7 +1051,7 @@ async fn send_frame(send: &mut quinn::SendStream, f: &PeerFrame, peer: PeerId) {
 
 /// Closes older connections to the same peer whose peer process was another instance than
 /// `instance` (the peer restarted: they are dead, and would only hold streams until their
-/// idle timeout).
+/// idle timeout), and forgets the direct addresses they validated.
 fn close_restarted(inner: &Inner, shared: &ConnShared, instance: u64) {
     let stale: Vec<quinn::Connection> = inner
         .conns
@@ -1064,6 +1071,9 @@ fn close_restarted(inner: &Inner, shared: &ConnShared, instance: u64) {
                 .collect()
         })
         .unwrap_or_default();
+    if !stale.is_empty() {
+        inner.socket.forget_direct(&shared.route, shared.serial);
+    }
     for c in stale {
         tracing::debug!(peer = %shared.peer, "closing a connection to the peer's previous instance");
         c.close(CLOSE_PEER_RESTARTED.into(), b"the peer restarted");
@@ -1153,7 +1163,7 @@ async fn drive_connection(
             },
             Some(pkt) = probe_rx.recv() => {
                 if inner.direct_paths && pm.handle_control(pkt.at, pkt.from, pkt.via, &pkt.packet) {
-                    inner.socket.map_direct(pkt.from, &shared.route);
+                    inner.socket.map_direct(pkt.from, &shared.route, serial);
                 }
             }
             Ok(()) = mapping_rx.changed() => {
@@ -1187,7 +1197,7 @@ async fn drive_connection(
             // An older connection ended and this one steers the route now: apply what its
             // path manager knows.
             for a in pm.validated() {
-                inner.socket.map_direct(a, &shared.route);
+                inner.socket.map_direct(a, &shared.route, serial);
             }
             if let Path::Direct(_) = pm.selected() {
                 shared
@@ -1301,11 +1311,13 @@ async fn watch_interfaces(inner: Arc<Inner>) {
 fn handle_datagram(shared: &ConnShared, app: &mpsc::Sender<Bytes>, d: Bytes) {
     match Datagram::decode(&d) {
         Ok(Datagram::Ping { seq, pad }) => {
+            tracing::trace!(serial = shared.serial, seq, "ping datagram");
             let mut buf = Vec::new();
             Datagram::Pong { seq, pad }.encode(&mut buf);
             let _ = shared.conn.send_datagram(Bytes::from(buf));
         }
         Ok(Datagram::Pong { seq, .. }) => {
+            tracing::trace!(serial = shared.serial, seq, "pong datagram");
             let now = Instant::now();
             if let Some(tx) = shared.pings.lock().ok().and_then(|mut m| m.remove(&seq)) {
                 let _ = tx.send(now);
@@ -1351,6 +1363,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                 return;
             };
             let pc = start_connection(inner.clone(), conn, route, send, recv, false);
+            tracing::trace!(serial = pc.shared.serial, "accepted");
             inner.emit(crate::Event::Incoming(pc)).await;
         });
     }

@@ -215,7 +215,9 @@ impl PeerRoute {
 struct Routes {
     by_vaddr: HashMap<SocketAddr, Arc<PeerRoute>>,
     by_peer: HashMap<PeerId, Arc<PeerRoute>>,
-    by_direct: HashMap<SocketAddr, Arc<PeerRoute>>,
+    /// Validated direct addresses: the route their packets belong to, and the connection
+    /// (serial) that validated them (0: announced by mDNS).
+    by_direct: HashMap<SocketAddr, (Arc<PeerRoute>, u64)>,
     next_index: u32,
 }
 
@@ -290,6 +292,11 @@ impl MagicSocket {
         p2pcall_tls::udp::in_family(self.v6, a)
     }
 
+    /// Whether the socket is IPv6 (dual-stack); an IPv4 socket can reach no IPv6 address.
+    pub(crate) fn is_v6(&self) -> bool {
+        self.v6
+    }
+
     /// The local port.
     pub fn local_port(&self) -> u16 {
         self.io.local_addr().map_or(0, |a| a.port())
@@ -317,7 +324,7 @@ impl MagicSocket {
         self.routes
             .read()
             .ok()
-            .and_then(|r| r.by_direct.get(&canonical(addr)).cloned())
+            .and_then(|r| r.by_direct.get(&canonical(addr)).map(|d| d.0.clone()))
             .is_some_and(|r| Arc::ptr_eq(&r, route))
     }
 
@@ -340,7 +347,7 @@ impl MagicSocket {
                 .cloned()?;
             routes.by_peer.remove(&idle.id);
             routes.by_vaddr.remove(&idle.vaddr);
-            routes.by_direct.retain(|_, v| !Arc::ptr_eq(v, &idle));
+            routes.by_direct.retain(|_, v| !Arc::ptr_eq(&v.0, &idle));
         }
         routes.next_index += 1;
         let n = routes.next_index;
@@ -377,8 +384,9 @@ impl MagicSocket {
             .cloned()
     }
 
-    /// Lets QUIC packets from `addr` be attributed to `route` (after an authenticated probe).
-    pub(crate) fn map_direct(&self, addr: SocketAddr, route: &Arc<PeerRoute>) {
+    /// Lets QUIC packets from `addr` be attributed to `route`: connection `serial` just
+    /// validated it with an authenticated probe (0: mDNS announced it).
+    pub(crate) fn map_direct(&self, addr: SocketAddr, route: &Arc<PeerRoute>, serial: u64) {
         let addr = canonical(addr);
         let Ok(mut routes) = self.routes.write() else {
             return;
@@ -386,22 +394,22 @@ impl MagicSocket {
         let mine = routes
             .by_direct
             .values()
-            .filter(|r| Arc::ptr_eq(r, route))
+            .filter(|(r, _)| Arc::ptr_eq(r, route))
             .count();
         if mine < MAX_DIRECT_PER_PEER || routes.by_direct.contains_key(&addr) {
-            routes.by_direct.insert(addr, route.clone());
+            routes.by_direct.insert(addr, (route.clone(), serial));
         }
     }
 
-    /// Forgets every direct address validated for `route` (but its mDNS-announced ones): a
-    /// new connection validates its own, and a dead process's address must not keep
-    /// attracting the peer's packets.
-    pub(crate) fn forget_direct(&self, route: &Arc<PeerRoute>) {
-        let keep = route.lan_all.lock().map(|l| l.clone()).unwrap_or_default();
+    /// Forgets the direct addresses of `route` that connection `keep` did not validate
+    /// (mDNS-announced ones stay): those of a peer process that is gone, which must neither
+    /// attract its packets nor fill the per-peer cap that a new process's addresses need.
+    pub(crate) fn forget_direct(&self, route: &Arc<PeerRoute>, keep: u64) {
+        let lan = route.lan_all.lock().map(|l| l.clone()).unwrap_or_default();
         if let Ok(mut routes) = self.routes.write() {
-            routes
-                .by_direct
-                .retain(|a, r| !Arc::ptr_eq(r, route) || keep.contains(a));
+            routes.by_direct.retain(|a, (r, serial)| {
+                !Arc::ptr_eq(r, route) || *serial == keep || lan.contains(a)
+            });
         }
     }
 
@@ -426,7 +434,7 @@ impl MagicSocket {
             && routes
                 .by_direct
                 .get(&old)
-                .is_some_and(|r| Arc::ptr_eq(r, route))
+                .is_some_and(|(r, _)| Arc::ptr_eq(r, route))
         {
             routes.by_direct.remove(&old);
         }
@@ -435,7 +443,7 @@ impl MagicSocket {
         }
         route.path_tx.send_replace(route.path());
         for a in all {
-            self.map_direct(*a, route);
+            self.map_direct(*a, route, 0);
         }
     }
 
@@ -523,14 +531,17 @@ impl MagicSocket {
                         .routes
                         .read()
                         .ok()
-                        .and_then(|r| r.by_direct.get(&src).cloned());
+                        .and_then(|r| r.by_direct.get(&src).map(|d| d.0.clone()));
                     match route {
                         Some(r) => {
                             r.note_direct_rx(src, now, len);
                             meta[i].addr = self.family(r.vaddr);
                             true
                         }
-                        None => false,
+                        None => {
+                            tracing::trace!(%src, "QUIC packet from an address no route knows");
+                            false
+                        }
                     }
                 }
             } else if first == packet::RELAY_RECV && Some(src) == relay_addr {

@@ -435,3 +435,24 @@ async fn limits_are_enforced_and_counted() {
     assert!(relay.metrics().drops(DropReason::RateLimited) > 0);
     c.ep.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_dialing_at_once_get_two_working_connections_that_go_direct() {
+    let relay = relay().await;
+    let a = peer("alice", relay.udp_addr, true).await;
+    let b = peer("bob", relay.udp_addr, true).await;
+    let (ab, ba) = tokio::join!(a.ep.connect(b.ep.id()), b.ep.connect(a.ep.id()));
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    // Each side also accepted the other's connection; the route follows the newest, and
+    // both QUIC connections keep working on it.
+    for (name, c) in [("alice's", &ab), ("bob's", &ba)] {
+        let direct = c.wait_path(WAIT, |p| matches!(p, Path::Direct(_))).await;
+        assert!(direct.is_some(), "{name} connection never went direct");
+        for seq in 0..5 {
+            c.ping(seq, 0)
+                .await
+                .unwrap_or_else(|e| panic!("{name} ping {seq}: {e}"));
+        }
+    }
+    assert!(ab.quic().close_reason().is_none() && ba.quic().close_reason().is_none());
+}
