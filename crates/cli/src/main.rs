@@ -1046,7 +1046,11 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
     }
     engine.shutdown().await;
     if rtts.is_empty() && sent > 0 {
-        bail!("no ping was answered");
+        return Err(exit::Fail::PeerSilent(format!(
+            "none of the {sent} pings was answered within {} s",
+            p2pcall_net::PING_TIMEOUT.as_secs()
+        ))
+        .into());
     }
     Ok(())
 }

@@ -26,8 +26,8 @@ mod relay_client;
 pub mod socket;
 
 pub use endpoint::{
-    ConnectionStats, Endpoint, EndpointConfig, Event, PeerConnection, PresenceEvent, RelayConfig,
-    RelayTransport,
+    ConnectionStats, Endpoint, EndpointConfig, Event, PING_TIMEOUT, PeerConnection, PresenceEvent,
+    RelayConfig, RelayTransport,
 };
 pub use error::NetError;
 pub use lan::{LAN_SETTLE, LanConfig};
