@@ -2,8 +2,9 @@
 //! with an IPv4 and an IPv6 address (six equal-RTT candidates per peer), a relay, one
 //! listening peer, and one-shot commands from another identity one after the other
 //! (`ping -c 1`, `chat`, `send` of a small file), with gaps of 0 to 2 s, while the listener
-//! is killed (SIGKILL or Ctrl-C) and restarted now and then. Every command must succeed:
-//! each one starts a new process with the same key as the last, which died a moment ago.
+//! is killed (SIGKILL or Ctrl-C) and restarted now and then, and the relay is restarted.
+//! Every command must succeed: each one starts a new process with the same key as the last,
+//! which died a moment ago.
 //!
 //! CI runs a short version (`reconnects_never_fail`); `scripts/bench.sh reconnect` runs
 //! 1,000 and prints failures and connect time p50/p99, direct and relayed. Needs root;
@@ -13,10 +14,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Lines, identity, p2pcall, relay_args, relay_started};
+use common::{
+    Lines, gone, identity, kill, listener_args, listener_started, p2pcall, relay_args,
+    relay_started,
+};
 use p2pcall_netlab::MultiHomed;
 use serde_json::Value;
 
@@ -36,8 +40,9 @@ struct Soak {
     host: MultiHomed,
     bin: PathBuf,
     alice: String,
+    relay: u32,
     listener: u32,
-    _events: Lines,
+    events: Lines,
     restarts: u32,
 }
 
@@ -61,7 +66,7 @@ impl Report {
 
     fn print(&self, what: &str, restarts: u32) {
         println!(
-            "{what}: {} reconnects (ping {}, chat {}, send {}), listener restarted {restarts} times: {} failures; connect p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (ping's connect_ms, {} samples)",
+            "{what}: {} reconnects (ping {}, chat {}, send {}), listener or relay restarted {restarts} times: {} failures; connect p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (ping's connect_ms, {} samples)",
             self.runs,
             self.by_kind[0],
             self.by_kind[1],
@@ -88,43 +93,43 @@ impl Soak {
         let mut host = MultiHomed::new().unwrap();
         let dir = host.dir.clone();
         std::fs::create_dir_all(dir.join("files")).unwrap();
-        let mut relay = host.command(&bin);
-        relay_args(&mut relay, &dir.join("relay"), "0.0.0.0:7700");
-        relay_started(host.spawn(&mut relay).unwrap());
+        let relay = start_relay(&mut host, &bin);
         let alice = identity(&dir.join("alice"));
         let (listener, events) = start_listener(&mut host, &bin);
         Some(Soak {
             host,
             bin,
             alice,
+            relay,
             listener,
-            _events: events,
+            events,
             restarts: 0,
         })
     }
 
-    /// Kills the listener (SIGKILL or SIGINT, alternately) and starts it again; returns
-    /// once it is registered with the relay.
-    fn restart_listener(&mut self) {
-        let signal = if self.restarts.is_multiple_of(2) {
-            "-KILL"
-        } else {
-            "-INT"
-        };
-        let _ = Command::new("kill")
-            .args([signal, &self.listener.to_string()])
-            .status();
-        let gone = Instant::now() + Duration::from_secs(10);
-        while std::path::Path::new(&format!("/proc/{}", self.listener)).exists()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.listener))
-                .is_ok_and(|s| s.contains(") Z "))
-            && Instant::now() < gone
-        {
-            std::thread::sleep(Duration::from_millis(10));
+    /// Restarts, in turn: the listener killed with SIGKILL, the listener stopped with
+    /// Ctrl-C, the relay stopped (SIGTERM) and started again. Returns once the listener is
+    /// registered with the relay.
+    fn restart(&mut self) {
+        match self.restarts % 3 {
+            2 => {
+                kill(self.relay, "-TERM");
+                assert!(gone(self.relay, Duration::from_secs(10)), "relay stuck");
+                self.relay = start_relay(&mut self.host, &self.bin);
+                self.events
+                    .wait_event("relay_connected", Duration::from_secs(30));
+            }
+            n => {
+                kill(self.listener, if n == 0 { "-KILL" } else { "-INT" });
+                assert!(
+                    gone(self.listener, Duration::from_secs(10)),
+                    "listener stuck"
+                );
+                let (pid, events) = start_listener(&mut self.host, &self.bin);
+                self.listener = pid;
+                self.events = events;
+            }
         }
-        let (pid, events) = start_listener(&mut self.host, &self.bin);
-        self.listener = pid;
-        self._events = events;
         self.restarts += 1;
     }
 
@@ -195,7 +200,7 @@ impl Soak {
         let mut x = seed | 1;
         for i in 0..n {
             if i > 0 && i.is_multiple_of(restart_every) {
-                self.restart_listener();
+                self.restart();
             }
             let kind = match i % 10 {
                 3 | 7 => Kind::Chat,
@@ -220,21 +225,19 @@ impl Soak {
     }
 }
 
-fn start_listener(host: &mut MultiHomed, bin: &PathBuf) -> (u32, Lines) {
-    let dir = host.dir.clone();
+fn start_relay(host: &mut MultiHomed, bin: &PathBuf) -> u32 {
     let mut cmd = host.command(bin);
-    cmd.arg("--data-dir")
-        .arg(dir.join("alice"))
-        .args(["--relay", "127.0.0.1", "--name", "alice", "--json"])
-        .args(["--no-port-mapping", "listen", "--accept-files"])
-        .arg(dir.join("inbox"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    relay_args(&mut cmd, &host.dir.join("relay"), "0.0.0.0:7700");
     let child = host.spawn(&mut cmd).unwrap();
-    let pid = child.id();
-    let events = Lines::new(child.stdout.take().unwrap());
-    events.wait_event("relay_connected", Duration::from_secs(15));
-    (pid, events)
+    relay_started(child);
+    child.id()
+}
+
+fn start_listener(host: &mut MultiHomed, bin: &PathBuf) -> (u32, Lines) {
+    let mut cmd = host.command(bin);
+    let (alice, inbox) = (host.dir.join("alice"), host.dir.join("inbox"));
+    listener_args(&mut cmd, &alice, "127.0.0.1", "alice", &inbox);
+    listener_started(host.spawn(&mut cmd).unwrap())
 }
 
 #[test]

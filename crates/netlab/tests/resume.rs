@@ -9,10 +9,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Lines, delayer, identity, p2pcall, relay_args, relay_started};
+use common::{
+    Lines, delayer, gone, identity, kill, listener_args, listener_started, p2pcall, relay_args,
+    relay_started,
+};
 use p2pcall_netlab::{Host, Impair, Lab, Nat, RELAY_IP};
 
 /// The file of the CI matrix, and its links' rate.
@@ -54,25 +57,6 @@ struct Matrix {
     inbox: PathBuf,
     b_pid: u32,
     b_out: Lines,
-}
-
-fn kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status();
-}
-
-fn gone(pid: u32, within: Duration) -> bool {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        let alive =
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
-        if !alive {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 /// Pseudo-random content (no all-zero chunks: those travel without payload).
@@ -309,18 +293,9 @@ impl Matrix {
 
 fn start_receiver(lab: &mut Lab, bin: &Path, inbox: &Path) -> (u32, Lines) {
     let mut cmd = lab.command(Host::PeerB, bin);
-    cmd.arg("--data-dir")
-        .arg(lab.dir.join("b"))
-        .args(["--relay", &format!("{RELAY_IP}:7700"), "--name", "bob"])
-        .args(["--json", "--no-port-mapping", "listen", "--accept-files"])
-        .arg(inbox)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let child = lab.spawn(&mut cmd).unwrap();
-    let pid = child.id();
-    let out = Lines::new(child.stdout.take().unwrap());
-    out.wait_event("relay_connected", Duration::from_secs(15));
-    (pid, out)
+    let relay = format!("{RELAY_IP}:7700");
+    listener_args(&mut cmd, &lab.dir.join("b"), &relay, "bob", inbox);
+    listener_started(lab.spawn(&mut cmd).unwrap())
 }
 
 #[test]

@@ -54,6 +54,60 @@ pub fn identity(data: &std::path::Path) -> String {
     id["id"].as_str().unwrap().to_string()
 }
 
+/// Makes `cmd` run `listen --accept-files inbox` as `name` (data in `data`) on `relay`,
+/// JSON lines on stdout.
+pub fn listener_args(
+    cmd: &mut Command,
+    data: &std::path::Path,
+    relay: &str,
+    name: &str,
+    inbox: &std::path::Path,
+) {
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args([
+            "--relay",
+            relay,
+            "--name",
+            name,
+            "--json",
+            "--no-port-mapping",
+        ])
+        .args(["listen", "--accept-files"])
+        .arg(inbox)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+}
+
+/// Waits until a listener started with [`listener_args`] is registered with its relay;
+/// returns its pid and its JSON lines.
+pub fn listener_started(child: &mut std::process::Child) -> (u32, Lines) {
+    let lines = Lines::new(child.stdout.take().unwrap());
+    lines.wait_event("relay_connected", Duration::from_secs(15));
+    (child.id(), lines)
+}
+
+/// Sends `signal` (`-KILL`, `-INT`, `-TERM`) to process `pid`.
+pub fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+}
+
+/// Whether process `pid` is gone (or a zombie) within `within`.
+pub fn gone(pid: u32, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        if !alive {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 pub fn delayer() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_netlab-delay"))
 }
