@@ -42,10 +42,9 @@ pub fn run(store: &Store, json: bool, a: &TransfersArgs) -> Result<()> {
 
 fn name_of(store: &Store, r: &TransferRecord) -> String {
     store
-        .contacts()
+        .contact_name(&r.peer)
         .ok()
-        .and_then(|c| c.into_iter().find(|c| c.peer == r.peer))
-        .map(|c| c.name)
+        .flatten()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| r.peer.fingerprint().to_string())
 }

@@ -471,15 +471,7 @@ impl EngineHandle {
             .into_iter()
             .find(|p| p.id == *peer)
             .map(|p| p.name)
-            .or_else(|| {
-                self.shared
-                    .store
-                    .contacts()
-                    .ok()?
-                    .into_iter()
-                    .find(|c| c.peer == *peer)
-                    .map(|c| c.name)
-            })
+            .or_else(|| self.shared.store.contact_name(peer).ok().flatten())
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| peer.fingerprint().to_string())
     }

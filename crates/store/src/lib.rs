@@ -522,6 +522,18 @@ impl Store {
         Ok(())
     }
 
+    /// The name `peer` was last seen under, if it is a contact.
+    pub fn contact_name(&self, peer: &PeerId) -> Result<Option<String>> {
+        Ok(self
+            .db()?
+            .query_row(
+                "SELECT name FROM contacts WHERE peer = ?1",
+                params![peer.as_bytes().as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Every known peer, most recently seen first.
     pub fn contacts(&self) -> Result<Vec<Contact>> {
         let db = self.db()?;
