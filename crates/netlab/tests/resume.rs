@@ -10,6 +10,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -314,6 +316,44 @@ fn every_interruption_resumes_from_the_verified_chunks() {
     for r in rows {
         println!("{r}");
     }
+
+    // A transfer nobody resumes: the receiver lists it with its partial file, and
+    // `transfers clean` gives it up and removes the file.
+    let file = m.lab.dir.join("abandoned.bin");
+    write_file(&file, 77, FILE_BYTES);
+    m.drain();
+    let (pid, _out) = m.send(&file, false);
+    m.wait_verified(FILE_BYTES / 4);
+    kill(pid, "-INT");
+    assert!(gone(pid, Duration::from_secs(30)));
+    let transfers = |args: &[&str]| -> Value {
+        let out = m
+            .lab
+            .command(Host::PeerB, &m.bin)
+            .arg("--data-dir")
+            .arg(m.lab.dir.join("b"))
+            .args(["--json", "transfers"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let listed = transfers(&[]);
+    let incoming = listed["incoming"].as_array().unwrap();
+    assert_eq!(incoming.len(), 1, "{listed}");
+    assert_eq!(incoming[0]["state"], "interrupted", "{listed}");
+    assert_eq!(incoming[0]["partial_files"].as_array().unwrap().len(), 1);
+    assert!(incoming[0]["partial_bytes"].as_u64().unwrap() >= FILE_BYTES / 4);
+    let cleaned = transfers(&["clean"]);
+    assert_eq!(
+        (cleaned["transfers"].as_u64(), cleaned["files"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(transfers(&[])["incoming"].as_array().unwrap().is_empty());
+    let mut parts = Vec::new();
+    parts_under(&m.inbox, &mut parts);
+    assert!(parts.is_empty(), "{parts:?}");
 }
 
 /// `RESUME_MIB` (default 1,024) MiB interrupted half-way and resumed, at 400 Mbit/s: the
