@@ -187,10 +187,8 @@ async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connect
     // A relay that is not running answers with ICMP at once: do not wait for the handshake
     // to time out then.
     let refused = async {
-        if udp_port_unreachable(cfg.addr).await {
-            std::future::ready(()).await
-        } else {
-            std::future::pending::<()>().await
+        if !udp_port_unreachable(cfg.addr).await {
+            std::future::pending::<()>().await;
         }
     };
     tokio::select! {
