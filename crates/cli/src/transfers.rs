@@ -60,6 +60,21 @@ fn state(r: &TransferRecord) -> &'static str {
     }
 }
 
+/// One transfer in a line: direction, id, peer, state, size, age.
+fn line(store: &Store, r: &TransferRecord) -> String {
+    format!(
+        "{}  {}  {} {}  {} ({} files, {})  {} ago",
+        if r.outgoing { "out" } else { "in " },
+        id_hex(&r.id),
+        if r.outgoing { "to" } else { "from" },
+        name_of(store, r),
+        state(r),
+        r.files,
+        human(r.total_bytes as f64),
+        since(r.updated_ms),
+    )
+}
+
 fn incoming_json(store: &Store, u: &Unfinished) -> serde_json::Value {
     let r = &u.record;
     json!({
@@ -97,13 +112,8 @@ fn list(store: &Store, json: bool) -> Result<()> {
     for u in &incoming {
         let r = &u.record;
         println!(
-            "in   {}  from {}  {} ({} files, {})  {} ago; partial files: {} ({} on disk){}",
-            id_hex(&r.id),
-            name_of(store, r),
-            state(r),
-            r.files,
-            human(r.total_bytes as f64),
-            since(r.updated_ms),
+            "{}; partial files: {} ({} on disk){}",
+            line(store, r),
             u.partials.len(),
             human(u.partial_bytes as f64),
             r.dest
@@ -114,13 +124,8 @@ fn list(store: &Store, json: bool) -> Result<()> {
     }
     for r in &outgoing {
         println!(
-            "out  {}  to {}  {} ({} files, {})  {} ago: run `p2pcall send {} {}` again to resume",
-            id_hex(&r.id),
-            name_of(store, r),
-            state(r),
-            r.files,
-            human(r.total_bytes as f64),
-            since(r.updated_ms),
+            "{}: run `p2pcall send {} {}` again to resume",
+            line(store, r),
             r.peer.fingerprint(),
             r.sources
                 .iter()

@@ -221,10 +221,7 @@ impl Lab {
     /// links. `delayer` is the path of the `netlab-delay` program (needed only when
     /// `impair` delays or drops).
     pub fn new(a: Nat, b: Nat, impair: Impair, delayer: &Path) -> io::Result<Lab> {
-        let n = LABS.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("p2l{}x{n}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir)?;
+        let (prefix, dir) = scratch("p2l")?;
         let mut lab = Lab {
             prefix,
             children: Vec::new(),
@@ -273,10 +270,7 @@ impl Lab {
 
     /// Starts `cmd` (from [`command`](Self::command)) and kills it when the lab ends.
     pub fn spawn(&mut self, cmd: &mut Command) -> io::Result<&mut Child> {
-        let child = cmd.spawn()?;
-        self.children.push(child);
-        let last = self.children.len() - 1;
-        Ok(&mut self.children[last])
+        spawn_kept(&mut self.children, cmd)
     }
 
     fn build(&mut self, impair: Impair, delayer: &Path) -> io::Result<()> {
@@ -498,10 +492,7 @@ impl MultiHomed {
 
     /// Builds the host.
     pub fn new() -> io::Result<MultiHomed> {
-        let n = LABS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("p2m{}x{n}", std::process::id());
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&dir)?;
+        let (name, dir) = scratch("p2m")?;
         let host = MultiHomed {
             name,
             children: Vec::new(),
@@ -538,9 +529,7 @@ impl MultiHomed {
 
     /// Starts `cmd` (from [`command`](Self::command)) and kills it when the host ends.
     pub fn spawn(&mut self, cmd: &mut Command) -> io::Result<&mut Child> {
-        self.children.push(cmd.spawn()?);
-        let last = self.children.len() - 1;
-        Ok(&mut self.children[last])
+        spawn_kept(&mut self.children, cmd)
     }
 }
 
@@ -549,6 +538,23 @@ impl Drop for MultiHomed {
         let names = [self.name.clone()];
         teardown(&mut self.children, &names, &self.dir);
     }
+}
+
+/// A unique name for a lab's namespaces (`tag`, this process, a counter) and its scratch
+/// directory, created.
+fn scratch(tag: &str) -> io::Result<(String, PathBuf)> {
+    let n = LABS.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{tag}{}x{n}", std::process::id());
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir)?;
+    Ok((name, dir))
+}
+
+/// Starts `cmd` and keeps it in `children` (killed on teardown).
+fn spawn_kept<'a>(children: &'a mut Vec<Child>, cmd: &mut Command) -> io::Result<&'a mut Child> {
+    children.push(cmd.spawn()?);
+    let last = children.len() - 1;
+    Ok(&mut children[last])
 }
 
 /// Kills `children` and anything else still running in `namespaces` (started by a test by
@@ -595,10 +601,7 @@ impl LanPair {
 
     /// Builds the segment.
     pub fn new() -> io::Result<LanPair> {
-        let n = LABS.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("p2n{}x{n}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir)?;
+        let (prefix, dir) = scratch("p2n")?;
         let pair = LanPair {
             prefix,
             children: Vec::new(),
@@ -647,9 +650,7 @@ impl LanPair {
 
     /// Starts `cmd` (from [`command`](Self::command)) and kills it when the pair ends.
     pub fn spawn(&mut self, cmd: &mut Command) -> io::Result<&mut Child> {
-        self.children.push(cmd.spawn()?);
-        let last = self.children.len() - 1;
-        Ok(&mut self.children[last])
+        spawn_kept(&mut self.children, cmd)
     }
 }
 
