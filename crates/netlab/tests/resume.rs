@@ -339,7 +339,21 @@ fn every_interruption_resumes_from_the_verified_chunks() {
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let listed = transfers(&[]);
+    // The receiver records the interruption a moment after the sender has gone.
+    let end = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = transfers(&[]);
+        if listed["incoming"].as_array().is_some_and(|i| !i.is_empty()) {
+            break listed;
+        }
+        if Instant::now() > end {
+            let said: Vec<Value> = std::iter::from_fn(|| m.b_out.next(Duration::from_millis(200)))
+                .filter(|v| v["event"] != "transfer_progress")
+                .collect();
+            panic!("the receiver lists no unfinished transfer: {listed}; it said {said:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let incoming = listed["incoming"].as_array().unwrap();
     assert_eq!(incoming.len(), 1, "{listed}");
     assert_eq!(incoming[0]["state"], "interrupted", "{listed}");
