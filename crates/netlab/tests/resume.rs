@@ -319,11 +319,14 @@ fn every_interruption_resumes_from_the_verified_chunks() {
 
     // A transfer nobody resumes: the receiver lists it with its partial file, and
     // `transfers clean` gives it up and removes the file.
+    // At 8 Mbit/s the transfer is surely still running when its sender is stopped, however
+    // slowly this test is scheduled.
+    m.lab.set_rate(8_000).unwrap();
     let file = m.lab.dir.join("abandoned.bin");
     write_file(&file, 77, FILE_BYTES);
     m.drain();
     let (pid, _out) = m.send(&file, false);
-    m.wait_verified(FILE_BYTES / 4);
+    m.wait_verified(FILE_BYTES / 16);
     kill(pid, "-INT");
     assert!(gone(pid, Duration::from_secs(30)));
     let transfers = |args: &[&str]| -> Value {
@@ -358,7 +361,7 @@ fn every_interruption_resumes_from_the_verified_chunks() {
     assert_eq!(incoming.len(), 1, "{listed}");
     assert_eq!(incoming[0]["state"], "interrupted", "{listed}");
     assert_eq!(incoming[0]["partial_files"].as_array().unwrap().len(), 1);
-    assert!(incoming[0]["partial_bytes"].as_u64().unwrap() >= FILE_BYTES / 4);
+    assert!(incoming[0]["partial_bytes"].as_u64().unwrap() >= FILE_BYTES / 16);
     let cleaned = transfers(&["clean"]);
     assert_eq!(
         (cleaned["transfers"].as_u64(), cleaned["files"].as_u64()),
