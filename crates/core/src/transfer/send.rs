@@ -278,7 +278,12 @@ async fn send_inner(
     let hashes = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
+    // Set when the transfer stops: each worker resets its stream, so that the data quinn
+    // still holds for it (up to the 32 MiB connection window) is dropped rather than sent
+    // before the `Abort` frame, which on a slow link took tens of seconds.
+    let (stop_tx, stop_rx) = watch::channel(false);
     for _ in 0..DATA_STREAMS.min(files as usize) {
+        let mut stop = stop_rx.clone();
         let (conn, queue, counters, hashes) = (
             conn.clone(),
             queue.clone(),
@@ -294,18 +299,40 @@ async fn send_inner(
                 .open_uni()
                 .await
                 .map_err(|e| EngineError::Net(e.into()))?;
-            let mut head = vec![DATA];
-            head.extend_from_slice(&id);
-            s.write_all(&head).await.map_err(io_err)?;
-            let pool = super::Pool::default();
-            while let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
-                let (rel, root) = send_file(job, &mut s, &counters, &pool, &gate).await?;
-                if let Ok(mut h) = hashes.lock() {
-                    h.push((rel, root));
+            let sent = {
+                let work = async {
+                    let mut head = vec![DATA];
+                    head.extend_from_slice(&id);
+                    s.write_all(&head).await.map_err(io_err)?;
+                    let pool = super::Pool::default();
+                    while let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                        let (rel, root) = send_file(job, &mut s, &counters, &pool, &gate).await?;
+                        if let Ok(mut h) = hashes.lock() {
+                            h.push((rel, root));
+                        }
+                    }
+                    Ok::<(), EngineError>(())
+                };
+                tokio::pin!(work);
+                tokio::select! {
+                    r = &mut work => Some(r),
+                    _ = stop.wait_for(|s| *s) => None,
+                }
+            };
+            match sent {
+                Some(Ok(())) => {
+                    let _ = s.finish();
+                    Ok(())
+                }
+                Some(Err(e)) => {
+                    let _ = s.reset(DATA_STOPPED.into());
+                    Err(e)
+                }
+                None => {
+                    let _ = s.reset(DATA_STOPPED.into());
+                    Ok(())
                 }
             }
-            let _ = s.finish();
-            Ok::<(), EngineError>(())
         });
     }
 
@@ -349,6 +376,11 @@ async fn send_inner(
             }
         }
     };
+    stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(STOP_WAIT, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
     workers.abort_all();
     match result {
         Ok(()) => {
@@ -399,6 +431,11 @@ async fn send_inner(
         }
     }
 }
+
+/// Stream error code of a data stream the sender stopped (interrupted, cancelled, failed).
+const DATA_STOPPED: u32 = 4;
+/// How long a stopping transfer waits for its data streams to be reset.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the user stopped a transfer: interrupted (resumable) or cancelled.
 fn stop_reason(cancel: &watch::Receiver<Option<String>>) -> (AbortCode, String) {
