@@ -44,8 +44,17 @@ pub struct Cleaned {
 /// Every unfinished incoming transfer (offered or interrupted), oldest first, with the
 /// partial files it left.
 pub fn unfinished(store: &Store) -> Result<Vec<Unfinished>, EngineError> {
+    unfinished_where(store, |_| true)
+}
+
+/// The unfinished incoming transfers `which` selects, with their partial files (only theirs
+/// are looked for on disk: the engine's clean at start-up skips every young transfer).
+fn unfinished_where(
+    store: &Store,
+    which: impl Fn(&TransferRecord) -> bool,
+) -> Result<Vec<Unfinished>, EngineError> {
     let mut out = Vec::new();
-    for record in store.open_incoming()? {
+    for record in store.open_incoming()?.into_iter().filter(|r| which(r)) {
         let partials = partial_files(store, &record)?;
         let partial_bytes = partials
             .iter()
@@ -69,7 +78,7 @@ pub fn clean(
     which: impl Fn(&TransferRecord) -> bool,
 ) -> Result<Cleaned, EngineError> {
     let mut c = Cleaned::default();
-    for u in unfinished(store)?.into_iter().filter(|u| which(&u.record)) {
+    for u in unfinished_where(store, which)? {
         for p in &u.partials {
             if std::fs::remove_file(p).is_ok() {
                 c.files += 1;
