@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2pcall_proto::PeerId;
-use p2pcall_proto::relay::{ClientFrame, MAX_FRAME, PeerInfo, RefuseReason, ServerFrame};
+use p2pcall_proto::relay::client::{
+    self as proto_client, Backoff, ClientConfig, ClientEvent, ClientSession, PresenceChange,
+};
+use p2pcall_proto::relay::{ClientFrame, MAX_FRAME, RefuseReason};
 use p2pcall_tls::framed::{FrameReader, write_all};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -45,17 +48,25 @@ enum SessionEnd {
     Shutdown,
 }
 
+impl From<proto_client::SessionEnd> for SessionEnd {
+    fn from(end: proto_client::SessionEnd) -> Self {
+        match end {
+            proto_client::SessionEnd::Retry(r) => Self::Retry(r),
+            proto_client::SessionEnd::Fatal(reason, detail) => Self::Fatal(reason, detail),
+        }
+    }
+}
+
 pub(crate) async fn run(
     inner: Arc<Inner>,
     cfg: RelayConfig,
     mut cmd_rx: mpsc::Receiver<ClientFrame>,
 ) {
-    let mut backoff = MIN_BACKOFF;
-    let mut prefer_tcp = cfg.force_tcp;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_SESSION);
     inner.socket.set_relay_quic_addr(Some(cfg.addr));
     loop {
         let started = Instant::now();
-        let end = if prefer_tcp {
+        let end = if cfg.force_tcp {
             match tcp_session(&inner, &cfg, &mut cmd_rx).await {
                 SessionEnd::TcpRefused(tcp) => {
                     unreachable(&inner, &cfg, tcp.clone()).await;
@@ -76,10 +87,7 @@ pub(crate) async fn run(
                             SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
                         }
                         SessionEnd::Retry(tcp) => SessionEnd::Retry(format!("UDP: {e}; {tcp}")),
-                        end => {
-                            prefer_tcp = true;
-                            end
-                        }
+                        end => end,
                     }
                 }
             }
@@ -96,13 +104,7 @@ pub(crate) async fn run(
                 return;
             }
             SessionEnd::Retry(reason) | SessionEnd::TcpRefused(reason) => {
-                if started.elapsed() >= STABLE_SESSION {
-                    backoff = MIN_BACKOFF;
-                    prefer_tcp = cfg.force_tcp;
-                }
-                // Up to 25% jitter so that many peers do not reconnect in lockstep.
-                let jitter = backoff.mul_f64(rand::random::<f64>() * 0.25);
-                let wait = backoff + jitter;
+                let wait = backoff.session_ended(started.elapsed(), rand::random::<f64>());
                 tracing::info!("relay session ended: {reason}; retrying in {wait:?}");
                 inner
                     .emit(Event::RelayDisconnected {
@@ -114,7 +116,6 @@ pub(crate) async fn run(
                     _ = inner.cancel.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -230,7 +231,11 @@ async fn quic_session(
         (&end, conn.close_reason())
         && let Some(reason) = RefuseReason::from_code(c.error_code.into_inner())
     {
-        return refused(reason, String::from_utf8_lossy(&c.reason).into_owned());
+        return proto_client::SessionEnd::refused(
+            reason,
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        )
+        .into();
     }
     end
 }
@@ -306,41 +311,120 @@ where
     let Some(relay) = relay else {
         return SessionEnd::Retry("the relay presented no key".into());
     };
-    let name = inner.name.lock().map(|n| n.clone()).unwrap_or_default();
-    let mut out = Vec::new();
-    ClientFrame::Hello {
-        name,
-        token: cfg.token.clone(),
-        presence: cfg.presence,
-    }
-    .encode(&mut out);
-    if let Err(e) = write_all(&mut send, &out).await {
-        return SessionEnd::Retry(format!("sending hello: {e}"));
-    }
+    let mut machine = ClientSession::new(
+        Instant::now(),
+        inner.identity.id(),
+        ClientConfig {
+            name: inner.name.lock().map(|n| n.clone()).unwrap_or_default(),
+            token: cfg.token.clone(),
+            presence: cfg.presence,
+            welcome_timeout: WELCOME_TIMEOUT,
+            ping_interval: RELAY_PING_INTERVAL,
+        },
+    );
     let mut reader = FrameReader::new(recv, MAX_FRAME);
-    let first = match tokio::time::timeout(WELCOME_TIMEOUT, reader.next()).await {
-        Err(_) => return SessionEnd::Retry("the relay did not answer our hello".into()),
-        Ok(Err(e)) => return SessionEnd::Retry(format!("reading welcome: {e}")),
-        Ok(Ok(raw)) => ServerFrame::decode(raw),
-    };
-    let (tag, observed) = match first {
-        Ok(ServerFrame::Welcome {
+    loop {
+        while let Some(event) = machine.poll_event() {
+            if let Some(end) = handle_event(inner, cfg, relay, transport, event).await {
+                return end;
+            }
+        }
+        if let Some(out) = machine.poll_transmit()
+            && let Err(e) = write_all(&mut send, &out).await
+        {
+            return SessionEnd::Retry(format!("writing to the relay: {e}"));
+        }
+        let deadline = machine
+            .poll_timeout()
+            .map_or_else(far_future, tokio::time::Instant::from_std);
+        // Commands and relayed packets wait until the relay has welcomed us.
+        let open = machine.is_open();
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return SessionEnd::Shutdown,
+            () = tokio::time::sleep_until(deadline) => machine.handle_timeout(Instant::now()),
+            f = reader.next() => match f {
+                Ok(raw) => machine.handle_frame(Instant::now(), raw),
+                Err(e) => machine.handle_read_error(&e.to_string()),
+            },
+            c = cmd_rx.recv(), if open => match c {
+                Some(c) => machine.send(&c),
+                None => return SessionEnd::Shutdown,
+            },
+            Some((to, packet)) = data_rx.recv(), if open => {
+                machine.send(&ClientFrame::Data { to, packet: packet.into() });
+                // Batch whatever else is ready into the same write.
+                while machine.pending() < 64 * 1024 {
+                    let Ok((to, packet)) = data_rx.try_recv() else { break };
+                    machine.send(&ClientFrame::Data { to, packet: packet.into() });
+                }
+            }
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
+/// Carries out what the session's machine decided; `Some` once the session is over.
+async fn handle_event(
+    inner: &Arc<Inner>,
+    cfg: &RelayConfig,
+    relay: PeerId,
+    transport: RelayTransport,
+    event: ClientEvent,
+) -> Option<SessionEnd> {
+    match event {
+        ClientEvent::Welcome {
             session_tag,
             observed,
             reflect_ports,
-        }) => {
-            if let Ok(mut r) = inner.reflectors.lock() {
-                *r = reflect_ports
-                    .iter()
-                    .map(|p| std::net::SocketAddr::new(cfg.addr.ip(), *p))
-                    .collect();
-            }
-            (session_tag, observed)
+        } => {
+            welcomed(
+                inner,
+                cfg,
+                relay,
+                transport,
+                session_tag,
+                observed,
+                &reflect_ports,
+            )
+            .await;
         }
-        Ok(ServerFrame::Refused { reason, detail }) => return refused(reason, detail),
-        Ok(other) => return SessionEnd::Retry(format!("expected welcome, got {other:?}")),
-        Err(e) => return SessionEnd::Retry(format!("bad welcome: {e}")),
-    };
+        ClientEvent::Presence(change) => presence(inner, change).await,
+        ClientEvent::Signal { from, payload } => {
+            inner.emit(Event::Signal { from, payload }).await;
+        }
+        ClientEvent::SignalFailed { to, reason } => {
+            inner.emit(Event::SignalFailed { to, reason }).await;
+        }
+        ClientEvent::Data { from, packet } => {
+            let _ = inner
+                .socket
+                .queue()
+                .try_send(crate::socket::Queued::Relayed(from, packet.to_vec()));
+        }
+        ClientEvent::Ended(end) => return Some(end.into()),
+    }
+    None
+}
+
+/// The relay registered us: install the relay route and what it told us.
+async fn welcomed(
+    inner: &Arc<Inner>,
+    cfg: &RelayConfig,
+    relay: PeerId,
+    transport: RelayTransport,
+    tag: [u8; 16],
+    observed: std::net::SocketAddr,
+    reflect_ports: &[u16],
+) {
+    if let Ok(mut r) = inner.reflectors.lock() {
+        *r = reflect_ports
+            .iter()
+            .map(|p| std::net::SocketAddr::new(cfg.addr.ip(), *p))
+            .collect();
+    }
     if transport == RelayTransport::Udp {
         inner.socket.set_relay_route(RelayRoute::Udp {
             addr: cfg.addr,
@@ -371,126 +455,41 @@ where
             relay,
         })
         .await;
-    let mut snapshot: Vec<PeerInfo> = Vec::new();
-    let mut ping = tokio::time::interval(RELAY_PING_INTERVAL);
-    let mut nonce = 0u64;
-    loop {
-        out.clear();
-        tokio::select! {
-            _ = inner.cancel.cancelled() => return SessionEnd::Shutdown,
-            f = reader.next() => {
-                let raw = match f {
-                    Ok(raw) => raw,
-                    Err(e) => return SessionEnd::Retry(format!("relay connection: {e}")),
-                };
-                match ServerFrame::decode(raw) {
-                    Ok(frame) => {
-                        if let Some(end) = handle_frame(inner, frame, &mut snapshot).await {
-                            return end;
-                        }
-                    }
-                    Err(e) => return SessionEnd::Retry(format!("relay sent a bad frame: {e}")),
-                }
-            }
-            c = cmd_rx.recv() => match c {
-                Some(c) => c.encode(&mut out),
-                None => return SessionEnd::Shutdown,
-            },
-            Some((to, packet)) = data_rx.recv() => {
-                ClientFrame::Data { to, packet: packet.into() }.encode(&mut out);
-                // Batch whatever else is ready into the same write.
-                while out.len() < 64 * 1024 {
-                    let Ok((to, packet)) = data_rx.try_recv() else { break };
-                    ClientFrame::Data { to, packet: packet.into() }.encode(&mut out);
-                }
-            }
-            _ = ping.tick() => {
-                nonce += 1;
-                ClientFrame::Ping { nonce }.encode(&mut out);
-            }
-        }
-        if !out.is_empty()
-            && let Err(e) = write_all(&mut send, &out).await
-        {
-            return SessionEnd::Retry(format!("writing to the relay: {e}"));
-        }
-    }
 }
 
-fn refused(reason: RefuseReason, detail: String) -> SessionEnd {
-    match reason {
-        // Retrying cannot fix a wrong token, and two processes with one key retrying would
-        // replace each other forever: both stop and say why.
-        RefuseReason::BadToken | RefuseReason::Replaced => SessionEnd::Fatal(reason, detail),
-        _ => SessionEnd::Retry(format!("{reason}: {detail}")),
-    }
-}
-
-async fn handle_frame(
-    inner: &Arc<Inner>,
-    frame: ServerFrame,
-    snapshot: &mut Vec<PeerInfo>,
-) -> Option<SessionEnd> {
-    let me = inner.identity.id();
-    match frame {
-        ServerFrame::Snapshot { peers, last } => {
-            snapshot.extend(peers.into_iter().filter(|p| p.id != me));
-            if last {
-                let list = std::mem::take(snapshot);
-                if let Ok(mut p) = inner.presence.lock() {
-                    p.clear();
-                    p.extend(list.iter().map(|i| (i.id, i.clone())));
-                }
-                inner
-                    .presence_known
-                    .store(true, std::sync::atomic::Ordering::Release);
-                inner
-                    .emit(Event::Presence(PresenceEvent::Snapshot(list)))
-                    .await;
+/// Applies a presence change to the endpoint's list and reports it.
+async fn presence(inner: &Arc<Inner>, change: PresenceChange) {
+    let event = match change {
+        PresenceChange::Snapshot(list) => {
+            if let Ok(mut p) = inner.presence.lock() {
+                p.clear();
+                p.extend(list.iter().map(|i| (i.id, i.clone())));
             }
+            inner
+                .presence_known
+                .store(true, std::sync::atomic::Ordering::Release);
+            PresenceEvent::Snapshot(list)
         }
-        ServerFrame::Joined(info) | ServerFrame::Updated(info) if info.id == me => {}
-        ServerFrame::Joined(info) => {
+        PresenceChange::Joined(info) => {
             if let Ok(mut p) = inner.presence.lock() {
                 p.insert(info.id, info.clone());
             }
             // A new relay session of a peer we have connections to: it may have restarted.
             inner.mark_suspect(&info.id);
-            inner
-                .emit(Event::Presence(PresenceEvent::Joined(info)))
-                .await;
+            PresenceEvent::Joined(info)
         }
-        ServerFrame::Updated(info) => {
+        PresenceChange::Updated(info) => {
             if let Ok(mut p) = inner.presence.lock() {
                 p.insert(info.id, info.clone());
             }
-            inner
-                .emit(Event::Presence(PresenceEvent::Updated(info)))
-                .await;
+            PresenceEvent::Updated(info)
         }
-        ServerFrame::Left(id) => {
+        PresenceChange::Left(id) => {
             if let Ok(mut p) = inner.presence.lock() {
                 p.remove(&id);
             }
-            inner.emit(Event::Presence(PresenceEvent::Left(id))).await;
+            PresenceEvent::Left(id)
         }
-        ServerFrame::Signal { from, payload } => {
-            inner.emit(Event::Signal { from, payload }).await;
-        }
-        ServerFrame::SignalFailed { to, reason } => {
-            inner.emit(Event::SignalFailed { to, reason }).await;
-        }
-        ServerFrame::Pong { .. } => {}
-        ServerFrame::Data { from, packet } => {
-            let _ = inner
-                .socket
-                .queue()
-                .try_send(crate::socket::Queued::Relayed(from, packet.to_vec()));
-        }
-        ServerFrame::Refused { reason, detail } => return Some(refused(reason, detail)),
-        ServerFrame::Welcome { .. } => {
-            return Some(SessionEnd::Retry("the relay sent a second welcome".into()));
-        }
-    }
-    None
+    };
+    inner.emit(Event::Presence(event)).await;
 }

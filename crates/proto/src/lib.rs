@@ -2,7 +2,8 @@
 //!
 //! * [`id`]: a peer is its Ed25519 public key ([`PeerId`]); fingerprints and safety numbers.
 //! * [`frame`]: the versioned, length-prefixed frame envelope used on every reliable stream.
-//! * [`relay`]: the control plane between a peer and the relay (register, presence, signaling).
+//! * [`relay`]: the control plane between a peer and the relay (register, presence, signaling),
+//!   with the sans-IO state machines of both ends ([`relay::server`], [`relay::client`]).
 //! * [`peer`]: the control channel between two peers inside their end-to-end QUIC connection.
 //! * [`packet`]: UDP packets that are *not* QUIC and share the peer's one socket: the relay data
 //!   header, address reflection and path probes. Their first byte is below `0x40`, so they can
@@ -13,6 +14,7 @@
 //! * [`transfer`]: file and folder-tree offers, answers and data records.
 //! * [`media`]: media packets and receiver feedback on QUIC datagrams.
 //! * [`lan`]: the mDNS / DNS-SD announcement of LAN-only mode.
+//! * [`limits`]: token buckets for rate limits.
 //!
 //! Every decoder treats its input as hostile: it returns a precise [`DecodeError`] and never
 //! panics or allocates more than the input's length.
@@ -25,6 +27,7 @@ pub mod codec;
 pub mod frame;
 pub mod id;
 pub mod lan;
+pub mod limits;
 pub mod media;
 pub mod packet;
 pub mod peer;

@@ -15,6 +15,9 @@
 //!
 //! The relay never sees anything it could decrypt: signals and data are opaque to it.
 
+pub mod client;
+pub mod server;
+
 use bytes::{BufMut, Bytes};
 
 use crate::codec::{Reader, WriteExt, owned, socket_addr_len, truncate_utf8};

@@ -14,7 +14,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod limits;
 pub mod metrics;
 mod session;
 mod socket;
@@ -30,8 +29,8 @@ use p2pcall_tls::Identity;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use limits::TokenBucket;
 pub use metrics::Metrics;
+pub use p2pcall_proto::limits::TokenBucket;
 use session::Sessions;
 use socket::RelaySocket;
 

@@ -118,6 +118,22 @@ impl Metrics {
             .map_or(0, |i| self.drops[i].load(Ordering::Relaxed))
     }
 
+    /// Counts a session closed by its state machine (a shutdown is not counted).
+    pub fn close_cause(&self, cause: p2pcall_proto::relay::server::CloseCause) {
+        use p2pcall_proto::relay::server::CloseCause as C;
+        let why = match cause {
+            C::BadToken => Close::BadToken,
+            C::ServerFull => Close::ServerFull,
+            C::Replaced => Close::Replaced,
+            C::Protocol => Close::Protocol,
+            C::RateLimited => Close::RateLimited,
+            C::Timeout => Close::Timeout,
+            C::Disconnected => Close::Disconnected,
+            C::ShuttingDown => return,
+        };
+        self.close(why);
+    }
+
     /// Closes counted for `why`.
     pub fn closes(&self, why: Close) -> u64 {
         CLOSES

@@ -1,7 +1,9 @@
 //! Registered sessions: one per online peer key, reached by key (signals, packets) or by
 //! session tag (UDP data path).
 //!
-//! Session flow (same over QUIC and over the TCP+TLS fallback):
+//! Session flow (same over QUIC and over the TCP+TLS fallback). The protocol decisions (hello,
+//! token, timeouts, rate limits, refusals) are [`ServerSession`]'s; this module drives it and
+//! owns the table:
 //! 1. TLS proved the client's key. `Hello` must follow within the handshake timeout.
 //! 2. Token and capacity checks; a session with the same key is replaced (it receives
 //!    `Refused{Replaced}` and is closed).
@@ -18,17 +20,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use p2pcall_proto::PeerId;
-use p2pcall_proto::relay::{
-    ClientFrame, MAX_DATA, MAX_FRAME, PeerInfo, RefuseReason, SNAPSHOT_CHUNK, ServerFrame,
-    SignalFailure,
+use p2pcall_proto::limits::TokenBucket;
+use p2pcall_proto::relay::server::{
+    CloseCause, Closure, ReadEnd, ServerSession, SessionConfig, SessionEvent,
 };
-use p2pcall_tls::framed::{FrameReader, write_all};
+use p2pcall_proto::relay::{
+    MAX_FRAME, PeerInfo, RefuseReason, SNAPSHOT_CHUNK, ServerFrame, SignalFailure,
+};
+use p2pcall_tls::framed::{FrameReadError, FrameReader, write_all};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::limits::TokenBucket;
 use crate::metrics::{Close, DropReason};
 use crate::socket::canonical;
 
@@ -163,10 +167,92 @@ impl Session {
     }
 }
 
+impl Session {
+    /// A new session (not yet in the table) and the receiving end of its queue.
+    fn new(
+        shared: &Shared,
+        id: PeerId,
+        name: String,
+        presence: bool,
+        udp: Option<quinn::Connection>,
+        now: Instant,
+    ) -> (Arc<Self>, mpsc::Receiver<ServerFrame>) {
+        let cfg = &shared.cfg;
+        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+        let session = Arc::new(Self {
+            id,
+            tag: rand::random(),
+            name: Mutex::new(name),
+            since_ms: unix_ms(),
+            presence,
+            udp: udp.map(|conn| UdpBinding {
+                addr: Mutex::new(canonical(conn.remote_address())),
+                conn,
+            }),
+            out,
+            resync: AtomicBool::new(presence),
+            wake: Notify::new(),
+            data_limits: Mutex::new((
+                TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
+                TokenBucket::new(now, cfg.byte_rate, cfg.byte_rate / 10.0 + 65536.0),
+            )),
+            close: shared.cancel.child_token(),
+            close_reason: Mutex::new(None),
+        });
+        (session, out_rx)
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The relay settings one session's machine needs.
+fn session_config(cfg: &crate::RelayConfig) -> SessionConfig {
+    SessionConfig {
+        token: cfg.token.clone(),
+        handshake_timeout: cfg.handshake_timeout,
+        idle_timeout: cfg.idle_timeout,
+        control_rate: cfg.control_rate,
+        signal_rate: cfg.signal_rate,
+    }
+}
+
+/// Waits for the next frame until the machine's deadline and hands the outcome to it.
+async fn step<R: AsyncRead + Unpin>(machine: &mut ServerSession, reader: &mut FrameReader<R>) {
+    let read = reader.next();
+    let result = match machine.poll_timeout() {
+        Some(at) => tokio::time::timeout_at(at.into(), read).await,
+        None => Ok(read.await),
+    };
+    let now = Instant::now();
+    match result {
+        Err(_) => machine.handle_timeout(now),
+        Ok(Ok(raw)) => machine.handle_frame(now, raw),
+        Ok(Err(FrameReadError::Closed)) => machine.handle_read_error(ReadEnd::Closed),
+        Ok(Err(e)) => machine.handle_read_error(ReadEnd::Error(e.to_string())),
+    }
+}
+
+/// Ends a session that never registered: counts it, tells the peer why if it said hello.
+async fn end_unregistered<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    send: &mut W,
+    c: Closure,
+) -> (u32, String) {
+    shared.metrics.close_cause(c.cause);
+    if c.tell_peer {
+        let mut out = Vec::new();
+        ServerFrame::Refused {
+            reason: c.reason,
+            detail: c.detail.clone(),
+        }
+        .encode(&mut out);
+        let _ = write_all(send, &out).await;
+    }
+    (c.reason as u32, c.to_string())
 }
 
 /// Runs one session over a reader/writer pair until it ends.
@@ -182,106 +268,32 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let cfg = &shared.cfg;
     let mut reader = FrameReader::new(recv, MAX_FRAME);
-    let refuse = |reason: RefuseReason, detail: &str| {
-        let mut out = Vec::new();
-        ServerFrame::Refused {
-            reason,
-            detail: detail.to_string(),
-        }
-        .encode(&mut out);
-        (out, reason as u32, format!("{reason}: {detail}"))
-    };
-    let hello = tokio::time::timeout(cfg.handshake_timeout, reader.next()).await;
-    let (name, token, presence) = match hello {
-        Err(_) => {
-            shared.metrics.close(Close::Timeout);
-            return Some((RefuseReason::Timeout as u32, "no hello in time".into()));
-        }
-        Ok(Err(e)) => {
-            shared.metrics.close(Close::Protocol);
-            return Some((RefuseReason::Protocol as u32, format!("reading hello: {e}")));
-        }
-        Ok(Ok(raw)) => match ClientFrame::decode(raw) {
-            Ok(ClientFrame::Hello {
-                name,
-                token,
-                presence,
-            }) => (name, token, presence),
-            Ok(_) | Err(_) => {
-                shared.metrics.close(Close::Protocol);
-                let (out, code, text) =
-                    refuse(RefuseReason::Protocol, "the first frame must be hello");
-                let _ = write_all(&mut send, &out).await;
-                return Some((code, text));
+    let mut machine = ServerSession::new(Instant::now(), session_config(&shared.cfg));
+    let (name, presence) = loop {
+        match machine.poll_event() {
+            Some(SessionEvent::Login { name, presence }) => break (name, presence),
+            Some(SessionEvent::Closed(c)) => {
+                return Some(end_unregistered(&shared, &mut send, c).await);
             }
-        },
+            Some(_) => {}
+            None => step(&mut machine, &mut reader).await,
+        }
     };
-    if let Some(want) = &cfg.token
-        && token.as_deref() != Some(want.as_str())
-    {
-        shared.metrics.close(Close::BadToken);
-        let (out, code, text) = refuse(RefuseReason::BadToken, "access token missing or wrong");
-        let _ = write_all(&mut send, &out).await;
-        return Some((code, text));
-    }
-
     let now = Instant::now();
-    let (out_tx, mut out_rx) = mpsc::channel(OUT_QUEUE);
-    let session = Arc::new(Session {
-        id,
-        tag: rand::random(),
-        name: Mutex::new(name),
-        since_ms: unix_ms(),
-        presence,
-        udp: udp.map(|conn| UdpBinding {
-            addr: Mutex::new(canonical(conn.remote_address())),
-            conn,
-        }),
-        out: out_tx,
-        resync: AtomicBool::new(presence),
-        wake: Notify::new(),
-        data_limits: Mutex::new((
-            TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
-            TokenBucket::new(now, cfg.byte_rate, cfg.byte_rate / 10.0 + 65536.0),
-        )),
-        close: shared.cancel.child_token(),
-        close_reason: Mutex::new(None),
-    });
-
-    // Register (replacing an older login with the same key).
-    let full = match shared.sessions.write() {
-        Err(_) => return None,
-        Ok(mut sessions) => {
-            let replacing = sessions.by_id.contains_key(&id);
-            if !replacing && sessions.by_id.len() >= cfg.max_peers {
-                true
-            } else {
-                if let Some(old) = sessions.by_id.insert(id, session.clone()) {
-                    sessions.by_tag.remove(&old.tag);
-                    old.end(
-                        RefuseReason::Replaced,
-                        "a newer login with this key replaced this session",
-                    );
-                    shared.metrics.close(Close::Replaced);
-                }
-                sessions.by_tag.insert(session.tag, session.clone());
-                shared
-                    .metrics
-                    .peers_online
-                    .store(sessions.len() as u64, Ordering::Relaxed);
-                sessions.broadcast(&shared, &ServerFrame::Joined(session.info()), &id);
-                false
-            }
-        }
-    };
-    if full {
-        shared.metrics.close(Close::ServerFull);
-        let (out, code, text) = refuse(RefuseReason::ServerFull, "too many peers online");
-        let _ = write_all(&mut send, &out).await;
-        return Some((code, text));
+    let (session, out_rx) = Session::new(&shared, id, name, presence, udp, now);
+    if !register(&shared, &session) {
+        machine.refuse(
+            RefuseReason::ServerFull,
+            "too many peers online",
+            CloseCause::ServerFull,
+        );
+        let Some(SessionEvent::Closed(c)) = machine.poll_event() else {
+            return None;
+        };
+        return Some(end_unregistered(&shared, &mut send, c).await);
     }
+    machine.registered(now);
     shared
         .metrics
         .sessions_total
@@ -298,6 +310,7 @@ where
     let writer = {
         let shared = shared.clone();
         let session = session.clone();
+        let mut out_rx = out_rx;
         tokio::spawn(async move {
             if write_all(&mut send, &welcome).await.is_err() {
                 return;
@@ -306,140 +319,145 @@ where
         })
     };
 
-    let end = reader_loop(&shared, &session, &mut reader).await;
-    session.end(end.0, &end.1);
+    let end = serve(&shared, &session, &mut machine, &mut reader).await;
+    shared.metrics.close_cause(end.cause);
+    session.end(end.reason, &end.detail);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-
-    // Unregister unless a newer login already took our place.
-    {
-        if let Ok(mut sessions) = shared.sessions.write()
-            && sessions
-                .by_id
-                .get(&id)
-                .is_some_and(|s| Arc::ptr_eq(s, &session))
-        {
-            sessions.by_id.remove(&id);
-            sessions.by_tag.remove(&session.tag);
-            shared
-                .metrics
-                .peers_online
-                .store(sessions.len() as u64, Ordering::Relaxed);
-            sessions.broadcast(&shared, &ServerFrame::Left(id), &id);
-        }
-    }
-    let reason = session
+    unregister(&shared, &session);
+    let (reason, detail) = session
         .close_reason
         .lock()
         .ok()
         .and_then(|r| r.clone())
-        .unwrap_or(end);
-    Some((reason.0 as u32, format!("{}: {}", reason.0, reason.1)))
+        .unwrap_or((end.reason, end.detail));
+    Some((reason as u32, format!("{reason}: {detail}")))
 }
 
-async fn reader_loop<R: AsyncRead + Unpin>(
+/// Adds a session to the table, replacing an older login with the same key; false if the
+/// relay is full.
+fn register(shared: &Shared, session: &Arc<Session>) -> bool {
+    let Ok(mut sessions) = shared.sessions.write() else {
+        return false;
+    };
+    let replacing = sessions.by_id.contains_key(&session.id);
+    if !replacing && sessions.by_id.len() >= shared.cfg.max_peers {
+        return false;
+    }
+    if let Some(old) = sessions.by_id.insert(session.id, session.clone()) {
+        sessions.by_tag.remove(&old.tag);
+        old.end(
+            RefuseReason::Replaced,
+            "a newer login with this key replaced this session",
+        );
+        shared.metrics.close(Close::Replaced);
+    }
+    sessions.by_tag.insert(session.tag, session.clone());
+    shared
+        .metrics
+        .peers_online
+        .store(sessions.len() as u64, Ordering::Relaxed);
+    sessions.broadcast(shared, &ServerFrame::Joined(session.info()), &session.id);
+    true
+}
+
+/// Removes a session from the table unless a newer login already took its place.
+fn unregister(shared: &Shared, session: &Arc<Session>) {
+    if let Ok(mut sessions) = shared.sessions.write()
+        && sessions
+            .by_id
+            .get(&session.id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+    {
+        sessions.by_id.remove(&session.id);
+        sessions.by_tag.remove(&session.tag);
+        shared
+            .metrics
+            .peers_online
+            .store(sessions.len() as u64, Ordering::Relaxed);
+        sessions.broadcast(shared, &ServerFrame::Left(session.id), &session.id);
+    }
+}
+
+/// Serves a registered session until its machine closes it.
+async fn serve<R: AsyncRead + Unpin>(
     shared: &Arc<Shared>,
     session: &Arc<Session>,
+    machine: &mut ServerSession,
     reader: &mut FrameReader<R>,
-) -> (RefuseReason, String) {
-    let cfg = &shared.cfg;
-    let mut control = TokenBucket::new(Instant::now(), cfg.control_rate, cfg.control_rate * 2.0);
-    let mut signals = TokenBucket::new(Instant::now(), cfg.signal_rate, cfg.signal_rate * 2.0);
+) -> Closure {
     loop {
-        let raw = tokio::select! {
-            _ = session.close.cancelled() => {
-                return (RefuseReason::ShuttingDown, "closing".into());
-            }
-            r = tokio::time::timeout(cfg.idle_timeout, reader.next()) => match r {
-                Err(_) => {
-                    shared.metrics.close(Close::Timeout);
-                    return (RefuseReason::Timeout, "idle".into());
-                }
-                Ok(Err(p2pcall_tls::framed::FrameReadError::Closed)) => {
-                    shared.metrics.close(Close::Disconnected);
-                    return (RefuseReason::Protocol, "closed by peer".into());
-                }
-                Ok(Err(e)) => {
-                    shared.metrics.close(Close::Protocol);
-                    return (RefuseReason::Protocol, e.to_string());
-                }
-                Ok(Ok(raw)) => raw,
-            },
-        };
-        let frame = match ClientFrame::decode(raw) {
-            Ok(f) => f,
-            Err(e) => {
-                shared.metrics.close(Close::Protocol);
-                return (RefuseReason::Protocol, e.to_string());
-            }
-        };
-        let now = Instant::now();
-        if let ClientFrame::Data { to, packet } = frame {
-            if packet.len() > MAX_DATA {
-                shared.metrics.dropped(DropReason::Oversize);
-            } else if !session.allow_data(now, packet.len()) {
-                shared.metrics.dropped(DropReason::RateLimited);
-            } else {
-                shared.forward_from_tcp(session.id, to, &packet);
-            }
-            continue;
-        }
-        if !control.take(now, 1.0) {
-            shared.metrics.close(Close::RateLimited);
-            return (RefuseReason::RateLimited, "too many control frames".into());
-        }
-        match frame {
-            ClientFrame::Hello { .. } => {
-                shared.metrics.close(Close::Protocol);
-                return (RefuseReason::Protocol, "second hello".into());
-            }
-            ClientFrame::SetName { name } => {
-                if let Ok(mut n) = session.name.lock() {
-                    *n = name;
-                }
-                if let Ok(sessions) = shared.sessions.write() {
-                    sessions.broadcast(shared, &ServerFrame::Updated(session.info()), &session.id);
-                }
-            }
-            ClientFrame::Signal { to, payload } => {
-                let dst = shared
-                    .sessions
-                    .read()
-                    .ok()
-                    .and_then(|s| s.by_id(&to).cloned());
-                let failure = match dst {
-                    _ if !signals.take(now, 1.0) => Some(SignalFailure::RateLimited),
-                    None => Some(SignalFailure::Offline),
-                    Some(dst) => {
-                        if dst.try_queue(ServerFrame::Signal {
-                            from: session.id,
-                            payload,
-                        }) {
-                            None
-                        } else {
-                            Some(SignalFailure::QueueFull)
-                        }
+        while let Some(event) = machine.poll_event() {
+            match event {
+                SessionEvent::Closed(c) => return c,
+                SessionEvent::Login { .. } => {}
+                SessionEvent::Rename { name } => {
+                    if let Ok(mut n) = session.name.lock() {
+                        *n = name;
                     }
-                };
-                match failure {
-                    None => {
-                        shared
-                            .metrics
-                            .signals_forwarded
-                            .fetch_add(1, Ordering::Relaxed);
+                    if let Ok(sessions) = shared.sessions.write() {
+                        sessions.broadcast(
+                            shared,
+                            &ServerFrame::Updated(session.info()),
+                            &session.id,
+                        );
                     }
-                    Some(reason) => {
+                }
+                SessionEvent::Signal { to, payload } => signal(shared, session, to, payload),
+                SessionEvent::Data { to, packet } => {
+                    if session.allow_data(Instant::now(), packet.len()) {
+                        shared.forward_from_tcp(session.id, to, &packet);
+                    } else {
+                        shared.metrics.dropped(DropReason::RateLimited);
+                    }
+                }
+                SessionEvent::Send(frame) => {
+                    if matches!(frame, ServerFrame::SignalFailed { .. }) {
                         shared
                             .metrics
                             .signals_failed
                             .fetch_add(1, Ordering::Relaxed);
-                        session.try_queue(ServerFrame::SignalFailed { to, reason });
                     }
+                    session.try_queue(frame);
                 }
             }
-            ClientFrame::Ping { nonce } => {
-                session.try_queue(ServerFrame::Pong { nonce });
+        }
+        tokio::select! {
+            _ = session.close.cancelled() => {
+                machine.refuse(RefuseReason::ShuttingDown, "closing", CloseCause::ShuttingDown);
             }
-            ClientFrame::Data { .. } => {}
+            _ = step(machine, reader) => {}
+        }
+    }
+}
+
+/// Delivers a signal, or tells its sender why it could not be.
+fn signal(shared: &Shared, session: &Session, to: PeerId, payload: bytes::Bytes) {
+    let dst = shared
+        .sessions
+        .read()
+        .ok()
+        .and_then(|s| s.by_id(&to).cloned());
+    let failure = match dst {
+        None => Some(SignalFailure::Offline),
+        Some(dst) => (!dst.try_queue(ServerFrame::Signal {
+            from: session.id,
+            payload,
+        }))
+        .then_some(SignalFailure::QueueFull),
+    };
+    match failure {
+        None => {
+            shared
+                .metrics
+                .signals_forwarded
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Some(reason) => {
+            shared
+                .metrics
+                .signals_failed
+                .fetch_add(1, Ordering::Relaxed);
+            session.try_queue(ServerFrame::SignalFailed { to, reason });
         }
     }
 }

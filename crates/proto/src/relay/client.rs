@@ -1,0 +1,686 @@
+//! A peer's side of its relay session, as a sans-IO state machine, and the reconnect policy.
+//!
+//! The driver opens the control stream (QUIC, or TCP+TLS when UDP is blocked), writes what
+//! [`ClientSession::poll_transmit`] hands out, feeds every frame it reads to
+//! [`ClientSession::handle_frame`], calls [`ClientSession::handle_timeout`] at
+//! [`ClientSession::poll_timeout`], and acts on [`ClientSession::poll_event`]:
+//!
+//! ```text
+//!  AwaitingWelcome --Welcome--> Open --Refused / bad frame / stream end--> Ended
+//!        | no welcome in time, Refused, bad frame                            ^
+//!        +-------------------------------------------------------------------+
+//! ```
+//!
+//! In `Open` the machine pings the relay every `ping_interval` (RTT, and the TCP fallback's
+//! NAT mapping), assembles the chunked presence snapshot (bounded), drops presence about
+//! ourselves, and turns every way a session ends into a [`SessionEnd`]: retry after
+//! [`Backoff`], or stop for good (a wrong token cannot be fixed by retrying, and two processes
+//! with one key would replace each other forever).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{ClientFrame, PeerInfo, RefuseReason, ServerFrame, SignalFailure};
+use crate::PeerId;
+use crate::frame::RawFrame;
+
+/// Peers accepted in one presence snapshot; a relay that sends more is broken or hostile.
+pub const MAX_SNAPSHOT_PEERS: usize = 256 * 1024;
+
+/// What the client tells the relay when it logs in.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Display name.
+    pub name: String,
+    /// Access token, if the relay needs one.
+    pub token: Option<String>,
+    /// Whether to receive presence.
+    pub presence: bool,
+    /// How long the relay has to answer `Hello`.
+    pub welcome_timeout: Duration,
+    /// Ping period once open.
+    pub ping_interval: Duration,
+}
+
+/// A change in who is online.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// The complete list (replaces what was known).
+    Snapshot(Vec<PeerInfo>),
+    /// A peer came online (possibly a restarted process of a known peer).
+    Joined(PeerInfo),
+    /// A peer changed its name.
+    Updated(PeerInfo),
+    /// A peer went offline.
+    Left(PeerId),
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Try again after the backoff.
+    Retry(String),
+    /// Do not try again.
+    Fatal(RefuseReason, String),
+}
+
+impl SessionEnd {
+    /// The end a refusal means (from a `Refused` frame, or from the close code of a relay
+    /// that closed before its frame was read).
+    pub fn refused(reason: RefuseReason, detail: String) -> Self {
+        match reason {
+            RefuseReason::BadToken | RefuseReason::Replaced => Self::Fatal(reason, detail),
+            _ => Self::Retry(format!("{reason}: {detail}")),
+        }
+    }
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The relay registered us.
+    Welcome {
+        /// Binds our UDP relay packets to this session.
+        session_tag: [u8; 16],
+        /// Our address as the relay sees it.
+        observed: SocketAddr,
+        /// The relay's address-reflection ports.
+        reflect_ports: Vec<u16>,
+    },
+    /// Presence changed.
+    Presence(PresenceChange),
+    /// A signal from another peer.
+    Signal {
+        /// Sender, as authenticated by the relay.
+        from: PeerId,
+        /// Opaque payload.
+        payload: Bytes,
+    },
+    /// A signal we sent was not delivered.
+    SignalFailed {
+        /// The addressed peer.
+        to: PeerId,
+        /// Why.
+        reason: SignalFailure,
+    },
+    /// A relayed packet (TCP fallback).
+    Data {
+        /// Sender.
+        from: PeerId,
+        /// Opaque QUIC packet.
+        packet: Bytes,
+    },
+    /// The session is over.
+    Ended(SessionEnd),
+}
+
+#[derive(Debug)]
+enum Phase {
+    AwaitingWelcome { deadline: Instant },
+    Open { next_ping: Instant },
+    Ended,
+}
+
+/// One relay session, peer side.
+#[derive(Debug)]
+pub struct ClientSession {
+    me: PeerId,
+    ping_interval: Duration,
+    phase: Phase,
+    transmit: Vec<u8>,
+    snapshot: Vec<PeerInfo>,
+    nonce: u64,
+    events: VecDeque<ClientEvent>,
+}
+
+impl ClientSession {
+    /// A session whose stream to the relay opened at `now`; `Hello` is queued.
+    pub fn new(now: Instant, me: PeerId, cfg: ClientConfig) -> Self {
+        let mut transmit = Vec::new();
+        ClientFrame::Hello {
+            name: cfg.name,
+            token: cfg.token,
+            presence: cfg.presence,
+        }
+        .encode(&mut transmit);
+        Self {
+            me,
+            ping_interval: cfg.ping_interval,
+            phase: Phase::AwaitingWelcome {
+                deadline: now + cfg.welcome_timeout,
+            },
+            transmit,
+            snapshot: Vec::new(),
+            nonce: 0,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// True once the relay has welcomed us and until the session ends.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open { .. })
+    }
+
+    /// Queues a frame to the relay (a rename, a signal, a relayed packet). Ignored once the
+    /// session has ended.
+    pub fn send(&mut self, frame: &ClientFrame) {
+        if !matches!(self.phase, Phase::Ended) {
+            frame.encode(&mut self.transmit);
+        }
+    }
+
+    /// Bytes queued toward the relay and not yet handed out.
+    pub fn pending(&self) -> usize {
+        self.transmit.len()
+    }
+
+    /// Bytes to write to the relay, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        (!self.transmit.is_empty()).then(|| std::mem::take(&mut self.transmit))
+    }
+
+    /// When [`ClientSession::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitingWelcome { deadline } => Some(deadline),
+            Phase::Open { next_ping } => Some(next_ping),
+            Phase::Ended => None,
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::AwaitingWelcome { deadline } if now >= *deadline => {
+                self.end(SessionEnd::Retry(
+                    "the relay did not answer our hello".into(),
+                ));
+            }
+            Phase::Open { next_ping } if now >= *next_ping => {
+                *next_ping = now + self.ping_interval;
+                self.nonce += 1;
+                ClientFrame::Ping { nonce: self.nonce }.encode(&mut self.transmit);
+            }
+            _ => {}
+        }
+    }
+
+    /// The stream to the relay ended or failed.
+    pub fn handle_read_error(&mut self, error: &str) {
+        let what = match self.phase {
+            Phase::AwaitingWelcome { .. } => "reading welcome",
+            _ => "relay connection",
+        };
+        self.end(SessionEnd::Retry(format!("{what}: {error}")));
+    }
+
+    /// A frame from the relay.
+    pub fn handle_frame(&mut self, now: Instant, raw: RawFrame<'_>) {
+        let frame = ServerFrame::decode(raw);
+        match self.phase {
+            Phase::Ended => {}
+            Phase::AwaitingWelcome { .. } => match frame {
+                Ok(ServerFrame::Welcome {
+                    session_tag,
+                    observed,
+                    reflect_ports,
+                }) => {
+                    self.phase = Phase::Open {
+                        next_ping: now + self.ping_interval,
+                    };
+                    self.nonce += 1;
+                    ClientFrame::Ping { nonce: self.nonce }.encode(&mut self.transmit);
+                    self.events.push_back(ClientEvent::Welcome {
+                        session_tag,
+                        observed,
+                        reflect_ports,
+                    });
+                }
+                Ok(ServerFrame::Refused { reason, detail }) => {
+                    self.end(SessionEnd::refused(reason, detail));
+                }
+                Ok(other) => self.end(SessionEnd::Retry(format!(
+                    "expected welcome, got {}",
+                    frame_name(&other)
+                ))),
+                Err(e) => self.end(SessionEnd::Retry(format!("bad welcome: {e}"))),
+            },
+            Phase::Open { .. } => match frame {
+                Ok(f) => self.handle_open(f),
+                Err(e) => self.end(SessionEnd::Retry(format!("relay sent a bad frame: {e}"))),
+            },
+        }
+    }
+
+    fn handle_open(&mut self, frame: ServerFrame) {
+        let event = match frame {
+            ServerFrame::Snapshot { peers, last } => {
+                let me = self.me;
+                self.snapshot
+                    .extend(peers.into_iter().filter(|p| p.id != me));
+                if self.snapshot.len() > MAX_SNAPSHOT_PEERS {
+                    self.end(SessionEnd::Retry(format!(
+                        "the relay's presence snapshot exceeds {MAX_SNAPSHOT_PEERS} peers"
+                    )));
+                    return;
+                }
+                if !last {
+                    return;
+                }
+                ClientEvent::Presence(PresenceChange::Snapshot(std::mem::take(&mut self.snapshot)))
+            }
+            ServerFrame::Joined(info) | ServerFrame::Updated(info) if info.id == self.me => {
+                return;
+            }
+            ServerFrame::Joined(info) => ClientEvent::Presence(PresenceChange::Joined(info)),
+            ServerFrame::Updated(info) => ClientEvent::Presence(PresenceChange::Updated(info)),
+            ServerFrame::Left(id) => ClientEvent::Presence(PresenceChange::Left(id)),
+            ServerFrame::Signal { from, payload } => ClientEvent::Signal { from, payload },
+            ServerFrame::SignalFailed { to, reason } => ClientEvent::SignalFailed { to, reason },
+            ServerFrame::Pong { .. } => return,
+            ServerFrame::Data { from, packet } => ClientEvent::Data { from, packet },
+            ServerFrame::Refused { reason, detail } => {
+                self.end(SessionEnd::refused(reason, detail));
+                return;
+            }
+            ServerFrame::Welcome { .. } => {
+                self.end(SessionEnd::Retry("the relay sent a second welcome".into()));
+                return;
+            }
+        };
+        self.events.push_back(event);
+    }
+
+    fn end(&mut self, end: SessionEnd) {
+        if matches!(self.phase, Phase::Ended) {
+            return;
+        }
+        self.phase = Phase::Ended;
+        self.snapshot = Vec::new();
+        self.transmit.clear();
+        self.events.push_back(ClientEvent::Ended(end));
+    }
+}
+
+fn frame_name(f: &ServerFrame) -> &'static str {
+    match f {
+        ServerFrame::Welcome { .. } => "welcome",
+        ServerFrame::Snapshot { .. } => "a presence snapshot",
+        ServerFrame::Joined(_) => "a join",
+        ServerFrame::Left(_) => "a leave",
+        ServerFrame::Updated(_) => "an update",
+        ServerFrame::Signal { .. } => "a signal",
+        ServerFrame::SignalFailed { .. } => "a signal failure",
+        ServerFrame::Pong { .. } => "a pong",
+        ServerFrame::Data { .. } => "a data frame",
+        ServerFrame::Refused { .. } => "a refusal",
+    }
+}
+
+/// Exponential reconnect backoff with jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    stable: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starts at `min`, doubles up to `max`; a session that lasted `stable` resets it.
+    pub fn new(min: Duration, max: Duration, stable: Duration) -> Self {
+        Self {
+            min,
+            max,
+            stable,
+            next: min,
+        }
+    }
+
+    /// How long to wait before the next attempt, after a session that lasted `lasted`;
+    /// `jitter` in `[0, 1)` (random, from the driver) adds up to 25 % so that many peers do
+    /// not reconnect in lockstep.
+    pub fn session_ended(&mut self, lasted: Duration, jitter: f64) -> Duration {
+        if lasted >= self.stable {
+            self.next = self.min;
+        }
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base + base.mul_f64(jitter.clamp(0.0, 1.0) * 0.25)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> PeerId {
+        PeerId::from_bytes([1; 32])
+    }
+    fn peer(b: u8) -> PeerInfo {
+        PeerInfo {
+            id: PeerId::from_bytes([b; 32]),
+            name: format!("p{b}"),
+            online_since_ms: 5,
+        }
+    }
+
+    fn session(t0: Instant) -> ClientSession {
+        ClientSession::new(
+            t0,
+            me(),
+            ClientConfig {
+                name: "me".into(),
+                token: Some("t".into()),
+                presence: true,
+                welcome_timeout: Duration::from_secs(5),
+                ping_interval: Duration::from_secs(10),
+            },
+        )
+    }
+
+    fn feed(s: &mut ClientSession, now: Instant, f: &ServerFrame) {
+        let mut buf = Vec::new();
+        f.encode(&mut buf);
+        let (_, raw) = crate::frame::split(&buf, super::super::MAX_FRAME)
+            .expect("envelope")
+            .expect("whole");
+        s.handle_frame(now, raw);
+    }
+
+    fn sent(s: &mut ClientSession) -> Vec<ClientFrame> {
+        let bytes = s.poll_transmit().unwrap_or_default();
+        let mut at = 0;
+        let mut out = Vec::new();
+        while let Some((used, raw)) =
+            crate::frame::split(&bytes[at..], super::super::MAX_FRAME).expect("envelope")
+        {
+            out.push(ClientFrame::decode(raw).expect("frame"));
+            at += used;
+        }
+        out
+    }
+
+    fn events(s: &mut ClientSession) -> Vec<ClientEvent> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    fn welcome() -> ServerFrame {
+        ServerFrame::Welcome {
+            session_tag: [9; 16],
+            observed: "192.0.2.1:4000".parse().expect("addr"),
+            reflect_ports: vec![7700, 7701],
+        }
+    }
+
+    fn open(t0: Instant) -> ClientSession {
+        let mut s = session(t0);
+        assert!(matches!(sent(&mut s)[..], [ClientFrame::Hello { .. }]));
+        feed(&mut s, t0, &welcome());
+        assert!(matches!(events(&mut s)[..], [ClientEvent::Welcome { .. }]));
+        assert_eq!(sent(&mut s), vec![ClientFrame::Ping { nonce: 1 }]);
+        s
+    }
+
+    #[test]
+    fn hello_goes_first_with_name_token_and_presence() {
+        let mut s = session(Instant::now());
+        assert_eq!(
+            sent(&mut s),
+            vec![ClientFrame::Hello {
+                name: "me".into(),
+                token: Some("t".into()),
+                presence: true
+            }]
+        );
+        assert!(s.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn no_welcome_in_time_retries() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.handle_timeout(t0 + Duration::from_secs(4));
+        assert!(s.poll_event().is_none());
+        s.handle_timeout(t0 + Duration::from_secs(5));
+        assert_eq!(
+            events(&mut s),
+            vec![ClientEvent::Ended(SessionEnd::Retry(
+                "the relay did not answer our hello".into()
+            ))]
+        );
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn refusals_that_retrying_cannot_fix_are_fatal() {
+        let t0 = Instant::now();
+        for (reason, fatal) in [
+            (RefuseReason::BadToken, true),
+            (RefuseReason::Replaced, true),
+            (RefuseReason::ServerFull, false),
+            (RefuseReason::ShuttingDown, false),
+            (RefuseReason::Timeout, false),
+        ] {
+            let mut s = session(t0);
+            feed(
+                &mut s,
+                t0,
+                &ServerFrame::Refused {
+                    reason,
+                    detail: "why".into(),
+                },
+            );
+            let ev = events(&mut s);
+            let [ClientEvent::Ended(end)] = &ev[..] else {
+                panic!("{ev:?}");
+            };
+            assert_eq!(matches!(end, SessionEnd::Fatal(..)), fatal, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn anything_but_welcome_first_is_an_error() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        feed(&mut s, t0, &ServerFrame::Pong { nonce: 1 });
+        assert_eq!(
+            events(&mut s),
+            vec![ClientEvent::Ended(SessionEnd::Retry(
+                "expected welcome, got a pong".into()
+            ))]
+        );
+        // Nothing is sent or reported after the end.
+        s.send(&ClientFrame::SetName { name: "x".into() });
+        assert!(s.poll_transmit().is_none());
+        feed(&mut s, t0, &welcome());
+        assert!(s.poll_event().is_none());
+    }
+
+    #[test]
+    fn pings_every_interval_once_open() {
+        let t0 = Instant::now();
+        let mut s = open(t0);
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(s.poll_timeout(), Some(t1));
+        s.handle_timeout(t1 - Duration::from_millis(1));
+        assert!(s.poll_transmit().is_none());
+        s.handle_timeout(t1);
+        assert_eq!(sent(&mut s), vec![ClientFrame::Ping { nonce: 2 }]);
+        assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_chunked_snapshot_is_reported_once_whole_without_ourselves() {
+        let t0 = Instant::now();
+        let mut s = open(t0);
+        let mine = PeerInfo {
+            id: me(),
+            ..peer(1)
+        };
+        feed(
+            &mut s,
+            t0,
+            &ServerFrame::Snapshot {
+                peers: vec![peer(2), mine.clone()],
+                last: false,
+            },
+        );
+        assert!(s.poll_event().is_none());
+        feed(
+            &mut s,
+            t0,
+            &ServerFrame::Snapshot {
+                peers: vec![peer(3)],
+                last: true,
+            },
+        );
+        assert_eq!(
+            events(&mut s),
+            vec![ClientEvent::Presence(PresenceChange::Snapshot(vec![
+                peer(2),
+                peer(3)
+            ]))]
+        );
+        // Our own join and rename are not news.
+        feed(&mut s, t0, &ServerFrame::Joined(mine.clone()));
+        feed(&mut s, t0, &ServerFrame::Updated(mine));
+        feed(&mut s, t0, &ServerFrame::Left(peer(2).id));
+        assert_eq!(
+            events(&mut s),
+            vec![ClientEvent::Presence(PresenceChange::Left(peer(2).id))]
+        );
+    }
+
+    #[test]
+    fn an_endless_snapshot_ends_the_session() {
+        let t0 = Instant::now();
+        let mut s = open(t0);
+        let chunk: Vec<PeerInfo> = (0..=255u8).map(peer).collect();
+        let frame = ServerFrame::Snapshot {
+            peers: chunk,
+            last: false,
+        };
+        let mut buf = Vec::new();
+        frame.encode(&mut buf);
+        let (_, raw) = crate::frame::split(&buf, super::super::MAX_FRAME)
+            .expect("envelope")
+            .expect("whole");
+        // 255 peers a chunk (one is ourselves): one chunk more than the cap allows.
+        for _ in 0..=(MAX_SNAPSHOT_PEERS / 255) {
+            s.handle_frame(t0, raw);
+        }
+        let ev = events(&mut s);
+        assert!(
+            matches!(&ev[..], [ClientEvent::Ended(SessionEnd::Retry(r))] if r.contains("snapshot")),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn signals_data_and_failures_are_passed_on() {
+        let t0 = Instant::now();
+        let mut s = open(t0);
+        let from = peer(4).id;
+        feed(
+            &mut s,
+            t0,
+            &ServerFrame::Signal {
+                from,
+                payload: Bytes::from_static(b"sig"),
+            },
+        );
+        feed(
+            &mut s,
+            t0,
+            &ServerFrame::SignalFailed {
+                to: from,
+                reason: SignalFailure::Offline,
+            },
+        );
+        feed(
+            &mut s,
+            t0,
+            &ServerFrame::Data {
+                from,
+                packet: Bytes::from_static(b"pkt"),
+            },
+        );
+        feed(&mut s, t0, &ServerFrame::Pong { nonce: 1 });
+        assert_eq!(
+            events(&mut s),
+            vec![
+                ClientEvent::Signal {
+                    from,
+                    payload: Bytes::from_static(b"sig")
+                },
+                ClientEvent::SignalFailed {
+                    to: from,
+                    reason: SignalFailure::Offline
+                },
+                ClientEvent::Data {
+                    from,
+                    packet: Bytes::from_static(b"pkt")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_welcome_or_a_bad_frame_retries() {
+        let t0 = Instant::now();
+        let mut s = open(t0);
+        feed(&mut s, t0, &welcome());
+        assert_eq!(
+            events(&mut s),
+            vec![ClientEvent::Ended(SessionEnd::Retry(
+                "the relay sent a second welcome".into()
+            ))]
+        );
+        let mut s = open(t0);
+        s.handle_frame(
+            t0,
+            RawFrame {
+                ty: 0x01,
+                body: &[],
+            },
+        );
+        assert!(matches!(
+            &events(&mut s)[..],
+            [ClientEvent::Ended(SessionEnd::Retry(r))] if r.starts_with("relay sent a bad frame")
+        ));
+        let mut s = open(t0);
+        s.handle_read_error("the stream was closed");
+        assert_eq!(
+            events(&mut s),
+            vec![ClientEvent::Ended(SessionEnd::Retry(
+                "relay connection: the stream was closed".into()
+            ))]
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_resets_after_a_stable_session() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(250), Duration::from_secs(10), Duration::from_secs(10));
+        let waits: Vec<_> = (0..8).map(|_| b.session_ended(ms(10), 0.0)).collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1000, 2000, 4000, 8000, 10_000, 10_000].map(ms)
+        );
+        assert_eq!(b.session_ended(ms(10), 1.0), ms(12_500));
+        assert_eq!(
+            b.session_ended(Duration::from_secs(10), 0.5),
+            ms(281) + Duration::from_micros(250)
+        );
+        assert_eq!(b.session_ended(ms(10), 0.0), ms(500));
+    }
+}
