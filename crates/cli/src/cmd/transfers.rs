@@ -11,7 +11,7 @@ use p2pcall_core::transfer::{id_hex, parse_id};
 use p2pcall_store::{TransferRecord, TransferState};
 use serde_json::json;
 
-use crate::{human, since};
+use crate::output::{human, since};
 
 #[derive(Args, Debug)]
 pub struct TransfersArgs {

@@ -1,0 +1,85 @@
+//! `p2pcall history`.
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use crate::Cli;
+use crate::ctx::*;
+use crate::output::*;
+
+#[derive(Args, Debug)]
+pub(crate) struct HistoryArgs {
+    /// The peer: fingerprint (or its first 4+ digits), full id, or display name
+    peer: String,
+    /// Most messages to show (the newest)
+    #[arg(long, short = 'n', default_value_t = 50)]
+    limit: usize,
+    /// Show messages older than this message number (from an earlier page's "before")
+    #[arg(long, value_name = "N")]
+    before: Option<i64>,
+}
+
+pub(crate) async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
+    let ctx = load(cli)?;
+    let store = open_store(&ctx)?;
+    let peer = resolve_known(&store, &a.peer)?;
+    let page = store.history(&peer, a.before, a.limit)?;
+    let name = store
+        .contacts()?
+        .into_iter()
+        .find(|c| c.peer == peer)
+        .map_or_else(|| peer.fingerprint().to_string(), |c| c.name);
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "peer": peer.fingerprint().to_string(), "name": name,
+                "messages": page.iter().map(message_json).collect::<Vec<_>>(),
+                "before": page.first().map(|m| m.rowid),
+            })
+        );
+    } else {
+        if page.is_empty() {
+            println!("no messages with {name} ({})", peer.fingerprint());
+        }
+        for m in &page {
+            let who = if m.outgoing { "me" } else { name.as_str() };
+            let state = if m.outgoing {
+                format!(" [{}]", m.state.as_str())
+            } else {
+                String::new()
+            };
+            println!(
+                "{:>6}  {}  {who}: {}{state}",
+                m.rowid,
+                since(m.received_ms.unwrap_or(m.sent_ms)),
+                m.text
+            );
+        }
+        if page.len() == a.limit
+            && let Some(first) = page.first()
+        {
+            println!(
+                "(older: p2pcall history {} --before {})",
+                a.peer, first.rowid
+            );
+        }
+    }
+    // Reading sends read receipts: now if the relay is reachable, else by the next `listen`.
+    let reachable = cli.relay.is_some()
+        || ctx.settings.relay.is_some()
+        || lan_config(cli, &ctx.settings).is_some();
+    if store.mark_read(&peer)? > 0 && reachable {
+        drop(store);
+        if let Ok((engine, mut events)) = start_engine(cli, true).await {
+            if wait_online(&engine, &mut events).await.is_ok()
+                && engine.wait_presence(RELAY_WAIT).await.is_ok()
+            {
+                let _ = tokio::time::timeout(RELAY_WAIT, engine.flush_chat(peer)).await;
+            }
+            engine.shutdown().await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! `p2pcall listen`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use p2pcall_core::engine::EngineEvent;
+use p2pcall_core::transfer::{TransferEvent, id_hex};
+use p2pcall_net::Event;
+
+use crate::Cli;
+use crate::calls;
+use crate::ctx::*;
+use crate::output::*;
+
+#[derive(Args, Debug)]
+pub(crate) struct ListenArgs {
+    /// Accept every file offer into DIR without asking (unattended use); without it, offers
+    /// are declined with a message telling the sender why
+    #[arg(long, value_name = "DIR")]
+    accept_files: Option<PathBuf>,
+    /// Answer incoming calls (one at a time; others get "busy"); without it calls are
+    /// declined
+    #[arg(long)]
+    answer: bool,
+    #[command(flatten)]
+    media: calls::MediaArgs,
+}
+
+pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
+    if a.answer {
+        a.media.options().check()?;
+    }
+    if let Some(dir) = &a.accept_files {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the folder for received files {}",
+                dir.display()
+            )
+        })?;
+    }
+    let (engine, mut events) = start_engine_with(cli, true, true).await?;
+    if !cli.json {
+        println!(
+            "listening as {}{} (Ctrl-C to stop){}",
+            engine.id().fingerprint(),
+            if engine.endpoint().is_lan() {
+                " on the LAN (mDNS, no relay)"
+            } else {
+                ""
+            },
+            a.accept_files
+                .as_ref()
+                .map(|d| format!("; accepting files into {}", d.display()))
+                .unwrap_or_default()
+        );
+    }
+    let mut last_progress: std::collections::HashMap<[u8; 16], Instant> = Default::default();
+    let mut stats_file = calls::StatsFile::default();
+    let mut console = None;
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            e = events.recv() => match e {
+                Some(e) => {
+                    if let EngineEvent::Transfer(TransferEvent::Progress(p)) = &e {
+                        // At most one progress line per transfer and second.
+                        let now = Instant::now();
+                        let due = last_progress.get(&p.id).is_none_or(|t| now - *t >= Duration::from_secs(1));
+                        if !due {
+                            continue;
+                        }
+                        last_progress.insert(p.id, now);
+                    }
+                    print_event(cli.json, &e);
+                    match &e {
+                        EngineEvent::Net(Event::RelayRefused { reason, detail }) => {
+                            bail!("the relay refused us: {reason} ({detail})");
+                        }
+                        EngineEvent::Call(c) => {
+                            stats_file.note(c);
+                            match c {
+                                p2pcall_core::call::CallEvent::Incoming { call, .. } => {
+                                    let r = if a.answer {
+                                        console.get_or_insert_with(|| calls::spawn_console(engine.clone()));
+                                        engine.answer(*call, a.media.options()).await
+                                    } else {
+                                        engine.reject_call(*call).await
+                                    };
+                                    if let Err(err) = r {
+                                        eprintln!("call: {err}");
+                                    }
+                                }
+                                p2pcall_core::call::CallEvent::Ended { .. } => {
+                                    if let Some(path) = &a.media.stats_json {
+                                        stats_file.write(path, "callee", c)?;
+                                        stats_file = calls::StatsFile::default();
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                        EngineEvent::Transfer(TransferEvent::Offered(o)) => {
+                            let answer = match &a.accept_files {
+                                Some(dir) => engine.accept_offer(o.peer, o.id, dir.clone()),
+                                None => engine.reject_offer(
+                                    o.peer,
+                                    o.id,
+                                    "the receiver does not accept files unattended (it can run `p2pcall listen --accept-files DIR`)",
+                                ),
+                            };
+                            if let Err(err) = answer {
+                                eprintln!("offer {}: {err}", id_hex(&o.id));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    engine.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! One module per command.
+
+pub(crate) mod call;
+pub(crate) mod chat;
+pub(crate) mod demo;
+pub(crate) mod history;
+pub(crate) mod id;
+pub(crate) mod listen;
+pub(crate) mod netcheck;
+pub(crate) mod peers;
+pub(crate) mod ping;
+pub(crate) mod relay;
+pub(crate) mod send;
+pub(crate) mod speedtest;
+pub(crate) mod transfers;

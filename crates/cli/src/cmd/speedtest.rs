@@ -1,0 +1,82 @@
+//! `p2pcall speedtest`.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use crate::Cli;
+use crate::ctx::*;
+use crate::output::*;
+
+#[derive(Args, Debug)]
+pub(crate) struct SpeedtestArgs {
+    /// The peer: fingerprint (or its first 4+ digits), full id, or display name
+    peer: String,
+    /// Bytes to send
+    #[arg(long, default_value_t = 256 << 20)]
+    bytes: u64,
+}
+
+pub(crate) async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
+    let Dialed {
+        engine,
+        mut events,
+        peer,
+        conn,
+        setup,
+        connected,
+        ..
+    } = dial(cli, &a.peer).await?;
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "connect_ms": ms(setup), "path": path_str(&conn.path())})
+        );
+    } else {
+        println!(
+            "connected to {} in {:.1} ms via {}; sending {} bytes",
+            peer.fingerprint(),
+            ms(setup),
+            path_str(&conn.path()),
+            a.bytes
+        );
+    }
+    let test = engine.speedtest(peer, a.bytes);
+    tokio::pin!(test);
+    let report = loop {
+        tokio::select! {
+            r = &mut test => break r?,
+            e = events.recv() => match e {
+                Some(e) => print_path_change(cli.json, &e, connected),
+                None => bail!("engine stopped"),
+            },
+        }
+    };
+    let s = conn.stats();
+    if cli.json {
+        println!(
+            "{}",
+            json!({"event": "result", "bytes": report.bytes, "seconds": report.elapsed.as_secs_f64(), "mbit_s": report.mbit_per_s(), "verified": report.verified, "tx_relay": s.tx_relay, "tx_direct": s.tx_direct, "path": path_str(&s.path)})
+        );
+    } else {
+        println!(
+            "{} bytes in {:.2} s: {:.1} Mbit/s, {}; {} bytes via the relay, {} direct; path now {}",
+            report.bytes,
+            report.elapsed.as_secs_f64(),
+            report.mbit_per_s(),
+            if report.verified {
+                "verified by the peer"
+            } else {
+                "NOT verified"
+            },
+            s.tx_relay,
+            s.tx_direct,
+            path_str(&s.path)
+        );
+    }
+    engine.shutdown().await;
+    if !report.verified {
+        bail!("the peer received different data than was sent");
+    }
+    Ok(())
+}

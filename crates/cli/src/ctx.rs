@@ -1,0 +1,237 @@
+//! What every command shares: the data dir and settings, the engine, the relay, the peer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
+use p2pcall_core::settings::{Dirs, Settings};
+use p2pcall_core::{PeerId, Store, identity};
+use p2pcall_net::{Event, RelayConfig, RelayTransport};
+
+use crate::Cli;
+use crate::exit;
+
+/// How long commands wait for the relay and the peer list.
+pub(crate) const RELAY_WAIT: Duration = Duration::from_secs(10);
+
+/// Database file in the data dir.
+pub(crate) const DB_FILE: &str = "p2pcall.db";
+
+pub(crate) struct Ctx {
+    pub(crate) dirs: Dirs,
+    pub(crate) settings: Settings,
+}
+
+pub(crate) fn load(cli: &Cli) -> Result<Ctx> {
+    let dirs = Dirs::resolve(cli.data_dir.as_deref())?;
+    let settings = Settings::load(&dirs.settings)?;
+    Ok(Ctx { dirs, settings })
+}
+
+pub(crate) fn display_name(cli: &Cli, s: &Settings) -> String {
+    cli.name
+        .clone()
+        .or_else(|| s.name.clone())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "anonymous".into())
+}
+
+pub(crate) async fn resolve_relay(spec: &str) -> Result<SocketAddr> {
+    Ok(p2pcall_core::settings::resolve_relay(spec).await?)
+}
+
+/// The local database in the data dir.
+pub(crate) fn open_store(ctx: &Ctx) -> Result<std::sync::Arc<Store>> {
+    let path = ctx.dirs.data.join(DB_FILE);
+    Ok(std::sync::Arc::new(Store::open(&path).with_context(
+        || format!("cannot open the database {}", path.display()),
+    )?))
+}
+
+pub(crate) async fn start_engine(
+    cli: &Cli,
+    presence: bool,
+) -> Result<(EngineHandle, tokio::sync::mpsc::Receiver<EngineEvent>)> {
+    start_engine_with(cli, presence, false).await
+}
+
+/// `auto_deliver`: deliver queued messages and resume transfers whenever a peer comes online
+/// (for the long-running `listen`).
+pub(crate) async fn start_engine_with(
+    cli: &Cli,
+    presence: bool,
+    auto_deliver: bool,
+) -> Result<(EngineHandle, tokio::sync::mpsc::Receiver<EngineEvent>)> {
+    let ctx = load(cli)?;
+    let (identity, _) = identity::load_or_create(&ctx.dirs.data)?;
+    let name = display_name(cli, &ctx.settings);
+    let mut cfg = match lan_config(cli, &ctx.settings) {
+        Some(lan) => {
+            let mut c = EngineConfig::new(identity, name, None);
+            c.lan = Some(lan);
+            c
+        }
+        None => {
+            let spec = cli.relay.clone().or_else(|| ctx.settings.relay.clone()).with_context(|| {
+                format!(
+                    "no relay configured: pass --relay HOST[:PORT] (or --lan, to find peers on this network without one), or set `relay = \"HOST:PORT\"` in {}",
+                    ctx.dirs.settings.display()
+                )
+            })?;
+            let addr = resolve_relay(&spec).await?;
+            let relay = RelayConfig {
+                token: cli.token.clone().or_else(|| ctx.settings.token.clone()),
+                presence,
+                force_tcp: cli.tcp,
+                ..RelayConfig::new(addr)
+            };
+            EngineConfig::new(identity, name, Some(relay))
+        }
+    };
+    cfg.direct_paths = !cli.relay_only;
+    cfg.store = Some(open_store(&ctx)?);
+    cfg.auto_deliver = auto_deliver;
+    cfg.partial_max_age = ctx.settings.partial_max_age();
+    // On a LAN-only network nobody outside needs to reach us.
+    cfg.port_mapping = cfg.lan.is_none()
+        && !cli.relay_only
+        && !cli.no_port_mapping
+        && ctx.settings.port_mapping.unwrap_or(true);
+    Ok(Engine::start(cfg).await?)
+}
+
+/// LAN-only mode, if `--lan` or the settings ask for it (a `--relay` on the command line
+/// wins over the settings' `lan_only`).
+pub(crate) fn lan_config(cli: &Cli, s: &Settings) -> Option<p2pcall_net::LanConfig> {
+    let mut lan = if cli.lan {
+        Some(p2pcall_net::LanConfig {
+            interfaces: s.lan_interfaces.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    } else if cli.relay.is_none() {
+        s.lan()
+    } else {
+        None
+    }?;
+    if !cli.lan_interface.is_empty() {
+        lan.interfaces.clone_from(&cli.lan_interface);
+    }
+    Some(lan)
+}
+
+/// Waits for the relay session, turning a refusal into a clear error. `None` in LAN-only
+/// mode (no relay; presence comes by mDNS).
+pub(crate) async fn wait_online(
+    engine: &EngineHandle,
+    events: &mut tokio::sync::mpsc::Receiver<EngineEvent>,
+) -> Result<Option<RelayTransport>> {
+    if engine.endpoint().is_lan() {
+        return Ok(None);
+    }
+    let deadline = tokio::time::Instant::now() + RELAY_WAIT;
+    let mut last = String::from("no answer");
+    loop {
+        tokio::select! {
+            r = engine.wait_relay(Duration::from_millis(50)) => if let Ok(t) = r { return Ok(Some(t)) },
+            e = events.recv() => match e {
+                Some(EngineEvent::Net(Event::RelayRefused { reason, detail })) => {
+                    return Err(exit::Fail::RelayRefused(format!("{reason} ({detail})")).into());
+                }
+                Some(EngineEvent::Net(Event::RelayUnreachable { addr, detail })) => {
+                    return Err(exit::Fail::RelayUnreachable { addr, detail }.into());
+                }
+                Some(EngineEvent::Net(Event::RelayDisconnected { reason, .. })) => last = reason,
+                Some(_) => {}
+                None => bail!("engine stopped"),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(exit::Fail::RelayTimeout { secs: RELAY_WAIT.as_secs(), last }.into());
+            }
+        }
+    }
+}
+
+/// A connection opened for a command: the engine, its events, the peer, and timings.
+pub(crate) struct Dialed {
+    pub(crate) engine: EngineHandle,
+    pub(crate) events: tokio::sync::mpsc::Receiver<EngineEvent>,
+    pub(crate) peer: p2pcall_core::PeerId,
+    pub(crate) conn: p2pcall_net::PeerConnection,
+    /// `None` in LAN-only mode.
+    pub(crate) transport: Option<RelayTransport>,
+    /// How long the connection took to come up.
+    pub(crate) setup: Duration,
+    /// When it was up.
+    pub(crate) connected: Instant,
+}
+
+/// Registers with the relay, finds the peer the user means, and connects to it.
+pub(crate) async fn dial(cli: &Cli, query: &str) -> Result<Dialed> {
+    let (engine, mut events) = start_engine(cli, true).await?;
+    let transport = wait_online(&engine, &mut events).await?;
+    engine.wait_presence(RELAY_WAIT).await?;
+    let peer = engine.resolve_peer(query)?;
+    let t0 = Instant::now();
+    let conn = engine
+        .connect(peer)
+        .await
+        .with_context(|| format!("connecting to {}", peer.fingerprint()))?;
+    let connected = Instant::now();
+    Ok(Dialed {
+        engine,
+        events,
+        peer,
+        conn,
+        transport,
+        setup: connected - t0,
+        connected,
+    })
+}
+
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Finds a peer among those known from earlier (for offline work).
+pub(crate) fn resolve_known(store: &Store, query: &str) -> Result<PeerId> {
+    if let Ok(id) = query.parse::<PeerId>() {
+        return Ok(id);
+    }
+    let contacts = store.contacts()?;
+    let mut hits: Vec<_> = contacts.iter().filter(|c| c.peer.matches(query)).collect();
+    if hits.is_empty() {
+        hits = contacts.iter().filter(|c| c.name == query).collect();
+    }
+    match hits.as_slice() {
+        [one] => Ok(one.peer),
+        [] => bail!(
+            "no known peer matches {query:?}; peers become known once seen online (run `p2pcall peers`), or pass the full 64-digit id"
+        ),
+        many => bail!(
+            "{query:?} matches several peers: {}; type more of the fingerprint",
+            many.iter()
+                .map(|c| format!("{} ({})", c.name, c.peer.fingerprint()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
