@@ -4,7 +4,8 @@
 //! high-pass filter, AGC2 gain control) in its pure-Rust port, the `sonora` crate: the
 //! algorithms every browser call uses, with no C++ build and no system library. Chosen over
 //! `webrtc-audio-processing` (C++ via meson, a system or bundled build of a large tree) and
-//! `aec3` (an AEC-only port whose API was still in flux); see ARCHITECTURE.md.
+//! `aec3` (an AEC-only port whose API was still in flux); see
+//! docs/decisions/0058-echo-cancellation-with-sonora.md.
 //!
 //! The processor sees both directions: what the speaker plays (`render`) and what the
 //! microphone hears (`capture`), in 10 ms blocks at 48 kHz mono. It estimates the echo path

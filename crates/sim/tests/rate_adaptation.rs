@@ -628,7 +628,7 @@ fn table(o: &Outcome) {
 }
 
 /// The targets are utilisation ≥ 85 %, p95 queueing ≤ 100 ms, re-convergence
-/// ≤ 5 s and no audio interruption. What this build reaches (ARCHITECTURE.md has the
+/// ≤ 5 s and no audio interruption. What this build reaches (docs/measurements.md has the
 /// figures over seeds): p95 queueing holds (65-80 ms); utilisation is 81-85 %;
 /// re-convergence after the first step up is 3-5 s (a probe that found more is followed
 /// by another 1 s later; past start-up one probe raises the estimate by half at most: in
