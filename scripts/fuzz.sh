@@ -8,7 +8,31 @@ cd "$(dirname "$0")/../fuzz"
 secs="${1:-5}"
 export RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/../target}/fuzz"
 cargo fuzz build
+# Targets run side by side, one per core (each fuzzer is single-threaded).
+jobs="${CARGO_BUILD_JOBS:-$(nproc)}"
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+fail=0
+run_batch() {
+  for t in "$@"; do
+    cargo fuzz run "$t" -- -max_total_time="$secs" >"$logs/$t" 2>&1 &
+    pids+=("$!:$t")
+  done
+  for p in "${pids[@]}"; do
+    t=${p#*:}
+    if wait "${p%%:*}"; then
+      echo "fuzz $t: $(grep -E '^Done' "$logs/$t" | tail -1)"
+    else
+      tail -40 "$logs/$t"; echo "fuzz target $t FAILED"; fail=1
+    fi
+  done
+  pids=()
+}
+pids=()
+batch=()
 for t in $(cargo fuzz list); do
-  out=$(cargo fuzz run "$t" -- -max_total_time="$secs" 2>&1) || { echo "$out" | tail -40; echo "fuzz target $t FAILED"; exit 1; }
-  echo "fuzz $t: $(echo "$out" | grep -E '^Done' | tail -1)"
+  batch+=("$t")
+  if ((${#batch[@]} >= jobs)); then run_batch "${batch[@]}"; batch=(); fi
 done
+if ((${#batch[@]})); then run_batch "${batch[@]}"; fi
+exit "$fail"

@@ -17,6 +17,7 @@ APT_PACKAGES=(
   xvfb            # the screen-sharing tests (crates/screen) start their own virtual X server
   pkg-config      # finds libwayland-client for the next one
   libwayland-dev  # the desktop app's window (winit) on Wayland, and its screen-reader support
+  mold            # fast linker (scripts/link-cc): the test binaries and the app link in seconds
 )
 
 # The NAT lab (crates/netlab, run by the tests as root): namespaces, NAT routers, impairments.
