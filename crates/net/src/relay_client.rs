@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use p2pcall_proto::PeerId;
 use p2pcall_proto::relay::client::{
     self as proto_client, Backoff, ClientConfig, ClientEvent, ClientSession, PresenceChange,
+    TransportChoice,
 };
 use p2pcall_proto::relay::{ClientFrame, MAX_FRAME, RefuseReason};
 use p2pcall_tls::framed::{FrameReader, write_all};
@@ -63,32 +64,44 @@ pub(crate) async fn run(
     mut cmd_rx: mpsc::Receiver<ClientFrame>,
 ) {
     let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_SESSION);
+    let mut choice = TransportChoice::new(cfg.force_tcp);
     inner.socket.set_relay_quic_addr(Some(cfg.addr));
     loop {
         let started = Instant::now();
-        let end = if cfg.force_tcp {
-            match tcp_session(&inner, &cfg, &mut cmd_rx).await {
+        let mut welcomed = false;
+        let end = if choice.tcp_first(started) {
+            let end = match tcp_session(&inner, &cfg, &mut cmd_rx, &mut welcomed).await {
                 SessionEnd::TcpRefused(tcp) => {
                     unreachable(&inner, &cfg, tcp.clone()).await;
                     SessionEnd::Retry(tcp)
                 }
                 end => end,
+            };
+            if !welcomed {
+                choice.tcp_failed();
             }
+            end
         } else {
             match quic_connect(&inner, &cfg).await {
                 Ok(conn) => quic_session(&inner, &cfg, conn, &mut cmd_rx).await,
                 Err(e) => {
                     tracing::info!("relay over UDP failed ({e}); trying TCP+TLS");
-                    match tcp_session(&inner, &cfg, &mut cmd_rx).await {
+                    let end = match tcp_session(&inner, &cfg, &mut cmd_rx, &mut welcomed).await {
                         SessionEnd::TcpRefused(tcp) => {
                             if e == UDP_REFUSED {
                                 unreachable(&inner, &cfg, format!("UDP: {e}; {tcp}")).await;
                             }
                             SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
                         }
-                        SessionEnd::Retry(tcp) => SessionEnd::Retry(format!("UDP: {e}; {tcp}")),
+                        SessionEnd::Retry(tcp) if !welcomed => {
+                            SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
+                        }
                         end => end,
+                    };
+                    if welcomed {
+                        choice.tcp_worked(Instant::now());
                     }
+                    end
                 }
             }
         };
@@ -223,6 +236,7 @@ async fn quic_session(
         recv,
         cmd_rx,
         &mut no_data,
+        &mut false,
     )
     .await;
     conn.close(0u32.into(), b"bye");
@@ -240,10 +254,12 @@ async fn quic_session(
     end
 }
 
+/// A session over the TCP+TLS fallback; `welcomed` is set once the relay registered us.
 async fn tcp_session(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
     cmd_rx: &mut mpsc::Receiver<ClientFrame>,
+    welcomed: &mut bool,
 ) -> SessionEnd {
     let addr = cfg.tcp_addr.unwrap_or(cfg.addr);
     let tcp = match tokio::time::timeout(UDP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
@@ -289,6 +305,7 @@ async fn tcp_session(
         r,
         cmd_rx,
         &mut data_rx,
+        welcomed,
     )
     .await
 }
@@ -303,6 +320,7 @@ async fn session<W, R>(
     recv: R,
     cmd_rx: &mut mpsc::Receiver<ClientFrame>,
     data_rx: &mut mpsc::Receiver<(PeerId, Vec<u8>)>,
+    welcomed: &mut bool,
 ) -> SessionEnd
 where
     W: AsyncWrite + Unpin,
@@ -325,6 +343,7 @@ where
     let mut reader = FrameReader::new(recv, MAX_FRAME);
     loop {
         while let Some(event) = machine.poll_event() {
+            *welcomed |= matches!(event, ClientEvent::Welcome { .. });
             if let Some(end) = handle_event(inner, cfg, relay, transport, event).await {
                 return end;
             }

@@ -325,6 +325,47 @@ fn frame_name(f: &ServerFrame) -> &'static str {
     }
 }
 
+/// How long a TCP fallback that worked when UDP did not stays the first choice.
+pub const PREFER_TCP_FOR: Duration = Duration::from_secs(300);
+
+/// Which transport a reconnect tries first. UDP (QUIC) normally; the TCP+TLS fallback when
+/// forced, or for [`PREFER_TCP_FOR`] after UDP failed and TCP worked (on a network that
+/// blocks UDP, every reconnect would otherwise wait out the UDP attempt first). A TCP
+/// attempt that fails gives UDP the first try again.
+#[derive(Debug, Clone)]
+pub struct TransportChoice {
+    force_tcp: bool,
+    tcp_worked_at: Option<Instant>,
+}
+
+impl TransportChoice {
+    /// `force_tcp`: the user asked for TCP only.
+    pub fn new(force_tcp: bool) -> Self {
+        Self {
+            force_tcp,
+            tcp_worked_at: None,
+        }
+    }
+
+    /// Whether to start with TCP at `now`.
+    pub fn tcp_first(&self, now: Instant) -> bool {
+        self.force_tcp
+            || self
+                .tcp_worked_at
+                .is_some_and(|t| now.saturating_duration_since(t) < PREFER_TCP_FOR)
+    }
+
+    /// UDP failed and a TCP session was then welcomed at `now`.
+    pub fn tcp_worked(&mut self, now: Instant) {
+        self.tcp_worked_at = Some(now);
+    }
+
+    /// A TCP attempt failed before the relay welcomed us.
+    pub fn tcp_failed(&mut self) {
+        self.tcp_worked_at = None;
+    }
+}
+
 /// Exponential reconnect backoff with jitter.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -665,6 +706,22 @@ mod tests {
                 "relay connection: the stream was closed".into()
             ))]
         );
+    }
+
+    #[test]
+    fn a_tcp_fallback_that_worked_is_tried_first_for_a_while() {
+        let t0 = Instant::now();
+        let mut c = TransportChoice::new(false);
+        assert!(!c.tcp_first(t0));
+        c.tcp_worked(t0);
+        assert!(c.tcp_first(t0 + Duration::from_secs(299)));
+        assert!(!c.tcp_first(t0 + PREFER_TCP_FOR), "UDP gets another chance");
+        c.tcp_worked(t0);
+        c.tcp_failed();
+        assert!(!c.tcp_first(t0));
+        let mut forced = TransportChoice::new(true);
+        forced.tcp_failed();
+        assert!(forced.tcp_first(t0 + Duration::from_secs(3600)));
     }
 
     #[test]
