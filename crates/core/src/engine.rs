@@ -1,8 +1,8 @@
 //! The engine: commands in (methods of [`EngineHandle`]), events out ([`EngineEvent`]).
 //!
 //! It owns the network endpoint, keeps one connection per peer (reused by every command),
-//! and turns endpoint events into application events. The UI (CLI now, GUI later) never
-//! touches sockets or protocol state.
+//! and turns endpoint events into application events. The front ends (the CLI, the desktop
+//! app) never touch sockets or protocol state.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -140,7 +140,7 @@ pub enum EngineError {
     #[error("the peer declined the transfer: {0}")]
     Rejected(String),
     /// The transfer stopped.
-    #[error("the transfer stopped ({code:?}): {reason}")]
+    #[error("the transfer stopped ({code}): {reason}")]
     Aborted {
         /// Typed cause.
         code: p2pcall_proto::transfer::AbortCode,
@@ -195,7 +195,7 @@ pub(crate) struct Shared {
     connections: Mutex<HashMap<PeerId, PeerConnection>>,
     presence_ready: watch::Sender<bool>,
     pub(crate) store: Arc<Store>,
-    pub(crate) events: mpsc::Sender<EngineEvent>,
+    pub(crate) events: crate::events::EventSink,
     pub(crate) chat: crate::chat::ChatState,
     pub(crate) transfers: crate::transfer::Registry,
     /// Per peer: how much of the connection file transfers may use during a call.
@@ -241,20 +241,20 @@ impl Engine {
             Some(s) => s,
             None => Arc::new(Store::open_in_memory()?),
         };
-        let (tx, rx) = mpsc::channel(1024);
+        let (sink, rx) = crate::events::EventSink::new();
         let shared = Arc::new(Shared {
             endpoint,
             connections: Mutex::default(),
             presence_ready: watch::Sender::new(false),
             store,
-            events: tx.clone(),
+            events: sink,
             chat: Default::default(),
             transfers: Default::default(),
             bulk: Default::default(),
             call: Mutex::default(),
             auto_deliver: cfg.auto_deliver,
         });
-        tokio::spawn(pump(shared.clone(), net_events, tx));
+        tokio::spawn(pump(shared.clone(), net_events));
         let handle = EngineHandle { shared };
         if let Some(age) = cfg.partial_max_age {
             tokio::spawn(clean_partials(Arc::downgrade(&handle.shared), age));
@@ -263,7 +263,7 @@ impl Engine {
     }
 }
 
-async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Sender<EngineEvent>) {
+async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>) {
     while let Some(e) = net.recv().await {
         let ev = match e {
             Event::Incoming(conn) => {
@@ -280,14 +280,14 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Se
             }
             Event::Presence(PresenceEvent::Snapshot(ref peers)) => {
                 shared.presence_ready.send_replace(true);
+                remember_seen(&shared, peers).await;
                 for p in peers {
-                    let _ = shared.store.touch_contact(&p.id, &p.name, now_ms());
                     peer_reachable(&shared, p.id);
                 }
                 EngineEvent::Net(e)
             }
             Event::Presence(PresenceEvent::Joined(ref p) | PresenceEvent::Updated(ref p)) => {
-                let _ = shared.store.touch_contact(&p.id, &p.name, now_ms());
+                remember_seen(&shared, std::slice::from_ref(p)).await;
                 peer_reachable(&shared, p.id);
                 EngineEvent::Net(e)
             }
@@ -302,8 +302,25 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>, out: mpsc::Se
             }
             e => EngineEvent::Net(e),
         };
-        // A consumer that went away must not stop the engine.
-        let _ = out.send(ev).await;
+        shared.emit(ev);
+    }
+}
+
+/// Records the peers presence reports (their names, when seen) in one transaction, on a
+/// blocking thread: SQLite syncs to disk, which must not stall the runtime's workers.
+async fn remember_seen(shared: &Arc<Shared>, peers: &[PeerInfo]) {
+    if peers.is_empty() {
+        return;
+    }
+    let store = shared.store.clone();
+    let seen: Vec<(PeerId, String)> = peers.iter().map(|p| (p.id, p.name.clone())).collect();
+    let r = tokio::task::spawn_blocking(move || {
+        let refs: Vec<(PeerId, &str)> = seen.iter().map(|(p, n)| (*p, n.as_str())).collect();
+        store.touch_contacts(&refs, now_ms())
+    })
+    .await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!("recording the peers seen online: {e}");
     }
 }
 
@@ -352,15 +369,10 @@ fn peer_reachable(shared: &Arc<Shared>, peer: PeerId) {
 }
 
 impl Shared {
-    /// Sends an event to the UI without ever blocking the caller: when the channel is full
-    /// the event waits in its own task.
+    /// Sends an event to the front end behind every earlier one, never blocking the caller
+    /// (see [`crate::events`]).
     pub(crate) fn emit(&self, ev: EngineEvent) {
-        if let Err(mpsc::error::TrySendError::Full(ev)) = self.events.try_send(ev) {
-            let tx = self.events.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(ev).await;
-            });
-        }
+        self.events.emit(ev);
     }
 }
 

@@ -496,11 +496,24 @@ impl Store {
 
     /// Records that `peer` was seen with `name`.
     pub fn touch_contact(&self, peer: &PeerId, name: &str, now_ms: u64) -> Result<()> {
-        self.db()?.execute(
-            "INSERT INTO contacts(peer, name, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT(peer) DO UPDATE SET name = excluded.name, last_seen_ms = excluded.last_seen_ms",
-            params![peer.as_bytes().as_slice(), name, now_ms as i64],
-        )?;
+        self.touch_contacts(&[(*peer, name)], now_ms)
+    }
+
+    /// Records that each peer was seen with its name, in one transaction (one disk sync for
+    /// a whole presence snapshot instead of one per peer).
+    pub fn touch_contacts(&self, seen: &[(PeerId, &str)], now_ms: u64) -> Result<()> {
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO contacts(peer, name, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT(peer) DO UPDATE SET name = excluded.name, last_seen_ms = excluded.last_seen_ms",
+            )?;
+            for (peer, name) in seen {
+                stmt.execute(params![peer.as_bytes().as_slice(), name, now_ms as i64])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -203,3 +203,28 @@ fn verification_is_kept_per_key_and_survives_name_changes() {
     let c = s.contacts().unwrap();
     assert_eq!(c.iter().find(|x| x.peer == b).unwrap().verified_ms, None);
 }
+
+#[test]
+fn a_presence_snapshot_is_recorded_in_one_go_and_names_follow() {
+    let s = Store::open_in_memory().unwrap();
+    s.touch_contacts(&[(peer(1), "alice"), (peer(2), "bob")], 1_000)
+        .unwrap();
+    s.touch_contacts(&[(peer(2), "robert"), (peer(3), "carol")], 2_000)
+        .unwrap();
+    let mut c = s.contacts().unwrap();
+    c.sort_by_key(|c| c.peer.to_hex());
+    let seen: Vec<_> = c
+        .iter()
+        .map(|c| (c.peer, c.name.as_str(), c.first_seen_ms, c.last_seen_ms))
+        .collect();
+    let mut want = vec![
+        (peer(1), "alice", 1_000, 1_000),
+        (peer(2), "robert", 1_000, 2_000),
+        (peer(3), "carol", 2_000, 2_000),
+    ];
+    want.sort_by_key(|w| w.0.to_hex());
+    assert_eq!(seen, want);
+    // An empty snapshot is a no-op.
+    s.touch_contacts(&[], 3_000).unwrap();
+    assert_eq!(s.contacts().unwrap().len(), 3);
+}

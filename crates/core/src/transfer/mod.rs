@@ -32,9 +32,9 @@ use crate::engine::{EngineEvent, EngineHandle, Shared};
 pub(crate) use recv::{serve_data, serve_offer};
 
 /// Kind byte of a transfer control stream (bidirectional, opened by the sender).
-pub const OFFER: u8 = b'F';
+pub const OFFER: u8 = p2pcall_proto::stream::StreamKind::TransferOffer.byte();
 /// Kind byte of a transfer data stream (unidirectional, sender to receiver).
-pub const DATA: u8 = b'D';
+pub const DATA: u8 = p2pcall_proto::stream::StreamKind::TransferData.byte();
 /// Chunk size: the unit of verification and resume.
 pub const CHUNK_SIZE: u32 = 1 << 20;
 /// Files sent at once, one data stream each.
@@ -206,14 +206,9 @@ pub(crate) fn encode(f: &TransferFrame) -> Vec<u8> {
     b
 }
 
+/// Reports a transfer event (progress is shed when the front end lags: `crate::events`).
 pub(crate) fn emit(shared: &Shared, e: TransferEvent) {
-    // Progress may be dropped when the UI lags; everything else waits for room.
-    match e {
-        TransferEvent::Progress(_) => {
-            let _ = shared.events.try_send(EngineEvent::Transfer(e));
-        }
-        e => shared.emit(EngineEvent::Transfer(e)),
-    }
+    shared.emit(EngineEvent::Transfer(e));
 }
 
 impl Registry {
