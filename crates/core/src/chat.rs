@@ -16,7 +16,7 @@ use crate::EngineError;
 use crate::engine::{EngineEvent, EngineHandle, Shared};
 
 /// Kind byte of a chat stream.
-pub const CHAT: u8 = b'C';
+pub const CHAT: u8 = p2pcall_proto::stream::StreamKind::Chat.byte();
 /// Stream error code: the peer broke the chat protocol.
 const PROTOCOL_ERROR: u32 = 2;
 

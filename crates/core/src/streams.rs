@@ -1,7 +1,6 @@
 //! Application streams on a peer connection: every stream after the control stream starts
-//! with a one-byte kind. Bidirectional: [`SPEEDTEST`], chat ([`crate::chat::CHAT`]), transfer
-//! offers ([`crate::transfer::OFFER`]); unidirectional: transfer data
-//! ([`crate::transfer::DATA`]). Unknown kinds are refused with a stream error.
+//! with its kind byte ([`p2pcall_proto::stream::StreamKind`]), and is served here by kind.
+//! Unknown kinds, and kinds opened in the wrong direction, are refused with a stream error.
 //!
 //! Speed test: the opener sends the kind byte and then any number of bytes and finishes the
 //! stream; the other side hashes everything it received (BLAKE3) and answers with the hash
@@ -12,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2pcall_net::PeerConnection;
+use p2pcall_proto::stream::StreamKind;
 
 use crate::EngineError;
 use crate::engine::Shared;
 
 /// Kind byte of a speed-test stream.
-pub const SPEEDTEST: u8 = b'S';
+pub const SPEEDTEST: u8 = p2pcall_proto::stream::StreamKind::Speedtest.byte();
 /// Most bytes one speed test may carry.
 pub const MAX_SPEEDTEST_BYTES: u64 = 64 << 30;
 /// Stream error code for an unknown stream kind.
@@ -63,8 +63,10 @@ async fn serve_uni(shared: Arc<Shared>, conn: PeerConnection) {
             if recv.read_exact(&mut kind).await.is_err() {
                 return;
             }
-            match kind[0] {
-                crate::transfer::DATA => crate::transfer::serve_data(shared, peer, recv).await,
+            match StreamKind::from_byte(kind[0]) {
+                Some(StreamKind::TransferData) => {
+                    crate::transfer::serve_data(shared, peer, recv).await;
+                }
                 _ => {
                     let _ = recv.stop(UNKNOWN_KIND.into());
                 }
@@ -83,14 +85,14 @@ async fn serve_bi(
     if recv.read_exact(&mut kind).await.is_err() {
         return;
     }
-    match kind[0] {
-        SPEEDTEST => serve_speedtest(send, recv).await,
-        crate::chat::CHAT => crate::chat::serve(shared, conn.peer(), send, recv).await,
-        crate::call::CALL => crate::call::serve(shared, conn, send, recv).await,
-        crate::transfer::OFFER => {
+    match StreamKind::from_byte(kind[0]) {
+        Some(StreamKind::Speedtest) => serve_speedtest(send, recv).await,
+        Some(StreamKind::Chat) => crate::chat::serve(shared, conn.peer(), send, recv).await,
+        Some(StreamKind::Call) => crate::call::serve(shared, conn, send, recv).await,
+        Some(StreamKind::TransferOffer) => {
             crate::transfer::serve_offer(shared, conn.peer(), send, recv).await
         }
-        _ => {
+        Some(StreamKind::TransferData) | None => {
             let _ = recv.stop(UNKNOWN_KIND.into());
             let _ = send.reset(UNKNOWN_KIND.into());
         }

@@ -61,18 +61,19 @@ impl PeerId {
         hex(&self.0)
     }
 
-    /// True if `query` names this peer: the full hex key, or a fingerprint or a prefix of one
-    /// (at least 4 hex digits; dashes optional).
+    /// True if `query` names this peer: a fingerprint or a prefix of one (at least 4 hex
+    /// digits; dashes optional), or the full hex key or a prefix of it (at least 8 digits:
+    /// `p2pcall id` shows both, and either may be what the user copied).
     pub fn matches(&self, query: &str) -> bool {
         let q: String = query
             .chars()
             .filter(|c| *c != '-')
             .map(|c| c.to_ascii_lowercase())
             .collect();
-        if q.len() == 64 {
-            return q == self.to_hex();
+        if q.len() >= 8 && self.to_hex().starts_with(&q) {
+            return true;
         }
-        q.len() >= 4 && hex(&self.fingerprint().0).starts_with(&q)
+        q.len() >= 4 && q.len() <= 20 && hex(&self.fingerprint().0).starts_with(&q)
     }
 }
 
@@ -207,6 +208,10 @@ mod tests {
         assert!(a.matches(&fp[..4]));
         assert!(a.matches(&a.to_hex()));
         assert!(!a.matches(&fp[..3]), "too short a prefix is ambiguous");
+        // A prefix of the full id works too, from 8 digits on (`p2pcall id` prints both).
+        assert!(a.matches(&a.to_hex()[..8]));
+        assert!(a.matches(&a.to_hex().to_uppercase()[..12]));
+        assert!(!a.matches(&a.to_hex()[..7]));
         assert!(!PeerId::from_bytes([8; 32]).matches(&fp));
     }
 

@@ -9,6 +9,7 @@
 //!   header, address reflection and path probes. Their first byte is below `0x40`, so they can
 //!   never be confused with QUIC packets (whose fixed bit `0x40` is always set: p2pcall
 //!   endpoints never negotiate QUIC bit greasing).
+//! * [`stream`]: the kind byte that opens every application stream on a peer connection.
 //! * [`call`]: call signaling (offer, answer, updates, hang-up) and codec negotiation.
 //! * [`chat`]: chat messages and receipts between two peers.
 //! * [`transfer`]: file and folder-tree offers, answers and data records.
@@ -32,6 +33,7 @@ pub mod media;
 pub mod packet;
 pub mod peer;
 pub mod relay;
+pub mod stream;
 pub mod transfer;
 
 pub use codec::DecodeError;

@@ -99,6 +99,19 @@ pub enum AbortCode {
     Interrupted,
 }
 
+impl std::fmt::Display for AbortCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cancelled => "cancelled",
+            Self::DiskFull => "disk full",
+            Self::Permission => "permission denied",
+            Self::Io => "I/O error",
+            Self::Protocol => "protocol error",
+            Self::Interrupted => "interrupted",
+        })
+    }
+}
+
 impl AbortCode {
     fn code(self) -> u8 {
         match self {

@@ -38,7 +38,7 @@ pub use p2pcall_screen::Target as ScreenTarget;
 use crate::engine::{EngineEvent, Shared};
 
 /// Kind byte of a call stream.
-pub const CALL: u8 = b'V';
+pub const CALL: u8 = p2pcall_proto::stream::StreamKind::Call.byte();
 /// Our audio stream number.
 pub const AUDIO_STREAM: u8 = 0;
 /// Our video stream number.
@@ -424,16 +424,19 @@ pub fn describe_end(r: &EndReason) -> (&'static str, String) {
             detail,
         } => (
             "hung_up_by_peer",
-            format!("the peer hung up ({reason:?}{})", dash(detail)),
-        ),
-        EndReason::HungUp { reason, detail, .. } => (
             match reason {
-                HangupReason::Finished => "finished",
-                HangupReason::Error => "error",
-                HangupReason::Normal => "hung_up",
+                HangupReason::Normal => format!("the peer hung up{}", colon(detail)),
+                HangupReason::Finished => format!("the peer ended the call{}", colon(detail)),
+                HangupReason::Error => {
+                    format!("the peer ended the call after an error{}", colon(detail))
+                }
             },
-            format!("hung up ({reason:?}{})", dash(detail)),
         ),
+        EndReason::HungUp { reason, detail, .. } => match reason {
+            HangupReason::Finished => ("finished", format!("finished{}", colon(detail))),
+            HangupReason::Error => ("error", format!("ended by an error{}", colon(detail))),
+            HangupReason::Normal => ("hung_up", format!("hung up{}", colon(detail))),
+        },
         EndReason::Rejected { remote, reason } => {
             let code = match reason {
                 RejectReason::Declined => "declined",
@@ -456,7 +459,7 @@ pub fn describe_end(r: &EndReason) -> (&'static str, String) {
     }
 }
 
-fn dash(s: &str) -> String {
+fn colon(s: &str) -> String {
     if s.is_empty() {
         String::new()
     } else {
