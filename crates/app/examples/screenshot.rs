@@ -106,11 +106,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let relay = rt.block_on(p2pcall_core::demo::local_relay()).unwrap();
+    let relay = rt.block_on(p2pcall_demo::local_relay()).unwrap();
     let addr = relay.udp_addr;
-    let (bob, mut events) = rt
-        .block_on(p2pcall_core::demo::local_peer("bob", addr))
-        .unwrap();
+    let (bob, mut events) = rt.block_on(p2pcall_demo::local_peer("bob", addr)).unwrap();
     rt.spawn(async move { while events.recv().await.is_some() {} });
     let dir = tempfile::tempdir().unwrap();
     let dirs = Dirs::resolve(Some(dir.path())).unwrap();

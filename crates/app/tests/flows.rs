@@ -33,11 +33,9 @@ fn world() -> World {
         .enable_all()
         .build()
         .unwrap();
-    let relay = rt.block_on(p2pcall_core::demo::local_relay()).unwrap();
+    let relay = rt.block_on(p2pcall_demo::local_relay()).unwrap();
     let addr = relay.udp_addr;
-    let (bob, bob_events) = rt
-        .block_on(p2pcall_core::demo::local_peer("bob", addr))
-        .unwrap();
+    let (bob, bob_events) = rt.block_on(p2pcall_demo::local_peer("bob", addr)).unwrap();
     World {
         rt,
         relay: addr,
@@ -348,7 +346,7 @@ fn first_run_can_host_the_relay_others_then_use() {
     ));
     // Someone else registers with it and shows up in our list.
     let (carol, _events) =
-        w.rt.block_on(p2pcall_core::demo::local_peer("carol", hosted))
+        w.rt.block_on(p2pcall_demo::local_peer("carol", hosted))
             .unwrap();
     until(&mut h, "carol in the list", |h| {
         h.query_by_role_and_label(Role::Button, "carol").is_some()
@@ -413,9 +411,7 @@ fn first_run_lan_only_finds_a_peer_without_any_relay() {
         return;
     }
     let w = world();
-    let (dave, mut dave_events) =
-        w.rt.block_on(p2pcall_core::demo::local_lan_peer("dave"))
-            .unwrap();
+    let (dave, mut dave_events) = w.rt.block_on(p2pcall_demo::local_lan_peer("dave")).unwrap();
     // The namespace has only loopback; a real network needs no interface setting.
     let mut h = app_with(
         &w,

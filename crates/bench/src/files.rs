@@ -47,8 +47,8 @@ async fn p2pcall_send(root: &Path, dest: &Path) -> Result<(f64, u64, String)> {
     cfg.packet_rate = 1e9;
     cfg.byte_rate = 1e12;
     let relay = p2pcall_relay::Relay::start(&Identity::generate()?, cfg).await?;
-    let (alice, _ae) = p2pcall_core::demo::local_peer("alice", relay.udp_addr).await?;
-    let (bob, mut be) = p2pcall_core::demo::local_peer("bob", relay.udp_addr).await?;
+    let (alice, _ae) = p2pcall_demo::local_peer("alice", relay.udp_addr).await?;
+    let (bob, mut be) = p2pcall_demo::local_peer("bob", relay.udp_addr).await?;
     alice.wait_relay(std::time::Duration::from_secs(5)).await?;
     bob.wait_relay(std::time::Duration::from_secs(5)).await?;
     let conn = alice.connect(bob.id()).await?;

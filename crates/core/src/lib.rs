@@ -1,9 +1,9 @@
-//! The headless p2pcall engine used by the CLI (and the GUI later).
+//! The headless p2pcall engine used by the CLI and the desktop app.
 //!
 //! * [`identity`]: the installation's Ed25519 key in the data dir (mode 0600).
 //! * [`settings`]: TOML settings in the platform config dir.
-//! * [`engine`]: commands in ([`EngineHandle`] methods), events out ([`EngineEvent`]).
-//! * [`demo`]: an in-process relay and two peers, end to end.
+//! * [`engine`]: commands in ([`EngineHandle`] methods), events out ([`EngineEvent`], in the
+//!   order they happened: one FIFO, `events`).
 //! * [`streams`]: application streams on a peer connection (kinds: speed test, chat, transfer).
 //! * [`call`]: calls (signaling, media pipeline, statistics).
 //! * [`devices`]: cameras, microphones, speakers and screens, or why there are none.
@@ -14,9 +14,9 @@
 pub mod bulk;
 pub mod call;
 pub mod chat;
-pub mod demo;
 pub use p2pcall_devices::list as devices;
 pub mod engine;
+mod events;
 pub mod identity;
 pub mod settings;
 pub mod streams;

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 const T: Duration = Duration::from_secs(20);
 
 async fn relay() -> Relay {
-    p2pcall_core::demo::local_relay().await.unwrap()
+    p2pcall_demo::local_relay().await.unwrap()
 }
 
 struct Peer {

@@ -1,4 +1,6 @@
-//! `p2pcall demo`: an in-process relay and two peers, end to end, on loopback.
+//! `p2pcall demo`: an in-process relay and two peers, end to end, on loopback; and the same
+//! pieces (a relay on a free loopback port, peers with fresh identities) for tests and tools.
+//! It lives outside the engine so that the engine does not depend on the relay server.
 //!
 //! 1. start a relay on 127.0.0.1 (random port) and two engines with fresh identities;
 //! 2. both register and see each other in the presence list;
@@ -10,6 +12,8 @@
 //! 7. alice sends a small folder tree; bob accepts it into a temporary folder and both sides
 //!    compare every file's BLAKE3.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,8 +22,8 @@ use p2pcall_net::{Path, RelayConfig};
 use p2pcall_relay::{Relay, RelayConfig as ServerConfig};
 use p2pcall_tls::Identity;
 
-use crate::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
-use crate::transfer::TransferEvent;
+use p2pcall_core::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
+use p2pcall_core::transfer::TransferEvent;
 use p2pcall_store::MessageState;
 
 /// What the demo observed.
@@ -68,7 +72,7 @@ pub struct DemoReport {
     /// Where bob's copy landed.
     pub placed: Vec<String>,
     /// A short synthetic call (test pattern + tone both ways): alice's final statistics.
-    pub call: Option<crate::call::CallStats>,
+    pub call: Option<p2pcall_core::call::CallStats>,
     /// The call ended as planned with video and audio received.
     pub call_ok: bool,
 }
@@ -181,8 +185,10 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
                 EngineEvent::Transfer(TransferEvent::Offered(o)) => {
                     let _ = bob2.accept_offer(o.peer, o.id, inbox_path.clone());
                 }
-                EngineEvent::Call(crate::call::CallEvent::Incoming { call, .. }) => {
-                    let _ = bob2.answer(call, crate::call::CallOptions::default()).await;
+                EngineEvent::Call(p2pcall_core::call::CallEvent::Incoming { call, .. }) => {
+                    let _ = bob2
+                        .answer(call, p2pcall_core::call::CallOptions::default())
+                        .await;
                 }
                 EngineEvent::Transfer(TransferEvent::Finished(s)) => {
                     if let Some(t) = done_tx.take() {
@@ -266,14 +272,17 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
 
     // A short call: alice dials, bob's event task answers; both send the test pattern and
     // a tone; alice's final statistics say what she received.
-    let opts = crate::call::CallOptions {
+    let opts = p2pcall_core::call::CallOptions {
         duration: Some(DEMO_CALL),
         ..Default::default()
     };
     alice.call(bob.id(), opts).await?;
     let ended = tokio::time::timeout(DEMO_CALL + Duration::from_secs(10), async {
         while let Some(e) = alice_events.recv().await {
-            if let EngineEvent::Call(crate::call::CallEvent::Ended { reason, stats, .. }) = e {
+            if let EngineEvent::Call(p2pcall_core::call::CallEvent::Ended {
+                reason, stats, ..
+            }) = e
+            {
                 return Some((reason, stats));
             }
         }
@@ -284,7 +293,7 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
     .flatten();
     let (call, call_ok) = match ended {
         Some((reason, stats)) => {
-            let ok = crate::call::describe_end(&reason).0 == "finished"
+            let ok = p2pcall_core::call::describe_end(&reason).0 == "finished"
                 && stats.as_ref().is_some_and(|s| {
                     s.video_decoded > 0 && s.audio_samples > 0 && s.recv.len() == 2
                 });
