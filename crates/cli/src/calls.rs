@@ -177,7 +177,7 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             audio,
             video,
         } => {
-            json!({"event": "call_incoming", "call": id(call), "fingerprint": peer.fingerprint().to_string(), "name": name, "audio": audio, "video": video})
+            json!({"event": "call_incoming", "call": id(call), "peer": crate::output::peer_obj(peer, name.as_deref()), "audio": audio, "video": video})
         }
         CallEvent::Ringing { call } => json!({"event": "call_ringing", "call": id(call)}),
         CallEvent::Started {
@@ -185,7 +185,7 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             peer,
             streams,
         } => {
-            json!({"event": "call_started", "call": id(call), "fingerprint": peer.fingerprint().to_string(),
+            json!({"event": "call_started", "call": id(call), "peer": crate::output::peer_obj(peer, None),
             "send": streams.send.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>(),
             "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
         }
@@ -206,7 +206,7 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             stats,
         } => {
             let (code, message) = describe_end(reason);
-            json!({"event": "call_ended", "call": id(call), "fingerprint": peer.fingerprint().to_string(), "reason": code, "message": message, "stats": stats})
+            json!({"event": "call_ended", "call": id(call), "peer": crate::output::peer_obj(peer, None), "reason": code, "message": message, "stats": stats})
         }
     }
 }
@@ -239,7 +239,11 @@ pub fn call_text(e: &CallEvent) -> String {
             streams
                 .receive
                 .iter()
-                .map(|s| format!("{:?}{}", s.kind, if s.active { "" } else { " (off)" }))
+                .map(|s| format!(
+                    "{}{}",
+                    format!("{:?}", s.kind).to_lowercase(),
+                    if s.active { "" } else { " (off)" }
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -321,7 +325,7 @@ pub fn ended_normally(e: &CallEvent) -> bool {
 pub fn devices(json_out: bool) {
     let d = p2pcall_core::devices::list_devices();
     if json_out {
-        println!("{}", serde_json::to_value(&d).unwrap_or_default());
+        outln!("{}", serde_json::to_value(&d).unwrap_or_default());
         return;
     }
     for (title, l) in [
@@ -330,12 +334,12 @@ pub fn devices(json_out: bool) {
         ("speakers", &d.speakers),
         ("screens", &d.screens),
     ] {
-        println!("{title}:");
+        outln!("{title}:");
         for x in &l.devices {
-            println!("  {:<28} {}", x.id, x.name);
+            outln!("  {:<28} {}", x.id, x.name);
         }
         if let Some(why) = &l.why_none {
-            println!("  none: {why}");
+            outln!("  none: {why}");
         }
     }
 }
@@ -344,9 +348,9 @@ pub fn devices(json_out: bool) {
 pub fn print(json_out: bool, e: &EngineEvent) -> bool {
     if let EngineEvent::Call(c) = e {
         if json_out {
-            println!("{}", call_json(c));
+            outln!("{}", call_json(c));
         } else {
-            println!("{}", call_text(c));
+            outln!("{}", call_text(c));
         }
         true
     } else {

@@ -189,7 +189,16 @@ pub(crate) async fn dial(cli: &Cli, query: &str) -> Result<Dialed> {
     })
 }
 
+/// Resolves on Ctrl-C, SIGTERM, or once standard output is closed (nobody reads what the
+/// command prints any more): every long-running command stops on it.
 pub(crate) async fn shutdown_signal() {
+    tokio::select! {
+        () = interrupted() => {}
+        () = crate::output::stdout_closed() => {}
+    }
+}
+
+async fn interrupted() {
     #[cfg(unix)]
     {
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
@@ -233,5 +242,55 @@ pub(crate) fn resolve_known(store: &Store, query: &str) -> Result<PeerId> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+/// A size as typed: `1000`, `64MiB`, `1.5GB`, `512 kB` (decimal units are powers of 1000,
+/// binary ones of 1024; case does not matter).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 1000, 64MiB, 1.5GB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use kB, MB, GB, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    let bytes = n * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?} is not a size of at least one byte"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_with_and_without_units() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("512 kB"), Ok(512_000));
+        assert_eq!(parse_size("2gib"), Ok(2 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("").is_err());
     }
 }

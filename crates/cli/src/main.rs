@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use p2pcall_core::settings::Dirs;
-use serde_json::json;
 
+#[macro_use]
+mod exit;
+#[macro_use]
+mod output;
 mod calls;
 mod cmd;
 mod ctx;
-#[macro_use]
-mod exit;
-mod output;
 
 use cmd::{
     call::CallArgs, chat::ChatArgs, demo::DemoArgs, history::HistoryArgs, listen::ListenArgs,
@@ -29,6 +29,9 @@ const AFTER_HELP: &str = concat!(
     exit_codes_help!()
 );
 
+/// Where the options every command takes are listed in each command's `--help`.
+const GLOBAL: &str = "Global options (before or after the command)";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "p2pcall",
@@ -43,37 +46,43 @@ const AFTER_HELP: &str = concat!(
 pub(crate) struct Cli {
     /// Directory for the identity key and settings [default: the platform's data and
     /// config dirs]
-    #[arg(long, global = true, env = "P2PCALL_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "P2PCALL_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
     /// Relay address, HOST[:PORT] (port 7700 if omitted) [default: `relay` in the settings]
-    #[arg(long, global = true, env = "P2PCALL_RELAY", value_name = "ADDR")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "P2PCALL_RELAY", value_name = "ADDR")]
     pub(crate) relay: Option<String>,
     /// Relay access token (for `relay`: the token peers must present)
-    #[arg(long, global = true, env = "P2PCALL_TOKEN", value_name = "TOKEN")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "P2PCALL_TOKEN", value_name = "TOKEN")]
     pub(crate) token: Option<String>,
-    /// Display name shown to other peers [default: settings, then $USER]
-    #[arg(long, global = true, value_name = "NAME")]
+    /// Display name shown to other peers, for this run (`p2pcall name NEW` keeps one)
+    /// [default: settings, then $USER]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "NAME")]
     pub(crate) name: Option<String>,
     /// Reach the relay over its TCP+TLS fallback only (networks that block UDP)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub(crate) tcp: bool,
     /// Never use direct paths: all traffic goes through the relay (still end-to-end
     /// encrypted; hides your addresses from peers)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub(crate) relay_only: bool,
     /// LAN only: find peers on this network by mDNS, with no relay at all (overrides
     /// --relay) [default: `lan_only` in the settings]
-    #[arg(long, global = true, conflicts_with_all = ["tcp", "relay_only"])]
+    #[arg(long, global = true, help_heading = GLOBAL, conflicts_with_all = ["tcp", "relay_only"])]
     pub(crate) lan: bool,
     /// With --lan: announce and browse on this interface only (repeatable; `lo` for peers on
     /// this machine) [default: `lan_interfaces` in the settings, else all but loopback]
-    #[arg(long, global = true, value_name = "IFACE")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "IFACE")]
     pub(crate) lan_interface: Vec<String>,
     /// Do not ask the home router for a port mapping (UPnP-IGD, NAT-PMP, PCP)
-    #[arg(long, global = true, env = "P2PCALL_NO_PORT_MAPPING")]
+    #[arg(
+        long,
+        global = true, help_heading = GLOBAL,
+        env = "P2PCALL_NO_PORT_MAPPING",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub(crate) no_port_mapping: bool,
     /// Machine-readable output: one JSON object (or JSON lines for streams of events)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub(crate) json: bool,
     /// What to do [default: `app`, the desktop window]
     #[command(subcommand)]
@@ -87,8 +96,16 @@ enum Cmd {
     /// Run a relay server
     Relay(RelayArgs),
     /// Print this installation's peer id (created on first run)
+    #[command(after_help = "Example:
+  p2pcall id        # the fingerprint to give others, your name, the full id")]
     Id,
+    /// Show the display name other peers see, or set it (kept in the settings)
+    Name(cmd::name::NameArgs),
     /// List the peers online on the relay
+    #[command(after_help = "Examples:
+  p2pcall peers
+  p2pcall --lan peers
+  p2pcall --json peers | jq -r '.[].name'")]
     Peers,
     /// Stay online: accept connections, receive messages and files, print events until Ctrl-C
     Listen(ListenArgs),
@@ -99,6 +116,8 @@ enum Cmd {
     /// In-process relay and two peers: register, connect, ping, stream; print what happened
     Demo(DemoArgs),
     /// Report this network's NAT behaviour as seen through the relay, and our candidates
+    #[command(after_help = "Example:
+  p2pcall --relay relay.example.org netcheck")]
     Netcheck,
     /// Send a chat message (queued and delivered later if the peer is offline)
     Chat(ChatArgs),
@@ -112,11 +131,16 @@ enum Cmd {
     /// Call a peer (audio and video; headless: synthetic or file sources, recordings, stats)
     Call(CallArgs),
     /// List cameras, microphones, speakers and screens, or say why there are none
+    #[command(after_help = "Example:
+  p2pcall devices   # ids to pass to `call --video` / `--audio` / `--speaker`")]
     Devices,
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return output::argument_error(&e),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -133,7 +157,7 @@ fn main() -> std::process::ExitCode {
         return match r {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", output::error_text(&e));
                 std::process::ExitCode::FAILURE
             }
         };
@@ -154,12 +178,9 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             let code = exit::code(&e);
             if json {
-                println!(
-                    "{}",
-                    json!({"event": "error", "error": format!("{e:#}"), "exit_code": code})
-                );
+                outln!("{}", output::error_json(&e, code));
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", output::error_text(&e));
             }
             std::process::ExitCode::from(code)
         }
@@ -175,6 +196,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(a) => cmd::demo::demo(&cli, a).await,
         Cmd::Relay(a) => cmd::relay::relay(&cli, a).await,
         Cmd::Id => cmd::id::id(&cli),
+        Cmd::Name(a) => cmd::name::name(&cli, a),
         Cmd::Peers => cmd::peers::peers(&cli).await,
         Cmd::Listen(a) => cmd::listen::listen(&cli, a).await,
         Cmd::Chat(a) => cmd::chat::chat(&cli, a).await,

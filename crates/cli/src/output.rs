@@ -1,19 +1,155 @@
-//! Rendering of events and results, as text for people and as JSON for scripts.
+//! Rendering of events and results, as text for people and as JSON for scripts, and the
+//! one way they reach standard output ([`outln!`]).
+//!
+//! Every peer in JSON is the same object, [`peer_obj`]: `{"id", "fingerprint", "name"}`
+//! (`name` is `null` where the event does not carry one).
 
+use std::io::Write;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+
+use p2pcall_core::PeerId;
 
 use p2pcall_core::chat::ChatEvent;
 use p2pcall_core::engine::EngineEvent;
 use p2pcall_core::transfer::{Progress, Summary, TransferEvent, id_hex};
 use p2pcall_core::{Message, Path, PeerInfo};
 use p2pcall_net::{Event, PresenceEvent, RelayTransport};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::calls;
 
-/// The relay transport for `--json` (`null` in LAN-only mode).
-pub(crate) fn transport_name(t: Option<RelayTransport>) -> Option<String> {
-    t.map(|t| format!("{t:?}").to_lowercase())
+/// Prints one line to standard output; see [`write_line`].
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::output::write_line(&format!($($t)*)) };
+}
+
+/// Set once standard output turned out to be closed.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+fn closed_notify() -> &'static tokio::sync::Notify {
+    static N: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    N.get_or_init(tokio::sync::Notify::new)
+}
+
+/// Writes one line to standard output. When the reader has gone (a pipe into `head`, a
+/// wrapper that exited), nothing more is printed and [`stdout_closed`] resolves, so that the
+/// command stops as it would on Ctrl-C, instead of panicking like `println!`.
+pub(crate) fn write_line(line: &str) {
+    if STDOUT_CLOSED.load(Ordering::Acquire) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        STDOUT_CLOSED.store(true, Ordering::Release);
+        closed_notify().notify_waiters();
+    }
+}
+
+/// Resolves once a write found standard output closed.
+pub(crate) async fn stdout_closed() {
+    loop {
+        let notified = closed_notify().notified();
+        if STDOUT_CLOSED.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Prints a result: `text` for people, or `json` with `--json`.
+pub(crate) fn emit(json_out: bool, text: impl FnOnce() -> String, json: impl FnOnce() -> Value) {
+    if json_out {
+        outln!("{}", json());
+    } else {
+        outln!("{}", text());
+    }
+}
+
+/// An error and its causes in one line, each cause once: a cause whose text the message
+/// before it already holds is not repeated ("Not a directory (os error 20)" twice).
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// A failed command in JSON.
+pub(crate) fn error_json(e: &anyhow::Error, exit_code: u8) -> Value {
+    json!({"event": "error", "error": error_text(e), "exit_code": exit_code})
+}
+
+/// A command line clap could not parse: help and version print as usual; errors print as
+/// clap renders them, or with `--json` as an error object on standard output. Exit code 2.
+pub(crate) fn argument_error(e: &clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let wants_json = std::env::args_os().any(|a| a == "--json");
+    let informational = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if wants_json && !informational {
+        let text = e.render().to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        outln!(
+            "{}",
+            json!({"event": "error", "error": first, "usage": text.trim_end(), "exit_code": 2})
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let _ = e.print();
+    std::process::ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// A peer, the same object in every JSON output.
+pub(crate) fn peer_obj(id: &PeerId, name: Option<&str>) -> Value {
+    json!({"id": id.to_hex(), "fingerprint": id.fingerprint().to_string(), "name": name})
+}
+
+/// The relay transport in JSON (`null` in LAN-only mode).
+pub(crate) fn transport_name(t: Option<RelayTransport>) -> Option<&'static str> {
+    t.map(transport_json)
+}
+
+/// The relay transport in JSON: `udp` or `tcp`.
+pub(crate) fn transport_json(t: RelayTransport) -> &'static str {
+    match t {
+        RelayTransport::Udp => "udp",
+        RelayTransport::Tcp => "tcp",
+    }
+}
+
+/// The relay transport for people.
+pub(crate) fn transport_text(t: RelayTransport) -> &'static str {
+    match t {
+        RelayTransport::Udp => "UDP (QUIC)",
+        RelayTransport::Tcp => "TCP+TLS",
+    }
+}
+
+fn signal_failure(r: p2pcall_proto::relay::SignalFailure) -> &'static str {
+    use p2pcall_proto::relay::SignalFailure as F;
+    match r {
+        F::Offline => "offline",
+        F::RateLimited => "rate_limited",
+        F::QueueFull => "queue_full",
+    }
 }
 
 pub(crate) fn path_str(p: &Path) -> String {
@@ -39,14 +175,17 @@ pub(crate) fn since(ms_epoch: u64) -> String {
     }
 }
 
-pub(crate) fn peer_json(p: &PeerInfo) -> serde_json::Value {
-    json!({"name": p.name, "id": p.id.to_hex(), "fingerprint": p.id.fingerprint().to_string(), "online_since_ms": p.online_since_ms})
+/// An online peer: [`peer_obj`] and since when it is online.
+pub(crate) fn peer_json(p: &PeerInfo) -> Value {
+    let mut v = peer_obj(&p.id, Some(&p.name));
+    v["online_since_ms"] = json!(p.online_since_ms);
+    v
 }
 
-pub(crate) fn event_json(e: &EngineEvent) -> serde_json::Value {
+pub(crate) fn event_json(e: &EngineEvent) -> Value {
     let n = match e {
         EngineEvent::PeerConnected { conn, incoming } => {
-            return json!({"event": "connected", "incoming": incoming, "id": conn.peer().to_hex(), "fingerprint": conn.peer().fingerprint().to_string(), "name": conn.remote_name(), "path": path_str(&conn.path()), "safety_number": conn.safety_number().to_string()});
+            return json!({"event": "connected", "incoming": incoming, "peer": peer_obj(&conn.peer(), conn.remote_name().as_deref()), "path": path_str(&conn.path()), "safety_number": conn.safety_number().to_string()});
         }
         EngineEvent::Chat(ChatEvent::Received(m)) => {
             let mut v = message_json(m);
@@ -54,7 +193,7 @@ pub(crate) fn event_json(e: &EngineEvent) -> serde_json::Value {
             return v;
         }
         EngineEvent::Chat(ChatEvent::State { peer, id, state }) => {
-            return json!({"event": "message_state", "peer": peer.fingerprint().to_string(), "id": hex(id), "state": state.as_str()});
+            return json!({"event": "message_state", "peer": peer_obj(peer, None), "id": hex(id), "state": state.as_str()});
         }
         EngineEvent::Transfer(t) => return transfer_json(t),
         EngineEvent::Call(c) => return calls::call_json(c),
@@ -66,7 +205,7 @@ pub(crate) fn event_json(e: &EngineEvent) -> serde_json::Value {
             transport,
             relay,
         } => {
-            json!({"event": "relay_connected", "observed": observed.to_string(), "transport": format!("{transport:?}").to_lowercase(), "relay": relay.fingerprint().to_string()})
+            json!({"event": "relay_connected", "observed": observed.to_string(), "transport": transport_json(*transport), "relay": relay.fingerprint().to_string()})
         }
         Event::RelayDisconnected { reason, retry_in } => {
             json!({"event": "relay_disconnected", "reason": reason, "retry_in_ms": retry_in.as_millis() as u64})
@@ -87,24 +226,24 @@ pub(crate) fn event_json(e: &EngineEvent) -> serde_json::Value {
             json!({"event": "peer_updated", "peer": peer_json(p)})
         }
         Event::Presence(PresenceEvent::Left(id)) => {
-            json!({"event": "peer_left", "id": id.to_hex(), "fingerprint": id.fingerprint().to_string()})
+            json!({"event": "peer_left", "peer": peer_obj(id, None)})
         }
         Event::PathChanged {
             peer, path, rtt, ..
         } => {
-            json!({"event": "path_changed", "fingerprint": peer.fingerprint().to_string(), "path": path_str(path), "rtt_ms": rtt.map(ms)})
+            json!({"event": "path_changed", "peer": peer_obj(peer, None), "path": path_str(path), "rtt_ms": rtt.map(ms)})
         }
         Event::ConnectionClosed { peer, reason } => {
-            json!({"event": "disconnected", "fingerprint": peer.fingerprint().to_string(), "reason": reason})
+            json!({"event": "disconnected", "peer": peer_obj(peer, None), "reason": reason})
         }
         Event::Signal { from, payload } => {
-            json!({"event": "signal", "from": from.fingerprint().to_string(), "bytes": payload.len()})
+            json!({"event": "signal", "from": peer_obj(from, None), "bytes": payload.len()})
         }
         Event::SignalFailed { to, reason } => {
-            json!({"event": "signal_failed", "to": to.fingerprint().to_string(), "reason": format!("{reason:?}")})
+            json!({"event": "signal_failed", "to": peer_obj(to, None), "reason": signal_failure(*reason)})
         }
         Event::Incoming(c) => {
-            json!({"event": "incoming", "fingerprint": c.peer().fingerprint().to_string()})
+            json!({"event": "incoming", "peer": peer_obj(&c.peer(), None)})
         }
     }
 }
@@ -141,8 +280,9 @@ pub(crate) fn event_text(e: &EngineEvent) -> String {
             transport,
             relay,
         } => format!(
-            "online via relay {} over {transport:?}; the relay sees us as {observed}",
-            relay.fingerprint()
+            "online via relay {} over {}; the relay sees us as {observed}",
+            relay.fingerprint(),
+            transport_text(*transport)
         ),
         Event::RelayDisconnected { reason, retry_in } => format!(
             "relay connection lost ({reason}); retrying in {:.1}s",
@@ -184,18 +324,18 @@ pub(crate) fn event_text(e: &EngineEvent) -> String {
             payload.len()
         ),
         Event::SignalFailed { to, reason } => {
-            format!("signal to {} failed: {reason:?}", to.fingerprint())
+            format!(
+                "signal to {} failed: {}",
+                to.fingerprint(),
+                signal_failure(*reason).replace('_', " ")
+            )
         }
         Event::Incoming(c) => format!("incoming connection from {}", c.peer().fingerprint()),
     }
 }
 
 pub(crate) fn print_event(json: bool, e: &EngineEvent) {
-    if json {
-        println!("{}", event_json(e));
-    } else {
-        println!("{}", event_text(e));
-    }
+    emit(json, || event_text(e), || event_json(e));
 }
 
 /// Prints a path change; in JSON with its time since the connection came up.
@@ -206,7 +346,7 @@ pub(crate) fn print_path_change(json: bool, e: &EngineEvent, connected: Instant)
     if json {
         let mut v = event_json(e);
         v["since_connect_ms"] = json!(ms(at.saturating_duration_since(connected)));
-        println!("{v}");
+        outln!("{v}");
     } else {
         print_event(false, e);
     }
@@ -216,26 +356,26 @@ pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-pub(crate) fn message_json(m: &Message) -> serde_json::Value {
+pub(crate) fn message_json(m: &Message) -> Value {
     json!({
-        "n": m.rowid, "peer": m.peer.fingerprint().to_string(), "outgoing": m.outgoing,
+        "n": m.rowid, "peer": peer_obj(&m.peer, None), "outgoing": m.outgoing,
         "id": hex(&m.id), "seq": m.seq, "sent_ms": m.sent_ms, "received_ms": m.received_ms,
         "state": m.state.as_str(), "text": m.text,
     })
 }
 
-pub(crate) fn progress_json(p: &Progress) -> serde_json::Value {
+pub(crate) fn progress_json(p: &Progress) -> Value {
     json!({
-        "event": "transfer_progress", "id": id_hex(&p.id), "peer": p.peer.fingerprint().to_string(),
+        "event": "transfer_progress", "id": id_hex(&p.id), "peer": peer_obj(&p.peer, None),
         "outgoing": p.outgoing, "done_bytes": p.done_bytes, "total_bytes": p.total_bytes,
         "files_done": p.files_done, "files": p.files,
         "rate_bytes_per_s": p.rate.map(|r| r.round()), "eta_s": p.eta.map(|e| e.as_secs_f64().round()),
     })
 }
 
-pub(crate) fn summary_json(s: &Summary) -> serde_json::Value {
+pub(crate) fn summary_json(s: &Summary) -> Value {
     json!({
-        "event": "transfer_done", "id": id_hex(&s.id), "peer": s.peer.fingerprint().to_string(),
+        "event": "transfer_done", "id": id_hex(&s.id), "peer": peer_obj(&s.peer, None),
         "outgoing": s.outgoing, "files": s.files, "folders": s.dirs, "total_bytes": s.total_bytes,
         "resumed_bytes": s.resumed_bytes, "elapsed_ms": ms(s.elapsed),
         "mb_per_s": s.bytes_per_s() / 1e6,
@@ -245,11 +385,11 @@ pub(crate) fn summary_json(s: &Summary) -> serde_json::Value {
     })
 }
 
-pub(crate) fn transfer_json(t: &TransferEvent) -> serde_json::Value {
+pub(crate) fn transfer_json(t: &TransferEvent) -> Value {
     match t {
         TransferEvent::Offered(o) | TransferEvent::Resumed(o) => json!({
             "event": if matches!(t, TransferEvent::Offered(_)) { "transfer_offer" } else { "transfer_resumed" },
-            "id": id_hex(&o.id), "peer": o.peer.fingerprint().to_string(), "files": o.files,
+            "id": id_hex(&o.id), "peer": peer_obj(&o.peer, None), "files": o.files,
             "folders": o.dirs, "total_bytes": o.total_bytes, "names": o.tops,
         }),
         TransferEvent::Progress(p) => progress_json(p),
@@ -261,7 +401,7 @@ pub(crate) fn transfer_json(t: &TransferEvent) -> serde_json::Value {
             reason,
             resumable,
         } => json!({
-            "event": "transfer_failed", "id": id_hex(id), "peer": peer.fingerprint().to_string(),
+            "event": "transfer_failed", "id": id_hex(id), "peer": peer_obj(peer, None),
             "outgoing": outgoing, "reason": reason, "resumable": resumable,
         }),
     }
@@ -349,5 +489,301 @@ pub(crate) fn transfer_text(t: &TransferEvent) -> String {
                 ""
             }
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pcall_core::MessageState;
+    use p2pcall_core::transfer::OfferInfo;
+    use p2pcall_proto::relay::{RefuseReason, SignalFailure};
+
+    fn peer(b: u8) -> PeerId {
+        PeerId::from_bytes([b; 32])
+    }
+
+    /// Every JSON peer is the one object: id, fingerprint, name.
+    fn assert_peer(v: &Value, p: &PeerId, name: Option<&str>) {
+        assert_eq!(v["id"], p.to_hex(), "{v}");
+        assert_eq!(v["fingerprint"], p.fingerprint().to_string(), "{v}");
+        assert_eq!(v["name"], json!(name), "{v}");
+    }
+
+    fn both(e: EngineEvent) -> (String, Value) {
+        (event_text(&e), event_json(&e))
+    }
+
+    #[test]
+    fn relay_events_name_transports_and_reasons_for_people() {
+        let (text, json) = both(EngineEvent::Net(Event::RelayConnected {
+            observed: "192.0.2.7:4000".parse().expect("addr"),
+            transport: RelayTransport::Tcp,
+            relay: peer(9),
+        }));
+        assert_eq!(
+            text,
+            format!(
+                "online via relay {} over TCP+TLS; the relay sees us as 192.0.2.7:4000",
+                peer(9).fingerprint()
+            )
+        );
+        assert_eq!(json["event"], "relay_connected");
+        assert_eq!(json["transport"], "tcp");
+
+        let (text, json) = both(EngineEvent::Net(Event::RelayDisconnected {
+            reason: "idle".into(),
+            retry_in: Duration::from_millis(1500),
+        }));
+        assert_eq!(text, "relay connection lost (idle); retrying in 1.5s");
+        assert_eq!(json["retry_in_ms"], 1500);
+
+        let (text, json) = both(EngineEvent::Net(Event::RelayRefused {
+            reason: RefuseReason::BadToken,
+            detail: "access token missing or wrong".into(),
+        }));
+        assert!(text.starts_with("the relay refused us: "), "{text}");
+        assert!(!text.contains("BadToken"), "{text}");
+        assert_eq!(json["event"], "relay_refused");
+
+        let (text, json) = both(EngineEvent::Net(Event::RelayUnreachable {
+            addr: "127.0.0.1:9".parse().expect("addr"),
+            detail: "refused".into(),
+        }));
+        assert_eq!(text, "the relay at 127.0.0.1:9 is unreachable: refused");
+        assert_eq!(json["addr"], "127.0.0.1:9");
+    }
+
+    #[test]
+    fn presence_events_carry_the_peer_object() {
+        let info = PeerInfo {
+            id: peer(1),
+            name: "alice".into(),
+            online_since_ms: 42,
+        };
+        let (text, json) = both(EngineEvent::Net(Event::Presence(PresenceEvent::Joined(
+            info.clone(),
+        ))));
+        assert_eq!(
+            text,
+            format!("alice ({}) came online", peer(1).fingerprint())
+        );
+        assert_eq!(json["event"], "peer_joined");
+        assert_peer(&json["peer"], &peer(1), Some("alice"));
+        assert_eq!(json["peer"]["online_since_ms"], 42);
+
+        let (_, json) = both(EngineEvent::Net(Event::Presence(PresenceEvent::Updated(
+            info.clone(),
+        ))));
+        assert_eq!(json["event"], "peer_updated");
+        assert_peer(&json["peer"], &peer(1), Some("alice"));
+
+        let (text, json) = both(EngineEvent::Net(Event::Presence(PresenceEvent::Left(
+            peer(1),
+        ))));
+        assert_eq!(text, format!("{} went offline", peer(1).fingerprint()));
+        assert_peer(&json["peer"], &peer(1), None);
+
+        let (text, json) = both(EngineEvent::Net(Event::Presence(PresenceEvent::Snapshot(
+            vec![info],
+        ))));
+        assert_eq!(text, "1 other peer(s) online");
+        assert_peer(&json["peers"][0], &peer(1), Some("alice"));
+    }
+
+    #[test]
+    fn path_signal_and_close_events_carry_the_peer_object() {
+        let (text, json) = both(EngineEvent::Net(Event::PathChanged {
+            peer: peer(2),
+            path: Path::Direct("192.0.2.1:5000".parse().expect("addr")),
+            rtt: Some(Duration::from_micros(1500)),
+            at: Instant::now(),
+        }));
+        assert_eq!(
+            text,
+            format!(
+                "path to {} is now direct 192.0.2.1:5000 (rtt 1.50 ms)",
+                peer(2).fingerprint()
+            )
+        );
+        assert_eq!(json["path"], "direct 192.0.2.1:5000");
+        assert_eq!(json["rtt_ms"], 1.5);
+        assert_peer(&json["peer"], &peer(2), None);
+
+        let (text, json) = both(EngineEvent::Net(Event::SignalFailed {
+            to: peer(3),
+            reason: SignalFailure::RateLimited,
+        }));
+        assert_eq!(
+            text,
+            format!("signal to {} failed: rate limited", peer(3).fingerprint())
+        );
+        assert_eq!(json["reason"], "rate_limited");
+        assert_peer(&json["to"], &peer(3), None);
+
+        let (_, json) = both(EngineEvent::Net(Event::Signal {
+            from: peer(3),
+            payload: bytes::Bytes::from_static(b"abc"),
+        }));
+        assert_eq!(json["bytes"], 3);
+        assert_peer(&json["from"], &peer(3), None);
+
+        let (text, json) = both(EngineEvent::Net(Event::ConnectionClosed {
+            peer: peer(4),
+            reason: "idle".into(),
+        }));
+        assert_eq!(
+            text,
+            format!("connection with {} closed: idle", peer(4).fingerprint())
+        );
+        assert_eq!(json["event"], "disconnected");
+        assert_peer(&json["peer"], &peer(4), None);
+    }
+
+    #[test]
+    fn chat_events_carry_the_peer_object() {
+        let m = Message {
+            rowid: 7,
+            peer: peer(5),
+            outgoing: false,
+            id: [0xab; 16],
+            seq: 3,
+            sent_ms: 1000,
+            received_ms: Some(1001),
+            text: "hi there".into(),
+            state: MessageState::Delivered,
+        };
+        let (text, json) = both(EngineEvent::Chat(ChatEvent::Received(m)));
+        assert_eq!(
+            text,
+            format!("message from {}: hi there", peer(5).fingerprint())
+        );
+        assert_eq!(json["event"], "message");
+        assert_eq!(json["n"], 7);
+        assert_eq!(json["id"], "ab".repeat(16));
+        assert_peer(&json["peer"], &peer(5), None);
+
+        let (text, json) = both(EngineEvent::Chat(ChatEvent::State {
+            peer: peer(5),
+            id: [1; 16],
+            state: MessageState::Read,
+        }));
+        assert_eq!(
+            text,
+            format!("message to {} is read", peer(5).fingerprint())
+        );
+        assert_eq!(json["state"], "read");
+        assert_peer(&json["peer"], &peer(5), None);
+    }
+
+    #[test]
+    fn transfer_events_in_text_and_json() {
+        let offer = OfferInfo {
+            peer: peer(6),
+            id: [2; 16],
+            files: 2,
+            dirs: 1,
+            total_bytes: 1_500_000,
+            tops: vec!["photos".into()],
+            sample: Vec::new(),
+        };
+        let (text, json) = both(EngineEvent::Transfer(TransferEvent::Offered(offer.clone())));
+        assert_eq!(
+            text,
+            format!(
+                "offer: {} offers 2 file(s), 1 folder(s), 1.5 MB: photos [transfer {}]",
+                peer(6).fingerprint(),
+                "02".repeat(16)
+            )
+        );
+        assert_eq!(json["event"], "transfer_offer");
+        assert_peer(&json["peer"], &peer(6), None);
+        let (_, json) = both(EngineEvent::Transfer(TransferEvent::Resumed(offer)));
+        assert_eq!(json["event"], "transfer_resumed");
+
+        let (text, json) = both(EngineEvent::Transfer(TransferEvent::Progress(Progress {
+            peer: peer(6),
+            id: [2; 16],
+            outgoing: true,
+            done_bytes: 500_000,
+            total_bytes: 1_500_000,
+            files_done: 1,
+            files: 2,
+            rate: Some(250_000.0),
+            eta: Some(Duration::from_secs(4)),
+        })));
+        assert_eq!(
+            text,
+            "transfer 02020202: 500.0 kB of 1.5 MB (1/2 files), 250.0 kB/s"
+        );
+        assert_eq!(json["event"], "transfer_progress");
+        assert_eq!(json["eta_s"], 4.0);
+        assert_peer(&json["peer"], &peer(6), None);
+
+        let (text, json) = both(EngineEvent::Transfer(TransferEvent::Failed {
+            peer: peer(6),
+            id: [2; 16],
+            outgoing: false,
+            reason: "the sender stopped".into(),
+            resumable: true,
+        }));
+        assert_eq!(
+            text,
+            "transfer 02020202 stopped: the sender stopped (send it again to resume)"
+        );
+        assert_eq!(json["resumable"], true);
+        assert_peer(&json["peer"], &peer(6), None);
+
+        let (text, json) = both(EngineEvent::Transfer(TransferEvent::Finished(Summary {
+            peer: peer(6),
+            id: [2; 16],
+            outgoing: false,
+            files: 2,
+            dirs: 1,
+            total_bytes: 2_000_000,
+            resumed_bytes: 0,
+            elapsed: Duration::from_secs(2),
+            placed: vec!["/tmp/in/photos".into()],
+            skipped: Vec::new(),
+            hashes: vec![("photos/a.jpg".into(), [0; 32])],
+        })));
+        assert_eq!(
+            text,
+            "transfer 02020202 done: 2 file(s), 2.0 MB in 2.0 s (1.0 MB/s); saved as /tmp/in/photos"
+        );
+        assert_eq!(json["event"], "transfer_done");
+        assert_eq!(json["blake3"][0]["path"], "photos/a.jpg");
+        assert_peer(&json["peer"], &peer(6), None);
+    }
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(20);
+        let e = anyhow::Error::new(io).context("cannot send /tmp/x/y");
+        assert_eq!(
+            error_text(&e),
+            "cannot send /tmp/x/y: Not a directory (os error 20)"
+        );
+        // A message that already quotes its cause does not repeat it.
+        let inner = std::io::Error::from_raw_os_error(20);
+        let outer = anyhow::anyhow!("placing the file: {inner}");
+        let e = anyhow::Error::from(inner).context(outer.to_string());
+        assert_eq!(
+            error_text(&e),
+            "placing the file: Not a directory (os error 20)"
+        );
+        let json = error_json(&e, 1);
+        assert_eq!(json["event"], "error");
+        assert_eq!(json["exit_code"], 1);
+    }
+
+    #[test]
+    fn sizes_and_ages_for_people() {
+        assert_eq!(human(999.0), "999 B");
+        assert_eq!(human(1_000.0), "1.0 kB");
+        assert_eq!(human(268_435_456.0), "268.4 MB");
+        assert_eq!(ms(Duration::from_micros(1234)), 1.234);
+        assert_eq!(transport_name(None), None);
+        assert_eq!(transport_name(Some(RelayTransport::Udp)), Some("udp"));
     }
 }

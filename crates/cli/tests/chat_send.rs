@@ -69,12 +69,29 @@ fn chat_history_send_and_resume_through_the_binary() {
     };
     let (alice, alice_fp) = id_of(&adir);
 
-    // Alice is offline: bob's message is queued.
+    // Alice is offline: bob's message is queued. The words after the peer are the message.
     let mut c = peer(&bdir, "bob");
-    c.args(["chat", &alice, "hello from the past"]);
+    c.args(["chat", &alice, "hello", "from", "the", "past"]);
     let (out, err, ok) = run(c);
     assert!(ok, "{err}");
     assert_eq!(out[0]["state"], "queued", "{out:?}");
+    assert_eq!(out[0]["text"], "hello from the past", "{out:?}");
+    assert_eq!(out[0]["peer"]["id"], alice.as_str(), "{out:?}");
+    // `-` reads the message from standard input.
+    let mut c = peer(&bdir, "bob");
+    c.args(["chat", &alice, "-"])
+        .stdin(std::process::Stdio::piped());
+    c.stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"line one\nline two\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["text"], "line one\nline two", "{m}");
 
     // Alice listens (accepting files), then bob's listener delivers on its own.
     let inbox = tmp.path().join("inbox");
@@ -87,10 +104,13 @@ fn chat_history_send_and_resume_through_the_binary() {
     let mut b_listen = Proc::spawn(c);
     let m = a_listen.expect("message");
     assert_eq!(m["text"], "hello from the past");
-    loop {
+    assert_eq!(a_listen.expect("message")["text"], "line one\nline two");
+    // Both messages delivered.
+    let mut delivered = 0;
+    while delivered < 2 {
         let s = b_listen.expect("message_state");
         if s["state"] == "delivered" {
-            break;
+            delivered += 1;
         }
     }
     b_listen.term();
@@ -100,6 +120,8 @@ fn chat_history_send_and_resume_through_the_binary() {
     assert_eq!(h["messages"][0]["text"], "hello from the past");
     assert_eq!(h["messages"][0]["state"], "delivered");
     assert_eq!(h["messages"][0]["outgoing"], true);
+    assert_eq!(h["messages"][1]["state"], "delivered");
+    assert_eq!(h["peer"]["id"], alice.as_str(), "{h}");
 
     // A 40 MiB file: kill the receiving process once 12 MiB are verified (chunks are
     // recorded every 8 MiB).

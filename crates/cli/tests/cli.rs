@@ -2,6 +2,8 @@
 //! metrics, SIGTERM, and the error paths a user meets first.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 mod common;
@@ -86,6 +88,10 @@ fn relay_listen_peers_ping_metrics_and_sigterm() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines[0]["event"], "connected");
+    // One peer object everywhere: id, fingerprint, name.
+    assert_eq!(lines[0]["peer"]["fingerprint"], fp.as_str(), "{}", lines[0]);
+    assert_eq!(lines[0]["peer"]["name"], "alice", "{}", lines[0]);
+    assert_eq!(lines[0]["peer"]["id"].as_str().map(str::len), Some(64));
     assert_eq!(
         lines[0]["safety_number"]
             .as_str()
@@ -298,4 +304,99 @@ fn user_errors_are_clear() {
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
     }
+}
+
+/// What the command line itself promises: JSON errors for scripts, help that separates the
+/// global options and shows examples, a remembered display name, the usual boolean spellings
+/// in the environment, and a closed standard output that stops a command quietly.
+#[test]
+fn the_command_line_serves_scripts_and_people() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+
+    // A wrong command line, with --json: an error object on stdout, exit code 2.
+    let out = cmd(&dir).args(["--json", "chat"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["event"], "error", "{err}");
+    assert_eq!(err["exit_code"], 2, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("required"), "{err}");
+    // Without --json: clap's own message on stderr, same code.
+    let out = cmd(&dir).args(["chat"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+
+    // A command's help: its own options, then the global ones apart, then examples.
+    let out = cmd(&dir).args(["ping", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let global = help.find("Global options").expect("a global section");
+    assert!(help.find("--count").unwrap() < global, "{help}");
+    assert!(help.find("--relay").unwrap() > global, "{help}");
+    assert!(help.contains("Examples:"), "{help}");
+    let out = cmd(&dir).args(["speedtest", "--help"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("[default: 256MiB]"),
+        "sizes are shown for people"
+    );
+
+    // The display name is kept once set; --name overrides it for one run.
+    let out = cmd(&dir).args(["name", "Ada L."]).output().unwrap();
+    assert!(out.status.success());
+    let mut c = cmd(&dir);
+    c.args(["--json", "name"]);
+    let v = json_out(c);
+    assert_eq!(
+        (v["name"].as_str(), v["source"].as_str()),
+        (Some("Ada L."), Some("settings"))
+    );
+    let mut c = cmd(&dir);
+    c.args(["--json", "--name", "other", "id"]);
+    assert_eq!(json_out(c)["name"], "other");
+    let mut c = cmd(&dir);
+    c.args(["--json", "id"]);
+    assert_eq!(json_out(c)["name"], "Ada L.");
+    let out = cmd(&dir).args(["name", "  "]).output().unwrap();
+    assert!(!out.status.success(), "an empty name is refused");
+
+    // Boolean environment variables take 1/0 as well as true/false.
+    let out = cmd(&dir)
+        .env("P2PCALL_NO_PORT_MAPPING", "1")
+        .arg("id")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nobody reads stdout any more: the relay stops as on Ctrl-C, without a panic.
+    let mut c = cmd(&tmp.path().join("r"));
+    c.args([
+        "--json",
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-tcp",
+        "--no-reflect",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay kept running with its stdout closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

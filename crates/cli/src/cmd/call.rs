@@ -11,6 +11,11 @@ use crate::output::*;
 use crate::{calls, exit};
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  p2pcall call alice --video camera --audio mic        # a real call
+  p2pcall call alice --duration 10 --record-video in.y4m  # test pattern and tone, recorded
+  p2pcall call alice --video screen --audio none       # share the screen
+While a call runs, type: mute, unmute, camera off, camera on, source SRC, hangup")]
 pub(crate) struct CallArgs {
     /// The peer: fingerprint (or its first 4+ digits), full id, or display name
     peer: String,
@@ -28,7 +33,7 @@ pub(crate) async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
     } = dial(cli, &a.peer).await?;
     engine.call(peer, a.media.options()).await?;
     if !cli.json {
-        println!("calling {}…", peer.fingerprint());
+        outln!("calling {}…", peer.fingerprint());
     }
     let console = calls::spawn_console(engine.clone());
     let mut stats_file = calls::StatsFile::default();

@@ -11,21 +11,25 @@ use crate::calls;
 use crate::output::*;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  p2pcall demo
+  p2pcall --json demo --bytes 16MiB")]
 pub(crate) struct DemoArgs {
-    /// Bytes to stream from one peer to the other
-    #[arg(long, default_value_t = 64 << 20)]
+    /// How much to stream from one peer to the other: bytes, or with a unit (kB, MB, GB;
+    /// KiB, MiB, GiB)
+    #[arg(long, default_value = "64MiB", value_parser = crate::ctx::parse_size, value_name = "SIZE")]
     bytes: u64,
 }
 
 pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
     if !cli.json {
-        println!("starting an in-process relay and two peers (alice, bob) on loopback...");
+        outln!("starting an in-process relay and two peers (alice, bob) on loopback...");
     }
-    let r = p2pcall_core::demo::run(a.bytes).await?;
+    let r = p2pcall_demo::run(a.bytes).await?;
     let rtts =
         |v: &[Option<Duration>]| -> Vec<Option<f64>> { v.iter().map(|r| r.map(ms)).collect() };
     if cli.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "relay": r.relay.to_string(), "alice": r.alice, "bob": r.bob,
@@ -47,13 +51,13 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        println!("relay on {}", r.relay);
-        println!("alice {}  bob {}", r.alice, r.bob);
-        println!(
+        outln!("relay on {}", r.relay);
+        outln!("alice {}  bob {}", r.alice, r.bob);
+        outln!(
             "presence: each sees the other: {}",
             if r.presence_ok { "yes" } else { "NO" }
         );
-        println!(
+        outln!(
             "signal through the relay: {}",
             if r.signal_ok {
                 "delivered"
@@ -61,33 +65,33 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
                 "NOT delivered"
             }
         );
-        println!(
+        outln!(
             "end-to-end connection up in {:.1} ms via {}",
             ms(r.connect_time),
             path_str(&r.first_path)
         );
-        println!("  ping (ms): {}", fmt(&r.rtts_first));
+        outln!("  ping (ms): {}", fmt(&r.rtts_first));
         match r.direct_after {
-            Some(d) => println!(
+            Some(d) => outln!(
                 "switched to {} {:.1} ms after dialing, without reconnecting",
                 path_str(&r.final_path),
                 ms(d)
             ),
-            None => println!("stayed on {}", path_str(&r.final_path)),
+            None => outln!("stayed on {}", path_str(&r.final_path)),
         }
-        println!("  ping (ms): {}", fmt(&r.rtts_final));
-        println!("safety number: {}", r.safety_number);
-        println!(
+        outln!("  ping (ms): {}", fmt(&r.rtts_final));
+        outln!("safety number: {}", r.safety_number);
+        outln!(
             "streamed {} MiB alice -> bob, verified: {:.0} Mbit/s",
             r.bytes >> 20,
             r.throughput_mbit
         );
-        println!(
+        outln!(
             "chat: 3 messages delivered in order, read receipts back: {} ({:.1} ms)",
             if r.chat_ok { "yes" } else { "NO" },
             ms(r.chat_time)
         );
-        println!(
+        outln!(
             "folder: {} files ({}) sent, accepted, verified by BLAKE3 on both sides: {} ({:.1} ms); bob saved it as {}",
             r.files,
             human(r.file_bytes as f64),
@@ -99,12 +103,12 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
     if !cli.json {
         match &r.call {
             Some(s) => {
-                println!(
+                outln!(
                     "call: {:.1} s of test pattern + tone both ways, answered by bob: {}",
                     s.elapsed_s,
                     if r.call_ok { "ok" } else { "INCOMPLETE" }
                 );
-                println!(
+                outln!(
                     "  alice received {} video frames ({}), audio concealed {:.1}%, capture-to-render {} ms",
                     s.video_decoded,
                     s.resolution
@@ -117,13 +121,13 @@ pub(crate) async fn demo(cli: &Cli, a: &DemoArgs) -> Result<()> {
                     s.video_latency_mean_ms
                         .map_or("-".into(), |l| format!("{l:.0}"))
                 );
-                println!(
+                outln!(
                     "  whole call: {}",
                     calls::call_text(&p2pcall_core::call::CallEvent::Stats(Box::new(s.clone())))
                         .trim()
                 );
             }
-            None => println!("call: did not complete"),
+            None => outln!("call: did not complete"),
         }
     }
     if !r.presence_ok || !r.signal_ok || !r.chat_ok || !r.files_ok || !r.call_ok {

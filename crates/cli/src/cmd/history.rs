@@ -9,6 +9,9 @@ use crate::ctx::*;
 use crate::output::*;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  p2pcall history alice
+  p2pcall history alice -n 20 --before 118")]
 pub(crate) struct HistoryArgs {
     /// The peer: fingerprint (or its first 4+ digits), full id, or display name
     peer: String,
@@ -25,23 +28,27 @@ pub(crate) async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
     let store = open_store(&ctx)?;
     let peer = resolve_known(&store, &a.peer)?;
     let page = store.history(&peer, a.before, a.limit)?;
-    let name = store
+    let known = store
         .contacts()?
         .into_iter()
         .find(|c| c.peer == peer)
-        .map_or_else(|| peer.fingerprint().to_string(), |c| c.name);
+        .map(|c| c.name)
+        .filter(|n| !n.is_empty());
+    let name = known
+        .clone()
+        .unwrap_or_else(|| peer.fingerprint().to_string());
     if cli.json {
-        println!(
+        outln!(
             "{}",
             json!({
-                "peer": peer.fingerprint().to_string(), "name": name,
+                "peer": peer_obj(&peer, known.as_deref()),
                 "messages": page.iter().map(message_json).collect::<Vec<_>>(),
                 "before": page.first().map(|m| m.rowid),
             })
         );
     } else {
         if page.is_empty() {
-            println!("no messages with {name} ({})", peer.fingerprint());
+            outln!("no messages with {name} ({})", peer.fingerprint());
         }
         for m in &page {
             let who = if m.outgoing { "me" } else { name.as_str() };
@@ -50,7 +57,7 @@ pub(crate) async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
             } else {
                 String::new()
             };
-            println!(
+            outln!(
                 "{:>6}  {}  {who}: {}{state}",
                 m.rowid,
                 since(m.received_ms.unwrap_or(m.sent_ms)),
@@ -60,9 +67,10 @@ pub(crate) async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
         if page.len() == a.limit
             && let Some(first) = page.first()
         {
-            println!(
+            outln!(
                 "(older: p2pcall history {} --before {})",
-                a.peer, first.rowid
+                a.peer,
+                first.rowid
             );
         }
     }

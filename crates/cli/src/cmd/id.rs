@@ -13,7 +13,7 @@ pub(crate) fn id(cli: &Cli) -> Result<()> {
     let me = identity.id();
     let name = display_name(cli, &ctx.settings);
     if cli.json {
-        println!(
+        outln!(
             "{}",
             json!({"id": me.to_hex(), "fingerprint": me.fingerprint().to_string(), "name": name, "created": created, "data_dir": ctx.dirs.data})
         );
@@ -21,9 +21,9 @@ pub(crate) fn id(cli: &Cli) -> Result<()> {
         if created {
             eprintln!("created a new identity in {}", ctx.dirs.data.display());
         }
-        println!("{}", me.fingerprint());
-        println!("name: {name}");
-        println!("full id: {}", me.to_hex());
+        outln!("{}", me.fingerprint());
+        outln!("name: {name}");
+        outln!("full id: {}", me.to_hex());
     }
     Ok(())
 }

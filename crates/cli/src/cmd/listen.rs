@@ -15,6 +15,10 @@ use crate::ctx::*;
 use crate::output::*;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  p2pcall listen                               # online until Ctrl-C; offers and calls declined
+  p2pcall listen --accept-files ~/Downloads --answer --video testsrc
+  p2pcall --json listen | jq 'select(.event == \"message\")'")]
 pub(crate) struct ListenArgs {
     /// Accept every file offer into DIR without asking (unattended use); without it, offers
     /// are declined with a message telling the sender why
@@ -42,7 +46,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
     }
     let (engine, mut events) = start_engine_with(cli, true, true).await?;
     if !cli.json {
-        println!(
+        outln!(
             "listening as {}{} (Ctrl-C to stop){}",
             engine.id().fingerprint(),
             if engine.endpoint().is_lan() {

@@ -6,6 +6,7 @@ pub(crate) mod demo;
 pub(crate) mod history;
 pub(crate) mod id;
 pub(crate) mod listen;
+pub(crate) mod name;
 pub(crate) mod netcheck;
 pub(crate) mod peers;
 pub(crate) mod ping;

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::Cli;
 use crate::ctx::*;
+use crate::output::{transport_json, transport_text};
 
 pub(crate) async fn netcheck(cli: &Cli) -> Result<()> {
     let (engine, mut events) = start_engine(cli, false).await?;
@@ -28,17 +29,24 @@ pub(crate) async fn netcheck(cli: &Cli) -> Result<()> {
         .iter()
         .map(ToString::to_string)
         .collect();
-    let observed: Vec<String> = report.observed.iter().map(ToString::to_string).collect();
+    // Both reflection ports usually see the same address: list each address once.
+    let mut observed: Vec<String> = Vec::new();
+    for a in &report.observed {
+        let a = a.to_string();
+        if !observed.contains(&a) {
+            observed.push(a);
+        }
+    }
     let ipv6 = ep.has_global_ipv6();
     if cli.json {
-        println!(
+        outln!(
             "{}",
-            json!({"udp": !report.udp_blocked, "relay_transport": format!("{transport:?}").to_lowercase(),
+            json!({"udp": !report.udp_blocked, "relay_transport": transport_json(transport),
                    "mapping": mapping, "port_preserved": report.port_preserved, "observed": observed,
                    "ipv6": ipv6, "candidates": candidates})
         );
     } else {
-        println!(
+        outln!(
             "UDP:            {}",
             if report.udp_blocked {
                 "blocked (relay reached over TCP)"
@@ -46,13 +54,13 @@ pub(crate) async fn netcheck(cli: &Cli) -> Result<()> {
                 "works"
             }
         );
-        println!("relay session:  {transport:?}");
-        println!("NAT mapping:    {mapping}");
-        println!(
+        outln!("relay session:  {}", transport_text(transport));
+        outln!("NAT mapping:    {mapping}");
+        outln!(
             "port preserved: {}",
             if report.port_preserved { "yes" } else { "no" }
         );
-        println!(
+        outln!(
             "observed:       {}",
             if observed.is_empty() {
                 "-".into()
@@ -60,8 +68,8 @@ pub(crate) async fn netcheck(cli: &Cli) -> Result<()> {
                 observed.join(", ")
             }
         );
-        println!("global IPv6:    {}", if ipv6 { "yes" } else { "no" });
-        println!("candidates:     {}", candidates.join(", "));
+        outln!("global IPv6:    {}", if ipv6 { "yes" } else { "no" });
+        outln!("candidates:     {}", candidates.join(", "));
     }
     engine.shutdown().await;
     Ok(())

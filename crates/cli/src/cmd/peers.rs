@@ -11,16 +11,16 @@ pub(crate) async fn peers(cli: &Cli) -> Result<()> {
     wait_online(&engine, &mut events).await?;
     let list = engine.wait_presence(RELAY_WAIT).await?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::Value::Array(list.iter().map(peer_json).collect())
         );
     } else if list.is_empty() {
-        println!("nobody else is online");
+        outln!("nobody else is online");
     } else {
-        println!("{:<24} {:<26} ONLINE FOR", "NAME", "FINGERPRINT");
+        outln!("{:<24} {:<26} ONLINE FOR", "NAME", "FINGERPRINT");
         for p in &list {
-            println!(
+            outln!(
                 "{:<24} {:<26} {}",
                 p.name,
                 p.id.fingerprint().to_string(),

@@ -14,6 +14,10 @@ use crate::exit;
 use crate::output::*;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  p2pcall ping alice
+  p2pcall ping 3f2a-91c0 -c 10 -i 200
+  p2pcall ping alice --watch        # until Ctrl-C, with path changes")]
 pub(crate) struct PingArgs {
     /// The peer: fingerprint (or its first 4+ digits), full id, or display name
     peer: String,
@@ -39,18 +43,18 @@ pub(crate) async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
         connected,
     } = dial(cli, &a.peer).await?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
-            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "name": conn.remote_name(), "connect_ms": ms(setup), "path": path_str(&conn.path()), "relay_transport": transport_name(transport), "safety_number": conn.safety_number().to_string()})
+            json!({"event": "connected", "peer": peer_obj(&peer, conn.remote_name().as_deref()), "connect_ms": ms(setup), "path": path_str(&conn.path()), "relay_transport": transport_name(transport), "safety_number": conn.safety_number().to_string()})
         );
     } else {
-        println!(
+        outln!(
             "connected to {} in {:.1} ms via {}",
             peer.fingerprint(),
             ms(setup),
             path_str(&conn.path())
         );
-        println!(
+        outln!(
             "safety number (compare with your peer): {}",
             conn.safety_number()
         );
@@ -83,23 +87,23 @@ pub(crate) async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
             Some(rtt) => {
                 rtts.push(rtt);
                 if cli.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"event": "ping", "seq": seq, "rtt_ms": ms(rtt), "path": path_str(&r.path)})
                     );
                 } else {
-                    println!("seq={seq} rtt={:.3} ms path={}", ms(rtt), path_str(&r.path));
+                    outln!("seq={seq} rtt={:.3} ms path={}", ms(rtt), path_str(&r.path));
                 }
             }
             None => {
                 lost += 1;
                 if cli.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({"event": "ping", "seq": seq, "rtt_ms": null, "path": path_str(&r.path)})
                     );
                 } else {
-                    println!("seq={seq} lost path={}", path_str(&r.path));
+                    outln!("seq={seq} lost path={}", path_str(&r.path));
                 }
             }
         }
@@ -108,12 +112,12 @@ pub(crate) async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
     let max = rtts.iter().max().copied().map(ms);
     let avg = (!rtts.is_empty()).then(|| ms(rtts.iter().sum::<Duration>() / rtts.len() as u32));
     if cli.json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "summary", "sent": sent, "received": rtts.len(), "lost": lost, "min_ms": min, "avg_ms": avg, "max_ms": max, "path": path_str(&conn.path()), "probes_sent": conn.stats().probes_sent})
         );
     } else {
-        println!(
+        outln!(
             "{} sent, {} received, {} lost; rtt min/avg/max = {}/{}/{} ms; path now {}",
             sent,
             rtts.len(),

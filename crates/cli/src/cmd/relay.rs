@@ -11,6 +11,9 @@ use crate::Cli;
 use crate::ctx::*;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  p2pcall relay                                        # UDP and TCP 7700, reflection 7701
+  p2pcall relay --listen 0.0.0.0:7700 --metrics 127.0.0.1:9100 --token s3cret")]
 pub(crate) struct RelayArgs {
     /// Address for everything: UDP (QUIC control + packet relay) and the TCP+TLS fallback
     #[arg(long, default_value = "0.0.0.0:7700", value_name = "ADDR")]
@@ -68,29 +71,29 @@ pub(crate) async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
         .await
         .context("starting the relay (is another relay already running on that port?)")?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "relay_started", "udp": relay.udp_addr.to_string(), "tcp": relay.tcp_addr.map(|a| a.to_string()), "reflect": relay.reflect_addr.map(|a| a.to_string()), "metrics": relay.metrics_addr.map(|a| format!("http://{a}/metrics")), "fingerprint": relay.id.fingerprint().to_string(), "token_required": cli.token.is_some()})
         );
     } else {
-        println!("relay {} listening", relay.id.fingerprint());
-        println!("  UDP (QUIC + packet relay): {}", relay.udp_addr);
+        outln!("relay {} listening", relay.id.fingerprint());
+        outln!("  UDP (QUIC + packet relay): {}", relay.udp_addr);
         if let Some(t) = relay.tcp_addr {
-            println!("  TCP+TLS fallback:          {t}");
+            outln!("  TCP+TLS fallback:          {t}");
         }
         if let Some(r) = relay.reflect_addr {
-            println!("  reflection:                {r}");
+            outln!("  reflection:                {r}");
         }
         if let Some(m) = relay.metrics_addr {
-            println!("  metrics:                   http://{m}/metrics");
+            outln!("  metrics:                   http://{m}/metrics");
         }
         if cli.token.is_some() {
-            println!("  access token required");
+            outln!("  access token required");
         }
     }
     shutdown_signal().await;
     if !cli.json {
-        println!("shutting down ({} peers online)", relay.online());
+        outln!("shutting down ({} peers online)", relay.online());
     }
     relay.shutdown().await;
     Ok(())

@@ -13,6 +13,9 @@ use crate::exit;
 use crate::output::*;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  p2pcall send alice report.pdf photos/
+  p2pcall send alice big.iso        # Ctrl-C, then the same command resumes it")]
 pub(crate) struct SendArgs {
     /// The peer: fingerprint (or its first 4+ digits), full id, or display name
     peer: String,
@@ -35,7 +38,8 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
             indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                // Decimal units, as the receiver prints them (kB, MB, GB).
+                "{msg} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -71,7 +75,7 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
                         b.set_position(p.done_bytes);
                         b.set_message(format!("{}/{} files", p.files_done, p.files));
                     } else {
-                        println!("{}", progress_json(&p));
+                        outln!("{}", progress_json(&p));
                     }
                 }
                 Some(_) => {}
@@ -101,11 +105,11 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
         }
     })?;
     if cli.json {
-        println!("{}", summary_json(&s));
+        outln!("{}", summary_json(&s));
     } else {
-        println!("{}", transfer_text(&TransferEvent::Finished(s.clone())));
+        outln!("{}", transfer_text(&TransferEvent::Finished(s.clone())));
         if !s.skipped.is_empty() {
-            println!(
+            outln!(
                 "skipped (symlinks or special files): {}",
                 s.skipped
                     .iter()

@@ -9,11 +9,14 @@ use crate::ctx::*;
 use crate::output::*;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  p2pcall speedtest alice
+  p2pcall speedtest alice --bytes 1GB")]
 pub(crate) struct SpeedtestArgs {
     /// The peer: fingerprint (or its first 4+ digits), full id, or display name
     peer: String,
-    /// Bytes to send
-    #[arg(long, default_value_t = 256 << 20)]
+    /// How much to send: bytes, or with a unit (kB, MB, GB; KiB, MiB, GiB)
+    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     bytes: u64,
 }
 
@@ -28,17 +31,17 @@ pub(crate) async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
         ..
     } = dial(cli, &a.peer).await?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
-            json!({"event": "connected", "fingerprint": peer.fingerprint().to_string(), "connect_ms": ms(setup), "path": path_str(&conn.path())})
+            json!({"event": "connected", "peer": peer_obj(&peer, conn.remote_name().as_deref()), "connect_ms": ms(setup), "path": path_str(&conn.path())})
         );
     } else {
-        println!(
-            "connected to {} in {:.1} ms via {}; sending {} bytes",
+        outln!(
+            "connected to {} in {:.1} ms via {}; sending {}",
             peer.fingerprint(),
             ms(setup),
             path_str(&conn.path()),
-            a.bytes
+            human(a.bytes as f64)
         );
     }
     let test = engine.speedtest(peer, a.bytes);
@@ -54,12 +57,12 @@ pub(crate) async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
     };
     let s = conn.stats();
     if cli.json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "result", "bytes": report.bytes, "seconds": report.elapsed.as_secs_f64(), "mbit_s": report.mbit_per_s(), "verified": report.verified, "tx_relay": s.tx_relay, "tx_direct": s.tx_direct, "path": path_str(&s.path)})
         );
     } else {
-        println!(
+        outln!(
             "{} bytes in {:.2} s: {:.1} Mbit/s, {}; {} bytes via the relay, {} direct; path now {}",
             report.bytes,
             report.elapsed.as_secs_f64(),

@@ -11,9 +11,12 @@ use p2pcall_core::transfer::{id_hex, parse_id};
 use p2pcall_store::{TransferRecord, TransferState};
 use serde_json::json;
 
-use crate::output::{human, since};
+use crate::output::{human, peer_obj, since};
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  p2pcall transfers                       # unfinished transfers, both ways
+  p2pcall transfers clean --older-than 7  # delete partial files older than a week")]
 pub struct TransfersArgs {
     #[command(subcommand)]
     action: Option<Action>,
@@ -40,13 +43,20 @@ pub fn run(store: &Store, json: bool, a: &TransfersArgs) -> Result<()> {
     }
 }
 
-fn name_of(store: &Store, r: &TransferRecord) -> String {
+fn contact_name(store: &Store, r: &TransferRecord) -> Option<String> {
     store
         .contact_name(&r.peer)
         .ok()
         .flatten()
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| r.peer.fingerprint().to_string())
+}
+
+fn name_of(store: &Store, r: &TransferRecord) -> String {
+    contact_name(store, r).unwrap_or_else(|| r.peer.fingerprint().to_string())
+}
+
+fn peer_of(store: &Store, r: &TransferRecord) -> serde_json::Value {
+    peer_obj(&r.peer, contact_name(store, r).as_deref())
 }
 
 fn state(r: &TransferRecord) -> &'static str {
@@ -78,7 +88,7 @@ fn line(store: &Store, r: &TransferRecord) -> String {
 fn incoming_json(store: &Store, u: &Unfinished) -> serde_json::Value {
     let r = &u.record;
     json!({
-        "id": id_hex(&r.id), "peer": r.peer.fingerprint().to_string(), "name": name_of(store, r),
+        "id": id_hex(&r.id), "peer": peer_of(store, r),
         "state": state(r), "total_bytes": r.total_bytes, "files": r.files,
         "dest": r.dest.as_ref().map(|d| d.display().to_string()),
         "partial_files": u.partials.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -90,14 +100,13 @@ fn list(store: &Store, json: bool) -> Result<()> {
     let incoming = partials::unfinished(store)?;
     let outgoing = store.open_outgoing(None)?;
     if json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "event": "transfers",
                 "incoming": incoming.iter().map(|u| incoming_json(store, u)).collect::<Vec<_>>(),
                 "outgoing": outgoing.iter().map(|r| json!({
-                    "id": id_hex(&r.id), "peer": r.peer.fingerprint().to_string(),
-                    "name": name_of(store, r), "state": state(r), "total_bytes": r.total_bytes,
+                    "id": id_hex(&r.id), "peer": peer_of(store, r), "state": state(r), "total_bytes": r.total_bytes,
                     "files": r.files, "updated_ms": r.updated_ms,
                     "sources": r.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
@@ -106,12 +115,12 @@ fn list(store: &Store, json: bool) -> Result<()> {
         return Ok(());
     }
     if incoming.is_empty() && outgoing.is_empty() {
-        println!("no unfinished transfers");
+        outln!("no unfinished transfers");
         return Ok(());
     }
     for u in &incoming {
         let r = &u.record;
-        println!(
+        outln!(
             "{}; partial files: {} ({} on disk){}",
             line(store, r),
             u.partials.len(),
@@ -123,7 +132,7 @@ fn list(store: &Store, json: bool) -> Result<()> {
         );
     }
     for r in &outgoing {
-        println!(
+        outln!(
             "{}: run `p2pcall send {} {}` again to resume",
             line(store, r),
             r.peer.fingerprint(),
@@ -135,7 +144,7 @@ fn list(store: &Store, json: bool) -> Result<()> {
         );
     }
     if !incoming.is_empty() {
-        println!(
+        outln!(
             "`p2pcall transfers clean [ID...]` removes the partial files of incoming ones (they are removed anyway after `partial_max_age_days`, 30 by default)"
         );
     }
@@ -161,12 +170,12 @@ fn clean(store: &Store, json: bool, ids: &[String], older_than: Option<u64>) -> 
         None => partials::clean(store, |r| wanted.is_empty() || wanted.contains(&r.id))?,
     };
     if json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "cleaned", "transfers": c.transfers, "files": c.files, "bytes": c.bytes})
         );
     } else {
-        println!(
+        outln!(
             "gave up {} transfer(s): removed {} partial file(s), {} freed",
             c.transfers,
             c.files,
