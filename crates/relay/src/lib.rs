@@ -19,7 +19,9 @@ mod session;
 mod socket;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use p2pcall_proto::PeerId;
@@ -121,6 +123,9 @@ pub(crate) struct Shared {
     sessions: Arc<RwLock<Sessions>>,
     socket: Arc<RelaySocket>,
     cancel: CancellationToken,
+    /// Set when shutdown begins: no new session registers from then on (one that did would
+    /// be welcomed by a relay about to go away).
+    closing: std::sync::atomic::AtomicBool,
     reflect_ports: Vec<u16>,
 }
 
@@ -129,11 +134,7 @@ impl Shared {
     fn forward_from_tcp(&self, from: PeerId, to: PeerId, packet: &[u8]) {
         use metrics::DropReason;
         use std::sync::atomic::Ordering;
-        let dst = self
-            .sessions
-            .read()
-            .ok()
-            .and_then(|s| s.by_id(&to).cloned());
+        let dst = self.sessions.read().by_id(&to).cloned();
         let Some(dst) = dst else {
             self.metrics.dropped(DropReason::UnknownDestination);
             return;
@@ -285,6 +286,7 @@ impl Relay {
             sessions,
             socket,
             cancel: CancellationToken::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             reflect_ports,
         });
         let mut tasks = JoinSet::new();
@@ -318,17 +320,19 @@ impl Relay {
 
     /// Sessions registered now.
     pub fn online(&self) -> usize {
-        self.shared.sessions.read().map_or(0, |s| s.len())
+        self.shared.sessions.read().len()
     }
 
     /// Tells every peer the relay is going away, closes all connections and stops.
     pub async fn shutdown(mut self) {
-        let all: Vec<_> = self
-            .shared
-            .sessions
-            .read()
-            .map(|s| s.all())
-            .unwrap_or_default();
+        let all: Vec<_> = {
+            // Under the table's lock: every registration after this sees the flag.
+            let sessions = self.shared.sessions.write();
+            self.shared
+                .closing
+                .store(true, std::sync::atomic::Ordering::Release);
+            sessions.all()
+        };
         for s in all {
             s.end(RefuseReason::ShuttingDown, "the relay is shutting down");
         }

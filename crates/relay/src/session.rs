@@ -15,8 +15,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use p2pcall_proto::PeerId;
@@ -28,6 +28,7 @@ use p2pcall_proto::relay::{
     MAX_FRAME, PeerInfo, RefuseReason, SNAPSHOT_CHUNK, ServerFrame, SignalFailure,
 };
 use p2pcall_tls::framed::{FrameReadError, FrameReader, write_all};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -116,25 +117,21 @@ impl Session {
     fn info(&self) -> PeerInfo {
         PeerInfo {
             id: self.id,
-            name: self.name.lock().map(|n| n.clone()).unwrap_or_default(),
+            name: self.name.lock().clone(),
             online_since_ms: self.since_ms,
         }
     }
 
     /// Where to send UDP packets for this peer (`None`: TCP fallback session).
     pub fn udp_addr(&self) -> Option<SocketAddr> {
-        self.udp
-            .as_ref()
-            .and_then(|u| u.addr.lock().ok().map(|a| *a))
+        self.udp.as_ref().map(|u| *u.addr.lock())
     }
 
     /// True if a data packet from `src` may belong to this session: its QUIC connection's
     /// address (followed through NAT rebinding).
     pub fn udp_source_ok(&self, src: SocketAddr) -> bool {
         let Some(u) = &self.udp else { return false };
-        let Ok(mut addr) = u.addr.lock() else {
-            return false;
-        };
+        let mut addr = u.addr.lock();
         if *addr == src {
             return true;
         }
@@ -148,9 +145,8 @@ impl Session {
 
     /// Charges one packet of `len` bytes to the sender's data rate.
     pub fn allow_data(&self, now: Instant, len: usize) -> bool {
-        self.data_limits
-            .lock()
-            .is_ok_and(|mut l| l.0.take(now, 1.0) && l.1.take(now, len as f64))
+        let mut l = self.data_limits.lock();
+        l.0.take(now, 1.0) && l.1.take(now, len as f64)
     }
 
     /// Queues a frame; false if the queue is full.
@@ -160,7 +156,8 @@ impl Session {
 
     /// Ends the session, telling the peer why.
     pub fn end(&self, reason: RefuseReason, detail: &str) {
-        if let Ok(mut r) = self.close_reason.lock() {
+        {
+            let mut r = self.close_reason.lock();
             r.get_or_insert((reason, detail.to_string()));
         }
         self.close.cancel();
@@ -282,12 +279,8 @@ where
     };
     let now = Instant::now();
     let (session, out_rx) = Session::new(&shared, id, name, presence, udp, now);
-    if !register(&shared, &session) {
-        machine.refuse(
-            RefuseReason::ServerFull,
-            "too many peers online",
-            CloseCause::ServerFull,
-        );
+    if let Err((reason, detail, cause)) = register(&shared, &session) {
+        machine.refuse(reason, detail, cause);
         let Some(SessionEvent::Closed(c)) = machine.poll_event() else {
             return None;
         };
@@ -327,21 +320,32 @@ where
     let (reason, detail) = session
         .close_reason
         .lock()
-        .ok()
-        .and_then(|r| r.clone())
+        .clone()
         .unwrap_or((end.reason, end.detail));
     Some((reason as u32, format!("{reason}: {detail}")))
 }
 
-/// Adds a session to the table, replacing an older login with the same key; false if the
-/// relay is full.
-fn register(shared: &Shared, session: &Arc<Session>) -> bool {
-    let Ok(mut sessions) = shared.sessions.write() else {
-        return false;
-    };
+/// Why a registration was refused.
+type Refusal = (RefuseReason, &'static str, CloseCause);
+
+/// Adds a session to the table, replacing an older login with the same key; refused when
+/// the relay is full or shutting down.
+fn register(shared: &Shared, session: &Arc<Session>) -> Result<(), Refusal> {
+    let mut sessions = shared.sessions.write();
+    if shared.closing.load(Ordering::Acquire) {
+        return Err((
+            RefuseReason::ShuttingDown,
+            "the relay is shutting down",
+            CloseCause::ShuttingDown,
+        ));
+    }
     let replacing = sessions.by_id.contains_key(&session.id);
     if !replacing && sessions.by_id.len() >= shared.cfg.max_peers {
-        return false;
+        return Err((
+            RefuseReason::ServerFull,
+            "too many peers online",
+            CloseCause::ServerFull,
+        ));
     }
     if let Some(old) = sessions.by_id.insert(session.id, session.clone()) {
         sessions.by_tag.remove(&old.tag);
@@ -357,16 +361,16 @@ fn register(shared: &Shared, session: &Arc<Session>) -> bool {
         .peers_online
         .store(sessions.len() as u64, Ordering::Relaxed);
     sessions.broadcast(shared, &ServerFrame::Joined(session.info()), &session.id);
-    true
+    Ok(())
 }
 
 /// Removes a session from the table unless a newer login already took its place.
 fn unregister(shared: &Shared, session: &Arc<Session>) {
-    if let Ok(mut sessions) = shared.sessions.write()
-        && sessions
-            .by_id
-            .get(&session.id)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
+    let mut sessions = shared.sessions.write();
+    if sessions
+        .by_id
+        .get(&session.id)
+        .is_some_and(|s| Arc::ptr_eq(s, session))
     {
         sessions.by_id.remove(&session.id);
         sessions.by_tag.remove(&session.tag);
@@ -391,10 +395,12 @@ async fn serve<R: AsyncRead + Unpin>(
                 SessionEvent::Closed(c) => return c,
                 SessionEvent::Login { .. } => {}
                 SessionEvent::Rename { name } => {
-                    if let Ok(mut n) = session.name.lock() {
+                    {
+                        let mut n = session.name.lock();
                         *n = name;
                     }
-                    if let Ok(sessions) = shared.sessions.write() {
+                    {
+                        let sessions = shared.sessions.write();
                         sessions.broadcast(
                             shared,
                             &ServerFrame::Updated(session.info()),
@@ -432,11 +438,7 @@ async fn serve<R: AsyncRead + Unpin>(
 
 /// Delivers a signal, or tells its sender why it could not be.
 fn signal(shared: &Shared, session: &Session, to: PeerId, payload: bytes::Bytes) {
-    let dst = shared
-        .sessions
-        .read()
-        .ok()
-        .and_then(|s| s.by_id(&to).cloned());
+    let dst = shared.sessions.read().by_id(&to).cloned();
     let failure = match dst {
         None => Some(SignalFailure::Offline),
         Some(dst) => (!dst.try_queue(ServerFrame::Signal {
@@ -484,9 +486,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         if session.resync.swap(false, Ordering::AcqRel) {
             let mut keep = Vec::new();
             let peers = {
-                let Ok(sessions) = shared.sessions.read() else {
-                    return;
-                };
+                let sessions = shared.sessions.read();
                 while let Ok(f) = out_rx.try_recv() {
                     if !is_presence(&f) {
                         keep.push(f);
@@ -526,7 +526,8 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             tokio::select! {
                 biased;
                 _ = session.close.cancelled() => {
-                    if let Some((reason, detail)) = session.close_reason.lock().ok().and_then(|r| r.clone()) {
+                    let why = session.close_reason.lock().clone();
+                    if let Some((reason, detail)) = why {
                         ServerFrame::Refused { reason, detail }.encode(&mut buf);
                         let _ = write_all(send, &buf).await;
                     }

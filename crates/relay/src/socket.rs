@@ -7,8 +7,10 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+
+use parking_lot::RwLock;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -155,9 +157,7 @@ impl RelaySocket {
             return;
         }
         let (tag, to) = (pkt.session_tag, pkt.to);
-        let Ok(sessions) = self.sessions.read() else {
-            return;
-        };
+        let sessions = self.sessions.read();
         let Some(sender) = sessions.by_tag(&tag) else {
             self.metrics.dropped(DropReason::UnknownSession);
             return;
