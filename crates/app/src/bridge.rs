@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2pcall_core::call::media::{Picture, VideoTap};
@@ -20,6 +20,7 @@ use p2pcall_net::{Event, RelayConfig, RelayTransport};
 use p2pcall_proto::call::CallId;
 use p2pcall_proto::chat::MessageId;
 use p2pcall_proto::transfer::TransferId;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::AppError;
@@ -358,12 +359,10 @@ impl Out {
         let spare: Arc<Mutex<[Vec<u8>; 2]>> = Arc::default();
         VideoTap::new(move |which, f| {
             let side = usize::from(which == Picture::Remote);
-            let mut buf = spare
-                .lock()
-                .map(|mut s| std::mem::take(&mut s[side]))
-                .unwrap_or_default();
+            let mut buf = std::mem::take(&mut spare.lock()[side]);
             p2pcall_media_io::convert::to_rgba(f, &mut buf);
-            if let Ok(mut v) = videos.lock() {
+            {
+                let mut v = videos.lock();
                 let p = match which {
                     Picture::Local => &mut v.local,
                     Picture::Remote => &mut v.remote,
@@ -372,7 +371,8 @@ impl Out {
                 p.size = [f.width, f.height];
                 p.seq += 1;
             }
-            if let Ok(mut s) = spare.lock() {
+            {
+                let mut s = spare.lock();
                 s[side] = buf;
             }
             wake();
@@ -760,7 +760,8 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
 }
 
 fn set_ringer(r: &Running, ringer: Option<p2pcall_core::call::ring::Ringer>) {
-    if let Ok(mut g) = r.ringer.lock() {
+    {
+        let mut g = r.ringer.lock();
         *g = ringer;
     }
 }
@@ -954,10 +955,8 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
                 CallEvent::Started { .. } | CallEvent::Ended { .. } => set_ringer(r, None),
                 _ => {}
             }
-            if let CallEvent::Ended { .. } = &c
-                && let Ok(mut v) = out.videos.lock()
-            {
-                *v = Videos::default();
+            if let CallEvent::Ended { .. } = &c {
+                *out.videos.lock() = Videos::default();
             }
             out.emit(AppEvent::Call(c));
         }

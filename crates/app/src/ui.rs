@@ -635,9 +635,7 @@ impl App {
             self.local = None;
             return;
         }
-        let Ok(v) = self.bridge.videos().lock() else {
-            return;
-        };
+        let v = self.bridge.videos().lock();
         for (slot, pic, name) in [
             (&mut self.remote, &v.remote, "remote video"),
             (&mut self.local, &v.local, "local video"),

@@ -112,7 +112,7 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
         let deadline = t0 + Duration::from_secs(max_secs);
         // Subscribers read from the moment they log in, keeping the latest name of every
         // peer; a subscriber has converged once every changer shows its final name.
-        let changers: Arc<std::sync::RwLock<Vec<PeerId>>> = Arc::default();
+        let changers: Arc<parking_lot::RwLock<Vec<PeerId>>> = Arc::default();
         let converged = Arc::new(AtomicU64::new(0));
         let events = Arc::new(AtomicU64::new(0));
         let mut readers = tokio::task::JoinSet::new();
@@ -168,7 +168,7 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
                                     }
                                     _ => continue,
                                 }
-                                let c = changers.read().map(|c| c.clone()).unwrap_or_default();
+                                let c = changers.read().clone();
                                 if !done
                                     && !c.is_empty()
                                     && c.iter().all(|id| names.get(id).is_some_and(|n| n == FINAL))
@@ -203,9 +203,7 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
 
         // Presence changes: CHANGERS sessions rename themselves CHANGES_PER_SESSION times.
         let changes = (CHANGERS * CHANGES_PER_SESSION) as u64;
-        if let Ok(mut c) = changers.write() {
-            *c = ids.iter().take(CHANGERS).copied().collect();
-        }
+        *changers.write() = ids.iter().take(CHANGERS).copied().collect();
         let subs = subscribers.min(registered) as u64;
         let events0 = events.load(Ordering::Relaxed);
         let cpu0 = cpu_ticks(pid).unwrap_or(0);

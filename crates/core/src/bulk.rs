@@ -10,8 +10,10 @@
 //! [`MediaSession::bulk_allowance_bps`]: p2pcall_media::session::MediaSession::bulk_allowance_bps
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use p2pcall_media::gate::RateGate;
@@ -30,7 +32,8 @@ pub struct BulkGate {
 impl BulkGate {
     /// Sets the allowance, bit/s (None: no limit).
     pub fn set_allowance(&self, bps: Option<u64>) {
-        if let Ok(mut s) = self.state.lock() {
+        {
+            let mut s = self.state.lock();
             s.1 = bps;
         }
     }
@@ -51,9 +54,7 @@ impl BulkGate {
         let want = want.max(1);
         loop {
             let wait = {
-                let Ok(mut s) = self.state.lock() else {
-                    return want; // poisoned: never block a transfer on it
-                };
+                let mut s = self.state.lock();
                 let (gate, bps) = &mut *s;
                 let bps = *bps;
                 // tokio's clock (it can be paused in tests).
@@ -91,10 +92,7 @@ pub(crate) struct Gates(Mutex<HashMap<PeerId, Arc<BulkGate>>>);
 impl Gates {
     /// The gate of `peer` (created on first use).
     pub(crate) fn of(&self, peer: PeerId) -> Arc<BulkGate> {
-        match self.0.lock() {
-            Ok(mut m) => m.entry(peer).or_default().clone(),
-            Err(_) => Arc::new(BulkGate::default()),
-        }
+        self.0.lock().entry(peer).or_default().clone()
     }
 }
 

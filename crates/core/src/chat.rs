@@ -4,7 +4,9 @@
 //! Read receipts travel the same way. See [`p2pcall_proto::chat`] for the frames.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
@@ -44,10 +46,7 @@ pub(crate) struct ChatState {
 
 impl ChatState {
     fn lock_for(&self, peer: PeerId) -> Arc<tokio::sync::Mutex<()>> {
-        self.flushing
-            .lock()
-            .map(|mut m| m.entry(peer).or_default().clone())
-            .unwrap_or_default()
+        self.flushing.lock().entry(peer).or_default().clone()
     }
 }
 

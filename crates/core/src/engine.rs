@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use p2pcall_proto::relay::PeerInfo;
 use p2pcall_proto::{PeerId, SafetyNumber};
 use p2pcall_store::{Store, StoreError, now_ms};
 use p2pcall_tls::Identity;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 /// Engine settings.
@@ -267,7 +268,8 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>) {
     while let Some(e) = net.recv().await {
         let ev = match e {
             Event::Incoming(conn) => {
-                if let Ok(mut c) = shared.connections.lock() {
+                {
+                    let mut c = shared.connections.lock();
                     c.insert(conn.peer(), conn.clone());
                 }
                 tokio::spawn(crate::streams::serve(shared.clone(), conn.clone()));
@@ -292,9 +294,9 @@ async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>) {
                 EngineEvent::Net(e)
             }
             Event::ConnectionClosed { peer, .. } => {
-                if let Ok(mut c) = shared.connections.lock()
-                    && c.get(&peer)
-                        .is_some_and(|c| c.quic().close_reason().is_some())
+                let mut c = shared.connections.lock();
+                if c.get(&peer)
+                    .is_some_and(|c| c.quic().close_reason().is_some())
                 {
                     c.remove(&peer);
                 }
@@ -472,9 +474,8 @@ impl EngineHandle {
         self.shared
             .connections
             .lock()
-            .ok()
-            .and_then(|c| c.get(&peer).map(|c| c.quic().close_reason().is_none()))
-            .unwrap_or(false)
+            .get(&peer)
+            .is_some_and(|c| c.quic().close_reason().is_none())
     }
 
     /// The name we know `peer` by (its fingerprint if none).
@@ -498,12 +499,7 @@ impl EngineHandle {
     /// dead until its idle timeout). A peer the relay reports offline fails at once with
     /// [`EngineError::PeerOffline`].
     pub async fn connect(&self, peer: PeerId) -> Result<PeerConnection, EngineError> {
-        let existing = self
-            .shared
-            .connections
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&peer).cloned());
+        let existing = self.shared.connections.lock().get(&peer).cloned();
         if let Some(c) = existing
             && c.quic().close_reason().is_none()
             && (!c.is_suspect() || c.check_alive().await)
@@ -518,7 +514,8 @@ impl EngineHandle {
             });
         }
         let conn = self.shared.endpoint.connect(peer).await?;
-        if let Ok(mut c) = self.shared.connections.lock() {
+        {
+            let mut c = self.shared.connections.lock();
             c.insert(peer, conn.clone());
         }
         tokio::spawn(crate::streams::serve(self.shared.clone(), conn.clone()));
@@ -625,8 +622,9 @@ impl EngineHandle {
             .shared
             .connections
             .lock()
-            .map(|mut c| c.drain().map(|(_, v)| v).collect())
-            .unwrap_or_default();
+            .drain()
+            .map(|(_, v)| v)
+            .collect();
         for c in conns {
             c.close("shutting down");
         }

@@ -7,11 +7,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample, SupportedStreamConfig};
+use parking_lot::Mutex;
 
 use crate::DeviceError;
 
@@ -149,7 +150,8 @@ fn fault_sink(fault: &Fault) -> impl FnMut(cpal::Error) + Send + 'static {
     let fault = fault.clone();
     move |e: cpal::Error| {
         tracing::warn!("audio device: {e}");
-        if let Ok(mut f) = fault.lock() {
+        {
+            let mut f = fault.lock();
             f.get_or_insert_with(|| e.to_string());
         }
     }
@@ -269,7 +271,7 @@ impl Microphone {
     /// The next 20 ms; an error when the device fails or delivers nothing for `timeout`.
     pub fn read_frame(&mut self, timeout: Duration) -> Result<Vec<i16>, DeviceError> {
         while self.pending.len() < FRAME {
-            if let Some(f) = self.fault.lock().ok().and_then(|f| f.clone()) {
+            if let Some(f) = self.fault.lock().clone() {
                 return Err(DeviceError::Stream {
                     device: self.label.clone(),
                     reason: f,
@@ -353,10 +355,7 @@ where
     device.build_output_stream::<T, _, _>(
         config.config(),
         move |data: &mut [T], _| {
-            let mut q = match queue.lock() {
-                Ok(q) => q,
-                Err(p) => p.into_inner(),
-            };
+            let mut q = queue.lock();
             let mut short = false;
             for frame in data.chunks_mut(channels) {
                 let s = q.pop_front().unwrap_or_else(|| {
@@ -414,7 +413,7 @@ impl Speaker {
 
     /// Queues 48 kHz mono samples; an error once the device has failed.
     pub fn play(&mut self, pcm: &[i16]) -> Result<(), DeviceError> {
-        if let Some(f) = self.fault.lock().ok().and_then(|f| f.clone()) {
+        if let Some(f) = self.fault.lock().clone() {
             return Err(DeviceError::Stream {
                 device: self.label.clone(),
                 reason: f,
@@ -423,10 +422,7 @@ impl Speaker {
         let input: Vec<f32> = pcm.iter().map(|&s| f32::from(s) / 32768.0).collect();
         let mut out = Vec::with_capacity(input.len() * 2);
         self.resampler.push(&input, &mut out);
-        let mut q = match self.queue.lock() {
-            Ok(q) => q,
-            Err(p) => p.into_inner(),
-        };
+        let mut q = self.queue.lock();
         q.extend(out);
         let max = (u64::from(self.device_rate) * MAX_QUEUE_MS / 1000) as usize;
         if q.len() > max {
@@ -439,7 +435,7 @@ impl Speaker {
 
     /// Audio queued and not yet handed to the device, ms.
     pub fn queued_ms(&self) -> u32 {
-        let n = self.queue.lock().map(|q| q.len()).unwrap_or(0) as u64;
+        let n = self.queue.lock().len() as u64;
         (n * 1000 / u64::from(self.device_rate.max(1))) as u32
     }
 

@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use p2pcall_proto::peer::{Datagram, Mapping, PeerFrame, Reach};
 use p2pcall_proto::relay::{ClientFrame, PeerInfo, RefuseReason, SignalFailure};
 use p2pcall_proto::{PeerId, SafetyNumber};
 use p2pcall_tls::{Identity, framed::FrameReader};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -250,16 +251,13 @@ impl Inner {
         let conns: Vec<PeerConnection> = self
             .conns
             .lock()
-            .map(|c| {
-                c.get(peer)
-                    .into_iter()
-                    .flatten()
-                    .map(|c| PeerConnection {
-                        shared: c.shared.clone(),
-                    })
-                    .collect()
+            .get(peer)
+            .into_iter()
+            .flatten()
+            .map(|c| PeerConnection {
+                shared: c.shared.clone(),
             })
-            .unwrap_or_default();
+            .collect();
         for c in conns {
             c.shared.suspect.store(true, Ordering::Release);
             tokio::spawn(async move {
@@ -274,7 +272,8 @@ impl Inner {
         for _ in 0..3 {
             let txid: [u8; 12] = rand::random();
             let (tx, rx) = oneshot::channel();
-            if let Ok(mut m) = self.reflections.lock() {
+            {
+                let mut m = self.reflections.lock();
                 if m.len() > 64 {
                     m.clear();
                 }
@@ -291,11 +290,7 @@ impl Inner {
     }
 
     async fn netcheck(&self) -> Result<p2pcall_nat::classify::NatReport, NetError> {
-        let reflectors = self
-            .reflectors
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
+        let reflectors = self.reflectors.lock().clone();
         if reflectors.is_empty() {
             return Err(NetError::NoRelay);
         }
@@ -334,7 +329,7 @@ impl Inner {
         Reach {
             candidates: local_candidates(self),
             mapping: (*self.mapping.borrow()).unwrap_or(Mapping::Unknown),
-            observed: self.observed.lock().ok().and_then(|g| *g).map(canonical),
+            observed: (*self.observed.lock()).map(canonical),
         }
     }
 }
@@ -463,16 +458,12 @@ impl Endpoint {
 
     /// Our address as the relay last saw it.
     pub fn observed_addr(&self) -> Option<SocketAddr> {
-        self.inner.observed.lock().ok().and_then(|g| *g)
+        *self.inner.observed.lock()
     }
 
     /// Peers online on the relay, as last known.
     pub fn online_peers(&self) -> Vec<PeerInfo> {
-        self.inner
-            .presence
-            .lock()
-            .map(|p| p.values().cloned().collect())
-            .unwrap_or_default()
+        self.inner.presence.lock().values().cloned().collect()
     }
 
     /// Whether the relay reports `peer` offline: our relay session is up, its presence list
@@ -480,11 +471,7 @@ impl Endpoint {
     /// presence not asked for, LAN-only mode).
     pub fn peer_offline(&self, peer: &PeerId) -> bool {
         self.inner.presence_known.load(Ordering::Acquire)
-            && self
-                .inner
-                .presence
-                .lock()
-                .is_ok_and(|p| !p.contains_key(peer))
+            && !self.inner.presence.lock().contains_key(peer)
     }
 
     /// Waits until the relay session is up (or `timeout` passes).
@@ -509,7 +496,8 @@ impl Endpoint {
 
     /// Changes the display name (relay or LAN presence, and future peer hellos).
     pub async fn set_name(&self, name: String) -> Result<(), NetError> {
-        if let Ok(mut n) = self.inner.name.lock() {
+        {
+            let mut n = self.inner.name.lock();
             n.clone_from(&name);
         }
         if let Some(lan) = self.inner.lan.get() {
@@ -688,7 +676,7 @@ impl PeerConnection {
 
     /// The name the peer announced (a hint).
     pub fn remote_name(&self) -> Option<String> {
-        self.shared.remote_name.lock().ok().and_then(|g| g.clone())
+        self.shared.remote_name.lock().clone()
     }
 
     /// The safety number of this pair of identities.
@@ -718,7 +706,7 @@ impl PeerConnection {
 
     /// Datagrams that are not pings, for the application (taken once).
     pub fn take_datagrams(&self) -> Option<mpsc::Receiver<Bytes>> {
-        self.shared.datagrams.lock().ok()?.take()
+        self.shared.datagrams.lock().take()
     }
 
     /// Whether the peer re-registered with the relay since this connection came up (it may
@@ -769,7 +757,8 @@ impl PeerConnection {
         wait: Duration,
     ) -> Result<Duration, NetError> {
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut m) = self.shared.pings.lock() {
+        {
+            let mut m = self.shared.pings.lock();
             if m.len() > 1024 {
                 m.clear();
             }
@@ -787,7 +776,8 @@ impl PeerConnection {
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(at)) => Ok(at.saturating_duration_since(sent)),
             _ => {
-                if let Ok(mut m) = self.shared.pings.lock() {
+                {
+                    let mut m = self.shared.pings.lock();
                     m.remove(&seq);
                 }
                 Err(NetError::Timeout("ping"))
@@ -839,11 +829,7 @@ fn start_connection(
     // forgotten now; otherwise when the peer's `Hello` shows they were another instance
     // (a second connection from the same process keeps them: its traffic is in flight).
     let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
-    let alone = inner
-        .conns
-        .lock()
-        .map(|c| c.get(&route.id).is_none_or(Vec::is_empty))
-        .unwrap_or(true);
+    let alone = inner.conns.lock().get(&route.id).is_none_or(Vec::is_empty);
     if alone {
         inner.socket.forget_direct(&route, serial);
     }
@@ -865,7 +851,8 @@ fn start_connection(
         probes_sent: std::sync::atomic::AtomicU64::new(0),
     });
     let (probe_tx, probe_rx) = mpsc::channel(1024);
-    if let Ok(mut c) = inner.conns.lock() {
+    {
+        let mut c = inner.conns.lock();
         c.entry(shared.peer).or_default().push(LiveConn {
             serial,
             probe_tx: probe_tx.clone(),
@@ -905,10 +892,12 @@ fn local_candidates(inner: &Inner) -> Vec<SocketAddr> {
             }
         }
     }
-    if let Some(m) = inner.mapped.lock().ok().and_then(|g| *g) {
+    let mapped = *inner.mapped.lock();
+    if let Some(m) = mapped {
         out.push(m);
     }
-    if let Some(o) = inner.observed.lock().ok().and_then(|g| *g).map(canonical) {
+    let observed = (*inner.observed.lock()).map(canonical);
+    if let Some(o) = observed {
         out.push(o);
         // A port-preserving NAT maps our port to the same public port toward the peer.
         out.push(SocketAddr::new(o.ip(), port));
@@ -1056,21 +1045,18 @@ fn close_restarted(inner: &Inner, shared: &ConnShared, instance: u64) {
     let stale: Vec<quinn::Connection> = inner
         .conns
         .lock()
-        .map(|c| {
-            c.get(&shared.peer)
-                .into_iter()
-                .flatten()
-                .filter(|o| o.serial < shared.serial)
-                .filter(|o| {
-                    o.shared
-                        .remote_instance
-                        .lock()
-                        .is_ok_and(|i| i.is_some_and(|i| i != instance))
-                })
-                .map(|o| o.shared.conn.clone())
-                .collect()
+        .get(&shared.peer)
+        .into_iter()
+        .flatten()
+        .filter(|o| o.serial < shared.serial)
+        .filter(|o| {
+            o.shared
+                .remote_instance
+                .lock()
+                .is_some_and(|i| i != instance)
         })
-        .unwrap_or_default();
+        .map(|o| o.shared.conn.clone())
+        .collect();
     if !stale.is_empty() {
         inner.socket.forget_direct(&shared.route, shared.serial);
     }
@@ -1105,7 +1091,7 @@ async fn drive_connection(
     let mut epoch_rx = inner.net_epoch.subscribe();
     let reach = inner.reach();
     pm.set_local_mapping(reach.mapping);
-    let name = inner.name.lock().map(|n| n.clone()).unwrap_or_default();
+    let name = inner.name.lock().clone();
     let hello = PeerFrame::Hello {
         name,
         instance: inner.instance,
@@ -1120,72 +1106,74 @@ async fn drive_connection(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let mut announce = false;
         tokio::select! {
-            _ = inner.cancel.cancelled() => break "endpoint closed".to_string(),
-            e = conn.closed() => break e.to_string(),
-            f = reader.next(), if control_open => match f {
-                Ok(raw) => match PeerFrame::decode(raw) {
-                    Ok(PeerFrame::Hello { name, instance, reach }) => {
-                        if let Ok(mut n) = shared.remote_name.lock() {
-                            *n = Some(name);
+                    _ = inner.cancel.cancelled() => break "endpoint closed".to_string(),
+                    e = conn.closed() => break e.to_string(),
+                    f = reader.next(), if control_open => match f {
+                        Ok(raw) => match PeerFrame::decode(raw) {
+                            Ok(PeerFrame::Hello { name, instance, reach }) => {
+                                {
+        let mut n = shared.remote_name.lock();
+                                    *n = Some(name);
+                                }
+                                {
+        let mut i = shared.remote_instance.lock();
+                                    *i = Some(instance);
+                                }
+                                close_restarted(&inner, &shared, instance);
+                                if inner.direct_paths {
+                                    pm.set_remote_nat(reach.mapping, reach.observed);
+                                    pm.add_remote_candidates(Instant::now(), &reach.candidates);
+                                    pm.request_round(Instant::now());
+                                }
+                            }
+                            Ok(PeerFrame::Candidates(reach)) => {
+                                if inner.direct_paths {
+                                    pm.set_remote_nat(reach.mapping, reach.observed);
+                                    pm.add_remote_candidates(Instant::now(), &reach.candidates);
+                                    pm.request_round(Instant::now());
+                                }
+                            }
+                            Ok(PeerFrame::Punch { .. }) => {
+                                if inner.direct_paths && !dialer {
+                                    pm.start_round(Instant::now());
+                                }
+                            }
+                            Err(e) => {
+                                conn.close(CLOSE_PROTOCOL.into(), format!("bad control frame: {e}").as_bytes());
+                                break format!("peer sent a bad control frame: {e}");
+                            }
+                        },
+                        Err(p2pcall_tls::framed::FrameReadError::Closed) => control_open = false,
+                        Err(e) => {
+                            conn.close(CLOSE_PROTOCOL.into(), format!("control stream: {e}").as_bytes());
+                            break format!("control stream: {e}");
                         }
-                        if let Ok(mut i) = shared.remote_instance.lock() {
-                            *i = Some(instance);
-                        }
-                        close_restarted(&inner, &shared, instance);
-                        if inner.direct_paths {
-                            pm.set_remote_nat(reach.mapping, reach.observed);
-                            pm.add_remote_candidates(Instant::now(), &reach.candidates);
-                            pm.request_round(Instant::now());
+                    },
+                    Some(pkt) = probe_rx.recv() => {
+                        if inner.direct_paths && pm.handle_control(pkt.at, pkt.from, pkt.via, &pkt.packet) {
+                            inner.socket.map_direct(pkt.from, &shared.route, serial);
                         }
                     }
-                    Ok(PeerFrame::Candidates(reach)) => {
-                        if inner.direct_paths {
-                            pm.set_remote_nat(reach.mapping, reach.observed);
-                            pm.add_remote_candidates(Instant::now(), &reach.candidates);
-                            pm.request_round(Instant::now());
+                    Ok(()) = mapping_rx.changed() => {
+                        let m = *mapping_rx.borrow_and_update();
+                        if let Some(m) = m {
+                            pm.set_local_mapping(m);
+                            announce = true;
                         }
                     }
-                    Ok(PeerFrame::Punch { .. }) => {
-                        if inner.direct_paths && !dialer {
-                            pm.start_round(Instant::now());
-                        }
+                    Ok(()) = epoch_rx.changed() => {
+                        epoch_rx.borrow_and_update();
+                        // New interface addresses: tell the peer, and punch again.
+                        pm.reprobe(Instant::now());
+                        announce = true;
                     }
-                    Err(e) => {
-                        conn.close(CLOSE_PROTOCOL.into(), format!("bad control frame: {e}").as_bytes());
-                        break format!("peer sent a bad control frame: {e}");
-                    }
-                },
-                Err(p2pcall_tls::framed::FrameReadError::Closed) => control_open = false,
-                Err(e) => {
-                    conn.close(CLOSE_PROTOCOL.into(), format!("control stream: {e}").as_bytes());
-                    break format!("control stream: {e}");
+                    Ok(()) = owner_rx.changed() => {}
+                    d = conn.read_datagram() => match d {
+                        Ok(d) => handle_datagram(&shared, &dg_tx, d),
+                        Err(e) => break e.to_string(),
+                    },
+                    _ = tokio::time::sleep_until(timeout.into()) => {}
                 }
-            },
-            Some(pkt) = probe_rx.recv() => {
-                if inner.direct_paths && pm.handle_control(pkt.at, pkt.from, pkt.via, &pkt.packet) {
-                    inner.socket.map_direct(pkt.from, &shared.route, serial);
-                }
-            }
-            Ok(()) = mapping_rx.changed() => {
-                let m = *mapping_rx.borrow_and_update();
-                if let Some(m) = m {
-                    pm.set_local_mapping(m);
-                    announce = true;
-                }
-            }
-            Ok(()) = epoch_rx.changed() => {
-                epoch_rx.borrow_and_update();
-                // New interface addresses: tell the peer, and punch again.
-                pm.reprobe(Instant::now());
-                announce = true;
-            }
-            Ok(()) = owner_rx.changed() => {}
-            d = conn.read_datagram() => match d {
-                Ok(d) => handle_datagram(&shared, &dg_tx, d),
-                Err(e) => break e.to_string(),
-            },
-            _ = tokio::time::sleep_until(timeout.into()) => {}
-        }
         if announce && inner.direct_paths {
             send_frame(&mut send, &PeerFrame::Candidates(inner.reach()), peer).await;
             pm.request_round(Instant::now());
@@ -1244,7 +1232,8 @@ async fn drive_connection(
     };
     drop(aux);
     // If this connection steered the route, the newest other one to the peer takes over.
-    let next = inner.conns.lock().ok().and_then(|mut c| {
+    let next = (|| {
+        let mut c = inner.conns.lock();
         let list = c.get_mut(&peer)?;
         list.retain(|o| o.serial != serial);
         let next = list.last().map(|o| o.serial);
@@ -1252,7 +1241,7 @@ async fn drive_connection(
             c.remove(&peer);
         }
         next
-    });
+    })();
     shared.route.release(serial, next);
     shared.route.conns.fetch_sub(1, Ordering::Relaxed);
     inner
@@ -1273,7 +1262,8 @@ async fn watch_port_mapping(
         }
         let mapped = (*rx.borrow_and_update()).map(SocketAddr::V4);
         tracing::info!(?mapped, "gateway port mapping");
-        if let Ok(mut m) = inner.mapped.lock() {
+        {
+            let mut m = inner.mapped.lock();
             *m = mapped;
         }
         inner.net_epoch.send_modify(|e| *e += 1);
@@ -1319,7 +1309,8 @@ fn handle_datagram(shared: &ConnShared, app: &mpsc::Sender<Bytes>, d: Bytes) {
         Ok(Datagram::Pong { seq, .. }) => {
             tracing::trace!(serial = shared.serial, seq, "pong datagram");
             let now = Instant::now();
-            if let Some(tx) = shared.pings.lock().ok().and_then(|mut m| m.remove(&seq)) {
+            let tx = shared.pings.lock().remove(&seq);
+            if let Some(tx) = tx {
                 let _ = tx.send(now);
             }
         }
@@ -1377,12 +1368,8 @@ async fn control_dispatch(inner: Arc<Inner>, mut rx: mpsc::Receiver<ControlPacke
         };
         match &pkt.packet {
             Control::ReflectResp { txid, observed } => {
-                if let Some(tx) = inner
-                    .reflections
-                    .lock()
-                    .ok()
-                    .and_then(|mut m| m.remove(txid))
-                {
+                let tx = inner.reflections.lock().remove(txid);
+                if let Some(tx) = tx {
                     let _ = tx.send(*observed);
                 }
             }
@@ -1392,11 +1379,8 @@ async fn control_dispatch(inner: Arc<Inner>, mut rx: mpsc::Receiver<ControlPacke
                 let handlers: Vec<_> = inner
                     .conns
                     .lock()
-                    .ok()
-                    .and_then(|m| {
-                        m.get(from)
-                            .map(|l| l.iter().map(|c| c.probe_tx.clone()).collect())
-                    })
+                    .get(from)
+                    .map(|l| l.iter().map(|c| c.probe_tx.clone()).collect())
                     .unwrap_or_default();
                 if let Some((last, rest)) = handlers.split_last() {
                     for h in rest {

@@ -104,7 +104,7 @@ pub(crate) fn start(
             daemon.enable_interface(names).map_err(lan_err)?;
         }
         let browse = daemon.browse(SERVICE_TYPE).map_err(lan_err)?;
-        let name = inner.name.lock().map(|n| n.clone()).unwrap_or_default();
+        let name = inner.name.lock().clone();
         let info = service_info(inner, &name)?;
         let fullname = info.get_fullname().to_string();
         daemon.register(info).map_err(lan_err)?;
@@ -213,7 +213,7 @@ pub(crate) async fn run(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEven
             _ = inner.cancel.cancelled() => break,
             () = &mut settle, if !snapshot_sent => {
                 snapshot_sent = true;
-                let list: Vec<PeerInfo> = inner.presence.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
+                let list: Vec<PeerInfo> = inner.presence.lock().values().cloned().collect();
                 inner.emit(Event::Presence(PresenceEvent::Snapshot(list))).await;
             }
             Ok(()) = name_rx.changed() => {
@@ -261,25 +261,23 @@ pub(crate) async fn run(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEven
                         }
                         inner.socket.set_lan(&route, best, &addrs);
                         tracing::debug!(peer = %rec.id, ?addrs, "found on the LAN");
-                        let (joined, renamed) = match inner.presence.lock() {
-                            Ok(mut p) => {
-                                if let Some(l) = left {
-                                    p.remove(&l);
+                        let (joined, renamed) = {
+                            let mut p = inner.presence.lock();
+                            if let Some(l) = left {
+                                p.remove(&l);
+                            }
+                            match p.get_mut(&rec.id) {
+                                Some(known) if known.name == rec.name => (None, None),
+                                Some(known) => {
+                                    known.name.clone_from(&rec.name);
+                                    (None, Some(known.clone()))
                                 }
-                                match p.get_mut(&rec.id) {
-                                    Some(known) if known.name == rec.name => (None, None),
-                                    Some(known) => {
-                                        known.name.clone_from(&rec.name);
-                                        (None, Some(known.clone()))
-                                    }
-                                    None => {
-                                        let info = PeerInfo { id: rec.id, name: rec.name, online_since_ms: now_ms() };
-                                        p.insert(info.id, info.clone());
-                                        (Some(info), None)
-                                    }
+                                None => {
+                                    let info = PeerInfo { id: rec.id, name: rec.name, online_since_ms: now_ms() };
+                                    p.insert(info.id, info.clone());
+                                    (Some(info), None)
                                 }
                             }
-                            Err(_) => (None, None),
                         };
                         if !snapshot_sent {
                             continue;
@@ -298,7 +296,7 @@ pub(crate) async fn run(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEven
                         if instances.values().any(|p| *p == peer) {
                             continue;
                         }
-                        let was = inner.presence.lock().ok().and_then(|mut p| p.remove(&peer));
+                        let was = inner.presence.lock().remove(&peer);
                         tracing::debug!(%peer, "left the LAN");
                         if was.is_none() || !snapshot_sent {
                             continue;

@@ -333,7 +333,7 @@ where
         Instant::now(),
         inner.identity.id(),
         ClientConfig {
-            name: inner.name.lock().map(|n| n.clone()).unwrap_or_default(),
+            name: inner.name.lock().clone(),
             token: cfg.token.clone(),
             presence: cfg.presence,
             welcome_timeout: WELCOME_TIMEOUT,
@@ -438,7 +438,8 @@ async fn welcomed(
     observed: std::net::SocketAddr,
     reflect_ports: &[u16],
 ) {
-    if let Ok(mut r) = inner.reflectors.lock() {
+    {
+        let mut r = inner.reflectors.lock();
         *r = reflect_ports
             .iter()
             .map(|p| std::net::SocketAddr::new(cfg.addr.ip(), *p))
@@ -450,10 +451,12 @@ async fn welcomed(
             tag,
         });
     }
-    if let Ok(mut o) = inner.observed.lock() {
+    {
+        let mut o = inner.observed.lock();
         *o = Some(observed);
     }
-    if let Ok(mut p) = inner.presence.lock() {
+    {
+        let mut p = inner.presence.lock();
         p.clear();
     }
     inner
@@ -480,7 +483,8 @@ async fn welcomed(
 async fn presence(inner: &Arc<Inner>, change: PresenceChange) {
     let event = match change {
         PresenceChange::Snapshot(list) => {
-            if let Ok(mut p) = inner.presence.lock() {
+            {
+                let mut p = inner.presence.lock();
                 p.clear();
                 p.extend(list.iter().map(|i| (i.id, i.clone())));
             }
@@ -490,7 +494,8 @@ async fn presence(inner: &Arc<Inner>, change: PresenceChange) {
             PresenceEvent::Snapshot(list)
         }
         PresenceChange::Joined(info) => {
-            if let Ok(mut p) = inner.presence.lock() {
+            {
+                let mut p = inner.presence.lock();
                 p.insert(info.id, info.clone());
             }
             // A new relay session of a peer we have connections to: it may have restarted.
@@ -498,13 +503,15 @@ async fn presence(inner: &Arc<Inner>, change: PresenceChange) {
             PresenceEvent::Joined(info)
         }
         PresenceChange::Updated(info) => {
-            if let Ok(mut p) = inner.presence.lock() {
+            {
+                let mut p = inner.presence.lock();
                 p.insert(info.id, info.clone());
             }
             PresenceEvent::Updated(info)
         }
         PresenceChange::Left(id) => {
-            if let Ok(mut p) = inner.presence.lock() {
+            {
+                let mut p = inner.presence.lock();
                 p.remove(&id);
             }
             PresenceEvent::Left(id)

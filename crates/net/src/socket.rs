@@ -21,14 +21,15 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use p2pcall_nat::Path;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::packet::{self, Control, RelayRecv, RelaySend};
+use parking_lot::{Mutex, RwLock};
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -114,10 +115,10 @@ impl PeerRoute {
     }
 
     fn path_and_socket(&self) -> (Path, Option<Arc<tokio::net::UdpSocket>>) {
-        let (p, sock) = self
-            .path
-            .lock()
-            .map_or((Path::Relay, None), |p| (p.0, p.1.clone()));
+        let (p, sock) = {
+            let g = self.path.lock();
+            (g.0, g.1.clone())
+        };
         match (p, self.lan()) {
             (Path::Relay, Some(a)) => (Path::Direct(a), None),
             _ => (p, sock),
@@ -131,7 +132,7 @@ impl PeerRoute {
 
     /// The peer's mDNS-announced address, if it was found on the LAN.
     pub fn lan(&self) -> Option<SocketAddr> {
-        self.lan.lock().ok().and_then(|g| *g)
+        *self.lan.lock()
     }
 
     /// The connection that steers this route now (0: none).
@@ -153,11 +154,13 @@ impl PeerRoute {
     /// newest one steers, and whatever older ones learnt, their direct path and their last
     /// direct packet, is forgotten at once), or the next one when the owner ended.
     pub(crate) fn claim(&self, serial: u64) {
-        if let Ok(mut g) = self.path.lock() {
+        {
+            let mut g = self.path.lock();
             self.owner.send_replace(serial);
             *g = (Path::Relay, None);
         }
-        if let Ok(mut g) = self.last_direct_rx.lock() {
+        {
+            let mut g = self.last_direct_rx.lock();
             *g = None;
         }
         self.path_tx.send_replace(self.path());
@@ -182,9 +185,7 @@ impl PeerRoute {
         sock: Option<Arc<tokio::net::UdpSocket>>,
     ) -> bool {
         {
-            let Ok(mut g) = self.path.lock() else {
-                return false;
-            };
+            let mut g = self.path.lock();
             // Checked under the path lock, so a claim cannot slip between check and write.
             if self.owner() != serial {
                 return false;
@@ -197,7 +198,8 @@ impl PeerRoute {
 
     /// Notes a direct QUIC packet from `src` (for the path manager's liveness tracking).
     fn note_direct_rx(&self, src: SocketAddr, now: Instant, len: usize) {
-        if let Ok(mut g) = self.last_direct_rx.lock() {
+        {
+            let mut g = self.last_direct_rx.lock();
             *g = Some((src, now));
         }
         self.counters
@@ -207,7 +209,7 @@ impl PeerRoute {
 
     /// Takes the time and source of the last direct QUIC packet, if any since the last call.
     pub(crate) fn take_direct_rx(&self) -> Option<(SocketAddr, Instant)> {
-        self.last_direct_rx.lock().ok()?.take()
+        self.last_direct_rx.lock().take()
     }
 }
 
@@ -303,13 +305,15 @@ impl MagicSocket {
     }
 
     pub(crate) fn set_relay_quic_addr(&self, a: Option<SocketAddr>) {
-        if let Ok(mut g) = self.relay_quic_addr.write() {
+        {
+            let mut g = self.relay_quic_addr.write();
             *g = a.map(canonical);
         }
     }
 
     pub(crate) fn set_relay_route(&self, r: RelayRoute) {
-        if let Ok(mut g) = self.relay.write() {
+        {
+            let mut g = self.relay.write();
             *g = r;
         }
     }
@@ -323,17 +327,17 @@ impl MagicSocket {
     pub(crate) fn is_direct_of(&self, addr: SocketAddr, route: &Arc<PeerRoute>) -> bool {
         self.routes
             .read()
-            .ok()
-            .and_then(|r| r.by_direct.get(&canonical(addr)).map(|d| d.0.clone()))
-            .is_some_and(|r| Arc::ptr_eq(&r, route))
+            .by_direct
+            .get(&canonical(addr))
+            .is_some_and(|d| Arc::ptr_eq(&d.0, route))
     }
 
     /// The route of `id`, created on first use. `None` when the table is full.
     pub fn route(&self, id: PeerId) -> Option<Arc<PeerRoute>> {
-        if let Some(r) = self.routes.read().ok()?.by_peer.get(&id) {
+        if let Some(r) = self.routes.read().by_peer.get(&id) {
             return Some(r.clone());
         }
-        let mut routes = self.routes.write().ok()?;
+        let mut routes = self.routes.write();
         if let Some(r) = routes.by_peer.get(&id) {
             return Some(r.clone());
         }
@@ -376,21 +380,14 @@ impl MagicSocket {
 
     /// The route behind a virtual address quinn reports.
     pub fn route_by_vaddr(&self, a: SocketAddr) -> Option<Arc<PeerRoute>> {
-        self.routes
-            .read()
-            .ok()?
-            .by_vaddr
-            .get(&canonical(a))
-            .cloned()
+        self.routes.read().by_vaddr.get(&canonical(a)).cloned()
     }
 
     /// Lets QUIC packets from `addr` be attributed to `route`: connection `serial` just
     /// validated it with an authenticated probe (0: mDNS announced it).
     pub(crate) fn map_direct(&self, addr: SocketAddr, route: &Arc<PeerRoute>, serial: u64) {
         let addr = canonical(addr);
-        let Ok(mut routes) = self.routes.write() else {
-            return;
-        };
+        let mut routes = self.routes.write();
         let mine = routes
             .by_direct
             .values()
@@ -405,8 +402,9 @@ impl MagicSocket {
     /// (mDNS-announced ones stay): those of a peer process that is gone, which must neither
     /// attract its packets nor fill the per-peer cap that a new process's addresses need.
     pub(crate) fn forget_direct(&self, route: &Arc<PeerRoute>, keep: u64) {
-        let lan = route.lan_all.lock().map(|l| l.clone()).unwrap_or_default();
-        if let Ok(mut routes) = self.routes.write() {
+        let lan = route.lan_all.lock().clone();
+        {
+            let mut routes = self.routes.write();
             routes.by_direct.retain(|a, (r, serial)| {
                 !Arc::ptr_eq(r, route) || *serial == keep || lan.contains(a)
             });
@@ -423,22 +421,21 @@ impl MagicSocket {
         preferred: SocketAddr,
         all: &[SocketAddr],
     ) {
-        let old = route
-            .lan
-            .lock()
-            .ok()
-            .and_then(|mut g| g.replace(canonical(preferred)));
+        let old = route.lan.lock().replace(canonical(preferred));
         if let Some(old) = old
             && !all.contains(&old)
-            && let Ok(mut routes) = self.routes.write()
-            && routes
+        {
+            let mut routes = self.routes.write();
+            if routes
                 .by_direct
                 .get(&old)
                 .is_some_and(|(r, _)| Arc::ptr_eq(r, route))
-        {
-            routes.by_direct.remove(&old);
+            {
+                routes.by_direct.remove(&old);
+            }
         }
-        if let Ok(mut l) = route.lan_all.lock() {
+        {
+            let mut l = route.lan_all.lock();
             *l = all.iter().copied().map(canonical).collect();
         }
         route.path_tx.send_replace(route.path());
@@ -470,11 +467,7 @@ impl MagicSocket {
     }
 
     fn send_relayed(&self, route: &PeerRoute, t: &Transmit<'_>) -> io::Result<()> {
-        let relay = self
-            .relay
-            .read()
-            .map(|r| r.clone())
-            .unwrap_or(RelayRoute::None);
+        let relay = self.relay.read().clone();
         let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
         match relay {
             RelayRoute::None => Ok(()),
@@ -516,7 +509,7 @@ impl MagicSocket {
     /// how many entries remain, compacted at the front.
     fn process(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
         let now = Instant::now();
-        let relay_addr = self.relay_quic_addr.read().ok().and_then(|g| *g);
+        let relay_addr = *self.relay_quic_addr.read();
         let mut kept = 0;
         for i in 0..n {
             let src = canonical(meta[i].addr);
@@ -527,11 +520,7 @@ impl MagicSocket {
                 if Some(src) == relay_addr {
                     true
                 } else {
-                    let route = self
-                        .routes
-                        .read()
-                        .ok()
-                        .and_then(|r| r.by_direct.get(&src).map(|d| d.0.clone()));
+                    let route = self.routes.read().by_direct.get(&src).map(|d| d.0.clone());
                     match route {
                         Some(r) => {
                             r.note_direct_rx(src, now, len);
@@ -617,7 +606,7 @@ impl MagicSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Option<usize> {
-        let mut rx = self.queued.lock().ok()?;
+        let mut rx = self.queued.lock();
         let mut n = 0;
         while n < bufs.len().min(meta.len()) {
             let Poll::Ready(Some(q)) = rx.poll_recv(cx) else {
@@ -775,11 +764,11 @@ mod tests {
             k[..4].copy_from_slice(&i.to_be_bytes());
             s.route(PeerId::from_bytes(k)).unwrap();
         }
-        assert_eq!(s.routes.read().unwrap().by_peer.len(), MAX_ROUTES);
+        assert_eq!(s.routes.read().by_peer.len(), MAX_ROUTES);
         let newcomer = s
             .route(PeerId::from_bytes([0xff; 32]))
             .expect("an idle route is evicted");
-        let routes = s.routes.read().unwrap();
+        let routes = s.routes.read();
         assert_eq!(routes.by_peer.len(), MAX_ROUTES);
         assert!(
             routes.by_peer.contains_key(&busy.id),

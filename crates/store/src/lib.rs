@@ -8,9 +8,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use p2pcall_proto::PeerId;
@@ -47,9 +47,6 @@ pub enum StoreError {
     /// A stored value is not one this build wrote.
     #[error("corrupt value in column {0}")]
     Corrupt(&'static str),
-    /// Another thread panicked while holding the database.
-    #[error("the database lock was poisoned")]
-    Poisoned,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -474,7 +471,7 @@ impl Store {
     }
 
     fn db(&self) -> Result<MutexGuard<'_, Connection>> {
-        self.conn.lock().map_err(|_| StoreError::Poisoned)
+        Ok(self.conn.lock())
     }
 
     /// Schema version of the open database.

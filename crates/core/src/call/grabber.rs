@@ -7,8 +7,10 @@
 //! latest screen); the capture thread takes one result per tick. Measured with
 //! `cargo run --release -p p2pcall-bench -- screen`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use p2pcall_media_io::Frame;
@@ -82,7 +84,7 @@ impl Grabber {
                     }
                     let at = Instant::now();
                     let grab = cap.grab();
-                    let Ok(mut slot) = s.slot.lock() else { return };
+                    let mut slot = s.slot.lock();
                     match grab {
                         Ok(Grab::Frame(f)) => slot.frame = Some((f, at, at.elapsed())),
                         Ok(Grab::Unchanged) => {}
@@ -106,19 +108,14 @@ impl Grabber {
     pub fn next(
         &mut self,
     ) -> Result<Option<(Frame, Instant, Duration)>, p2pcall_screen::ScreenError> {
-        let Ok(mut slot) = self.shared.slot.lock() else {
-            return Ok(None);
-        };
+        let mut slot = self.shared.slot.lock();
         let deadline = Instant::now() + TAKE_TIMEOUT;
         while slot.ticks == self.seen && slot.error.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
             }
-            slot = match self.shared.ready.wait_timeout(slot, left) {
-                Ok((s, _)) => s,
-                Err(_) => return Ok(None),
-            };
+            self.shared.ready.wait_for(&mut slot, left);
         }
         if let Some(e) = slot.error.take() {
             return Err(e);

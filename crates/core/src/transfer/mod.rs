@@ -19,11 +19,11 @@ mod send;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use p2pcall_proto::PeerId;
 use p2pcall_proto::transfer::{AbortCode, TransferFrame, TransferId};
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
 use crate::EngineError;
@@ -214,14 +214,16 @@ pub(crate) fn emit(shared: &Shared, e: TransferEvent) {
 impl Registry {
     fn cancel_rx(&self, key: Key, outgoing: bool) -> watch::Receiver<Option<String>> {
         let (tx, rx) = watch::channel(None);
-        if let Ok(mut m) = self.cancels.lock() {
+        {
+            let mut m = self.cancels.lock();
             m.insert((key, outgoing), tx);
         }
         rx
     }
 
     fn drop_cancel(&self, key: Key, outgoing: bool) {
-        if let Ok(mut m) = self.cancels.lock() {
+        {
+            let mut m = self.cancels.lock();
             m.remove(&(key, outgoing));
         }
     }
@@ -254,8 +256,7 @@ impl EngineHandle {
             .transfers
             .offers
             .lock()
-            .ok()
-            .and_then(|mut m| m.remove(&(peer, id)))
+            .remove(&(peer, id))
             .ok_or_else(|| EngineError::NoSuchOffer(id_hex(&id)))?;
         tx.send(d)
             .map_err(|_| EngineError::NoSuchOffer(id_hex(&id)))
@@ -274,9 +275,7 @@ impl EngineHandle {
     }
 
     fn stop_transfer(&self, peer: PeerId, id: TransferId, reason: &str) -> bool {
-        let Ok(m) = self.shared().transfers.cancels.lock() else {
-            return false;
-        };
+        let m = self.shared().transfers.cancels.lock();
         let mut any = false;
         for outgoing in [true, false] {
             if let Some(tx) = m.get(&((peer, id), outgoing)) {
@@ -291,15 +290,13 @@ impl EngineHandle {
     /// [`INTERRUPT_WAIT`], until each has recorded its verified chunks and told the peer.
     pub async fn interrupt_transfers(&self) {
         let t = &self.shared().transfers;
-        if let Ok(m) = t.cancels.lock() {
+        {
+            let m = t.cancels.lock();
             for tx in m.values() {
                 tx.send_replace(Some(INTERRUPTED.into()));
             }
         }
-        let idle = || {
-            t.receiving.lock().map(|m| m.is_empty()).unwrap_or(true)
-                && t.sending.lock().map(|m| m.is_empty()).unwrap_or(true)
-        };
+        let idle = || t.receiving.lock().is_empty() && t.sending.lock().is_empty();
         let _ = tokio::time::timeout(INTERRUPT_WAIT, async {
             while !idle() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -314,8 +311,7 @@ impl EngineHandle {
             .transfers
             .receiving
             .lock()
-            .map(|m| m.contains_key(&(peer, id)))
-            .unwrap_or(false)
+            .contains_key(&(peer, id))
     }
 
     /// Sends files and folders to `peer`. Resumes an unfinished transfer of the same paths
@@ -339,8 +335,7 @@ impl EngineHandle {
                 .transfers
                 .sending
                 .lock()
-                .map(|s| s.contains_key(&(peer, t.id)))
-                .unwrap_or(true);
+                .contains_key(&(peer, t.id));
             if running || t.sources.is_empty() {
                 continue;
             }
@@ -366,12 +361,7 @@ const POOLED: usize = 8;
 impl Pool {
     /// A buffer of `len` bytes (contents unspecified).
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        let mut v = self
-            .0
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default();
+        let mut v = self.0.lock().pop().unwrap_or_default();
         v.resize(len, 0);
         v
     }
@@ -379,9 +369,8 @@ impl Pool {
     /// Returns a buffer.
     pub(crate) fn put(&self, mut v: Vec<u8>) {
         v.clear();
-        if let Ok(mut p) = self.0.lock()
-            && p.len() < POOLED
-        {
+        let mut p = self.0.lock();
+        if p.len() < POOLED {
             p.push(v);
         }
     }

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use p2pcall_proto::PeerId;
@@ -18,6 +18,7 @@ use p2pcall_tls::framed::FrameReader;
 use p2pcall_transfer::{
     ChunkError, Cv, FileProgress, Meter, Plan, chunk_cv, sanitize, unique_name,
 };
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -93,9 +94,8 @@ impl std::fmt::Debug for Receiving {
 
 impl Receiving {
     fn fail(&self, f: Fail) {
-        if let Ok(mut slot) = self.failed.lock()
-            && slot.is_none()
-        {
+        let mut slot = self.failed.lock();
+        if slot.is_none() {
             *slot = Some(f.clone());
             let _ = self.ctrl.send(TransferFrame::Abort {
                 code: f.0,
@@ -111,8 +111,8 @@ impl Receiving {
             .get(h.entry as usize)
             .and_then(Option::as_ref)
             .ok_or_else(|| protocol(format!("data for entry {}, which is not a file", h.entry)))?;
-        let mut f = slot.lock().map_err(|_| protocol("poisoned"))?;
-        if self.failed.lock().map(|f| f.is_some()).unwrap_or(true) {
+        let mut f = slot.lock();
+        if self.failed.lock().is_some() {
             // This attempt is over (failed, cancelled or superseded): write nothing more.
             return Ok(());
         }
@@ -235,23 +235,23 @@ impl Receiving {
         };
         tracing::debug!(file = %fin.display(), "received and verified");
         f.unrecorded.clear();
-        let batch = self.done_pending.lock().ok().map(|mut p| {
+        let batch = {
+            let mut p = self.done_pending.lock();
             p.push(h.entry);
             if p.len() >= DONE_BATCH {
                 std::mem::take(&mut *p)
             } else {
                 Vec::new()
             }
-        });
-        if let Some(b) = batch
-            && !b.is_empty()
-        {
+        };
+        if !batch.is_empty() {
             self.store
-                .files_done(self.rowid, &b)
+                .files_done(self.rowid, &batch)
                 .map_err(|e| (AbortCode::Io, e.to_string()))?;
         }
         f.done = true;
-        if let Ok(mut hs) = self.hashes.lock() {
+        {
+            let mut hs = self.hashes.lock();
             hs.push((f.rel.clone(), root));
         }
         self.files_done.fetch_add(1, Ordering::Relaxed);
@@ -265,11 +265,7 @@ impl Receiving {
 
     /// Records the files placed since the last batch.
     fn record_done(&self) -> Result<(), Fail> {
-        let b = self
-            .done_pending
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default();
+        let b = self.done_pending.lock().drain(..).collect::<Vec<_>>();
         self.store
             .files_done(self.rowid, &b)
             .map_err(|e| (AbortCode::Io, e.to_string()))
@@ -278,9 +274,8 @@ impl Receiving {
     /// Cancellation: removes every partial file.
     fn discard(&self) {
         for f in self.files.iter().flatten() {
-            if let Ok(mut f) = f.lock()
-                && !f.done
-            {
+            let mut f = f.lock();
+            if !f.done {
                 f.file = None;
                 let _ = std::fs::remove_file(&f.temp);
             }
@@ -291,9 +286,8 @@ impl Receiving {
     fn checkpoint(&self) {
         let _ = self.record_done();
         for f in self.files.iter().flatten() {
-            if let Ok(mut f) = f.lock()
-                && !f.done
-            {
+            let mut f = f.lock();
+            if !f.done {
                 let _ = self.record(&mut f);
             }
         }
@@ -492,7 +486,7 @@ struct OfferSlot {
 
 impl OfferSlot {
     fn take(shared: &Arc<Shared>, peer: PeerId) -> Option<Self> {
-        let mut m = shared.transfers.offer_slots.lock().ok()?;
+        let mut m = shared.transfers.offer_slots.lock();
         let n = m.entry(peer).or_default();
         if *n >= MAX_OFFERS_PER_PEER {
             return None;
@@ -507,9 +501,8 @@ impl OfferSlot {
 
 impl Drop for OfferSlot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.shared.transfers.offer_slots.lock()
-            && let Some(n) = m.get_mut(&self.peer)
-        {
+        let mut m = self.shared.transfers.offer_slots.lock();
+        if let Some(n) = m.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
                 m.remove(&self.peer);
@@ -595,26 +588,13 @@ pub(crate) async fn serve_offer(
     let store = shared.store.clone();
     // A retry while the last attempt still looks alive (its connection not yet timed out):
     // stop that attempt (its verified chunks are kept) and serve this one.
-    let stale = shared
-        .transfers
-        .receiving
-        .lock()
-        .map(|m| m.contains_key(&(peer, id)))
-        .unwrap_or(false);
+    let stale = shared.transfers.receiving.lock().contains_key(&(peer, id));
     if stale {
-        if let Ok(m) = shared.transfers.cancels.lock()
-            && let Some(tx) = m.get(&((peer, id), false))
-        {
+        if let Some(tx) = shared.transfers.cancels.lock().get(&((peer, id), false)) {
             tx.send_replace(Some(super::SUPERSEDED.into()));
         }
         let gone = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while shared
-                .transfers
-                .receiving
-                .lock()
-                .map(|m| m.contains_key(&(peer, id)))
-                .unwrap_or(false)
-            {
+            while shared.transfers.receiving.lock().contains_key(&(peer, id)) {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         })
@@ -652,7 +632,8 @@ pub(crate) async fn serve_offer(
                 return;
             }
             let (tx, rx) = oneshot::channel();
-            if let Ok(mut m) = shared.transfers.offers.lock() {
+            {
+                let mut m = shared.transfers.offers.lock();
                 m.insert(key, tx);
             }
             emit(&shared, TransferEvent::Offered(info.clone()));
@@ -661,7 +642,8 @@ pub(crate) async fn serve_offer(
                 // The sender gave up (closed or aborted) before we answered.
                 _ = reader.next() => None,
             };
-            if let Ok(mut m) = shared.transfers.offers.lock() {
+            {
+                let mut m = shared.transfers.offers.lock();
                 m.remove(&key);
             }
             match d {
@@ -772,7 +754,8 @@ pub(crate) async fn serve_offer(
         failed: Mutex::new(None),
         done_pending: Mutex::new(Vec::new()),
     });
-    if let Ok(mut m) = shared.transfers.receiving.lock() {
+    {
+        let mut m = shared.transfers.receiving.lock();
         m.insert(key, rx.clone());
     }
     let mut cancel = shared.transfers.cancel_rx(key, false);
@@ -841,13 +824,14 @@ pub(crate) async fn serve_offer(
         }
     };
     let _ = send.finish();
-    if let Ok(mut f) = rx.failed.lock()
-        && f.is_none()
     {
-        *f = Some(match &outcome {
-            Ok(()) => (AbortCode::Io, "finished".into()),
-            Err((f, _)) => f.clone(),
-        });
+        let mut f = rx.failed.lock();
+        if f.is_none() {
+            *f = Some(match &outcome {
+                Ok(()) => (AbortCode::Io, "finished".into()),
+                Err((f, _)) => f.clone(),
+            });
+        }
     }
     let rx2 = rx.clone();
     let dirs = p.dirs;
@@ -861,7 +845,7 @@ pub(crate) async fn serve_offer(
             })
             .await;
             let _ = store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms());
-            let mut hashes = rx.hashes.lock().map(|h| h.clone()).unwrap_or_default();
+            let mut hashes = rx.hashes.lock().clone();
             hashes.sort();
             emit(
                 &shared,
@@ -901,7 +885,8 @@ pub(crate) async fn serve_offer(
         }
     }
     shared.transfers.drop_cancel(key, false);
-    if let Ok(mut m) = shared.transfers.receiving.lock() {
+    {
+        let mut m = shared.transfers.receiving.lock();
         m.remove(&key);
     }
 }
@@ -912,13 +897,7 @@ pub(crate) async fn serve_data(shared: Arc<Shared>, peer: PeerId, mut recv: quin
     if recv.read_exact(&mut id).await.is_err() {
         return;
     }
-    let Some(rx) = shared
-        .transfers
-        .receiving
-        .lock()
-        .ok()
-        .and_then(|m| m.get(&(peer, id)).cloned())
-    else {
+    let Some(rx) = shared.transfers.receiving.lock().get(&(peer, id)).cloned() else {
         let _ = recv.stop(DATA_REFUSED.into());
         return;
     };
@@ -979,7 +958,7 @@ pub(crate) async fn serve_data(shared: Arc<Shared>, peer: PeerId, mut recv: quin
     }
     drop(tx);
     let _ = writer.await;
-    if rx.failed.lock().map(|f| f.is_some()).unwrap_or(false) {
+    if rx.failed.lock().is_some() {
         let _ = recv.stop(DATA_REFUSED.into());
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use p2pcall_proto::transfer::{
 use p2pcall_store::{TransferState, now_ms};
 use p2pcall_tls::framed::FrameReader;
 use p2pcall_transfer::{Cv, Meter, chunk_count, chunk_cv, chunk_len, file_hash};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use super::{
@@ -49,7 +50,8 @@ struct Sending<'a> {
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
         let t = &self.h.shared().transfers;
-        if let Ok(mut s) = t.sending.lock() {
+        {
+            let mut s = t.sending.lock();
             s.remove(&self.key);
         }
         t.drop_cancel(self.key, true);
@@ -97,9 +99,7 @@ pub(super) async fn send_files(
     // The same transfer already running here (e.g. resumed when the peer came back): wait
     // for its outcome instead of sending it twice.
     let (tx, running) = {
-        let Ok(mut m) = shared.transfers.sending.lock() else {
-            return Err(EngineError::Stream("transfer registry poisoned".into()));
-        };
+        let mut m = shared.transfers.sending.lock();
         match m.get(&key) {
             Some(rx) => (None, Some(rx.clone())),
             None => {
@@ -305,9 +305,13 @@ async fn send_inner(
                     head.extend_from_slice(&id);
                     s.write_all(&head).await.map_err(io_err)?;
                     let pool = super::Pool::default();
-                    while let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                    // The queue's lock is taken and released in `next_job`, never held
+                    // across the writes below.
+                    let next_job = || queue.lock().pop_front();
+                    while let Some(job) = next_job() {
                         let (rel, root) = send_file(job, &mut s, &counters, &pool, &gate).await?;
-                        if let Ok(mut h) = hashes.lock() {
+                        {
+                            let mut h = hashes.lock();
                             h.push((rel, root));
                         }
                     }
@@ -386,7 +390,7 @@ async fn send_inner(
         Ok(()) => {
             let _ = ctl.finish();
             store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms())?;
-            let mut hashes = hashes.lock().map(|h| h.clone()).unwrap_or_default();
+            let mut hashes = hashes.lock().clone();
             hashes.sort();
             let s = Summary {
                 peer,
