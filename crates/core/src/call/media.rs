@@ -3,7 +3,9 @@
 //! runs on the async runtime.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::sync::{Arc, mpsc as std_mpsc};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -488,8 +490,8 @@ pub fn start_video(
     errors: mpsc::Sender<String>,
     tap: Option<VideoTap>,
 ) -> Result<Capture, CallError> {
-    let mut input = VideoInput::open(src, p)?;
-    let mut enc = VideoEncoder::new(VideoConfig {
+    let input = VideoInput::open(src, p)?;
+    let enc = VideoEncoder::new(VideoConfig {
         bitrate: p.kbps * 1000,
         fps: p.fps as f32,
         screen,
@@ -504,161 +506,240 @@ pub fn start_video(
         _ => Some((p.width, p.height)),
     };
     spawn_capture("video-capture", move |cmds, stop, capture| {
-        let mut q = Quality {
-            fps: call_fps,
-            limit: None,
-        };
-        // A camera runs at the call's rate: a lower one drops frames that come too early.
-        let device_interval = Duration::from_secs_f64(1.0 / f64::from(call_fps));
-        let mut next = Instant::now();
-        let (mut active, mut force, mut backlog) = (true, true, false);
         let pacing = input.pacing();
-        let paced = pacing != Pacing::Loop;
-        // The last frame coded, and when: re-coded for a keyframe or an idle refresh when a
-        // screen has not changed.
-        let mut last: Option<(Frame, Instant)> = None;
-        let fail = |msg: String| {
-            let _ = errors.blocking_send(msg);
+        let mut v = VideoLoop {
+            q: Quality {
+                fps: call_fps,
+                limit: None,
+            },
+            call_fps,
+            bound,
+            // A camera runs at the call's rate: a lower one drops frames that come too early.
+            device_interval: Duration::from_secs_f64(1.0 / f64::from(call_fps)),
+            next: Instant::now(),
+            active: true,
+            force: true,
+            backlog: false,
+            pacing,
+            last: None,
+            input,
+            enc,
+            epoch,
+            out,
+            tap,
+            capture,
         };
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             while let Ok(c) = cmds.try_recv() {
-                match c {
-                    CaptureCmd::Keyframe => force = true,
-                    CaptureCmd::Backlog(b) => backlog = b,
-                    CaptureCmd::Active(a) => {
-                        force |= a && !active;
-                        active = a;
-                        input.set_active(a);
-                    }
-                    CaptureCmd::Quality {
-                        bitrate_bps,
-                        fps,
-                        max_width,
-                        max_height,
-                    } => {
-                        // 0 (or nonsense) is the call's rate.
-                        let fps = if fps.is_finite() && fps > 0.0 {
-                            fps.clamp(1.0, call_fps)
-                        } else {
-                            call_fps
-                        };
-                        if let Err(e) = enc.set_rate(bitrate_bps, fps) {
-                            tracing::warn!("video quality {bitrate_bps} bit/s {fps} fps: {e}");
-                        }
-                        let cap = |m: usize, b: Option<usize>| match (m, b) {
-                            (0, b) => b.unwrap_or(0),
-                            (m, Some(b)) => m.min(b),
-                            (m, None) => m,
-                        };
-                        let limit = (
-                            cap(max_width, bound.map(|b| b.0)),
-                            cap(max_height, bound.map(|b| b.1)),
-                        );
-                        input.set_max_size(bound.unwrap_or((0, 0)), limit.0, limit.1);
-                        q = Quality {
-                            fps,
-                            limit: (limit != (0, 0)).then_some(limit),
-                        };
-                        input.set_interval(q.interval());
-                        tracing::debug!(?q, bitrate_bps, "video quality");
-                    }
+                v.command(c);
+            }
+            match v.step() {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => return,
+                Err(msg) => {
+                    let _ = errors.blocking_send(msg);
+                    return;
                 }
-            }
-            let interval = q.interval();
-            let now = Instant::now();
-            if !paced && now < next {
-                std::thread::sleep(next - now);
-            }
-            if !paced {
-                next += interval;
-                // Fell far behind (suspended, overloaded): do not burst to catch up.
-                if Instant::now() > next + interval * 4 {
-                    next = Instant::now() + interval;
-                }
-            }
-            if !active {
-                match pacing {
-                    // Keep the device streaming, drop its frames.
-                    Pacing::Device => drop(input.next()),
-                    // The grabber is paused.
-                    Pacing::Grabber => std::thread::sleep(interval),
-                    Pacing::Loop => {}
-                }
-                continue;
-            }
-            let (grabbed, at, capture_time) = match input.next() {
-                Ok(c) => c,
-                Err(e) => return fail(e.to_string()),
-            };
-            let captured = at.unwrap_or_else(Instant::now);
-            if pacing == Pacing::Device {
-                // Drop device frames that come faster than the current frame rate.
-                let now = Instant::now();
-                if now + device_interval / 2 < next {
-                    continue;
-                }
-                next += interval;
-                if next < now {
-                    next = now;
-                }
-            }
-            let grabbed_new = grabbed.is_some();
-            let (frame, keyframe) = match grabbed {
-                Some(f) => match fit_frame(f, q.limit) {
-                    Ok(f) => (f, force),
-                    Err(e) => return fail(e.to_string()),
-                },
-                None => {
-                    // An unchanged screen costs nothing, unless a keyframe is asked for or
-                    // the last frame is due for its refresh.
-                    let Some((f, at)) = last.take() else { continue };
-                    if !force && captured.saturating_duration_since(at) < IDLE_REFRESH {
-                        last = Some((f, at));
-                        continue;
-                    }
-                    (f, force)
-                }
-            };
-            if let Some(t) = &tap
-                && grabbed_new
-            {
-                t.show(Picture::Local, &frame);
-            }
-            if backlog && !keyframe {
-                last = Some((frame, captured));
-                continue;
-            }
-            let ms = captured.saturating_duration_since(epoch).as_millis() as u64;
-            let t0 = Instant::now();
-            let e = match enc.encode(&frame, ms, keyframe) {
-                Ok(e) => e,
-                Err(e) => return fail(format!("video encoder: {e}")),
-            };
-            let encode_time = t0.elapsed();
-            last = Some((frame, captured));
-            if e.data.is_empty() {
-                continue; // rate control skipped the frame (a keyframe stays asked for)
-            }
-            force = false;
-            let ts = (captured.saturating_duration_since(epoch).as_secs_f64() * 90_000.0) as u64;
-            // A full queue means the call task is behind: drop this frame rather than queue.
-            if out
-                .try_send(Encoded {
-                    audio: false,
-                    data: Bytes::from(e.data),
-                    timestamp: ts as u32,
-                    keyframe: e.keyframe,
-                    capture_time,
-                    encode_time,
-                    capture,
-                })
-                .is_err()
-                && out.is_closed()
-            {
-                return;
             }
         }
     })
+}
+
+/// What a capture loop does after one step.
+enum Flow {
+    Continue,
+    /// The call task is gone.
+    Stop,
+}
+
+/// The video capture thread's state; [`VideoLoop::step`] grabs, scales and encodes at most
+/// one frame.
+struct VideoLoop {
+    input: VideoInput,
+    enc: VideoEncoder,
+    q: Quality,
+    call_fps: f32,
+    /// The call's size (`None` for files, which keep theirs).
+    bound: Option<(usize, usize)>,
+    device_interval: Duration,
+    /// When the next frame is due.
+    next: Instant,
+    active: bool,
+    /// The next frame is a keyframe.
+    force: bool,
+    /// The pacer is backed up: skip frames until it is not (keyframes still go).
+    backlog: bool,
+    pacing: Pacing,
+    /// The last frame coded, and when: re-coded for a keyframe or an idle refresh when a
+    /// screen has not changed.
+    last: Option<(Frame, Instant)>,
+    epoch: Instant,
+    out: mpsc::Sender<Encoded>,
+    tap: Option<VideoTap>,
+    capture: u64,
+}
+
+impl VideoLoop {
+    /// A command from the call task.
+    fn command(&mut self, c: CaptureCmd) {
+        match c {
+            CaptureCmd::Keyframe => self.force = true,
+            CaptureCmd::Backlog(b) => self.backlog = b,
+            CaptureCmd::Active(a) => {
+                self.force |= a && !self.active;
+                self.active = a;
+                self.input.set_active(a);
+            }
+            CaptureCmd::Quality {
+                bitrate_bps,
+                fps,
+                max_width,
+                max_height,
+            } => self.set_quality(bitrate_bps, fps, max_width, max_height),
+        }
+    }
+
+    fn set_quality(&mut self, bitrate_bps: u32, fps: f32, max_width: usize, max_height: usize) {
+        // 0 (or nonsense) is the call's rate.
+        let fps = if fps.is_finite() && fps > 0.0 {
+            fps.clamp(1.0, self.call_fps)
+        } else {
+            self.call_fps
+        };
+        if let Err(e) = self.enc.set_rate(bitrate_bps, fps) {
+            tracing::warn!("video quality {bitrate_bps} bit/s {fps} fps: {e}");
+        }
+        let cap = |m: usize, b: Option<usize>| match (m, b) {
+            (0, b) => b.unwrap_or(0),
+            (m, Some(b)) => m.min(b),
+            (m, None) => m,
+        };
+        let bound = self.bound;
+        let limit = (
+            cap(max_width, bound.map(|b| b.0)),
+            cap(max_height, bound.map(|b| b.1)),
+        );
+        self.input
+            .set_max_size(bound.unwrap_or((0, 0)), limit.0, limit.1);
+        self.q = Quality {
+            fps,
+            limit: (limit != (0, 0)).then_some(limit),
+        };
+        self.input.set_interval(self.q.interval());
+        tracing::debug!(q = ?self.q, bitrate_bps, "video quality");
+    }
+
+    /// Waits for the next frame's time when the source does not pace itself.
+    fn pace(&mut self, interval: Duration) {
+        if self.pacing != Pacing::Loop {
+            return;
+        }
+        let now = Instant::now();
+        if now < self.next {
+            std::thread::sleep(self.next - now);
+        }
+        self.next += interval;
+        // Fell far behind (suspended, overloaded): do not burst to catch up.
+        if Instant::now() > self.next + interval * 4 {
+            self.next = Instant::now() + interval;
+        }
+    }
+
+    /// One frame: grab it (or reuse the last one), scale it, encode it and hand it on.
+    fn step(&mut self) -> Result<Flow, String> {
+        let interval = self.q.interval();
+        self.pace(interval);
+        if !self.active {
+            match self.pacing {
+                // Keep the device streaming, drop its frames.
+                Pacing::Device => drop(self.input.next()),
+                // The grabber is paused.
+                Pacing::Grabber => std::thread::sleep(interval),
+                Pacing::Loop => {}
+            }
+            return Ok(Flow::Continue);
+        }
+        let (grabbed, at, capture_time) = self.input.next().map_err(|e| e.to_string())?;
+        let captured = at.unwrap_or_else(Instant::now);
+        if self.pacing == Pacing::Device {
+            // Drop device frames that come faster than the current frame rate.
+            let now = Instant::now();
+            if now + self.device_interval / 2 < self.next {
+                return Ok(Flow::Continue);
+            }
+            self.next += interval;
+            if self.next < now {
+                self.next = now;
+            }
+        }
+        let grabbed_new = grabbed.is_some();
+        let (frame, keyframe) = match grabbed {
+            Some(f) => (
+                fit_frame(f, self.q.limit).map_err(|e| e.to_string())?,
+                self.force,
+            ),
+            None => {
+                // An unchanged screen costs nothing, unless a keyframe is asked for or the
+                // last frame is due for its refresh.
+                let Some((f, at)) = self.last.take() else {
+                    return Ok(Flow::Continue);
+                };
+                if !self.force && captured.saturating_duration_since(at) < IDLE_REFRESH {
+                    self.last = Some((f, at));
+                    return Ok(Flow::Continue);
+                }
+                (f, self.force)
+            }
+        };
+        if let Some(t) = &self.tap
+            && grabbed_new
+        {
+            t.show(Picture::Local, &frame);
+        }
+        if self.backlog && !keyframe {
+            self.last = Some((frame, captured));
+            return Ok(Flow::Continue);
+        }
+        self.encode(frame, captured, capture_time, keyframe)
+    }
+
+    /// Encodes `frame` (captured at `captured`) and queues it to the call task.
+    fn encode(
+        &mut self,
+        frame: Frame,
+        captured: Instant,
+        capture_time: Duration,
+        keyframe: bool,
+    ) -> Result<Flow, String> {
+        let since = captured.saturating_duration_since(self.epoch);
+        let t0 = Instant::now();
+        let e = self
+            .enc
+            .encode(&frame, since.as_millis() as u64, keyframe)
+            .map_err(|e| format!("video encoder: {e}"))?;
+        let encode_time = t0.elapsed();
+        self.last = Some((frame, captured));
+        if e.data.is_empty() {
+            return Ok(Flow::Continue); // rate control skipped it (a keyframe stays asked for)
+        }
+        self.force = false;
+        let ts = (since.as_secs_f64() * 90_000.0) as u64;
+        // A full queue means the call task is behind: drop this frame rather than queue.
+        let sent = self.out.try_send(Encoded {
+            audio: false,
+            data: Bytes::from(e.data),
+            timestamp: ts as u32,
+            keyframe: e.keyframe,
+            capture_time,
+            encode_time,
+            capture: self.capture,
+        });
+        Ok(if sent.is_err() && self.out.is_closed() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
+    }
 }
 
 /// Opens and closes every source and sink a call would use, so a missing camera, microphone,
@@ -743,10 +824,8 @@ pub(crate) fn start_audio(
                 let mut pcm = mic
                     .read_frame(Duration::from_secs(2))
                     .map_err(|e| e.to_string())?;
-                if let Some(v) = &voice
-                    && let Ok(mut v) = v.lock()
-                {
-                    let _ = v.capture(&mut pcm);
+                if let Some(v) = &voice {
+                    let _ = v.lock().capture(&mut pcm);
                 }
                 Ok(pcm)
             })
@@ -867,7 +946,8 @@ pub struct RenderStats {
 /// one asked for.
 fn note_recording(stats: &Mutex<RenderStats>, path: &std::path::Path) {
     tracing::info!(file = %path.display(), "recording");
-    if let Ok(mut s) = stats.lock() {
+    {
+        let mut s = stats.lock();
         s.recordings.push(path.display().to_string());
     }
 }
@@ -981,7 +1061,8 @@ pub(crate) fn start_render(
     voice: Option<Voice>,
 ) -> Result<RenderThread, CallError> {
     let (mut speaker, label) = open_speaker(&sinks.speaker)?;
-    if let Ok(mut s) = stats.lock() {
+    {
+        let mut s = stats.lock();
         s.speaker = label;
     }
     let (tx, rx) = std_mpsc::sync_channel::<Render>(256);
@@ -1027,16 +1108,15 @@ pub(crate) fn start_render(
                             match spk.play(&pcm) {
                                 // What the speaker plays is what the echo canceller removes.
                                 Ok(()) => {
-                                    if let Some(v) = &voice
-                                        && let Ok(mut v) = v.lock()
-                                    {
-                                        v.render(&pcm);
+                                    if let Some(v) = &voice {
+                                        v.lock().render(&pcm);
                                     }
                                 }
                                 Err(e) => spk_failed = Some(e.to_string()),
                             }
                         }
-                        if let Ok(mut s) = stats.lock() {
+                        {
+                            let mut s = stats.lock();
                             s.audio_samples += pcm.len() as u64;
                             for lat in beacons {
                                 s.beacons += 1;
@@ -1056,7 +1136,8 @@ pub(crate) fn start_render(
                     }
                     Render::Video { data } => {
                         let Ok(out) = vdec.decode(&data) else {
-                            if let Ok(mut s) = stats.lock() {
+                            {
+                                let mut s = stats.lock();
                                 s.decode_errors += 1;
                             }
                             continue;
@@ -1082,7 +1163,8 @@ pub(crate) fn start_render(
                                 recorded = true;
                             }
                         }
-                        if let Ok(mut s) = stats.lock() {
+                        {
+                            let mut s = stats.lock();
                             s.decoded += 1;
                             s.recorded_frames += u64::from(recorded);
                             s.resolution = Some((f.width, f.height));

@@ -11,7 +11,9 @@ mod grabber;
 pub mod media;
 pub mod ring;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -495,11 +497,12 @@ pub(crate) async fn route_datagrams(shared: Arc<Shared>, conn: PeerConnection) {
     let peer = conn.peer();
     while let Some(d) = rx.recv().await {
         let at = Instant::now();
-        let tx = shared.call.lock().ok().and_then(|c| {
-            c.as_ref()
-                .filter(|c| c.peer == peer)
-                .map(|c| c.media.clone())
-        });
+        let tx = shared
+            .call
+            .lock()
+            .as_ref()
+            .filter(|c| c.peer == peer)
+            .map(|c| c.media.clone());
         if let Some(tx) = tx {
             let _ = tx.try_send((at, d));
         }
@@ -515,7 +518,7 @@ type CallChannels = (mpsc::Receiver<Cmd>, mpsc::Receiver<(Instant, Bytes)>);
 
 /// Registers call `id` with `peer`; fails with `Busy` when one runs.
 fn register(shared: &Shared, id: CallId, peer: PeerId) -> Result<CallChannels, CallError> {
-    let mut g = shared.call.lock().map_err(|_| CallError::Busy)?;
+    let mut g = shared.call.lock();
     if g.is_some() {
         return Err(CallError::Busy);
     }
@@ -536,7 +539,7 @@ pub(crate) async fn dial(
     conn: PeerConnection,
     opts: CallOptions,
 ) -> Result<CallId, CallError> {
-    if shared.call.lock().map(|c| c.is_some()).unwrap_or(true) {
+    if shared.call.lock().is_some() {
         return Err(CallError::Busy);
     }
     let (mut send, recv) = conn
@@ -609,12 +612,9 @@ pub(crate) async fn command(
     let tx = shared
         .call
         .lock()
-        .ok()
-        .and_then(|c| {
-            c.as_ref()
-                .filter(|c| id.is_none_or(|id| c.id == id))
-                .map(|c| c.cmd.clone())
-        })
+        .as_ref()
+        .filter(|c| id.is_none_or(|id| c.id == id))
+        .map(|c| c.cmd.clone())
         .ok_or(CallError::NoSuchCall)?;
     tx.send(cmd).await.map_err(|_| CallError::NoSuchCall)
 }
@@ -661,261 +661,399 @@ struct Meter {
     recv: Vec<(u8, u64, u64)>,
 }
 
-#[allow(clippy::too_many_lines)]
-async fn run_with_reader(
-    shared: Arc<Shared>,
-    conn: PeerConnection,
-    mut call: Call,
-    mut send: quinn::SendStream,
+/// Reads signaling frames from the peer into `tx` until the stream ends (`None`).
+fn spawn_reader(
     mut reader: FrameReader<quinn::RecvStream>,
-    (mut cmd_rx, mut media_rx): CallChannels,
-    mut opts: Option<CallOptions>,
-) {
-    let id = call.id();
-    let peer = conn.peer();
-    let (frame_tx, mut frame_rx) = mpsc::channel::<Option<CallFrame>>(16);
-    let reader_task = tokio::spawn(async move {
+    tx: mpsc::Sender<Option<CallFrame>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             let f = match reader.next().await {
                 Ok(raw) => CallFrame::decode(raw).ok(),
                 Err(FrameReadError::Closed) | Err(_) => None,
             };
             let end = f.is_none();
-            if frame_tx.send(f).await.is_err() || end {
+            if tx.send(f).await.is_err() || end {
                 return;
             }
         }
-    });
+    })
+}
+
+/// Runs one call until it ends: [`CallDriver`] handles each event, this loop only waits for
+/// the next one.
+async fn run_with_reader(
+    shared: Arc<Shared>,
+    conn: PeerConnection,
+    call: Call,
+    send: quinn::SendStream,
+    reader: FrameReader<quinn::RecvStream>,
+    (mut cmd_rx, mut media_rx): CallChannels,
+    opts: Option<CallOptions>,
+) {
+    let (frame_tx, mut frame_rx) = mpsc::channel::<Option<CallFrame>>(16);
+    let reader_task = spawn_reader(reader, frame_tx);
     let (enc_tx, mut enc_rx) = mpsc::channel::<media::Encoded>(8);
     let (err_tx, mut err_rx) = mpsc::channel::<String>(4);
-    let mut session = MediaSession::new();
-    let gate = shared.bulk.of(peer);
-    let mut pipe: Option<Pipeline> = None;
-    let mut deadline: Option<Instant> = None;
-    let mut next_stats = Instant::now() + STATS_INTERVAL;
-    let mut ended: Option<EndReason> = None;
-    let mut wbuf = Vec::new();
+    let mut d = CallDriver::new(shared, conn, call, send, opts, enc_tx, err_tx);
     loop {
-        // Signaling out.
-        while let Some(f) = call.poll_transmit() {
-            wbuf.clear();
-            f.encode(&mut wbuf);
-            if send.write_all(&wbuf).await.is_err() {
-                call.stream_closed(Instant::now());
-            }
-        }
-        // Call events.
-        while let Some(e) = call.poll_event() {
-            match e {
-                SmEvent::Ringing => shared.emit(EngineEvent::Call(CallEvent::Ringing { call: id })),
-                SmEvent::Accepted(n) => {
-                    tracing::debug!(call = hex(&id), ?n, "call accepted");
-                    session.configure(&n);
-                    let mut o = opts.clone().unwrap_or_default();
-                    if let Some(r) = call.remote() {
-                        o.fit_to(r);
-                    }
-                    session.set_bitrates(o.bitrates());
-                    deadline = o.duration.map(|d| Instant::now() + d);
-                    match start_pipeline(o, &n, &enc_tx, &err_tx) {
-                        Ok(p) => pipe = Some(p),
-                        Err(e) => {
-                            shared.emit(EngineEvent::Call(CallEvent::Warning {
-                                call: id,
-                                message: e.to_string(),
-                            }));
-                            call.hangup(Instant::now(), HangupReason::Error, &e.to_string());
-                        }
-                    }
-                    shared.emit(EngineEvent::Call(CallEvent::Started {
-                        call: id,
-                        peer,
-                        streams: n,
-                    }));
-                }
-                SmEvent::Updated(n) => {
-                    session.configure(&n);
-                    if let Some(p) = &mut pipe {
-                        (p.audio_rx, p.video_rx) = received_streams(&n);
-                    }
-                    shared.emit(EngineEvent::Call(CallEvent::Updated {
-                        call: id,
-                        streams: n,
-                    }));
-                }
-                SmEvent::Ended(r) => {
-                    tracing::debug!(call = hex(&id), ?r, "call ended");
-                    ended = Some(r);
-                }
-            }
-        }
-        if ended.is_some() {
+        d.flush_signaling().await;
+        d.handle_call_events();
+        if d.ended.is_some() {
             break;
         }
-        // Media out, while QUIC takes it at once: what it cannot send yet waits in the
-        // session's pacer (audio first, late frames dropped whole), not in QUIC's buffer.
-        while conn.quic().datagram_send_buffer_space() >= DATAGRAM_ROOM
-            && let Some(d) = session.poll_transmit(Instant::now())
-        {
-            let _ = conn.quic().send_datagram(d);
+        d.send_media();
+        let wake = d.next_wake(Instant::now());
+        tokio::select! {
+            c = cmd_rx.recv() => d.handle_command(c),
+            f = frame_rx.recv() => d.handle_frame(f.flatten()),
+            Some((at, dg)) = media_rx.recv() => {
+                d.handle_datagram(at, &dg);
+                // Take whatever else is queued now (one wake-up per burst).
+                while let Ok((at, dg)) = media_rx.try_recv() {
+                    d.handle_datagram(at, &dg);
+                }
+            }
+            Some(e) = enc_rx.recv() => d.handle_encoded(e),
+            Some(msg) = err_rx.recv() => d.handle_capture_error(msg),
+            _ = tokio::time::sleep_until(wake.into()) => {}
         }
-        while let Some(SessionEvent::KeyframeRequested { stream }) = session.poll_event() {
-            if let Some(p) = &pipe
+        d.handle_timeout(Instant::now());
+    }
+    d.finish(&mut frame_rx).await;
+    reader_task.abort();
+    d.report_end().await;
+}
+
+/// One running call: its signaling machine, media session and pipeline, and what happens on
+/// each event (a command from the front end, a frame or datagram from the peer, an encoded
+/// frame or an error from a capture, time passing).
+struct CallDriver {
+    shared: Arc<Shared>,
+    conn: PeerConnection,
+    call: Call,
+    send: quinn::SendStream,
+    id: CallId,
+    peer: PeerId,
+    opts: Option<CallOptions>,
+    session: MediaSession,
+    gate: Arc<crate::bulk::BulkGate>,
+    pipe: Option<Pipeline>,
+    /// Hang up here (`--duration`).
+    deadline: Option<Instant>,
+    next_stats: Instant,
+    ended: Option<EndReason>,
+    wbuf: Vec<u8>,
+    enc_tx: mpsc::Sender<media::Encoded>,
+    err_tx: mpsc::Sender<String>,
+}
+
+impl CallDriver {
+    fn new(
+        shared: Arc<Shared>,
+        conn: PeerConnection,
+        call: Call,
+        send: quinn::SendStream,
+        opts: Option<CallOptions>,
+        enc_tx: mpsc::Sender<media::Encoded>,
+        err_tx: mpsc::Sender<String>,
+    ) -> Self {
+        let peer = conn.peer();
+        Self {
+            gate: shared.bulk.of(peer),
+            shared,
+            id: call.id(),
+            peer,
+            conn,
+            call,
+            send,
+            opts,
+            session: MediaSession::new(),
+            pipe: None,
+            deadline: None,
+            next_stats: Instant::now() + STATS_INTERVAL,
+            ended: None,
+            wbuf: Vec::new(),
+            enc_tx,
+            err_tx,
+        }
+    }
+
+    fn emit(&self, e: CallEvent) {
+        self.shared.emit(EngineEvent::Call(e));
+    }
+
+    fn warn(&self, message: String) {
+        self.emit(CallEvent::Warning {
+            call: self.id,
+            message,
+        });
+    }
+
+    /// Signaling out.
+    async fn flush_signaling(&mut self) {
+        while let Some(f) = self.call.poll_transmit() {
+            self.wbuf.clear();
+            f.encode(&mut self.wbuf);
+            if self.send.write_all(&self.wbuf).await.is_err() {
+                self.call.stream_closed(Instant::now());
+            }
+        }
+    }
+
+    /// What the signaling machine decided.
+    fn handle_call_events(&mut self) {
+        while let Some(e) = self.call.poll_event() {
+            match e {
+                SmEvent::Ringing => self.emit(CallEvent::Ringing { call: self.id }),
+                SmEvent::Accepted(n) => self.accepted(n),
+                SmEvent::Updated(n) => {
+                    self.session.configure(&n);
+                    if let Some(p) = &mut self.pipe {
+                        (p.audio_rx, p.video_rx) = received_streams(&n);
+                    }
+                    self.emit(CallEvent::Updated {
+                        call: self.id,
+                        streams: n,
+                    });
+                }
+                SmEvent::Ended(r) => {
+                    tracing::debug!(call = hex(&self.id), ?r, "call ended");
+                    self.ended = Some(r);
+                }
+            }
+        }
+    }
+
+    /// Both sides agreed: configure the session and start capturing and rendering.
+    fn accepted(&mut self, n: Negotiated) {
+        tracing::debug!(call = hex(&self.id), ?n, "call accepted");
+        self.session.configure(&n);
+        let mut o = self.opts.clone().unwrap_or_default();
+        if let Some(r) = self.call.remote() {
+            o.fit_to(r);
+        }
+        self.session.set_bitrates(o.bitrates());
+        self.deadline = o.duration.map(|d| Instant::now() + d);
+        match start_pipeline(o, &n, &self.enc_tx, &self.err_tx) {
+            Ok(p) => self.pipe = Some(p),
+            Err(e) => {
+                self.warn(e.to_string());
+                self.call
+                    .hangup(Instant::now(), HangupReason::Error, &e.to_string());
+            }
+        }
+        self.emit(CallEvent::Started {
+            call: self.id,
+            peer: self.peer,
+            streams: n,
+        });
+    }
+
+    /// Media out, while QUIC takes it at once: what it cannot send yet waits in the
+    /// session's pacer (audio first, late frames dropped whole), not in QUIC's buffer.
+    fn send_media(&mut self) {
+        let quic = self.conn.quic();
+        while quic.datagram_send_buffer_space() >= DATAGRAM_ROOM
+            && let Some(d) = self.session.poll_transmit(Instant::now())
+        {
+            let _ = quic.send_datagram(d);
+        }
+        while let Some(SessionEvent::KeyframeRequested { stream }) = self.session.poll_event() {
+            if let Some(p) = &self.pipe
                 && let Some((_, c)) = p.captures.iter().find(|(s, _)| *s == stream)
             {
                 let _ = c.cmd.send(media::CaptureCmd::Keyframe);
             }
         }
-        let now = Instant::now();
-        let mut wake = [
-            call.poll_timeout(),
-            session.poll_timeout(now),
-            Some(next_stats),
-            deadline,
-            pipe.as_ref().and_then(|p| p.next_audio),
-            pipe.as_ref()
-                .and_then(|p| p.video_rx)
-                .and_then(|s| session.video_due(s)),
+    }
+
+    /// When something is due next (at least `now`).
+    fn next_wake(&self, now: Instant) -> Instant {
+        let pipe = self.pipe.as_ref();
+        [
+            self.call.poll_timeout(),
+            self.session.poll_timeout(now),
+            Some(self.next_stats),
+            self.deadline,
+            pipe.and_then(|p| p.next_audio),
+            pipe.and_then(|p| p.video_rx)
+                .and_then(|s| self.session.video_due(s)),
         ]
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(now + Duration::from_secs(1));
-        wake = wake.max(now);
-        tokio::select! {
-            c = cmd_rx.recv() => match c {
-                Some(Cmd::Answer(o)) => {
-                    tracing::debug!(call = hex(&id), "answering");
-                    let d = o.describe(true, true);
-                    opts = Some(*o);
-                    let _ = call.accept(Instant::now(), d);
-                }
-                Some(Cmd::Reject) => { let _ = call.reject(Instant::now(), RejectReason::Declined); }
-                Some(Cmd::Hangup) | None => call.hangup(Instant::now(), HangupReason::Normal, ""),
-                Some(Cmd::Mute(m)) => set_active(&mut call, &mut pipe, Some(m), None),
-                Some(Cmd::Camera(on)) => set_active(&mut call, &mut pipe, None, Some(on)),
-                Some(Cmd::Video(src)) => {
-                    if let Some(p) = &mut pipe
-                        && let Err(e) = switch_video(p, src, &enc_tx, &err_tx)
-                    {
-                        shared.emit(EngineEvent::Call(CallEvent::Warning { call: id, message: e.to_string() }));
-                    }
-                    set_active(&mut call, &mut pipe, None, None);
-                }
-            },
-            f = frame_rx.recv() => match f {
-                Some(Some(f)) => call.handle_frame(Instant::now(), f),
-                _ => call.stream_closed(Instant::now()),
-            },
-            Some((at, d)) = media_rx.recv() => {
-                call.handle_media(at);
-                session.set_connection_rx_bytes(conn.quic().stats().udp_rx.bytes);
-                let _ = session.handle_datagram(at, &d);
-                // Take whatever else is queued now (one wake-up per burst).
-                while let Ok((at, d)) = media_rx.try_recv() {
-                    let _ = session.handle_datagram(at, &d);
-                }
-            }
-            Some(e) = enc_rx.recv() => {
-                let stream = if e.audio { AUDIO_STREAM } else { VIDEO_STREAM };
-                let current = pipe.as_ref().is_some_and(|p| {
-                    p.captures.iter().any(|(s, c)| *s == stream && c.id == e.capture)
-                });
-                // Not from a capture that was replaced or stopped.
-                let max = conn.quic().max_datagram_size().unwrap_or(1200);
-                if current
-                    && let Err(err) = session.send_frame(Instant::now(), stream, e.data, e.timestamp, e.keyframe, max)
-                {
-                    tracing::debug!("media frame not sent: {err}");
-                }
-            }
-            Some(msg) = err_rx.recv() => {
-                shared.emit(EngineEvent::Call(CallEvent::Warning { call: id, message: msg.clone() }));
-                call.hangup(Instant::now(), HangupReason::Error, &msg);
-            }
-            _ = tokio::time::sleep_until(wake.into()) => {}
-        }
+        .unwrap_or(now + Duration::from_secs(1))
+        .max(now)
+    }
+
+    /// A command from the front end (`None`: the engine dropped the call's handle).
+    fn handle_command(&mut self, c: Option<Cmd>) {
         let now = Instant::now();
-        call.handle_timeout(now);
-        session.set_rtt(conn.quic().rtt());
-        session.set_bulk_active(gate.writers() > 0);
-        session.handle_timeout(now);
-        gate.set_allowance(session.bulk_allowance_bps(now));
-        if let Some(p) = &mut pipe {
-            adapt(p, &session, now);
-            play_out(p, &mut session, now);
+        match c {
+            Some(Cmd::Answer(o)) => {
+                tracing::debug!(call = hex(&self.id), "answering");
+                let d = o.describe(true, true);
+                self.opts = Some(*o);
+                let _ = self.call.accept(now, d);
+            }
+            Some(Cmd::Reject) => {
+                let _ = self.call.reject(now, RejectReason::Declined);
+            }
+            Some(Cmd::Hangup) | None => self.call.hangup(now, HangupReason::Normal, ""),
+            Some(Cmd::Mute(m)) => set_active(&mut self.call, &mut self.pipe, Some(m), None),
+            Some(Cmd::Camera(on)) => set_active(&mut self.call, &mut self.pipe, None, Some(on)),
+            Some(Cmd::Video(src)) => {
+                if let Some(p) = &mut self.pipe
+                    && let Err(e) = switch_video(p, src, &self.enc_tx, &self.err_tx)
+                {
+                    self.warn(e.to_string());
+                }
+                set_active(&mut self.call, &mut self.pipe, None, None);
+            }
+        }
+    }
+
+    /// A signaling frame from the peer (`None`: its stream ended or broke the protocol).
+    fn handle_frame(&mut self, f: Option<CallFrame>) {
+        match f {
+            Some(f) => self.call.handle_frame(Instant::now(), f),
+            None => self.call.stream_closed(Instant::now()),
+        }
+    }
+
+    /// A media datagram from the peer, received at `at`.
+    fn handle_datagram(&mut self, at: Instant, d: &[u8]) {
+        self.call.handle_media(at);
+        self.session
+            .set_connection_rx_bytes(self.conn.quic().stats().udp_rx.bytes);
+        let _ = self.session.handle_datagram(at, d);
+    }
+
+    /// A frame one of our captures encoded.
+    fn handle_encoded(&mut self, e: media::Encoded) {
+        let stream = if e.audio { AUDIO_STREAM } else { VIDEO_STREAM };
+        // Not from a capture that was replaced or stopped.
+        let current = self.pipe.as_ref().is_some_and(|p| {
+            p.captures
+                .iter()
+                .any(|(s, c)| *s == stream && c.id == e.capture)
+        });
+        let max = self.conn.quic().max_datagram_size().unwrap_or(1200);
+        if current
+            && let Err(err) = self.session.send_frame(
+                Instant::now(),
+                stream,
+                e.data,
+                e.timestamp,
+                e.keyframe,
+                max,
+            )
+        {
+            tracing::debug!("media frame not sent: {err}");
+        }
+    }
+
+    /// A capture failed: the call cannot go on as negotiated.
+    fn handle_capture_error(&mut self, msg: String) {
+        self.warn(msg.clone());
+        self.call.hangup(Instant::now(), HangupReason::Error, &msg);
+    }
+
+    /// Time passed: timers, rate adaptation, play-out, statistics, the call's duration.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.call.handle_timeout(now);
+        self.session.set_rtt(self.conn.quic().rtt());
+        self.session.set_bulk_active(self.gate.writers() > 0);
+        self.session.handle_timeout(now);
+        self.gate
+            .set_allowance(self.session.bulk_allowance_bps(now));
+        let stats_due = now >= self.next_stats;
+        if stats_due {
+            self.next_stats = now + STATS_INTERVAL;
+        }
+        if let Some(p) = &mut self.pipe {
+            adapt(p, &self.session, now);
+            play_out(p, &mut self.session, now);
             // A frame the decoder could not use leaves the picture broken until the next
             // keyframe (there are no periodic ones): ask for one.
-            let errors = p.render_stats.lock().map_or(0, |r| r.decode_errors);
+            let errors = p.render_stats.lock().decode_errors;
             if errors > p.decode_errors
                 && let Some(v) = p.video_rx
-                && session.request_keyframe(now, v)
+                && self.session.request_keyframe(now, v)
             {
                 p.decode_errors = errors;
             }
-            if now >= next_stats {
-                next_stats = now + STATS_INTERVAL;
-                let s = stats(&call, &conn, &session, p, now);
-                shared.emit(EngineEvent::Call(CallEvent::Stats(Box::new(s))));
-            }
-        } else if now >= next_stats {
-            next_stats = now + STATS_INTERVAL;
-        }
-        if deadline.is_some_and(|d| now >= d) {
-            deadline = None;
-            call.hangup(now, HangupReason::Finished, "duration reached");
-        }
-    }
-    gate.set_allowance(None);
-    // Tell the peer (a Hangup/Reject may still be queued), then clean up.
-    while let Some(f) = call.poll_transmit() {
-        wbuf.clear();
-        f.encode(&mut wbuf);
-        let _ = send.write_all(&wbuf).await;
-    }
-    let _ = send.finish();
-    // Let the peer read our last frames (Hangup, Reject) before anything closes the
-    // connection: a process that exits right after a call must not look vanished to the
-    // peer. The peer finishes its side only after it has read them, so wait for that.
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
-        while let Some(Some(_)) = frame_rx.recv().await {}
-    })
-    .await;
-    reader_task.abort();
-    if let Ok(mut g) = shared.call.lock()
-        && g.as_ref().is_some_and(|c| c.id == id)
-    {
-        *g = None;
-    }
-    let mut final_stats = None;
-    if let Some(mut p) = pipe {
-        // Final rates are averages over the whole call.
-        p.meter = Meter::default();
-        let s = stats(&call, &conn, &session, &mut p, Instant::now());
-        p.captures.clear();
-        if let Some((tx, h)) = p.render.take() {
-            drop(tx);
-            match tokio::task::spawn_blocking(move || h.join()).await {
-                Ok(Ok(Err(e))) => shared.emit(EngineEvent::Call(CallEvent::Warning {
-                    call: id,
-                    message: format!("recording: {e}"),
-                })),
-                Ok(Ok(Ok(()))) => {}
-                _ => tracing::warn!("the render thread failed"),
+            if stats_due {
+                let s = stats(&self.call, &self.conn, &self.session, p, now);
+                self.shared
+                    .emit(EngineEvent::Call(CallEvent::Stats(Box::new(s))));
             }
         }
-        // Counters of the render thread are final only now.
-        let r = p.render_stats.lock().map(|r| r.clone()).unwrap_or_default();
-        let mut s = s;
-        fill_render(&mut s, &r);
-        final_stats = Some(Box::new(s));
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.deadline = None;
+            self.call
+                .hangup(now, HangupReason::Finished, "duration reached");
+        }
     }
-    shared.emit(EngineEvent::Call(CallEvent::Ended {
-        call: id,
-        peer,
-        reason: ended.unwrap_or(EndReason::PeerVanished),
-        stats: final_stats,
-    }));
+
+    /// The call ended: tell the peer (a Hangup or Reject may still be queued) and let it
+    /// read our last frames before anything closes the connection (a process that exits
+    /// right after a call must not look vanished to the peer; the peer finishes its side
+    /// only after it has read them, so wait for that).
+    async fn finish(&mut self, frame_rx: &mut mpsc::Receiver<Option<CallFrame>>) {
+        self.gate.set_allowance(None);
+        while let Some(f) = self.call.poll_transmit() {
+            self.wbuf.clear();
+            f.encode(&mut self.wbuf);
+            let _ = self.send.write_all(&self.wbuf).await;
+        }
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+            while let Some(Some(_)) = frame_rx.recv().await {}
+        })
+        .await;
+        let mut g = self.shared.call.lock();
+        if g.as_ref().is_some_and(|c| c.id == self.id) {
+            *g = None;
+        }
+    }
+
+    /// Stops the pipeline and reports how the call ended, with its final statistics.
+    async fn report_end(mut self) {
+        let mut final_stats = None;
+        if let Some(mut p) = self.pipe.take() {
+            // Final rates are averages over the whole call.
+            p.meter = Meter::default();
+            let mut s = stats(
+                &self.call,
+                &self.conn,
+                &self.session,
+                &mut p,
+                Instant::now(),
+            );
+            p.captures.clear();
+            if let Some((tx, h)) = p.render.take() {
+                drop(tx);
+                match tokio::task::spawn_blocking(move || h.join()).await {
+                    Ok(Ok(Err(e))) => self.warn(format!("recording: {e}")),
+                    Ok(Ok(Ok(()))) => {}
+                    _ => tracing::warn!("the render thread failed"),
+                }
+            }
+            // Counters of the render thread are final only now.
+            let r = p.render_stats.lock().clone();
+            fill_render(&mut s, &r);
+            final_stats = Some(Box::new(s));
+        }
+        let reason = self.ended.take().unwrap_or(EndReason::PeerVanished);
+        self.emit(CallEvent::Ended {
+            call: self.id,
+            peer: self.peer,
+            reason,
+            stats: final_stats,
+        });
+    }
 }
 
 /// The peer's audio stream and video stream that we play (the first of each).
@@ -1163,7 +1301,7 @@ fn stats(
         echo_erle_db: p
             .voice
             .as_ref()
-            .and_then(|v| v.lock().ok()?.echo_return_loss_enhancement_db()),
+            .and_then(|v| v.lock().echo_return_loss_enhancement_db()),
         ..CallStats::default()
     };
     let mut send_now = Vec::new();
@@ -1219,7 +1357,8 @@ fn stats(
         send: send_now,
         recv: recv_now,
     };
-    if let Ok(r) = p.render_stats.lock() {
+    {
+        let r = p.render_stats.lock();
         fill_render(&mut s, &r);
     }
     s
