@@ -166,6 +166,21 @@ pub(crate) struct Dialed {
     pub(crate) connected: Instant,
 }
 
+/// The name a connected peer goes by: the one it announced on the connection, else the one
+/// presence shows (the connection's `Hello` may still be on its way).
+pub(crate) fn known_name(
+    engine: &EngineHandle,
+    conn: &p2pcall_net::PeerConnection,
+) -> Option<String> {
+    conn.remote_name().or_else(|| {
+        engine
+            .online_peers()
+            .into_iter()
+            .find(|p| p.id == conn.peer())
+            .map(|p| p.name)
+    })
+}
+
 /// Registers with the relay, finds the peer the user means, and connects to it.
 pub(crate) async fn dial(cli: &Cli, query: &str) -> Result<Dialed> {
     let (engine, mut events) = start_engine(cli, true).await?;

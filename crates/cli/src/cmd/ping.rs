@@ -45,7 +45,7 @@ pub(crate) async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
     if cli.json {
         outln!(
             "{}",
-            json!({"event": "connected", "peer": peer_obj(&peer, conn.remote_name().as_deref()), "connect_ms": ms(setup), "path": path_str(&conn.path()), "relay_transport": transport_name(transport), "safety_number": conn.safety_number().to_string()})
+            json!({"event": "connected", "peer": peer_obj(&peer, known_name(&engine, &conn).as_deref()), "connect_ms": ms(setup), "path": path_str(&conn.path()), "relay_transport": transport_name(transport), "safety_number": conn.safety_number().to_string()})
         );
     } else {
         outln!(

@@ -33,7 +33,7 @@ pub(crate) async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
     if cli.json {
         outln!(
             "{}",
-            json!({"event": "connected", "peer": peer_obj(&peer, conn.remote_name().as_deref()), "connect_ms": ms(setup), "path": path_str(&conn.path())})
+            json!({"event": "connected", "peer": peer_obj(&peer, known_name(&engine, &conn).as_deref()), "connect_ms": ms(setup), "path": path_str(&conn.path())})
         );
     } else {
         outln!(
