@@ -8,9 +8,12 @@
 //!   collision-free names.
 //! * [`resume`]: which chunks of which file are verified; what remains to send.
 //! * [`meter`]: progress, rate and ETA on a caller-supplied clock.
+//! * [`control`]: the control stream of both ends (offer, accept or reject, files placed,
+//!   complete, abort, stop, supersede) and how each way of ending leaves the transfer.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod control;
 pub mod meter;
 pub mod resume;
 pub mod sanitize;

@@ -15,11 +15,14 @@ use p2pcall_proto::transfer::{
 };
 use p2pcall_store::{ChunkRecord, Store, TransferState, now_ms};
 use p2pcall_tls::framed::FrameReader;
+use p2pcall_transfer::control::{
+    ControlEvent, Disposition, Ending, Failure, ReceiverControl, Stop,
+};
 use p2pcall_transfer::{
     ChunkError, Cv, FileProgress, Meter, Plan, chunk_cv, sanitize, unique_name,
 };
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     Decision, OfferInfo, PROGRESS_EVERY, Progress, Summary, TransferEvent, abort_code, emit,
@@ -758,85 +761,56 @@ pub(crate) async fn serve_offer(
         let mut m = shared.transfers.receiving.lock();
         m.insert(key, rx.clone());
     }
-    let mut cancel = shared.transfers.cancel_rx(key, false);
-    if p.remaining == 0 {
-        let _ = ctrl.send(TransferFrame::Complete);
-    }
+    let cancel = shared.transfers.cancel_rx(key, false);
     let t0 = Instant::now();
+    let mut ctl = ReceiverControl::accepted(t0, p.have, PROGRESS_EVERY);
+    if p.remaining == 0 {
+        ctl.complete();
+    }
     let mut meter = Meter::new(t0, plan.total_bytes, resumed);
     let mut last = resumed;
-    let mut tick = tokio::time::interval(PROGRESS_EVERY);
-    let outcome: Result<(), (Fail, bool)> = if send
-        .write_all(&answer(TransferFrame::Accept { have: p.have }))
-        .await
-        .is_err()
-    {
-        Err(((AbortCode::Io, "the connection closed".into()), true))
-    } else {
-        loop {
-            tokio::select! {
-                f = ctrl_rx.recv() => match f {
-                    Some(TransferFrame::Complete) => {
-                        if send.write_all(&answer(TransferFrame::Complete)).await.is_err() {
-                            // The files are in place; the sender will learn on its retry.
-                        }
-                        break Ok(());
-                    }
-                    Some(TransferFrame::Abort { code, reason }) => {
-                        let _ = send.write_all(&answer(TransferFrame::Abort { code, reason: reason.clone() })).await;
-                        break Err(((code, reason), code != AbortCode::Cancelled && code != AbortCode::Protocol));
-                    }
-                    Some(f) => {
-                        let _ = send.write_all(&answer(f)).await;
-                    }
-                    None => break Err(((AbortCode::Io, "internal channel closed".into()), true)),
-                },
-                f = reader.next() => match f.map(TransferFrame::decode) {
-                    Ok(Ok(TransferFrame::Abort { code, reason })) => break Err(((code, format!("the sender stopped: {reason}")), code != AbortCode::Cancelled)),
-                    Ok(_) => break Err(((AbortCode::Protocol, "unexpected frame from the sender".into()), false)),
-                    Err(e) => break Err(((AbortCode::Io, format!("interrupted: {e}")), true)),
-                },
-                _ = cancel.changed() => {
-                    if cancel.borrow().as_deref() == Some(super::SUPERSEDED) {
-                        break Err(((AbortCode::Io, "a new attempt of this transfer started".into()), true));
-                    }
-                    if cancel.borrow().as_deref() == Some(super::INTERRUPTED) {
-                        let reason = "the receiver stopped; sending again resumes".to_string();
-                        let _ = send.write_all(&answer(TransferFrame::Abort { code: AbortCode::Interrupted, reason: reason.clone() })).await;
-                        break Err(((AbortCode::Interrupted, reason), true));
-                    }
-                    let reason = "the receiver cancelled".to_string();
-                    let _ = send.write_all(&answer(TransferFrame::Abort { code: AbortCode::Cancelled, reason: reason.clone() })).await;
-                    break Err(((AbortCode::Cancelled, reason), false));
-                }
-                _ = tick.tick() => {
-                    let b = rx.bytes.load(Ordering::Relaxed);
-                    meter.add(Instant::now(), b.saturating_sub(last));
-                    last = b;
-                    emit(&shared, TransferEvent::Progress(Progress {
-                        peer, id, outgoing: false,
-                        done_bytes: meter.done(), total_bytes: plan.total_bytes,
-                        files_done: rx.files_done.load(Ordering::Relaxed), files: files_total,
-                        rate: meter.rate(), eta: meter.eta(),
-                    }));
-                }
-            }
-        }
+    let progress = |meter: &mut Meter, last: &mut u64| {
+        let b = rx.bytes.load(Ordering::Relaxed);
+        meter.add(Instant::now(), b.saturating_sub(*last));
+        *last = b;
+        emit(
+            &shared,
+            TransferEvent::Progress(Progress {
+                peer,
+                id,
+                outgoing: false,
+                done_bytes: meter.done(),
+                total_bytes: plan.total_bytes,
+                files_done: rx.files_done.load(Ordering::Relaxed),
+                files: files_total,
+                rate: meter.rate(),
+                eta: meter.eta(),
+            }),
+        );
     };
+    let ending = drive_receiver(
+        &mut ctl,
+        &mut send,
+        &mut reader,
+        &mut ctrl_rx,
+        cancel,
+        || progress(&mut meter, &mut last),
+    )
+    .await;
     let _ = send.finish();
     {
         let mut f = rx.failed.lock();
         if f.is_none() {
-            *f = Some(match &outcome {
-                Ok(()) => (AbortCode::Io, "finished".into()),
-                Err((f, _)) => f.clone(),
+            *f = Some(match &ending.failure {
+                None => (AbortCode::Io, "finished".into()),
+                Some(failure) => (failure_code(failure), failure_reason(failure)),
             });
         }
     }
     let rx2 = rx.clone();
     let dirs = p.dirs;
-    match outcome {
-        Ok(()) => {
+    match (ending.disposition, ending.failure) {
+        (Disposition::Done, _) | (_, None) => {
             let _ = tokio::task::spawn_blocking(move || {
                 // Folder modes last (a read-only folder would have blocked its content).
                 for (d, mode) in dirs.iter().rev() {
@@ -864,13 +838,12 @@ pub(crate) async fn serve_offer(
                 }),
             );
         }
-        Err(((code, reason), resumable)) => {
-            let state = if resumable {
-                TransferState::Active
-            } else if code == AbortCode::Cancelled {
-                TransferState::Cancelled
-            } else {
-                TransferState::Failed
+        (disposition, Some(failure)) => {
+            let resumable = disposition == Disposition::Resumable;
+            let state = match disposition {
+                Disposition::Resumable => TransferState::Active,
+                Disposition::Cancelled => TransferState::Cancelled,
+                _ => TransferState::Failed,
             };
             let _ = tokio::task::spawn_blocking(move || {
                 if resumable {
@@ -880,6 +853,7 @@ pub(crate) async fn serve_offer(
                 }
             })
             .await;
+            let reason = failure_reason(&failure);
             let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
             failed(reason, resumable);
         }
@@ -888,6 +862,78 @@ pub(crate) async fn serve_offer(
     {
         let mut m = shared.transfers.receiving.lock();
         m.remove(&key);
+    }
+}
+
+/// Moves bytes for the receiver's control machine until the transfer ends: frames it queues go
+/// to the sender; the sender's frames, the data side's reports, stops and progress ticks go in.
+async fn drive_receiver(
+    ctl: &mut ReceiverControl,
+    send: &mut quinn::SendStream,
+    reader: &mut FrameReader<quinn::RecvStream>,
+    data: &mut mpsc::UnboundedReceiver<TransferFrame>,
+    mut cancel: watch::Receiver<Option<String>>,
+    mut progress: impl FnMut(),
+) -> Ending {
+    loop {
+        while let Some(f) = ctl.poll_transmit() {
+            if send.write_all(&encode(&f)).await.is_err() {
+                // After `Complete` the files are in place; the sender learns on its retry.
+                ctl.handle_stream_error("the connection closed");
+            }
+        }
+        while let Some(e) = ctl.poll_event() {
+            match e {
+                ControlEvent::Progress => progress(),
+                ControlEvent::Ended(end) => return end,
+                ControlEvent::Accepted { .. } | ControlEvent::FileDone { .. } => {}
+            }
+        }
+        let wake = ctl
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + PROGRESS_EVERY);
+        tokio::select! {
+            f = data.recv() => match f {
+                Some(TransferFrame::Complete) => ctl.complete(),
+                Some(TransferFrame::FileDone { entry }) => ctl.file_done(entry),
+                Some(TransferFrame::Abort { code, reason }) => ctl.data_failed(code, reason),
+                Some(_) => {}
+                None => ctl.data_failed(AbortCode::Io, "internal channel closed".into()),
+            },
+            f = reader.next() => match f {
+                Ok(raw) => ctl.handle_frame(TransferFrame::decode(raw)),
+                Err(e) => ctl.handle_stream_error(&e.to_string()),
+            },
+            _ = cancel.changed() => {
+                let why = cancel.borrow().clone();
+                ctl.stop(match why.as_deref() {
+                    Some(super::SUPERSEDED) => Stop::Superseded,
+                    Some(super::INTERRUPTED) => Stop::Interrupt,
+                    _ => Stop::Cancel,
+                });
+            }
+            () = tokio::time::sleep_until(wake.into()) => ctl.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// The abort code a failure is recorded with.
+fn failure_code(f: &Failure) -> AbortCode {
+    match f {
+        Failure::Aborted { code, .. } => *code,
+        Failure::Protocol(_) => AbortCode::Protocol,
+        Failure::Rejected(_) => AbortCode::Cancelled,
+        Failure::Stream(_) => AbortCode::Io,
+    }
+}
+
+/// A failure's reason as the user reads it.
+fn failure_reason(f: &Failure) -> String {
+    match f {
+        Failure::Aborted { reason, .. }
+        | Failure::Protocol(reason)
+        | Failure::Rejected(reason)
+        | Failure::Stream(reason) => reason.clone(),
     }
 }
 
