@@ -70,6 +70,26 @@ pub enum Failure {
     Stream(String),
 }
 
+impl Failure {
+    /// The reason alone, as the side that ended the transfer gave it.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Rejected(r) | Self::Protocol(r) | Self::Stream(r) => r,
+            Self::Aborted { reason, .. } => reason,
+        }
+    }
+
+    /// The abort code the ending is recorded with.
+    pub fn code(&self) -> AbortCode {
+        match self {
+            Self::Aborted { code, .. } => *code,
+            Self::Protocol(_) => AbortCode::Protocol,
+            Self::Rejected(_) => AbortCode::Cancelled,
+            Self::Stream(_) => AbortCode::Io,
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

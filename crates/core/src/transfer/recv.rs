@@ -15,9 +15,7 @@ use p2pcall_proto::transfer::{
 };
 use p2pcall_store::{ChunkRecord, Store, TransferState, now_ms};
 use p2pcall_tls::framed::FrameReader;
-use p2pcall_transfer::control::{
-    ControlEvent, Disposition, Ending, Failure, ReceiverControl, Stop,
-};
+use p2pcall_transfer::control::{ControlEvent, Disposition, Ending, ReceiverControl, Stop};
 use p2pcall_transfer::{
     ChunkError, Cv, FileProgress, Meter, Plan, chunk_cv, sanitize, unique_name,
 };
@@ -803,7 +801,7 @@ pub(crate) async fn serve_offer(
         if f.is_none() {
             *f = Some(match &ending.failure {
                 None => (AbortCode::Io, "finished".into()),
-                Some(failure) => (failure_code(failure), failure_reason(failure)),
+                Some(failure) => (failure.code(), failure.reason().to_string()),
             });
         }
     }
@@ -853,7 +851,7 @@ pub(crate) async fn serve_offer(
                 }
             })
             .await;
-            let reason = failure_reason(&failure);
+            let reason = failure.reason().to_string();
             let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
             failed(reason, resumable);
         }
@@ -914,26 +912,6 @@ async fn drive_receiver(
             }
             () = tokio::time::sleep_until(wake.into()) => ctl.handle_timeout(Instant::now()),
         }
-    }
-}
-
-/// The abort code a failure is recorded with.
-fn failure_code(f: &Failure) -> AbortCode {
-    match f {
-        Failure::Aborted { code, .. } => *code,
-        Failure::Protocol(_) => AbortCode::Protocol,
-        Failure::Rejected(_) => AbortCode::Cancelled,
-        Failure::Stream(_) => AbortCode::Io,
-    }
-}
-
-/// A failure's reason as the user reads it.
-fn failure_reason(f: &Failure) -> String {
-    match f {
-        Failure::Aborted { reason, .. }
-        | Failure::Protocol(reason)
-        | Failure::Rejected(reason)
-        | Failure::Stream(reason) => reason.clone(),
     }
 }
 

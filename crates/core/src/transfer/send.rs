@@ -10,10 +10,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::transfer::{
-    AbortCode, DataHeader, DataKind, EntryKind, MAX_FRAME, TransferFrame, TransferId,
+    AbortCode, DataHeader, DataKind, EntryKind, HaveChunk, MAX_FRAME, TransferFrame, TransferId,
 };
 use p2pcall_store::{TransferState, now_ms};
 use p2pcall_tls::framed::FrameReader;
+use p2pcall_transfer::control::{ControlEvent, Disposition, Ending, Failure, SenderControl, Stop};
 use p2pcall_transfer::{Cv, Meter, chunk_count, chunk_cv, chunk_len, file_hash};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -179,22 +180,29 @@ async fn send_inner(
     let rec = store.create_transfer(&peer, true, &id, total, files, &paths, None, now_ms())?;
 
     let conn = h.connect(peer).await?;
-    let (mut ctl, recv) = conn
+    let (mut ctl_stream, recv) = conn
         .quic()
         .open_bi()
         .await
         .map_err(|e| EngineError::Net(e.into()))?;
+    let mut ctl = SenderControl::new(id, CHUNK_SIZE, scan.entries.clone(), PROGRESS_EVERY);
     let mut offer = vec![OFFER];
-    TransferFrame::Offer {
-        id,
-        chunk_size: CHUNK_SIZE,
-        entries: scan.entries.clone(),
+    if let Some(f) = ctl.poll_transmit() {
+        f.encode(&mut offer);
     }
-    .encode(&mut offer);
-    ctl.write_all(&offer).await.map_err(io_err)?;
+    ctl_stream.write_all(&offer).await.map_err(io_err)?;
     let mut reader = FrameReader::new(recv, MAX_FRAME);
 
-    let fail = |state: TransferState, reason: String, resumable: bool| {
+    let record = |end: &Ending| {
+        let Some(failure) = &end.failure else { return };
+        let (state, resumable) = match end.disposition {
+            Disposition::StillOffered => (TransferState::Offered, true),
+            Disposition::Resumable => (TransferState::Active, true),
+            Disposition::Cancelled => (TransferState::Cancelled, false),
+            Disposition::Rejected => (TransferState::Rejected, false),
+            Disposition::Failed | Disposition::Done => (TransferState::Failed, false),
+        };
+        let reason = failure.reason().to_string();
         let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
         emit(
             &shared,
@@ -209,41 +217,12 @@ async fn send_inner(
     };
 
     // The answer.
-    let answer = tokio::select! {
-        f = reader.next() => match f {
-            Ok(raw) => TransferFrame::decode(raw).map_err(|e| EngineError::Protocol(e.to_string()))?,
-            Err(e) => {
-                fail(TransferState::Offered, e.to_string(), true);
-                return Err(io_err(e));
-            }
-        },
-        _ = cancel.changed() => {
-            let (code, reason) = stop_reason(&cancel);
-            let _ = ctl.write_all(&encode(&TransferFrame::Abort { code, reason: format!("the sender {reason}") })).await;
-            let _ = ctl.finish();
-            if code == AbortCode::Interrupted {
-                // Still offered: the same `send` offers it again, under the same id.
-                fail(TransferState::Offered, reason.clone(), true);
-            } else {
-                fail(TransferState::Cancelled, reason.clone(), false);
-            }
-            return Err(EngineError::Aborted { code, reason });
-        }
-    };
-    let have = match answer {
-        TransferFrame::Accept { have } => have,
-        TransferFrame::Reject { reason } => {
-            fail(TransferState::Rejected, reason.clone(), false);
-            return Err(EngineError::Rejected(reason));
-        }
-        TransferFrame::Abort { code, reason } => {
-            fail(TransferState::Failed, reason.clone(), false);
-            return Err(EngineError::Aborted { code, reason });
-        }
-        other => {
-            let reason = format!("unexpected answer {other:?}");
-            fail(TransferState::Failed, reason.clone(), true);
-            return Err(EngineError::Protocol(reason));
+    let have = match await_answer(&mut ctl, &mut ctl_stream, &mut reader, &mut cancel).await {
+        Ok(have) => have,
+        Err(end) => {
+            record(&end);
+            let _ = ctl_stream.finish();
+            return Err(engine_error(end));
         }
     };
     store.set_transfer_state(rec.rowid, TransferState::Active, None, now_ms())?;
@@ -342,42 +321,58 @@ async fn send_inner(
 
     let mut meter = Meter::new(t0, total, 0);
     let mut last = 0u64;
-    let mut tick = tokio::time::interval(PROGRESS_EVERY);
     let mut workers_done = false;
-    let result: Result<(), EngineError> = loop {
-        tokio::select! {
-            f = reader.next() => match f.map(TransferFrame::decode) {
-                Ok(Ok(TransferFrame::FileDone { .. })) => {
+    let end: Ending = loop {
+        let mut ended = None;
+        while let Some(e) = ctl.poll_event() {
+            match e {
+                ControlEvent::FileDone { .. } => {
                     counters.files_done.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Ok(TransferFrame::Complete)) => break Ok(()),
-                Ok(Ok(TransferFrame::Abort { code, reason })) => break Err(EngineError::Aborted { code, reason }),
-                Ok(Ok(other)) => break Err(EngineError::Protocol(format!("unexpected frame {other:?}"))),
-                Ok(Err(e)) => break Err(EngineError::Protocol(e.to_string())),
-                Err(e) => break Err(io_err(e)),
+                ControlEvent::Progress => {
+                    let now = Instant::now();
+                    let b = counters.bytes.load(Ordering::Relaxed);
+                    meter.add(now, b - last);
+                    last = b;
+                    emit(
+                        &shared,
+                        TransferEvent::Progress(Progress {
+                            peer,
+                            id,
+                            outgoing: true,
+                            done_bytes: meter.done(),
+                            total_bytes: total,
+                            files_done: counters.files_done.load(Ordering::Relaxed),
+                            files,
+                            rate: meter.rate(),
+                            eta: meter.eta(),
+                        }),
+                    );
+                }
+                ControlEvent::Ended(end) => ended = Some(end),
+                ControlEvent::Accepted { .. } => {}
+            }
+        }
+        if let Some(end) = ended {
+            break end;
+        }
+        let wake = ctl
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + PROGRESS_EVERY);
+        tokio::select! {
+            f = reader.next() => match f {
+                Ok(raw) => ctl.handle_frame(Instant::now(), TransferFrame::decode(raw)),
+                Err(e) => ctl.handle_stream_error(e.to_string()),
             },
             w = workers.join_next(), if !workers_done => match w {
                 None => workers_done = true,
                 Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => break Err(e),
-                Some(Err(e)) => break Err(io_err(e)),
+                Some(Ok(Err(EngineError::Protocol(e)))) => ctl.data_failed(Failure::Protocol(e)),
+                Some(Ok(Err(e))) => ctl.data_failed(Failure::Stream(e.to_string())),
+                Some(Err(e)) => ctl.data_failed(Failure::Stream(e.to_string())),
             },
-            _ = tick.tick() => {
-                let now = Instant::now();
-                let b = counters.bytes.load(Ordering::Relaxed);
-                meter.add(now, b - last);
-                last = b;
-                emit(&shared, TransferEvent::Progress(Progress {
-                    peer, id, outgoing: true,
-                    done_bytes: meter.done(), total_bytes: total,
-                    files_done: counters.files_done.load(Ordering::Relaxed), files,
-                    rate: meter.rate(), eta: meter.eta(),
-                }));
-            }
-            _ = cancel.changed() => {
-                let (code, reason) = stop_reason(&cancel);
-                break Err(EngineError::Aborted { code, reason });
-            }
+            _ = cancel.changed() => ctl.stop(stop_kind(&cancel)),
+            () = tokio::time::sleep_until(wake.into()) => ctl.handle_timeout(Instant::now()),
         }
     };
     stop_tx.send_replace(true);
@@ -386,53 +381,72 @@ async fn send_inner(
     })
     .await;
     workers.abort_all();
-    match result {
-        Ok(()) => {
-            let _ = ctl.finish();
-            store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms())?;
-            let mut hashes = hashes.lock().clone();
-            hashes.sort();
-            let s = Summary {
-                peer,
-                id,
-                outgoing: true,
-                files,
-                dirs,
-                total_bytes: total,
-                resumed_bytes: counters.resumed.load(Ordering::Relaxed),
-                elapsed: t0.elapsed(),
-                placed: Vec::new(),
-                skipped: scan.skipped,
-                hashes,
-            };
-            emit(&shared, TransferEvent::Finished(s.clone()));
-            Ok(s)
+    // Tell the receiver why we stopped (an `Abort` the machine queued).
+    while let Some(f) = ctl.poll_transmit() {
+        let _ = ctl_stream.write_all(&encode(&f)).await;
+    }
+    let _ = ctl_stream.finish();
+    if end.failure.is_some() {
+        record(&end);
+        return Err(engine_error(end));
+    }
+    store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms())?;
+    let mut hashes = hashes.lock().clone();
+    hashes.sort();
+    let s = Summary {
+        peer,
+        id,
+        outgoing: true,
+        files,
+        dirs,
+        total_bytes: total,
+        resumed_bytes: counters.resumed.load(Ordering::Relaxed),
+        elapsed: t0.elapsed(),
+        placed: Vec::new(),
+        skipped: scan.skipped,
+        hashes,
+    };
+    emit(&shared, TransferEvent::Finished(s.clone()));
+    Ok(s)
+}
+
+/// Waits for the receiver's answer to the offer: what it already holds, or how it ended (a
+/// rejection, an abort, a stop here, a lost stream).
+async fn await_answer(
+    ctl: &mut SenderControl,
+    stream: &mut quinn::SendStream,
+    reader: &mut FrameReader<quinn::RecvStream>,
+    cancel: &mut watch::Receiver<Option<String>>,
+) -> Result<Vec<HaveChunk>, Ending> {
+    loop {
+        while let Some(f) = ctl.poll_transmit() {
+            let _ = stream.write_all(&encode(&f)).await;
         }
-        Err(e) => {
-            let (state, resumable) = match &e {
-                EngineError::Aborted {
-                    code: AbortCode::Cancelled,
-                    ..
-                } => (TransferState::Cancelled, false),
-                EngineError::Aborted {
-                    code: AbortCode::Protocol,
-                    ..
-                }
-                | EngineError::Protocol(_) => (TransferState::Failed, false),
-                _ => (TransferState::Active, true),
-            };
-            if let EngineError::Aborted { code, reason } = &e {
-                let _ = ctl
-                    .write_all(&encode(&TransferFrame::Abort {
-                        code: *code,
-                        reason: reason.clone(),
-                    }))
-                    .await;
+        while let Some(e) = ctl.poll_event() {
+            match e {
+                ControlEvent::Accepted { have } => return Ok(have),
+                ControlEvent::Ended(end) => return Err(end),
+                ControlEvent::FileDone { .. } | ControlEvent::Progress => {}
             }
-            let _ = ctl.finish();
-            fail(state, e.to_string(), resumable);
-            Err(e)
         }
+        tokio::select! {
+            f = reader.next() => match f {
+                Ok(raw) => ctl.handle_frame(Instant::now(), TransferFrame::decode(raw)),
+                Err(e) => ctl.handle_stream_error(e.to_string()),
+            },
+            _ = cancel.changed() => ctl.stop(stop_kind(cancel)),
+        }
+    }
+}
+
+/// The error a send returns for how it ended.
+fn engine_error(end: Ending) -> EngineError {
+    match end.failure {
+        Some(Failure::Rejected(r)) => EngineError::Rejected(r),
+        Some(Failure::Aborted { code, reason }) => EngineError::Aborted { code, reason },
+        Some(Failure::Protocol(r)) => EngineError::Protocol(r),
+        Some(Failure::Stream(r)) => EngineError::Stream(r),
+        None => EngineError::Stream("the transfer ended without an outcome".into()),
     }
 }
 
@@ -442,11 +456,11 @@ const DATA_STOPPED: u32 = 4;
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the user stopped a transfer: interrupted (resumable) or cancelled.
-fn stop_reason(cancel: &watch::Receiver<Option<String>>) -> (AbortCode, String) {
+fn stop_kind(cancel: &watch::Receiver<Option<String>>) -> Stop {
     if cancel.borrow().as_deref() == Some(super::INTERRUPTED) {
-        (AbortCode::Interrupted, "interrupted".into())
+        Stop::Interrupt
     } else {
-        (AbortCode::Cancelled, "cancelled by the user".into())
+        Stop::Cancel
     }
 }
 
