@@ -171,6 +171,9 @@ pub(crate) struct Registry {
     pub(crate) cancels: Mutex<HashMap<(Key, bool), StopTx>>,
     sending: Mutex<HashMap<Key, watch::Receiver<Option<send::Outcome>>>>,
     offer_slots: Mutex<HashMap<PeerId, usize>>,
+    /// Notified whenever a transfer leaves `receiving` or `sending` (waiters check again,
+    /// instead of polling).
+    pub(crate) ended: tokio::sync::Notify,
 }
 
 /// Hex of a transfer id (for names and output).
@@ -298,8 +301,12 @@ impl EngineHandle {
         }
         let idle = || t.receiving.lock().is_empty() && t.sending.lock().is_empty();
         let _ = tokio::time::timeout(INTERRUPT_WAIT, async {
-            while !idle() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            loop {
+                let ended = t.ended.notified();
+                if idle() {
+                    return;
+                }
+                ended.await;
             }
         })
         .await;

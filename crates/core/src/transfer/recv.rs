@@ -15,7 +15,9 @@ use p2pcall_proto::transfer::{
 };
 use p2pcall_store::{ChunkRecord, Store, TransferState, now_ms};
 use p2pcall_tls::framed::FrameReader;
-use p2pcall_transfer::control::{ControlEvent, Disposition, Ending, ReceiverControl, Stop};
+use p2pcall_transfer::control::{
+    ControlEvent, Disposition, Earlier, Ending, OfferAction, ReceiverControl, Stop, offer_action,
+};
 use p2pcall_transfer::{
     ChunkError, Cv, FileProgress, Meter, Plan, chunk_cv, sanitize, unique_name,
 };
@@ -512,7 +514,9 @@ impl Drop for OfferSlot {
     }
 }
 
-/// Serves a transfer control stream the peer opened (kind byte already read).
+/// Serves a transfer control stream the peer opened (kind byte already read): reads the
+/// offer, checks it, decides (resume, decline, or ask the user), prepares the destination,
+/// then receives.
 pub(crate) async fn serve_offer(
     shared: Arc<Shared>,
     peer: PeerId,
@@ -525,47 +529,53 @@ pub(crate) async fn serve_offer(
         return;
     };
     let mut reader = FrameReader::new(recv, MAX_FRAME);
-    let offer = match reader.next().await.map(TransferFrame::decode) {
-        Ok(Ok(TransferFrame::Offer {
-            id,
-            chunk_size,
-            entries,
-        })) => (id, chunk_size, entries),
-        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
-            let _ = send.reset(DATA_REFUSED.into());
-            return;
-        }
+    let Ok(Ok(TransferFrame::Offer {
+        id,
+        chunk_size,
+        entries,
+    })) = reader.next().await.map(TransferFrame::decode)
+    else {
+        let _ = send.reset(DATA_REFUSED.into());
+        return;
     };
-    let (id, chunk, entries) = offer;
-    let answer = |f: TransferFrame| encode(&f);
-    let failed = |reason: String, resumable: bool| {
-        emit(
-            &shared,
-            TransferEvent::Failed {
-                peer,
-                id,
-                outgoing: false,
-                reason,
-                resumable,
-            },
-        );
+    let mut inc = Incoming {
+        shared,
+        peer,
+        id,
+        chunk: chunk_size,
+        send,
+        reader,
     };
     let plan = match sanitize(&entries) {
         Ok(p) => p,
         Err(e) => {
             let reason = format!("unsafe offer refused: {e}");
             tracing::warn!(%peer, "{reason}");
-            let _ = send
-                .write_all(&answer(TransferFrame::Reject {
-                    reason: reason.clone(),
-                }))
-                .await;
-            let _ = send.finish();
-            failed(reason, false);
+            inc.reply(TransferFrame::Reject {
+                reason: reason.clone(),
+            })
+            .await;
+            inc.failed(reason, false);
             return;
         }
     };
-    let info = OfferInfo {
+    if !inc.supersede_earlier().await {
+        let _ = inc.send.reset(DATA_REFUSED.into());
+        return;
+    }
+    let info = offer_info(peer, id, &plan, &entries);
+    let Some((rec, dest)) = inc.decide(&plan, info).await else {
+        return;
+    };
+    let Some((dest, p)) = inc.prepare_dest(rec.rowid, dest, &plan, &entries).await else {
+        return;
+    };
+    inc.receive(rec, dest, &plan, p).await;
+}
+
+/// What the user is asked about an offer.
+fn offer_info(peer: PeerId, id: TransferId, plan: &Plan, entries: &[Entry]) -> OfferInfo {
+    OfferInfo {
         peer,
         id,
         files: plan.files,
@@ -585,124 +595,180 @@ pub(crate) async fn serve_offer(
                 )
             })
             .collect(),
-    };
-    let store = shared.store.clone();
-    // A retry while the last attempt still looks alive (its connection not yet timed out):
-    // stop that attempt (its verified chunks are kept) and serve this one.
-    let stale = shared.transfers.receiving.lock().contains_key(&(peer, id));
-    if stale {
-        if let Some(tx) = shared.transfers.cancels.lock().get(&((peer, id), false)) {
+    }
+}
+
+/// An offer being served: its control stream and who it is from.
+struct Incoming {
+    shared: Arc<Shared>,
+    peer: PeerId,
+    id: TransferId,
+    chunk: u32,
+    send: quinn::SendStream,
+    reader: FrameReader<quinn::RecvStream>,
+}
+
+impl Incoming {
+    /// Reports the transfer failed (or stopped, if `resumable`).
+    fn failed(&self, reason: String, resumable: bool) {
+        emit(
+            &self.shared,
+            TransferEvent::Failed {
+                peer: self.peer,
+                id: self.id,
+                outgoing: false,
+                reason,
+                resumable,
+            },
+        );
+    }
+
+    /// Sends a final answer (a rejection, an abort) and closes our side.
+    async fn reply(&mut self, f: TransferFrame) {
+        let _ = self.send.write_all(&encode(&f)).await;
+        let _ = self.send.finish();
+    }
+
+    /// A retry while the last attempt still looks alive (its connection not yet timed out):
+    /// stops that attempt (its verified chunks are kept) and waits until it is gone; false if
+    /// it did not go within 10 s.
+    async fn supersede_earlier(&self) -> bool {
+        let key = (self.peer, self.id);
+        let t = &self.shared.transfers;
+        if let Some(tx) = t.cancels.lock().get(&(key, false))
+            && t.receiving.lock().contains_key(&key)
+        {
             tx.send_replace(Some(super::SUPERSEDED.into()));
         }
-        let gone = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while shared.transfers.receiving.lock().contains_key(&(peer, id)) {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        if gone.is_err() {
-            let _ = send.reset(DATA_REFUSED.into());
-            return;
-        }
-    }
-    let existing = store.transfer(&peer, false, &id).ok().flatten();
-    let key = (peer, id);
-    let decision = match existing {
-        Some(t) if t.state == TransferState::Active && t.dest.is_some() => {
-            emit(&shared, TransferEvent::Resumed(info.clone()));
-            Decision::Accept(t.dest.unwrap_or_default())
-        }
-        Some(t) if t.state == TransferState::Done => {
-            Decision::Reject("this transfer was already received completely".into())
-        }
-        _ => {
-            if store
-                .create_transfer(
-                    &peer,
-                    false,
-                    &id,
-                    plan.total_bytes,
-                    plan.files,
-                    &[],
-                    None,
-                    now_ms(),
-                )
-                .is_err()
-            {
-                let _ = send.reset(DATA_REFUSED.into());
-                return;
-            }
-            let (tx, rx) = oneshot::channel();
-            {
-                let mut m = shared.transfers.offers.lock();
-                m.insert(key, tx);
-            }
-            emit(&shared, TransferEvent::Offered(info.clone()));
-            let d = tokio::select! {
-                d = rx => d.ok(),
-                // The sender gave up (closed or aborted) before we answered.
-                _ = reader.next() => None,
-            };
-            {
-                let mut m = shared.transfers.offers.lock();
-                m.remove(&key);
-            }
-            match d {
-                Some(d) => d,
-                None => {
-                    if let Ok(Some(t)) = store.transfer(&peer, false, &id) {
-                        let _ = store.set_transfer_state(
-                            t.rowid,
-                            TransferState::Cancelled,
-                            Some("withdrawn"),
-                            now_ms(),
-                        );
-                    }
-                    failed("the sender withdrew the offer".into(), false);
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let gone = t.ended.notified();
+                if !t.receiving.lock().contains_key(&key) {
                     return;
                 }
+                gone.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Resumes an accepted transfer, declines one received before, or asks the user; the
+    /// transfer's record and the destination when it goes ahead.
+    async fn decide(
+        &mut self,
+        plan: &Plan,
+        info: OfferInfo,
+    ) -> Option<(p2pcall_store::TransferRecord, PathBuf)> {
+        let (peer, id) = (self.peer, self.id);
+        let store = self.shared.store.clone();
+        let existing = store.transfer(&peer, false, &id).ok().flatten();
+        let earlier = match &existing {
+            None => Earlier::None,
+            Some(t) if t.state == TransferState::Active && t.dest.is_some() => {
+                Earlier::AcceptedUnfinished
+            }
+            Some(t) if t.state == TransferState::Done => Earlier::Done,
+            Some(_) => Earlier::Other,
+        };
+        let decision = match offer_action(earlier) {
+            OfferAction::Resume => {
+                emit(&self.shared, TransferEvent::Resumed(info));
+                Decision::Accept(existing.and_then(|t| t.dest).unwrap_or_default())
+            }
+            OfferAction::AlreadyDone => {
+                Decision::Reject("this transfer was already received completely".into())
+            }
+            OfferAction::Ask => self.ask(plan, info).await?,
+        };
+        let Ok(Some(rec)) = store.transfer(&peer, false, &id) else {
+            let _ = self.send.reset(DATA_REFUSED.into());
+            return None;
+        };
+        match decision {
+            Decision::Accept(dest) => Some((rec, dest)),
+            Decision::Reject(reason) => {
+                if rec.state != TransferState::Done {
+                    let _ = store.set_transfer_state(
+                        rec.rowid,
+                        TransferState::Rejected,
+                        Some(&reason),
+                        now_ms(),
+                    );
+                }
+                self.reply(TransferFrame::Reject {
+                    reason: reason.clone(),
+                })
+                .await;
+                self.failed(format!("declined: {reason}"), false);
+                None
             }
         }
-    };
-    let Ok(Some(rec)) = store.transfer(&peer, false, &id) else {
-        let _ = send.reset(DATA_REFUSED.into());
-        return;
-    };
-    let dest = match decision {
-        Decision::Reject(reason) => {
-            if rec.state != TransferState::Done {
+    }
+
+    /// Records the offer and waits for the user's answer (or for the sender to withdraw).
+    async fn ask(&mut self, plan: &Plan, info: OfferInfo) -> Option<Decision> {
+        let (peer, id) = (self.peer, self.id);
+        let store = &self.shared.store;
+        if store
+            .create_transfer(
+                &peer,
+                false,
+                &id,
+                plan.total_bytes,
+                plan.files,
+                &[],
+                None,
+                now_ms(),
+            )
+            .is_err()
+        {
+            let _ = self.send.reset(DATA_REFUSED.into());
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared.transfers.offers.lock().insert((peer, id), tx);
+        emit(&self.shared, TransferEvent::Offered(info));
+        let d = tokio::select! {
+            d = rx => d.ok(),
+            // The sender gave up (closed or aborted) before we answered.
+            _ = self.reader.next() => None,
+        };
+        self.shared.transfers.offers.lock().remove(&(peer, id));
+        if d.is_none() {
+            if let Ok(Some(t)) = store.transfer(&peer, false, &id) {
                 let _ = store.set_transfer_state(
-                    rec.rowid,
-                    TransferState::Rejected,
-                    Some(&reason),
+                    t.rowid,
+                    TransferState::Cancelled,
+                    Some("withdrawn"),
                     now_ms(),
                 );
             }
-            let _ = send
-                .write_all(&answer(TransferFrame::Reject {
-                    reason: reason.clone(),
-                }))
-                .await;
-            let _ = send.finish();
-            failed(format!("declined: {reason}"), false);
-            return;
+            self.failed("the sender withdrew the offer".into(), false);
         }
-        Decision::Accept(dest) => dest,
-    };
+        d
+    }
 
-    // Folders, free space, partial data.
-    let prepared = {
-        let (store, dest, entries, plan) =
-            (store.clone(), dest.clone(), entries.clone(), plan.clone());
-        let rowid = rec.rowid;
-        tokio::task::spawn_blocking(move || -> Result<(PathBuf, Prepared), Fail> {
+    /// Folders, free space, partial data of an earlier attempt (on a blocking thread); the
+    /// sender hears why when the destination cannot take the transfer.
+    async fn prepare_dest(
+        &mut self,
+        rowid: i64,
+        dest: PathBuf,
+        plan: &Plan,
+        entries: &[Entry],
+    ) -> Option<(PathBuf, Prepared)> {
+        let store = self.shared.store.clone();
+        let (id, chunk) = (self.id, self.chunk);
+        let (plan2, entries) = (plan.clone(), entries.to_vec());
+        let prepared = tokio::task::spawn_blocking(move || -> Result<(PathBuf, Prepared), Fail> {
             std::fs::create_dir_all(&dest)
                 .map_err(|e| io_fail(&format!("cannot create {}", dest.display()), &e))?;
             let dest = dest
                 .canonicalize()
                 .map_err(|e| io_fail(&format!("cannot open {}", dest.display()), &e))?;
-            let p = prepare(&store, rowid, &id, &dest, &plan, &entries, chunk)?;
-            let need = plan.total_bytes.saturating_sub(p.resumed);
+            let p = prepare(&store, rowid, &id, &dest, &plan2, &entries, chunk)?;
+            let need = plan2.total_bytes.saturating_sub(p.resumed);
             let free =
                 fsops::free_space(&dest).map_err(|e| io_fail("cannot check free space", &e))?;
             if need > free {
@@ -717,149 +783,177 @@ pub(crate) async fn serve_offer(
             Ok((dest, p))
         })
         .await
-        .unwrap_or_else(|e| Err((AbortCode::Io, e.to_string())))
-    };
-    let (dest, p) = match prepared {
-        Ok(x) => x,
-        Err((code, reason)) => {
-            let _ =
-                store.set_transfer_state(rec.rowid, TransferState::Failed, Some(&reason), now_ms());
-            let _ = send
-                .write_all(&answer(TransferFrame::Abort {
+        .unwrap_or_else(|e| Err((AbortCode::Io, e.to_string())));
+        match prepared {
+            Ok(x) => Some(x),
+            Err((code, reason)) => {
+                let _ = self.shared.store.set_transfer_state(
+                    rowid,
+                    TransferState::Failed,
+                    Some(&reason),
+                    now_ms(),
+                );
+                self.reply(TransferFrame::Abort {
                     code,
                     reason: reason.clone(),
-                }))
+                })
                 .await;
-            let _ = send.finish();
-            failed(reason, false);
-            return;
+                self.failed(reason, false);
+                None
+            }
         }
-    };
-    let _ = store.set_transfer_dest(rec.rowid, &dest);
-    let _ = store.set_transfer_state(rec.rowid, TransferState::Active, None, now_ms());
+    }
 
-    let (ctrl, mut ctrl_rx) = mpsc::unbounded_channel();
-    let resumed = p.resumed;
-    let files_total = plan.files;
-    let rx = Arc::new(Receiving {
-        rowid: rec.rowid,
-        chunk,
-        files: p.files,
-        store: store.clone(),
-        ctrl: ctrl.clone(),
-        remaining: AtomicU64::new(p.remaining),
-        files_done: AtomicU64::new(plan.files - p.remaining),
-        bytes: AtomicU64::new(resumed),
-        zeros: vec![0u8; chunk as usize],
-        hashes: Mutex::new(Vec::new()),
-        failed: Mutex::new(None),
-        done_pending: Mutex::new(Vec::new()),
-    });
-    {
-        let mut m = shared.transfers.receiving.lock();
-        m.insert(key, rx.clone());
-    }
-    let cancel = shared.transfers.cancel_rx(key, false);
-    let t0 = Instant::now();
-    let mut ctl = ReceiverControl::accepted(t0, p.have, PROGRESS_EVERY);
-    if p.remaining == 0 {
-        ctl.complete();
-    }
-    let mut meter = Meter::new(t0, plan.total_bytes, resumed);
-    let mut last = resumed;
-    let progress = |meter: &mut Meter, last: &mut u64| {
-        let b = rx.bytes.load(Ordering::Relaxed);
-        meter.add(Instant::now(), b.saturating_sub(*last));
-        *last = b;
-        emit(
-            &shared,
-            TransferEvent::Progress(Progress {
-                peer,
-                id,
-                outgoing: false,
-                done_bytes: meter.done(),
-                total_bytes: plan.total_bytes,
-                files_done: rx.files_done.load(Ordering::Relaxed),
-                files: files_total,
-                rate: meter.rate(),
-                eta: meter.eta(),
-            }),
-        );
-    };
-    let ending = drive_receiver(
-        &mut ctl,
-        &mut send,
-        &mut reader,
-        &mut ctrl_rx,
-        cancel,
-        || progress(&mut meter, &mut last),
-    )
-    .await;
-    let _ = send.finish();
-    {
-        let mut f = rx.failed.lock();
-        if f.is_none() {
-            *f = Some(match &ending.failure {
-                None => (AbortCode::Io, "finished".into()),
-                Some(failure) => (failure.code(), failure.reason().to_string()),
-            });
-        }
-    }
-    let rx2 = rx.clone();
-    let dirs = p.dirs;
-    match (ending.disposition, ending.failure) {
-        (Disposition::Done, _) | (_, None) => {
-            let _ = tokio::task::spawn_blocking(move || {
-                // Folder modes last (a read-only folder would have blocked its content).
-                for (d, mode) in dirs.iter().rev() {
-                    let _ = fsops::set_dir_mode(d, *mode);
-                }
-            })
-            .await;
-            let _ = store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms());
-            let mut hashes = rx.hashes.lock().clone();
-            hashes.sort();
+    /// Receives into `dest` until the transfer ends, then records how it ended.
+    async fn receive(
+        mut self,
+        rec: p2pcall_store::TransferRecord,
+        dest: PathBuf,
+        plan: &Plan,
+        p: Prepared,
+    ) {
+        let Self {
+            ref shared,
+            peer,
+            id,
+            chunk,
+            ..
+        } = self;
+        let store = shared.store.clone();
+        let key = (peer, id);
+        let failed = |reason: String, resumable: bool| {
             emit(
-                &shared,
-                TransferEvent::Finished(Summary {
+                shared,
+                TransferEvent::Failed {
                     peer,
                     id,
                     outgoing: false,
-                    files: plan.files,
-                    dirs: plan.dirs,
+                    reason,
+                    resumable,
+                },
+            );
+        };
+        let send = &mut self.send;
+        let reader = &mut self.reader;
+        let _ = store.set_transfer_dest(rec.rowid, &dest);
+        let _ = store.set_transfer_state(rec.rowid, TransferState::Active, None, now_ms());
+
+        let (ctrl, mut ctrl_rx) = mpsc::unbounded_channel();
+        let resumed = p.resumed;
+        let files_total = plan.files;
+        let rx = Arc::new(Receiving {
+            rowid: rec.rowid,
+            chunk,
+            files: p.files,
+            store: store.clone(),
+            ctrl: ctrl.clone(),
+            remaining: AtomicU64::new(p.remaining),
+            files_done: AtomicU64::new(plan.files - p.remaining),
+            bytes: AtomicU64::new(resumed),
+            zeros: vec![0u8; chunk as usize],
+            hashes: Mutex::new(Vec::new()),
+            failed: Mutex::new(None),
+            done_pending: Mutex::new(Vec::new()),
+        });
+        {
+            let mut m = shared.transfers.receiving.lock();
+            m.insert(key, rx.clone());
+        }
+        let cancel = shared.transfers.cancel_rx(key, false);
+        let t0 = Instant::now();
+        let mut ctl = ReceiverControl::accepted(t0, p.have, PROGRESS_EVERY);
+        if p.remaining == 0 {
+            ctl.complete();
+        }
+        let mut meter = Meter::new(t0, plan.total_bytes, resumed);
+        let mut last = resumed;
+        let progress = |meter: &mut Meter, last: &mut u64| {
+            let b = rx.bytes.load(Ordering::Relaxed);
+            meter.add(Instant::now(), b.saturating_sub(*last));
+            *last = b;
+            emit(
+                shared,
+                TransferEvent::Progress(Progress {
+                    peer,
+                    id,
+                    outgoing: false,
+                    done_bytes: meter.done(),
                     total_bytes: plan.total_bytes,
-                    resumed_bytes: resumed,
-                    elapsed: t0.elapsed(),
-                    placed: p.placed,
-                    skipped: Vec::new(),
-                    hashes,
+                    files_done: rx.files_done.load(Ordering::Relaxed),
+                    files: files_total,
+                    rate: meter.rate(),
+                    eta: meter.eta(),
                 }),
             );
+        };
+        let ending = drive_receiver(&mut ctl, send, reader, &mut ctrl_rx, cancel, || {
+            progress(&mut meter, &mut last)
+        })
+        .await;
+        let _ = send.finish();
+        {
+            let mut f = rx.failed.lock();
+            if f.is_none() {
+                *f = Some(match &ending.failure {
+                    None => (AbortCode::Io, "finished".into()),
+                    Some(failure) => (failure.code(), failure.reason().to_string()),
+                });
+            }
         }
-        (disposition, Some(failure)) => {
-            let resumable = disposition == Disposition::Resumable;
-            let state = match disposition {
-                Disposition::Resumable => TransferState::Active,
-                Disposition::Cancelled => TransferState::Cancelled,
-                _ => TransferState::Failed,
-            };
-            let _ = tokio::task::spawn_blocking(move || {
-                if resumable {
-                    rx2.checkpoint()
-                } else {
-                    rx2.discard()
-                }
-            })
-            .await;
-            let reason = failure.reason().to_string();
-            let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
-            failed(reason, resumable);
+        let rx2 = rx.clone();
+        let dirs = p.dirs;
+        match (ending.disposition, ending.failure) {
+            (Disposition::Done, _) | (_, None) => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    // Folder modes last (a read-only folder would have blocked its content).
+                    for (d, mode) in dirs.iter().rev() {
+                        let _ = fsops::set_dir_mode(d, *mode);
+                    }
+                })
+                .await;
+                let _ = store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms());
+                let mut hashes = rx.hashes.lock().clone();
+                hashes.sort();
+                emit(
+                    shared,
+                    TransferEvent::Finished(Summary {
+                        peer,
+                        id,
+                        outgoing: false,
+                        files: plan.files,
+                        dirs: plan.dirs,
+                        total_bytes: plan.total_bytes,
+                        resumed_bytes: resumed,
+                        elapsed: t0.elapsed(),
+                        placed: p.placed,
+                        skipped: Vec::new(),
+                        hashes,
+                    }),
+                );
+            }
+            (disposition, Some(failure)) => {
+                let resumable = disposition == Disposition::Resumable;
+                let state = match disposition {
+                    Disposition::Resumable => TransferState::Active,
+                    Disposition::Cancelled => TransferState::Cancelled,
+                    _ => TransferState::Failed,
+                };
+                let _ = tokio::task::spawn_blocking(move || {
+                    if resumable {
+                        rx2.checkpoint()
+                    } else {
+                        rx2.discard()
+                    }
+                })
+                .await;
+                let reason = failure.reason().to_string();
+                let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
+                failed(reason, resumable);
+            }
         }
-    }
-    shared.transfers.drop_cancel(key, false);
-    {
-        let mut m = shared.transfers.receiving.lock();
-        m.remove(&key);
+        shared.transfers.drop_cancel(key, false);
+        shared.transfers.receiving.lock().remove(&key);
+        shared.transfers.ended.notify_waiters();
     }
 }
 

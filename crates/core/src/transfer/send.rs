@@ -51,11 +51,9 @@ struct Sending<'a> {
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
         let t = &self.h.shared().transfers;
-        {
-            let mut s = t.sending.lock();
-            s.remove(&self.key);
-        }
+        t.sending.lock().remove(&self.key);
         t.drop_cancel(self.key, true);
+        t.ended.notify_waiters();
     }
 }
 
