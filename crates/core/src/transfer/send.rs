@@ -225,31 +225,7 @@ async fn send_inner(
     };
     store.set_transfer_state(rec.rowid, TransferState::Active, None, now_ms())?;
 
-    // What to send.
-    let mut by_entry: HashMap<u32, HashMap<u64, Cv>> = HashMap::new();
-    for c in have {
-        by_entry
-            .entry(c.entry)
-            .or_default()
-            .insert(u64::from(c.index), c.cv);
-    }
-    let mut jobs: Vec<Job> = scan
-        .entries
-        .iter()
-        .zip(&scan.sources)
-        .enumerate()
-        .filter_map(|(i, (e, src))| match e.kind {
-            EntryKind::File { size } => Some(Job {
-                entry: i as u32,
-                rel: e.path.clone(),
-                source: src.clone(),
-                size,
-                have: by_entry.remove(&(i as u32)).unwrap_or_default(),
-            }),
-            EntryKind::Dir => None,
-        })
-        .collect();
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.size));
+    let jobs = jobs(&scan, have);
     let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
     let counters = Arc::new(Counters::default());
     let hashes = Arc::new(Mutex::new(Vec::new()));
@@ -260,7 +236,7 @@ async fn send_inner(
     // before the `Abort` frame, which on a slow link took tens of seconds.
     let (stop_tx, stop_rx) = watch::channel(false);
     for _ in 0..DATA_STREAMS.min(files as usize) {
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let (conn, queue, counters, hashes) = (
             conn.clone(),
             queue.clone(),
@@ -269,110 +245,38 @@ async fn send_inner(
         );
         // During a call, transfers get what the call's estimate leaves (crate::bulk).
         let gate = shared.bulk.of(conn.peer());
-        workers.spawn(async move {
-            let _writer = gate.writer();
-            let mut s = conn
-                .quic()
-                .open_uni()
-                .await
-                .map_err(|e| EngineError::Net(e.into()))?;
-            let sent = {
-                let work = async {
-                    let mut head = vec![DATA];
-                    head.extend_from_slice(&id);
-                    s.write_all(&head).await.map_err(io_err)?;
-                    let pool = super::Pool::default();
-                    // The queue's lock is taken and released in `next_job`, never held
-                    // across the writes below.
-                    let next_job = || queue.lock().pop_front();
-                    while let Some(job) = next_job() {
-                        let (rel, root) = send_file(job, &mut s, &counters, &pool, &gate).await?;
-                        {
-                            let mut h = hashes.lock();
-                            h.push((rel, root));
-                        }
-                    }
-                    Ok::<(), EngineError>(())
-                };
-                tokio::pin!(work);
-                tokio::select! {
-                    r = &mut work => Some(r),
-                    _ = stop.wait_for(|s| *s) => None,
-                }
-            };
-            match sent {
-                Some(Ok(())) => {
-                    let _ = s.finish();
-                    Ok(())
-                }
-                Some(Err(e)) => {
-                    let _ = s.reset(DATA_STOPPED.into());
-                    Err(e)
-                }
-                None => {
-                    let _ = s.reset(DATA_STOPPED.into());
-                    Ok(())
-                }
-            }
-        });
+        workers.spawn(data_worker(conn, id, queue, counters, hashes, gate, stop));
     }
 
     let mut meter = Meter::new(t0, total, 0);
     let mut last = 0u64;
-    let mut workers_done = false;
-    let end: Ending = loop {
-        let mut ended = None;
-        while let Some(e) = ctl.poll_event() {
-            match e {
-                ControlEvent::FileDone { .. } => {
-                    counters.files_done.fetch_add(1, Ordering::Relaxed);
-                }
-                ControlEvent::Progress => {
-                    let now = Instant::now();
-                    let b = counters.bytes.load(Ordering::Relaxed);
-                    meter.add(now, b - last);
-                    last = b;
-                    emit(
-                        &shared,
-                        TransferEvent::Progress(Progress {
-                            peer,
-                            id,
-                            outgoing: true,
-                            done_bytes: meter.done(),
-                            total_bytes: total,
-                            files_done: counters.files_done.load(Ordering::Relaxed),
-                            files,
-                            rate: meter.rate(),
-                            eta: meter.eta(),
-                        }),
-                    );
-                }
-                ControlEvent::Ended(end) => ended = Some(end),
-                ControlEvent::Accepted { .. } => {}
-            }
-        }
-        if let Some(end) = ended {
-            break end;
-        }
-        let wake = ctl
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + PROGRESS_EVERY);
-        tokio::select! {
-            f = reader.next() => match f {
-                Ok(raw) => ctl.handle_frame(Instant::now(), TransferFrame::decode(raw)),
-                Err(e) => ctl.handle_stream_error(e.to_string()),
-            },
-            w = workers.join_next(), if !workers_done => match w {
-                None => workers_done = true,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(EngineError::Protocol(e)))) => ctl.data_failed(Failure::Protocol(e)),
-                Some(Ok(Err(e))) => ctl.data_failed(Failure::Stream(e.to_string())),
-                Some(Err(e)) => ctl.data_failed(Failure::Stream(e.to_string())),
-            },
-            _ = cancel.changed() => ctl.stop(stop_kind(&cancel)),
-            () = tokio::time::sleep_until(wake.into()) => ctl.handle_timeout(Instant::now()),
-        }
-    };
+    let end = drive_sender(
+        &mut ctl,
+        &mut reader,
+        &mut workers,
+        &mut cancel,
+        &counters,
+        || {
+            let b = counters.bytes.load(Ordering::Relaxed);
+            meter.add(Instant::now(), b - last);
+            last = b;
+            emit(
+                &shared,
+                TransferEvent::Progress(Progress {
+                    peer,
+                    id,
+                    outgoing: true,
+                    done_bytes: meter.done(),
+                    total_bytes: total,
+                    files_done: counters.files_done.load(Ordering::Relaxed),
+                    files,
+                    rate: meter.rate(),
+                    eta: meter.eta(),
+                }),
+            );
+        },
+    )
+    .await;
     stop_tx.send_replace(true);
     let _ = tokio::time::timeout(STOP_WAIT, async {
         while workers.join_next().await.is_some() {}
@@ -406,6 +310,133 @@ async fn send_inner(
     };
     emit(&shared, TransferEvent::Finished(s.clone()));
     Ok(s)
+}
+
+/// Every file's job: what the receiver lacks of it (`have`: the chunks it holds), largest
+/// files first.
+fn jobs(scan: &fsops::Scan, have: Vec<HaveChunk>) -> Vec<Job> {
+    let mut by_entry: HashMap<u32, HashMap<u64, Cv>> = HashMap::new();
+    for c in have {
+        by_entry
+            .entry(c.entry)
+            .or_default()
+            .insert(u64::from(c.index), c.cv);
+    }
+    let mut jobs: Vec<Job> = scan
+        .entries
+        .iter()
+        .zip(&scan.sources)
+        .enumerate()
+        .filter_map(|(i, (e, src))| match e.kind {
+            EntryKind::File { size } => Some(Job {
+                entry: i as u32,
+                rel: e.path.clone(),
+                source: src.clone(),
+                size,
+                have: by_entry.remove(&(i as u32)).unwrap_or_default(),
+            }),
+            EntryKind::Dir => None,
+        })
+        .collect();
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.size));
+    jobs
+}
+
+/// One data stream: takes jobs from the queue until it is empty or the transfer stops
+/// (`stop`), then finishes the stream, or resets it when stopped or failed.
+async fn data_worker(
+    conn: p2pcall_net::PeerConnection,
+    id: TransferId,
+    queue: Arc<Mutex<VecDeque<Job>>>,
+    counters: Arc<Counters>,
+    hashes: Arc<Mutex<Vec<(String, Cv)>>>,
+    gate: Arc<crate::bulk::BulkGate>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), EngineError> {
+    let _writer = gate.writer();
+    let mut s = conn
+        .quic()
+        .open_uni()
+        .await
+        .map_err(|e| EngineError::Net(e.into()))?;
+    let sent = {
+        let work = async {
+            let mut head = vec![DATA];
+            head.extend_from_slice(&id);
+            s.write_all(&head).await.map_err(io_err)?;
+            let pool = super::Pool::default();
+            // The queue's lock is taken and released in `next_job`, never held across the
+            // writes below.
+            let next_job = || queue.lock().pop_front();
+            while let Some(job) = next_job() {
+                let (rel, root) = send_file(job, &mut s, &counters, &pool, &gate).await?;
+                hashes.lock().push((rel, root));
+            }
+            Ok::<(), EngineError>(())
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => Some(r),
+            _ = stop.wait_for(|s| *s) => None,
+        }
+    };
+    match sent {
+        Some(Ok(())) => {
+            let _ = s.finish();
+            Ok(())
+        }
+        Some(Err(e)) => {
+            let _ = s.reset(DATA_STOPPED.into());
+            Err(e)
+        }
+        None => {
+            let _ = s.reset(DATA_STOPPED.into());
+            Ok(())
+        }
+    }
+}
+
+/// Moves frames for the sender's control machine while the workers send: the receiver's
+/// frames, the workers' results, stops and progress ticks go in, until the transfer ends.
+async fn drive_sender(
+    ctl: &mut SenderControl,
+    reader: &mut FrameReader<quinn::RecvStream>,
+    workers: &mut tokio::task::JoinSet<Result<(), EngineError>>,
+    cancel: &mut watch::Receiver<Option<String>>,
+    counters: &Counters,
+    mut progress: impl FnMut(),
+) -> Ending {
+    let mut workers_done = false;
+    loop {
+        while let Some(e) = ctl.poll_event() {
+            match e {
+                ControlEvent::FileDone { .. } => {
+                    counters.files_done.fetch_add(1, Ordering::Relaxed);
+                }
+                ControlEvent::Progress => progress(),
+                ControlEvent::Ended(end) => return end,
+                ControlEvent::Accepted { .. } => {}
+            }
+        }
+        let wake = ctl
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + PROGRESS_EVERY);
+        tokio::select! {
+            f = reader.next() => match f {
+                Ok(raw) => ctl.handle_frame(Instant::now(), TransferFrame::decode(raw)),
+                Err(e) => ctl.handle_stream_error(e.to_string()),
+            },
+            w = workers.join_next(), if !workers_done => match w {
+                None => workers_done = true,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(EngineError::Protocol(e)))) => ctl.data_failed(Failure::Protocol(e)),
+                Some(Ok(Err(e))) => ctl.data_failed(Failure::Stream(e.to_string())),
+                Some(Err(e)) => ctl.data_failed(Failure::Stream(e.to_string())),
+            },
+            _ = cancel.changed() => ctl.stop(stop_kind(cancel)),
+            () = tokio::time::sleep_until(wake.into()) => ctl.handle_timeout(Instant::now()),
+        }
+    }
 }
 
 /// Waits for the receiver's answer to the offer: what it already holds, or how it ended (a
