@@ -46,7 +46,7 @@ pub enum IdentityError {
     },
     /// Key generation failed.
     #[error("could not create a key: {0}")]
-    Generate(String),
+    Generate(#[source] p2pcall_tls::TlsError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
@@ -71,7 +71,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<(Identity, bool), IdentityError
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             create_private_dir(data_dir)?;
-            let id = Identity::generate().map_err(|e| IdentityError::Generate(e.to_string()))?;
+            let id = Identity::generate().map_err(IdentityError::Generate)?;
             write_private(&path, id.pkcs8())?;
             Ok((id, true))
         }

@@ -43,6 +43,7 @@ pub const RELAY_SERVER_NAME: &str = "relay.p2pcall.invalid";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The stored key is not a valid Ed25519 PKCS#8 document.
+    /// (ring's `KeyRejected` is a fixed description, not an `Error` with a source chain.)
     #[error("the identity key is not a valid Ed25519 PKCS#8 key: {0}")]
     BadKey(String),
     /// Key generation failed (system RNG unavailable).
@@ -53,7 +54,7 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     /// quinn refused the TLS configuration.
     #[error("QUIC crypto configuration: {0}")]
-    Quic(String),
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 /// An installation's long-term Ed25519 key.
@@ -303,8 +304,7 @@ pub fn quinn_client_config(
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let tls = rustls_client_config(me, expected, alpn)?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
@@ -317,8 +317,7 @@ pub fn quinn_server_config(
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let tls = rustls_server_config(me, alpn)?;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)

@@ -324,7 +324,10 @@ impl VideoInput {
         match src {
             VideoSource::TestPattern => Ok(Self::Pattern(TestPattern::new(p.width, p.height), 0)),
             VideoSource::File(path) => Ok(Self::File(
-                Y4mReader::open(path).map_err(|e| CallError::Source(e.to_string()))?,
+                Y4mReader::open(path).map_err(|source| CallError::File {
+                    path: path.clone(),
+                    source,
+                })?,
                 path.clone(),
             )),
             VideoSource::Camera(dev) => {
@@ -346,7 +349,10 @@ impl VideoInput {
                 let interval = Duration::from_secs_f64(1.0 / f64::from(p.fps.clamp(1, 60)));
                 Grabber::start(cap, interval)
                     .map(|g| Self::Screen(Box::new(g)))
-                    .map_err(|e| CallError::Source(format!("cannot start screen capture: {e}")))
+                    .map_err(|source| CallError::Thread {
+                        name: "screen-grab".into(),
+                        source,
+                    })
             }
             VideoSource::None => Err(CallError::Source("no video source".into())),
         }
@@ -380,17 +386,17 @@ impl VideoInput {
     fn next(&mut self) -> Result<Captured, CallError> {
         let t0 = Instant::now();
         let f = match self {
-            Self::Camera(c) => c
-                .next_frame()
-                .map(|(f, _)| f)
-                .map_err(|e| CallError::Source(e.to_string()))?,
+            Self::Camera(c) => c.next_frame().map(|(f, _)| f)?,
             Self::Pattern(p, n) => {
                 let f = p.frame(*n, wall_ms());
                 *n += 1;
                 f
             }
             Self::File(r, path) => {
-                let src = |e: p2pcall_media_io::IoError| CallError::Source(e.to_string());
+                let src = |source| CallError::File {
+                    path: path.clone(),
+                    source,
+                };
                 match r.next_frame().map_err(src)? {
                     Some(f) => f,
                     None => {
@@ -440,7 +446,7 @@ fn fit_frame(f: Frame, limit: Option<(usize, usize)>) -> Result<Frame, CallError
     if (w, h) == (f.width, f.height) {
         return Ok(f);
     }
-    convert::scale(&f, w, h).map_err(|e| CallError::Source(format!("scaling a frame: {e}")))
+    convert::scale(&f, w, h).map_err(CallError::Scale)
 }
 
 fn spawn_capture(
@@ -457,7 +463,10 @@ fn spawn_capture(
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || body(rx, s, id))
-        .map_err(|e| CallError::Source(format!("cannot start the {name} thread: {e}")))?;
+        .map_err(|source| CallError::Thread {
+            name: name.into(),
+            source,
+        })?;
     Ok(Capture { cmd: tx, stop, id })
 }
 
@@ -497,8 +506,7 @@ pub fn start_video(
         screen,
         threads: if screen { SCREEN_THREADS } else { 1 },
         skip_frames: true,
-    })
-    .map_err(|e| CallError::Codec(e.to_string()))?;
+    })?;
     let call_fps = p.fps.clamp(1, 60) as f32;
     // Generated frames and screens are made at the call's size; files keep theirs.
     let bound = match input {
@@ -756,7 +764,10 @@ pub(crate) fn check_sources(
     match audio {
         AudioSource::Mic(dev) => drop(open_mic(dev.as_deref())?),
         AudioSource::File(path) => {
-            wav::read(path).map_err(|e| CallError::Source(e.to_string()))?;
+            wav::read(path).map_err(|source| CallError::File {
+                path: path.clone(),
+                source,
+            })?;
         }
         _ => {}
     }
@@ -799,7 +810,10 @@ pub(crate) fn start_audio(
             Box::new(move || Ok(t.frame()))
         }
         AudioSource::File(path) => {
-            let w = wav::read(path).map_err(|e| CallError::Source(e.to_string()))?;
+            let w = wav::read(path).map_err(|source| CallError::File {
+                path: path.clone(),
+                source,
+            })?;
             if w.rate != 48_000 || w.channels != 1 || w.samples.is_empty() {
                 return Err(CallError::Source(format!(
                     "{}: need 48 kHz mono 16-bit audio, got {} Hz × {} channels (convert it: \
@@ -832,8 +846,7 @@ pub(crate) fn start_audio(
         }
         AudioSource::None => return Err(CallError::Source("no audio source".into())),
     };
-    let mut enc =
-        AudioEncoder::new(AudioConfig::default()).map_err(|e| CallError::Codec(e.to_string()))?;
+    let mut enc = AudioEncoder::new(AudioConfig::default())?;
     spawn_capture("audio-capture", move |cmds, stop, capture| {
         let mut n: u64 = 0;
         let mut active = true;
@@ -1066,12 +1079,14 @@ pub(crate) fn start_render(
         s.speaker = label;
     }
     let (tx, rx) = std_mpsc::sync_channel::<Render>(256);
-    let mut vdec = VideoDecoder::new().map_err(|e| CallError::Codec(e.to_string()))?;
-    let mut adec = AudioDecoder::new().map_err(|e| CallError::Codec(e.to_string()))?;
+    let mut vdec = VideoDecoder::new()?;
+    let mut adec = AudioDecoder::new()?;
     let mut wav_out = match &sinks.audio {
         Some(p) => {
-            let w =
-                wav::WavWriter::create(p, 48_000, 1).map_err(|e| CallError::Sink(e.to_string()))?;
+            let w = wav::WavWriter::create(p, 48_000, 1).map_err(|source| CallError::File {
+                path: p.clone(),
+                source,
+            })?;
             note_recording(&stats, w.path());
             Some(w)
         }
@@ -1191,7 +1206,10 @@ pub(crate) fn start_render(
             }
             Ok(())
         })
-        .map_err(|e| CallError::Sink(format!("cannot start the render thread: {e}")))?;
+        .map_err(|source| CallError::Thread {
+            name: "render".into(),
+            source,
+        })?;
     Ok((tx, h))
 }
 

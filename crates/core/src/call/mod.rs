@@ -68,18 +68,46 @@ pub enum CallError {
     /// No call with that id.
     #[error("no such call")]
     NoSuchCall,
-    /// A media source cannot be opened.
+    /// A media source cannot be used; the text says which devices exist or what to pass
+    /// instead.
     #[error("media source: {0}")]
     Source(String),
-    /// A sink cannot be written.
+    /// A sink cannot be used; the text says what to pass instead.
     #[error("media sink: {0}")]
     Sink(String),
+    /// A media file (Y4M, WAV) cannot be read or written.
+    #[error("media file {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: p2pcall_media_io::IoError,
+    },
+    /// A camera or microphone failed.
+    #[error("media device: {0}")]
+    Device(#[from] p2pcall_devices::DeviceError),
+    /// A captured frame could not be scaled to the call's size.
+    #[error("scaling a frame: {0}")]
+    Scale(#[source] p2pcall_media_io::IoError),
     /// A codec failed to start.
     #[error("codec: {0}")]
-    Codec(String),
+    Codec(#[from] p2pcall_codec::CodecError),
+    /// A capture, grab or render thread could not start.
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        /// Which thread.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The call stream could not be opened.
+    #[error("the call stream could not be opened: {0}")]
+    Open(#[from] quinn::ConnectionError),
     /// The call stream failed.
     #[error("the call stream failed: {0}")]
-    Stream(String),
+    Stream(#[from] quinn::WriteError),
 }
 
 /// How to place or answer a call.
@@ -542,14 +570,8 @@ pub(crate) async fn dial(
     if shared.call.lock().is_some() {
         return Err(CallError::Busy);
     }
-    let (mut send, recv) = conn
-        .quic()
-        .open_bi()
-        .await
-        .map_err(|e| CallError::Stream(e.to_string()))?;
-    send.write_all(&[CALL])
-        .await
-        .map_err(|e| CallError::Stream(e.to_string()))?;
+    let (mut send, recv) = conn.quic().open_bi().await?;
+    send.write_all(&[CALL]).await?;
     let id: CallId = rand::random();
     let call = Call::dial(Instant::now(), id, opts.describe(true, true));
     let chans = register(&shared, id, conn.peer())?;
