@@ -51,6 +51,15 @@ async fn p2pcall_send(root: &Path, dest: &Path) -> Result<(f64, u64, String)> {
     let (bob, mut be) = p2pcall_demo::local_peer("bob", relay.udp_addr).await?;
     alice.wait_relay(std::time::Duration::from_secs(5)).await?;
     bob.wait_relay(std::time::Duration::from_secs(5)).await?;
+    // Alice's presence list must hold bob before she dials: a peer the relay does not list
+    // is refused at once as offline (bob may register after alice's snapshot).
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !alice.online_peers().iter().any(|p| p.id == bob.id()) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    anyhow::ensure!(seen.is_ok(), "alice never saw bob online");
     let conn = alice.connect(bob.id()).await?;
     conn.wait_path(std::time::Duration::from_secs(5), |p| {
         matches!(p, p2pcall_core::Path::Direct(_))

@@ -150,55 +150,14 @@ pub async fn run(bytes: u64) -> Result<DemoReport, DemoError> {
 async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError> {
     let step = |s: &str| DemoError::Step(s.to_string());
     let (alice, mut alice_events) = local_peer("alice", relay).await?;
-    let (bob, mut bob_events) = local_peer("bob", relay).await?;
+    let (bob, bob_events) = local_peer("bob", relay).await?;
     alice.wait_relay(Duration::from_secs(5)).await?;
     bob.wait_relay(Duration::from_secs(5)).await?;
 
-    // Presence: each must see the other (bob may have registered after alice's snapshot).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut presence_ok = false;
-    while Instant::now() < deadline {
-        let a_sees = alice.online_peers().iter().any(|p| p.id == bob.id());
-        let b_sees = bob.online_peers().iter().any(|p| p.id == alice.id());
-        if a_sees && b_sees {
-            presence_ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let presence_ok = see_each_other(&alice, &bob).await;
 
-    // Bob: collect the signal and the incoming connection.
-    let (sig_tx, sig_rx) = tokio::sync::oneshot::channel();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let inbox = tempfile::tempdir().map_err(|e| step(&e.to_string()))?;
-    let inbox_path = inbox.path().to_path_buf();
-    let bob2 = bob.clone();
-    tokio::spawn(async move {
-        let (mut sig_tx, mut done_tx) = (Some(sig_tx), Some(done_tx));
-        while let Some(e) = bob_events.recv().await {
-            match e {
-                EngineEvent::Net(p2pcall_net::Event::Signal { payload, .. }) => {
-                    if let Some(t) = sig_tx.take() {
-                        let _ = t.send(payload);
-                    }
-                }
-                EngineEvent::Transfer(TransferEvent::Offered(o)) => {
-                    let _ = bob2.accept_offer(o.peer, o.id, inbox_path.clone());
-                }
-                EngineEvent::Call(p2pcall_core::call::CallEvent::Incoming { call, .. }) => {
-                    let _ = bob2
-                        .answer(call, p2pcall_core::call::CallOptions::default())
-                        .await;
-                }
-                EngineEvent::Transfer(TransferEvent::Finished(s)) => {
-                    if let Some(t) = done_tx.take() {
-                        let _ = t.send(s);
-                    }
-                }
-                _ => {}
-            }
-        }
-    });
+    let (sig_rx, done_rx) = serve_bob(bob.clone(), bob_events, inbox.path().to_path_buf());
     let hello = Bytes::from_static(b"hello bob, this is alice");
     alice.signal(bob.id(), hello.clone()).await?;
     let signal_ok = tokio::time::timeout(Duration::from_secs(5), sig_rx)
@@ -231,28 +190,8 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
         return Err(step("bob's hash of the streamed bytes differs"));
     }
 
-    // Chat: three messages, delivered, then read by bob.
     let t_chat = Instant::now();
-    let mut last = None;
-    for text in ["hi bob", "the folder is coming", "été ✓"] {
-        last = Some(alice.send_message(bob.id(), text).await?);
-    }
-    let delivered = last.as_ref().map(|m| m.state) == Some(MessageState::Delivered);
-    bob.mark_read(alice.id()).await?;
-    let read = alice
-        .store()
-        .history(&bob.id(), None, 3)
-        .map_err(EngineError::from)?
-        .iter()
-        .all(|m| m.state == MessageState::Read);
-    let bob_got: Vec<String> = bob
-        .store()
-        .history(&alice.id(), None, 10)
-        .map_err(EngineError::from)?
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
-    let chat_ok = delivered && read && bob_got == ["hi bob", "the folder is coming", "été ✓"];
+    let chat_ok = chat_round(&alice, &bob).await?;
     let chat_time = t_chat.elapsed();
 
     // Folder transfer: bob's event task accepts into its own temporary folder.
@@ -270,37 +209,7 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
         .map_err(|_| step("bob's event task ended"))?;
     let files_ok = received.hashes == sent.hashes && received.files == sent.files;
 
-    // A short call: alice dials, bob's event task answers; both send the test pattern and
-    // a tone; alice's final statistics say what she received.
-    let opts = p2pcall_core::call::CallOptions {
-        duration: Some(DEMO_CALL),
-        ..Default::default()
-    };
-    alice.call(bob.id(), opts).await?;
-    let ended = tokio::time::timeout(DEMO_CALL + Duration::from_secs(10), async {
-        while let Some(e) = alice_events.recv().await {
-            if let EngineEvent::Call(p2pcall_core::call::CallEvent::Ended {
-                reason, stats, ..
-            }) = e
-            {
-                return Some((reason, stats));
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten();
-    let (call, call_ok) = match ended {
-        Some((reason, stats)) => {
-            let ok = p2pcall_core::call::describe_end(&reason).0 == "finished"
-                && stats.as_ref().is_some_and(|s| {
-                    s.video_decoded > 0 && s.audio_samples > 0 && s.recv.len() == 2
-                });
-            (stats.map(|s| *s), ok)
-        }
-        None => (None, false),
-    };
+    let (call, call_ok) = short_call(&alice, &bob, &mut alice_events).await?;
 
     let report = DemoReport {
         relay,
@@ -334,6 +243,125 @@ async fn run_with(relay: SocketAddr, bytes: u64) -> Result<DemoReport, DemoError
     alice.shutdown().await;
     bob.shutdown().await;
     Ok(report)
+}
+
+/// Waits up to 5 s until each sees the other online (bob may have registered after alice's
+/// snapshot).
+async fn see_each_other(alice: &EngineHandle, bob: &EngineHandle) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let a_sees = alice.online_peers().iter().any(|p| p.id == bob.id());
+        let b_sees = bob.online_peers().iter().any(|p| p.id == alice.id());
+        if a_sees && b_sees {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Bob's side: passes on the first signal, accepts file offers into `inbox`, answers calls,
+/// and passes on the first finished transfer.
+fn serve_bob(
+    bob: EngineHandle,
+    mut events: tokio::sync::mpsc::Receiver<EngineEvent>,
+    inbox: std::path::PathBuf,
+) -> (
+    tokio::sync::oneshot::Receiver<Bytes>,
+    tokio::sync::oneshot::Receiver<p2pcall_core::transfer::Summary>,
+) {
+    let (sig_tx, sig_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut sig_tx, mut done_tx) = (Some(sig_tx), Some(done_tx));
+        while let Some(e) = events.recv().await {
+            match e {
+                EngineEvent::Net(p2pcall_net::Event::Signal { payload, .. }) => {
+                    if let Some(t) = sig_tx.take() {
+                        let _ = t.send(payload);
+                    }
+                }
+                EngineEvent::Transfer(TransferEvent::Offered(o)) => {
+                    let _ = bob.accept_offer(o.peer, o.id, inbox.clone());
+                }
+                EngineEvent::Call(p2pcall_core::call::CallEvent::Incoming { call, .. }) => {
+                    let _ = bob
+                        .answer(call, p2pcall_core::call::CallOptions::default())
+                        .await;
+                }
+                EngineEvent::Transfer(TransferEvent::Finished(s)) => {
+                    if let Some(t) = done_tx.take() {
+                        let _ = t.send(s);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    (sig_rx, done_rx)
+}
+
+/// Three messages, delivered in order, then read by bob: whether all of it happened.
+async fn chat_round(alice: &EngineHandle, bob: &EngineHandle) -> Result<bool, DemoError> {
+    const TEXTS: [&str; 3] = ["hi bob", "the folder is coming", "été ✓"];
+    let mut last = None;
+    for text in TEXTS {
+        last = Some(alice.send_message(bob.id(), text).await?);
+    }
+    let delivered = last.as_ref().map(|m| m.state) == Some(MessageState::Delivered);
+    bob.mark_read(alice.id()).await?;
+    let read = alice
+        .store()
+        .history(&bob.id(), None, 3)
+        .map_err(EngineError::from)?
+        .iter()
+        .all(|m| m.state == MessageState::Read);
+    let bob_got: Vec<String> = bob
+        .store()
+        .history(&alice.id(), None, 10)
+        .map_err(EngineError::from)?
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    Ok(delivered && read && bob_got == TEXTS)
+}
+
+/// A short call: alice dials, bob's event task answers; both send the test pattern and a
+/// tone; alice's final statistics say what she received.
+async fn short_call(
+    alice: &EngineHandle,
+    bob: &EngineHandle,
+    alice_events: &mut tokio::sync::mpsc::Receiver<EngineEvent>,
+) -> Result<(Option<p2pcall_core::call::CallStats>, bool), DemoError> {
+    let opts = p2pcall_core::call::CallOptions {
+        duration: Some(DEMO_CALL),
+        ..Default::default()
+    };
+    alice.call(bob.id(), opts).await?;
+    let ended = tokio::time::timeout(DEMO_CALL + Duration::from_secs(10), async {
+        while let Some(e) = alice_events.recv().await {
+            if let EngineEvent::Call(p2pcall_core::call::CallEvent::Ended {
+                reason, stats, ..
+            }) = e
+            {
+                return Some((reason, stats));
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    Ok(match ended {
+        Some((reason, stats)) => {
+            let ok = p2pcall_core::call::describe_end(&reason).0 == "finished"
+                && stats.as_ref().is_some_and(|s| {
+                    s.video_decoded > 0 && s.audio_samples > 0 && s.recv.len() == 2
+                });
+            (stats.map(|s| *s), ok)
+        }
+        None => (None, false),
+    })
 }
 
 /// A small tree: nested folders, an empty folder, an empty file, a unicode name, and a
