@@ -181,6 +181,24 @@ pub(crate) fn known_name(
     })
 }
 
+/// The `connected` event of a dialing command, in JSON.
+pub(crate) fn connected_json(
+    engine: &EngineHandle,
+    conn: &p2pcall_net::PeerConnection,
+    setup: Duration,
+    transport: Option<RelayTransport>,
+) -> serde_json::Value {
+    use crate::output::{ms, path_str, peer_obj, transport_name};
+    serde_json::json!({
+        "event": "connected",
+        "peer": peer_obj(&conn.peer(), known_name(engine, conn).as_deref()),
+        "connect_ms": ms(setup),
+        "path": path_str(&conn.path()),
+        "relay_transport": transport_name(transport),
+        "safety_number": conn.safety_number().to_string(),
+    })
+}
+
 /// Registers with the relay, finds the peer the user means, and connects to it.
 pub(crate) async fn dial(cli: &Cli, query: &str) -> Result<Dialed> {
     let (engine, mut events) = start_engine(cli, true).await?;

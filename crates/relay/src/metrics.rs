@@ -41,24 +41,9 @@ const DROPS: [(DropReason, &str); 8] = [
     (DropReason::Malformed, "malformed"),
 ];
 
-/// Why a session was refused or closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
-    /// Wrong or missing token.
-    BadToken,
-    /// Max peers reached.
-    ServerFull,
-    /// Replaced by a newer login with the same key.
-    Replaced,
-    /// Protocol violation (bad frame, wrong order, no key).
-    Protocol,
-    /// Control frames above the rate limit.
-    RateLimited,
-    /// Handshake or hello too slow.
-    Timeout,
-    /// Connection lost or closed by the peer.
-    Disconnected,
-}
+/// Why a session was refused or closed: the session machine's causes (a shutdown is not
+/// counted).
+pub use p2pcall_proto::relay::server::CloseCause as Close;
 
 const CLOSES: [(Close, &str); 7] = [
     (Close::BadToken, "bad_token"),
@@ -103,7 +88,7 @@ impl Metrics {
         }
     }
 
-    /// Counts a refused or closed session.
+    /// Counts a refused or closed session (a shutdown is not counted).
     pub fn close(&self, why: Close) {
         if let Some(i) = CLOSES.iter().position(|(c, _)| *c == why) {
             self.closes[i].fetch_add(1, Ordering::Relaxed);
@@ -116,22 +101,6 @@ impl Metrics {
             .iter()
             .position(|(d, _)| *d == why)
             .map_or(0, |i| self.drops[i].load(Ordering::Relaxed))
-    }
-
-    /// Counts a session closed by its state machine (a shutdown is not counted).
-    pub fn close_cause(&self, cause: p2pcall_proto::relay::server::CloseCause) {
-        use p2pcall_proto::relay::server::CloseCause as C;
-        let why = match cause {
-            C::BadToken => Close::BadToken,
-            C::ServerFull => Close::ServerFull,
-            C::Replaced => Close::Replaced,
-            C::Protocol => Close::Protocol,
-            C::RateLimited => Close::RateLimited,
-            C::Timeout => Close::Timeout,
-            C::Disconnected => Close::Disconnected,
-            C::ShuttingDown => return,
-        };
-        self.close(why);
     }
 
     /// Closes counted for `why`.

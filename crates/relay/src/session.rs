@@ -239,7 +239,7 @@ async fn end_unregistered<W: AsyncWrite + Unpin>(
     send: &mut W,
     c: Closure,
 ) -> (u32, String) {
-    shared.metrics.close_cause(c.cause);
+    shared.metrics.close(c.cause);
     if c.tell_peer {
         let mut out = Vec::new();
         ServerFrame::Refused {
@@ -313,7 +313,7 @@ where
     };
 
     let end = serve(&shared, &session, &mut machine, &mut reader).await;
-    shared.metrics.close_cause(end.cause);
+    shared.metrics.close(end.cause);
     session.end(end.reason, &end.detail);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     unregister(&shared, &session);

@@ -184,6 +184,36 @@ impl Core {
     }
 }
 
+/// The polling half every control machine shares: frames out, events, timers.
+macro_rules! polls {
+    () => {
+        /// A frame for the other side, if one is due.
+        pub fn poll_transmit(&mut self) -> Option<TransferFrame> {
+            self.core.transmit.pop_front()
+        }
+
+        /// The next thing to do.
+        pub fn poll_event(&mut self) -> Option<ControlEvent> {
+            self.core.events.pop_front()
+        }
+
+        /// When `handle_timeout` is due (progress ticks while data flows).
+        pub fn poll_timeout(&self) -> Option<Instant> {
+            self.core.next_progress
+        }
+
+        /// Time passed.
+        pub fn handle_timeout(&mut self, now: Instant) {
+            self.core.handle_timeout(now);
+        }
+
+        /// Whether the transfer has ended.
+        pub fn is_ended(&self) -> bool {
+            self.core.ended
+        }
+    };
+}
+
 /// The sender's side of the control stream.
 #[derive(Debug)]
 pub struct SenderControl {
@@ -211,30 +241,7 @@ impl SenderControl {
         }
     }
 
-    /// A frame for the receiver, if one is due.
-    pub fn poll_transmit(&mut self) -> Option<TransferFrame> {
-        self.core.transmit.pop_front()
-    }
-
-    /// The next thing to do.
-    pub fn poll_event(&mut self) -> Option<ControlEvent> {
-        self.core.events.pop_front()
-    }
-
-    /// When [`SenderControl::handle_timeout`] is due.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.core.next_progress
-    }
-
-    /// Time passed.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.core.handle_timeout(now);
-    }
-
-    /// Whether the transfer has ended.
-    pub fn is_ended(&self) -> bool {
-        self.core.ended
-    }
+    polls!();
 
     /// A frame from the receiver (or why it could not be decoded).
     pub fn handle_frame(&mut self, now: Instant, frame: Result<TransferFrame, DecodeError>) {
@@ -352,30 +359,7 @@ impl ReceiverControl {
         Self { core }
     }
 
-    /// A frame for the sender, if one is due.
-    pub fn poll_transmit(&mut self) -> Option<TransferFrame> {
-        self.core.transmit.pop_front()
-    }
-
-    /// The next thing to do.
-    pub fn poll_event(&mut self) -> Option<ControlEvent> {
-        self.core.events.pop_front()
-    }
-
-    /// When [`ReceiverControl::handle_timeout`] is due.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.core.next_progress
-    }
-
-    /// Time passed.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.core.handle_timeout(now);
-    }
-
-    /// Whether the transfer has ended.
-    pub fn is_ended(&self) -> bool {
-        self.core.ended
-    }
+    polls!();
 
     /// A frame from the sender (or why it could not be decoded): only `Abort` may come now.
     pub fn handle_frame(&mut self, frame: Result<TransferFrame, DecodeError>) {

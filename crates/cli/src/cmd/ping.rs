@@ -43,10 +43,7 @@ pub(crate) async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
         connected,
     } = dial(cli, &a.peer).await?;
     if cli.json {
-        outln!(
-            "{}",
-            json!({"event": "connected", "peer": peer_obj(&peer, known_name(&engine, &conn).as_deref()), "connect_ms": ms(setup), "path": path_str(&conn.path()), "relay_transport": transport_name(transport), "safety_number": conn.safety_number().to_string()})
-        );
+        outln!("{}", connected_json(&engine, &conn, setup, transport));
     } else {
         outln!(
             "connected to {} in {:.1} ms via {}",

@@ -26,15 +26,12 @@ pub(crate) async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
         mut events,
         peer,
         conn,
+        transport,
         setup,
         connected,
-        ..
     } = dial(cli, &a.peer).await?;
     if cli.json {
-        outln!(
-            "{}",
-            json!({"event": "connected", "peer": peer_obj(&peer, known_name(&engine, &conn).as_deref()), "connect_ms": ms(setup), "path": path_str(&conn.path())})
-        );
+        outln!("{}", connected_json(&engine, &conn, setup, transport));
     } else {
         outln!(
             "connected to {} in {:.1} ms via {}; sending {}",
