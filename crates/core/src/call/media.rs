@@ -798,7 +798,7 @@ pub(crate) fn start_audio(
 ) -> Result<Capture, CallError> {
     // A microphone paces capture itself; generated and file audio is paced by the clock.
     let mut paced = false;
-    let mut next_pcm: Box<dyn FnMut() -> Result<Vec<i16>, String> + Send> = match src {
+    let next_pcm: PcmSource = match src {
         AudioSource::Tone => {
             // With beacons on the wall clock: a receiver on the same host times them. The
             // frame is complete now, so its first sample was "captured" 20 ms ago.
@@ -846,71 +846,100 @@ pub(crate) fn start_audio(
         }
         AudioSource::None => return Err(CallError::Source("no audio source".into())),
     };
-    let mut enc = AudioEncoder::new(AudioConfig::default())?;
+    let enc = AudioEncoder::new(AudioConfig::default())?;
     spawn_capture("audio-capture", move |cmds, stop, capture| {
-        let mut n: u64 = 0;
-        let mut active = true;
+        let mut a = AudioLoop {
+            n: 0,
+            active: true,
+            paced,
+            next_pcm,
+            enc,
+            epoch,
+            out,
+            capture,
+        };
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             while let Ok(c) = cmds.try_recv() {
-                if let CaptureCmd::Active(a) = c {
-                    active = a;
+                if let CaptureCmd::Active(on) = c {
+                    a.active = on;
                 }
             }
-            // Frame n is captured at epoch + 20 ms × n: one clock for audio and video.
-            let due = epoch + Duration::from_millis(20 * (n + 1));
-            let now = Instant::now();
-            if paced {
-                // The device's clock rules and the frame count is the timestamp; a device
-                // that hands out audio faster than real time (ALSA `null`) is held to it.
-                let ahead = Duration::from_millis(40);
-                if now + ahead < due {
-                    std::thread::sleep(due - ahead - now);
-                }
-            } else if now < due {
-                std::thread::sleep(due - now);
-            } else if now > due + Duration::from_millis(200) {
-                // Fell behind: skip ahead (the receiver sees a gap, not a burst).
-                n = (now.saturating_duration_since(epoch).as_millis() / 20) as u64;
-                continue;
-            }
-            let ts = (n * u64::from(FRAME_SAMPLES)) as u32;
-            n += 1;
-            let pcm = match next_pcm() {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = errors.blocking_send(e);
+            match a.step() {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => return,
+                Err(msg) => {
+                    let _ = errors.blocking_send(msg);
                     return;
                 }
-            };
-            if !active {
-                continue;
-            }
-            let data = match enc.encode(&pcm) {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = errors.blocking_send(format!("audio encoder: {e}"));
-                    return;
-                }
-            };
-            // DTX: a 1–2 byte packet says "silence"; Opus still wants it sent sparsely,
-            // the encoder already spaces them.
-            if out
-                .try_send(Encoded {
-                    audio: true,
-                    data: Bytes::from(data),
-                    timestamp: ts,
-                    keyframe: true,
-                    capture_time: Duration::ZERO,
-                    encode_time: Duration::ZERO,
-                    capture,
-                })
-                .is_err()
-                && out.is_closed()
-            {
-                return;
             }
         }
     })
+}
+
+/// A source of 20 ms frames of 48 kHz mono audio.
+type PcmSource = Box<dyn FnMut() -> Result<Vec<i16>, String> + Send>;
+
+/// The audio capture thread's state; [`AudioLoop::step`] waits for, reads and encodes one
+/// 20 ms frame.
+struct AudioLoop {
+    /// Frames so far (frame n is captured at epoch + 20 ms × n: one clock for audio and
+    /// video).
+    n: u64,
+    active: bool,
+    /// The source paces itself (a microphone); otherwise the clock does.
+    paced: bool,
+    next_pcm: PcmSource,
+    enc: AudioEncoder,
+    epoch: Instant,
+    out: mpsc::Sender<Encoded>,
+    capture: u64,
+}
+
+impl AudioLoop {
+    fn step(&mut self) -> Result<Flow, String> {
+        let due = self.epoch + Duration::from_millis(20 * (self.n + 1));
+        let now = Instant::now();
+        if self.paced {
+            // The device's clock rules and the frame count is the timestamp; a device that
+            // hands out audio faster than real time (ALSA `null`) is held to it.
+            let ahead = Duration::from_millis(40);
+            if now + ahead < due {
+                std::thread::sleep(due - ahead - now);
+            }
+        } else if now < due {
+            std::thread::sleep(due - now);
+        } else if now > due + Duration::from_millis(200) {
+            // Fell behind: skip ahead (the receiver sees a gap, not a burst).
+            self.n = (now.saturating_duration_since(self.epoch).as_millis() / 20) as u64;
+            return Ok(Flow::Continue);
+        }
+        let ts = (self.n * u64::from(FRAME_SAMPLES)) as u32;
+        self.n += 1;
+        let pcm = (self.next_pcm)()?;
+        if !self.active {
+            return Ok(Flow::Continue);
+        }
+        let data = self
+            .enc
+            .encode(&pcm)
+            .map_err(|e| format!("audio encoder: {e}"))?;
+        // DTX: a 1–2 byte packet says "silence"; Opus still wants it sent sparsely, the
+        // encoder already spaces them.
+        let sent = self.out.try_send(Encoded {
+            audio: true,
+            data: Bytes::from(data),
+            timestamp: ts,
+            keyframe: true,
+            capture_time: Duration::ZERO,
+            encode_time: Duration::ZERO,
+            capture: self.capture,
+        });
+        Ok(if sent.is_err() && self.out.is_closed() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
+    }
 }
 
 /// What the render thread is asked to do.
