@@ -117,6 +117,16 @@ pub(crate) fn argument_error(e: &clap::Error) -> std::process::ExitCode {
     std::process::ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
 
+/// Paths as strings (JSON arrays, command lines).
+pub(crate) fn path_strings(paths: &[std::path::PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| p.display().to_string()).collect()
+}
+
+/// Paths for people: comma-separated.
+pub(crate) fn path_list(paths: &[std::path::PathBuf]) -> String {
+    path_strings(paths).join(", ")
+}
+
 /// A peer, the same object in every JSON output.
 pub(crate) fn peer_obj(id: &PeerId, name: Option<&str>) -> Value {
     json!({"id": id.to_hex(), "fingerprint": id.fingerprint().to_string(), "name": name})
@@ -379,8 +389,8 @@ pub(crate) fn summary_json(s: &Summary) -> Value {
         "outgoing": s.outgoing, "files": s.files, "folders": s.dirs, "total_bytes": s.total_bytes,
         "resumed_bytes": s.resumed_bytes, "elapsed_ms": ms(s.elapsed),
         "mb_per_s": s.bytes_per_s() / 1e6,
-        "placed": s.placed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "skipped": s.skipped.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "placed": path_strings(&s.placed),
+        "skipped": path_strings(&s.skipped),
         "blake3": s.hashes.iter().map(|(p, h)| json!({"path": p, "blake3": hex(h)})).collect::<Vec<_>>(),
     })
 }
@@ -465,14 +475,7 @@ pub(crate) fn transfer_text(t: &TransferEvent) -> String {
             if s.placed.is_empty() {
                 String::new()
             } else {
-                format!(
-                    "; saved as {}",
-                    s.placed
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                format!("; saved as {}", path_list(&s.placed))
             }
         ),
         TransferEvent::Failed {

@@ -111,11 +111,7 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
         if !s.skipped.is_empty() {
             outln!(
                 "skipped (symlinks or special files): {}",
-                s.skipped
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                path_list(&s.skipped)
             );
         }
     }

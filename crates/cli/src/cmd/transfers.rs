@@ -11,7 +11,7 @@ use p2pcall_core::transfer::{id_hex, parse_id};
 use p2pcall_store::{TransferRecord, TransferState};
 use serde_json::json;
 
-use crate::output::{human, peer_obj, since};
+use crate::output::{human, path_strings, peer_obj, since};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -91,7 +91,7 @@ fn incoming_json(store: &Store, u: &Unfinished) -> serde_json::Value {
         "id": id_hex(&r.id), "peer": peer_of(store, r),
         "state": state(r), "total_bytes": r.total_bytes, "files": r.files,
         "dest": r.dest.as_ref().map(|d| d.display().to_string()),
-        "partial_files": u.partials.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "partial_files": path_strings(&u.partials),
         "partial_bytes": u.partial_bytes, "updated_ms": r.updated_ms,
     })
 }
@@ -108,7 +108,7 @@ fn list(store: &Store, json: bool) -> Result<()> {
                 "outgoing": outgoing.iter().map(|r| json!({
                     "id": id_hex(&r.id), "peer": peer_of(store, r), "state": state(r), "total_bytes": r.total_bytes,
                     "files": r.files, "updated_ms": r.updated_ms,
-                    "sources": r.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    "sources": path_strings(&r.sources),
                 })).collect::<Vec<_>>(),
             })
         );
@@ -136,11 +136,7 @@ fn list(store: &Store, json: bool) -> Result<()> {
             "{}: run `p2pcall send {} {}` again to resume",
             line(store, r),
             r.peer.fingerprint(),
-            r.sources
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
+            path_strings(&r.sources).join(" "),
         );
     }
     if !incoming.is_empty() {
