@@ -14,8 +14,9 @@ use p2pcall_proto::chat::{ChatFrame, MAX_FRAME, MAX_READ_IDS, MAX_TEXT, MessageI
 use p2pcall_store::{Message, MessageState, now_ms};
 use p2pcall_tls::framed::{FrameReadError, FrameReader};
 
-use crate::EngineError;
-use crate::engine::{EngineEvent, EngineHandle, Shared};
+use crate::context::Context;
+use crate::error::EngineError;
+use crate::events::Emitter;
 
 /// Kind byte of a chat stream.
 pub const CHAT: u8 = p2pcall_proto::stream::StreamKind::Chat.byte();
@@ -38,16 +39,13 @@ pub enum ChatEvent {
     },
 }
 
-/// One delivery at a time per peer (a second caller waits, then finds nothing left to do).
-#[derive(Debug, Default)]
-pub(crate) struct ChatState {
+/// The chat service.
+#[derive(Debug)]
+pub(crate) struct Chat {
+    ctx: Arc<Context>,
+    events: Emitter<ChatEvent>,
+    /// One delivery at a time per peer (a second caller waits, then finds nothing left).
     flushing: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl ChatState {
-    fn lock_for(&self, peer: PeerId) -> Arc<tokio::sync::Mutex<()>> {
-        self.flushing.lock().entry(peer).or_default().clone()
-    }
 }
 
 fn encode(f: &ChatFrame) -> Vec<u8> {
@@ -60,27 +58,32 @@ fn stream_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Stream(e.to_string())
 }
 
-async fn emit(shared: &Shared, e: ChatEvent) {
-    shared.emit(EngineEvent::Chat(e));
-}
+impl Chat {
+    pub(crate) fn new(ctx: Arc<Context>, events: Emitter<ChatEvent>) -> Self {
+        Self {
+            ctx,
+            events,
+            flushing: Mutex::default(),
+        }
+    }
 
-impl EngineHandle {
     /// Stores a message to `peer` (state queued) and tries to deliver it now. A peer that is
     /// offline gets it when both are online again. Returns the message as it stands after
     /// the attempt.
-    pub async fn send_message(&self, peer: PeerId, text: &str) -> Result<Message, EngineError> {
+    pub(crate) async fn send(&self, peer: PeerId, text: &str) -> Result<Message, EngineError> {
         if text.len() > MAX_TEXT {
             return Err(EngineError::MessageTooLong {
                 len: text.len(),
                 max: MAX_TEXT,
             });
         }
-        let m = self.store().queue_message(&peer, text, now_ms())?;
-        if let Err(e) = self.flush_chat(peer).await {
+        let m = self.ctx.store.queue_message(&peer, text, now_ms())?;
+        if let Err(e) = self.flush(peer).await {
             tracing::debug!(%peer, "message queued: {e}");
         }
         let latest = self
-            .store()
+            .ctx
+            .store
             .history(&peer, Some(m.rowid + 1), 1)?
             .pop()
             .filter(|x| x.id == m.id)
@@ -90,10 +93,10 @@ impl EngineHandle {
 
     /// Marks the conversation with `peer` as read and sends the read receipts (now, or when
     /// the peer is reachable). Returns how many messages were newly read.
-    pub async fn mark_read(&self, peer: PeerId) -> Result<usize, EngineError> {
-        let n = self.store().mark_read(&peer)?;
+    pub(crate) async fn mark_read(&self, peer: PeerId) -> Result<usize, EngineError> {
+        let n = self.ctx.store.mark_read(&peer)?;
         if n > 0
-            && let Err(e) = self.flush_chat(peer).await
+            && let Err(e) = self.flush(peer).await
         {
             tracing::debug!(%peer, "read receipts queued: {e}");
         }
@@ -102,183 +105,175 @@ impl EngineHandle {
 
     /// Delivers every queued message and read receipt to `peer` if it is online. Does
     /// nothing (and connects nowhere) when nothing waits.
-    pub async fn flush_chat(&self, peer: PeerId) -> Result<(), EngineError> {
-        let shared = self.shared().clone();
-        let lock = shared.chat.lock_for(peer);
+    pub(crate) async fn flush(&self, peer: PeerId) -> Result<(), EngineError> {
+        let lock = self.flushing.lock().entry(peer).or_default().clone();
         let _guard = lock.lock().await;
-        let messages = shared.store.undelivered(&peer)?;
-        let receipts = shared.store.pending_receipts(&peer)?;
-        if messages.is_empty() && receipts.is_empty() {
+        let store = &self.ctx.store;
+        let messages = store.undelivered(&peer)?;
+        let receipts = store.pending_receipts(&peer)?;
+        if messages.is_empty() && receipts.is_empty() || !self.ctx.reachable(peer) {
             return Ok(());
         }
-        if !self.online_peers().iter().any(|p| p.id == peer) && !self.has_connection(peer) {
-            return Ok(());
-        }
-        let conn = self.connect(peer).await?;
-        deliver(&shared, &conn, messages, receipts).await
+        let conn = self.ctx.connect(peer).await?;
+        self.deliver(&conn, messages, receipts).await
     }
-}
 
-async fn deliver(
-    shared: &Arc<Shared>,
-    conn: &PeerConnection,
-    messages: Vec<Message>,
-    receipts: Vec<MessageId>,
-) -> Result<(), EngineError> {
-    let peer = conn.peer();
-    let (mut send, recv) = conn
-        .quic()
-        .open_bi()
-        .await
-        .map_err(|e| EngineError::Net(e.into()))?;
-    let mut out = vec![CHAT];
-    for m in &messages {
-        ChatFrame::Message {
-            id: m.id,
-            seq: m.seq,
-            sent_ms: m.sent_ms,
-            text: m.text.clone(),
+    async fn deliver(
+        &self,
+        conn: &PeerConnection,
+        messages: Vec<Message>,
+        receipts: Vec<MessageId>,
+    ) -> Result<(), EngineError> {
+        let peer = conn.peer();
+        let (mut send, recv) = conn
+            .quic()
+            .open_bi()
+            .await
+            .map_err(|e| EngineError::Net(e.into()))?;
+        let mut out = vec![CHAT];
+        for m in &messages {
+            ChatFrame::Message {
+                id: m.id,
+                seq: m.seq,
+                sent_ms: m.sent_ms,
+                text: m.text.clone(),
+            }
+            .encode(&mut out);
         }
-        .encode(&mut out);
-    }
-    let receipt_batches: Vec<&[MessageId]> = receipts.chunks(MAX_READ_IDS).collect();
-    for ids in &receipt_batches {
-        ChatFrame::Read { ids: ids.to_vec() }.encode(&mut out);
-    }
-    send.write_all(&out).await.map_err(stream_err)?;
-    let _ = send.finish();
-    for m in &messages {
-        if m.state == MessageState::Queued
-            && shared.store.advance(&peer, &m.id, MessageState::Sent)?
-        {
-            emit(
-                shared,
-                ChatEvent::State {
+        let receipt_batches: Vec<&[MessageId]> = receipts.chunks(MAX_READ_IDS).collect();
+        for ids in &receipt_batches {
+            ChatFrame::Read { ids: ids.to_vec() }.encode(&mut out);
+        }
+        send.write_all(&out).await.map_err(stream_err)?;
+        let _ = send.finish();
+        for m in &messages {
+            if m.state == MessageState::Queued
+                && self.ctx.store.advance(&peer, &m.id, MessageState::Sent)?
+            {
+                self.events.emit(ChatEvent::State {
                     peer,
                     id: m.id,
                     state: MessageState::Sent,
-                },
-            )
-            .await;
+                });
+            }
         }
-    }
-    let mut reader = FrameReader::new(recv, MAX_FRAME);
-    let mut waiting: std::collections::VecDeque<MessageId> =
-        messages.iter().map(|m| m.id).collect();
-    let mut batches = receipt_batches.into_iter();
-    while !waiting.is_empty() || batches.len() > 0 {
-        let raw = reader.next().await.map_err(stream_err)?;
-        match ChatFrame::decode(raw).map_err(|e| EngineError::Protocol(e.to_string()))? {
-            ChatFrame::Delivered { id } if waiting.front() == Some(&id) => {
-                waiting.pop_front();
-                if shared.store.advance(&peer, &id, MessageState::Delivered)? {
-                    emit(
-                        shared,
-                        ChatEvent::State {
+        let mut reader = FrameReader::new(recv, MAX_FRAME);
+        let mut waiting: std::collections::VecDeque<MessageId> =
+            messages.iter().map(|m| m.id).collect();
+        let mut batches = receipt_batches.into_iter();
+        while !waiting.is_empty() || batches.len() > 0 {
+            let raw = reader.next().await.map_err(stream_err)?;
+            match ChatFrame::decode(raw).map_err(|e| EngineError::Protocol(e.to_string()))? {
+                ChatFrame::Delivered { id } if waiting.front() == Some(&id) => {
+                    waiting.pop_front();
+                    if self
+                        .ctx
+                        .store
+                        .advance(&peer, &id, MessageState::Delivered)?
+                    {
+                        self.events.emit(ChatEvent::State {
                             peer,
                             id,
                             state: MessageState::Delivered,
-                        },
-                    )
-                    .await;
+                        });
+                    }
                 }
-            }
-            ChatFrame::ReadStored { count } if waiting.is_empty() => {
-                let Some(ids) = batches.next() else {
-                    return Err(EngineError::Protocol("unexpected ReadStored".into()));
-                };
-                if count as usize != ids.len() {
-                    return Err(EngineError::Protocol("ReadStored count differs".into()));
+                ChatFrame::ReadStored { count } if waiting.is_empty() => {
+                    let Some(ids) = batches.next() else {
+                        return Err(EngineError::Protocol("unexpected ReadStored".into()));
+                    };
+                    if count as usize != ids.len() {
+                        return Err(EngineError::Protocol("ReadStored count differs".into()));
+                    }
+                    self.ctx.store.receipts_sent(&peer, ids)?;
                 }
-                shared.store.receipts_sent(&peer, ids)?;
-            }
-            other => {
-                return Err(EngineError::Protocol(format!(
-                    "unexpected chat answer {other:?}"
-                )));
+                other => {
+                    return Err(EngineError::Protocol(format!(
+                        "unexpected chat answer {other:?}"
+                    )));
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Serves a chat stream the peer opened (its kind byte already read).
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    peer: PeerId,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
-) {
-    let mut reader = FrameReader::new(recv, MAX_FRAME);
-    loop {
-        let raw = match reader.next().await {
-            Ok(raw) => raw,
-            Err(FrameReadError::Closed) => break,
-            Err(e) => {
-                tracing::debug!(%peer, "chat stream: {e}");
-                let _ = send.reset(PROTOCOL_ERROR.into());
-                return;
-            }
-        };
-        let answer = match ChatFrame::decode(raw) {
-            Ok(ChatFrame::Message {
-                id,
-                seq,
-                sent_ms,
-                text,
-            }) => match shared
-                .store
-                .receive_message(&peer, &id, seq, sent_ms, &text, now_ms())
-            {
-                Ok(new) => {
-                    if let Some(m) = new {
-                        emit(&shared, ChatEvent::Received(m)).await;
-                    }
-                    ChatFrame::Delivered { id }
-                }
+    /// Serves a chat stream the peer opened (its kind byte already read).
+    pub(crate) async fn serve(
+        &self,
+        peer: PeerId,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let mut reader = FrameReader::new(recv, MAX_FRAME);
+        loop {
+            let raw = match reader.next().await {
+                Ok(raw) => raw,
+                Err(FrameReadError::Closed) => break,
                 Err(e) => {
-                    tracing::warn!(%peer, "cannot store a message: {e}");
+                    tracing::debug!(%peer, "chat stream: {e}");
                     let _ = send.reset(PROTOCOL_ERROR.into());
                     return;
                 }
-            },
-            Ok(ChatFrame::Read { ids }) => match shared.store.apply_read(&peer, &ids) {
-                Ok(changed) => {
-                    for id in changed {
-                        emit(
-                            &shared,
-                            ChatEvent::State {
+            };
+            let answer = match ChatFrame::decode(raw) {
+                Ok(ChatFrame::Message {
+                    id,
+                    seq,
+                    sent_ms,
+                    text,
+                }) => {
+                    match self
+                        .ctx
+                        .store
+                        .receive_message(&peer, &id, seq, sent_ms, &text, now_ms())
+                    {
+                        Ok(new) => {
+                            if let Some(m) = new {
+                                self.events.emit(ChatEvent::Received(m));
+                            }
+                            ChatFrame::Delivered { id }
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, "cannot store a message: {e}");
+                            let _ = send.reset(PROTOCOL_ERROR.into());
+                            return;
+                        }
+                    }
+                }
+                Ok(ChatFrame::Read { ids }) => match self.ctx.store.apply_read(&peer, &ids) {
+                    Ok(changed) => {
+                        for id in changed {
+                            self.events.emit(ChatEvent::State {
                                 peer,
                                 id,
                                 state: MessageState::Read,
-                            },
-                        )
-                        .await;
+                            });
+                        }
+                        ChatFrame::ReadStored {
+                            count: ids.len() as u32,
+                        }
                     }
-                    ChatFrame::ReadStored {
-                        count: ids.len() as u32,
+                    Err(e) => {
+                        tracing::warn!(%peer, "cannot store receipts: {e}");
+                        let _ = send.reset(PROTOCOL_ERROR.into());
+                        return;
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, "cannot store receipts: {e}");
+                },
+                Ok(other) => {
+                    tracing::debug!(%peer, "unexpected chat frame {other:?}");
                     let _ = send.reset(PROTOCOL_ERROR.into());
                     return;
                 }
-            },
-            Ok(other) => {
-                tracing::debug!(%peer, "unexpected chat frame {other:?}");
-                let _ = send.reset(PROTOCOL_ERROR.into());
+                Err(e) => {
+                    tracing::debug!(%peer, "bad chat frame: {e}");
+                    let _ = send.reset(PROTOCOL_ERROR.into());
+                    return;
+                }
+            };
+            if send.write_all(&encode(&answer)).await.is_err() {
                 return;
             }
-            Err(e) => {
-                tracing::debug!(%peer, "bad chat frame: {e}");
-                let _ = send.reset(PROTOCOL_ERROR.into());
-                return;
-            }
-        };
-        if send.write_all(&encode(&answer)).await.is_err() {
-            return;
         }
+        let _ = send.finish();
     }
-    let _ = send.finish();
 }

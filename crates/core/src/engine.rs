@@ -4,8 +4,8 @@
 //! and turns endpoint events into application events. The front ends (the CLI, the desktop
 //! app) never touch sockets or protocol state.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +14,23 @@ use p2pcall_net::{
     Endpoint, EndpointConfig, Event, NetError, Path, PeerConnection, PresenceEvent, RelayConfig,
     RelayTransport,
 };
+use p2pcall_proto::call::CallId;
 use p2pcall_proto::relay::PeerInfo;
+use p2pcall_proto::transfer::TransferId;
 use p2pcall_proto::{PeerId, SafetyNumber};
-use p2pcall_store::{Store, StoreError, now_ms};
+use p2pcall_store::{Message, Store};
 use p2pcall_tls::Identity;
-use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+
+use crate::call::{CallEvent, CallOptions, Calls, Cmd, VideoSource};
+use crate::chat::{Chat, ChatEvent};
+use crate::context::Context;
+pub use crate::error::EngineError;
+use crate::events::EventSink;
+use crate::presence::Presence;
+use crate::services::Services;
+use crate::speedtest::SpeedReport;
+use crate::transfer::{Decision, Summary, TransferEvent, Transfers};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -73,92 +84,6 @@ impl EngineConfig {
     }
 }
 
-/// Engine errors, each telling the user what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// Network failure.
-    #[error(transparent)]
-    Net(#[from] NetError),
-    /// The peer query matched nobody online.
-    #[error(
-        "no online peer matches {query:?} ({online} peers online); run `p2pcall peers` to list them, or pass the full 64-digit id"
-    )]
-    PeerNotFound {
-        /// What the user typed.
-        query: String,
-        /// How many peers are online.
-        online: usize,
-    },
-    /// The peer query matched several peers.
-    #[error("{query:?} matches several peers: {candidates}; type more of the fingerprint")]
-    Ambiguous {
-        /// What the user typed.
-        query: String,
-        /// Who matched.
-        candidates: String,
-    },
-    /// The relay reports the peer offline (it has no session with that key).
-    #[error(
-        "{name} is offline: the relay does not see {fingerprint} now; try again once {name} is online"
-    )]
-    PeerOffline {
-        /// The peer.
-        peer: PeerId,
-        /// Its name as we know it (the fingerprint if we know none).
-        name: String,
-        /// Its fingerprint.
-        fingerprint: String,
-    },
-    /// A stream to the peer failed.
-    #[error("the stream to the peer failed: {0}")]
-    Stream(String),
-    /// The relay did not deliver the presence list in time.
-    #[error("the relay did not send the peer list within {0:?}")]
-    NoPresence(Duration),
-    /// The local database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A chat message is longer than the protocol allows.
-    #[error("the message is {len} bytes; the limit is {max} bytes: split it, or send it as a file")]
-    MessageTooLong {
-        /// Its length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A file or folder to send cannot be read.
-    #[error("cannot read {path}: {source}")]
-    Source {
-        /// The path.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Nothing to send.
-    #[error("nothing to send: {0}")]
-    NothingToSend(String),
-    /// The peer refused the offer.
-    #[error("the peer declined the transfer: {0}")]
-    Rejected(String),
-    /// The transfer stopped.
-    #[error("the transfer stopped ({code}): {reason}")]
-    Aborted {
-        /// Typed cause.
-        code: p2pcall_proto::transfer::AbortCode,
-        /// Details.
-        reason: String,
-    },
-    /// The other side broke the chat or transfer protocol.
-    #[error("protocol error from the peer: {0}")]
-    Protocol(String),
-    /// A call failed.
-    #[error(transparent)]
-    Call(#[from] crate::call::CallError),
-    /// No pending offer with that id.
-    #[error("no pending offer {0}")]
-    NoSuchOffer(String),
-}
-
 /// Application events.
 #[derive(Debug)]
 pub enum EngineEvent {
@@ -173,11 +98,21 @@ pub enum EngineEvent {
         incoming: bool,
     },
     /// Chat: a new message, or a state change of one.
-    Chat(crate::chat::ChatEvent),
+    Chat(ChatEvent),
     /// File transfers: offers, progress, outcomes.
-    Transfer(crate::transfer::TransferEvent),
+    Transfer(TransferEvent),
     /// Calls: incoming, ringing, started, statistics, ended.
-    Call(crate::call::CallEvent),
+    Call(CallEvent),
+}
+
+impl crate::events::Event for EngineEvent {
+    fn superseded_later(&self) -> bool {
+        matches!(
+            self,
+            EngineEvent::Transfer(TransferEvent::Progress(_))
+                | EngineEvent::Call(CallEvent::Stats(_))
+        )
+    }
 }
 
 /// Result of one ping.
@@ -191,24 +126,10 @@ pub struct PingReport {
     pub path: Path,
 }
 
-pub(crate) struct Shared {
-    pub(crate) endpoint: Endpoint,
-    connections: Mutex<HashMap<PeerId, PeerConnection>>,
-    presence_ready: watch::Sender<bool>,
-    pub(crate) store: Arc<Store>,
-    pub(crate) events: crate::events::EventSink,
-    pub(crate) chat: crate::chat::ChatState,
-    pub(crate) transfers: crate::transfer::Registry,
-    /// Per peer: how much of the connection file transfers may use during a call.
-    pub(crate) bulk: crate::bulk::Gates,
-    pub(crate) call: Mutex<Option<crate::call::ActiveCall>>,
-    auto_deliver: bool,
-}
-
-/// Handle to a running engine (cheap to clone).
+/// Handle to a running engine (cheap to clone): every command of every service.
 #[derive(Clone)]
 pub struct EngineHandle {
-    shared: Arc<Shared>,
+    s: Arc<Services>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -242,103 +163,75 @@ impl Engine {
             Some(s) => s,
             None => Arc::new(Store::open_in_memory()?),
         };
-        let (sink, rx) = crate::events::EventSink::new();
-        let shared = Arc::new(Shared {
-            endpoint,
-            connections: Mutex::default(),
-            presence_ready: watch::Sender::new(false),
-            store,
-            events: sink,
-            chat: Default::default(),
-            transfers: Default::default(),
-            bulk: Default::default(),
-            call: Mutex::default(),
+        let (sink, rx) = EventSink::new();
+        let (ctx, adopted) = Context::new(endpoint, store);
+        let ctx = Arc::new(ctx);
+        let bulk = Arc::default();
+        let s = Arc::new(Services {
+            presence: Presence::new(ctx.clone()),
+            chat: Chat::new(ctx.clone(), sink.emitter(EngineEvent::Chat)),
+            transfers: Arc::new(Transfers::new(
+                ctx.clone(),
+                sink.emitter(EngineEvent::Transfer),
+                Arc::clone(&bulk),
+            )),
+            calls: Arc::new(Calls::new(
+                ctx.clone(),
+                sink.emitter(EngineEvent::Call),
+                bulk,
+            )),
+            ctx,
             auto_deliver: cfg.auto_deliver,
         });
-        tokio::spawn(pump(shared.clone(), net_events));
-        let handle = EngineHandle { shared };
+        tokio::spawn(crate::services::serve_adopted(Arc::downgrade(&s), adopted));
+        tokio::spawn(pump(s.clone(), sink, net_events));
         if let Some(age) = cfg.partial_max_age {
-            tokio::spawn(clean_partials(Arc::downgrade(&handle.shared), age));
+            tokio::spawn(clean_partials(Arc::downgrade(&s.transfers), age));
         }
-        Ok((handle, rx))
+        Ok((EngineHandle { s }, rx))
     }
 }
 
-async fn pump(shared: Arc<Shared>, mut net: mpsc::Receiver<Event>) {
+/// Turns endpoint events into engine events, in order, acting on them first.
+async fn pump(s: Arc<Services>, sink: EventSink<EngineEvent>, mut net: mpsc::Receiver<Event>) {
     while let Some(e) = net.recv().await {
         let ev = match e {
             Event::Incoming(conn) => {
-                {
-                    let mut c = shared.connections.lock();
-                    c.insert(conn.peer(), conn.clone());
-                }
-                tokio::spawn(crate::streams::serve(shared.clone(), conn.clone()));
-                tokio::spawn(crate::call::route_datagrams(shared.clone(), conn.clone()));
-                peer_reachable(&shared, conn.peer());
+                s.ctx.adopt(conn.clone());
+                s.peer_reachable(conn.peer());
                 EngineEvent::PeerConnected {
                     conn,
                     incoming: true,
                 }
             }
             Event::Presence(PresenceEvent::Snapshot(ref peers)) => {
-                shared.presence_ready.send_replace(true);
-                remember_seen(&shared, peers).await;
+                s.presence.observe(peers, true).await;
                 for p in peers {
-                    peer_reachable(&shared, p.id);
+                    s.peer_reachable(p.id);
                 }
                 EngineEvent::Net(e)
             }
             Event::Presence(PresenceEvent::Joined(ref p) | PresenceEvent::Updated(ref p)) => {
-                remember_seen(&shared, std::slice::from_ref(p)).await;
-                peer_reachable(&shared, p.id);
+                s.presence.observe(std::slice::from_ref(p), false).await;
+                s.peer_reachable(p.id);
                 EngineEvent::Net(e)
             }
             Event::ConnectionClosed { peer, .. } => {
-                let mut c = shared.connections.lock();
-                if c.get(&peer)
-                    .is_some_and(|c| c.quic().close_reason().is_some())
-                {
-                    c.remove(&peer);
-                }
+                s.ctx.forget_closed(&peer);
                 EngineEvent::Net(e)
             }
             e => EngineEvent::Net(e),
         };
-        shared.emit(ev);
-    }
-}
-
-/// Records the peers presence reports (their names, when seen) in one transaction, on a
-/// blocking thread: SQLite syncs to disk, which must not stall the runtime's workers.
-async fn remember_seen(shared: &Arc<Shared>, peers: &[PeerInfo]) {
-    if peers.is_empty() {
-        return;
-    }
-    let store = shared.store.clone();
-    let seen: Vec<(PeerId, String)> = peers.iter().map(|p| (p.id, p.name.clone())).collect();
-    let r = tokio::task::spawn_blocking(move || {
-        let refs: Vec<(PeerId, &str)> = seen.iter().map(|(p, n)| (*p, n.as_str())).collect();
-        store.touch_contacts(&refs, now_ms())
-    })
-    .await;
-    if let Ok(Err(e)) = r {
-        tracing::warn!("recording the peers seen online: {e}");
+        sink.emit(ev);
     }
 }
 
 /// Removes the partial files of abandoned incoming transfers now and every
 /// [`PARTIAL_CLEAN_EVERY`] (never those being received).
-async fn clean_partials(shared: std::sync::Weak<Shared>, age: Duration) {
+async fn clean_partials(transfers: std::sync::Weak<Transfers>, age: Duration) {
     // Weak: this task must not keep a stopped engine alive.
-    while let Some(shared) = shared.upgrade() {
-        let h = EngineHandle { shared };
-        let store = h.store().clone();
-        let r = tokio::task::spawn_blocking(move || {
-            crate::transfer::partials::clean_older_than(&store, age, |r| {
-                h.is_receiving(r.peer, r.id)
-            })
-        })
-        .await;
+    while let Some(t) = transfers.upgrade() {
+        let r = tokio::task::spawn_blocking(move || t.clean_partials(age)).await;
         match r {
             Ok(Ok(c)) if c.transfers > 0 => tracing::info!(
                 transfers = c.transfers,
@@ -353,237 +246,82 @@ async fn clean_partials(shared: std::sync::Weak<Shared>, age: Duration) {
     }
 }
 
-/// A peer came online or connected: deliver what waits for it (queued messages, read
-/// receipts, unfinished outgoing transfers).
-fn peer_reachable(shared: &Arc<Shared>, peer: PeerId) {
-    if !shared.auto_deliver {
-        return;
-    }
-    let handle = EngineHandle {
-        shared: shared.clone(),
-    };
-    tokio::spawn(async move {
-        if let Err(e) = handle.flush_chat(peer).await {
-            tracing::debug!(%peer, "chat delivery postponed: {e}");
-        }
-        handle.resume_transfers(peer).await;
-    });
-}
-
-impl Shared {
-    /// Sends an event to the front end behind every earlier one, never blocking the caller
-    /// (see [`crate::events`]).
-    pub(crate) fn emit(&self, ev: EngineEvent) {
-        self.events.emit(ev);
-    }
-}
-
 impl EngineHandle {
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// The local database (chat history, contacts, transfers).
     pub fn store(&self) -> &Arc<Store> {
-        &self.shared.store
+        &self.s.ctx.store
     }
 
     /// Our identity.
     pub fn id(&self) -> PeerId {
-        self.shared.endpoint.id()
+        self.s.ctx.id()
     }
 
     /// The underlying endpoint (for lower-level tools: benchmarks, tests).
     pub fn endpoint(&self) -> &Endpoint {
-        &self.shared.endpoint
+        &self.s.ctx.endpoint
     }
 
     /// Waits for the relay session.
     pub async fn wait_relay(&self, timeout: Duration) -> Result<RelayTransport, EngineError> {
-        Ok(self.shared.endpoint.wait_relay(timeout).await?)
+        Ok(self.endpoint().wait_relay(timeout).await?)
     }
+
+    /// Sends a signaling message through the relay.
+    pub async fn signal(&self, to: PeerId, payload: Bytes) -> Result<(), EngineError> {
+        Ok(self.endpoint().signal(to, payload).await?)
+    }
+
+    /// Changes the display name.
+    pub async fn set_name(&self, name: String) -> Result<(), EngineError> {
+        Ok(self.endpoint().set_name(name).await?)
+    }
+
+    // Presence and contacts.
 
     /// Waits for the first presence snapshot and returns the peers online.
     pub async fn wait_presence(&self, timeout: Duration) -> Result<Vec<PeerInfo>, EngineError> {
-        let mut rx = self.shared.presence_ready.subscribe();
-        match tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(self.online_peers()),
-            _ => Err(EngineError::NoPresence(timeout)),
-        }
+        self.s.presence.wait(timeout).await
     }
 
     /// Peers online, sorted by name.
     pub fn online_peers(&self) -> Vec<PeerInfo> {
-        let mut v = self.shared.endpoint.online_peers();
-        v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-        v
+        self.s.presence.online()
     }
 
-    /// Finds the peer a user means: a full id, a fingerprint (prefix, ≥ 4 hex digits), or an
-    /// exact display name among the peers online.
+    /// Finds the peer a user means: a full id, a fingerprint prefix, or an exact display
+    /// name, among the peers online and then the contacts.
     pub fn resolve_peer(&self, query: &str) -> Result<PeerId, EngineError> {
-        if let Ok(id) = query.parse::<PeerId>() {
-            return Ok(id);
-        }
-        let online = self.online_peers();
-        let by_fp: Vec<_> = online.iter().filter(|p| p.id.matches(query)).collect();
-        let hits = if by_fp.is_empty() {
-            online.iter().filter(|p| p.name == query).collect()
-        } else {
-            by_fp
-        };
-        let contacts;
-        let hits = if hits.is_empty() {
-            contacts = self.shared.store.contacts().unwrap_or_default();
-            let by_fp: Vec<_> = contacts.iter().filter(|c| c.peer.matches(query)).collect();
-            let found: Vec<PeerId> = if by_fp.is_empty() {
-                contacts
-                    .iter()
-                    .filter(|c| c.name == query)
-                    .map(|c| c.peer)
-                    .collect()
-            } else {
-                by_fp.iter().map(|c| c.peer).collect()
-            };
-            if let [one] = found.as_slice() {
-                return Ok(*one);
-            }
-            hits
-        } else {
-            hits
-        };
-        match hits.as_slice() {
-            [one] => Ok(one.id),
-            [] => Err(EngineError::PeerNotFound {
-                query: query.to_string(),
-                online: online.len(),
-            }),
-            many => Err(EngineError::Ambiguous {
-                query: query.to_string(),
-                candidates: many
-                    .iter()
-                    .map(|p| format!("{} ({})", p.name, p.id.fingerprint()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
-        }
-    }
-
-    /// Whether a live connection to `peer` exists.
-    pub fn has_connection(&self, peer: PeerId) -> bool {
-        self.shared
-            .connections
-            .lock()
-            .get(&peer)
-            .is_some_and(|c| c.quic().close_reason().is_none())
+        self.s.presence.resolve(query)
     }
 
     /// The name we know `peer` by (its fingerprint if none).
     pub fn peer_name(&self, peer: &PeerId) -> String {
-        self.online_peers()
-            .into_iter()
-            .find(|p| p.id == *peer)
-            .map(|p| p.name)
-            .or_else(|| self.shared.store.contact_name(peer).ok().flatten())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| peer.fingerprint().to_string())
+        self.s.ctx.peer_name(peer)
     }
 
     /// Whether the relay reports `peer` offline now (see [`Endpoint::peer_offline`]).
     pub fn peer_offline(&self, peer: &PeerId) -> bool {
-        self.shared.endpoint.peer_offline(peer)
+        self.endpoint().peer_offline(peer)
+    }
+
+    /// The safety number shared with `peer`.
+    pub fn safety_number(&self, peer: &PeerId) -> SafetyNumber {
+        SafetyNumber::new(&self.id(), peer)
+    }
+
+    // Connections.
+
+    /// Whether a live connection to `peer` exists.
+    pub fn has_connection(&self, peer: PeerId) -> bool {
+        self.s.ctx.has_connection(peer)
     }
 
     /// The open connection to `peer`, or a new one. A connection made before the peer last
-    /// registered with the relay is checked first (the peer may have restarted, leaving it
-    /// dead until its idle timeout). A peer the relay reports offline fails at once with
-    /// [`EngineError::PeerOffline`].
+    /// registered with the relay is checked first (the peer may have restarted). A peer the
+    /// relay reports offline fails at once with [`EngineError::PeerOffline`].
     pub async fn connect(&self, peer: PeerId) -> Result<PeerConnection, EngineError> {
-        let existing = self.shared.connections.lock().get(&peer).cloned();
-        if let Some(c) = existing
-            && c.quic().close_reason().is_none()
-            && (!c.is_suspect() || c.check_alive().await)
-        {
-            return Ok(c);
-        }
-        if self.peer_offline(&peer) {
-            return Err(EngineError::PeerOffline {
-                peer,
-                name: self.peer_name(&peer),
-                fingerprint: peer.fingerprint().to_string(),
-            });
-        }
-        let conn = self.shared.endpoint.connect(peer).await?;
-        {
-            let mut c = self.shared.connections.lock();
-            c.insert(peer, conn.clone());
-        }
-        tokio::spawn(crate::streams::serve(self.shared.clone(), conn.clone()));
-        tokio::spawn(crate::call::route_datagrams(
-            self.shared.clone(),
-            conn.clone(),
-        ));
-        Ok(conn)
-    }
-
-    /// Calls `peer`; the outcome arrives as [`EngineEvent::Call`] events.
-    pub async fn call(
-        &self,
-        peer: PeerId,
-        opts: crate::call::CallOptions,
-    ) -> Result<p2pcall_proto::call::CallId, EngineError> {
-        let conn = self.connect(peer).await?;
-        Ok(crate::call::dial(self.shared.clone(), conn, opts).await?)
-    }
-
-    /// Accepts the ringing incoming call `call`.
-    pub async fn answer(
-        &self,
-        call: p2pcall_proto::call::CallId,
-        opts: crate::call::CallOptions,
-    ) -> Result<(), EngineError> {
-        use crate::call::{Cmd, command};
-        Ok(command(&self.shared, Some(call), Cmd::Answer(Box::new(opts))).await?)
-    }
-
-    /// Declines the ringing incoming call `call`.
-    pub async fn reject_call(&self, call: p2pcall_proto::call::CallId) -> Result<(), EngineError> {
-        use crate::call::{Cmd, command};
-        Ok(command(&self.shared, Some(call), Cmd::Reject).await?)
-    }
-
-    /// Hangs up the current call (or cancels the one ringing).
-    pub async fn hangup(&self) -> Result<(), EngineError> {
-        use crate::call::{Cmd, command};
-        Ok(command(&self.shared, None, Cmd::Hangup).await?)
-    }
-
-    /// Mutes or unmutes our audio in the current call.
-    pub async fn set_muted(&self, muted: bool) -> Result<(), EngineError> {
-        use crate::call::{Cmd, command};
-        Ok(command(&self.shared, None, Cmd::Mute(muted)).await?)
-    }
-
-    /// Switches the current call's video to another source (test pattern, file, camera).
-    pub async fn set_video_source(&self, src: crate::call::VideoSource) -> Result<(), EngineError> {
-        use crate::call::{Cmd, command};
-        Ok(command(&self.shared, None, Cmd::Video(src)).await?)
-    }
-
-    /// Turns our video on or off in the current call.
-    pub async fn set_camera(&self, on: bool) -> Result<(), EngineError> {
-        use crate::call::{Cmd, command};
-        Ok(command(&self.shared, None, Cmd::Camera(on)).await?)
-    }
-
-    /// Sends `bytes` to `peer` on a new stream and checks that every byte arrived.
-    pub async fn speedtest(
-        &self,
-        peer: PeerId,
-        bytes: u64,
-    ) -> Result<crate::streams::SpeedReport, EngineError> {
-        let conn = self.connect(peer).await?;
-        crate::streams::speedtest(&conn, bytes).await
+        self.s.ctx.connect(peer).await
     }
 
     /// Pings `peer` once over its connection.
@@ -598,19 +336,133 @@ impl EngineHandle {
         Ok(PingReport { seq, rtt, path })
     }
 
-    /// The safety number shared with `peer`.
-    pub fn safety_number(&self, peer: &PeerId) -> SafetyNumber {
-        SafetyNumber::new(&self.id(), peer)
+    /// Sends `bytes` to `peer` on a new stream and checks that every byte arrived.
+    pub async fn speedtest(&self, peer: PeerId, bytes: u64) -> Result<SpeedReport, EngineError> {
+        let conn = self.connect(peer).await?;
+        crate::speedtest::speedtest(&conn, bytes).await
     }
 
-    /// Sends a signaling message through the relay.
-    pub async fn signal(&self, to: PeerId, payload: Bytes) -> Result<(), EngineError> {
-        Ok(self.shared.endpoint.signal(to, payload).await?)
+    // Chat.
+
+    /// Stores a message to `peer` (state queued) and tries to deliver it now. A peer that is
+    /// offline gets it when both are online again. Returns the message as it stands after
+    /// the attempt.
+    pub async fn send_message(&self, peer: PeerId, text: &str) -> Result<Message, EngineError> {
+        self.s.chat.send(peer, text).await
     }
 
-    /// Changes the display name.
-    pub async fn set_name(&self, name: String) -> Result<(), EngineError> {
-        Ok(self.shared.endpoint.set_name(name).await?)
+    /// Marks the conversation with `peer` as read and sends the read receipts (now, or when
+    /// the peer is reachable). Returns how many messages were newly read.
+    pub async fn mark_read(&self, peer: PeerId) -> Result<usize, EngineError> {
+        self.s.chat.mark_read(peer).await
+    }
+
+    /// Delivers every queued message and read receipt to `peer` if it is online. Does
+    /// nothing (and connects nowhere) when nothing waits.
+    pub async fn flush_chat(&self, peer: PeerId) -> Result<(), EngineError> {
+        self.s.chat.flush(peer).await
+    }
+
+    // File transfers.
+
+    /// Sends files and folders to `peer`. Resumes an unfinished transfer of the same paths
+    /// to the same peer. Progress arrives as [`TransferEvent::Progress`] events.
+    pub async fn send_files(
+        &self,
+        peer: PeerId,
+        paths: &[PathBuf],
+    ) -> Result<Summary, EngineError> {
+        self.s.transfers.send(peer, paths).await
+    }
+
+    /// Accepts a pending offer into folder `dir` (created if missing).
+    pub fn accept_offer(
+        &self,
+        peer: PeerId,
+        id: TransferId,
+        dir: PathBuf,
+    ) -> Result<(), EngineError> {
+        self.s.transfers.decide(peer, id, Decision::Accept(dir))
+    }
+
+    /// Declines a pending offer.
+    pub fn reject_offer(
+        &self,
+        peer: PeerId,
+        id: TransferId,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        self.s
+            .transfers
+            .decide(peer, id, Decision::Reject(reason.to_string()))
+    }
+
+    /// Cancels a transfer in either direction; both sides are told, no half-written file
+    /// stays in place, and the partial data is removed.
+    pub fn cancel_transfer(&self, peer: PeerId, id: TransferId) -> bool {
+        self.s.transfers.cancel(peer, id)
+    }
+
+    /// Interrupts a transfer in either direction (Ctrl-C on a `send`): both sides keep what
+    /// was verified, and the same `send` resumes from there. Returns whether one was running.
+    pub fn interrupt_transfer(&self, peer: PeerId, id: TransferId) -> bool {
+        self.s.transfers.interrupt(peer, id)
+    }
+
+    /// Interrupts every running transfer and waits (a few seconds at most) until each has
+    /// recorded its verified chunks and told the peer.
+    pub async fn interrupt_transfers(&self) {
+        self.s.transfers.interrupt_all().await
+    }
+
+    /// Whether an incoming transfer is being received by this engine now.
+    pub fn is_receiving(&self, peer: PeerId, id: TransferId) -> bool {
+        self.s.transfers.is_receiving(peer, id)
+    }
+
+    /// Continues every unfinished outgoing transfer to `peer` (called when it comes back).
+    pub async fn resume_transfers(&self, peer: PeerId) {
+        self.s.transfers.resume(peer).await
+    }
+
+    // Calls.
+
+    /// Calls `peer`; the outcome arrives as [`EngineEvent::Call`] events.
+    pub async fn call(&self, peer: PeerId, opts: CallOptions) -> Result<CallId, EngineError> {
+        self.s.calls.call(peer, opts).await
+    }
+
+    /// Accepts the ringing incoming call `call`.
+    pub async fn answer(&self, call: CallId, opts: CallOptions) -> Result<(), EngineError> {
+        self.s
+            .calls
+            .command(Some(call), Cmd::Answer(Box::new(opts)))
+            .await
+    }
+
+    /// Declines the ringing incoming call `call`.
+    pub async fn reject_call(&self, call: CallId) -> Result<(), EngineError> {
+        self.s.calls.command(Some(call), Cmd::Reject).await
+    }
+
+    /// Hangs up the current call (or cancels the one ringing).
+    pub async fn hangup(&self) -> Result<(), EngineError> {
+        self.s.calls.command(None, Cmd::Hangup).await
+    }
+
+    /// Mutes or unmutes our audio in the current call.
+    pub async fn set_muted(&self, muted: bool) -> Result<(), EngineError> {
+        self.s.calls.command(None, Cmd::Mute(muted)).await
+    }
+
+    /// Switches the current call's video to another source (test pattern, file, camera).
+    pub async fn set_video_source(&self, src: VideoSource) -> Result<(), EngineError> {
+        self.s.calls.command(None, Cmd::Video(src)).await
+    }
+
+    /// Turns our video on or off in the current call.
+    pub async fn set_camera(&self, on: bool) -> Result<(), EngineError> {
+        self.s.calls.command(None, Cmd::Camera(on)).await
     }
 
     /// Interrupts the running transfers (each records its verified chunks and tells the
@@ -618,16 +470,7 @@ impl EngineHandle {
     /// session.
     pub async fn shutdown(&self) {
         self.interrupt_transfers().await;
-        let conns: Vec<_> = self
-            .shared
-            .connections
-            .lock()
-            .drain()
-            .map(|(_, v)| v)
-            .collect();
-        for c in conns {
-            c.close("shutting down");
-        }
-        self.shared.endpoint.close().await;
+        self.s.ctx.close_all("shutting down");
+        self.endpoint().close().await;
     }
 }

@@ -12,35 +12,57 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::engine::EngineEvent;
-
 /// Events buffered between producers and a slow front end before superseded kinds are
 /// dropped.
 pub const SHED_BACKLOG: usize = 4096;
 /// Capacity of the channel the front end reads.
 const OUT_CAPACITY: usize = 1024;
 
+/// An event a later one of the same kind may make redundant.
+pub(crate) trait Event: Send + 'static {
+    /// Whether a later event of the same kind supersedes this one (progress, statistics).
+    fn superseded_later(&self) -> bool;
+}
+
 /// Where engine events go; cheap to clone.
-#[derive(Debug, Clone)]
-pub(crate) struct EventSink {
-    tx: mpsc::UnboundedSender<EngineEvent>,
+#[derive(Debug)]
+pub(crate) struct EventSink<E> {
+    tx: mpsc::UnboundedSender<E>,
     backlog: Arc<AtomicUsize>,
     shed: Arc<AtomicU64>,
 }
 
-/// Whether a later event of the same kind makes this one redundant.
-fn superseded_later(e: &EngineEvent) -> bool {
-    matches!(
-        e,
-        EngineEvent::Transfer(crate::transfer::TransferEvent::Progress(_))
-            | EngineEvent::Call(crate::call::CallEvent::Stats(_))
-    )
+impl<E> Clone for EventSink<E> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            backlog: self.backlog.clone(),
+            shed: self.shed.clone(),
+        }
+    }
 }
 
-impl EventSink {
+/// One service's door into the sink: it emits its own event type, which the sink wraps
+/// (`EngineEvent::Chat`, …), so a service needs to know nothing of the others.
+pub(crate) struct Emitter<T>(Arc<dyn Fn(T) + Send + Sync>);
+
+impl<T> Emitter<T> {
+    /// Queues `e` behind every earlier event of any service; never waits.
+    pub(crate) fn emit(&self, e: T) {
+        (self.0)(e)
+    }
+}
+
+impl<T> std::fmt::Debug for Emitter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Emitter")
+    }
+}
+
+impl<E: Event> EventSink<E> {
     /// A sink and the receiver the front end drains (its forwarder task is spawned here).
-    pub(crate) fn new() -> (Self, mpsc::Receiver<EngineEvent>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<EngineEvent>();
+    pub(crate) fn new() -> (Self, mpsc::Receiver<E>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<E>();
         let (out, out_rx) = mpsc::channel(OUT_CAPACITY);
         let backlog = Arc::new(AtomicUsize::new(0));
         let sink = Self {
@@ -64,8 +86,8 @@ impl EventSink {
     }
 
     /// Queues an event behind every earlier one; never waits.
-    pub(crate) fn emit(&self, e: EngineEvent) {
-        if superseded_later(&e) && self.backlog.load(Ordering::Acquire) >= SHED_BACKLOG {
+    pub(crate) fn emit(&self, e: E) {
+        if e.superseded_later() && self.backlog.load(Ordering::Acquire) >= SHED_BACKLOG {
             self.shed.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -73,6 +95,12 @@ impl EventSink {
         if self.tx.send(e).is_err() {
             self.backlog.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// An emitter for one service's events, wrapped by `wrap`.
+    pub(crate) fn emitter<T: 'static>(&self, wrap: fn(T) -> E) -> Emitter<T> {
+        let sink = self.clone();
+        Emitter(Arc::new(move |e| sink.emit(wrap(e))))
     }
 
     /// Superseded events dropped because the front end fell behind.
@@ -85,52 +113,45 @@ impl EventSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::ChatEvent;
-    use crate::transfer::{Progress, TransferEvent};
-    use p2pcall_proto::PeerId;
 
-    fn state(n: u8) -> EngineEvent {
-        EngineEvent::Chat(ChatEvent::State {
-            peer: PeerId::from_bytes([1; 32]),
-            id: [n; 16],
-            state: p2pcall_store::MessageState::Read,
-        })
+    #[derive(Debug)]
+    enum Ev {
+        News(u8),
+        Progress,
     }
 
-    fn progress() -> EngineEvent {
-        EngineEvent::Transfer(TransferEvent::Progress(Progress {
-            peer: PeerId::from_bytes([1; 32]),
-            id: [0; 16],
-            outgoing: true,
-            done_bytes: 1,
-            total_bytes: 2,
-            files_done: 0,
-            files: 1,
-            rate: None,
-            eta: None,
-        }))
+    impl Event for Ev {
+        fn superseded_later(&self) -> bool {
+            matches!(self, Ev::Progress)
+        }
     }
 
-    fn id_of(e: &EngineEvent) -> Option<u8> {
+    fn id_of(e: &Ev) -> Option<u8> {
         match e {
-            EngineEvent::Chat(ChatEvent::State { id, .. }) => Some(id[0]),
-            _ => None,
+            Ev::News(n) => Some(*n),
+            Ev::Progress => None,
         }
     }
 
     #[tokio::test]
     async fn events_arrive_in_order_even_when_the_reader_is_behind() {
         let (sink, mut rx) = EventSink::new();
-        // Far more than the output channel holds, with nobody reading yet.
+        let news = sink.emitter(Ev::News);
+        // Far more than the output channel holds, with nobody reading yet, from the sink
+        // and from an emitter in turn.
         for n in 0..=250u8 {
-            for _ in 0..10 {
-                sink.emit(state(n));
+            for k in 0..10 {
+                if k % 2 == 0 {
+                    sink.emit(Ev::News(n));
+                } else {
+                    news.emit(n);
+                }
             }
         }
         let mut last = 0;
         for _ in 0..2510 {
             let e = rx.recv().await.expect("event");
-            let n = id_of(&e).expect("a chat event");
+            let n = id_of(&e).expect("news");
             assert!(n >= last, "{n} after {last}");
             last = n;
         }
@@ -142,21 +163,21 @@ mod tests {
         let (sink, mut rx) = EventSink::new();
         // Fill the output channel and the backlog with news, then offer progress.
         for _ in 0..(OUT_CAPACITY + SHED_BACKLOG + 10) {
-            sink.emit(state(1));
+            sink.emit(Ev::News(1));
         }
         // Let the forwarder move what fits into the output channel.
         tokio::task::yield_now().await;
         for _ in 0..100 {
-            sink.emit(progress());
+            sink.emit(Ev::Progress);
         }
-        sink.emit(state(2));
+        sink.emit(Ev::News(2));
         assert_eq!(sink.shed(), 100);
         let mut news = 0;
         let mut saw_last = false;
         while let Ok(Some(e)) =
             tokio::time::timeout(std::time::Duration::from_millis(200), rx.recv()).await
         {
-            assert!(id_of(&e).is_some(), "only chat events: {e:?}");
+            assert!(id_of(&e).is_some(), "only news: {e:?}");
             news += 1;
             saw_last = id_of(&e) == Some(2);
         }

@@ -4,7 +4,13 @@
 //! * [`settings`]: TOML settings in the platform config dir.
 //! * [`engine`]: commands in ([`EngineHandle`] methods), events out ([`EngineEvent`], in the
 //!   order they happened: one FIFO, `events`).
-//! * [`streams`]: application streams on a peer connection (kinds: speed test, chat, transfer).
+//!
+//! Inside, the layers only look down: `context` (endpoint, store, one connection per peer)
+//! at the bottom; one service per feature above it (`presence`, [`chat`], [`transfer`],
+//! [`call`]), each emitting its own events; `services` routes what peers open to them;
+//! [`engine`] starts them and its [`EngineHandle`] delegates each command to one.
+//!
+//! * [`speedtest`]: throughput and integrity test over one stream.
 //! * [`call`]: calls (signaling, media pipeline, statistics).
 //! * [`devices`]: cameras, microphones, speakers and screens, or why there are none.
 //! * [`chat`]: persistent chat with delivery and read receipts.
@@ -14,12 +20,16 @@
 pub mod bulk;
 pub mod call;
 pub mod chat;
+mod context;
 pub use p2pcall_devices::list as devices;
 pub mod engine;
+mod error;
 mod events;
 pub mod identity;
+mod presence;
+mod services;
 pub mod settings;
-pub mod streams;
+pub mod speedtest;
 pub mod transfer;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, PingReport};

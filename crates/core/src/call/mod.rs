@@ -37,7 +37,11 @@ pub use media::{
 pub use p2pcall_media::call::EndReason;
 pub use p2pcall_screen::Target as ScreenTarget;
 
-use crate::engine::{EngineEvent, Shared};
+use crate::bulk::Gates;
+use crate::context::Context;
+pub use crate::error::CallError;
+use crate::error::EngineError;
+use crate::events::Emitter;
 
 /// Kind byte of a call stream.
 pub const CALL: u8 = p2pcall_proto::stream::StreamKind::Call.byte();
@@ -58,57 +62,6 @@ const VIDEO_MIN_KBPS: u32 = 100;
 const START_KBPS: u64 = 600;
 /// The callee's software must send its first frame within this.
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Call errors, each saying what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// A call is already running.
-    #[error("already in a call; hang up first")]
-    Busy,
-    /// No call with that id.
-    #[error("no such call")]
-    NoSuchCall,
-    /// A media source cannot be used; the text says which devices exist or what to pass
-    /// instead.
-    #[error("media source: {0}")]
-    Source(String),
-    /// A sink cannot be used; the text says what to pass instead.
-    #[error("media sink: {0}")]
-    Sink(String),
-    /// A media file (Y4M, WAV) cannot be read or written.
-    #[error("media file {}: {source}", path.display())]
-    File {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: p2pcall_media_io::IoError,
-    },
-    /// A camera or microphone failed.
-    #[error("media device: {0}")]
-    Device(#[from] p2pcall_devices::DeviceError),
-    /// A captured frame could not be scaled to the call's size.
-    #[error("scaling a frame: {0}")]
-    Scale(#[source] p2pcall_media_io::IoError),
-    /// A codec failed to start.
-    #[error("codec: {0}")]
-    Codec(#[from] p2pcall_codec::CodecError),
-    /// A capture, grab or render thread could not start.
-    #[error("cannot start the {name} thread: {source}")]
-    Thread {
-        /// Which thread.
-        name: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The call stream could not be opened.
-    #[error("the call stream could not be opened: {0}")]
-    Open(#[from] quinn::ConnectionError),
-    /// The call stream failed.
-    #[error("the call stream failed: {0}")]
-    Stream(#[from] quinn::WriteError),
-}
 
 /// How to place or answer a call.
 #[derive(Debug, Clone)]
@@ -497,6 +450,42 @@ fn colon(s: &str) -> String {
     }
 }
 
+/// The call service: at most one call at a time.
+#[derive(Debug)]
+pub(crate) struct Calls {
+    ctx: Arc<Context>,
+    events: Emitter<CallEvent>,
+    active: Mutex<Option<ActiveCall>>,
+    /// Per peer: what the call's estimate leaves to file transfers.
+    bulk: Arc<Gates>,
+}
+
+impl Calls {
+    pub(crate) fn new(ctx: Arc<Context>, events: Emitter<CallEvent>, bulk: Arc<Gates>) -> Self {
+        Self {
+            ctx,
+            events,
+            active: Mutex::default(),
+            bulk,
+        }
+    }
+
+    /// Calls `peer`; the outcome arrives as [`CallEvent`]s.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        peer: PeerId,
+        opts: CallOptions,
+    ) -> Result<CallId, EngineError> {
+        let conn = self.ctx.connect(peer).await?;
+        Ok(dial(self.clone(), conn, opts).await?)
+    }
+
+    /// Sends a command to the current call (`id`: only if it is that call).
+    pub(crate) async fn command(&self, id: Option<CallId>, cmd: Cmd) -> Result<(), EngineError> {
+        Ok(command(self, id, cmd).await?)
+    }
+}
+
 /// Commands to a running call.
 #[derive(Debug)]
 pub(crate) enum Cmd {
@@ -518,15 +507,15 @@ pub(crate) struct ActiveCall {
 }
 
 /// Forwards a connection's media datagrams to the call with its peer, stamped on arrival.
-pub(crate) async fn route_datagrams(shared: Arc<Shared>, conn: PeerConnection) {
+pub(crate) async fn route_datagrams(svc: Arc<Calls>, conn: PeerConnection) {
     let Some(mut rx) = conn.take_datagrams() else {
         return;
     };
     let peer = conn.peer();
     while let Some(d) = rx.recv().await {
         let at = Instant::now();
-        let tx = shared
-            .call
+        let tx = svc
+            .active
             .lock()
             .as_ref()
             .filter(|c| c.peer == peer)
@@ -545,8 +534,8 @@ fn hex(id: &CallId) -> String {
 type CallChannels = (mpsc::Receiver<Cmd>, mpsc::Receiver<(Instant, Bytes)>);
 
 /// Registers call `id` with `peer`; fails with `Busy` when one runs.
-fn register(shared: &Shared, id: CallId, peer: PeerId) -> Result<CallChannels, CallError> {
-    let mut g = shared.call.lock();
+fn register(svc: &Calls, id: CallId, peer: PeerId) -> Result<CallChannels, CallError> {
+    let mut g = svc.active.lock();
     if g.is_some() {
         return Err(CallError::Busy);
     }
@@ -563,25 +552,25 @@ fn register(shared: &Shared, id: CallId, peer: PeerId) -> Result<CallChannels, C
 
 /// Places a call to `peer` over `conn`.
 pub(crate) async fn dial(
-    shared: Arc<Shared>,
+    svc: Arc<Calls>,
     conn: PeerConnection,
     opts: CallOptions,
 ) -> Result<CallId, CallError> {
-    if shared.call.lock().is_some() {
+    if svc.active.lock().is_some() {
         return Err(CallError::Busy);
     }
     let (mut send, recv) = conn.quic().open_bi().await?;
     send.write_all(&[CALL]).await?;
     let id: CallId = rand::random();
     let call = Call::dial(Instant::now(), id, opts.describe(true, true));
-    let chans = register(&shared, id, conn.peer())?;
-    tokio::spawn(run(shared, conn, call, (send, recv), chans, Some(opts)));
+    let chans = register(&svc, id, conn.peer())?;
+    tokio::spawn(run(svc, conn, call, (send, recv), chans, Some(opts)));
     Ok(id)
 }
 
 /// Serves a call stream the peer opened.
 pub(crate) async fn serve(
-    shared: Arc<Shared>,
+    svc: Arc<Calls>,
     conn: PeerConnection,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -604,7 +593,7 @@ pub(crate) async fn serve(
         }
     };
     let id = call.id();
-    let Ok(chans) = register(&shared, id, conn.peer()) else {
+    let Ok(chans) = register(&svc, id, conn.peer()) else {
         let mut buf = Vec::new();
         CallFrame::Reject {
             reason: RejectReason::Busy,
@@ -615,24 +604,20 @@ pub(crate) async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
         return;
     };
-    shared.emit(EngineEvent::Call(CallEvent::Incoming {
+    svc.events.emit(CallEvent::Incoming {
         call: id,
         peer: conn.peer(),
         name: conn.remote_name(),
         audio: offer.streams.iter().any(|s| s.codec == Codec::Opus),
         video: offer.streams.iter().any(|s| s.codec == Codec::H264),
-    }));
-    run_with_reader(shared, conn, call, send, reader, chans, None).await;
+    });
+    run_with_reader(svc, conn, call, send, reader, chans, None).await;
 }
 
 /// Sends a command to the current call.
-pub(crate) async fn command(
-    shared: &Shared,
-    id: Option<CallId>,
-    cmd: Cmd,
-) -> Result<(), CallError> {
-    let tx = shared
-        .call
+pub(crate) async fn command(svc: &Calls, id: Option<CallId>, cmd: Cmd) -> Result<(), CallError> {
+    let tx = svc
+        .active
         .lock()
         .as_ref()
         .filter(|c| id.is_none_or(|id| c.id == id))
@@ -642,7 +627,7 @@ pub(crate) async fn command(
 }
 
 async fn run(
-    shared: Arc<Shared>,
+    svc: Arc<Calls>,
     conn: PeerConnection,
     call: Call,
     (send, recv): (quinn::SendStream, quinn::RecvStream),
@@ -650,7 +635,7 @@ async fn run(
     opts: Option<CallOptions>,
 ) {
     let reader = FrameReader::new(recv, MAX_FRAME);
-    run_with_reader(shared, conn, call, send, reader, chans, opts).await;
+    run_with_reader(svc, conn, call, send, reader, chans, opts).await;
 }
 
 /// Media pipeline state of a running call.
@@ -705,7 +690,7 @@ fn spawn_reader(
 /// Runs one call until it ends: [`CallDriver`] handles each event, this loop only waits for
 /// the next one.
 async fn run_with_reader(
-    shared: Arc<Shared>,
+    svc: Arc<Calls>,
     conn: PeerConnection,
     call: Call,
     send: quinn::SendStream,
@@ -717,7 +702,7 @@ async fn run_with_reader(
     let reader_task = spawn_reader(reader, frame_tx);
     let (enc_tx, mut enc_rx) = mpsc::channel::<media::Encoded>(8);
     let (err_tx, mut err_rx) = mpsc::channel::<String>(4);
-    let mut d = CallDriver::new(shared, conn, call, send, opts, enc_tx, err_tx);
+    let mut d = CallDriver::new(svc, conn, call, send, opts, enc_tx, err_tx);
     loop {
         d.flush_signaling().await;
         d.handle_call_events();
@@ -751,7 +736,7 @@ async fn run_with_reader(
 /// each event (a command from the front end, a frame or datagram from the peer, an encoded
 /// frame or an error from a capture, time passing).
 struct CallDriver {
-    shared: Arc<Shared>,
+    svc: Arc<Calls>,
     conn: PeerConnection,
     call: Call,
     send: quinn::SendStream,
@@ -772,7 +757,7 @@ struct CallDriver {
 
 impl CallDriver {
     fn new(
-        shared: Arc<Shared>,
+        svc: Arc<Calls>,
         conn: PeerConnection,
         call: Call,
         send: quinn::SendStream,
@@ -782,8 +767,8 @@ impl CallDriver {
     ) -> Self {
         let peer = conn.peer();
         Self {
-            gate: shared.bulk.of(peer),
-            shared,
+            gate: svc.bulk.of(peer),
+            svc,
             id: call.id(),
             peer,
             conn,
@@ -802,7 +787,7 @@ impl CallDriver {
     }
 
     fn emit(&self, e: CallEvent) {
-        self.shared.emit(EngineEvent::Call(e));
+        self.svc.events.emit(e);
     }
 
     fn warn(&self, message: String) {
@@ -1008,8 +993,7 @@ impl CallDriver {
             }
             if stats_due {
                 let s = stats(&self.call, &self.conn, &self.session, p, now);
-                self.shared
-                    .emit(EngineEvent::Call(CallEvent::Stats(Box::new(s))));
+                self.svc.events.emit(CallEvent::Stats(Box::new(s)));
             }
         }
         if self.deadline.is_some_and(|d| now >= d) {
@@ -1035,7 +1019,7 @@ impl CallDriver {
             while let Some(Some(_)) = frame_rx.recv().await {}
         })
         .await;
-        let mut g = self.shared.call.lock();
+        let mut g = self.svc.active.lock();
         if g.as_ref().is_some_and(|c| c.id == self.id) {
             *g = None;
         }

@@ -7,7 +7,7 @@
 //! chunk with its BLAKE3 chaining value and each file closed with its BLAKE3 hash.
 //!
 //! Receiver: sanitises the offer, asks its user (an [`TransferEvent::Offered`] event answered
-//! with [`EngineHandle::accept_offer`] or [`EngineHandle::reject_offer`]), checks free space,
+//! with `EngineHandle::accept_offer` or `EngineHandle::reject_offer`), checks free space,
 //! writes each file under a temporary name, verifies every chunk on arrival, records verified
 //! chunks (SQLite, after `fdatasync`) so a retried transfer resumes, and moves a file into
 //! place (never over an existing file) only after its hash matched.
@@ -19,6 +19,7 @@ mod send;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use p2pcall_proto::PeerId;
@@ -26,8 +27,10 @@ use p2pcall_proto::transfer::{AbortCode, TransferFrame, TransferId};
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 
-use crate::EngineError;
-use crate::engine::{EngineEvent, EngineHandle, Shared};
+use crate::bulk::Gates;
+use crate::context::Context;
+use crate::error::EngineError;
+use crate::events::Emitter;
 
 pub(crate) use recv::{serve_data, serve_offer};
 
@@ -44,7 +47,7 @@ const SUPERSEDED: &str = "superseded";
 /// Stop reason of an interruption (Ctrl-C, the engine shutting down): unlike a cancel, the
 /// partial data stays and the same transfer resumes later.
 const INTERRUPTED: &str = "interrupted";
-/// How long [`EngineHandle::interrupt_transfers`] waits for transfers to record their state.
+/// How long [`Transfers::interrupt_all`] waits for transfers to record their state.
 const INTERRUPT_WAIT: Duration = Duration::from_secs(3);
 /// Progress events at most this often per transfer.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -210,8 +213,8 @@ pub(crate) fn encode(f: &TransferFrame) -> Vec<u8> {
 }
 
 /// Reports a transfer event (progress is shed when the front end lags: `crate::events`).
-pub(crate) fn emit(shared: &Shared, e: TransferEvent) {
-    shared.emit(EngineEvent::Transfer(e));
+pub(crate) fn emit(svc: &Transfers, e: TransferEvent) {
+    svc.events.emit(e);
 }
 
 impl Registry {
@@ -232,31 +235,35 @@ impl Registry {
     }
 }
 
-impl EngineHandle {
-    /// Accepts a pending offer into folder `dir` (created if missing).
-    pub fn accept_offer(
+/// The transfer service: transfers in flight in both directions.
+#[derive(Debug)]
+pub(crate) struct Transfers {
+    ctx: Arc<Context>,
+    events: Emitter<TransferEvent>,
+    registry: Registry,
+    /// Per peer: how much of the connection transfers may use during a call.
+    bulk: Arc<Gates>,
+}
+
+impl Transfers {
+    pub(crate) fn new(ctx: Arc<Context>, events: Emitter<TransferEvent>, bulk: Arc<Gates>) -> Self {
+        Self {
+            ctx,
+            events,
+            registry: Registry::default(),
+            bulk,
+        }
+    }
+
+    /// Answers a pending offer: accept into a folder (created if missing), or decline.
+    pub(crate) fn decide(
         &self,
         peer: PeerId,
         id: TransferId,
-        dir: PathBuf,
+        d: Decision,
     ) -> Result<(), EngineError> {
-        self.decide(peer, id, Decision::Accept(dir))
-    }
-
-    /// Declines a pending offer.
-    pub fn reject_offer(
-        &self,
-        peer: PeerId,
-        id: TransferId,
-        reason: &str,
-    ) -> Result<(), EngineError> {
-        self.decide(peer, id, Decision::Reject(reason.to_string()))
-    }
-
-    fn decide(&self, peer: PeerId, id: TransferId, d: Decision) -> Result<(), EngineError> {
         let tx = self
-            .shared()
-            .transfers
+            .registry
             .offers
             .lock()
             .remove(&(peer, id))
@@ -267,18 +274,18 @@ impl EngineHandle {
 
     /// Cancels a transfer in either direction; both sides are told, no half-written file
     /// stays in place, and the partial data is removed.
-    pub fn cancel_transfer(&self, peer: PeerId, id: TransferId) -> bool {
-        self.stop_transfer(peer, id, "cancelled by the user")
+    pub(crate) fn cancel(&self, peer: PeerId, id: TransferId) -> bool {
+        self.stop(peer, id, "cancelled by the user")
     }
 
     /// Interrupts a transfer in either direction (Ctrl-C on a `send`): both sides keep what
     /// was verified, and the same `send` resumes from there. Returns whether one was running.
-    pub fn interrupt_transfer(&self, peer: PeerId, id: TransferId) -> bool {
-        self.stop_transfer(peer, id, INTERRUPTED)
+    pub(crate) fn interrupt(&self, peer: PeerId, id: TransferId) -> bool {
+        self.stop(peer, id, INTERRUPTED)
     }
 
-    fn stop_transfer(&self, peer: PeerId, id: TransferId, reason: &str) -> bool {
-        let m = self.shared().transfers.cancels.lock();
+    fn stop(&self, peer: PeerId, id: TransferId, reason: &str) -> bool {
+        let m = self.registry.cancels.lock();
         let mut any = false;
         for outgoing in [true, false] {
             if let Some(tx) = m.get(&((peer, id), outgoing)) {
@@ -291,8 +298,8 @@ impl EngineHandle {
 
     /// Interrupts every running transfer (the engine is shutting down) and waits, up to
     /// [`INTERRUPT_WAIT`], until each has recorded its verified chunks and told the peer.
-    pub async fn interrupt_transfers(&self) {
-        let t = &self.shared().transfers;
+    pub(crate) async fn interrupt_all(&self) {
+        let t = &self.registry;
         {
             let m = t.cancels.lock();
             for tx in m.values() {
@@ -312,18 +319,20 @@ impl EngineHandle {
         .await;
     }
 
+    /// Removes the partial files of incoming transfers untouched for `age` (never those
+    /// being received). Blocks on the disk and the database.
+    pub(crate) fn clean_partials(&self, age: Duration) -> Result<partials::Cleaned, EngineError> {
+        partials::clean_older_than(&self.ctx.store, age, |r| self.is_receiving(r.peer, r.id))
+    }
+
     /// Whether an incoming transfer is being received by this engine now.
-    pub fn is_receiving(&self, peer: PeerId, id: TransferId) -> bool {
-        self.shared()
-            .transfers
-            .receiving
-            .lock()
-            .contains_key(&(peer, id))
+    pub(crate) fn is_receiving(&self, peer: PeerId, id: TransferId) -> bool {
+        self.registry.receiving.lock().contains_key(&(peer, id))
     }
 
     /// Sends files and folders to `peer`. Resumes an unfinished transfer of the same paths
     /// to the same peer. Progress arrives as [`TransferEvent::Progress`] events.
-    pub async fn send_files(
+    pub(crate) async fn send(
         &self,
         peer: PeerId,
         paths: &[PathBuf],
@@ -332,23 +341,18 @@ impl EngineHandle {
     }
 
     /// Continues every unfinished outgoing transfer to `peer` (called when it comes back).
-    pub async fn resume_transfers(&self, peer: PeerId) {
-        let Ok(open) = self.store().open_outgoing(Some(&peer)) else {
+    pub(crate) async fn resume(self: &Arc<Self>, peer: PeerId) {
+        let Ok(open) = self.ctx.store.open_outgoing(Some(&peer)) else {
             return;
         };
         for t in open {
-            let running = self
-                .shared()
-                .transfers
-                .sending
-                .lock()
-                .contains_key(&(peer, t.id));
+            let running = self.registry.sending.lock().contains_key(&(peer, t.id));
             if running || t.sources.is_empty() {
                 continue;
             }
-            let h = self.clone();
+            let svc = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = send::send_files(&h, peer, &t.sources).await {
+                if let Err(e) = send::send_files(&svc, peer, &t.sources).await {
                     tracing::info!(%peer, "resumed transfer stopped: {e}");
                 }
             });
@@ -360,7 +364,7 @@ impl EngineHandle {
 /// showed in the profile of a 1 GiB transfer; buffers come back here when quinn or the
 /// writer is done with them.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Pool(std::sync::Arc<Mutex<Vec<Vec<u8>>>>);
+pub(crate) struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
 
 /// Buffers kept per pool.
 const POOLED: usize = 8;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use p2pcall_store::{Store, TransferRecord, TransferState, now_ms};
 
 use super::id_hex;
-use crate::EngineError;
+use crate::error::EngineError;
 
 /// Folder levels searched for partial files below a transfer's top-level folders.
 const MAX_DEPTH: usize = 64;

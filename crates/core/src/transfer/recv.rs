@@ -24,11 +24,11 @@ use p2pcall_transfer::{
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::Transfers;
 use super::{
     Decision, OfferInfo, PROGRESS_EVERY, Progress, Summary, TransferEvent, abort_code, emit,
     encode, fsops, id_hex,
 };
-use crate::engine::Shared;
 
 /// Verified chunks are recorded at least this often (bytes per file). Recording does not
 /// wait for the data to reach the disk: every recorded chunk is checked against the disk
@@ -483,20 +483,20 @@ const MAX_OFFERS_PER_PEER: usize = 4;
 
 /// One of a peer's [`MAX_OFFERS_PER_PEER`] slots, released when dropped.
 struct OfferSlot {
-    shared: Arc<Shared>,
+    svc: Arc<Transfers>,
     peer: PeerId,
 }
 
 impl OfferSlot {
-    fn take(shared: &Arc<Shared>, peer: PeerId) -> Option<Self> {
-        let mut m = shared.transfers.offer_slots.lock();
+    fn take(svc: &Arc<Transfers>, peer: PeerId) -> Option<Self> {
+        let mut m = svc.registry.offer_slots.lock();
         let n = m.entry(peer).or_default();
         if *n >= MAX_OFFERS_PER_PEER {
             return None;
         }
         *n += 1;
         Some(Self {
-            shared: shared.clone(),
+            svc: svc.clone(),
             peer,
         })
     }
@@ -504,7 +504,7 @@ impl OfferSlot {
 
 impl Drop for OfferSlot {
     fn drop(&mut self) {
-        let mut m = self.shared.transfers.offer_slots.lock();
+        let mut m = self.svc.registry.offer_slots.lock();
         if let Some(n) = m.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
@@ -518,13 +518,13 @@ impl Drop for OfferSlot {
 /// offer, checks it, decides (resume, decline, or ask the user), prepares the destination,
 /// then receives.
 pub(crate) async fn serve_offer(
-    shared: Arc<Shared>,
+    svc: Arc<Transfers>,
     peer: PeerId,
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
     // A peer may have a few offers open at once (each may hold a 16 MiB manifest).
-    let Some(_slot) = OfferSlot::take(&shared, peer) else {
+    let Some(_slot) = OfferSlot::take(&svc, peer) else {
         let _ = send.reset(DATA_REFUSED.into());
         return;
     };
@@ -539,7 +539,7 @@ pub(crate) async fn serve_offer(
         return;
     };
     let mut inc = Incoming {
-        shared,
+        svc,
         peer,
         id,
         chunk: chunk_size,
@@ -600,7 +600,7 @@ fn offer_info(peer: PeerId, id: TransferId, plan: &Plan, entries: &[Entry]) -> O
 
 /// An offer being served: its control stream and who it is from.
 struct Incoming {
-    shared: Arc<Shared>,
+    svc: Arc<Transfers>,
     peer: PeerId,
     id: TransferId,
     chunk: u32,
@@ -612,7 +612,7 @@ impl Incoming {
     /// Reports the transfer failed (or stopped, if `resumable`).
     fn failed(&self, reason: String, resumable: bool) {
         emit(
-            &self.shared,
+            &self.svc,
             TransferEvent::Failed {
                 peer: self.peer,
                 id: self.id,
@@ -634,7 +634,7 @@ impl Incoming {
     /// it did not go within 10 s.
     async fn supersede_earlier(&self) -> bool {
         let key = (self.peer, self.id);
-        let t = &self.shared.transfers;
+        let t = &self.svc.registry;
         if let Some(tx) = t.cancels.lock().get(&(key, false))
             && t.receiving.lock().contains_key(&key)
         {
@@ -661,7 +661,7 @@ impl Incoming {
         info: OfferInfo,
     ) -> Option<(p2pcall_store::TransferRecord, PathBuf)> {
         let (peer, id) = (self.peer, self.id);
-        let store = self.shared.store.clone();
+        let store = self.svc.ctx.store.clone();
         let existing = store.transfer(&peer, false, &id).ok().flatten();
         let earlier = match &existing {
             None => Earlier::None,
@@ -673,7 +673,7 @@ impl Incoming {
         };
         let decision = match offer_action(earlier) {
             OfferAction::Resume => {
-                emit(&self.shared, TransferEvent::Resumed(info));
+                emit(&self.svc, TransferEvent::Resumed(info));
                 Decision::Accept(existing.and_then(|t| t.dest).unwrap_or_default())
             }
             OfferAction::AlreadyDone => {
@@ -709,7 +709,7 @@ impl Incoming {
     /// Records the offer and waits for the user's answer (or for the sender to withdraw).
     async fn ask(&mut self, plan: &Plan, info: OfferInfo) -> Option<Decision> {
         let (peer, id) = (self.peer, self.id);
-        let store = &self.shared.store;
+        let store = &self.svc.ctx.store;
         if store
             .create_transfer(
                 &peer,
@@ -727,14 +727,14 @@ impl Incoming {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        self.shared.transfers.offers.lock().insert((peer, id), tx);
-        emit(&self.shared, TransferEvent::Offered(info));
+        self.svc.registry.offers.lock().insert((peer, id), tx);
+        emit(&self.svc, TransferEvent::Offered(info));
         let d = tokio::select! {
             d = rx => d.ok(),
             // The sender gave up (closed or aborted) before we answered.
             _ = self.reader.next() => None,
         };
-        self.shared.transfers.offers.lock().remove(&(peer, id));
+        self.svc.registry.offers.lock().remove(&(peer, id));
         if d.is_none() {
             if let Ok(Some(t)) = store.transfer(&peer, false, &id) {
                 let _ = store.set_transfer_state(
@@ -758,7 +758,7 @@ impl Incoming {
         plan: &Plan,
         entries: &[Entry],
     ) -> Option<(PathBuf, Prepared)> {
-        let store = self.shared.store.clone();
+        let store = self.svc.ctx.store.clone();
         let (id, chunk) = (self.id, self.chunk);
         let (plan2, entries) = (plan.clone(), entries.to_vec());
         let prepared = tokio::task::spawn_blocking(move || -> Result<(PathBuf, Prepared), Fail> {
@@ -787,7 +787,7 @@ impl Incoming {
         match prepared {
             Ok(x) => Some(x),
             Err((code, reason)) => {
-                let _ = self.shared.store.set_transfer_state(
+                let _ = self.svc.ctx.store.set_transfer_state(
                     rowid,
                     TransferState::Failed,
                     Some(&reason),
@@ -813,17 +813,17 @@ impl Incoming {
         p: Prepared,
     ) {
         let Self {
-            ref shared,
+            ref svc,
             peer,
             id,
             chunk,
             ..
         } = self;
-        let store = shared.store.clone();
+        let store = svc.ctx.store.clone();
         let key = (peer, id);
         let failed = |reason: String, resumable: bool| {
             emit(
-                shared,
+                svc,
                 TransferEvent::Failed {
                     peer,
                     id,
@@ -856,10 +856,10 @@ impl Incoming {
             done_pending: Mutex::new(Vec::new()),
         });
         {
-            let mut m = shared.transfers.receiving.lock();
+            let mut m = svc.registry.receiving.lock();
             m.insert(key, rx.clone());
         }
-        let cancel = shared.transfers.cancel_rx(key, false);
+        let cancel = svc.registry.cancel_rx(key, false);
         let t0 = Instant::now();
         let mut ctl = ReceiverControl::accepted(t0, p.have, PROGRESS_EVERY);
         if p.remaining == 0 {
@@ -872,7 +872,7 @@ impl Incoming {
             meter.add(Instant::now(), b.saturating_sub(*last));
             *last = b;
             emit(
-                shared,
+                svc,
                 TransferEvent::Progress(Progress {
                     peer,
                     id,
@@ -915,7 +915,7 @@ impl Incoming {
                 let mut hashes = rx.hashes.lock().clone();
                 hashes.sort();
                 emit(
-                    shared,
+                    svc,
                     TransferEvent::Finished(Summary {
                         peer,
                         id,
@@ -951,9 +951,9 @@ impl Incoming {
                 failed(reason, resumable);
             }
         }
-        shared.transfers.drop_cancel(key, false);
-        shared.transfers.receiving.lock().remove(&key);
-        shared.transfers.ended.notify_waiters();
+        svc.registry.drop_cancel(key, false);
+        svc.registry.receiving.lock().remove(&key);
+        svc.registry.ended.notify_waiters();
     }
 }
 
@@ -1010,12 +1010,12 @@ async fn drive_receiver(
 }
 
 /// Serves a data stream (kind byte already read).
-pub(crate) async fn serve_data(shared: Arc<Shared>, peer: PeerId, mut recv: quinn::RecvStream) {
+pub(crate) async fn serve_data(svc: Arc<Transfers>, peer: PeerId, mut recv: quinn::RecvStream) {
     let mut id = [0u8; 16];
     if recv.read_exact(&mut id).await.is_err() {
         return;
     }
-    let Some(rx) = shared.transfers.receiving.lock().get(&(peer, id)).cloned() else {
+    let Some(rx) = svc.registry.receiving.lock().get(&(peer, id)).cloned() else {
         let _ = recv.stop(DATA_REFUSED.into());
         return;
     };

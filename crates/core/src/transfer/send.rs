@@ -19,12 +19,12 @@ use p2pcall_transfer::{Cv, Meter, chunk_count, chunk_cv, chunk_len, file_hash};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
+use super::Transfers;
 use super::{
     CHUNK_SIZE, DATA, DATA_STREAMS, OFFER, PROGRESS_EVERY, Progress, Summary, TransferEvent, emit,
     encode, fsops,
 };
-use crate::EngineError;
-use crate::engine::EngineHandle;
+use crate::error::EngineError;
 
 struct Job {
     entry: u32,
@@ -44,13 +44,13 @@ struct Counters {
 
 /// Removes the transfer from the "being sent" set when dropped.
 struct Sending<'a> {
-    h: &'a EngineHandle,
+    svc: &'a Transfers,
     key: (PeerId, TransferId),
 }
 
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
-        let t = &self.h.shared().transfers;
+        let t = &self.svc.registry;
         t.sending.lock().remove(&self.key);
         t.drop_cancel(self.key, true);
         t.ended.notify_waiters();
@@ -62,11 +62,10 @@ fn io_err(e: impl std::fmt::Display) -> EngineError {
 }
 
 pub(super) async fn send_files(
-    h: &EngineHandle,
+    svc: &Transfers,
     peer: PeerId,
     paths: &[PathBuf],
 ) -> Result<Summary, EngineError> {
-    let shared = h.shared().clone();
     let paths: Vec<PathBuf> = paths
         .iter()
         .map(|p| {
@@ -88,7 +87,7 @@ pub(super) async fn send_files(
             "only symlinks or special files were given".into(),
         ));
     }
-    let store = &shared.store;
+    let store = &svc.ctx.store;
     let id: TransferId = store
         .open_outgoing(Some(&peer))?
         .into_iter()
@@ -98,7 +97,7 @@ pub(super) async fn send_files(
     // The same transfer already running here (e.g. resumed when the peer came back): wait
     // for its outcome instead of sending it twice.
     let (tx, running) = {
-        let mut m = shared.transfers.sending.lock();
+        let mut m = svc.registry.sending.lock();
         match m.get(&key) {
             Some(rx) => (None, Some(rx.clone())),
             None => {
@@ -118,8 +117,8 @@ pub(super) async fn send_files(
             .unwrap_or(Outcome::Other("no outcome".into()))
             .into();
     }
-    let _guard = Sending { h, key };
-    let r = send_inner(h, peer, paths, scan, id).await;
+    let _guard = Sending { svc, key };
+    let r = send_inner(svc, peer, paths, scan, id).await;
     if let Some(tx) = tx {
         tx.send_replace(Some(Outcome::of(&r)));
     }
@@ -158,16 +157,15 @@ impl From<Outcome> for Result<Summary, EngineError> {
 }
 
 async fn send_inner(
-    h: &EngineHandle,
+    svc: &Transfers,
     peer: PeerId,
     paths: Vec<PathBuf>,
     scan: fsops::Scan,
     id: TransferId,
 ) -> Result<Summary, EngineError> {
-    let shared = h.shared().clone();
-    let store = &shared.store;
+    let store = &svc.ctx.store;
     let key = (peer, id);
-    let mut cancel = shared.transfers.cancel_rx(key, true);
+    let mut cancel = svc.registry.cancel_rx(key, true);
     let (files, dirs, total) = scan
         .entries
         .iter()
@@ -177,7 +175,7 @@ async fn send_inner(
         });
     let rec = store.create_transfer(&peer, true, &id, total, files, &paths, None, now_ms())?;
 
-    let conn = h.connect(peer).await?;
+    let conn = svc.ctx.connect(peer).await?;
     let (mut ctl_stream, recv) = conn
         .quic()
         .open_bi()
@@ -203,7 +201,7 @@ async fn send_inner(
         let reason = failure.reason().to_string();
         let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
         emit(
-            &shared,
+            svc,
             TransferEvent::Failed {
                 peer,
                 id,
@@ -244,7 +242,7 @@ async fn send_inner(
             hashes.clone(),
         );
         // During a call, transfers get what the call's estimate leaves (crate::bulk).
-        let gate = shared.bulk.of(conn.peer());
+        let gate = svc.bulk.of(conn.peer());
         workers.spawn(data_worker(conn, id, queue, counters, hashes, gate, stop));
     }
 
@@ -261,7 +259,7 @@ async fn send_inner(
             meter.add(Instant::now(), b - last);
             last = b;
             emit(
-                &shared,
+                svc,
                 TransferEvent::Progress(Progress {
                     peer,
                     id,
@@ -308,7 +306,7 @@ async fn send_inner(
         skipped: scan.skipped,
         hashes,
     };
-    emit(&shared, TransferEvent::Finished(s.clone()));
+    emit(svc, TransferEvent::Finished(s.clone()));
     Ok(s)
 }
 

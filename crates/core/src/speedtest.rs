@@ -1,27 +1,20 @@
-//! Application streams on a peer connection: every stream after the control stream starts
-//! with its kind byte ([`p2pcall_proto::stream::StreamKind`]), and is served here by kind.
-//! Unknown kinds, and kinds opened in the wrong direction, are refused with a stream error.
-//!
 //! Speed test: the opener sends the kind byte and then any number of bytes and finishes the
 //! stream; the other side hashes everything it received (BLAKE3) and answers with the hash
 //! and the byte count, so the opener knows every byte arrived, in order, exactly once. It
 //! measures the connection's throughput and checks integrity across path switches.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2pcall_net::PeerConnection;
-use p2pcall_proto::stream::StreamKind;
 
-use crate::EngineError;
-use crate::engine::Shared;
+use crate::error::EngineError;
 
 /// Kind byte of a speed-test stream.
 pub const SPEEDTEST: u8 = p2pcall_proto::stream::StreamKind::Speedtest.byte();
 /// Most bytes one speed test may carry.
 pub const MAX_SPEEDTEST_BYTES: u64 = 64 << 30;
-/// Stream error code for an unknown stream kind.
-const UNKNOWN_KIND: u32 = 1;
+/// Stream error code: the speed test is larger than [`MAX_SPEEDTEST_BYTES`].
+const TOO_LARGE: u32 = 1;
 const CHUNK: usize = 1 << 20;
 
 /// Result of a speed test.
@@ -42,64 +35,8 @@ impl SpeedReport {
     }
 }
 
-/// Serves the streams the peer opens on `conn` until it closes.
-pub(crate) async fn serve(shared: Arc<Shared>, conn: PeerConnection) {
-    let uni = tokio::spawn(serve_uni(shared.clone(), conn.clone()));
-    loop {
-        let Ok((send, recv)) = conn.quic().accept_bi().await else {
-            break;
-        };
-        tokio::spawn(serve_bi(shared.clone(), conn.clone(), send, recv));
-    }
-    uni.abort();
-}
-
-async fn serve_uni(shared: Arc<Shared>, conn: PeerConnection) {
-    while let Ok(mut recv) = conn.quic().accept_uni().await {
-        let shared = shared.clone();
-        let peer = conn.peer();
-        tokio::spawn(async move {
-            let mut kind = [0u8; 1];
-            if recv.read_exact(&mut kind).await.is_err() {
-                return;
-            }
-            match StreamKind::from_byte(kind[0]) {
-                Some(StreamKind::TransferData) => {
-                    crate::transfer::serve_data(shared, peer, recv).await;
-                }
-                _ => {
-                    let _ = recv.stop(UNKNOWN_KIND.into());
-                }
-            }
-        });
-    }
-}
-
-async fn serve_bi(
-    shared: Arc<Shared>,
-    conn: PeerConnection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let mut kind = [0u8; 1];
-    if recv.read_exact(&mut kind).await.is_err() {
-        return;
-    }
-    match StreamKind::from_byte(kind[0]) {
-        Some(StreamKind::Speedtest) => serve_speedtest(send, recv).await,
-        Some(StreamKind::Chat) => crate::chat::serve(shared, conn.peer(), send, recv).await,
-        Some(StreamKind::Call) => crate::call::serve(shared, conn, send, recv).await,
-        Some(StreamKind::TransferOffer) => {
-            crate::transfer::serve_offer(shared, conn.peer(), send, recv).await
-        }
-        Some(StreamKind::TransferData) | None => {
-            let _ = recv.stop(UNKNOWN_KIND.into());
-            let _ = send.reset(UNKNOWN_KIND.into());
-        }
-    }
-}
-
-async fn serve_speedtest(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+/// Answers a speed test the peer opened (its kind byte already read).
+pub(crate) async fn serve(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let mut hasher = blake3::Hasher::new();
     let mut count = 0u64;
     loop {
@@ -107,7 +44,7 @@ async fn serve_speedtest(mut send: quinn::SendStream, mut recv: quinn::RecvStrea
             Ok(Some(c)) => {
                 count += c.bytes.len() as u64;
                 if count > MAX_SPEEDTEST_BYTES {
-                    let _ = recv.stop(UNKNOWN_KIND.into());
+                    let _ = recv.stop(TOO_LARGE.into());
                     return;
                 }
                 hasher.update(&c.bytes);
