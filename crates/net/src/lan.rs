@@ -19,8 +19,10 @@ use p2pcall_proto::lan::{LanRecord, SERVICE_TYPE};
 use p2pcall_proto::relay::PeerInfo;
 use tokio::sync::watch;
 
-use crate::endpoint::{Inner, PresenceEvent};
-use crate::{Event, NetError};
+use crate::NetError;
+use crate::config::LanConfig;
+use crate::event::{Event, PresenceEvent};
+use crate::inner::Inner;
 
 /// How long after starting the first presence snapshot waits for answers (mDNS resolves a
 /// LAN in well under a second; queries repeat at 1 s, 2 s, ...).
@@ -36,25 +38,6 @@ const MAX_LAN_PEERS: usize = 1024;
 const MAX_ADDRS: usize = 8;
 /// How long closing waits for the goodbye announcement to leave.
 const GOODBYE_WAIT: Duration = Duration::from_millis(500);
-
-/// LAN-only mode settings.
-#[derive(Debug, Clone)]
-pub struct LanConfig {
-    /// Interfaces to announce and browse on, by name; empty means every interface except
-    /// loopback. Name `lo` to include loopback (two endpoints on one machine, tests).
-    pub interfaces: Vec<String>,
-    /// mDNS port (5353 on a real network).
-    pub mdns_port: u16,
-}
-
-impl Default for LanConfig {
-    fn default() -> Self {
-        Self {
-            interfaces: Vec::new(),
-            mdns_port: mdns_sd::MDNS_PORT,
-        }
-    }
-}
 
 /// The running mDNS responder and browser of an endpoint.
 pub(crate) struct Lan {
@@ -195,10 +178,7 @@ fn usable_addrs(inner: &Inner, ips: impl Iterator<Item = IpAddr>, port: u16) -> 
 
 /// Follows the browser: peers found, renamed and gone become presence events (after the
 /// first snapshot); our own name changes re-announce us.
-pub(crate) async fn run(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEvent>) {
-    let Some(lan) = inner.lan.get() else {
-        return;
-    };
+pub(crate) async fn run(inner: Arc<Inner>, lan: Arc<Lan>, browse: mdns_sd::Receiver<ServiceEvent>) {
     let mut name_rx = lan.name.subscribe();
     let me = inner.identity.id();
     // mDNS instance full name -> peer.
@@ -213,7 +193,7 @@ pub(crate) async fn run(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEven
             _ = inner.cancel.cancelled() => break,
             () = &mut settle, if !snapshot_sent => {
                 snapshot_sent = true;
-                let list: Vec<PeerInfo> = inner.presence.lock().values().cloned().collect();
+                let list = inner.roster.list();
                 inner.emit(Event::Presence(PresenceEvent::Snapshot(list))).await;
             }
             Ok(()) = name_rx.changed() => {
@@ -261,8 +241,7 @@ pub(crate) async fn run(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEven
                         }
                         inner.socket.set_lan(&route, best, &addrs);
                         tracing::debug!(peer = %rec.id, ?addrs, "found on the LAN");
-                        let (joined, renamed) = {
-                            let mut p = inner.presence.lock();
+                        let (joined, renamed) = inner.roster.update(|p| {
                             if let Some(l) = left {
                                 p.remove(&l);
                             }
@@ -278,7 +257,7 @@ pub(crate) async fn run(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEven
                                     (Some(info), None)
                                 }
                             }
-                        };
+                        });
                         if !snapshot_sent {
                             continue;
                         }
@@ -296,7 +275,7 @@ pub(crate) async fn run(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEven
                         if instances.values().any(|p| *p == peer) {
                             continue;
                         }
-                        let was = inner.presence.lock().remove(&peer);
+                        let was = inner.roster.remove(&peer);
                         tracing::debug!(%peer, "left the LAN");
                         if was.is_none() || !snapshot_sent {
                             continue;

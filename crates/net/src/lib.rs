@@ -19,17 +19,23 @@
 //! announced address stands in for the relay as its path of last resort.
 #![forbid(unsafe_code)]
 
+mod config;
+mod connection;
 mod endpoint;
 mod error;
+mod event;
+mod inner;
 mod lan;
+mod paths;
 mod relay_client;
+mod roster;
 pub mod socket;
 
-pub use endpoint::{
-    ConnectionStats, Endpoint, EndpointConfig, Event, PING_TIMEOUT, PeerConnection, PresenceEvent,
-    RelayConfig, RelayTransport,
-};
+pub use config::{EndpointConfig, LanConfig, RelayConfig};
+pub use connection::{ConnectionStats, PING_TIMEOUT, PeerConnection};
+pub use endpoint::Endpoint;
 pub use error::NetError;
-pub use lan::{LAN_SETTLE, LanConfig};
+pub use event::{Event, PresenceEvent, RelayTransport};
+pub use lan::LAN_SETTLE;
 pub use p2pcall_nat::Path;
 pub use p2pcall_tls::Identity;

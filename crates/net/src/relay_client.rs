@@ -15,7 +15,9 @@ use p2pcall_tls::framed::{FrameReader, write_all};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::endpoint::{Event, Inner, PresenceEvent, RelayConfig, RelayTransport};
+use crate::config::RelayConfig;
+use crate::event::{Event, PresenceEvent, RelayTransport};
+use crate::inner::Inner;
 use crate::socket::RelayRoute;
 
 /// How long to wait for the QUIC handshake with the relay before trying TCP. UDP that is
@@ -106,9 +108,7 @@ pub(crate) async fn run(
             }
         };
         inner.socket.set_relay_route(RelayRoute::None);
-        inner
-            .presence_known
-            .store(false, std::sync::atomic::Ordering::Release);
+        inner.roster.mark_incomplete();
         inner.relay_up.send_replace(None);
         match end {
             SessionEnd::Shutdown => return,
@@ -455,13 +455,7 @@ async fn welcomed(
         let mut o = inner.observed.lock();
         *o = Some(observed);
     }
-    {
-        let mut p = inner.presence.lock();
-        p.clear();
-    }
-    inner
-        .presence_known
-        .store(false, std::sync::atomic::Ordering::Release);
+    inner.roster.clear();
     inner.relay_up.send_replace(Some(transport));
     if transport == RelayTransport::Udp {
         tokio::spawn(inner.clone().measure_nat());
@@ -483,37 +477,21 @@ async fn welcomed(
 async fn presence(inner: &Arc<Inner>, change: PresenceChange) {
     let event = match change {
         PresenceChange::Snapshot(list) => {
-            {
-                let mut p = inner.presence.lock();
-                p.clear();
-                p.extend(list.iter().map(|i| (i.id, i.clone())));
-            }
-            inner
-                .presence_known
-                .store(true, std::sync::atomic::Ordering::Release);
+            inner.roster.replace(&list);
             PresenceEvent::Snapshot(list)
         }
         PresenceChange::Joined(info) => {
-            {
-                let mut p = inner.presence.lock();
-                p.insert(info.id, info.clone());
-            }
+            inner.roster.upsert(info.clone());
             // A new relay session of a peer we have connections to: it may have restarted.
             inner.mark_suspect(&info.id);
             PresenceEvent::Joined(info)
         }
         PresenceChange::Updated(info) => {
-            {
-                let mut p = inner.presence.lock();
-                p.insert(info.id, info.clone());
-            }
+            inner.roster.upsert(info.clone());
             PresenceEvent::Updated(info)
         }
         PresenceChange::Left(id) => {
-            {
-                let mut p = inner.presence.lock();
-                p.remove(&id);
-            }
+            inner.roster.remove(&id);
             PresenceEvent::Left(id)
         }
     };

@@ -14,9 +14,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod config;
 pub mod metrics;
+mod registry;
 mod session;
 mod socket;
+mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,78 +29,17 @@ use std::time::Duration;
 
 use p2pcall_proto::PeerId;
 use p2pcall_proto::packet::Control;
-use p2pcall_proto::relay::{RefuseReason, ServerFrame};
+use p2pcall_proto::relay::RefuseReason;
 use p2pcall_tls::Identity;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use config::RelayConfig;
 pub use metrics::Metrics;
 pub use p2pcall_proto::limits::TokenBucket;
-use session::Sessions;
+use registry::Sessions;
 use socket::RelaySocket;
-
-/// Relay settings. [`RelayConfig::new`] gives production defaults.
-#[derive(Debug, Clone)]
-pub struct RelayConfig {
-    /// UDP address: QUIC control plane, data path and first reflection port.
-    pub listen: SocketAddr,
-    /// TCP+TLS fallback address (`None`: disabled).
-    pub tcp_listen: Option<SocketAddr>,
-    /// Second UDP reflection address (`None`: disabled).
-    pub reflect_listen: Option<SocketAddr>,
-    /// Prometheus metrics address (`None`: disabled).
-    pub metrics_listen: Option<SocketAddr>,
-    /// Shared access token required in `Hello`.
-    pub token: Option<String>,
-    /// Most sessions at once.
-    pub max_peers: usize,
-    /// Relayed packets per second per peer.
-    pub packet_rate: f64,
-    /// Relayed bytes per second per peer.
-    pub byte_rate: f64,
-    /// Control frames (signals, renames, pings) per second per peer; a peer above twice
-    /// this burst is disconnected as abusive.
-    pub control_rate: f64,
-    /// Signals per second per peer; above it, signals fail with `RateLimited` (the session
-    /// stays up).
-    pub signal_rate: f64,
-    /// Time allowed from connection to `Hello`.
-    pub handshake_timeout: Duration,
-    /// A session with no control frame for this long is closed (clients ping every 10 s).
-    pub idle_timeout: Duration,
-    /// QUIC handshakes in progress at once (bounds half-open connections).
-    pub max_incoming: usize,
-}
-
-impl RelayConfig {
-    /// Defaults for a relay on `listen`: TCP fallback on the same port number, second
-    /// reflection port one above, no metrics.
-    pub fn new(listen: SocketAddr) -> Self {
-        let mut reflect = listen;
-        reflect.set_port(if listen.port() == 0 {
-            0
-        } else {
-            listen.port().wrapping_add(1)
-        });
-        Self {
-            listen,
-            tcp_listen: Some(listen),
-            reflect_listen: Some(reflect),
-            metrics_listen: None,
-            token: None,
-            max_peers: 50_000,
-            // ~100 Mbit/s of 1200-byte packets per peer, more than one HD call needs.
-            packet_rate: 10_000.0,
-            byte_rate: 12.5e6,
-            control_rate: 50.0,
-            // Call setup and path coordination need a handful; 20/s is generous.
-            signal_rate: 20.0,
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(40),
-            max_incoming: 4096,
-        }
-    }
-}
+use state::Shared;
 
 /// Errors starting the relay.
 #[derive(Debug, thiserror::Error)]
@@ -115,46 +57,6 @@ pub enum RelayError {
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] p2pcall_tls::TlsError),
-}
-
-pub(crate) struct Shared {
-    cfg: RelayConfig,
-    metrics: Arc<Metrics>,
-    sessions: Arc<RwLock<Sessions>>,
-    socket: Arc<RelaySocket>,
-    cancel: CancellationToken,
-    /// Set when shutdown begins: no new session registers from then on (one that did would
-    /// be welcomed by a relay about to go away).
-    closing: std::sync::atomic::AtomicBool,
-    reflect_ports: Vec<u16>,
-}
-
-impl Shared {
-    /// Forwards a packet that arrived in a TCP `Data` frame.
-    fn forward_from_tcp(&self, from: PeerId, to: PeerId, packet: &[u8]) {
-        use metrics::DropReason;
-        use std::sync::atomic::Ordering;
-        let dst = self.sessions.read().by_id(&to).cloned();
-        let Some(dst) = dst else {
-            self.metrics.dropped(DropReason::UnknownDestination);
-            return;
-        };
-        let ok = match dst.udp_addr() {
-            Some(addr) => self.socket.send_relayed(addr, &from, packet),
-            None => dst.try_queue(ServerFrame::Data {
-                from,
-                packet: bytes::Bytes::copy_from_slice(packet),
-            }),
-        };
-        if ok {
-            self.metrics.packets_relayed.fetch_add(1, Ordering::Relaxed);
-            self.metrics
-                .bytes_relayed
-                .fetch_add(packet.len() as u64, Ordering::Relaxed);
-        } else {
-            self.metrics.dropped(DropReason::QueueFull);
-        }
-    }
 }
 
 /// A running relay.
@@ -457,7 +359,7 @@ async fn serve_reflect(shared: Arc<Shared>, sock: tokio::net::UdpSocket) {
             let mut out = Vec::with_capacity(32);
             Control::ReflectResp {
                 txid,
-                observed: socket::canonical(from),
+                observed: p2pcall_tls::udp::canonical(from),
             }
             .encode(&mut out);
             let _ = sock.send_to(&out, from).await;

@@ -1,5 +1,4 @@
-//! Registered sessions: one per online peer key, reached by key (signals, packets) or by
-//! session tag (UDP data path).
+//! One client's session, driven from its first frame to its end.
 //!
 //! Session flow (same over QUIC and over the TCP+TLS fallback). The protocol decisions (hello,
 //! token, timeouts, rate limits, refusals) are [`ServerSession`]'s; this module drives it and
@@ -13,201 +12,28 @@
 //!    view is always exact. A subscriber that falls behind (queue full) gets a fresh snapshot
 //!    instead of an unbounded queue.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use p2pcall_proto::PeerId;
-use p2pcall_proto::limits::TokenBucket;
 use p2pcall_proto::relay::server::{
     CloseCause, Closure, ReadEnd, ServerSession, SessionConfig, SessionEvent,
 };
-use p2pcall_proto::relay::{
-    MAX_FRAME, PeerInfo, RefuseReason, SNAPSHOT_CHUNK, ServerFrame, SignalFailure,
-};
+use p2pcall_proto::relay::{MAX_FRAME, RefuseReason, SNAPSHOT_CHUNK, ServerFrame, SignalFailure};
 use p2pcall_tls::framed::{FrameReadError, FrameReader, write_all};
-use parking_lot::Mutex;
+use p2pcall_tls::udp::canonical;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
-use crate::Shared;
-use crate::metrics::{Close, DropReason};
-use crate::socket::canonical;
-
-/// Frames queued toward one peer before presence falls back to a snapshot and signals fail
-/// with `QueueFull`.
-const OUT_QUEUE: usize = 1024;
-
-/// All registered sessions.
-#[derive(Debug, Default)]
-pub struct Sessions {
-    by_id: HashMap<PeerId, Arc<Session>>,
-    by_tag: HashMap<[u8; 16], Arc<Session>>,
-}
-
-impl Sessions {
-    /// Session of a peer.
-    pub fn by_id(&self, id: &PeerId) -> Option<&Arc<Session>> {
-        self.by_id.get(id)
-    }
-    /// Session owning a data-path tag.
-    pub fn by_tag(&self, tag: &[u8; 16]) -> Option<&Arc<Session>> {
-        self.by_tag.get(tag)
-    }
-    /// Number of sessions.
-    pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
-    }
-    /// Every session.
-    pub fn all(&self) -> Vec<Arc<Session>> {
-        self.by_id.values().cloned().collect()
-    }
-    fn snapshot(&self) -> Vec<PeerInfo> {
-        self.by_id.values().map(|s| s.info()).collect()
-    }
-    /// Queues `frame` to every presence subscriber but `except`. Called with the write lock
-    /// held, right after the change it reports.
-    fn broadcast(&self, shared: &Shared, frame: &ServerFrame, except: &PeerId) {
-        for s in self.by_id.values() {
-            if !s.presence || s.id == *except {
-                continue;
-            }
-            if s.out.try_send(frame.clone()).is_ok() {
-                shared
-                    .metrics
-                    .presence_events
-                    .fetch_add(1, Ordering::Relaxed);
-            } else {
-                s.resync.store(true, Ordering::Release);
-                s.wake.notify_one();
-            }
-        }
-    }
-}
-
-/// A UDP-capable session's binding to its QUIC connection.
-#[derive(Debug)]
-struct UdpBinding {
-    addr: Mutex<SocketAddr>,
-    conn: quinn::Connection,
-}
-
-/// One online peer.
-#[derive(Debug)]
-pub struct Session {
-    /// The peer's key (proved in TLS).
-    pub id: PeerId,
-    tag: [u8; 16],
-    name: Mutex<String>,
-    since_ms: u64,
-    presence: bool,
-    udp: Option<UdpBinding>,
-    out: mpsc::Sender<ServerFrame>,
-    resync: AtomicBool,
-    wake: Notify,
-    data_limits: Mutex<(TokenBucket, TokenBucket)>,
-    close: CancellationToken,
-    close_reason: Mutex<Option<(RefuseReason, String)>>,
-}
-
-impl Session {
-    fn info(&self) -> PeerInfo {
-        PeerInfo {
-            id: self.id,
-            name: self.name.lock().clone(),
-            online_since_ms: self.since_ms,
-        }
-    }
-
-    /// Where to send UDP packets for this peer (`None`: TCP fallback session).
-    pub fn udp_addr(&self) -> Option<SocketAddr> {
-        self.udp.as_ref().map(|u| *u.addr.lock())
-    }
-
-    /// True if a data packet from `src` may belong to this session: its QUIC connection's
-    /// address (followed through NAT rebinding).
-    pub fn udp_source_ok(&self, src: SocketAddr) -> bool {
-        let Some(u) = &self.udp else { return false };
-        let mut addr = u.addr.lock();
-        if *addr == src {
-            return true;
-        }
-        let now = canonical(u.conn.remote_address());
-        if now == src {
-            *addr = now;
-            return true;
-        }
-        false
-    }
-
-    /// Charges one packet of `len` bytes to the sender's data rate.
-    pub fn allow_data(&self, now: Instant, len: usize) -> bool {
-        let mut l = self.data_limits.lock();
-        l.0.take(now, 1.0) && l.1.take(now, len as f64)
-    }
-
-    /// Queues a frame; false if the queue is full.
-    pub fn try_queue(&self, f: ServerFrame) -> bool {
-        self.out.try_send(f).is_ok()
-    }
-
-    /// Ends the session, telling the peer why.
-    pub fn end(&self, reason: RefuseReason, detail: &str) {
-        {
-            let mut r = self.close_reason.lock();
-            r.get_or_insert((reason, detail.to_string()));
-        }
-        self.close.cancel();
-    }
-}
-
-impl Session {
-    /// A new session (not yet in the table) and the receiving end of its queue.
-    fn new(
-        shared: &Shared,
-        id: PeerId,
-        name: String,
-        presence: bool,
-        udp: Option<quinn::Connection>,
-        now: Instant,
-    ) -> (Arc<Self>, mpsc::Receiver<ServerFrame>) {
-        let cfg = &shared.cfg;
-        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
-        let session = Arc::new(Self {
-            id,
-            tag: rand::random(),
-            name: Mutex::new(name),
-            since_ms: unix_ms(),
-            presence,
-            udp: udp.map(|conn| UdpBinding {
-                addr: Mutex::new(canonical(conn.remote_address())),
-                conn,
-            }),
-            out,
-            resync: AtomicBool::new(presence),
-            wake: Notify::new(),
-            data_limits: Mutex::new((
-                TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
-                TokenBucket::new(now, cfg.byte_rate, cfg.byte_rate / 10.0 + 65536.0),
-            )),
-            close: shared.cancel.child_token(),
-            close_reason: Mutex::new(None),
-        });
-        (session, out_rx)
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::config::RelayConfig;
+use crate::metrics::DropReason;
+use crate::registry::{Refusal, Session};
+use crate::state::Shared;
 
 /// The relay settings one session's machine needs.
-fn session_config(cfg: &crate::RelayConfig) -> SessionConfig {
+fn session_config(cfg: &RelayConfig) -> SessionConfig {
     SessionConfig {
         token: cfg.token.clone(),
         handshake_timeout: cfg.handshake_timeout,
@@ -278,7 +104,7 @@ where
         }
     };
     let now = Instant::now();
-    let (session, out_rx) = Session::new(&shared, id, name, presence, udp, now);
+    let (session, out_rx) = Session::new(&shared.cfg, &shared.cancel, id, name, presence, udp, now);
     if let Err((reason, detail, cause)) = register(&shared, &session) {
         machine.refuse(reason, detail, cause);
         let Some(SessionEvent::Closed(c)) = machine.poll_event() else {
@@ -316,7 +142,10 @@ where
     shared.metrics.close(end.cause);
     session.end(end.reason, &end.detail);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-    unregister(&shared, &session);
+    shared
+        .sessions
+        .write()
+        .unregister(&session, &shared.metrics);
     let (reason, detail) = session
         .close_reason
         .lock()
@@ -325,11 +154,8 @@ where
     Some((reason as u32, format!("{reason}: {detail}")))
 }
 
-/// Why a registration was refused.
-type Refusal = (RefuseReason, &'static str, CloseCause);
-
-/// Adds a session to the table, replacing an older login with the same key; refused when
-/// the relay is full or shutting down.
+/// Adds the session to the table; refused once shutdown began (a session that registered
+/// then would be welcomed by a relay about to go away), or when the relay is full.
 fn register(shared: &Shared, session: &Arc<Session>) -> Result<(), Refusal> {
     let mut sessions = shared.sessions.write();
     if shared.closing.load(Ordering::Acquire) {
@@ -339,47 +165,7 @@ fn register(shared: &Shared, session: &Arc<Session>) -> Result<(), Refusal> {
             CloseCause::ShuttingDown,
         ));
     }
-    let replacing = sessions.by_id.contains_key(&session.id);
-    if !replacing && sessions.by_id.len() >= shared.cfg.max_peers {
-        return Err((
-            RefuseReason::ServerFull,
-            "too many peers online",
-            CloseCause::ServerFull,
-        ));
-    }
-    if let Some(old) = sessions.by_id.insert(session.id, session.clone()) {
-        sessions.by_tag.remove(&old.tag);
-        old.end(
-            RefuseReason::Replaced,
-            "a newer login with this key replaced this session",
-        );
-        shared.metrics.close(Close::Replaced);
-    }
-    sessions.by_tag.insert(session.tag, session.clone());
-    shared
-        .metrics
-        .peers_online
-        .store(sessions.len() as u64, Ordering::Relaxed);
-    sessions.broadcast(shared, &ServerFrame::Joined(session.info()), &session.id);
-    Ok(())
-}
-
-/// Removes a session from the table unless a newer login already took its place.
-fn unregister(shared: &Shared, session: &Arc<Session>) {
-    let mut sessions = shared.sessions.write();
-    if sessions
-        .by_id
-        .get(&session.id)
-        .is_some_and(|s| Arc::ptr_eq(s, session))
-    {
-        sessions.by_id.remove(&session.id);
-        sessions.by_tag.remove(&session.tag);
-        shared
-            .metrics
-            .peers_online
-            .store(sessions.len() as u64, Ordering::Relaxed);
-        sessions.broadcast(shared, &ServerFrame::Left(session.id), &session.id);
-    }
+    sessions.register(session, shared.cfg.max_peers, &shared.metrics)
 }
 
 /// Serves a registered session until its machine closes it.
@@ -402,7 +188,7 @@ async fn serve<R: AsyncRead + Unpin>(
                     {
                         let sessions = shared.sessions.write();
                         sessions.broadcast(
-                            shared,
+                            &shared.metrics,
                             &ServerFrame::Updated(session.info()),
                             &session.id,
                         );

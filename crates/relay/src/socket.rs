@@ -22,9 +22,9 @@ use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 
 use crate::metrics::{DropReason, Metrics};
-use crate::session::Sessions;
+use crate::registry::Sessions;
 
-pub use p2pcall_tls::udp::canonical;
+use p2pcall_tls::udp::canonical;
 
 /// The relay's main UDP socket.
 pub struct RelaySocket {

@@ -1,0 +1,452 @@
+//! Setting up and driving each peer connection: the control stream (hello, candidates),
+//! the sans-IO path manager (probes, hole punching, path switches), auxiliary sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use p2pcall_nat::{MAIN_SOCKET, Path, PathEvent, PathManager, Via};
+use p2pcall_proto::PeerId;
+use p2pcall_proto::packet::Control;
+use p2pcall_proto::peer::{Datagram, PeerFrame};
+use p2pcall_tls::framed::FrameReader;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::connection::{
+    CLOSE_PEER_RESTARTED, CLOSE_PROTOCOL, ConnShared, LiveConn, PeerConnection,
+};
+use crate::inner::Inner;
+use crate::socket::{ControlPacket, PeerRoute, canonical};
+
+/// Label of the TLS exporter that yields the probe MAC key of a connection.
+pub(crate) const PROBE_KEY_LABEL: &[u8] = b"p2pcall probe key v1";
+/// Kernel buffer of each auxiliary (birthday) socket.
+pub(crate) const AUX_SOCKET_BUFFER: usize = 256 << 10;
+
+pub(crate) fn start_connection(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    route: Arc<PeerRoute>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    dialer: bool,
+) -> PeerConnection {
+    route.conns.fetch_add(1, Ordering::Relaxed);
+    // The newest connection to a peer steers its route, starting on the relay path: a
+    // direct path of an earlier connection (often a dead process's port) is not trusted
+    // until probed again. With no other connection alive, what earlier ones validated is
+    // forgotten now; otherwise when the peer's `Hello` shows they were another instance
+    // (a second connection from the same process keeps them: its traffic is in flight).
+    let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
+    let alone = inner.conns.lock().get(&route.id).is_none_or(Vec::is_empty);
+    if alone {
+        inner.socket.forget_direct(&route, serial);
+    }
+    route.claim(serial);
+    let path_rx = route.watch_path();
+    let (dg_tx, dg_rx) = mpsc::channel(256);
+    let shared = Arc::new(ConnShared {
+        me: inner.identity.id(),
+        peer: route.id,
+        serial,
+        remote_instance: Mutex::new(None),
+        suspect: std::sync::atomic::AtomicBool::new(false),
+        conn,
+        route,
+        pings: Mutex::default(),
+        remote_name: Mutex::new(None),
+        path_rx,
+        datagrams: Mutex::new(Some(dg_rx)),
+        probes_sent: std::sync::atomic::AtomicU64::new(0),
+    });
+    let (probe_tx, probe_rx) = mpsc::channel(1024);
+    {
+        let mut c = inner.conns.lock();
+        c.entry(shared.peer).or_default().push(LiveConn {
+            serial,
+            probe_tx: probe_tx.clone(),
+            shared: shared.clone(),
+        });
+    }
+    let pc = PeerConnection {
+        shared: shared.clone(),
+    };
+    let aux = AuxSockets::new(inner.clone(), shared.route.clone(), probe_tx.clone());
+    tokio::spawn(drive_connection(
+        inner,
+        shared,
+        (send, recv),
+        probe_rx,
+        dg_tx,
+        (dialer, aux),
+    ));
+    pc
+}
+
+/// A connection's auxiliary sockets for the birthday technique (opened on first use, closed
+/// when the attempt ends, except the one a selected path uses).
+struct AuxSockets {
+    inner: Arc<Inner>,
+    route: Arc<PeerRoute>,
+    probe_tx: mpsc::Sender<ControlPacket>,
+    socks: HashMap<Via, (Arc<tokio::net::UdpSocket>, tokio::task::JoinHandle<()>)>,
+}
+
+impl AuxSockets {
+    fn new(
+        inner: Arc<Inner>,
+        route: Arc<PeerRoute>,
+        probe_tx: mpsc::Sender<ControlPacket>,
+    ) -> Self {
+        Self {
+            inner,
+            route,
+            probe_tx,
+            socks: HashMap::new(),
+        }
+    }
+
+    /// Socket `via`, opened now if needed. `None` for the main socket or if binding failed.
+    fn get(&mut self, via: Via) -> Option<Arc<tokio::net::UdpSocket>> {
+        if via == MAIN_SOCKET {
+            return None;
+        }
+        if let Some((s, _)) = self.socks.get(&via) {
+            return Some(s.clone());
+        }
+        let any = if self
+            .inner
+            .socket
+            .family(SocketAddr::from(([0, 0, 0, 0], 0)))
+            .is_ipv6()
+        {
+            SocketAddr::from(([0u16; 8], 0))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
+        let sock = p2pcall_tls::udp::bind(any, AUX_SOCKET_BUFFER)
+            .and_then(tokio::net::UdpSocket::from_std)
+            .map_err(|e| tracing::debug!("auxiliary socket: {e}"))
+            .ok()?;
+        let sock = Arc::new(sock);
+        let task = tokio::spawn(aux_recv(
+            sock.clone(),
+            via,
+            self.inner.clone(),
+            self.route.clone(),
+            self.probe_tx.clone(),
+        ));
+        self.socks.insert(via, (sock.clone(), task));
+        Some(sock)
+    }
+
+    fn send(&mut self, via: Via, dst: SocketAddr, payload: &[u8]) {
+        match self.get(via) {
+            Some(s) => {
+                let _ = s.try_send_to(payload, self.inner.socket.family(dst));
+            }
+            None => self.inner.socket.send_control(dst, payload),
+        }
+    }
+
+    fn release(&mut self, keep: Option<Via>) {
+        self.socks.retain(|via, (_, task)| {
+            let keep = Some(*via) == keep;
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+    }
+}
+
+impl Drop for AuxSockets {
+    fn drop(&mut self) {
+        self.release(None);
+    }
+}
+
+/// Receives on one auxiliary socket: probes go to the connection's path manager, QUIC
+/// packets from a validated address of this peer to quinn.
+async fn aux_recv(
+    sock: Arc<tokio::net::UdpSocket>,
+    via: Via,
+    inner: Arc<Inner>,
+    route: Arc<PeerRoute>,
+    probe_tx: mpsc::Sender<ControlPacket>,
+) {
+    let queue = inner.socket.queue();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            // ICMP errors surface here; keep going.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let from = canonical(from);
+        let pkt = &buf[..n];
+        let Some(&first) = pkt.first() else { continue };
+        if p2pcall_proto::packet::is_quic(first) {
+            if inner.socket.is_direct_of(from, &route) {
+                let _ = queue.try_send(crate::socket::Queued::Direct(
+                    route.clone(),
+                    from,
+                    pkt.to_vec(),
+                ));
+            }
+        } else if let Ok(packet) = Control::decode(pkt) {
+            let _ = probe_tx.try_send(ControlPacket {
+                from,
+                at: Instant::now(),
+                packet,
+                via,
+            });
+        }
+    }
+}
+
+async fn send_frame(send: &mut quinn::SendStream, f: &PeerFrame, peer: PeerId) {
+    let mut buf = Vec::with_capacity(f.encoded_len());
+    f.encode(&mut buf);
+    if let Err(e) = p2pcall_tls::framed::write_all(send, &buf).await {
+        tracing::debug!(%peer, "control frame not sent: {e}");
+    }
+}
+
+/// Closes older connections to the same peer whose peer process was another instance than
+/// `instance` (the peer restarted: they are dead, and would only hold streams until their
+/// idle timeout), and forgets the direct addresses they validated.
+fn close_restarted(inner: &Inner, shared: &ConnShared, instance: u64) {
+    let stale: Vec<quinn::Connection> = inner
+        .conns
+        .lock()
+        .get(&shared.peer)
+        .into_iter()
+        .flatten()
+        .filter(|o| o.serial < shared.serial)
+        .filter(|o| {
+            o.shared
+                .remote_instance
+                .lock()
+                .is_some_and(|i| i != instance)
+        })
+        .map(|o| o.shared.conn.clone())
+        .collect();
+    if !stale.is_empty() {
+        inner.socket.forget_direct(&shared.route, shared.serial);
+    }
+    for c in stale {
+        tracing::debug!(peer = %shared.peer, "closing a connection to the peer's previous instance");
+        c.close(CLOSE_PEER_RESTARTED.into(), b"the peer restarted");
+    }
+}
+
+async fn drive_connection(
+    inner: Arc<Inner>,
+    shared: Arc<ConnShared>,
+    (mut send, recv): (quinn::SendStream, quinn::RecvStream),
+    mut probe_rx: mpsc::Receiver<ControlPacket>,
+    dg_tx: mpsc::Sender<Bytes>,
+    (dialer, mut aux): (bool, AuxSockets),
+) {
+    let conn = shared.conn.clone();
+    let peer = shared.peer;
+    let serial = shared.serial;
+    let mut owner_rx = shared.route.watch_owner();
+    let mut owned = shared.route.owner() == serial;
+    let mut key = [0u8; 32];
+    if conn
+        .export_keying_material(&mut key, PROBE_KEY_LABEL, b"")
+        .is_err()
+    {
+        conn.close(CLOSE_PROTOCOL.into(), b"no keying material");
+    }
+    let mut pm = PathManager::new(inner.identity.id(), key, dialer);
+    let mut mapping_rx = inner.mapping.subscribe();
+    let mut epoch_rx = inner.net_epoch.subscribe();
+    let reach = inner.reach();
+    pm.set_local_mapping(reach.mapping);
+    let name = inner.name.lock().clone();
+    let hello = PeerFrame::Hello {
+        name,
+        instance: inner.instance,
+        reach,
+    };
+    send_frame(&mut send, &hello, peer).await;
+    let mut reader = FrameReader::new(recv, p2pcall_proto::peer::MAX_FRAME);
+    let mut control_open = true;
+    let reason = loop {
+        let timeout = pm
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let mut announce = false;
+        tokio::select! {
+                    _ = inner.cancel.cancelled() => break "endpoint closed".to_string(),
+                    e = conn.closed() => break e.to_string(),
+                    f = reader.next(), if control_open => match f {
+                        Ok(raw) => match PeerFrame::decode(raw) {
+                            Ok(PeerFrame::Hello { name, instance, reach }) => {
+                                {
+        let mut n = shared.remote_name.lock();
+                                    *n = Some(name);
+                                }
+                                {
+        let mut i = shared.remote_instance.lock();
+                                    *i = Some(instance);
+                                }
+                                close_restarted(&inner, &shared, instance);
+                                if inner.direct_paths {
+                                    pm.set_remote_nat(reach.mapping, reach.observed);
+                                    pm.add_remote_candidates(Instant::now(), &reach.candidates);
+                                    pm.request_round(Instant::now());
+                                }
+                            }
+                            Ok(PeerFrame::Candidates(reach)) => {
+                                if inner.direct_paths {
+                                    pm.set_remote_nat(reach.mapping, reach.observed);
+                                    pm.add_remote_candidates(Instant::now(), &reach.candidates);
+                                    pm.request_round(Instant::now());
+                                }
+                            }
+                            Ok(PeerFrame::Punch { .. }) => {
+                                if inner.direct_paths && !dialer {
+                                    pm.start_round(Instant::now());
+                                }
+                            }
+                            Err(e) => {
+                                conn.close(CLOSE_PROTOCOL.into(), format!("bad control frame: {e}").as_bytes());
+                                break format!("peer sent a bad control frame: {e}");
+                            }
+                        },
+                        Err(p2pcall_tls::framed::FrameReadError::Closed) => control_open = false,
+                        Err(e) => {
+                            conn.close(CLOSE_PROTOCOL.into(), format!("control stream: {e}").as_bytes());
+                            break format!("control stream: {e}");
+                        }
+                    },
+                    Some(pkt) = probe_rx.recv() => {
+                        if inner.direct_paths && pm.handle_control(pkt.at, pkt.from, pkt.via, &pkt.packet) {
+                            inner.socket.map_direct(pkt.from, &shared.route, serial);
+                        }
+                    }
+                    Ok(()) = mapping_rx.changed() => {
+                        let m = *mapping_rx.borrow_and_update();
+                        if let Some(m) = m {
+                            pm.set_local_mapping(m);
+                            announce = true;
+                        }
+                    }
+                    Ok(()) = epoch_rx.changed() => {
+                        epoch_rx.borrow_and_update();
+                        // New interface addresses: tell the peer, and punch again.
+                        pm.reprobe(Instant::now());
+                        announce = true;
+                    }
+                    Ok(()) = owner_rx.changed() => {}
+                    d = conn.read_datagram() => match d {
+                        Ok(d) => handle_datagram(&shared, &dg_tx, d),
+                        Err(e) => break e.to_string(),
+                    },
+                    _ = tokio::time::sleep_until(timeout.into()) => {}
+                }
+        if announce && inner.direct_paths {
+            send_frame(&mut send, &PeerFrame::Candidates(inner.reach()), peer).await;
+            pm.request_round(Instant::now());
+        }
+        let now = Instant::now();
+        pm.set_relay_rtt(conn.rtt());
+        let owns = shared.route.owner() == serial;
+        if owns && !owned {
+            // An older connection ended and this one steers the route now: apply what its
+            // path manager knows.
+            for a in pm.validated() {
+                inner.socket.map_direct(a, &shared.route, serial);
+            }
+            if let Path::Direct(_) = pm.selected() {
+                shared
+                    .route
+                    .set_path(serial, pm.selected(), aux.get(pm.selected_via()));
+            }
+        }
+        owned = owns;
+        if owns && let Some((addr, at)) = shared.route.take_direct_rx() {
+            pm.note_rx(at, addr);
+        }
+        pm.handle_timeout(now);
+        while let Some(t) = pm.poll_transmit() {
+            aux.send(t.via, t.dst, &t.payload);
+        }
+        shared
+            .probes_sent
+            .store(pm.probes_sent(), Ordering::Relaxed);
+        while let Some(e) = pm.poll_event() {
+            match e {
+                PathEvent::Selected { path, via, rtt } => {
+                    if !shared.route.set_path(serial, path, aux.get(via)) {
+                        tracing::debug!(%peer, ?path, "path of a connection that no longer steers the route");
+                        continue;
+                    }
+                    // For a LAN peer "the relay" is its announced address.
+                    let path = shared.route.path();
+                    tracing::info!(%peer, ?path, via, ?rtt, "path changed");
+                    inner
+                        .emit(crate::Event::PathChanged {
+                            peer,
+                            path,
+                            rtt,
+                            at: now,
+                        })
+                        .await;
+                }
+                PathEvent::SendPunch { round } => {
+                    send_frame(&mut send, &PeerFrame::Punch { round }, peer).await;
+                }
+                PathEvent::ReleaseAux { keep } => aux.release(keep),
+            }
+        }
+    };
+    drop(aux);
+    // If this connection steered the route, the newest other one to the peer takes over.
+    let next = (|| {
+        let mut c = inner.conns.lock();
+        let list = c.get_mut(&peer)?;
+        list.retain(|o| o.serial != serial);
+        let next = list.last().map(|o| o.serial);
+        if list.is_empty() {
+            c.remove(&peer);
+        }
+        next
+    })();
+    shared.route.release(serial, next);
+    shared.route.conns.fetch_sub(1, Ordering::Relaxed);
+    inner
+        .emit(crate::Event::ConnectionClosed { peer, reason })
+        .await;
+}
+
+fn handle_datagram(shared: &ConnShared, app: &mpsc::Sender<Bytes>, d: Bytes) {
+    match Datagram::decode(&d) {
+        Ok(Datagram::Ping { seq, pad }) => {
+            tracing::trace!(serial = shared.serial, seq, "ping datagram");
+            let mut buf = Vec::new();
+            Datagram::Pong { seq, pad }.encode(&mut buf);
+            let _ = shared.conn.send_datagram(Bytes::from(buf));
+        }
+        Ok(Datagram::Pong { seq, .. }) => {
+            tracing::trace!(serial = shared.serial, seq, "pong datagram");
+            let now = Instant::now();
+            let tx = shared.pings.lock().remove(&seq);
+            if let Some(tx) = tx {
+                let _ = tx.send(now);
+            }
+        }
+        Err(_) => {
+            // Not ours: the application's (media later). Drop when it does not keep up.
+            let _ = app.try_send(d);
+        }
+    }
+}

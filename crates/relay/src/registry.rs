@@ -1,0 +1,241 @@
+//! Registered sessions: one per online peer key, reached by key (signals, packets) or by
+//! session tag (UDP data path). Registering and leaving are announced to the presence
+//! subscribers under the table's write lock, right after the change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
+
+use p2pcall_proto::PeerId;
+use p2pcall_proto::limits::TokenBucket;
+use p2pcall_proto::relay::server::CloseCause;
+use p2pcall_proto::relay::{PeerInfo, RefuseReason, ServerFrame};
+use p2pcall_tls::udp::canonical;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::metrics::Metrics;
+
+/// Frames queued toward one peer before presence falls back to a snapshot and signals fail
+/// with `QueueFull`.
+const OUT_QUEUE: usize = 1024;
+
+/// All registered sessions.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_id: HashMap<PeerId, Arc<Session>>,
+    by_tag: HashMap<[u8; 16], Arc<Session>>,
+}
+
+impl Sessions {
+    /// Session of a peer.
+    pub fn by_id(&self, id: &PeerId) -> Option<&Arc<Session>> {
+        self.by_id.get(id)
+    }
+    /// Session owning a data-path tag.
+    pub fn by_tag(&self, tag: &[u8; 16]) -> Option<&Arc<Session>> {
+        self.by_tag.get(tag)
+    }
+    /// Number of sessions.
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+    /// Every session.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.by_id.values().cloned().collect()
+    }
+    pub(crate) fn snapshot(&self) -> Vec<PeerInfo> {
+        self.by_id.values().map(|s| s.info()).collect()
+    }
+    /// Queues `frame` to every presence subscriber but `except`. Called with the write lock
+    /// held, right after the change it reports.
+    pub(crate) fn broadcast(&self, metrics: &Metrics, frame: &ServerFrame, except: &PeerId) {
+        for s in self.by_id.values() {
+            if !s.presence || s.id == *except {
+                continue;
+            }
+            if s.out.try_send(frame.clone()).is_ok() {
+                metrics.presence_events.fetch_add(1, Ordering::Relaxed);
+            } else {
+                s.resync.store(true, Ordering::Release);
+                s.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// A UDP-capable session's binding to its QUIC connection.
+#[derive(Debug)]
+struct UdpBinding {
+    addr: Mutex<SocketAddr>,
+    conn: quinn::Connection,
+}
+
+/// One online peer.
+#[derive(Debug)]
+pub struct Session {
+    /// The peer's key (proved in TLS).
+    pub id: PeerId,
+    pub(crate) tag: [u8; 16],
+    pub(crate) name: Mutex<String>,
+    since_ms: u64,
+    presence: bool,
+    udp: Option<UdpBinding>,
+    out: mpsc::Sender<ServerFrame>,
+    pub(crate) resync: AtomicBool,
+    pub(crate) wake: Notify,
+    data_limits: Mutex<(TokenBucket, TokenBucket)>,
+    pub(crate) close: CancellationToken,
+    pub(crate) close_reason: Mutex<Option<(RefuseReason, String)>>,
+}
+
+impl Session {
+    pub(crate) fn info(&self) -> PeerInfo {
+        PeerInfo {
+            id: self.id,
+            name: self.name.lock().clone(),
+            online_since_ms: self.since_ms,
+        }
+    }
+
+    /// Where to send UDP packets for this peer (`None`: TCP fallback session).
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.as_ref().map(|u| *u.addr.lock())
+    }
+
+    /// True if a data packet from `src` may belong to this session: its QUIC connection's
+    /// address (followed through NAT rebinding).
+    pub fn udp_source_ok(&self, src: SocketAddr) -> bool {
+        let Some(u) = &self.udp else { return false };
+        let mut addr = u.addr.lock();
+        if *addr == src {
+            return true;
+        }
+        let now = canonical(u.conn.remote_address());
+        if now == src {
+            *addr = now;
+            return true;
+        }
+        false
+    }
+
+    /// Charges one packet of `len` bytes to the sender's data rate.
+    pub fn allow_data(&self, now: Instant, len: usize) -> bool {
+        let mut l = self.data_limits.lock();
+        l.0.take(now, 1.0) && l.1.take(now, len as f64)
+    }
+
+    /// Queues a frame; false if the queue is full.
+    pub fn try_queue(&self, f: ServerFrame) -> bool {
+        self.out.try_send(f).is_ok()
+    }
+
+    /// Ends the session, telling the peer why.
+    pub fn end(&self, reason: RefuseReason, detail: &str) {
+        {
+            let mut r = self.close_reason.lock();
+            r.get_or_insert((reason, detail.to_string()));
+        }
+        self.close.cancel();
+    }
+}
+
+impl Session {
+    /// A new session (not yet in the table) and the receiving end of its queue; it closes
+    /// when `parent` is cancelled.
+    pub(crate) fn new(
+        cfg: &RelayConfig,
+        parent: &CancellationToken,
+        id: PeerId,
+        name: String,
+        presence: bool,
+        udp: Option<quinn::Connection>,
+        now: Instant,
+    ) -> (Arc<Self>, mpsc::Receiver<ServerFrame>) {
+        let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+        let session = Arc::new(Self {
+            id,
+            tag: rand::random(),
+            name: Mutex::new(name),
+            since_ms: unix_ms(),
+            presence,
+            udp: udp.map(|conn| UdpBinding {
+                addr: Mutex::new(canonical(conn.remote_address())),
+                conn,
+            }),
+            out,
+            resync: AtomicBool::new(presence),
+            wake: Notify::new(),
+            data_limits: Mutex::new((
+                TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
+                TokenBucket::new(now, cfg.byte_rate, cfg.byte_rate / 10.0 + 65536.0),
+            )),
+            close: parent.child_token(),
+            close_reason: Mutex::new(None),
+        });
+        (session, out_rx)
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why a registration was refused.
+pub(crate) type Refusal = (RefuseReason, &'static str, CloseCause);
+
+impl Sessions {
+    /// Adds a session, replacing an older login with the same key; refused when `max_peers`
+    /// are online. Joiners are announced to the presence subscribers.
+    pub(crate) fn register(
+        &mut self,
+        session: &Arc<Session>,
+        max_peers: usize,
+        metrics: &Metrics,
+    ) -> Result<(), Refusal> {
+        let replacing = self.by_id.contains_key(&session.id);
+        if !replacing && self.by_id.len() >= max_peers {
+            return Err((
+                RefuseReason::ServerFull,
+                "too many peers online",
+                CloseCause::ServerFull,
+            ));
+        }
+        if let Some(old) = self.by_id.insert(session.id, session.clone()) {
+            self.by_tag.remove(&old.tag);
+            old.end(
+                RefuseReason::Replaced,
+                "a newer login with this key replaced this session",
+            );
+            metrics.close(CloseCause::Replaced);
+        }
+        self.by_tag.insert(session.tag, session.clone());
+        metrics
+            .peers_online
+            .store(self.len() as u64, Ordering::Relaxed);
+        self.broadcast(metrics, &ServerFrame::Joined(session.info()), &session.id);
+        Ok(())
+    }
+
+    /// Removes a session unless a newer login already took its place.
+    pub(crate) fn unregister(&mut self, session: &Arc<Session>, metrics: &Metrics) {
+        if self
+            .by_id
+            .get(&session.id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            self.by_id.remove(&session.id);
+            self.by_tag.remove(&session.tag);
+            metrics
+                .peers_online
+                .store(self.len() as u64, Ordering::Relaxed);
+            self.broadcast(metrics, &ServerFrame::Left(session.id), &session.id);
+        }
+    }
+}

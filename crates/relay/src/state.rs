@@ -1,0 +1,53 @@
+//! What the relay's tasks share: settings, metrics, the session table, the UDP socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use p2pcall_proto::PeerId;
+use p2pcall_proto::relay::ServerFrame;
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::metrics::{DropReason, Metrics};
+use crate::registry::Sessions;
+use crate::socket::RelaySocket;
+
+/// What every task of a relay shares.
+pub(crate) struct Shared {
+    pub(crate) cfg: RelayConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) sessions: Arc<RwLock<Sessions>>,
+    pub(crate) socket: Arc<RelaySocket>,
+    pub(crate) cancel: CancellationToken,
+    /// Set when shutdown begins: no new session registers from then on (one that did would
+    /// be welcomed by a relay about to go away).
+    pub(crate) closing: AtomicBool,
+    pub(crate) reflect_ports: Vec<u16>,
+}
+
+impl Shared {
+    /// Forwards a packet that arrived in a TCP `Data` frame.
+    pub(crate) fn forward_from_tcp(&self, from: PeerId, to: PeerId, packet: &[u8]) {
+        let dst = self.sessions.read().by_id(&to).cloned();
+        let Some(dst) = dst else {
+            self.metrics.dropped(DropReason::UnknownDestination);
+            return;
+        };
+        let ok = match dst.udp_addr() {
+            Some(addr) => self.socket.send_relayed(addr, &from, packet),
+            None => dst.try_queue(ServerFrame::Data {
+                from,
+                packet: bytes::Bytes::copy_from_slice(packet),
+            }),
+        };
+        if ok {
+            self.metrics.packets_relayed.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .bytes_relayed
+                .fetch_add(packet.len() as u64, Ordering::Relaxed);
+        } else {
+            self.metrics.dropped(DropReason::QueueFull);
+        }
+    }
+}
