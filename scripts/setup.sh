@@ -28,6 +28,7 @@ LAB_PACKAGES=(
   conntrack  # shows NAT mappings when a lab test fails
 )
 if [ "${1:-}" = "--dev" ]; then
+  APT_PACKAGES+=(python3)  # scripts/module-cycles.py: no import cycle inside any crate
   if [ "$(id -u)" = 0 ]; then
     APT_PACKAGES+=("${LAB_PACKAGES[@]}")
   else

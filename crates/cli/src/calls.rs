@@ -13,6 +13,8 @@ use p2pcall_core::engine::{EngineEvent, EngineHandle};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
+use crate::output;
+
 /// Media options shared by `call` and `listen --answer`.
 #[derive(Args, Debug, Clone)]
 pub struct MediaArgs {
@@ -132,152 +134,6 @@ impl StatsFile {
     }
 }
 
-fn fmt_stats(s: &CallStats) -> String {
-    let mut out = format!("{:>5.1} s  rtt {:.1} ms  {}", s.elapsed_s, s.rtt_ms, s.path);
-    for t in &s.send {
-        out += &format!("  ↑{} {:.0} kbit/s", t.kind, t.kbps);
-        if t.kind != "audio" {
-            out += &format!(" {:.0} fps", t.fps);
-        }
-    }
-    for r in &s.recv {
-        out += &format!("  ↓{} {:.0} kbit/s loss {:.1}%", r.kind, r.kbps, r.loss_pct);
-        if r.kind == "audio" {
-            out += &format!(
-                " jb {:.0}/{:.0} ms concealed {:.1}%",
-                r.buffer_ms, r.target_ms, r.concealed_pct
-            );
-        } else {
-            out += &format!(" {:.0} fps freezes {}", r.fps, r.freezes);
-            if let Some(k) = r.skew_ms {
-                out += &format!(" skew {k:+.0} ms");
-            }
-        }
-    }
-    if let Some((w, h)) = s.resolution {
-        out += &format!("  {w}x{h}");
-    }
-    if s.rate.target_kbps > 0.0 {
-        out += &format!(
-            "  bwe {:.0} kbit/s (video {:.0}) queue {:.0} ms",
-            s.rate.target_kbps, s.rate.video_target_kbps, s.rate.queue_ms
-        );
-    }
-    out
-}
-
-/// A call event as one JSON object.
-pub fn call_json(e: &CallEvent) -> serde_json::Value {
-    let id = |c: &[u8; 16]| c.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    match e {
-        CallEvent::Incoming {
-            call,
-            peer,
-            name,
-            audio,
-            video,
-        } => {
-            json!({"event": "call_incoming", "call": id(call), "peer": crate::output::peer_obj(peer, name.as_deref()), "audio": audio, "video": video})
-        }
-        CallEvent::Ringing { call } => json!({"event": "call_ringing", "call": id(call)}),
-        CallEvent::Started {
-            call,
-            peer,
-            streams,
-        } => {
-            json!({"event": "call_started", "call": id(call), "peer": crate::output::peer_obj(peer, None),
-            "send": streams.send.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>(),
-            "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
-        }
-        CallEvent::Updated { call, streams } => json!({"event": "call_updated", "call": id(call),
-            "receive": streams.receive.iter().map(|s| json!({"kind": format!("{:?}", s.kind).to_lowercase(), "active": s.active})).collect::<Vec<_>>()}),
-        CallEvent::Stats(s) => {
-            let mut v = serde_json::to_value(s).unwrap_or_default();
-            v["event"] = json!("call_stats");
-            v
-        }
-        CallEvent::Warning { call, message } => {
-            json!({"event": "call_warning", "call": id(call), "message": message})
-        }
-        CallEvent::Ended {
-            call,
-            peer,
-            reason,
-            stats,
-        } => {
-            let (code, message) = describe_end(reason);
-            json!({"event": "call_ended", "call": id(call), "peer": crate::output::peer_obj(peer, None), "reason": code, "message": message, "stats": stats})
-        }
-    }
-}
-
-/// A call event as one line of text.
-pub fn call_text(e: &CallEvent) -> String {
-    match e {
-        CallEvent::Incoming {
-            peer,
-            name,
-            audio,
-            video,
-            ..
-        } => format!(
-            "incoming call from {} ({}){}{}",
-            name.clone().unwrap_or_default(),
-            peer.fingerprint(),
-            if *audio { " audio" } else { "" },
-            if *video { " video" } else { "" }
-        ),
-        CallEvent::Ringing { .. } => "ringing…".into(),
-        CallEvent::Started { peer, streams, .. } => format!(
-            "call with {} started: sending {}, receiving {} (type mute, unmute, camera off, camera on, source SRC or hangup)",
-            peer.fingerprint(),
-            kinds(&streams.send),
-            kinds(&streams.receive)
-        ),
-        CallEvent::Updated { streams, .. } => format!(
-            "the peer now sends {}",
-            streams
-                .receive
-                .iter()
-                .map(|s| format!(
-                    "{}{}",
-                    format!("{:?}", s.kind).to_lowercase(),
-                    if s.active { "" } else { " (off)" }
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        CallEvent::Stats(s) => fmt_stats(s),
-        CallEvent::Warning { message, .. } => format!("warning: {message}"),
-        CallEvent::Ended { reason, stats, .. } => {
-            let (_, message) = describe_end(reason);
-            match stats {
-                Some(s) => format!(
-                    "call ended: {message}; {:.1} s, {} video frames decoded{}",
-                    s.elapsed_s,
-                    s.video_decoded,
-                    if s.recordings.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; recorded to {}", s.recordings.join(", "))
-                    }
-                ),
-                None => format!("call ended: {message}"),
-            }
-        }
-    }
-}
-
-fn kinds(s: &[p2pcall_proto::call::StreamDesc]) -> String {
-    if s.is_empty() {
-        return "nothing".into();
-    }
-    s.iter()
-        .map(|s| format!("{:?}", s.kind).to_lowercase())
-        .collect::<Vec<_>>()
-        .join(" + ")
-}
-
 /// Lines typed during a call: mute, unmute, camera on/off, source SRC, hangup.
 pub fn spawn_console(engine: EngineHandle) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -348,9 +204,9 @@ pub fn devices(json_out: bool) {
 pub fn print(json_out: bool, e: &EngineEvent) -> bool {
     if let EngineEvent::Call(c) = e {
         if json_out {
-            outln!("{}", call_json(c));
+            outln!("{}", output::call_json(c));
         } else {
-            outln!("{}", call_text(c));
+            outln!("{}", output::call_text(c));
         }
         true
     } else {

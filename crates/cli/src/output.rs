@@ -11,14 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use p2pcall_core::PeerId;
 
+use p2pcall_core::call::{CallEvent, CallStats, describe_end};
 use p2pcall_core::chat::ChatEvent;
 use p2pcall_core::engine::EngineEvent;
 use p2pcall_core::transfer::{Progress, Summary, TransferEvent, id_hex};
 use p2pcall_core::{Message, Path, PeerInfo};
 use p2pcall_net::{Event, PresenceEvent, RelayTransport};
 use serde_json::{Value, json};
-
-use crate::calls;
 
 /// Prints one line to standard output; see [`write_line`].
 macro_rules! outln {
@@ -206,7 +205,7 @@ pub(crate) fn event_json(e: &EngineEvent) -> Value {
             return json!({"event": "message_state", "peer": peer_obj(peer, None), "id": hex(id), "state": state.as_str()});
         }
         EngineEvent::Transfer(t) => return transfer_json(t),
-        EngineEvent::Call(c) => return calls::call_json(c),
+        EngineEvent::Call(c) => return call_json(c),
         EngineEvent::Net(n) => n,
     };
     match n {
@@ -281,7 +280,7 @@ pub(crate) fn event_text(e: &EngineEvent) -> String {
             return format!("message to {} is {}", peer.fingerprint(), state.as_str());
         }
         EngineEvent::Transfer(t) => return transfer_text(t),
-        EngineEvent::Call(c) => return calls::call_text(c),
+        EngineEvent::Call(c) => return call_text(c),
         EngineEvent::Net(n) => n,
     };
     match n {
@@ -493,6 +492,154 @@ pub(crate) fn transfer_text(t: &TransferEvent) -> String {
             }
         ),
     }
+}
+
+// Calls.
+
+fn fmt_stats(s: &CallStats) -> String {
+    let mut out = format!("{:>5.1} s  rtt {:.1} ms  {}", s.elapsed_s, s.rtt_ms, s.path);
+    for t in &s.send {
+        out += &format!("  ↑{} {:.0} kbit/s", t.kind, t.kbps);
+        if t.kind != "audio" {
+            out += &format!(" {:.0} fps", t.fps);
+        }
+    }
+    for r in &s.recv {
+        out += &format!("  ↓{} {:.0} kbit/s loss {:.1}%", r.kind, r.kbps, r.loss_pct);
+        if r.kind == "audio" {
+            out += &format!(
+                " jb {:.0}/{:.0} ms concealed {:.1}%",
+                r.buffer_ms, r.target_ms, r.concealed_pct
+            );
+        } else {
+            out += &format!(" {:.0} fps freezes {}", r.fps, r.freezes);
+            if let Some(k) = r.skew_ms {
+                out += &format!(" skew {k:+.0} ms");
+            }
+        }
+    }
+    if let Some((w, h)) = s.resolution {
+        out += &format!("  {w}x{h}");
+    }
+    if s.rate.target_kbps > 0.0 {
+        out += &format!(
+            "  bwe {:.0} kbit/s (video {:.0}) queue {:.0} ms",
+            s.rate.target_kbps, s.rate.video_target_kbps, s.rate.queue_ms
+        );
+    }
+    out
+}
+
+/// A call event as one JSON object.
+pub fn call_json(e: &CallEvent) -> serde_json::Value {
+    let id = |c: &[u8; 16]| c.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    match e {
+        CallEvent::Incoming {
+            call,
+            peer,
+            name,
+            audio,
+            video,
+        } => {
+            json!({"event": "call_incoming", "call": id(call), "peer": crate::output::peer_obj(peer, name.as_deref()), "audio": audio, "video": video})
+        }
+        CallEvent::Ringing { call } => json!({"event": "call_ringing", "call": id(call)}),
+        CallEvent::Started {
+            call,
+            peer,
+            streams,
+        } => {
+            json!({"event": "call_started", "call": id(call), "peer": crate::output::peer_obj(peer, None),
+            "send": streams.send.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>(),
+            "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
+        }
+        CallEvent::Updated { call, streams } => json!({"event": "call_updated", "call": id(call),
+            "receive": streams.receive.iter().map(|s| json!({"kind": format!("{:?}", s.kind).to_lowercase(), "active": s.active})).collect::<Vec<_>>()}),
+        CallEvent::Stats(s) => {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["event"] = json!("call_stats");
+            v
+        }
+        CallEvent::Warning { call, message } => {
+            json!({"event": "call_warning", "call": id(call), "message": message})
+        }
+        CallEvent::Ended {
+            call,
+            peer,
+            reason,
+            stats,
+        } => {
+            let (code, message) = describe_end(reason);
+            json!({"event": "call_ended", "call": id(call), "peer": crate::output::peer_obj(peer, None), "reason": code, "message": message, "stats": stats})
+        }
+    }
+}
+
+/// A call event as one line of text.
+pub fn call_text(e: &CallEvent) -> String {
+    match e {
+        CallEvent::Incoming {
+            peer,
+            name,
+            audio,
+            video,
+            ..
+        } => format!(
+            "incoming call from {} ({}){}{}",
+            name.clone().unwrap_or_default(),
+            peer.fingerprint(),
+            if *audio { " audio" } else { "" },
+            if *video { " video" } else { "" }
+        ),
+        CallEvent::Ringing { .. } => "ringing…".into(),
+        CallEvent::Started { peer, streams, .. } => format!(
+            "call with {} started: sending {}, receiving {} (type mute, unmute, camera off, camera on, source SRC or hangup)",
+            peer.fingerprint(),
+            kinds(&streams.send),
+            kinds(&streams.receive)
+        ),
+        CallEvent::Updated { streams, .. } => format!(
+            "the peer now sends {}",
+            streams
+                .receive
+                .iter()
+                .map(|s| format!(
+                    "{}{}",
+                    format!("{:?}", s.kind).to_lowercase(),
+                    if s.active { "" } else { " (off)" }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        CallEvent::Stats(s) => fmt_stats(s),
+        CallEvent::Warning { message, .. } => format!("warning: {message}"),
+        CallEvent::Ended { reason, stats, .. } => {
+            let (_, message) = describe_end(reason);
+            match stats {
+                Some(s) => format!(
+                    "call ended: {message}; {:.1} s, {} video frames decoded{}",
+                    s.elapsed_s,
+                    s.video_decoded,
+                    if s.recordings.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; recorded to {}", s.recordings.join(", "))
+                    }
+                ),
+                None => format!("call ended: {message}"),
+            }
+        }
+    }
+}
+
+fn kinds(s: &[p2pcall_proto::call::StreamDesc]) -> String {
+    if s.is_empty() {
+        return "nothing".into();
+    }
+    s.iter()
+        .map(|s| format!("{:?}", s.kind).to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use clap::Args;
 use serde_json::json;
 
 use crate::Cli;
-use crate::calls;
 use crate::output::*;
 
 #[derive(Args, Debug)]
@@ -143,7 +142,7 @@ fn report_text(r: &p2pcall_demo::DemoReport) {
             );
             outln!(
                 "  whole call: {}",
-                calls::call_text(&p2pcall_core::call::CallEvent::Stats(Box::new(s.clone()))).trim()
+                call_text(&p2pcall_core::call::CallEvent::Stats(Box::new(s.clone()))).trim()
             );
         }
         None => outln!("call: did not complete"),
