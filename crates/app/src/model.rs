@@ -639,6 +639,7 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use p2pcall_proto::chat::MessageId;
     use p2pcall_tls::Identity;
 
     fn peer() -> PeerId {
@@ -671,7 +672,7 @@ mod tests {
             rowid,
             peer,
             outgoing,
-            id: [rowid as u8; 16],
+            id: MessageId::from_bytes([rowid as u8; 16]),
             seq: rowid as u64,
             sent_ms: 0,
             received_ms: None,

@@ -14,7 +14,7 @@ use p2pcall_core::PeerId;
 use p2pcall_core::call::{CallEvent, CallStats, describe_end};
 use p2pcall_core::chat::ChatEvent;
 use p2pcall_core::engine::EngineEvent;
-use p2pcall_core::transfer::{Progress, Summary, TransferEvent, id_hex};
+use p2pcall_core::transfer::{Progress, Summary, TransferEvent};
 use p2pcall_core::{Message, Path, PeerInfo};
 use p2pcall_net::{Event, PresenceEvent, RelayTransport};
 use serde_json::{Value, json};
@@ -202,7 +202,7 @@ pub(crate) fn event_json(e: &EngineEvent) -> Value {
             return v;
         }
         EngineEvent::Chat(ChatEvent::State { peer, id, state }) => {
-            return json!({"event": "message_state", "peer": peer_obj(peer, None), "id": hex(id), "state": state.as_str()});
+            return json!({"event": "message_state", "peer": peer_obj(peer, None), "id": id.to_string(), "state": state.as_str()});
         }
         EngineEvent::Transfer(t) => return transfer_json(t),
         EngineEvent::Call(c) => return call_json(c),
@@ -361,21 +361,19 @@ pub(crate) fn print_path_change(json: bool, e: &EngineEvent, connected: Instant)
     }
 }
 
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub(crate) use p2pcall_proto::id::hex;
 
 pub(crate) fn message_json(m: &Message) -> Value {
     json!({
         "n": m.rowid, "peer": peer_obj(&m.peer, None), "outgoing": m.outgoing,
-        "id": hex(&m.id), "seq": m.seq, "sent_ms": m.sent_ms, "received_ms": m.received_ms,
+        "id": m.id.to_string(), "seq": m.seq, "sent_ms": m.sent_ms, "received_ms": m.received_ms,
         "state": m.state.as_str(), "text": m.text,
     })
 }
 
 pub(crate) fn progress_json(p: &Progress) -> Value {
     json!({
-        "event": "transfer_progress", "id": id_hex(&p.id), "peer": peer_obj(&p.peer, None),
+        "event": "transfer_progress", "id": p.id.to_string(), "peer": peer_obj(&p.peer, None),
         "outgoing": p.outgoing, "done_bytes": p.done_bytes, "total_bytes": p.total_bytes,
         "files_done": p.files_done, "files": p.files,
         "rate_bytes_per_s": p.rate.map(|r| r.round()), "eta_s": p.eta.map(|e| e.as_secs_f64().round()),
@@ -384,7 +382,7 @@ pub(crate) fn progress_json(p: &Progress) -> Value {
 
 pub(crate) fn summary_json(s: &Summary) -> Value {
     json!({
-        "event": "transfer_done", "id": id_hex(&s.id), "peer": peer_obj(&s.peer, None),
+        "event": "transfer_done", "id": s.id.to_string(), "peer": peer_obj(&s.peer, None),
         "outgoing": s.outgoing, "files": s.files, "folders": s.dirs, "total_bytes": s.total_bytes,
         "resumed_bytes": s.resumed_bytes, "elapsed_ms": ms(s.elapsed),
         "mb_per_s": s.bytes_per_s() / 1e6,
@@ -398,7 +396,7 @@ pub(crate) fn transfer_json(t: &TransferEvent) -> Value {
     match t {
         TransferEvent::Offered(o) | TransferEvent::Resumed(o) => json!({
             "event": if matches!(t, TransferEvent::Offered(_)) { "transfer_offer" } else { "transfer_resumed" },
-            "id": id_hex(&o.id), "peer": peer_obj(&o.peer, None), "files": o.files,
+            "id": o.id.to_string(), "peer": peer_obj(&o.peer, None), "files": o.files,
             "folders": o.dirs, "total_bytes": o.total_bytes, "names": o.tops,
         }),
         TransferEvent::Progress(p) => progress_json(p),
@@ -410,7 +408,7 @@ pub(crate) fn transfer_json(t: &TransferEvent) -> Value {
             reason,
             resumable,
         } => json!({
-            "event": "transfer_failed", "id": id_hex(id), "peer": peer_obj(peer, None),
+            "event": "transfer_failed", "id": id.to_string(), "peer": peer_obj(peer, None),
             "outgoing": outgoing, "reason": reason, "resumable": resumable,
         }),
     }
@@ -446,11 +444,11 @@ pub(crate) fn transfer_text(t: &TransferEvent) -> String {
             o.dirs,
             human(o.total_bytes as f64),
             o.tops.join(", "),
-            id_hex(&o.id)
+            o.id
         ),
         TransferEvent::Progress(p) => format!(
             "transfer {}: {} of {} ({}/{} files){}",
-            &id_hex(&p.id)[..8],
+            &p.id.to_string()[..8],
             human(p.done_bytes as f64),
             human(p.total_bytes as f64),
             p.files_done,
@@ -461,7 +459,7 @@ pub(crate) fn transfer_text(t: &TransferEvent) -> String {
         ),
         TransferEvent::Finished(s) => format!(
             "transfer {} done: {} file(s), {} in {:.1} s ({}/s){}{}",
-            &id_hex(&s.id)[..8],
+            &s.id.to_string()[..8],
             s.files,
             human(s.total_bytes as f64),
             s.elapsed.as_secs_f64(),
@@ -484,7 +482,7 @@ pub(crate) fn transfer_text(t: &TransferEvent) -> String {
             ..
         } => format!(
             "transfer {} stopped: {reason}{}",
-            &id_hex(id)[..8],
+            &id.to_string()[..8],
             if *resumable {
                 " (send it again to resume)"
             } else {
@@ -532,7 +530,6 @@ fn fmt_stats(s: &CallStats) -> String {
 
 /// A call event as one JSON object.
 pub fn call_json(e: &CallEvent) -> serde_json::Value {
-    let id = |c: &[u8; 16]| c.iter().map(|b| format!("{b:02x}")).collect::<String>();
     match e {
         CallEvent::Incoming {
             call,
@@ -541,27 +538,31 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             audio,
             video,
         } => {
-            json!({"event": "call_incoming", "call": id(call), "peer": crate::output::peer_obj(peer, name.as_deref()), "audio": audio, "video": video})
+            json!({"event": "call_incoming", "call": call.to_string(), "peer": peer_obj(peer, name.as_deref()), "audio": audio, "video": video})
         }
-        CallEvent::Ringing { call } => json!({"event": "call_ringing", "call": id(call)}),
+        CallEvent::Ringing { call } => {
+            json!({"event": "call_ringing", "call": call.to_string()})
+        }
         CallEvent::Started {
             call,
             peer,
             streams,
         } => {
-            json!({"event": "call_started", "call": id(call), "peer": crate::output::peer_obj(peer, None),
+            json!({"event": "call_started", "call": call.to_string(), "peer": peer_obj(peer, None),
             "send": streams.send.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>(),
             "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
         }
-        CallEvent::Updated { call, streams } => json!({"event": "call_updated", "call": id(call),
-            "receive": streams.receive.iter().map(|s| json!({"kind": format!("{:?}", s.kind).to_lowercase(), "active": s.active})).collect::<Vec<_>>()}),
+        CallEvent::Updated { call, streams } => {
+            json!({"event": "call_updated", "call": call.to_string(),
+            "receive": streams.receive.iter().map(|s| json!({"kind": format!("{:?}", s.kind).to_lowercase(), "active": s.active})).collect::<Vec<_>>()})
+        }
         CallEvent::Stats(s) => {
             let mut v = serde_json::to_value(s).unwrap_or_default();
             v["event"] = json!("call_stats");
             v
         }
         CallEvent::Warning { call, message } => {
-            json!({"event": "call_warning", "call": id(call), "message": message})
+            json!({"event": "call_warning", "call": call.to_string(), "message": message})
         }
         CallEvent::Ended {
             call,
@@ -570,7 +571,7 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             stats,
         } => {
             let (code, message) = describe_end(reason);
-            json!({"event": "call_ended", "call": id(call), "peer": crate::output::peer_obj(peer, None), "reason": code, "message": message, "stats": stats})
+            json!({"event": "call_ended", "call": call.to_string(), "peer": peer_obj(peer, None), "reason": code, "message": message, "stats": stats})
         }
     }
 }
@@ -647,7 +648,9 @@ mod tests {
     use super::*;
     use p2pcall_core::MessageState;
     use p2pcall_core::transfer::OfferInfo;
+    use p2pcall_proto::chat::MessageId;
     use p2pcall_proto::relay::{RefuseReason, SignalFailure};
+    use p2pcall_proto::transfer::TransferId;
 
     fn peer(b: u8) -> PeerId {
         PeerId::from_bytes([b; 32])
@@ -796,7 +799,7 @@ mod tests {
             rowid: 7,
             peer: peer(5),
             outgoing: false,
-            id: [0xab; 16],
+            id: MessageId::from_bytes([0xab; 16]),
             seq: 3,
             sent_ms: 1000,
             received_ms: Some(1001),
@@ -815,7 +818,7 @@ mod tests {
 
         let (text, json) = both(EngineEvent::Chat(ChatEvent::State {
             peer: peer(5),
-            id: [1; 16],
+            id: MessageId::from_bytes([1; 16]),
             state: MessageState::Read,
         }));
         assert_eq!(
@@ -830,7 +833,7 @@ mod tests {
     fn transfer_events_in_text_and_json() {
         let offer = OfferInfo {
             peer: peer(6),
-            id: [2; 16],
+            id: TransferId::from_bytes([2; 16]),
             files: 2,
             dirs: 1,
             total_bytes: 1_500_000,
@@ -853,7 +856,7 @@ mod tests {
 
         let (text, json) = both(EngineEvent::Transfer(TransferEvent::Progress(Progress {
             peer: peer(6),
-            id: [2; 16],
+            id: TransferId::from_bytes([2; 16]),
             outgoing: true,
             done_bytes: 500_000,
             total_bytes: 1_500_000,
@@ -872,7 +875,7 @@ mod tests {
 
         let (text, json) = both(EngineEvent::Transfer(TransferEvent::Failed {
             peer: peer(6),
-            id: [2; 16],
+            id: TransferId::from_bytes([2; 16]),
             outgoing: false,
             reason: "the sender stopped".into(),
             resumable: true,
@@ -886,7 +889,7 @@ mod tests {
 
         let (text, json) = both(EngineEvent::Transfer(TransferEvent::Finished(Summary {
             peer: peer(6),
-            id: [2; 16],
+            id: TransferId::from_bytes([2; 16]),
             outgoing: false,
             files: 2,
             dirs: 1,

@@ -15,7 +15,7 @@ use p2pcall_store::{Message, MessageState, now_ms};
 use p2pcall_tls::framed::{FrameReadError, FrameReader};
 
 use crate::context::Context;
-use crate::error::EngineError;
+use crate::error::{EngineError, StreamError};
 use crate::events::Emitter;
 
 /// Kind byte of a chat stream.
@@ -52,10 +52,6 @@ fn encode(f: &ChatFrame) -> Vec<u8> {
     let mut b = Vec::with_capacity(f.encoded_len());
     f.encode(&mut b);
     b
-}
-
-fn stream_err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Stream(e.to_string())
 }
 
 impl Chat {
@@ -144,7 +140,7 @@ impl Chat {
         for ids in &receipt_batches {
             ChatFrame::Read { ids: ids.to_vec() }.encode(&mut out);
         }
-        send.write_all(&out).await.map_err(stream_err)?;
+        send.write_all(&out).await.map_err(StreamError::from)?;
         let _ = send.finish();
         for m in &messages {
             if m.state == MessageState::Queued
@@ -162,8 +158,8 @@ impl Chat {
             messages.iter().map(|m| m.id).collect();
         let mut batches = receipt_batches.into_iter();
         while !waiting.is_empty() || batches.len() > 0 {
-            let raw = reader.next().await.map_err(stream_err)?;
-            match ChatFrame::decode(raw).map_err(|e| EngineError::Protocol(e.to_string()))? {
+            let raw = reader.next().await.map_err(StreamError::from)?;
+            match ChatFrame::decode(raw)? {
                 ChatFrame::Delivered { id } if waiting.front() == Some(&id) => {
                     waiting.pop_front();
                     if self

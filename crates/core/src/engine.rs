@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::call::{CallEvent, CallOptions, Calls, Cmd, VideoSource};
 use crate::chat::{Chat, ChatEvent};
 use crate::context::Context;
-pub use crate::error::EngineError;
+pub use crate::error::{EngineError, StreamError};
 use crate::events::EventSink;
 use crate::presence::Presence;
 use crate::services::Services;

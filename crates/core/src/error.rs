@@ -45,7 +45,7 @@ pub enum EngineError {
     },
     /// A stream to the peer failed.
     #[error("the stream to the peer failed: {0}")]
-    Stream(String),
+    Stream(#[from] StreamError),
     /// The relay did not deliver the presence list in time.
     #[error("the relay did not send the peer list within {0:?}")]
     NoPresence(Duration),
@@ -85,12 +85,32 @@ pub enum EngineError {
     /// The other side broke the chat or transfer protocol.
     #[error("protocol error from the peer: {0}")]
     Protocol(String),
+    /// The other side sent a frame that does not decode.
+    #[error("the peer sent a malformed frame: {0}")]
+    BadFrame(#[from] p2pcall_proto::DecodeError),
     /// A call failed.
     #[error(transparent)]
     Call(#[from] CallError),
     /// No pending offer with that id.
     #[error("no pending offer {0}")]
-    NoSuchOffer(String),
+    NoSuchOffer(p2pcall_proto::transfer::TransferId),
+}
+
+/// Why a stream to the peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Writing to it failed (the peer stopped it, or the connection closed).
+    #[error("{0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading a frame from it failed.
+    #[error("{0}")]
+    Read(#[from] p2pcall_tls::framed::FrameReadError),
+    /// A task serving it failed.
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// It ended as another task (the one running the same transfer) reported.
+    #[error("{0}")]
+    Ended(String),
 }
 
 /// Call errors, each saying what to do.

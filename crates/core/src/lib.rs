@@ -32,7 +32,9 @@ pub mod settings;
 pub mod speedtest;
 pub mod transfer;
 
-pub use engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, PingReport};
+pub use engine::{
+    Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, PingReport, StreamError,
+};
 pub use p2pcall_net::{Path, RelayTransport};
 pub use p2pcall_proto::relay::PeerInfo;
 pub use p2pcall_proto::{PeerId, SafetyNumber};

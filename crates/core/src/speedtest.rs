@@ -79,7 +79,7 @@ pub(crate) async fn speedtest(
     let block = bytes::Bytes::from(block);
     let mut hasher = blake3::Hasher::new();
     let t0 = Instant::now();
-    let lost = |e: quinn::WriteError| EngineError::Stream(e.to_string());
+    let lost = |e: quinn::WriteError| EngineError::Stream(e.into());
     send.write_all(&[SPEEDTEST]).await.map_err(lost)?;
     let mut left = bytes;
     while left > 0 {

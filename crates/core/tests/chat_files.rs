@@ -281,7 +281,7 @@ async fn rejected_and_hostile_offers_reach_the_sender_and_write_nothing() {
         let (mut s, r) = conn.quic().open_bi().await.unwrap();
         let mut out = vec![OFFER];
         TransferFrame::Offer {
-            id: rand::random(),
+            id: p2pcall_proto::transfer::TransferId::from_bytes(rand::random()),
             chunk_size: 1 << 20,
             entries: vec![Entry {
                 path: path.to_string(),

@@ -566,7 +566,7 @@ mod tests {
             Self {
                 now,
                 latency,
-                a: Call::dial(now, [7; 16], av()),
+                a: Call::dial(now, CallId::from_bytes([7; 16]), av()),
                 b: None,
                 in_flight: Vec::new(),
                 b_dead: false,
@@ -647,7 +647,7 @@ mod tests {
     /// A callee that received an audio + video offer.
     fn incoming_av(now: Instant) -> Call {
         let offer = CallFrame::Offer {
-            id: [1; 16],
+            id: CallId::from_bytes([1; 16]),
             session: av(),
         };
         Call::incoming(now, offer).unwrap().0
@@ -742,7 +742,7 @@ mod tests {
     #[test]
     fn an_offer_nobody_answers_is_unreachable() {
         let now = Instant::now();
-        let mut a = Call::dial(now, [1; 16], av());
+        let mut a = Call::dial(now, CallId::from_bytes([1; 16]), av());
         let mut t = now;
         while let Some(next) = a.poll_timeout() {
             t = next;
@@ -796,7 +796,7 @@ mod tests {
             Call::incoming(now, CallFrame::Ringing).unwrap_err(),
             CallError::NotAnOffer("Ringing")
         );
-        let mut a = Call::dial(now, [1; 16], av());
+        let mut a = Call::dial(now, CallId::from_bytes([1; 16]), av());
         // An Update before the call is up.
         a.handle_frame(now, CallFrame::Update { session: av() });
         assert!(

@@ -26,8 +26,7 @@ pub const MAX_STREAMS: usize = 4;
 /// Longest free-text reason.
 pub const MAX_REASON: usize = 200;
 
-/// A call id: 128 random bits chosen by the caller.
-pub type CallId = [u8; 16];
+pub use crate::id::CallId;
 
 /// Codecs, by their wire number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -288,7 +287,7 @@ impl CallFrame {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Self::Offer { id, session } => frame::write(out, ty::OFFER, |b| {
-                b.put_slice(id);
+                b.put_slice(id.as_bytes());
                 session.write(b);
             }),
             Self::Ringing => frame::write(out, ty::RINGING, |_| {}),
@@ -320,7 +319,7 @@ impl CallFrame {
         let mut r = Reader::new(f.body);
         let frame = match f.ty {
             ty::OFFER => Self::Offer {
-                id: r.array("call id")?,
+                id: r.array("call id").map(CallId::from_bytes)?,
                 session: SessionDesc::read(&mut r)?,
             },
             ty::RINGING => Self::Ringing,
@@ -385,8 +384,10 @@ mod tests {
 
     fn call_frame() -> impl Strategy<Value = CallFrame> {
         prop_oneof![
-            (any::<[u8; 16]>(), session())
-                .prop_map(|(id, session)| CallFrame::Offer { id, session }),
+            (any::<[u8; 16]>(), session()).prop_map(|(id, session)| CallFrame::Offer {
+                id: CallId::from_bytes(id),
+                session
+            }),
             Just(CallFrame::Ringing),
             session().prop_map(|session| CallFrame::Accept { session }),
             (1u8..=4).prop_map(|r| CallFrame::Reject {

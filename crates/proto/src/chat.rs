@@ -20,8 +20,7 @@ pub const MAX_READ_IDS: usize = 1024;
 /// Largest frame on a chat stream.
 pub const MAX_FRAME: usize = 2 + MAX_TEXT + 64 + MAX_READ_IDS * 16;
 
-/// A message id: 128 random bits chosen by the sender.
-pub type MessageId = [u8; 16];
+pub use crate::id::MessageId;
 
 /// Frames on a chat stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,17 +71,19 @@ impl ChatFrame {
                 sent_ms,
                 text,
             } => frame::write(out, ty::MESSAGE, |b| {
-                b.put_slice(id);
+                b.put_slice(id.as_bytes());
                 b.put_u64(*seq);
                 b.put_u64(*sent_ms);
                 b.put_str16(crate::codec::truncate_utf8(text, MAX_TEXT));
             }),
-            Self::Delivered { id } => frame::write(out, ty::DELIVERED, |b| b.put_slice(id)),
+            Self::Delivered { id } => {
+                frame::write(out, ty::DELIVERED, |b| b.put_slice(id.as_bytes()))
+            }
             Self::Read { ids } => frame::write(out, ty::READ, |b| {
                 let ids = &ids[..ids.len().min(MAX_READ_IDS)];
                 b.put_u16(ids.len() as u16);
                 for id in ids {
-                    b.put_slice(id);
+                    b.put_slice(id.as_bytes());
                 }
             }),
             Self::ReadStored { count } => frame::write(out, ty::READ_STORED, |b| b.put_u32(*count)),
@@ -105,19 +106,19 @@ impl ChatFrame {
         let mut r = Reader::new(f.body);
         let frame = match f.ty {
             ty::MESSAGE => Self::Message {
-                id: r.array("message id")?,
+                id: r.array("message id").map(MessageId::from_bytes)?,
                 seq: r.u64("seq")?,
                 sent_ms: r.u64("sent_ms")?,
                 text: r.str16("text", MAX_TEXT)?,
             },
             ty::DELIVERED => Self::Delivered {
-                id: r.array("message id")?,
+                id: r.array("message id").map(MessageId::from_bytes)?,
             },
             ty::READ => {
                 let n = r.count("read ids", MAX_READ_IDS)?;
                 Self::Read {
                     ids: (0..n)
-                        .map(|_| r.array("message id"))
+                        .map(|_| r.array("message id").map(MessageId::from_bytes))
                         .collect::<Result<_, _>>()?,
                 }
             }
@@ -141,15 +142,18 @@ mod tests {
         prop_oneof![
             (any::<[u8; 16]>(), any::<u64>(), any::<u64>(), "\\PC{0,200}").prop_map(
                 |(id, seq, sent_ms, text)| ChatFrame::Message {
-                    id,
+                    id: MessageId::from_bytes(id),
                     seq,
                     sent_ms,
                     text
                 }
             ),
-            any::<[u8; 16]>().prop_map(|id| ChatFrame::Delivered { id }),
-            proptest::collection::vec(any::<[u8; 16]>(), 0..50)
-                .prop_map(|ids| ChatFrame::Read { ids }),
+            any::<[u8; 16]>().prop_map(|id| ChatFrame::Delivered {
+                id: MessageId::from_bytes(id)
+            }),
+            proptest::collection::vec(any::<[u8; 16]>(), 0..50).prop_map(|ids| ChatFrame::Read {
+                ids: ids.into_iter().map(MessageId::from_bytes).collect(),
+            }),
             any::<u32>().prop_map(|count| ChatFrame::ReadStored { count }),
         ]
     }
@@ -174,7 +178,7 @@ mod tests {
     #[test]
     fn longest_message_fits_the_frame_limit() {
         let f = ChatFrame::Message {
-            id: [0; 16],
+            id: MessageId::from_bytes([0; 16]),
             seq: 1,
             sent_ms: 1,
             text: "é".repeat(MAX_TEXT),

@@ -1,4 +1,4 @@
-//! Peer identities.
+//! Identities: peers ([`PeerId`]), and the random ids of calls, messages and transfers.
 //!
 //! A peer *is* its Ed25519 public key. Names are display hints only. Humans see a
 //! [`Fingerprint`] (80 bits of a domain-separated BLAKE3 hash, `xxxx-xxxx-xxxx-xxxx-xxxx`) and can
@@ -173,7 +173,8 @@ impl fmt::Display for SafetyNumber {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lowercase hex of `b`: the one encoder of every id's text form.
+pub fn hex(b: &[u8]) -> String {
     use fmt::Write;
     let mut s = String::with_capacity(b.len() * 2);
     for x in b {
@@ -181,6 +182,89 @@ fn hex(b: &[u8]) -> String {
     }
     s
 }
+
+/// Exactly `N` bytes from `2 * N` hex digits (either case), or `None`.
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Error parsing a [`CallId`], [`MessageId`] or [`TransferId`] from text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a {what} id is 32 hex digits (got {text:?})")]
+pub struct ParseIdError {
+    /// Which kind of id.
+    pub what: &'static str,
+    /// What was given.
+    pub text: String,
+}
+
+/// A random 128-bit id chosen by whoever starts the thing it names. Its text form is 32
+/// lowercase hex digits ([`hex`]); `Debug` shows the same.
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct $name([u8; 16]);
+
+        impl $name {
+            /// Wraps raw bytes (from the wire, the database, or a random source).
+            pub const fn from_bytes(b: [u8; 16]) -> Self {
+                Self(b)
+            }
+
+            /// The raw bytes.
+            pub const fn as_bytes(&self) -> &[u8; 16] {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex(&self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($name))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseIdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                parse_hex(s.trim()).map(Self).ok_or_else(|| ParseIdError {
+                    what: $what,
+                    text: s.to_string(),
+                })
+            }
+        }
+    };
+}
+
+random_id!(
+    /// A call, chosen by the caller.
+    CallId,
+    "call"
+);
+random_id!(
+    /// A chat message, chosen by its sender (a retried message keeps it, so the receiver
+    /// stores it once).
+    MessageId,
+    "message"
+);
+random_id!(
+    /// A file transfer, chosen by the sender (a resumed transfer keeps it).
+    TransferId,
+    "transfer"
+);
 
 #[cfg(test)]
 mod tests {
@@ -225,7 +309,38 @@ mod tests {
         assert_eq!(PeerId::from_spki(&a.to_spki()[..40]), None);
     }
 
+    #[test]
+    fn random_ids_refuse_anything_but_32_hex_digits() {
+        for bad in [
+            "",
+            "00",
+            &"0".repeat(31),
+            &"0".repeat(33),
+            &"g".repeat(32),
+            "é0000000000000000000000000000000",
+        ] {
+            let e = bad.parse::<MessageId>().unwrap_err();
+            assert_eq!(e.what, "message");
+        }
+        let id: CallId = " 000102030405060708090a0b0c0d0e0f ".parse().unwrap();
+        assert_eq!(id.as_bytes()[15], 15);
+        assert_eq!(
+            format!("{id:?}"),
+            "CallId(000102030405060708090a0b0c0d0e0f)"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn random_ids_round_trip_through_text(bytes in any::<[u8; 16]>()) {
+            let id = TransferId::from_bytes(bytes);
+            prop_assert_eq!(id.to_string().len(), 32);
+            prop_assert_eq!(id.to_string().parse::<TransferId>().unwrap(), id);
+            prop_assert_eq!(id.to_string().to_uppercase().parse::<TransferId>().unwrap(), id);
+            let c = CallId::from_bytes(bytes);
+            prop_assert_eq!(c.to_string().parse::<CallId>().unwrap(), c);
+        }
+
         #[test]
         fn hex_round_trip(bytes in any::<[u8; 32]>()) {
             let id = PeerId::from_bytes(bytes);

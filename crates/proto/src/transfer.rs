@@ -42,8 +42,7 @@ pub const MAX_CHUNK: u32 = 16 << 20;
 /// Bytes of a [`DataHeader`].
 pub const DATA_HEADER_LEN: usize = 1 + 4 + 4 + 4 + 32;
 
-/// A transfer id: 128 bits chosen by the sender, stable across retries of the same transfer.
-pub type TransferId = [u8; 16];
+pub use crate::id::TransferId;
 
 /// One manifest entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +213,7 @@ impl TransferFrame {
                 chunk_size,
                 entries,
             } => frame::write(out, ty::OFFER, |b| {
-                b.put_slice(id);
+                b.put_slice(id.as_bytes());
                 b.put_u32(*chunk_size);
                 let entries = &entries[..entries.len().min(MAX_ENTRIES)];
                 b.put_u32(entries.len() as u32);
@@ -278,7 +277,7 @@ impl TransferFrame {
         let mut r = Reader::new(f.body);
         let frame = match f.ty {
             ty::OFFER => {
-                let id = r.array("transfer id")?;
+                let id = r.array("transfer id").map(TransferId::from_bytes)?;
                 let chunk_size = r.u32("chunk size")?;
                 if !chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
                     return Err(DecodeError::InvalidValue {
@@ -455,7 +454,7 @@ mod tests {
                 proptest::collection::vec(entry(), 0..20)
             )
                 .prop_map(|(id, shift, entries)| TransferFrame::Offer {
-                    id,
+                    id: TransferId::from_bytes(id),
                     chunk_size: 1 << shift,
                     entries
                 }),

@@ -346,7 +346,7 @@ fn message(m: RawMessage) -> Result<Message> {
         rowid,
         peer: PeerId::from_bytes(blob32(peer, "messages.peer")?),
         outgoing,
-        id: blob16(id, "messages.id")?,
+        id: MessageId::from_bytes(blob16(id, "messages.id")?),
         seq: seq as u64,
         sent_ms: sent_ms as u64,
         received_ms: received_ms.map(|v| v as u64),
@@ -396,7 +396,7 @@ fn transfer(t: RawTransfer) -> Result<TransferRecord> {
         rowid,
         peer: PeerId::from_bytes(blob32(peer, "transfers.peer")?),
         outgoing,
-        id: blob16(id, "transfers.id")?,
+        id: TransferId::from_bytes(blob16(id, "transfers.id")?),
         state: TransferState::from_code(state)?,
         created_ms: created_ms as u64,
         updated_ms: updated as u64,
@@ -584,10 +584,10 @@ impl Store {
             params![peer.as_bytes().as_slice()],
             |r| r.get(0),
         )?;
-        let id: MessageId = rand::random();
+        let id = MessageId::from_bytes(rand::random());
         tx.execute(
             "INSERT INTO messages(peer, outgoing, id, seq, sent_ms, text, state) VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
-            params![peer.as_bytes().as_slice(), id.as_slice(), seq, now_ms as i64, text, MessageState::Queued.code()],
+            params![peer.as_bytes().as_slice(), id.as_bytes().as_slice(), seq, now_ms as i64, text, MessageState::Queued.code()],
         )?;
         let rowid = tx.last_insert_rowid();
         tx.commit()?;
@@ -622,7 +622,7 @@ impl Store {
     pub fn advance(&self, peer: &PeerId, id: &MessageId, state: MessageState) -> Result<bool> {
         let n = self.db()?.execute(
             "UPDATE messages SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state < ?3",
-            params![peer.as_bytes().as_slice(), id.as_slice(), state.code()],
+            params![peer.as_bytes().as_slice(), id.as_bytes().as_slice(), state.code()],
         )?;
         Ok(n > 0)
     }
@@ -643,7 +643,7 @@ impl Store {
              VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 peer.as_bytes().as_slice(),
-                id.as_slice(),
+                id.as_bytes().as_slice(),
                 seq.min(i64::MAX as u64) as i64,
                 sent_ms.min(i64::MAX as u64) as i64,
                 now_ms as i64,
@@ -714,7 +714,8 @@ impl Store {
         let rows = st.query_map(params![peer.as_bytes().as_slice()], |r| {
             r.get::<_, Vec<u8>>(0)
         })?;
-        rows.map(|r| blob16(r?, "messages.id")).collect()
+        rows.map(|r| blob16(r?, "messages.id").map(MessageId::from_bytes))
+            .collect()
     }
 
     /// The peer stored these read receipts.
@@ -724,7 +725,7 @@ impl Store {
         for id in ids {
             tx.execute(
                 "UPDATE messages SET receipt_pending = 0 WHERE peer = ?1 AND outgoing = 0 AND id = ?2",
-                params![peer.as_bytes().as_slice(), id.as_slice()],
+                params![peer.as_bytes().as_slice(), id.as_bytes().as_slice()],
             )?;
         }
         tx.commit()?;
@@ -739,7 +740,7 @@ impl Store {
         for id in ids {
             let n = tx.execute(
                 "UPDATE messages SET state = ?3 WHERE peer = ?1 AND outgoing = 1 AND id = ?2 AND state < ?3",
-                params![peer.as_bytes().as_slice(), id.as_slice(), MessageState::Read.code()],
+                params![peer.as_bytes().as_slice(), id.as_bytes().as_slice(), MessageState::Read.code()],
             )?;
             if n > 0 {
                 changed.push(*id);
@@ -801,7 +802,7 @@ impl Store {
             params![
                 peer.as_bytes().as_slice(),
                 outgoing,
-                id.as_slice(),
+                id.as_bytes().as_slice(),
                 TransferState::Offered.code(),
                 now_ms as i64,
                 total_bytes.min(i64::MAX as u64) as i64,
@@ -812,7 +813,7 @@ impl Store {
         )?;
         let t = db.query_row(
             &format!("SELECT {TRANSFER_COLS} FROM transfers WHERE peer = ?1 AND outgoing = ?2 AND id = ?3"),
-            params![peer.as_bytes().as_slice(), outgoing, id.as_slice()],
+            params![peer.as_bytes().as_slice(), outgoing, id.as_bytes().as_slice()],
             raw_transfer,
         )?;
         transfer(t)
@@ -829,7 +830,7 @@ impl Store {
             .db()?
             .query_row(
                 &format!("SELECT {TRANSFER_COLS} FROM transfers WHERE peer = ?1 AND outgoing = ?2 AND id = ?3"),
-                params![peer.as_bytes().as_slice(), outgoing, id.as_slice()],
+                params![peer.as_bytes().as_slice(), outgoing, id.as_bytes().as_slice()],
                 raw_transfer,
             )
             .optional()?;

@@ -27,7 +27,8 @@ fn messages_are_queued_in_sequence_and_only_move_forward() {
     );
     assert_eq!(s.undelivered(&a).unwrap().len(), 1);
     assert_eq!(
-        s.apply_read(&a, &[m1.id, m2.id, [9; 16]]).unwrap(),
+        s.apply_read(&a, &[m1.id, m2.id, MessageId::from_bytes([9; 16])])
+            .unwrap(),
         vec![m1.id, m2.id]
     );
     assert!(s.undelivered(&a).unwrap().is_empty());
@@ -39,15 +40,18 @@ fn messages_are_queued_in_sequence_and_only_move_forward() {
 fn a_retried_message_is_stored_once_and_receipts_flow() {
     let s = Store::open_in_memory().unwrap();
     let a = peer(1);
-    let first = s.receive_message(&a, &[7; 16], 1, 100, "hi", 200).unwrap();
+    let first = s
+        .receive_message(&a, &MessageId::from_bytes([7; 16]), 1, 100, "hi", 200)
+        .unwrap();
     assert!(first.is_some());
     assert_eq!(
-        s.receive_message(&a, &[7; 16], 1, 100, "hi", 300).unwrap(),
+        s.receive_message(&a, &MessageId::from_bytes([7; 16]), 1, 100, "hi", 300)
+            .unwrap(),
         None
     );
     // The same id from another peer is another message.
     assert!(
-        s.receive_message(&peer(2), &[7; 16], 1, 100, "hi", 300)
+        s.receive_message(&peer(2), &MessageId::from_bytes([7; 16]), 1, 100, "hi", 300)
             .unwrap()
             .is_some()
     );
@@ -55,9 +59,13 @@ fn a_retried_message_is_stored_once_and_receipts_flow() {
     assert!(s.peers_with_outbox().unwrap().is_empty());
     assert_eq!(s.mark_read(&a).unwrap(), 1);
     assert_eq!(s.mark_read(&a).unwrap(), 0);
-    assert_eq!(s.pending_receipts(&a).unwrap(), vec![[7; 16]]);
+    assert_eq!(
+        s.pending_receipts(&a).unwrap(),
+        vec![MessageId::from_bytes([7; 16])]
+    );
     assert_eq!(s.peers_with_outbox().unwrap(), vec![a]);
-    s.receipts_sent(&a, &[[7; 16]]).unwrap();
+    s.receipts_sent(&a, &[MessageId::from_bytes([7; 16])])
+        .unwrap();
     assert!(s.pending_receipts(&a).unwrap().is_empty());
     assert_eq!(s.unread_counts().unwrap().get(&a), None);
 }
@@ -70,8 +78,15 @@ fn history_pages_back_in_order() {
         if i % 2 == 0 {
             s.queue_message(&a, &format!("m{i}"), i).unwrap();
         } else {
-            s.receive_message(&a, &[i as u8; 16], i, i, &format!("m{i}"), i)
-                .unwrap();
+            s.receive_message(
+                &a,
+                &MessageId::from_bytes([i as u8; 16]),
+                i,
+                i,
+                &format!("m{i}"),
+                i,
+            )
+            .unwrap();
         }
     }
     let newest = s.history(&a, None, 10).unwrap();
@@ -115,7 +130,7 @@ fn transfer_resume_state_round_trips_and_is_dropped_when_finished() {
         .create_transfer(
             &a,
             false,
-            &[3; 16],
+            &TransferId::from_bytes([3; 16]),
             5000,
             2,
             &[],
@@ -125,7 +140,16 @@ fn transfer_resume_state_round_trips_and_is_dropped_when_finished() {
         .unwrap();
     assert_eq!(t.state, TransferState::Offered);
     let again = s
-        .create_transfer(&a, false, &[3; 16], 5000, 2, &[], None, 2)
+        .create_transfer(
+            &a,
+            false,
+            &TransferId::from_bytes([3; 16]),
+            5000,
+            2,
+            &[],
+            None,
+            2,
+        )
         .unwrap();
     assert_eq!(again.rowid, t.rowid);
     assert_eq!(again.dest.as_deref(), Some(Path::new("/tmp/in")));
@@ -161,7 +185,10 @@ fn transfer_resume_state_round_trips_and_is_dropped_when_finished() {
         .unwrap();
     assert!(s.chunks(t.rowid).unwrap().is_empty());
     assert_eq!(
-        s.transfer(&a, false, &[3; 16]).unwrap().unwrap().state,
+        s.transfer(&a, false, &TransferId::from_bytes([3; 16]))
+            .unwrap()
+            .unwrap()
+            .state,
         TransferState::Done
     );
 
@@ -169,7 +196,7 @@ fn transfer_resume_state_round_trips_and_is_dropped_when_finished() {
         .create_transfer(
             &a,
             true,
-            &[4; 16],
+            &TransferId::from_bytes([4; 16]),
             1,
             1,
             &[PathBuf::from("/x/y"), PathBuf::from("/z")],

@@ -10,6 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use p2pcall_proto::PeerId;
+use p2pcall_proto::chat::MessageId;
+use p2pcall_proto::id::hex;
 use p2pcall_store::Store;
 
 const CHILD_ENV: &str = "P2PCALL_STORE_CHILD_DB";
@@ -24,18 +26,21 @@ fn child_writer() {
     for i in 0u64.. {
         if i % 2 == 0 {
             let m = s.queue_message(&peer, &format!("out {i}"), i).unwrap();
-            println!("out {}", hex(&m.id));
+            println!("out {}", m.id);
         } else {
             let id: [u8; 16] = rand::random();
-            s.receive_message(&peer, &id, i, i, &format!("in {i}"), i)
-                .unwrap();
+            s.receive_message(
+                &peer,
+                &MessageId::from_bytes(id),
+                i,
+                i,
+                &format!("in {i}"),
+                i,
+            )
+            .unwrap();
             println!("in {}", hex(&id));
         }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[test]
@@ -75,7 +80,7 @@ fn reported_messages_survive_kill_9() {
             .history(&peer, None, usize::MAX)
             .unwrap()
             .iter()
-            .map(|m| hex(&m.id))
+            .map(|m| m.id.to_string())
             .collect();
         for id in &reported {
             assert!(

@@ -523,7 +523,7 @@ mod tests {
     );
 
     fn sender() -> SenderControl {
-        SenderControl::new([7; 16], 1 << 20, Vec::new(), EVERY)
+        SenderControl::new(TransferId::from_bytes([7; 16]), 1 << 20, Vec::new(), EVERY)
     }
 
     fn events(e: impl FnMut() -> Option<ControlEvent>) -> Vec<ControlEvent> {
@@ -543,7 +543,7 @@ mod tests {
         let mut s = sender();
         assert!(matches!(
             s.poll_transmit(),
-            Some(TransferFrame::Offer { id, .. }) if id == [7; 16]
+            Some(TransferFrame::Offer { id, .. }) if id == TransferId::from_bytes([7; 16])
         ));
         assert_eq!(s.poll_timeout(), None, "no progress before the answer");
         let have = vec![HaveChunk {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use p2pcall_core::engine::EngineEvent;
-use p2pcall_core::transfer::{TransferEvent, id_hex};
+use p2pcall_core::transfer::TransferEvent;
 use p2pcall_net::Event;
 
 use crate::Cli;
@@ -60,7 +60,8 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                 .unwrap_or_default()
         );
     }
-    let mut last_progress: std::collections::HashMap<[u8; 16], Instant> = Default::default();
+    let mut last_progress: std::collections::HashMap<p2pcall_proto::transfer::TransferId, Instant> =
+        Default::default();
     let mut stats_file = calls::StatsFile::default();
     let mut console = None;
     loop {
@@ -115,7 +116,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                                 ),
                             };
                             if let Err(err) = answer {
-                                eprintln!("offer {}: {err}", id_hex(&o.id));
+                                eprintln!("offer {}: {err}", o.id);
                             }
                         }
                         _ => {}

@@ -79,7 +79,7 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
                     }
                 }
                 Some(_) => {}
-                None => break Err(p2pcall_core::EngineError::Stream("engine stopped".into())),
+                None => break Err(p2pcall_core::StreamError::Ended("the engine stopped".into()).into()),
             },
         }
     };

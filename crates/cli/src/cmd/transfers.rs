@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use p2pcall_core::Store;
 use p2pcall_core::transfer::partials::{self, Cleaned, Unfinished};
-use p2pcall_core::transfer::{id_hex, parse_id};
+use p2pcall_proto::transfer::TransferId;
 use p2pcall_store::{TransferRecord, TransferState};
 use serde_json::json;
 
@@ -75,7 +75,7 @@ fn line(store: &Store, r: &TransferRecord) -> String {
     format!(
         "{}  {}  {} {}  {} ({} files, {})  {} ago",
         if r.outgoing { "out" } else { "in " },
-        id_hex(&r.id),
+        r.id,
         if r.outgoing { "to" } else { "from" },
         name_of(store, r),
         state(r),
@@ -88,7 +88,7 @@ fn line(store: &Store, r: &TransferRecord) -> String {
 fn incoming_json(store: &Store, u: &Unfinished) -> serde_json::Value {
     let r = &u.record;
     json!({
-        "id": id_hex(&r.id), "peer": peer_of(store, r),
+        "id": r.id.to_string(), "peer": peer_of(store, r),
         "state": state(r), "total_bytes": r.total_bytes, "files": r.files,
         "dest": r.dest.as_ref().map(|d| d.display().to_string()),
         "partial_files": path_strings(&u.partials),
@@ -106,7 +106,7 @@ fn list(store: &Store, json: bool) -> Result<()> {
                 "event": "transfers",
                 "incoming": incoming.iter().map(|u| incoming_json(store, u)).collect::<Vec<_>>(),
                 "outgoing": outgoing.iter().map(|r| json!({
-                    "id": id_hex(&r.id), "peer": peer_of(store, r), "state": state(r), "total_bytes": r.total_bytes,
+                    "id": r.id.to_string(), "peer": peer_of(store, r), "state": state(r), "total_bytes": r.total_bytes,
                     "files": r.files, "updated_ms": r.updated_ms,
                     "sources": path_strings(&r.sources),
                 })).collect::<Vec<_>>(),
@@ -150,9 +150,9 @@ fn list(store: &Store, json: bool) -> Result<()> {
 fn clean(store: &Store, json: bool, ids: &[String], older_than: Option<u64>) -> Result<()> {
     let mut wanted = Vec::new();
     for s in ids {
-        match parse_id(s) {
-            Some(id) => wanted.push(id),
-            None => bail!(
+        match s.parse::<TransferId>() {
+            Ok(id) => wanted.push(id),
+            Err(_) => bail!(
                 "{s:?} is not a transfer id (32 hex digits, as `p2pcall transfers` lists them)"
             ),
         }

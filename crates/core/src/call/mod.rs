@@ -526,10 +526,6 @@ pub(crate) async fn route_datagrams(svc: Arc<Calls>, conn: PeerConnection) {
     }
 }
 
-fn hex(id: &CallId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The channels of a registered call: commands and media datagrams.
 type CallChannels = (mpsc::Receiver<Cmd>, mpsc::Receiver<(Instant, Bytes)>);
 
@@ -561,7 +557,7 @@ pub(crate) async fn dial(
     }
     let (mut send, recv) = conn.quic().open_bi().await?;
     send.write_all(&[CALL]).await?;
-    let id: CallId = rand::random();
+    let id = CallId::from_bytes(rand::random());
     let call = Call::dial(Instant::now(), id, opts.describe(true, true));
     let chans = register(&svc, id, conn.peer())?;
     tokio::spawn(run(svc, conn, call, (send, recv), chans, Some(opts)));
@@ -825,7 +821,7 @@ impl CallDriver {
                     });
                 }
                 SmEvent::Ended(r) => {
-                    tracing::debug!(call = hex(&self.id), ?r, "call ended");
+                    tracing::debug!(call = %self.id, ?r, "call ended");
                     self.ended = Some(r);
                 }
             }
@@ -834,7 +830,7 @@ impl CallDriver {
 
     /// Both sides agreed: configure the session and start capturing and rendering.
     fn accepted(&mut self, n: Negotiated) {
-        tracing::debug!(call = hex(&self.id), ?n, "call accepted");
+        tracing::debug!(call = %self.id, ?n, "call accepted");
         self.session.configure(&n);
         let mut o = self.opts.clone().unwrap_or_default();
         if let Some(r) = self.call.remote() {
@@ -899,7 +895,7 @@ impl CallDriver {
         let now = Instant::now();
         match c {
             Some(Cmd::Answer(o)) => {
-                tracing::debug!(call = hex(&self.id), "answering");
+                tracing::debug!(call = %self.id, "answering");
                 let d = o.describe(true, true);
                 self.opts = Some(*o);
                 let _ = self.call.accept(now, d);
@@ -1296,7 +1292,7 @@ fn stats(
     let prev =
         |v: &[(u8, u64, u64)], id: u8| v.iter().find(|x| x.0 == id).map_or((0, 0), |x| (x.1, x.2));
     let mut s = CallStats {
-        call: hex(&call.id()),
+        call: call.id().to_string(),
         elapsed_s: call
             .started
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()),

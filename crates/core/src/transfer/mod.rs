@@ -179,23 +179,6 @@ pub(crate) struct Registry {
     pub(crate) ended: tokio::sync::Notify,
 }
 
-/// Hex of a transfer id (for names and output).
-pub fn id_hex(id: &TransferId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses a transfer id typed by a user.
-pub fn parse_id(s: &str) -> Option<TransferId> {
-    if s.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// Maps an I/O error to the abort code the other side sees.
 pub(crate) fn abort_code(e: &std::io::Error) -> AbortCode {
     use std::io::ErrorKind::*;
@@ -267,9 +250,8 @@ impl Transfers {
             .offers
             .lock()
             .remove(&(peer, id))
-            .ok_or_else(|| EngineError::NoSuchOffer(id_hex(&id)))?;
-        tx.send(d)
-            .map_err(|_| EngineError::NoSuchOffer(id_hex(&id)))
+            .ok_or_else(|| EngineError::NoSuchOffer(id))?;
+        tx.send(d).map_err(|_| EngineError::NoSuchOffer(id))
     }
 
     /// Cancels a transfer in either direction; both sides are told, no half-written file

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use p2pcall_store::{Store, TransferRecord, TransferState, now_ms};
 
-use super::id_hex;
 use crate::error::EngineError;
 
 /// Folder levels searched for partial files below a transfer's top-level folders.
@@ -110,7 +109,7 @@ pub fn clean_older_than(
 
 /// The file-name prefix of a transfer's partial files.
 fn prefix(r: &TransferRecord) -> String {
-    format!(".p2pcall-{}-", &id_hex(&r.id)[..16])
+    format!(".p2pcall-{}-", &r.id.to_string()[..16])
 }
 
 /// The partial files of `r`: directly in its folder (top-level files) and anywhere below
@@ -179,6 +178,7 @@ fn remove_if_empty(dir: &Path, depth: usize) -> bool {
 mod tests {
     use super::*;
     use p2pcall_proto::PeerId;
+    use p2pcall_proto::transfer::TransferId;
     use std::collections::HashMap;
 
     /// An incoming transfer of a top-level file `a.txt` and a folder `d` (renamed `d (1)`
@@ -186,7 +186,16 @@ mod tests {
     fn interrupted(store: &Store, dest: &Path, id: u8) -> TransferRecord {
         let peer = PeerId::from_bytes([id; 32]);
         let r = store
-            .create_transfer(&peer, false, &[id; 16], 300, 2, &[], None, now_ms())
+            .create_transfer(
+                &peer,
+                false,
+                &TransferId::from_bytes([id; 16]),
+                300,
+                2,
+                &[],
+                None,
+                now_ms(),
+            )
             .unwrap();
         store.set_transfer_dest(r.rowid, dest).unwrap();
         store
@@ -201,7 +210,7 @@ mod tests {
         store
             .set_transfer_state(r.rowid, TransferState::Active, None, now_ms())
             .unwrap();
-        let hex = &id_hex(&[id; 16])[..16];
+        let hex = &TransferId::from_bytes([id; 16]).to_string()[..16];
         std::fs::write(dest.join(format!(".p2pcall-{hex}-0.part")), [1u8; 100]).unwrap();
         std::fs::create_dir_all(dest.join("d (1)/sub/empty")).unwrap();
         std::fs::write(
@@ -209,7 +218,10 @@ mod tests {
             [2u8; 200],
         )
         .unwrap();
-        store.transfer(&peer, false, &[id; 16]).unwrap().unwrap()
+        store
+            .transfer(&peer, false, &TransferId::from_bytes([id; 16]))
+            .unwrap()
+            .unwrap()
     }
 
     #[test]

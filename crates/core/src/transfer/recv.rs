@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::Transfers;
 use super::{
     Decision, OfferInfo, PROGRESS_EVERY, Progress, Summary, TransferEvent, abort_code, emit,
-    encode, fsops, id_hex,
+    encode, fsops,
 };
 
 /// Verified chunks are recorded at least this often (bytes per file). Recording does not
@@ -350,7 +350,7 @@ fn prepare(
     {
         recorded.entry(c.entry).or_default().push(c);
     }
-    let hex = id_hex(id);
+    let hex = id.to_string();
     let mut p = Prepared {
         files: Vec::with_capacity(plan.entries.len()),
         have: Vec::new(),
@@ -1015,7 +1015,13 @@ pub(crate) async fn serve_data(svc: Arc<Transfers>, peer: PeerId, mut recv: quin
     if recv.read_exact(&mut id).await.is_err() {
         return;
     }
-    let Some(rx) = svc.registry.receiving.lock().get(&(peer, id)).cloned() else {
+    let Some(rx) = svc
+        .registry
+        .receiving
+        .lock()
+        .get(&(peer, TransferId::from_bytes(id)))
+        .cloned()
+    else {
         let _ = recv.stop(DATA_REFUSED.into());
         return;
     };

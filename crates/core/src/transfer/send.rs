@@ -24,7 +24,7 @@ use super::{
     CHUNK_SIZE, DATA, DATA_STREAMS, OFFER, PROGRESS_EVERY, Progress, Summary, TransferEvent, emit,
     encode, fsops,
 };
-use crate::error::EngineError;
+use crate::error::{EngineError, StreamError};
 
 struct Job {
     entry: u32,
@@ -57,8 +57,8 @@ impl Drop for Sending<'_> {
     }
 }
 
-fn io_err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Stream(e.to_string())
+fn io_err(e: impl Into<StreamError>) -> EngineError {
+    EngineError::Stream(e.into())
 }
 
 pub(super) async fn send_files(
@@ -92,7 +92,7 @@ pub(super) async fn send_files(
         .open_outgoing(Some(&peer))?
         .into_iter()
         .find(|t| t.sources == paths)
-        .map_or_else(rand::random, |t| t.id);
+        .map_or_else(|| TransferId::from_bytes(rand::random()), |t| t.id);
     let key = (peer, id);
     // The same transfer already running here (e.g. resumed when the peer came back): wait
     // for its outcome instead of sending it twice.
@@ -111,7 +111,7 @@ pub(super) async fn send_files(
         let outcome = rx
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| EngineError::Stream("the running transfer vanished".into()))?
+            .map_err(|_| StreamError::Ended("the running transfer vanished".into()))?
             .clone();
         return outcome
             .unwrap_or(Outcome::Other("no outcome".into()))
@@ -151,7 +151,7 @@ impl From<Outcome> for Result<Summary, EngineError> {
             Outcome::Done(s) => Ok(*s),
             Outcome::Rejected(r) => Err(EngineError::Rejected(r)),
             Outcome::Aborted(code, reason) => Err(EngineError::Aborted { code, reason }),
-            Outcome::Other(e) => Err(EngineError::Stream(e)),
+            Outcome::Other(e) => Err(StreamError::Ended(e).into()),
         }
     }
 }
@@ -360,7 +360,7 @@ async fn data_worker(
     let sent = {
         let work = async {
             let mut head = vec![DATA];
-            head.extend_from_slice(&id);
+            head.extend_from_slice(id.as_bytes());
             s.write_all(&head).await.map_err(io_err)?;
             let pool = super::Pool::default();
             // The queue's lock is taken and released in `next_job`, never held across the
@@ -472,8 +472,8 @@ fn engine_error(end: Ending) -> EngineError {
         Some(Failure::Rejected(r)) => EngineError::Rejected(r),
         Some(Failure::Aborted { code, reason }) => EngineError::Aborted { code, reason },
         Some(Failure::Protocol(r)) => EngineError::Protocol(r),
-        Some(Failure::Stream(r)) => EngineError::Stream(r),
-        None => EngineError::Stream("the transfer ended without an outcome".into()),
+        Some(Failure::Stream(r)) => StreamError::Ended(r).into(),
+        None => StreamError::Ended("the transfer ended without an outcome".into()).into(),
     }
 }
 
