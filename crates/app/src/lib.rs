@@ -20,8 +20,9 @@ pub use ui::App;
 pub enum AppError {
     /// No thread or async runtime for the engine.
     #[error("cannot start the engine thread: {0}")]
-    Runtime(std::io::Error),
-    /// The window could not be opened.
+    Runtime(#[source] std::io::Error),
+    /// The window could not be opened. (eframe's error as text: it is neither `Send` nor
+    /// `Sync`, which this error must be to leave the window's start-up closure.)
     #[error(
         "cannot open the window: {0} (is there a display? run inside an X11 or Wayland session, or use the CLI commands)"
     )]

@@ -91,21 +91,30 @@ pub enum SettingsError {
         source: std::io::Error,
     },
     /// A relay address that does not resolve.
-    #[error("cannot resolve the relay address {spec:?}: {message}")]
+    #[error("cannot resolve the relay address {spec:?}: {source}")]
     Relay {
         /// What was given.
         spec: String,
         /// Why.
-        message: String,
+        source: std::io::Error,
+    },
+    /// A relay address that resolves to no address.
+    #[error("the relay address {spec:?} resolved to nothing")]
+    RelayUnresolved {
+        /// What was given.
+        spec: String,
     },
     /// The file is not valid TOML for these settings.
-    #[error("{path} is not valid: {message}")]
+    #[error("{path} is not valid: {source}")]
     Parse {
         /// File.
         path: PathBuf,
         /// Parser message (names the line and key).
-        message: String,
+        source: toml::de::Error,
     },
+    /// The settings could not be written as TOML.
+    #[error("cannot write the settings as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
 }
 
 impl Dirs {
@@ -151,24 +160,25 @@ pub async fn resolve_relay(spec: &str) -> Result<std::net::SocketAddr, SettingsE
     } else {
         format!("{spec}:{DEFAULT_RELAY_PORT}")
     };
-    let err = |message: String| SettingsError::Relay {
-        spec: spec.to_string(),
-        message,
-    };
     tokio::net::lookup_host(&with_port)
         .await
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|source| SettingsError::Relay {
+            spec: spec.to_string(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| err("it resolved to nothing".into()))
+        .ok_or_else(|| SettingsError::RelayUnresolved {
+            spec: spec.to_string(),
+        })
 }
 
 impl Settings {
     /// Reads the settings file; a missing file is the defaults.
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
         match std::fs::read_to_string(path) {
-            Ok(s) => toml::from_str(&s).map_err(|e| SettingsError::Parse {
+            Ok(s) => toml::from_str(&s).map_err(|source| SettingsError::Parse {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                source,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(SettingsError::Io {
@@ -184,10 +194,7 @@ impl Settings {
             path: path.to_path_buf(),
             source,
         };
-        let text = toml::to_string_pretty(self).map_err(|e| SettingsError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let text = toml::to_string_pretty(self)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }

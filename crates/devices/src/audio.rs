@@ -104,7 +104,8 @@ fn pick_config(
 ) -> Result<SupportedStreamConfig, DeviceError> {
     let open = |e: cpal::Error| DeviceError::Open {
         device: label.to_string(),
-        reason: e.to_string(),
+        action: "open".into(),
+        source: e.into(),
     };
     let ranges: Vec<_> = if input {
         device.supported_input_configs().map_err(open)?.collect()
@@ -166,7 +167,8 @@ fn start(
 ) -> Result<cpal::Stream, DeviceError> {
     let open = |e: cpal::Error| DeviceError::Open {
         device: label.to_string(),
-        reason: e.to_string(),
+        action: "open".into(),
+        source: e.into(),
     };
     let stream = stream.map_err(open)?;
     stream.play().map_err(open)?;

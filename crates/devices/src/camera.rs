@@ -49,14 +49,18 @@ impl Camera {
     /// Opens `path` (`/dev/video0` when `None`) at about `want`.
     pub fn open(path: Option<&str>, want: CameraRequest) -> Result<Self, DeviceError> {
         let path = path.unwrap_or("/dev/video0").to_string();
-        let open = |reason: String| DeviceError::Open {
-            device: path.clone(),
-            reason,
+        let open = |action: String| {
+            let device = path.clone();
+            move |e: std::io::Error| DeviceError::Open {
+                device,
+                action,
+                source: e.into(),
+            }
         };
-        let dev = Device::with_path(&path).map_err(|e| open(e.to_string()))?;
+        let dev = Device::with_path(&path).map_err(open("open".into()))?;
         let offered: Vec<FourCC> = dev
             .enum_formats()
-            .map_err(|e| open(format!("cannot list formats: {e}")))?
+            .map_err(open("list formats".into()))?
             .into_iter()
             .map(|d| d.fourcc)
             .collect();
@@ -77,18 +81,13 @@ impl Camera {
             })?;
         let format = dev
             .set_format(&Format::new(want.width as u32, want.height as u32, fourcc))
-            .map_err(|e| {
-                open(format!(
-                    "cannot set {fourcc} {}x{}: {e}",
-                    want.width, want.height
-                ))
-            })?;
+            .map_err(open(format!("set {fourcc} {}x{}", want.width, want.height)))?;
         // Not every driver takes a rate; the call paces itself either way.
         if let Err(e) = dev.set_params(&v4l::video::capture::Parameters::with_fps(want.fps)) {
             tracing::debug!("{path}: cannot set {} fps: {e}", want.fps);
         }
         let stream = Stream::with_buffers(&dev, Type::VideoCapture, 4)
-            .map_err(|e| open(format!("cannot start streaming: {e}")))?;
+            .map_err(open("start streaming".into()))?;
         tracing::info!(
             "camera {path}: {} {}x{} (asked {}x{} at {} fps)",
             format.fourcc,

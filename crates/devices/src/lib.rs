@@ -24,12 +24,15 @@ pub enum DeviceError {
         why: String,
     },
     /// The device exists and refused to open or start.
-    #[error("{device}: cannot open: {reason}")]
+    #[error("{device}: cannot {action}: {source}")]
     Open {
         /// The device.
         device: String,
+        /// What was asked of it (open, list formats, start streaming, …).
+        action: String,
         /// What it said.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The device offers nothing this build can convert.
     #[error("{device}: {reason}")]
