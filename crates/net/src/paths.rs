@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use p2pcall_nat::{MAIN_SOCKET, Path, PathEvent, PathManager, Via};
 use p2pcall_proto::PeerId;
+use p2pcall_proto::frame::RawFrame;
 use p2pcall_proto::packet::Control;
 use p2pcall_proto::peer::{Datagram, PeerFrame};
 use p2pcall_tls::framed::FrameReader;
@@ -245,187 +246,259 @@ fn close_restarted(inner: &Inner, shared: &ConnShared, instance: u64) {
     }
 }
 
+/// Drives one connection's control stream and path manager until the connection ends.
 async fn drive_connection(
     inner: Arc<Inner>,
     shared: Arc<ConnShared>,
     (mut send, recv): (quinn::SendStream, quinn::RecvStream),
     mut probe_rx: mpsc::Receiver<ControlPacket>,
     dg_tx: mpsc::Sender<Bytes>,
-    (dialer, mut aux): (bool, AuxSockets),
+    (dialer, aux): (bool, AuxSockets),
 ) {
     let conn = shared.conn.clone();
-    let peer = shared.peer;
-    let serial = shared.serial;
     let mut owner_rx = shared.route.watch_owner();
-    let mut owned = shared.route.owner() == serial;
-    let mut key = [0u8; 32];
-    if conn
-        .export_keying_material(&mut key, PROBE_KEY_LABEL, b"")
-        .is_err()
-    {
-        conn.close(CLOSE_PROTOCOL.into(), b"no keying material");
-    }
-    let mut pm = PathManager::new(inner.identity.id(), key, dialer);
     let mut mapping_rx = inner.mapping.subscribe();
     let mut epoch_rx = inner.net_epoch.subscribe();
-    let reach = inner.reach();
-    pm.set_local_mapping(reach.mapping);
-    let name = inner.name.lock().clone();
-    let hello = PeerFrame::Hello {
-        name,
-        instance: inner.instance,
-        reach,
-    };
-    send_frame(&mut send, &hello, peer).await;
+    let mut d = ConnDriver::new(inner.clone(), shared.clone(), dialer, aux);
+    let hello = d.hello();
+    send_frame(&mut send, &hello, d.peer).await;
     let mut reader = FrameReader::new(recv, p2pcall_proto::peer::MAX_FRAME);
     let mut control_open = true;
     let reason = loop {
-        let timeout = pm
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let timeout =
+            d.pm.poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let mut announce = false;
         tokio::select! {
-                    _ = inner.cancel.cancelled() => break "endpoint closed".to_string(),
-                    e = conn.closed() => break e.to_string(),
-                    f = reader.next(), if control_open => match f {
-                        Ok(raw) => match PeerFrame::decode(raw) {
-                            Ok(PeerFrame::Hello { name, instance, reach }) => {
-                                {
-        let mut n = shared.remote_name.lock();
-                                    *n = Some(name);
-                                }
-                                {
-        let mut i = shared.remote_instance.lock();
-                                    *i = Some(instance);
-                                }
-                                close_restarted(&inner, &shared, instance);
-                                if inner.direct_paths {
-                                    pm.set_remote_nat(reach.mapping, reach.observed);
-                                    pm.add_remote_candidates(Instant::now(), &reach.candidates);
-                                    pm.request_round(Instant::now());
-                                }
-                            }
-                            Ok(PeerFrame::Candidates(reach)) => {
-                                if inner.direct_paths {
-                                    pm.set_remote_nat(reach.mapping, reach.observed);
-                                    pm.add_remote_candidates(Instant::now(), &reach.candidates);
-                                    pm.request_round(Instant::now());
-                                }
-                            }
-                            Ok(PeerFrame::Punch { .. }) => {
-                                if inner.direct_paths && !dialer {
-                                    pm.start_round(Instant::now());
-                                }
-                            }
-                            Err(e) => {
-                                conn.close(CLOSE_PROTOCOL.into(), format!("bad control frame: {e}").as_bytes());
-                                break format!("peer sent a bad control frame: {e}");
-                            }
-                        },
-                        Err(p2pcall_tls::framed::FrameReadError::Closed) => control_open = false,
-                        Err(e) => {
-                            conn.close(CLOSE_PROTOCOL.into(), format!("control stream: {e}").as_bytes());
-                            break format!("control stream: {e}");
-                        }
-                    },
-                    Some(pkt) = probe_rx.recv() => {
-                        if inner.direct_paths && pm.handle_control(pkt.at, pkt.from, pkt.via, &pkt.packet) {
-                            inner.socket.map_direct(pkt.from, &shared.route, serial);
-                        }
-                    }
-                    Ok(()) = mapping_rx.changed() => {
-                        let m = *mapping_rx.borrow_and_update();
-                        if let Some(m) = m {
-                            pm.set_local_mapping(m);
-                            announce = true;
-                        }
-                    }
-                    Ok(()) = epoch_rx.changed() => {
-                        epoch_rx.borrow_and_update();
-                        // New interface addresses: tell the peer, and punch again.
-                        pm.reprobe(Instant::now());
-                        announce = true;
-                    }
-                    Ok(()) = owner_rx.changed() => {}
-                    d = conn.read_datagram() => match d {
-                        Ok(d) => handle_datagram(&shared, &dg_tx, d),
-                        Err(e) => break e.to_string(),
-                    },
-                    _ = tokio::time::sleep_until(timeout.into()) => {}
+            _ = inner.cancel.cancelled() => break "endpoint closed".to_string(),
+            e = conn.closed() => break e.to_string(),
+            f = reader.next(), if control_open => match f {
+                Ok(raw) => if let Err(why) = d.control_frame(raw) {
+                    break why;
+                },
+                Err(p2pcall_tls::framed::FrameReadError::Closed) => control_open = false,
+                Err(e) => {
+                    conn.close(CLOSE_PROTOCOL.into(), format!("control stream: {e}").as_bytes());
+                    break format!("control stream: {e}");
                 }
-        if announce && inner.direct_paths {
-            send_frame(&mut send, &PeerFrame::Candidates(inner.reach()), peer).await;
-            pm.request_round(Instant::now());
+            },
+            Some(pkt) = probe_rx.recv() => d.probe(pkt),
+            Ok(()) = mapping_rx.changed() => {
+                let m = *mapping_rx.borrow_and_update();
+                if let Some(m) = m {
+                    d.pm.set_local_mapping(m);
+                    announce = true;
+                }
+            }
+            Ok(()) = epoch_rx.changed() => {
+                epoch_rx.borrow_and_update();
+                // New interface addresses: tell the peer, and punch again.
+                d.pm.reprobe(Instant::now());
+                announce = true;
+            }
+            Ok(()) = owner_rx.changed() => {}
+            dg = conn.read_datagram() => match dg {
+                Ok(dg) => handle_datagram(&shared, &dg_tx, dg),
+                Err(e) => break e.to_string(),
+            },
+            _ = tokio::time::sleep_until(timeout.into()) => {}
         }
-        let now = Instant::now();
-        pm.set_relay_rtt(conn.rtt());
-        let owns = shared.route.owner() == serial;
-        if owns && !owned {
+        if announce && inner.direct_paths {
+            send_frame(&mut send, &PeerFrame::Candidates(inner.reach()), d.peer).await;
+            d.pm.request_round(Instant::now());
+        }
+        for frame in d.step(Instant::now()).await {
+            send_frame(&mut send, &frame, d.peer).await;
+        }
+    };
+    d.finish(reason).await;
+}
+
+/// One connection's path state: its sans-IO path manager, whether it steers the peer's
+/// route, and its auxiliary sockets.
+struct ConnDriver {
+    inner: Arc<Inner>,
+    shared: Arc<ConnShared>,
+    peer: PeerId,
+    serial: u64,
+    dialer: bool,
+    pm: PathManager,
+    /// This connection steered the peer's route at the last step.
+    owned: bool,
+    aux: AuxSockets,
+}
+
+impl ConnDriver {
+    fn new(inner: Arc<Inner>, shared: Arc<ConnShared>, dialer: bool, aux: AuxSockets) -> Self {
+        let mut key = [0u8; 32];
+        if shared
+            .conn
+            .export_keying_material(&mut key, PROBE_KEY_LABEL, b"")
+            .is_err()
+        {
+            shared
+                .conn
+                .close(CLOSE_PROTOCOL.into(), b"no keying material");
+        }
+        let pm = PathManager::new(inner.identity.id(), key, dialer);
+        Self {
+            peer: shared.peer,
+            serial: shared.serial,
+            owned: shared.route.owner() == shared.serial,
+            inner,
+            shared,
+            dialer,
+            pm,
+            aux,
+        }
+    }
+
+    /// Our `Hello`: name, instance, and how to reach us.
+    fn hello(&mut self) -> PeerFrame {
+        let reach = self.inner.reach();
+        self.pm.set_local_mapping(reach.mapping);
+        PeerFrame::Hello {
+            name: self.inner.name.lock().clone(),
+            instance: self.inner.instance,
+            reach,
+        }
+    }
+
+    /// A frame from the peer's control stream; `Err` closes the connection.
+    fn control_frame(&mut self, raw: RawFrame<'_>) -> Result<(), String> {
+        let reach = match PeerFrame::decode(raw) {
+            Ok(PeerFrame::Hello {
+                name,
+                instance,
+                reach,
+            }) => {
+                *self.shared.remote_name.lock() = Some(name);
+                *self.shared.remote_instance.lock() = Some(instance);
+                close_restarted(&self.inner, &self.shared, instance);
+                reach
+            }
+            Ok(PeerFrame::Candidates(reach)) => reach,
+            Ok(PeerFrame::Punch { .. }) => {
+                if self.inner.direct_paths && !self.dialer {
+                    self.pm.start_round(Instant::now());
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                let msg = format!("bad control frame: {e}");
+                self.shared
+                    .conn
+                    .close(CLOSE_PROTOCOL.into(), msg.as_bytes());
+                return Err(format!("peer sent a {msg}"));
+            }
+        };
+        if self.inner.direct_paths {
+            self.pm.set_remote_nat(reach.mapping, reach.observed);
+            self.pm
+                .add_remote_candidates(Instant::now(), &reach.candidates);
+            self.pm.request_round(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// A probe or probe answer for this connection.
+    fn probe(&mut self, pkt: ControlPacket) {
+        if self.inner.direct_paths
+            && self
+                .pm
+                .handle_control(pkt.at, pkt.from, pkt.via, &pkt.packet)
+        {
+            self.inner
+                .socket
+                .map_direct(pkt.from, &self.shared.route, self.serial);
+        }
+    }
+
+    /// Runs the path manager up to `now`: takes over the route if this connection came to
+    /// steer it, sends its probes, and applies its path changes. Returns the control frames
+    /// to send the peer.
+    async fn step(&mut self, now: Instant) -> Vec<PeerFrame> {
+        let (route, serial) = (&self.shared.route, self.serial);
+        self.pm.set_relay_rtt(self.shared.conn.rtt());
+        let owns = route.owner() == serial;
+        if owns && !self.owned {
             // An older connection ended and this one steers the route now: apply what its
             // path manager knows.
-            for a in pm.validated() {
-                inner.socket.map_direct(a, &shared.route, serial);
+            for a in self.pm.validated() {
+                self.inner.socket.map_direct(a, route, serial);
             }
-            if let Path::Direct(_) = pm.selected() {
-                shared
-                    .route
-                    .set_path(serial, pm.selected(), aux.get(pm.selected_via()));
+            if let Path::Direct(_) = self.pm.selected() {
+                let via = self.aux.get(self.pm.selected_via());
+                route.set_path(serial, self.pm.selected(), via);
             }
         }
-        owned = owns;
-        if owns && let Some((addr, at)) = shared.route.take_direct_rx() {
-            pm.note_rx(at, addr);
+        self.owned = owns;
+        if owns && let Some((addr, at)) = route.take_direct_rx() {
+            self.pm.note_rx(at, addr);
         }
-        pm.handle_timeout(now);
-        while let Some(t) = pm.poll_transmit() {
-            aux.send(t.via, t.dst, &t.payload);
+        self.pm.handle_timeout(now);
+        while let Some(t) = self.pm.poll_transmit() {
+            self.aux.send(t.via, t.dst, &t.payload);
         }
-        shared
+        self.shared
             .probes_sent
-            .store(pm.probes_sent(), Ordering::Relaxed);
-        while let Some(e) = pm.poll_event() {
+            .store(self.pm.probes_sent(), Ordering::Relaxed);
+        let mut frames = Vec::new();
+        while let Some(e) = self.pm.poll_event() {
             match e {
                 PathEvent::Selected { path, via, rtt } => {
-                    if !shared.route.set_path(serial, path, aux.get(via)) {
+                    let peer = self.peer;
+                    if !route.set_path(serial, path, self.aux.get(via)) {
                         tracing::debug!(%peer, ?path, "path of a connection that no longer steers the route");
                         continue;
                     }
                     // For a LAN peer "the relay" is its announced address.
-                    let path = shared.route.path();
+                    let path = route.path();
                     tracing::info!(%peer, ?path, via, ?rtt, "path changed");
-                    inner
-                        .emit(crate::Event::PathChanged {
-                            peer,
-                            path,
-                            rtt,
-                            at: now,
-                        })
-                        .await;
+                    let at = now;
+                    let e = crate::Event::PathChanged {
+                        peer,
+                        path,
+                        rtt,
+                        at,
+                    };
+                    self.inner.emit(e).await;
                 }
-                PathEvent::SendPunch { round } => {
-                    send_frame(&mut send, &PeerFrame::Punch { round }, peer).await;
-                }
-                PathEvent::ReleaseAux { keep } => aux.release(keep),
+                PathEvent::SendPunch { round } => frames.push(PeerFrame::Punch { round }),
+                PathEvent::ReleaseAux { keep } => self.aux.release(keep),
             }
         }
-    };
-    drop(aux);
-    // If this connection steered the route, the newest other one to the peer takes over.
-    let next = (|| {
-        let mut c = inner.conns.lock();
-        let list = c.get_mut(&peer)?;
-        list.retain(|o| o.serial != serial);
-        let next = list.last().map(|o| o.serial);
-        if list.is_empty() {
-            c.remove(&peer);
-        }
-        next
-    })();
-    shared.route.release(serial, next);
-    shared.route.conns.fetch_sub(1, Ordering::Relaxed);
-    inner
-        .emit(crate::Event::ConnectionClosed { peer, reason })
-        .await;
+        frames
+    }
+
+    /// The connection ended: the newest other connection to the peer takes over the route
+    /// if this one steered it, and the end is reported.
+    async fn finish(self, reason: String) {
+        let Self {
+            inner,
+            shared,
+            peer,
+            serial,
+            aux,
+            ..
+        } = self;
+        drop(aux);
+        let next = (|| {
+            let mut c = inner.conns.lock();
+            let list = c.get_mut(&peer)?;
+            list.retain(|o| o.serial != serial);
+            let next = list.last().map(|o| o.serial);
+            if list.is_empty() {
+                c.remove(&peer);
+            }
+            next
+        })();
+        shared.route.release(serial, next);
+        shared.route.conns.fetch_sub(1, Ordering::Relaxed);
+        inner
+            .emit(crate::Event::ConnectionClosed { peer, reason })
+            .await;
+    }
 }
 
 fn handle_datagram(shared: &ConnShared, app: &mpsc::Sender<Bytes>, d: Bytes) {

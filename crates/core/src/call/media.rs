@@ -1102,15 +1102,15 @@ pub(crate) fn start_render(
     stats: Arc<Mutex<RenderStats>>,
     voice: Option<Voice>,
 ) -> Result<RenderThread, CallError> {
-    let (mut speaker, label) = open_speaker(&sinks.speaker)?;
+    let (speaker, label) = open_speaker(&sinks.speaker)?;
     {
         let mut s = stats.lock();
         s.speaker = label;
     }
     let (tx, rx) = std_mpsc::sync_channel::<Render>(256);
-    let mut vdec = VideoDecoder::new()?;
-    let mut adec = AudioDecoder::new()?;
-    let mut wav_out = match &sinks.audio {
+    let vdec = VideoDecoder::new()?;
+    let adec = AudioDecoder::new()?;
+    let wav_out = match &sinks.audio {
         Some(p) => {
             let w = wav::WavWriter::create(p, 48_000, 1).map_err(|source| CallError::File {
                 path: p.clone(),
@@ -1121,125 +1121,164 @@ pub(crate) fn start_render(
         }
         None => None,
     };
+    let mut r = Renderer {
+        sinks,
+        fps,
+        stats,
+        voice,
+        speaker,
+        vdec,
+        adec,
+        wav_out,
+        y4m: None,
+        last_stamp: None,
+        video_lat_sum: 0.0,
+        beacon: BeaconDetector::new(),
+        audio_lat_sum: 0.0,
+    };
     let h = std::thread::Builder::new()
         .name("render".into())
         .spawn(move || {
-            let mut y4m: Option<Y4mWriter> = None;
-            let mut last_stamp: Option<u32> = None;
-            let mut lat_sum = 0.0;
-            let (mut beacon, mut audio_lat_sum) = (BeaconDetector::new(), 0.0);
             while let Ok(msg) = rx.recv() {
                 match msg {
-                    Render::Audio { playout, stretch } => {
-                        let input = match &playout {
-                            Playout::Frame(p) => AudioInput::Packet(p),
-                            Playout::Fec(p) => AudioInput::Fec(p),
-                            Playout::Conceal => AudioInput::Conceal,
-                            Playout::Silence => AudioInput::Silence,
-                        };
-                        let pcm = adec
-                            .decode(input)
-                            .unwrap_or_else(|_| vec![0; FRAME_SAMPLES as usize]);
-                        let pcm = stretch_pcm(&pcm, stretch);
-                        // Played now, or once the speaker's queue ahead of it has played.
-                        let queued = speaker.as_ref().map_or(0, |s| s.queued_ms());
-                        let beacons = beacon.feed(&pcm, wall_ms_f64() + f64::from(queued));
-                        if let Some(w) = &mut wav_out {
-                            w.write(&pcm).map_err(|e| e.to_string())?;
-                        }
-                        let mut spk_failed = None;
-                        if let Some(spk) = &mut speaker {
-                            match spk.play(&pcm) {
-                                // What the speaker plays is what the echo canceller removes.
-                                Ok(()) => {
-                                    if let Some(v) = &voice {
-                                        v.lock().render(&pcm);
-                                    }
-                                }
-                                Err(e) => spk_failed = Some(e.to_string()),
-                            }
-                        }
-                        {
-                            let mut s = stats.lock();
-                            s.audio_samples += pcm.len() as u64;
-                            for lat in beacons {
-                                s.beacons += 1;
-                                audio_lat_sum += lat;
-                                s.audio_latency_ms = Some(lat);
-                                s.audio_latency_mean_ms = Some(audio_lat_sum / s.beacons as f64);
-                            }
-                            if let Some(spk) = &speaker {
-                                s.speaker_underruns = spk.underruns();
-                            }
-                            if let Some(e) = spk_failed {
-                                tracing::warn!("speaker: {e}");
-                                s.speaker = Some(format!("none ({e})"));
-                                speaker = None;
-                            }
-                        }
-                    }
-                    Render::Video { data } => {
-                        let Ok(out) = vdec.decode(&data) else {
-                            {
-                                let mut s = stats.lock();
-                                s.decode_errors += 1;
-                            }
-                            continue;
-                        };
-                        let Some(f) = out else { continue };
-                        if let Some(t) = &sinks.tap {
-                            t.show(Picture::Remote, &f);
-                        }
-                        let stamp = p2pcall_media_io::pattern::decode(&f);
-                        let mut recorded = false;
-                        if let Some(path) = &sinks.video {
-                            if y4m.is_none() {
-                                let w = Y4mWriter::create(path, f.width, f.height, fps)
-                                    .map_err(|e| e.to_string())?;
-                                note_recording(&stats, w.path());
-                                y4m = Some(w);
-                            }
-                            // A Y4M file has one size: frames of another size are not
-                            // recorded (the call itself goes on).
-                            if let Some(w) = &mut y4m
-                                && w.write(&f).is_ok()
-                            {
-                                recorded = true;
-                            }
-                        }
-                        {
-                            let mut s = stats.lock();
-                            s.decoded += 1;
-                            s.recorded_frames += u64::from(recorded);
-                            s.resolution = Some((f.width, f.height));
-                            if let Some((n, cap)) = stamp {
-                                s.stamped += 1;
-                                let lat = f64::from(wall_ms().wrapping_sub(cap) as i32);
-                                lat_sum += lat;
-                                s.video_latency_ms = Some(lat);
-                                s.video_latency_mean_ms = Some(lat_sum / s.stamped as f64);
-                                if last_stamp.is_some_and(|l| n != l + 1) {
-                                    s.stamp_gaps += 1;
-                                }
-                                last_stamp = Some(n);
-                            }
-                        }
-                    }
+                    Render::Audio { playout, stretch } => r.audio(&playout, stretch)?,
+                    Render::Video { data } => r.video(&data)?,
                 }
             }
-            if let Some(w) = y4m {
-                w.finish().map_err(|e| e.to_string())?;
-            }
-            if let Some(w) = wav_out {
-                w.finish().map_err(|e| e.to_string())?;
-            }
-            Ok(())
+            r.finish()
         })
         .map_err(|source| CallError::Thread {
             name: "render".into(),
             source,
         })?;
     Ok((tx, h))
+}
+
+/// The render thread's state: decoders, sinks, and what the statistics accumulate.
+struct Renderer {
+    sinks: Sinks,
+    fps: u32,
+    stats: Arc<Mutex<RenderStats>>,
+    voice: Option<Voice>,
+    speaker: Option<Speaker>,
+    vdec: VideoDecoder,
+    adec: AudioDecoder,
+    wav_out: Option<wav::WavWriter>,
+    /// Opened at the first decoded frame (its size is the file's).
+    y4m: Option<Y4mWriter>,
+    last_stamp: Option<u32>,
+    video_lat_sum: f64,
+    beacon: BeaconDetector,
+    audio_lat_sum: f64,
+}
+
+impl Renderer {
+    /// Decodes (or conceals) one 20 ms audio frame, stretched as the jitter buffer asks, and
+    /// plays and records it. A failing speaker is dropped (the call goes on silently).
+    fn audio(&mut self, playout: &Playout, stretch: i32) -> Result<(), String> {
+        let input = match playout {
+            Playout::Frame(p) => AudioInput::Packet(p),
+            Playout::Fec(p) => AudioInput::Fec(p),
+            Playout::Conceal => AudioInput::Conceal,
+            Playout::Silence => AudioInput::Silence,
+        };
+        let pcm = self
+            .adec
+            .decode(input)
+            .unwrap_or_else(|_| vec![0; FRAME_SAMPLES as usize]);
+        let pcm = stretch_pcm(&pcm, stretch);
+        // Played now, or once the speaker's queue ahead of it has played.
+        let queued = self.speaker.as_ref().map_or(0, |s| s.queued_ms());
+        let beacons = self.beacon.feed(&pcm, wall_ms_f64() + f64::from(queued));
+        if let Some(w) = &mut self.wav_out {
+            w.write(&pcm).map_err(|e| e.to_string())?;
+        }
+        let mut spk_failed = None;
+        if let Some(spk) = &mut self.speaker {
+            match spk.play(&pcm) {
+                // What the speaker plays is what the echo canceller removes.
+                Ok(()) => {
+                    if let Some(v) = &self.voice {
+                        v.lock().render(&pcm);
+                    }
+                }
+                Err(e) => spk_failed = Some(e.to_string()),
+            }
+        }
+        let mut s = self.stats.lock();
+        s.audio_samples += pcm.len() as u64;
+        for lat in beacons {
+            s.beacons += 1;
+            self.audio_lat_sum += lat;
+            s.audio_latency_ms = Some(lat);
+            s.audio_latency_mean_ms = Some(self.audio_lat_sum / s.beacons as f64);
+        }
+        if let Some(spk) = &self.speaker {
+            s.speaker_underruns = spk.underruns();
+        }
+        if let Some(e) = spk_failed {
+            tracing::warn!("speaker: {e}");
+            s.speaker = Some(format!("none ({e})"));
+            self.speaker = None;
+        }
+        Ok(())
+    }
+
+    /// Decodes one video access unit and shows, records and measures the picture.
+    fn video(&mut self, data: &[u8]) -> Result<(), String> {
+        let Ok(out) = self.vdec.decode(data) else {
+            self.stats.lock().decode_errors += 1;
+            return Ok(());
+        };
+        let Some(f) = out else { return Ok(()) };
+        if let Some(t) = &self.sinks.tap {
+            t.show(Picture::Remote, &f);
+        }
+        let stamp = p2pcall_media_io::pattern::decode(&f);
+        let mut recorded = false;
+        if let Some(path) = &self.sinks.video {
+            if self.y4m.is_none() {
+                let w = Y4mWriter::create(path, f.width, f.height, self.fps)
+                    .map_err(|e| e.to_string())?;
+                note_recording(&self.stats, w.path());
+                self.y4m = Some(w);
+            }
+            // A Y4M file has one size: frames of another size are not recorded (the call
+            // itself goes on).
+            if let Some(w) = &mut self.y4m
+                && w.write(&f).is_ok()
+            {
+                recorded = true;
+            }
+        }
+        let mut s = self.stats.lock();
+        s.decoded += 1;
+        s.recorded_frames += u64::from(recorded);
+        s.resolution = Some((f.width, f.height));
+        if let Some((n, cap)) = stamp {
+            s.stamped += 1;
+            let lat = f64::from(wall_ms().wrapping_sub(cap) as i32);
+            self.video_lat_sum += lat;
+            s.video_latency_ms = Some(lat);
+            s.video_latency_mean_ms = Some(self.video_lat_sum / s.stamped as f64);
+            if self.last_stamp.is_some_and(|l| n != l + 1) {
+                s.stamp_gaps += 1;
+            }
+            self.last_stamp = Some(n);
+        }
+        Ok(())
+    }
+
+    /// Completes the recordings.
+    fn finish(self) -> Result<(), String> {
+        if let Some(w) = self.y4m {
+            w.finish().map_err(|e| e.to_string())?;
+        }
+        if let Some(w) = self.wav_out {
+            w.finish().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 /// Shortens (`stretch` > 0) or lengthens a frame by resampling it linearly: the jitter

@@ -21,6 +21,18 @@ pub(crate) struct Scan {
     pub skipped: Vec<PathBuf>,
 }
 
+impl Scan {
+    /// Files, folders, and the sum of the files' sizes.
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
+        self.entries
+            .iter()
+            .fold((0, 0, 0), |(f, d, t), e| match e.kind {
+                EntryKind::File { size } => (f + 1, d, t + size),
+                EntryKind::Dir => (f, d + 1, t),
+            })
+    }
+}
+
 fn mtime(m: &fs::Metadata) -> i64 {
     m.mtime()
 }

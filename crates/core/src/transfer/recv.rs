@@ -315,6 +315,87 @@ struct Prepared {
     placed: Vec<PathBuf>,
 }
 
+/// The names the offer's top-level entries take in `dest`, and whether they were chosen by
+/// an earlier attempt (which may have left data). A first attempt picks free names, so
+/// nothing of it can be on disk yet.
+fn top_names(
+    store: &Store,
+    rowid: i64,
+    dest: &Path,
+    plan: &Plan,
+) -> Result<(HashMap<String, String>, bool), Fail> {
+    let mut names = store
+        .top_names(rowid)
+        .map_err(|e| (AbortCode::Io, e.to_string()))?;
+    if !names.is_empty() {
+        return Ok((names, true));
+    }
+    for top in &plan.tops {
+        let n = unique_name(top, |n| fsops::exists(&dest.join(n)))
+            .ok_or_else(|| (AbortCode::Io, format!("no free name for {top}")))?;
+        names.insert(top.clone(), n);
+    }
+    store
+        .set_top_names(rowid, &names)
+        .map_err(|e| (AbortCode::Io, e.to_string()))?;
+    Ok((names, false))
+}
+
+/// Checks the chunks the last attempt recorded against the partial file on disk: the good
+/// ones count as verified in `progress`; returns the indexes of the others.
+fn reverify(
+    file: &File,
+    progress: &mut FileProgress,
+    recorded: Vec<ChunkRecord>,
+    chunk: u32,
+    size: u64,
+) -> Vec<u64> {
+    let mut buf = Vec::new();
+    let mut bad = Vec::new();
+    for r in recorded {
+        let len = progress.len_of(r.index);
+        buf.resize(len as usize, 0);
+        let ok = len > 0
+            && file
+                .read_exact_at(&mut buf, progress.offset_of(r.index))
+                .is_ok()
+            && chunk_cv(&buf, r.index, chunk, size) == r.cv;
+        if ok {
+            progress.record(r.index, r.cv);
+        } else {
+            bad.push(r.index);
+        }
+    }
+    bad
+}
+
+/// Hashes the file a previous attempt may have put in place at `path` (of the expected
+/// size) into `progress`; true if it is whole. Otherwise `progress` starts over.
+fn hash_placed(path: &Path, progress: &mut FileProgress, chunk: u32, size: u64) -> bool {
+    let Ok(file) = fsops::open_existing(path) else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.len() == size) {
+        return false;
+    }
+    let mut buf = Vec::new();
+    for index in 0..progress.count() {
+        buf.resize(progress.len_of(index) as usize, 0);
+        if file
+            .read_exact_at(&mut buf, progress.offset_of(index))
+            .is_err()
+        {
+            break;
+        }
+        progress.record(index, chunk_cv(&buf, index, chunk, size));
+    }
+    if progress.is_complete() {
+        return true;
+    }
+    *progress = FileProgress::new(size, chunk);
+    false
+}
+
 /// Creates folders, finds partial data from an earlier attempt and re-verifies it.
 fn prepare(
     store: &Store,
@@ -325,21 +406,7 @@ fn prepare(
     entries: &[Entry],
     chunk: u32,
 ) -> Result<Prepared, Fail> {
-    let mut names = store
-        .top_names(rowid)
-        .map_err(|e| (AbortCode::Io, e.to_string()))?;
-    // A first attempt starts in fresh top-level names: nothing of it can be on disk yet.
-    let resuming = !names.is_empty();
-    if !resuming {
-        for top in &plan.tops {
-            let n = unique_name(top, |n| fsops::exists(&dest.join(n)))
-                .ok_or_else(|| (AbortCode::Io, format!("no free name for {top}")))?;
-            names.insert(top.clone(), n);
-        }
-        store
-            .set_top_names(rowid, &names)
-            .map_err(|e| (AbortCode::Io, e.to_string()))?;
-    }
+    let (names, resuming) = top_names(store, rowid, dest, plan)?;
     let done = store
         .done_files(rowid)
         .map_err(|e| (AbortCode::Io, e.to_string()))?;
@@ -406,25 +473,13 @@ fn prepare(
         let fin = f.dir.join(&f.name);
         let recs = recorded.remove(&i).unwrap_or_default();
         if resuming && fsops::exists(&f.temp) {
-            // Re-verify what the last attempt recorded against what is on disk.
-            if let Ok(file) = fsops::open_existing(&f.temp) {
-                let mut buf = Vec::new();
-                for r in recs {
-                    let len = f.progress.len_of(r.index);
-                    buf.resize(len as usize, 0);
-                    let ok = len > 0
-                        && file
-                            .read_exact_at(&mut buf, f.progress.offset_of(r.index))
-                            .is_ok()
-                        && chunk_cv(&buf, r.index, chunk, size) == r.cv;
-                    if ok {
-                        f.progress.record(r.index, r.cv);
-                    } else {
-                        bad.push((i, r.index));
+            match fsops::open_existing(&f.temp) {
+                Ok(file) => {
+                    for index in reverify(&file, &mut f.progress, recs, chunk, size) {
+                        bad.push((i, index));
                     }
                 }
-            } else {
-                wipe.push(i);
+                Err(_) => wipe.push(i),
             }
         } else if resuming {
             if !recs.is_empty() {
@@ -432,30 +487,13 @@ fn prepare(
             }
             // Placed by the last attempt just before it was interrupted? Offer its hashes;
             // the sender sends the file again if they differ.
-            if let Ok(file) = fsops::open_existing(&fin)
-                && file.metadata().is_ok_and(|m| m.len() == size)
-            {
-                let mut buf = Vec::new();
-                for index in 0..f.progress.count() {
-                    buf.resize(f.progress.len_of(index) as usize, 0);
-                    if file
-                        .read_exact_at(&mut buf, f.progress.offset_of(index))
-                        .is_err()
-                    {
-                        break;
-                    }
-                    f.progress.record(index, chunk_cv(&buf, index, chunk, size));
-                }
-                if f.progress.is_complete() {
-                    f.placed = Some(fin);
-                    found.extend(f.progress.verified().map(|(index, cv)| ChunkRecord {
-                        entry: i,
-                        index,
-                        cv: *cv,
-                    }));
-                } else {
-                    f.progress = FileProgress::new(size, chunk);
-                }
+            if hash_placed(&fin, &mut f.progress, chunk, size) {
+                f.placed = Some(fin);
+                found.extend(f.progress.verified().map(|(index, cv)| ChunkRecord {
+                    entry: i,
+                    index,
+                    cv: *cv,
+                }));
             }
         }
         for (index, cv) in f.progress.verified() {
@@ -821,18 +859,6 @@ impl Incoming {
         } = self;
         let store = svc.ctx.store.clone();
         let key = (peer, id);
-        let failed = |reason: String, resumable: bool| {
-            emit(
-                svc,
-                TransferEvent::Failed {
-                    peer,
-                    id,
-                    outgoing: false,
-                    reason,
-                    resumable,
-                },
-            );
-        };
         let send = &mut self.send;
         let reader = &mut self.reader;
         let _ = store.set_transfer_dest(rec.rowid, &dest);
@@ -900,60 +926,80 @@ impl Incoming {
                 });
             }
         }
-        let rx2 = rx.clone();
-        let dirs = p.dirs;
-        match (ending.disposition, ending.failure) {
-            (Disposition::Done, _) | (_, None) => {
-                let _ = tokio::task::spawn_blocking(move || {
-                    // Folder modes last (a read-only folder would have blocked its content).
-                    for (d, mode) in dirs.iter().rev() {
-                        let _ = fsops::set_dir_mode(d, *mode);
-                    }
-                })
-                .await;
-                let _ = store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms());
-                let mut hashes = rx.hashes.lock().clone();
-                hashes.sort();
-                emit(
-                    svc,
-                    TransferEvent::Finished(Summary {
-                        peer,
-                        id,
-                        outgoing: false,
-                        files: plan.files,
-                        dirs: plan.dirs,
-                        total_bytes: plan.total_bytes,
-                        resumed_bytes: resumed,
-                        elapsed: t0.elapsed(),
-                        placed: p.placed,
-                        skipped: Vec::new(),
-                        hashes,
-                    }),
-                );
-            }
-            (disposition, Some(failure)) => {
-                let resumable = disposition == Disposition::Resumable;
-                let state = match disposition {
-                    Disposition::Resumable => TransferState::Active,
-                    Disposition::Cancelled => TransferState::Cancelled,
-                    _ => TransferState::Failed,
-                };
-                let _ = tokio::task::spawn_blocking(move || {
-                    if resumable {
-                        rx2.checkpoint()
-                    } else {
-                        rx2.discard()
-                    }
-                })
-                .await;
-                let reason = failure.reason().to_string();
-                let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
-                failed(reason, resumable);
-            }
-        }
+        let summary = Summary {
+            peer,
+            id,
+            outgoing: false,
+            files: plan.files,
+            dirs: plan.dirs,
+            total_bytes: plan.total_bytes,
+            resumed_bytes: resumed,
+            elapsed: t0.elapsed(),
+            placed: p.placed,
+            skipped: Vec::new(),
+            hashes: Vec::new(),
+        };
+        conclude(svc, rx, rec.rowid, ending, p.dirs, summary).await;
         svc.registry.drop_cancel(key, false);
         svc.registry.receiving.lock().remove(&key);
         svc.registry.ended.notify_waiters();
+    }
+}
+
+/// Records how a receive ended. Done: folder modes set, state done, `Finished` (with
+/// `summary` and the files' hashes). Otherwise the verified chunks are kept (resumable) or
+/// the partial data removed, and `Failed`.
+async fn conclude(
+    svc: &Transfers,
+    rx: Arc<Receiving>,
+    rowid: i64,
+    ending: Ending,
+    dirs: Vec<(PathBuf, u32)>,
+    mut summary: Summary,
+) {
+    let store = &svc.ctx.store;
+    match (ending.disposition, ending.failure) {
+        (Disposition::Done, _) | (_, None) => {
+            let _ = tokio::task::spawn_blocking(move || {
+                // Folder modes last (a read-only folder would have blocked its content).
+                for (d, mode) in dirs.iter().rev() {
+                    let _ = fsops::set_dir_mode(d, *mode);
+                }
+            })
+            .await;
+            let _ = store.set_transfer_state(rowid, TransferState::Done, None, now_ms());
+            summary.hashes = rx.hashes.lock().clone();
+            summary.hashes.sort();
+            emit(svc, TransferEvent::Finished(summary));
+        }
+        (disposition, Some(failure)) => {
+            let resumable = disposition == Disposition::Resumable;
+            let state = match disposition {
+                Disposition::Resumable => TransferState::Active,
+                Disposition::Cancelled => TransferState::Cancelled,
+                _ => TransferState::Failed,
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                if resumable {
+                    rx.checkpoint()
+                } else {
+                    rx.discard()
+                }
+            })
+            .await;
+            let reason = failure.reason().to_string();
+            let _ = store.set_transfer_state(rowid, state, Some(&reason), now_ms());
+            emit(
+                svc,
+                TransferEvent::Failed {
+                    peer: summary.peer,
+                    id: summary.id,
+                    outgoing: false,
+                    reason,
+                    resumable,
+                },
+            );
+        }
     }
 }
 

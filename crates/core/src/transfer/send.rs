@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::transfer::{
     AbortCode, DataHeader, DataKind, EntryKind, HaveChunk, MAX_FRAME, TransferFrame, TransferId,
@@ -166,51 +167,14 @@ async fn send_inner(
     let store = &svc.ctx.store;
     let key = (peer, id);
     let mut cancel = svc.registry.cancel_rx(key, true);
-    let (files, dirs, total) = scan
-        .entries
-        .iter()
-        .fold((0u64, 0u64, 0u64), |(f, d, t), e| match e.kind {
-            EntryKind::File { size } => (f + 1, d, t + size),
-            EntryKind::Dir => (f, d + 1, t),
-        });
+    let (files, dirs, total) = scan.totals();
     let rec = store.create_transfer(&peer, true, &id, total, files, &paths, None, now_ms())?;
 
     let conn = svc.ctx.connect(peer).await?;
-    let (mut ctl_stream, recv) = conn
-        .quic()
-        .open_bi()
-        .await
-        .map_err(|e| EngineError::Net(e.into()))?;
     let mut ctl = SenderControl::new(id, CHUNK_SIZE, scan.entries.clone(), PROGRESS_EVERY);
-    let mut offer = vec![OFFER];
-    if let Some(f) = ctl.poll_transmit() {
-        f.encode(&mut offer);
-    }
-    ctl_stream.write_all(&offer).await.map_err(io_err)?;
-    let mut reader = FrameReader::new(recv, MAX_FRAME);
+    let (mut ctl_stream, mut reader) = open_offer(&conn, &mut ctl).await?;
 
-    let record = |end: &Ending| {
-        let Some(failure) = &end.failure else { return };
-        let (state, resumable) = match end.disposition {
-            Disposition::StillOffered => (TransferState::Offered, true),
-            Disposition::Resumable => (TransferState::Active, true),
-            Disposition::Cancelled => (TransferState::Cancelled, false),
-            Disposition::Rejected => (TransferState::Rejected, false),
-            Disposition::Failed | Disposition::Done => (TransferState::Failed, false),
-        };
-        let reason = failure.reason().to_string();
-        let _ = store.set_transfer_state(rec.rowid, state, Some(&reason), now_ms());
-        emit(
-            svc,
-            TransferEvent::Failed {
-                peer,
-                id,
-                outgoing: true,
-                reason,
-                resumable,
-            },
-        );
-    };
+    let record = |end: &Ending| record_failure(svc, rec.rowid, key, end);
 
     // The answer.
     let have = match await_answer(&mut ctl, &mut ctl_stream, &mut reader, &mut cancel).await {
@@ -228,51 +192,51 @@ async fn send_inner(
     let counters = Arc::new(Counters::default());
     let hashes = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
     // Set when the transfer stops: each worker resets its stream, so that the data quinn
     // still holds for it (up to the 32 MiB connection window) is dropped rather than sent
     // before the `Abort` frame, which on a slow link took tens of seconds.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..DATA_STREAMS.min(files as usize) {
-        let stop = stop_rx.clone();
-        let (conn, queue, counters, hashes) = (
+        // During a call, transfers get what the call's estimate leaves (crate::bulk).
+        let gate = svc.bulk.of(conn.peer());
+        workers.spawn(data_worker(
             conn.clone(),
+            id,
             queue.clone(),
             counters.clone(),
             hashes.clone(),
-        );
-        // During a call, transfers get what the call's estimate leaves (crate::bulk).
-        let gate = svc.bulk.of(conn.peer());
-        workers.spawn(data_worker(conn, id, queue, counters, hashes, gate, stop));
+            gate,
+            stop_rx.clone(),
+        ));
     }
 
     let mut meter = Meter::new(t0, total, 0);
     let mut last = 0u64;
+    let progress = || {
+        let b = counters.bytes.load(Ordering::Relaxed);
+        meter.add(Instant::now(), b - last);
+        last = b;
+        let p = Progress {
+            peer,
+            id,
+            outgoing: true,
+            done_bytes: meter.done(),
+            total_bytes: total,
+            files_done: counters.files_done.load(Ordering::Relaxed),
+            files,
+            rate: meter.rate(),
+            eta: meter.eta(),
+        };
+        emit(svc, TransferEvent::Progress(p));
+    };
     let end = drive_sender(
         &mut ctl,
         &mut reader,
         &mut workers,
         &mut cancel,
         &counters,
-        || {
-            let b = counters.bytes.load(Ordering::Relaxed);
-            meter.add(Instant::now(), b - last);
-            last = b;
-            emit(
-                svc,
-                TransferEvent::Progress(Progress {
-                    peer,
-                    id,
-                    outgoing: true,
-                    done_bytes: meter.done(),
-                    total_bytes: total,
-                    files_done: counters.files_done.load(Ordering::Relaxed),
-                    files,
-                    rate: meter.rate(),
-                    eta: meter.eta(),
-                }),
-            );
-        },
+        progress,
     )
     .await;
     stop_tx.send_replace(true);
@@ -308,6 +272,51 @@ async fn send_inner(
     };
     emit(svc, TransferEvent::Finished(s.clone()));
     Ok(s)
+}
+
+/// Opens the transfer's control stream and sends the offer the machine queued.
+async fn open_offer(
+    conn: &PeerConnection,
+    ctl: &mut SenderControl,
+) -> Result<(quinn::SendStream, FrameReader<quinn::RecvStream>), EngineError> {
+    let (mut send, recv) = conn
+        .quic()
+        .open_bi()
+        .await
+        .map_err(|e| EngineError::Net(e.into()))?;
+    let mut offer = vec![OFFER];
+    if let Some(f) = ctl.poll_transmit() {
+        f.encode(&mut offer);
+    }
+    send.write_all(&offer).await.map_err(io_err)?;
+    Ok((send, FrameReader::new(recv, MAX_FRAME)))
+}
+
+/// Records a transfer that stopped (state and reason) and reports it.
+fn record_failure(svc: &Transfers, rowid: i64, (peer, id): (PeerId, TransferId), end: &Ending) {
+    let Some(failure) = &end.failure else { return };
+    let (state, resumable) = match end.disposition {
+        Disposition::StillOffered => (TransferState::Offered, true),
+        Disposition::Resumable => (TransferState::Active, true),
+        Disposition::Cancelled => (TransferState::Cancelled, false),
+        Disposition::Rejected => (TransferState::Rejected, false),
+        Disposition::Failed | Disposition::Done => (TransferState::Failed, false),
+    };
+    let reason = failure.reason().to_string();
+    let _ = svc
+        .ctx
+        .store
+        .set_transfer_state(rowid, state, Some(&reason), now_ms());
+    emit(
+        svc,
+        TransferEvent::Failed {
+            peer,
+            id,
+            outgoing: true,
+            reason,
+            resumable,
+        },
+    );
 }
 
 /// Every file's job: what the receiver lacks of it (`have`: the chunks it holds), largest
