@@ -642,35 +642,7 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             });
         }
         UiCmd::PickFiles { peer, folders } => {
-            let out = out.clone();
-            tokio::spawn(async move {
-                let d = rfd::AsyncFileDialog::new().set_title(if folders {
-                    "Folders to send"
-                } else {
-                    "Files to send"
-                });
-                let picked = if folders {
-                    d.pick_folders().await
-                } else {
-                    d.pick_files().await
-                };
-                let paths: Vec<PathBuf> = picked
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|f| f.path().to_path_buf())
-                    .collect();
-                if paths.is_empty() {
-                    out.emit(AppEvent::Error(
-                        "nothing chosen (if no dialog appeared, this desktop has no file \
-                         chooser portal: drop files on the window or type their paths)"
-                            .into(),
-                    ));
-                    return;
-                }
-                if let Err(e) = engine.send_files(peer, &paths).await {
-                    out.emit(AppEvent::Error(format!("sending files: {e}")));
-                }
-            });
+            tokio::spawn(pick_and_send(engine, peer, folders, out.clone()));
         }
         UiCmd::Accept { peer, id } => {
             if let Err(e) = engine.accept_offer(peer, id, r.downloads.clone()) {
@@ -729,34 +701,68 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
         }
         UiCmd::ListScreens => {
             let out = out.clone();
-            tokio::task::spawn_blocking(move || {
-                let d = p2pcall_core::devices::list_devices();
-                let list = |l: &p2pcall_core::devices::DeviceList, none: &str, strip: &str| {
-                    if l.devices.is_empty() {
-                        Err(l.why_none.clone().unwrap_or_else(|| none.into()))
-                    } else {
-                        Ok(l.devices
-                            .iter()
-                            .map(|x| {
-                                let id = x.id.strip_prefix(strip).unwrap_or(&x.id).to_string();
-                                (id, x.name.clone())
-                            })
-                            .collect())
-                    }
-                };
-                out.emit(AppEvent::Screens(list(
-                    &d.screens,
-                    "no screen to share",
-                    "",
-                )));
-                out.emit(AppEvent::Devices {
-                    cameras: list(&d.cameras, "no camera", ""),
-                    microphones: list(&d.microphones, "no microphone", ""),
-                    speakers: list(&d.speakers, "no speaker", "speaker:"),
-                });
-            });
+            tokio::task::spawn_blocking(move || list_devices(&out));
         }
     }
+}
+
+/// Asks the desktop's file chooser for files or folders and sends them to `peer`.
+async fn pick_and_send(engine: EngineHandle, peer: PeerId, folders: bool, out: Out) {
+    let d = rfd::AsyncFileDialog::new().set_title(if folders {
+        "Folders to send"
+    } else {
+        "Files to send"
+    });
+    let picked = if folders {
+        d.pick_folders().await
+    } else {
+        d.pick_files().await
+    };
+    let paths: Vec<PathBuf> = picked
+        .unwrap_or_default()
+        .iter()
+        .map(|f| f.path().to_path_buf())
+        .collect();
+    if paths.is_empty() {
+        out.emit(AppEvent::Error(
+            "nothing chosen (if no dialog appeared, this desktop has no file \
+             chooser portal: drop files on the window or type their paths)"
+                .into(),
+        ));
+        return;
+    }
+    if let Err(e) = engine.send_files(peer, &paths).await {
+        out.emit(AppEvent::Error(format!("sending files: {e}")));
+    }
+}
+
+/// Reports the screens, cameras, microphones and speakers (or why there are none). Blocks:
+/// listing devices opens them.
+fn list_devices(out: &Out) {
+    let d = p2pcall_core::devices::list_devices();
+    let list = |l: &p2pcall_core::devices::DeviceList, none: &str, strip: &str| {
+        if l.devices.is_empty() {
+            Err(l.why_none.clone().unwrap_or_else(|| none.into()))
+        } else {
+            Ok(l.devices
+                .iter()
+                .map(|x| {
+                    let id = x.id.strip_prefix(strip).unwrap_or(&x.id).to_string();
+                    (id, x.name.clone())
+                })
+                .collect())
+        }
+    };
+    out.emit(AppEvent::Screens(list(
+        &d.screens,
+        "no screen to share",
+        "",
+    )));
+    out.emit(AppEvent::Devices {
+        cameras: list(&d.cameras, "no camera", ""),
+        microphones: list(&d.microphones, "no microphone", ""),
+        speakers: list(&d.speakers, "no speaker", "speaker:"),
+    });
 }
 
 fn set_ringer(r: &Running, ringer: Option<p2pcall_core::call::ring::Ringer>) {

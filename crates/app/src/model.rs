@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use p2pcall_core::call::{CallEvent, CallStats, describe_end};
-use p2pcall_core::transfer::{OfferInfo, Progress};
+use p2pcall_core::transfer::{OfferInfo, Progress, Summary};
 use p2pcall_core::{Message, MessageState, PeerId, PeerInfo};
 use p2pcall_proto::call::CallId;
 use p2pcall_proto::transfer::TransferId;
@@ -265,49 +265,8 @@ impl Model {
                 messages,
                 older,
                 more,
-            } => {
-                let c = self.conversations.entry(peer).or_default();
-                c.loading = false;
-                c.more = more;
-                if older {
-                    let first = c.messages.first().map(|m| m.rowid);
-                    let mut page: Vec<Message> = messages
-                        .into_iter()
-                        .filter(|m| first.is_none_or(|f| m.rowid < f))
-                        .collect();
-                    page.append(&mut c.messages);
-                    c.messages = page;
-                } else {
-                    // The newest page: what arrived meanwhile stays.
-                    let last = messages.last().map(|m| m.rowid);
-                    let newer: Vec<Message> = c
-                        .messages
-                        .drain(..)
-                        .filter(|m| last.is_some_and(|l| m.rowid > l))
-                        .collect();
-                    c.messages = messages;
-                    c.messages.extend(newer);
-                }
-                trim(c);
-            }
-            AppEvent::Message(m) => {
-                let peer = m.peer;
-                if !m.outgoing && self.selected != Some(peer) {
-                    let who = self.name_of(&peer);
-                    self.notify
-                        .push((format!("Message from {who}"), m.text.clone()));
-                    self.toast(now, format!("{who}: {}", short(&m.text, 80)), false);
-                }
-                let c = self.conversations.entry(peer).or_default();
-                match c.messages.iter_mut().find(|x| x.id == m.id) {
-                    Some(x) => *x = m,
-                    None => {
-                        let at = c.messages.partition_point(|x| x.rowid < m.rowid);
-                        c.messages.insert(at, m);
-                    }
-                }
-                trim(c);
-            }
+            } => self.on_history(peer, messages, older, more),
+            AppEvent::Message(m) => self.on_message(now, m),
             AppEvent::MessageState { peer, id, state } => {
                 if let Some(m) = self
                     .conversations
@@ -333,31 +292,7 @@ impl Model {
                 let row = self.transfer(p.peer, p.id);
                 row.progress = Some(p);
             }
-            AppEvent::Finished(s) => {
-                self.offers.retain(|o| o.id != s.id);
-                let who = self.name_of(&s.peer);
-                let text = if s.outgoing {
-                    format!(
-                        "{who} received {} files ({})",
-                        s.files,
-                        bytes(s.total_bytes)
-                    )
-                } else {
-                    format!(
-                        "received {} files from {who} ({})",
-                        s.files,
-                        bytes(s.total_bytes)
-                    )
-                };
-                self.notify.push(("Transfer finished".into(), text.clone()));
-                self.toast(now, text, false);
-                let row = self.transfer(s.peer, s.id);
-                if let Some(p) = &mut row.progress {
-                    p.done_bytes = p.total_bytes;
-                    p.files_done = p.files;
-                }
-                row.outcome = Some(Ok(s.placed));
-            }
+            AppEvent::Finished(s) => self.on_finished(now, s),
             AppEvent::TransferFailed { peer, id, reason } => {
                 self.offers.retain(|o| o.id != id);
                 self.toast(now, format!("transfer stopped: {reason}"), true);
@@ -383,6 +318,82 @@ impl Model {
             }
             AppEvent::Error(e) => self.toast(now, e, true),
         }
+    }
+
+    /// A page of history: older messages go before those shown; the newest page replaces
+    /// them, keeping what arrived meanwhile.
+    fn on_history(&mut self, peer: PeerId, messages: Vec<Message>, older: bool, more: bool) {
+        let c = self.conversations.entry(peer).or_default();
+        c.loading = false;
+        c.more = more;
+        if older {
+            let first = c.messages.first().map(|m| m.rowid);
+            let mut page: Vec<Message> = messages
+                .into_iter()
+                .filter(|m| first.is_none_or(|f| m.rowid < f))
+                .collect();
+            page.append(&mut c.messages);
+            c.messages = page;
+        } else {
+            // The newest page: what arrived meanwhile stays.
+            let last = messages.last().map(|m| m.rowid);
+            let newer: Vec<Message> = c
+                .messages
+                .drain(..)
+                .filter(|m| last.is_some_and(|l| m.rowid > l))
+                .collect();
+            c.messages = messages;
+            c.messages.extend(newer);
+        }
+        trim(c);
+    }
+
+    /// A new message, or a new state of one shown; a message from someone not on screen
+    /// notifies.
+    fn on_message(&mut self, now: Instant, m: Message) {
+        let peer = m.peer;
+        if !m.outgoing && self.selected != Some(peer) {
+            let who = self.name_of(&peer);
+            self.notify
+                .push((format!("Message from {who}"), m.text.clone()));
+            self.toast(now, format!("{who}: {}", short(&m.text, 80)), false);
+        }
+        let c = self.conversations.entry(peer).or_default();
+        match c.messages.iter_mut().find(|x| x.id == m.id) {
+            Some(x) => *x = m,
+            None => {
+                let at = c.messages.partition_point(|x| x.rowid < m.rowid);
+                c.messages.insert(at, m);
+            }
+        }
+        trim(c);
+    }
+
+    /// A finished transfer: notified, and its row shows it done.
+    fn on_finished(&mut self, now: Instant, s: Summary) {
+        self.offers.retain(|o| o.id != s.id);
+        let who = self.name_of(&s.peer);
+        let text = if s.outgoing {
+            format!(
+                "{who} received {} files ({})",
+                s.files,
+                bytes(s.total_bytes)
+            )
+        } else {
+            format!(
+                "received {} files from {who} ({})",
+                s.files,
+                bytes(s.total_bytes)
+            )
+        };
+        self.notify.push(("Transfer finished".into(), text.clone()));
+        self.toast(now, text, false);
+        let row = self.transfer(s.peer, s.id);
+        if let Some(p) = &mut row.progress {
+            p.done_bytes = p.total_bytes;
+            p.files_done = p.files;
+        }
+        row.outcome = Some(Ok(s.placed));
     }
 
     /// We dial `peer` (the UI sends the command).

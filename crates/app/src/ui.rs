@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use eframe::egui::{self, Color32, RichText};
+use p2pcall_core::settings::Settings;
 use p2pcall_core::{MessageState, PeerId};
 
 use crate::bridge::{Bridge, Network, Status, UiCmd};
-use crate::model::{CallPhase, Model, Sample, bytes};
+use crate::model::{CallPhase, CallView, Devices, Model, Sample, bytes};
 
 /// The first run's choice of how to find peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,8 +380,19 @@ impl App {
             self.opened = Some(peer);
             self.bridge.send(UiCmd::Open(peer));
         }
-        let name = self.model.name_of(&peer);
         let online = self.model.is_online(&peer);
+        self.conversation_header(ui, peer, online);
+        ui.separator();
+        self.offers_and_transfers(ui, peer);
+        // The composer at the bottom, the history above it.
+        self.composer(ui, peer, online);
+        self.history(ui, peer);
+    }
+
+    /// Name, presence, call button, fingerprint and verification, and the warning when the
+    /// name belongs to a verified contact with another key.
+    fn conversation_header(&mut self, ui: &mut egui::Ui, peer: PeerId, online: bool) {
+        let name = self.model.name_of(&peer);
         ui.horizontal(|ui| {
             ui.heading(&name);
             ui.weak(if online { "online" } else { "offline" });
@@ -424,9 +436,10 @@ impl App {
                     );
                 });
         }
-        ui.separator();
-        self.offers_and_transfers(ui, peer);
-        // The composer at the bottom, the history above it.
+    }
+
+    /// The message line and the file offer line.
+    fn composer(&mut self, ui: &mut egui::Ui, peer: PeerId, online: bool) {
         egui::Panel::bottom("composer").show(ui, |ui| {
             ui.add_space(4.0);
             ui.horizontal(|ui| {
@@ -481,6 +494,10 @@ impl App {
                 }
             });
         });
+    }
+
+    /// The conversation's messages, newest at the bottom, with "Load older" at the top.
+    fn history(&mut self, ui: &mut egui::Ui, peer: PeerId) {
         // Borrowed, not copied, while it is drawn (it can hold thousands of messages and a
         // call repaints at its frame rate); a click on "Load older" is applied afterwards.
         let empty = crate::model::Conversation::default();
@@ -759,16 +776,7 @@ impl App {
                     .num_columns(2)
                     .spacing([12.0, 8.0])
                     .show(ui, |ui| {
-                        let text =
-                            |ui: &mut egui::Ui, label: &str, v: &mut Option<String>, hint: &str| {
-                                let l = ui.label(label);
-                                let mut t = v.clone().unwrap_or_default();
-                                ui.add(egui::TextEdit::singleline(&mut t).hint_text(hint))
-                                    .labelled_by(l.id);
-                                *v = (!t.trim().is_empty()).then(|| t.trim().to_string());
-                                ui.end_row();
-                            };
-                        text(ui, "Name", &mut s.name, "shown to others");
+                        setting_text(ui, "Name", &mut s.name, "shown to others");
                         let l = ui.label("Network");
                         let mut lan = s.lan_only == Some(true);
                         ui.checkbox(&mut lan, "LAN only: mDNS, no relay (from the next start)")
@@ -776,58 +784,14 @@ impl App {
                         s.lan_only = lan.then_some(true);
                         ui.end_row();
                         if !lan {
-                            text(
+                            setting_text(
                                 ui,
                                 "Relay",
                                 &mut s.relay,
                                 "HOST[:PORT] (used from the next start)",
                             );
                         }
-                        let devices = self.model.devices.clone();
-                        let none = || Err("listing…".to_string());
-                        pick(
-                            ui,
-                            "Camera",
-                            &mut s.video,
-                            ("camera", "the default camera"),
-                            &[("testsrc", "test pattern"), ("none", "no video")],
-                            devices.as_ref().map_or_else(none, |d| d.cameras.clone()),
-                        );
-                        pick(
-                            ui,
-                            "Microphone",
-                            &mut s.audio,
-                            ("mic", "the default microphone"),
-                            &[("tone", "test tone"), ("none", "no audio")],
-                            devices
-                                .as_ref()
-                                .map_or_else(none, |d| d.microphones.clone()),
-                        );
-                        pick(
-                            ui,
-                            "Speaker",
-                            &mut s.speaker,
-                            ("auto", "the default speaker"),
-                            &[("off", "none")],
-                            devices.as_ref().map_or_else(none, |d| d.speakers.clone()),
-                        );
-                        text(ui, "Largest video size", &mut s.video_size, "640x360");
-                        let l = ui.label("Frame rate");
-                        let mut fps = s.video_fps.unwrap_or(30);
-                        ui.add(egui::Slider::new(&mut fps, 5..=60).suffix(" fps"))
-                            .labelled_by(l.id);
-                        s.video_fps = Some(fps);
-                        ui.end_row();
-                        let l = ui.label("Most video bitrate");
-                        let mut kbps = s.video_kbps.unwrap_or(1000);
-                        ui.add(
-                            egui::Slider::new(&mut kbps, 100..=8000)
-                                .suffix(" kbit/s")
-                                .logarithmic(true),
-                        )
-                        .labelled_by(l.id);
-                        s.video_kbps = Some(kbps);
-                        ui.end_row();
+                        media_settings(ui, &mut s, self.model.devices.as_ref());
                         ui.label("Files");
                         let mut auto = s.auto_accept_verified == Some(true);
                         ui.checkbox(&mut auto, "Accept files from verified peers without asking");
@@ -966,6 +930,16 @@ impl App {
                     .on_hover_text(&st.path);
             }
         });
+        self.call_video(ui, c.camera);
+        self.call_controls(ui, &c);
+        egui::CollapsingHeader::new("Statistics")
+            .default_open(false)
+            .show(ui, |ui| stats(ui, &c));
+        ui.separator();
+    }
+
+    /// Their video large, our preview small in its corner (when our camera is on).
+    fn call_video(&mut self, ui: &mut egui::Ui, camera: bool) {
         // Remote video large, our preview small in its corner.
         let h = (ui.available_height() * 0.55).max(120.0);
         let (rect, _) =
@@ -992,7 +966,7 @@ impl App {
             }
         }
         if let Some((t, _)) = &self.local
-            && c.camera
+            && camera
         {
             let corner = egui::Rect::from_min_size(
                 rect.right_bottom()
@@ -1004,6 +978,10 @@ impl App {
             ui.painter()
                 .rect_stroke(r, 2.0, (1.0, Color32::WHITE), egui::StrokeKind::Outside);
         }
+    }
+
+    /// Mute, camera, screen sharing and hang-up.
+    fn call_controls(&mut self, ui: &mut egui::Ui, c: &CallView) {
         ui.horizontal(|ui| {
             if ui.button(if c.muted { "Unmute" } else { "Mute" }).clicked() {
                 self.bridge.send(UiCmd::Mute(!c.muted));
@@ -1041,10 +1019,6 @@ impl App {
                 self.bridge.send(UiCmd::Hangup);
             }
         });
-        egui::CollapsingHeader::new("Statistics")
-            .default_open(false)
-            .show(ui, |ui| stats(ui, &c));
-        ui.separator();
     }
 
     fn share_menu(&mut self, ui: &mut egui::Ui, sharing: bool) {
@@ -1105,6 +1079,62 @@ impl eframe::App for App {
 
 /// A settings row choosing a device: the default, the devices found, fixed choices; shows
 /// why there are no devices when there are none.
+/// The media rows of the settings: camera, microphone, speaker, video size, rate, bitrate.
+fn media_settings(ui: &mut egui::Ui, s: &mut Settings, devices: Option<&Devices>) {
+    let none = || Err("listing…".to_string());
+    pick(
+        ui,
+        "Camera",
+        &mut s.video,
+        ("camera", "the default camera"),
+        &[("testsrc", "test pattern"), ("none", "no video")],
+        devices.map_or_else(none, |d| d.cameras.clone()),
+    );
+    pick(
+        ui,
+        "Microphone",
+        &mut s.audio,
+        ("mic", "the default microphone"),
+        &[("tone", "test tone"), ("none", "no audio")],
+        devices.map_or_else(none, |d| d.microphones.clone()),
+    );
+    pick(
+        ui,
+        "Speaker",
+        &mut s.speaker,
+        ("auto", "the default speaker"),
+        &[("off", "none")],
+        devices.map_or_else(none, |d| d.speakers.clone()),
+    );
+    setting_text(ui, "Largest video size", &mut s.video_size, "640x360");
+    let l = ui.label("Frame rate");
+    let mut fps = s.video_fps.unwrap_or(30);
+    ui.add(egui::Slider::new(&mut fps, 5..=60).suffix(" fps"))
+        .labelled_by(l.id);
+    s.video_fps = Some(fps);
+    ui.end_row();
+    let l = ui.label("Most video bitrate");
+    let mut kbps = s.video_kbps.unwrap_or(1000);
+    ui.add(
+        egui::Slider::new(&mut kbps, 100..=8000)
+            .suffix(" kbit/s")
+            .logarithmic(true),
+    )
+    .labelled_by(l.id);
+    s.video_kbps = Some(kbps);
+    ui.end_row();
+}
+
+/// A text row of the settings grid; empty text is "not set".
+fn setting_text(ui: &mut egui::Ui, label: &str, v: &mut Option<String>, hint: &str) {
+    let l = ui.label(label);
+    let mut t = v.clone().unwrap_or_default();
+    ui.add(egui::TextEdit::singleline(&mut t).hint_text(hint))
+        .labelled_by(l.id);
+    *v = (!t.trim().is_empty()).then(|| t.trim().to_string());
+    ui.end_row();
+}
+
 fn pick(
     ui: &mut egui::Ui,
     label: &str,
