@@ -94,6 +94,65 @@ fn intersect(a: Rect, b: Rect) -> Rect {
     (x0, y0, (x1 - x0).max(0), (y1 - y0).max(0))
 }
 
+/// The visible part of an area (`pixels`, rows `stride` bytes apart) placed on a black
+/// canvas of the whole area's even size.
+fn on_canvas(pixels: &[u8], stride: usize, view: &View) -> Vec<u8> {
+    let (ew, eh) = even_size(view.full);
+    let (vw, vh) = (view.visible.2 as usize, view.visible.3 as usize);
+    let mut canvas = vec![0u8; ew * 4 * eh];
+    let (dx, dy) = (
+        (view.visible.0 - view.full.0) as usize,
+        (view.visible.1 - view.full.1) as usize,
+    );
+    for row in 0..vh.min(eh.saturating_sub(dy)) {
+        let n = vw.min(ew.saturating_sub(dx)) * 4;
+        let dst = (dy + row) * ew * 4 + dx * 4;
+        canvas[dst..dst + n].copy_from_slice(&pixels[row * stride..row * stride + n]);
+    }
+    canvas
+}
+
+/// What `target` captures, and the root window of its screen.
+fn resolve(c: &RustConnection, target: &Target) -> Result<(Source, Window), ScreenError> {
+    Ok(match target {
+        Target::Screen(index) => {
+            let monitors = windows::monitors(c)?;
+            let Some(m) = monitors.get(*index) else {
+                return Err(ScreenError::ScreenOutOfRange {
+                    index: *index,
+                    count: monitors.len(),
+                });
+            };
+            let rect = (m.x, m.y, m.width as i32, m.height as i32);
+            (Source::Monitor(rect), c.setup().roots[m.screen].root)
+        }
+        Target::Window(id) => (Source::Window(*id), window_root(c, *id)?),
+        Target::WindowNamed(name) => {
+            let id = windows::find_named(c, name)?;
+            (Source::Window(id), window_root(c, id)?)
+        }
+    })
+}
+
+/// Asks for the window's structure events: its DestroyNotify tells that it is gone.
+fn watch_window(c: &RustConnection, id: Window) -> Result<(), ScreenError> {
+    let aux = ChangeWindowAttributesAux::new().event_mask(EventMask::STRUCTURE_NOTIFY);
+    let checked = c
+        .change_window_attributes(id, &aux)
+        .during("ChangeWindowAttributes")?
+        .check();
+    checked.map_err(|e| {
+        if is_gone(&e) {
+            not_found(id)
+        } else {
+            ScreenError::X11 {
+                during: "ChangeWindowAttributes",
+                reason: e.words(),
+            }
+        }
+    })
+}
+
 /// The even frame size of an area (at least 2×2).
 fn even_size(r: Rect) -> (usize, usize) {
     ((r.2.max(2) as usize) & !1, (r.3.max(2) as usize) & !1)
@@ -108,24 +167,7 @@ impl Capturer {
     ) -> Result<Capturer, ScreenError> {
         let conn = display::connect(display)?;
         let c = &conn.conn;
-        let (source, root) = match target {
-            Target::Screen(index) => {
-                let monitors = windows::monitors(c)?;
-                let Some(m) = monitors.get(*index) else {
-                    return Err(ScreenError::ScreenOutOfRange {
-                        index: *index,
-                        count: monitors.len(),
-                    });
-                };
-                let rect = (m.x, m.y, m.width as i32, m.height as i32);
-                (Source::Monitor(rect), c.setup().roots[m.screen].root)
-            }
-            Target::Window(id) => (Source::Window(*id), window_root(c, *id)?),
-            Target::WindowNamed(name) => {
-                let id = windows::find_named(c, name)?;
-                (Source::Window(id), window_root(c, id)?)
-            }
-        };
+        let (source, root) = resolve(c, target)?;
         let Some(screen) = c.setup().roots.iter().find(|s| s.root == root) else {
             return Err(ScreenError::X11 {
                 during: "finding the window's screen",
@@ -138,22 +180,7 @@ impl Capturer {
             i32::from(screen.height_in_pixels),
         );
         if let Source::Window(id) = source {
-            // DestroyNotify tells that the window is gone.
-            let aux = ChangeWindowAttributesAux::new().event_mask(EventMask::STRUCTURE_NOTIFY);
-            let checked = c
-                .change_window_attributes(id, &aux)
-                .during("ChangeWindowAttributes")?
-                .check();
-            if let Err(e) = checked {
-                return Err(if is_gone(&e) {
-                    not_found(id)
-                } else {
-                    ScreenError::X11 {
-                        during: "ChangeWindowAttributes",
-                        reason: e.words(),
-                    }
-                });
-            }
+            watch_window(c, id)?;
         }
         let drawable = window_id(source).unwrap_or(root);
         let damage = if opts.damage {
@@ -184,24 +211,7 @@ impl Capturer {
             conn,
         };
         if opts.shm {
-            // The largest area ever read: the monitor, or for a window the whole screen.
-            let (w, h) = match source {
-                Source::Monitor(r) => (r.2, r.3),
-                Source::Window(_) => root_size,
-            };
-            let size = cap.stride(w as usize) * h as usize;
-            cap.shm = if cap.conn.is_local() {
-                match Segment::create(&cap.conn.conn, size) {
-                    Ok(seg) => Some(seg),
-                    Err(why) => {
-                        tracing::debug!("screen capture without MIT-SHM: {why}");
-                        None
-                    }
-                }
-            } else {
-                tracing::debug!("screen capture without MIT-SHM: remote display");
-                None
-            };
+            cap.shm = cap.shared_segment();
         }
         let full = match source {
             Source::Monitor(r) => r,
@@ -225,6 +235,56 @@ impl Capturer {
         cap.size = cap.output_size(full);
         cap.conn.conn.flush().during("flush")?;
         Ok(cap)
+    }
+
+    /// Whether the area may have changed since the last grab (always, without XDamage);
+    /// re-arms the damage report.
+    fn changed(&mut self, view: View) -> Result<bool, ScreenError> {
+        let changed = self.last != Some(view) || self.damaged || self.damage.is_none();
+        if let Some(damage) = self.damage
+            && self.reset
+        {
+            self.conn
+                .conn
+                .damage_subtract(damage, x11rb::NONE, x11rb::NONE)
+                .during("DamageSubtract")?;
+            self.reset = false;
+        }
+        if changed {
+            self.damaged = false;
+        }
+        Ok(changed)
+    }
+
+    /// The area is unmapped (minimised) or off screen: the last frame stays shown (a black
+    /// one if there was none).
+    fn hidden(&mut self, view: View) -> Grab {
+        let first = self.last.is_none();
+        self.last = Some(view);
+        if !first {
+            return Grab::Unchanged;
+        }
+        let (w, h) = even_size(view.full);
+        let f = black(w, h);
+        self.size = self.output_size(view.full);
+        Grab::Frame(scale::down(&f, self.size.0, self.size.1))
+    }
+
+    /// A shared-memory segment for the largest area ever read (the monitor, or for a window
+    /// the whole screen); `None` on a remote display or without MIT-SHM.
+    fn shared_segment(&self) -> Option<Segment> {
+        let (w, h) = match self.source {
+            Source::Monitor(r) => (r.2, r.3),
+            Source::Window(_) => self.root_size,
+        };
+        let size = self.stride(w as usize) * h as usize;
+        if !self.conn.is_local() {
+            tracing::debug!("screen capture without MIT-SHM: remote display");
+            return None;
+        }
+        Segment::create(&self.conn.conn, size)
+            .inspect_err(|why| tracing::debug!("screen capture without MIT-SHM: {why}"))
+            .ok()
     }
 
     /// The size of the frames [`Capturer::grab`] returns now (it follows a window's size).
@@ -292,33 +352,14 @@ impl Capturer {
                 id: window.unwrap_or(0),
             });
         }
-        let c = &self.conn.conn;
-        let changed = self.last != Some(view) || self.damaged || self.damage.is_none();
-        if let Some(damage) = self.damage
-            && self.reset
-        {
-            c.damage_subtract(damage, x11rb::NONE, x11rb::NONE)
-                .during("DamageSubtract")?;
-            self.reset = false;
-        }
-        if !changed {
-            c.flush().during("flush")?;
+        if !self.changed(view)? {
+            self.conn.conn.flush().during("flush")?;
             return Ok(Grab::Unchanged);
         }
-        self.damaged = false;
-        let first = self.last.is_none();
         if !view.viewable || view.visible.2 < 1 || view.visible.3 < 1 {
-            // Unmapped (minimised) or off screen: keep showing the last frame.
-            self.last = Some(view);
-            return Ok(if first {
-                let (w, h) = even_size(view.full);
-                let f = black(w, h);
-                self.size = self.output_size(view.full);
-                Grab::Frame(scale::down(&f, self.size.0, self.size.1))
-            } else {
-                Grab::Unchanged
-            });
+            return Ok(self.hidden(view));
         }
+        let c = &self.conn.conn;
         // Where to read: a monitor from the root, a window from itself.
         let (drawable, ox, oy) = match self.source {
             Source::Monitor(_) => (self.root, view.visible.0, view.visible.1),
@@ -397,16 +438,7 @@ impl Capturer {
         let (buf, buf_stride): (&mut [u8], usize) = if view.visible == view.full {
             (pixels, stride)
         } else {
-            canvas = vec![0u8; ew * 4 * eh];
-            let (dx, dy) = (
-                (view.visible.0 - view.full.0) as usize,
-                (view.visible.1 - view.full.1) as usize,
-            );
-            for row in 0..vh.min(eh.saturating_sub(dy)) {
-                let n = vw.min(ew.saturating_sub(dx)) * 4;
-                let dst = (dy + row) * ew * 4 + dx * 4;
-                canvas[dst..dst + n].copy_from_slice(&pixels[row * stride..row * stride + n]);
-            }
+            canvas = on_canvas(pixels, stride, &view);
             (&mut canvas[..], ew * 4)
         };
         if let (Some(track), Some((px, py, _))) = (&self.cursor, view.cursor) {
