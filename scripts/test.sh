@@ -7,6 +7,7 @@ scripts/setup.sh --dev
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo fmt --all -- --check
 scripts/module-cycles.py
+scripts/long-functions.py
 
 # Clippy, as `cargo clippy --workspace --all-targets -- -D warnings`, in the one build the tests
 # need. `cargo clippy` is `cargo check` with clippy-driver as the workspace's rustc wrapper; run

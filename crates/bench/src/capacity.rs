@@ -63,11 +63,11 @@ impl Drop for Kill {
     }
 }
 
-pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("p2pcall-bench-{}", std::process::id()));
+/// Starts the relay process (room for `peers`) and reads its UDP address.
+fn start_relay(relay_bin: &str, dir: &std::path::Path, peers: usize) -> Result<(Kill, SocketAddr)> {
     let mut child = Command::new(relay_bin)
         .args(["--json", "--data-dir"])
-        .arg(&dir)
+        .arg(dir)
         .args([
             "relay",
             "--listen",
@@ -84,7 +84,6 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
         })?;
     let stdout = child.stdout.take().context("no stdout")?;
     let child = Kill(child);
-    let pid = child.0.id();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let udp: SocketAddr = line
@@ -93,6 +92,138 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
         .and_then(|r| r.split('"').next())
         .context("relay did not print its address")?
         .parse()?;
+    Ok((child, udp))
+}
+
+/// Logs a new identity in; handshakes lost under load are retried, as real clients do.
+async fn login_retrying(
+    ep: quinn::Endpoint,
+    udp: SocketAddr,
+    presence: bool,
+    retries: Arc<AtomicU64>,
+) -> Result<(PeerId, bool, Session)> {
+    let id = Identity::generate()?;
+    let mut attempt = 0;
+    loop {
+        match login(&ep, &id, udp, presence).await {
+            Ok(s) => return Ok((id.id(), presence, s)),
+            Err(e) if attempt >= 3 => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+}
+
+/// A subscriber: keeps the latest name of every peer, and counts itself converged once
+/// every changer shows its final name. It owns the whole session (dropping its send half
+/// would end it).
+async fn follow_presence(
+    mut s: Session,
+    changers: Arc<parking_lot::RwLock<Vec<PeerId>>>,
+    converged: Arc<AtomicU64>,
+    events: Arc<AtomicU64>,
+) {
+    let mut names: HashMap<PeerId, String> = HashMap::new();
+    let mut done = false;
+    while let Ok(raw) = s.reader.next().await {
+        match ServerFrame::decode(raw) {
+            Ok(ServerFrame::Updated(p)) => {
+                events.fetch_add(1, Ordering::Relaxed);
+                names.insert(p.id, p.name);
+            }
+            Ok(ServerFrame::Snapshot { peers, .. }) => {
+                names.extend(peers.into_iter().map(|p| (p.id, p.name)));
+            }
+            _ => continue,
+        }
+        let c = changers.read().clone();
+        if !done && !c.is_empty() && c.iter().all(|id| names.get(id).is_some_and(|n| n == FINAL)) {
+            done = true;
+            converged.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Each session renames itself CHANGES_PER_SESSION times, the last time to FINAL.
+async fn rename(sessions: &mut [Session]) -> Result<()> {
+    for s in sessions {
+        let mut buf = Vec::new();
+        for i in 1..=CHANGES_PER_SESSION {
+            let name = if i == CHANGES_PER_SESSION {
+                FINAL.to_string()
+            } else {
+                format!("peer-{i}")
+            };
+            ClientFrame::SetName { name }.encode(&mut buf);
+        }
+        p2pcall_tls::framed::write_all(&mut s.send, &buf).await?;
+    }
+    Ok(())
+}
+
+/// What one capacity run measured.
+struct Report {
+    registered: usize,
+    reg_secs: f64,
+    rss0: u64,
+    rss1: u64,
+    changes: u64,
+    want: u64,
+    delivered: u64,
+    fanout_secs: f64,
+    ticks: u64,
+}
+
+impl Report {
+    fn print(&self, relay_bin: &str) {
+        let Report {
+            registered,
+            reg_secs,
+            rss0,
+            rss1,
+            changes,
+            want,
+            delivered,
+            fanout_secs,
+            ticks,
+        } = *self;
+        let per_peer = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / registered.max(1) as f64;
+        let cpu_us = ticks as f64 * 10_000.0 / changes as f64;
+        println!("relay-capacity: relay process {relay_bin}, one client endpoint");
+        println!(
+            "  registered {registered} peers in {reg_secs:.1} s ({:.0} logins/s)",
+            registered as f64 / reg_secs
+        );
+        println!(
+            "  relay RSS {} KiB -> {} KiB: {:.0} bytes ({:.2} KiB) per peer   target <= 4 KiB: {}",
+            rss0,
+            rss1,
+            per_peer,
+            per_peer / 1024.0,
+            if per_peer <= 4096.0 { "met" } else { "NOT met" }
+        );
+        println!(
+            "  projected for 50,000 peers: {:.0} MiB",
+            per_peer * 50_000.0 / (1 << 20) as f64
+        );
+        println!(
+            "  presence: {changes} changes x {} subscribers: all converged in {fanout_secs:.2} s; {delivered} of {want} as incremental events (the rest folded into snapshots)",
+            want / changes.max(1)
+        );
+        println!(
+            "  relay CPU per change: {cpu_us:.0} us ({:.2} us per delivered event; 10 ms tick resolution)",
+            ticks as f64 * 10_000.0 / delivered.max(1) as f64
+        );
+    }
+}
+
+pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("p2pcall-bench-{}", std::process::id()));
+    let (child, udp) = start_relay(relay_bin, &dir, peers)?;
+    let pid = child.0.id();
     std::thread::sleep(Duration::from_millis(200));
     let rss0 = proc_field(pid, "VmRSS:").unwrap_or(0);
 
@@ -124,60 +255,20 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
         let retries = Arc::new(AtomicU64::new(0));
         while registered < peers && Instant::now() < deadline {
             while pending.len() < CONCURRENCY && next < peers {
-                let ep = ep.clone();
                 let presence = next < subscribers;
-                let retries = retries.clone();
-                pending.spawn(async move {
-                    let id = Identity::generate()?;
-                    // Handshakes lost under this load are retried, as real clients do.
-                    let mut attempt = 0;
-                    let s = loop {
-                        match login(&ep, &id, udp, presence).await {
-                            Ok(s) => break s,
-                            Err(e) if attempt >= 3 => return Err(e),
-                            Err(_) => {
-                                attempt += 1;
-                                retries.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                            }
-                        }
-                    };
-                    Ok::<_, anyhow::Error>((id.id(), presence, s))
-                });
+                pending.spawn(login_retrying(ep.clone(), udp, presence, retries.clone()));
                 next += 1;
             }
             match pending.join_next().await {
                 Some(Ok(Ok((id, presence, s)))) => {
                     registered += 1;
                     if presence {
-                        let (changers, converged, events) =
-                            (changers.clone(), converged.clone(), events.clone());
-                        readers.spawn(async move {
-                            let mut names: HashMap<PeerId, String> = HashMap::new();
-                            let mut done = false;
-                            // Own the whole session: dropping its send half would end it.
-                            let mut s = s;
-                            while let Ok(raw) = s.reader.next().await {
-                                match ServerFrame::decode(raw) {
-                                    Ok(ServerFrame::Updated(p)) => {
-                                        events.fetch_add(1, Ordering::Relaxed);
-                                        names.insert(p.id, p.name);
-                                    }
-                                    Ok(ServerFrame::Snapshot { peers, .. }) => {
-                                        names.extend(peers.into_iter().map(|p| (p.id, p.name)));
-                                    }
-                                    _ => continue,
-                                }
-                                let c = changers.read().clone();
-                                if !done
-                                    && !c.is_empty()
-                                    && c.iter().all(|id| names.get(id).is_some_and(|n| n == FINAL))
-                                {
-                                    done = true;
-                                    converged.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        });
+                        readers.spawn(follow_presence(
+                            s,
+                            changers.clone(),
+                            converged.clone(),
+                            events.clone(),
+                        ));
                     } else {
                         sessions.push(s);
                         ids.push(id);
@@ -208,18 +299,8 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
         let events0 = events.load(Ordering::Relaxed);
         let cpu0 = cpu_ticks(pid).unwrap_or(0);
         let t1 = Instant::now();
-        for s in sessions.iter_mut().take(CHANGERS) {
-            let mut buf = Vec::new();
-            for i in 1..=CHANGES_PER_SESSION {
-                let name = if i == CHANGES_PER_SESSION {
-                    FINAL.to_string()
-                } else {
-                    format!("peer-{i}")
-                };
-                ClientFrame::SetName { name }.encode(&mut buf);
-            }
-            p2pcall_tls::framed::write_all(&mut s.send, &buf).await?;
-        }
+        let n = CHANGERS.min(sessions.len());
+        rename(&mut sessions[..n]).await?;
         while converged.load(Ordering::Relaxed) < subs && t1.elapsed() < Duration::from_secs(60) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -238,46 +319,21 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
         drop(sessions);
         ep.close(0u32.into(), b"done");
         eprintln!("  login retries: {}", retries.load(Ordering::Relaxed));
-        Ok::<_, anyhow::Error>((
+        Ok::<_, anyhow::Error>(Report {
             registered,
             reg_secs,
+            rss0,
             rss1,
             changes,
             want,
             delivered,
             fanout_secs,
-            cpu1 - cpu0,
-        ))
+            ticks: cpu1 - cpu0,
+        })
     });
-    let (registered, reg_secs, rss1, changes, want, delivered, fanout_secs, ticks) = report?;
+    let report = report?;
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
-    let per_peer = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / registered.max(1) as f64;
-    let cpu_us = ticks as f64 * 10_000.0 / changes as f64;
-    println!("relay-capacity: relay process {relay_bin}, one client endpoint");
-    println!(
-        "  registered {registered} peers in {reg_secs:.1} s ({:.0} logins/s)",
-        registered as f64 / reg_secs
-    );
-    println!(
-        "  relay RSS {} KiB -> {} KiB: {:.0} bytes ({:.2} KiB) per peer   target <= 4 KiB: {}",
-        rss0,
-        rss1,
-        per_peer,
-        per_peer / 1024.0,
-        if per_peer <= 4096.0 { "met" } else { "NOT met" }
-    );
-    println!(
-        "  projected for 50,000 peers: {:.0} MiB",
-        per_peer * 50_000.0 / (1 << 20) as f64
-    );
-    println!(
-        "  presence: {changes} changes x {} subscribers: all converged in {fanout_secs:.2} s; {delivered} of {want} as incremental events (the rest folded into snapshots)",
-        want / changes.max(1)
-    );
-    println!(
-        "  relay CPU per change: {cpu_us:.0} us ({:.2} us per delivered event; 10 ms tick resolution)",
-        ticks as f64 * 10_000.0 / delivered.max(1) as f64
-    );
+    report.print(relay_bin);
     Ok(())
 }

@@ -215,13 +215,8 @@ fn measure(
     }
 }
 
-pub fn run(pairs: usize, secs: f64) -> Result<()> {
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-
-    // --- baseline: minimal forwarder ---
+/// The baseline: a minimal UDP forwarder (one task, a map of sender to receiver).
+fn baseline(client_rt: &tokio::runtime::Runtime, pairs: usize, secs: f64) -> Result<Measured> {
     let fwd_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -263,8 +258,16 @@ pub fn run(pairs: usize, secs: f64) -> Result<()> {
     let base = measure(&receivers, senders, secs);
     let _ = fwd.join();
     client_rt.block_on(async move { drop(receivers) });
+    Ok(base)
+}
 
-    // --- the relay ---
+/// The p2pcall relay (rate limits lifted) forwarding between logged-in sessions; also
+/// returns the relay's send errors.
+fn relayed(
+    client_rt: &tokio::runtime::Runtime,
+    pairs: usize,
+    secs: f64,
+) -> Result<(Measured, u64)> {
     let relay_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -338,6 +341,16 @@ pub fn run(pairs: usize, secs: f64) -> Result<()> {
         }
         drop(receivers);
     });
+    Ok((relayed, dropped))
+}
+
+pub fn run(pairs: usize, secs: f64) -> Result<()> {
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let base = baseline(&client_rt, pairs, secs)?;
+    let (relayed, dropped) = relayed(&client_rt, pairs, secs)?;
 
     let mbit = |pps: f64| pps * PAYLOAD as f64 * 8.0 / 1e6;
     println!("relay-forward: {pairs} pairs, {PAYLOAD}-byte payloads, {secs} s each, loopback");
