@@ -572,7 +572,7 @@ async fn host_relay(s: &Settings) -> Result<p2pcall_relay::Relay, String> {
     let listen: SocketAddr = listen
         .parse()
         .map_err(|e| format!("relay address {listen:?}: {e} (use IP:PORT)"))?;
-    let key = p2pcall_tls::Identity::generate().map_err(|e| e.to_string())?;
+    let key = p2pcall_transport::Identity::generate().map_err(|e| e.to_string())?;
     p2pcall_relay::Relay::start(&key, p2pcall_relay::RelayConfig::new(listen))
         .await
         .map_err(|e| {

@@ -651,7 +651,7 @@ pub fn bytes(n: u64) -> String {
 mod tests {
     use super::*;
     use p2pcall_proto::chat::MessageId;
-    use p2pcall_tls::Identity;
+    use p2pcall_transport::Identity;
 
     fn peer() -> PeerId {
         Identity::generate().unwrap().id()

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use p2pcall_proto::PeerId;
 use p2pcall_proto::relay::{ClientFrame, ServerFrame};
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 
 use crate::forward::{Session, login};
 
@@ -159,7 +159,7 @@ async fn rename(sessions: &mut [Session]) -> Result<()> {
             };
             ClientFrame::SetName { name }.encode(&mut buf);
         }
-        p2pcall_tls::framed::write_all(&mut s.send, &buf).await?;
+        p2pcall_transport::framed::write_all(&mut s.send, &buf).await?;
     }
     Ok(())
 }
@@ -233,11 +233,11 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
         .build()?;
     let report = rt.block_on(async move {
         let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        ep.set_default_client_config(p2pcall_tls::quinn_client_config(
+        ep.set_default_client_config(p2pcall_transport::quinn_client_config(
             &Identity::generate()?,
             None,
-            p2pcall_tls::ALPN_RELAY,
-            p2pcall_tls::transport_config(Duration::from_secs(15), Duration::from_secs(60)),
+            p2pcall_transport::ALPN_RELAY,
+            p2pcall_transport::transport_config(Duration::from_secs(15), Duration::from_secs(60)),
         )?);
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_secs(max_secs);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use p2pcall_core::engine::EngineEvent;
 use p2pcall_core::transfer::TransferEvent;
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 
 /// Measured runs of the transfer.
 const RUNS: usize = 3;

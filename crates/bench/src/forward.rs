@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use p2pcall_proto::packet::{self, RelaySend};
 use p2pcall_proto::relay::{ClientFrame, MAX_FRAME, ServerFrame};
-use p2pcall_tls::Identity;
-use p2pcall_tls::framed::FrameReader;
+use p2pcall_transport::Identity;
+use p2pcall_transport::framed::FrameReader;
 use quinn::udp::RecvMeta;
 
 const PAYLOAD: usize = 1200;
@@ -56,7 +56,7 @@ impl quinn::AsyncUdpSocket for Counting {
             for i in 0..n {
                 let m = meta[i];
                 if packet::is_quic(bufs[i][0]) {
-                    p2pcall_tls::udp::move_entry(bufs, meta, i, kept);
+                    p2pcall_transport::udp::move_entry(bufs, meta, i, kept);
                     kept += 1;
                 } else {
                     self.count
@@ -95,7 +95,7 @@ fn counting_endpoint(std: UdpSocket) -> Result<Receiver> {
         count: count.clone(),
     });
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        p2pcall_tls::endpoint_config(),
+        p2pcall_transport::endpoint_config(),
         None,
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -123,14 +123,14 @@ pub async fn login(
     relay: SocketAddr,
     presence: bool,
 ) -> Result<Session> {
-    let cfg = p2pcall_tls::quinn_client_config(
+    let cfg = p2pcall_transport::quinn_client_config(
         id,
         None,
-        p2pcall_tls::ALPN_RELAY,
-        p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(60)),
+        p2pcall_transport::ALPN_RELAY,
+        p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(60)),
     )?;
     let conn = ep
-        .connect_with(cfg, relay, p2pcall_tls::RELAY_SERVER_NAME)?
+        .connect_with(cfg, relay, p2pcall_transport::RELAY_SERVER_NAME)?
         .await?;
     let (mut send, recv) = conn.open_bi().await?;
     let mut hello = Vec::new();
@@ -140,7 +140,7 @@ pub async fn login(
         presence,
     }
     .encode(&mut hello);
-    p2pcall_tls::framed::write_all(&mut send, &hello).await?;
+    p2pcall_transport::framed::write_all(&mut send, &hello).await?;
     let mut r = FrameReader::new(recv, MAX_FRAME);
     match ServerFrame::decode(r.next().await?)? {
         ServerFrame::Welcome { session_tag, .. } => Ok(Session {
@@ -314,7 +314,7 @@ fn relayed(
         let (tag, ssession, sep) = client_rt.block_on(async {
             s.set_nonblocking(true)?;
             let ep = quinn::Endpoint::new(
-                p2pcall_tls::endpoint_config(),
+                p2pcall_transport::endpoint_config(),
                 None,
                 s,
                 Arc::new(quinn::TokioRuntime),

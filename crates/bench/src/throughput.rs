@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use p2pcall_net::{Endpoint, EndpointConfig, Event, Path, RelayConfig};
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 use tokio::sync::mpsc;
 
 const CHUNK: usize = 256 * 1024;
@@ -42,20 +42,25 @@ async fn transfer(tx: &quinn::Connection, rx: &quinn::Connection, bytes: u64) ->
 
 pub(crate) async fn raw_quinn(bytes: u64) -> Result<f64> {
     let (a, b) = (Identity::generate()?, Identity::generate()?);
-    let t = || p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(20));
+    let t = || p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(20));
     let server = quinn::Endpoint::server(
-        p2pcall_tls::quinn_server_config(&b, p2pcall_tls::ALPN_PEER, t())?,
+        p2pcall_transport::quinn_server_config(&b, p2pcall_transport::ALPN_PEER, t())?,
         SocketAddr::from(([127, 0, 0, 1], 0)),
     )?;
     let addr = server.local_addr()?;
     let client = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let cfg = p2pcall_tls::quinn_client_config(&a, Some(b.id()), p2pcall_tls::ALPN_PEER, t())?;
+    let cfg = p2pcall_transport::quinn_client_config(
+        &a,
+        Some(b.id()),
+        p2pcall_transport::ALPN_PEER,
+        t(),
+    )?;
     let accept = tokio::spawn(async move {
         let c = server.accept().await.context("no incoming")?.await?;
         Ok::<_, anyhow::Error>((server, c))
     });
     let tx = client
-        .connect_with(cfg, addr, p2pcall_tls::PEER_SERVER_NAME)?
+        .connect_with(cfg, addr, p2pcall_transport::PEER_SERVER_NAME)?
         .await?;
     let (_server, rx) = accept.await??;
     transfer(&tx, &rx, bytes).await

@@ -12,7 +12,7 @@ use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::chat::{ChatFrame, MAX_FRAME, MAX_READ_IDS, MAX_TEXT, MessageId};
 use p2pcall_store::{Message, MessageState, now_ms};
-use p2pcall_tls::framed::{FrameReadError, FrameReader};
+use p2pcall_transport::framed::{FrameReadError, FrameReader};
 
 use crate::context::Context;
 use crate::error::{EngineError, StreamError};

@@ -19,7 +19,7 @@ use p2pcall_proto::relay::PeerInfo;
 use p2pcall_proto::transfer::TransferId;
 use p2pcall_proto::{PeerId, SafetyNumber};
 use p2pcall_store::{Message, Store};
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 use tokio::sync::mpsc;
 
 use crate::call::{CallEvent, CallOptions, Calls, Cmd, VideoSource};

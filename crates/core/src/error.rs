@@ -104,7 +104,7 @@ pub enum StreamError {
     Write(#[from] quinn::WriteError),
     /// Reading a frame from it failed.
     #[error("{0}")]
-    Read(#[from] p2pcall_tls::framed::FrameReadError),
+    Read(#[from] p2pcall_transport::framed::FrameReadError),
     /// A task serving it failed.
     #[error("{0}")]
     Task(#[from] tokio::task::JoinError),

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 
 /// File name of the key in the data dir.
 pub const KEY_FILE: &str = "identity.key";
@@ -46,7 +46,7 @@ pub enum IdentityError {
     },
     /// Key generation failed.
     #[error("could not create a key: {0}")]
-    Generate(#[source] p2pcall_tls::TlsError),
+    Generate(#[source] p2pcall_transport::TlsError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {

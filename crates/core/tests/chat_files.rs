@@ -15,7 +15,7 @@ use p2pcall_core::{MessageState, Store};
 use p2pcall_net::RelayConfig;
 use p2pcall_proto::transfer::{AbortCode, Entry, EntryKind, TransferFrame};
 use p2pcall_relay::Relay;
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(20);
@@ -292,7 +292,7 @@ async fn rejected_and_hostile_offers_reach_the_sender_and_write_nothing() {
         }
         .encode(&mut out);
         s.write_all(&out).await.unwrap();
-        let mut reader = p2pcall_tls::framed::FrameReader::new(r, 1 << 20);
+        let mut reader = p2pcall_transport::framed::FrameReader::new(r, 1 << 20);
         let raw = tokio::time::timeout(T, reader.next())
             .await
             .expect("an answer")
@@ -579,7 +579,7 @@ async fn chat_is_ordered_deduplicated_and_queued_for_offline_peers() {
     .encode(&mut out);
     s.write_all(&out).await.unwrap();
     s.finish().unwrap();
-    let mut reader = p2pcall_tls::framed::FrameReader::new(rs, 1 << 20);
+    let mut reader = p2pcall_transport::framed::FrameReader::new(rs, 1 << 20);
     assert_eq!(
         p2pcall_proto::chat::ChatFrame::decode(reader.next().await.unwrap()).unwrap(),
         p2pcall_proto::chat::ChatFrame::Delivered { id: first.id }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use p2pcall_net::{Path, RelayConfig};
 use p2pcall_relay::{Relay, RelayConfig as ServerConfig};
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 
 use p2pcall_core::engine::{Engine, EngineConfig, EngineError, EngineEvent, EngineHandle};
 use p2pcall_core::transfer::TransferEvent;
@@ -91,7 +91,7 @@ pub enum DemoError {
     Relay(#[from] p2pcall_relay::RelayError),
     /// Key generation.
     #[error(transparent)]
-    Tls(#[from] p2pcall_tls::TlsError),
+    Tls(#[from] p2pcall_transport::TlsError),
     /// A step did not complete.
     #[error("demo step failed: {0}")]
     Step(String),

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use p2pcall_proto::PeerId;
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 
 /// How to reach the relay.
 #[derive(Debug, Clone)]

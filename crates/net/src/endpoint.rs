@@ -59,7 +59,7 @@ pub const PEER_STREAM_WINDOW: u32 = 8 << 20;
 pub const PEER_CONNECTION_WINDOW: u32 = 32 << 20;
 
 fn peer_transport() -> quinn::TransportConfig {
-    let mut t = p2pcall_tls::transport_config(PEER_KEEP_ALIVE, PEER_IDLE_TIMEOUT);
+    let mut t = p2pcall_transport::transport_config(PEER_KEEP_ALIVE, PEER_IDLE_TIMEOUT);
     t.stream_receive_window(PEER_STREAM_WINDOW.into());
     t.receive_window(PEER_CONNECTION_WINDOW.into());
     t.send_window(u64::from(PEER_CONNECTION_WINDOW));
@@ -78,13 +78,13 @@ impl Endpoint {
                 addr: cfg.bind,
                 source,
             })?;
-        let server = p2pcall_tls::quinn_server_config(
+        let server = p2pcall_transport::quinn_server_config(
             &cfg.identity,
-            p2pcall_tls::ALPN_PEER,
+            p2pcall_transport::ALPN_PEER,
             peer_transport(),
         )?;
         let quinn = quinn::Endpoint::new_with_abstract_socket(
-            p2pcall_tls::endpoint_config(),
+            p2pcall_transport::endpoint_config(),
             Some(server),
             socket.clone(),
             Arc::new(quinn::TokioRuntime),
@@ -255,21 +255,21 @@ impl Endpoint {
     pub async fn connect(&self, peer: PeerId) -> Result<PeerConnection, NetError> {
         let inner = &self.inner;
         let route = inner.socket.route(peer).ok_or(NetError::TooManyPeers)?;
-        let cfg = p2pcall_tls::quinn_client_config(
+        let cfg = p2pcall_transport::quinn_client_config(
             &inner.identity,
             Some(peer),
-            p2pcall_tls::ALPN_PEER,
+            p2pcall_transport::ALPN_PEER,
             peer_transport(),
         )?;
         let connecting = inner.quinn.connect_with(
             cfg,
             inner.socket.family(route.vaddr),
-            p2pcall_tls::PEER_SERVER_NAME,
+            p2pcall_transport::PEER_SERVER_NAME,
         )?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| NetError::Timeout("connecting to the peer"))??;
-        let got = p2pcall_tls::peer_id(&conn);
+        let got = p2pcall_transport::peer_id(&conn);
         if got != Some(peer) {
             conn.close(CLOSE_KEY_MISMATCH.into(), b"key mismatch");
             return Err(NetError::PeerKeyMismatch {
@@ -378,7 +378,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                 }
                 Err(_) => return,
             };
-            let got = p2pcall_tls::peer_id(&conn);
+            let got = p2pcall_transport::peer_id(&conn);
             if got != Some(route.id) {
                 tracing::warn!(expected = %route.id, ?got, "peer key does not match the relay-authenticated sender");
                 conn.close(CLOSE_KEY_MISMATCH.into(), b"key does not match the sender");

@@ -14,7 +14,7 @@ pub enum NetError {
     },
     /// TLS or QUIC configuration failed.
     #[error(transparent)]
-    Tls(#[from] p2pcall_tls::TlsError),
+    Tls(#[from] p2pcall_transport::TlsError),
     /// quinn refused to start the connection.
     #[error("could not start a connection: {0}")]
     Connect(#[from] quinn::ConnectError),

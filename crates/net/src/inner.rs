@@ -11,7 +11,7 @@ use p2pcall_proto::PeerId;
 use p2pcall_proto::packet::Control;
 use p2pcall_proto::peer::{Mapping, Reach};
 use p2pcall_proto::relay::ClientFrame;
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;

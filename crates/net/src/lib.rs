@@ -38,4 +38,4 @@ pub use error::NetError;
 pub use event::{Event, PresenceEvent, RelayTransport};
 pub use lan::LAN_SETTLE;
 pub use p2pcall_nat::Path;
-pub use p2pcall_tls::Identity;
+pub use p2pcall_transport::Identity;

@@ -13,7 +13,7 @@ use p2pcall_proto::PeerId;
 use p2pcall_proto::frame::RawFrame;
 use p2pcall_proto::packet::Control;
 use p2pcall_proto::peer::{Datagram, PeerFrame};
-use p2pcall_tls::framed::FrameReader;
+use p2pcall_transport::framed::FrameReader;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -129,7 +129,7 @@ impl AuxSockets {
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
-        let sock = p2pcall_tls::udp::bind(any, AUX_SOCKET_BUFFER)
+        let sock = p2pcall_transport::udp::bind(any, AUX_SOCKET_BUFFER)
             .and_then(tokio::net::UdpSocket::from_std)
             .map_err(|e| tracing::debug!("auxiliary socket: {e}"))
             .ok()?;
@@ -213,7 +213,7 @@ async fn aux_recv(
 async fn send_frame(send: &mut quinn::SendStream, f: &PeerFrame, peer: PeerId) {
     let mut buf = Vec::with_capacity(f.encoded_len());
     f.encode(&mut buf);
-    if let Err(e) = p2pcall_tls::framed::write_all(send, &buf).await {
+    if let Err(e) = p2pcall_transport::framed::write_all(send, &buf).await {
         tracing::debug!(%peer, "control frame not sent: {e}");
     }
 }
@@ -276,7 +276,7 @@ async fn drive_connection(
                 Ok(raw) => if let Err(why) = d.control_frame(raw) {
                     break why;
                 },
-                Err(p2pcall_tls::framed::FrameReadError::Closed) => control_open = false,
+                Err(p2pcall_transport::framed::FrameReadError::Closed) => control_open = false,
                 Err(e) => {
                     conn.close(CLOSE_PROTOCOL.into(), format!("control stream: {e}").as_bytes());
                     break format!("control stream: {e}");

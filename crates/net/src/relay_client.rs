@@ -11,7 +11,7 @@ use p2pcall_proto::relay::client::{
     TransportChoice,
 };
 use p2pcall_proto::relay::{ClientFrame, MAX_FRAME, RefuseReason};
-use p2pcall_tls::framed::{FrameReader, write_all};
+use p2pcall_transport::framed::{FrameReader, write_all};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -183,11 +183,11 @@ async fn udp_port_unreachable(addr: std::net::SocketAddr) -> bool {
 }
 
 async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connection, String> {
-    let client = p2pcall_tls::quinn_client_config(
+    let client = p2pcall_transport::quinn_client_config(
         &inner.identity,
         cfg.relay_key,
-        p2pcall_tls::ALPN_RELAY,
-        p2pcall_tls::transport_config(RELAY_KEEP_ALIVE, RELAY_IDLE_TIMEOUT),
+        p2pcall_transport::ALPN_RELAY,
+        p2pcall_transport::transport_config(RELAY_KEEP_ALIVE, RELAY_IDLE_TIMEOUT),
     )
     .map_err(|e| e.to_string())?;
     let connecting = inner
@@ -195,7 +195,7 @@ async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connect
         .connect_with(
             client,
             inner.socket.family(cfg.addr),
-            p2pcall_tls::RELAY_SERVER_NAME,
+            p2pcall_transport::RELAY_SERVER_NAME,
         )
         .map_err(|e| e.to_string())?;
     // A relay that is not running answers with ICMP at once: do not wait for the handshake
@@ -221,7 +221,7 @@ async fn quic_session(
     conn: quinn::Connection,
     cmd_rx: &mut mpsc::Receiver<ClientFrame>,
 ) -> SessionEnd {
-    let relay = p2pcall_tls::peer_id(&conn);
+    let relay = p2pcall_transport::peer_id(&conn);
     let (send, recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => return SessionEnd::Retry(e.to_string()),
@@ -273,16 +273,17 @@ async fn tcp_session(
         Err(_) => return SessionEnd::Retry(format!("TCP connect to {addr} timed out")),
     };
     let _ = tcp.set_nodelay(true);
-    let tls = match p2pcall_tls::rustls_client_config(
+    let tls = match p2pcall_transport::rustls_client_config(
         &inner.identity,
         cfg.relay_key,
-        p2pcall_tls::ALPN_RELAY,
+        p2pcall_transport::ALPN_RELAY,
     ) {
         Ok(c) => c,
         Err(e) => return SessionEnd::Fatal(RefuseReason::Protocol, e.to_string()),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-    let Ok(name) = rustls::pki_types::ServerName::try_from(p2pcall_tls::RELAY_SERVER_NAME) else {
+    let Ok(name) = rustls::pki_types::ServerName::try_from(p2pcall_transport::RELAY_SERVER_NAME)
+    else {
         return SessionEnd::Fatal(RefuseReason::Protocol, "bad server name".into());
     };
     let stream = match tokio::time::timeout(WELCOME_TIMEOUT, connector.connect(name, tcp)).await {
@@ -290,7 +291,7 @@ async fn tcp_session(
         Ok(Err(e)) => return SessionEnd::Retry(format!("TLS handshake with the relay: {e}")),
         Err(_) => return SessionEnd::Retry("TLS handshake with the relay timed out".into()),
     };
-    let relay = p2pcall_tls::peer_id_of_tls(stream.get_ref().1.peer_certificates());
+    let relay = p2pcall_transport::peer_id_of_tls(stream.get_ref().1.peer_certificates());
     let (r, w) = tokio::io::split(stream);
     let (data_tx, mut data_rx) = mpsc::channel(TCP_DATA_QUEUE);
     inner

@@ -256,7 +256,7 @@ impl fmt::Debug for MagicSocket {
     }
 }
 
-pub use p2pcall_tls::udp::canonical;
+pub use p2pcall_transport::udp::canonical;
 
 fn is_virtual(a: &SocketAddr) -> bool {
     matches!(a, SocketAddr::V4(v4) if v4.ip().octets()[0] >= 240 && v4.port() == VIRTUAL_PORT)
@@ -266,7 +266,7 @@ impl MagicSocket {
     /// Binds `addr` (use `[::]:port` for dual stack). Returns the socket and the receiver of
     /// non-QUIC control packets.
     pub(crate) fn bind(addr: SocketAddr) -> io::Result<(Arc<Self>, mpsc::Receiver<ControlPacket>)> {
-        let std = p2pcall_tls::udp::bind(addr, SOCKET_BUFFER)?;
+        let std = p2pcall_transport::udp::bind(addr, SOCKET_BUFFER)?;
         let state = UdpSocketState::new((&std).into())?;
         let v6 = std.local_addr()?.is_ipv6();
         let io = tokio::net::UdpSocket::from_std(std)?;
@@ -291,7 +291,7 @@ impl MagicSocket {
 
     /// Address in the socket's own family (quinn compares addresses exactly).
     pub(crate) fn family(&self, a: SocketAddr) -> SocketAddr {
-        p2pcall_tls::udp::in_family(self.v6, a)
+        p2pcall_transport::udp::in_family(self.v6, a)
     }
 
     /// Whether the socket is IPv6 (dual-stack); an IPv4 socket can reach no IPv6 address.
@@ -547,7 +547,7 @@ impl MagicSocket {
                 false
             };
             if keep {
-                p2pcall_tls::udp::move_entry(bufs, meta, i, kept);
+                p2pcall_transport::udp::move_entry(bufs, meta, i, kept);
                 kept += 1;
             } else {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -647,7 +647,7 @@ impl MagicSocket {
 
 impl quinn::AsyncUdpSocket for MagicSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        p2pcall_tls::udp::writable_poller(self)
+        p2pcall_transport::udp::writable_poller(self)
     }
 
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
@@ -744,7 +744,7 @@ impl quinn::AsyncUdpSocket for MagicSocket {
     }
 }
 
-impl p2pcall_tls::udp::TokioUdp for MagicSocket {
+impl p2pcall_transport::udp::TokioUdp for MagicSocket {
     fn tokio_udp(&self) -> &tokio::net::UdpSocket {
         &self.io
     }

@@ -16,16 +16,16 @@ use tokio::io::AsyncWriteExt;
 
 async fn raw_login(relay: std::net::SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
     let id = Identity::generate().unwrap();
-    let cfg = p2pcall_tls::quinn_client_config(
+    let cfg = p2pcall_transport::quinn_client_config(
         &id,
         None,
-        p2pcall_tls::ALPN_RELAY,
-        p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(10)),
+        p2pcall_transport::ALPN_RELAY,
+        p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(10)),
     )
     .unwrap();
     let ep = quinn::Endpoint::client(loopback()).unwrap();
     let conn = ep
-        .connect_with(cfg, relay, p2pcall_tls::RELAY_SERVER_NAME)
+        .connect_with(cfg, relay, p2pcall_transport::RELAY_SERVER_NAME)
         .unwrap()
         .await
         .unwrap();

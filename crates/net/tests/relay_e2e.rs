@@ -164,16 +164,20 @@ async fn a_peer_presenting_another_key_is_refused() {
     let client_id = Identity::generate().unwrap();
     let expected = Identity::generate().unwrap().id();
     let transport =
-        || p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(10));
-    let server_cfg =
-        p2pcall_tls::quinn_server_config(&server_id, p2pcall_tls::ALPN_PEER, transport()).unwrap();
+        || p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(10));
+    let server_cfg = p2pcall_transport::quinn_server_config(
+        &server_id,
+        p2pcall_transport::ALPN_PEER,
+        transport(),
+    )
+    .unwrap();
     let server = quinn::Endpoint::server(server_cfg, loopback()).unwrap();
     let server_addr = server.local_addr().unwrap();
     let client = quinn::Endpoint::client(loopback()).unwrap();
-    let cfg = p2pcall_tls::quinn_client_config(
+    let cfg = p2pcall_transport::quinn_client_config(
         &client_id,
         Some(expected),
-        p2pcall_tls::ALPN_PEER,
+        p2pcall_transport::ALPN_PEER,
         transport(),
     )
     .unwrap();
@@ -182,7 +186,7 @@ async fn a_peer_presenting_another_key_is_refused() {
         inc.await.map(|_| ())
     });
     let err = client
-        .connect_with(cfg, server_addr, p2pcall_tls::PEER_SERVER_NAME)
+        .connect_with(cfg, server_addr, p2pcall_transport::PEER_SERVER_NAME)
         .unwrap()
         .await
         .unwrap_err();
@@ -194,26 +198,30 @@ async fn a_peer_presenting_another_key_is_refused() {
     assert!(accept.await.unwrap().is_err());
 
     // The right key is accepted, and each side learns the other's key.
-    let cfg = p2pcall_tls::quinn_client_config(
+    let cfg = p2pcall_transport::quinn_client_config(
         &client_id,
         Some(server_id.id()),
-        p2pcall_tls::ALPN_PEER,
+        p2pcall_transport::ALPN_PEER,
         transport(),
     )
     .unwrap();
-    let server_cfg =
-        p2pcall_tls::quinn_server_config(&server_id, p2pcall_tls::ALPN_PEER, transport()).unwrap();
+    let server_cfg = p2pcall_transport::quinn_server_config(
+        &server_id,
+        p2pcall_transport::ALPN_PEER,
+        transport(),
+    )
+    .unwrap();
     let server = quinn::Endpoint::server(server_cfg, loopback()).unwrap();
     let addr = server.local_addr().unwrap();
     let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
     let conn = client
-        .connect_with(cfg, addr, p2pcall_tls::PEER_SERVER_NAME)
+        .connect_with(cfg, addr, p2pcall_transport::PEER_SERVER_NAME)
         .unwrap()
         .await
         .unwrap();
-    assert_eq!(p2pcall_tls::peer_id(&conn), Some(server_id.id()));
+    assert_eq!(p2pcall_transport::peer_id(&conn), Some(server_id.id()));
     assert_eq!(
-        p2pcall_tls::peer_id(&accept.await.unwrap()),
+        p2pcall_transport::peer_id(&accept.await.unwrap()),
         Some(client_id.id())
     );
 }

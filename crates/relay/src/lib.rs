@@ -30,7 +30,7 @@ use std::time::Duration;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::packet::Control;
 use p2pcall_proto::relay::RefuseReason;
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +56,7 @@ pub enum RelayError {
     },
     /// TLS setup failed.
     #[error(transparent)]
-    Tls(#[from] p2pcall_tls::TlsError),
+    Tls(#[from] p2pcall_transport::TlsError),
 }
 
 /// A running relay.
@@ -88,7 +88,7 @@ impl std::fmt::Debug for Relay {
 const SOCKET_BUFFER: usize = 8 << 20;
 
 fn bind_udp(addr: SocketAddr, what: &'static str) -> Result<std::net::UdpSocket, RelayError> {
-    p2pcall_tls::udp::bind(addr, SOCKET_BUFFER).map_err(|source| RelayError::Bind {
+    p2pcall_transport::udp::bind(addr, SOCKET_BUFFER).map_err(|source| RelayError::Bind {
         what,
         addr,
         source,
@@ -116,16 +116,19 @@ impl Relay {
             })?,
         );
         let mut transport =
-            p2pcall_tls::transport_config(Duration::from_secs(15), cfg.idle_timeout);
+            p2pcall_transport::transport_config(Duration::from_secs(15), cfg.idle_timeout);
         // A session uses one bidirectional stream. quinn reserves per-stream state for every
         // stream a peer may open (~7 KiB per connection at the defaults of 100 + 100).
         transport.max_concurrent_bidi_streams(1u32.into());
         transport.max_concurrent_uni_streams(0u32.into());
-        let mut server =
-            p2pcall_tls::quinn_server_config(identity, p2pcall_tls::ALPN_RELAY, transport)?;
+        let mut server = p2pcall_transport::quinn_server_config(
+            identity,
+            p2pcall_transport::ALPN_RELAY,
+            transport,
+        )?;
         server.max_incoming(cfg.max_incoming);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            p2pcall_tls::endpoint_config(),
+            p2pcall_transport::endpoint_config(),
             Some(server),
             socket.clone(),
             Arc::new(quinn::TokioRuntime),
@@ -194,7 +197,8 @@ impl Relay {
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_quic(shared.clone(), endpoint.clone()));
         if let Some(l) = tcp {
-            let tls = p2pcall_tls::rustls_server_config(identity, p2pcall_tls::ALPN_RELAY)?;
+            let tls =
+                p2pcall_transport::rustls_server_config(identity, p2pcall_transport::ALPN_RELAY)?;
             tasks.spawn(accept_tcp(shared.clone(), l, Arc::new(tls)));
         }
         if let Some(s) = reflect {
@@ -272,7 +276,7 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     return;
                 }
             };
-            let Some(id) = p2pcall_tls::peer_id(&conn) else {
+            let Some(id) = p2pcall_transport::peer_id(&conn) else {
                 shared.metrics.close(metrics::Close::Protocol);
                 conn.close((RefuseReason::Protocol as u32).into(), b"no client key");
                 return;
@@ -336,7 +340,8 @@ async fn accept_tcp(
                     return;
                 }
             };
-            let Some(id) = p2pcall_tls::peer_id_of_tls(stream.get_ref().1.peer_certificates())
+            let Some(id) =
+                p2pcall_transport::peer_id_of_tls(stream.get_ref().1.peer_certificates())
             else {
                 shared.metrics.close(metrics::Close::Protocol);
                 return;
@@ -359,7 +364,7 @@ async fn serve_reflect(shared: Arc<Shared>, sock: tokio::net::UdpSocket) {
             let mut out = Vec::with_capacity(32);
             Control::ReflectResp {
                 txid,
-                observed: p2pcall_tls::udp::canonical(from),
+                observed: p2pcall_transport::udp::canonical(from),
             }
             .encode(&mut out);
             let _ = sock.send_to(&out, from).await;

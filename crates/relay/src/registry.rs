@@ -12,7 +12,7 @@ use p2pcall_proto::PeerId;
 use p2pcall_proto::limits::TokenBucket;
 use p2pcall_proto::relay::server::CloseCause;
 use p2pcall_proto::relay::{PeerInfo, RefuseReason, ServerFrame};
-use p2pcall_tls::udp::canonical;
+use p2pcall_transport::udp::canonical;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;

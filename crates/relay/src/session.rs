@@ -22,8 +22,8 @@ use p2pcall_proto::relay::server::{
     CloseCause, Closure, ReadEnd, ServerSession, SessionConfig, SessionEvent,
 };
 use p2pcall_proto::relay::{MAX_FRAME, RefuseReason, SNAPSHOT_CHUNK, ServerFrame, SignalFailure};
-use p2pcall_tls::framed::{FrameReadError, FrameReader, write_all};
-use p2pcall_tls::udp::canonical;
+use p2pcall_transport::framed::{FrameReadError, FrameReader, write_all};
+use p2pcall_transport::udp::canonical;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 

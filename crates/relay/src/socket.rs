@@ -24,7 +24,7 @@ use tokio::io::Interest;
 use crate::metrics::{DropReason, Metrics};
 use crate::registry::Sessions;
 
-use p2pcall_tls::udp::canonical;
+use p2pcall_transport::udp::canonical;
 
 /// The relay's main UDP socket.
 pub struct RelaySocket {
@@ -77,7 +77,7 @@ impl RelaySocket {
     }
 
     fn family(&self, a: SocketAddr) -> SocketAddr {
-        p2pcall_tls::udp::in_family(self.v6, a)
+        p2pcall_transport::udp::in_family(self.v6, a)
     }
 
     /// Sends `contents` (GSO segments of `segment_size` if given) without waiting.
@@ -255,7 +255,7 @@ impl RelaySocket {
 
 impl quinn::AsyncUdpSocket for RelaySocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        p2pcall_tls::udp::writable_poller(self)
+        p2pcall_transport::udp::writable_poller(self)
     }
 
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
@@ -294,7 +294,7 @@ impl quinn::AsyncUdpSocket for RelaySocket {
                 if self.process(now, &mut bufs[i], &mut meta[i], &mut batch) == 0 {
                     continue;
                 }
-                p2pcall_tls::udp::move_entry(bufs, meta, i, kept);
+                p2pcall_transport::udp::move_entry(bufs, meta, i, kept);
                 kept += 1;
             }
             self.flush(&mut batch);
@@ -321,7 +321,7 @@ impl quinn::AsyncUdpSocket for RelaySocket {
     }
 }
 
-impl p2pcall_tls::udp::TokioUdp for RelaySocket {
+impl p2pcall_transport::udp::TokioUdp for RelaySocket {
     fn tokio_udp(&self) -> &tokio::net::UdpSocket {
         &self.io
     }

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use p2pcall_nat::{Path, PathEvent, PathManager};
 use p2pcall_proto::packet::{self, Control};
 use p2pcall_sim::{Datagram, Link, VirtualNet};
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamEvent, StreamId,
 };
@@ -62,13 +62,18 @@ impl Node {
     fn new(name: &'static str, server: bool, addr: &str, peer: &str, peer_vaddr: &str) -> Self {
         let id = Identity::generate().unwrap();
         let transport =
-            || p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(20));
+            || p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(20));
         let server_config = server.then(|| {
             Arc::new(
-                p2pcall_tls::quinn_server_config(&id, p2pcall_tls::ALPN_PEER, transport()).unwrap(),
+                p2pcall_transport::quinn_server_config(
+                    &id,
+                    p2pcall_transport::ALPN_PEER,
+                    transport(),
+                )
+                .unwrap(),
             )
         });
-        let mut ecfg: EndpointConfig = p2pcall_tls::endpoint_config();
+        let mut ecfg: EndpointConfig = p2pcall_transport::endpoint_config();
         ecfg.rng_seed(Some([u8::from(server); 32]));
         Self {
             name,
@@ -277,11 +282,11 @@ fn relay_direct_relay_direct_with_a_stream_running_loses_no_data() {
 
     let mut alice = Node::new("alice", false, A, B, VADDR_OF_B);
     let mut bob = Node::new("bob", true, B, A, VADDR_OF_A);
-    let client_cfg = p2pcall_tls::quinn_client_config(
+    let client_cfg = p2pcall_transport::quinn_client_config(
         &alice.id,
         Some(bob.id.id()),
-        p2pcall_tls::ALPN_PEER,
-        p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(20)),
+        p2pcall_transport::ALPN_PEER,
+        p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(20)),
     )
     .unwrap();
     let (ch, conn) = alice
@@ -290,7 +295,7 @@ fn relay_direct_relay_direct_with_a_stream_running_loses_no_data() {
             start,
             client_cfg,
             a(VADDR_OF_B),
-            p2pcall_tls::PEER_SERVER_NAME,
+            p2pcall_transport::PEER_SERVER_NAME,
         )
         .unwrap();
     alice.conn = Some((ch, conn));

@@ -32,7 +32,7 @@ use p2pcall_media::session::{Bitrates, MediaSession, SessionEvent};
 use p2pcall_media_io::pattern::TestPattern;
 use p2pcall_proto::call::{Codec, StreamDesc, StreamKind};
 use p2pcall_sim::{Link, VirtualNet};
-use p2pcall_tls::Identity;
+use p2pcall_transport::Identity;
 use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamEvent, StreamId,
 };
@@ -96,13 +96,14 @@ struct Peer {
 impl Peer {
     fn new(id: &Identity, server: bool, addr: &str, peer: &str) -> Self {
         let transport =
-            p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(20));
+            p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(20));
         let server_config = server.then(|| {
             Arc::new(
-                p2pcall_tls::quinn_server_config(id, p2pcall_tls::ALPN_PEER, transport).unwrap(),
+                p2pcall_transport::quinn_server_config(id, p2pcall_transport::ALPN_PEER, transport)
+                    .unwrap(),
             )
         });
-        let mut ecfg: EndpointConfig = p2pcall_tls::endpoint_config();
+        let mut ecfg: EndpointConfig = p2pcall_transport::endpoint_config();
         ecfg.rng_seed(Some([u8::from(server); 32]));
         Self {
             endpoint: Endpoint::new(Arc::new(ecfg), server_config, true, None),
@@ -248,16 +249,16 @@ fn run(seed: u64, phase: f64, loss: f64, bulk_from: Option<f64>) -> Outcome {
     let (ida, idb) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let mut alice = Peer::new(&ida, false, A, B);
     let mut bob = Peer::new(&idb, true, B, A);
-    let cfg = p2pcall_tls::quinn_client_config(
+    let cfg = p2pcall_transport::quinn_client_config(
         &ida,
         Some(idb.id()),
-        p2pcall_tls::ALPN_PEER,
-        p2pcall_tls::transport_config(Duration::from_secs(5), Duration::from_secs(20)),
+        p2pcall_transport::ALPN_PEER,
+        p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(20)),
     )
     .unwrap();
     let (ch, c) = alice
         .endpoint
-        .connect(start, cfg, a(B), p2pcall_tls::PEER_SERVER_NAME)
+        .connect(start, cfg, a(B), p2pcall_transport::PEER_SERVER_NAME)
         .unwrap();
     alice.conn = Some((ch, c));
     alice.session.configure(&Negotiated {

@@ -26,7 +26,7 @@ use p2pcall_proto::call::{
     CallFrame, CallId, Codec, HangupReason, MAX_FRAME, RejectReason, SessionDesc, StreamDesc,
     StreamKind,
 };
-use p2pcall_tls::framed::{FrameReadError, FrameReader};
+use p2pcall_transport::framed::{FrameReadError, FrameReader};
 use serde::Serialize;
 use tokio::sync::mpsc;
 

@@ -14,13 +14,13 @@ use p2pcall_proto::transfer::{
     TransferFrame, TransferId,
 };
 use p2pcall_store::{ChunkRecord, Store, TransferState, now_ms};
-use p2pcall_tls::framed::FrameReader;
 use p2pcall_transfer::control::{
     ControlEvent, Disposition, Earlier, Ending, OfferAction, ReceiverControl, Stop, offer_action,
 };
 use p2pcall_transfer::{
     ChunkError, Cv, FileProgress, Meter, Plan, chunk_cv, sanitize, unique_name,
 };
+use p2pcall_transport::framed::FrameReader;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 

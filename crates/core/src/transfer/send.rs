@@ -14,9 +14,9 @@ use p2pcall_proto::transfer::{
     AbortCode, DataHeader, DataKind, EntryKind, HaveChunk, MAX_FRAME, TransferFrame, TransferId,
 };
 use p2pcall_store::{TransferState, now_ms};
-use p2pcall_tls::framed::FrameReader;
 use p2pcall_transfer::control::{ControlEvent, Disposition, Ending, Failure, SenderControl, Stop};
 use p2pcall_transfer::{Cv, Meter, chunk_count, chunk_cv, chunk_len, file_hash};
+use p2pcall_transport::framed::FrameReader;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 

@@ -1,4 +1,6 @@
-//! Identities as TLS 1.3 raw public keys, and the QUIC/TLS configurations of p2pcall.
+//! The transport plumbing the peer endpoint (`net`) and the relay share: identities as TLS
+//! 1.3 raw public keys and the QUIC/TLS configurations built on them (this module), frames
+//! on byte streams ([`framed`]), and UDP sockets ([`udp`]).
 //!
 //! Every installation owns one Ed25519 key ([`Identity`]). In every TLS handshake, relay or
 //! peer-to-peer, both sides present their key as an RFC 7250 raw public key and prove
