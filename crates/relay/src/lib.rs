@@ -95,6 +95,34 @@ fn bind_udp(addr: SocketAddr, what: &'static str) -> Result<std::net::UdpSocket,
     })
 }
 
+/// The relay's QUIC endpoint on `socket`: one bidirectional stream per session.
+fn quic_endpoint(
+    identity: &Identity,
+    cfg: &RelayConfig,
+    socket: Arc<RelaySocket>,
+) -> Result<quinn::Endpoint, RelayError> {
+    let mut transport =
+        p2pcall_transport::transport_config(Duration::from_secs(15), cfg.idle_timeout);
+    // A session uses one bidirectional stream. quinn reserves per-stream state for every
+    // stream a peer may open (~7 KiB per connection at the defaults of 100 + 100).
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    let mut server =
+        p2pcall_transport::quinn_server_config(identity, p2pcall_transport::ALPN_RELAY, transport)?;
+    server.max_incoming(cfg.max_incoming);
+    quinn::Endpoint::new_with_abstract_socket(
+        p2pcall_transport::endpoint_config(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| RelayError::Bind {
+        what: "UDP",
+        addr: cfg.listen,
+        source,
+    })
+}
+
 impl Relay {
     /// Binds every listener and starts serving.
     pub async fn start(identity: &Identity, cfg: RelayConfig) -> Result<Self, RelayError> {
@@ -115,29 +143,7 @@ impl Relay {
                 }
             })?,
         );
-        let mut transport =
-            p2pcall_transport::transport_config(Duration::from_secs(15), cfg.idle_timeout);
-        // A session uses one bidirectional stream. quinn reserves per-stream state for every
-        // stream a peer may open (~7 KiB per connection at the defaults of 100 + 100).
-        transport.max_concurrent_bidi_streams(1u32.into());
-        transport.max_concurrent_uni_streams(0u32.into());
-        let mut server = p2pcall_transport::quinn_server_config(
-            identity,
-            p2pcall_transport::ALPN_RELAY,
-            transport,
-        )?;
-        server.max_incoming(cfg.max_incoming);
-        let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            p2pcall_transport::endpoint_config(),
-            Some(server),
-            socket.clone(),
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|source| RelayError::Bind {
-            what: "UDP",
-            addr: cfg.listen,
-            source,
-        })?;
+        let endpoint = quic_endpoint(identity, &cfg, socket.clone())?;
 
         // TCP fallback on the UDP port number unless configured otherwise.
         let tcp =
