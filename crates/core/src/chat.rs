@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::chat::{ChatFrame, MAX_FRAME, MAX_READ_IDS, MAX_TEXT, MessageId};
-use p2pcall_store::{Message, MessageState, now_ms};
+use p2pcall_store::{Message, MessageState, StoreError, now_ms};
 use p2pcall_transport::framed::{FrameReadError, FrameReader};
 
 use crate::context::Context;
@@ -73,14 +73,17 @@ impl Chat {
                 max: MAX_TEXT,
             });
         }
-        let m = self.ctx.store.queue_message(&peer, text, now_ms())?;
+        let text = text.to_string();
+        let m = (self.ctx)
+            .db(move |s| s.queue_message(&peer, &text, now_ms()))
+            .await?;
         if let Err(e) = self.flush(peer).await {
             tracing::debug!(%peer, "message queued: {e}");
         }
-        let latest = self
-            .ctx
-            .store
-            .history(&peer, Some(m.rowid + 1), 1)?
+        let after = m.rowid + 1;
+        let latest = (self.ctx)
+            .db(move |s| s.history(&peer, Some(after), 1))
+            .await?
             .pop()
             .filter(|x| x.id == m.id)
             .unwrap_or(m);
@@ -90,7 +93,7 @@ impl Chat {
     /// Marks the conversation with `peer` as read and sends the read receipts (now, or when
     /// the peer is reachable). Returns how many messages were newly read.
     pub(crate) async fn mark_read(&self, peer: PeerId) -> Result<usize, EngineError> {
-        let n = self.ctx.store.mark_read(&peer)?;
+        let n = self.ctx.db(move |s| s.mark_read(&peer)).await?;
         if n > 0
             && let Err(e) = self.flush(peer).await
         {
@@ -104,9 +107,9 @@ impl Chat {
     pub(crate) async fn flush(&self, peer: PeerId) -> Result<(), EngineError> {
         let lock = self.flushing.lock().entry(peer).or_default().clone();
         let _guard = lock.lock().await;
-        let store = &self.ctx.store;
-        let messages = store.undelivered(&peer)?;
-        let receipts = store.pending_receipts(&peer)?;
+        let (messages, receipts) = (self.ctx)
+            .db(move |s| Ok::<_, StoreError>((s.undelivered(&peer)?, s.pending_receipts(&peer)?)))
+            .await?;
         if messages.is_empty() && receipts.is_empty() || !self.ctx.reachable(peer) {
             return Ok(());
         }
@@ -142,16 +145,24 @@ impl Chat {
         }
         send.write_all(&out).await.map_err(StreamError::from)?;
         let _ = send.finish();
-        for m in &messages {
-            if m.state == MessageState::Queued
-                && self.ctx.store.advance(&peer, &m.id, MessageState::Sent)?
-            {
-                self.events.emit(ChatEvent::State {
-                    peer,
-                    id: m.id,
-                    state: MessageState::Sent,
-                });
-            }
+        let queued: Vec<MessageId> = (messages.iter())
+            .filter(|m| m.state == MessageState::Queued)
+            .map(|m| m.id)
+            .collect();
+        let sent = (self.ctx)
+            .db(move |s| {
+                let mut sent = Vec::new();
+                for id in queued {
+                    if s.advance(&peer, &id, MessageState::Sent)? {
+                        sent.push(id);
+                    }
+                }
+                Ok::<_, StoreError>(sent)
+            })
+            .await?;
+        for id in sent {
+            let state = MessageState::Sent;
+            self.events.emit(ChatEvent::State { peer, id, state });
         }
         let mut reader = FrameReader::new(recv, MAX_FRAME);
         let mut waiting: std::collections::VecDeque<MessageId> =
@@ -162,11 +173,8 @@ impl Chat {
             match ChatFrame::decode(raw)? {
                 ChatFrame::Delivered { id } if waiting.front() == Some(&id) => {
                     waiting.pop_front();
-                    if self
-                        .ctx
-                        .store
-                        .advance(&peer, &id, MessageState::Delivered)?
-                    {
+                    let state = MessageState::Delivered;
+                    if self.ctx.db(move |s| s.advance(&peer, &id, state)).await? {
                         self.events.emit(ChatEvent::State {
                             peer,
                             id,
@@ -181,7 +189,8 @@ impl Chat {
                     if count as usize != ids.len() {
                         return Err(EngineError::Protocol("ReadStored count differs".into()));
                     }
-                    self.ctx.store.receipts_sent(&peer, ids)?;
+                    let ids = ids.to_vec();
+                    self.ctx.db(move |s| s.receipts_sent(&peer, &ids)).await?;
                 }
                 other => {
                     return Err(EngineError::Protocol(format!(
@@ -191,6 +200,14 @@ impl Chat {
             }
         }
         Ok(())
+    }
+
+    async fn apply_read(
+        &self,
+        peer: PeerId,
+        ids: Vec<MessageId>,
+    ) -> Result<Vec<MessageId>, EngineError> {
+        self.ctx.db(move |s| s.apply_read(&peer, &ids)).await
     }
 
     /// Serves a chat stream the peer opened (its kind byte already read).
@@ -218,11 +235,10 @@ impl Chat {
                     sent_ms,
                     text,
                 }) => {
-                    match self
-                        .ctx
-                        .store
-                        .receive_message(&peer, &id, seq, sent_ms, &text, now_ms())
-                    {
+                    let stored = (self.ctx)
+                        .db(move |s| s.receive_message(&peer, &id, seq, sent_ms, &text, now_ms()))
+                        .await;
+                    match stored {
                         Ok(new) => {
                             if let Some(m) = new {
                                 self.events.emit(ChatEvent::Received(m));
@@ -236,7 +252,7 @@ impl Chat {
                         }
                     }
                 }
-                Ok(ChatFrame::Read { ids }) => match self.ctx.store.apply_read(&peer, &ids) {
+                Ok(ChatFrame::Read { ids }) => match self.apply_read(peer, ids.clone()).await {
                     Ok(changed) => {
                         for id in changed {
                             self.events.emit(ChatEvent::State {

@@ -44,6 +44,24 @@ impl Context {
         (ctx, rx)
     }
 
+    /// Runs `f` on the store on a blocking thread. SQLite syncs every commit to disk, and
+    /// the store's one connection is behind a mutex that a syncing caller holds: neither may
+    /// stall the runtime's workers, so async code reaches the store only through here.
+    pub(crate) async fn db<T, E>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        E: Into<EngineError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(e) => Err(EngineError::Blocking(e)),
+        }
+    }
+
     /// Our identity.
     pub(crate) fn id(&self) -> PeerId {
         self.endpoint.id()

@@ -43,6 +43,9 @@ pub enum EngineError {
         /// Its fingerprint.
         fingerprint: String,
     },
+    /// Work on a blocking thread (the database, the disk) failed to complete.
+    #[error("a background task failed: {0}")]
+    Blocking(#[source] tokio::task::JoinError),
     /// A stream to the peer failed.
     #[error("the stream to the peer failed: {0}")]
     Stream(#[from] StreamError),

@@ -2,8 +2,7 @@
 //! them, and which peer a user means when they type a name or a fingerprint prefix.
 //!
 //! Every peer presence reports is remembered as a contact (its name, when last seen) in one
-//! transaction per report, on a blocking thread: SQLite syncs to disk, which must not stall
-//! the runtime's workers.
+//! transaction per report, on a blocking thread ([`Context::db`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,14 +39,15 @@ impl Presence {
         if peers.is_empty() {
             return;
         }
-        let store = self.ctx.store.clone();
         let seen: Vec<(PeerId, String)> = peers.iter().map(|p| (p.id, p.name.clone())).collect();
-        let r = tokio::task::spawn_blocking(move || {
-            let refs: Vec<(PeerId, &str)> = seen.iter().map(|(p, n)| (*p, n.as_str())).collect();
-            store.touch_contacts(&refs, now_ms())
-        })
-        .await;
-        if let Ok(Err(e)) = r {
+        let r = (self.ctx)
+            .db(move |s| {
+                let refs: Vec<(PeerId, &str)> =
+                    seen.iter().map(|(p, n)| (*p, n.as_str())).collect();
+                s.touch_contacts(&refs, now_ms())
+            })
+            .await;
+        if let Err(e) = r {
             tracing::warn!("recording the peers seen online: {e}");
         }
     }

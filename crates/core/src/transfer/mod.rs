@@ -195,6 +195,18 @@ pub(crate) fn encode(f: &TransferFrame) -> Vec<u8> {
     b
 }
 
+/// Records a transfer's state (and why it stopped), on a blocking thread.
+pub(crate) async fn set_state(
+    svc: &Transfers,
+    rowid: i64,
+    state: p2pcall_store::TransferState,
+    reason: Option<String>,
+) -> Result<(), EngineError> {
+    (svc.ctx)
+        .db(move |s| s.set_transfer_state(rowid, state, reason.as_deref(), p2pcall_store::now_ms()))
+        .await
+}
+
 /// Reports a transfer event (progress is shed when the front end lags: `crate::events`).
 pub(crate) fn emit(svc: &Transfers, e: TransferEvent) {
     svc.events.emit(e);
@@ -324,7 +336,7 @@ impl Transfers {
 
     /// Continues every unfinished outgoing transfer to `peer` (called when it comes back).
     pub(crate) async fn resume(self: &Arc<Self>, peer: PeerId) {
-        let Ok(open) = self.ctx.store.open_outgoing(Some(&peer)) else {
+        let Ok(open) = self.ctx.db(move |s| s.open_outgoing(Some(&peer))).await else {
             return;
         };
         for t in open {

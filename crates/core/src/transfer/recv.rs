@@ -24,11 +24,11 @@ use p2pcall_transport::framed::FrameReader;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Transfers;
 use super::{
     Decision, OfferInfo, PROGRESS_EVERY, Progress, Summary, TransferEvent, abort_code, emit,
     encode, fsops,
 };
+use super::{Transfers, set_state};
 
 /// Verified chunks are recorded at least this often (bytes per file). Recording does not
 /// wait for the data to reach the disk: every recorded chunk is checked against the disk
@@ -699,8 +699,8 @@ impl Incoming {
         info: OfferInfo,
     ) -> Option<(p2pcall_store::TransferRecord, PathBuf)> {
         let (peer, id) = (self.peer, self.id);
-        let store = self.svc.ctx.store.clone();
-        let existing = store.transfer(&peer, false, &id).ok().flatten();
+        let lookup = move |s: &Store| s.transfer(&peer, false, &id);
+        let existing = self.svc.ctx.db(lookup).await.ok().flatten();
         let earlier = match &existing {
             None => Earlier::None,
             Some(t) if t.state == TransferState::Active && t.dest.is_some() => {
@@ -719,7 +719,7 @@ impl Incoming {
             }
             OfferAction::Ask => self.ask(plan, info).await?,
         };
-        let Ok(Some(rec)) = store.transfer(&peer, false, &id) else {
+        let Ok(Some(rec)) = self.svc.ctx.db(lookup).await else {
             let _ = self.send.reset(DATA_REFUSED.into());
             return None;
         };
@@ -727,12 +727,8 @@ impl Incoming {
             Decision::Accept(dest) => Some((rec, dest)),
             Decision::Reject(reason) => {
                 if rec.state != TransferState::Done {
-                    let _ = store.set_transfer_state(
-                        rec.rowid,
-                        TransferState::Rejected,
-                        Some(&reason),
-                        now_ms(),
-                    );
+                    let (rowid, why) = (rec.rowid, Some(reason.clone()));
+                    let _ = set_state(&self.svc, rowid, TransferState::Rejected, why).await;
                 }
                 self.reply(TransferFrame::Reject {
                     reason: reason.clone(),
@@ -747,20 +743,11 @@ impl Incoming {
     /// Records the offer and waits for the user's answer (or for the sender to withdraw).
     async fn ask(&mut self, plan: &Plan, info: OfferInfo) -> Option<Decision> {
         let (peer, id) = (self.peer, self.id);
-        let store = &self.svc.ctx.store;
-        if store
-            .create_transfer(
-                &peer,
-                false,
-                &id,
-                plan.total_bytes,
-                plan.files,
-                &[],
-                None,
-                now_ms(),
-            )
-            .is_err()
-        {
+        let (total, files) = (plan.total_bytes, plan.files);
+        let created = (self.svc.ctx)
+            .db(move |s| s.create_transfer(&peer, false, &id, total, files, &[], None, now_ms()))
+            .await;
+        if created.is_err() {
             let _ = self.send.reset(DATA_REFUSED.into());
             return None;
         }
@@ -774,13 +761,10 @@ impl Incoming {
         };
         self.svc.registry.offers.lock().remove(&(peer, id));
         if d.is_none() {
-            if let Ok(Some(t)) = store.transfer(&peer, false, &id) {
-                let _ = store.set_transfer_state(
-                    t.rowid,
-                    TransferState::Cancelled,
-                    Some("withdrawn"),
-                    now_ms(),
-                );
+            let lookup = move |s: &Store| s.transfer(&peer, false, &id);
+            if let Ok(Some(t)) = self.svc.ctx.db(lookup).await {
+                let why = Some("withdrawn".to_string());
+                let _ = set_state(&self.svc, t.rowid, TransferState::Cancelled, why).await;
             }
             self.failed("the sender withdrew the offer".into(), false);
         }
@@ -825,12 +809,8 @@ impl Incoming {
         match prepared {
             Ok(x) => Some(x),
             Err((code, reason)) => {
-                let _ = self.svc.ctx.store.set_transfer_state(
-                    rowid,
-                    TransferState::Failed,
-                    Some(&reason),
-                    now_ms(),
-                );
+                let why = Some(reason.clone());
+                let _ = set_state(&self.svc, rowid, TransferState::Failed, why).await;
                 self.reply(TransferFrame::Abort {
                     code,
                     reason: reason.clone(),
@@ -861,8 +841,9 @@ impl Incoming {
         let key = (peer, id);
         let send = &mut self.send;
         let reader = &mut self.reader;
-        let _ = store.set_transfer_dest(rec.rowid, &dest);
-        let _ = store.set_transfer_state(rec.rowid, TransferState::Active, None, now_ms());
+        let (rowid, d) = (rec.rowid, dest.clone());
+        let _ = svc.ctx.db(move |s| s.set_transfer_dest(rowid, &d)).await;
+        let _ = set_state(svc, rowid, TransferState::Active, None).await;
 
         let (ctrl, mut ctrl_rx) = mpsc::unbounded_channel();
         let resumed = p.resumed;
@@ -957,7 +938,6 @@ async fn conclude(
     dirs: Vec<(PathBuf, u32)>,
     mut summary: Summary,
 ) {
-    let store = &svc.ctx.store;
     match (ending.disposition, ending.failure) {
         (Disposition::Done, _) | (_, None) => {
             let _ = tokio::task::spawn_blocking(move || {
@@ -967,7 +947,7 @@ async fn conclude(
                 }
             })
             .await;
-            let _ = store.set_transfer_state(rowid, TransferState::Done, None, now_ms());
+            let _ = set_state(svc, rowid, TransferState::Done, None).await;
             summary.hashes = rx.hashes.lock().clone();
             summary.hashes.sort();
             emit(svc, TransferEvent::Finished(summary));
@@ -988,7 +968,7 @@ async fn conclude(
             })
             .await;
             let reason = failure.reason().to_string();
-            let _ = store.set_transfer_state(rowid, state, Some(&reason), now_ms());
+            let _ = set_state(svc, rowid, state, Some(reason.clone())).await;
             emit(
                 svc,
                 TransferEvent::Failed {

@@ -20,11 +20,11 @@ use p2pcall_transport::framed::FrameReader;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
-use super::Transfers;
 use super::{
     CHUNK_SIZE, DATA, DATA_STREAMS, OFFER, PROGRESS_EVERY, Progress, Summary, TransferEvent, emit,
     encode, fsops,
 };
+use super::{Transfers, set_state};
 use crate::error::{EngineError, StreamError};
 
 struct Job {
@@ -88,10 +88,8 @@ pub(super) async fn send_files(
             "only symlinks or special files were given".into(),
         ));
     }
-    let store = &svc.ctx.store;
-    let id: TransferId = store
-        .open_outgoing(Some(&peer))?
-        .into_iter()
+    let open = svc.ctx.db(move |s| s.open_outgoing(Some(&peer))).await?;
+    let id: TransferId = (open.into_iter())
         .find(|t| t.sources == paths)
         .map_or_else(|| TransferId::from_bytes(rand::random()), |t| t.id);
     let key = (peer, id);
@@ -164,28 +162,28 @@ async fn send_inner(
     scan: fsops::Scan,
     id: TransferId,
 ) -> Result<Summary, EngineError> {
-    let store = &svc.ctx.store;
     let key = (peer, id);
     let mut cancel = svc.registry.cancel_rx(key, true);
     let (files, dirs, total) = scan.totals();
-    let rec = store.create_transfer(&peer, true, &id, total, files, &paths, None, now_ms())?;
+    let rec = (svc.ctx)
+        .db(move |s| s.create_transfer(&peer, true, &id, total, files, &paths, None, now_ms()))
+        .await?;
+    let rowid = rec.rowid;
 
     let conn = svc.ctx.connect(peer).await?;
     let mut ctl = SenderControl::new(id, CHUNK_SIZE, scan.entries.clone(), PROGRESS_EVERY);
     let (mut ctl_stream, mut reader) = open_offer(&conn, &mut ctl).await?;
 
-    let record = |end: &Ending| record_failure(svc, rec.rowid, key, end);
-
     // The answer.
     let have = match await_answer(&mut ctl, &mut ctl_stream, &mut reader, &mut cancel).await {
         Ok(have) => have,
         Err(end) => {
-            record(&end);
+            record_failure(svc, rowid, key, &end).await;
             let _ = ctl_stream.finish();
             return Err(engine_error(end));
         }
     };
-    store.set_transfer_state(rec.rowid, TransferState::Active, None, now_ms())?;
+    set_state(svc, rowid, TransferState::Active, None).await?;
 
     let jobs = jobs(&scan, have);
     let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
@@ -251,10 +249,10 @@ async fn send_inner(
     }
     let _ = ctl_stream.finish();
     if end.failure.is_some() {
-        record(&end);
+        record_failure(svc, rowid, key, &end).await;
         return Err(engine_error(end));
     }
-    store.set_transfer_state(rec.rowid, TransferState::Done, None, now_ms())?;
+    set_state(svc, rowid, TransferState::Done, None).await?;
     let mut hashes = hashes.lock().clone();
     hashes.sort();
     let s = Summary {
@@ -293,7 +291,12 @@ async fn open_offer(
 }
 
 /// Records a transfer that stopped (state and reason) and reports it.
-fn record_failure(svc: &Transfers, rowid: i64, (peer, id): (PeerId, TransferId), end: &Ending) {
+async fn record_failure(
+    svc: &Transfers,
+    rowid: i64,
+    (peer, id): (PeerId, TransferId),
+    end: &Ending,
+) {
     let Some(failure) = &end.failure else { return };
     let (state, resumable) = match end.disposition {
         Disposition::StillOffered => (TransferState::Offered, true),
@@ -303,10 +306,7 @@ fn record_failure(svc: &Transfers, rowid: i64, (peer, id): (PeerId, TransferId),
         Disposition::Failed | Disposition::Done => (TransferState::Failed, false),
     };
     let reason = failure.reason().to_string();
-    let _ = svc
-        .ctx
-        .store
-        .set_transfer_state(rowid, state, Some(&reason), now_ms());
+    let _ = set_state(svc, rowid, state, Some(reason.clone())).await;
     emit(
         svc,
         TransferEvent::Failed {
