@@ -239,3 +239,172 @@ impl Sessions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    fn cfg() -> RelayConfig {
+        RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    fn peer(n: u8) -> PeerId {
+        PeerId::from_bytes([n; 32])
+    }
+
+    fn numbered(n: u64) -> PeerId {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&n.to_le_bytes());
+        PeerId::from_bytes(b)
+    }
+
+    fn session(
+        root: &CancellationToken,
+        n: u8,
+        presence: bool,
+    ) -> (Arc<Session>, mpsc::Receiver<ServerFrame>) {
+        let now = Instant::now();
+        Session::new(&cfg(), root, peer(n), format!("p{n}"), presence, None, now)
+    }
+
+    #[test]
+    fn joining_and_leaving_are_announced_to_the_other_presence_subscribers_only() {
+        let (root, m, mut t) = (
+            CancellationToken::new(),
+            Metrics::default(),
+            Sessions::default(),
+        );
+        let (a, mut a_rx) = session(&root, 1, true);
+        let (b, mut b_rx) = session(&root, 2, false);
+        t.register(&a, 10, &m).unwrap();
+        t.register(&b, 10, &m).unwrap();
+        assert!(matches!(a_rx.try_recv(), Ok(ServerFrame::Joined(p)) if p.id == peer(2)));
+        assert!(a_rx.try_recv().is_err(), "nobody hears of their own login");
+        assert!(b_rx.try_recv().is_err(), "b did not ask for presence");
+        assert_eq!(m.peers_online.load(Relaxed), 2);
+        assert_eq!(m.presence_events.load(Relaxed), 1);
+        assert!(t.by_tag(&b.tag).is_some_and(|s| s.id == peer(2)));
+        assert_eq!(t.snapshot().len(), 2);
+
+        t.unregister(&b, &m);
+        assert!(matches!(a_rx.try_recv(), Ok(ServerFrame::Left(id)) if id == peer(2)));
+        assert!(t.by_id(&peer(2)).is_none() && t.by_tag(&b.tag).is_none());
+        assert_eq!(m.peers_online.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_second_login_replaces_the_first_which_is_told_why() {
+        let (root, m, mut t) = (
+            CancellationToken::new(),
+            Metrics::default(),
+            Sessions::default(),
+        );
+        let (old, _old_rx) = session(&root, 1, false);
+        let (new, _new_rx) = session(&root, 1, false);
+        t.register(&old, 10, &m).unwrap();
+        t.register(&new, 10, &m).unwrap();
+        assert!(old.close.is_cancelled() && !new.close.is_cancelled());
+        let why = old.close_reason.lock().as_ref().map(|r| r.0);
+        assert_eq!(why, Some(RefuseReason::Replaced));
+        assert!(t.by_id(&peer(1)).is_some_and(|s| Arc::ptr_eq(s, &new)));
+        assert!(t.by_tag(&old.tag).is_none());
+        assert_eq!(m.closes(CloseCause::Replaced), 1);
+        // The replaced session ending later does not take its successor with it.
+        t.unregister(&old, &m);
+        assert!(t.by_id(&peer(1)).is_some_and(|s| Arc::ptr_eq(s, &new)));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_full_relay_refuses_newcomers_but_takes_a_returning_key() {
+        let (root, m, mut t) = (
+            CancellationToken::new(),
+            Metrics::default(),
+            Sessions::default(),
+        );
+        for n in [1, 2] {
+            t.register(&session(&root, n, false).0, 2, &m).unwrap();
+        }
+        let refused = t.register(&session(&root, 3, false).0, 2, &m);
+        assert!(matches!(
+            refused,
+            Err((RefuseReason::ServerFull, _, CloseCause::ServerFull))
+        ));
+        assert!(t.by_id(&peer(3)).is_none());
+        t.register(&session(&root, 1, false).0, 2, &m).unwrap();
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_subscriber_whose_queue_is_full_gets_a_snapshot_instead() {
+        let (root, m, mut t) = (
+            CancellationToken::new(),
+            Metrics::default(),
+            Sessions::default(),
+        );
+        let (a, _a_rx) = session(&root, 0, true);
+        t.register(&a, usize::MAX, &m).unwrap();
+        // Its first snapshot was sent: only incremental events from here on.
+        a.resync.store(false, Relaxed);
+        let mut keep = Vec::new();
+        for i in 0..=OUT_QUEUE {
+            let (s, rx) = Session::new(
+                &cfg(),
+                &root,
+                numbered(i as u64 + 1),
+                String::new(),
+                false,
+                None,
+                Instant::now(),
+            );
+            t.register(&s, usize::MAX, &m).unwrap();
+            keep.push((s, rx));
+        }
+        assert_eq!(m.presence_events.load(Relaxed), OUT_QUEUE as u64);
+        assert!(
+            a.resync.load(Relaxed),
+            "the event that did not fit asks for a resync"
+        );
+    }
+
+    #[test]
+    fn relayed_data_is_limited_per_session_on_the_callers_clock() {
+        let mut c = cfg();
+        c.packet_rate = 100.0;
+        let t0 = Instant::now();
+        let (s, _rx) = Session::new(
+            &c,
+            &CancellationToken::new(),
+            peer(1),
+            String::new(),
+            false,
+            None,
+            t0,
+        );
+        // A burst of a tenth of a second's worth plus 64 packets, then the rate.
+        let burst = (0..1000).take_while(|_| s.allow_data(t0, 1200)).count();
+        assert_eq!(burst, 74);
+        assert!(!s.allow_data(t0, 1200));
+        let later = t0 + Duration::from_millis(250);
+        let refilled = (0..1000).take_while(|_| s.allow_data(later, 1200)).count();
+        assert_eq!(refilled, 25);
+    }
+
+    #[test]
+    fn a_session_ends_with_its_first_reason_and_with_the_relay() {
+        let root = CancellationToken::new();
+        let (s, _rx) = session(&root, 1, false);
+        s.end(RefuseReason::RateLimited, "too fast");
+        s.end(RefuseReason::Protocol, "later");
+        let why = s.close_reason.lock().clone();
+        assert_eq!(why, Some((RefuseReason::RateLimited, "too fast".into())));
+        let (t, _rx) = session(&root, 2, false);
+        root.cancel();
+        assert!(
+            t.close.is_cancelled(),
+            "shutting the relay down ends every session"
+        );
+    }
+}

@@ -237,7 +237,12 @@ async fn send_inner(
         progress,
     )
     .await;
-    stop_tx.send_replace(true);
+    // A transfer that stopped resets its streams at once; a complete one lets each worker
+    // finish (the receiver has every file: a worker may only still be recording the hash of
+    // its last one, which a stop would lose from the summary).
+    if end.failure.is_some() {
+        stop_tx.send_replace(true);
+    }
     let _ = tokio::time::timeout(STOP_WAIT, async {
         while workers.join_next().await.is_some() {}
     })
