@@ -910,6 +910,140 @@ mod tests {
     }
 
     #[test]
+    fn call_events_in_text_and_json() {
+        use p2pcall_core::call::{CallStats, EndReason, Negotiated};
+        use p2pcall_proto::call::{
+            CallId, Codec, HangupReason, RejectReason, StreamDesc, StreamKind,
+        };
+        let (p, call) = (peer(4), CallId::from_bytes([0xab; 16]));
+        let id = "ab".repeat(16);
+        let desc = |id, kind, codec, active| StreamDesc {
+            id,
+            kind,
+            codec,
+            active,
+        };
+        let audio = desc(0, StreamKind::Audio, Codec::Opus, true);
+        let camera_off = desc(1, StreamKind::Camera, Codec::H264, false);
+        let streams = Negotiated {
+            send: vec![audio],
+            receive: vec![audio, camera_off],
+        };
+        let call_ev = |e: CallEvent| (call_text(&e), call_json(&e));
+
+        let (t, j) = call_ev(CallEvent::Incoming {
+            call,
+            peer: p,
+            name: Some("bob".into()),
+            audio: true,
+            video: false,
+        });
+        assert_eq!(j["event"], "call_incoming");
+        assert_eq!(j["call"], id);
+        assert_peer(&j["peer"], &p, Some("bob"));
+        assert_eq!(
+            (j["audio"].clone(), j["video"].clone()),
+            (json!(true), json!(false))
+        );
+        assert!(
+            t.starts_with("incoming call from bob (") && t.ends_with(" audio"),
+            "{t}"
+        );
+
+        let (t, j) = call_ev(CallEvent::Ringing { call });
+        assert_eq!(
+            (t.as_str(), &j["event"], &j["call"]),
+            ("ringing…", &json!("call_ringing"), &json!(id))
+        );
+
+        let (t, j) = call_ev(CallEvent::Started {
+            call,
+            peer: p,
+            streams: streams.clone(),
+        });
+        assert_eq!(j["event"], "call_started");
+        assert_peer(&j["peer"], &p, None);
+        assert_eq!(j["send"], json!(["audio"]));
+        assert_eq!(j["receive"], json!(["audio", "camera"]));
+        assert!(t.contains("sending audio, receiving audio + camera"), "{t}");
+
+        let (t, j) = call_ev(CallEvent::Updated { call, streams });
+        assert_eq!(j["event"], "call_updated");
+        assert_eq!(j["receive"][1], json!({"kind": "camera", "active": false}));
+        assert_eq!(t, "the peer now sends audio, camera (off)");
+
+        let (t, j) = call_ev(CallEvent::Warning {
+            call,
+            message: "the camera stopped".into(),
+        });
+        assert_eq!(
+            (t.as_str(), &j["message"]),
+            ("warning: the camera stopped", &json!("the camera stopped"))
+        );
+
+        let stats = CallStats {
+            elapsed_s: 12.5,
+            video_decoded: 300,
+            ..Default::default()
+        };
+        let (t, j) = call_ev(CallEvent::Stats(Box::new(stats.clone())));
+        assert_eq!(j["event"], "call_stats");
+        assert_eq!(j["elapsed_s"], 12.5);
+        assert!(!t.is_empty());
+
+        // Every end: a stable code for scripts, a sentence for people (no internal names).
+        let ends = [
+            (
+                EndReason::HungUp {
+                    remote: true,
+                    reason: HangupReason::Normal,
+                    detail: String::new(),
+                },
+                Some(stats),
+            ),
+            (
+                EndReason::Rejected {
+                    remote: true,
+                    reason: RejectReason::Busy,
+                },
+                None,
+            ),
+            (EndReason::Unreachable, None),
+            (EndReason::PeerVanished, None),
+            (EndReason::Protocol("bad frame".into()), None),
+        ];
+        let mut codes = Vec::new();
+        for (reason, stats) in ends {
+            let had_stats = stats.is_some();
+            let (t, j) = call_ev(CallEvent::Ended {
+                call,
+                peer: p,
+                reason: reason.clone(),
+                stats: stats.map(Box::new),
+            });
+            assert_eq!(j["event"], "call_ended");
+            assert_peer(&j["peer"], &p, None);
+            let (code, message) = describe_end(&reason);
+            assert_eq!(
+                (&j["reason"], &j["message"]),
+                (&json!(code), &json!(message))
+            );
+            assert_eq!(j["stats"].is_null(), !had_stats);
+            assert!(t.starts_with(&format!("call ended: {message}")), "{t}");
+            assert!(
+                !t.contains("HungUp") && !t.contains("Busy)") && !t.contains("Normal"),
+                "{t}"
+            );
+            if had_stats {
+                assert!(t.contains("12.5 s, 300 video frames decoded"), "{t}");
+            }
+            codes.push(code);
+        }
+        codes.dedup();
+        assert_eq!(codes.len(), 5, "each end has its own code: {codes:?}");
+    }
+
+    #[test]
     fn an_error_chain_names_each_cause_once() {
         let io = std::io::Error::from_raw_os_error(20);
         let e = anyhow::Error::new(io).context("cannot send /tmp/x/y");

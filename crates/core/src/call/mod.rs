@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use p2pcall_media::adapt::Ladder;
-use p2pcall_media::call::{Call, CallEvent as SmEvent, Negotiated};
+use p2pcall_media::call::{Call, CallEvent as SmEvent};
 use p2pcall_media::session::{Bitrates, MediaSession, SessionEvent};
 use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
@@ -34,7 +34,7 @@ pub use media::{
     AudioSource, IDLE_REFRESH, RenderStats, SCREEN_KBPS, SCREEN_MAX_SIZE, SCREEN_THREADS, Sinks,
     SpeakerChoice, VideoSource,
 };
-pub use p2pcall_media::call::EndReason;
+pub use p2pcall_media::call::{EndReason, Negotiated};
 pub use p2pcall_screen::Target as ScreenTarget;
 
 use crate::bulk::Gates;
