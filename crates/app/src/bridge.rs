@@ -580,8 +580,18 @@ async fn host_relay(s: &Settings) -> Result<p2pcall_relay::Relay, String> {
         })
 }
 
+/// Runs `f` on the store on a blocking thread (SQLite may be syncing a write; the runtime's
+/// workers never wait for it); `f` reports through `out`.
+fn with_store(engine: &EngineHandle, out: &Out, f: impl FnOnce(&Store, &Out) + Send + 'static) {
+    let (store, out) = (engine.store().clone(), out.clone());
+    tokio::task::spawn_blocking(move || f(&store, &out));
+}
+
 fn contacts(engine: &EngineHandle, out: &Out) {
-    let store = engine.store();
+    with_store(engine, out, emit_contacts);
+}
+
+fn emit_contacts(store: &Store, out: &Out) {
     let known = store
         .contacts()
         .map(|c| {
@@ -595,21 +605,23 @@ fn contacts(engine: &EngineHandle, out: &Out) {
 }
 
 fn history(engine: &EngineHandle, peer: PeerId, before: Option<i64>, out: &Out) {
-    match engine.store().history(&peer, before, PAGE + 1) {
-        Ok(mut m) => {
-            let more = m.len() > PAGE;
-            if more {
-                m.remove(0);
+    with_store(engine, out, move |store, out| {
+        match store.history(&peer, before, PAGE + 1) {
+            Ok(mut m) => {
+                let more = m.len() > PAGE;
+                if more {
+                    m.remove(0);
+                }
+                out.emit(AppEvent::History {
+                    peer,
+                    messages: m,
+                    older: before.is_some(),
+                    more,
+                });
             }
-            out.emit(AppEvent::History {
-                peer,
-                messages: m,
-                older: before.is_some(),
-                more,
-            });
+            Err(e) => out.emit(AppEvent::Error(format!("cannot read the history: {e}"))),
         }
-        Err(e) => out.emit(AppEvent::Error(format!("cannot read the history: {e}"))),
-    }
+    });
 }
 
 fn command(r: &Running, c: UiCmd, out: &Out) {
@@ -691,13 +703,15 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             name,
             verified,
         } => {
-            let now = p2pcall_store::now_ms();
-            match engine.store().set_verified(&peer, &name, verified, now) {
-                Ok(()) => contacts(&engine, out),
-                Err(e) => out.emit(AppEvent::Error(format!(
-                    "cannot save the verification: {e}"
-                ))),
-            }
+            with_store(&engine, out, move |store, out| {
+                let now = p2pcall_store::now_ms();
+                match store.set_verified(&peer, &name, verified, now) {
+                    Ok(()) => emit_contacts(store, out),
+                    Err(e) => out.emit(AppEvent::Error(format!(
+                        "cannot save the verification: {e}"
+                    ))),
+                }
+            });
         }
         UiCmd::ListScreens => {
             let out = out.clone();
@@ -929,21 +943,20 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
             out.emit(AppEvent::MessageState { peer, id, state });
         }
         EngineEvent::Transfer(t) => match t {
-            TransferEvent::Offered(o) => {
-                let verified = r.settings.auto_accept_verified == Some(true)
-                    && r.engine.store().contacts().is_ok_and(|c| {
+            TransferEvent::Offered(o) if r.settings.auto_accept_verified == Some(true) => {
+                let (engine, downloads) = (r.engine.clone(), r.downloads.clone());
+                with_store(&r.engine, out, move |store, out| {
+                    let verified = store.contacts().is_ok_and(|c| {
                         c.iter()
                             .any(|c| c.peer == o.peer && c.verified_ms.is_some())
                     });
-                if verified
-                    && r.engine
-                        .accept_offer(o.peer, o.id, r.downloads.clone())
-                        .is_ok()
-                {
-                    return; // progress events follow
-                }
-                out.emit(AppEvent::Offer(o));
+                    // Accepted: progress events follow. Otherwise the user decides.
+                    if !verified || engine.accept_offer(o.peer, o.id, downloads).is_err() {
+                        out.emit(AppEvent::Offer(o));
+                    }
+                });
             }
+            TransferEvent::Offered(o) => out.emit(AppEvent::Offer(o)),
             TransferEvent::Resumed(_) => {}
             TransferEvent::Progress(p) => out.emit(AppEvent::Progress(p)),
             TransferEvent::Finished(s) => out.emit(AppEvent::Finished(s)),

@@ -237,17 +237,7 @@ async fn send_inner(
         progress,
     )
     .await;
-    // A transfer that stopped resets its streams at once; a complete one lets each worker
-    // finish (the receiver has every file: a worker may only still be recording the hash of
-    // its last one, which a stop would lose from the summary).
-    if end.failure.is_some() {
-        stop_tx.send_replace(true);
-    }
-    let _ = tokio::time::timeout(STOP_WAIT, async {
-        while workers.join_next().await.is_some() {}
-    })
-    .await;
-    workers.abort_all();
+    end_workers(&mut workers, &stop_tx, end.failure.is_some()).await;
     // Tell the receiver why we stopped (an `Abort` the machine queued).
     while let Some(f) = ctl.poll_transmit() {
         let _ = ctl_stream.write_all(&encode(&f)).await;
@@ -275,6 +265,24 @@ async fn send_inner(
     };
     emit(svc, TransferEvent::Finished(s.clone()));
     Ok(s)
+}
+
+/// Ends the data workers. A transfer that stopped resets their streams at once; a complete
+/// one lets each finish (the receiver has every file: a worker may only still be recording
+/// the hash of its last one, which a stop would lose from the summary).
+async fn end_workers(
+    workers: &mut tokio::task::JoinSet<Result<(), EngineError>>,
+    stop: &watch::Sender<bool>,
+    stopped: bool,
+) {
+    if stopped {
+        stop.send_replace(true);
+    }
+    let _ = tokio::time::timeout(STOP_WAIT, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    workers.abort_all();
 }
 
 /// Opens the transfer's control stream and sends the offer the machine queued.
