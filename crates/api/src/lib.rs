@@ -1,0 +1,246 @@
+//! The local API between a p2pcall engine (the daemon, or a long-running command) and its
+//! clients (the CLI, the desktop app).
+//!
+//! JSON-RPC 2.0, one JSON object per line, over a Unix socket
+//! ([0079](../../../docs/decisions/0079-local-api-json-rpc-over-a-unix-socket.md)). This crate
+//! is sans-IO: the messages ([`Request`], [`Answer`], [`RpcError`], [`Event`]), their one
+//! wire form ([`Frame::encode`], [`Frame::decode`]), and a line splitter ([`Lines`]) that
+//! bounds what the other side may make us buffer. Whatever arrives may be hostile: decoding
+//! never panics and reports what is wrong.
+//!
+//! ```text
+//! -> {"jsonrpc":"2.0","id":1,"method":"hello","params":{"version":1,"client":"cli"}}
+//! <- {"jsonrpc":"2.0","id":1,"result":{"kind":"hello","version":1,"pid":4242,...}}
+//! -> {"jsonrpc":"2.0","id":2,"method":"send_message","params":{"peer":"bob","text":"hi"}}
+//! <- {"jsonrpc":"2.0","id":2,"error":{"code":-32000,"message":"...","data":{"kind":"peer_not_found"}}}
+//! <- {"jsonrpc":"2.0","method":"event","params":{"kind":"message_received",...}}
+//! ```
+#![forbid(unsafe_code)]
+
+mod lines;
+mod wire;
+
+pub use lines::Lines;
+pub use wire::Frame;
+
+use serde::{Deserialize, Serialize};
+
+/// The API version; a client and an engine of different versions refuse each other at
+/// [`Request::Hello`].
+pub const VERSION: u32 = 1;
+/// Longest line either side accepts (a history page of long messages fits easily).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case")]
+pub enum Request {
+    /// The first request of every connection.
+    Hello {
+        /// The client's [`VERSION`].
+        version: u32,
+        /// What the client is (`cli`, `app`), for the engine's log.
+        client: String,
+    },
+    /// Who the engine is and how it is connected.
+    Status,
+    /// The peers online, after waiting up to `wait_ms` for the first presence list.
+    Peers {
+        /// How long to wait for presence, milliseconds.
+        wait_ms: u64,
+    },
+    /// Stores a chat message and delivers it now or when the peer is reachable.
+    SendMessage {
+        /// A peer as a user names it: full id, fingerprint prefix or display name.
+        peer: String,
+        /// The message.
+        text: String,
+    },
+    /// A page of the conversation with `peer`, oldest first, before message `before`.
+    History {
+        /// The peer, as in [`Request::SendMessage`].
+        peer: String,
+        /// Only messages numbered below this.
+        before: Option<i64>,
+        /// At most this many.
+        limit: u32,
+    },
+    /// Marks the conversation with `peer` read (receipts go out).
+    MarkRead {
+        /// The peer, as in [`Request::SendMessage`].
+        peer: String,
+    },
+    /// Sends the engine's [`Event`]s from now on, until the connection closes.
+    Subscribe,
+}
+
+/// What the engine answers to a request (the variant matches the request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Answer {
+    /// To [`Request::Hello`].
+    Hello {
+        /// The engine's [`VERSION`].
+        version: u32,
+        /// The engine's process.
+        pid: u32,
+    },
+    /// To [`Request::Status`].
+    Status(Status),
+    /// To [`Request::Peers`].
+    Peers {
+        /// Online, sorted by name.
+        peers: Vec<Peer>,
+    },
+    /// To [`Request::SendMessage`]: the message as it stands after the delivery attempt.
+    Message(Message),
+    /// To [`Request::History`].
+    History {
+        /// Oldest first.
+        messages: Vec<Message>,
+    },
+    /// To [`Request::MarkRead`]: how many messages became read.
+    Count {
+        /// The number.
+        n: u64,
+    },
+    /// To [`Request::Subscribe`]: events follow.
+    Subscribed,
+}
+
+/// The engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Our peer id, 64 hex digits.
+    pub id: String,
+    /// Our display name.
+    pub name: String,
+    /// The relay session's transport (`udp`, `tcp`), `None` while not connected or on a LAN.
+    pub relay: Option<String>,
+    /// LAN-only mode.
+    pub lan: bool,
+    /// The data dir the engine serves.
+    pub data_dir: String,
+    /// The engine's process.
+    pub pid: u32,
+}
+
+/// A peer online.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// 64 hex digits.
+    pub id: String,
+    /// Its display name (a hint).
+    pub name: String,
+    /// Online since, Unix milliseconds.
+    pub online_since_ms: u64,
+}
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Its number in the local history.
+    pub n: i64,
+    /// The other side, 64 hex digits.
+    pub peer: String,
+    /// We sent it.
+    pub outgoing: bool,
+    /// Its id, 32 hex digits.
+    pub id: String,
+    /// The sender's sequence number.
+    pub seq: u64,
+    /// When it was written, Unix milliseconds.
+    pub sent_ms: u64,
+    /// When it arrived here (incoming only).
+    pub received_ms: Option<u64>,
+    /// The text.
+    pub text: String,
+    /// `queued`, `sent`, `delivered`, `read` or `received`.
+    pub state: String,
+}
+
+/// What the engine reports to subscribers, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A message arrived (already stored).
+    MessageReceived(Message),
+    /// One of our messages changed state.
+    MessageState {
+        /// The conversation, 64 hex digits.
+        peer: String,
+        /// The message, 32 hex digits.
+        id: String,
+        /// Its new state.
+        state: String,
+    },
+    /// A peer came online or changed its name.
+    PeerOnline(Peer),
+    /// A peer went offline.
+    PeerOffline {
+        /// 64 hex digits.
+        id: String,
+    },
+    /// The subscriber fell behind: this many events were dropped, the rest follow.
+    Lagged {
+        /// How many.
+        dropped: u64,
+    },
+}
+
+/// Why a request failed: a sentence for people and a kind for programs (the CLI's exit
+/// code follows the kind).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    /// What went wrong, saying what to do.
+    pub message: String,
+    /// Its kind.
+    pub kind: ErrorKind,
+}
+
+/// Kinds of [`RpcError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request does not parse or names no method.
+    BadRequest,
+    /// Client and engine speak different [`VERSION`]s.
+    Version,
+    /// No peer matches the name given.
+    PeerNotFound,
+    /// Several peers match.
+    Ambiguous,
+    /// The relay reports the peer offline.
+    PeerOffline,
+    /// The presence list did not arrive in time.
+    NoPresence,
+    /// Something did not answer in time.
+    Timeout,
+    /// Anything else.
+    Failure,
+}
+
+impl RpcError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            kind,
+        }
+    }
+}
+
+/// A line that is not one of our messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// A line longer than [`MAX_LINE`].
+    #[error("a line of more than {MAX_LINE} bytes")]
+    LineTooLong,
+    /// Not JSON, or not a JSON-RPC 2.0 message of this API.
+    #[error("not a message of the p2pcall API: {0}")]
+    Malformed(String),
+}
+
+#[cfg(test)]
+mod tests;

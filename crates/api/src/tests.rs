@@ -1,0 +1,253 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn text() -> impl Strategy<Value = String> {
+    "\\PC{0,40}"
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    (
+        any::<i64>(),
+        text(),
+        any::<bool>(),
+        text(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<Option<u64>>(),
+        text(),
+        text(),
+    )
+        .prop_map(
+            |(n, peer, outgoing, id, seq, sent_ms, received_ms, text, state)| Message {
+                n,
+                peer,
+                outgoing,
+                id,
+                seq,
+                sent_ms,
+                received_ms,
+                text,
+                state,
+            },
+        )
+}
+
+fn peer() -> impl Strategy<Value = Peer> {
+    (text(), text(), any::<u64>()).prop_map(|(id, name, online_since_ms)| Peer {
+        id,
+        name,
+        online_since_ms,
+    })
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (any::<u32>(), text()).prop_map(|(version, client)| Request::Hello { version, client }),
+        Just(Request::Status),
+        any::<u64>().prop_map(|wait_ms| Request::Peers { wait_ms }),
+        (text(), text()).prop_map(|(peer, text)| Request::SendMessage { peer, text }),
+        (text(), any::<Option<i64>>(), any::<u32>()).prop_map(|(peer, before, limit)| {
+            Request::History {
+                peer,
+                before,
+                limit,
+            }
+        }),
+        text().prop_map(|peer| Request::MarkRead { peer }),
+        Just(Request::Subscribe),
+    ]
+}
+
+fn answer() -> impl Strategy<Value = Answer> {
+    prop_oneof![
+        (any::<u32>(), any::<u32>()).prop_map(|(version, pid)| Answer::Hello { version, pid }),
+        (
+            text(),
+            text(),
+            proptest::option::of(text()),
+            any::<bool>(),
+            text(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(id, name, relay, lan, data_dir, pid)| Answer::Status(Status {
+                    id,
+                    name,
+                    relay,
+                    lan,
+                    data_dir,
+                    pid
+                })
+            ),
+        proptest::collection::vec(peer(), 0..4).prop_map(|peers| Answer::Peers { peers }),
+        message().prop_map(Answer::Message),
+        proptest::collection::vec(message(), 0..4)
+            .prop_map(|messages| Answer::History { messages }),
+        any::<u64>().prop_map(|n| Answer::Count { n }),
+        Just(Answer::Subscribed),
+    ]
+}
+
+fn error() -> impl Strategy<Value = RpcError> {
+    let kinds = [
+        ErrorKind::BadRequest,
+        ErrorKind::Version,
+        ErrorKind::PeerNotFound,
+        ErrorKind::Ambiguous,
+        ErrorKind::PeerOffline,
+        ErrorKind::NoPresence,
+        ErrorKind::Timeout,
+        ErrorKind::Failure,
+    ];
+    (proptest::sample::select(kinds.to_vec()), text()).prop_map(|(kind, m)| RpcError::new(kind, m))
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        message().prop_map(Event::MessageReceived),
+        (text(), text(), text()).prop_map(|(peer, id, state)| Event::MessageState {
+            peer,
+            id,
+            state
+        }),
+        peer().prop_map(Event::PeerOnline),
+        text().prop_map(|id| Event::PeerOffline { id }),
+        any::<u64>().prop_map(|dropped| Event::Lagged { dropped }),
+    ]
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (any::<u64>(), request()).prop_map(|(id, request)| Frame::Request { id, request }),
+        (any::<u64>(), answer()).prop_map(|(id, a)| Frame::Reply { id, result: Ok(a) }),
+        (any::<u64>(), error()).prop_map(|(id, e)| Frame::Reply { id, result: Err(e) }),
+        event().prop_map(Frame::Event),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_frame_round_trips_as_one_line(f in frame()) {
+        let bytes = f.encode();
+        prop_assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1);
+        prop_assert_eq!(bytes.last(), Some(&b'\n'));
+        prop_assert_eq!(Frame::decode(&bytes[..bytes.len() - 1]).unwrap(), f);
+    }
+
+    #[test]
+    fn frames_split_anywhere_come_out_whole(fs in proptest::collection::vec(frame(), 1..6), cut in any::<prop::sample::Index>()) {
+        let all: Vec<u8> = fs.iter().flat_map(Frame::encode).collect();
+        let at = cut.index(all.len());
+        let mut lines = Lines::default();
+        let mut got = Vec::new();
+        for part in [&all[..at], &all[at..]] {
+            lines.push(part);
+            while let Some(l) = lines.next_line().unwrap() {
+                got.push(Frame::decode(&l).unwrap());
+            }
+        }
+        prop_assert_eq!(got, fs);
+        prop_assert_eq!(lines.buffered(), 0);
+    }
+
+    #[test]
+    fn any_line_decodes_or_is_refused_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Frame::decode(&bytes);
+    }
+}
+
+#[test]
+fn the_wire_form_is_json_rpc_2() {
+    let req = Frame::Request {
+        id: 7,
+        request: Request::SendMessage {
+            peer: "bob".into(),
+            text: "hi".into(),
+        },
+    };
+    let v: serde_json::Value = serde_json::from_slice(&req.encode()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "send_message", "params": {"peer": "bob", "text": "hi"}})
+    );
+    // A method without parameters may leave them out, as JSON-RPC allows.
+    let status = br#"{"jsonrpc":"2.0","id":1,"method":"status"}"#;
+    assert_eq!(
+        Frame::decode(status).unwrap(),
+        Frame::Request {
+            id: 1,
+            request: Request::Status
+        }
+    );
+    let err = Frame::Reply {
+        id: 7,
+        result: Err(RpcError::new(ErrorKind::PeerOffline, "bob is offline")),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&err.encode()).unwrap();
+    assert_eq!(v["error"]["code"], -32000);
+    assert_eq!(v["error"]["data"]["kind"], "peer_offline");
+    // Another implementation's error without our kind is a plain failure.
+    let foreign =
+        br#"{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"Method not found"}}"#;
+    assert_eq!(
+        Frame::decode(foreign).unwrap(),
+        Frame::Reply {
+            id: 3,
+            result: Err(RpcError::new(ErrorKind::Failure, "Method not found"))
+        }
+    );
+}
+
+#[test]
+fn hostile_lines_are_refused_with_a_reason() {
+    let cases: [(&[u8], &str); 8] = [
+        (b"", "EOF"),
+        (b"[1,2]", "not a JSON object"),
+        (br#"{"id":1,"method":"status"}"#, "not JSON-RPC 2.0"),
+        (
+            br#"{"jsonrpc":"1.0","id":1,"method":"status"}"#,
+            "not JSON-RPC 2.0",
+        ),
+        (br#"{"jsonrpc":"2.0","method":"status"}"#, "without an id"),
+        (
+            br#"{"jsonrpc":"2.0","id":-1,"method":"status"}"#,
+            "id is not a number",
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":1,"method":"format_disk"}"#,
+            "unknown variant",
+        ),
+        (br#"{"jsonrpc":"2.0","id":1}"#, "neither a request"),
+    ];
+    for (line, why) in cases {
+        match Frame::decode(line) {
+            Err(ApiError::Malformed(m)) => assert!(m.contains(why), "{m:?} should say {why:?}"),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(line)),
+        }
+    }
+}
+
+#[test]
+fn a_line_too_long_is_refused_before_it_is_all_buffered() {
+    let mut lines = Lines::default();
+    let chunk = vec![b'x'; 64 << 10];
+    let mut pushed = 0;
+    let err = loop {
+        lines.push(&chunk);
+        pushed += chunk.len();
+        match lines.next_line() {
+            Ok(None) => continue,
+            Ok(Some(_)) => panic!("no newline was sent"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, ApiError::LineTooLong);
+    assert!(pushed <= MAX_LINE + chunk.len());
+    // A long line with its newline is refused too, not handed out.
+    let mut lines = Lines::default();
+    let mut long = vec![b'x'; MAX_LINE + 1];
+    long.push(b'\n');
+    lines.push(&long);
+    assert_eq!(lines.next_line(), Err(ApiError::LineTooLong));
+}
