@@ -93,7 +93,14 @@ pub enum Answer {
         peers: Vec<Peer>,
     },
     /// To [`Request::SendMessage`]: the message as it stands after the delivery attempt.
-    Message(Message),
+    Sent {
+        /// The message.
+        message: Message,
+        /// The name the engine knows the peer by.
+        name: String,
+        /// The relay reports the peer offline (the message waits for it).
+        offline: bool,
+    },
     /// To [`Request::History`].
     History {
         /// Oldest first.

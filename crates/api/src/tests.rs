@@ -81,7 +81,11 @@ fn answer() -> impl Strategy<Value = Answer> {
                 })
             ),
         proptest::collection::vec(peer(), 0..4).prop_map(|peers| Answer::Peers { peers }),
-        message().prop_map(Answer::Message),
+        (message(), text(), any::<bool>()).prop_map(|(message, name, offline)| Answer::Sent {
+            message,
+            name,
+            offline
+        }),
         proptest::collection::vec(message(), 0..4)
             .prop_map(|messages| Answer::History { messages }),
         any::<u64>().prop_map(|n| Answer::Count { n }),

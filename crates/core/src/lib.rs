@@ -26,6 +26,7 @@ pub mod engine;
 mod error;
 mod events;
 pub mod identity;
+pub mod lock;
 mod presence;
 mod services;
 pub mod settings;

@@ -149,6 +149,19 @@ impl MessageState {
         })
     }
 
+    /// The state named `s` (as [`MessageState::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Sent,
+            Self::Delivered,
+            Self::Read,
+            Self::Received,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+    }
+
     /// Lower-case name for output.
     pub fn as_str(self) -> &'static str {
         match self {

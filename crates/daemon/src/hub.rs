@@ -1,0 +1,113 @@
+//! Engine events to the API's subscribers: never waiting for one.
+
+use p2pcall_api::Event;
+use p2pcall_core::engine::EngineEvent;
+use parking_lot::Mutex;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+/// Events buffered per subscriber; past it, events are dropped and counted, and the
+/// subscriber is told how many ([`Event::Lagged`]).
+pub const SUBSCRIBER_QUEUE: usize = 1024;
+
+struct Subscriber {
+    tx: mpsc::Sender<Event>,
+    /// Events dropped since the last one delivered.
+    dropped: u64,
+}
+
+/// The subscribers of one engine.
+#[derive(Default)]
+pub struct Hub {
+    subs: Mutex<Vec<Subscriber>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("subscribers", &self.subs.lock().len())
+            .finish()
+    }
+}
+
+impl Hub {
+    /// Hands an engine event to every subscriber that can take it now (the front end that
+    /// owns the engine's event receiver calls this for each event, in order).
+    pub fn publish(&self, e: &EngineEvent) {
+        if let Some(ev) = crate::convert::event(e) {
+            self.send(ev);
+        }
+    }
+
+    fn send(&self, ev: Event) {
+        let mut subs = self.subs.lock();
+        subs.retain_mut(|s| {
+            if s.dropped > 0 {
+                let lagged = Event::Lagged { dropped: s.dropped };
+                match s.tx.try_send(lagged) {
+                    Ok(()) => s.dropped = 0,
+                    Err(TrySendError::Full(_)) => {
+                        s.dropped += 1;
+                        return true;
+                    }
+                    Err(TrySendError::Closed(_)) => return false,
+                }
+            }
+            match s.tx.try_send(ev.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    s.dropped += 1;
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    /// A new subscriber's receiver.
+    pub fn subscribe(&self) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        self.subs.lock().push(Subscriber { tx, dropped: 0 });
+        rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offline(n: u8) -> Event {
+        Event::PeerOffline { id: n.to_string() }
+    }
+
+    #[test]
+    fn a_subscriber_that_does_not_read_loses_events_and_is_told_how_many() {
+        let hub = Hub::default();
+        let mut slow = hub.subscribe();
+        let mut fast = hub.subscribe();
+        let total = SUBSCRIBER_QUEUE + 10;
+        for i in 0..total {
+            hub.send(offline((i % 250) as u8));
+            // The fast one keeps up.
+            while let Ok(e) = fast.try_recv() {
+                assert!(!matches!(e, Event::Lagged { .. }));
+            }
+        }
+        let mut got = 0;
+        while slow.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, SUBSCRIBER_QUEUE);
+        // The next event that fits is preceded by the count of those dropped.
+        hub.send(offline(1));
+        assert_eq!(slow.try_recv().ok(), Some(Event::Lagged { dropped: 10 }));
+        assert_eq!(slow.try_recv().ok(), Some(offline(1)));
+    }
+
+    #[test]
+    fn a_subscriber_that_went_away_is_forgotten() {
+        let hub = Hub::default();
+        drop(hub.subscribe());
+        hub.send(offline(1));
+        assert_eq!(hub.subs.lock().len(), 0);
+    }
+}

@@ -1,0 +1,326 @@
+//! The engine's side of the socket: one task per client, one per request in flight.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2pcall_api::{Answer, ErrorKind, Frame, Lines, Request, RpcError, VERSION};
+use p2pcall_core::engine::EngineHandle;
+use p2pcall_core::{PeerId, RelayTransport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::convert::{engine_error, message, peer};
+use crate::{DaemonError, Hub};
+
+/// Requests of one client answered at once; more are refused until one finishes.
+const MAX_IN_FLIGHT: usize = 16;
+/// Replies and events queued toward one client.
+const OUT_QUEUE: usize = 256;
+/// A reply that a client does not take within this is dropped (with the client).
+const REPLY_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait a `peers` request may ask for.
+const MAX_PRESENCE_WAIT: Duration = Duration::from_secs(60);
+/// Most messages one history page holds.
+const MAX_PAGE: u32 = 1000;
+
+/// What the API serves.
+#[derive(Debug)]
+pub struct Served {
+    /// The engine.
+    pub engine: EngineHandle,
+    /// Its events, for subscribers (fed by whoever reads the engine's events).
+    pub hub: Arc<Hub>,
+    /// The data dir it runs on.
+    pub data_dir: PathBuf,
+    /// Our display name.
+    pub name: String,
+}
+
+/// The socket being served; dropping it stops serving and removes the socket.
+#[derive(Debug)]
+pub struct ApiServer {
+    path: PathBuf,
+    accept: JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Serves `served` at `path` (a stale socket there is replaced: whoever calls this holds
+    /// the data dir's engine lock).
+    pub fn start(path: PathBuf, served: Served) -> Result<Self, DaemonError> {
+        let bind = |source| DaemonError::Bind {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(bind)?;
+            if dir.file_name().is_some_and(|n| n == "p2pcall") {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(bind)?;
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(bind)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
+        let owner = std::fs::metadata(&path).map_err(bind)?.uid();
+        let accept = tokio::spawn(accept(listener, owner, Arc::new(served)));
+        Ok(Self { path, accept })
+    }
+
+    /// The socket.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn accept(listener: UnixListener, owner: u32, served: Arc<Served>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, for instance: try again shortly.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == owner => {
+                tokio::spawn(serve(served.clone(), stream));
+            }
+            Ok(c) => tracing::warn!(uid = c.uid(), "refused a local API client of another user"),
+            Err(e) => tracing::warn!("refused a local API client: {e}"),
+        }
+    }
+}
+
+/// Serves one client until it goes away or sends something that is not a line of ours.
+async fn serve(served: Arc<Served>, stream: UnixStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = out_rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut conn = Conn {
+        served,
+        out,
+        greeted: false,
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        events: None,
+    };
+    let mut lines = Lines::default();
+    let mut buf = vec![0u8; 64 << 10];
+    'read: loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        lines.push(&buf[..n]);
+        loop {
+            match lines.next_line() {
+                Ok(Some(line)) => {
+                    if conn.line(&line).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = conn
+                        .reply(0, Err(RpcError::new(ErrorKind::BadRequest, e.to_string())))
+                        .await;
+                    break 'read;
+                }
+            }
+        }
+    }
+    if let Some(t) = conn.events.take() {
+        t.abort();
+    }
+    drop(conn);
+    let _ = tokio::time::timeout(REPLY_WAIT, writer).await;
+}
+
+/// One client's state.
+struct Conn {
+    served: Arc<Served>,
+    out: mpsc::Sender<Vec<u8>>,
+    greeted: bool,
+    in_flight: Arc<Semaphore>,
+    /// Forwards the client's events once it subscribed.
+    events: Option<JoinHandle<()>>,
+}
+
+/// The client is to be dropped.
+struct Disconnect;
+
+impl Conn {
+    async fn reply(&self, id: u64, result: Result<Answer, RpcError>) -> Result<(), Disconnect> {
+        let b = Frame::Reply { id, result }.encode();
+        match tokio::time::timeout(REPLY_WAIT, self.out.send(b)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Disconnect),
+        }
+    }
+
+    async fn line(&mut self, line: &[u8]) -> Result<(), Disconnect> {
+        let (id, request) = match Frame::decode(line) {
+            Ok(Frame::Request { id, request }) => (id, request),
+            Ok(_) => {
+                let e = RpcError::new(
+                    ErrorKind::BadRequest,
+                    "only requests are sent to the engine",
+                );
+                return self.reply(0, Err(e)).await;
+            }
+            Err(e) => {
+                return self
+                    .reply(0, Err(RpcError::new(ErrorKind::BadRequest, e.to_string())))
+                    .await;
+            }
+        };
+        match request {
+            Request::Hello { version, client } => {
+                if self.greeted {
+                    let e = RpcError::new(ErrorKind::BadRequest, "hello was said already");
+                    return self.reply(id, Err(e)).await;
+                }
+                if version != VERSION {
+                    let e = RpcError::new(
+                        ErrorKind::Version,
+                        format!("this engine speaks API version {VERSION}, the client {version}"),
+                    );
+                    let _ = self.reply(id, Err(e)).await;
+                    return Err(Disconnect);
+                }
+                tracing::debug!(%client, "local API client");
+                self.greeted = true;
+                let pid = std::process::id();
+                self.reply(id, Ok(Answer::Hello { version, pid })).await
+            }
+            _ if !self.greeted => {
+                let e = RpcError::new(ErrorKind::BadRequest, "say hello first");
+                self.reply(id, Err(e)).await
+            }
+            Request::Subscribe => {
+                if self.events.is_none() {
+                    let mut rx = self.served.hub.subscribe();
+                    let out = self.out.clone();
+                    self.events = Some(tokio::spawn(async move {
+                        while let Some(ev) = rx.recv().await {
+                            if out.send(Frame::Event(ev).encode()).await.is_err() {
+                                break;
+                            }
+                        }
+                    }));
+                }
+                self.reply(id, Ok(Answer::Subscribed)).await
+            }
+            request => {
+                let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                    let e = RpcError::new(
+                        ErrorKind::Failure,
+                        format!("more than {MAX_IN_FLIGHT} requests at once: wait for answers"),
+                    );
+                    return self.reply(id, Err(e)).await;
+                };
+                let (served, out) = (self.served.clone(), self.out.clone());
+                tokio::spawn(async move {
+                    let result = answer(&served, request).await;
+                    let b = Frame::Reply { id, result }.encode();
+                    let _ = tokio::time::timeout(REPLY_WAIT, out.send(b)).await;
+                    drop(permit);
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Carries out one request on the engine.
+async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
+    let engine = &s.engine;
+    match request {
+        Request::Hello { .. } | Request::Subscribe => Err(RpcError::new(
+            ErrorKind::BadRequest,
+            "hello and subscribe are answered by the connection",
+        )),
+        Request::Status => {
+            let relay = engine.wait_relay(Duration::ZERO).await.ok().map(|t| {
+                match t {
+                    RelayTransport::Udp => "udp",
+                    RelayTransport::Tcp => "tcp",
+                }
+                .to_string()
+            });
+            Ok(Answer::Status(p2pcall_api::Status {
+                id: engine.id().to_hex(),
+                name: s.name.clone(),
+                relay,
+                lan: engine.endpoint().is_lan(),
+                data_dir: s.data_dir.display().to_string(),
+                pid: std::process::id(),
+            }))
+        }
+        Request::Peers { wait_ms } => {
+            let wait = Duration::from_millis(wait_ms).min(MAX_PRESENCE_WAIT);
+            let list = if engine.endpoint().is_lan() {
+                engine.online_peers()
+            } else {
+                engine
+                    .wait_presence(wait)
+                    .await
+                    .map_err(|e| engine_error(&e))?
+            };
+            Ok(Answer::Peers {
+                peers: list.iter().map(peer).collect(),
+            })
+        }
+        Request::SendMessage { peer: who, text } => {
+            let p = resolve(engine, &who)?;
+            let m = engine
+                .send_message(p, &text)
+                .await
+                .map_err(|e| engine_error(&e))?;
+            Ok(Answer::Sent {
+                message: message(&m),
+                name: engine.peer_name(&p),
+                offline: engine.peer_offline(&p),
+            })
+        }
+        Request::History {
+            peer: who,
+            before,
+            limit,
+        } => {
+            let p = resolve(engine, &who)?;
+            let store = engine.store().clone();
+            let limit = limit.min(MAX_PAGE) as usize;
+            let page = tokio::task::spawn_blocking(move || store.history(&p, before, limit))
+                .await
+                .map_err(|e| RpcError::new(ErrorKind::Failure, e.to_string()))?
+                .map_err(|e| engine_error(&e.into()))?;
+            Ok(Answer::History {
+                messages: page.iter().map(message).collect(),
+            })
+        }
+        Request::MarkRead { peer: who } => {
+            let p = resolve(engine, &who)?;
+            let n = engine.mark_read(p).await.map_err(|e| engine_error(&e))?;
+            Ok(Answer::Count { n: n as u64 })
+        }
+    }
+}
+
+fn resolve(engine: &EngineHandle, who: &str) -> Result<PeerId, RpcError> {
+    engine.resolve_peer(who).map_err(|e| engine_error(&e))
+}
