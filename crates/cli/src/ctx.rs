@@ -64,6 +64,7 @@ pub(crate) async fn start_engine_with(
     auto_deliver: bool,
 ) -> Result<(EngineHandle, tokio::sync::mpsc::Receiver<EngineEvent>)> {
     let ctx = load(cli)?;
+    hold_engine_lock(&ctx, cli)?;
     let (identity, _) = identity::load_or_create(&ctx.dirs.data)?;
     let name = display_name(cli, &ctx.settings);
     let mut cfg = match lan_config(cli, &ctx.settings) {
@@ -99,6 +100,60 @@ pub(crate) async fn start_engine_with(
         && !cli.no_port_mapping
         && ctx.settings.port_mapping.unwrap_or(true);
     Ok(Engine::start(cfg).await?)
+}
+
+/// This process's hold on its data dir (released when it exits).
+static ENGINE_LOCK: std::sync::OnceLock<p2pcall_core::lock::EngineLock> =
+    std::sync::OnceLock::new();
+
+/// One engine per identity: takes the data dir's engine lock for this process, or fails
+/// saying which process runs the engine there.
+fn hold_engine_lock(ctx: &Ctx, cli: &Cli) -> Result<()> {
+    if ENGINE_LOCK.get().is_some() {
+        return Ok(());
+    }
+    let what = format!("`p2pcall {}`", crate::command_name(cli));
+    let lock = p2pcall_core::lock::EngineLock::acquire(&ctx.dirs.data, &what)?;
+    let _ = ENGINE_LOCK.set(lock);
+    Ok(())
+}
+
+/// A connection to the engine already running on this data dir (`p2pcall daemon`, a
+/// `listen`, the app), if there is one: commands then ask it instead of starting their own.
+pub(crate) async fn engine_client(cli: &Cli) -> Result<Option<p2pcall_daemon::Client>> {
+    let dirs = Dirs::resolve(cli.data_dir.as_deref())?;
+    Ok(p2pcall_daemon::Client::connect(&dirs.data, "cli").await?)
+}
+
+/// Serves the local API for the engine this process runs, so that other commands (and the
+/// app) use it instead of starting their own. Feed the hub every engine event.
+pub(crate) fn serve_api(
+    cli: &Cli,
+    engine: &EngineHandle,
+) -> Result<(
+    p2pcall_daemon::ApiServer,
+    std::sync::Arc<p2pcall_daemon::Hub>,
+)> {
+    let ctx = load(cli)?;
+    let hub = std::sync::Arc::new(p2pcall_daemon::Hub::default());
+    let served = p2pcall_daemon::Served {
+        engine: engine.clone(),
+        hub: hub.clone(),
+        data_dir: ctx.dirs.data.clone(),
+        name: display_name(cli, &ctx.settings),
+    };
+    let server =
+        p2pcall_daemon::ApiServer::start(p2pcall_daemon::socket_path(&ctx.dirs.data), served)?;
+    Ok((server, hub))
+}
+
+/// The answer of the engine to `request`, or an error saying the engine answered something
+/// else.
+pub(crate) async fn ask(
+    client: &mut p2pcall_daemon::Client,
+    request: p2pcall_api::Request,
+) -> Result<p2pcall_api::Answer> {
+    Ok(client.call(request).await?)
 }
 
 /// LAN-only mode, if `--lan` or the settings ask for it (a `--relay` on the command line

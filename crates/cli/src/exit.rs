@@ -23,6 +23,8 @@ pub const DECLINED: u8 = 7;
 pub const INTERRUPTED: u8 = 8;
 /// No peer matches what was typed.
 pub const NO_SUCH_PEER: u8 = 9;
+/// The p2pcall daemon this command was using stopped.
+pub const DAEMON_STOPPED: u8 = 10;
 
 /// The list `--help` prints (a macro, so that it can be `concat!`ed into the help text).
 macro_rules! exit_codes_help {
@@ -38,7 +40,8 @@ macro_rules! exit_codes_help {
   7  the peer declined (a file offer, a call)
   8  interrupted (Ctrl-C, the peer stopped, the connection was lost): run the same
      command again to resume
-  9  no peer matches what was typed"
+  9  no peer matches what was typed
+ 10  the p2pcall daemon this command was using stopped"
     };
 }
 
@@ -95,6 +98,9 @@ pub fn code(e: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<EngineError>() {
             return engine_code(e);
         }
+        if let Some(e) = cause.downcast_ref::<p2pcall_daemon::DaemonError>() {
+            return daemon_code(e);
+        }
         if let Some(n) = cause.downcast_ref::<NetError>() {
             return net_code(n);
         }
@@ -114,6 +120,21 @@ fn engine_code(e: &EngineError) -> u8 {
         } => INTERRUPTED,
         EngineError::Stream(_) => INTERRUPTED,
         EngineError::Net(n) => net_code(n),
+        _ => FAILURE,
+    }
+}
+
+fn daemon_code(e: &p2pcall_daemon::DaemonError) -> u8 {
+    use p2pcall_api::ErrorKind as K;
+    use p2pcall_daemon::DaemonError as D;
+    match e {
+        D::Stopped | D::Io(_) => DAEMON_STOPPED,
+        D::Refused(r) => match r.kind {
+            K::PeerNotFound | K::Ambiguous => NO_SUCH_PEER,
+            K::PeerOffline => PEER_OFFLINE,
+            K::NoPresence | K::Timeout => TIMEOUT,
+            K::BadRequest | K::Version | K::Failure => FAILURE,
+        },
         _ => FAILURE,
     }
 }

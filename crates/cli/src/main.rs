@@ -109,6 +109,14 @@ enum Cmd {
     Peers,
     /// Stay online: accept connections, receive messages and files, print events until Ctrl-C
     Listen(ListenArgs),
+    /// Run this identity's engine in the foreground: other commands and the app use it
+    #[command(
+        after_help = "Other commands on the same data dir talk to it over the local API
+(docs/api.md) instead of starting an engine of their own; it delivers queued messages as soon
+as their peer is reachable. To keep it running: the systemd user unit p2pcall.service
+(README). Ctrl-C or SIGTERM stops it."
+    )]
+    Daemon,
     /// Open the end-to-end encrypted connection to a peer and measure RTT
     Ping(PingArgs),
     /// Send data to a peer on one stream and measure throughput; the peer verifies every byte
@@ -187,6 +195,29 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The command's name, for what other processes are told about the engine this one runs.
+pub(crate) fn command_name(cli: &Cli) -> &'static str {
+    match &cli.cmd {
+        None | Some(Cmd::App) => "app",
+        Some(Cmd::Relay(_)) => "relay",
+        Some(Cmd::Id) => "id",
+        Some(Cmd::Name(_)) => "name",
+        Some(Cmd::Peers) => "peers",
+        Some(Cmd::Listen(_)) => "listen",
+        Some(Cmd::Daemon) => "daemon",
+        Some(Cmd::Ping(_)) => "ping",
+        Some(Cmd::Speedtest(_)) => "speedtest",
+        Some(Cmd::Demo(_)) => "demo",
+        Some(Cmd::Netcheck) => "netcheck",
+        Some(Cmd::Chat(_)) => "chat",
+        Some(Cmd::History(_)) => "history",
+        Some(Cmd::Send(_)) => "send",
+        Some(Cmd::Transfers(_)) => "transfers",
+        Some(Cmd::Call(_)) => "call",
+        Some(Cmd::Devices) => "devices",
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let Some(cmd) = &cli.cmd else {
         bail!("the desktop app runs on the main thread, not here");
@@ -199,6 +230,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Name(a) => cmd::name::name(&cli, a),
         Cmd::Peers => cmd::peers::peers(&cli).await,
         Cmd::Listen(a) => cmd::listen::listen(&cli, a).await,
+        Cmd::Daemon => cmd::daemon::daemon(&cli).await,
         Cmd::Chat(a) => cmd::chat::chat(&cli, a).await,
         Cmd::History(a) => cmd::history::history(&cli, a).await,
         Cmd::Send(a) => cmd::send::send(&cli, a).await,

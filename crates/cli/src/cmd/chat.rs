@@ -1,8 +1,9 @@
 //! `p2pcall chat`.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
-use p2pcall_core::MessageState;
+use p2pcall_api::{Answer, Request};
+use p2pcall_core::{Message, MessageState};
 
 use crate::Cli;
 use crate::ctx::*;
@@ -48,6 +49,24 @@ fn message_text(words: &[String]) -> Result<String> {
 
 pub(crate) async fn chat(cli: &Cli, a: &ChatArgs) -> Result<()> {
     let text = message_text(&a.text)?;
+    if let Some(mut c) = engine_client(cli).await? {
+        let request = Request::SendMessage {
+            peer: a.peer.clone(),
+            text,
+        };
+        let Answer::Sent {
+            message,
+            name,
+            offline,
+        } = ask(&mut c, request).await?
+        else {
+            bail!("the p2pcall daemon answered something else than the message sent");
+        };
+        let m = p2pcall_daemon::message_from_api(&message)
+            .context("the p2pcall daemon sent an unreadable message")?;
+        report(cli, &m, &name, offline);
+        return Ok(());
+    }
     let (engine, mut events) = start_engine(cli, true).await?;
     let online = match wait_online(&engine, &mut events).await {
         Ok(_) => engine.wait_presence(RELAY_WAIT).await.is_ok(),
@@ -62,27 +81,27 @@ pub(crate) async fn chat(cli: &Cli, a: &ChatArgs) -> Result<()> {
         resolve_known(engine.store(), &a.peer)?
     };
     let m = engine.send_message(peer, &text).await?;
-    if cli.json {
-        outln!("{}", message_json(&m));
-    } else {
-        match m.state {
-            MessageState::Queued | MessageState::Sent => {
-                let name = engine.peer_name(&peer);
-                if engine.peer_offline(&peer) || !online {
-                    outln!(
-                        "queued: {name} is offline; it is delivered when {name} is online (keep `p2pcall listen` running)"
-                    );
-                } else {
-                    outln!(
-                        "queued: {name} is not reachable now; it is delivered when you are both online (keep `p2pcall listen` running)"
-                    );
-                }
-            }
-            s => outln!("{} to {}", s.as_str(), peer.fingerprint()),
-        }
-    }
+    let offline = engine.peer_offline(&peer) || !online;
+    report(cli, &m, &engine.peer_name(&peer), offline);
     engine.shutdown().await;
     Ok(())
+}
+
+/// What became of the message: its state, or why it waits.
+fn report(cli: &Cli, m: &Message, name: &str, offline: bool) {
+    if cli.json {
+        outln!("{}", message_json(m));
+        return;
+    }
+    match m.state {
+        MessageState::Queued | MessageState::Sent if offline => outln!(
+            "queued: {name} is offline; it is delivered when {name} is online (keep `p2pcall daemon` or `p2pcall listen` running)"
+        ),
+        MessageState::Queued | MessageState::Sent => outln!(
+            "queued: {name} is not reachable now; it is delivered when you are both online (keep `p2pcall daemon` or `p2pcall listen` running)"
+        ),
+        s => outln!("{} to {}", s.as_str(), m.peer.fingerprint()),
+    }
 }
 
 #[cfg(test)]

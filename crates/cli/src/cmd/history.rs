@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use p2pcall_api::Request;
 use serde_json::json;
 
 use crate::Cli;
@@ -74,7 +75,18 @@ pub(crate) async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
             );
         }
     }
-    // Reading sends read receipts: now if the relay is reachable, else by the next `listen`.
+    // Reading sends read receipts: through the engine running on this data dir, or now if
+    // the relay is reachable, else by the next `listen`.
+    if let Some(mut c) = engine_client(cli).await? {
+        ask(
+            &mut c,
+            Request::MarkRead {
+                peer: peer.to_hex(),
+            },
+        )
+        .await?;
+        return Ok(());
+    }
     let reachable = cli.relay.is_some()
         || ctx.settings.relay.is_some()
         || lan_config(cli, &ctx.settings).is_some();

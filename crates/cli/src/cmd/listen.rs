@@ -45,6 +45,8 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
         })?;
     }
     let (engine, mut events) = start_engine_with(cli, true, true).await?;
+    // Other commands on this data dir use this engine meanwhile.
+    let (api, hub) = serve_api(cli, &engine)?;
     if !cli.json {
         outln!(
             "listening as {}{} (Ctrl-C to stop){}",
@@ -69,6 +71,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
             _ = shutdown_signal() => break,
             e = events.recv() => match e {
                 Some(e) => {
+                    hub.publish(&e);
                     if let EngineEvent::Transfer(TransferEvent::Progress(p)) = &e {
                         // At most one progress line per transfer and second.
                         let now = Instant::now();
@@ -126,6 +129,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
             },
         }
     }
+    drop(api);
     engine.shutdown().await;
     Ok(())
 }

@@ -1,0 +1,125 @@
+//! One engine per identity, through the real binary: with `p2pcall daemon` running, other
+//! commands on its data dir use it (the relay keeps one session for the key), a second
+//! engine is refused with who runs the first, and a listener that owns its engine serves
+//! the same commands.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn run(mut c: std::process::Command) -> (Vec<Value>, String, Option<i32>) {
+    let out = c.output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+#[test]
+fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rdir, adir, bdir) = (
+        tmp.path().join("r"),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+    );
+    let mut c = cmd(&rdir);
+    c.args(["--json", "relay", "--listen", "127.0.0.1:0"]);
+    let relay = Proc::spawn(c);
+    let udp = relay.expect("relay_started")["udp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let peer = |dir: &Path, name: &str| {
+        let mut c = cmd(dir);
+        c.args(["--json", "--relay", &udp, "--name", name]);
+        c
+    };
+
+    let mut c = peer(&adir, "alice");
+    c.arg("daemon");
+    let mut daemon = Proc::spawn(c);
+    let started = daemon.expect("daemon_started");
+    assert_eq!(started["pid"], daemon.child.id(), "{started}");
+    daemon.expect("relay_connected");
+
+    // Bob listens on his own engine, which serves his data dir the same way.
+    let mut c = peer(&bdir, "bob");
+    c.arg("listen");
+    let mut bob = Proc::spawn(c);
+    bob.expect("relay_connected");
+
+    // Alice's commands go through her daemon: no second login with her key.
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.arg("peers");
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    let list = out[0].as_array().unwrap();
+    assert!(list.iter().any(|p| p["name"] == "bob"), "{out:?}");
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["chat", "bob", "hello", "through", "the", "daemon"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["state"], "delivered", "{out:?}");
+    assert_eq!(bob.expect("message")["text"], "hello through the daemon");
+
+    // Bob's second terminal: its chat goes through bob's listener.
+    let (out, err, code) = run({
+        let mut c = peer(&bdir, "bob");
+        c.args(["chat", "alice", "and back"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["state"], "delivered", "{out:?}");
+
+    // An engine of its own on alice's data dir is refused, naming the daemon.
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["ping", "bob", "--count", "1"]);
+        c
+    });
+    assert_eq!(code, Some(1), "{err}");
+    let why = out[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!("`p2pcall daemon`, pid {}", daemon.child.id())),
+        "{out:?}"
+    );
+
+    // Nobody's session was replaced meanwhile: both are still online, the daemon answers.
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.arg("peers");
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "bob")
+    );
+    assert!(daemon.term().success());
+    assert!(bob.term().success());
+
+    // The daemon gone, commands run their own engine again.
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["chat", "bob", "queued now"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["state"], "queued", "{out:?}");
+}
