@@ -181,10 +181,12 @@ pub enum Event {
         /// Its new state.
         state: String,
     },
-    /// A peer came online or changed its name.
-    PeerOnline(Peer),
+    /// A peer came online.
+    PeerJoined(Peer),
+    /// A peer online changed its name.
+    PeerUpdated(Peer),
     /// A peer went offline.
-    PeerOffline {
+    PeerLeft {
         /// 64 hex digits.
         id: String,
     },

@@ -115,8 +115,9 @@ fn event() -> impl Strategy<Value = Event> {
             id,
             state
         }),
-        peer().prop_map(Event::PeerOnline),
-        text().prop_map(|id| Event::PeerOffline { id }),
+        peer().prop_map(Event::PeerJoined),
+        peer().prop_map(Event::PeerUpdated),
+        text().prop_map(|id| Event::PeerLeft { id }),
         any::<u64>().prop_map(|dropped| Event::Lagged { dropped }),
     ]
 }

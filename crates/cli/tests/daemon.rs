@@ -57,6 +57,11 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     let mut bob = Proc::spawn(c);
     bob.expect("relay_connected");
 
+    // A second terminal of alice's follows her daemon's events.
+    let mut c = peer(&adir, "alice");
+    c.arg("listen");
+    let mut follower = Proc::spawn(c);
+
     // Alice's commands go through her daemon: no second login with her key.
     let (out, err, code) = run({
         let mut c = peer(&adir, "alice");
@@ -83,6 +88,11 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     });
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out[0]["state"], "delivered", "{out:?}");
+    let got = follower.expect("message");
+    assert_eq!(
+        (got["text"].clone(), got["outgoing"].clone()),
+        ("and back".into(), false.into())
+    );
 
     // An engine of its own on alice's data dir is refused, naming the daemon.
     let (out, err, code) = run({
@@ -111,7 +121,19 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
             .iter()
             .any(|p| p["name"] == "bob")
     );
-    assert!(daemon.term().success());
+    // The daemon killed: the attached listener says so, with its own exit code.
+    daemon.child.kill().unwrap();
+    let _ = daemon.child.wait();
+    let stopped = follower.expect("error");
+    assert_eq!(stopped["exit_code"], 10, "{stopped}");
+    assert!(
+        stopped["error"]
+            .as_str()
+            .unwrap()
+            .contains("daemon stopped"),
+        "{stopped}"
+    );
+    assert_eq!(follower.child.wait().unwrap().code(), Some(10));
     assert!(bob.term().success());
 
     // The daemon gone, commands run their own engine again.

@@ -64,13 +64,37 @@ pub(crate) fn event(e: &EngineEvent) -> Option<api::Event> {
             id: id.to_string(),
             state: state.as_str().into(),
         },
-        EngineEvent::Net(Event::Presence(PresenceEvent::Joined(p) | PresenceEvent::Updated(p))) => {
-            api::Event::PeerOnline(peer(p))
+        EngineEvent::Net(Event::Presence(PresenceEvent::Joined(p))) => {
+            api::Event::PeerJoined(peer(p))
+        }
+        EngineEvent::Net(Event::Presence(PresenceEvent::Updated(p))) => {
+            api::Event::PeerUpdated(peer(p))
         }
         EngineEvent::Net(Event::Presence(PresenceEvent::Left(id))) => {
-            api::Event::PeerOffline { id: id.to_hex() }
+            api::Event::PeerLeft { id: id.to_hex() }
         }
         _ => return None,
+    })
+}
+
+/// The engine event an API event stands for (`None` for [`api::Event::Lagged`], or for
+/// anything unreadable), so that a client prints what the engine's own front end would.
+pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
+    use p2pcall_core::chat::ChatEvent;
+    let presence = |p| EngineEvent::Net(Event::Presence(p));
+    Some(match e {
+        api::Event::MessageReceived(m) => {
+            EngineEvent::Chat(ChatEvent::Received(message_from_api(m)?))
+        }
+        api::Event::MessageState { peer, id, state } => EngineEvent::Chat(ChatEvent::State {
+            peer: peer.parse().ok()?,
+            id: id.parse().ok()?,
+            state: MessageState::parse(state)?,
+        }),
+        api::Event::PeerJoined(p) => presence(PresenceEvent::Joined(peer_from_api(p)?)),
+        api::Event::PeerUpdated(p) => presence(PresenceEvent::Updated(peer_from_api(p)?)),
+        api::Event::PeerLeft { id } => presence(PresenceEvent::Left(id.parse().ok()?)),
+        api::Event::Lagged { .. } => return None,
     })
 }
 

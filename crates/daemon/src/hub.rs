@@ -76,7 +76,7 @@ mod tests {
     use super::*;
 
     fn offline(n: u8) -> Event {
-        Event::PeerOffline { id: n.to_string() }
+        Event::PeerLeft { id: n.to_string() }
     }
 
     #[test]

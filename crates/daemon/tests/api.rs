@@ -202,12 +202,10 @@ async fn garbage_gets_an_error_reply_and_a_huge_line_ends_only_that_client() {
     }
     let v = answer_line(&mut r2).await;
     assert_eq!(v["error"]["data"]["kind"], "bad_request", "{v}");
+    // Then the connection closes (reset, as the engine leaves our junk unread).
     let mut rest = String::new();
-    assert_eq!(
-        r2.read_line(&mut rest).await.unwrap(),
-        0,
-        "then the connection closes"
-    );
+    let end = r2.read_line(&mut rest).await;
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?} {rest:?}");
 
     // The first client is still served.
     w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"status\"}\n")

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use p2pcall_api::{Answer, Request};
 use p2pcall_core::engine::EngineEvent;
 use p2pcall_core::transfer::TransferEvent;
 use p2pcall_net::Event;
@@ -33,6 +34,9 @@ pub(crate) struct ListenArgs {
 }
 
 pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
+    if let Some(c) = engine_client(cli).await? {
+        return attached(cli, a, c).await;
+    }
     if a.answer {
         a.media.options().check()?;
     }
@@ -132,4 +136,42 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
     drop(api);
     engine.shutdown().await;
     Ok(())
+}
+
+/// `listen` while another process (`p2pcall daemon`) runs this data dir's engine: prints
+/// that engine's events until Ctrl-C, or until the engine stops (exit code 10).
+async fn attached(cli: &Cli, a: &ListenArgs, mut c: p2pcall_daemon::Client) -> Result<()> {
+    if a.accept_files.is_some() || a.answer {
+        bail!(
+            "the p2pcall daemon (pid {}) runs this identity, and answering offers or calls through it is not possible yet: stop the daemon to use `listen --accept-files`/`--answer`, or run `listen` without them to follow its events",
+            c.pid()
+        );
+    }
+    let Answer::Status(status) = ask(&mut c, Request::Status).await? else {
+        bail!("the p2pcall daemon answered something else than its status");
+    };
+    ask(&mut c, Request::Subscribe).await?;
+    if !cli.json {
+        let me: p2pcall_core::PeerId = status.id.parse()?;
+        outln!(
+            "listening as {} through the p2pcall daemon (pid {}) (Ctrl-C to stop)",
+            me.fingerprint(),
+            status.pid
+        );
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => return Ok(()),
+            e = c.next_event() => match e? {
+                p2pcall_api::Event::Lagged { dropped } => {
+                    eprintln!("warning: {dropped} events were lost while this terminal was not reading");
+                }
+                e => {
+                    if let Some(e) = p2pcall_daemon::event_from_api(&e) {
+                        print_event(cli.json, &e);
+                    }
+                }
+            },
+        }
+    }
 }
