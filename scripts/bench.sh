@@ -3,6 +3,7 @@
 # same run.
 #   scripts/bench.sh relay-forward    [--pairs N] [--secs S]
 #   scripts/bench.sh relay-capacity   [--peers N] [--subscribers S]
+#   scripts/bench.sh daemon           [--peers N] [--calls N] [--changes N]
 #   scripts/bench.sh p2p-throughput   [--mib N]
 #   scripts/bench.sh codec-speed      [--frames N]
 #   scripts/bench.sh file-transfer    [--large-mib N] [--small N] [--small-kib N] [--dir D]
@@ -41,6 +42,7 @@ fi
 if [ "${1:-all}" = all ]; then
   "$bench" relay-forward
   "$bench" relay-capacity
+  "$bench" daemon
   "$bench" p2p-throughput
   "$bench" file-transfer
   "$bench" codec-speed

@@ -26,7 +26,7 @@ const CHANGERS: usize = 10;
 /// The last name each changer takes.
 const FINAL: &str = "final-name";
 
-fn proc_field(pid: u32, key: &str) -> Option<u64> {
+pub(crate) fn proc_field(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with(key))?
@@ -37,14 +37,14 @@ fn proc_field(pid: u32, key: &str) -> Option<u64> {
 }
 
 /// utime + stime of a process, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = s.rsplit_once(')')?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-struct Kill(std::process::Child);
+pub(crate) struct Kill(pub(crate) std::process::Child);
 impl Drop for Kill {
     /// SIGTERM first (the relay shuts down gracefully; profilers write their output), then
     /// SIGKILL after 10 s.
@@ -64,7 +64,11 @@ impl Drop for Kill {
 }
 
 /// Starts the relay process (room for `peers`) and reads its UDP address.
-fn start_relay(relay_bin: &str, dir: &std::path::Path, peers: usize) -> Result<(Kill, SocketAddr)> {
+pub(crate) fn start_relay(
+    relay_bin: &str,
+    dir: &std::path::Path,
+    peers: usize,
+) -> Result<(Kill, SocketAddr)> {
     let mut child = Command::new(relay_bin)
         .args(["--json", "--data-dir"])
         .arg(dir)

@@ -9,12 +9,16 @@
 //! * `codec-speed`: H264 and Opus per frame on this machine, against the frame budget.
 //! * `file-transfer`: a 1 GiB folder tree (one large file, many small ones) through the
 //!   p2pcall engine against raw quinn moving as many bytes on one stream.
+//! * `daemon`: `peers` through a running `p2pcall daemon` (API round trip and the whole
+//!   command) against the same command on an engine of its own; presence events through the
+//!   daemon to an API subscriber against a raw relay subscriber; the daemon's idle CPU and RSS.
 //! * `screen`: 1080p screen sharing of scrolling text under Xvfb (capture → encode →
 //!   packetize → loopback UDP at 60 fps) and of an idle screen, against capture alone and
 //!   encode alone.
 
 mod capacity;
 mod codec;
+mod daemon;
 mod files;
 mod forward;
 mod screen;
@@ -57,6 +61,21 @@ enum Cmd {
         /// Give up registering after this many seconds
         #[arg(long, default_value_t = 120)]
         max_secs: u64,
+    },
+    /// The daemon's local API: latency of `peers` and of events, idle CPU, RSS
+    Daemon {
+        /// Peers online (relay sessions)
+        #[arg(long, default_value_t = 100)]
+        peers: usize,
+        /// API round trips measured
+        #[arg(long, default_value_t = 500)]
+        calls: usize,
+        /// Presence changes measured
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+        /// The p2pcall binary
+        #[arg(long, default_value = "target/release/p2pcall")]
+        bin: String,
     },
     /// Stream throughput over relay and direct paths vs. raw quinn
     P2pThroughput {
@@ -117,6 +136,12 @@ fn main() -> anyhow::Result<()> {
             relay_bin,
             max_secs,
         } => capacity::run(peers, subscribers, &relay_bin, max_secs),
+        Cmd::Daemon {
+            peers,
+            calls,
+            changes,
+            bin,
+        } => daemon::run(peers, calls, changes, &bin),
         Cmd::P2pThroughput { mib } => throughput::run(mib),
         Cmd::CodecSpeed { frames } => codec::run(frames),
         Cmd::FileTransfer {

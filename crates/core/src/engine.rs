@@ -205,14 +205,14 @@ async fn pump(s: Arc<Services>, sink: EventSink<EngineEvent>, mut net: mpsc::Rec
                 }
             }
             Event::Presence(PresenceEvent::Snapshot(ref peers)) => {
-                s.presence.observe(peers, true).await;
+                s.presence.observe(peers, true);
                 for p in peers {
                     s.peer_reachable(p.id);
                 }
                 EngineEvent::Net(e)
             }
             Event::Presence(PresenceEvent::Joined(ref p) | PresenceEvent::Updated(ref p)) => {
-                s.presence.observe(std::slice::from_ref(p), false).await;
+                s.presence.observe(std::slice::from_ref(p), false);
                 s.peer_reachable(p.id);
                 EngineEvent::Net(e)
             }
@@ -470,6 +470,7 @@ impl EngineHandle {
     /// session.
     pub async fn shutdown(&self) {
         self.interrupt_transfers().await;
+        self.s.presence.flush().await;
         self.s.ctx.close_all("shutting down");
         self.endpoint().close().await;
     }
