@@ -72,6 +72,21 @@ pub enum Request {
     },
     /// Sends the engine's [`Event`]s from now on, until the connection closes.
     Subscribe,
+    /// The file offers waiting for an answer.
+    Offers,
+    /// Accepts a waiting offer.
+    Accept {
+        /// The offer: its 32 hex digits, or a prefix only it starts with.
+        id: String,
+        /// The folder to receive into (created if missing); the engine's download folder
+        /// when `None`.
+        dir: Option<String>,
+    },
+    /// Declines a waiting offer (the sender is told).
+    Reject {
+        /// As in [`Request::Accept`].
+        id: String,
+    },
 }
 
 /// What the engine answers to a request (the variant matches the request).
@@ -113,6 +128,42 @@ pub enum Answer {
     },
     /// To [`Request::Subscribe`]: events follow.
     Subscribed,
+    /// To [`Request::Offers`].
+    Offers {
+        /// Oldest first.
+        offers: Vec<Offer>,
+    },
+    /// To [`Request::Accept`]: the transfer runs (its events follow to subscribers).
+    Accepted {
+        /// The offer's full id.
+        id: String,
+        /// Where the files go.
+        dir: String,
+    },
+    /// To [`Request::Reject`].
+    Rejected {
+        /// The offer's full id.
+        id: String,
+    },
+}
+
+/// A file offer waiting for an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The transfer, 32 hex digits.
+    pub id: String,
+    /// The sender, 64 hex digits.
+    pub peer: String,
+    /// The name the engine knows the sender by (in answers; `None` in events).
+    pub name: Option<String>,
+    /// Files offered.
+    pub files: u64,
+    /// Folders offered.
+    pub dirs: u64,
+    /// Sum of the file sizes, bytes.
+    pub total_bytes: u64,
+    /// The top-level names.
+    pub tops: Vec<String>,
 }
 
 /// The engine.
@@ -190,6 +241,8 @@ pub enum Event {
         /// 64 hex digits.
         id: String,
     },
+    /// A peer offers files: answer with [`Request::Accept`] or [`Request::Reject`].
+    OfferReceived(Offer),
     /// The subscriber fell behind: this many events were dropped, the rest follow.
     Lagged {
         /// How many.
@@ -226,6 +279,8 @@ pub enum ErrorKind {
     NoPresence,
     /// Something did not answer in time.
     Timeout,
+    /// No waiting offer has that id (or several start with it).
+    NoSuchOffer,
     /// Anything else.
     Failure,
 }

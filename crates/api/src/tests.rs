@@ -41,6 +41,27 @@ fn peer() -> impl Strategy<Value = Peer> {
     })
 }
 
+fn offer() -> impl Strategy<Value = Offer> {
+    (
+        text(),
+        text(),
+        proptest::option::of(text()),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(text(), 0..3),
+    )
+        .prop_map(|(id, peer, name, files, dirs, total_bytes, tops)| Offer {
+            id,
+            peer,
+            name,
+            files,
+            dirs,
+            total_bytes,
+            tops,
+        })
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (any::<u32>(), text()).prop_map(|(version, client)| Request::Hello { version, client }),
@@ -56,6 +77,9 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         text().prop_map(|peer| Request::MarkRead { peer }),
         Just(Request::Subscribe),
+        Just(Request::Offers),
+        (text(), proptest::option::of(text())).prop_map(|(id, dir)| Request::Accept { id, dir }),
+        text().prop_map(|id| Request::Reject { id }),
     ]
 }
 
@@ -90,6 +114,9 @@ fn answer() -> impl Strategy<Value = Answer> {
             .prop_map(|messages| Answer::History { messages }),
         any::<u64>().prop_map(|n| Answer::Count { n }),
         Just(Answer::Subscribed),
+        proptest::collection::vec(offer(), 0..3).prop_map(|offers| Answer::Offers { offers }),
+        (text(), text()).prop_map(|(id, dir)| Answer::Accepted { id, dir }),
+        text().prop_map(|id| Answer::Rejected { id }),
     ]
 }
 
@@ -102,6 +129,7 @@ fn error() -> impl Strategy<Value = RpcError> {
         ErrorKind::PeerOffline,
         ErrorKind::NoPresence,
         ErrorKind::Timeout,
+        ErrorKind::NoSuchOffer,
         ErrorKind::Failure,
     ];
     (proptest::sample::select(kinds.to_vec()), text()).prop_map(|(kind, m)| RpcError::new(kind, m))
@@ -118,6 +146,7 @@ fn event() -> impl Strategy<Value = Event> {
         peer().prop_map(Event::PeerJoined),
         peer().prop_map(Event::PeerUpdated),
         text().prop_map(|id| Event::PeerLeft { id }),
+        offer().prop_map(Event::OfferReceived),
         any::<u64>().prop_map(|dropped| Event::Lagged { dropped }),
     ]
 }

@@ -552,11 +552,7 @@ async fn try_start(
             }
         }
     });
-    let downloads = s.download_dir.clone().unwrap_or_else(|| {
-        std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join("Downloads"))
-            .unwrap_or_else(|| cfg.dirs.data.join("downloads"))
-    });
+    let downloads = s.downloads(&cfg.dirs);
     Ok(Running {
         engine,
         downloads,

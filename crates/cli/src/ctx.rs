@@ -141,6 +141,7 @@ pub(crate) fn serve_api(
         hub: hub.clone(),
         data_dir: ctx.dirs.data.clone(),
         name: display_name(cli, &ctx.settings),
+        downloads: ctx.settings.downloads(&ctx.dirs),
     };
     let server =
         p2pcall_daemon::ApiServer::start(p2pcall_daemon::socket_path(&ctx.dirs.data), served)?;

@@ -133,7 +133,7 @@ fn daemon_code(e: &p2pcall_daemon::DaemonError) -> u8 {
             K::PeerNotFound | K::Ambiguous => NO_SUCH_PEER,
             K::PeerOffline => PEER_OFFLINE,
             K::NoPresence | K::Timeout => TIMEOUT,
-            K::BadRequest | K::Version | K::Failure => FAILURE,
+            K::BadRequest | K::Version | K::NoSuchOffer | K::Failure => FAILURE,
         },
         _ => FAILURE,
     }

@@ -109,6 +109,12 @@ enum Cmd {
     Peers,
     /// Stay online: accept connections, receive messages and files, print events until Ctrl-C
     Listen(ListenArgs),
+    /// File offers waiting for an answer in the running daemon
+    Offers,
+    /// Accept a waiting file offer (the running daemon receives it)
+    Accept(cmd::offers::AnswerArgs),
+    /// Decline a waiting file offer (the sender is told)
+    Reject(cmd::offers::RejectArgs),
     /// Run this identity's engine in the foreground: other commands and the app use it
     #[command(
         after_help = "Other commands on the same data dir talk to it over the local API
@@ -205,6 +211,9 @@ pub(crate) fn command_name(cli: &Cli) -> &'static str {
         Some(Cmd::Peers) => "peers",
         Some(Cmd::Listen(_)) => "listen",
         Some(Cmd::Daemon) => "daemon",
+        Some(Cmd::Offers) => "offers",
+        Some(Cmd::Accept(_)) => "accept",
+        Some(Cmd::Reject(_)) => "reject",
         Some(Cmd::Ping(_)) => "ping",
         Some(Cmd::Speedtest(_)) => "speedtest",
         Some(Cmd::Demo(_)) => "demo",
@@ -231,6 +240,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Peers => cmd::peers::peers(&cli).await,
         Cmd::Listen(a) => cmd::listen::listen(&cli, a).await,
         Cmd::Daemon => cmd::daemon::daemon(&cli).await,
+        Cmd::Offers => cmd::offers::offers(&cli).await,
+        Cmd::Accept(a) => cmd::offers::accept(&cli, a).await,
+        Cmd::Reject(a) => cmd::offers::reject(&cli, a).await,
         Cmd::Chat(a) => cmd::chat::chat(&cli, a).await,
         Cmd::History(a) => cmd::history::history(&cli, a).await,
         Cmd::Send(a) => cmd::send::send(&cli, a).await,

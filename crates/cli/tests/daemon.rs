@@ -94,6 +94,78 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
         ("and back".into(), false.into())
     );
 
+    // Offers wait in alice's daemon and are answered one at a time.
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, b"offered through a daemon").unwrap();
+    let cdir = tmp.path().join("c");
+    let send = |dir: &Path| {
+        let mut c = peer(dir, "carol");
+        c.args(["send", "alice"]).arg(&file);
+        Proc::spawn(c)
+    };
+    let mut first = send(&cdir);
+    let waiting = loop {
+        let (out, err, code) = run({
+            let mut c = peer(&adir, "alice");
+            c.arg("offers");
+            c
+        });
+        assert_eq!(code, Some(0), "{err}");
+        if let Some(o) = out[0].as_array().unwrap().first() {
+            break o.clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(waiting["peer"]["name"], "carol", "{waiting}");
+    assert_eq!(
+        waiting["tops"],
+        serde_json::json!(["notes.txt"]),
+        "{waiting}"
+    );
+    let id = waiting["id"].as_str().unwrap().to_string();
+    let inbox = tmp.path().join("inbox");
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["accept", &id[..8], "--to"]).arg(&inbox);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["id"], id.as_str(), "{out:?}");
+    assert_eq!(
+        first.child.wait().unwrap().code(),
+        Some(0),
+        "the send completes"
+    );
+    assert_eq!(
+        std::fs::read(inbox.join("notes.txt")).unwrap(),
+        b"offered through a daemon"
+    );
+    let mut second = send(&cdir);
+    let id = loop {
+        let (out, _, _) = run({
+            let mut c = peer(&adir, "alice");
+            c.arg("offers");
+            c
+        });
+        if let Some(o) = out[0].as_array().unwrap().first() {
+            break o["id"].as_str().unwrap().to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let (_, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["reject", &id]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(second.child.wait().unwrap().code(), Some(7), "declined");
+    let (_, _, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["accept", &id]);
+        c
+    });
+    assert_eq!(code, Some(1), "an offer answered already is gone");
+
     // An engine of its own on alice's data dir is refused, naming the daemon.
     let (out, err, code) = run({
         let mut c = peer(&adir, "alice");

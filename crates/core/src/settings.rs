@@ -57,6 +57,16 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Where accepted files go: `download_dir`, else `~/Downloads`, else `downloads` in the
+    /// data dir.
+    pub fn downloads(&self, dirs: &Dirs) -> PathBuf {
+        self.download_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join("Downloads"))
+                .unwrap_or_else(|| dirs.data.join("downloads"))
+        })
+    }
+
     /// How long abandoned partial files are kept (`None`: until removed by hand).
     pub fn partial_max_age(&self) -> Option<std::time::Duration> {
         match self.partial_max_age_days {

@@ -3,6 +3,7 @@
 use p2pcall_api as api;
 use p2pcall_api::{ErrorKind, RpcError};
 use p2pcall_core::engine::EngineEvent;
+use p2pcall_core::transfer::{OfferInfo, TransferEvent};
 use p2pcall_core::{EngineError, Message, MessageState, PeerId, PeerInfo};
 use p2pcall_net::{Event, NetError, PresenceEvent};
 
@@ -22,6 +23,19 @@ pub fn peer_from_api(p: &api::Peer) -> Option<PeerInfo> {
         name: p.name.clone(),
         online_since_ms: p.online_since_ms,
     })
+}
+
+/// An offer for the API.
+pub(crate) fn offer(o: &OfferInfo, name: Option<String>) -> api::Offer {
+    api::Offer {
+        id: o.id.to_string(),
+        peer: o.peer.to_hex(),
+        name,
+        files: o.files,
+        dirs: o.dirs,
+        total_bytes: o.total_bytes,
+        tops: o.tops.clone(),
+    }
 }
 
 /// A message for the API.
@@ -67,6 +81,9 @@ pub(crate) fn event(e: &EngineEvent) -> Option<api::Event> {
         EngineEvent::Net(Event::Presence(PresenceEvent::Joined(p))) => {
             api::Event::PeerJoined(peer(p))
         }
+        EngineEvent::Transfer(TransferEvent::Offered(o)) => {
+            api::Event::OfferReceived(offer(o, None))
+        }
         EngineEvent::Net(Event::Presence(PresenceEvent::Updated(p))) => {
             api::Event::PeerUpdated(peer(p))
         }
@@ -94,7 +111,7 @@ pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
         api::Event::PeerJoined(p) => presence(PresenceEvent::Joined(peer_from_api(p)?)),
         api::Event::PeerUpdated(p) => presence(PresenceEvent::Updated(peer_from_api(p)?)),
         api::Event::PeerLeft { id } => presence(PresenceEvent::Left(id.parse().ok()?)),
-        api::Event::Lagged { .. } => return None,
+        api::Event::Lagged { .. } | api::Event::OfferReceived(_) => return None,
     })
 }
 
@@ -105,6 +122,7 @@ pub fn engine_error(e: &EngineError) -> RpcError {
         EngineError::Ambiguous { .. } => ErrorKind::Ambiguous,
         EngineError::PeerOffline { .. } => ErrorKind::PeerOffline,
         EngineError::NoPresence(_) => ErrorKind::NoPresence,
+        EngineError::NoSuchOffer(_) => ErrorKind::NoSuchOffer,
         EngineError::Net(NetError::Timeout(_)) => ErrorKind::Timeout,
         _ => ErrorKind::Failure,
     };

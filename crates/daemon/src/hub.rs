@@ -1,7 +1,8 @@
 //! Engine events to the API's subscribers: never waiting for one.
 
-use p2pcall_api::Event;
+use p2pcall_api::{ErrorKind, Event, RpcError};
 use p2pcall_core::engine::EngineEvent;
+use p2pcall_core::transfer::{OfferInfo, TransferEvent};
 use parking_lot::Mutex;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
@@ -15,10 +16,12 @@ struct Subscriber {
     dropped: u64,
 }
 
-/// The subscribers of one engine.
+/// The subscribers of one engine, and the file offers waiting for an answer.
 #[derive(Default)]
 pub struct Hub {
     subs: Mutex<Vec<Subscriber>>,
+    /// Oldest first; an offer leaves when it is answered, withdrawn, or its transfer runs.
+    offers: Mutex<Vec<OfferInfo>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -33,8 +36,44 @@ impl Hub {
     /// Hands an engine event to every subscriber that can take it now (the front end that
     /// owns the engine's event receiver calls this for each event, in order).
     pub fn publish(&self, e: &EngineEvent) {
+        if let EngineEvent::Transfer(t) = e {
+            let mut offers = self.offers.lock();
+            match t {
+                TransferEvent::Offered(o) => offers.push(o.clone()),
+                TransferEvent::Progress(p) => offers.retain(|o| o.id != p.id),
+                TransferEvent::Finished(s) => offers.retain(|o| o.id != s.id),
+                TransferEvent::Failed { id, .. } => offers.retain(|o| o.id != *id),
+                TransferEvent::Resumed(_) => {}
+            }
+        }
         if let Some(ev) = crate::convert::event(e) {
             self.send(ev);
+        }
+    }
+
+    /// The offers waiting for an answer, oldest first.
+    pub fn offers(&self) -> Vec<OfferInfo> {
+        self.offers.lock().clone()
+    }
+
+    /// Takes the waiting offer whose id starts with `prefix` (the only one).
+    pub fn take_offer(&self, prefix: &str) -> Result<OfferInfo, RpcError> {
+        let prefix = prefix.trim().to_ascii_lowercase();
+        let mut offers = self.offers.lock();
+        let hits: Vec<usize> = (offers.iter().enumerate())
+            .filter(|(_, o)| !prefix.is_empty() && o.id.to_string().starts_with(&prefix))
+            .map(|(i, _)| i)
+            .collect();
+        match hits.as_slice() {
+            [i] => Ok(offers.remove(*i)),
+            [] => Err(RpcError::new(
+                ErrorKind::NoSuchOffer,
+                format!("no waiting offer {prefix:?}; `p2pcall offers` lists them"),
+            )),
+            _ => Err(RpcError::new(
+                ErrorKind::NoSuchOffer,
+                format!("{prefix:?} starts several offers' ids; type more of it"),
+            )),
         }
     }
 

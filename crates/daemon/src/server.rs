@@ -13,7 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::convert::{engine_error, message, peer};
+use crate::convert::{engine_error, message, offer, peer};
 use crate::{DaemonError, Hub};
 
 /// Requests of one client answered at once; more are refused until one finishes.
@@ -38,6 +38,8 @@ pub struct Served {
     pub data_dir: PathBuf,
     /// Our display name.
     pub name: String,
+    /// Where accepted files go when the client names no folder.
+    pub downloads: PathBuf,
 }
 
 /// The socket being served; dropping it stops serving and removes the socket.
@@ -311,6 +313,31 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
                 .map_err(|e| engine_error(&e.into()))?;
             Ok(Answer::History {
                 messages: page.iter().map(message).collect(),
+            })
+        }
+        Request::Offers => Ok(Answer::Offers {
+            offers: (s.hub.offers().iter())
+                .map(|o| offer(o, Some(engine.peer_name(&o.peer))))
+                .collect(),
+        }),
+        Request::Accept { id, dir } => {
+            let o = s.hub.take_offer(&id)?;
+            let dir = dir.map_or_else(|| s.downloads.clone(), PathBuf::from);
+            engine
+                .accept_offer(o.peer, o.id, dir.clone())
+                .map_err(|e| engine_error(&e))?;
+            Ok(Answer::Accepted {
+                id: o.id.to_string(),
+                dir: dir.display().to_string(),
+            })
+        }
+        Request::Reject { id } => {
+            let o = s.hub.take_offer(&id)?;
+            engine
+                .reject_offer(o.peer, o.id, "declined by the user")
+                .map_err(|e| engine_error(&e))?;
+            Ok(Answer::Rejected {
+                id: o.id.to_string(),
             })
         }
         Request::MarkRead { peer: who } => {

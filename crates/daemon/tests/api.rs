@@ -43,6 +43,7 @@ async fn engine(relay: &Relay, dir: &Path, name: &str) -> (EngineHandle, ApiServ
         hub,
         data_dir: dir.to_path_buf(),
         name: name.into(),
+        downloads: dir.join("downloads"),
     };
     let server = ApiServer::start(path.clone(), served).unwrap();
     (h, server, path)

@@ -9,6 +9,7 @@ pub(crate) mod id;
 pub(crate) mod listen;
 pub(crate) mod name;
 pub(crate) mod netcheck;
+pub(crate) mod offers;
 pub(crate) mod peers;
 pub(crate) mod ping;
 pub(crate) mod relay;
