@@ -87,6 +87,27 @@ pub enum Request {
         /// As in [`Request::Accept`].
         id: String,
     },
+    /// The peer a user means.
+    Resolve {
+        /// As in [`Request::SendMessage`].
+        peer: String,
+    },
+    /// Sends files and folders; answered when the transfer ends (progress comes as events).
+    /// The same paths to the same peer resume an unfinished transfer.
+    SendFiles {
+        /// The peer (full id, as [`Request::Resolve`] gives it, or as a user names it).
+        peer: String,
+        /// Absolute paths.
+        paths: Vec<String>,
+    },
+    /// Interrupts a running transfer: both sides keep what was verified, and sending the
+    /// same paths again resumes it.
+    InterruptTransfer {
+        /// The peer, 64 hex digits.
+        peer: String,
+        /// The transfer, 32 hex digits.
+        id: String,
+    },
 }
 
 /// What the engine answers to a request (the variant matches the request).
@@ -145,6 +166,60 @@ pub enum Answer {
         /// The offer's full id.
         id: String,
     },
+    /// To [`Request::Resolve`].
+    Resolved(Peer),
+    /// To [`Request::SendFiles`]: the transfer is complete.
+    Transferred(TransferSummary),
+}
+
+/// How far a transfer is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferProgress {
+    /// The other side, 64 hex digits.
+    pub peer: String,
+    /// The transfer, 32 hex digits.
+    pub id: String,
+    /// We send.
+    pub outgoing: bool,
+    /// Bytes done (verified by the receiver; written by the sender).
+    pub done_bytes: u64,
+    /// Bytes in all.
+    pub total_bytes: u64,
+    /// Files in place.
+    pub files_done: u64,
+    /// Files in all.
+    pub files: u64,
+    /// Smoothed rate, bytes per second.
+    pub rate_bps: Option<u64>,
+    /// Estimated time left, milliseconds.
+    pub eta_ms: Option<u64>,
+}
+
+/// A finished transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferSummary {
+    /// The other side, 64 hex digits.
+    pub peer: String,
+    /// The transfer, 32 hex digits.
+    pub id: String,
+    /// We sent.
+    pub outgoing: bool,
+    /// Files.
+    pub files: u64,
+    /// Folders.
+    pub dirs: u64,
+    /// Bytes in all.
+    pub total_bytes: u64,
+    /// Bytes already there from an earlier attempt.
+    pub resumed_bytes: u64,
+    /// This attempt's duration, milliseconds.
+    pub elapsed_ms: u64,
+    /// Receiver: where the top-level entries landed.
+    pub placed: Vec<String>,
+    /// Sender: symlinks and special files skipped.
+    pub skipped: Vec<String>,
+    /// Each file's relative path and BLAKE3 hash (64 hex digits).
+    pub hashes: Vec<(String, String)>,
 }
 
 /// A file offer waiting for an answer.
@@ -243,6 +318,8 @@ pub enum Event {
     },
     /// A peer offers files: answer with [`Request::Accept`] or [`Request::Reject`].
     OfferReceived(Offer),
+    /// A transfer's progress (about every 200 ms).
+    TransferProgress(TransferProgress),
     /// The subscriber fell behind: this many events were dropped, the rest follow.
     Lagged {
         /// How many.
@@ -281,6 +358,10 @@ pub enum ErrorKind {
     Timeout,
     /// No waiting offer has that id (or several start with it).
     NoSuchOffer,
+    /// The peer declined.
+    Declined,
+    /// Interrupted; the same request resumes it.
+    Interrupted,
     /// Anything else.
     Failure,
 }

@@ -62,6 +62,70 @@ fn offer() -> impl Strategy<Value = Offer> {
         })
 }
 
+fn progress() -> impl Strategy<Value = TransferProgress> {
+    (
+        (text(), text(), any::<bool>()),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<Option<u64>>(), any::<Option<u64>>()),
+    )
+        .prop_map(
+            |(
+                (peer, id, outgoing),
+                (done_bytes, total_bytes, files_done, files),
+                (rate_bps, eta_ms),
+            )| {
+                TransferProgress {
+                    peer,
+                    id,
+                    outgoing,
+                    done_bytes,
+                    total_bytes,
+                    files_done,
+                    files,
+                    rate_bps,
+                    eta_ms,
+                }
+            },
+        )
+}
+
+fn summary() -> impl Strategy<Value = TransferSummary> {
+    (
+        (text(), text(), any::<bool>()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
+        (
+            proptest::collection::vec(text(), 0..3),
+            proptest::collection::vec(text(), 0..3),
+            proptest::collection::vec((text(), text()), 0..3),
+        ),
+    )
+        .prop_map(
+            |(
+                (peer, id, outgoing),
+                (files, dirs, total_bytes, resumed_bytes, elapsed_ms),
+                (placed, skipped, hashes),
+            )| TransferSummary {
+                peer,
+                id,
+                outgoing,
+                files,
+                dirs,
+                total_bytes,
+                resumed_bytes,
+                elapsed_ms,
+                placed,
+                skipped,
+                hashes,
+            },
+        )
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (any::<u32>(), text()).prop_map(|(version, client)| Request::Hello { version, client }),
@@ -80,6 +144,10 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Offers),
         (text(), proptest::option::of(text())).prop_map(|(id, dir)| Request::Accept { id, dir }),
         text().prop_map(|id| Request::Reject { id }),
+        text().prop_map(|peer| Request::Resolve { peer }),
+        (text(), proptest::collection::vec(text(), 0..3))
+            .prop_map(|(peer, paths)| Request::SendFiles { peer, paths }),
+        (text(), text()).prop_map(|(peer, id)| Request::InterruptTransfer { peer, id }),
     ]
 }
 
@@ -117,6 +185,8 @@ fn answer() -> impl Strategy<Value = Answer> {
         proptest::collection::vec(offer(), 0..3).prop_map(|offers| Answer::Offers { offers }),
         (text(), text()).prop_map(|(id, dir)| Answer::Accepted { id, dir }),
         text().prop_map(|id| Answer::Rejected { id }),
+        peer().prop_map(Answer::Resolved),
+        summary().prop_map(Answer::Transferred),
     ]
 }
 
@@ -130,6 +200,8 @@ fn error() -> impl Strategy<Value = RpcError> {
         ErrorKind::NoPresence,
         ErrorKind::Timeout,
         ErrorKind::NoSuchOffer,
+        ErrorKind::Declined,
+        ErrorKind::Interrupted,
         ErrorKind::Failure,
     ];
     (proptest::sample::select(kinds.to_vec()), text()).prop_map(|(kind, m)| RpcError::new(kind, m))
@@ -147,6 +219,7 @@ fn event() -> impl Strategy<Value = Event> {
         peer().prop_map(Event::PeerUpdated),
         text().prop_map(|id| Event::PeerLeft { id }),
         offer().prop_map(Event::OfferReceived),
+        progress().prop_map(Event::TransferProgress),
         any::<u64>().prop_map(|dropped| Event::Lagged { dropped }),
     ]
 }

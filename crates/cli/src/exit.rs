@@ -132,6 +132,8 @@ fn daemon_code(e: &p2pcall_daemon::DaemonError) -> u8 {
         D::Refused(r) => match r.kind {
             K::PeerNotFound | K::Ambiguous => NO_SUCH_PEER,
             K::PeerOffline => PEER_OFFLINE,
+            K::Declined => DECLINED,
+            K::Interrupted => INTERRUPTED,
             K::NoPresence | K::Timeout => TIMEOUT,
             K::BadRequest | K::Version | K::NoSuchOffer | K::Failure => FAILURE,
         },

@@ -52,8 +52,9 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     daemon.expect("relay_connected");
 
     // Bob listens on his own engine, which serves his data dir the same way.
+    let bob_inbox = tmp.path().join("bob-inbox");
     let mut c = peer(&bdir, "bob");
-    c.arg("listen");
+    c.args(["listen", "--accept-files"]).arg(&bob_inbox);
     let mut bob = Proc::spawn(c);
     bob.expect("relay_connected");
 
@@ -165,6 +166,23 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
         c
     });
     assert_eq!(code, Some(1), "an offer answered already is gone");
+
+    // Alice sends through her daemon: the summary when bob has it all.
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["send", "bob"]).arg(&file);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    let done = out
+        .iter()
+        .find(|v| v["event"] == "transfer_done")
+        .expect("a summary");
+    assert_eq!(done["files"], 1, "{done}");
+    assert_eq!(
+        std::fs::read(bob_inbox.join("notes.txt")).unwrap(),
+        b"offered through a daemon"
+    );
 
     // An engine of its own on alice's data dir is refused, naming the daemon.
     let (out, err, code) = run({

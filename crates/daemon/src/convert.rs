@@ -3,9 +3,13 @@
 use p2pcall_api as api;
 use p2pcall_api::{ErrorKind, RpcError};
 use p2pcall_core::engine::EngineEvent;
-use p2pcall_core::transfer::{OfferInfo, TransferEvent};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use p2pcall_core::transfer::{OfferInfo, Progress, Summary, TransferEvent};
 use p2pcall_core::{EngineError, Message, MessageState, PeerId, PeerInfo};
 use p2pcall_net::{Event, NetError, PresenceEvent};
+use p2pcall_proto::transfer::AbortCode;
 
 /// A peer for the API.
 pub(crate) fn peer(p: &PeerInfo) -> api::Peer {
@@ -36,6 +40,76 @@ pub(crate) fn offer(o: &OfferInfo, name: Option<String>) -> api::Offer {
         total_bytes: o.total_bytes,
         tops: o.tops.clone(),
     }
+}
+
+/// A transfer's progress for the API.
+pub(crate) fn progress(p: &Progress) -> api::TransferProgress {
+    api::TransferProgress {
+        peer: p.peer.to_hex(),
+        id: p.id.to_string(),
+        outgoing: p.outgoing,
+        done_bytes: p.done_bytes,
+        total_bytes: p.total_bytes,
+        files_done: p.files_done,
+        files: p.files,
+        rate_bps: p.rate.map(|r| r as u64),
+        eta_ms: p.eta.map(|d| d.as_millis() as u64),
+    }
+}
+
+/// A transfer's progress from the API.
+pub fn progress_from_api(p: &api::TransferProgress) -> Option<Progress> {
+    Some(Progress {
+        peer: p.peer.parse().ok()?,
+        id: p.id.parse().ok()?,
+        outgoing: p.outgoing,
+        done_bytes: p.done_bytes,
+        total_bytes: p.total_bytes,
+        files_done: p.files_done,
+        files: p.files,
+        rate: p.rate_bps.map(|r| r as f64),
+        eta: p.eta_ms.map(Duration::from_millis),
+    })
+}
+
+/// A finished transfer for the API.
+pub(crate) fn summary(s: &Summary) -> api::TransferSummary {
+    let paths = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect();
+    api::TransferSummary {
+        peer: s.peer.to_hex(),
+        id: s.id.to_string(),
+        outgoing: s.outgoing,
+        files: s.files,
+        dirs: s.dirs,
+        total_bytes: s.total_bytes,
+        resumed_bytes: s.resumed_bytes,
+        elapsed_ms: s.elapsed.as_millis() as u64,
+        placed: paths(&s.placed),
+        skipped: paths(&s.skipped),
+        hashes: (s.hashes.iter())
+            .map(|(p, h)| (p.clone(), p2pcall_proto::id::hex(h)))
+            .collect(),
+    }
+}
+
+/// A finished transfer from the API.
+pub fn summary_from_api(s: &api::TransferSummary) -> Option<Summary> {
+    let paths = |v: &[String]| v.iter().map(PathBuf::from).collect();
+    Some(Summary {
+        peer: s.peer.parse().ok()?,
+        id: s.id.parse().ok()?,
+        outgoing: s.outgoing,
+        files: s.files,
+        dirs: s.dirs,
+        total_bytes: s.total_bytes,
+        resumed_bytes: s.resumed_bytes,
+        elapsed: Duration::from_millis(s.elapsed_ms),
+        placed: paths(&s.placed),
+        skipped: paths(&s.skipped),
+        hashes: (s.hashes.iter())
+            .map(|(p, h)| Some((p.clone(), p2pcall_proto::id::parse_hex(h)?)))
+            .collect::<Option<_>>()?,
+    })
 }
 
 /// A message for the API.
@@ -84,6 +158,9 @@ pub(crate) fn event(e: &EngineEvent) -> Option<api::Event> {
         EngineEvent::Transfer(TransferEvent::Offered(o)) => {
             api::Event::OfferReceived(offer(o, None))
         }
+        EngineEvent::Transfer(TransferEvent::Progress(p)) => {
+            api::Event::TransferProgress(progress(p))
+        }
         EngineEvent::Net(Event::Presence(PresenceEvent::Updated(p))) => {
             api::Event::PeerUpdated(peer(p))
         }
@@ -111,6 +188,9 @@ pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
         api::Event::PeerJoined(p) => presence(PresenceEvent::Joined(peer_from_api(p)?)),
         api::Event::PeerUpdated(p) => presence(PresenceEvent::Updated(peer_from_api(p)?)),
         api::Event::PeerLeft { id } => presence(PresenceEvent::Left(id.parse().ok()?)),
+        api::Event::TransferProgress(p) => {
+            EngineEvent::Transfer(TransferEvent::Progress(progress_from_api(p)?))
+        }
         api::Event::Lagged { .. } | api::Event::OfferReceived(_) => return None,
     })
 }
@@ -123,6 +203,13 @@ pub fn engine_error(e: &EngineError) -> RpcError {
         EngineError::PeerOffline { .. } => ErrorKind::PeerOffline,
         EngineError::NoPresence(_) => ErrorKind::NoPresence,
         EngineError::NoSuchOffer(_) => ErrorKind::NoSuchOffer,
+        EngineError::Rejected(_) => ErrorKind::Declined,
+        EngineError::Aborted {
+            code: AbortCode::Interrupted | AbortCode::Io,
+            ..
+        }
+        | EngineError::Stream(_)
+        | EngineError::Net(NetError::Connection(_)) => ErrorKind::Interrupted,
         EngineError::Net(NetError::Timeout(_)) => ErrorKind::Timeout,
         _ => ErrorKind::Failure,
     };

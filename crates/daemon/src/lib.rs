@@ -18,7 +18,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub use client::Client;
-pub use convert::{engine_error, event_from_api, message_from_api, peer_from_api};
+pub use convert::{
+    engine_error, event_from_api, message_from_api, peer_from_api, progress_from_api,
+    summary_from_api,
+};
 pub use hub::Hub;
 pub use server::{ApiServer, Served};
 

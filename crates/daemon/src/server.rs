@@ -13,7 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::convert::{engine_error, message, offer, peer};
+use crate::convert::{engine_error, message, offer, peer, summary};
 use crate::{DaemonError, Hub};
 
 /// Requests of one client answered at once; more are refused until one finishes.
@@ -315,6 +315,31 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
                 messages: page.iter().map(message).collect(),
             })
         }
+        Request::Resolve { peer: who } => {
+            let p = resolve(engine, &who)?;
+            Ok(Answer::Resolved(p2pcall_api::Peer {
+                id: p.to_hex(),
+                name: engine.peer_name(&p),
+                online_since_ms: 0,
+            }))
+        }
+        Request::Offers
+        | Request::Accept { .. }
+        | Request::Reject { .. }
+        | Request::SendFiles { .. }
+        | Request::InterruptTransfer { .. } => transfers(s, request).await,
+        Request::MarkRead { peer: who } => {
+            let p = resolve(engine, &who)?;
+            let n = engine.mark_read(p).await.map_err(|e| engine_error(&e))?;
+            Ok(Answer::Count { n: n as u64 })
+        }
+    }
+}
+
+/// The requests about file transfers: offers and their answers, sending, interrupting.
+async fn transfers(s: &Served, request: Request) -> Result<Answer, RpcError> {
+    let engine = &s.engine;
+    match request {
         Request::Offers => Ok(Answer::Offers {
             offers: (s.hub.offers().iter())
                 .map(|o| offer(o, Some(engine.peer_name(&o.peer))))
@@ -340,11 +365,27 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
                 id: o.id.to_string(),
             })
         }
-        Request::MarkRead { peer: who } => {
+        Request::SendFiles { peer: who, paths } => {
             let p = resolve(engine, &who)?;
-            let n = engine.mark_read(p).await.map_err(|e| engine_error(&e))?;
-            Ok(Answer::Count { n: n as u64 })
+            let paths: Vec<PathBuf> = paths.into_iter().map(PathBuf::from).collect();
+            let s = engine
+                .send_files(p, &paths)
+                .await
+                .map_err(|e| engine_error(&e))?;
+            Ok(Answer::Transferred(summary(&s)))
         }
+        Request::InterruptTransfer { peer: who, id } => {
+            let p = resolve(engine, &who)?;
+            let id = id.parse().map_err(|e: p2pcall_proto::id::ParseIdError| {
+                RpcError::new(ErrorKind::BadRequest, e.to_string())
+            })?;
+            let n = u64::from(engine.interrupt_transfer(p, id));
+            Ok(Answer::Count { n })
+        }
+        _ => Err(RpcError::new(
+            ErrorKind::BadRequest,
+            "not a request about transfers",
+        )),
     }
 }
 

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use p2pcall_api::{Answer, Request};
 use p2pcall_core::engine::EngineEvent;
-use p2pcall_core::transfer::TransferEvent;
+use p2pcall_core::transfer::{Progress, Summary, TransferEvent};
 
 use crate::Cli;
 use crate::ctx::*;
@@ -28,25 +29,16 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
     for p in &a.paths {
         std::fs::symlink_metadata(p).with_context(|| format!("cannot send {}", p.display()))?;
     }
+    if let Some(c) = engine_client(cli).await? {
+        return send_through(cli, a, c).await;
+    }
     let Dialed {
         engine,
         mut events,
         peer,
         ..
     } = dial(cli, &a.peer).await?;
-    let bar = (!cli.json).then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                // Decimal units, as the receiver prints them (kB, MB, GB).
-                "{msg} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_message("waiting for the peer to accept");
-        b
-    });
+    let bar = progress_bar(cli);
     let h = engine.clone();
     let paths = a.paths.clone();
     let mut job = tokio::spawn(async move { h.send_files(peer, &paths).await });
@@ -70,13 +62,7 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
             e = events.recv() => match e {
                 Some(EngineEvent::Transfer(TransferEvent::Progress(p))) if p.outgoing && p.peer == peer => {
                     id = Some(p.id);
-                    if let Some(b) = &bar {
-                        b.set_length(p.total_bytes);
-                        b.set_position(p.done_bytes);
-                        b.set_message(format!("{}/{} files", p.files_done, p.files));
-                    } else {
-                        outln!("{}", progress_json(&p));
-                    }
+                    show(bar.as_ref(), &p);
                 }
                 Some(_) => {}
                 None => break Err(p2pcall_core::StreamError::Ended("the engine stopped".into()).into()),
@@ -104,8 +90,41 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
             e.into()
         }
     })?;
+    print_summary(cli, &s);
+    Ok(())
+}
+
+/// The progress bar (none with `--json`: progress lines instead).
+fn progress_bar(cli: &Cli) -> Option<indicatif::ProgressBar> {
+    (!cli.json).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                // Decimal units, as the receiver prints them (kB, MB, GB).
+                "{msg} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message("waiting for the peer to accept");
+        b
+    })
+}
+
+fn show(bar: Option<&indicatif::ProgressBar>, p: &Progress) {
+    match bar {
+        Some(b) => {
+            b.set_length(p.total_bytes);
+            b.set_position(p.done_bytes);
+            b.set_message(format!("{}/{} files", p.files_done, p.files));
+        }
+        None => outln!("{}", progress_json(p)),
+    }
+}
+
+fn print_summary(cli: &Cli, s: &Summary) {
     if cli.json {
-        outln!("{}", summary_json(&s));
+        outln!("{}", summary_json(s));
     } else {
         outln!("{}", transfer_text(&TransferEvent::Finished(s.clone())));
         if !s.skipped.is_empty() {
@@ -115,5 +134,72 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
             );
         }
     }
+}
+
+/// `send` through the engine running on this data dir: the request is answered when the
+/// transfer ends; progress comes on a second connection's events; Ctrl-C interrupts the
+/// transfer through a third (both sides keep what was verified).
+async fn send_through(cli: &Cli, a: &SendArgs, mut c: p2pcall_daemon::Client) -> Result<()> {
+    let Answer::Resolved(who) = ask(
+        &mut c,
+        Request::Resolve {
+            peer: a.peer.clone(),
+        },
+    )
+    .await?
+    else {
+        bail!("the p2pcall daemon answered something else than the peer");
+    };
+    let paths = (a.paths.iter())
+        .map(|p| std::path::absolute(p).map(|p| p.display().to_string()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut events = engine_client(cli)
+        .await?
+        .context("the p2pcall daemon stopped")?;
+    ask(&mut events, Request::Subscribe).await?;
+    let bar = progress_bar(cli);
+    let request = Request::SendFiles {
+        peer: who.id.clone(),
+        paths,
+    };
+    let call = ask(&mut c, request);
+    tokio::pin!(call);
+    let mut id: Option<String> = None;
+    let mut interrupted = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = shutdown_signal(), if !interrupted => {
+                interrupted = true;
+                let Some(id) = id.clone() else {
+                    // Not accepted yet: dropping the request withdraws nothing in the daemon,
+                    // so say it plainly; the same command offers it again.
+                    break Err(exit::Fail::Interrupted("interrupted before the peer answered (the daemon keeps offering it)".into()).into());
+                };
+                let mut ctl = engine_client(cli).await?.context("the p2pcall daemon stopped")?;
+                ask(&mut ctl, Request::InterruptTransfer { peer: who.id.clone(), id }).await?;
+            }
+            e = events.next_event() => {
+                if let p2pcall_api::Event::TransferProgress(p) = e?
+                    && p.outgoing
+                    && p.peer == who.id
+                    && id.as_ref().is_none_or(|i| *i == p.id)
+                    && let Some(p) = p2pcall_daemon::progress_from_api(&p)
+                {
+                    id = Some(p.id.to_string());
+                    show(bar.as_ref(), &p);
+                }
+            }
+        }
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let Answer::Transferred(s) = result? else {
+        bail!("the p2pcall daemon answered something else than the finished transfer");
+    };
+    let s = p2pcall_daemon::summary_from_api(&s)
+        .context("the p2pcall daemon sent an unreadable summary")?;
+    print_summary(cli, &s);
     Ok(())
 }
