@@ -37,13 +37,7 @@ impl Lab {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let mut c = cmd(&root.join("relay"));
-        c.args(["--json", "relay", "--listen", "127.0.0.1:0"]);
-        let relay = Proc::spawn(c);
-        let udp = relay.expect("relay_started")["udp"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (relay, udp) = relay(&root.join("relay"), &[]);
         Self {
             _tmp: tmp,
             root,

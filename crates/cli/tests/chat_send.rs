@@ -24,20 +24,6 @@ fn id_of(dir: &Path) -> (String, String) {
     (s("id"), s("fingerprint"))
 }
 
-/// Runs a command to completion; returns its JSON lines, stderr and success.
-fn run(mut c: std::process::Command) -> (Vec<Value>, String, bool) {
-    let out = c.output().unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    (
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.success(),
-    )
-}
-
 #[test]
 fn chat_history_send_and_resume_through_the_binary() {
     let tmp = tempfile::tempdir().unwrap();
@@ -48,20 +34,7 @@ fn chat_history_send_and_resume_through_the_binary() {
     );
     // The relay forwards 80 Mbit/s per peer; peers stay on the relay path (--relay-only) so a
     // transfer takes long enough to be interrupted.
-    let mut relay_cmd = cmd(&rdir);
-    relay_cmd.args([
-        "--json",
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--mbit-rate",
-        "80",
-    ]);
-    let relay = Proc::spawn(relay_cmd);
-    let udp = relay.expect("relay_started")["udp"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_relay, udp) = relay(&rdir, &["--mbit-rate", "80"]);
     let peer = |dir: &Path, name: &str| {
         let mut c = cmd(dir);
         c.args(["--json", "--relay-only", "--relay", &udp, "--name", name]);
@@ -72,8 +45,8 @@ fn chat_history_send_and_resume_through_the_binary() {
     // Alice is offline: bob's message is queued. The words after the peer are the message.
     let mut c = peer(&bdir, "bob");
     c.args(["chat", &alice, "hello", "from", "the", "past"]);
-    let (out, err, ok) = run(c);
-    assert!(ok, "{err}");
+    let (out, err, code) = run(c);
+    assert_eq!(code, Some(0), "{err}");
     assert_eq!(out[0]["state"], "queued", "{out:?}");
     assert_eq!(out[0]["text"], "hello from the past", "{out:?}");
     assert_eq!(out[0]["peer"]["id"], alice.as_str(), "{out:?}");
@@ -158,8 +131,8 @@ fn chat_history_send_and_resume_through_the_binary() {
     a_listen.expect("relay_connected");
     let mut c = peer(&bdir, "bob");
     c.args(["send", &alice_fp[..9]]).arg(&file);
-    let (out, err, ok) = run(c);
-    assert!(ok, "{err}");
+    let (out, err, code) = run(c);
+    assert_eq!(code, Some(0), "{err}");
     let done = out.iter().find(|l| l["event"] == "transfer_done").unwrap();
     let resumed = done["resumed_bytes"].as_u64().unwrap();
     assert!(resumed >= 8 << 20, "{done}");
@@ -183,8 +156,8 @@ fn chat_history_send_and_resume_through_the_binary() {
     a_listen.expect("relay_connected");
     let mut c = peer(&bdir, "bob");
     c.args(["send", &alice]).arg(&file);
-    let (out, _, ok) = run(c);
-    assert!(!ok, "{out:?}");
+    let (out, _, code) = run(c);
+    assert_ne!(code, Some(0), "{out:?}");
     let err = out.iter().find(|l| l["event"] == "error").unwrap()["error"]
         .as_str()
         .unwrap()

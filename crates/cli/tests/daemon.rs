@@ -8,20 +8,6 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use serde_json::Value;
-
-fn run(mut c: std::process::Command) -> (Vec<Value>, String, Option<i32>) {
-    let out = c.output().unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    (
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code(),
-    )
-}
 
 #[test]
 fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
@@ -31,13 +17,7 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
         tmp.path().join("a"),
         tmp.path().join("b"),
     );
-    let mut c = cmd(&rdir);
-    c.args(["--json", "relay", "--listen", "127.0.0.1:0"]);
-    let relay = Proc::spawn(c);
-    let udp = relay.expect("relay_started")["udp"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_relay, udp) = relay(&rdir, &[]);
     let peer = |dir: &Path, name: &str| {
         let mut c = cmd(dir);
         c.args(["--json", "--relay", &udp, "--name", name]);

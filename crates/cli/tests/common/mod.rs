@@ -85,6 +85,35 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `p2pcall relay` with its data in `dir`, on a free loopback port, with `extra`
+/// arguments; returns it and its UDP address.
+pub fn relay(dir: &std::path::Path, extra: &[&str]) -> (Proc, String) {
+    let mut c = cmd(dir);
+    c.args(["--json", "relay", "--listen", "127.0.0.1:0"])
+        .args(extra);
+    let relay = Proc::spawn(c);
+    let udp = relay.expect("relay_started")["udp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (relay, udp)
+}
+
+/// Runs a command to completion: its JSON lines on standard output, its standard error,
+/// its exit code.
+pub fn run(mut c: Command) -> (Vec<Value>, String, Option<i32>) {
+    let out = c.output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
 pub fn json_out(mut c: Command) -> Value {
     let out = c.output().unwrap();
     assert!(
