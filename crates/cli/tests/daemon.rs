@@ -215,3 +215,78 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out[0]["state"], "queued", "{out:?}");
 }
+
+#[test]
+fn a_killed_daemon_loses_nothing_it_acknowledged_and_resumes_its_transfer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (adir, bdir) = (tmp.path().join("a"), tmp.path().join("b"));
+    // 80 Mbit/s per peer through the relay, peers on the relay path: a transfer lasts long
+    // enough to kill the daemon in the middle.
+    let (_relay, udp) = relay(&tmp.path().join("r"), &["--mbit-rate", "80"]);
+    let peer = |dir: &Path, name: &str| {
+        let mut c = cmd(dir);
+        c.args(["--json", "--relay-only", "--relay", &udp, "--name", name]);
+        c
+    };
+    let daemon = || {
+        let mut c = peer(&adir, "alice");
+        c.arg("daemon");
+        let d = Proc::spawn(c);
+        d.expect("relay_connected");
+        d
+    };
+    let (bob_id, _) = {
+        let mut c = cmd(&bdir);
+        c.args(["--json", "id"]);
+        let v = json_out(c);
+        (v["id"].as_str().unwrap().to_string(), ())
+    };
+
+    // Bob is offline: the daemon acknowledges the message as queued, then is killed.
+    let mut d = daemon();
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["chat", &bob_id, "kept across a kill -9"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["state"], "queued", "{out:?}");
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+
+    // Bob comes online; the restarted daemon delivers the message by itself.
+    let inbox = tmp.path().join("inbox");
+    let mut c = peer(&bdir, "bob");
+    c.args(["listen", "--accept-files"]).arg(&inbox);
+    let bob = Proc::spawn(c);
+    bob.expect("relay_connected");
+    let mut d = daemon();
+    assert_eq!(bob.expect("message")["text"], "kept across a kill -9");
+
+    // A 40 MiB file sent through the daemon; the daemon is killed once 12 MiB are verified.
+    let file = tmp.path().join("big.bin");
+    let data: Vec<u8> = (0..40u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let mut c = peer(&adir, "alice");
+    c.args(["send", &bob_id]).arg(&file);
+    let mut sender = Proc::spawn(c);
+    loop {
+        let p = bob.expect("transfer_progress");
+        if p["done_bytes"].as_u64().unwrap() >= 12 << 20 {
+            break;
+        }
+    }
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    // The command that asked for it learns that its daemon is gone.
+    assert_eq!(sender.child.wait().unwrap().code(), Some(10));
+
+    // The restarted daemon resumes the transfer on its own, from the verified chunks.
+    let _d = daemon();
+    bob.expect("transfer_resumed");
+    let done = bob.expect("transfer_done");
+    assert!(done["resumed_bytes"].as_u64().unwrap() >= 8 << 20, "{done}");
+    assert_eq!(std::fs::read(inbox.join("big.bin")).unwrap(), data);
+}
