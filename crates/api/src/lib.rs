@@ -298,6 +298,8 @@ pub struct Message {
 pub enum Event {
     /// A message arrived (already stored).
     MessageReceived(Message),
+    /// A message was written through the engine, by any of its clients (stored, queued).
+    MessageQueued(Message),
     /// One of our messages changed state.
     MessageState {
         /// The conversation, 64 hex digits.

@@ -210,6 +210,7 @@ fn error() -> impl Strategy<Value = RpcError> {
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         message().prop_map(Event::MessageReceived),
+        message().prop_map(Event::MessageQueued),
         (text(), text(), text()).prop_map(|(peer, id, state)| Event::MessageState {
             peer,
             id,

@@ -388,6 +388,12 @@ struct Running {
     /// The incoming call rings on the speaker until it is answered, declined or over.
     ringer: Mutex<Option<p2pcall_core::call::ring::Ringer>>,
     relay: Option<p2pcall_relay::Relay>,
+    /// The local API for other programs of this identity (the CLI's commands use this
+    /// engine while the window is open); dropped before the engine stops.
+    api: Option<p2pcall_daemon::ApiServer>,
+    hub: Arc<p2pcall_daemon::Hub>,
+    /// One engine per data dir: held while the app runs this one.
+    _lock: p2pcall_core::lock::EngineLock,
 }
 
 async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: Out) {
@@ -467,7 +473,8 @@ async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: O
             }
         }
     }
-    if let Some(r) = running {
+    if let Some(mut r) = running {
+        drop(r.api.take());
         r.engine.shutdown().await;
     }
 }
@@ -507,6 +514,8 @@ async fn try_start(
     s: &Settings,
     forward: &mpsc::Sender<EngineEvent>,
 ) -> Result<Running, String> {
+    let lock = p2pcall_core::lock::EngineLock::acquire(&cfg.dirs.data, "the desktop app")
+        .map_err(|e| e.to_string())?;
     let (identity, _) = identity::load_or_create(&cfg.dirs.data).map_err(|e| e.to_string())?;
     let name = s.name.clone().unwrap_or_else(|| "anonymous".into());
     let mut relay = None;
@@ -553,12 +562,27 @@ async fn try_start(
         }
     });
     let downloads = s.downloads(&cfg.dirs);
+    let hub = Arc::new(p2pcall_daemon::Hub::default());
+    let served = p2pcall_daemon::Served {
+        engine: engine.clone(),
+        hub: hub.clone(),
+        data_dir: cfg.dirs.data.clone(),
+        name: s.name.clone().unwrap_or_default(),
+        downloads: downloads.clone(),
+    };
+    // Without it the app works on; only other programs cannot use this engine.
+    let api = p2pcall_daemon::ApiServer::start(p2pcall_daemon::socket_path(&cfg.dirs.data), served)
+        .inspect_err(|e| tracing::warn!("{e}"))
+        .ok();
     Ok(Running {
         engine,
         downloads,
         settings: s.clone(),
         ringer: Mutex::new(None),
         relay,
+        api,
+        hub,
+        _lock: lock,
     })
 }
 
@@ -914,6 +938,7 @@ fn mark_read(engine: EngineHandle, peer: PeerId, out: Out) {
 }
 
 fn event(r: &Running, e: EngineEvent, out: &Out) {
+    r.hub.publish(&e);
     match e {
         EngineEvent::Net(Event::RelayConnected { transport, .. }) => {
             out.emit(AppEvent::Status(Status::Online(transport)));
@@ -935,6 +960,8 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
             out.emit(AppEvent::Message(m));
             contacts(&r.engine, out);
         }
+        // Also what another program of this identity (the CLI) sent through this engine.
+        EngineEvent::Chat(ChatEvent::Queued(m)) => out.emit(AppEvent::Message(m)),
         EngineEvent::Chat(ChatEvent::State { peer, id, state }) => {
             out.emit(AppEvent::MessageState { peer, id, state });
         }

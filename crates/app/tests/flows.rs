@@ -452,3 +452,38 @@ fn first_run_lan_only_finds_a_peer_without_any_relay() {
     drop(dave);
     drop(w.bob_events);
 }
+
+#[test]
+fn a_message_sent_from_the_command_line_appears_in_the_open_conversation() {
+    let w = world();
+    let mut h = app_with(&w, set_up(&w));
+    until(&mut h, "bob listed", |h| {
+        h.query_by_role_and_label(Role::Button, "bob").is_some()
+    });
+    h.get_by_role_and_label(Role::Button, "bob").click();
+    until(&mut h, "the conversation", |h| {
+        h.query_by_role_and_label(Role::TextInput, "Message")
+            .is_some()
+    });
+    // `p2pcall chat bob ...` on the app's data dir: a client of the app's engine.
+    let data = w.dir.path().join("app");
+    let sent = w.rt.block_on(async {
+        let mut cli = p2pcall_daemon::Client::connect(&data, "cli")
+            .await
+            .unwrap()
+            .expect("the app serves its engine to the command line");
+        cli.call(p2pcall_api::Request::SendMessage {
+            peer: "bob".into(),
+            text: "from the command line".into(),
+        })
+        .await
+        .unwrap()
+    });
+    assert!(matches!(sent, p2pcall_api::Answer::Sent { .. }), "{sent:?}");
+    until(&mut h, "the command line's message, delivered", |h| {
+        has(h, "from the command line") && has_part(h, "delivered")
+    });
+    // A second engine on the app's data dir is refused while the window is open.
+    let err = p2pcall_core::lock::EngineLock::acquire(&data, "a test").unwrap_err();
+    assert!(err.to_string().contains("the desktop app"), "{err}");
+}

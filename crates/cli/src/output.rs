@@ -201,6 +201,11 @@ pub(crate) fn event_json(e: &EngineEvent) -> Value {
             v["event"] = json!("message");
             return v;
         }
+        EngineEvent::Chat(ChatEvent::Queued(m)) => {
+            let mut v = message_json(m);
+            v["event"] = json!("message_queued");
+            return v;
+        }
         EngineEvent::Chat(ChatEvent::State { peer, id, state }) => {
             return json!({"event": "message_state", "peer": peer_obj(peer, None), "id": id.to_string(), "state": state.as_str()});
         }
@@ -275,6 +280,9 @@ pub(crate) fn event_text(e: &EngineEvent) -> String {
         }
         EngineEvent::Chat(ChatEvent::Received(m)) => {
             return format!("message from {}: {}", m.peer.fingerprint(), m.text);
+        }
+        EngineEvent::Chat(ChatEvent::Queued(m)) => {
+            return format!("message to {}: {}", m.peer.fingerprint(), m.text);
         }
         EngineEvent::Chat(ChatEvent::State { peer, state, .. }) => {
             return format!("message to {} is {}", peer.fingerprint(), state.as_str());

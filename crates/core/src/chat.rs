@@ -28,6 +28,9 @@ const PROTOCOL_ERROR: u32 = 2;
 pub enum ChatEvent {
     /// A new message arrived (already stored).
     Received(Message),
+    /// We wrote a message (stored, queued for delivery): every front end of this engine
+    /// shows it, whichever one sent it.
+    Queued(Message),
     /// One of our messages changed state.
     State {
         /// Conversation.
@@ -77,6 +80,7 @@ impl Chat {
         let m = (self.ctx)
             .db(move |s| s.queue_message(&peer, &text, now_ms()))
             .await?;
+        self.events.emit(ChatEvent::Queued(m.clone()));
         if let Err(e) = self.flush(peer).await {
             tracing::debug!(%peer, "message queued: {e}");
         }

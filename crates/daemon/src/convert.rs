@@ -147,6 +147,7 @@ pub(crate) fn event(e: &EngineEvent) -> Option<api::Event> {
     use p2pcall_core::chat::ChatEvent;
     Some(match e {
         EngineEvent::Chat(ChatEvent::Received(m)) => api::Event::MessageReceived(message(m)),
+        EngineEvent::Chat(ChatEvent::Queued(m)) => api::Event::MessageQueued(message(m)),
         EngineEvent::Chat(ChatEvent::State { peer, id, state }) => api::Event::MessageState {
             peer: peer.to_hex(),
             id: id.to_string(),
@@ -180,6 +181,7 @@ pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
         api::Event::MessageReceived(m) => {
             EngineEvent::Chat(ChatEvent::Received(message_from_api(m)?))
         }
+        api::Event::MessageQueued(m) => EngineEvent::Chat(ChatEvent::Queued(message_from_api(m)?)),
         api::Event::MessageState { peer, id, state } => EngineEvent::Chat(ChatEvent::State {
             peer: peer.parse().ok()?,
             id: id.parse().ok()?,
