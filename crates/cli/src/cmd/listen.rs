@@ -49,8 +49,15 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
         })?;
     }
     let (engine, mut events) = start_engine_with(cli, true, true).await?;
-    // Other commands on this data dir use this engine meanwhile.
-    let (api, hub) = serve_api(cli, &engine)?;
+    // Other commands on this data dir use this engine meanwhile (if the socket cannot be
+    // served, listening goes on without it).
+    let (api, hub) = match serve_api(cli, &engine) {
+        Ok((api, hub)) => (Some(api), hub),
+        Err(e) => {
+            eprintln!("warning: {e:#}; other commands cannot use this engine while `listen` runs");
+            (None, std::sync::Arc::default())
+        }
+    };
     if !cli.json {
         outln!(
             "listening as {}{} (Ctrl-C to stop){}",
