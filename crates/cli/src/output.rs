@@ -69,18 +69,7 @@ pub(crate) fn emit(json_out: bool, text: impl FnOnce() -> String, json: impl FnO
 /// An error and its causes in one line, each cause once: a cause whose text the message
 /// before it already holds is not repeated ("Not a directory (os error 20)" twice).
 pub(crate) fn error_text(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    p2pcall_core::causes(e.as_ref())
 }
 
 /// A failed command in JSON.

@@ -166,3 +166,21 @@ pub enum CallError {
     #[error("the call stream failed: {0}")]
     Stream(#[from] quinn::WriteError),
 }
+
+/// An error and its causes as one line, each cause once (a cause whose text the line
+/// already holds adds nothing): what people are shown.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}

@@ -36,6 +36,7 @@ pub mod transfer;
 pub use engine::{
     Engine, EngineConfig, EngineError, EngineEvent, EngineHandle, PingReport, StreamError,
 };
+pub use error::causes;
 pub use p2pcall_net::{Path, RelayTransport};
 pub use p2pcall_proto::relay::PeerInfo;
 pub use p2pcall_proto::{PeerId, SafetyNumber};

@@ -215,20 +215,5 @@ pub fn engine_error(e: &EngineError) -> RpcError {
         EngineError::Net(NetError::Timeout(_)) => ErrorKind::Timeout,
         _ => ErrorKind::Failure,
     };
-    RpcError::new(kind, error_text(e))
-}
-
-/// Each cause once, as the CLI prints errors.
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cause = c.source();
-    }
-    text
+    RpcError::new(kind, p2pcall_core::causes(e))
 }

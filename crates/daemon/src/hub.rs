@@ -46,6 +46,10 @@ impl Hub {
                 TransferEvent::Resumed(_) => {}
             }
         }
+        // Nothing to convert (and copy) while nobody listens.
+        if self.subs.lock().is_empty() {
+            return;
+        }
         if let Some(ev) = crate::convert::event(e) {
             self.send(ev);
         }
