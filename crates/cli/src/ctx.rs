@@ -148,15 +148,6 @@ pub(crate) fn serve_api(
     Ok((server, hub))
 }
 
-/// The answer of the engine to `request`, or an error saying the engine answered something
-/// else.
-pub(crate) async fn ask(
-    client: &mut p2pcall_daemon::Client,
-    request: p2pcall_api::Request,
-) -> Result<p2pcall_api::Answer> {
-    Ok(client.call(request).await?)
-}
-
 /// LAN-only mode, if `--lan` or the settings ask for it (a `--relay` on the command line
 /// wins over the settings' `lan_only`).
 pub(crate) fn lan_config(cli: &Cli, s: &Settings) -> Option<p2pcall_net::LanConfig> {

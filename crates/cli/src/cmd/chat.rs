@@ -58,7 +58,7 @@ pub(crate) async fn chat(cli: &Cli, a: &ChatArgs) -> Result<()> {
             message,
             name,
             offline,
-        } = ask(&mut c, request).await?
+        } = c.call(request).await?
         else {
             bail!("the p2pcall daemon answered something else than the message sent");
         };

@@ -78,13 +78,8 @@ pub(crate) async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
     // Reading sends read receipts: through the engine running on this data dir, or now if
     // the relay is reachable, else by the next `listen`.
     if let Some(mut c) = engine_client(cli).await? {
-        ask(
-            &mut c,
-            Request::MarkRead {
-                peer: peer.to_hex(),
-            },
-        )
-        .await?;
+        let peer = peer.to_hex();
+        c.call(Request::MarkRead { peer }).await?;
         return Ok(());
     }
     let reachable = cli.relay.is_some()

@@ -154,10 +154,10 @@ async fn attached(cli: &Cli, a: &ListenArgs, mut c: p2pcall_daemon::Client) -> R
             c.pid()
         );
     }
-    let Answer::Status(status) = ask(&mut c, Request::Status).await? else {
+    let Answer::Status(status) = c.call(Request::Status).await? else {
         bail!("the p2pcall daemon answered something else than its status");
     };
-    ask(&mut c, Request::Subscribe).await?;
+    c.call(Request::Subscribe).await?;
     if !cli.json {
         let me: p2pcall_core::PeerId = status.id.parse()?;
         outln!(

@@ -43,7 +43,7 @@ async fn daemon(cli: &Cli) -> Result<p2pcall_daemon::Client> {
 
 pub(crate) async fn offers(cli: &Cli) -> Result<()> {
     let mut c = daemon(cli).await?;
-    let Answer::Offers { offers } = ask(&mut c, Request::Offers).await? else {
+    let Answer::Offers { offers } = c.call(Request::Offers).await? else {
         bail!("the p2pcall daemon answered something else than the offers");
     };
     if cli.json {
@@ -91,7 +91,7 @@ pub(crate) async fn accept(cli: &Cli, a: &AnswerArgs) -> Result<()> {
         id: a.id.clone(),
         dir,
     };
-    let Answer::Accepted { id, dir } = ask(&mut c, request).await? else {
+    let Answer::Accepted { id, dir } = c.call(request).await? else {
         bail!("the p2pcall daemon answered something else than the acceptance");
     };
     if cli.json {
@@ -107,7 +107,7 @@ pub(crate) async fn accept(cli: &Cli, a: &AnswerArgs) -> Result<()> {
 
 pub(crate) async fn reject(cli: &Cli, a: &RejectArgs) -> Result<()> {
     let mut c = daemon(cli).await?;
-    let Answer::Rejected { id } = ask(&mut c, Request::Reject { id: a.id.clone() }).await? else {
+    let Answer::Rejected { id } = c.call(Request::Reject { id: a.id.clone() }).await? else {
         bail!("the p2pcall daemon answered something else than the rejection");
     };
     if cli.json {

@@ -12,7 +12,7 @@ pub(crate) async fn peers(cli: &Cli) -> Result<()> {
     let list = match engine_client(cli).await? {
         Some(mut c) => {
             let wait_ms = RELAY_WAIT.as_millis() as u64;
-            let Answer::Peers { peers } = ask(&mut c, Request::Peers { wait_ms }).await? else {
+            let Answer::Peers { peers } = c.call(Request::Peers { wait_ms }).await? else {
                 bail!("the p2pcall daemon answered something else than the peer list");
             };
             peers

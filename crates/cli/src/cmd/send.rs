@@ -140,14 +140,8 @@ fn print_summary(cli: &Cli, s: &Summary) {
 /// transfer ends; progress comes on a second connection's events; Ctrl-C interrupts the
 /// transfer through a third (both sides keep what was verified).
 async fn send_through(cli: &Cli, a: &SendArgs, mut c: p2pcall_daemon::Client) -> Result<()> {
-    let Answer::Resolved(who) = ask(
-        &mut c,
-        Request::Resolve {
-            peer: a.peer.clone(),
-        },
-    )
-    .await?
-    else {
+    let peer = a.peer.clone();
+    let Answer::Resolved(who) = c.call(Request::Resolve { peer }).await? else {
         bail!("the p2pcall daemon answered something else than the peer");
     };
     let paths = (a.paths.iter())
@@ -156,19 +150,19 @@ async fn send_through(cli: &Cli, a: &SendArgs, mut c: p2pcall_daemon::Client) ->
     let mut events = engine_client(cli)
         .await?
         .context("the p2pcall daemon stopped")?;
-    ask(&mut events, Request::Subscribe).await?;
+    events.call(Request::Subscribe).await?;
     let bar = progress_bar(cli);
     let request = Request::SendFiles {
         peer: who.id.clone(),
         paths,
     };
-    let call = ask(&mut c, request);
+    let call = c.call(request);
     tokio::pin!(call);
     let mut id: Option<String> = None;
     let mut interrupted = false;
     let result = loop {
         tokio::select! {
-            r = &mut call => break r,
+            r = &mut call => break r.map_err(anyhow::Error::from),
             _ = shutdown_signal(), if !interrupted => {
                 interrupted = true;
                 let Some(id) = id.clone() else {
@@ -177,7 +171,7 @@ async fn send_through(cli: &Cli, a: &SendArgs, mut c: p2pcall_daemon::Client) ->
                     break Err(exit::Fail::Interrupted("interrupted before the peer answered (the daemon keeps offering it)".into()).into());
                 };
                 let mut ctl = engine_client(cli).await?.context("the p2pcall daemon stopped")?;
-                ask(&mut ctl, Request::InterruptTransfer { peer: who.id.clone(), id }).await?;
+                ctl.call(Request::InterruptTransfer { peer: who.id.clone(), id }).await?;
             }
             e = events.next_event() => {
                 if let p2pcall_api::Event::TransferProgress(p) = e?
