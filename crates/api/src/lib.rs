@@ -17,9 +17,11 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod call;
 mod lines;
 mod wire;
 
+pub use call::{CallChange, CallEnd, CallNote, Connection, Media, Pong, Ringing, Stream, Streams};
 pub use lines::Lines;
 pub use wire::Frame;
 
@@ -108,6 +110,61 @@ pub enum Request {
         /// The transfer, 32 hex digits.
         id: String,
     },
+    /// Calls a peer; answered once the call is placed (what follows comes as
+    /// [`Event::Call`]).
+    Call {
+        /// The peer, as in [`Request::SendMessage`].
+        peer: String,
+        /// What to send and where to put what arrives.
+        media: Media,
+    },
+    /// The incoming call waiting for an answer, if any.
+    Ringing,
+    /// Answers the incoming call.
+    AnswerCall {
+        /// The call: its 32 hex digits or a prefix; `None`: the one ringing.
+        id: Option<String>,
+        /// What to send and where to put what arrives.
+        media: Media,
+    },
+    /// Declines the incoming call (the caller is told).
+    DeclineCall {
+        /// As in [`Request::AnswerCall`].
+        id: Option<String>,
+    },
+    /// Hangs up the call in progress (or cancels the one being placed).
+    Hangup,
+    /// Changes the call in progress.
+    ChangeCall(CallChange),
+    /// Answers offers and calls automatically for as long as this connection stays open
+    /// (`listen --accept-files DIR --answer`); a second policy replaces the first.
+    Policy {
+        /// Accept every file offer into this folder.
+        accept_files: Option<String>,
+        /// Answer every incoming call with these media (one at a time).
+        answer: Option<Media>,
+    },
+    /// Connects to a peer (or finds the connection up).
+    Connect {
+        /// The peer, as in [`Request::SendMessage`].
+        peer: String,
+    },
+    /// Pings a connected peer over its connection.
+    Ping {
+        /// The peer, 64 hex digits.
+        peer: String,
+        /// Sequence number.
+        seq: u32,
+    },
+    /// Sends `bytes` of data to a connected peer, which checks them.
+    Speedtest {
+        /// The peer, 64 hex digits.
+        peer: String,
+        /// How much.
+        bytes: u64,
+    },
+    /// Measures the NAT through the relay's reflection ports.
+    Netcheck,
 }
 
 /// What the engine answers to a request (the variant matches the request).
@@ -170,6 +227,66 @@ pub enum Answer {
     Resolved(Peer),
     /// To [`Request::SendFiles`]: the transfer is complete.
     Transferred(TransferSummary),
+    /// To [`Request::Call`]: the call is placed.
+    Calling {
+        /// The call, 32 hex digits.
+        call: String,
+        /// The peer, 64 hex digits.
+        peer: String,
+    },
+    /// To [`Request::Ringing`].
+    Ringing {
+        /// The call waiting, if any.
+        call: Option<Ringing>,
+    },
+    /// To the requests that only need to succeed ([`Request::AnswerCall`],
+    /// [`Request::DeclineCall`], [`Request::Hangup`], [`Request::ChangeCall`],
+    /// [`Request::Policy`]).
+    Done,
+    /// To [`Request::Connect`].
+    Connected(Connection),
+    /// To [`Request::Ping`].
+    Pong(Pong),
+    /// To [`Request::Speedtest`].
+    Speed(Speed),
+    /// To [`Request::Netcheck`].
+    Netcheck(Netcheck),
+}
+
+/// A speed test's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Speed {
+    /// Bytes sent.
+    pub bytes: u64,
+    /// From the first byte to the peer's answer, microseconds.
+    pub elapsed_us: u64,
+    /// The peer's hash and count matched.
+    pub verified: bool,
+    /// Bytes the connection sent through the relay.
+    pub tx_relay: u64,
+    /// Bytes it sent directly.
+    pub tx_direct: u64,
+    /// Its path now.
+    pub path: String,
+}
+
+/// What the relay's reflection ports tell about our NAT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Netcheck {
+    /// UDP reaches the relay.
+    pub udp: bool,
+    /// The relay session's transport.
+    pub relay_transport: String,
+    /// `none`, `endpoint-independent`, `endpoint-dependent` or `unknown`.
+    pub mapping: String,
+    /// The NAT kept our port.
+    pub port_preserved: bool,
+    /// Our addresses as the reflection ports saw them.
+    pub observed: Vec<String>,
+    /// A global IPv6 address.
+    pub ipv6: bool,
+    /// The addresses we offer peers.
+    pub candidates: Vec<String>,
 }
 
 /// How far a transfer is.
@@ -322,6 +439,17 @@ pub enum Event {
     OfferReceived(Offer),
     /// A transfer's progress (about every 200 ms).
     TransferProgress(TransferProgress),
+    /// Something happened in a call.
+    Call(CallNote),
+    /// A connection's path changed.
+    PathChanged {
+        /// The peer, 64 hex digits.
+        peer: String,
+        /// `relay` or `direct ADDR`.
+        path: String,
+        /// The new direct path's RTT, microseconds.
+        rtt_us: Option<u64>,
+    },
     /// The subscriber fell behind: this many events were dropped, the rest follow.
     Lagged {
         /// How many.
@@ -364,6 +492,10 @@ pub enum ErrorKind {
     Declined,
     /// Interrupted; the same request resumes it.
     Interrupted,
+    /// No call is in progress or ringing (or not the one named).
+    NoSuchCall,
+    /// The media options name a source, sink or size that cannot be used.
+    BadMedia,
     /// Anything else.
     Failure,
 }

@@ -126,6 +126,222 @@ fn summary() -> impl Strategy<Value = TransferSummary> {
         )
 }
 
+fn media() -> impl Strategy<Value = Media> {
+    (
+        (text(), text(), text()),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+        (
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            any::<Option<u64>>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (video, audio, speaker),
+                (width, height, fps, video_kbps),
+                (record_video, record_audio, duration_ms),
+            )| Media {
+                video,
+                audio,
+                speaker,
+                width,
+                height,
+                fps,
+                video_kbps,
+                record_video,
+                record_audio,
+                duration_ms,
+            },
+        )
+}
+
+fn change() -> impl Strategy<Value = CallChange> {
+    prop_oneof![
+        any::<bool>().prop_map(|muted| CallChange::Mute { muted }),
+        any::<bool>().prop_map(|on| CallChange::Camera { on }),
+        text().prop_map(|source| CallChange::Source { source }),
+    ]
+}
+
+fn call_requests() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (text(), media()).prop_map(|(peer, media)| Request::Call { peer, media }),
+        Just(Request::Ringing),
+        (proptest::option::of(text()), media())
+            .prop_map(|(id, media)| Request::AnswerCall { id, media }),
+        proptest::option::of(text()).prop_map(|id| Request::DeclineCall { id }),
+        Just(Request::Hangup),
+        change().prop_map(Request::ChangeCall),
+        (proptest::option::of(text()), proptest::option::of(media())).prop_map(
+            |(accept_files, answer)| Request::Policy {
+                accept_files,
+                answer
+            }
+        ),
+        text().prop_map(|peer| Request::Connect { peer }),
+        (text(), any::<u32>()).prop_map(|(peer, seq)| Request::Ping { peer, seq }),
+        (text(), any::<u64>()).prop_map(|(peer, bytes)| Request::Speedtest { peer, bytes }),
+        Just(Request::Netcheck),
+    ]
+}
+
+fn stream() -> impl Strategy<Value = Stream> {
+    (any::<u8>(), text(), text(), any::<bool>()).prop_map(|(id, kind, codec, active)| Stream {
+        id,
+        kind,
+        codec,
+        active,
+    })
+}
+
+fn streams() -> impl Strategy<Value = Streams> {
+    (
+        proptest::collection::vec(stream(), 0..3),
+        proptest::collection::vec(stream(), 0..3),
+    )
+        .prop_map(|(send, receive)| Streams { send, receive })
+}
+
+/// A statistics object: numbers, text, null and nested lists, as the engine's are.
+fn stats() -> impl Strategy<Value = serde_json::Value> {
+    (text(), any::<u32>(), any::<Option<i32>>(), any::<bool>()).prop_map(|(call, n, o, b)| {
+        serde_json::json!({"call": call, "elapsed_s": f64::from(n) / 8.0, "skew": o, "recv": [{"ok": b}]})
+    })
+}
+
+fn end() -> impl Strategy<Value = CallEnd> {
+    prop_oneof![
+        (any::<bool>(), text(), text()).prop_map(|(remote, reason, detail)| CallEnd::HungUp {
+            remote,
+            reason,
+            detail
+        }),
+        (any::<bool>(), text()).prop_map(|(remote, reason)| CallEnd::Rejected { remote, reason }),
+        Just(CallEnd::Unreachable),
+        Just(CallEnd::PeerVanished),
+        text().prop_map(|detail| CallEnd::Protocol { detail }),
+    ]
+}
+
+fn call_note() -> impl Strategy<Value = CallNote> {
+    prop_oneof![
+        (
+            text(),
+            text(),
+            proptest::option::of(text()),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(call, peer, name, audio, video)| CallNote::Incoming {
+                call,
+                peer,
+                name,
+                audio,
+                video
+            }),
+        text().prop_map(|call| CallNote::Ringing { call }),
+        (text(), text(), streams()).prop_map(|(call, peer, streams)| CallNote::Started {
+            call,
+            peer,
+            streams
+        }),
+        (text(), streams()).prop_map(|(call, streams)| CallNote::Updated { call, streams }),
+        stats().prop_map(|stats| CallNote::Stats { stats }),
+        (text(), text()).prop_map(|(call, message)| CallNote::Warning { call, message }),
+        (text(), text(), end(), proptest::option::of(stats())).prop_map(
+            |(call, peer, end, stats)| CallNote::Ended {
+                call,
+                peer,
+                end,
+                stats
+            }
+        ),
+    ]
+}
+
+fn call_answers() -> impl Strategy<Value = Answer> {
+    prop_oneof![
+        (text(), text()).prop_map(|(call, peer)| Answer::Calling { call, peer }),
+        proptest::option::of(
+            (text(), text(), text(), any::<bool>(), any::<bool>()).prop_map(
+                |(call, peer, name, audio, video)| Ringing {
+                    call,
+                    peer,
+                    name,
+                    audio,
+                    video
+                }
+            )
+        )
+        .prop_map(|call| Answer::Ringing { call }),
+        Just(Answer::Done),
+        (
+            peer(),
+            any::<u64>(),
+            text(),
+            proptest::option::of(text()),
+            text()
+        )
+            .prop_map(|(peer, connect_us, path, relay_transport, safety_number)| {
+                Answer::Connected(Connection {
+                    peer,
+                    connect_us,
+                    path,
+                    relay_transport,
+                    safety_number,
+                })
+            }),
+        (any::<Option<u64>>(), text(), any::<u64>()).prop_map(|(rtt_us, path, probes_sent)| {
+            Answer::Pong(Pong {
+                rtt_us,
+                path,
+                probes_sent,
+            })
+        }),
+        (
+            (any::<u64>(), any::<u64>(), any::<bool>()),
+            (any::<u64>(), any::<u64>(), text())
+        )
+            .prop_map(
+                |((bytes, elapsed_us, verified), (tx_relay, tx_direct, path))| {
+                    Answer::Speed(Speed {
+                        bytes,
+                        elapsed_us,
+                        verified,
+                        tx_relay,
+                        tx_direct,
+                        path,
+                    })
+                }
+            ),
+        (
+            (any::<bool>(), text(), text(), any::<bool>()),
+            (
+                proptest::collection::vec(text(), 0..3),
+                any::<bool>(),
+                proptest::collection::vec(text(), 0..3)
+            )
+        )
+            .prop_map(
+                |(
+                    (udp, relay_transport, mapping, port_preserved),
+                    (observed, ipv6, candidates),
+                )| {
+                    Answer::Netcheck(Netcheck {
+                        udp,
+                        relay_transport,
+                        mapping,
+                        port_preserved,
+                        observed,
+                        ipv6,
+                        candidates,
+                    })
+                }
+            ),
+    ]
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (any::<u32>(), text()).prop_map(|(version, client)| Request::Hello { version, client }),
@@ -148,6 +364,7 @@ fn request() -> impl Strategy<Value = Request> {
         (text(), proptest::collection::vec(text(), 0..3))
             .prop_map(|(peer, paths)| Request::SendFiles { peer, paths }),
         (text(), text()).prop_map(|(peer, id)| Request::InterruptTransfer { peer, id }),
+        call_requests(),
     ]
 }
 
@@ -187,6 +404,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         text().prop_map(|id| Answer::Rejected { id }),
         peer().prop_map(Answer::Resolved),
         summary().prop_map(Answer::Transferred),
+        call_answers(),
     ]
 }
 
@@ -202,6 +420,8 @@ fn error() -> impl Strategy<Value = RpcError> {
         ErrorKind::NoSuchOffer,
         ErrorKind::Declined,
         ErrorKind::Interrupted,
+        ErrorKind::NoSuchCall,
+        ErrorKind::BadMedia,
         ErrorKind::Failure,
     ];
     (proptest::sample::select(kinds.to_vec()), text()).prop_map(|(kind, m)| RpcError::new(kind, m))
@@ -221,6 +441,9 @@ fn event() -> impl Strategy<Value = Event> {
         text().prop_map(|id| Event::PeerLeft { id }),
         offer().prop_map(Event::OfferReceived),
         progress().prop_map(Event::TransferProgress),
+        call_note().prop_map(Event::Call),
+        (text(), text(), any::<Option<u64>>())
+            .prop_map(|(peer, path, rtt_us)| Event::PathChanged { peer, path, rtt_us }),
         any::<u64>().prop_map(|dropped| Event::Lagged { dropped }),
     ]
 }

@@ -9,11 +9,14 @@ use p2pcall_core::call::{
     AudioSource, CallEvent, CallOptions, CallStats, SCREEN_KBPS, SCREEN_MAX_SIZE, Sinks,
     SpeakerChoice, VideoSource, describe_end,
 };
-use p2pcall_core::engine::{EngineEvent, EngineHandle};
+use p2pcall_core::engine::EngineEvent;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
 use crate::output;
+use crate::session::Control;
+use p2pcall_api::CallChange;
+use p2pcall_proto::id::CallId;
 
 /// Media options shared by `call` and `listen --answer`.
 #[derive(Args, Debug, Clone)]
@@ -135,37 +138,63 @@ impl StatsFile {
 }
 
 /// Lines typed during a call: mute, unmute, camera on/off, source SRC, hangup.
-pub fn spawn_console(engine: EngineHandle) -> tokio::task::JoinHandle<()> {
+pub fn spawn_console(mut engine: Control) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(l)) = lines.next_line().await {
-            let r = match l.trim() {
-                "mute" => engine.set_muted(true).await,
-                "unmute" => engine.set_muted(false).await,
-                "camera off" | "video off" => engine.set_camera(false).await,
-                "camera on" | "video on" => engine.set_camera(true).await,
-                "hangup" | "bye" | "q" => engine.hangup().await,
-                l if l.starts_with("source ") => match l["source ".len()..].trim().parse() {
-                    Ok(src) => engine.set_video_source(src).await,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        Ok(())
+            let change = |c| Some(c);
+            let c = match l.trim() {
+                "mute" => change(CallChange::Mute { muted: true }),
+                "unmute" => change(CallChange::Mute { muted: false }),
+                "camera off" | "video off" => change(CallChange::Camera { on: false }),
+                "camera on" | "video on" => change(CallChange::Camera { on: true }),
+                "hangup" | "bye" | "q" => None,
+                l if l.starts_with("source ") => {
+                    match l["source ".len()..].trim().parse::<VideoSource>() {
+                        // The engine may run elsewhere: a file is named absolutely.
+                        Ok(VideoSource::File(p)) => change(CallChange::Source {
+                            source: std::path::absolute(&p).unwrap_or(p).display().to_string(),
+                        }),
+                        Ok(src) => change(CallChange::Source {
+                            source: src.to_string(),
+                        }),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            continue;
+                        }
                     }
-                },
-                "" => Ok(()),
+                }
+                "" => continue,
                 other => {
                     eprintln!(
                         "unknown command {other:?}: mute, unmute, camera off, camera on, \
                          source testsrc|FILE.y4m|camera[:DEV]|screen[:N]|window:ID|NAME, hangup"
                     );
-                    Ok(())
+                    continue;
                 }
             };
+            let r = match c {
+                Some(c) => engine.change(c).await,
+                None => engine.hangup().await,
+            };
             if let Err(e) = r {
-                eprintln!("{e}");
+                eprintln!("{e:#}");
             }
         }
     })
+}
+
+/// The call an event is about.
+pub fn call_id(e: &CallEvent) -> Option<CallId> {
+    match e {
+        CallEvent::Incoming { call, .. }
+        | CallEvent::Ringing { call }
+        | CallEvent::Started { call, .. }
+        | CallEvent::Updated { call, .. }
+        | CallEvent::Warning { call, .. }
+        | CallEvent::Ended { call, .. } => Some(*call),
+        CallEvent::Stats(s) => s.call.parse().ok(),
+    }
 }
 
 /// Whether an end is a normal one (exit status 0).

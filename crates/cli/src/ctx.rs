@@ -1,7 +1,7 @@
 //! What every command shares: the data dir and settings, the engine, the relay, the peer.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
@@ -199,73 +199,27 @@ pub(crate) async fn wait_online(
     }
 }
 
-/// A connection opened for a command: the engine, its events, the peer, and timings.
+/// A connection opened for a command: the engine, its events, the peer.
 pub(crate) struct Dialed {
     pub(crate) engine: EngineHandle,
     pub(crate) events: tokio::sync::mpsc::Receiver<EngineEvent>,
     pub(crate) peer: p2pcall_core::PeerId,
-    pub(crate) conn: p2pcall_net::PeerConnection,
-    /// `None` in LAN-only mode.
-    pub(crate) transport: Option<RelayTransport>,
-    /// How long the connection took to come up.
-    pub(crate) setup: Duration,
-    /// When it was up.
-    pub(crate) connected: Instant,
-}
-
-/// The name a connected peer goes by: the one it announced on the connection, else the one
-/// presence shows (the connection's `Hello` may still be on its way).
-pub(crate) fn known_name(
-    engine: &EngineHandle,
-    conn: &p2pcall_net::PeerConnection,
-) -> Option<String> {
-    conn.remote_name().or_else(|| {
-        engine
-            .online_peers()
-            .into_iter()
-            .find(|p| p.id == conn.peer())
-            .map(|p| p.name)
-    })
-}
-
-/// The `connected` event of a dialing command, in JSON.
-pub(crate) fn connected_json(
-    engine: &EngineHandle,
-    conn: &p2pcall_net::PeerConnection,
-    setup: Duration,
-    transport: Option<RelayTransport>,
-) -> serde_json::Value {
-    use crate::output::{ms, path_str, peer_obj, transport_name};
-    serde_json::json!({
-        "event": "connected",
-        "peer": peer_obj(&conn.peer(), known_name(engine, conn).as_deref()),
-        "connect_ms": ms(setup),
-        "path": path_str(&conn.path()),
-        "relay_transport": transport_name(transport),
-        "safety_number": conn.safety_number().to_string(),
-    })
 }
 
 /// Registers with the relay, finds the peer the user means, and connects to it.
 pub(crate) async fn dial(cli: &Cli, query: &str) -> Result<Dialed> {
     let (engine, mut events) = start_engine(cli, true).await?;
-    let transport = wait_online(&engine, &mut events).await?;
+    wait_online(&engine, &mut events).await?;
     engine.wait_presence(RELAY_WAIT).await?;
     let peer = engine.resolve_peer(query)?;
-    let t0 = Instant::now();
-    let conn = engine
+    engine
         .connect(peer)
         .await
         .with_context(|| format!("connecting to {}", peer.fingerprint()))?;
-    let connected = Instant::now();
     Ok(Dialed {
         engine,
         events,
         peer,
-        conn,
-        transport,
-        setup: connected - t0,
-        connected,
     })
 }
 

@@ -135,7 +135,12 @@ fn daemon_code(e: &p2pcall_daemon::DaemonError) -> u8 {
             K::Declined => DECLINED,
             K::Interrupted => INTERRUPTED,
             K::NoPresence | K::Timeout => TIMEOUT,
-            K::BadRequest | K::Version | K::NoSuchOffer | K::Failure => FAILURE,
+            K::BadRequest
+            | K::Version
+            | K::NoSuchOffer
+            | K::NoSuchCall
+            | K::BadMedia
+            | K::Failure => FAILURE,
         },
         _ => FAILURE,
     }

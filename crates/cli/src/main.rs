@@ -13,6 +13,7 @@ mod output;
 mod calls;
 mod cmd;
 mod ctx;
+mod session;
 
 use cmd::{
     call::CallArgs, chat::ChatArgs, demo::DemoArgs, history::HistoryArgs, listen::ListenArgs,
@@ -115,6 +116,10 @@ enum Cmd {
     Accept(cmd::offers::AnswerArgs),
     /// Decline a waiting file offer (the sender is told)
     Reject(cmd::offers::RejectArgs),
+    /// Answer the call ringing in the running daemon, and stay in it until it ends
+    Answer(cmd::ring::AnswerCallArgs),
+    /// Decline the call ringing in the running daemon (the caller is told)
+    Decline(cmd::ring::DeclineArgs),
     /// Run this identity's engine in the foreground: other commands and the app use it
     #[command(
         after_help = "Other commands on the same data dir talk to it over the local API
@@ -214,6 +219,8 @@ pub(crate) fn command_name(cli: &Cli) -> &'static str {
         Some(Cmd::Offers) => "offers",
         Some(Cmd::Accept(_)) => "accept",
         Some(Cmd::Reject(_)) => "reject",
+        Some(Cmd::Answer(_)) => "answer",
+        Some(Cmd::Decline(_)) => "decline",
         Some(Cmd::Ping(_)) => "ping",
         Some(Cmd::Speedtest(_)) => "speedtest",
         Some(Cmd::Demo(_)) => "demo",
@@ -243,6 +250,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Offers => cmd::offers::offers(&cli).await,
         Cmd::Accept(a) => cmd::offers::accept(&cli, a).await,
         Cmd::Reject(a) => cmd::offers::reject(&cli, a).await,
+        Cmd::Answer(a) => cmd::ring::answer(&cli, a).await,
+        Cmd::Decline(a) => cmd::ring::decline(&cli, a).await,
         Cmd::Chat(a) => cmd::chat::chat(&cli, a).await,
         Cmd::History(a) => cmd::history::history(&cli, a).await,
         Cmd::Send(a) => cmd::send::send(&cli, a).await,

@@ -120,11 +120,6 @@ pub(crate) fn peer_obj(id: &PeerId, name: Option<&str>) -> Value {
     json!({"id": id.to_hex(), "fingerprint": id.fingerprint().to_string(), "name": name})
 }
 
-/// The relay transport in JSON (`null` in LAN-only mode).
-pub(crate) fn transport_name(t: Option<RelayTransport>) -> Option<&'static str> {
-    t.map(transport_json)
-}
-
 /// The relay transport in JSON: `udp` or `tcp`.
 pub(crate) fn transport_json(t: RelayTransport) -> &'static str {
     match t {
@@ -1067,7 +1062,6 @@ mod tests {
         assert_eq!(human(1_000.0), "1.0 kB");
         assert_eq!(human(268_435_456.0), "268.4 MB");
         assert_eq!(ms(Duration::from_micros(1234)), 1.234);
-        assert_eq!(transport_name(None), None);
-        assert_eq!(transport_name(Some(RelayTransport::Udp)), Some("udp"));
+        assert_eq!(transport_json(RelayTransport::Tcp), "tcp");
     }
 }

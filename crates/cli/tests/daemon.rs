@@ -164,10 +164,10 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
         b"offered through a daemon"
     );
 
-    // An engine of its own on alice's data dir is refused, naming the daemon.
+    // A second engine on alice's data dir is refused, naming the daemon.
     let (out, err, code) = run({
         let mut c = peer(&adir, "alice");
-        c.args(["ping", "bob", "--count", "1"]);
+        c.arg("daemon");
         c
     });
     assert_eq!(code, Some(1), "{err}");
@@ -289,4 +289,106 @@ fn a_killed_daemon_loses_nothing_it_acknowledged_and_resumes_its_transfer() {
     let done = bob.expect("transfer_done");
     assert!(done["resumed_bytes"].as_u64().unwrap() >= 8 << 20, "{done}");
     assert_eq!(std::fs::read(inbox.join("big.bin")).unwrap(), data);
+}
+
+#[test]
+fn calls_pings_and_speed_tests_go_through_the_daemon_and_calls_are_answered_one_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (adir, bdir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_relay, udp) = relay(&tmp.path().join("r"), &[]);
+    let peer = |dir: &Path, name: &str| {
+        let mut c = cmd(dir);
+        c.args(["--json", "--relay", &udp, "--name", name]);
+        c
+    };
+    let daemon = |dir: &Path, name: &str| {
+        let mut c = peer(dir, name);
+        c.arg("daemon");
+        let d = Proc::spawn(c);
+        d.expect("relay_connected");
+        d
+    };
+    let _alice = daemon(&adir, "alice");
+    let _bob = daemon(&bdir, "bob");
+
+    // Bob's `listen --answer`, attached to his daemon, installs the policy there; the
+    // recording's relative path is the listener's, not the daemon's.
+    let mut c = peer(&bdir, "bob");
+    c.current_dir(tmp.path())
+        .args(["listen", "--answer", "--video", "none", "--speaker", "none"])
+        .args(["--record-video", "rec.y4m"]);
+    let mut listener = Proc::spawn(c);
+    let attached = listener.expect("attached");
+    assert_eq!(attached["answer"], true, "{attached}");
+    let alice = |args: &[&str]| {
+        let mut c = peer(&adir, "alice");
+        c.args(args);
+        run(c)
+    };
+    let (out, err, code) = alice(&["call", "bob", "--duration", "2", "--speaker", "none"]);
+    assert_eq!(code, Some(0), "{err}");
+    let kinds: Vec<&str> = out.iter().filter_map(|v| v["event"].as_str()).collect();
+    for k in ["call_started", "call_stats", "call_ended"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let end = out.iter().find(|v| v["event"] == "call_ended").unwrap();
+    assert_eq!(end["reason"], "finished", "{end}");
+    assert_eq!(listener.expect("call_started")["event"], "call_started");
+    listener.expect("call_ended");
+    let rec = std::fs::read(tmp.path().join("rec.y4m")).unwrap();
+    assert!(rec.starts_with(b"YUV4MPEG2"), "a recording");
+    assert!(
+        rec.len() > 640 * 360 * 3 / 2 * 10,
+        "{} bytes recorded",
+        rec.len()
+    );
+
+    // Ping, speed test and NAT check through alice's daemon.
+    let (out, err, code) = alice(&["ping", "bob", "--count", "2", "--interval", "100"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["event"], "connected", "{out:?}");
+    assert_eq!(out[0]["peer"]["name"], "bob", "{out:?}");
+    let summary = out.last().unwrap();
+    assert_eq!(summary["received"], 2, "{summary}");
+    let (out, err, code) = alice(&["speedtest", "bob", "--bytes", "2MB"]);
+    assert_eq!(code, Some(0), "{err}");
+    let result = out.iter().find(|v| v["event"] == "result").unwrap();
+    assert_eq!(result["verified"], true, "{result}");
+    assert_eq!(result["bytes"], 2_000_000, "{result}");
+    let (out, err, code) = alice(&["netcheck"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["udp"], true, "{out:?}");
+    assert_eq!(out[0]["relay_transport"], "udp", "{out:?}");
+
+    // The listener gone, its policy goes with it: calls ring in bob's daemon until bob
+    // answers or declines one.
+    assert!(listener.term().success());
+    let call = || {
+        let mut c = peer(&adir, "alice");
+        c.args(["call", "bob", "--duration", "1", "--speaker", "none"]);
+        Proc::spawn(c)
+    };
+    let bob = |args: &[&str]| {
+        let mut c = peer(&bdir, "bob");
+        c.args(args);
+        run(c)
+    };
+    let mut caller = call();
+    caller.expect("call_ringing");
+    let (out, err, code) = bob(&["decline"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["event"], "call_declined", "{out:?}");
+    assert_eq!(caller.child.wait().unwrap().code(), Some(7), "declined");
+    let (_, _, code) = bob(&["decline"]);
+    assert_eq!(code, Some(1), "nothing rings any more");
+
+    let mut caller = call();
+    caller.expect("call_ringing");
+    let (out, err, code) = bob(&["answer", "--video", "none", "--speaker", "none"]);
+    assert_eq!(code, Some(0), "{err}");
+    let kinds: Vec<&str> = out.iter().filter_map(|v| v["event"].as_str()).collect();
+    assert!(kinds.contains(&"call_started"), "{kinds:?}");
+    let end = out.iter().find(|v| v["event"] == "call_ended").unwrap();
+    assert_eq!(end["reason"], "hung_up_by_peer", "{end}");
+    assert_eq!(caller.child.wait().unwrap().code(), Some(0));
 }

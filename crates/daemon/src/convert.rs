@@ -6,6 +6,7 @@ use p2pcall_core::engine::EngineEvent;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use p2pcall_core::call::CallError;
 use p2pcall_core::transfer::{OfferInfo, Progress, Summary, TransferEvent};
 use p2pcall_core::{EngineError, Message, MessageState, PeerId, PeerInfo};
 use p2pcall_net::{Event, NetError, PresenceEvent};
@@ -168,6 +169,10 @@ pub(crate) fn event(e: &EngineEvent) -> Option<api::Event> {
         EngineEvent::Net(Event::Presence(PresenceEvent::Left(id))) => {
             api::Event::PeerLeft { id: id.to_hex() }
         }
+        EngineEvent::Call(c) => api::Event::Call(crate::callconv::call_note(c)),
+        EngineEvent::Net(Event::PathChanged {
+            peer, path, rtt, ..
+        }) => crate::callconv::path_changed(peer, path, *rtt),
         _ => return None,
     })
 }
@@ -193,6 +198,10 @@ pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
         api::Event::TransferProgress(p) => {
             EngineEvent::Transfer(TransferEvent::Progress(progress_from_api(p)?))
         }
+        api::Event::Call(n) => EngineEvent::Call(crate::callconv::call_event_from_api(n)?),
+        api::Event::PathChanged { peer, path, rtt_us } => {
+            EngineEvent::Net(crate::callconv::path_changed_from_api(peer, path, *rtt_us)?)
+        }
         api::Event::Lagged { .. } | api::Event::OfferReceived(_) => return None,
     })
 }
@@ -213,6 +222,13 @@ pub fn engine_error(e: &EngineError) -> RpcError {
         | EngineError::Stream(_)
         | EngineError::Net(NetError::Connection(_)) => ErrorKind::Interrupted,
         EngineError::Net(NetError::Timeout(_)) => ErrorKind::Timeout,
+        EngineError::Call(CallError::NoSuchCall) => ErrorKind::NoSuchCall,
+        EngineError::Call(
+            CallError::Source(_)
+            | CallError::Sink(_)
+            | CallError::File { .. }
+            | CallError::Device(_),
+        ) => ErrorKind::BadMedia,
         _ => ErrorKind::Failure,
     };
     RpcError::new(kind, p2pcall_core::causes(e))

@@ -1,8 +1,11 @@
 //! Engine events to the API's subscribers: never waiting for one.
 
 use p2pcall_api::{ErrorKind, Event, RpcError};
+use p2pcall_core::PeerId;
+use p2pcall_core::call::CallEvent;
 use p2pcall_core::engine::EngineEvent;
 use p2pcall_core::transfer::{OfferInfo, TransferEvent};
+use p2pcall_proto::id::CallId;
 use parking_lot::Mutex;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
@@ -16,12 +19,29 @@ struct Subscriber {
     dropped: u64,
 }
 
-/// The subscribers of one engine, and the file offers waiting for an answer.
+/// The subscribers of one engine, and the file offers and the call waiting for an answer.
 #[derive(Default)]
 pub struct Hub {
     subs: Mutex<Vec<Subscriber>>,
     /// Oldest first; an offer leaves when it is answered, withdrawn, or its transfer runs.
     offers: Mutex<Vec<OfferInfo>>,
+    /// The incoming call ringing now (until it starts or ends).
+    ringing: Mutex<Option<Ringing>>,
+}
+
+/// An incoming call waiting for an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ringing {
+    /// The call.
+    pub call: CallId,
+    /// The caller.
+    pub peer: PeerId,
+    /// Its display name (a hint).
+    pub name: Option<String>,
+    /// Offers audio.
+    pub audio: bool,
+    /// Offers video.
+    pub video: bool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -36,6 +56,32 @@ impl Hub {
     /// Hands an engine event to every subscriber that can take it now (the front end that
     /// owns the engine's event receiver calls this for each event, in order).
     pub fn publish(&self, e: &EngineEvent) {
+        if let EngineEvent::Call(c) = e {
+            let mut ringing = self.ringing.lock();
+            match c {
+                CallEvent::Incoming {
+                    call,
+                    peer,
+                    name,
+                    audio,
+                    video,
+                } => {
+                    *ringing = Some(Ringing {
+                        call: *call,
+                        peer: *peer,
+                        name: name.clone(),
+                        audio: *audio,
+                        video: *video,
+                    });
+                }
+                CallEvent::Started { call, .. } | CallEvent::Ended { call, .. }
+                    if ringing.as_ref().is_some_and(|r| r.call == *call) =>
+                {
+                    *ringing = None;
+                }
+                _ => {}
+            }
+        }
         if let EngineEvent::Transfer(t) = e {
             let mut offers = self.offers.lock();
             match t {
@@ -58,6 +104,27 @@ impl Hub {
     /// The offers waiting for an answer, oldest first.
     pub fn offers(&self) -> Vec<OfferInfo> {
         self.offers.lock().clone()
+    }
+
+    /// The incoming call waiting for an answer, if any.
+    pub fn ringing(&self) -> Option<Ringing> {
+        self.ringing.lock().clone()
+    }
+
+    /// The ringing call, if `prefix` (when given) starts its id.
+    pub fn ringing_call(&self, prefix: Option<&str>) -> Result<Ringing, RpcError> {
+        let r = self
+            .ringing
+            .lock()
+            .clone()
+            .ok_or_else(|| RpcError::new(ErrorKind::NoSuchCall, "no call is ringing"))?;
+        match prefix.map(|p| p.trim().to_ascii_lowercase()) {
+            Some(p) if p.is_empty() || !r.call.to_string().starts_with(&p) => Err(RpcError::new(
+                ErrorKind::NoSuchCall,
+                format!("no ringing call {p:?}; the call ringing now is {}", r.call),
+            )),
+            _ => Ok(r),
+        }
     }
 
     /// Takes the waiting offer whose id starts with `prefix` (the only one).

@@ -9,20 +9,23 @@
 //! never waits for it.
 #![forbid(unsafe_code)]
 
+mod callconv;
 mod client;
 mod convert;
 mod hub;
 mod server;
+pub mod tools;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+pub use callconv::{call_event_from_api, media, path_from_api};
 pub use client::Client;
 pub use convert::{
     engine_error, event_from_api, message_from_api, peer_from_api, progress_from_api,
     summary_from_api,
 };
-pub use hub::Hub;
+pub use hub::{Hub, Ringing};
 pub use server::{ApiServer, Served};
 
 /// Where the engine of `data_dir` serves the API: in `$XDG_RUNTIME_DIR/p2pcall/` (named by a

@@ -5,16 +5,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use p2pcall_api::{Answer, ErrorKind, Frame, Lines, Request, RpcError, VERSION};
+use p2pcall_api::{Answer, CallChange, ErrorKind, Frame, Lines, Media, Request, RpcError, VERSION};
+use p2pcall_core::call::CallOptions;
 use p2pcall_core::engine::EngineHandle;
-use p2pcall_core::{PeerId, RelayTransport};
+use p2pcall_core::{EngineError, PeerId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::callconv::options;
 use crate::convert::{engine_error, message, offer, peer, summary};
-use crate::{DaemonError, Hub};
+use crate::{DaemonError, Hub, tools};
 
 /// Requests of one client answered at once; more are refused until one finishes.
 const MAX_IN_FLIGHT: usize = 16;
@@ -119,6 +121,7 @@ async fn serve(served: Arc<Served>, stream: UnixStream) {
         greeted: false,
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         events: None,
+        policy: None,
     };
     let mut lines = Lines::default();
     let mut buf = vec![0u8; 64 << 10];
@@ -145,7 +148,10 @@ async fn serve(served: Arc<Served>, stream: UnixStream) {
             }
         }
     }
-    if let Some(t) = conn.events.take() {
+    for t in [conn.events.take(), conn.policy.take()]
+        .into_iter()
+        .flatten()
+    {
         t.abort();
     }
     drop(conn);
@@ -160,6 +166,8 @@ struct Conn {
     in_flight: Arc<Semaphore>,
     /// Forwards the client's events once it subscribed.
     events: Option<JoinHandle<()>>,
+    /// Answers offers and calls as the client's policy says, while it is connected.
+    policy: Option<JoinHandle<()>>,
 }
 
 /// The client is to be dropped.
@@ -227,6 +235,13 @@ impl Conn {
                 }
                 self.reply(id, Ok(Answer::Subscribed)).await
             }
+            Request::Policy {
+                accept_files,
+                answer,
+            } => {
+                let result = self.install_policy(accept_files, answer).await;
+                self.reply(id, result.map(|()| Answer::Done)).await
+            }
             request => {
                 let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
                     let e = RpcError::new(
@@ -248,6 +263,75 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Replaces this client's policy (checking it first: a folder that cannot be created or
+    /// media that cannot be opened are refused, and the old policy stays).
+    async fn install_policy(
+        &mut self,
+        accept_files: Option<String>,
+        answer: Option<Media>,
+    ) -> Result<(), RpcError> {
+        let dir = accept_files.map(PathBuf::from);
+        if let Some(d) = &dir {
+            std::fs::create_dir_all(d).map_err(|e| {
+                RpcError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "cannot create the folder for received files {}: {e}",
+                        d.display()
+                    ),
+                )
+            })?;
+        }
+        let opts = match &answer {
+            Some(m) => Some(checked_options(m).await?),
+            None => None,
+        };
+        if let Some(old) = self.policy.take() {
+            old.abort();
+        }
+        if dir.is_some() || opts.is_some() {
+            let (served, rx) = (self.served.clone(), self.served.hub.subscribe());
+            self.policy = Some(tokio::spawn(run_policy(served, rx, dir, opts)));
+        }
+        Ok(())
+    }
+}
+
+/// Accepts offers into `dir` and answers calls with `opts`, as they come.
+async fn run_policy(
+    served: Arc<Served>,
+    mut events: mpsc::Receiver<p2pcall_api::Event>,
+    dir: Option<PathBuf>,
+    opts: Option<CallOptions>,
+) {
+    use p2pcall_api::{CallNote, Event};
+    let engine = &served.engine;
+    while let Some(ev) = events.recv().await {
+        match ev {
+            Event::OfferReceived(o) => {
+                let Some(dir) = &dir else { continue };
+                // Another client may have answered it already.
+                let Ok(o) = served.hub.take_offer(&o.id) else {
+                    continue;
+                };
+                if let Err(e) = engine.accept_offer(o.peer, o.id, dir.clone()) {
+                    tracing::warn!(offer = %o.id, "accepting by policy: {e}");
+                }
+            }
+            Event::Call(CallNote::Incoming { call, .. }) => {
+                let (Some(opts), Ok(call)) = (&opts, call.parse()) else {
+                    continue;
+                };
+                if let Err(e) = engine.answer(call, opts.clone()).await {
+                    tracing::warn!(%call, "answering by policy: {e}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Carries out one request on the engine.
 async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
     let engine = &s.engine;
@@ -256,23 +340,14 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
             ErrorKind::BadRequest,
             "hello and subscribe are answered by the connection",
         )),
-        Request::Status => {
-            let relay = engine.wait_relay(Duration::ZERO).await.ok().map(|t| {
-                match t {
-                    RelayTransport::Udp => "udp",
-                    RelayTransport::Tcp => "tcp",
-                }
-                .to_string()
-            });
-            Ok(Answer::Status(p2pcall_api::Status {
-                id: engine.id().to_hex(),
-                name: s.name.clone(),
-                relay,
-                lan: engine.endpoint().is_lan(),
-                data_dir: s.data_dir.display().to_string(),
-                pid: std::process::id(),
-            }))
-        }
+        Request::Status => Ok(Answer::Status(p2pcall_api::Status {
+            id: engine.id().to_hex(),
+            name: s.name.clone(),
+            relay: tools::relay_transport(engine).await,
+            lan: engine.endpoint().is_lan(),
+            data_dir: s.data_dir.display().to_string(),
+            pid: std::process::id(),
+        })),
         Request::Peers { wait_ms } => {
             let wait = Duration::from_millis(wait_ms).min(MAX_PRESENCE_WAIT);
             let list = if engine.endpoint().is_lan() {
@@ -333,6 +408,125 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
             let n = engine.mark_read(p).await.map_err(|e| engine_error(&e))?;
             Ok(Answer::Count { n: n as u64 })
         }
+        Request::Call { .. }
+        | Request::Ringing
+        | Request::AnswerCall { .. }
+        | Request::DeclineCall { .. }
+        | Request::Hangup
+        | Request::ChangeCall(_) => calls(s, request).await,
+        Request::Policy { .. } => Err(RpcError::new(
+            ErrorKind::BadRequest,
+            "a policy is installed by the connection",
+        )),
+        Request::Connect { .. }
+        | Request::Ping { .. }
+        | Request::Speedtest { .. }
+        | Request::Netcheck => peer_tools(s, request).await,
+    }
+}
+
+/// The requests about calls: placing, answering, declining, changing, hanging up.
+async fn calls(s: &Served, request: Request) -> Result<Answer, RpcError> {
+    let engine = &s.engine;
+    let failed = |e: EngineError| engine_error(&e);
+    match request {
+        Request::Call { peer: who, media } => {
+            let opts = checked_options(&media).await?;
+            let p = resolve(engine, &who)?;
+            let call = engine.call(p, opts).await.map_err(failed)?;
+            Ok(Answer::Calling {
+                call: call.to_string(),
+                peer: p.to_hex(),
+            })
+        }
+        Request::Ringing => Ok(Answer::Ringing {
+            call: s.hub.ringing().map(|r| p2pcall_api::Ringing {
+                call: r.call.to_string(),
+                name: r.name.clone().unwrap_or_else(|| engine.peer_name(&r.peer)),
+                peer: r.peer.to_hex(),
+                audio: r.audio,
+                video: r.video,
+            }),
+        }),
+        Request::AnswerCall { id, media } => {
+            let r = s.hub.ringing_call(id.as_deref())?;
+            let opts = checked_options(&media).await?;
+            engine.answer(r.call, opts).await.map_err(failed)?;
+            Ok(Answer::Done)
+        }
+        Request::DeclineCall { id } => {
+            let r = s.hub.ringing_call(id.as_deref())?;
+            engine.reject_call(r.call).await.map_err(failed)?;
+            Ok(Answer::Done)
+        }
+        Request::Hangup => engine.hangup().await.map(|()| Answer::Done).map_err(failed),
+        Request::ChangeCall(change) => {
+            let r = match change {
+                CallChange::Mute { muted } => engine.set_muted(muted).await,
+                CallChange::Camera { on } => engine.set_camera(on).await,
+                CallChange::Source { source } => {
+                    let src = source
+                        .parse()
+                        .map_err(|e: String| RpcError::new(ErrorKind::BadMedia, e))?;
+                    engine.set_video_source(src).await
+                }
+            };
+            r.map(|()| Answer::Done).map_err(failed)
+        }
+        _ => Err(RpcError::new(
+            ErrorKind::BadRequest,
+            "not a request about calls",
+        )),
+    }
+}
+
+/// Media options from a request, with every source and sink opened once (off the async
+/// workers: opening a camera takes a while).
+async fn checked_options(media: &Media) -> Result<CallOptions, RpcError> {
+    let opts = options(media)?;
+    let check = opts.clone();
+    tokio::task::spawn_blocking(move || check.check())
+        .await
+        .map_err(|e| RpcError::new(ErrorKind::Failure, e.to_string()))?
+        .map_err(|e| engine_error(&e.into()))?;
+    Ok(opts)
+}
+
+/// Connecting to a peer and measuring the path and the NAT.
+async fn peer_tools(s: &Served, request: Request) -> Result<Answer, RpcError> {
+    let engine = &s.engine;
+    let failed = |e: EngineError| engine_error(&e);
+    match request {
+        Request::Connect { peer: who } => {
+            let p = resolve(engine, &who)?;
+            Ok(Answer::Connected(
+                tools::connect(engine, p).await.map_err(failed)?,
+            ))
+        }
+        Request::Ping { peer: who, seq } => {
+            let p = resolve(engine, &who)?;
+            Ok(Answer::Pong(
+                tools::ping(engine, p, seq).await.map_err(failed)?,
+            ))
+        }
+        Request::Speedtest { peer: who, bytes } => {
+            let p = resolve(engine, &who)?;
+            Ok(Answer::Speed(
+                tools::speedtest(engine, p, bytes).await.map_err(failed)?,
+            ))
+        }
+        Request::Netcheck => {
+            let Ok(t) = engine.wait_relay(Duration::ZERO).await else {
+                return Err(RpcError::new(
+                    ErrorKind::Failure,
+                    "netcheck measures the NAT through a relay's reflection ports, and the engine has no relay session (LAN-only mode, or not connected): pass --relay HOST",
+                ));
+            };
+            Ok(Answer::Netcheck(
+                tools::netcheck(engine, t).await.map_err(failed)?,
+            ))
+        }
+        _ => Err(RpcError::new(ErrorKind::BadRequest, "not a peer tool")),
     }
 }
 

@@ -4,10 +4,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use p2pcall_core::engine::EngineEvent;
 use p2pcall_net::Event;
+use p2pcall_proto::id::CallId;
 
 use crate::Cli;
 use crate::ctx::*;
 use crate::output::*;
+use crate::session::Session;
 use crate::{calls, exit};
 
 #[derive(Args, Debug)]
@@ -24,25 +26,45 @@ pub(crate) struct CallArgs {
 }
 
 pub(crate) async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
-    a.media.options().check()?;
-    let Dialed {
-        engine,
-        mut events,
-        peer,
-        ..
-    } = dial(cli, &a.peer).await?;
-    engine.call(peer, a.media.options()).await?;
+    let opts = a.media.options();
+    let mut session = Session::open(cli, &a.peer).await?;
+    if !session.through_daemon() {
+        // The daemon opens the devices and files itself, and checks them there.
+        opts.check()?;
+    }
+    let peer = session.peer;
+    let call = session.call(opts).await?;
     if !cli.json {
         outln!("calling {}…", peer.fingerprint());
     }
-    let console = calls::spawn_console(engine.clone());
+    follow(cli, session, call, a.media.stats_json.as_deref(), "caller").await
+}
+
+/// Prints a call's events until it ends (typed commands change it, Ctrl-C hangs up), writes
+/// its statistics to `stats_json`, and says how it ended in the exit code.
+pub(crate) async fn follow(
+    cli: &Cli,
+    mut session: Session,
+    call: CallId,
+    stats_json: Option<&std::path::Path>,
+    role: &str,
+) -> Result<()> {
+    let peer = session.peer;
+    let console = calls::spawn_console(session.control(cli).await?);
+    let mut hangup = session.control(cli).await?;
     let mut stats_file = calls::StatsFile::default();
     let mut end = None;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut stopping = false;
     loop {
         tokio::select! {
-            _ = shutdown_signal() => { let _ = engine.hangup().await; }
-            e = events.recv() => match e {
-                Some(EngineEvent::Call(c)) => {
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                let _ = hangup.hangup().await;
+            }
+            e = session.next_event() => match e? {
+                Some(EngineEvent::Call(c)) if calls::call_id(&c).is_none_or(|id| id == call) => {
                     calls::print(cli.json, &EngineEvent::Call(c.clone()));
                     stats_file.note(&c);
                     if matches!(c, p2pcall_core::call::CallEvent::Ended { .. }) {
@@ -50,17 +72,19 @@ pub(crate) async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
                         break;
                     }
                 }
-                Some(e @ EngineEvent::Net(Event::PathChanged { .. })) => print_event(cli.json, &e),
+                Some(e @ EngineEvent::Net(Event::PathChanged { peer: p, .. })) if p == peer => {
+                    print_event(cli.json, &e);
+                }
                 Some(_) => {}
                 None => break,
             },
         }
     }
     console.abort();
-    engine.shutdown().await;
+    session.close().await;
     let end = end.context("the engine stopped during the call")?;
-    if let Some(path) = &a.media.stats_json {
-        stats_file.write(path, "caller", &end)?;
+    if let Some(path) = stats_json {
+        stats_file.write(path, role, &end)?;
     }
     match &end {
         p2pcall_core::call::CallEvent::Ended { reason, .. } if !calls::ended_normally(&end) => {

@@ -14,6 +14,7 @@ use crate::Cli;
 use crate::calls;
 use crate::ctx::*;
 use crate::output::*;
+use crate::session::Control;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -102,7 +103,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                             match c {
                                 p2pcall_core::call::CallEvent::Incoming { call, .. } => {
                                     let r = if a.answer {
-                                        console.get_or_insert_with(|| calls::spawn_console(engine.clone()));
+                                        console.get_or_insert_with(|| calls::spawn_console(Control::Own(engine.clone())));
                                         engine.answer(*call, a.media.options()).await
                                     } else {
                                         engine.reject_call(*call).await
@@ -145,40 +146,77 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
     Ok(())
 }
 
-/// `listen` while another process (`p2pcall daemon`) runs this data dir's engine: prints
-/// that engine's events until Ctrl-C, or until the engine stops (exit code 10).
+/// `listen` while another process (`p2pcall daemon`, the app) runs this data dir's engine:
+/// prints that engine's events until Ctrl-C, or until the engine stops (exit code 10).
+/// `--accept-files`/`--answer` become the engine's policy while this runs; without them,
+/// offers and calls wait for an answer from any client (`accept`, `answer`, the app).
 async fn attached(cli: &Cli, a: &ListenArgs, mut c: p2pcall_daemon::Client) -> Result<()> {
-    if a.accept_files.is_some() || a.answer {
-        bail!(
-            "the p2pcall daemon (pid {}) runs this identity, and answering offers or calls through it is not possible yet: stop the daemon to use `listen --accept-files`/`--answer`, or run `listen` without them to follow its events",
-            c.pid()
-        );
-    }
     let Answer::Status(status) = c.call(Request::Status).await? else {
         bail!("the p2pcall daemon answered something else than its status");
     };
+    let accept_files = (a.accept_files.as_ref())
+        .map(|d| std::path::absolute(d).map(|d| d.display().to_string()))
+        .transpose()?;
+    let answer = a.answer.then(|| p2pcall_daemon::media(&a.media.options()));
+    let console = if a.answer || accept_files.is_some() {
+        c.call(Request::Policy {
+            accept_files: accept_files.clone(),
+            answer,
+        })
+        .await?;
+        match a.answer {
+            true => Some(calls::spawn_console(Control::Daemon(
+                engine_client(cli)
+                    .await?
+                    .ok_or(p2pcall_daemon::DaemonError::Stopped)?,
+            ))),
+            false => None,
+        }
+    } else {
+        None
+    };
     c.call(Request::Subscribe).await?;
-    if !cli.json {
+    if cli.json {
+        outln!(
+            "{}",
+            serde_json::json!({"event": "attached", "id": status.id, "pid": status.pid, "accept_files": accept_files, "answer": a.answer})
+        );
+    } else {
         let me: p2pcall_core::PeerId = status.id.parse()?;
         outln!(
-            "listening as {} through the p2pcall daemon (pid {}) (Ctrl-C to stop)",
+            "listening as {} through the p2pcall daemon (pid {}) (Ctrl-C to stop){}",
             me.fingerprint(),
-            status.pid
+            status.pid,
+            accept_files
+                .map(|d| format!("; accepting files into {d}"))
+                .unwrap_or_default()
         );
     }
-    loop {
+    let mut stats_file = calls::StatsFile::default();
+    let r = loop {
         tokio::select! {
-            _ = shutdown_signal() => return Ok(()),
-            e = c.next_event() => match e? {
-                p2pcall_api::Event::Lagged { dropped } => {
+            _ = shutdown_signal() => break Ok(()),
+            e = c.next_event() => match e {
+                Err(e) => break Err(e.into()),
+                Ok(p2pcall_api::Event::Lagged { dropped }) => {
                     eprintln!("warning: {dropped} events were lost while this terminal was not reading");
                 }
-                e => {
-                    if let Some(e) = p2pcall_daemon::event_from_api(&e) {
-                        print_event(cli.json, &e);
+                Ok(e) => {
+                    let Some(e) = p2pcall_daemon::event_from_api(&e) else { continue };
+                    print_event(cli.json, &e);
+                    if let EngineEvent::Call(call) = &e {
+                        stats_file.note(call);
+                        if let (p2pcall_core::call::CallEvent::Ended { .. }, Some(path)) = (call, &a.media.stats_json) {
+                            stats_file.write(path, "callee", call)?;
+                            stats_file = calls::StatsFile::default();
+                        }
                     }
                 }
             },
         }
+    };
+    if let Some(t) = console {
+        t.abort();
     }
+    r
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 use p2pcall_core::engine::EngineEvent;
 use p2pcall_net::Event;
@@ -12,6 +12,7 @@ use crate::Cli;
 use crate::ctx::*;
 use crate::exit;
 use crate::output::*;
+use crate::session::{Session, connected_json, setup};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -33,63 +34,61 @@ pub(crate) struct PingArgs {
 }
 
 pub(crate) async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
-    let Dialed {
-        engine,
-        mut events,
-        peer,
-        conn,
-        transport,
-        setup,
-        connected,
-    } = dial(cli, &a.peer).await?;
+    let (mut session, conn, connected) = Session::connect(cli, &a.peer).await?;
+    let peer = session.peer;
     if cli.json {
-        outln!("{}", connected_json(&engine, &conn, setup, transport));
+        outln!("{}", connected_json(&conn));
     } else {
         outln!(
             "connected to {} in {:.1} ms via {}",
             peer.fingerprint(),
-            ms(setup),
-            path_str(&conn.path())
+            ms(setup(&conn)),
+            conn.path
         );
         outln!(
             "safety number (compare with your peer): {}",
-            conn.safety_number()
+            conn.safety_number
         );
     }
     let mut rtts = Vec::new();
     let mut lost = 0u32;
     let mut sent = 0u32;
+    let mut last = None;
     let stop = shutdown_signal();
     tokio::pin!(stop);
-    for seq in 0.. {
+    'pings: for seq in 0.. {
         if !a.watch && seq >= a.count {
             break;
         }
         if seq > 0 {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(a.interval)) => {}
-                _ = &mut stop => break,
+            let pause = tokio::time::sleep(Duration::from_millis(a.interval));
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    _ = &mut pause => break,
+                    _ = &mut stop => break 'pings,
+                    e = session.next_event() => match e? {
+                        Some(e @ EngineEvent::Net(Event::PathChanged { peer: p, .. })) if p == peer => {
+                            print_path_change(cli.json, &e, connected);
+                        }
+                        Some(_) => {}
+                        None => bail!("the engine stopped"),
+                    },
+                }
             }
         }
         sent += 1;
-        while let Ok(e) = events.try_recv() {
-            if let EngineEvent::Net(Event::PathChanged { peer: p, .. }) = &e
-                && *p == peer
-            {
-                print_path_change(cli.json, &e, connected);
-            }
-        }
-        let r = engine.ping(peer, seq).await?;
-        match r.rtt {
+        let r = session.ping(seq).await?;
+        match r.rtt_us.map(Duration::from_micros) {
             Some(rtt) => {
                 rtts.push(rtt);
                 if cli.json {
                     outln!(
                         "{}",
-                        json!({"event": "ping", "seq": seq, "rtt_ms": ms(rtt), "path": path_str(&r.path)})
+                        json!({"event": "ping", "seq": seq, "rtt_ms": ms(rtt), "path": r.path})
                     );
                 } else {
-                    outln!("seq={seq} rtt={:.3} ms path={}", ms(rtt), path_str(&r.path));
+                    outln!("seq={seq} rtt={:.3} ms path={}", ms(rtt), r.path);
                 }
             }
             None => {
@@ -97,21 +96,23 @@ pub(crate) async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
                 if cli.json {
                     outln!(
                         "{}",
-                        json!({"event": "ping", "seq": seq, "rtt_ms": null, "path": path_str(&r.path)})
+                        json!({"event": "ping", "seq": seq, "rtt_ms": null, "path": r.path})
                     );
                 } else {
-                    outln!("seq={seq} lost path={}", path_str(&r.path));
+                    outln!("seq={seq} lost path={}", r.path);
                 }
             }
         }
+        last = Some(r);
     }
     let min = rtts.iter().min().copied().map(ms);
     let max = rtts.iter().max().copied().map(ms);
     let avg = (!rtts.is_empty()).then(|| ms(rtts.iter().sum::<Duration>() / rtts.len() as u32));
+    let (path, probes_sent) = last.map_or((conn.path.clone(), 0), |r| (r.path, r.probes_sent));
     if cli.json {
         outln!(
             "{}",
-            json!({"event": "summary", "sent": sent, "received": rtts.len(), "lost": lost, "min_ms": min, "avg_ms": avg, "max_ms": max, "path": path_str(&conn.path()), "probes_sent": conn.stats().probes_sent})
+            json!({"event": "summary", "sent": sent, "received": rtts.len(), "lost": lost, "min_ms": min, "avg_ms": avg, "max_ms": max, "path": path, "probes_sent": probes_sent})
         );
     } else {
         outln!(
@@ -122,10 +123,10 @@ pub(crate) async fn ping(cli: &Cli, a: &PingArgs) -> Result<()> {
             min.map_or("-".into(), |v| format!("{v:.3}")),
             avg.map_or("-".into(), |v| format!("{v:.3}")),
             max.map_or("-".into(), |v| format!("{v:.3}")),
-            path_str(&conn.path())
+            path
         );
     }
-    engine.shutdown().await;
+    session.close().await;
     if rtts.is_empty() && sent > 0 {
         return Err(exit::Fail::PeerSilent(format!(
             "none of the {sent} pings was answered within {} s",

@@ -7,6 +7,7 @@ use serde_json::json;
 use crate::Cli;
 use crate::ctx::*;
 use crate::output::*;
+use crate::session::{Session, connected_json, setup};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -21,60 +22,53 @@ pub(crate) struct SpeedtestArgs {
 }
 
 pub(crate) async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
-    let Dialed {
-        engine,
-        mut events,
-        peer,
-        conn,
-        transport,
-        setup,
-        connected,
-    } = dial(cli, &a.peer).await?;
+    let (mut session, conn, connected) = Session::connect(cli, &a.peer).await?;
+    let peer = session.peer;
     if cli.json {
-        outln!("{}", connected_json(&engine, &conn, setup, transport));
+        outln!("{}", connected_json(&conn));
     } else {
         outln!(
             "connected to {} in {:.1} ms via {}; sending {}",
             peer.fingerprint(),
-            ms(setup),
-            path_str(&conn.path()),
+            ms(setup(&conn)),
+            conn.path,
             human(a.bytes as f64)
         );
     }
-    let test = engine.speedtest(peer, a.bytes);
-    tokio::pin!(test);
+    let mut test = tokio::spawn(session.control(cli).await?.speedtest(peer, a.bytes));
     let report = loop {
         tokio::select! {
-            r = &mut test => break r?,
-            e = events.recv() => match e {
+            r = &mut test => break r??,
+            e = session.next_event() => match e? {
                 Some(e) => print_path_change(cli.json, &e, connected),
                 None => bail!("engine stopped"),
             },
         }
     };
-    let s = conn.stats();
+    let seconds = report.elapsed_us as f64 / 1e6;
+    let mbit_s = report.bytes as f64 * 8.0 / seconds.max(1e-9) / 1e6;
     if cli.json {
         outln!(
             "{}",
-            json!({"event": "result", "bytes": report.bytes, "seconds": report.elapsed.as_secs_f64(), "mbit_s": report.mbit_per_s(), "verified": report.verified, "tx_relay": s.tx_relay, "tx_direct": s.tx_direct, "path": path_str(&s.path)})
+            json!({"event": "result", "bytes": report.bytes, "seconds": seconds, "mbit_s": mbit_s, "verified": report.verified, "tx_relay": report.tx_relay, "tx_direct": report.tx_direct, "path": report.path})
         );
     } else {
         outln!(
             "{} bytes in {:.2} s: {:.1} Mbit/s, {}; {} bytes via the relay, {} direct; path now {}",
             report.bytes,
-            report.elapsed.as_secs_f64(),
-            report.mbit_per_s(),
+            seconds,
+            mbit_s,
             if report.verified {
                 "verified by the peer"
             } else {
                 "NOT verified"
             },
-            s.tx_relay,
-            s.tx_direct,
-            path_str(&s.path)
+            report.tx_relay,
+            report.tx_direct,
+            report.path
         );
     }
-    engine.shutdown().await;
+    session.close().await;
     if !report.verified {
         bail!("the peer received different data than was sent");
     }

@@ -134,6 +134,38 @@ impl std::str::FromStr for VideoSource {
     }
 }
 
+/// The form [`VideoSource`]'s `FromStr` reads (the X display of a screen is not part of it).
+impl std::fmt::Display for VideoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::TestPattern => f.write_str("testsrc"),
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Camera(None) => f.write_str("camera"),
+            Self::Camera(Some(d)) => write!(f, "camera:{d}"),
+            Self::Screen { target, .. } => match target {
+                Target::Screen(n) => write!(f, "screen:{n}"),
+                Target::Window(id) => write!(f, "window:{id}"),
+                Target::WindowNamed(name) => write!(f, "window:{name}"),
+            },
+        }
+    }
+}
+
+/// The form [`AudioSource`]'s `FromStr` reads.
+impl std::fmt::Display for AudioSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Tone => f.write_str("tone"),
+            Self::Speech => f.write_str("speech"),
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Mic(None) => f.write_str("mic"),
+            Self::Mic(Some(d)) => write!(f, "mic:{d}"),
+        }
+    }
+}
+
 impl std::str::FromStr for AudioSource {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -1064,6 +1096,17 @@ impl std::str::FromStr for SpeakerChoice {
     }
 }
 
+/// The form [`SpeakerChoice`]'s `FromStr` reads.
+impl std::fmt::Display for SpeakerChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("none"),
+            Self::Auto => f.write_str("auto"),
+            Self::Device(d) => f.write_str(d),
+        }
+    }
+}
+
 fn open_speaker(choice: &SpeakerChoice) -> Result<(Option<Speaker>, Option<String>), CallError> {
     Ok(match choice {
         SpeakerChoice::Off => (None, None),
@@ -1303,6 +1346,34 @@ pub fn stretch_pcm(pcm: &[i16], stretch: i32) -> Vec<i16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_and_speakers_print_as_they_are_typed() {
+        for v in [
+            "none",
+            "testsrc",
+            "/tmp/a b.y4m",
+            "camera",
+            "camera:/dev/video2",
+            "screen:1",
+            "window:4242",
+            "window:Firefox",
+        ] {
+            let parsed: VideoSource = v.parse().unwrap();
+            assert_eq!(parsed.to_string(), v);
+        }
+        for a in ["none", "tone", "speech", "/tmp/x.wav", "mic", "mic:hw:1,0"] {
+            let parsed: AudioSource = a.parse().unwrap();
+            assert_eq!(parsed.to_string(), a);
+        }
+        for s in ["none", "auto", "hw:0,0"] {
+            let parsed: SpeakerChoice = s.parse().unwrap();
+            assert_eq!(parsed.to_string(), s);
+        }
+        // `screen` is screen 0.
+        let screen: VideoSource = "screen".parse().unwrap();
+        assert_eq!(screen.to_string(), "screen:0");
+    }
 
     #[test]
     fn stretching_changes_the_length_and_keeps_the_ends() {

@@ -184,7 +184,7 @@ impl CallOptions {
 }
 
 /// Per-stream statistics of what we send.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct SendStreamStats {
     /// Stream number.
     pub id: u8,
@@ -205,7 +205,7 @@ pub struct SendStreamStats {
 }
 
 /// Per-stream statistics of what we receive.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct RecvStreamStats {
     /// Stream number.
     pub id: u8,
@@ -244,7 +244,7 @@ pub struct RecvStreamStats {
 }
 
 /// Call statistics, reported every second and at the end.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct CallStats {
     /// Call id (hex).
     pub call: String,
@@ -291,7 +291,7 @@ pub struct CallStats {
 }
 
 /// What the bandwidth estimator thinks, and what it lets each part send.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct RateReport {
     /// The estimate for everything the connection sends, kbit/s.
     pub target_kbps: f64,
