@@ -356,6 +356,8 @@ pub struct Offer {
     pub total_bytes: u64,
     /// The top-level names.
     pub tops: Vec<String>,
+    /// The first entries: relative path and size (`None` for a folder).
+    pub sample: Vec<(String, Option<u64>)>,
 }
 
 /// The engine.
@@ -439,6 +441,23 @@ pub enum Event {
     OfferReceived(Offer),
     /// A transfer's progress (about every 200 ms).
     TransferProgress(TransferProgress),
+    /// An interrupted transfer, accepted earlier, goes on (no question asked).
+    TransferResumed(Offer),
+    /// A transfer is complete.
+    TransferDone(TransferSummary),
+    /// A transfer stopped.
+    TransferFailed {
+        /// The other side, 64 hex digits.
+        peer: String,
+        /// The transfer, 32 hex digits.
+        id: String,
+        /// We sent.
+        outgoing: bool,
+        /// What happened.
+        reason: String,
+        /// Sending the same paths again continues it.
+        resumable: bool,
+    },
     /// Something happened in a call.
     Call(CallNote),
     /// A connection's path changed.

@@ -50,16 +50,20 @@ fn offer() -> impl Strategy<Value = Offer> {
         any::<u64>(),
         any::<u64>(),
         proptest::collection::vec(text(), 0..3),
+        proptest::collection::vec((text(), any::<Option<u64>>()), 0..3),
     )
-        .prop_map(|(id, peer, name, files, dirs, total_bytes, tops)| Offer {
-            id,
-            peer,
-            name,
-            files,
-            dirs,
-            total_bytes,
-            tops,
-        })
+        .prop_map(
+            |(id, peer, name, files, dirs, total_bytes, tops, sample)| Offer {
+                id,
+                peer,
+                name,
+                files,
+                dirs,
+                total_bytes,
+                tops,
+                sample,
+            },
+        )
 }
 
 fn progress() -> impl Strategy<Value = TransferProgress> {
@@ -442,6 +446,17 @@ fn event() -> impl Strategy<Value = Event> {
         offer().prop_map(Event::OfferReceived),
         progress().prop_map(Event::TransferProgress),
         call_note().prop_map(Event::Call),
+        offer().prop_map(Event::TransferResumed),
+        summary().prop_map(Event::TransferDone),
+        (text(), text(), any::<bool>(), text(), any::<bool>()).prop_map(
+            |(peer, id, outgoing, reason, resumable)| Event::TransferFailed {
+                peer,
+                id,
+                outgoing,
+                reason,
+                resumable
+            }
+        ),
         (text(), text(), any::<Option<u64>>())
             .prop_map(|(peer, path, rtt_us)| Event::PathChanged { peer, path, rtt_us }),
         any::<u64>().prop_map(|dropped| Event::Lagged { dropped }),

@@ -316,10 +316,15 @@ fn calls_pings_and_speed_tests_go_through_the_daemon_and_calls_are_answered_one_
     let mut c = peer(&bdir, "bob");
     c.current_dir(tmp.path())
         .args(["listen", "--answer", "--video", "none", "--speaker", "none"])
-        .args(["--record-video", "rec.y4m"]);
+        .args(["--record-video", "rec.y4m", "--accept-files", "inbox"]);
     let mut listener = Proc::spawn(c);
     let attached = listener.expect("attached");
     assert_eq!(attached["answer"], true, "{attached}");
+    assert_eq!(
+        attached["accept_files"],
+        tmp.path().join("inbox").to_str().unwrap(),
+        "{attached}"
+    );
     let alice = |args: &[&str]| {
         let mut c = peer(&adir, "alice");
         c.args(args);
@@ -341,6 +346,18 @@ fn calls_pings_and_speed_tests_go_through_the_daemon_and_calls_are_answered_one_
         rec.len() > 640 * 360 * 3 / 2 * 10,
         "{} bytes recorded",
         rec.len()
+    );
+
+    // Files are accepted by the policy, and the listener reports them as its own would.
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, b"accepted by a policy").unwrap();
+    let (_, err, code) = alice(&["send", "bob", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let done = listener.expect("transfer_done");
+    assert_eq!(done["files"], 1, "{done}");
+    assert_eq!(
+        std::fs::read(tmp.path().join("inbox/notes.txt")).unwrap(),
+        b"accepted by a policy"
     );
 
     // Ping, speed test and NAT check through alice's daemon.

@@ -40,7 +40,21 @@ pub(crate) fn offer(o: &OfferInfo, name: Option<String>) -> api::Offer {
         dirs: o.dirs,
         total_bytes: o.total_bytes,
         tops: o.tops.clone(),
+        sample: o.sample.clone(),
     }
+}
+
+/// An offer from the API.
+pub fn offer_from_api(o: &api::Offer) -> Option<OfferInfo> {
+    Some(OfferInfo {
+        peer: o.peer.parse().ok()?,
+        id: o.id.parse().ok()?,
+        files: o.files,
+        dirs: o.dirs,
+        total_bytes: o.total_bytes,
+        tops: o.tops.clone(),
+        sample: o.sample.clone(),
+    })
 }
 
 /// A transfer's progress for the API.
@@ -163,6 +177,23 @@ pub(crate) fn event(e: &EngineEvent) -> Option<api::Event> {
         EngineEvent::Transfer(TransferEvent::Progress(p)) => {
             api::Event::TransferProgress(progress(p))
         }
+        EngineEvent::Transfer(TransferEvent::Resumed(o)) => {
+            api::Event::TransferResumed(offer(o, None))
+        }
+        EngineEvent::Transfer(TransferEvent::Finished(s)) => api::Event::TransferDone(summary(s)),
+        EngineEvent::Transfer(TransferEvent::Failed {
+            peer,
+            id,
+            outgoing,
+            reason,
+            resumable,
+        }) => api::Event::TransferFailed {
+            peer: peer.to_hex(),
+            id: id.to_string(),
+            outgoing: *outgoing,
+            reason: reason.clone(),
+            resumable: *resumable,
+        },
         EngineEvent::Net(Event::Presence(PresenceEvent::Updated(p))) => {
             api::Event::PeerUpdated(peer(p))
         }
@@ -202,7 +233,29 @@ pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
         api::Event::PathChanged { peer, path, rtt_us } => {
             EngineEvent::Net(crate::callconv::path_changed_from_api(peer, path, *rtt_us)?)
         }
-        api::Event::Lagged { .. } | api::Event::OfferReceived(_) => return None,
+        api::Event::OfferReceived(o) => {
+            EngineEvent::Transfer(TransferEvent::Offered(offer_from_api(o)?))
+        }
+        api::Event::TransferResumed(o) => {
+            EngineEvent::Transfer(TransferEvent::Resumed(offer_from_api(o)?))
+        }
+        api::Event::TransferDone(s) => {
+            EngineEvent::Transfer(TransferEvent::Finished(summary_from_api(s)?))
+        }
+        api::Event::TransferFailed {
+            peer,
+            id,
+            outgoing,
+            reason,
+            resumable,
+        } => EngineEvent::Transfer(TransferEvent::Failed {
+            peer: peer.parse().ok()?,
+            id: id.parse().ok()?,
+            outgoing: *outgoing,
+            reason: reason.clone(),
+            resumable: *resumable,
+        }),
+        api::Event::Lagged { .. } => return None,
     })
 }
 
