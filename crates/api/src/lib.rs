@@ -19,6 +19,7 @@
 
 mod call;
 mod lines;
+pub mod video;
 mod wire;
 
 pub use call::{CallChange, CallEnd, CallNote, Connection, Media, Pong, Ringing, Stream, Streams};
@@ -165,6 +166,21 @@ pub enum Request {
     },
     /// Measures the NAT through the relay's reflection ports.
     Netcheck,
+    /// Turns this connection into a feed of the calls' video ([`video`]): after the
+    /// answer, only video frames follow on it, until the client closes it.
+    VideoFeed,
+    /// Changes our display name (announced at once, kept in the settings by the caller).
+    SetName {
+        /// The new name.
+        name: String,
+    },
+    /// Stops a transfer for good (the partial files are removed).
+    CancelTransfer {
+        /// The peer, 64 hex digits.
+        peer: String,
+        /// The transfer, 32 hex digits.
+        id: String,
+    },
 }
 
 /// What the engine answers to a request (the variant matches the request).
@@ -468,6 +484,25 @@ pub enum Event {
         path: String,
         /// The new direct path's RTT, microseconds.
         rtt_us: Option<u64>,
+    },
+    /// The relay session is up.
+    RelayConnected {
+        /// `udp` or `tcp`.
+        transport: String,
+    },
+    /// The relay session dropped; the engine retries.
+    RelayDisconnected {
+        /// Why.
+        reason: String,
+        /// The next attempt, milliseconds from now.
+        retry_in_ms: u64,
+    },
+    /// The relay refused us for good.
+    RelayRefused {
+        /// Why.
+        reason: String,
+        /// Details.
+        detail: String,
     },
     /// The subscriber fell behind: this many events were dropped, the rest follow.
     Lagged {

@@ -39,6 +39,12 @@ impl Lines {
         }
     }
 
+    /// Takes the bytes held (when the connection stops carrying lines: a video feed).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        self.scanned = 0;
+        std::mem::take(&mut self.buf)
+    }
+
     /// Bytes held (a partial line).
     pub fn buffered(&self) -> usize {
         self.buf.len()

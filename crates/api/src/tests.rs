@@ -187,6 +187,9 @@ fn call_requests() -> impl Strategy<Value = Request> {
         (text(), any::<u32>()).prop_map(|(peer, seq)| Request::Ping { peer, seq }),
         (text(), any::<u64>()).prop_map(|(peer, bytes)| Request::Speedtest { peer, bytes }),
         Just(Request::Netcheck),
+        Just(Request::VideoFeed),
+        text().prop_map(|name| Request::SetName { name }),
+        (text(), text()).prop_map(|(peer, id)| Request::CancelTransfer { peer, id }),
     ]
 }
 
@@ -459,6 +462,12 @@ fn event() -> impl Strategy<Value = Event> {
         ),
         (text(), text(), any::<Option<u64>>())
             .prop_map(|(peer, path, rtt_us)| Event::PathChanged { peer, path, rtt_us }),
+        text().prop_map(|transport| Event::RelayConnected { transport }),
+        (text(), any::<u64>()).prop_map(|(reason, retry_in_ms)| Event::RelayDisconnected {
+            reason,
+            retry_in_ms
+        }),
+        (text(), text()).prop_map(|(reason, detail)| Event::RelayRefused { reason, detail }),
         any::<u64>().prop_map(|dropped| Event::Lagged { dropped }),
     ]
 }

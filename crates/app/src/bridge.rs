@@ -567,7 +567,6 @@ async fn try_start(
         engine: engine.clone(),
         hub: hub.clone(),
         data_dir: cfg.dirs.data.clone(),
-        name: s.name.clone().unwrap_or_default(),
         downloads: downloads.clone(),
     };
     // Without it the app works on; only other programs cannot use this engine.

@@ -140,7 +140,6 @@ pub(crate) fn serve_api(
         engine: engine.clone(),
         hub: hub.clone(),
         data_dir: ctx.dirs.data.clone(),
-        name: display_name(cli, &ctx.settings),
         downloads: ctx.settings.downloads(&ctx.dirs),
     };
     let server =

@@ -272,6 +272,11 @@ impl EngineHandle {
         Ok(self.endpoint().signal(to, payload).await?)
     }
 
+    /// The display name we announce.
+    pub fn name(&self) -> String {
+        self.endpoint().name()
+    }
+
     /// Changes the display name.
     pub async fn set_name(&self, name: String) -> Result<(), EngineError> {
         Ok(self.endpoint().set_name(name).await?)

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
+use p2pcall_api::video::{HEADER_LEN, Side, VideoHeader};
 use p2pcall_api::{Answer, ErrorKind, Event, Frame, Lines, Request, VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -100,6 +101,17 @@ impl Client {
         }
     }
 
+    /// Turns this connection into a feed of the engine's call pictures.
+    pub async fn video_feed(mut self) -> Result<VideoFeed, DaemonError> {
+        match self.call(Request::VideoFeed).await? {
+            Answer::Done => Ok(VideoFeed {
+                buf: self.lines.take_rest(),
+                stream: self.stream,
+            }),
+            other => Err(DaemonError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     async fn read_frame(&mut self) -> Result<Frame, DaemonError> {
         let mut buf = [0u8; 16 << 10];
         loop {
@@ -112,5 +124,44 @@ impl Client {
             }
             self.lines.push(&buf[..n]);
         }
+    }
+}
+
+/// The pictures of the engine's calls ([`p2pcall_api::video`]): what we send and what the
+/// peer sends, as they are shown.
+#[derive(Debug)]
+pub struct VideoFeed {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl VideoFeed {
+    /// The next picture.
+    pub async fn next_frame(&mut self) -> Result<(Side, p2pcall_media_io::Frame), DaemonError> {
+        self.fill(HEADER_LEN).await?;
+        let h = VideoHeader::decode(&self.buf)?;
+        self.fill(HEADER_LEN + h.body_len()).await?;
+        let (w, ht) = (usize::from(h.width), usize::from(h.height));
+        let (luma, chroma) = (w * ht, (w / 2) * (ht / 2));
+        let body = &self.buf[HEADER_LEN..HEADER_LEN + h.body_len()];
+        let f = p2pcall_media_io::Frame {
+            width: w,
+            height: ht,
+            y: body[..luma].to_vec(),
+            u: body[luma..luma + chroma].to_vec(),
+            v: body[luma + chroma..].to_vec(),
+        };
+        self.buf.drain(..HEADER_LEN + h.body_len());
+        Ok((h.side, f))
+    }
+
+    async fn fill(&mut self, n: usize) -> Result<(), DaemonError> {
+        while self.buf.len() < n {
+            self.buf.reserve(n - self.buf.len());
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(DaemonError::Stopped);
+            }
+        }
+        Ok(())
     }
 }

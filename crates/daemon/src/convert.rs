@@ -201,6 +201,19 @@ pub(crate) fn event(e: &EngineEvent) -> Option<api::Event> {
             api::Event::PeerLeft { id: id.to_hex() }
         }
         EngineEvent::Call(c) => api::Event::Call(crate::callconv::call_note(c)),
+        EngineEvent::Net(Event::RelayConnected { transport, .. }) => api::Event::RelayConnected {
+            transport: crate::tools::transport(*transport).into(),
+        },
+        EngineEvent::Net(Event::RelayDisconnected { reason, retry_in }) => {
+            api::Event::RelayDisconnected {
+                reason: reason.clone(),
+                retry_in_ms: retry_in.as_millis() as u64,
+            }
+        }
+        EngineEvent::Net(Event::RelayRefused { reason, detail }) => api::Event::RelayRefused {
+            reason: reason.to_string(),
+            detail: detail.clone(),
+        },
         EngineEvent::Net(Event::PathChanged {
             peer, path, rtt, ..
         }) => crate::callconv::path_changed(peer, path, *rtt),
@@ -255,7 +268,11 @@ pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
             reason: reason.clone(),
             resumable: *resumable,
         }),
-        api::Event::Lagged { .. } => return None,
+        // The relay's own facts (its key, our observed address) do not cross the API.
+        api::Event::Lagged { .. }
+        | api::Event::RelayConnected { .. }
+        | api::Event::RelayDisconnected { .. }
+        | api::Event::RelayRefused { .. } => return None,
     })
 }
 

@@ -1,8 +1,12 @@
 //! Engine events to the API's subscribers: never waiting for one.
 
+use std::sync::Arc;
+
+use p2pcall_api::video::{self, Side, VideoHeader};
 use p2pcall_api::{ErrorKind, Event, RpcError};
 use p2pcall_core::PeerId;
 use p2pcall_core::call::CallEvent;
+use p2pcall_core::call::media::{Picture, VideoTap};
 use p2pcall_core::engine::EngineEvent;
 use p2pcall_core::transfer::{OfferInfo, TransferEvent};
 use p2pcall_proto::id::CallId;
@@ -27,7 +31,16 @@ pub struct Hub {
     offers: Mutex<Vec<OfferInfo>>,
     /// The incoming call ringing now (until it starts or ends).
     ringing: Mutex<Option<Ringing>>,
+    /// Clients that show the calls' video ([`p2pcall_api::Request::VideoFeed`]).
+    feeds: Arc<Mutex<Vec<FeedTx>>>,
 }
+
+/// Where one video feed's encoded frames go.
+type FeedTx = mpsc::Sender<Arc<Vec<u8>>>;
+
+/// Video frames queued per feed: a client that falls behind misses frames (the newest
+/// picture is all it shows), and the call never waits for it.
+pub const FEED_QUEUE: usize = 4;
 
 /// An incoming call waiting for an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +184,49 @@ impl Hub {
                 Err(TrySendError::Closed(_)) => false,
             }
         });
+    }
+
+    /// A new video feed: every picture of the calls from now on, encoded as [`video`]
+    /// frames.
+    pub fn video_feed(&self) -> mpsc::Receiver<Arc<Vec<u8>>> {
+        let (tx, rx) = mpsc::channel(FEED_QUEUE);
+        self.feeds.lock().push(tx);
+        rx
+    }
+
+    /// The tap the engine's calls hand their pictures to: encoded once per picture for the
+    /// feeds, nothing at all while there is none.
+    pub fn video_tap(&self) -> VideoTap {
+        let feeds = self.feeds.clone();
+        VideoTap::new(move |which, f| {
+            if feeds.lock().is_empty() {
+                return;
+            }
+            let (Ok(width), Ok(height)) = (u16::try_from(f.width), u16::try_from(f.height)) else {
+                return;
+            };
+            let header = VideoHeader {
+                side: match which {
+                    Picture::Local => Side::Local,
+                    Picture::Remote => Side::Remote,
+                },
+                width,
+                height,
+            };
+            if f.y.len() + f.u.len() + f.v.len() != header.body_len() {
+                return;
+            }
+            let mut b = Vec::with_capacity(video::HEADER_LEN + header.body_len());
+            b.extend_from_slice(&header.encode());
+            for plane in [&f.y, &f.u, &f.v] {
+                b.extend_from_slice(plane);
+            }
+            let b = Arc::new(b);
+            feeds.lock().retain(|tx| match tx.try_send(b.clone()) {
+                Ok(()) | Err(TrySendError::Full(_)) => true,
+                Err(TrySendError::Closed(_)) => false,
+            });
+        })
     }
 
     /// A new subscriber's receiver.

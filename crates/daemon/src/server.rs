@@ -38,8 +38,6 @@ pub struct Served {
     pub hub: Arc<Hub>,
     /// The data dir it runs on.
     pub data_dir: PathBuf,
-    /// Our display name.
-    pub name: String,
     /// Where accepted files go when the client names no folder.
     pub downloads: PathBuf,
 }
@@ -122,6 +120,7 @@ async fn serve(served: Arc<Served>, stream: UnixStream) {
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         events: None,
         policy: None,
+        feeding: false,
     };
     let mut lines = Lines::default();
     let mut buf = vec![0u8; 64 << 10];
@@ -168,6 +167,8 @@ struct Conn {
     events: Option<JoinHandle<()>>,
     /// Answers offers and calls as the client's policy says, while it is connected.
     policy: Option<JoinHandle<()>>,
+    /// The connection carries video frames (and nothing else) from now on.
+    feeding: bool,
 }
 
 /// The client is to be dropped.
@@ -183,6 +184,10 @@ impl Conn {
     }
 
     async fn line(&mut self, line: &[u8]) -> Result<(), Disconnect> {
+        // Only video goes out on a feed: any answer would end up amid it.
+        if self.feeding {
+            return Err(Disconnect);
+        }
         let (id, request) = match Frame::decode(line) {
             Ok(Frame::Request { id, request }) => (id, request),
             Ok(_) => {
@@ -221,6 +226,15 @@ impl Conn {
                 let e = RpcError::new(ErrorKind::BadRequest, "say hello first");
                 self.reply(id, Err(e)).await
             }
+            Request::VideoFeed
+                if self.events.is_some() || self.in_flight.available_permits() != MAX_IN_FLIGHT =>
+            {
+                let e = RpcError::new(
+                    ErrorKind::BadRequest,
+                    "video goes on a connection of its own: ask for it right after hello",
+                );
+                self.reply(id, Err(e)).await
+            }
             Request::Subscribe => {
                 if self.events.is_none() {
                     let mut rx = self.served.hub.subscribe();
@@ -234,6 +248,19 @@ impl Conn {
                     }));
                 }
                 self.reply(id, Ok(Answer::Subscribed)).await
+            }
+            Request::VideoFeed => {
+                self.reply(id, Ok(Answer::Done)).await?;
+                let (mut rx, out) = (self.served.hub.video_feed(), self.out.clone());
+                self.feeding = true;
+                self.events = Some(tokio::spawn(async move {
+                    while let Some(f) = rx.recv().await {
+                        if out.send(f.to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                }));
+                Ok(())
             }
             Request::Policy {
                 accept_files,
@@ -284,7 +311,7 @@ impl Conn {
             })?;
         }
         let opts = match &answer {
-            Some(m) => Some(checked_options(m).await?),
+            Some(m) => Some(checked_options(&self.served.hub, m).await?),
             None => None,
         };
         if let Some(old) = self.policy.take() {
@@ -342,7 +369,7 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
         )),
         Request::Status => Ok(Answer::Status(p2pcall_api::Status {
             id: engine.id().to_hex(),
-            name: s.name.clone(),
+            name: engine.name(),
             relay: tools::relay_transport(engine).await,
             lan: engine.endpoint().is_lan(),
             data_dir: s.data_dir.display().to_string(),
@@ -399,6 +426,7 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
             }))
         }
         Request::Offers
+        | Request::CancelTransfer { .. }
         | Request::Accept { .. }
         | Request::Reject { .. }
         | Request::SendFiles { .. }
@@ -414,10 +442,21 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
         | Request::DeclineCall { .. }
         | Request::Hangup
         | Request::ChangeCall(_) => calls(s, request).await,
-        Request::Policy { .. } => Err(RpcError::new(
+        Request::Policy { .. } | Request::VideoFeed => Err(RpcError::new(
             ErrorKind::BadRequest,
-            "a policy is installed by the connection",
+            "policies and video feeds are set up by the connection",
         )),
+        Request::SetName { name } => {
+            let name = name.trim().to_string();
+            if name.is_empty() || name.len() > 64 {
+                return Err(RpcError::new(
+                    ErrorKind::BadRequest,
+                    "a display name has 1 to 64 bytes",
+                ));
+            }
+            engine.set_name(name).await.map_err(|e| engine_error(&e))?;
+            Ok(Answer::Done)
+        }
         Request::Connect { .. }
         | Request::Ping { .. }
         | Request::Speedtest { .. }
@@ -431,7 +470,7 @@ async fn calls(s: &Served, request: Request) -> Result<Answer, RpcError> {
     let failed = |e: EngineError| engine_error(&e);
     match request {
         Request::Call { peer: who, media } => {
-            let opts = checked_options(&media).await?;
+            let opts = checked_options(&s.hub, &media).await?;
             let p = resolve(engine, &who)?;
             let call = engine.call(p, opts).await.map_err(failed)?;
             Ok(Answer::Calling {
@@ -450,7 +489,7 @@ async fn calls(s: &Served, request: Request) -> Result<Answer, RpcError> {
         }),
         Request::AnswerCall { id, media } => {
             let r = s.hub.ringing_call(id.as_deref())?;
-            let opts = checked_options(&media).await?;
+            let opts = checked_options(&s.hub, &media).await?;
             engine.answer(r.call, opts).await.map_err(failed)?;
             Ok(Answer::Done)
         }
@@ -482,13 +521,15 @@ async fn calls(s: &Served, request: Request) -> Result<Answer, RpcError> {
 
 /// Media options from a request, with every source and sink opened once (off the async
 /// workers: opening a camera takes a while).
-async fn checked_options(media: &Media) -> Result<CallOptions, RpcError> {
-    let opts = options(media)?;
+async fn checked_options(hub: &Hub, media: &Media) -> Result<CallOptions, RpcError> {
+    let mut opts = options(media)?;
     let check = opts.clone();
     tokio::task::spawn_blocking(move || check.check())
         .await
         .map_err(|e| RpcError::new(ErrorKind::Failure, e.to_string()))?
         .map_err(|e| engine_error(&e.into()))?;
+    // Clients showing video (the app) get the call's pictures.
+    opts.sinks.tap = Some(hub.video_tap());
     Ok(opts)
 }
 
@@ -575,6 +616,15 @@ async fn transfers(s: &Served, request: Request) -> Result<Answer, RpcError> {
             })?;
             let n = u64::from(engine.interrupt_transfer(p, id));
             Ok(Answer::Count { n })
+        }
+        Request::CancelTransfer { peer: who, id } => {
+            let p = resolve(engine, &who)?;
+            let id = id.parse().map_err(|e: p2pcall_proto::id::ParseIdError| {
+                RpcError::new(ErrorKind::BadRequest, e.to_string())
+            })?;
+            Ok(Answer::Count {
+                n: u64::from(engine.cancel_transfer(p, id)),
+            })
         }
         _ => Err(RpcError::new(
             ErrorKind::BadRequest,

@@ -42,7 +42,6 @@ async fn engine(relay: &Relay, dir: &Path, name: &str) -> (EngineHandle, ApiServ
         engine: h.clone(),
         hub,
         data_dir: dir.to_path_buf(),
-        name: name.into(),
         downloads: dir.join("downloads"),
     };
     let server = ApiServer::start(path.clone(), served).unwrap();
@@ -265,4 +264,69 @@ async fn a_subscriber_that_never_reads_stalls_nothing() {
         other.call(Request::Status).await,
         Ok(Answer::Status(_))
     ));
+}
+
+fn media(video: &str) -> p2pcall_api::Media {
+    p2pcall_api::Media {
+        video: video.into(),
+        audio: "none".into(),
+        speaker: "none".into(),
+        width: 320,
+        height: 240,
+        fps: 15,
+        video_kbps: 300,
+        record_video: None,
+        record_audio: None,
+        duration_ms: Some(2000),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_the_api_shows_both_pictures_on_a_video_feed() {
+    use p2pcall_api::video::Side;
+    let relay = p2pcall_demo::local_relay().await.unwrap();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_a, _sa, pa) = engine(&relay, da.path(), "alice").await;
+    let (b, _sb, pb) = engine(&relay, db.path(), "bob").await;
+
+    // Bob's engine answers by policy while this connection stays open.
+    let mut policy = client(&pb).await;
+    let set = Request::Policy {
+        accept_files: None,
+        answer: Some(media("testsrc")),
+    };
+    assert_eq!(policy.call(set).await.unwrap(), Answer::Done);
+    // The pictures of alice's calls, as the app shows them.
+    let mut feed = client(&pa).await.video_feed().await.unwrap();
+    let mut c = client(&pa).await;
+    let placed = Request::Call {
+        peer: b.id().to_hex(),
+        media: media("testsrc"),
+    };
+    let Answer::Calling { peer, .. } = c.call(placed).await.unwrap() else {
+        panic!("calling")
+    };
+    assert_eq!(peer, b.id().to_hex());
+    let (mut local, mut remote) = (0, 0);
+    while local < 5 || remote < 5 {
+        let (side, f) = tokio::time::timeout(T, feed.next_frame())
+            .await
+            .expect("frames during the call")
+            .unwrap();
+        assert_eq!((f.width, f.height), (320, 240));
+        assert_eq!(f.y.len(), 320 * 240);
+        match side {
+            Side::Local => local += 1,
+            Side::Remote => remote += 1,
+        }
+    }
+    // A media option that cannot work is refused before anyone's phone rings.
+    let bad = Request::Call {
+        peer: b.id().to_hex(),
+        media: media("/nonexistent/clip.y4m"),
+    };
+    match c.call(bad).await {
+        Err(DaemonError::Refused(e)) => assert_eq!(e.kind, ErrorKind::BadMedia, "{e}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -197,6 +197,11 @@ impl Endpoint {
             .map_err(|_| NetError::NoRelay)
     }
 
+    /// The display name we announce.
+    pub fn name(&self) -> String {
+        self.inner.name.lock().clone()
+    }
+
     /// Changes the display name (relay or LAN presence, and future peer hellos).
     pub async fn set_name(&self, name: String) -> Result<(), NetError> {
         {
