@@ -141,6 +141,7 @@ fn main() {
                 BridgeConfig {
                     dirs,
                     bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    daemon_exe: None,
                 },
                 move || ctx.request_repaint(),
             )?;

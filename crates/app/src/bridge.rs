@@ -12,7 +12,7 @@ use std::time::Duration;
 use p2pcall_core::call::media::{Picture, VideoTap};
 use p2pcall_core::call::{AudioSource, CallEvent, CallOptions, SpeakerChoice, VideoSource};
 use p2pcall_core::chat::ChatEvent;
-use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent, EngineHandle};
+use p2pcall_core::engine::{Engine, EngineConfig, EngineEvent};
 use p2pcall_core::settings::{Dirs, Settings};
 use p2pcall_core::transfer::{OfferInfo, Progress, Summary, TransferEvent};
 use p2pcall_core::{Message, MessageState, PeerId, PeerInfo, Store, identity};
@@ -24,6 +24,8 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::AppError;
+use crate::link::{self, Link};
+use p2pcall_api::CallChange;
 
 /// Database file in the data dir.
 pub const DB_FILE: &str = "p2pcall.db";
@@ -130,6 +132,8 @@ pub enum UiCmd {
         /// Text.
         body: String,
     },
+    /// Start the daemon again (after [`Status::DaemonStopped`]) and show its engine.
+    RestartDaemon,
     /// Our user compared safety numbers with this peer (true), or takes that back.
     Verify {
         /// Whom.
@@ -154,6 +158,8 @@ pub enum Status {
     OnLan,
     /// The relay refused us for good, or the engine could not start.
     Failed(String),
+    /// The daemon whose engine the app showed stopped ([`UiCmd::RestartDaemon`]).
+    DaemonStopped,
 }
 
 /// What the engine tells the UI.
@@ -170,6 +176,8 @@ pub enum AppEvent {
         /// The relay this app hosts: its UDP address (others use this machine's address and
         /// that port).
         hosting: Option<SocketAddr>,
+        /// The daemon whose engine the app shows (its process id); `None`: the app's own.
+        daemon: Option<u32>,
     },
     /// Relay session state.
     Status(Status),
@@ -267,6 +275,9 @@ pub struct BridgeConfig {
     pub dirs: Dirs,
     /// UDP bind address of the engine.
     pub bind: SocketAddr,
+    /// The `p2pcall` program, to start a daemon with (the `keep_online` setting, and
+    /// restarting a daemon that stopped); `None`: the app never starts one.
+    pub daemon_exe: Option<PathBuf>,
 }
 
 /// The UI's end of the bridge.
@@ -353,11 +364,16 @@ impl Out {
     /// Frames of a call into [`Videos`], converted once (I420 → RGBA) on the thread that
     /// has them; the UI uploads them as textures.
     fn tap(&self) -> VideoTap {
+        VideoTap::new(self.shower())
+    }
+
+    /// What shows one picture of a call (for the engine's tap, or a daemon's video feed).
+    fn shower(&self) -> impl Fn(Picture, &p2pcall_media_io::Frame) + Send + Sync + 'static {
         let (videos, wake) = (self.videos.clone(), self.wake.clone());
         // One spare buffer per side: frames are converted outside the lock the window
         // thread takes, then swapped in (no allocation per frame, no wait for the UI).
         let spare: Arc<Mutex<[Vec<u8>; 2]>> = Arc::default();
-        VideoTap::new(move |which, f| {
+        move |which, f| {
             let side = usize::from(which == Picture::Remote);
             let mut buf = std::mem::take(&mut spare.lock()[side]);
             p2pcall_media_io::convert::to_rgba(f, &mut buf);
@@ -376,13 +392,13 @@ impl Out {
                 s[side] = buf;
             }
             wake();
-        })
+        }
     }
 }
 
-/// The running engine and what the app hosts for it.
+/// The engine the app shows and what the app hosts for it.
 struct Running {
-    engine: EngineHandle,
+    link: Link,
     downloads: PathBuf,
     settings: Settings,
     /// The incoming call rings on the speaker until it is answered, declined or over.
@@ -392,8 +408,26 @@ struct Running {
     /// engine while the window is open); dropped before the engine stops.
     api: Option<p2pcall_daemon::ApiServer>,
     hub: Arc<p2pcall_daemon::Hub>,
-    /// One engine per data dir: held while the app runs this one.
-    _lock: p2pcall_core::lock::EngineLock,
+    /// One engine per data dir: held while the app runs its own.
+    _lock: Option<p2pcall_core::lock::EngineLock>,
+    /// Reads a daemon's events and pictures (`None` for our own engine).
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for p in &self.pumps {
+            p.abort();
+        }
+    }
+}
+
+/// What reaches the bridge's loop from the engine.
+enum Inbound {
+    /// An engine event.
+    Event(EngineEvent),
+    /// The daemon whose engine the app showed went away.
+    DaemonStopped,
 }
 
 async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: Out) {
@@ -407,12 +441,12 @@ async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: O
     out.emit(AppEvent::Settings(Box::new(settings.clone())));
     let mut running: Option<Running> = None;
     let notify_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (ev_tx, mut ev_rx) = mpsc::channel::<EngineEvent>(256);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Inbound>(256);
     let network_chosen = settings.relay.is_some()
         || settings.host_relay == Some(true)
         || settings.lan_only == Some(true);
     if settings.name.is_some() && network_chosen {
-        running = start(&cfg, &settings, &out, &ev_tx).await;
+        running = start(&cfg, &settings, &out, &ev_tx, false).await;
     } else {
         out.emit(AppEvent::Status(Status::NeedsSetup));
     }
@@ -422,30 +456,17 @@ async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: O
                 let Some(c) = c else { break };
                 match (c, &running) {
                     (UiCmd::Setup { name, network }, None) => {
-                        settings.name = Some(name.trim().to_string());
-                        match network {
-                            Network::Relay(r) => {
-                                settings.relay = Some(r.trim().to_string());
-                                settings.host_relay = None;
-                                settings.lan_only = None;
-                            }
-                            Network::HostRelay(listen) => {
-                                settings.host_relay = Some(true);
-                                settings.relay_listen = Some(listen.trim().to_string());
-                                settings.lan_only = None;
-                            }
-                            Network::Lan => {
-                                settings.lan_only = Some(true);
-                                settings.host_relay = None;
-                            }
-                        }
+                        setup(&mut settings, name, network);
                         if let Err(e) = settings.save(&cfg.dirs.settings) {
                             out.emit(AppEvent::Error(format!("cannot save the settings: {e}")));
                         }
                         out.emit(AppEvent::Settings(Box::new(settings.clone())));
-                        running = start(&cfg, &settings, &out, &ev_tx).await;
+                        running = start(&cfg, &settings, &out, &ev_tx, false).await;
                     }
                     (UiCmd::Setup { .. }, Some(_)) => {}
+                    (UiCmd::RestartDaemon, None) => {
+                        running = start(&cfg, &settings, &out, &ev_tx, true).await;
+                    }
                     (UiCmd::SaveSettings(new), _) => {
                         settings = *new;
                         match settings.save(&cfg.dirs.settings) {
@@ -455,8 +476,8 @@ async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: O
                         if let Some(r) = &mut running {
                             let name = settings.name.clone().unwrap_or_default();
                             if r.settings.name != settings.name && !name.is_empty() {
-                                let (e, out) = (r.engine.clone(), out.clone());
-                                spawn_result(&out, async move { e.set_name(name).await });
+                                let link = r.link.clone();
+                                spawn_result(&out, async move { link.set_name(name).await });
                             }
                             r.settings = settings.clone();
                         }
@@ -466,39 +487,79 @@ async fn run(cfg: BridgeConfig, mut cmds: mpsc::UnboundedReceiver<UiCmd>, out: O
                     (_, None) => out.emit(AppEvent::Error("not connected yet".into())),
                 }
             }
-            Some(e) = ev_rx.recv() => {
-                if let Some(r) = &running {
-                    event(r, e, &out);
+            Some(e) = ev_rx.recv() => match e {
+                Inbound::Event(e) => {
+                    if let Some(r) = &running {
+                        event(r, e, &out);
+                    }
                 }
-            }
+                Inbound::DaemonStopped => {
+                    running = None;
+                    set_status(&out, Status::DaemonStopped);
+                }
+            },
         }
     }
     if let Some(mut r) = running {
         drop(r.api.take());
-        r.engine.shutdown().await;
+        r.link.shutdown().await;
     }
 }
 
-/// Starts the engine (and the hosted relay); failures become a `Failed` status.
+fn set_status(out: &Out, s: Status) {
+    out.emit(AppEvent::Status(s));
+}
+
+/// The first run's choices into the settings.
+fn setup(settings: &mut Settings, name: String, network: Network) {
+    settings.name = Some(name.trim().to_string());
+    match network {
+        Network::Relay(r) => {
+            settings.relay = Some(r.trim().to_string());
+            settings.host_relay = None;
+            settings.lan_only = None;
+        }
+        Network::HostRelay(listen) => {
+            settings.host_relay = Some(true);
+            settings.relay_listen = Some(listen.trim().to_string());
+            settings.lan_only = None;
+        }
+        Network::Lan => {
+            settings.lan_only = Some(true);
+            settings.host_relay = None;
+        }
+    }
+}
+
+/// Shows the engine of this data dir: a daemon's that runs (one is started first with
+/// `daemon`, or with the `keep_online` setting), else one of our own. Failures become a
+/// `Failed` status.
 async fn start(
     cfg: &BridgeConfig,
     s: &Settings,
     out: &Out,
-    forward: &mpsc::Sender<EngineEvent>,
+    forward: &mpsc::Sender<Inbound>,
+    daemon: bool,
 ) -> Option<Running> {
     out.emit(AppEvent::Status(Status::Connecting("starting".into())));
-    match try_start(cfg, s, forward).await {
+    match try_start(cfg, s, out, forward, daemon).await {
         Ok(r) => {
-            let me = r.engine.id();
+            let daemon = match &r.link {
+                Link::Daemon(d) => Some(d.pid),
+                Link::Own(_) => None,
+            };
             out.emit(AppEvent::Started {
-                me,
+                me: r.link.id(),
                 name: s.name.clone().unwrap_or_default(),
                 downloads: r.downloads.clone(),
                 hosting: r.relay.as_ref().map(|x| x.udp_addr),
+                daemon,
             });
-            contacts(&r.engine, out);
-            if r.engine.endpoint().is_lan() {
-                out.emit(AppEvent::Status(Status::OnLan));
+            contacts(&r.link, out);
+            match &r.link {
+                Link::Own(e) if e.endpoint().is_lan() => set_status(out, Status::OnLan),
+                Link::Daemon(_) => out.emit(AppEvent::Online(r.link.online_peers())),
+                Link::Own(_) => {}
             }
             Some(r)
         }
@@ -512,7 +573,169 @@ async fn start(
 async fn try_start(
     cfg: &BridgeConfig,
     s: &Settings,
-    forward: &mpsc::Sender<EngineEvent>,
+    out: &Out,
+    forward: &mpsc::Sender<Inbound>,
+    daemon: bool,
+) -> Result<Running, String> {
+    if let Some(r) = attach(cfg, s, out, forward).await? {
+        return Ok(r);
+    }
+    // A relay hosted by the app lives in its window: no daemon for that.
+    let background = daemon || (s.keep_online == Some(true) && s.host_relay != Some(true));
+    if let (true, Some(exe)) = (background, &cfg.daemon_exe) {
+        link::start_daemon(exe, &cfg.dirs).await?;
+        return attach(cfg, s, out, forward)
+            .await?
+            .ok_or_else(|| "the p2pcall daemon stopped right after it started".into());
+    }
+    own_engine(cfg, s, forward).await
+}
+
+/// Shows the engine of the daemon serving this data dir, if one does.
+async fn attach(
+    cfg: &BridgeConfig,
+    s: &Settings,
+    out: &Out,
+    forward: &mpsc::Sender<Inbound>,
+) -> Result<Option<Running>, String> {
+    use p2pcall_api::{Answer, Request};
+    let Ok(Some(mut c)) = p2pcall_daemon::Client::connect(&cfg.dirs.data, "app").await else {
+        return Ok(None);
+    };
+    let fail = |e: p2pcall_daemon::DaemonError| e.to_string();
+    let Answer::Status(status) = c.call(Request::Status).await.map_err(fail)? else {
+        return Err("the p2pcall daemon answered something else than its status".into());
+    };
+    let Answer::Peers { peers } = c.call(Request::Peers { wait_ms: 0 }).await.map_err(fail)? else {
+        return Err("the p2pcall daemon answered something else than the peers".into());
+    };
+    c.call(Request::Subscribe).await.map_err(fail)?;
+    let db = cfg.dirs.data.join(DB_FILE);
+    let store = Store::open(&db).map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    let remote = Arc::new(link::Remote {
+        data_dir: cfg.dirs.data.clone(),
+        store: Arc::new(store),
+        pid: status.pid,
+        me: status
+            .id
+            .parse()
+            .map_err(|_| "the daemon sent an unreadable id")?,
+        online: Mutex::new(
+            peers
+                .iter()
+                .filter_map(p2pcall_daemon::peer_from_api)
+                .collect(),
+        ),
+    });
+    set_status(
+        out,
+        match status.relay.as_deref() {
+            _ if status.lan => Status::OnLan,
+            Some("tcp") => Status::Online(RelayTransport::Tcp),
+            Some(_) => Status::Online(RelayTransport::Udp),
+            None => Status::Connecting("the daemon is connecting to the relay".into()),
+        },
+    );
+    let feed = p2pcall_daemon::Client::connect(&cfg.dirs.data, "app video")
+        .await
+        .ok()
+        .flatten();
+    let mut pumps = vec![tokio::spawn(pump_events(
+        c,
+        remote.clone(),
+        out.clone(),
+        forward.clone(),
+    ))];
+    if let Some(feed) = feed {
+        pumps.push(tokio::spawn(pump_video(feed, out.clone())));
+    }
+    Ok(Some(Running {
+        link: Link::Daemon(remote),
+        downloads: s.downloads(&cfg.dirs),
+        settings: s.clone(),
+        ringer: Mutex::new(None),
+        relay: None,
+        api: None,
+        hub: Arc::default(),
+        _lock: None,
+        pumps,
+    }))
+}
+
+/// A daemon's events, as the app's own engine would give them (relay state as a status).
+async fn pump_events(
+    mut c: p2pcall_daemon::Client,
+    remote: Arc<link::Remote>,
+    out: Out,
+    forward: mpsc::Sender<Inbound>,
+) {
+    use p2pcall_api::Event as E;
+    loop {
+        let e = match c.next_event().await {
+            Ok(e) => e,
+            Err(_) => {
+                let _ = forward.send(Inbound::DaemonStopped).await;
+                return;
+            }
+        };
+        match &e {
+            E::RelayConnected { transport } => set_status(
+                &out,
+                Status::Online(if transport == "tcp" {
+                    RelayTransport::Tcp
+                } else {
+                    RelayTransport::Udp
+                }),
+            ),
+            E::RelayDisconnected {
+                reason,
+                retry_in_ms,
+            } => set_status(
+                &out,
+                Status::Connecting(format!(
+                    "{reason}; retrying in {:.0} s",
+                    (*retry_in_ms).max(500) as f64 / 1e3
+                )),
+            ),
+            E::RelayRefused { reason, detail } => set_status(
+                &out,
+                Status::Failed(format!("the relay refused us: {reason} ({detail})")),
+            ),
+            _ => {}
+        }
+        let Some(e) = p2pcall_daemon::event_from_api(&e) else {
+            continue;
+        };
+        if let EngineEvent::Net(Event::Presence(p)) = &e {
+            remote.presence(p);
+        }
+        if forward.send(Inbound::Event(e)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The pictures of the daemon's calls, shown as our own engine's would be.
+async fn pump_video(c: p2pcall_daemon::Client, out: Out) {
+    let Ok(mut feed) = c.video_feed().await else {
+        return;
+    };
+    let show = out.shower();
+    while let Ok((side, f)) = feed.next_frame().await {
+        let which = match side {
+            p2pcall_api::video::Side::Local => Picture::Local,
+            p2pcall_api::video::Side::Remote => Picture::Remote,
+        };
+        show(which, &f);
+    }
+}
+
+/// Runs an engine of our own (and the relay the settings ask us to host), serving it to
+/// the CLI.
+async fn own_engine(
+    cfg: &BridgeConfig,
+    s: &Settings,
+    forward: &mpsc::Sender<Inbound>,
 ) -> Result<Running, String> {
     let lock = p2pcall_core::lock::EngineLock::acquire(&cfg.dirs.data, "the desktop app")
         .map_err(|e| e.to_string())?;
@@ -556,7 +779,7 @@ async fn try_start(
     let f = forward.clone();
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
-            if f.send(e).await.is_err() {
+            if f.send(Inbound::Event(e)).await.is_err() {
                 break;
             }
         }
@@ -574,14 +797,15 @@ async fn try_start(
         .inspect_err(|e| tracing::warn!("{e}"))
         .ok();
     Ok(Running {
-        engine,
+        link: Link::Own(engine),
         downloads,
         settings: s.clone(),
         ringer: Mutex::new(None),
         relay,
         api,
         hub,
-        _lock: lock,
+        _lock: Some(lock),
+        pumps: Vec::new(),
     })
 }
 
@@ -601,13 +825,13 @@ async fn host_relay(s: &Settings) -> Result<p2pcall_relay::Relay, String> {
 
 /// Runs `f` on the store on a blocking thread (SQLite may be syncing a write; the runtime's
 /// workers never wait for it); `f` reports through `out`.
-fn with_store(engine: &EngineHandle, out: &Out, f: impl FnOnce(&Store, &Out) + Send + 'static) {
-    let (store, out) = (engine.store().clone(), out.clone());
+fn with_store(link: &Link, out: &Out, f: impl FnOnce(&Store, &Out) + Send + 'static) {
+    let (store, out) = (link.store(), out.clone());
     tokio::task::spawn_blocking(move || f(&store, &out));
 }
 
-fn contacts(engine: &EngineHandle, out: &Out) {
-    with_store(engine, out, emit_contacts);
+fn contacts(link: &Link, out: &Out) {
+    with_store(link, out, emit_contacts);
 }
 
 fn emit_contacts(store: &Store, out: &Out) {
@@ -623,8 +847,8 @@ fn emit_contacts(store: &Store, out: &Out) {
     out.emit(AppEvent::Contacts { known, unread });
 }
 
-fn history(engine: &EngineHandle, peer: PeerId, before: Option<i64>, out: &Out) {
-    with_store(engine, out, move |store, out| {
+fn history(link: &Link, peer: PeerId, before: Option<i64>, out: &Out) {
+    with_store(link, out, move |store, out| {
         match store.history(&peer, before, PAGE + 1) {
             Ok(mut m) => {
                 let more = m.len() > PAGE;
@@ -644,76 +868,81 @@ fn history(engine: &EngineHandle, peer: PeerId, before: Option<i64>, out: &Out) 
 }
 
 fn command(r: &Running, c: UiCmd, out: &Out) {
-    let engine = r.engine.clone();
+    let link = r.link.clone();
     match c {
-        UiCmd::Setup { .. } | UiCmd::SaveSettings(_) | UiCmd::Notify { .. } => {}
+        UiCmd::Setup { .. }
+        | UiCmd::SaveSettings(_)
+        | UiCmd::Notify { .. }
+        | UiCmd::RestartDaemon => {}
         UiCmd::Open(peer) => {
-            history(&engine, peer, None, out);
-            mark_read(engine, peer, out.clone());
+            history(&link, peer, None, out);
+            mark_read(link, peer, out.clone());
         }
-        UiCmd::Older { peer, before } => history(&engine, peer, Some(before), out),
-        UiCmd::MarkRead(peer) => mark_read(engine, peer, out.clone()),
+        UiCmd::Older { peer, before } => history(&link, peer, Some(before), out),
+        UiCmd::MarkRead(peer) => mark_read(link, peer, out.clone()),
         UiCmd::Send { peer, text } => {
             let out = out.clone();
             tokio::spawn(async move {
-                match engine.send_message(peer, &text).await {
+                match link.send_message(peer, &text).await {
                     Ok(m) => out.emit(AppEvent::Message(m)),
-                    Err(e) => out.emit(AppEvent::Error(e.to_string())),
+                    Err(e) => out.emit(AppEvent::Error(e)),
                 }
             });
         }
         UiCmd::SendFiles { peer, paths } => {
-            let out = out.clone();
-            tokio::spawn(async move {
-                // Progress, completion and failure arrive as transfer events; a failure
-                // before the transfer starts (unreadable path, declined) only here.
-                if let Err(e) = engine.send_files(peer, &paths).await {
-                    out.emit(AppEvent::Error(format!("sending files: {e}")));
-                }
-            });
+            // Progress, completion and failure arrive as transfer events; a failure before
+            // the transfer starts (unreadable path, declined) only here.
+            spawn_reporting(
+                out,
+                async move { link.send_files(peer, &paths).await },
+                |e| AppEvent::Error(format!("sending files: {e}")),
+            );
         }
         UiCmd::PickFiles { peer, folders } => {
-            tokio::spawn(pick_and_send(engine, peer, folders, out.clone()));
+            tokio::spawn(pick_and_send(link, peer, folders, out.clone()));
         }
         UiCmd::Accept { peer, id } => {
-            if let Err(e) = engine.accept_offer(peer, id, r.downloads.clone()) {
-                out.emit(AppEvent::Error(e.to_string()));
-            }
+            let dir = r.downloads.clone();
+            spawn_result(out, async move { link.accept_offer(peer, id, dir).await });
         }
         UiCmd::Reject { peer, id } => {
-            if let Err(e) = engine.reject_offer(peer, id, "declined by the user") {
-                out.emit(AppEvent::Error(e.to_string()));
-            }
+            spawn_result(out, async move { link.reject_offer(peer, id).await });
         }
         UiCmd::Cancel { peer, id } => {
-            engine.cancel_transfer(peer, id);
+            spawn_result(out, async move { link.cancel_transfer(peer, id).await });
         }
         UiCmd::Call(peer) => {
             let opts = call_options(&r.settings, out);
-            spawn_reporting(
-                out,
-                async move { engine.call(peer, opts).await.map(drop) },
-                |e| AppEvent::CallFailed(format!("the call failed: {e}")),
-            );
+            spawn_reporting(out, async move { link.call(peer, opts).await }, |e| {
+                AppEvent::CallFailed(format!("the call failed: {e}"))
+            });
         }
         UiCmd::Answer(call) => {
             set_ringer(r, None);
             let opts = call_options(&r.settings, out);
-            spawn_reporting(out, async move { engine.answer(call, opts).await }, |e| {
+            spawn_reporting(out, async move { link.answer(call, opts).await }, |e| {
                 AppEvent::CallFailed(format!("cannot answer: {e}"))
             });
         }
         UiCmd::Decline(call) => {
             set_ringer(r, None);
-            spawn_result(out, async move { engine.reject_call(call).await });
+            spawn_result(out, async move { link.reject_call(call).await });
         }
-        UiCmd::Hangup => spawn_result(out, async move { engine.hangup().await }),
-        UiCmd::Mute(m) => spawn_result(out, async move { engine.set_muted(m).await }),
-        UiCmd::Camera(on) => spawn_result(out, async move { engine.set_camera(on).await }),
+        UiCmd::Hangup => spawn_result(out, async move { link.hangup().await }),
+        UiCmd::Mute(muted) => change_call(out, link, CallChange::Mute { muted }),
+        UiCmd::Camera(on) => change_call(out, link, CallChange::Camera { on }),
         UiCmd::Share(src) => {
             let spec = src.unwrap_or_else(|| video_spec(&r.settings));
             match spec.parse::<VideoSource>() {
-                Ok(v) => spawn_result(out, async move { engine.set_video_source(v).await }),
+                Ok(v) => {
+                    let source = match v {
+                        VideoSource::File(p) => {
+                            std::path::absolute(&p).unwrap_or(p).display().to_string()
+                        }
+                        v => v.to_string(),
+                    };
+                    change_call(out, link, CallChange::Source { source });
+                }
                 Err(e) => out.emit(AppEvent::Error(e)),
             }
         }
@@ -722,7 +951,7 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             name,
             verified,
         } => {
-            with_store(&engine, out, move |store, out| {
+            with_store(&link, out, move |store, out| {
                 let now = p2pcall_store::now_ms();
                 match store.set_verified(&peer, &name, verified, now) {
                     Ok(()) => emit_contacts(store, out),
@@ -739,8 +968,12 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
     }
 }
 
+fn change_call(out: &Out, link: Link, c: CallChange) {
+    spawn_result(out, async move { link.change_call(c).await });
+}
+
 /// Asks the desktop's file chooser for files or folders and sends them to `peer`.
-async fn pick_and_send(engine: EngineHandle, peer: PeerId, folders: bool, out: Out) {
+async fn pick_and_send(link: Link, peer: PeerId, folders: bool, out: Out) {
     let d = rfd::AsyncFileDialog::new().set_title(if folders {
         "Folders to send"
     } else {
@@ -764,7 +997,7 @@ async fn pick_and_send(engine: EngineHandle, peer: PeerId, folders: bool, out: O
         ));
         return;
     }
-    if let Err(e) = engine.send_files(peer, &paths).await {
+    if let Err(e) = link.send_files(peer, &paths).await {
         out.emit(AppEvent::Error(format!("sending files: {e}")));
     }
 }
@@ -828,16 +1061,16 @@ fn notify(out: &Out, title: String, body: String, failed: &Arc<std::sync::atomic
 /// Runs an engine command; a failure becomes an error toast.
 fn spawn_result(
     out: &Out,
-    f: impl std::future::Future<Output = Result<(), p2pcall_core::EngineError>> + Send + 'static,
+    f: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
 ) {
-    spawn_reporting(out, f, |e| AppEvent::Error(e.to_string()));
+    spawn_reporting(out, f, AppEvent::Error);
 }
 
 /// Runs an engine command; a failure becomes the event `report` makes of it.
 fn spawn_reporting(
     out: &Out,
-    f: impl std::future::Future<Output = Result<(), p2pcall_core::EngineError>> + Send + 'static,
-    report: impl FnOnce(p2pcall_core::EngineError) -> AppEvent + Send + 'static,
+    f: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+    report: impl FnOnce(String) -> AppEvent + Send + 'static,
 ) {
     let out = out.clone();
     tokio::spawn(async move {
@@ -928,10 +1161,10 @@ fn call_options(s: &Settings, out: &Out) -> CallOptions {
     o
 }
 
-fn mark_read(engine: EngineHandle, peer: PeerId, out: Out) {
+fn mark_read(link: Link, peer: PeerId, out: Out) {
     tokio::spawn(async move {
-        if engine.mark_read(peer).await.is_ok() {
-            contacts(&engine, &out);
+        if link.mark_read(peer).await.is_ok() {
+            contacts(&link, &out);
         }
     });
 }
@@ -952,12 +1185,12 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
             Status::Failed(format!("the relay refused us: {reason} ({detail})")),
         )),
         EngineEvent::Net(Event::Presence(_)) => {
-            out.emit(AppEvent::Online(r.engine.online_peers()));
-            contacts(&r.engine, out);
+            out.emit(AppEvent::Online(r.link.online_peers()));
+            contacts(&r.link, out);
         }
         EngineEvent::Chat(ChatEvent::Received(m)) => {
             out.emit(AppEvent::Message(m));
-            contacts(&r.engine, out);
+            contacts(&r.link, out);
         }
         // Also what another program of this identity (the CLI) sent through this engine.
         EngineEvent::Chat(ChatEvent::Queued(m)) => out.emit(AppEvent::Message(m)),
@@ -966,14 +1199,19 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
         }
         EngineEvent::Transfer(t) => match t {
             TransferEvent::Offered(o) if r.settings.auto_accept_verified == Some(true) => {
-                let (engine, downloads) = (r.engine.clone(), r.downloads.clone());
-                with_store(&r.engine, out, move |store, out| {
-                    let verified = store.contacts().is_ok_and(|c| {
-                        c.iter()
-                            .any(|c| c.peer == o.peer && c.verified_ms.is_some())
-                    });
+                let (link, downloads, out) = (r.link.clone(), r.downloads.clone(), out.clone());
+                tokio::spawn(async move {
+                    let store = link.store();
+                    let peer = o.peer;
+                    let verified = tokio::task::spawn_blocking(move || {
+                        store.contacts().is_ok_and(|c| {
+                            c.iter().any(|c| c.peer == peer && c.verified_ms.is_some())
+                        })
+                    })
+                    .await
+                    .unwrap_or(false);
                     // Accepted: progress events follow. Otherwise the user decides.
-                    if !verified || engine.accept_offer(o.peer, o.id, downloads).is_err() {
+                    if !verified || link.accept_offer(o.peer, o.id, downloads).await.is_err() {
                         out.emit(AppEvent::Offer(o));
                     }
                 });

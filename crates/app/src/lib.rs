@@ -6,6 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+mod link;
+
+pub use link::start_daemon;
 pub mod model;
 pub mod ui;
 
@@ -34,6 +37,7 @@ pub fn run(dirs: Dirs) -> Result<(), AppError> {
     let cfg = BridgeConfig {
         dirs,
         bind: SocketAddr::from(([0u16; 8], 0)),
+        daemon_exe: std::env::current_exe().ok(),
     };
     let options = eframe::NativeOptions {
         viewport: eframe::egui::ViewportBuilder::default()

@@ -161,6 +161,8 @@ pub struct Model {
     pub downloads: Option<PathBuf>,
     /// The relay this app hosts (its UDP address).
     pub hosting: Option<std::net::SocketAddr>,
+    /// The daemon whose engine the window shows (its process id); `None`: the app's own.
+    pub daemon: Option<u32>,
     online: BTreeMap<PeerId, PeerInfo>,
     known: HashMap<PeerId, String>,
     verified: HashSet<PeerId>,
@@ -205,6 +207,7 @@ impl Default for Model {
             me: None,
             downloads: None,
             hosting: None,
+            daemon: None,
             online: BTreeMap::new(),
             known: HashMap::new(),
             verified: HashSet::new(),
@@ -232,14 +235,23 @@ impl Model {
                 name,
                 downloads,
                 hosting,
+                daemon,
             } => {
                 self.me = Some((me, name));
                 self.downloads = Some(downloads);
                 self.hosting = hosting;
+                self.daemon = daemon;
             }
             AppEvent::Status(s) => {
-                if let Status::Failed(why) = &s {
-                    self.toast(now, why.clone(), true);
+                match &s {
+                    Status::Failed(why) => self.toast(now, why.clone(), true),
+                    Status::DaemonStopped => {
+                        // Its calls and transfers went with it.
+                        self.call = None;
+                        self.online.clear();
+                        self.toast(now, "the p2pcall daemon stopped".into(), true);
+                    }
+                    _ => {}
                 }
                 self.status = s;
             }
@@ -389,9 +401,30 @@ impl Model {
         self.notify.push(("Transfer finished".into(), text.clone()));
         self.toast(now, text, false);
         let row = self.transfer(s.peer, s.id);
-        if let Some(p) = &mut row.progress {
-            p.done_bytes = p.total_bytes;
-            p.files_done = p.files;
+        // A transfer faster than its first progress report (or started by another program
+        // of this identity) is shown complete all the same.
+        let p = row.progress.get_or_insert(Progress {
+            peer: s.peer,
+            id: s.id,
+            outgoing: s.outgoing,
+            done_bytes: 0,
+            total_bytes: s.total_bytes,
+            files_done: 0,
+            files: s.files,
+            rate: None,
+            eta: None,
+        });
+        p.done_bytes = p.total_bytes;
+        p.files_done = p.files;
+        if row.label.is_empty() {
+            let mut tops: Vec<&str> = Vec::new();
+            for (path, _) in &s.hashes {
+                let top = path.split('/').next().unwrap_or(path);
+                if !tops.contains(&top) {
+                    tops.push(top);
+                }
+            }
+            row.label = tops.join(", ");
         }
         row.outcome = Some(Ok(s.placed));
     }
@@ -666,6 +699,7 @@ mod tests {
                 name: "me".into(),
                 downloads: PathBuf::from("/tmp"),
                 hosting: None,
+                daemon: None,
             },
         );
     }

@@ -284,9 +284,24 @@ impl App {
                     Status::Connecting(why) => (Color32::YELLOW, format!("connecting: {why}")),
                     Status::Failed(why) => (Color32::RED, why.clone()),
                     Status::NeedsSetup => (Color32::GRAY, "not set up".into()),
+                    Status::DaemonStopped => (
+                        Color32::RED,
+                        "the p2pcall daemon stopped: this window shows nothing new".into(),
+                    ),
                 };
                 dot(ui, color);
                 ui.label(text);
+                if self.model.status == Status::DaemonStopped {
+                    if ui.button("Restart the daemon").clicked() {
+                        self.model.status = Status::Connecting("restarting the daemon".into());
+                        self.bridge.send(UiCmd::RestartDaemon);
+                    }
+                } else if let Some(pid) = self.model.daemon {
+                    ui.weak("via the daemon").on_hover_text(format!(
+                        "this window shows the engine of `p2pcall daemon` (pid {pid}): it stays \
+                         online when the window closes"
+                    ));
+                }
                 if let Some(a) = self.model.hosting {
                     ui.separator();
                     ui.label(format!("hosting a relay on port {}", a.port()))
@@ -605,6 +620,9 @@ impl App {
                     done as f32 / total as f32
                 };
                 let mut text = format!("{} / {}", bytes(done), bytes(total));
+                if !t.label.is_empty() {
+                    text = format!("{}: {text}", t.label);
+                }
                 if let Some(p) = &t.progress
                     && t.outcome.is_none()
                 {
@@ -796,6 +814,15 @@ impl App {
                         let mut auto = s.auto_accept_verified == Some(true);
                         ui.checkbox(&mut auto, "Accept files from verified peers without asking");
                         s.auto_accept_verified = Some(auto);
+                        ui.end_row();
+                        ui.label("Background");
+                        let mut keep = s.keep_online == Some(true);
+                        ui.checkbox(
+                            &mut keep,
+                            "Keep online after the window closes: a background p2pcall daemon \
+                             runs this identity (from the next start; not with a hosted relay)",
+                        );
+                        s.keep_online = keep.then_some(true);
                         ui.end_row();
                         ui.label("Notifications");
                         let mut n = s.notifications != Some(false);

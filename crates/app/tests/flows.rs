@@ -80,6 +80,7 @@ fn app_with(w: &World, settings: Settings) -> Harness<'static, App> {
         BridgeConfig {
             dirs,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            daemon_exe: None,
         },
         || {},
     )
@@ -486,4 +487,179 @@ fn a_message_sent_from_the_command_line_appears_in_the_open_conversation() {
     // A second engine on the app's data dir is refused while the window is open.
     let err = p2pcall_core::lock::EngineLock::acquire(&data, "a test").unwrap_err();
     assert!(err.to_string().contains("the desktop app"), "{err}");
+}
+
+/// `p2pcall daemon` on a data dir, in this process: its engine (on the data dir's
+/// database), the hub its events feed, and its socket.
+struct Daemon {
+    engine: EngineHandle,
+    server: Option<p2pcall_daemon::ApiServer>,
+}
+
+fn daemon(w: &World, data: &std::path::Path) -> Daemon {
+    use std::sync::Arc;
+    std::fs::create_dir_all(data).unwrap();
+    w.rt.block_on(async {
+        let identity = p2pcall_transport::Identity::generate().unwrap();
+        let relay = p2pcall_net::RelayConfig::new(w.relay);
+        let mut cfg = p2pcall_core::engine::EngineConfig::new(identity, "Ada".into(), Some(relay));
+        cfg.port_mapping = false;
+        cfg.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        let store = p2pcall_core::Store::open(&data.join("p2pcall.db")).unwrap();
+        cfg.store = Some(Arc::new(store));
+        let (engine, mut events) = p2pcall_core::engine::Engine::start(cfg).await.unwrap();
+        engine.wait_relay(Duration::from_secs(10)).await.unwrap();
+        let hub = Arc::new(p2pcall_daemon::Hub::default());
+        let feed = hub.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                feed.publish(&e);
+            }
+        });
+        let served = p2pcall_daemon::Served {
+            engine: engine.clone(),
+            hub,
+            data_dir: data.to_path_buf(),
+            downloads: data.join("downloads"),
+        };
+        let server =
+            p2pcall_daemon::ApiServer::start(p2pcall_daemon::socket_path(data), served).unwrap();
+        Daemon {
+            engine,
+            server: Some(server),
+        }
+    })
+}
+
+#[test]
+fn the_app_shows_a_running_daemon_and_offers_to_restart_it_when_it_stops() {
+    let mut w = world();
+    let data = w.dir.path().join("app");
+    let mut d = daemon(&w, &data);
+    let ada = d.engine.id();
+    let mut h = app_with(
+        &w,
+        Settings {
+            video: Some("testsrc".into()),
+            audio: Some("tone".into()),
+            speaker: Some("null".into()),
+            ..set_up(&w)
+        },
+    );
+    until(&mut h, "bob listed, through the daemon", |h| {
+        h.query_by_role_and_label(Role::Button, "bob").is_some() && has(h, "via the daemon")
+    });
+    assert_eq!(h.state().model.me.as_ref().unwrap().0, ada);
+    assert_eq!(h.state().model.daemon, Some(std::process::id()));
+
+    // Chat both ways through the daemon's engine.
+    let got = write_to(
+        &mut h,
+        &w.rt,
+        "bob",
+        "hello through the daemon",
+        &mut w.bob_events,
+    );
+    assert_eq!(
+        (got.text.as_str(), got.peer),
+        ("hello through the daemon", ada)
+    );
+    w.rt.block_on(w.bob.send_message(ada, "seen in the window"))
+        .unwrap();
+    until(&mut h, "bob's answer", |h| has(h, "seen in the window"));
+
+    // A transfer the command line starts shows its progress and end in the window.
+    let bob = w.bob.clone();
+    let inbox = w.dir.path().join("bob-inbox");
+    let mut bob_events = std::mem::replace(&mut w.bob_events, mpsc::channel(1).1);
+    w.rt.spawn(async move {
+        while let Some(e) = bob_events.recv().await {
+            if let EngineEvent::Transfer(TransferEvent::Offered(o)) = e {
+                bob.accept_offer(o.peer, o.id, inbox.clone()).unwrap();
+            }
+        }
+    });
+    let file = w.dir.path().join("big.bin");
+    std::fs::write(&file, vec![7u8; 3 << 20]).unwrap();
+    let sent = w.rt.block_on(async {
+        let mut cli = p2pcall_daemon::Client::connect(&data, "cli")
+            .await
+            .unwrap()
+            .unwrap();
+        cli.call(p2pcall_api::Request::SendFiles {
+            peer: "bob".into(),
+            paths: vec![file.display().to_string()],
+        })
+        .await
+        .unwrap()
+    });
+    assert!(
+        matches!(sent, p2pcall_api::Answer::Transferred(_)),
+        "{sent:?}"
+    );
+    until(
+        &mut h,
+        "the command line's transfer, done, in the window",
+        |h| {
+            h.state().model.transfers.iter().any(|t| {
+                t.progress.as_ref().is_some_and(|p| {
+                    p.outgoing && p.total_bytes == 3 << 20 && p.done_bytes == p.total_bytes
+                }) && t.label == "big.bin"
+                    && matches!(t.outcome, Some(Ok(_)))
+            }) && has_part(h, "big.bin")
+        },
+    );
+
+    // With a `listen` attached to the daemon, bob's call rings in the window; answered
+    // there, both pictures show (the daemon runs the media and feeds the window).
+    let listen = w.rt.block_on(async {
+        let mut c = p2pcall_daemon::Client::connect(&data, "cli")
+            .await
+            .unwrap()
+            .unwrap();
+        c.call(p2pcall_api::Request::Subscribe).await.unwrap();
+        c
+    });
+    let bob = w.bob.clone();
+    w.rt.spawn(async move { bob.call(ada, CallOptions::default()).await.unwrap() });
+    until(&mut h, "the incoming call", |h| has(h, "bob is calling"));
+    h.get_by_label("Accept").click();
+    until(&mut h, "both pictures", |h| {
+        h.state().shows_video() == (true, true) && has(h, "Hang up")
+    });
+    h.get_by_label("Hang up").click();
+    until(&mut h, "the call gone from the window", |h| {
+        h.state().model.call.is_none()
+    });
+    let mut listen = listen;
+    let incoming = w.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let p2pcall_api::Event::Call(p2pcall_api::CallNote::Incoming { peer, .. }) =
+                    listen.next_event().await.unwrap()
+                {
+                    return peer;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    });
+    assert_eq!(
+        incoming,
+        w.bob.id().to_hex(),
+        "the listener saw the call too"
+    );
+
+    // The daemon dies: the window says so and offers to restart it (without a program to
+    // start here, the restart runs the app's own engine).
+    drop(d.server.take());
+    w.rt.block_on(d.engine.shutdown());
+    until(&mut h, "the daemon stopped", |h| {
+        has(h, "Restart the daemon")
+    });
+    h.get_by_label("Restart the daemon").click();
+    until(&mut h, "online again on the app's own engine", |h| {
+        h.state().model.daemon.is_none() && has(h, "online")
+    });
 }

@@ -409,3 +409,60 @@ fn calls_pings_and_speed_tests_go_through_the_daemon_and_calls_are_answered_one_
     assert_eq!(end["reason"], "hung_up_by_peer", "{end}");
     assert_eq!(caller.child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn the_app_starts_a_daemon_in_a_background_process_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let (_relay, udp) = relay(&tmp.path().join("r"), &[]);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!("name = \"alice\"\nrelay = \"{udp}\"\nport_mapping = false\n"),
+    )
+    .unwrap();
+    let dirs = p2pcall_core::settings::Dirs::resolve(Some(&dir)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // What the app does with `keep_online` (or "Restart the daemon").
+    rt.block_on(p2pcall_app::start_daemon(std::path::Path::new(BIN), &dirs))
+        .unwrap();
+    let (out, err, code) = run({
+        let mut c = cmd(&dir);
+        c.args(["--json", "peers"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out[0].is_array(), "{out:?}");
+    let status = rt.block_on(async {
+        let mut c = p2pcall_daemon::Client::connect(&dir, "test")
+            .await
+            .unwrap()
+            .expect("the daemon serves the data dir");
+        c.call(p2pcall_api::Request::Status).await.unwrap()
+    });
+    let p2pcall_api::Answer::Status(status) = status else {
+        panic!("{status:?}")
+    };
+    assert_eq!(status.name, "alice");
+    assert_ne!(status.pid, std::process::id(), "a process of its own");
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+    assert!(log.contains("local API"), "{log}");
+    // It stops on SIGTERM like any daemon.
+    let killed = std::process::Command::new("kill")
+        .arg(status.pid.to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rt
+        .block_on(p2pcall_daemon::Client::connect(&dir, "test"))
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon is still serving"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -45,6 +45,9 @@ pub struct Settings {
     pub video_fps: Option<u32>,
     /// The app's video bitrate cap for calls, kbit/s [default: 1000].
     pub video_kbps: Option<u32>,
+    /// The app keeps this identity online after its window closes: it runs the engine in a
+    /// background `p2pcall daemon` and shows that [default: false].
+    pub keep_online: Option<bool>,
     /// The app accepts file offers from verified peers without asking [default: false].
     pub auto_accept_verified: Option<bool>,
     /// The app shows desktop notifications while its window is not focused [default: true].

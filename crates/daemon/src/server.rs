@@ -47,6 +47,9 @@ pub struct Served {
 pub struct ApiServer {
     path: PathBuf,
     accept: JoinHandle<()>,
+    /// Dropped with the server: every client's connection ends (as if the engine's process
+    /// had exited).
+    _stop: tokio::sync::watch::Sender<()>,
 }
 
 impl ApiServer {
@@ -68,8 +71,13 @@ impl ApiServer {
         let listener = UnixListener::bind(&path).map_err(bind)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
         let owner = std::fs::metadata(&path).map_err(bind)?.uid();
-        let accept = tokio::spawn(accept(listener, owner, Arc::new(served)));
-        Ok(Self { path, accept })
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let accept = tokio::spawn(accept(listener, owner, Arc::new(served), stopped));
+        Ok(Self {
+            path,
+            accept,
+            _stop: stop,
+        })
     }
 
     /// The socket.
@@ -85,7 +93,12 @@ impl Drop for ApiServer {
     }
 }
 
-async fn accept(listener: UnixListener, owner: u32, served: Arc<Served>) {
+async fn accept(
+    listener: UnixListener,
+    owner: u32,
+    served: Arc<Served>,
+    stopped: tokio::sync::watch::Receiver<()>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors, for instance: try again shortly.
@@ -94,7 +107,7 @@ async fn accept(listener: UnixListener, owner: u32, served: Arc<Served>) {
         };
         match stream.peer_cred() {
             Ok(c) if c.uid() == owner => {
-                tokio::spawn(serve(served.clone(), stream));
+                tokio::spawn(serve(served.clone(), stream, stopped.clone()));
             }
             Ok(c) => tracing::warn!(uid = c.uid(), "refused a local API client of another user"),
             Err(e) => tracing::warn!("refused a local API client: {e}"),
@@ -103,7 +116,11 @@ async fn accept(listener: UnixListener, owner: u32, served: Arc<Served>) {
 }
 
 /// Serves one client until it goes away or sends something that is not a line of ours.
-async fn serve(served: Arc<Served>, stream: UnixStream) {
+async fn serve(
+    served: Arc<Served>,
+    stream: UnixStream,
+    mut stopped: tokio::sync::watch::Receiver<()>,
+) {
     let (mut rd, mut wr) = stream.into_split();
     let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let writer = tokio::spawn(async move {
@@ -125,9 +142,16 @@ async fn serve(served: Arc<Served>, stream: UnixStream) {
     let mut lines = Lines::default();
     let mut buf = vec![0u8; 64 << 10];
     'read: loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = tokio::select! {
+            r = rd.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            // The server is gone: so is this client's connection, at once.
+            _ = stopped.changed() => {
+                writer.abort();
+                break;
+            }
         };
         lines.push(&buf[..n]);
         loop {
