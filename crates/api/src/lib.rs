@@ -444,6 +444,11 @@ pub enum Event {
         /// Its new state.
         state: String,
     },
+    /// Everyone online (after the engine registered again with the relay).
+    PeersOnline {
+        /// The list.
+        peers: Vec<Peer>,
+    },
     /// A peer came online.
     PeerJoined(Peer),
     /// A peer online changed its name.

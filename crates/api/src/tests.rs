@@ -443,6 +443,7 @@ fn event() -> impl Strategy<Value = Event> {
             id,
             state
         }),
+        proptest::collection::vec(peer(), 0..3).prop_map(|peers| Event::PeersOnline { peers }),
         peer().prop_map(Event::PeerJoined),
         peer().prop_map(Event::PeerUpdated),
         text().prop_map(|id| Event::PeerLeft { id }),

@@ -568,6 +568,23 @@ fn the_app_shows_a_running_daemon_and_offers_to_restart_it_when_it_stops() {
         .unwrap();
     until(&mut h, "bob's answer", |h| has(h, "seen in the window"));
 
+    // A message the command line sends through the daemon appears in the open conversation.
+    w.rt.block_on(async {
+        let mut cli = p2pcall_daemon::Client::connect(&data, "cli")
+            .await
+            .unwrap()
+            .unwrap();
+        cli.call(p2pcall_api::Request::SendMessage {
+            peer: "bob".into(),
+            text: "typed in a terminal".into(),
+        })
+        .await
+        .unwrap()
+    });
+    until(&mut h, "the terminal's message, delivered", |h| {
+        has(h, "typed in a terminal") && has_part(h, "delivered")
+    });
+
     // A transfer the command line starts shows its progress and end in the window.
     let bob = w.bob.clone();
     let inbox = w.dir.path().join("bob-inbox");

@@ -171,6 +171,11 @@ pub(crate) fn event(e: &EngineEvent) -> Option<api::Event> {
         EngineEvent::Net(Event::Presence(PresenceEvent::Joined(p))) => {
             api::Event::PeerJoined(peer(p))
         }
+        EngineEvent::Net(Event::Presence(PresenceEvent::Snapshot(list))) => {
+            api::Event::PeersOnline {
+                peers: list.iter().map(peer).collect(),
+            }
+        }
         EngineEvent::Transfer(TransferEvent::Offered(o)) => {
             api::Event::OfferReceived(offer(o, None))
         }
@@ -236,6 +241,9 @@ pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
             id: id.parse().ok()?,
             state: MessageState::parse(state)?,
         }),
+        api::Event::PeersOnline { peers } => presence(PresenceEvent::Snapshot(
+            peers.iter().map(peer_from_api).collect::<Option<_>>()?,
+        )),
         api::Event::PeerJoined(p) => presence(PresenceEvent::Joined(peer_from_api(p)?)),
         api::Event::PeerUpdated(p) => presence(PresenceEvent::Updated(peer_from_api(p)?)),
         api::Event::PeerLeft { id } => presence(PresenceEvent::Left(id.parse().ok()?)),
