@@ -32,7 +32,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Starts `p2pcall daemon` on `data` and waits until it is registered with the relay.
-fn start_daemon(bin: &str, data: &Path, relay: SocketAddr) -> Result<Kill> {
+pub(crate) fn start_daemon(bin: &str, data: &Path, relay: SocketAddr) -> Result<Kill> {
     let mut child = Command::new(bin)
         .arg("--json")
         .arg("--data-dir")

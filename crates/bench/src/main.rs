@@ -9,6 +9,9 @@
 //! * `codec-speed`: H264 and Opus per frame on this machine, against the frame budget.
 //! * `file-transfer`: a 1 GiB folder tree (one large file, many small ones) through the
 //!   p2pcall engine against raw quinn moving as many bytes on one stream.
+//! * `video-feed`: a call between two daemons shown in another process (the app's view of
+//!   a daemon): pictures and bytes on the feed, the daemon's CPU against the same call
+//!   unwatched.
 //! * `daemon`: `peers` through a running `p2pcall daemon` (API round trip and the whole
 //!   command) against the same command on an engine of its own; presence events through the
 //!   daemon to an API subscriber against a raw relay subscriber; the daemon's idle CPU and RSS.
@@ -19,6 +22,7 @@
 mod capacity;
 mod codec;
 mod daemon;
+mod feed;
 mod files;
 mod forward;
 mod screen;
@@ -73,6 +77,19 @@ enum Cmd {
         /// Presence changes measured
         #[arg(long, default_value_t = 200)]
         changes: usize,
+        /// The p2pcall binary
+        #[arg(long, default_value = "target/release/p2pcall")]
+        bin: String,
+    },
+    /// A call shown in another process: the daemon's video feed (pictures/s, MB/s) and the
+    /// daemon's CPU with it vs. the same call without it
+    VideoFeed {
+        /// Video width
+        #[arg(long, default_value_t = 640)]
+        width: u32,
+        /// Video height
+        #[arg(long, default_value_t = 360)]
+        height: u32,
         /// The p2pcall binary
         #[arg(long, default_value = "target/release/p2pcall")]
         bin: String,
@@ -142,6 +159,7 @@ fn main() -> anyhow::Result<()> {
             changes,
             bin,
         } => daemon::run(peers, calls, changes, &bin),
+        Cmd::VideoFeed { width, height, bin } => feed::run(&bin, width, height),
         Cmd::P2pThroughput { mib } => throughput::run(mib),
         Cmd::CodecSpeed { frames } => codec::run(frames),
         Cmd::FileTransfer {
