@@ -243,7 +243,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(a) => cmd::demo::demo(&cli, a).await,
         Cmd::Relay(a) => cmd::relay::relay(&cli, a).await,
         Cmd::Id => cmd::id::id(&cli),
-        Cmd::Name(a) => cmd::name::name(&cli, a),
+        Cmd::Name(a) => cmd::name::name(&cli, a).await,
         Cmd::Peers => cmd::peers::peers(&cli).await,
         Cmd::Listen(a) => cmd::listen::listen(&cli, a).await,
         Cmd::Daemon => cmd::daemon::daemon(&cli).await,

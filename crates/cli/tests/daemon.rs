@@ -360,6 +360,32 @@ fn calls_pings_and_speed_tests_go_through_the_daemon_and_calls_are_answered_one_
         b"accepted by a policy"
     );
 
+    // A new name is announced by the running daemon at once.
+    let (out, err, code) = alice(&["name", "Alice Liddell"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["announced"], true, "{out:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (out, _, _) = {
+            let mut c = peer(&bdir, "bob");
+            c.arg("peers");
+            run(c)
+        };
+        if out[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Alice Liddell")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never saw the new name"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
     // Ping, speed test and NAT check through alice's daemon.
     let (out, err, code) = alice(&["ping", "bob", "--count", "2", "--interval", "100"]);
     assert_eq!(code, Some(0), "{err}");

@@ -14,7 +14,7 @@ pub const LOCK_FILE: &str = "engine.lock";
 pub enum LockError {
     /// Another process runs an engine on this data dir.
     #[error(
-        "another p2pcall engine runs on {}: {holder}. This needs an engine of its own: stop that one first, or pass --data-dir for another identity",
+        "another p2pcall engine runs on {}: {holder}. The commands on this data dir use it already (peers, chat, send, call, listen, …); to run this one instead, stop it first, or pass --data-dir for another identity",
         data_dir.display()
     )]
     Held {

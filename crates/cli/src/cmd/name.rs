@@ -37,7 +37,7 @@ fn checked(name: &str) -> Result<String> {
     Ok(name.to_string())
 }
 
-pub(crate) fn name(cli: &Cli, a: &NameArgs) -> Result<()> {
+pub(crate) async fn name(cli: &Cli, a: &NameArgs) -> Result<()> {
     let mut ctx = load(cli)?;
     let Some(new) = &a.name else {
         let name = display_name(cli, &ctx.settings);
@@ -58,15 +58,29 @@ pub(crate) fn name(cli: &Cli, a: &NameArgs) -> Result<()> {
     let new = checked(new)?;
     ctx.settings.name = Some(new.clone());
     ctx.settings.save(&ctx.dirs.settings)?;
+    // The engine running on this data dir announces it now, not at its next start.
+    let announced = match crate::ctx::engine_client(cli).await? {
+        Some(mut c) => {
+            c.call(p2pcall_api::Request::SetName { name: new.clone() })
+                .await?;
+            true
+        }
+        None => false,
+    };
     crate::output::emit(
         cli.json,
         || {
             format!(
-                "display name set to {new:?} (saved in {})",
-                ctx.dirs.settings.display()
+                "display name set to {new:?} (saved in {}){}",
+                ctx.dirs.settings.display(),
+                if announced {
+                    "; the running engine announces it now"
+                } else {
+                    ""
+                }
             )
         },
-        || json!({"name": new, "source": "settings"}),
+        || json!({"name": new, "source": "settings", "announced": announced}),
     );
     Ok(())
 }
