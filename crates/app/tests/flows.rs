@@ -72,6 +72,17 @@ fn set_up(w: &World) -> Settings {
     }
 }
 
+/// [`set_up`], with synthetic media and ALSA's null device as the speaker (the ring and the
+/// call's audio play through the real path).
+fn set_up_for_calls(w: &World) -> Settings {
+    Settings {
+        video: Some("testsrc".into()),
+        audio: Some("tone".into()),
+        speaker: Some("null".into()),
+        ..set_up(w)
+    }
+}
+
 fn app_with(w: &World, settings: Settings) -> Harness<'static, App> {
     let data = w.dir.path().join("app");
     let dirs = Dirs::resolve(Some(&data)).unwrap();
@@ -234,16 +245,7 @@ fn first_run_chat_both_ways_and_an_accepted_file_offer() {
 fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
     let mut w = world();
     // Set up before: no first run, straight online.
-    let mut h = app_with(
-        &w,
-        Settings {
-            video: Some("testsrc".into()),
-            audio: Some("tone".into()),
-            // ALSA's null device: the ring and the call's audio play through the real path.
-            speaker: Some("null".into()),
-            ..set_up(&w)
-        },
-    );
+    let mut h = app_with(&w, set_up_for_calls(&w));
     until(&mut h, "online with bob listed", |h| {
         h.query_by_role_and_label(Role::Button, "bob").is_some()
     });
@@ -537,15 +539,7 @@ fn the_app_shows_a_running_daemon_and_offers_to_restart_it_when_it_stops() {
     let data = w.dir.path().join("app");
     let mut d = daemon(&w, &data);
     let ada = d.engine.id();
-    let mut h = app_with(
-        &w,
-        Settings {
-            video: Some("testsrc".into()),
-            audio: Some("tone".into()),
-            speaker: Some("null".into()),
-            ..set_up(&w)
-        },
-    );
+    let mut h = app_with(&w, set_up_for_calls(&w));
     until(&mut h, "bob listed, through the daemon", |h| {
         h.query_by_role_and_label(Role::Button, "bob").is_some() && has(h, "via the daemon")
     });
