@@ -122,7 +122,30 @@ fn hold_engine_lock(ctx: &Ctx, cli: &Cli) -> Result<()> {
 /// `listen`, the app), if there is one: commands then ask it instead of starting their own.
 pub(crate) async fn engine_client(cli: &Cli) -> Result<Option<p2pcall_daemon::Client>> {
     let dirs = Dirs::resolve(cli.data_dir.as_deref())?;
-    Ok(p2pcall_daemon::Client::connect(&dirs.data, "cli").await?)
+    let client = p2pcall_daemon::Client::connect(&dirs.data, "cli").await?;
+    if let Some(c) = &client {
+        // How an engine reaches the network is chosen when it starts: the running one
+        // keeps its own choice.
+        let own: Vec<&str> = [
+            (cli.relay_only, "--relay-only"),
+            (cli.tcp, "--tcp"),
+            (cli.lan, "--lan"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect();
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        if !own.is_empty() {
+            WARNED.call_once(|| {
+                eprintln!(
+                    "warning: {} ignored: the engine running on this data dir (pid {}) keeps the network settings it started with",
+                    own.join(", "),
+                    c.pid()
+                );
+            });
+        }
+    }
+    Ok(client)
 }
 
 /// Serves the local API for the engine this process runs, so that other commands (and the
