@@ -22,6 +22,8 @@ use crate::{DaemonError, Hub, tools};
 const MAX_IN_FLIGHT: usize = 16;
 /// Replies and events queued toward one client.
 const OUT_QUEUE: usize = 256;
+/// Video frames waiting for a feed's socket, at most.
+const FEED_BACKLOG: usize = 2;
 /// A reply that a client does not take within this is dropped (with the client).
 const REPLY_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait a `peers` request may ask for.
@@ -279,6 +281,11 @@ impl Conn {
                 self.feeding = true;
                 self.events = Some(tokio::spawn(async move {
                     while let Some(f) = rx.recv().await {
+                        // A picture is up to 3 MB: past two waiting for the socket, newer
+                        // ones are dropped (the client shows the newest it gets).
+                        if out.max_capacity() - out.capacity() >= FEED_BACKLOG {
+                            continue;
+                        }
                         if out.send(f.to_vec()).await.is_err() {
                             break;
                         }

@@ -296,6 +296,16 @@ async fn a_call_through_the_api_shows_both_pictures_on_a_video_feed() {
         answer: Some(media("testsrc")),
     };
     assert_eq!(policy.call(set).await.unwrap(), Answer::Done);
+    // A feed that never reads a byte: pictures for it are dropped, nothing waits on it.
+    let (_stuck_r, mut stuck) = raw(&pa).await;
+    let hello = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"hello\",\"params\":{{\"version\":{VERSION},\"client\":\"stuck\"}}}}\n"
+    );
+    stuck.write_all(hello.as_bytes()).await.unwrap();
+    stuck
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"video_feed\"}\n")
+        .await
+        .unwrap();
     // The pictures of alice's calls, as the app shows them.
     let mut feed = client(&pa).await.video_feed().await.unwrap();
     let mut c = client(&pa).await;
