@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use p2pcall_api::{Answer, CallChange, Request};
-use p2pcall_core::call::{CallOptions, VideoSource};
+use p2pcall_core::call::CallOptions;
 use p2pcall_core::engine::EngineHandle;
 use p2pcall_core::{Message, PeerId, PeerInfo, Store};
 use p2pcall_daemon::Client;
@@ -257,15 +257,9 @@ impl Link {
     /// Mutes, turns the camera on or off, or changes the video source.
     pub(crate) async fn change_call(&self, c: CallChange) -> Result<(), String> {
         match self {
-            Self::Own(e) => match c {
-                CallChange::Mute { muted } => e.set_muted(muted).await,
-                CallChange::Camera { on } => e.set_camera(on).await,
-                CallChange::Source { source } => {
-                    let v: VideoSource = source.parse()?;
-                    e.set_video_source(v).await
-                }
-            }
-            .map_err(|e| e.to_string()),
+            Self::Own(e) => p2pcall_daemon::tools::change_call(e, c)
+                .await
+                .map_err(|e| e.to_string()),
             Self::Daemon(r) => r.ask(Request::ChangeCall(c)).await.map(drop),
         }
     }

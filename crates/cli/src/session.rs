@@ -47,14 +47,7 @@ pub(crate) enum Control {
 impl Control {
     pub(crate) async fn change(&mut self, c: CallChange) -> Result<()> {
         match self {
-            Self::Own(e) => match c {
-                CallChange::Mute { muted } => e.set_muted(muted).await?,
-                CallChange::Camera { on } => e.set_camera(on).await?,
-                CallChange::Source { source } => {
-                    e.set_video_source(source.parse().map_err(anyhow::Error::msg)?)
-                        .await?;
-                }
-            },
+            Self::Own(e) => tools::change_call(e, c).await?,
             Self::Daemon(c2) => {
                 c2.call(Request::ChangeCall(c)).await?;
             }

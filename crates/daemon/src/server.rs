@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use p2pcall_api::{Answer, CallChange, ErrorKind, Frame, Lines, Media, Request, RpcError, VERSION};
+use p2pcall_api::{Answer, ErrorKind, Frame, Lines, Media, Request, RpcError, VERSION};
 use p2pcall_core::call::CallOptions;
 use p2pcall_core::engine::EngineHandle;
 use p2pcall_core::{EngineError, PeerId};
@@ -530,19 +530,10 @@ async fn calls(s: &Served, request: Request) -> Result<Answer, RpcError> {
             Ok(Answer::Done)
         }
         Request::Hangup => engine.hangup().await.map(|()| Answer::Done).map_err(failed),
-        Request::ChangeCall(change) => {
-            let r = match change {
-                CallChange::Mute { muted } => engine.set_muted(muted).await,
-                CallChange::Camera { on } => engine.set_camera(on).await,
-                CallChange::Source { source } => {
-                    let src = source
-                        .parse()
-                        .map_err(|e: String| RpcError::new(ErrorKind::BadMedia, e))?;
-                    engine.set_video_source(src).await
-                }
-            };
-            r.map(|()| Answer::Done).map_err(failed)
-        }
+        Request::ChangeCall(change) => tools::change_call(engine, change)
+            .await
+            .map(|()| Answer::Done)
+            .map_err(failed),
         _ => Err(RpcError::new(
             ErrorKind::BadRequest,
             "not a request about calls",

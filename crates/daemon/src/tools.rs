@@ -85,6 +85,20 @@ pub async fn speedtest(
     })
 }
 
+/// Mutes, turns the camera on or off, or changes the video source of the call in progress.
+pub async fn change_call(engine: &EngineHandle, c: api::CallChange) -> Result<(), EngineError> {
+    match c {
+        api::CallChange::Mute { muted } => engine.set_muted(muted).await,
+        api::CallChange::Camera { on } => engine.set_camera(on).await,
+        api::CallChange::Source { source } => {
+            let src = source
+                .parse()
+                .map_err(|e: String| EngineError::Call(p2pcall_core::call::CallError::Source(e)))?;
+            engine.set_video_source(src).await
+        }
+    }
+}
+
 /// What the relay's reflection ports say about our NAT.
 pub async fn netcheck(
     engine: &EngineHandle,
