@@ -358,6 +358,8 @@ struct Interrupted {
     b: Peer,
     file: PathBuf,
     dest: tempfile::TempDir,
+    /// The transfer.
+    id: p2pcall_proto::transfer::TransferId,
     _src: tempfile::TempDir,
 }
 
@@ -401,6 +403,7 @@ async fn interrupted_transfer() -> Interrupted {
         b,
         file,
         dest,
+        id: o.id,
         _src: src,
     }
 }
@@ -433,6 +436,59 @@ async fn an_interrupted_transfer_resumes_from_verified_chunks() {
         std::fs::read(i.dest.path().join("big.bin")).unwrap(),
         pattern(40 << 20, 3)
     );
+    i.r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_offer_under_an_accepted_id_is_asked_about_again() {
+    let mut i = interrupted_transfer().await;
+    let partial = part_file(i.dest.path());
+    // The same sender key (on an engine that does not resume anything by itself), the same
+    // transfer id, another manifest: a new top-level name.
+    let a = peer(&i.r, &i.a_id, mem(), true).await;
+    sees(&a.h, &i.b.h).await;
+    let conn = a.h.connect(i.b.h.id()).await.unwrap();
+    let (mut s, r) = conn.quic().open_bi().await.unwrap();
+    let mut out = vec![OFFER];
+    TransferFrame::Offer {
+        id: i.id,
+        chunk_size: 1 << 20,
+        entries: vec![Entry {
+            path: "run-me.sh".into(),
+            kind: EntryKind::File { size: 3 },
+            mode: 0o755,
+            mtime: 0,
+        }],
+    }
+    .encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    // It is a new offer the user must accept, not a resume.
+    let o = until(&mut i.b.ev, |e| match e {
+        EngineEvent::Transfer(TransferEvent::Offered(o)) => Some(o),
+        EngineEvent::Transfer(TransferEvent::Resumed(o)) => {
+            panic!("resumed without asking: {o:?}")
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (o.id, o.tops.clone()),
+        (i.id, vec!["run-me.sh".to_string()])
+    );
+    i.b.h.reject_offer(o.peer, o.id, "not that").unwrap();
+    let mut reader = p2pcall_transport::framed::FrameReader::new(r, 1 << 20);
+    let raw = tokio::time::timeout(T, reader.next())
+        .await
+        .expect("an answer")
+        .unwrap();
+    match TransferFrame::decode(raw).unwrap() {
+        TransferFrame::Reject { reason } => assert_eq!(reason, "not that"),
+        other => panic!("{other:?}"),
+    }
+    // Nothing was written, and the earlier attempt's partial data went with it (the
+    // changed offer replaced it: the original, offered again, is asked about too).
+    assert!(!i.dest.path().join("run-me.sh").exists());
+    assert!(!partial.exists(), "{} is left", partial.display());
     i.r.shutdown().await;
 }
 

@@ -109,6 +109,8 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 2: the user compared safety numbers with this peer (when).
     "ALTER TABLE contacts ADD COLUMN verified_ms INTEGER;",
+    // 3: what the receiver's user was asked about (a resume must offer the same).
+    "ALTER TABLE transfers ADD COLUMN manifest BLOB;",
 ];
 
 /// Where a message stands. Outgoing: queued → sent → delivered → read. Incoming: received,
@@ -902,6 +904,45 @@ impl Store {
                 params![rowid],
             )?;
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records the hash of the manifest the user is asked about (see
+    /// `p2pcall_transfer::control::manifest_hash`).
+    pub fn set_transfer_manifest(&self, rowid: i64, hash: &[u8; 32]) -> Result<()> {
+        self.db()?.execute(
+            "UPDATE transfers SET manifest = ?2 WHERE rowid = ?1",
+            params![rowid, hash.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    /// The manifest hash recorded for a transfer (`None` before one was).
+    pub fn transfer_manifest(&self, rowid: i64) -> Result<Option<[u8; 32]>> {
+        let v: Option<Vec<u8>> = self.db()?.query_row(
+            "SELECT manifest FROM transfers WHERE rowid = ?1",
+            params![rowid],
+            |r| r.get(0),
+        )?;
+        v.map(|b| blob32(b, "transfers.manifest")).transpose()
+    }
+
+    /// Forgets what an earlier attempt of a transfer left (its folder, names, verified
+    /// chunks and files, manifest): it is offered again, as new.
+    pub fn restart_transfer(&self, rowid: i64, now_ms: u64) -> Result<()> {
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        for table in ["transfer_names", "transfer_chunks", "transfer_files_done"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE transfer = ?1"),
+                params![rowid],
+            )?;
+        }
+        tx.execute(
+            "UPDATE transfers SET state = ?2, dest = NULL, manifest = NULL, error = NULL, updated_ms = ?3 WHERE rowid = ?1",
+            params![rowid, TransferState::Offered.code(), now_ms as i64],
+        )?;
         tx.commit()?;
         Ok(())
     }

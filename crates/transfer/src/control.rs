@@ -483,6 +483,9 @@ pub enum OfferAction {
     AlreadyDone,
     /// New (or never accepted): ask the user.
     Ask,
+    /// An earlier attempt exists for another manifest under the same id: forget it (its
+    /// partial data and names) and ask the user about this one.
+    Restart,
 }
 
 /// What an earlier attempt of an offered transfer left.
@@ -496,6 +499,9 @@ pub enum Earlier {
     Done,
     /// Offered, declined, cancelled or failed.
     Other,
+    /// Recorded for a manifest other than the one offered now (or for none: an attempt from
+    /// before manifests were recorded), in any state.
+    Changed,
 }
 
 /// The receiver's decision on an offer.
@@ -504,7 +510,37 @@ pub fn offer_action(earlier: Earlier) -> OfferAction {
         Earlier::AcceptedUnfinished => OfferAction::Resume,
         Earlier::Done => OfferAction::AlreadyDone,
         Earlier::None | Earlier::Other => OfferAction::Ask,
+        Earlier::Changed => OfferAction::Restart,
     }
+}
+
+/// What binds an accepted offer to its content: the BLAKE3 of the sender's key, the
+/// transfer id, the chunk size and every entry (path, kind, size, mode, time), with a
+/// context string of its own. A resume goes ahead only for the same hash; a sender that
+/// changes anything under the same id makes a new offer the user must accept.
+pub fn manifest_hash(
+    sender: &[u8; 32],
+    id: &[u8; 16],
+    chunk_size: u32,
+    entries: &[p2pcall_proto::transfer::Entry],
+) -> [u8; 32] {
+    use p2pcall_proto::transfer::EntryKind;
+    let mut h = blake3::Hasher::new_derive_key("p2pcall 2026 transfer manifest v1");
+    h.update(sender);
+    h.update(id);
+    h.update(&chunk_size.to_le_bytes());
+    h.update(&(entries.len() as u64).to_le_bytes());
+    for e in entries {
+        h.update(&(e.path.len() as u64).to_le_bytes());
+        h.update(e.path.as_bytes());
+        match e.kind {
+            EntryKind::Dir => h.update(&[0]),
+            EntryKind::File { size } => h.update(&[1]).update(&size.to_le_bytes()),
+        };
+        h.update(&e.mode.to_le_bytes());
+        h.update(&e.mtime.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
 }
 
 #[cfg(test)]
@@ -801,5 +837,47 @@ mod tests {
         assert_eq!(offer_action(Earlier::Done), OfferAction::AlreadyDone);
         assert_eq!(offer_action(Earlier::None), OfferAction::Ask);
         assert_eq!(offer_action(Earlier::Other), OfferAction::Ask);
+        assert_eq!(offer_action(Earlier::Changed), OfferAction::Restart);
+    }
+
+    #[test]
+    fn the_manifest_hash_changes_with_anything_the_user_accepted() {
+        use p2pcall_proto::transfer::{Entry, EntryKind};
+        let entries = vec![
+            Entry {
+                path: "photos".into(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                mtime: 1,
+            },
+            Entry {
+                path: "photos/a.jpg".into(),
+                kind: EntryKind::File { size: 1000 },
+                mode: 0o644,
+                mtime: 2,
+            },
+        ];
+        let (key, id) = ([1u8; 32], [2u8; 16]);
+        let base = manifest_hash(&key, &id, 1 << 20, &entries);
+        assert_eq!(base, manifest_hash(&key, &id, 1 << 20, &entries));
+        let mut changed = vec![
+            manifest_hash(&[3u8; 32], &id, 1 << 20, &entries),
+            manifest_hash(&key, &[4u8; 16], 1 << 20, &entries),
+            manifest_hash(&key, &id, 1 << 21, &entries),
+            manifest_hash(&key, &id, 1 << 20, &entries[..1]),
+        ];
+        let mut e = entries.clone();
+        e[1].path = "photos/b.jpg".into();
+        changed.push(manifest_hash(&key, &id, 1 << 20, &e));
+        let mut e = entries.clone();
+        e[1].kind = EntryKind::File { size: 1001 };
+        changed.push(manifest_hash(&key, &id, 1 << 20, &e));
+        let mut e = entries.clone();
+        e[0].path = "other".into();
+        e[1].path = "other/a.jpg".into();
+        changed.push(manifest_hash(&key, &id, 1 << 20, &e));
+        for (i, c) in changed.iter().enumerate() {
+            assert_ne!(*c, base, "change {i}");
+        }
     }
 }

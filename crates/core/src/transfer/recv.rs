@@ -328,6 +328,16 @@ fn top_names(
         .top_names(rowid)
         .map_err(|e| (AbortCode::Io, e.to_string()))?;
     if !names.is_empty() {
+        // The names an earlier attempt chose, for exactly these top-level entries (the
+        // manifest is the accepted one); anything else would write under an unchecked name.
+        let same =
+            names.len() == plan.tops.len() && plan.tops.iter().all(|t| names.contains_key(t));
+        if !same {
+            return Err((
+                AbortCode::Protocol,
+                "the offer's top-level names differ from the accepted ones".into(),
+            ));
+        }
         return Ok((names, true));
     }
     for top in &plan.tops {
@@ -424,7 +434,9 @@ fn prepare(
         remaining: 0,
         resumed: 0,
         dirs: Vec::new(),
-        placed: plan.tops.iter().map(|t| dest.join(&names[t])).collect(),
+        placed: (plan.tops.iter())
+            .map(|t| dest.join(names.get(t).unwrap_or(t)))
+            .collect(),
     };
     let mut bad: Vec<(u32, u64)> = Vec::new();
     let mut wipe: Vec<u32> = Vec::new();
@@ -576,11 +588,18 @@ pub(crate) async fn serve_offer(
         let _ = send.reset(DATA_REFUSED.into());
         return;
     };
+    let manifest = p2pcall_transfer::control::manifest_hash(
+        peer.as_bytes(),
+        id.as_bytes(),
+        chunk_size,
+        &entries,
+    );
     let mut inc = Incoming {
         svc,
         peer,
         id,
         chunk: chunk_size,
+        manifest,
         send,
         reader,
     };
@@ -642,6 +661,8 @@ struct Incoming {
     peer: PeerId,
     id: TransferId,
     chunk: u32,
+    /// What this offer holds ([`p2pcall_transfer::control::manifest_hash`]).
+    manifest: [u8; 32],
     send: quinn::SendStream,
     reader: FrameReader<quinn::RecvStream>,
 }
@@ -698,26 +719,54 @@ impl Incoming {
         plan: &Plan,
         info: OfferInfo,
     ) -> Option<(p2pcall_store::TransferRecord, PathBuf)> {
-        let (peer, id) = (self.peer, self.id);
+        let (peer, id, manifest) = (self.peer, self.id, self.manifest);
         let lookup = move |s: &Store| s.transfer(&peer, false, &id);
-        let existing = self.svc.ctx.db(lookup).await.ok().flatten();
+        let recorded = move |s: &Store| -> Result<_, p2pcall_store::StoreError> {
+            let Some(t) = s.transfer(&peer, false, &id)? else {
+                return Ok(None);
+            };
+            let m = s.transfer_manifest(t.rowid)?;
+            Ok(Some((t, m)))
+        };
+        let existing = self.svc.ctx.db(recorded).await.ok().flatten();
+        // Only the very offer the user accepted resumes (or counts as received): a sender
+        // that changed anything under the same id asks again.
         let earlier = match &existing {
             None => Earlier::None,
-            Some(t) if t.state == TransferState::Active && t.dest.is_some() => {
+            Some((t, m)) if *m != Some(manifest) && t.state != TransferState::Offered => {
+                Earlier::Changed
+            }
+            Some((t, _)) if t.state == TransferState::Active && t.dest.is_some() => {
                 Earlier::AcceptedUnfinished
             }
-            Some(t) if t.state == TransferState::Done => Earlier::Done,
+            Some((t, _)) if t.state == TransferState::Done => Earlier::Done,
             Some(_) => Earlier::Other,
         };
         let decision = match offer_action(earlier) {
             OfferAction::Resume => {
                 emit(&self.svc, TransferEvent::Resumed(info));
-                Decision::Accept(existing.and_then(|t| t.dest).unwrap_or_default())
+                Decision::Accept(existing.and_then(|(t, _)| t.dest).unwrap_or_default())
             }
             OfferAction::AlreadyDone => {
                 Decision::Reject("this transfer was already received completely".into())
             }
             OfferAction::Ask => self.ask(plan, info).await?,
+            OfferAction::Restart => {
+                let rowid = existing.map(|(t, _)| t.rowid).unwrap_or_default();
+                tracing::info!(%peer, %id, "an offer changed since the last attempt: asking again");
+                // The earlier attempt's partial files go with it.
+                let restarted = (self.svc.ctx)
+                    .db(move |s| -> Result<(), crate::EngineError> {
+                        super::partials::clean(s, |r| r.rowid == rowid)?;
+                        Ok(s.restart_transfer(rowid, now_ms())?)
+                    })
+                    .await;
+                if restarted.is_err() {
+                    let _ = self.send.reset(DATA_REFUSED.into());
+                    return None;
+                }
+                self.ask(plan, info).await?
+            }
         };
         let Ok(Some(rec)) = self.svc.ctx.db(lookup).await else {
             let _ = self.send.reset(DATA_REFUSED.into());
@@ -744,8 +793,12 @@ impl Incoming {
     async fn ask(&mut self, plan: &Plan, info: OfferInfo) -> Option<Decision> {
         let (peer, id) = (self.peer, self.id);
         let (total, files) = (plan.total_bytes, plan.files);
+        let manifest = self.manifest;
         let created = (self.svc.ctx)
-            .db(move |s| s.create_transfer(&peer, false, &id, total, files, &[], None, now_ms()))
+            .db(move |s| {
+                let t = s.create_transfer(&peer, false, &id, total, files, &[], None, now_ms())?;
+                s.set_transfer_manifest(t.rowid, &manifest)
+            })
             .await;
         if created.is_err() {
             let _ = self.send.reset(DATA_REFUSED.into());
