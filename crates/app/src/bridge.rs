@@ -775,6 +775,7 @@ async fn own_engine(
     ec.port_mapping = ec.lan.is_none() && s.port_mapping.unwrap_or(true);
     ec.auto_deliver = true;
     ec.partial_max_age = s.partial_max_age();
+    ec.receive_executable = s.receive_executable == Some(true);
     let (engine, mut events) = Engine::start(ec).await.map_err(|e| e.to_string())?;
     let f = forward.clone();
     tokio::spawn(async move {

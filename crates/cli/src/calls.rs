@@ -159,14 +159,14 @@ pub fn spawn_console(mut engine: Control) -> tokio::task::JoinHandle<()> {
                             source: src.to_string(),
                         }),
                         Err(e) => {
-                            eprintln!("{e}");
+                            errln!("{e}");
                             continue;
                         }
                     }
                 }
                 "" => continue,
                 other => {
-                    eprintln!(
+                    errln!(
                         "unknown command {other:?}: mute, unmute, camera off, camera on, \
                          source testsrc|FILE.y4m|camera[:DEV]|screen[:N]|window:ID|NAME, hangup"
                     );
@@ -178,7 +178,7 @@ pub fn spawn_console(mut engine: Control) -> tokio::task::JoinHandle<()> {
                 None => engine.hangup().await,
             };
             if let Err(e) = r {
-                eprintln!("{e:#}");
+                errln!("{e:#}");
             }
         }
     })

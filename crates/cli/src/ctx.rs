@@ -94,6 +94,7 @@ pub(crate) async fn start_engine_with(
     cfg.store = Some(open_store(&ctx)?);
     cfg.auto_deliver = auto_deliver;
     cfg.partial_max_age = ctx.settings.partial_max_age();
+    cfg.receive_executable = ctx.settings.receive_executable == Some(true);
     // On a LAN-only network nobody outside needs to reach us.
     cfg.port_mapping = cfg.lan.is_none()
         && !cli.relay_only
@@ -137,7 +138,7 @@ pub(crate) async fn engine_client(cli: &Cli) -> Result<Option<p2pcall_daemon::Cl
         static WARNED: std::sync::Once = std::sync::Once::new();
         if !own.is_empty() {
             WARNED.call_once(|| {
-                eprintln!(
+                errln!(
                     "warning: {} ignored: the engine running on this data dir (pid {}) keeps the network settings it started with",
                     own.join(", "),
                     c.pid()

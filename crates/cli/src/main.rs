@@ -176,7 +176,7 @@ fn main() -> std::process::ExitCode {
         return match r {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {}", output::error_text(&e));
+                errln!("error: {}", output::error_text(&e));
                 std::process::ExitCode::FAILURE
             }
         };
@@ -199,7 +199,7 @@ fn main() -> std::process::ExitCode {
             if json {
                 outln!("{}", output::error_json(&e, code));
             } else {
-                eprintln!("error: {}", output::error_text(&e));
+                errln!("error: {}", output::error_text(&e));
             }
             std::process::ExitCode::from(code)
         }

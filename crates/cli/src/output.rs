@@ -24,6 +24,11 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::output::write_line(&format!($($t)*)) };
 }
 
+/// Like `eprintln!`, for lines that may hold what a peer sent (a refusal's reason, a name).
+macro_rules! errln {
+    ($($t:tt)*) => { eprintln!("{}", p2pcall_proto::text::terminal_safe(&format!($($t)*))) };
+}
+
 /// Set once standard output turned out to be closed.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
@@ -39,6 +44,9 @@ pub(crate) fn write_line(line: &str) {
     if STDOUT_CLOSED.load(Ordering::Acquire) {
         return;
     }
+    // Peers' names, messages and file names are in these lines: nothing in them may drive
+    // the terminal.
+    let line = p2pcall_proto::text::terminal_safe(line);
     let mut out = std::io::stdout().lock();
     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
         STDOUT_CLOSED.store(true, Ordering::Release);

@@ -171,7 +171,7 @@ impl Session {
             Via::Daemon { events, .. } => loop {
                 match events.next_event().await? {
                     p2pcall_api::Event::Lagged { dropped } => {
-                        eprintln!("warning: {dropped} events of the p2pcall daemon were lost");
+                        errln!("warning: {dropped} events of the p2pcall daemon were lost");
                     }
                     e => {
                         if let Some(e) = p2pcall_daemon::event_from_api(&e) {

@@ -167,3 +167,47 @@ fn chat_history_send_and_resume_through_the_binary() {
         "{err}"
     );
 }
+
+#[test]
+fn what_a_peer_writes_never_drives_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_relay, udp) = relay(&tmp.path().join("r"), &[]);
+    let peer = |dir: &Path, name: &str| {
+        let mut c = cmd(dir);
+        c.args(["--relay", &udp, "--name", name]);
+        c
+    };
+    // Bob reads his messages in a terminal (text, not JSON).
+    let mut c = peer(&tmp.path().join("b"), "bob");
+    c.arg("listen");
+    let mut bob = Proc::spawn(c);
+    let (_, err, code) = run({
+        let mut c = peer(&tmp.path().join("a"), "alice");
+        c.args([
+            "--json",
+            "chat",
+            "bob",
+            "\u{1b}]0;pwned\u{7}\u{1b}[2J hi\rfrom your bank: pay now \u{202E}txt.exe",
+        ]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    let line = loop {
+        let l = bob
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the message");
+        if l.contains("pwned") {
+            break l;
+        }
+    };
+    for bad in ['\u{1b}', '\u{7}', '\r', '\u{202E}'] {
+        assert!(
+            !line.contains(bad),
+            "{bad:?} reached the terminal: {line:?}"
+        );
+    }
+    assert!(line.contains("\\u001b]0;pwned\\u0007"), "{line}");
+    assert!(line.contains("\\u202etxt.exe"), "{line}");
+    assert!(bob.term().success());
+}

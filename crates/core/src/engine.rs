@@ -58,6 +58,8 @@ pub struct EngineConfig {
     /// Partial files of incoming transfers untouched for this long are removed (the
     /// transfer is given up), at start and every [`PARTIAL_CLEAN_EVERY`]; `None` keeps them.
     pub partial_max_age: Option<Duration>,
+    /// Received files keep the sender's execute bits (else none is executable).
+    pub receive_executable: bool,
 }
 
 /// Partial files older than this are removed by default (the `partial_max_age_days`
@@ -80,6 +82,7 @@ impl EngineConfig {
             store: None,
             auto_deliver: true,
             partial_max_age: Some(DEFAULT_PARTIAL_MAX_AGE),
+            receive_executable: false,
         }
     }
 }
@@ -174,6 +177,7 @@ impl Engine {
                 ctx.clone(),
                 sink.emitter(EngineEvent::Transfer),
                 Arc::clone(&bulk),
+                cfg.receive_executable,
             )),
             calls: Arc::new(Calls::new(
                 ctx.clone(),

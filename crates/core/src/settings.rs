@@ -48,6 +48,9 @@ pub struct Settings {
     /// The app keeps this identity online after its window closes: it runs the engine in a
     /// background `p2pcall daemon` and shows that [default: false].
     pub keep_online: Option<bool>,
+    /// Received files keep the sender's execute bits [default: false: no received file is
+    /// executable until the user makes it so].
+    pub receive_executable: Option<bool>,
     /// The app accepts file offers from verified peers without asking [default: false].
     pub auto_accept_verified: Option<bool>,
     /// The app shows desktop notifications while its window is not focused [default: true].
@@ -211,8 +214,20 @@ impl Settings {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
+        // It may hold the relay's access token: the owner's alone, from its first byte.
         let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, text).map_err(io)?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
+            f.write_all(text.as_bytes()).map_err(io)?;
+        }
         std::fs::rename(&tmp, path).map_err(io)
     }
 }
@@ -232,6 +247,24 @@ mod tests {
         std::fs::write(&p, "nmae = \"typo\"\n").unwrap();
         let e = Settings::load(&p).unwrap_err();
         assert!(e.to_string().contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn saved_settings_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(SETTINGS_FILE);
+        // Even over a file that was readable by everyone.
+        std::fs::write(&p, "").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Settings {
+            token: Some("secret".into()),
+            ..Settings::default()
+        };
+        s.save(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(Settings::load(&p).unwrap().token.as_deref(), Some("secret"));
     }
 
     #[tokio::test]

@@ -123,13 +123,13 @@ fn tree(root: &Path) -> BTreeMap<String, (bool, String, u32)> {
                 .into_owned();
             let m = std::fs::symlink_metadata(&path).unwrap();
             if m.is_dir() {
-                out.insert(rel, (true, String::new(), m.permissions().mode() & 0o777));
+                out.insert(rel, (true, String::new(), m.permissions().mode() & 0o7777));
                 walk(base, &path, out);
             } else {
                 let h = blake3::hash(&std::fs::read(&path).unwrap())
                     .to_hex()
                     .to_string();
-                out.insert(rel, (false, h, m.permissions().mode() & 0o777));
+                out.insert(rel, (false, h, m.permissions().mode() & 0o7777));
             }
         }
     }
@@ -166,6 +166,13 @@ async fn a_folder_tree_arrives_intact_and_never_overwrites() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
+    // Setuid and writable by everyone where it comes from.
+    write(&root.join("shared.txt"), b"anyone may write me");
+    std::fs::set_permissions(
+        root.join("shared.txt"),
+        std::fs::Permissions::from_mode(0o4666),
+    )
+    .unwrap();
     // A large sparse file: 1 GiB, data only at a few places.
     let sparse = std::fs::File::create(root.join("disk.img")).unwrap();
     sparse.set_len(1 << 30).unwrap();
@@ -199,6 +206,12 @@ async fn a_folder_tree_arrives_intact_and_never_overwrites() {
     assert_eq!(sent.skipped, [root.join("link-to-passwd")]);
     let mut want = tree(&root);
     want.remove("link-to-passwd");
+    // Received files are nobody else's to write, setuid never, executable only if the
+    // receiver opted in (this one did not).
+    assert_eq!(want["script.sh"].2, 0o755);
+    want.get_mut("script.sh").unwrap().2 = 0o644;
+    assert_eq!(want["shared.txt"].2, 0o4666);
+    want.get_mut("shared.txt").unwrap().2 = 0o644;
     assert_eq!(tree(&got.placed[0]), want);
     // Hashes are the ordinary BLAKE3 of each file.
     let deep = sent

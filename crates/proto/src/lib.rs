@@ -34,6 +34,7 @@ pub mod packet;
 pub mod peer;
 pub mod relay;
 pub mod stream;
+pub mod text;
 pub mod transfer;
 
 pub use codec::DecodeError;

@@ -21,5 +21,5 @@ pub mod tree;
 
 pub use meter::Meter;
 pub use resume::{ChunkError, FileProgress};
-pub use sanitize::{Plan, PlannedEntry, SanitizeError, sanitize, unique_name};
+pub use sanitize::{Plan, PlannedEntry, SanitizeError, sanitize, unique_name, without_exec};
 pub use tree::{Cv, chunk_count, chunk_cv, chunk_len, file_hash};

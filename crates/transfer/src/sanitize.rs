@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use p2pcall_proto::text::is_bidi_control;
 use p2pcall_proto::transfer::{Entry, EntryKind};
 
 /// Longest file name component, in bytes (Linux `NAME_MAX`).
@@ -128,7 +129,7 @@ fn check_path(path: &str) -> Result<Vec<String>, SanitizeError> {
         }
         if let Some(ch) = c
             .chars()
-            .find(|&ch| ch == '\0' || ch == '\\' || ch.is_control())
+            .find(|&ch| ch == '\0' || ch == '\\' || ch.is_control() || is_bidi_control(ch))
         {
             return Err(SanitizeError::InvalidCharacter { path: err(), ch });
         }
@@ -146,10 +147,18 @@ fn check_path(path: &str) -> Result<Vec<String>, SanitizeError> {
     Ok(out)
 }
 
-/// Permission bits a received entry gets: the sender's rwx bits (never setuid, setgid or
-/// sticky), always readable and writable (and, for folders, searchable) by the owner.
+/// Permission bits a received entry gets: the sender's read and execute bits (never write
+/// for group or others, never setuid, setgid or sticky), always readable and writable (and,
+/// for folders, searchable) by the owner. Whether a file keeps its execute bits is the
+/// receiver's choice ([`without_exec`]).
 pub fn safe_mode(mode: u32, dir: bool) -> u32 {
-    (mode & 0o777) | if dir { 0o700 } else { 0o600 }
+    (mode & 0o755) | if dir { 0o700 } else { 0o600 }
+}
+
+/// A file's mode without any execute bit (what a received file gets unless the user chose
+/// to keep them).
+pub fn without_exec(mode: u32) -> u32 {
+    mode & !0o111
 }
 
 /// Checks every entry of an offer.
@@ -364,11 +373,32 @@ mod tests {
     }
 
     #[test]
-    fn modes_lose_special_bits_and_keep_the_owner_in() {
+    fn modes_lose_special_bits_and_group_or_world_write_and_keep_the_owner_in() {
         assert_eq!(safe_mode(0o4755, false), 0o755);
+        assert_eq!(safe_mode(0o6777, false), 0o755);
         assert_eq!(safe_mode(0o000, false), 0o600);
-        assert_eq!(safe_mode(0o1777, true), 0o777);
+        assert_eq!(safe_mode(0o1777, true), 0o755);
+        assert_eq!(safe_mode(0o022, true), 0o700);
         assert_eq!(safe_mode(0o055, true), 0o755);
+        assert_eq!(without_exec(safe_mode(0o4755, false)), 0o644);
+    }
+
+    #[test]
+    fn names_that_reorder_text_are_refused() {
+        for name in [
+            "invoice\u{202E}fdp.exe",
+            "a\u{2066}b",
+            "x\u{200F}",
+            "y\u{061C}z",
+        ] {
+            let e = sanitize(&[file(name)]).unwrap_err();
+            assert!(
+                matches!(e, SanitizeError::InvalidCharacter { .. }),
+                "{name:?}: {e}"
+            );
+        }
+        // Right-to-left scripts themselves are names like any other.
+        sanitize(&[file("\u{05E9}\u{05DC}\u{05D5}\u{05DD}.txt")]).unwrap();
     }
 
     #[test]

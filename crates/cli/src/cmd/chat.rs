@@ -71,7 +71,7 @@ pub(crate) async fn chat(cli: &Cli, a: &ChatArgs) -> Result<()> {
     let online = match wait_online(&engine, &mut events).await {
         Ok(_) => engine.wait_presence(RELAY_WAIT).await.is_ok(),
         Err(e) => {
-            eprintln!("warning: {e:#}; the message will be queued");
+            errln!("warning: {e:#}; the message will be queued");
             false
         }
     };

@@ -55,7 +55,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
     let (api, hub) = match serve_api(cli, &engine) {
         Ok((api, hub)) => (Some(api), hub),
         Err(e) => {
-            eprintln!("warning: {e:#}; other commands cannot use this engine while `listen` runs");
+            errln!("warning: {e:#}; other commands cannot use this engine while `listen` runs");
             (None, std::sync::Arc::default())
         }
     };
@@ -109,7 +109,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                                         engine.reject_call(*call).await
                                     };
                                     if let Err(err) = r {
-                                        eprintln!("call: {err}");
+                                        errln!("call: {err}");
                                     }
                                 }
                                 p2pcall_core::call::CallEvent::Ended { .. } => {
@@ -131,7 +131,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                                 ),
                             };
                             if let Err(err) = answer {
-                                eprintln!("offer {}: {err}", o.id);
+                                errln!("offer {}: {err}", o.id);
                             }
                         }
                         _ => {}
@@ -199,7 +199,7 @@ async fn attached(cli: &Cli, a: &ListenArgs, mut c: p2pcall_daemon::Client) -> R
             e = c.next_event() => match e {
                 Err(e) => break Err(e.into()),
                 Ok(p2pcall_api::Event::Lagged { dropped }) => {
-                    eprintln!("warning: {dropped} events were lost while this terminal was not reading");
+                    errln!("warning: {dropped} events were lost while this terminal was not reading");
                 }
                 Ok(e) => {
                     let Some(e) = p2pcall_daemon::event_from_api(&e) else { continue };

@@ -238,15 +238,23 @@ pub(crate) struct Transfers {
     registry: Registry,
     /// Per peer: how much of the connection transfers may use during a call.
     bulk: Arc<Gates>,
+    /// Received files keep the sender's execute bits.
+    keep_exec: bool,
 }
 
 impl Transfers {
-    pub(crate) fn new(ctx: Arc<Context>, events: Emitter<TransferEvent>, bulk: Arc<Gates>) -> Self {
+    pub(crate) fn new(
+        ctx: Arc<Context>,
+        events: Emitter<TransferEvent>,
+        bulk: Arc<Gates>,
+        keep_exec: bool,
+    ) -> Self {
         Self {
             ctx,
             events,
             registry: Registry::default(),
             bulk,
+            keep_exec,
         }
     }
 

@@ -835,7 +835,15 @@ impl Incoming {
     ) -> Option<(PathBuf, Prepared)> {
         let store = self.svc.ctx.store.clone();
         let (id, chunk) = (self.id, self.chunk);
-        let (plan2, entries) = (plan.clone(), entries.to_vec());
+        let (mut plan2, entries) = (plan.clone(), entries.to_vec());
+        // No received file is executable unless the user chose to keep execute bits.
+        if !self.svc.keep_exec {
+            for e in &mut plan2.entries {
+                if matches!(e.kind, EntryKind::File { .. }) {
+                    e.mode = p2pcall_transfer::without_exec(e.mode);
+                }
+            }
+        }
         let prepared = tokio::task::spawn_blocking(move || -> Result<(PathBuf, Prepared), Fail> {
             std::fs::create_dir_all(&dest)
                 .map_err(|e| io_fail(&format!("cannot create {}", dest.display()), &e))?;
