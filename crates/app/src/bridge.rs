@@ -747,25 +747,36 @@ async fn own_engine(
         ec.lan = Some(lan);
         ec
     } else {
-        let addr = if s.host_relay == Some(true) {
-            let r = host_relay(s).await?;
+        // The relay this app hosts is known by its key; another one's key is the one given
+        // in the settings, else the one pinned when it was first used.
+        let (addr, relay_key, relay_name) = if s.host_relay == Some(true) {
+            let r = host_relay(s, &cfg.dirs.data).await?;
             let mut a = r.udp_addr;
             if a.ip().is_unspecified() {
                 a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
+            let key = r.id;
             relay = Some(r);
-            a
+            (a, Some(key), None)
         } else {
             let spec = s.relay.as_deref().unwrap_or_default();
-            p2pcall_core::settings::resolve_relay(spec)
+            let addr = p2pcall_core::settings::resolve_relay(spec)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let key = (s.relay_key.as_deref())
+                .map(|k| k.trim().parse::<PeerId>())
+                .transpose()
+                .map_err(|_| "relay_key in the settings is not a key (64 hex digits)")?;
+            (addr, key, Some(p2pcall_core::settings::relay_name(spec)))
         };
         let relay = RelayConfig {
             token: s.token.clone(),
+            relay_key,
             ..RelayConfig::new(addr)
         };
-        EngineConfig::new(identity, name, Some(relay))
+        let mut ec = EngineConfig::new(identity, name, Some(relay));
+        ec.relay_name = relay_name;
+        ec
     };
     let db = cfg.dirs.data.join(DB_FILE);
     let store = Store::open(&db).map_err(|e| format!("cannot open {}: {e}", db.display()))?;
@@ -811,12 +822,14 @@ async fn own_engine(
 }
 
 /// Starts the relay the settings ask this machine to host.
-async fn host_relay(s: &Settings) -> Result<p2pcall_relay::Relay, String> {
+async fn host_relay(s: &Settings, data: &std::path::Path) -> Result<p2pcall_relay::Relay, String> {
     let listen = s.relay_listen.as_deref().unwrap_or("0.0.0.0:7700");
     let listen: SocketAddr = listen
         .parse()
         .map_err(|e| format!("relay address {listen:?}: {e} (use IP:PORT)"))?;
-    let key = p2pcall_transport::Identity::generate().map_err(|e| e.to_string())?;
+    // Its key stays across restarts: the clients that pinned it keep trusting it.
+    let (key, _) =
+        identity::load_or_create(&data.join("hosted-relay")).map_err(|e| e.to_string())?;
     p2pcall_relay::Relay::start(&key, p2pcall_relay::RelayConfig::new(listen))
         .await
         .map_err(|e| {

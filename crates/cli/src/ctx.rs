@@ -85,9 +85,12 @@ pub(crate) async fn start_engine_with(
                 token: cli.token.clone().or_else(|| ctx.settings.token.clone()),
                 presence,
                 force_tcp: cli.tcp,
+                relay_key: relay_key(cli, &ctx)?,
                 ..RelayConfig::new(addr)
             };
-            EngineConfig::new(identity, name, Some(relay))
+            let mut c = EngineConfig::new(identity, name, Some(relay));
+            c.relay_name = Some(p2pcall_core::settings::relay_name(&spec));
+            c
         }
     };
     cfg.direct_paths = !cli.relay_only;
@@ -101,6 +104,26 @@ pub(crate) async fn start_engine_with(
         && !cli.no_port_mapping
         && ctx.settings.port_mapping.unwrap_or(true);
     Ok(Engine::start(cfg).await?)
+}
+
+/// The relay key the user gave (`--accept-relay-key`, else the settings' `relay_key`);
+/// `None`: the one pinned for the relay.
+fn relay_key(cli: &Cli, ctx: &Ctx) -> Result<Option<PeerId>> {
+    if let Some(k) = cli.accept_relay_key {
+        return Ok(Some(k));
+    }
+    ctx.settings
+        .relay_key
+        .as_deref()
+        .map(|k| {
+            k.trim().parse().with_context(|| {
+                format!(
+                    "relay_key in {} is not a key (64 hex digits, as the relay prints it)",
+                    ctx.dirs.settings.display()
+                )
+            })
+        })
+        .transpose()
 }
 
 /// This process's hold on its data dir (released when it exits).
@@ -210,6 +233,9 @@ pub(crate) async fn wait_online(
                 }
                 Some(EngineEvent::Net(Event::RelayUnreachable { addr, detail })) => {
                     return Err(exit::Fail::RelayUnreachable { addr, detail }.into());
+                }
+                Some(EngineEvent::Net(Event::RelayKeyMismatch { addr, pinned, presented })) => {
+                    return Err(exit::Fail::RelayKeyMismatch { addr, pinned, presented }.into());
                 }
                 Some(EngineEvent::Net(Event::RelayDisconnected { reason, .. })) => last = reason,
                 Some(_) => {}

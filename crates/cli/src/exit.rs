@@ -36,7 +36,8 @@ macro_rules! exit_codes_help {
   3  the peer is offline (the relay does not see it)
   4  the relay is unreachable (nothing listens at its address)
   5  timed out: the relay or the peer stayed silent
-  6  the relay refused us (token, capacity, a newer login with this key)
+  6  the relay refused us (token, capacity, a newer login with this key), or another key
+     than the one pinned for it answered at its address
   7  the peer declined (a file offer, a call)
   8  interrupted (Ctrl-C, the peer stopped, the connection was lost): run the same
      command again to resume
@@ -71,6 +72,18 @@ pub enum Fail {
     /// The relay refused the session.
     #[error("the relay refused us: {0}")]
     RelayRefused(String),
+    /// Another key than the pinned one answered at the relay's address.
+    #[error(
+        "the relay at {addr} presented the key {presented}, but {pinned} is pinned for it: nothing was sent to it. Another server may be answering at that address (another network, a spoofed name). If the relay's operator really changed its key, run the command again with --accept-relay-key {presented}"
+    )]
+    RelayKeyMismatch {
+        /// Where.
+        addr: SocketAddr,
+        /// The key pinned for it.
+        pinned: p2pcall_core::PeerId,
+        /// The key it presented.
+        presented: p2pcall_core::PeerId,
+    },
     /// The peer declined.
     #[error("{0}")]
     Declined(String),
@@ -89,7 +102,7 @@ pub fn code(e: &anyhow::Error) -> u8 {
             return match f {
                 Fail::RelayUnreachable { .. } => RELAY_UNREACHABLE,
                 Fail::RelayTimeout { .. } => TIMEOUT,
-                Fail::RelayRefused(_) => RELAY_REFUSED,
+                Fail::RelayRefused(_) | Fail::RelayKeyMismatch { .. } => RELAY_REFUSED,
                 Fail::Interrupted(_) => INTERRUPTED,
                 Fail::Declined(_) => DECLINED,
                 Fail::PeerSilent(_) => TIMEOUT,

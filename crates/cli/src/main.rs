@@ -59,6 +59,11 @@ pub(crate) struct Cli {
     /// [default: settings, then $USER]
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "NAME")]
     pub(crate) name: Option<String>,
+    /// Trust this key for the relay from now on (64 hex digits, as the relay prints it),
+    /// instead of the one pinned when it was first used [default: `relay_key` in the
+    /// settings, else the pinned one]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "KEY")]
+    pub(crate) accept_relay_key: Option<p2pcall_core::PeerId>,
     /// Reach the relay over its TCP+TLS fallback only (networks that block UDP)
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub(crate) tcp: bool,

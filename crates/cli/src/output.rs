@@ -222,6 +222,13 @@ pub(crate) fn event_json(e: &EngineEvent) -> Value {
         Event::RelayUnreachable { addr, detail } => {
             json!({"event": "relay_unreachable", "addr": addr.to_string(), "detail": detail})
         }
+        Event::RelayKeyMismatch {
+            addr,
+            pinned,
+            presented,
+        } => {
+            json!({"event": "relay_key_mismatch", "addr": addr.to_string(), "pinned": pinned.to_hex(), "presented": presented.to_hex()})
+        }
         Event::Presence(PresenceEvent::Snapshot(list)) => {
             json!({"event": "peers", "peers": list.iter().map(peer_json).collect::<Vec<_>>()})
         }
@@ -297,6 +304,16 @@ pub(crate) fn event_text(e: &EngineEvent) -> String {
             "relay connection lost ({reason}); retrying in {:.1}s",
             retry_in.as_secs_f64()
         ),
+        Event::RelayKeyMismatch {
+            addr,
+            pinned,
+            presented,
+        } => crate::exit::Fail::RelayKeyMismatch {
+            addr: *addr,
+            pinned: *pinned,
+            presented: *presented,
+        }
+        .to_string(),
         Event::RelayUnreachable { addr, detail } => {
             format!("the relay at {addr} is unreachable: {detail}")
         }

@@ -60,6 +60,10 @@ pub struct EngineConfig {
     pub partial_max_age: Option<Duration>,
     /// Received files keep the sender's execute bits (else none is executable).
     pub receive_executable: bool,
+    /// The relay as the user named it ([`crate::settings::relay_name`]): without a
+    /// `relay_key`, the key pinned under this name is required, and the key of the first
+    /// session is pinned under it (trust on first use).
+    pub relay_name: Option<String>,
 }
 
 /// Partial files older than this are removed by default (the `partial_max_age_days`
@@ -83,6 +87,7 @@ impl EngineConfig {
             auto_deliver: true,
             partial_max_age: Some(DEFAULT_PARTIAL_MAX_AGE),
             receive_executable: false,
+            relay_name: None,
         }
     }
 }
@@ -152,6 +157,18 @@ impl Engine {
     pub async fn start(
         cfg: EngineConfig,
     ) -> Result<(EngineHandle, mpsc::Receiver<EngineEvent>), EngineError> {
+        let mut cfg = cfg;
+        let store = match cfg.store.take() {
+            Some(s) => s,
+            None => Arc::new(Store::open_in_memory()?),
+        };
+        // The relay's key: the one given, else the one pinned for its name.
+        let pin_as = cfg.relay_name.clone().filter(|_| cfg.relay.is_some());
+        if let (Some(name), Some(relay)) = (&pin_as, cfg.relay.as_mut())
+            && relay.relay_key.is_none()
+        {
+            relay.relay_key = store.relay_key(name)?;
+        }
         let (endpoint, net_events) = Endpoint::bind(EndpointConfig {
             identity: cfg.identity,
             name: cfg.name,
@@ -162,10 +179,6 @@ impl Engine {
             lan: cfg.lan,
         })
         .await?;
-        let store = match cfg.store {
-            Some(s) => s,
-            None => Arc::new(Store::open_in_memory()?),
-        };
         let (sink, rx) = EventSink::new();
         let (ctx, adopted) = Context::new(endpoint, store);
         let ctx = Arc::new(ctx);
@@ -188,7 +201,7 @@ impl Engine {
             auto_deliver: cfg.auto_deliver,
         });
         tokio::spawn(crate::services::serve_adopted(Arc::downgrade(&s), adopted));
-        tokio::spawn(pump(s.clone(), sink, net_events));
+        tokio::spawn(pump(s.clone(), sink, net_events, pin_as));
         if let Some(age) = cfg.partial_max_age {
             tokio::spawn(clean_partials(Arc::downgrade(&s.transfers), age));
         }
@@ -197,9 +210,27 @@ impl Engine {
 }
 
 /// Turns endpoint events into engine events, in order, acting on them first.
-async fn pump(s: Arc<Services>, sink: EventSink<EngineEvent>, mut net: mpsc::Receiver<Event>) {
+async fn pump(
+    s: Arc<Services>,
+    sink: EventSink<EngineEvent>,
+    mut net: mpsc::Receiver<Event>,
+    mut pin_as: Option<String>,
+) {
     while let Some(e) = net.recv().await {
         let ev = match e {
+            // The first session's key is the relay's from now on (it passed the check
+            // against a key given or pinned before, if there was one).
+            Event::RelayConnected { relay, .. } if pin_as.is_some() => {
+                let name = pin_as.take().unwrap_or_default();
+                let pinned = s
+                    .ctx
+                    .db(move |st| st.pin_relay_key(&name, &relay, p2pcall_store::now_ms()))
+                    .await;
+                if let Err(err) = pinned {
+                    tracing::warn!("cannot pin the relay's key: {err}");
+                }
+                EngineEvent::Net(e)
+            }
             Event::Incoming(conn) => {
                 s.ctx.adopt(conn.clone());
                 s.peer_reachable(conn.peer());

@@ -48,6 +48,9 @@ pub struct Settings {
     /// The app keeps this identity online after its window closes: it runs the engine in a
     /// background `p2pcall daemon` and shows that [default: false].
     pub keep_online: Option<bool>,
+    /// The relay's key (64 hex digits) [default: the key it presented the first time,
+    /// pinned in the data dir's database].
+    pub relay_key: Option<String>,
     /// Received files keep the sender's execute bits [default: false: no received file is
     /// executable until the user makes it so].
     pub receive_executable: Option<bool>,
@@ -161,11 +164,12 @@ impl Settings {
     }
 }
 
-/// Resolves a relay address, `HOST[:PORT]` or `[V6][:PORT]`, with [`DEFAULT_RELAY_PORT`]
-/// when it names no port.
-pub async fn resolve_relay(spec: &str) -> Result<std::net::SocketAddr, SettingsError> {
+/// A relay as the user names it, `HOST[:PORT]` or `[V6][:PORT]`, with its port spelled out
+/// ([`DEFAULT_RELAY_PORT`] when it names none): what its key is pinned under, and what is
+/// resolved to reach it.
+pub fn relay_name(spec: &str) -> String {
     let spec = spec.trim();
-    let with_port = if spec.parse::<std::net::SocketAddr>().is_ok()
+    if spec.parse::<std::net::SocketAddr>().is_ok()
         || spec
             .rsplit_once(':')
             .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
@@ -175,7 +179,14 @@ pub async fn resolve_relay(spec: &str) -> Result<std::net::SocketAddr, SettingsE
         format!("[{spec}]:{DEFAULT_RELAY_PORT}")
     } else {
         format!("{spec}:{DEFAULT_RELAY_PORT}")
-    };
+    }
+}
+
+/// Resolves a relay address, `HOST[:PORT]` or `[V6][:PORT]`, with [`DEFAULT_RELAY_PORT`]
+/// when it names no port.
+pub async fn resolve_relay(spec: &str) -> Result<std::net::SocketAddr, SettingsError> {
+    let spec = spec.trim();
+    let with_port = relay_name(spec);
     tokio::net::lookup_host(&with_port)
         .await
         .map_err(|source| SettingsError::Relay {

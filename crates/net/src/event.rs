@@ -53,6 +53,17 @@ pub enum Event {
         /// Detail.
         detail: String,
     },
+    /// The relay at `addr` presented another key than the one pinned for it (a different
+    /// server answers there, or its operator changed its key): nothing was sent to it, and
+    /// no more attempts are made.
+    RelayKeyMismatch {
+        /// The address.
+        addr: SocketAddr,
+        /// The key pinned for it.
+        pinned: PeerId,
+        /// The key it presented.
+        presented: PeerId,
+    },
     /// Presence change.
     Presence(PresenceEvent),
     /// A signaling message from another peer (authenticated by the relay).

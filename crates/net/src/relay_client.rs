@@ -47,6 +47,9 @@ enum SessionEnd {
     TcpRefused(String),
     /// Do not retry.
     Fatal(RefuseReason, String),
+    /// The relay presented another key than the one pinned for it: do not retry (and the
+    /// token was never sent).
+    WrongKey(PeerId),
     /// The endpoint is closing.
     Shutdown,
 }
@@ -84,9 +87,13 @@ pub(crate) async fn run(
             }
             end
         } else {
-            match quic_connect(&inner, &cfg).await {
-                Ok(conn) => quic_session(&inner, &cfg, conn, &mut cmd_rx).await,
-                Err(e) => {
+            let connected = quic_connect(&inner, &cfg).await;
+            let wrong_key =
+                (connected.as_ref().err()).and_then(|e| p2pcall_transport::presented_key(e));
+            match (connected, wrong_key) {
+                (_, Some(presented)) => SessionEnd::WrongKey(presented),
+                (Ok(conn), None) => quic_session(&inner, &cfg, conn, &mut cmd_rx).await,
+                (Err(e), None) => {
                     tracing::info!("relay over UDP failed ({e}); trying TCP+TLS");
                     let end = match tcp_session(&inner, &cfg, &mut cmd_rx, &mut welcomed).await {
                         SessionEnd::TcpRefused(tcp) => {
@@ -114,6 +121,18 @@ pub(crate) async fn run(
             SessionEnd::Shutdown => return,
             SessionEnd::Fatal(reason, detail) => {
                 inner.emit(Event::RelayRefused { reason, detail }).await;
+                return;
+            }
+            SessionEnd::WrongKey(presented) => {
+                let pinned = cfg.relay_key.unwrap_or(presented);
+                tracing::warn!(%pinned, %presented, "the relay presented another key than the pinned one");
+                inner
+                    .emit(Event::RelayKeyMismatch {
+                        addr: cfg.addr,
+                        pinned,
+                        presented,
+                    })
+                    .await;
                 return;
             }
             SessionEnd::Retry(reason) | SessionEnd::TcpRefused(reason) => {
@@ -288,7 +307,12 @@ async fn tcp_session(
     };
     let stream = match tokio::time::timeout(WELCOME_TIMEOUT, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return SessionEnd::Retry(format!("TLS handshake with the relay: {e}")),
+        Ok(Err(e)) => {
+            return match p2pcall_transport::presented_key(&e.to_string()) {
+                Some(presented) => SessionEnd::WrongKey(presented),
+                None => SessionEnd::Retry(format!("TLS handshake with the relay: {e}")),
+            };
+        }
         Err(_) => return SessionEnd::Retry("TLS handshake with the relay timed out".into()),
     };
     let relay = p2pcall_transport::peer_id_of_tls(stream.get_ref().1.peer_certificates());

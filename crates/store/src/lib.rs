@@ -111,6 +111,12 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE contacts ADD COLUMN verified_ms INTEGER;",
     // 3: what the receiver's user was asked about (a resume must offer the same).
     "ALTER TABLE transfers ADD COLUMN manifest BLOB;",
+    // 4: the key each relay (as the user names it) presented first, or was given.
+    "CREATE TABLE relay_keys(
+        relay TEXT PRIMARY KEY,
+        key BLOB NOT NULL,
+        pinned_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// Where a message stands. Outgoing: queued → sent → delivered → read. Incoming: received,
@@ -905,6 +911,30 @@ impl Store {
             )?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// The key pinned for the relay the user calls `relay` (`HOST:PORT` as configured).
+    pub fn relay_key(&self, relay: &str) -> Result<Option<PeerId>> {
+        let v: Option<Vec<u8>> = self
+            .db()?
+            .query_row(
+                "SELECT key FROM relay_keys WHERE relay = ?1",
+                params![relay],
+                |r| r.get(0),
+            )
+            .optional()?;
+        v.map(|b| blob32(b, "relay_keys.key").map(PeerId::from_bytes))
+            .transpose()
+    }
+
+    /// Pins `key` for `relay` (replacing an earlier pin: the user accepted the new key).
+    pub fn pin_relay_key(&self, relay: &str, key: &PeerId, now_ms: u64) -> Result<()> {
+        self.db()?.execute(
+            "INSERT INTO relay_keys(relay, key, pinned_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(relay) DO UPDATE SET key = excluded.key, pinned_ms = excluded.pinned_ms",
+            params![relay, key.as_bytes().as_slice(), now_ms as i64],
+        )?;
         Ok(())
     }
 

@@ -190,6 +190,17 @@ macro_rules! raw_key_signature_methods {
     };
 }
 
+/// What a handshake error says when the server presented another key than the one pinned
+/// for it (followed by that key, 64 hex digits).
+pub const KEY_MISMATCH: &str = "the server presented the key ";
+
+/// The key a server presented instead of the pinned one, from a handshake error's text
+/// (however many layers wrapped it).
+pub fn presented_key(error: &str) -> Option<PeerId> {
+    let at = error.find(KEY_MISMATCH)? + KEY_MISMATCH.len();
+    error.get(at..at + 64)?.parse().ok()
+}
+
 /// Server-key check used by clients: a pinned key, or any Ed25519 key.
 #[derive(Debug)]
 struct ServerKey {
@@ -207,9 +218,11 @@ impl ServerCertVerifier for ServerKey {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let id = key_of(end_entity, intermediates)?;
         match self.expected {
-            Some(want) if want != id => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            )),
+            // The key it did present goes with the error: the user must see both.
+            Some(want) if want != id => Err(rustls::Error::General(format!(
+                "{KEY_MISMATCH}{}",
+                id.to_hex()
+            ))),
             _ => Ok(ServerCertVerified::assertion()),
         }
     }

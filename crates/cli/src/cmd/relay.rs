@@ -73,10 +73,14 @@ pub(crate) async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
     if cli.json {
         outln!(
             "{}",
-            json!({"event": "relay_started", "udp": relay.udp_addr.to_string(), "tcp": relay.tcp_addr.map(|a| a.to_string()), "reflect": relay.reflect_addr.map(|a| a.to_string()), "metrics": relay.metrics_addr.map(|a| format!("http://{a}/metrics")), "fingerprint": relay.id.fingerprint().to_string(), "token_required": cli.token.is_some()})
+            json!({"event": "relay_started", "udp": relay.udp_addr.to_string(), "tcp": relay.tcp_addr.map(|a| a.to_string()), "reflect": relay.reflect_addr.map(|a| a.to_string()), "metrics": relay.metrics_addr.map(|a| format!("http://{a}/metrics")), "fingerprint": relay.id.fingerprint().to_string(), "key": relay.id.to_hex(), "token_required": cli.token.is_some()})
         );
     } else {
         outln!("relay {} listening", relay.id.fingerprint());
+        outln!(
+            "  key (clients pin it; give it to them as relay_key): {}",
+            relay.id.to_hex()
+        );
         outln!("  UDP (QUIC + packet relay): {}", relay.udp_addr);
         if let Some(t) = relay.tcp_addr {
             outln!("  TCP+TLS fallback:          {t}");
