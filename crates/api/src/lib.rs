@@ -174,6 +174,16 @@ pub enum Request {
         /// The new name.
         name: String,
     },
+    /// Makes a peer a contact, under the user's own name for it.
+    AddContact {
+        /// The peer: full id, or a fingerprint prefix (8+ hex digits for a stranger).
+        peer: String,
+        /// The user's name for it (`None`: the name it announces; an existing contact keeps
+        /// its name).
+        name: Option<String>,
+    },
+    /// The user's contacts.
+    Contacts,
     /// Stops a transfer for good (the partial files are removed).
     CancelTransfer {
         /// The peer, 64 hex digits.
@@ -240,7 +250,17 @@ pub enum Answer {
         id: String,
     },
     /// To [`Request::Resolve`].
-    Resolved(Peer),
+    Resolved {
+        /// The peer (its name: the user's for a contact, else the one it announces).
+        peer: Peer,
+        /// One of the user's contacts (else reached by its key alone).
+        contact: bool,
+    },
+    /// To [`Request::Contacts`] (and [`Request::AddContact`]: the contact added).
+    Contacts {
+        /// The user's contacts, most recently seen first.
+        contacts: Vec<Contact>,
+    },
     /// To [`Request::SendFiles`]: the transfer is complete.
     Transferred(TransferSummary),
     /// To [`Request::Call`]: the call is placed.
@@ -402,6 +422,21 @@ pub struct Peer {
     pub name: String,
     /// Online since, Unix milliseconds.
     pub online_since_ms: u64,
+}
+
+/// A contact the user chose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// 64 hex digits.
+    pub id: String,
+    /// The user's name for it.
+    pub name: String,
+    /// The name it announced last.
+    pub announced: String,
+    /// The user compared safety numbers with it.
+    pub verified: bool,
+    /// Last seen online, Unix milliseconds.
+    pub last_seen_ms: u64,
 }
 
 /// A chat message.

@@ -188,6 +188,9 @@ fn call_requests() -> impl Strategy<Value = Request> {
         (text(), any::<u64>()).prop_map(|(peer, bytes)| Request::Speedtest { peer, bytes }),
         Just(Request::Netcheck),
         Just(Request::VideoFeed),
+        (text(), proptest::option::of(text()))
+            .prop_map(|(peer, name)| Request::AddContact { peer, name }),
+        Just(Request::Contacts),
         text().prop_map(|name| Request::SetName { name }),
         (text(), text()).prop_map(|(peer, id)| Request::CancelTransfer { peer, id }),
     ]
@@ -409,7 +412,20 @@ fn answer() -> impl Strategy<Value = Answer> {
         proptest::collection::vec(offer(), 0..3).prop_map(|offers| Answer::Offers { offers }),
         (text(), text()).prop_map(|(id, dir)| Answer::Accepted { id, dir }),
         text().prop_map(|id| Answer::Rejected { id }),
-        peer().prop_map(Answer::Resolved),
+        (peer(), any::<bool>()).prop_map(|(peer, contact)| Answer::Resolved { peer, contact }),
+        proptest::collection::vec(
+            (text(), text(), text(), any::<bool>(), any::<u64>()).prop_map(
+                |(id, name, announced, verified, last_seen_ms)| Contact {
+                    id,
+                    name,
+                    announced,
+                    verified,
+                    last_seen_ms
+                }
+            ),
+            0..3
+        )
+        .prop_map(|contacts| Answer::Contacts { contacts }),
         summary().prop_map(Answer::Transferred),
         call_answers(),
     ]

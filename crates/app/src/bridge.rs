@@ -853,7 +853,8 @@ fn emit_contacts(store: &Store, out: &Out) {
         .contacts()
         .map(|c| {
             c.into_iter()
-                .map(|c| (c.peer, c.name, c.verified_ms.is_some()))
+                // The user's name for a contact; the announced one for anyone else.
+                .map(|c| (c.peer, c.shown_name().to_string(), c.verified_ms.is_some()))
                 .collect()
         })
         .unwrap_or_default();

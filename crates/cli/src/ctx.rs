@@ -260,7 +260,11 @@ pub(crate) async fn dial(cli: &Cli, query: &str) -> Result<Dialed> {
     let (engine, mut events) = start_engine(cli, true).await?;
     wait_online(&engine, &mut events).await?;
     engine.wait_presence(RELAY_WAIT).await?;
-    let peer = engine.resolve_peer(query)?;
+    let r = engine.resolve(query)?;
+    if !r.contact {
+        crate::output::stranger_note(&r.peer, &engine.peer_name(&r.peer));
+    }
+    let peer = r.peer;
     engine
         .connect(peer)
         .await
@@ -303,25 +307,38 @@ async fn interrupted() {
     }
 }
 
-/// Finds a peer among those known from earlier (for offline work).
+/// Finds a peer among those known from earlier (for offline work), by the rules of
+/// `EngineHandle::resolve`: a contact by the user's name for it or a fingerprint prefix,
+/// anyone else only by the full id or 8+ hex digits.
 pub(crate) fn resolve_known(store: &Store, query: &str) -> Result<PeerId> {
     if let Ok(id) = query.parse::<PeerId>() {
         return Ok(id);
     }
-    let contacts = store.contacts()?;
-    let mut hits: Vec<_> = contacts.iter().filter(|c| c.peer.matches(query)).collect();
+    let known = store.contacts()?;
+    let chosen: Vec<_> = known.iter().filter(|c| c.chosen_ms.is_some()).collect();
+    let mut hits: Vec<_> = (chosen.iter().copied())
+        .filter(|c| c.shown_name().to_lowercase() == query.trim().to_lowercase())
+        .collect();
     if hits.is_empty() {
-        hits = contacts.iter().filter(|c| c.name == query).collect();
+        hits = chosen
+            .iter()
+            .copied()
+            .filter(|c| c.peer.matches(query))
+            .collect();
+    }
+    let digits = query.chars().filter(char::is_ascii_hexdigit).count();
+    if hits.is_empty() && digits >= p2pcall_core::STRANGER_DIGITS {
+        hits = known.iter().filter(|c| c.peer.matches(query)).collect();
     }
     match hits.as_slice() {
         [one] => Ok(one.peer),
         [] => bail!(
-            "no known peer matches {query:?}; peers become known once seen online (run `p2pcall peers`), or pass the full 64-digit id"
+            "no contact matches {query:?}; `p2pcall contacts` lists them (someone who is not a contact: at least 8 hex digits of the fingerprint, or the full 64-digit id)"
         ),
         many => bail!(
             "{query:?} matches several peers: {}; type more of the fingerprint",
             many.iter()
-                .map(|c| format!("{} ({})", c.name, c.peer.fingerprint()))
+                .map(|c| format!("{} ({})", c.shown_name(), c.peer.fingerprint()))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),

@@ -124,7 +124,9 @@ pub fn code(e: &anyhow::Error) -> u8 {
 fn engine_code(e: &EngineError) -> u8 {
     match e {
         EngineError::PeerOffline { .. } => PEER_OFFLINE,
-        EngineError::PeerNotFound { .. } | EngineError::Ambiguous { .. } => NO_SUCH_PEER,
+        EngineError::PeerNotFound { .. }
+        | EngineError::NotAContact { .. }
+        | EngineError::Ambiguous { .. } => NO_SUCH_PEER,
         EngineError::Rejected(_) => DECLINED,
         EngineError::NoPresence(_) => TIMEOUT,
         EngineError::Aborted {

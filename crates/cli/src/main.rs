@@ -115,6 +115,13 @@ enum Cmd {
     Peers,
     /// Stay online: accept connections, receive messages and files, print events until Ctrl-C
     Listen(ListenArgs),
+    /// Make someone a contact, under your own name for them
+    Add(cmd::contacts::AddArgs),
+    /// List your contacts: your names for them, fingerprints, verified marks
+    #[command(after_help = "Examples:
+  p2pcall contacts
+  p2pcall --json contacts | jq -r '.[].name'")]
+    Contacts,
     /// File offers waiting for an answer in the running daemon
     Offers,
     /// Accept a waiting file offer (the running daemon receives it)
@@ -221,6 +228,8 @@ pub(crate) fn command_name(cli: &Cli) -> &'static str {
         Some(Cmd::Peers) => "peers",
         Some(Cmd::Listen(_)) => "listen",
         Some(Cmd::Daemon) => "daemon",
+        Some(Cmd::Add(_)) => "add",
+        Some(Cmd::Contacts) => "contacts",
         Some(Cmd::Offers) => "offers",
         Some(Cmd::Accept(_)) => "accept",
         Some(Cmd::Reject(_)) => "reject",
@@ -252,6 +261,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Peers => cmd::peers::peers(&cli).await,
         Cmd::Listen(a) => cmd::listen::listen(&cli, a).await,
         Cmd::Daemon => cmd::daemon::daemon(&cli).await,
+        Cmd::Add(a) => cmd::contacts::add(&cli, a).await,
+        Cmd::Contacts => cmd::contacts::contacts(&cli),
         Cmd::Offers => cmd::offers::offers(&cli).await,
         Cmd::Accept(a) => cmd::offers::accept(&cli, a).await,
         Cmd::Reject(a) => cmd::offers::reject(&cli, a).await,

@@ -660,6 +660,16 @@ fn kinds(s: &[p2pcall_proto::call::StreamDesc]) -> String {
         .join(" + ")
 }
 
+/// Says that the peer a command works with is not one of the user's contacts (reached by
+/// its key alone; writing to it or calling it makes it one).
+pub(crate) fn stranger_note(peer: &PeerId, announced: &str) {
+    errln!(
+        "note: {} ({announced:?} by its own account) is not a contact; writing to it, sending it files or calling it adds it (`p2pcall add {} --name NAME` names it yourself)",
+        peer.fingerprint(),
+        &peer.to_hex()[..8]
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

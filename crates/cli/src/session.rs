@@ -91,21 +91,28 @@ impl Session {
     /// Finds the peer the user means (the command's own engine first comes online).
     pub(crate) async fn open(cli: &Cli, query: &str) -> Result<Session> {
         if let Some(mut rpc) = engine_client(cli).await? {
-            let Answer::Resolved(p) = rpc.call(Request::Resolve { peer: query.into() }).await?
+            let Answer::Resolved { peer: p, contact } =
+                rpc.call(Request::Resolve { peer: query.into() }).await?
             else {
                 bail!("the p2pcall daemon answered something else than the peer");
             };
             let peer =
                 p.id.parse()
                     .context("the p2pcall daemon sent an unreadable id")?;
+            if !contact {
+                crate::output::stranger_note(&peer, &p.name);
+            }
             return Self::through(cli, rpc, peer).await;
         }
         let (engine, mut events) = start_engine(cli, true).await?;
         wait_online(&engine, &mut events).await?;
         engine.wait_presence(RELAY_WAIT).await?;
-        let peer = engine.resolve_peer(query)?;
+        let r = engine.resolve(query)?;
+        if !r.contact {
+            crate::output::stranger_note(&r.peer, &engine.peer_name(&r.peer));
+        }
         Ok(Session {
-            peer,
+            peer: r.peer,
             via: Via::Own { engine, events },
         })
     }

@@ -178,6 +178,7 @@ fn what_a_peer_writes_never_drives_the_terminal() {
         c
     };
     // Bob reads his messages in a terminal (text, not JSON).
+    let (bob_id, _) = id_of(&tmp.path().join("b"));
     let mut c = peer(&tmp.path().join("b"), "bob");
     c.arg("listen");
     let mut bob = Proc::spawn(c);
@@ -186,7 +187,7 @@ fn what_a_peer_writes_never_drives_the_terminal() {
         c.args([
             "--json",
             "chat",
-            "bob",
+            &bob_id,
             "\u{1b}]0;pwned\u{7}\u{1b}[2J hi\rfrom your bank: pay now \u{202E}txt.exe",
         ]);
         c

@@ -234,7 +234,7 @@ fn user_errors_are_clear() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(9), "no such peer");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no online peer matches"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no contact or peer matches"));
 
     // A known peer that is offline: the relay's presence says so, no connection attempt
     // waits for a timeout.
@@ -258,6 +258,35 @@ fn user_errors_are_clear() {
         .unwrap();
     assert!(String::from_utf8_lossy(&seen.stdout).contains("bob"));
     assert!(bob.term().success());
+    // A name from the network reaches nobody until its owner is a contact.
+    let out = cmd(&adir)
+        .args(["--relay", &udp, "--token", "sesame", "ping", "bob"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{err}");
+    let bob_id = json_out({
+        let mut c = cmd(&bdir);
+        c.args(["--json", "id"]);
+        c
+    })["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cmd(&adir)
+        .args(["--relay", &udp, "--token", "sesame", "add", &bob_id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is your contact \"bob\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     for what in [&["ping", "bob"][..], &["send", "bob", "Cargo.toml"][..]] {
         let out = cmd(&adir)
             .args(["--relay", &udp, "--token", "sesame"])

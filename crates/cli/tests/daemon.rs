@@ -9,6 +9,13 @@ use std::path::Path;
 
 use common::*;
 
+/// A data dir's peer id (created on first use).
+fn id_of(dir: &Path) -> String {
+    let mut c = cmd(dir);
+    c.args(["--json", "id"]);
+    json_out(c)["id"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -23,6 +30,8 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
         c.args(["--json", "--relay", &udp, "--name", name]);
         c
     };
+    // First contact is by key (a name from the network reaches nobody who is not a contact).
+    let (alice_id, bob_id) = (id_of(&adir), id_of(&bdir));
 
     let mut c = peer(&adir, "alice");
     c.arg("daemon");
@@ -54,7 +63,7 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     assert!(list.iter().any(|p| p["name"] == "bob"), "{out:?}");
     let (out, err, code) = run({
         let mut c = peer(&adir, "alice");
-        c.args(["chat", "bob", "hello", "through", "the", "daemon"]);
+        c.args(["chat", &bob_id, "hello", "through", "the", "daemon"]);
         c
     });
     assert_eq!(code, Some(0), "{err}");
@@ -64,7 +73,7 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     // Bob's second terminal: its chat goes through bob's listener.
     let (out, err, code) = run({
         let mut c = peer(&bdir, "bob");
-        c.args(["chat", "alice", "and back"]);
+        c.args(["chat", &alice_id, "and back"]);
         c
     });
     assert_eq!(code, Some(0), "{err}");
@@ -81,7 +90,7 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     let cdir = tmp.path().join("c");
     let send = |dir: &Path| {
         let mut c = peer(dir, "carol");
-        c.args(["send", "alice"]).arg(&file);
+        c.args(["send", &alice_id]).arg(&file);
         Proc::spawn(c)
     };
     let mut first = send(&cdir);
@@ -330,7 +339,9 @@ fn calls_pings_and_speed_tests_go_through_the_daemon_and_calls_are_answered_one_
         c.args(args);
         run(c)
     };
-    let (out, err, code) = alice(&["call", "bob", "--duration", "2", "--speaker", "none"]);
+    // The first call is by key: from then on bob is alice's contact, reached by name.
+    let bob_id = id_of(&bdir);
+    let (out, err, code) = alice(&["call", &bob_id, "--duration", "2", "--speaker", "none"]);
     assert_eq!(code, Some(0), "{err}");
     let kinds: Vec<&str> = out.iter().filter_map(|v| v["event"].as_str()).collect();
     for k in ["call_started", "call_stats", "call_ended"] {

@@ -44,3 +44,78 @@ fn a_relay_with_another_key_is_refused_until_the_user_accepts_it() {
     let (_, err, code) = peers(&[]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A data dir's peer id (created on first use).
+fn id_of(dir: &std::path::Path) -> String {
+    let mut c = cmd(dir);
+    c.args(["--json", "id"]);
+    json_out(c)["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_stranger_announcing_a_contacts_name_receives_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (adir, bdir, sdir) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("s"),
+    );
+    let (_relay, udp) = relay(&tmp.path().join("r"), &[]);
+    let peer = |dir: &std::path::Path, name: &str| {
+        let mut c = cmd(dir);
+        c.args(["--json", "--relay", &udp, "--name", name]);
+        c
+    };
+    // Alice writes to Bob (by key: he becomes her contact "bob").
+    let mut c = peer(&bdir, "bob");
+    c.arg("listen");
+    let mut bob = Proc::spawn(c);
+    bob.expect("relay_connected");
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["chat", &id_of(&bdir), "hello bob"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["state"], "delivered", "{out:?}");
+    assert!(bob.term().success());
+
+    // Bob is offline; a stranger registers under the name "bob".
+    let mut c = peer(&sdir, "bob");
+    c.arg("listen");
+    let stranger = Proc::spawn(c);
+    stranger.expect("relay_connected");
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.arg("peers");
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "bob"),
+        "the stranger is online as bob: {out:?}"
+    );
+    // "bob" is still Bob: the message waits for him, the stranger gets nothing.
+    let (out, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["chat", "bob", "the secret"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["state"], "queued", "{out:?}");
+    assert_eq!(out[0]["peer"]["id"], id_of(&bdir).as_str(), "{out:?}");
+    let (_, err, code) = run({
+        let mut c = peer(&adir, "alice");
+        c.args(["ping", "bob", "--count", "1"]);
+        c
+    });
+    assert_eq!(code, Some(3), "bob is offline, not the stranger: {err}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    while let Ok(l) = stranger.lines.try_recv() {
+        assert!(!l.contains("\"message\""), "the stranger received: {l}");
+    }
+}

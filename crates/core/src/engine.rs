@@ -329,10 +329,36 @@ impl EngineHandle {
         self.s.presence.online()
     }
 
-    /// Finds the peer a user means: a full id, a fingerprint prefix, or an exact display
-    /// name, among the peers online and then the contacts.
+    /// Finds the peer a user means: a contact by the user's name for it or a fingerprint
+    /// prefix; anyone else by the full id or 8+ hex digits of its fingerprint.
     pub fn resolve_peer(&self, query: &str) -> Result<PeerId, EngineError> {
+        Ok(self.s.presence.resolve(query)?.peer)
+    }
+
+    /// [`EngineHandle::resolve_peer`], saying whether the peer is a contact.
+    pub fn resolve(&self, query: &str) -> Result<crate::Resolved, EngineError> {
         self.s.presence.resolve(query)
+    }
+
+    /// Makes `peer` a contact, under `petname` (else the name it announces, or had); a
+    /// contact's petname changes only when one is given.
+    pub async fn add_contact(
+        &self,
+        peer: PeerId,
+        petname: Option<String>,
+    ) -> Result<(), EngineError> {
+        let announced = self.peer_name(&peer);
+        self.s
+            .ctx
+            .db(move |s| {
+                s.choose_contact(
+                    &peer,
+                    petname.as_deref(),
+                    &announced,
+                    p2pcall_store::now_ms(),
+                )
+            })
+            .await
     }
 
     /// The name we know `peer` by (its fingerprint if none).
@@ -387,7 +413,9 @@ impl EngineHandle {
     /// Stores a message to `peer` (state queued) and tries to deliver it now. A peer that is
     /// offline gets it when both are online again. Returns the message as it stands after
     /// the attempt.
+    /// Writing to someone makes them a contact (chosen by key: its id or fingerprint).
     pub async fn send_message(&self, peer: PeerId, text: &str) -> Result<Message, EngineError> {
+        self.add_contact(peer, None).await?;
         self.s.chat.send(peer, text).await
     }
 
@@ -412,6 +440,7 @@ impl EngineHandle {
         peer: PeerId,
         paths: &[PathBuf],
     ) -> Result<Summary, EngineError> {
+        self.add_contact(peer, None).await?;
         self.s.transfers.send(peer, paths).await
     }
 
@@ -469,6 +498,7 @@ impl EngineHandle {
 
     /// Calls `peer`; the outcome arrives as [`EngineEvent::Call`] events.
     pub async fn call(&self, peer: PeerId, opts: CallOptions) -> Result<CallId, EngineError> {
+        self.add_contact(peer, None).await?;
         self.s.calls.call(peer, opts).await
     }
 

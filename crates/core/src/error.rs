@@ -15,13 +15,24 @@ pub enum EngineError {
     Net(#[from] NetError),
     /// The peer query matched nobody online.
     #[error(
-        "no online peer matches {query:?} ({online} peers online); run `p2pcall peers` to list them, or pass the full 64-digit id"
+        "no contact or peer matches {query:?} ({online} peers online); `p2pcall contacts` lists your contacts and `p2pcall peers` who is online (reach someone who is not a contact by at least 8 hex digits of their fingerprint)"
     )]
     PeerNotFound {
         /// What the user typed.
         query: String,
         /// How many peers are online.
         online: usize,
+    },
+    /// The name is not a contact's; peers online announce it (strangers can announce any
+    /// name).
+    #[error(
+        "{query:?} is not one of your contacts; online, not contacts: {strangers}. To reach one of them, use its fingerprint (at least 8 hex digits, as `p2pcall peers` shows it), or add it as a contact first (`p2pcall add FINGERPRINT --name NAME`)"
+    )]
+    NotAContact {
+        /// What the user typed.
+        query: String,
+        /// The peers online announcing that name, with their fingerprints.
+        strangers: String,
     },
     /// The peer query matched several peers.
     #[error("{query:?} matches several peers: {candidates}; type more of the fingerprint")]

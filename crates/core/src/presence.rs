@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use p2pcall_proto::PeerId;
 use p2pcall_proto::relay::PeerInfo;
-use p2pcall_store::now_ms;
+use p2pcall_store::{Contact, now_ms};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::context::Context;
@@ -76,35 +76,132 @@ impl Presence {
         v
     }
 
-    /// Finds the peer a user means: a full id, a fingerprint prefix, or an exact display
-    /// name, among the peers online first and then among the contacts.
-    pub(crate) fn resolve(&self, query: &str) -> Result<PeerId, EngineError> {
+    /// Finds the peer a user means. Among the contacts the user chose: the user's name for
+    /// one (any case), or a fingerprint prefix (4+ hex digits). Anyone else only by the full
+    /// id or a fingerprint prefix of at least [`STRANGER_DIGITS`] hex digits: a name from
+    /// the network never picks a peer (anyone can announce any name, and a 4-digit prefix
+    /// takes seconds to grind).
+    pub(crate) fn resolve(&self, query: &str) -> Result<Resolved, EngineError> {
+        let known = self.ctx.store.contacts().unwrap_or_default();
+        let contact = |id: &PeerId| known.iter().any(|c| c.peer == *id && c.chosen_ms.is_some());
         if let Ok(id) = query.parse::<PeerId>() {
-            return Ok(id);
+            return Ok(Resolved {
+                peer: id,
+                contact: contact(&id),
+            });
         }
-        let online = self.online();
-        let hits = matching(&online, query, |p| (p.id, p.name.as_str()));
-        if hits.is_empty() {
-            let contacts = self.ctx.store.contacts().unwrap_or_default();
-            if let [one] = matching(&contacts, query, |c| (c.peer, c.name.as_str())).as_slice() {
-                return Ok(one.peer);
+        let chosen: Vec<&Contact> = known.iter().filter(|c| c.chosen_ms.is_some()).collect();
+        let by_name: Vec<&Contact> = (chosen.iter().copied())
+            .filter(|c| c.shown_name().to_lowercase() == query.trim().to_lowercase())
+            .collect();
+        let hits = if by_name.is_empty() {
+            chosen
+                .iter()
+                .copied()
+                .filter(|c| c.peer.matches(query))
+                .collect()
+        } else {
+            by_name
+        };
+        match hits.as_slice() {
+            [one] => {
+                return Ok(Resolved {
+                    peer: one.peer,
+                    contact: true,
+                });
+            }
+            [] => {}
+            many => {
+                return Err(ambiguous(
+                    query,
+                    many.iter()
+                        .map(|c| (c.peer, c.shown_name(), true, c.verified_ms.is_some())),
+                ));
             }
         }
-        match hits.as_slice() {
-            [one] => Ok(one.id),
-            [] => Err(EngineError::PeerNotFound {
-                query: query.to_string(),
-                online: online.len(),
-            }),
-            many => Err(EngineError::Ambiguous {
-                query: query.to_string(),
-                candidates: many
-                    .iter()
-                    .map(|p| format!("{} ({})", p.name, p.id.fingerprint()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
+        let online = self.online();
+        let digits = query.chars().filter(char::is_ascii_hexdigit).count();
+        let hex_only = query.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        if hex_only && digits >= STRANGER_DIGITS {
+            let mut strangers: Vec<(PeerId, &str)> = (online.iter())
+                .filter(|p| p.id.matches(query))
+                .map(|p| (p.id, p.name.as_str()))
+                .collect();
+            for c in known.iter().filter(|c| c.peer.matches(query)) {
+                if !strangers.iter().any(|(id, _)| *id == c.peer) {
+                    strangers.push((c.peer, c.name.as_str()));
+                }
+            }
+            match strangers.as_slice() {
+                [(id, _)] => {
+                    return Ok(Resolved {
+                        peer: *id,
+                        contact: false,
+                    });
+                }
+                [] => {}
+                many => {
+                    let verified = |id: &PeerId| {
+                        known
+                            .iter()
+                            .any(|c| c.peer == *id && c.verified_ms.is_some())
+                    };
+                    return Err(ambiguous(
+                        query,
+                        many.iter().map(|(id, n)| (*id, *n, false, verified(id))),
+                    ));
+                }
+            }
         }
+        // Strangers online announcing that name: say how to reach them on purpose.
+        let named: Vec<String> = (online.iter())
+            .filter(|p| p.name.to_lowercase() == query.trim().to_lowercase() || p.id.matches(query))
+            .map(|p| format!("{} ({})", p.name, p.id.fingerprint()))
+            .collect();
+        if !named.is_empty() {
+            return Err(EngineError::NotAContact {
+                query: query.to_string(),
+                strangers: named.join(", "),
+            });
+        }
+        Err(EngineError::PeerNotFound {
+            query: query.to_string(),
+            online: online.len(),
+        })
+    }
+}
+
+/// Hex digits of a fingerprint prefix that reach a peer who is not a contact.
+pub const STRANGER_DIGITS: usize = 8;
+
+/// The peer a user meant, and whether it is one of the user's contacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    /// The peer.
+    pub peer: PeerId,
+    /// A contact the user chose (else reached by its key alone).
+    pub contact: bool,
+}
+
+/// Several peers match: each with its contact and verified marks.
+fn ambiguous<'a>(
+    query: &str,
+    candidates: impl Iterator<Item = (PeerId, &'a str, bool, bool)>,
+) -> EngineError {
+    EngineError::Ambiguous {
+        query: query.to_string(),
+        candidates: candidates
+            .map(|(id, name, contact, verified)| {
+                let marks = match (contact, verified) {
+                    (true, true) => "contact, verified",
+                    (true, false) => "contact",
+                    (false, true) => "not a contact, verified",
+                    (false, false) => "not a contact",
+                };
+                format!("{name} ({}, {marks})", id.fingerprint())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
@@ -149,14 +246,4 @@ enum Seen {
     Peers(Vec<(PeerId, String)>),
     /// Answer once everything before is recorded.
     Flush(oneshot::Sender<()>),
-}
-
-/// The entries whose fingerprint starts with `query`, or else those named exactly `query`.
-fn matching<'a, T>(all: &'a [T], query: &str, key: impl Fn(&T) -> (PeerId, &str)) -> Vec<&'a T> {
-    let by_fp: Vec<&T> = all.iter().filter(|x| key(x).0.matches(query)).collect();
-    if by_fp.is_empty() {
-        all.iter().filter(|x| key(x).1 == query).collect()
-    } else {
-        by_fp
-    }
 }

@@ -287,7 +287,9 @@ pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
 /// An engine error as the API reports it (its kind decides the CLI's exit code).
 pub fn engine_error(e: &EngineError) -> RpcError {
     let kind = match e {
-        EngineError::PeerNotFound { .. } => ErrorKind::PeerNotFound,
+        EngineError::PeerNotFound { .. } | EngineError::NotAContact { .. } => {
+            ErrorKind::PeerNotFound
+        }
         EngineError::Ambiguous { .. } => ErrorKind::Ambiguous,
         EngineError::PeerOffline { .. } => ErrorKind::PeerOffline,
         EngineError::NoPresence(_) => ErrorKind::NoPresence,

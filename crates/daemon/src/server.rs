@@ -449,13 +449,32 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
             })
         }
         Request::Resolve { peer: who } => {
-            let p = resolve(engine, &who)?;
-            Ok(Answer::Resolved(p2pcall_api::Peer {
-                id: p.to_hex(),
-                name: engine.peer_name(&p),
-                online_since_ms: 0,
-            }))
+            let r = engine.resolve(&who).map_err(|e| engine_error(&e))?;
+            Ok(Answer::Resolved {
+                peer: p2pcall_api::Peer {
+                    id: r.peer.to_hex(),
+                    name: engine.peer_name(&r.peer),
+                    online_since_ms: 0,
+                },
+                contact: r.contact,
+            })
         }
+        Request::AddContact { peer: who, name } => {
+            let p = resolve(engine, &who)?;
+            let name = name.map(|n| n.trim().to_string());
+            if name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 64) {
+                return Err(RpcError::new(
+                    ErrorKind::BadRequest,
+                    "a contact's name has 1 to 64 bytes",
+                ));
+            }
+            engine
+                .add_contact(p, name)
+                .await
+                .map_err(|e| engine_error(&e))?;
+            contacts(engine, Some(p)).await
+        }
+        Request::Contacts => contacts(engine, None).await,
         Request::Offers
         | Request::CancelTransfer { .. }
         | Request::Accept { .. }
@@ -653,6 +672,27 @@ async fn transfers(s: &Served, request: Request) -> Result<Answer, RpcError> {
             "not a request about transfers",
         )),
     }
+}
+
+/// The user's contacts (only `only`, if given).
+async fn contacts(engine: &EngineHandle, only: Option<PeerId>) -> Result<Answer, RpcError> {
+    let store = engine.store().clone();
+    let all = tokio::task::spawn_blocking(move || store.contacts())
+        .await
+        .map_err(|e| RpcError::new(ErrorKind::Failure, e.to_string()))?
+        .map_err(|e| engine_error(&e.into()))?;
+    Ok(Answer::Contacts {
+        contacts: (all.iter())
+            .filter(|c| c.chosen_ms.is_some() && only.is_none_or(|p| p == c.peer))
+            .map(|c| p2pcall_api::Contact {
+                id: c.peer.to_hex(),
+                name: c.shown_name().to_string(),
+                announced: c.name.clone(),
+                verified: c.verified_ms.is_some(),
+                last_seen_ms: c.last_seen_ms,
+            })
+            .collect(),
+    })
 }
 
 fn resolve(engine: &EngineHandle, who: &str) -> Result<PeerId, RpcError> {

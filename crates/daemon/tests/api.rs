@@ -87,9 +87,37 @@ async fn a_client_chats_through_the_engine_and_a_subscriber_sees_it_arrive() {
         "{peers:?}"
     );
 
-    let sent = c
+    // A name from the network reaches nobody until its owner is a contact.
+    let unknown = c
         .call(Request::SendMessage {
             peer: "bob".into(),
+            text: "to whoever calls themselves bob".into(),
+        })
+        .await;
+    match unknown {
+        Err(DaemonError::Refused(e)) => {
+            assert_eq!(e.kind, ErrorKind::PeerNotFound, "{e}");
+            assert!(e.message.contains("not one of your contacts"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let added = c
+        .call(Request::AddContact {
+            peer: b.id().to_hex()[..8].into(),
+            name: Some("Bob B.".into()),
+        })
+        .await
+        .unwrap();
+    let Answer::Contacts { contacts } = added else {
+        panic!("{added:?}")
+    };
+    assert_eq!(
+        (contacts[0].name.as_str(), contacts[0].announced.as_str()),
+        ("Bob B.", "bob")
+    );
+    let sent = c
+        .call(Request::SendMessage {
+            peer: "bob b.".into(),
             text: "hi from a client".into(),
         })
         .await
@@ -247,7 +275,7 @@ async fn a_subscriber_that_never_reads_stalls_nothing() {
         let a = tokio::time::timeout(
             T,
             c.call(Request::SendMessage {
-                peer: "bob".into(),
+                peer: _b.id().to_hex(),
                 text: format!("{i} {long}"),
             }),
         )

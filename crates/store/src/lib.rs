@@ -117,6 +117,13 @@ const MIGRATIONS: &[&str] = &[
         key BLOB NOT NULL,
         pinned_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 5: contacts the user chose (when), and the user's own name for each (nothing from the
+    // network changes it). People the user wrote to or verified before were chosen.
+    "ALTER TABLE contacts ADD COLUMN chosen_ms INTEGER;
+    ALTER TABLE contacts ADD COLUMN petname TEXT;
+    UPDATE contacts SET chosen_ms = first_seen_ms, petname = name
+        WHERE verified_ms IS NOT NULL
+           OR peer IN (SELECT peer FROM messages WHERE outgoing = 1);",
 ];
 
 /// Where a message stands. Outgoing: queued → sent → delivered → read. Incoming: received,
@@ -218,6 +225,17 @@ pub struct Contact {
     pub last_seen_ms: u64,
     /// When our user verified this key (compared safety numbers), if they did.
     pub verified_ms: Option<u64>,
+    /// When our user made it a contact (`None`: only seen on the network).
+    pub chosen_ms: Option<u64>,
+    /// Our user's name for it (set when it was chosen; the network never changes it).
+    pub petname: Option<String>,
+}
+
+impl Contact {
+    /// The name to show and to type: the user's own for a contact, else the announced one.
+    pub fn shown_name(&self) -> &str {
+        self.petname.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// Where a transfer stands.
@@ -569,29 +587,63 @@ impl Store {
     pub fn contacts(&self) -> Result<Vec<Contact>> {
         let db = self.db()?;
         let mut st = db.prepare(
-            "SELECT peer, name, first_seen_ms, last_seen_ms, verified_ms FROM contacts
-             ORDER BY last_seen_ms DESC",
+            "SELECT peer, name, first_seen_ms, last_seen_ms, verified_ms, chosen_ms, petname
+             FROM contacts ORDER BY last_seen_ms DESC",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Option<i64>>(4)?,
+                (
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ),
+                (
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                ),
             ))
         })?;
         rows.map(|r| {
-            let (peer, name, first, last, verified) = r?;
+            let ((peer, name, first, last), (verified, chosen, petname)) = r?;
             Ok(Contact {
                 peer: PeerId::from_bytes(blob32(peer, "contacts.peer")?),
                 name,
                 first_seen_ms: first as u64,
                 last_seen_ms: last as u64,
                 verified_ms: verified.map(|v| v as u64),
+                chosen_ms: chosen.map(|v| v as u64),
+                petname,
             })
         })
         .collect()
+    }
+
+    /// Makes `peer` a contact (if it is not one yet) under `petname`, or under the name it
+    /// announces (`announced`) when none is given; a contact's petname changes only when a
+    /// new one is given.
+    pub fn choose_contact(
+        &self,
+        peer: &PeerId,
+        petname: Option<&str>,
+        announced: &str,
+        now_ms: u64,
+    ) -> Result<()> {
+        self.db()?.execute(
+            "INSERT INTO contacts(peer, name, first_seen_ms, last_seen_ms, chosen_ms, petname)
+             VALUES (?1, ?2, ?3, ?3, ?3, COALESCE(?4, ?2))
+             ON CONFLICT(peer) DO UPDATE SET
+                chosen_ms = COALESCE(chosen_ms, excluded.chosen_ms),
+                petname = COALESCE(?4, petname, excluded.petname)",
+            params![
+                peer.as_bytes().as_slice(),
+                announced,
+                now_ms as i64,
+                petname
+            ],
+        )?;
+        Ok(())
     }
 
     // ---- chat ----

@@ -255,3 +255,40 @@ fn a_presence_snapshot_is_recorded_in_one_go_and_names_follow() {
     s.touch_contacts(&[], 3_000).unwrap();
     assert_eq!(s.contacts().unwrap().len(), 3);
 }
+
+#[test]
+fn a_contacts_name_is_the_users_and_the_network_never_changes_it() {
+    let s = Store::open_in_memory().unwrap();
+    let (a, b) = (peer(1), peer(2));
+    // Seen on the network: not a contact.
+    s.touch_contacts(&[(a, "bob"), (b, "mallory")], 10).unwrap();
+    let get = |p: &PeerId| {
+        s.contacts()
+            .unwrap()
+            .into_iter()
+            .find(|x| x.peer == *p)
+            .unwrap()
+    };
+    assert_eq!((get(&a).chosen_ms, get(&a).petname), (None, None));
+    assert_eq!(get(&a).shown_name(), "bob");
+    // Chosen without a name: the announced one becomes the user's.
+    s.choose_contact(&a, None, "bob", 20).unwrap();
+    assert_eq!(get(&a).chosen_ms, Some(20));
+    assert_eq!(get(&a).petname.as_deref(), Some("bob"));
+    // The network renames it: shown apart, the user's name stays.
+    s.touch_contacts(&[(a, "bob\u{200B}"), (b, "bob")], 30)
+        .unwrap();
+    assert_eq!(get(&a).shown_name(), "bob");
+    assert_eq!(get(&a).name, "bob\u{200B}");
+    // Choosing again keeps the name and the date; giving a name renames.
+    s.choose_contact(&a, None, "whatever", 40).unwrap();
+    assert_eq!((get(&a).chosen_ms, get(&a).shown_name()), (Some(20), "bob"));
+    s.choose_contact(&a, Some("Bob (work)"), "whatever", 50)
+        .unwrap();
+    assert_eq!(get(&a).shown_name(), "Bob (work)");
+    // Someone never seen can be added by key.
+    let c = peer(3);
+    s.choose_contact(&c, Some("carol"), "c", 60).unwrap();
+    assert_eq!(get(&c).petname.as_deref(), Some("carol"));
+    assert_eq!(get(&b).chosen_ms, None, "merely seen stays a stranger");
+}

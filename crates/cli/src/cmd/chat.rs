@@ -50,8 +50,19 @@ fn message_text(words: &[String]) -> Result<String> {
 pub(crate) async fn chat(cli: &Cli, a: &ChatArgs) -> Result<()> {
     let text = message_text(&a.text)?;
     if let Some(mut c) = engine_client(cli).await? {
+        let Answer::Resolved { peer, contact } = c
+            .call(Request::Resolve {
+                peer: a.peer.clone(),
+            })
+            .await?
+        else {
+            bail!("the p2pcall daemon answered something else than the peer");
+        };
+        if !contact && let Ok(id) = peer.id.parse() {
+            stranger_note(&id, &peer.name);
+        }
         let request = Request::SendMessage {
-            peer: a.peer.clone(),
+            peer: peer.id,
             text,
         };
         let Answer::Sent {
@@ -76,7 +87,11 @@ pub(crate) async fn chat(cli: &Cli, a: &ChatArgs) -> Result<()> {
         }
     };
     let peer = if online {
-        engine.resolve_peer(&a.peer)?
+        let r = engine.resolve(&a.peer)?;
+        if !r.contact {
+            stranger_note(&r.peer, &engine.peer_name(&r.peer));
+        }
+        r.peer
     } else {
         resolve_known(engine.store(), &a.peer)?
     };

@@ -2,6 +2,7 @@
 
 pub(crate) mod call;
 pub(crate) mod chat;
+pub(crate) mod contacts;
 pub(crate) mod daemon;
 pub(crate) mod demo;
 pub(crate) mod history;

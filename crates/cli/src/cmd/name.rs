@@ -20,7 +20,7 @@ pub(crate) struct NameArgs {
 const MAX_NAME: usize = p2pcall_proto::relay::MAX_NAME;
 
 /// A name as typed, checked: trimmed, not empty, at most [`MAX_NAME`] bytes.
-fn checked(name: &str) -> Result<String> {
+pub(crate) fn checked(name: &str) -> Result<String> {
     let name = name.trim();
     if name.is_empty() {
         bail!("a display name cannot be empty");

@@ -141,9 +141,12 @@ fn print_summary(cli: &Cli, s: &Summary) {
 /// transfer through a third (both sides keep what was verified).
 async fn send_through(cli: &Cli, a: &SendArgs, mut c: p2pcall_daemon::Client) -> Result<()> {
     let peer = a.peer.clone();
-    let Answer::Resolved(who) = c.call(Request::Resolve { peer }).await? else {
+    let Answer::Resolved { peer: who, contact } = c.call(Request::Resolve { peer }).await? else {
         bail!("the p2pcall daemon answered something else than the peer");
     };
+    if !contact && let Ok(id) = who.id.parse() {
+        crate::output::stranger_note(&id, &who.name);
+    }
     let paths = (a.paths.iter())
         .map(|p| std::path::absolute(p).map(|p| p.display().to_string()))
         .collect::<std::io::Result<Vec<_>>>()?;
