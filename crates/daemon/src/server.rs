@@ -448,33 +448,9 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
                 messages: page.iter().map(message).collect(),
             })
         }
-        Request::Resolve { peer: who } => {
-            let r = engine.resolve(&who).map_err(|e| engine_error(&e))?;
-            Ok(Answer::Resolved {
-                peer: p2pcall_api::Peer {
-                    id: r.peer.to_hex(),
-                    name: engine.peer_name(&r.peer),
-                    online_since_ms: 0,
-                },
-                contact: r.contact,
-            })
+        Request::Resolve { .. } | Request::AddContact { .. } | Request::Contacts => {
+            people(engine, request).await
         }
-        Request::AddContact { peer: who, name } => {
-            let p = resolve(engine, &who)?;
-            let name = name.map(|n| n.trim().to_string());
-            if name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 64) {
-                return Err(RpcError::new(
-                    ErrorKind::BadRequest,
-                    "a contact's name has 1 to 64 bytes",
-                ));
-            }
-            engine
-                .add_contact(p, name)
-                .await
-                .map_err(|e| engine_error(&e))?;
-            contacts(engine, Some(p)).await
-        }
-        Request::Contacts => contacts(engine, None).await,
         Request::Offers
         | Request::CancelTransfer { .. }
         | Request::Accept { .. }
@@ -511,6 +487,43 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
         | Request::Ping { .. }
         | Request::Speedtest { .. }
         | Request::Netcheck => peer_tools(s, request).await,
+    }
+}
+
+/// Who a name means, and the user's contacts.
+async fn people(engine: &EngineHandle, request: Request) -> Result<Answer, RpcError> {
+    match request {
+        Request::Resolve { peer: who } => {
+            let r = engine.resolve(&who).map_err(|e| engine_error(&e))?;
+            Ok(Answer::Resolved {
+                peer: p2pcall_api::Peer {
+                    id: r.peer.to_hex(),
+                    name: engine.peer_name(&r.peer),
+                    online_since_ms: 0,
+                },
+                contact: r.contact,
+            })
+        }
+        Request::AddContact { peer: who, name } => {
+            let p = resolve(engine, &who)?;
+            let name = name.map(|n| n.trim().to_string());
+            if name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 64) {
+                return Err(RpcError::new(
+                    ErrorKind::BadRequest,
+                    "a contact's name has 1 to 64 bytes",
+                ));
+            }
+            engine
+                .add_contact(p, name)
+                .await
+                .map_err(|e| engine_error(&e))?;
+            contacts(engine, Some(p)).await
+        }
+        Request::Contacts => contacts(engine, None).await,
+        _ => Err(RpcError::new(
+            ErrorKind::BadRequest,
+            "not a request about contacts",
+        )),
     }
 }
 
