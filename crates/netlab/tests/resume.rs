@@ -329,9 +329,9 @@ fn every_interruption_resumes_from_the_verified_chunks() {
     m.wait_verified(FILE_BYTES / 16);
     let stopped = Instant::now();
     kill(pid, "-INT");
-    // Before its data streams were reset, the sender sent what quinn held (up to 32 MiB,
-    // ~30 s at this rate) before its `Abort`.
-    assert!(gone(pid, Duration::from_secs(30)));
+    // Before its data streams were reset, the sender sent what quinn held (up to 32 MiB:
+    // 34 s at this rate, longer on a loaded machine) before its `Abort`.
+    assert!(gone(pid, Duration::from_secs(60)));
     println!(
         "a sender stopped with Ctrl-C at 8 Mbit/s exited after {:?}",
         stopped.elapsed()
