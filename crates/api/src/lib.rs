@@ -144,6 +144,10 @@ pub enum Request {
         accept_files: Option<String>,
         /// Answer every incoming call with these media (one at a time).
         answer: Option<Media>,
+        /// From whom: `contacts` (the default), `verified` (contacts whose safety number
+        /// was compared) or `anyone`. Offers and calls from others wait for an answer.
+        #[serde(default = "contacts")]
+        from: String,
     },
     /// Connects to a peer (or finds the connection up).
     Connect {
@@ -191,6 +195,10 @@ pub enum Request {
         /// The transfer, 32 hex digits.
         id: String,
     },
+}
+
+fn contacts() -> String {
+    "contacts".into()
 }
 
 /// What the engine answers to a request (the variant matches the request).

@@ -177,12 +177,16 @@ fn call_requests() -> impl Strategy<Value = Request> {
         proptest::option::of(text()).prop_map(|id| Request::DeclineCall { id }),
         Just(Request::Hangup),
         change().prop_map(Request::ChangeCall),
-        (proptest::option::of(text()), proptest::option::of(media())).prop_map(
-            |(accept_files, answer)| Request::Policy {
+        (
+            proptest::option::of(text()),
+            proptest::option::of(media()),
+            text()
+        )
+            .prop_map(|(accept_files, answer, from)| Request::Policy {
                 accept_files,
-                answer
-            }
-        ),
+                answer,
+                from
+            }),
         text().prop_map(|peer| Request::Connect { peer }),
         (text(), any::<u32>()).prop_map(|(peer, seq)| Request::Ping { peer, seq }),
         (text(), any::<u64>()).prop_map(|(peer, bytes)| Request::Speedtest { peer, bytes }),

@@ -52,6 +52,7 @@ pub fn run(bin: &str, width: u32, height: u32) -> Result<()> {
         cb.call(Request::Policy {
             accept_files: None,
             answer: Some(media(width, height)),
+            from: "anyone".into(),
         })
         .await?;
         let pid = a.0.id();

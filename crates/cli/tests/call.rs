@@ -55,7 +55,8 @@ impl Lab {
     fn listen(&self, name: &str, extra: &[&str]) -> (Proc, String) {
         let fp = fingerprint(&self.root.join(name));
         let mut c = self.peer(name);
-        c.arg("listen").args(extra);
+        // Callers here are strangers to the listener: it answers anyone, explicitly.
+        c.args(["listen", "--from", "anyone"]).args(extra);
         let p = Proc::spawn_logged(c, Some(&self.root.join(format!("{name}.log"))));
         p.expect("relay_connected");
         (p, fp)

@@ -69,7 +69,8 @@ fn chat_history_send_and_resume_through_the_binary() {
     // Alice listens (accepting files), then bob's listener delivers on its own.
     let inbox = tmp.path().join("inbox");
     let mut c = peer(&adir, "alice");
-    c.args(["listen", "--accept-files"]).arg(&inbox);
+    c.args(["listen", "--from", "anyone", "--accept-files"])
+        .arg(&inbox);
     let a_listen = Proc::spawn(c);
     a_listen.expect("relay_connected");
     let mut c = peer(&bdir, "bob");
@@ -126,7 +127,8 @@ fn chat_history_send_and_resume_through_the_binary() {
 
     // Both come back: the same command resumes from the verified chunks.
     let mut c = peer(&adir, "alice");
-    c.args(["listen", "--accept-files"]).arg(&inbox);
+    c.args(["listen", "--from", "anyone", "--accept-files"])
+        .arg(&inbox);
     let a_listen = Proc::spawn(c);
     a_listen.expect("relay_connected");
     let mut c = peer(&bdir, "bob");

@@ -43,7 +43,8 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     // Bob listens on his own engine, which serves his data dir the same way.
     let bob_inbox = tmp.path().join("bob-inbox");
     let mut c = peer(&bdir, "bob");
-    c.args(["listen", "--accept-files"]).arg(&bob_inbox);
+    c.args(["listen", "--from", "anyone", "--accept-files"])
+        .arg(&bob_inbox);
     let mut bob = Proc::spawn(c);
     bob.expect("relay_connected");
 
@@ -266,7 +267,8 @@ fn a_killed_daemon_loses_nothing_it_acknowledged_and_resumes_its_transfer() {
     // Bob comes online; the restarted daemon delivers the message by itself.
     let inbox = tmp.path().join("inbox");
     let mut c = peer(&bdir, "bob");
-    c.args(["listen", "--accept-files"]).arg(&inbox);
+    c.args(["listen", "--from", "anyone", "--accept-files"])
+        .arg(&inbox);
     let bob = Proc::spawn(c);
     bob.expect("relay_connected");
     let mut d = daemon();
@@ -324,7 +326,8 @@ fn calls_pings_and_speed_tests_go_through_the_daemon_and_calls_are_answered_one_
     // recording's relative path is the listener's, not the daemon's.
     let mut c = peer(&bdir, "bob");
     c.current_dir(tmp.path())
-        .args(["listen", "--answer", "--video", "none", "--speaker", "none"])
+        .args(["listen", "--from", "anyone", "--answer", "--video", "none"])
+        .args(["--speaker", "none"])
         .args(["--record-video", "rec.y4m", "--accept-files", "inbox"]);
     let mut listener = Proc::spawn(c);
     let attached = listener.expect("attached");

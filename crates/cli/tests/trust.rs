@@ -119,3 +119,87 @@ fn a_stranger_announcing_a_contacts_name_receives_nothing() {
         assert!(!l.contains("\"message\""), "the stranger received: {l}");
     }
 }
+
+#[test]
+fn unattended_listeners_take_files_and_calls_from_contacts_only_unless_told_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (adir, bdir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (_relay, udp) = relay(&tmp.path().join("r"), &[]);
+    let peer = |dir: &std::path::Path, name: &str| {
+        let mut c = cmd(dir);
+        c.args(["--json", "--relay", &udp, "--name", name]);
+        c
+    };
+    let inbox = tmp.path().join("inbox");
+    let listen = |extra: &[&str]| {
+        let mut c = peer(&bdir, "bob");
+        c.args(["listen", "--accept-files"]).arg(&inbox);
+        c.args([
+            "--answer",
+            "--video",
+            "none",
+            "--audio",
+            "none",
+            "--speaker",
+            "none",
+        ]);
+        c.args(extra);
+        let p = Proc::spawn(c);
+        p.expect("relay_connected");
+        p
+    };
+    let file = tmp.path().join("gift.txt");
+    std::fs::write(&file, b"from a stranger").unwrap();
+    let bob_id = id_of(&bdir);
+    let alice = |args: &[&str]| {
+        let mut c = peer(&adir, "alice");
+        c.args(args);
+        run(c)
+    };
+
+    // Alice is a stranger to Bob: his file and call policies do not cover her.
+    let mut bob = listen(&[]);
+    let (out, err, code) = alice(&["send", &bob_id, file.to_str().unwrap()]);
+    assert_eq!(code, Some(7), "declined: {out:?} {err}");
+    let why = out.last().unwrap()["error"].as_str().unwrap().to_string();
+    assert!(why.contains("only from its contacts"), "{why}");
+    assert!(!inbox.join("gift.txt").exists());
+    let (_, err, code) = alice(&["call", &bob_id, "--video", "none", "--audio", "none"]);
+    assert_eq!(code, Some(7), "declined: {err}");
+    assert!(bob.term().success());
+
+    // Once Bob adds her, both go through.
+    let (_, err, code) = run({
+        let mut c = peer(&bdir, "bob");
+        c.args(["add", &id_of(&adir), "--name", "Alice"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    let mut bob = listen(&[]);
+    let (_, err, code) = alice(&["send", &bob_id, file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        std::fs::read(inbox.join("gift.txt")).unwrap(),
+        b"from a stranger"
+    );
+    let (_, err, code) = alice(&[
+        "call",
+        &bob_id,
+        "--video",
+        "none",
+        "--audio",
+        "none",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(bob.term().success());
+
+    // `--from verified` wants more than a contact.
+    let bob = listen(&["--from", "verified"]);
+    let (out, err, code) = alice(&["send", &bob_id, file.to_str().unwrap()]);
+    assert_eq!(code, Some(7), "{err}");
+    let why = out.last().unwrap()["error"].as_str().unwrap().to_string();
+    assert!(why.contains("only from verified contacts"), "{why}");
+    drop(bob);
+}

@@ -340,6 +340,11 @@ impl EngineHandle {
         self.s.presence.resolve(query)
     }
 
+    /// How far the user trusts `peer` (contact, verified).
+    pub async fn trust(&self, peer: PeerId) -> Result<p2pcall_store::Trust, EngineError> {
+        self.s.ctx.db(move |s| s.trust(&peer)).await
+    }
+
     /// Makes `peer` a contact, under `petname` (else the name it announces, or had); a
     /// contact's petname changes only when one is given.
     pub async fn add_contact(

@@ -296,8 +296,12 @@ impl Conn {
             Request::Policy {
                 accept_files,
                 answer,
+                from,
             } => {
-                let result = self.install_policy(accept_files, answer).await;
+                let result = match from.parse::<p2pcall_core::Trust>() {
+                    Ok(from) => self.install_policy(accept_files, answer, from).await,
+                    Err(e) => Err(RpcError::new(ErrorKind::BadRequest, e)),
+                };
                 self.reply(id, result.map(|()| Answer::Done)).await
             }
             request => {
@@ -328,6 +332,7 @@ impl Conn {
         &mut self,
         accept_files: Option<String>,
         answer: Option<Media>,
+        from: p2pcall_core::Trust,
     ) -> Result<(), RpcError> {
         let dir = accept_files.map(PathBuf::from);
         if let Some(d) = &dir {
@@ -350,18 +355,20 @@ impl Conn {
         }
         if dir.is_some() || opts.is_some() {
             let (served, rx) = (self.served.clone(), self.served.hub.subscribe());
-            self.policy = Some(tokio::spawn(run_policy(served, rx, dir, opts)));
+            self.policy = Some(tokio::spawn(run_policy(served, rx, dir, opts, from)));
         }
         Ok(())
     }
 }
 
-/// Accepts offers into `dir` and answers calls with `opts`, as they come.
+/// Accepts offers into `dir` and answers calls with `opts`, as they come from peers the user
+/// trusts at least as far as `from` (those of others wait for the user's answer).
 async fn run_policy(
     served: Arc<Served>,
     mut events: mpsc::Receiver<p2pcall_api::Event>,
     dir: Option<PathBuf>,
     opts: Option<CallOptions>,
+    from: p2pcall_core::Trust,
 ) {
     use p2pcall_api::{CallNote, Event};
     let engine = &served.engine;
@@ -369,6 +376,9 @@ async fn run_policy(
         match ev {
             Event::OfferReceived(o) => {
                 let Some(dir) = &dir else { continue };
+                if !trusted(engine, &o.peer, from).await {
+                    continue;
+                }
                 // Another client may have answered it already.
                 let Ok(o) = served.hub.take_offer(&o.id) else {
                     continue;
@@ -377,10 +387,13 @@ async fn run_policy(
                     tracing::warn!(offer = %o.id, "accepting by policy: {e}");
                 }
             }
-            Event::Call(CallNote::Incoming { call, .. }) => {
+            Event::Call(CallNote::Incoming { call, peer, .. }) => {
                 let (Some(opts), Ok(call)) = (&opts, call.parse()) else {
                     continue;
                 };
+                if !trusted(engine, &peer, from).await {
+                    continue;
+                }
                 if let Err(e) = engine.answer(call, opts.clone()).await {
                     tracing::warn!(%call, "answering by policy: {e}");
                 }
@@ -388,6 +401,14 @@ async fn run_policy(
             _ => {}
         }
     }
+}
+
+/// Whether the peer (64 hex digits) is trusted at least as far as `from`.
+async fn trusted(engine: &EngineHandle, peer: &str, from: p2pcall_core::Trust) -> bool {
+    let Ok(peer) = peer.parse::<PeerId>() else {
+        return false;
+    };
+    engine.trust(peer).await.is_ok_and(|t| t >= from)
 }
 
 /// Carries out one request on the engine.

@@ -322,6 +322,8 @@ async fn a_call_through_the_api_shows_both_pictures_on_a_video_feed() {
     let set = Request::Policy {
         accept_files: None,
         answer: Some(media("testsrc")),
+        // Alice is no contact of bob's.
+        from: "anyone".into(),
     };
     assert_eq!(policy.call(set).await.unwrap(), Answer::Done);
     // A feed that never reads a byte: pictures for it are dropped, nothing waits on it.

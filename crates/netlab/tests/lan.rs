@@ -50,7 +50,7 @@ fn two_hosts_find_each_other_and_talk_without_a_relay() {
     };
     let mut listen = peer(&lan, 0, "alice");
     listen
-        .args(["listen", "--accept-files"])
+        .args(["listen", "--from", "anyone", "--accept-files"])
         .arg(&inbox)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -238,6 +238,41 @@ impl Contact {
     }
 }
 
+/// How far the user trusts a peer (ordered: each level includes the ones below).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Trust {
+    /// Not a contact (at most seen on the network).
+    Stranger,
+    /// A contact the user chose.
+    Contact,
+    /// A contact whose safety number the user compared.
+    Verified,
+}
+
+impl std::str::FromStr for Trust {
+    type Err = String;
+    /// `anyone`, `contacts` or `verified` (who a policy accepts at least).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "anyone" => Ok(Self::Stranger),
+            "contacts" => Ok(Self::Contact),
+            "verified" => Ok(Self::Verified),
+            other => Err(format!("{other:?}: use contacts, verified or anyone")),
+        }
+    }
+}
+
+impl Trust {
+    /// The word a policy names it by (`anyone`, `contacts`, `verified`).
+    pub fn as_policy(self) -> &'static str {
+        match self {
+            Self::Stranger => "anyone",
+            Self::Contact => "contacts",
+            Self::Verified => "verified",
+        }
+    }
+}
+
 /// Where a transfer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransferState {
@@ -581,6 +616,23 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// How far the user trusts `peer`: chosen as a contact, and verified.
+    pub fn trust(&self, peer: &PeerId) -> Result<Trust> {
+        let row: Option<(Option<i64>, Option<i64>)> = self
+            .db()?
+            .query_row(
+                "SELECT chosen_ms, verified_ms FROM contacts WHERE peer = ?1",
+                params![peer.as_bytes().as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            Some((_, Some(_))) => Trust::Verified,
+            Some((Some(_), None)) => Trust::Contact,
+            _ => Trust::Stranger,
+        })
     }
 
     /// Every known peer, most recently seen first.

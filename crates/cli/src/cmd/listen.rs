@@ -20,6 +20,7 @@ use crate::session::Control;
 #[command(after_help = "Examples:
   p2pcall listen                               # online until Ctrl-C; offers and calls declined
   p2pcall listen --accept-files ~/Downloads --answer --video testsrc
+  p2pcall listen --accept-files ~/Downloads --from verified
   p2pcall --json listen | jq 'select(.event == \"message\")'")]
 pub(crate) struct ListenArgs {
     /// Accept every file offer into DIR without asking (unattended use); without it, offers
@@ -30,6 +31,11 @@ pub(crate) struct ListenArgs {
     /// declined
     #[arg(long)]
     answer: bool,
+    /// Whose files --accept-files accepts and whose calls --answer answers: contacts (people
+    /// you chose), verified (contacts whose safety number you compared) or anyone; others
+    /// are declined (attached to a daemon: left waiting for `accept`/`answer`)
+    #[arg(long, default_value = "contacts", value_name = "WHO")]
+    from: p2pcall_core::Trust,
     #[command(flatten)]
     media: calls::MediaArgs,
 }
@@ -101,8 +107,8 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                         EngineEvent::Call(c) => {
                             stats_file.note(c);
                             match c {
-                                p2pcall_core::call::CallEvent::Incoming { call, .. } => {
-                                    let r = if a.answer {
+                                p2pcall_core::call::CallEvent::Incoming { call, peer, .. } => {
+                                    let r = if a.answer && engine.trust(*peer).await.is_ok_and(|t| t >= a.from) {
                                         console.get_or_insert_with(|| calls::spawn_console(Control::Own(engine.clone())));
                                         engine.answer(*call, a.media.options()).await
                                     } else {
@@ -122,8 +128,17 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                             }
                         }
                         EngineEvent::Transfer(TransferEvent::Offered(o)) => {
+                            let trusted = engine.trust(o.peer).await.is_ok_and(|t| t >= a.from);
                             let answer = match &a.accept_files {
-                                Some(dir) => engine.accept_offer(o.peer, o.id, dir.clone()),
+                                Some(dir) if trusted => engine.accept_offer(o.peer, o.id, dir.clone()),
+                                Some(_) => engine.reject_offer(
+                                    o.peer,
+                                    o.id,
+                                    match a.from {
+                                        p2pcall_core::Trust::Verified => "the receiver accepts files unattended only from verified contacts",
+                                        _ => "the receiver accepts files unattended only from its contacts (it can add you: `p2pcall add`)",
+                                    },
+                                ),
                                 None => engine.reject_offer(
                                     o.peer,
                                     o.id,
@@ -162,6 +177,7 @@ async fn attached(cli: &Cli, a: &ListenArgs, mut c: p2pcall_daemon::Client) -> R
         c.call(Request::Policy {
             accept_files: accept_files.clone(),
             answer,
+            from: a.from.as_policy().into(),
         })
         .await?;
         match a.answer {

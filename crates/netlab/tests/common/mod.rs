@@ -73,7 +73,8 @@ pub fn listener_args(
             "--json",
             "--no-port-mapping",
         ])
-        .args(["listen", "--accept-files"])
+        // Senders here are strangers to the listener: it accepts anyone's files, explicitly.
+        .args(["listen", "--from", "anyone", "--accept-files"])
         .arg(inbox)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -192,6 +193,8 @@ pub fn lab_with_listener_args(
     cmd.arg("--data-dir")
         .arg(dir.join("b"))
         .args(["--relay", &relay, "--name", "bob", "--json", "listen"])
+        // Its peers here are strangers to it: it answers anyone, explicitly.
+        .args(["--from", "anyone"])
         .args(listen_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
