@@ -187,6 +187,8 @@ pub enum AppEvent {
     Contacts {
         /// Known peers, their last names, and whether our user verified their key.
         known: Vec<(PeerId, String, bool)>,
+        /// The contacts among them (peers our user chose).
+        chosen: Vec<PeerId>,
         /// Unread incoming messages per peer.
         unread: HashMap<PeerId, u64>,
     },
@@ -849,17 +851,21 @@ fn contacts(link: &Link, out: &Out) {
 }
 
 fn emit_contacts(store: &Store, out: &Out) {
-    let known = store
-        .contacts()
-        .map(|c| {
-            c.into_iter()
-                // The user's name for a contact; the announced one for anyone else.
-                .map(|c| (c.peer, c.shown_name().to_string(), c.verified_ms.is_some()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let all = store.contacts().unwrap_or_default();
+    let chosen = (all.iter())
+        .filter(|c| c.chosen_ms.is_some())
+        .map(|c| c.peer)
+        .collect();
+    let known = (all.into_iter())
+        // The user's name for a contact; the announced one for anyone else.
+        .map(|c| (c.peer, c.shown_name().to_string(), c.verified_ms.is_some()))
+        .collect();
     let unread = store.unread_counts().unwrap_or_default();
-    out.emit(AppEvent::Contacts { known, unread });
+    out.emit(AppEvent::Contacts {
+        known,
+        chosen,
+        unread,
+    });
 }
 
 fn history(link: &Link, peer: PeerId, before: Option<i64>, out: &Out) {

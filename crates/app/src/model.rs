@@ -31,8 +31,8 @@ pub struct PeerRow {
     pub unread: u64,
     /// Our user verified this key (compared safety numbers).
     pub verified: bool,
-    /// Not verified, but goes by the name of a peer that is: maybe someone posing as them
-    /// (or they have a new key). The verified peer's name.
+    /// Not a contact, but goes by a name that looks like a contact's: maybe someone posing
+    /// as them (or they have a new key). The contact's name.
     pub lookalike: Option<String>,
 }
 
@@ -166,6 +166,8 @@ pub struct Model {
     online: BTreeMap<PeerId, PeerInfo>,
     known: HashMap<PeerId, String>,
     verified: HashSet<PeerId>,
+    /// Contacts our user chose.
+    chosen: HashSet<PeerId>,
     unread: HashMap<PeerId, u64>,
     /// Conversations loaded.
     pub conversations: HashMap<PeerId, Conversation>,
@@ -211,6 +213,7 @@ impl Default for Model {
             online: BTreeMap::new(),
             known: HashMap::new(),
             verified: HashSet::new(),
+            chosen: HashSet::new(),
             unread: HashMap::new(),
             conversations: HashMap::new(),
             selected: None,
@@ -263,8 +266,13 @@ impl Model {
                     .map(|p| (p.id, p))
                     .collect();
             }
-            AppEvent::Contacts { known, unread } => {
+            AppEvent::Contacts {
+                known,
+                chosen,
+                unread,
+            } => {
                 self.verified = known.iter().filter(|k| k.2).map(|k| k.0).collect();
+                self.chosen = chosen.into_iter().collect();
                 self.known = known.into_iter().map(|(p, n, _)| (p, n)).collect();
                 self.unread = unread;
                 // What is on screen is read.
@@ -571,20 +579,19 @@ impl Model {
         self.verified.contains(p)
     }
 
-    /// An unverified key going by the name of a verified one (case and spaces ignored):
-    /// the verified peer's name. Names are self-chosen, so this is what a changed key, or
-    /// someone posing as a known peer, looks like.
+    /// A key that is not a contact going by a name that looks like a contact's (compared by
+    /// eye: invisible and bidi characters, case and confusable letters do not count): the
+    /// contact's name. Names are self-chosen, so this is what a changed key, or someone
+    /// posing as a known peer, looks like.
     pub fn lookalike(&self, p: &PeerId) -> Option<String> {
-        if self.verified.contains(p) {
+        if self.verified.contains(p) || self.chosen.contains(p) {
             return None;
         }
-        let norm = |s: &str| s.trim().to_lowercase();
-        let name = norm(&self.name_of(p));
-        self.verified
-            .iter()
+        let name = self.name_of(p);
+        (self.chosen.iter().chain(&self.verified))
             .filter(|v| *v != p)
             .map(|v| self.name_of(v))
-            .find(|n| norm(n) == name)
+            .find(|n| p2pcall_proto::text::looks_alike(n, &name))
     }
 
     /// Whether a peer is online now.
@@ -812,6 +819,7 @@ mod tests {
             now,
             AppEvent::Contacts {
                 known: vec![(c, "carol".into(), false), (a, "old alice".into(), false)],
+                chosen: vec![c],
                 unread: HashMap::from([(c, 3)]),
             },
         );
@@ -828,27 +836,45 @@ mod tests {
     }
 
     #[test]
-    fn an_unverified_key_with_a_verified_name_is_flagged() {
-        let (me, real, fake, other) = (peer(), peer(), peer(), peer());
+    fn a_stranger_with_a_contacts_name_is_flagged_however_it_spells_it() {
+        let (me, real, ann) = (peer(), peer(), peer());
+        let fakes = [peer(), peer(), peer(), peer()];
+        let other = peer();
         let now = Instant::now();
         let mut m = Model::default();
         started(&mut m, now, me);
         m.apply(
             now,
             AppEvent::Contacts {
-                known: vec![(real, "Bob".into(), true)],
+                known: vec![(real, "Bob".into(), true), (ann, "ann".into(), false)],
+                chosen: vec![real, ann],
                 unread: HashMap::new(),
             },
         );
         m.apply(
             now,
-            AppEvent::Online(vec![info(fake, " bob "), info(other, "carol")]),
+            AppEvent::Online(vec![
+                info(fakes[0], " bob "),
+                info(fakes[1], "bob\u{200B}"),
+                info(fakes[2], "b\u{043E}b"),
+                // An unverified contact's name is a contact's name too.
+                info(fakes[3], "Ann"),
+                info(other, "carol"),
+            ]),
         );
         let rows = m.peers("");
         let row = |id| rows.iter().find(|r| r.id == id).unwrap();
-        assert_eq!(row(fake).lookalike.as_deref(), Some("Bob"));
-        assert!(!row(fake).verified);
+        for (f, want) in fakes.iter().zip(["Bob", "Bob", "Bob", "ann"]) {
+            assert_eq!(
+                row(*f).lookalike.as_deref(),
+                Some(want),
+                "{:?}",
+                row(*f).name
+            );
+            assert!(!row(*f).verified);
+        }
         assert!(row(real).verified && row(real).lookalike.is_none());
+        assert!(row(ann).lookalike.is_none());
         assert!(row(other).lookalike.is_none());
     }
 

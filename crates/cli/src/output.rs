@@ -670,6 +670,48 @@ pub(crate) fn stranger_note(peer: &PeerId, announced: &str) {
     );
 }
 
+/// The contact whose name `name` looks like, when `peer` is not that contact (nor any
+/// contact): what someone posing as a known peer, or a known peer's new key, looks like.
+pub(crate) fn lookalike_of(
+    contacts: &[p2pcall_core::Contact],
+    peer: &PeerId,
+    name: &str,
+) -> Option<String> {
+    let chosen = |c: &&p2pcall_core::Contact| c.chosen_ms.is_some() || c.verified_ms.is_some();
+    if contacts.iter().filter(chosen).any(|c| c.peer == *peer) {
+        return None;
+    }
+    contacts
+        .iter()
+        .filter(chosen)
+        .find(|c| {
+            p2pcall_proto::text::looks_alike(c.shown_name(), name)
+                || p2pcall_proto::text::looks_alike(&c.name, name)
+        })
+        .map(|c| format!("{} ({})", c.shown_name(), c.peer.fingerprint()))
+}
+
+/// Warns loudly about peers in a presence event that pose as a contact.
+pub(crate) fn warn_lookalikes(contacts: &[p2pcall_core::Contact], e: &EngineEvent) {
+    let EngineEvent::Net(Event::Presence(p)) = e else {
+        return;
+    };
+    let peers: Vec<&PeerInfo> = match p {
+        PresenceEvent::Snapshot(list) => list.iter().collect(),
+        PresenceEvent::Joined(p) | PresenceEvent::Updated(p) => vec![p],
+        PresenceEvent::Left(_) => return,
+    };
+    for p in peers {
+        if let Some(contact) = lookalike_of(contacts, &p.id, &p.name) {
+            errln!(
+                "WARNING: a key that is not your contact ({}) calls itself {:?}, which looks like your contact {contact}. It may be someone posing as them, or their new key: compare safety numbers before you trust it",
+                p.id.fingerprint(),
+                p.name
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

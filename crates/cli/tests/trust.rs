@@ -80,25 +80,29 @@ fn a_stranger_announcing_a_contacts_name_receives_nothing() {
     assert_eq!(out[0]["state"], "delivered", "{out:?}");
     assert!(bob.term().success());
 
-    // Bob is offline; a stranger registers under the name "bob".
+    // Bob is offline; a stranger registers under the name "bob", another as "bоb" (with a
+    // Cyrillic о).
     let mut c = peer(&sdir, "bob");
     c.arg("listen");
     let stranger = Proc::spawn(c);
     stranger.expect("relay_connected");
+    let mut c = peer(&tmp.path().join("s2"), "b\u{043E}b");
+    c.arg("listen");
+    let cyrillic = Proc::spawn(c);
+    cyrillic.expect("relay_connected");
     let (out, err, code) = run({
         let mut c = peer(&adir, "alice");
         c.arg("peers");
         c
     });
     assert_eq!(code, Some(0), "{err}");
-    assert!(
-        out[0]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "bob"),
-        "the stranger is online as bob: {out:?}"
-    );
+    let online = out[0].as_array().unwrap();
+    assert_eq!(online.len(), 2, "{out:?}");
+    // Both are flagged as looking like alice's contact.
+    for p in online {
+        let looks = p["looks_like_contact"].as_str().unwrap_or_default();
+        assert!(looks.starts_with("bob ("), "{p}");
+    }
     // "bob" is still Bob: the message waits for him, the stranger gets nothing.
     let (out, err, code) = run({
         let mut c = peer(&adir, "alice");

@@ -40,5 +40,5 @@ pub use error::causes;
 pub use p2pcall_net::{Path, RelayTransport};
 pub use p2pcall_proto::relay::PeerInfo;
 pub use p2pcall_proto::{PeerId, SafetyNumber};
-pub use p2pcall_store::{Message, MessageState, Store, Trust};
+pub use p2pcall_store::{Contact, Message, MessageState, Store, Trust};
 pub use presence::{Resolved, STRANGER_DIGITS};

@@ -12,6 +12,33 @@ pub fn is_bidi_control(ch: char) -> bool {
     )
 }
 
+/// Characters that show as nothing (zero-width spaces and joiners, the word joiner, the
+/// byte-order mark): `bob\u{200B}` looks exactly like `bob`.
+pub fn is_invisible(ch: char) -> bool {
+    matches!(
+        ch,
+        '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}'
+    )
+}
+
+/// What a name looks like, for comparing names by eye: invisible and bidi-control characters
+/// removed, lower case, then the confusable skeleton of Unicode TR39 (a Cyrillic `о` and a
+/// Latin `o`, `rn` and `m`, `l` and `1` come out the same).
+pub fn look(name: &str) -> String {
+    let visible: String = name
+        .trim()
+        .chars()
+        .filter(|c| !is_invisible(*c) && !is_bidi_control(*c))
+        .flat_map(char::to_lowercase)
+        .collect();
+    unicode_security::confusable_detection::skeleton(&visible).collect()
+}
+
+/// Whether two names look the same to a person ([`look`]).
+pub fn looks_alike(a: &str, b: &str) -> bool {
+    look(a) == look(b)
+}
+
 fn unsafe_for_terminal(ch: char) -> bool {
     (ch.is_control() && ch != '\t') || is_bidi_control(ch)
 }
@@ -76,6 +103,25 @@ mod tests {
         }
         out.push_str(rest);
         out
+    }
+
+    #[test]
+    fn names_that_look_the_same_are_found_out() {
+        for lookalike in [
+            "bob\u{200B}",
+            "b\u{043E}b", // Cyrillic o
+            "Bob",
+            " bob ",
+            "b\u{202E}ob\u{202C}",
+            "\u{FEFF}bob",
+        ] {
+            assert!(looks_alike("bob", lookalike), "{lookalike:?}");
+        }
+        assert!(looks_alike("paypal", "paypa1"), "l and 1");
+        assert!(looks_alike("modern", "rnodern"), "m and rn");
+        for other in ["rob", "bobby", "b o b", "боб"] {
+            assert!(!looks_alike("bob", other), "{other:?}");
+        }
     }
 
     proptest! {

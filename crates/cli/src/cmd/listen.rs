@@ -100,6 +100,9 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                         last_progress.insert(p.id, now);
                     }
                     print_event(cli.json, &e);
+                    if let EngineEvent::Net(Event::Presence(_)) = &e {
+                        warn_lookalikes(&engine.store().contacts().unwrap_or_default(), &e);
+                    }
                     match &e {
                         EngineEvent::Net(Event::RelayRefused { reason, detail }) => {
                             bail!("the relay refused us: {reason} ({detail})");
@@ -209,6 +212,8 @@ async fn attached(cli: &Cli, a: &ListenArgs, mut c: p2pcall_daemon::Client) -> R
         );
     }
     let mut stats_file = calls::StatsFile::default();
+    // The data dir's database, read here to tell contacts from lookalikes.
+    let store = load(cli).and_then(|ctx| open_store(&ctx)).ok();
     let r = loop {
         tokio::select! {
             _ = shutdown_signal() => break Ok(()),
@@ -220,6 +225,9 @@ async fn attached(cli: &Cli, a: &ListenArgs, mut c: p2pcall_daemon::Client) -> R
                 Ok(e) => {
                     let Some(e) = p2pcall_daemon::event_from_api(&e) else { continue };
                     print_event(cli.json, &e);
+                    if let (EngineEvent::Net(Event::Presence(_)), Some(store)) = (&e, &store) {
+                        warn_lookalikes(&store.contacts().unwrap_or_default(), &e);
+                    }
                     if let EngineEvent::Call(call) = &e {
                         stats_file.note(call);
                         if let (p2pcall_core::call::CallEvent::Ended { .. }, Some(path)) = (call, &a.media.stats_json) {

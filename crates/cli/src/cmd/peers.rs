@@ -28,15 +28,29 @@ pub(crate) async fn peers(cli: &Cli) -> Result<()> {
             list
         }
     };
-    print_peers(cli, &list);
+    // The user's contacts, to flag strangers that go by a contact's name.
+    let contacts = load(cli)
+        .and_then(|ctx| open_store(&ctx))
+        .and_then(|s| Ok(s.contacts()?))
+        .unwrap_or_default();
+    print_peers(cli, &list, &contacts);
     Ok(())
 }
 
-fn print_peers(cli: &Cli, list: &[PeerInfo]) {
+fn print_peers(cli: &Cli, list: &[PeerInfo], contacts: &[p2pcall_core::Contact]) {
+    let looks = |p: &PeerInfo| lookalike_of(contacts, &p.id, &p.name);
     if cli.json {
         outln!(
             "{}",
-            serde_json::Value::Array(list.iter().map(peer_json).collect())
+            serde_json::Value::Array(
+                list.iter()
+                    .map(|p| {
+                        let mut v = peer_json(p);
+                        v["looks_like_contact"] = serde_json::json!(looks(p));
+                        v
+                    })
+                    .collect()
+            )
         );
     } else if list.is_empty() {
         outln!("nobody else is online");
@@ -44,10 +58,13 @@ fn print_peers(cli: &Cli, list: &[PeerInfo]) {
         outln!("{:<24} {:<26} ONLINE FOR", "NAME", "FINGERPRINT");
         for p in list {
             outln!(
-                "{:<24} {:<26} {}",
+                "{:<24} {:<26} {}{}",
                 p.name,
                 p.id.fingerprint().to_string(),
-                since(p.online_since_ms)
+                since(p.online_since_ms),
+                looks(p)
+                    .map(|c| format!("   WARNING: not your contact, looks like {c}"))
+                    .unwrap_or_default()
             );
         }
     }
