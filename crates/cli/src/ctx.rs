@@ -154,6 +154,7 @@ pub(crate) async fn engine_client(cli: &Cli) -> Result<Option<p2pcall_daemon::Cl
             (cli.relay_only, "--relay-only"),
             (cli.tcp, "--tcp"),
             (cli.lan, "--lan"),
+            (cli.accept_relay_key.is_some(), "--accept-relay-key"),
         ]
         .into_iter()
         .filter_map(|(set, flag)| set.then_some(flag))

@@ -130,28 +130,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                                 _ => {}
                             }
                         }
-                        EngineEvent::Transfer(TransferEvent::Offered(o)) => {
-                            let trusted = engine.trust(o.peer).await.is_ok_and(|t| t >= a.from);
-                            let answer = match &a.accept_files {
-                                Some(dir) if trusted => engine.accept_offer(o.peer, o.id, dir.clone()),
-                                Some(_) => engine.reject_offer(
-                                    o.peer,
-                                    o.id,
-                                    match a.from {
-                                        p2pcall_core::Trust::Verified => "the receiver accepts files unattended only from verified contacts",
-                                        _ => "the receiver accepts files unattended only from its contacts (it can add you: `p2pcall add`)",
-                                    },
-                                ),
-                                None => engine.reject_offer(
-                                    o.peer,
-                                    o.id,
-                                    "the receiver does not accept files unattended (it can run `p2pcall listen --accept-files DIR`)",
-                                ),
-                            };
-                            if let Err(err) = answer {
-                                errln!("offer {}: {err}", o.id);
-                            }
-                        }
+                        EngineEvent::Transfer(TransferEvent::Offered(o)) => answer_offer(&engine, a, o).await,
                         _ => {}
                     }
                 }
@@ -162,6 +141,39 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
     drop(api);
     engine.shutdown().await;
     Ok(())
+}
+
+/// Accepts an offer into `--accept-files` if it comes from someone `--from` covers, else
+/// declines it saying why.
+async fn answer_offer(
+    engine: &p2pcall_core::engine::EngineHandle,
+    a: &ListenArgs,
+    o: &p2pcall_core::transfer::OfferInfo,
+) {
+    let trusted = engine.trust(o.peer).await.is_ok_and(|t| t >= a.from);
+    let answer = match &a.accept_files {
+        Some(dir) if trusted => engine.accept_offer(o.peer, o.id, dir.clone()),
+        Some(_) => engine.reject_offer(
+            o.peer,
+            o.id,
+            match a.from {
+                p2pcall_core::Trust::Verified => {
+                    "the receiver accepts files unattended only from verified contacts"
+                }
+                _ => {
+                    "the receiver accepts files unattended only from its contacts (it can add you: `p2pcall add`)"
+                }
+            },
+        ),
+        None => engine.reject_offer(
+            o.peer,
+            o.id,
+            "the receiver does not accept files unattended (it can run `p2pcall listen --accept-files DIR`)",
+        ),
+    };
+    if let Err(err) = answer {
+        errln!("offer {}: {err}", o.id);
+    }
 }
 
 /// `listen` while another process (`p2pcall daemon`, the app) runs this data dir's engine:
