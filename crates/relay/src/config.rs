@@ -34,6 +34,9 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// QUIC handshakes in progress at once (bounds half-open connections).
     pub max_incoming: usize,
+    /// A peer's name change reaches the others at most this often (renames in between are
+    /// coalesced; the last one goes out when the interval ends).
+    pub rename_every: Duration,
 }
 
 impl RelayConfig {
@@ -62,6 +65,7 @@ impl RelayConfig {
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(40),
             max_incoming: 4096,
+            rename_every: Duration::from_secs(1),
         }
     }
 }

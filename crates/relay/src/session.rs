@@ -40,6 +40,7 @@ fn session_config(cfg: &RelayConfig) -> SessionConfig {
         idle_timeout: cfg.idle_timeout,
         control_rate: cfg.control_rate,
         signal_rate: cfg.signal_rate,
+        rename_every: cfg.rename_every,
     }
 }
 

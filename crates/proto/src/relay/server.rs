@@ -43,6 +43,10 @@ pub struct SessionConfig {
     pub control_rate: f64,
     /// Signals per second; above it signals fail with `RateLimited`.
     pub signal_rate: f64,
+    /// A name change reaches the other peers at most this often: renames in between are
+    /// coalesced, and the last one goes out when the interval ends (every rename costs the
+    /// relay one `Updated` frame per subscriber, and every subscriber a write).
+    pub rename_every: Duration,
 }
 
 /// Why a session closed, in the words of the relay's metrics.
@@ -134,8 +138,26 @@ enum Phase {
         idle_deadline: Instant,
         control: TokenBucket,
         signals: TokenBucket,
+        renames: Renames,
     },
     Closed,
+}
+
+/// Name changes, coalesced to one per [`SessionConfig::rename_every`].
+#[derive(Debug, Default)]
+struct Renames {
+    /// When the last one was reported.
+    last: Option<Instant>,
+    /// The newest name not reported yet.
+    pending: Option<String>,
+}
+
+impl Renames {
+    /// When the pending name is due.
+    fn due(&self, every: Duration) -> Option<Instant> {
+        self.pending.as_ref()?;
+        self.last.map(|t| t + every)
+    }
 }
 
 /// One peer's session, relay side.
@@ -182,7 +204,14 @@ impl ServerSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
             Phase::AwaitingHello { deadline } => Some(*deadline),
-            Phase::Open { idle_deadline, .. } => Some(*idle_deadline),
+            Phase::Open {
+                idle_deadline,
+                renames,
+                ..
+            } => Some(match renames.due(self.cfg.rename_every) {
+                Some(due) => due.min(*idle_deadline),
+                None => *idle_deadline,
+            }),
             Phase::Registering | Phase::Closed => None,
         }
     }
@@ -194,6 +223,14 @@ impl ServerSession {
 
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let every = self.cfg.rename_every;
+        if let Phase::Open { renames, .. } = &mut self.phase
+            && renames.due(every).is_some_and(|due| now >= due)
+            && let Some(name) = renames.pending.take()
+        {
+            renames.last = Some(now);
+            self.events.push_back(SessionEvent::Rename { name });
+        }
         match &self.phase {
             Phase::AwaitingHello { deadline } if now >= *deadline => {
                 self.close_quietly(
@@ -275,6 +312,7 @@ impl ServerSession {
                 idle_deadline,
                 control,
                 signals,
+                renames,
             } => {
                 *idle_deadline = now + self.cfg.idle_timeout;
                 let frame = match frame {
@@ -301,7 +339,19 @@ impl ServerSession {
                         self.close(RefuseReason::Protocol, "second hello", CloseCause::Protocol);
                         return;
                     }
-                    ClientFrame::SetName { name } => SessionEvent::Rename { name },
+                    ClientFrame::SetName { name } => {
+                        if renames
+                            .last
+                            .is_some_and(|t| now < t + self.cfg.rename_every)
+                        {
+                            // Reported when the interval ends, if no newer name replaces it.
+                            renames.pending = Some(name);
+                            return;
+                        }
+                        renames.last = Some(now);
+                        renames.pending = None;
+                        SessionEvent::Rename { name }
+                    }
                     ClientFrame::Signal { to, .. } if !signals.take(now, 1.0) => {
                         SessionEvent::Send(ServerFrame::SignalFailed {
                             to,
@@ -324,6 +374,7 @@ impl ServerSession {
                 idle_deadline: now + self.cfg.idle_timeout,
                 control: TokenBucket::new(now, self.cfg.control_rate, self.cfg.control_rate * 2.0),
                 signals: TokenBucket::new(now, self.cfg.signal_rate, self.cfg.signal_rate * 2.0),
+                renames: Renames::default(),
             };
         }
     }
@@ -369,6 +420,7 @@ mod tests {
             idle_timeout: Duration::from_secs(40),
             control_rate: 50.0,
             signal_rate: 20.0,
+            rename_every: Duration::from_secs(1),
         }
     }
 
@@ -533,6 +585,58 @@ mod tests {
                 SessionEvent::Send(ServerFrame::Pong { nonce: 7 }),
                 SessionEvent::Rename { name: "al".into() }
             ]
+        );
+    }
+
+    #[test]
+    fn renames_reach_others_at_most_once_per_interval_and_the_last_one_wins() {
+        let t0 = Instant::now();
+        let mut s = open(t0);
+        let every = cfg(None).rename_every;
+        // 49 renames within the first second (just under the control-frame limit).
+        for i in 0..49u32 {
+            let at = t0 + Duration::from_millis(u64::from(i) * 20);
+            feed(
+                &mut s,
+                at,
+                &ClientFrame::SetName {
+                    name: format!("n{i}"),
+                },
+            );
+        }
+        // The first went out at once; the others wait for the interval and coalesce.
+        assert_eq!(
+            events(&mut s),
+            vec![SessionEvent::Rename { name: "n0".into() }]
+        );
+        let due = s.poll_timeout().unwrap();
+        assert_eq!(due, t0 + every);
+        s.handle_timeout(due - Duration::from_millis(1));
+        assert!(events(&mut s).is_empty(), "not before it is due");
+        s.handle_timeout(due);
+        assert_eq!(
+            events(&mut s),
+            vec![SessionEvent::Rename { name: "n48".into() }]
+        );
+        // Nothing pending: the session waits for its idle deadline only.
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t0 + Duration::from_millis(48 * 20) + cfg(None).idle_timeout)
+        );
+        // A rename long after the last goes out at once.
+        let later = due + every * 2;
+        feed(
+            &mut s,
+            later,
+            &ClientFrame::SetName {
+                name: "calm".into(),
+            },
+        );
+        assert_eq!(
+            events(&mut s),
+            vec![SessionEvent::Rename {
+                name: "calm".into()
+            }]
         );
     }
 
