@@ -256,16 +256,21 @@ pub(crate) struct Dialed {
     pub(crate) peer: p2pcall_core::PeerId,
 }
 
+/// The peer the user means, with a note when it is not a contact.
+pub(crate) fn resolve_noting(engine: &EngineHandle, query: &str) -> Result<PeerId> {
+    let r = engine.resolve(query)?;
+    if !r.contact {
+        crate::output::stranger_note(&r.peer, &engine.peer_name(&r.peer));
+    }
+    Ok(r.peer)
+}
+
 /// Registers with the relay, finds the peer the user means, and connects to it.
 pub(crate) async fn dial(cli: &Cli, query: &str) -> Result<Dialed> {
     let (engine, mut events) = start_engine(cli, true).await?;
     wait_online(&engine, &mut events).await?;
     engine.wait_presence(RELAY_WAIT).await?;
-    let r = engine.resolve(query)?;
-    if !r.contact {
-        crate::output::stranger_note(&r.peer, &engine.peer_name(&r.peer));
-    }
-    let peer = r.peer;
+    let peer = resolve_noting(&engine, query)?;
     engine
         .connect(peer)
         .await

@@ -107,12 +107,9 @@ impl Session {
         let (engine, mut events) = start_engine(cli, true).await?;
         wait_online(&engine, &mut events).await?;
         engine.wait_presence(RELAY_WAIT).await?;
-        let r = engine.resolve(query)?;
-        if !r.contact {
-            crate::output::stranger_note(&r.peer, &engine.peer_name(&r.peer));
-        }
+        let peer = resolve_noting(&engine, query)?;
         Ok(Session {
-            peer: r.peer,
+            peer,
             via: Via::Own { engine, events },
         })
     }

@@ -9,13 +9,6 @@ use std::path::Path;
 
 use common::*;
 
-/// A data dir's peer id (created on first use).
-fn id_of(dir: &Path) -> String {
-    let mut c = cmd(dir);
-    c.args(["--json", "id"]);
-    json_out(c)["id"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -45,13 +45,6 @@ fn a_relay_with_another_key_is_refused_until_the_user_accepts_it() {
     assert_eq!(code, Some(0), "{err}");
 }
 
-/// A data dir's peer id (created on first use).
-fn id_of(dir: &std::path::Path) -> String {
-    let mut c = cmd(dir);
-    c.args(["--json", "id"]);
-    json_out(c)["id"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn a_stranger_announcing_a_contacts_name_receives_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -30,6 +30,17 @@ pub fn peer_from_api(p: &api::Peer) -> Option<PeerInfo> {
     })
 }
 
+/// A contact for the API.
+pub fn contact(c: &p2pcall_core::Contact) -> api::Contact {
+    api::Contact {
+        id: c.peer.to_hex(),
+        name: c.shown_name().to_string(),
+        announced: c.name.clone(),
+        verified: c.verified_ms.is_some(),
+        last_seen_ms: c.last_seen_ms,
+    }
+}
+
 /// An offer for the API.
 pub(crate) fn offer(o: &OfferInfo, name: Option<String>) -> api::Offer {
     api::Offer {

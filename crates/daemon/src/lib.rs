@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 pub use callconv::{call_event_from_api, media, path_from_api};
 pub use client::{Client, VideoFeed};
 pub use convert::{
-    engine_error, event_from_api, message_from_api, offer_from_api, peer_from_api,
+    contact, engine_error, event_from_api, message_from_api, offer_from_api, peer_from_api,
     progress_from_api, summary_from_api,
 };
 pub use hub::{Hub, Ringing};

@@ -718,13 +718,7 @@ async fn contacts(engine: &EngineHandle, only: Option<PeerId>) -> Result<Answer,
     Ok(Answer::Contacts {
         contacts: (all.iter())
             .filter(|c| c.chosen_ms.is_some() && only.is_none_or(|p| p == c.peer))
-            .map(|c| p2pcall_api::Contact {
-                id: c.peer.to_hex(),
-                name: c.shown_name().to_string(),
-                announced: c.name.clone(),
-                verified: c.verified_ms.is_some(),
-                last_seen_ms: c.last_seen_ms,
-            })
+            .map(crate::convert::contact)
             .collect(),
     })
 }

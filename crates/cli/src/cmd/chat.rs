@@ -87,11 +87,7 @@ pub(crate) async fn chat(cli: &Cli, a: &ChatArgs) -> Result<()> {
         }
     };
     let peer = if online {
-        let r = engine.resolve(&a.peer)?;
-        if !r.contact {
-            stranger_note(&r.peer, &engine.peer_name(&r.peer));
-        }
-        r.peer
+        resolve_noting(&engine, &a.peer)?
     } else {
         resolve_known(engine.store(), &a.peer)?
     };

@@ -108,13 +108,7 @@ fn contacts_of(store: &p2pcall_core::Store) -> Result<Vec<p2pcall_api::Contact>>
         .contacts()?
         .iter()
         .filter(|c| c.chosen_ms.is_some())
-        .map(|c| p2pcall_api::Contact {
-            id: c.peer.to_hex(),
-            name: c.shown_name().to_string(),
-            announced: c.name.clone(),
-            verified: c.verified_ms.is_some(),
-            last_seen_ms: c.last_seen_ms,
-        })
+        .map(p2pcall_daemon::contact)
         .collect())
 }
 

@@ -132,3 +132,10 @@ pub fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut body).unwrap();
     body
 }
+
+/// A data dir's peer id, 64 hex digits (created on first use).
+pub fn id_of(dir: &std::path::Path) -> String {
+    let mut c = cmd(dir);
+    c.args(["--json", "id"]);
+    json_out(c)["id"].as_str().unwrap().to_string()
+}
