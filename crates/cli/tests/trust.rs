@@ -200,3 +200,26 @@ fn unattended_listeners_take_files_and_calls_from_contacts_only_unless_told_othe
     assert!(why.contains("only from verified contacts"), "{why}");
     drop(bob);
 }
+
+#[test]
+fn a_running_engine_keeps_to_the_relay_key_it_first_met() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut first, udp) = relay(&tmp.path().join("r1"), &[]);
+    // A listener meets the relay for the first time (nothing pinned yet) ...
+    let mut c = cmd(&tmp.path().join("a"));
+    c.args(["--json", "--relay", &udp, "--name", "alice", "listen"]);
+    let listener = Proc::spawn(c);
+    listener.expect("relay_connected");
+    // ... then another server with another key answers at that address (another network, a
+    // spoofed name): the listener does not reconnect to it.
+    assert!(first.term().success());
+    let mut c = cmd(&tmp.path().join("r2"));
+    c.args(["--json", "relay", "--listen", &udp]);
+    let second = Proc::spawn(c);
+    let key = second.expect("relay_started")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = listener.expect("relay_key_mismatch");
+    assert_eq!(refused["presented"], key.as_str(), "{refused}");
+}

@@ -115,6 +115,7 @@ impl Endpoint {
             instance: rand::random(),
             next_serial: std::sync::atomic::AtomicU64::new(1),
             observed: Mutex::new(None),
+            relay_key: Mutex::new(None),
             roster: Roster::default(),
             relay_up: tokio::sync::watch::Sender::new(None),
             reflections: Mutex::default(),

@@ -40,6 +40,9 @@ pub(crate) struct Inner {
     /// Serial of the next connection (never 0: 0 is "no owner" of a route).
     pub(crate) next_serial: std::sync::atomic::AtomicU64,
     pub(crate) observed: Mutex<Option<SocketAddr>>,
+    /// The key of the relay this endpoint first had a session with: every later session
+    /// (a reconnect, on another network) must present the same one.
+    pub(crate) relay_key: Mutex<Option<PeerId>>,
     /// The peers online, as presence reports them.
     pub(crate) roster: Roster,
     pub(crate) relay_up: tokio::sync::watch::Sender<Option<RelayTransport>>,

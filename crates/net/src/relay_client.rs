@@ -65,13 +65,18 @@ impl From<proto_client::SessionEnd> for SessionEnd {
 
 pub(crate) async fn run(
     inner: Arc<Inner>,
-    cfg: RelayConfig,
+    mut cfg: RelayConfig,
     mut cmd_rx: mpsc::Receiver<ClientFrame>,
 ) {
     let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_SESSION);
     let mut choice = TransportChoice::new(cfg.force_tcp);
     inner.socket.set_relay_quic_addr(Some(cfg.addr));
     loop {
+        // Trust on first use holds for reconnects too: once a relay welcomed us, only its
+        // key is accepted at that address (a café network's impostor is not).
+        if cfg.relay_key.is_none() {
+            cfg.relay_key = *inner.relay_key.lock();
+        }
         let started = Instant::now();
         let mut welcomed = false;
         let end = if choice.tcp_first(started) {
@@ -481,6 +486,10 @@ async fn welcomed(
         *o = Some(observed);
     }
     inner.roster.clear();
+    {
+        let mut k = inner.relay_key.lock();
+        k.get_or_insert(relay);
+    }
     inner.relay_up.send_replace(Some(transport));
     if transport == RelayTransport::Udp {
         tokio::spawn(inner.clone().measure_nat());

@@ -284,7 +284,11 @@ async fn wrong_token_and_duplicate_login_are_refused_for_good() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_restart_reregisters_while_direct_connections_keep_running() {
-    let relay = relay().await;
+    // A relay keeps its key across restarts (peers accept no other one once they met it).
+    let key = Identity::generate().unwrap();
+    let mut cfg = p2pcall_relay::RelayConfig::new(loopback());
+    cfg.reflect_listen = None;
+    let relay = p2pcall_relay::Relay::start(&key, cfg).await.unwrap();
     let addr = relay.udp_addr;
     let mut a = peer("alice", addr, true).await;
     let mut b = peer("bob", addr, true).await;
@@ -318,7 +322,7 @@ async fn relay_restart_reregisters_while_direct_connections_keep_running() {
     assert!(matches!(conn.path(), Path::Direct(_)));
 
     // Same address, new process: both peers come back on their own.
-    let relay = relay_with_addr(addr).await;
+    let relay = relay_with_addr(&key, addr).await;
     for p in [&mut a, &mut b] {
         p.expect("re-registered", |e| {
             matches!(e, Event::RelayConnected { .. }).then_some(())
@@ -329,12 +333,12 @@ async fn relay_restart_reregisters_while_direct_connections_keep_running() {
     conn.ping(99, 0).await.unwrap();
 }
 
-async fn relay_with_addr(addr: std::net::SocketAddr) -> p2pcall_relay::Relay {
+async fn relay_with_addr(key: &Identity, addr: std::net::SocketAddr) -> p2pcall_relay::Relay {
     // The old socket may take a moment to be released.
     for _ in 0..50 {
         let mut cfg = p2pcall_relay::RelayConfig::new(addr);
         cfg.reflect_listen = None;
-        if let Ok(r) = p2pcall_relay::Relay::start(&Identity::generate().unwrap(), cfg).await {
+        if let Ok(r) = p2pcall_relay::Relay::start(key, cfg).await {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
