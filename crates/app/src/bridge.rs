@@ -633,8 +633,9 @@ async fn attach(
         out,
         match status.relay.as_deref() {
             _ if status.lan => Status::OnLan,
-            Some("tcp") => Status::Online(RelayTransport::Tcp),
-            Some(_) => Status::Online(RelayTransport::Udp),
+            Some(t) => Status::Online(
+                p2pcall_daemon::tools::transport_from_api(t).unwrap_or(RelayTransport::Udp),
+            ),
             None => Status::Connecting("the daemon is connecting to the relay".into()),
         },
     );
@@ -683,11 +684,10 @@ async fn pump_events(
         match &e {
             E::RelayConnected { transport } => set_status(
                 &out,
-                Status::Online(if transport == "tcp" {
-                    RelayTransport::Tcp
-                } else {
-                    RelayTransport::Udp
-                }),
+                Status::Online(
+                    p2pcall_daemon::tools::transport_from_api(transport)
+                        .unwrap_or(RelayTransport::Udp),
+                ),
             ),
             E::RelayDisconnected {
                 reason,

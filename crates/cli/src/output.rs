@@ -130,10 +130,7 @@ pub(crate) fn peer_obj(id: &PeerId, name: Option<&str>) -> Value {
 
 /// The relay transport in JSON: `udp` or `tcp`.
 pub(crate) fn transport_json(t: RelayTransport) -> &'static str {
-    match t {
-        RelayTransport::Udp => "udp",
-        RelayTransport::Tcp => "tcp",
-    }
+    p2pcall_daemon::tools::transport(t)
 }
 
 /// The relay transport for people.
@@ -154,10 +151,7 @@ fn signal_failure(r: p2pcall_proto::relay::SignalFailure) -> &'static str {
 }
 
 pub(crate) fn path_str(p: &Path) -> String {
-    match p {
-        Path::Relay => "relay".into(),
-        Path::Direct(a) => format!("direct {a}"),
-    }
+    p.to_string()
 }
 
 pub(crate) fn ms(d: Duration) -> f64 {

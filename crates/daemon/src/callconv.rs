@@ -303,10 +303,7 @@ pub fn call_event_from_api(n: &api::CallNote) -> Option<CallEvent> {
 
 /// A path as the API (and the CLI) writes it: `relay` or `direct ADDR`.
 pub(crate) fn path(p: &Path) -> String {
-    match p {
-        Path::Relay => "relay".into(),
-        Path::Direct(a) => format!("direct {a}"),
-    }
+    p.to_string()
 }
 
 /// A path from the API.

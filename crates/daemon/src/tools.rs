@@ -19,11 +19,20 @@ pub async fn relay_transport(engine: &EngineHandle) -> Option<String> {
     Some(transport(t).into())
 }
 
-/// `udp` or `tcp`.
+/// `udp` or `tcp` (what the API and the CLI's JSON call a relay transport).
 pub fn transport(t: RelayTransport) -> &'static str {
     match t {
         RelayTransport::Udp => "udp",
         RelayTransport::Tcp => "tcp",
+    }
+}
+
+/// A relay transport from the API's word for it.
+pub fn transport_from_api(s: &str) -> Option<RelayTransport> {
+    match s {
+        "udp" => Some(RelayTransport::Udp),
+        "tcp" => Some(RelayTransport::Tcp),
+        _ => None,
     }
 }
 

@@ -45,11 +45,11 @@ pub(crate) async fn netcheck(cli: &Cli) -> Result<()> {
             "blocked (relay reached over TCP)"
         }
     );
-    let session = match r.relay_transport.as_str() {
-        "udp" => "UDP (QUIC)",
-        "tcp" => "TCP+TLS",
-        other => other,
-    };
+    let session: String = p2pcall_daemon::tools::transport_from_api(&r.relay_transport)
+        .map_or_else(
+            || r.relay_transport.clone(),
+            |t| crate::output::transport_text(t).into(),
+        );
     outln!("relay session:  {session}");
     outln!("NAT mapping:    {}", r.mapping);
     outln!(

@@ -45,8 +45,14 @@ pub(crate) async fn speedtest(cli: &Cli, a: &SpeedtestArgs) -> Result<()> {
             },
         }
     };
-    let seconds = report.elapsed_us as f64 / 1e6;
-    let mbit_s = report.bytes as f64 * 8.0 / seconds.max(1e-9) / 1e6;
+    let elapsed = std::time::Duration::from_micros(report.elapsed_us);
+    let seconds = elapsed.as_secs_f64();
+    let mbit_s = p2pcall_core::speedtest::SpeedReport {
+        bytes: report.bytes,
+        elapsed,
+        verified: report.verified,
+    }
+    .mbit_per_s();
     if cli.json {
         outln!(
             "{}",
