@@ -188,6 +188,15 @@ pub enum Request {
     },
     /// The user's contacts.
     Contacts,
+    /// Makes the peer of someone's invitation ticket a contact and pins the relay the ticket
+    /// names (unless another key is pinned for it).
+    AddTicket {
+        /// The ticket, `p2pcall:…`.
+        ticket: String,
+        /// The user's name for the peer (`None`: the name the ticket suggests; an existing
+        /// contact keeps its name).
+        name: Option<String>,
+    },
     /// Stops a transfer for good (the partial files are removed).
     CancelTransfer {
         /// The peer, 64 hex digits.
@@ -268,6 +277,13 @@ pub enum Answer {
     Contacts {
         /// The user's contacts, most recently seen first.
         contacts: Vec<Contact>,
+    },
+    /// To [`Request::AddTicket`].
+    Invited {
+        /// The contact added.
+        contact: Contact,
+        /// What became of the ticket's relay (`None`: it names none).
+        relay: Option<RelayPin>,
     },
     /// To [`Request::SendFiles`]: the transfer is complete.
     Transferred(TransferSummary),
@@ -445,6 +461,20 @@ pub struct Contact {
     pub verified: bool,
     /// Last seen online, Unix milliseconds.
     pub last_seen_ms: u64,
+}
+
+/// The relay an invitation ticket names, and whether its key is pinned now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayPin {
+    /// `host:port`.
+    pub relay: String,
+    /// The key the ticket names, 64 hex digits.
+    pub key: String,
+    /// Pinned by this ticket (no key was pinned for the relay before).
+    pub new: bool,
+    /// Another key pinned for this relay before, which stays pinned (a ticket never replaces
+    /// a pinned key: `--accept-relay-key` does).
+    pub conflict: Option<String>,
 }
 
 /// A chat message.

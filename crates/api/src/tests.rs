@@ -195,6 +195,8 @@ fn call_requests() -> impl Strategy<Value = Request> {
         (text(), proptest::option::of(text()))
             .prop_map(|(peer, name)| Request::AddContact { peer, name }),
         Just(Request::Contacts),
+        (text(), proptest::option::of(text()))
+            .prop_map(|(ticket, name)| Request::AddTicket { ticket, name }),
         text().prop_map(|name| Request::SetName { name }),
         (text(), text()).prop_map(|(peer, id)| Request::CancelTransfer { peer, id }),
     ]
@@ -417,19 +419,21 @@ fn answer() -> impl Strategy<Value = Answer> {
         (text(), text()).prop_map(|(id, dir)| Answer::Accepted { id, dir }),
         text().prop_map(|id| Answer::Rejected { id }),
         (peer(), any::<bool>()).prop_map(|(peer, contact)| Answer::Resolved { peer, contact }),
-        proptest::collection::vec(
-            (text(), text(), text(), any::<bool>(), any::<u64>()).prop_map(
-                |(id, name, announced, verified, last_seen_ms)| Contact {
-                    id,
-                    name,
-                    announced,
-                    verified,
-                    last_seen_ms
-                }
-            ),
-            0..3
+        proptest::collection::vec(contact(), 0..3)
+            .prop_map(|contacts| Answer::Contacts { contacts }),
+        (
+            contact(),
+            proptest::option::of((text(), text(), any::<bool>(), proptest::option::of(text())))
         )
-        .prop_map(|contacts| Answer::Contacts { contacts }),
+            .prop_map(|(contact, relay)| Answer::Invited {
+                contact,
+                relay: relay.map(|(relay, key, new, conflict)| RelayPin {
+                    relay,
+                    key,
+                    new,
+                    conflict
+                })
+            }),
         summary().prop_map(Answer::Transferred),
         call_answers(),
     ]
@@ -626,4 +630,16 @@ fn a_line_too_long_is_refused_before_it_is_all_buffered() {
     long.push(b'\n');
     lines.push(&long);
     assert_eq!(lines.next_line(), Err(ApiError::LineTooLong));
+}
+
+fn contact() -> impl Strategy<Value = Contact> {
+    (text(), text(), text(), any::<bool>(), any::<u64>()).prop_map(
+        |(id, name, announced, verified, last_seen_ms)| Contact {
+            id,
+            name,
+            announced,
+            verified,
+            last_seen_ms,
+        },
+    )
 }

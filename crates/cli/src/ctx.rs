@@ -85,7 +85,7 @@ pub(crate) async fn start_engine_with(
                 token: cli.token.clone().or_else(|| ctx.settings.token.clone()),
                 presence,
                 force_tcp: cli.tcp,
-                relay_key: relay_key(cli, &ctx)?,
+                relay_key: given_relay_key(cli, &ctx)?,
                 ..RelayConfig::new(addr)
             };
             let mut c = EngineConfig::new(identity, name, Some(relay));
@@ -108,7 +108,7 @@ pub(crate) async fn start_engine_with(
 
 /// The relay key the user gave (`--accept-relay-key`, else the settings' `relay_key`);
 /// `None`: the one pinned for the relay.
-fn relay_key(cli: &Cli, ctx: &Ctx) -> Result<Option<PeerId>> {
+pub(crate) fn given_relay_key(cli: &Cli, ctx: &Ctx) -> Result<Option<PeerId>> {
     if let Some(k) = cli.accept_relay_key {
         return Ok(Some(k));
     }

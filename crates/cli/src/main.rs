@@ -115,8 +115,12 @@ enum Cmd {
     Peers,
     /// Stay online: accept connections, receive messages and files, print events until Ctrl-C
     Listen(ListenArgs),
-    /// Make someone a contact, under your own name for them
+    /// Make someone a contact (from their ticket, or by fingerprint), under your own name
+    /// for them
     Add(cmd::contacts::AddArgs),
+    /// Print your invitation ticket (a line of text and its QR code): whoever adds it can
+    /// reach you, through your relay, its key pinned
+    Invite(cmd::invite::InviteArgs),
     /// List your contacts: your names for them, fingerprints, verified marks
     #[command(after_help = "Examples:
   p2pcall contacts
@@ -229,6 +233,7 @@ pub(crate) fn command_name(cli: &Cli) -> &'static str {
         Some(Cmd::Listen(_)) => "listen",
         Some(Cmd::Daemon) => "daemon",
         Some(Cmd::Add(_)) => "add",
+        Some(Cmd::Invite(_)) => "invite",
         Some(Cmd::Contacts) => "contacts",
         Some(Cmd::Offers) => "offers",
         Some(Cmd::Accept(_)) => "accept",
@@ -262,6 +267,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Listen(a) => cmd::listen::listen(&cli, a).await,
         Cmd::Daemon => cmd::daemon::daemon(&cli).await,
         Cmd::Add(a) => cmd::contacts::add(&cli, a).await,
+        Cmd::Invite(a) => cmd::invite::invite(&cli, a).await,
         Cmd::Contacts => cmd::contacts::contacts(&cli),
         Cmd::Offers => cmd::offers::offers(&cli).await,
         Cmd::Accept(a) => cmd::offers::accept(&cli, a).await,

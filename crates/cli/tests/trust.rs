@@ -223,3 +223,107 @@ fn a_running_engine_keeps_to_the_relay_key_it_first_met() {
     let refused = listener.expect("relay_key_mismatch");
     assert_eq!(refused["presented"], key.as_str(), "{refused}");
 }
+
+#[test]
+fn an_invitation_makes_a_contact_and_pins_the_relay_it_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (adir, bdir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let mut c = cmd(&tmp.path().join("r"));
+    c.args(["--json", "relay", "--listen", "127.0.0.1:0"]);
+    let relay = Proc::spawn(c);
+    let started = relay.expect("relay_started");
+    let udp = started["udp"].as_str().unwrap().to_string();
+    let relay_key = started["key"].as_str().unwrap().to_string();
+
+    // Bob's ticket: his id, his name, the relay and the key it presented (learned by
+    // connecting once, since nothing was pinned yet).
+    let mut c = cmd(&bdir);
+    c.args(["--json", "--relay", &udp, "--name", "Bob", "invite"]);
+    let inv = json_out(c);
+    assert_eq!(inv["id"], id_of(&bdir).as_str());
+    assert_eq!(inv["relay"], udp.as_str());
+    assert_eq!(inv["relay_key"], relay_key.as_str());
+    let ticket = inv["ticket"].as_str().unwrap().to_string();
+    // As text: the line, then its QR code.
+    let mut c = cmd(&bdir);
+    c.args(["--relay", &udp, "--name", "Bob", "invite", "--qr"]);
+    let text = c.output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(ticket.as_str()));
+    assert!(lines.filter(|l| l.contains('█')).count() > 20, "{text}");
+
+    // A damaged ticket is refused, saying so.
+    let mut damaged = ticket.clone();
+    damaged.replace_range(20..21, if &ticket[20..21] == "a" { "b" } else { "a" });
+    let (_, err, code) = run({
+        let mut c = cmd(&adir);
+        c.args(["add", &damaged]);
+        c
+    });
+    assert_ne!(code, Some(0));
+    assert!(err.contains("damaged"), "{err}");
+
+    // Alice, with no relay configured, adds it: Bob is her contact "Bob", the relay is hers
+    // with its key pinned from the ticket (before she ever connected to it).
+    let mut c = cmd(&adir);
+    c.args(["--json", "add", &ticket]);
+    let added = json_out(c);
+    assert_eq!(added["name"], "Bob");
+    assert_eq!(added["id"], id_of(&bdir).as_str());
+    assert_eq!(added["relay"]["relay"], udp.as_str());
+    assert_eq!(added["relay"]["new"], true);
+    assert_eq!(added["relay_set"], true);
+    let config = std::fs::read_to_string(adir.join("config.toml")).unwrap();
+    assert!(config.contains(&udp), "{config}");
+
+    // She writes to "Bob" with no --relay: it goes through the ticket's relay to Bob.
+    let mut c = cmd(&bdir);
+    c.args(["--json", "--relay", &udp, "--name", "Bob", "listen"]);
+    let mut bob = Proc::spawn(c);
+    bob.expect("relay_connected");
+    let (out, err, code) = run({
+        let mut c = cmd(&adir);
+        c.args(["--json", "chat", "Bob", "from your ticket"]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["state"], "delivered", "{out:?}");
+    bob.expect("message");
+    assert!(bob.term().success());
+
+    // A ticket that names the same relay with another key (changed on its way, or forged)
+    // adds its peer but leaves the pinned key alone, loudly.
+    let mut forged: p2pcall_proto::ticket::Ticket = ticket.parse().unwrap();
+    forged.peer = p2pcall_proto::PeerId::from_bytes([5; 32]);
+    forged.name = "Mallory".into();
+    let other_key = p2pcall_proto::PeerId::from_bytes([6; 32]);
+    forged.relay.as_mut().unwrap().key = other_key;
+    let (out, err, code) = run({
+        let mut c = cmd(&adir);
+        c.args(["add", &forged.encode()]);
+        c
+    });
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("WARNING") && err.contains(&other_key.to_hex()) && err.contains(&relay_key),
+        "{err}"
+    );
+    assert!(out.is_empty());
+    let (out, err, code) = run({
+        let mut c = cmd(&adir);
+        c.args(["--json", "peers"]);
+        c
+    });
+    assert_eq!(code, Some(0), "the pinned key still holds: {err}");
+    assert!(out[0].is_array(), "{out:?}");
+
+    // One's own ticket is not a contact.
+    let (_, err, code) = run({
+        let mut c = cmd(&bdir);
+        c.args(["add", &ticket]);
+        c
+    });
+    assert_ne!(code, Some(0));
+    assert!(err.contains("your own ticket"), "{err}");
+}

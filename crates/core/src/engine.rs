@@ -366,6 +366,28 @@ impl EngineHandle {
             .await
     }
 
+    /// Makes the peer of someone's ticket a contact and pins the ticket's relay key (see
+    /// [`crate::invite::add_ticket`]).
+    pub async fn add_ticket(
+        &self,
+        ticket: crate::invite::Ticket,
+        petname: Option<String>,
+    ) -> Result<crate::invite::Invited, EngineError> {
+        let me = self.id();
+        self.s
+            .ctx
+            .db(move |s| {
+                crate::invite::add_ticket(
+                    s,
+                    &me,
+                    &ticket,
+                    petname.as_deref(),
+                    p2pcall_store::now_ms(),
+                )
+            })
+            .await
+    }
+
     /// The name we know `peer` by (its fingerprint if none).
     pub fn peer_name(&self, peer: &PeerId) -> String {
         self.s.ctx.peer_name(peer)

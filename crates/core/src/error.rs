@@ -54,6 +54,12 @@ pub enum EngineError {
         /// Its fingerprint.
         fingerprint: String,
     },
+    /// A ticket that could not be read.
+    #[error(transparent)]
+    Ticket(#[from] p2pcall_proto::ticket::TicketError),
+    /// The user's own ticket given to `add`.
+    #[error("this is your own ticket: give it to the people who should reach you")]
+    OwnTicket,
     /// Work on a blocking thread (the database, the disk) failed to complete.
     #[error("a background task failed: {0}")]
     Blocking(#[source] tokio::task::JoinError),

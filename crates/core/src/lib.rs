@@ -10,6 +10,7 @@
 //! [`call`]), each emitting its own events; `services` routes what peers open to them;
 //! [`engine`] starts them and its [`EngineHandle`] delegates each command to one.
 //!
+//! * [`invite`]: tickets to give, contacts added from tickets received.
 //! * [`speedtest`]: throughput and integrity test over one stream.
 //! * [`call`]: calls (signaling, media pipeline, statistics).
 //! * [`devices`]: cameras, microphones, speakers and screens, or why there are none.
@@ -26,6 +27,7 @@ pub mod engine;
 mod error;
 mod events;
 pub mod identity;
+pub mod invite;
 pub mod lock;
 mod presence;
 mod services;

@@ -41,6 +41,23 @@ pub fn contact(c: &p2pcall_core::Contact) -> api::Contact {
     }
 }
 
+/// What became of a ticket's relay, for the API.
+pub fn relay_pin(pin: &p2pcall_core::invite::RelayPin) -> Option<api::RelayPin> {
+    use p2pcall_core::invite::RelayPin as Pin;
+    let (relay, key, new, conflict) = match pin {
+        Pin::NoRelay => return None,
+        Pin::Pinned { relay, key } => (relay, key, true, None),
+        Pin::AlreadyPinned { relay, key } => (relay, key, false, None),
+        Pin::Conflict { relay, key, pinned } => (relay, key, false, Some(pinned.to_hex())),
+    };
+    Some(api::RelayPin {
+        relay: relay.clone(),
+        key: key.to_hex(),
+        new,
+        conflict,
+    })
+}
+
 /// An offer for the API.
 pub(crate) fn offer(o: &OfferInfo, name: Option<String>) -> api::Offer {
     api::Offer {
@@ -305,6 +322,7 @@ pub fn engine_error(e: &EngineError) -> RpcError {
         EngineError::PeerOffline { .. } => ErrorKind::PeerOffline,
         EngineError::NoPresence(_) => ErrorKind::NoPresence,
         EngineError::NoSuchOffer(_) => ErrorKind::NoSuchOffer,
+        EngineError::Ticket(_) | EngineError::OwnTicket => ErrorKind::BadRequest,
         EngineError::Rejected(_) => ErrorKind::Declined,
         EngineError::Aborted {
             code: AbortCode::Interrupted | AbortCode::Io,

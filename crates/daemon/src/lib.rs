@@ -23,7 +23,7 @@ pub use callconv::{call_event_from_api, media, path_from_api};
 pub use client::{Client, VideoFeed};
 pub use convert::{
     contact, engine_error, event_from_api, message_from_api, offer_from_api, peer_from_api,
-    progress_from_api, summary_from_api,
+    progress_from_api, relay_pin, summary_from_api,
 };
 pub use hub::{Hub, Ringing};
 pub use server::{ApiServer, Served};

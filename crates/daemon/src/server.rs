@@ -469,9 +469,10 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
                 messages: page.iter().map(message).collect(),
             })
         }
-        Request::Resolve { .. } | Request::AddContact { .. } | Request::Contacts => {
-            people(engine, request).await
-        }
+        Request::Resolve { .. }
+        | Request::AddContact { .. }
+        | Request::AddTicket { .. }
+        | Request::Contacts => people(engine, request).await,
         Request::Offers
         | Request::CancelTransfer { .. }
         | Request::Accept { .. }
@@ -527,18 +528,30 @@ async fn people(engine: &EngineHandle, request: Request) -> Result<Answer, RpcEr
         }
         Request::AddContact { peer: who, name } => {
             let p = resolve(engine, &who)?;
-            let name = name.map(|n| n.trim().to_string());
-            if name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 64) {
-                return Err(RpcError::new(
-                    ErrorKind::BadRequest,
-                    "a contact's name has 1 to 64 bytes",
-                ));
-            }
             engine
-                .add_contact(p, name)
+                .add_contact(p, petname(name)?)
                 .await
                 .map_err(|e| engine_error(&e))?;
             contacts(engine, Some(p)).await
+        }
+        Request::AddTicket { ticket, name } => {
+            let ticket = ticket
+                .parse()
+                .map_err(|e: p2pcall_core::invite::TicketError| {
+                    RpcError::new(ErrorKind::BadRequest, e.to_string())
+                })?;
+            let invited = engine
+                .add_ticket(ticket, petname(name)?)
+                .await
+                .map_err(|e| engine_error(&e))?;
+            let contact = (chosen(engine, Some(invited.peer)).await?)
+                .into_iter()
+                .next()
+                .ok_or_else(|| RpcError::new(ErrorKind::Failure, "the contact was not stored"))?;
+            Ok(Answer::Invited {
+                contact,
+                relay: crate::convert::relay_pin(&invited.relay),
+            })
         }
         Request::Contacts => contacts(engine, None).await,
         _ => Err(RpcError::new(
@@ -710,17 +723,39 @@ async fn transfers(s: &Served, request: Request) -> Result<Answer, RpcError> {
 
 /// The user's contacts (only `only`, if given).
 async fn contacts(engine: &EngineHandle, only: Option<PeerId>) -> Result<Answer, RpcError> {
+    Ok(Answer::Contacts {
+        contacts: chosen(engine, only).await?,
+    })
+}
+
+/// The user's contacts (or the one of them that is `only`).
+async fn chosen(
+    engine: &EngineHandle,
+    only: Option<PeerId>,
+) -> Result<Vec<p2pcall_api::Contact>, RpcError> {
     let store = engine.store().clone();
     let all = tokio::task::spawn_blocking(move || store.contacts())
         .await
         .map_err(|e| RpcError::new(ErrorKind::Failure, e.to_string()))?
         .map_err(|e| engine_error(&e.into()))?;
-    Ok(Answer::Contacts {
-        contacts: (all.iter())
-            .filter(|c| c.chosen_ms.is_some() && only.is_none_or(|p| p == c.peer))
-            .map(crate::convert::contact)
-            .collect(),
-    })
+    Ok((all.iter())
+        .filter(|c| c.chosen_ms.is_some() && only.is_none_or(|p| p == c.peer))
+        .map(crate::convert::contact)
+        .collect())
+}
+
+/// A name the user gives a contact: trimmed, 1 to 64 bytes, no control characters.
+fn petname(name: Option<String>) -> Result<Option<String>, RpcError> {
+    let name = name.map(|n| n.trim().to_string());
+    if name.as_ref().is_some_and(|n| {
+        n.is_empty() || n.len() > p2pcall_proto::relay::MAX_NAME || n.chars().any(char::is_control)
+    }) {
+        return Err(RpcError::new(
+            ErrorKind::BadRequest,
+            "a contact's name has 1 to 64 bytes and no control characters",
+        ));
+    }
+    Ok(name)
 }
 
 fn resolve(engine: &EngineHandle, who: &str) -> Result<PeerId, RpcError> {

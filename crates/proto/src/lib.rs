@@ -16,6 +16,7 @@
 //! * [`media`]: media packets and receiver feedback on QUIC datagrams.
 //! * [`lan`]: the mDNS / DNS-SD announcement of LAN-only mode.
 //! * [`limits`]: token buckets for rate limits.
+//! * [`ticket`]: invitations (`p2pcall:…` tickets and their QR codes).
 //!
 //! Every decoder treats its input as hostile: it returns a precise [`DecodeError`] and never
 //! panics or allocates more than the input's length.
@@ -35,6 +36,7 @@ pub mod peer;
 pub mod relay;
 pub mod stream;
 pub mod text;
+pub mod ticket;
 pub mod transfer;
 
 pub use codec::DecodeError;

@@ -7,6 +7,7 @@ pub(crate) mod daemon;
 pub(crate) mod demo;
 pub(crate) mod history;
 pub(crate) mod id;
+pub(crate) mod invite;
 pub(crate) mod listen;
 pub(crate) mod name;
 pub(crate) mod netcheck;
