@@ -134,6 +134,15 @@ pub enum UiCmd {
     },
     /// Start the daemon again (after [`Status::DaemonStopped`]) and show its engine.
     RestartDaemon,
+    /// Make our invitation ticket ([`AppEvent::Ticket`]).
+    Invite,
+    /// Add the peer of someone's ticket as a contact (and pin the relay it names).
+    AddTicket {
+        /// The ticket as pasted.
+        ticket: String,
+        /// Our user's name for the peer (`None`: the one the ticket suggests).
+        name: Option<String>,
+    },
     /// Our user compared safety numbers with this peer (true), or takes that back.
     Verify {
         /// Whom.
@@ -245,6 +254,16 @@ pub enum AppEvent {
         microphones: Result<Vec<(String, String)>, String>,
         /// `hw:C,D` (as the speaker setting takes it).
         speakers: Result<Vec<(String, String)>, String>,
+    },
+    /// Our invitation ticket (`p2pcall:…`), or why there is none yet.
+    Ticket(Result<String, String>),
+    /// A contact was added from a ticket.
+    Invited {
+        /// Our user's name for it.
+        name: String,
+        /// The relay's key the ticket names is not the one pinned (which stays): what to
+        /// tell the user.
+        warning: Option<String>,
     },
     /// Something the user should read (a failed command).
     Error(String),
@@ -967,6 +986,28 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
                 Err(e) => out.emit(AppEvent::Error(e)),
             }
         }
+        UiCmd::Invite => out.emit(AppEvent::Ticket(invite(r).map(|t| t.encode()))),
+        UiCmd::AddTicket { ticket, name } => {
+            let out = out.clone();
+            tokio::spawn(async move {
+                match link.add_ticket(&ticket, name).await {
+                    Ok((peer, pin)) => with_store(&link, &out, move |store, out| {
+                        emit_contacts(store, out);
+                        let name = (store.contacts().unwrap_or_default().into_iter())
+                            .find(|c| c.peer == peer)
+                            .map_or_else(
+                                || peer.fingerprint().to_string(),
+                                |c| c.shown_name().to_string(),
+                            );
+                        out.emit(AppEvent::Invited {
+                            name,
+                            warning: pin.and_then(|p| relay_warning(&p)),
+                        });
+                    }),
+                    Err(e) => out.emit(AppEvent::Error(e)),
+                }
+            });
+        }
         UiCmd::Verify {
             peer,
             name,
@@ -987,6 +1028,56 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
             tokio::task::spawn_blocking(move || list_devices(&out));
         }
     }
+}
+
+/// Our invitation ticket: our key and name, and the relay others reach us through with its
+/// key (the relay we host, else the one pinned or given in the settings).
+fn invite(r: &Running) -> Result<p2pcall_core::invite::Ticket, String> {
+    use p2pcall_core::invite::{Ticket, TicketRelay};
+    let s = &r.settings;
+    let relay = if s.lan().is_some() {
+        None
+    } else if let Some(hosted) = &r.relay {
+        if hosted.udp_addr.ip().is_unspecified() {
+            return Err(format!(
+                "your relay listens on every address of this machine: a ticket needs the one \
+                 others reach. Set \"Listen on\" in the settings to it (such as \
+                 192.168.1.10:{})",
+                hosted.udp_addr.port()
+            ));
+        }
+        Some(TicketRelay {
+            addr: hosted.udp_addr.to_string(),
+            key: hosted.id,
+        })
+    } else {
+        let spec = s.relay.as_deref().unwrap_or_default();
+        let name = p2pcall_core::settings::relay_name(spec);
+        let given = (s.relay_key.as_deref()).and_then(|k| k.trim().parse::<PeerId>().ok());
+        let key = match given {
+            Some(k) => k,
+            None => (r.link.store().relay_key(&name))
+                .map_err(|e| e.to_string())?
+                .ok_or("the relay has not been reached yet: invite once the window says online")?,
+        };
+        Some(TicketRelay { addr: name, key })
+    };
+    Ok(Ticket {
+        peer: r.link.id(),
+        name: s.name.clone().unwrap_or_else(|| "anonymous".into()),
+        relay,
+    })
+}
+
+/// What to tell the user when a ticket names another key for a pinned relay.
+fn relay_warning(p: &p2pcall_api::RelayPin) -> Option<String> {
+    p.conflict.as_ref().map(|pinned| {
+        format!(
+            "The ticket says the relay {} has the key {}, but {pinned} is pinned for it and \
+             stays pinned. The ticket may have been changed on its way to you.",
+            p.relay, p.key
+        )
+    })
 }
 
 fn change_call(out: &Out, link: Link, c: CallChange) {

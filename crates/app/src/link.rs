@@ -118,6 +118,31 @@ impl Link {
         }
     }
 
+    /// Adds the peer of a ticket as a contact: its key, and what became of its relay.
+    pub(crate) async fn add_ticket(
+        &self,
+        ticket: &str,
+        name: Option<String>,
+    ) -> Result<(PeerId, Option<p2pcall_api::RelayPin>), String> {
+        let t: p2pcall_core::invite::Ticket = ticket.parse().map_err(|e| format!("{e}"))?;
+        match self {
+            Self::Own(e) => {
+                let invited = e.add_ticket(t, name).await.map_err(|e| e.to_string())?;
+                Ok((invited.peer, p2pcall_daemon::relay_pin(&invited.relay)))
+            }
+            Self::Daemon(r) => {
+                let request = Request::AddTicket {
+                    ticket: t.encode(),
+                    name,
+                };
+                match r.ask(request).await? {
+                    Answer::Invited { relay, .. } => Ok((t.peer, relay)),
+                    a => Err(unexpected(&a)),
+                }
+            }
+        }
+    }
+
     pub(crate) async fn send_files(&self, peer: PeerId, paths: &[PathBuf]) -> Result<(), String> {
         match self {
             Self::Own(e) => e

@@ -23,8 +23,12 @@ pub const TOAST_TIME: Duration = Duration::from_secs(6);
 pub struct PeerRow {
     /// Its key.
     pub id: PeerId,
-    /// Display name (self-chosen: the fingerprint is what identifies it).
+    /// Our user's name for a contact; anyone else's self-chosen name (the fingerprint is what
+    /// identifies it).
     pub name: String,
+    /// A contact announcing another name than ours for it: that name, shown apart (the
+    /// network never renames a contact).
+    pub announced: Option<String>,
     /// Online now.
     pub online: bool,
     /// Unread incoming messages.
@@ -189,6 +193,8 @@ pub struct Model {
     pub settings: p2pcall_core::settings::Settings,
     /// Cameras, microphones, speakers, once listed.
     pub devices: Option<Devices>,
+    /// Our invitation ticket, once made (or why it could not be).
+    pub ticket: Option<Result<String, String>>,
 }
 
 /// Device choices for the settings: (value, description) each, or why there are none.
@@ -225,6 +231,7 @@ impl Default for Model {
             screens: None,
             settings: Default::default(),
             devices: None,
+            ticket: None,
         }
     }
 }
@@ -335,6 +342,13 @@ impl Model {
                     microphones,
                     speakers,
                 })
+            }
+            AppEvent::Ticket(t) => self.ticket = Some(t),
+            AppEvent::Invited { name, warning } => {
+                self.toast(now, format!("{name} is your contact"), false);
+                if let Some(w) = warning {
+                    self.toast(now, w, true);
+                }
             }
             AppEvent::Error(e) => self.toast(now, e, true),
         }
@@ -564,14 +578,21 @@ impl Model {
         &mut self.transfers[i]
     }
 
-    /// The name to show for a peer (online name, else the last one seen, else its
-    /// fingerprint).
+    /// The name to show for a peer: our user's name for a contact; anyone else's online
+    /// name, else the last one seen, else its fingerprint.
     pub fn name_of(&self, p: &PeerId) -> String {
-        self.online
-            .get(p)
-            .map(|i| i.name.clone())
-            .or_else(|| self.known.get(p).cloned())
+        let petname = self.known.get(p).filter(|_| self.chosen.contains(p));
+        (petname.or_else(|| self.online.get(p).map(|i| &i.name)))
+            .or_else(|| self.known.get(p))
+            .cloned()
             .unwrap_or_else(|| p.fingerprint().to_string())
+    }
+
+    /// What a contact announces now, when it is not the name our user gave it.
+    pub fn announced(&self, p: &PeerId) -> Option<String> {
+        let petname = self.known.get(p).filter(|_| self.chosen.contains(p))?;
+        let online = &self.online.get(p)?.name;
+        (online != petname).then(|| online.clone())
     }
 
     /// Whether our user verified this key.
@@ -588,10 +609,15 @@ impl Model {
             return None;
         }
         let name = self.name_of(p);
+        // Our name for each contact, and the name it announces.
         (self.chosen.iter().chain(&self.verified))
             .filter(|v| *v != p)
+            .find(|v| {
+                std::iter::once(self.name_of(v))
+                    .chain(self.online.get(v).map(|i| i.name.clone()))
+                    .any(|n| p2pcall_proto::text::looks_alike(&n, &name))
+            })
             .map(|v| self.name_of(v))
-            .find(|n| p2pcall_proto::text::looks_alike(n, &name))
     }
 
     /// Whether a peer is online now.
@@ -612,6 +638,7 @@ impl Model {
             .map(|id| PeerRow {
                 id,
                 name: self.name_of(&id),
+                announced: self.announced(&id),
                 online: self.online.contains_key(&id),
                 unread: if self.selected == Some(id) {
                     0
@@ -833,6 +860,41 @@ mod tests {
         assert_eq!(m.peers(&fp[..9])[0].id, c);
         m.select(c);
         assert_eq!(m.peers("carol")[0].unread, 0);
+    }
+
+    #[test]
+    fn a_contact_keeps_our_name_and_its_announced_one_is_shown_apart() {
+        let (me, bob, stranger) = (peer(), peer(), peer());
+        let now = Instant::now();
+        let mut m = Model::default();
+        started(&mut m, now, me);
+        m.apply(
+            now,
+            AppEvent::Contacts {
+                known: vec![(bob, "Bobby".into(), false)],
+                chosen: vec![bob],
+                unread: HashMap::new(),
+            },
+        );
+        // Bob renames himself "the boss"; a stranger takes the name Bob announced before.
+        m.apply(
+            now,
+            AppEvent::Online(vec![info(bob, "the boss"), info(stranger, "Bobby")]),
+        );
+        let rows = m.peers("");
+        let row = |id| rows.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(row(bob).name, "Bobby");
+        assert_eq!(row(bob).announced.as_deref(), Some("the boss"));
+        assert_eq!(m.name_of(&bob), "Bobby");
+        assert_eq!(row(stranger).name, "Bobby");
+        assert_eq!(row(stranger).announced, None);
+        assert_eq!(row(stranger).lookalike.as_deref(), Some("Bobby"));
+        // Someone announcing the contact's current name is flagged too.
+        m.apply(
+            now,
+            AppEvent::Online(vec![info(bob, "the boss"), info(stranger, "The Boss")]),
+        );
+        assert_eq!(m.lookalike(&stranger).as_deref(), Some("Bobby"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The window: first run, the peer list, a conversation with its files, toasts. It renders
 //! the [`Model`] and turns clicks into [`UiCmd`]s; it never waits on the engine.
 
+mod invite;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -66,6 +68,8 @@ pub struct App {
     verifying: Option<PeerId>,
     /// The settings being edited (the window is open).
     editing: Option<p2pcall_core::settings::Settings>,
+    /// The invitation window.
+    invite: invite::InviteForm,
 }
 
 impl std::fmt::Debug for App {
@@ -91,6 +95,7 @@ impl App {
             local: None,
             verifying: None,
             editing: None,
+            invite: invite::InviteForm::default(),
         }
     }
 
@@ -152,6 +157,7 @@ impl App {
         self.incoming(&ctx);
         self.verify_dialog(&ctx);
         self.settings_window(&ctx);
+        self.invite_window(&ctx);
         self.top_bar(ui);
         egui::Panel::left("peers")
             .resizable(true)
@@ -315,6 +321,13 @@ impl App {
                         self.editing = Some(self.model.settings.clone());
                         self.bridge.send(UiCmd::ListScreens); // devices for the pickers
                     }
+                    if ui
+                        .button("Invite / add")
+                        .on_hover_text("your ticket to give, and a place to paste someone's")
+                        .clicked()
+                    {
+                        self.open_invite();
+                    }
                 });
             });
         });
@@ -352,6 +365,10 @@ impl App {
                             },
                         );
                         let b = ui.selectable_label(selected, text);
+                        if let Some(a) = &r.announced {
+                            ui.weak(RichText::new(format!("“{a}”")).small())
+                                .on_hover_text("the name this contact announces; yours stays");
+                        }
                         if r.verified {
                             ui.label(RichText::new("verified").small().color(Color32::GREEN))
                                 .on_hover_text("you compared safety numbers with this key");

@@ -675,3 +675,69 @@ fn the_app_shows_a_running_daemon_and_offers_to_restart_it_when_it_stops() {
         h.state().model.daemon.is_none() && has(h, "online")
     });
 }
+
+#[test]
+fn an_invitation_is_shown_as_a_ticket_and_a_pasted_one_adds_a_contact() {
+    let w = world();
+    let mut h = app_with(&w, set_up(&w));
+    until(&mut h, "online", |h| has(h, "online"));
+    h.get_by_label("Invite / add").click();
+    until(&mut h, "our ticket", |h| {
+        matches!(h.state().model.ticket, Some(Ok(_)))
+    });
+    // Our ticket: our key and name, the relay with the key it presented.
+    let Some(Ok(ours)) = h.state().model.ticket.clone() else {
+        unreachable!()
+    };
+    let t: p2pcall_core::invite::Ticket = ours.parse().unwrap();
+    assert_eq!(Some(t.peer), h.state().model.me.as_ref().map(|m| m.0));
+    assert_eq!(t.name, "Ada");
+    let relay = t.relay.unwrap();
+    assert_eq!(relay.addr, w.relay.to_string());
+    assert_eq!(relay.key, w._relay.id);
+    assert!(has(&h, &ours));
+    assert!(h.query_by_label("QR code of your ticket").is_some() || has(&h, "Copy the ticket"));
+
+    // Bob's ticket, pasted, makes him a contact under the name we give.
+    let bobs = p2pcall_core::invite::Ticket {
+        peer: w.bob.id(),
+        name: "bob".into(),
+        relay: Some(p2pcall_core::invite::TicketRelay {
+            addr: w.relay.to_string(),
+            key: w._relay.id,
+        }),
+    };
+    type_into(&mut h, "Their ticket", &bobs.encode());
+    type_into(&mut h, "Your name for them (optional)", "Bobby");
+    h.get_by_label("Add contact").click();
+    until(&mut h, "bob as our contact Bobby", |h| {
+        has(h, "Bobby is your contact")
+    });
+    until(&mut h, "Bobby in the list", |h| {
+        h.query_by_role_and_label(Role::Button, "Bobby").is_some()
+    });
+    let store = p2pcall_core::Store::open(&w.dir.path().join("app").join("p2pcall.db")).unwrap();
+    assert_eq!(
+        store.trust(&w.bob.id()).unwrap(),
+        p2pcall_core::Trust::Contact
+    );
+
+    // A ticket naming our relay with another key: added, and the user is warned.
+    let forged = p2pcall_core::invite::Ticket {
+        peer: p2pcall_core::PeerId::from_bytes([5; 32]),
+        name: "mallory".into(),
+        relay: Some(p2pcall_core::invite::TicketRelay {
+            addr: w.relay.to_string(),
+            key: p2pcall_core::PeerId::from_bytes([6; 32]),
+        }),
+    };
+    type_into(&mut h, "Their ticket", &forged.encode());
+    h.get_by_label("Add contact").click();
+    until(&mut h, "the warning", |h| {
+        has_part(h, "may have been changed on its way")
+    });
+    assert_eq!(
+        store.relay_key(&w.relay.to_string()).unwrap(),
+        Some(w._relay.id)
+    );
+}
