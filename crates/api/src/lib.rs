@@ -188,6 +188,21 @@ pub enum Request {
     },
     /// The user's contacts.
     Contacts,
+    /// Message requests: people who are not contacts wrote.
+    MessageRequests,
+    /// Accepts a message request: the sender becomes a contact, its messages join the
+    /// conversation.
+    AcceptRequest {
+        /// The sender: full id, or 4+ hex digits of its fingerprint.
+        peer: String,
+        /// The user's name for it (`None`: the one it announces).
+        name: Option<String>,
+    },
+    /// Deletes a message request (the sender's messages).
+    DeleteRequest {
+        /// The sender, as in [`Request::AcceptRequest`].
+        peer: String,
+    },
     /// Makes the peer of someone's invitation ticket a contact and pins the relay the ticket
     /// names (unless another key is pinned for it).
     AddTicket {
@@ -277,6 +292,11 @@ pub enum Answer {
     Contacts {
         /// The user's contacts, most recently seen first.
         contacts: Vec<Contact>,
+    },
+    /// To [`Request::MessageRequests`].
+    MessageRequests {
+        /// Oldest first.
+        requests: Vec<MessageRequest>,
     },
     /// To [`Request::AddTicket`].
     Invited {
@@ -498,6 +518,24 @@ pub struct Message {
     pub text: String,
     /// `queued`, `sent`, `delivered`, `read` or `received`.
     pub state: String,
+    /// From someone who is not a contact: a message request, kept apart until accepted.
+    #[serde(default)]
+    pub request: bool,
+}
+
+/// Someone who is not a contact wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRequest {
+    /// The sender, 64 hex digits.
+    pub peer: String,
+    /// The name it announced (anyone can announce any name).
+    pub name: String,
+    /// How many messages wait.
+    pub messages: u64,
+    /// When the first arrived, Unix milliseconds.
+    pub first_ms: u64,
+    /// The newest message's text.
+    pub last_text: String,
 }
 
 /// What the engine reports to subscribers, in the order it happened.

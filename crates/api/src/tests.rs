@@ -16,10 +16,10 @@ fn message() -> impl Strategy<Value = Message> {
         any::<u64>(),
         any::<Option<u64>>(),
         text(),
-        text(),
+        (text(), any::<bool>()),
     )
         .prop_map(
-            |(n, peer, outgoing, id, seq, sent_ms, received_ms, text, state)| Message {
+            |(n, peer, outgoing, id, seq, sent_ms, received_ms, text, (state, request))| Message {
                 n,
                 peer,
                 outgoing,
@@ -29,6 +29,7 @@ fn message() -> impl Strategy<Value = Message> {
                 received_ms,
                 text,
                 state,
+                request,
             },
         )
 }
@@ -197,6 +198,10 @@ fn call_requests() -> impl Strategy<Value = Request> {
         Just(Request::Contacts),
         (text(), proptest::option::of(text()))
             .prop_map(|(ticket, name)| Request::AddTicket { ticket, name }),
+        Just(Request::MessageRequests),
+        (text(), proptest::option::of(text()))
+            .prop_map(|(peer, name)| Request::AcceptRequest { peer, name }),
+        text().prop_map(|peer| Request::DeleteRequest { peer }),
         text().prop_map(|name| Request::SetName { name }),
         (text(), text()).prop_map(|(peer, id)| Request::CancelTransfer { peer, id }),
     ]
@@ -421,6 +426,19 @@ fn answer() -> impl Strategy<Value = Answer> {
         (peer(), any::<bool>()).prop_map(|(peer, contact)| Answer::Resolved { peer, contact }),
         proptest::collection::vec(contact(), 0..3)
             .prop_map(|contacts| Answer::Contacts { contacts }),
+        proptest::collection::vec(
+            (text(), text(), any::<u64>(), any::<u64>(), text()).prop_map(
+                |(peer, name, messages, first_ms, last_text)| MessageRequest {
+                    peer,
+                    name,
+                    messages,
+                    first_ms,
+                    last_text
+                }
+            ),
+            0..3
+        )
+        .prop_map(|requests| Answer::MessageRequests { requests }),
         (
             contact(),
             proptest::option::of((text(), text(), any::<bool>(), proptest::option::of(text())))

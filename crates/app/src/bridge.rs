@@ -134,6 +134,10 @@ pub enum UiCmd {
     },
     /// Start the daemon again (after [`Status::DaemonStopped`]) and show its engine.
     RestartDaemon,
+    /// Accept a message request: the sender becomes a contact.
+    AcceptRequest(PeerId),
+    /// Delete a message request.
+    DeleteRequest(PeerId),
     /// Make our invitation ticket ([`AppEvent::Ticket`]).
     Invite,
     /// Add the peer of someone's ticket as a contact (and pin the relay it names).
@@ -255,6 +259,8 @@ pub enum AppEvent {
         /// `hw:C,D` (as the speaker setting takes it).
         speakers: Result<Vec<(String, String)>, String>,
     },
+    /// Message requests: senders who are not contacts, and how many messages wait from each.
+    Requests(HashMap<PeerId, u64>),
     /// Our invitation ticket (`p2pcall:…`), or why there is none yet.
     Ticket(Result<String, String>),
     /// A contact was added from a ticket.
@@ -885,6 +891,10 @@ fn emit_contacts(store: &Store, out: &Out) {
         chosen,
         unread,
     });
+    let requests = store.message_requests().unwrap_or_default();
+    out.emit(AppEvent::Requests(
+        requests.iter().map(|r| (r.peer, r.messages)).collect(),
+    ));
 }
 
 fn history(link: &Link, peer: PeerId, before: Option<i64>, out: &Out) {
@@ -986,7 +996,55 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
                 Err(e) => out.emit(AppEvent::Error(e)),
             }
         }
+        UiCmd::Invite
+        | UiCmd::AddTicket { .. }
+        | UiCmd::AcceptRequest(_)
+        | UiCmd::DeleteRequest(_) => people(r, c, out),
+        UiCmd::Verify {
+            peer,
+            name,
+            verified,
+        } => {
+            with_store(&link, out, move |store, out| {
+                let now = p2pcall_store::now_ms();
+                match store.set_verified(&peer, &name, verified, now) {
+                    Ok(()) => emit_contacts(store, out),
+                    Err(e) => out.emit(AppEvent::Error(format!(
+                        "cannot save the verification: {e}"
+                    ))),
+                }
+            });
+        }
+        UiCmd::ListScreens => {
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || list_devices(&out));
+        }
+    }
+}
+
+/// Invitations and message requests.
+fn people(r: &Running, c: UiCmd, out: &Out) {
+    let link = r.link.clone();
+    match c {
         UiCmd::Invite => out.emit(AppEvent::Ticket(invite(r).map(|t| t.encode()))),
+        UiCmd::AcceptRequest(peer) => {
+            let out2 = out.clone();
+            spawn_result(out, async move {
+                link.answer_request(peer, true).await?;
+                contacts(&link, &out2);
+                history(&link, peer, None, &out2);
+                Ok(())
+            });
+        }
+        UiCmd::DeleteRequest(peer) => {
+            let out2 = out.clone();
+            spawn_result(out, async move {
+                link.answer_request(peer, false).await?;
+                contacts(&link, &out2);
+                history(&link, peer, None, &out2);
+                Ok(())
+            });
+        }
         UiCmd::AddTicket { ticket, name } => {
             let out = out.clone();
             tokio::spawn(async move {
@@ -1008,25 +1066,7 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
                 }
             });
         }
-        UiCmd::Verify {
-            peer,
-            name,
-            verified,
-        } => {
-            with_store(&link, out, move |store, out| {
-                let now = p2pcall_store::now_ms();
-                match store.set_verified(&peer, &name, verified, now) {
-                    Ok(()) => emit_contacts(store, out),
-                    Err(e) => out.emit(AppEvent::Error(format!(
-                        "cannot save the verification: {e}"
-                    ))),
-                }
-            });
-        }
-        UiCmd::ListScreens => {
-            let out = out.clone();
-            tokio::task::spawn_blocking(move || list_devices(&out));
-        }
+        _ => {}
     }
 }
 

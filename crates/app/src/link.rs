@@ -143,6 +143,24 @@ impl Link {
         }
     }
 
+    /// Accepts (the sender becomes a contact) or deletes a message request.
+    pub(crate) async fn answer_request(&self, peer: PeerId, accept: bool) -> Result<(), String> {
+        match self {
+            Self::Own(e) if accept => e.accept_request(peer, None).await.map(drop),
+            Self::Own(e) => e.delete_request(peer).await.map(drop),
+            Self::Daemon(r) => {
+                let peer = peer.to_hex();
+                let request = if accept {
+                    Request::AcceptRequest { peer, name: None }
+                } else {
+                    Request::DeleteRequest { peer }
+                };
+                return r.ask(request).await.map(drop);
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+
     pub(crate) async fn send_files(&self, peer: PeerId, paths: &[PathBuf]) -> Result<(), String> {
         match self {
             Self::Own(e) => e

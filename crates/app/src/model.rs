@@ -29,6 +29,8 @@ pub struct PeerRow {
     /// A contact announcing another name than ours for it: that name, shown apart (the
     /// network never renames a contact).
     pub announced: Option<String>,
+    /// Not a contact, and wrote: a message request waits.
+    pub request: bool,
     /// Online now.
     pub online: bool,
     /// Unread incoming messages.
@@ -195,6 +197,8 @@ pub struct Model {
     pub devices: Option<Devices>,
     /// Our invitation ticket, once made (or why it could not be).
     pub ticket: Option<Result<String, String>>,
+    /// Message requests: senders who are not contacts, and how many messages wait.
+    pub requests: HashMap<PeerId, u64>,
 }
 
 /// Device choices for the settings: (value, description) each, or why there are none.
@@ -232,6 +236,7 @@ impl Default for Model {
             settings: Default::default(),
             devices: None,
             ticket: None,
+            requests: HashMap::new(),
         }
     }
 }
@@ -344,6 +349,7 @@ impl Model {
                 })
             }
             AppEvent::Ticket(t) => self.ticket = Some(t),
+            AppEvent::Requests(r) => self.requests = r,
             AppEvent::Invited { name, warning } => {
                 self.toast(now, format!("{name} is your contact"), false);
                 if let Some(w) = warning {
@@ -388,8 +394,12 @@ impl Model {
         let peer = m.peer;
         if !m.outgoing && self.selected != Some(peer) {
             let who = self.name_of(&peer);
-            self.notify
-                .push((format!("Message from {who}"), m.text.clone()));
+            let what = if m.request {
+                "Message request from"
+            } else {
+                "Message from"
+            };
+            self.notify.push((format!("{what} {who}"), m.text.clone()));
             self.toast(now, format!("{who}: {}", short(&m.text, 80)), false);
         }
         let c = self.conversations.entry(peer).or_default();
@@ -639,6 +649,7 @@ impl Model {
                 id,
                 name: self.name_of(&id),
                 announced: self.announced(&id),
+                request: self.requests.contains_key(&id),
                 online: self.online.contains_key(&id),
                 unread: if self.selected == Some(id) {
                     0
@@ -761,6 +772,7 @@ mod tests {
             } else {
                 MessageState::Received
             },
+            request: false,
         }
     }
 

@@ -365,6 +365,15 @@ impl App {
                             },
                         );
                         let b = ui.selectable_label(selected, text);
+                        if r.request {
+                            ui.label(
+                                RichText::new("REQUEST")
+                                    .small()
+                                    .strong()
+                                    .color(Color32::from_rgb(230, 160, 30)),
+                            )
+                            .on_hover_text("not a contact: open to accept or delete");
+                        }
                         if let Some(a) = &r.announced {
                             ui.weak(RichText::new(format!("“{a}”")).small())
                                 .on_hover_text("the name this contact announces; yours stays");
@@ -451,6 +460,29 @@ impl App {
                 self.verifying = Some(peer);
             }
         });
+        if self.model.requests.contains_key(&peer) {
+            egui::Frame::new()
+                .fill(Color32::from_rgb(90, 70, 10))
+                .inner_margin(8.0)
+                .show(ui, |ui| {
+                    ui.label(
+                        RichText::new(format!(
+                            "{name} is not your contact: this is a message request. They do \
+                             not know whether you read it. Accept to make them a contact, or \
+                             delete their messages."
+                        ))
+                        .color(Color32::WHITE),
+                    );
+                    ui.horizontal(|ui| {
+                        if ui.button("Accept request").clicked() {
+                            self.bridge.send(UiCmd::AcceptRequest(peer));
+                        }
+                        if ui.button("Delete request").clicked() {
+                            self.bridge.send(UiCmd::DeleteRequest(peer));
+                        }
+                    });
+                });
+        }
         if let Some(real) = self.model.lookalike(&peer) {
             egui::Frame::new()
                 .fill(Color32::from_rgb(120, 20, 20))

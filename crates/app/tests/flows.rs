@@ -368,6 +368,11 @@ fn a_long_history_loads_older_pages_on_demand() {
         h.query_by_role_and_label(Role::Button, "bob").is_some()
     });
     let ada = h.state().model.me.as_ref().unwrap().0;
+    // Bob is Ada's contact (not a message request).
+    p2pcall_core::Store::open(&w.dir.path().join("app").join("p2pcall.db"))
+        .unwrap()
+        .choose_contact(&w.bob.id(), None, "bob", 1)
+        .unwrap();
     // More than a page (50) arrives while the conversation is closed.
     let bob = w.bob.clone();
     w.rt.block_on(async {

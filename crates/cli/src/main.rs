@@ -118,6 +118,8 @@ enum Cmd {
     /// Make someone a contact (from their ticket, or by fingerprint), under your own name
     /// for them
     Add(cmd::contacts::AddArgs),
+    /// Messages from people who are not your contacts: list, accept, delete
+    Requests(cmd::requests::RequestsArgs),
     /// Print your invitation ticket (a line of text and its QR code): whoever adds it can
     /// reach you, through your relay, its key pinned
     Invite(cmd::invite::InviteArgs),
@@ -234,6 +236,7 @@ pub(crate) fn command_name(cli: &Cli) -> &'static str {
         Some(Cmd::Daemon) => "daemon",
         Some(Cmd::Add(_)) => "add",
         Some(Cmd::Invite(_)) => "invite",
+        Some(Cmd::Requests(_)) => "requests",
         Some(Cmd::Contacts) => "contacts",
         Some(Cmd::Offers) => "offers",
         Some(Cmd::Accept(_)) => "accept",
@@ -268,6 +271,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Daemon => cmd::daemon::daemon(&cli).await,
         Cmd::Add(a) => cmd::contacts::add(&cli, a).await,
         Cmd::Invite(a) => cmd::invite::invite(&cli, a).await,
+        Cmd::Requests(a) => cmd::requests::requests(&cli, a).await,
         Cmd::Contacts => cmd::contacts::contacts(&cli),
         Cmd::Offers => cmd::offers::offers(&cli).await,
         Cmd::Accept(a) => cmd::offers::accept(&cli, a).await,

@@ -184,7 +184,11 @@ pub(crate) fn event_json(e: &EngineEvent) -> Value {
         }
         EngineEvent::Chat(ChatEvent::Received(m)) => {
             let mut v = message_json(m);
-            v["event"] = json!("message");
+            v["event"] = json!(if m.request {
+                "message_request"
+            } else {
+                "message"
+            });
             return v;
         }
         EngineEvent::Chat(ChatEvent::Queued(m)) => {
@@ -269,6 +273,14 @@ pub(crate) fn event_text(e: &EngineEvent) -> String {
                 conn.peer().fingerprint(),
                 path_str(&conn.path()),
                 conn.safety_number()
+            );
+        }
+        EngineEvent::Chat(ChatEvent::Received(m)) if m.request => {
+            return format!(
+                "message request from {} (not a contact; `p2pcall requests accept {}` or `delete`): {}",
+                m.peer.fingerprint(),
+                &m.peer.fingerprint().to_string()[..9],
+                m.text
             );
         }
         EngineEvent::Chat(ChatEvent::Received(m)) => {
@@ -378,7 +390,7 @@ pub(crate) fn message_json(m: &Message) -> Value {
     json!({
         "n": m.rowid, "peer": peer_obj(&m.peer, None), "outgoing": m.outgoing,
         "id": m.id.to_string(), "seq": m.seq, "sent_ms": m.sent_ms, "received_ms": m.received_ms,
-        "state": m.state.as_str(), "text": m.text,
+        "state": m.state.as_str(), "text": m.text, "request": m.request,
     })
 }
 
@@ -868,6 +880,7 @@ mod tests {
             received_ms: Some(1001),
             text: "hi there".into(),
             state: MessageState::Delivered,
+            request: false,
         };
         let (text, json) = both(EngineEvent::Chat(ChatEvent::Received(m)));
         assert_eq!(

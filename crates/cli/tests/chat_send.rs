@@ -76,9 +76,14 @@ fn chat_history_send_and_resume_through_the_binary() {
     let mut c = peer(&bdir, "bob");
     c.arg("listen");
     let mut b_listen = Proc::spawn(c);
-    let m = a_listen.expect("message");
+    // Bob is not alice's contact: his messages are a message request.
+    let m = a_listen.expect("message_request");
     assert_eq!(m["text"], "hello from the past");
-    assert_eq!(a_listen.expect("message")["text"], "line one\nline two");
+    assert_eq!(m["request"], true);
+    assert_eq!(
+        a_listen.expect("message_request")["text"],
+        "line one\nline two"
+    );
     // Both messages delivered.
     let mut delivered = 0;
     while delivered < 2 {

@@ -62,7 +62,11 @@ fn commands_use_the_running_engine_and_a_second_engine_is_refused() {
     });
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out[0]["state"], "delivered", "{out:?}");
-    assert_eq!(bob.expect("message")["text"], "hello through the daemon");
+    // Alice is not bob's contact (yet): a message request.
+    assert_eq!(
+        bob.expect("message_request")["text"],
+        "hello through the daemon"
+    );
 
     // Bob's second terminal: its chat goes through bob's listener.
     let (out, err, code) = run({
@@ -265,7 +269,10 @@ fn a_killed_daemon_loses_nothing_it_acknowledged_and_resumes_its_transfer() {
     let bob = Proc::spawn(c);
     bob.expect("relay_connected");
     let mut d = daemon();
-    assert_eq!(bob.expect("message")["text"], "kept across a kill -9");
+    assert_eq!(
+        bob.expect("message_request")["text"],
+        "kept across a kill -9"
+    );
 
     // A 40 MiB file sent through the daemon; the daemon is killed once 12 MiB are verified.
     let file = tmp.path().join("big.bin");

@@ -289,8 +289,34 @@ fn an_invitation_makes_a_contact_and_pins_the_relay_it_names() {
     });
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out[0]["state"], "delivered", "{out:?}");
-    bob.expect("message");
+    // Bob never chose alice: her message waits apart, as a request, until he accepts it.
+    let req = bob.expect("message_request");
+    assert_eq!(req["text"], "from your ticket");
     assert!(bob.term().success());
+    let mut c = cmd(&bdir);
+    c.args(["--json", "requests"]);
+    let list = json_out(c);
+    assert_eq!(list[0]["id"], id_of(&adir).as_str(), "{list}");
+    assert_eq!(list[0]["messages"], 1);
+    let fp = list[0]["fingerprint"].as_str().unwrap()[..9].to_string();
+    let mut c = cmd(&bdir);
+    c.args(["--json", "requests", "accept", &fp, "--name", "Alice"]);
+    assert_eq!(json_out(c)["name"], "Alice");
+    let mut c = cmd(&bdir);
+    c.args(["--json", "requests"]);
+    assert_eq!(json_out(c), serde_json::json!([]));
+    let mut c = cmd(&bdir);
+    c.args(["--json", "history", "Alice"]);
+    let (out, err, code) = run(c);
+    assert_eq!(code, Some(0), "{err}");
+    let messages = out[0]["messages"].as_array().unwrap();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["text"] == "from your ticket" && m["request"] == false),
+        "{out:?}"
+    );
+    assert_eq!(out[0]["peer"]["name"], "Alice", "{out:?}");
 
     // A ticket that names the same relay with another key (changed on its way, or forged)
     // adds its peer but leaves the pinned key alone, loudly.

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::chat::{ChatFrame, MAX_FRAME, MAX_READ_IDS, MAX_TEXT, MessageId};
-use p2pcall_store::{Message, MessageState, StoreError, now_ms};
+use p2pcall_store::{Message, MessageState, Received, StoreError, now_ms};
 use p2pcall_transport::framed::{FrameReadError, FrameReader};
 
 use crate::context::Context;
@@ -22,11 +22,15 @@ use crate::events::Emitter;
 pub const CHAT: u8 = p2pcall_proto::stream::StreamKind::Chat.byte();
 /// Stream error code: the peer broke the chat protocol.
 const PROTOCOL_ERROR: u32 = 2;
+/// Stream error code: we are not the sender's contact and keep no more of its messages until
+/// our user answers its message request (it keeps them and tries again later).
+pub const REQUESTS_FULL: u32 = 3;
 
 /// Chat events for the UI.
 #[derive(Debug, Clone)]
 pub enum ChatEvent {
-    /// A new message arrived (already stored).
+    /// A new message arrived (already stored); from someone who is not a contact it is a
+    /// message request ([`Message::request`]).
     Received(Message),
     /// We wrote a message (stored, queued for delivery): every front end of this engine
     /// shows it, whichever one sent it.
@@ -243,11 +247,15 @@ impl Chat {
                         .db(move |s| s.receive_message(&peer, &id, seq, sent_ms, &text, now_ms()))
                         .await;
                     match stored {
-                        Ok(new) => {
-                            if let Some(m) = new {
-                                self.events.emit(ChatEvent::Received(m));
-                            }
+                        Ok(Received::New(m)) => {
+                            self.events.emit(ChatEvent::Received(m));
                             ChatFrame::Delivered { id }
+                        }
+                        Ok(Received::Again) => ChatFrame::Delivered { id },
+                        Ok(Received::RequestsFull) => {
+                            tracing::debug!(%peer, "message requests full: refused a message");
+                            let _ = send.reset(REQUESTS_FULL.into());
+                            return;
                         }
                         Err(e) => {
                             tracing::warn!(%peer, "cannot store a message: {e}");

@@ -66,9 +66,7 @@ pub struct EngineConfig {
     pub relay_name: Option<String>,
 }
 
-/// Partial files older than this are removed by default (the `partial_max_age_days`
-/// setting changes it).
-pub const DEFAULT_PARTIAL_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub use crate::settings::DEFAULT_PARTIAL_MAX_AGE;
 /// How often a running engine looks for abandoned partial files.
 pub const PARTIAL_CLEAN_EVERY: Duration = Duration::from_secs(3600);
 
@@ -386,6 +384,44 @@ impl EngineHandle {
                 )
             })
             .await
+    }
+
+    /// Message requests waiting: people who are not contacts wrote.
+    pub async fn message_requests(
+        &self,
+    ) -> Result<Vec<p2pcall_store::MessageRequest>, EngineError> {
+        self.s.ctx.db(|s| s.message_requests()).await
+    }
+
+    /// The sender of a message request, by its full id or 4+ hex digits of its fingerprint.
+    pub async fn find_request(&self, query: &str) -> Result<PeerId, EngineError> {
+        crate::requests::find(&self.message_requests().await?, query)
+    }
+
+    /// Accepts `peer`'s message request: it becomes a contact (under `petname`, else the name
+    /// it announces) and its messages join the conversation. Returns how many joined.
+    pub async fn accept_request(
+        &self,
+        peer: PeerId,
+        petname: Option<String>,
+    ) -> Result<usize, EngineError> {
+        let announced = self.peer_name(&peer);
+        self.s
+            .ctx
+            .db(move |s| {
+                s.accept_request(
+                    &peer,
+                    petname.as_deref(),
+                    &announced,
+                    p2pcall_store::now_ms(),
+                )
+            })
+            .await
+    }
+
+    /// Deletes `peer`'s message request. Returns how many messages went.
+    pub async fn delete_request(&self, peer: PeerId) -> Result<usize, EngineError> {
+        self.s.ctx.db(move |s| s.delete_request(&peer)).await
     }
 
     /// The name we know `peer` by (its fingerprint if none).

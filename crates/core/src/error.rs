@@ -57,6 +57,11 @@ pub enum EngineError {
     /// A ticket that could not be read.
     #[error(transparent)]
     Ticket(#[from] p2pcall_proto::ticket::TicketError),
+    /// No message request from a sender that matches.
+    #[error(
+        "no message request from {0:?}: `p2pcall requests` lists them with the senders' fingerprints"
+    )]
+    NoSuchRequest(String),
     /// The user's own ticket given to `add`.
     #[error("this is your own ticket: give it to the people who should reach you")]
     OwnTicket,

@@ -11,6 +11,7 @@
 //! [`engine`] starts them and its [`EngineHandle`] delegates each command to one.
 //!
 //! * [`invite`]: tickets to give, contacts added from tickets received.
+//! * [`requests`]: messages from people who are not contacts, kept apart.
 //! * [`speedtest`]: throughput and integrity test over one stream.
 //! * [`call`]: calls (signaling, media pipeline, statistics).
 //! * [`devices`]: cameras, microphones, speakers and screens, or why there are none.
@@ -30,6 +31,7 @@ pub mod identity;
 pub mod invite;
 pub mod lock;
 mod presence;
+pub mod requests;
 mod services;
 pub mod settings;
 pub mod speedtest;
@@ -42,5 +44,5 @@ pub use error::causes;
 pub use p2pcall_net::{Path, RelayTransport};
 pub use p2pcall_proto::relay::PeerInfo;
 pub use p2pcall_proto::{PeerId, SafetyNumber};
-pub use p2pcall_store::{Contact, Message, MessageState, Store, Trust};
+pub use p2pcall_store::{Contact, Message, MessageRequest, MessageState, Store, Trust};
 pub use presence::{Resolved, STRANGER_DIGITS};

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 /// Settings file name.
 pub const SETTINGS_FILE: &str = "config.toml";
+/// Partial files older than this are removed by default (the `partial_max_age_days`
+/// setting changes it).
+pub const DEFAULT_PARTIAL_MAX_AGE: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 /// A relay's port when an address names none (UDP and TCP).
 pub const DEFAULT_RELAY_PORT: u16 = 7700;
 
@@ -81,7 +85,7 @@ impl Settings {
         match self.partial_max_age_days {
             Some(0) => None,
             Some(d) => Some(std::time::Duration::from_secs(d.saturating_mul(24 * 3600))),
-            None => Some(crate::engine::DEFAULT_PARTIAL_MAX_AGE),
+            None => Some(DEFAULT_PARTIAL_MAX_AGE),
         }
     }
 }

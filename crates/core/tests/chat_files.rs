@@ -607,6 +607,7 @@ async fn chat_is_ordered_deduplicated_and_queued_for_offline_peers() {
 
     // Bob comes online: alice's engine delivers on its own, in order.
     let b_store = mem();
+    b_store.choose_contact(&a.h.id(), None, "alice", 1).unwrap();
     let mut b = peer(&r, &b_ident, b_store.clone(), false).await;
     let mut got = Vec::new();
     while got.len() < 20 {

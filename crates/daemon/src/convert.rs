@@ -167,6 +167,18 @@ pub(crate) fn message(m: &Message) -> api::Message {
         received_ms: m.received_ms,
         text: m.text.clone(),
         state: m.state.as_str().into(),
+        request: m.request,
+    }
+}
+
+/// A message request for the API.
+pub fn message_request(r: &p2pcall_core::MessageRequest) -> api::MessageRequest {
+    api::MessageRequest {
+        peer: r.peer.to_hex(),
+        name: r.name.clone(),
+        messages: r.messages,
+        first_ms: r.first_ms,
+        last_text: r.last_text.clone(),
     }
 }
 
@@ -182,6 +194,7 @@ pub fn message_from_api(m: &api::Message) -> Option<Message> {
         received_ms: m.received_ms,
         text: m.text.clone(),
         state: MessageState::parse(&m.state)?,
+        request: m.request,
     })
 }
 
@@ -315,9 +328,9 @@ pub fn event_from_api(e: &api::Event) -> Option<EngineEvent> {
 /// An engine error as the API reports it (its kind decides the CLI's exit code).
 pub fn engine_error(e: &EngineError) -> RpcError {
     let kind = match e {
-        EngineError::PeerNotFound { .. } | EngineError::NotAContact { .. } => {
-            ErrorKind::PeerNotFound
-        }
+        EngineError::PeerNotFound { .. }
+        | EngineError::NotAContact { .. }
+        | EngineError::NoSuchRequest(_) => ErrorKind::PeerNotFound,
         EngineError::Ambiguous { .. } => ErrorKind::Ambiguous,
         EngineError::PeerOffline { .. } => ErrorKind::PeerOffline,
         EngineError::NoPresence(_) => ErrorKind::NoPresence,

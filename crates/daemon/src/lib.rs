@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 pub use callconv::{call_event_from_api, media, path_from_api};
 pub use client::{Client, VideoFeed};
 pub use convert::{
-    contact, engine_error, event_from_api, message_from_api, offer_from_api, peer_from_api,
-    progress_from_api, relay_pin, summary_from_api,
+    contact, engine_error, event_from_api, message_from_api, message_request, offer_from_api,
+    peer_from_api, progress_from_api, relay_pin, summary_from_api,
 };
 pub use hub::{Hub, Ringing};
 pub use server::{ApiServer, Served};

@@ -472,6 +472,9 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
         Request::Resolve { .. }
         | Request::AddContact { .. }
         | Request::AddTicket { .. }
+        | Request::MessageRequests
+        | Request::AcceptRequest { .. }
+        | Request::DeleteRequest { .. }
         | Request::Contacts => people(engine, request).await,
         Request::Offers
         | Request::CancelTransfer { .. }
@@ -514,6 +517,7 @@ async fn answer(s: &Served, request: Request) -> Result<Answer, RpcError> {
 
 /// Who a name means, and the user's contacts.
 async fn people(engine: &EngineHandle, request: Request) -> Result<Answer, RpcError> {
+    let failed = |e: EngineError| engine_error(&e);
     match request {
         Request::Resolve { peer: who } => {
             let r = engine.resolve(&who).map_err(|e| engine_error(&e))?;
@@ -554,6 +558,25 @@ async fn people(engine: &EngineHandle, request: Request) -> Result<Answer, RpcEr
             })
         }
         Request::Contacts => contacts(engine, None).await,
+        Request::MessageRequests => {
+            let list = engine.message_requests().await.map_err(failed)?;
+            Ok(Answer::MessageRequests {
+                requests: list.iter().map(crate::convert::message_request).collect(),
+            })
+        }
+        Request::AcceptRequest { peer: who, name } => {
+            let p = engine.find_request(&who).await.map_err(failed)?;
+            engine
+                .accept_request(p, petname(name)?)
+                .await
+                .map_err(failed)?;
+            contacts(engine, Some(p)).await
+        }
+        Request::DeleteRequest { peer: who } => {
+            let p = engine.find_request(&who).await.map_err(failed)?;
+            let n = engine.delete_request(p).await.map_err(failed)?;
+            Ok(Answer::Count { n: n as u64 })
+        }
         _ => Err(RpcError::new(
             ErrorKind::BadRequest,
             "not a request about contacts",

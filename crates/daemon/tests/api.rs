@@ -268,7 +268,9 @@ async fn a_subscriber_that_never_reads_stalls_nothing() {
         .await
         .unwrap();
 
-    // Far more messages than its queues hold still reach bob, each acknowledged.
+    // Far more messages than its queues hold (and than a message request holds: alice is
+    // bob's contact) still reach bob, each acknowledged.
+    _b.add_contact(_a.id(), None).await.unwrap();
     let mut c = client(&pa).await;
     let long = "x".repeat(8 << 10);
     for i in 0..400 {

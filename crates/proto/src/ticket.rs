@@ -377,8 +377,7 @@ mod tests {
                 key: PeerId::from_bytes([0xcd; 32]),
             }),
         };
-        // 1 + 32 + 14 + 23 + 32 + 4 = 106 bytes: 170 base32 characters and the prefix, a
-        // QR code of version 8 (49 modules a side) at error correction level M.
+        // 1 + 32 + 14 + 23 + 32 + 4 = 106 bytes: 170 base32 characters and the prefix.
         assert_eq!(t.encode().len(), PREFIX.len() + 170);
         assert!(
             t.qr_text()

@@ -124,7 +124,15 @@ const MIGRATIONS: &[&str] = &[
     UPDATE contacts SET chosen_ms = first_seen_ms, petname = name
         WHERE verified_ms IS NOT NULL
            OR peer IN (SELECT peer FROM messages WHERE outgoing = 1);",
+    // 6: messages from people who are not contacts, kept apart until the user accepts them.
+    "ALTER TABLE messages ADD COLUMN request INTEGER NOT NULL DEFAULT 0;",
 ];
+
+/// Most messages kept from one sender who is not a contact (a message request) until the user
+/// accepts or deletes them; more wait on the sender's side.
+pub const MAX_REQUEST_MESSAGES_PER_PEER: i64 = 20;
+/// Most senders with a message request at once.
+pub const MAX_REQUEST_PEERS: i64 = 50;
 
 /// Where a message stands. Outgoing: queued → sent → delivered → read. Incoming: received,
 /// then read once our user has seen it.
@@ -210,6 +218,35 @@ pub struct Message {
     pub text: String,
     /// Where it stands.
     pub state: MessageState,
+    /// From someone who is not a contact: kept apart until the user accepts (or deletes) it.
+    pub request: bool,
+}
+
+/// What became of an incoming message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Stored now.
+    New(Message),
+    /// Stored before (the sender retried).
+    Again,
+    /// Not stored: the sender is not a contact and message requests are full (from this
+    /// sender, or from too many). The sender keeps it and tries again later.
+    RequestsFull,
+}
+
+/// Someone who is not a contact wrote: their messages, kept apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRequest {
+    /// The sender.
+    pub peer: PeerId,
+    /// The name it announced last (its fingerprint if none).
+    pub name: String,
+    /// How many messages wait.
+    pub messages: u64,
+    /// When the first arrived, ms since the epoch.
+    pub first_ms: u64,
+    /// The newest message's text.
+    pub last_text: String,
 }
 
 /// A known peer.
@@ -386,7 +423,8 @@ fn blob32(b: Vec<u8>, col: &'static str) -> Result<[u8; 32]> {
     b.try_into().map_err(|_| StoreError::Corrupt(col))
 }
 
-const MESSAGE_COLS: &str = "rowid, peer, outgoing, id, seq, sent_ms, received_ms, text, state";
+const MESSAGE_COLS: &str =
+    "rowid, peer, outgoing, id, seq, sent_ms, received_ms, text, state, request";
 
 type RawMessage = (
     i64,
@@ -398,6 +436,7 @@ type RawMessage = (
     Option<i64>,
     String,
     i64,
+    bool,
 );
 
 fn raw_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawMessage> {
@@ -411,11 +450,12 @@ fn raw_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawMessage> {
         r.get(6)?,
         r.get(7)?,
         r.get(8)?,
+        r.get(9)?,
     ))
 }
 
 fn message(m: RawMessage) -> Result<Message> {
-    let (rowid, peer, outgoing, id, seq, sent_ms, received_ms, text, state) = m;
+    let (rowid, peer, outgoing, id, seq, sent_ms, received_ms, text, state, request) = m;
     Ok(Message {
         rowid,
         peer: PeerId::from_bytes(blob32(peer, "messages.peer")?),
@@ -426,6 +466,7 @@ fn message(m: RawMessage) -> Result<Message> {
         received_ms: received_ms.map(|v| v as u64),
         text,
         state: MessageState::from_code(state)?,
+        request,
     })
 }
 
@@ -726,6 +767,7 @@ impl Store {
             received_ms: None,
             text: text.to_string(),
             state: MessageState::Queued,
+            request: false,
         })
     }
 
@@ -752,7 +794,8 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Stores an incoming message; `None` if it was stored before (a retry).
+    /// Stores an incoming message: in the conversation when the sender is a contact, else as
+    /// a message request, within [`MAX_REQUEST_MESSAGES_PER_PEER`] and [`MAX_REQUEST_PEERS`].
     pub fn receive_message(
         &self,
         peer: &PeerId,
@@ -761,26 +804,57 @@ impl Store {
         sent_ms: u64,
         text: &str,
         now_ms: u64,
-    ) -> Result<Option<Message>> {
-        let db = self.db()?;
-        let n = db.execute(
-            "INSERT OR IGNORE INTO messages(peer, outgoing, id, seq, sent_ms, received_ms, text, state)
-             VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7)",
+    ) -> Result<Received> {
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        let key = peer.as_bytes().as_slice();
+        let contact: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM contacts WHERE peer = ?1 AND chosen_ms IS NOT NULL)",
+            params![key],
+            |r| r.get(0),
+        )?;
+        let request = !contact;
+        if request {
+            let again: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM messages WHERE peer = ?1 AND outgoing = 0 AND id = ?2)",
+                params![key, id.as_bytes().as_slice()],
+                |r| r.get(0),
+            )?;
+            if again {
+                return Ok(Received::Again);
+            }
+            let (mine, others): (i64, i64) = tx.query_row(
+                "SELECT COUNT(*) FILTER (WHERE peer = ?1),
+                        COUNT(DISTINCT peer) FILTER (WHERE peer != ?1)
+                 FROM messages WHERE outgoing = 0 AND request = 1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if mine >= MAX_REQUEST_MESSAGES_PER_PEER || (mine == 0 && others >= MAX_REQUEST_PEERS) {
+                return Ok(Received::RequestsFull);
+            }
+        }
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO messages(peer, outgoing, id, seq, sent_ms, received_ms, text, state, request)
+             VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
-                peer.as_bytes().as_slice(),
+                key,
                 id.as_bytes().as_slice(),
                 seq.min(i64::MAX as u64) as i64,
                 sent_ms.min(i64::MAX as u64) as i64,
                 now_ms as i64,
                 text,
-                MessageState::Received.code()
+                MessageState::Received.code(),
+                request
             ],
         )?;
         if n == 0 {
-            return Ok(None);
+            return Ok(Received::Again);
         }
-        Ok(Some(Message {
-            rowid: db.last_insert_rowid(),
+        let rowid = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Received::New(Message {
+            rowid,
             peer: *peer,
             outgoing: false,
             id: *id,
@@ -789,7 +863,67 @@ impl Store {
             received_ms: Some(now_ms),
             text: text.to_string(),
             state: MessageState::Received,
+            request,
         }))
+    }
+
+    /// The message requests waiting, oldest first.
+    pub fn message_requests(&self) -> Result<Vec<MessageRequest>> {
+        let db = self.db()?;
+        let mut st = db.prepare(
+            "SELECT m.peer, c.name, COUNT(*), MIN(m.received_ms),
+                    (SELECT text FROM messages l WHERE l.peer = m.peer AND l.request = 1
+                     ORDER BY l.rowid DESC LIMIT 1)
+             FROM messages m LEFT JOIN contacts c ON c.peer = m.peer
+             WHERE m.outgoing = 0 AND m.request = 1
+             GROUP BY m.peer ORDER BY MIN(m.rowid)",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (peer, name, n, first, last_text) = r?;
+            let peer = PeerId::from_bytes(blob32(peer, "messages.peer")?);
+            Ok(MessageRequest {
+                peer,
+                name: name.unwrap_or_else(|| peer.fingerprint().to_string()),
+                messages: n as u64,
+                first_ms: first.unwrap_or_default() as u64,
+                last_text,
+            })
+        })
+        .collect()
+    }
+
+    /// The user accepts `peer`'s message request: `peer` becomes a contact (see
+    /// [`Store::choose_contact`]) and its messages join the conversation. Returns how many
+    /// messages joined.
+    pub fn accept_request(
+        &self,
+        peer: &PeerId,
+        petname: Option<&str>,
+        announced: &str,
+        now_ms: u64,
+    ) -> Result<usize> {
+        self.choose_contact(peer, petname, announced, now_ms)?;
+        Ok(self.db()?.execute(
+            "UPDATE messages SET request = 0 WHERE peer = ?1 AND request = 1",
+            params![peer.as_bytes().as_slice()],
+        )?)
+    }
+
+    /// The user deletes `peer`'s message request (its messages). Returns how many went.
+    pub fn delete_request(&self, peer: &PeerId) -> Result<usize> {
+        Ok(self.db()?.execute(
+            "DELETE FROM messages WHERE peer = ?1 AND outgoing = 0 AND request = 1",
+            params![peer.as_bytes().as_slice()],
+        )?)
     }
 
     /// Up to `limit` messages with `peer` older than row `before` (newest page when `None`),
@@ -821,7 +955,8 @@ impl Store {
     /// receipts. Returns how many changed.
     pub fn mark_read(&self, peer: &PeerId) -> Result<usize> {
         Ok(self.db()?.execute(
-            "UPDATE messages SET state = ?2, receipt_pending = 1 WHERE peer = ?1 AND outgoing = 0 AND state = ?3",
+            // A request's sender learns nothing (not even that it was read) until accepted.
+            "UPDATE messages SET state = ?2, receipt_pending = 1 WHERE peer = ?1 AND outgoing = 0 AND state = ?3 AND request = 0",
             params![
                 peer.as_bytes().as_slice(),
                 MessageState::Read.code(),
@@ -879,7 +1014,7 @@ impl Store {
     pub fn unread_counts(&self) -> Result<HashMap<PeerId, u64>> {
         let db = self.db()?;
         let mut st = db.prepare(
-            "SELECT peer, COUNT(*) FROM messages WHERE outgoing = 0 AND state = ?1 GROUP BY peer",
+            "SELECT peer, COUNT(*) FROM messages WHERE outgoing = 0 AND state = ?1 AND request = 0 GROUP BY peer",
         )?;
         let rows = st.query_map(params![MessageState::Received.code()], |r| {
             Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))

@@ -40,21 +40,23 @@ fn messages_are_queued_in_sequence_and_only_move_forward() {
 fn a_retried_message_is_stored_once_and_receipts_flow() {
     let s = Store::open_in_memory().unwrap();
     let a = peer(1);
+    s.choose_contact(&a, None, "a", 1).unwrap();
+    s.choose_contact(&peer(2), None, "b", 1).unwrap();
     let first = s
         .receive_message(&a, &MessageId::from_bytes([7; 16]), 1, 100, "hi", 200)
         .unwrap();
-    assert!(first.is_some());
+    assert!(matches!(first, Received::New(ref m) if !m.request));
     assert_eq!(
         s.receive_message(&a, &MessageId::from_bytes([7; 16]), 1, 100, "hi", 300)
             .unwrap(),
-        None
+        Received::Again
     );
     // The same id from another peer is another message.
-    assert!(
+    assert!(matches!(
         s.receive_message(&peer(2), &MessageId::from_bytes([7; 16]), 1, 100, "hi", 300)
-            .unwrap()
-            .is_some()
-    );
+            .unwrap(),
+        Received::New(_)
+    ));
     assert_eq!(s.unread_counts().unwrap().get(&a), Some(&1));
     assert!(s.peers_with_outbox().unwrap().is_empty());
     assert_eq!(s.mark_read(&a).unwrap(), 1);
@@ -291,4 +293,82 @@ fn a_contacts_name_is_the_users_and_the_network_never_changes_it() {
     s.choose_contact(&c, Some("carol"), "c", 60).unwrap();
     assert_eq!(get(&c).petname.as_deref(), Some("carol"));
     assert_eq!(get(&b).chosen_ms, None, "merely seen stays a stranger");
+}
+
+#[test]
+fn strangers_messages_are_requests_bounded_until_accepted_or_deleted() {
+    let s = Store::open_in_memory().unwrap();
+    let (friend, stranger) = (peer(1), peer(2));
+    s.choose_contact(&friend, None, "friend", 1).unwrap();
+    s.touch_contact(&stranger, "stranger", 1).unwrap();
+    let id = |i: u64| {
+        MessageId::from_bytes([
+            (i % 256) as u8,
+            (i / 256) as u8,
+            9,
+            9,
+            9,
+            9,
+            9,
+            9,
+            9,
+            9,
+            9,
+            9,
+            9,
+            9,
+            9,
+            9,
+        ])
+    };
+    let got = |p: &PeerId, i: u64| {
+        s.receive_message(p, &id(i), i, i, &format!("m{i}"), 10 + i)
+            .unwrap()
+    };
+    // A contact's messages are the conversation; a stranger's are a request, up to a bound.
+    assert!(matches!(got(&friend, 0), Received::New(m) if !m.request));
+    for i in 0..MAX_REQUEST_MESSAGES_PER_PEER as u64 {
+        assert!(
+            matches!(got(&stranger, i), Received::New(m) if m.request),
+            "{i}"
+        );
+    }
+    assert_eq!(got(&stranger, 0), Received::Again);
+    assert_eq!(got(&stranger, 999), Received::RequestsFull);
+    // Requests count no unread messages and send no read receipts.
+    assert_eq!(s.unread_counts().unwrap().get(&stranger), None);
+    assert_eq!(s.mark_read(&stranger).unwrap(), 0);
+    assert!(s.pending_receipts(&stranger).unwrap().is_empty());
+    let list = s.message_requests().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].peer, stranger);
+    assert_eq!(list[0].name, "stranger");
+    assert_eq!(list[0].messages, MAX_REQUEST_MESSAGES_PER_PEER as u64);
+    assert_eq!(
+        list[0].last_text,
+        format!("m{}", MAX_REQUEST_MESSAGES_PER_PEER - 1)
+    );
+    // Too many senders: a new one waits, one already waiting is not affected by the cap.
+    for p in 3..(3 + MAX_REQUEST_PEERS as u8 - 1) {
+        assert!(matches!(got(&peer(p), 1), Received::New(_)), "{p}");
+    }
+    assert_eq!(got(&peer(200), 1), Received::RequestsFull);
+    // Deleted: gone, and room for someone else.
+    assert_eq!(s.delete_request(&peer(3)).unwrap(), 1);
+    assert!(matches!(got(&peer(200), 1), Received::New(_)));
+    // Accepted: a contact, its messages in the conversation (unread, as new ones).
+    assert_eq!(
+        s.accept_request(&stranger, Some("Sam"), "stranger", 50)
+            .unwrap(),
+        20
+    );
+    assert_eq!(s.trust(&stranger).unwrap(), Trust::Contact);
+    assert_eq!(s.unread_counts().unwrap().get(&stranger), Some(&20));
+    assert!(matches!(got(&stranger, 1000), Received::New(m) if !m.request));
+    assert!(
+        s.message_requests()
+            .unwrap()
+            .iter()
+            .all(|r| r.peer != stranger)
+    );
 }

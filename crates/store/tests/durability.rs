@@ -23,6 +23,7 @@ fn child_writer() {
     };
     let s = Store::open(std::path::Path::new(&path)).unwrap();
     let peer = PeerId::from_bytes([5; 32]);
+    s.choose_contact(&peer, None, "five", 0).unwrap();
     for i in 0u64.. {
         if i % 2 == 0 {
             let m = s.queue_message(&peer, &format!("out {i}"), i).unwrap();

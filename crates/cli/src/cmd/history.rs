@@ -33,7 +33,7 @@ pub(crate) async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
         .contacts()?
         .into_iter()
         .find(|c| c.peer == peer)
-        .map(|c| c.name)
+        .map(|c| c.shown_name().to_string())
         .filter(|n| !n.is_empty());
     let name = known
         .clone()
@@ -55,6 +55,8 @@ pub(crate) async fn history(cli: &Cli, a: &HistoryArgs) -> Result<()> {
             let who = if m.outgoing { "me" } else { name.as_str() };
             let state = if m.outgoing {
                 format!(" [{}]", m.state.as_str())
+            } else if m.request {
+                " [message request: `p2pcall requests` to accept or delete]".to_string()
             } else {
                 String::new()
             };

@@ -15,6 +15,7 @@ pub(crate) mod offers;
 pub(crate) mod peers;
 pub(crate) mod ping;
 pub(crate) mod relay;
+pub(crate) mod requests;
 pub(crate) mod ring;
 pub(crate) mod send;
 pub(crate) mod speedtest;
