@@ -32,6 +32,13 @@
 //! [`BIRTHDAY_RATE`] probes per second for at most [`BIRTHDAY_DURATION`]. A probe that lands
 //! on one of the open mappings validates that path. Both sides symmetric: stay relayed.
 //!
+//! What a hostile peer can make us send is bounded. The birthday technique aims only at the
+//! address the relay vouched for ([`PathManager::set_remote_vouched`]), never at one the peer
+//! claimed. Every other probe toward an address that has not answered yet is charged to a
+//! per-connection budget ([`UNVALIDATED_PROBE_RATE`], [`UNVALIDATED_PROBE_BURST`]) and
+//! marked [`Transmit::unvalidated`] for the driver's budget across all connections. A probe
+//! is answered once: a replayed probe (same MAC'd transaction id, from anywhere) is ignored.
+//!
 //! The machine takes `now` and packets in, and hands probe transmits, a wake-up time and
 //! [`PathEvent`]s out; it reads no clock and owns no socket. The driver routes the QUIC packets
 //! of the connection according to [`PathManager::selected`] and
@@ -96,6 +103,14 @@ pub const BIRTHDAY_RATE: u32 = 100;
 pub const BIRTHDAY_DURATION: Duration = Duration::from_secs(20);
 /// Lowest port a birthday probe guesses (NATs allocate from the unprivileged range).
 const SPRAY_PORT_MIN: u16 = 1024;
+/// Probes per second one connection may send toward addresses that have not answered
+/// (announced candidates, peer-reflexive ones), birthday probes aside. A round probes each of
+/// a handful of candidates [`PROBE_TRIES`] times: the burst covers it.
+pub const UNVALIDATED_PROBE_RATE: f64 = 20.0;
+/// ... and at most this many at once.
+pub const UNVALIDATED_PROBE_BURST: f64 = 100.0;
+/// Probe transaction ids remembered to refuse replays.
+const SEEN_PINGS: usize = 1024;
 
 /// The socket a probe leaves on, or arrived on: [`MAIN_SOCKET`] is the endpoint's shared
 /// socket, `1..=BIRTHDAY_SOCKETS` are this connection's auxiliary sockets.
@@ -154,6 +169,9 @@ pub struct Transmit {
     pub via: Via,
     /// Packet bytes.
     pub payload: Vec<u8>,
+    /// A probe toward an address that has not answered (the driver charges these to a
+    /// budget shared by all connections); false for answers and for validated paths.
+    pub unvalidated: bool,
 }
 
 /// What this side does in a birthday attempt.
@@ -210,13 +228,20 @@ pub struct PathManager {
     events: VecDeque<PathEvent>,
     local_mapping: Mapping,
     remote_mapping: Mapping,
-    remote_observed: Option<SocketAddr>,
+    /// The peer's address as the relay vouched for it: the only birthday target.
+    remote_vouched: Option<SocketAddr>,
     relay_rtt: Duration,
     round: u32,
     round_at: Option<Instant>,
     last_round: Option<Instant>,
     round_deferred: bool,
     birthday: Option<Birthday>,
+    /// The per-connection budget of probes toward unvalidated addresses (filled at first use).
+    budget: Option<p2pcall_proto::limits::TokenBucket>,
+    /// Probes skipped for want of budget.
+    over_budget: u64,
+    /// Transaction ids of probes answered, newest last.
+    seen: VecDeque<[u8; 12]>,
 }
 
 impl PathManager {
@@ -236,13 +261,16 @@ impl PathManager {
             events: VecDeque::new(),
             local_mapping: Mapping::Unknown,
             remote_mapping: Mapping::Unknown,
-            remote_observed: None,
+            remote_vouched: None,
             relay_rtt: Duration::from_millis(100),
             round: 0,
             round_at: None,
             last_round: None,
             round_deferred: false,
             birthday: None,
+            budget: None,
+            over_budget: 0,
+            seen: VecDeque::new(),
         }
     }
 
@@ -268,10 +296,21 @@ impl PathManager {
         self.local_mapping = m;
     }
 
-    /// The peer's NAT mapping behaviour and relay-observed address, from its `Hello`.
-    pub fn set_remote_nat(&mut self, m: Mapping, observed: Option<SocketAddr>) {
+    /// The peer's NAT mapping behaviour, from its `Hello`. (The address it says the relay
+    /// observed is a claim: nothing is aimed at it; see [`Self::set_remote_vouched`].)
+    pub fn set_remote_nat(&mut self, m: Mapping) {
         self.remote_mapping = m;
-        self.remote_observed = observed;
+    }
+
+    /// The peer's address as the relay saw it and vouched for it (the peer asked the relay to
+    /// tell us): what the birthday technique aims at.
+    pub fn set_remote_vouched(&mut self, addr: SocketAddr) {
+        self.remote_vouched = Some(addr);
+    }
+
+    /// Probes toward unvalidated addresses skipped because the budget was spent.
+    pub fn probes_over_budget(&self) -> u64 {
+        self.over_budget
     }
 
     /// The connection's RTT through the relay (times the punching rounds).
@@ -324,11 +363,7 @@ impl PathManager {
         if self.birthday.is_some() || matches!(self.selected, Path::Direct(_)) {
             return;
         }
-        let role = match (
-            self.local_mapping,
-            self.remote_mapping,
-            self.remote_observed,
-        ) {
+        let role = match (self.local_mapping, self.remote_mapping, self.remote_vouched) {
             (Mapping::EndpointDependent, Mapping::EndpointIndependent, Some(target)) => {
                 Role::Open {
                     target,
@@ -375,13 +410,14 @@ impl PathManager {
                     } else {
                         *next_via + 1
                     };
-                    self.send_probe(now, dst, via);
+                    self.send_probe(now, dst, via, Charge::Birthday);
                 }
                 Role::Spray { ip } => {
                     let h = blake3::keyed_hash(&self.key, &(self.counter + 1).to_le_bytes());
                     let r = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]);
                     let port = SPRAY_PORT_MIN + r % (u16::MAX - SPRAY_PORT_MIN + 1);
-                    self.send_probe(now, SocketAddr::new(*ip, port), MAIN_SOCKET);
+                    let dst = SocketAddr::new(*ip, port);
+                    self.send_probe(now, dst, MAIN_SOCKET, Charge::Birthday);
                 }
             }
         }
@@ -479,6 +515,15 @@ impl PathManager {
                 if *sender == self.local {
                     return false; // our own probe reflected back
                 }
+                // Every probe has a fresh id: one seen before is a replay (perhaps from
+                // another address, to make us answer there or adopt it as a path).
+                if self.seen.contains(txid) {
+                    return false;
+                }
+                if self.seen.len() >= SEEN_PINGS {
+                    self.seen.pop_front();
+                }
+                self.seen.push_back(*txid);
                 let pong = Control::ProbePong {
                     txid: *txid,
                     from: self.local,
@@ -486,7 +531,7 @@ impl PathManager {
                     mac: [0; 16],
                 }
                 .seal(&self.key);
-                self.push_transmit(from, via, &pong);
+                self.push_transmit(from, via, &pong, false);
                 // A probe that reaches us from an address we did not know is a
                 // peer-reflexive candidate (the other side's NAT mapping): probe it back, on
                 // the socket it reached (an auxiliary one when a birthday probe got through).
@@ -573,7 +618,7 @@ impl PathManager {
             self.request_round(now);
         }
         self.run_birthday(now);
-        let mut to_send = Vec::new();
+        let mut to_send: Vec<(SocketAddr, Via, Charge)> = Vec::new();
         let mut died = false;
         for c in &mut self.candidates {
             match &mut c.state {
@@ -585,7 +630,7 @@ impl PathManager {
                     } else {
                         *tries += 1;
                         *next = now + PROBE_RETRY;
-                        to_send.push((c.addr, c.via));
+                        to_send.push((c.addr, c.via, Charge::Unvalidated));
                     }
                 }
                 CandState::Failed { retry_at } if *retry_at <= now => {
@@ -593,7 +638,7 @@ impl PathManager {
                         tries: 1,
                         next: now + PROBE_RETRY,
                     };
-                    to_send.push((c.addr, c.via));
+                    to_send.push((c.addr, c.via, Charge::Unvalidated));
                 }
                 CandState::Valid {
                     last_rx,
@@ -617,19 +662,20 @@ impl PathManager {
                             tries: 1,
                             next: now + PROBE_RETRY,
                         };
-                        to_send.push((c.addr, c.via));
+                        // It answered before: re-validating it is not a probe of a stranger.
+                        to_send.push((c.addr, c.via, Charge::Validated));
                         continue;
                     }
                     if now >= probe_due(is_selected, *samples, *last_rx, *last_tx) {
                         *last_tx = now;
-                        to_send.push((c.addr, c.via));
+                        to_send.push((c.addr, c.via, Charge::Validated));
                     }
                 }
                 _ => {}
             }
         }
-        for (addr, via) in to_send {
-            self.send_probe(now, addr, via);
+        for (addr, via, charge) in to_send {
+            self.send_probe(now, addr, via, charge);
         }
         if died {
             self.choose();
@@ -683,7 +729,20 @@ impl PathManager {
         self.events.pop_front()
     }
 
-    fn send_probe(&mut self, now: Instant, addr: SocketAddr, via: Via) {
+    fn send_probe(&mut self, now: Instant, addr: SocketAddr, via: Via, charge: Charge) {
+        if charge == Charge::Unvalidated {
+            let budget = self.budget.get_or_insert_with(|| {
+                p2pcall_proto::limits::TokenBucket::new(
+                    now,
+                    UNVALIDATED_PROBE_RATE,
+                    UNVALIDATED_PROBE_BURST,
+                )
+            });
+            if !budget.take(now, 1.0) {
+                self.over_budget += 1;
+                return;
+            }
+        }
         self.counter += 1;
         let mut txid = [0u8; 12];
         let h = blake3::keyed_hash(&self.key, &self.counter.to_be_bytes());
@@ -698,13 +757,18 @@ impl PathManager {
             mac: [0; 16],
         }
         .seal(&self.key);
-        self.push_transmit(addr, via, &ping);
+        self.push_transmit(addr, via, &ping, charge != Charge::Validated);
     }
 
-    fn push_transmit(&mut self, dst: SocketAddr, via: Via, pkt: &Control) {
+    fn push_transmit(&mut self, dst: SocketAddr, via: Via, pkt: &Control, unvalidated: bool) {
         let mut payload = Vec::with_capacity(pkt.encoded_len());
         pkt.encode(&mut payload);
-        self.transmits.push_back(Transmit { dst, via, payload });
+        self.transmits.push_back(Transmit {
+            dst,
+            via,
+            payload,
+            unvalidated,
+        });
     }
 
     /// Picks the best validated path, with hysteresis: the first answered path at once, and
@@ -752,6 +816,17 @@ impl PathManager {
             }
         }
     }
+}
+
+/// Which budget a probe is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charge {
+    /// An address that answered before (liveness, keepalive, RTT samples): free.
+    Validated,
+    /// An address that has not answered: the connection's budget.
+    Unvalidated,
+    /// A birthday probe: its own rate and duration, aimed at the relay-vouched address.
+    Birthday,
 }
 
 /// RFC 6298's smoothed RTT: 7/8 of the old estimate plus 1/8 of the new sample.

@@ -383,7 +383,8 @@ fn birthday_probes(local: Mapping, remote: Mapping) -> Vec<(Duration, Transmit)>
     let mut m = PathManager::new(id(1), [5; 32], false);
     m.set_local_mapping(local);
     let peer: SocketAddr = "203.0.113.7:4000".parse().unwrap();
-    m.set_remote_nat(remote, Some(peer));
+    m.set_remote_nat(remote);
+    m.set_remote_vouched(peer);
     m.add_remote_candidates(t0, &[peer]);
     m.start_round(t0);
     let mut out = Vec::new();
@@ -488,4 +489,97 @@ fn rounds_are_rate_limited_but_not_lost() {
     }
     let flood = std::iter::from_fn(|| other.poll_transmit()).count();
     assert!(flood <= 1, "{flood} probes from 99 Punch frames");
+}
+
+#[test]
+fn a_claimed_address_draws_no_birthday_probes_only_a_vouched_one_does() {
+    // The peer says it is symmetric and claims an address (a victim's): nothing is sprayed
+    // at it. Only the relay's word (a vouch) starts the birthday technique.
+    let t0 = Instant::now();
+    let victim: SocketAddr = "198.51.100.9:443".parse().unwrap();
+    let mut m = PathManager::new(id(1), [5; 32], false);
+    m.set_local_mapping(Mapping::EndpointIndependent);
+    m.set_remote_nat(Mapping::EndpointDependent);
+    m.start_round(t0);
+    let mut now = t0;
+    let mut sent = 0;
+    while now < t0 + Duration::from_secs(10) {
+        m.handle_timeout(now);
+        sent += std::iter::from_fn(|| m.poll_transmit()).count();
+        now += Duration::from_millis(10);
+    }
+    assert_eq!(sent, 0, "probes with nothing vouched");
+    assert!(!m.birthday_active());
+    m.set_remote_vouched(victim);
+    m.start_round(now);
+    m.handle_timeout(now + Duration::from_millis(100));
+    assert!(m.birthday_active());
+    let t = m.poll_transmit().unwrap();
+    assert_eq!(t.dst.ip(), victim.ip());
+    assert!(t.unvalidated);
+}
+
+#[test]
+fn a_peer_flooding_candidates_and_punch_gets_a_bounded_number_of_probes() {
+    // 48 candidates of the peer's choice and a Punch every second for a minute: probes
+    // toward them stay within the per-connection budget (before: ~240 a second).
+    let t0 = Instant::now();
+    let mut m = PathManager::new(id(1), [5; 32], false);
+    let targets: Vec<SocketAddr> = (0..MAX_CANDIDATES as u16)
+        .map(|i| SocketAddr::from(([198, 51, 100, (i % 250) as u8], 1000 + i)))
+        .collect();
+    m.add_remote_candidates(t0, &targets);
+    let mut now = t0;
+    let mut sent = 0usize;
+    let mut next_punch = t0;
+    while now < t0 + Duration::from_secs(60) {
+        if now >= next_punch {
+            m.add_remote_candidates(now, &targets);
+            m.start_round(now);
+            next_punch += Duration::from_secs(1);
+        }
+        m.handle_timeout(now);
+        for t in std::iter::from_fn(|| m.poll_transmit()) {
+            assert!(t.unvalidated);
+            sent += 1;
+        }
+        now += Duration::from_millis(5);
+    }
+    let bound = UNVALIDATED_PROBE_BURST + UNVALIDATED_PROBE_RATE * 60.0;
+    assert!(sent as f64 <= bound + 1.0, "{sent} probes in a minute");
+    assert!(
+        sent as f64 >= bound * 0.9,
+        "{sent}: the budget is used, not stuck"
+    );
+    assert!(m.probes_over_budget() > 5_000);
+}
+
+#[test]
+fn a_replayed_probe_is_not_answered_nor_adopted_from_anywhere() {
+    let now = Instant::now();
+    let key = [9; 32];
+    let mut m = PathManager::new(id(1), key, false);
+    let peer: SocketAddr = "192.0.2.2:2000".parse().unwrap();
+    let attacker: SocketAddr = "203.0.113.66:6666".parse().unwrap();
+    let ping = Control::ProbePing {
+        txid: [1; 12],
+        from: id(2),
+        mac: [0; 16],
+    }
+    .seal(&key);
+    assert!(m.handle_control(now, peer, MAIN_SOCKET, &ping));
+    let pong = m.poll_transmit().unwrap();
+    assert_eq!(pong.dst, peer);
+    assert!(!pong.unvalidated, "an answer is not a probe of a stranger");
+    let before: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+    // The same probe, captured and sent again from elsewhere (or from the same place).
+    for from in [attacker, peer] {
+        assert!(!m.handle_control(now, from, MAIN_SOCKET, &ping));
+    }
+    m.handle_timeout(now);
+    let after: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+    assert!(
+        before.iter().chain(&after).all(|t| t.dst != attacker),
+        "nothing goes to the replayer: {after:?}"
+    );
 }

@@ -77,6 +77,8 @@ pub(crate) struct ConnShared {
     pub(crate) path_rx: tokio::sync::watch::Receiver<Path>,
     pub(crate) datagrams: Mutex<Option<mpsc::Receiver<Bytes>>>,
     pub(crate) probes_sent: std::sync::atomic::AtomicU64,
+    /// The peer's address as the relay vouched for it (the birthday technique's target).
+    pub(crate) vouched: tokio::sync::watch::Sender<Option<std::net::SocketAddr>>,
 }
 
 /// An end-to-end encrypted connection to one peer.

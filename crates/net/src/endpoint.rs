@@ -73,6 +73,8 @@ impl Endpoint {
         if cfg.lan.is_some() && cfg.relay.is_some() {
             return Err(NetError::LanAndRelay);
         }
+        let fds = p2pcall_transport::udp::raise_fd_limit();
+        tracing::debug!("open-file limit: {fds}");
         let (socket, control_rx) =
             MagicSocket::bind(cfg.bind).map_err(|source| NetError::Bind {
                 addr: cfg.bind,
@@ -126,6 +128,13 @@ impl Endpoint {
             net_epoch: tokio::sync::watch::Sender::new(0),
             port_mapper,
             mapped: Mutex::new(None),
+            probe_budget: Mutex::new(p2pcall_proto::limits::TokenBucket::new(
+                std::time::Instant::now(),
+                crate::inner::UNVALIDATED_PROBES_PER_S,
+                crate::inner::UNVALIDATED_PROBES_PER_S * 2.0,
+            )),
+            probes_dropped: std::sync::atomic::AtomicU64::new(0),
+            aux_open: std::sync::atomic::AtomicUsize::new(0),
         });
         let lan = match &cfg.lan {
             Some(lan) => {

@@ -59,7 +59,23 @@ pub(crate) struct Inner {
     pub(crate) port_mapper: Option<portmapper::Client>,
     /// The public address the gateway mapped for us.
     pub(crate) mapped: Mutex<Option<SocketAddr>>,
+    /// Probes toward unvalidated addresses, all connections together (see
+    /// [`UNVALIDATED_PROBES_PER_S`]).
+    pub(crate) probe_budget: Mutex<p2pcall_proto::limits::TokenBucket>,
+    /// Such probes dropped for want of budget.
+    pub(crate) probes_dropped: std::sync::atomic::AtomicU64,
+    /// Auxiliary (birthday) sockets open, all connections together (at most
+    /// [`MAX_AUX_SOCKETS`]).
+    pub(crate) aux_open: std::sync::atomic::AtomicUsize,
 }
+
+/// Probes per second toward addresses that have not answered, all connections together:
+/// one birthday attempt (100/s) and the rounds of several connections fit; a few hostile
+/// peers cannot make this endpoint a probe cannon.
+pub(crate) const UNVALIDATED_PROBES_PER_S: f64 = 250.0;
+/// Auxiliary sockets open at once, all connections together: two birthday attempts. The soft
+/// file-descriptor limit is raised at start too (`raise_fd_limit`).
+pub(crate) const MAX_AUX_SOCKETS: usize = 2 * p2pcall_nat::BIRTHDAY_SOCKETS as usize;
 
 impl Inner {
     pub(crate) async fn emit(&self, e: Event) {

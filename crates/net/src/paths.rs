@@ -63,6 +63,7 @@ pub(crate) fn start_connection(
         path_rx,
         datagrams: Mutex::new(Some(dg_rx)),
         probes_sent: std::sync::atomic::AtomicU64::new(0),
+        vouched: tokio::sync::watch::Sender::new(None),
     });
     let (probe_tx, probe_rx) = mpsc::channel(1024);
     {
@@ -129,10 +130,27 @@ impl AuxSockets {
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
-        let sock = p2pcall_transport::udp::bind(any, AUX_SOCKET_BUFFER)
+        // One cap across every connection: a few hostile peers claiming symmetric NATs
+        // cannot exhaust the process's file descriptors.
+        let open = &self.inner.aux_open;
+        if open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < crate::inner::MAX_AUX_SOCKETS).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return None;
+        }
+        let sock = match p2pcall_transport::udp::bind(any, AUX_SOCKET_BUFFER)
             .and_then(tokio::net::UdpSocket::from_std)
-            .map_err(|e| tracing::debug!("auxiliary socket: {e}"))
-            .ok()?;
+        {
+            Ok(s) => s,
+            Err(e) => {
+                open.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!("auxiliary socket: {e}");
+                return None;
+            }
+        };
         let sock = Arc::new(sock);
         let task = tokio::spawn(aux_recv(
             sock.clone(),
@@ -145,16 +163,18 @@ impl AuxSockets {
         Some(sock)
     }
 
+    /// Sends from socket `via`; nothing when an auxiliary socket cannot be had (the endpoint's
+    /// cap, or binding failed): from the main socket the probe would open no new mapping.
     fn send(&mut self, via: Via, dst: SocketAddr, payload: &[u8]) {
-        match self.get(via) {
-            Some(s) => {
-                let _ = s.try_send_to(payload, self.inner.socket.family(dst));
-            }
-            None => self.inner.socket.send_control(dst, payload),
+        if via == MAIN_SOCKET {
+            self.inner.socket.send_control(dst, payload);
+        } else if let Some(s) = self.get(via) {
+            let _ = s.try_send_to(payload, self.inner.socket.family(dst));
         }
     }
 
     fn release(&mut self, keep: Option<Via>) {
+        let before = self.socks.len();
         self.socks.retain(|via, (_, task)| {
             let keep = Some(*via) == keep;
             if !keep {
@@ -162,6 +182,8 @@ impl AuxSockets {
             }
             keep
         });
+        let closed = before - self.socks.len();
+        self.inner.aux_open.fetch_sub(closed, Ordering::AcqRel);
     }
 }
 
@@ -259,6 +281,7 @@ async fn drive_connection(
     let mut owner_rx = shared.route.watch_owner();
     let mut mapping_rx = inner.mapping.subscribe();
     let mut epoch_rx = inner.net_epoch.subscribe();
+    let mut vouched_rx = shared.vouched.subscribe();
     let mut d = ConnDriver::new(inner.clone(), shared.clone(), dialer, aux);
     let hello = d.hello();
     send_frame(&mut send, &hello, d.peer).await;
@@ -297,6 +320,13 @@ async fn drive_connection(
                 announce = true;
             }
             Ok(()) = owner_rx.changed() => {}
+            Ok(()) = vouched_rx.changed() => {
+                let vouched = *vouched_rx.borrow_and_update();
+                if let Some(a) = vouched.filter(|_| inner.direct_paths) {
+                    d.pm.set_remote_vouched(a);
+                    d.pm.request_round(Instant::now());
+                }
+            }
             dg = conn.read_datagram() => match dg {
                 Ok(dg) => handle_datagram(&shared, &dg_tx, dg),
                 Err(e) => break e.to_string(),
@@ -375,6 +405,12 @@ impl ConnDriver {
                 *self.shared.remote_name.lock() = Some(name);
                 *self.shared.remote_instance.lock() = Some(instance);
                 close_restarted(&self.inner, &self.shared, instance);
+                // The peer's connection exists now: ask the relay to tell it our address
+                // (the one thing its birthday technique may aim at).
+                if self.inner.direct_paths {
+                    let vouch = p2pcall_proto::relay::ClientFrame::Vouch { to: self.peer };
+                    let _ = self.inner.relay_cmd.try_send(vouch);
+                }
                 reach
             }
             Ok(PeerFrame::Candidates(reach)) => reach,
@@ -393,7 +429,7 @@ impl ConnDriver {
             }
         };
         if self.inner.direct_paths {
-            self.pm.set_remote_nat(reach.mapping, reach.observed);
+            self.pm.set_remote_nat(reach.mapping);
             self.pm
                 .add_remote_candidates(Instant::now(), &reach.candidates);
             self.pm.request_round(Instant::now());
@@ -438,6 +474,10 @@ impl ConnDriver {
         }
         self.pm.handle_timeout(now);
         while let Some(t) = self.pm.poll_transmit() {
+            if t.unvalidated && !self.inner.probe_budget.lock().take(now, 1.0) {
+                self.inner.probes_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             self.aux.send(t.via, t.dst, &t.payload);
         }
         self.shared

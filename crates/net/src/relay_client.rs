@@ -453,6 +453,12 @@ async fn handle_event(
                 .queue()
                 .try_send(crate::socket::Queued::Relayed(from, packet.to_vec()));
         }
+        ClientEvent::Vouched { from, observed } => {
+            let observed = crate::socket::canonical(observed);
+            for c in inner.conns.lock().get(&from).into_iter().flatten() {
+                c.shared.vouched.send_replace(Some(observed));
+            }
+        }
         ClientEvent::Ended(end) => return Some(end.into()),
     }
     None

@@ -11,7 +11,13 @@
 //!  |<-- Joined / Left / Updated -----------|  incremental, never the whole list again
 //!  |-- Signal{to} ------------------------>|-- Signal{from} --> other peer
 //!  |-- Data{to} (TCP fallback only) ------>|-- Data{from} ----> other peer
+//!  |-- Vouch{to} ------------------------->|-- Vouched{from, observed} --> other peer
 //! ```
+//!
+//! `Vouch` asks the relay to tell one peer (of the sender's choice, typically the one it is
+//! connecting to) the address the relay sees the sender's UDP session at: a fact the peer
+//! cannot forge, so the hole-punching techniques that fire many probes (the birthday
+//! technique) aim only at an address the relay vouched for, never at one a peer claimed.
 //!
 //! The relay never sees anything it could decrypt: signals and data are opaque to it.
 
@@ -177,6 +183,11 @@ pub enum ClientFrame {
         /// Opaque QUIC packet.
         packet: Bytes,
     },
+    /// Tell `to` the address the relay sees this session's UDP packets come from.
+    Vouch {
+        /// The peer to tell.
+        to: PeerId,
+    },
 }
 
 /// Frames the relay sends to a peer.
@@ -230,6 +241,14 @@ pub enum ServerFrame {
         /// Opaque QUIC packet.
         packet: Bytes,
     },
+    /// The address the relay sees another peer's UDP session at (that peer asked it to tell
+    /// us: `Vouch`).
+    Vouched {
+        /// The peer, as authenticated by the relay.
+        from: PeerId,
+        /// Its address as the relay sees it.
+        observed: std::net::SocketAddr,
+    },
     /// The relay refuses or ends the session; the connection closes after this frame.
     Refused {
         /// Machine-readable cause.
@@ -245,6 +264,7 @@ mod ty {
     pub const SIGNAL: u8 = 0x03;
     pub const PING: u8 = 0x04;
     pub const DATA: u8 = 0x05;
+    pub const VOUCH: u8 = 0x06;
 
     pub const WELCOME: u8 = 0x81;
     pub const SNAPSHOT: u8 = 0x82;
@@ -256,6 +276,7 @@ mod ty {
     pub const PONG: u8 = 0x88;
     pub const S_DATA: u8 = 0x89;
     pub const REFUSED: u8 = 0x8a;
+    pub const VOUCHED: u8 = 0x8b;
 }
 
 impl ClientFrame {
@@ -289,6 +310,7 @@ impl ClientFrame {
                 b.put_peer_id(to);
                 b.put_bytes16(&packet[..packet.len().min(MAX_DATA)]);
             }),
+            Self::Vouch { to } => frame::write(out, ty::VOUCH, |b| b.put_peer_id(to)),
         }
     }
 
@@ -306,6 +328,7 @@ impl ClientFrame {
                 Self::Signal { payload, .. } => 32 + 2 + payload.len().min(MAX_SIGNAL),
                 Self::Ping { .. } => 8,
                 Self::Data { packet, .. } => 32 + 2 + packet.len().min(MAX_DATA),
+                Self::Vouch { .. } => 32,
             }
     }
 
@@ -335,6 +358,9 @@ impl ClientFrame {
             ty::DATA => Self::Data {
                 to: r.peer_id("to")?,
                 packet: owned(r.bytes16("packet", MAX_DATA)?),
+            },
+            ty::VOUCH => Self::Vouch {
+                to: r.peer_id("to")?,
             },
             other => return Err(DecodeError::UnknownFrameType(other)),
         };
@@ -384,6 +410,10 @@ impl ServerFrame {
                 b.put_peer_id(from);
                 b.put_bytes16(&packet[..packet.len().min(MAX_DATA)]);
             }),
+            Self::Vouched { from, observed } => frame::write(out, ty::VOUCHED, |b| {
+                b.put_peer_id(from);
+                b.put_socket_addr(observed);
+            }),
             Self::Refused { reason, detail } => frame::write(out, ty::REFUSED, |b| {
                 b.put_u8(*reason as u8);
                 b.put_str16(truncate_utf8(detail, MAX_REASON));
@@ -418,6 +448,7 @@ impl ServerFrame {
                 Self::SignalFailed { .. } => 33,
                 Self::Pong { .. } => 8,
                 Self::Data { packet, .. } => 32 + 2 + packet.len().min(MAX_DATA),
+                Self::Vouched { observed, .. } => 32 + socket_addr_len(observed),
                 Self::Refused { detail, .. } => 1 + 2 + detail.len().min(MAX_REASON),
             }
     }
@@ -468,6 +499,10 @@ impl ServerFrame {
             ty::S_DATA => Self::Data {
                 from: r.peer_id("from")?,
                 packet: owned(r.bytes16("packet", MAX_DATA)?),
+            },
+            ty::VOUCHED => Self::Vouched {
+                from: r.peer_id("from")?,
+                observed: r.socket_addr("observed address")?,
             },
             ty::REFUSED => Self::Refused {
                 reason: RefuseReason::from_u8(r.u8("reason")?)?,
@@ -538,6 +573,7 @@ pub(crate) mod tests {
             any::<u64>().prop_map(|nonce| ClientFrame::Ping { nonce }),
             (peer_id(), payload(MAX_DATA))
                 .prop_map(|(to, packet)| ClientFrame::Data { to, packet }),
+            peer_id().prop_map(|to| ClientFrame::Vouch { to }),
         ]
     }
 
@@ -580,6 +616,8 @@ pub(crate) mod tests {
             any::<u64>().prop_map(|nonce| ServerFrame::Pong { nonce }),
             (peer_id(), payload(MAX_DATA))
                 .prop_map(|(from, packet)| ServerFrame::Data { from, packet }),
+            (peer_id(), socket_addr())
+                .prop_map(|(from, observed)| ServerFrame::Vouched { from, observed }),
             (refuse, "\\PC{0,40}").prop_map(|(reason, detail)| ServerFrame::Refused {
                 reason,
                 detail: truncate_utf8(&detail, MAX_REASON).to_owned()

@@ -126,6 +126,8 @@ fn quic_endpoint(
 impl Relay {
     /// Binds every listener and starts serving.
     pub async fn start(identity: &Identity, cfg: RelayConfig) -> Result<Self, RelayError> {
+        let fds = p2pcall_transport::udp::raise_fd_limit();
+        tracing::debug!("open-file limit: {fds}");
         let metrics = Arc::new(Metrics::default());
         let sessions = Arc::new(RwLock::new(Sessions::default()));
         let std_udp = bind_udp(cfg.listen, "UDP")?;

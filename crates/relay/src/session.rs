@@ -196,6 +196,7 @@ async fn serve<R: AsyncRead + Unpin>(
                     }
                 }
                 SessionEvent::Signal { to, payload } => signal(shared, session, to, payload),
+                SessionEvent::Vouch { to } => vouch(shared, session, to),
                 SessionEvent::Data { to, packet } => {
                     if session.allow_data(Instant::now(), packet.len()) {
                         shared.forward_from_tcp(session.id, to, &packet);
@@ -248,6 +249,20 @@ fn signal(shared: &Shared, session: &Session, to: PeerId, payload: bytes::Bytes)
                 .fetch_add(1, Ordering::Relaxed);
             session.try_queue(ServerFrame::SignalFailed { to, reason });
         }
+    }
+}
+
+/// Tells `to` where this session's UDP packets come from (the session asked: it is
+/// connecting to `to`). A session on the TCP fallback has no UDP address to vouch for.
+fn vouch(shared: &Shared, session: &Session, to: PeerId) {
+    let Some(observed) = session.udp_addr() else {
+        return;
+    };
+    if let Some(dst) = shared.sessions.read().by_id(&to).cloned() {
+        dst.try_queue(ServerFrame::Vouched {
+            from: session.id,
+            observed,
+        });
     }
 }
 

@@ -132,15 +132,19 @@ fn run(ka: Kind, kb: Kind, one_way: Duration, seed: u8) -> Outcome {
         }
     }
     let key = [seed; 32];
-    // A dials B; each learns the other's candidates, NAT type and observed address from the
-    // Hello that travels through the relay.
+    // A dials B; each learns the other's candidates and NAT type from the Hello that travels
+    // through the relay, and the other's observed address from the relay's vouch.
     let mut pa = PathManager::new(PeerId::from_bytes([1; 32]), key, true);
     let mut pb = PathManager::new(PeerId::from_bytes([2; 32]), key, false);
     let start = net.now();
     pa.set_local_mapping(mapping(ka));
     pb.set_local_mapping(mapping(kb));
-    pa.set_remote_nat(mapping(kb), observed[1]);
-    pb.set_remote_nat(mapping(ka), observed[0]);
+    pa.set_remote_nat(mapping(kb));
+    pb.set_remote_nat(mapping(ka));
+    if let [Some(a), Some(b)] = observed {
+        pa.set_remote_vouched(b);
+        pb.set_remote_vouched(a);
+    }
     pa.set_relay_rtt(relay_leg * 4);
     pa.add_remote_candidates(start, &[observed[1].unwrap()]);
     pb.add_remote_candidates(start, &[observed[0].unwrap()]);

@@ -112,3 +112,14 @@ impl<S: TokioUdp> quinn::UdpPoller for WritablePoller<S> {
         Poll::Ready(r)
     }
 }
+
+/// Raises this process's soft limit of open files to its hard limit (once; where the system
+/// allows it), so that many connections, auxiliary sockets and relay sessions do not run
+/// out at the default soft limit of 1,024. Returns the soft limit in force.
+pub fn raise_fd_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft),
+    })
+}

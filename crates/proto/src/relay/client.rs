@@ -113,6 +113,13 @@ pub enum ClientEvent {
         /// Opaque QUIC packet.
         packet: Bytes,
     },
+    /// The relay vouches for another peer's address (that peer asked it to).
+    Vouched {
+        /// The peer, as authenticated by the relay.
+        from: PeerId,
+        /// Its UDP address as the relay sees it.
+        observed: SocketAddr,
+    },
     /// The session is over.
     Ended(SessionEnd),
 }
@@ -287,6 +294,7 @@ impl ClientSession {
             ServerFrame::SignalFailed { to, reason } => ClientEvent::SignalFailed { to, reason },
             ServerFrame::Pong { .. } => return,
             ServerFrame::Data { from, packet } => ClientEvent::Data { from, packet },
+            ServerFrame::Vouched { from, observed } => ClientEvent::Vouched { from, observed },
             ServerFrame::Refused { reason, detail } => {
                 self.end(SessionEnd::refused(reason, detail));
                 return;
@@ -321,6 +329,7 @@ fn frame_name(f: &ServerFrame) -> &'static str {
         ServerFrame::SignalFailed { .. } => "a signal failure",
         ServerFrame::Pong { .. } => "a pong",
         ServerFrame::Data { .. } => "a data frame",
+        ServerFrame::Vouched { .. } => "a vouched address",
         ServerFrame::Refused { .. } => "a refusal",
     }
 }

@@ -122,6 +122,12 @@ pub enum SessionEvent {
         /// Opaque QUIC packet.
         packet: Bytes,
     },
+    /// Tell `to` (if online) the address this peer's UDP session comes from
+    /// (`Vouched { from: this peer, observed }`); nothing for a session without UDP.
+    Vouch {
+        /// The peer to tell.
+        to: PeerId,
+    },
     /// Queue this frame to the peer (`Pong`, `SignalFailed`).
     Send(ServerFrame),
     /// The session is over: unregister it and close the connection.
@@ -359,6 +365,9 @@ impl ServerSession {
                         })
                     }
                     ClientFrame::Signal { to, payload } => SessionEvent::Signal { to, payload },
+                    // Vouches share the signals' budget (each makes the relay send a frame).
+                    ClientFrame::Vouch { .. } if !signals.take(now, 1.0) => return,
+                    ClientFrame::Vouch { to } => SessionEvent::Vouch { to },
                     ClientFrame::Ping { nonce } => SessionEvent::Send(ServerFrame::Pong { nonce }),
                     ClientFrame::Data { .. } => return,
                 };
@@ -687,6 +696,13 @@ mod tests {
         // The rate refills: 50 ms later one more signal goes through.
         feed(&mut s, t0 + Duration::from_millis(50), &signal);
         assert!(matches!(s.poll_event(), Some(SessionEvent::Signal { .. })));
+        // Vouches draw on the same budget: spent, they are dropped (nobody is told).
+        let vouch = ClientFrame::Vouch { to: peer(2) };
+        feed(&mut s, t0 + Duration::from_millis(50), &vouch);
+        assert_eq!(s.poll_event(), None);
+        feed(&mut s, t0 + Duration::from_millis(100), &vouch);
+        assert_eq!(s.poll_event(), Some(SessionEvent::Vouch { to: peer(2) }));
+        assert!(s.is_open());
     }
 
     #[test]
