@@ -209,14 +209,7 @@ fn ambiguous<'a>(
 /// goes in the next one, one transaction (a burst of renames costs one disk sync).
 async fn record_seen(ctx: Arc<Context>, mut rx: mpsc::UnboundedReceiver<Seen>) {
     while let Some(first) = rx.recv().await {
-        let mut seen = Vec::new();
-        let mut flushed = Vec::new();
-        for m in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-            match m {
-                Seen::Peers(p) => seen.extend(p),
-                Seen::Flush(done) => flushed.push(done),
-            }
-        }
+        let (seen, flushed) = gather(first, &mut rx).await;
         if seen.is_empty() {
             for f in flushed {
                 let _ = f.send(());
@@ -239,6 +232,40 @@ async fn record_seen(ctx: Arc<Context>, mut rx: mpsc::UnboundedReceiver<Seen>) {
     }
 }
 
+/// Presence comes in bursts (a snapshot, renames, a crowd joining): what arrives within one
+/// [`PRESENCE_BATCH`] after `first`, each peer once with its newest name, is written in one
+/// transaction (one fsync) instead of one per event. A flush request ends the gathering.
+async fn gather(
+    first: Seen,
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+) -> (
+    std::collections::HashMap<PeerId, String>,
+    Vec<oneshot::Sender<()>>,
+) {
+    let until = tokio::time::Instant::now() + PRESENCE_BATCH;
+    let mut seen = std::collections::HashMap::new();
+    let mut flushed = Vec::new();
+    let mut next = Some(first);
+    while let Some(m) = next.take() {
+        match m {
+            Seen::Peers(p) => seen.extend(p),
+            Seen::Flush(done) => flushed.push(done),
+        }
+        next = match rx.try_recv() {
+            Ok(m) => Some(m),
+            Err(_) if !flushed.is_empty() => None,
+            Err(_) => tokio::time::timeout_at(until, rx.recv())
+                .await
+                .ok()
+                .flatten(),
+        };
+    }
+    (seen, flushed)
+}
+
+/// How long the contacts writer gathers presence before writing it.
+const PRESENCE_BATCH: Duration = Duration::from_millis(250);
+
 /// What the contacts writer is handed.
 #[derive(Debug)]
 enum Seen {
@@ -246,4 +273,42 @@ enum Seen {
     Peers(Vec<(PeerId, String)>),
     /// Answer once everything before is recorded.
     Flush(oneshot::Sender<()>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_presence_is_gathered_into_one_write() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let peer = |n: u8| PeerId::from_bytes([n; 32]);
+        // A renamer (49 renames a second) and a crowd joining, over 200 ms.
+        let feed = tokio::spawn(async move {
+            for i in 0..10u8 {
+                tx.send(Seen::Peers(vec![(peer(1), format!("name {i}"))]))
+                    .unwrap();
+                tx.send(Seen::Peers(vec![(peer(10 + i), "joined".into())]))
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tx
+        });
+        let first = rx.recv().await.unwrap();
+        let (seen, flushed) = gather(first, &mut rx).await;
+        // One batch: every peer once, the renamer under its newest name.
+        assert_eq!(seen.len(), 11);
+        assert_eq!(seen[&peer(1)], "name 9");
+        assert!(flushed.is_empty());
+        // A flush ends the gathering at once.
+        let tx = feed.await.unwrap();
+        let (done, _wait) = oneshot::channel();
+        tx.send(Seen::Peers(vec![(peer(2), "x".into())])).unwrap();
+        tx.send(Seen::Flush(done)).unwrap();
+        let t0 = tokio::time::Instant::now();
+        let first = rx.recv().await.unwrap();
+        let (seen, flushed) = gather(first, &mut rx).await;
+        assert_eq!((seen.len(), flushed.len()), (1, 1));
+        assert_eq!(tokio::time::Instant::now(), t0);
+    }
 }

@@ -473,3 +473,47 @@ async fn both_sides_dialing_at_once_get_two_working_connections_that_go_direct()
     }
     assert!(ab.quic().close_reason().is_none() && ba.quic().close_reason().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_per_address_are_capped_and_handshake_spikes_get_a_retry() {
+    use p2pcall_relay::metrics::Close;
+    // Every handshake must prove its address first (as when handshakes spike): peers still
+    // connect, through a QUIC Retry; and one address gets at most two sessions.
+    let relay = relay_with(|c| {
+        c.max_per_address = 2;
+        c.retry_above = 0;
+    })
+    .await;
+    let a = peer("alice", relay.udp_addr, false).await;
+    let b = peer("bob", relay.udp_addr, false).await;
+    assert!(
+        relay
+            .metrics()
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    let mut c = peer_with(
+        "carol",
+        Identity::generate().unwrap(),
+        relay_cfg(relay.udp_addr),
+        false,
+    )
+    .await;
+    let reason = c
+        .expect("too many from one address", |e| match e {
+            Event::RelayDisconnected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+    assert!(reason.contains("your address"), "{reason}");
+    assert!(relay.metrics().closes(Close::ServerFull) >= 1);
+    // A session leaving makes room for another from the same address.
+    b.ep.close().await;
+    c.expect("carol registers once bob left", |e| match e {
+        Event::RelayConnected { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    drop(a);
+}

@@ -37,6 +37,12 @@ pub struct RelayConfig {
     /// A peer's name change reaches the others at most this often (renames in between are
     /// coalesced; the last one goes out when the interval ends).
     pub rename_every: Duration,
+    /// Most sessions from one source IP address (one client cannot take every slot; a
+    /// carrier-grade NAT still fits many users).
+    pub max_per_address: usize,
+    /// QUIC handshakes in progress above which new ones must first prove their address
+    /// (a stateless QUIC Retry); `0`: always.
+    pub retry_above: usize,
 }
 
 impl RelayConfig {
@@ -66,6 +72,8 @@ impl RelayConfig {
             idle_timeout: Duration::from_secs(40),
             max_incoming: 4096,
             rename_every: Duration::from_secs(1),
+            max_per_address: 256,
+            retry_above: 64,
         }
     }
 }

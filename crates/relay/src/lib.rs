@@ -129,7 +129,9 @@ impl Relay {
         let fds = p2pcall_transport::udp::raise_fd_limit();
         tracing::debug!("open-file limit: {fds}");
         let metrics = Arc::new(Metrics::default());
-        let sessions = Arc::new(RwLock::new(Sessions::default()));
+        let mut sessions = Sessions::default();
+        sessions.max_per_address = cfg.max_per_address;
+        let sessions = Arc::new(RwLock::new(sessions));
         let std_udp = bind_udp(cfg.listen, "UDP")?;
         let udp_addr = std_udp.local_addr().map_err(|source| RelayError::Bind {
             what: "UDP",
@@ -269,10 +271,26 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             _ = shared.cancel.cancelled() => return,
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
+        // Handshakes spiking (a flood of Initials, perhaps from spoofed addresses): a new one
+        // first proves it receives at its address (a stateless QUIC Retry, no state kept).
+        use std::sync::atomic::Ordering::Relaxed;
+        let busy = shared.metrics.handshakes.load(Relaxed) as usize;
+        if busy >= shared.cfg.retry_above && !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                shared.metrics.retries.fetch_add(1, Relaxed);
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore();
+            }
+            continue;
+        }
+        shared.metrics.handshakes.fetch_add(1, Relaxed);
         let shared = shared.clone();
         tokio::spawn(async move {
             let timeout = shared.cfg.handshake_timeout;
-            let conn = match tokio::time::timeout(timeout, incoming).await {
+            let done = tokio::time::timeout(timeout, incoming).await;
+            shared.metrics.handshakes.fetch_sub(1, Relaxed);
+            let conn = match done {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     tracing::debug!("relay handshake failed: {e}");

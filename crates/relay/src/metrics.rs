@@ -76,6 +76,10 @@ pub struct Metrics {
     pub presence_snapshots: AtomicU64,
     /// Reflection requests answered.
     pub reflections: AtomicU64,
+    /// QUIC handshakes in progress.
+    pub handshakes: AtomicU64,
+    /// QUIC Retry packets sent (handshakes asked to prove their address first).
+    pub retries: AtomicU64,
     drops: [AtomicU64; 8],
     closes: [AtomicU64; 7],
 }
@@ -162,6 +166,20 @@ impl Metrics {
             "counter",
             "Signaling messages not delivered.",
             &self.signals_failed,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_handshakes",
+            "gauge",
+            "QUIC handshakes in progress.",
+            &self.handshakes,
+        );
+        g(
+            &mut s,
+            "p2pcall_relay_retries_total",
+            "counter",
+            "QUIC Retry packets sent because handshakes spiked.",
+            &self.retries,
         );
         g(
             &mut s,

@@ -3,7 +3,7 @@
 //! subscribers under the table's write lock, right after the change.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
@@ -23,12 +23,30 @@ use crate::metrics::Metrics;
 /// Frames queued toward one peer before presence falls back to a snapshot and signals fail
 /// with `QueueFull`.
 const OUT_QUEUE: usize = 1024;
+/// Bytes queued toward one peer, likewise (a stalled peer holds at most this much; with
+/// frames alone as the bound it could hold 1,024 signals of 16 KiB).
+pub(crate) const OUT_QUEUE_BYTES: usize = 256 << 10;
 
 /// All registered sessions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     by_id: HashMap<PeerId, Arc<Session>>,
     by_tag: HashMap<[u8; 16], Arc<Session>>,
+    /// Sessions per source IP address.
+    per_address: HashMap<IpAddr, usize>,
+    /// Most sessions from one address.
+    pub(crate) max_per_address: usize,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            by_id: HashMap::new(),
+            by_tag: HashMap::new(),
+            per_address: HashMap::new(),
+            max_per_address: usize::MAX,
+        }
+    }
 }
 
 impl Sessions {
@@ -58,7 +76,7 @@ impl Sessions {
             if !s.presence || s.id == *except {
                 continue;
             }
-            if s.out.try_send(frame.clone()).is_ok() {
+            if s.try_queue(frame.clone()) {
                 metrics.presence_events.fetch_add(1, Ordering::Relaxed);
             } else {
                 s.resync.store(true, Ordering::Release);
@@ -84,8 +102,12 @@ pub struct Session {
     pub(crate) name: Mutex<String>,
     since_ms: u64,
     presence: bool,
+    /// The IP address the session comes from (counted per address).
+    source: IpAddr,
     udp: Option<UdpBinding>,
     out: mpsc::Sender<ServerFrame>,
+    /// Bytes of the frames in `out` (at most [`OUT_QUEUE_BYTES`]).
+    queued: std::sync::atomic::AtomicUsize,
     pub(crate) resync: AtomicBool,
     pub(crate) wake: Notify,
     data_limits: Mutex<(TokenBucket, TokenBucket)>,
@@ -129,9 +151,20 @@ impl Session {
         l.0.take(now, 1.0) && l.1.take(now, len as f64)
     }
 
-    /// Queues a frame; false if the queue is full.
+    /// Queues a frame; false if the queue is full (in frames or in bytes).
     pub fn try_queue(&self, f: ServerFrame) -> bool {
-        self.out.try_send(f).is_ok()
+        let len = f.encoded_len();
+        let before = self.queued.fetch_add(len, Ordering::AcqRel);
+        if before + len > OUT_QUEUE_BYTES || self.out.try_send(f).is_err() {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// The writer took `f` off the queue.
+    pub(crate) fn dequeued(&self, f: &ServerFrame) {
+        self.queued.fetch_sub(f.encoded_len(), Ordering::AcqRel);
     }
 
     /// Ends the session, telling the peer why.
@@ -151,8 +184,7 @@ impl Session {
         cfg: &RelayConfig,
         parent: &CancellationToken,
         id: PeerId,
-        name: String,
-        presence: bool,
+        login: Login,
         udp: Option<quinn::Connection>,
         now: Instant,
     ) -> (Arc<Self>, mpsc::Receiver<ServerFrame>) {
@@ -160,15 +192,17 @@ impl Session {
         let session = Arc::new(Self {
             id,
             tag: rand::random(),
-            name: Mutex::new(name),
+            name: Mutex::new(login.name),
             since_ms: unix_ms(),
-            presence,
+            presence: login.presence,
+            source: canonical(SocketAddr::new(login.source, 0)).ip(),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             udp: udp.map(|conn| UdpBinding {
                 addr: Mutex::new(canonical(conn.remote_address())),
                 conn,
             }),
             out,
-            resync: AtomicBool::new(presence),
+            resync: AtomicBool::new(login.presence),
             wake: Notify::new(),
             data_limits: Mutex::new((
                 TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
@@ -179,6 +213,17 @@ impl Session {
         });
         (session, out_rx)
     }
+}
+
+/// What a session said when it logged in, and where it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Login {
+    /// Display name.
+    pub(crate) name: String,
+    /// It wants presence.
+    pub(crate) presence: bool,
+    /// Its source IP address.
+    pub(crate) source: IpAddr,
 }
 
 fn unix_ms() -> u64 {
@@ -199,15 +244,25 @@ impl Sessions {
         max_peers: usize,
         metrics: &Metrics,
     ) -> Result<(), Refusal> {
-        let replacing = self.by_id.contains_key(&session.id);
-        if !replacing && self.by_id.len() >= max_peers {
+        let replacing = self.by_id.get(&session.id).map(|o| o.source);
+        if replacing.is_none() && self.by_id.len() >= max_peers {
             return Err((
                 RefuseReason::ServerFull,
                 "too many peers online",
                 CloseCause::ServerFull,
             ));
         }
+        let from_here = self.per_address.get(&session.source).copied().unwrap_or(0);
+        if replacing != Some(session.source) && from_here >= self.max_per_address {
+            return Err((
+                RefuseReason::ServerFull,
+                "too many sessions from your address",
+                CloseCause::ServerFull,
+            ));
+        }
+        *self.per_address.entry(session.source).or_default() += 1;
         if let Some(old) = self.by_id.insert(session.id, session.clone()) {
+            self.left_address(old.source);
             self.by_tag.remove(&old.tag);
             old.end(
                 RefuseReason::Replaced,
@@ -223,6 +278,15 @@ impl Sessions {
         Ok(())
     }
 
+    fn left_address(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
+    }
+
     /// Removes a session unless a newer login already took its place.
     pub(crate) fn unregister(&mut self, session: &Arc<Session>, metrics: &Metrics) {
         if self
@@ -232,6 +296,7 @@ impl Sessions {
         {
             self.by_id.remove(&session.id);
             self.by_tag.remove(&session.tag);
+            self.left_address(session.source);
             metrics
                 .peers_online
                 .store(self.len() as u64, Ordering::Relaxed);
@@ -254,6 +319,14 @@ mod tests {
         PeerId::from_bytes([n; 32])
     }
 
+    fn login(n: usize) -> Login {
+        Login {
+            name: String::new(),
+            presence: false,
+            source: IpAddr::from((n as u32).to_be_bytes()),
+        }
+    }
+
     fn numbered(n: u64) -> PeerId {
         let mut b = [0u8; 32];
         b[..8].copy_from_slice(&n.to_le_bytes());
@@ -266,7 +339,12 @@ mod tests {
         presence: bool,
     ) -> (Arc<Session>, mpsc::Receiver<ServerFrame>) {
         let now = Instant::now();
-        Session::new(&cfg(), root, peer(n), format!("p{n}"), presence, None, now)
+        let login = Login {
+            name: format!("p{n}"),
+            presence,
+            source: IpAddr::from([192, 0, 2, n]),
+        };
+        Session::new(&cfg(), root, peer(n), login, None, now)
     }
 
     #[test]
@@ -338,6 +416,61 @@ mod tests {
     }
 
     #[test]
+    fn sessions_per_address_are_capped_and_a_returning_key_keeps_its_slot() {
+        let (root, m, mut t) = (
+            CancellationToken::new(),
+            Metrics::default(),
+            Sessions::default(),
+        );
+        t.max_per_address = 2;
+        let at = |n: u8, ip: [u8; 4]| {
+            let login = Login {
+                name: String::new(),
+                presence: false,
+                source: IpAddr::from(ip),
+            };
+            Session::new(&cfg(), &root, peer(n), login, None, Instant::now()).0
+        };
+        let home = [198, 51, 100, 1];
+        t.register(&at(1, home), 100, &m).unwrap();
+        let second = at(2, home);
+        t.register(&second, 100, &m).unwrap();
+        let refused = t.register(&at(3, home), 100, &m);
+        assert!(
+            matches!(refused, Err((RefuseReason::ServerFull, why, _)) if why.contains("address"))
+        );
+        // Elsewhere, fine; the same key logging in again from home keeps its slot.
+        t.register(&at(3, [203, 0, 113, 5]), 100, &m).unwrap();
+        t.register(&at(1, home), 100, &m).unwrap();
+        // A key moving home from elsewhere needs a free slot there.
+        assert!(t.register(&at(3, home), 100, &m).is_err());
+        t.unregister(&second, &m);
+        t.register(&at(3, home), 100, &m).unwrap();
+        assert_eq!(t.per_address.get(&IpAddr::from(home)), Some(&2));
+        assert_eq!(t.per_address.len(), 1, "the other address is forgotten");
+    }
+
+    #[test]
+    fn a_stalled_peer_holds_a_bounded_number_of_bytes() {
+        let root = CancellationToken::new();
+        let (s, mut rx) = session(&root, 1, false);
+        let big = ServerFrame::Signal {
+            from: peer(2),
+            payload: bytes::Bytes::from(vec![0u8; p2pcall_proto::relay::MAX_SIGNAL]),
+        };
+        let fit = (0..1000).take_while(|_| s.try_queue(big.clone())).count();
+        // 16 KiB signals: about 256 KiB, not the 1,024 frames (16 MiB) the count allows.
+        assert_eq!(fit, OUT_QUEUE_BYTES / big.encoded_len());
+        assert!(!s.try_queue(big.clone()));
+        // The writer takes one off: room for one more.
+        let f = rx.try_recv().unwrap();
+        s.dequeued(&f);
+        assert!(s.try_queue(big.clone()));
+        assert!(!s.try_queue(big));
+        assert!(s.queued.load(Relaxed) <= OUT_QUEUE_BYTES);
+    }
+
+    #[test]
     fn a_subscriber_whose_queue_is_full_gets_a_snapshot_instead() {
         let (root, m, mut t) = (
             CancellationToken::new(),
@@ -354,8 +487,7 @@ mod tests {
                 &cfg(),
                 &root,
                 numbered(i as u64 + 1),
-                String::new(),
-                false,
+                login(i),
                 None,
                 Instant::now(),
             );
@@ -374,15 +506,7 @@ mod tests {
         let mut c = cfg();
         c.packet_rate = 100.0;
         let t0 = Instant::now();
-        let (s, _rx) = Session::new(
-            &c,
-            &CancellationToken::new(),
-            peer(1),
-            String::new(),
-            false,
-            None,
-            t0,
-        );
+        let (s, _rx) = Session::new(&c, &CancellationToken::new(), peer(1), login(1), None, t0);
         // A burst of a tenth of a second's worth plus 64 packets, then the rate.
         let burst = (0..1000).take_while(|_| s.allow_data(t0, 1200)).count();
         assert_eq!(burst, 74);

@@ -105,7 +105,12 @@ where
         }
     };
     let now = Instant::now();
-    let (session, out_rx) = Session::new(&shared.cfg, &shared.cancel, id, name, presence, udp, now);
+    let login = crate::registry::Login {
+        name,
+        presence,
+        source: observed.ip(),
+    };
+    let (session, out_rx) = Session::new(&shared.cfg, &shared.cancel, id, login, udp, now);
     if let Err((reason, detail, cause)) = register(&shared, &session) {
         machine.refuse(reason, detail, cause);
         let Some(SessionEvent::Closed(c)) = machine.poll_event() else {
@@ -290,6 +295,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             let peers = {
                 let sessions = shared.sessions.read();
                 while let Ok(f) = out_rx.try_recv() {
+                    session.dequeued(&f);
                     if !is_presence(&f) {
                         keep.push(f);
                     }
@@ -338,9 +344,11 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 _ = session.wake.notified() => continue,
                 f = out_rx.recv() => match f {
                     Some(f) => {
+                        session.dequeued(&f);
                         f.encode(&mut buf);
                         while buf.len() < 64 * 1024 {
                             let Ok(f) = out_rx.try_recv() else { break };
+                            session.dequeued(&f);
                             f.encode(&mut buf);
                         }
                     }

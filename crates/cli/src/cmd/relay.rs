@@ -39,6 +39,9 @@ pub(crate) struct RelayArgs {
     /// Most peers online at once
     #[arg(long, default_value_t = 50_000)]
     max_peers: usize,
+    /// Most peers online at once from one IP address (one client cannot take every slot)
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_per_address: usize,
     /// Relayed packets per second per peer
     #[arg(long, default_value_t = 10_000.0)]
     packet_rate: f64,
@@ -65,6 +68,7 @@ pub(crate) async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
     cfg.metrics_listen = a.metrics;
     cfg.token = cli.token.clone();
     cfg.max_peers = a.max_peers;
+    cfg.max_per_address = a.max_per_address;
     cfg.packet_rate = a.packet_rate;
     cfg.byte_rate = a.mbit_rate * 1e6 / 8.0;
     let relay = p2pcall_relay::Relay::start(&identity, cfg)
