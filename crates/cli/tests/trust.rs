@@ -1,5 +1,7 @@
 //! Trust at the edges, through the real binary: the relay's key is pinned on first use and
-//! a different one is refused before anything (the token) is sent to it.
+//! a different one is refused before anything (the token) is sent to it; names from the
+//! network never pick a peer; invitations and message requests; a relay that routes a
+//! contact's connection to an impostor gets the impostor nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -352,4 +354,108 @@ fn an_invitation_makes_a_contact_and_pins_the_relay_it_names() {
     });
     assert_ne!(code, Some(0));
     assert!(err.contains("your own ticket"), "{err}");
+}
+
+/// A relay that lies on its data path: a UDP front for an honest relay (so its key checks
+/// out) that rewrites every relayed packet addressed to `victim` to go to `impostor`.
+/// Returns its address and the count of packets it rerouted; it runs until the test process
+/// exits.
+fn misrouting_relay(
+    relay: &str,
+    victim: [u8; 32],
+    impostor: [u8; 32],
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::collections::HashMap;
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::{Arc, Mutex};
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+    let addr = front.local_addr().unwrap().to_string();
+    let relay: SocketAddr = relay.parse().unwrap();
+    let upstream: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    let rewritten = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = rewritten.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        loop {
+            let Ok((n, client)) = front.recv_from(&mut buf) else {
+                return;
+            };
+            let pkt = &mut buf[..n];
+            // RelaySend: 0x10 | session tag (16) | destination key (32) | QUIC packet.
+            if n > 49 && pkt[0] == 0x10 && pkt[17..49] == victim {
+                pkt[17..49].copy_from_slice(&impostor);
+                rewritten.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let up = upstream
+                .lock()
+                .unwrap()
+                .entry(client)
+                .or_insert_with(|| {
+                    let s = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+                    s.connect(relay).unwrap();
+                    let (back, front) = (s.clone(), front.clone());
+                    std::thread::spawn(move || {
+                        let mut b = [0u8; 2048];
+                        while let Ok(n) = back.recv(&mut b) {
+                            let _ = front.send_to(&b[..n], client);
+                        }
+                    });
+                    s
+                })
+                .clone();
+            let _ = up.send(pkt);
+        }
+    });
+    (addr, count)
+}
+
+#[test]
+fn a_relay_that_routes_a_contact_to_an_impostor_gets_it_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (adir, bdir, xdir) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("x"),
+    );
+    let (_relay, udp) = relay(&tmp.path().join("r"), &[]);
+    let hex = |s: &str| -> [u8; 32] {
+        let mut k = [0u8; 32];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        k
+    };
+    let (bob_id, x_id) = (id_of(&bdir), id_of(&xdir));
+    // Bob and the impostor are online at the honest relay; Alice goes through the lying one.
+    let (lying, rerouted) = misrouting_relay(&udp, hex(&bob_id), hex(&x_id));
+    let online = |dir: &std::path::Path, name: &str| {
+        let mut c = cmd(dir);
+        c.args([
+            "--json", "--relay", &udp, "--name", name, "listen", "--from", "anyone",
+        ]);
+        let p = Proc::spawn(c);
+        p.expect("relay_connected");
+        p
+    };
+    let mut bob = online(&bdir, "bob");
+    let mut impostor = online(&xdir, "bob");
+    let (out, err, code) = run({
+        let mut c = cmd(&adir);
+        c.args(["--json", "--relay", &lying, "chat", &bob_id, "for bob only"]);
+        c
+    });
+    // The dial reaches the impostor, whose key is not Bob's: the handshake fails, and the
+    // message waits for Bob (queued), whatever the relay does.
+    assert_eq!(code, Some(0), "{out:?} {err}");
+    assert_eq!(out[0]["state"], "queued", "{out:?}");
+    assert!(rerouted.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(impostor.term().success());
+    assert!(bob.term().success());
+    while let Ok(l) = impostor.lines.try_recv() {
+        assert!(
+            !l.contains("for bob only") && !l.contains("\"connected\""),
+            "the impostor got: {l}"
+        );
+    }
 }
