@@ -5,6 +5,8 @@
 #   scripts/bench.sh relay-capacity   [--peers N] [--subscribers S]
 #   scripts/bench.sh daemon           [--peers N] [--calls N] [--changes N]
 #   scripts/bench.sh video-feed       [--width W] [--height H]
+#   scripts/bench.sh renamer          [--subscribers N] [--secs S]
+#   scripts/bench.sh probe-flood
 #   scripts/bench.sh p2p-throughput   [--mib N]
 #   scripts/bench.sh codec-speed      [--frames N]
 #   scripts/bench.sh file-transfer    [--large-mib N] [--small N] [--small-kib N] [--dir D]
@@ -45,6 +47,8 @@ if [ "${1:-all}" = all ]; then
   "$bench" relay-capacity
   "$bench" daemon
   "$bench" video-feed
+  "$bench" renamer
+  "$bench" probe-flood
   "$bench" p2p-throughput
   "$bench" file-transfer
   "$bench" codec-speed

@@ -63,11 +63,22 @@ impl Drop for Kill {
     }
 }
 
-/// Starts the relay process (room for `peers`) and reads its UDP address.
+/// Starts the relay process (room for `peers`, all from this machine's one address) and
+/// reads its UDP address.
 pub(crate) fn start_relay(
     relay_bin: &str,
     dir: &std::path::Path,
     peers: usize,
+) -> Result<(Kill, SocketAddr)> {
+    start_relay_with(relay_bin, dir, peers, &[])
+}
+
+/// [`start_relay`] with more relay arguments.
+pub(crate) fn start_relay_with(
+    relay_bin: &str,
+    dir: &std::path::Path,
+    peers: usize,
+    extra: &[&str],
 ) -> Result<(Kill, SocketAddr)> {
     let mut child = Command::new(relay_bin)
         .args(["--json", "--data-dir"])
@@ -79,8 +90,11 @@ pub(crate) fn start_relay(
             "--no-tcp",
             "--no-reflect",
             "--max-peers",
+            &(peers + 16).to_string(),
+            "--max-per-address",
+            &(peers + 16).to_string(),
         ])
-        .arg((peers + 16).to_string())
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| {
@@ -100,7 +114,7 @@ pub(crate) fn start_relay(
 }
 
 /// Logs a new identity in; handshakes lost under load are retried, as real clients do.
-async fn login_retrying(
+pub(crate) async fn login_retrying(
     ep: quinn::Endpoint,
     udp: SocketAddr,
     presence: bool,
@@ -111,11 +125,11 @@ async fn login_retrying(
     loop {
         match login(&ep, &id, udp, presence).await {
             Ok(s) => return Ok((id.id(), presence, s)),
-            Err(e) if attempt >= 3 => return Err(e),
+            Err(e) if attempt >= 6 => return Err(e),
             Err(_) => {
                 attempt += 1;
                 retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
             }
         }
     }

@@ -19,6 +19,7 @@
 //!   packetize → loopback UDP at 60 fps) and of an idle screen, against capture alone and
 //!   encode alone.
 
+mod abuse;
 mod capacity;
 mod codec;
 mod daemon;
@@ -133,6 +134,21 @@ enum Cmd {
         #[arg(long, default_value_t = p2pcall_core::call::SCREEN_KBPS)]
         kbps: u32,
     },
+    /// One session renaming itself 49 times a second with N presence subscribers: updates
+    /// delivered and relay CPU, with the relay's coalescing and without (baseline)
+    Renamer {
+        /// Presence subscribers
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Seconds of renaming
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// The relay binary (`p2pcall`)
+        #[arg(long, default_value = "target/release/p2pcall")]
+        relay_bin: String,
+    },
+    /// Probes a peer flooding Candidates and Punch gets sent, vs. an honest peer's
+    ProbeFlood,
     /// (internal) The painter process of `screen`: scrolls text on DISPLAY until killed
     #[command(hide = true)]
     ScreenPainter {
@@ -170,5 +186,11 @@ fn main() -> anyhow::Result<()> {
         } => files::run(large_mib, small, small_kib, dir),
         Cmd::Screen { secs, fps, kbps } => screen::run(secs, fps, kbps),
         Cmd::ScreenPainter { display, hz } => screen::paint(&display, hz),
+        Cmd::Renamer {
+            subscribers,
+            secs,
+            relay_bin,
+        } => abuse::renamer(&relay_bin, subscribers, secs),
+        Cmd::ProbeFlood => abuse::probe_flood(),
     }
 }

@@ -39,6 +39,9 @@ pub(crate) struct RelayArgs {
     /// Most peers online at once
     #[arg(long, default_value_t = 50_000)]
     max_peers: usize,
+    /// (benchmarks) Deliver a peer's renames at most this often, ms [default: 1000]
+    #[arg(long, hide = true, value_name = "MS")]
+    rename_every_ms: Option<u64>,
     /// Most peers online at once from one IP address (one client cannot take every slot)
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_per_address: usize,
@@ -69,6 +72,9 @@ pub(crate) async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
     cfg.token = cli.token.clone();
     cfg.max_peers = a.max_peers;
     cfg.max_per_address = a.max_per_address;
+    if let Some(ms) = a.rename_every_ms {
+        cfg.rename_every = std::time::Duration::from_millis(ms);
+    }
     cfg.packet_rate = a.packet_rate;
     cfg.byte_rate = a.mbit_rate * 1e6 / 8.0;
     let relay = p2pcall_relay::Relay::start(&identity, cfg)
