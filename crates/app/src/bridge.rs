@@ -1027,19 +1027,11 @@ fn people(r: &Running, c: UiCmd, out: &Out) {
     let link = r.link.clone();
     match c {
         UiCmd::Invite => out.emit(AppEvent::Ticket(invite(r).map(|t| t.encode()))),
-        UiCmd::AcceptRequest(peer) => {
+        UiCmd::AcceptRequest(peer) | UiCmd::DeleteRequest(peer) => {
+            let accept = matches!(c, UiCmd::AcceptRequest(_));
             let out2 = out.clone();
             spawn_result(out, async move {
-                link.answer_request(peer, true).await?;
-                contacts(&link, &out2);
-                history(&link, peer, None, &out2);
-                Ok(())
-            });
-        }
-        UiCmd::DeleteRequest(peer) => {
-            let out2 = out.clone();
-            spawn_result(out, async move {
-                link.answer_request(peer, false).await?;
+                link.answer_request(peer, accept).await?;
                 contacts(&link, &out2);
                 history(&link, peer, None, &out2);
                 Ok(())

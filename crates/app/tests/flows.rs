@@ -746,3 +746,32 @@ fn an_invitation_is_shown_as_a_ticket_and_a_pasted_one_adds_a_contact() {
         Some(w._relay.id)
     );
 }
+
+#[test]
+fn a_strangers_message_is_a_request_until_accepted() {
+    let w = world();
+    let mut h = app_with(&w, set_up(&w));
+    until(&mut h, "bob listed", |h| {
+        h.query_by_role_and_label(Role::Button, "bob").is_some()
+    });
+    let ada = h.state().model.me.as_ref().unwrap().0;
+    // Bob is not Ada's contact: what he writes is a message request, shown apart.
+    w.rt.block_on(w.bob.send_message(ada, "hi, it's bob"))
+        .unwrap();
+    until(&mut h, "the request badge", |h| has(h, "REQUEST"));
+    assert_eq!(h.state().model.requests.get(&w.bob.id()), Some(&1));
+    h.get_by_role_and_label(Role::Button, "bob").click();
+    until(&mut h, "the request banner", |h| {
+        has(h, "Accept request") && has(h, "hi, it's bob")
+    });
+    h.get_by_label("Accept request").click();
+    until(&mut h, "bob accepted", |h| {
+        !has(h, "REQUEST") && !has(h, "Accept request")
+    });
+    let store = p2pcall_core::Store::open(&w.dir.path().join("app").join("p2pcall.db")).unwrap();
+    assert_eq!(
+        store.trust(&w.bob.id()).unwrap(),
+        p2pcall_core::Trust::Contact
+    );
+    assert!(store.message_requests().unwrap().is_empty());
+}

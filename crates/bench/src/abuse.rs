@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use p2pcall_proto::relay::{ClientFrame, ServerFrame};
-use p2pcall_transport::Identity;
 
-use crate::capacity::{cpu_ticks, login_retrying, start_relay_with};
+use crate::capacity::{cpu_ticks, login_retrying, relay_client_endpoint, start_relay_with};
 use crate::forward::Session;
 
 /// Renames per second of the hostile session (within the relay's control rate of 50/s).
@@ -69,13 +68,7 @@ async fn renamer_run(
         &["--rename-every-ms", rename_every_ms],
     )?;
     let pid = relay.0.id();
-    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    ep.set_default_client_config(p2pcall_transport::quinn_client_config(
-        &Identity::generate()?,
-        None,
-        p2pcall_transport::ALPN_RELAY,
-        p2pcall_transport::transport_config(Duration::from_secs(15), Duration::from_secs(60)),
-    )?);
+    let ep = relay_client_endpoint()?;
     let updates = Arc::new(AtomicU64::new(0));
     let retries = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

@@ -113,6 +113,18 @@ pub(crate) fn start_relay_with(
     Ok((child, udp))
 }
 
+/// One loopback QUIC endpoint for many relay sessions (each logs in with its own key).
+pub(crate) fn relay_client_endpoint() -> Result<quinn::Endpoint> {
+    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    ep.set_default_client_config(p2pcall_transport::quinn_client_config(
+        &Identity::generate()?,
+        None,
+        p2pcall_transport::ALPN_RELAY,
+        p2pcall_transport::transport_config(Duration::from_secs(15), Duration::from_secs(60)),
+    )?);
+    Ok(ep)
+}
+
 /// Logs a new identity in; handshakes lost under load are retried, as real clients do.
 pub(crate) async fn login_retrying(
     ep: quinn::Endpoint,
@@ -250,13 +262,7 @@ pub fn run(peers: usize, subscribers: usize, relay_bin: &str, max_secs: u64) -> 
         .enable_all()
         .build()?;
     let report = rt.block_on(async move {
-        let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        ep.set_default_client_config(p2pcall_transport::quinn_client_config(
-            &Identity::generate()?,
-            None,
-            p2pcall_transport::ALPN_RELAY,
-            p2pcall_transport::transport_config(Duration::from_secs(15), Duration::from_secs(60)),
-        )?);
+        let ep = relay_client_endpoint()?;
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_secs(max_secs);
         // Subscribers read from the moment they log in, keeping the latest name of every

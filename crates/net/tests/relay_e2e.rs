@@ -412,20 +412,8 @@ async fn limits_are_enforced_and_counted() {
     .await;
     let a = peer("alice", relay.udp_addr, false).await;
     let mut b = peer("bob", relay.udp_addr, false).await;
-    let mut c = peer_with(
-        "carol",
-        Identity::generate().unwrap(),
-        relay_cfg(relay.udp_addr),
-        false,
-    )
-    .await;
     // The third peer is told the relay is full (and keeps retrying with backoff).
-    let reason = c
-        .expect("server full", |e| match e {
-            Event::RelayDisconnected { reason, .. } => Some(reason),
-            _ => None,
-        })
-        .await;
+    let (c, reason) = refused_carol(&relay).await;
     assert!(reason.contains("full"), "{reason}");
     assert!(relay.metrics().closes(Close::ServerFull) >= 1);
 
@@ -493,19 +481,7 @@ async fn logins_per_address_are_capped_and_handshake_spikes_get_a_retry() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 2
     );
-    let mut c = peer_with(
-        "carol",
-        Identity::generate().unwrap(),
-        relay_cfg(relay.udp_addr),
-        false,
-    )
-    .await;
-    let reason = c
-        .expect("too many from one address", |e| match e {
-            Event::RelayDisconnected { reason, .. } => Some(reason),
-            _ => None,
-        })
-        .await;
+    let (mut c, reason) = refused_carol(&relay).await;
     assert!(reason.contains("your address"), "{reason}");
     assert!(relay.metrics().closes(Close::ServerFull) >= 1);
     // A session leaving makes room for another from the same address.
@@ -516,4 +492,22 @@ async fn logins_per_address_are_capped_and_handshake_spikes_get_a_retry() {
     })
     .await;
     drop(a);
+}
+
+/// A third peer, carol, logging in and told why the relay will not have her.
+async fn refused_carol(relay: &p2pcall_relay::Relay) -> (Peer, String) {
+    let mut c = peer_with(
+        "carol",
+        Identity::generate().unwrap(),
+        relay_cfg(relay.udp_addr),
+        false,
+    )
+    .await;
+    let reason = c
+        .expect("a refusal", |e| match e {
+            Event::RelayDisconnected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+    (c, reason)
 }
