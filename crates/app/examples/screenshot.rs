@@ -4,7 +4,8 @@
 //! In-process: a relay, a second peer "bob" (test pattern + tone), and the app as "Ada" with
 //! synthetic media. Bob writes, then calls; the app answers as a user would (the dialog's
 //! Accept), and once both pictures and a few seconds of statistics are on screen the window
-//! takes its own screenshot.
+//! takes its own screenshot. With `--invite` after the file name: the invitation window (our
+//! ticket and its QR code) instead of the call.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a tool: a failed step ends it loudly
 
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ struct Shot {
     done: std::sync::mpsc::Sender<()>,
     done_rx: std::sync::mpsc::Receiver<()>,
     start: Instant,
+    /// Show the invitation window instead of a call.
+    invite: bool,
     _keep: (p2pcall_relay::Relay, tempfile::TempDir),
 }
 
@@ -41,6 +44,15 @@ impl eframe::App for Shot {
             "no call picture within 90 s"
         );
         let m = &self.app.model;
+        if self.invite {
+            if !self.called && m.me.is_some() && m.peers("").iter().any(|p| p.id == self.bob.id()) {
+                self.app.open_invite();
+                self.called = true;
+            }
+            let shown = matches!(self.app.model.ticket, Some(Ok(_)));
+            self.shoot(&ctx, shown && self.start.elapsed() > Duration::from_secs(2));
+            return;
+        }
         if !self.called
             && let Some((ada, _)) = &m.me
             && m.peers("").iter().any(|p| p.id == self.bob.id())
@@ -63,6 +75,13 @@ impl eframe::App for Shot {
             self.app.answer();
         }
         let ready = self.app.shows_video() == (true, true) && stats >= 4;
+        self.shoot(&ctx, ready);
+    }
+}
+
+impl Shot {
+    /// Once `ready`, takes the screenshot, saves it, and closes the window.
+    fn shoot(&mut self, ctx: &egui::Context, ready: bool) {
         if ready && !self.asked {
             let (out, tx) = (self.out.clone(), self.done.clone());
             let wake = ctx.clone();
@@ -101,6 +120,7 @@ fn main() {
             .nth(1)
             .unwrap_or_else(|| "p2pcall-call.png".into()),
     );
+    let invite = std::env::args().any(|a| a == "--invite");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -155,6 +175,7 @@ fn main() {
                 done,
                 done_rx,
                 start: Instant::now(),
+                invite,
                 _keep: (relay, dir),
             }))
         }),

@@ -19,7 +19,7 @@ pub(super) struct InviteForm {
 
 impl App {
     /// Opens the invitation window (and asks for our ticket).
-    pub(super) fn open_invite(&mut self) {
+    pub fn open_invite(&mut self) {
         self.invite.open = true;
         self.bridge.send(UiCmd::Invite);
     }
