@@ -357,7 +357,8 @@ fn an_invitation_makes_a_contact_and_pins_the_relay_it_names() {
 }
 
 /// A relay that lies on its data path: a UDP front for an honest relay (so its key checks
-/// out) that rewrites every relayed packet addressed to `victim` to go to `impostor`.
+/// out) that rewrites every relayed packet addressed to `victim` to go to `impostor`, and
+/// the impostor's answers to come from `victim`.
 /// Returns its address and the count of packets it rerouted; it runs until the test process
 /// exits.
 fn misrouting_relay(
@@ -397,6 +398,11 @@ fn misrouting_relay(
                     std::thread::spawn(move || {
                         let mut b = [0u8; 2048];
                         while let Ok(n) = back.recv(&mut b) {
+                            // RelayRecv: 0x11 | source key (32) | QUIC packet. The
+                            // impostor's answers claim to come from the victim.
+                            if n > 33 && b[0] == 0x11 && b[1..33] == impostor {
+                                b[1..33].copy_from_slice(&victim);
+                            }
                             let _ = front.send_to(&b[..n], client);
                         }
                     });
@@ -444,10 +450,19 @@ fn a_relay_that_routes_a_contact_to_an_impostor_gets_it_nothing() {
         c.args(["--json", "--relay", &lying, "chat", &bob_id, "for bob only"]);
         c
     });
-    // The dial reaches the impostor, whose key is not Bob's: the handshake fails, and the
-    // message waits for Bob (queued), whatever the relay does.
-    assert_eq!(code, Some(0), "{out:?} {err}");
-    assert_eq!(out[0]["state"], "queued", "{out:?}");
+    // The dial reaches the impostor, whose key is not Bob's: the handshake fails, the user
+    // is told who answered, and the message waits for Bob.
+    assert_eq!(code, Some(1), "{out:?} {err}");
+    let why = out[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("someone else answered") && why.contains(&x_id),
+        "{out:?}"
+    );
+    let mut c = cmd(&adir);
+    c.args(["--json", "history", &bob_id]);
+    let history = json_out(c);
+    assert_eq!(history["messages"][0]["text"], "for bob only");
+    assert_eq!(history["messages"][0]["state"], "queued");
     assert!(rerouted.load(std::sync::atomic::Ordering::Relaxed) > 0);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(impostor.term().success());

@@ -85,8 +85,14 @@ impl Chat {
             .db(move |s| s.queue_message(&peer, &text, now_ms()))
             .await?;
         self.events.emit(ChatEvent::Queued(m.clone()));
-        if let Err(e) = self.flush(peer).await {
-            tracing::debug!(%peer, "message queued: {e}");
+        match self.flush(peer).await {
+            // Someone else answered for the peer: the message waits for the real one, and
+            // the user must know.
+            Err(e @ EngineError::Net(p2pcall_net::NetError::PeerKeyMismatch { .. })) => {
+                return Err(e);
+            }
+            Err(e) => tracing::debug!(%peer, "message queued: {e}"),
+            Ok(()) => {}
         }
         let after = m.rowid + 1;
         let latest = (self.ctx)

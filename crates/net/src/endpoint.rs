@@ -281,9 +281,21 @@ impl Endpoint {
             inner.socket.family(route.vaddr),
             p2pcall_transport::PEER_SERVER_NAME,
         )?;
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| NetError::Timeout("connecting to the peer"))??;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => return Err(NetError::Timeout("connecting to the peer")),
+            Ok(Err(e)) => {
+                // Someone else answered for this peer (a relay or network routing us
+                // elsewhere): say so, with the key it proved.
+                return Err(match p2pcall_transport::presented_key(&e.to_string()) {
+                    Some(got) => NetError::PeerKeyMismatch {
+                        expected: peer,
+                        got: Some(got),
+                    },
+                    None => e.into(),
+                });
+            }
+            Ok(Ok(conn)) => conn,
+        };
         let got = p2pcall_transport::peer_id(&conn);
         if got != Some(peer) {
             conn.close(CLOSE_KEY_MISMATCH.into(), b"key mismatch");

@@ -22,7 +22,10 @@ pub enum NetError {
     #[error("connection failed: {0}")]
     Connection(#[from] quinn::ConnectionError),
     /// The peer presented a key other than the expected one.
-    #[error("peer key mismatch: expected {expected:?}, the other side proved {got:?}")]
+    #[error(
+        "someone else answered for {expected}: it proved the key {}, not that peer's. The relay or the network may be routing you to an impostor; nothing was sent to it",
+        got.map_or_else(|| "(none)".to_string(), |k| k.to_hex())
+    )]
     PeerKeyMismatch {
         /// Key we dialed or the relay vouched for.
         expected: PeerId,
