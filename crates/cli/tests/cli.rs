@@ -431,3 +431,46 @@ fn the_command_line_serves_scripts_and_people() {
     assert!(status.success(), "{status:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_relay_takes_its_settings_from_a_file_and_the_command_line_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:0\"\ntoken = \"from-the-file\"\ntcp = false\nreflect = false\nmax_peers = 5\n",
+    )
+    .unwrap();
+    let mut c = cmd(&tmp.path().join("r"));
+    c.args(["--json", "relay", "--config"])
+        .arg(&file)
+        .args(["--max-peers", "7"]);
+    let relay = Proc::spawn(c);
+    let started = relay.expect("relay_started");
+    assert_eq!(started["token_required"], true);
+    assert!(
+        started["tcp"].is_null() && started["reflect"].is_null(),
+        "{started}"
+    );
+    let udp = started["udp"].as_str().unwrap().to_string();
+    let peers = |token: Option<&str>| {
+        let mut c = cmd(&tmp.path().join("a"));
+        c.args(["--json", "--relay", &udp]);
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        c.arg("peers");
+        run(c)
+    };
+    let (_, err, code) = peers(Some("from-the-file"));
+    assert_eq!(code, Some(0), "{err}");
+    let (out, _, code) = peers(None);
+    assert_eq!(code, Some(6), "{out:?}");
+    // A misspelt setting stops the relay, naming it.
+    std::fs::write(&file, "max_peer = 3\n").unwrap();
+    let mut c = cmd(&tmp.path().join("r2"));
+    c.args(["relay", "--config"]).arg(&file);
+    let (_, err, code) = run(c);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("max_peer"), "{err}");
+}

@@ -77,3 +77,167 @@ impl RelayConfig {
         }
     }
 }
+
+/// A relay's settings file (TOML, `p2pcall relay --config FILE`): the same settings as the
+/// command line's flags, every one optional (the command line wins, then the file, then the
+/// defaults of [`RelayConfig::new`]).
+///
+/// ```toml
+/// listen = "0.0.0.0:7700"        # UDP and the TCP+TLS fallback
+/// metrics = "127.0.0.1:9100"
+/// token = "s3cret"
+/// max_peers = 50000
+/// max_per_address = 256
+/// tcp = true                      # the TCP+TLS fallback (default: on)
+/// reflect = true                  # the second reflection port (default: on, UDP port + 1)
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayFile {
+    /// Address for everything (UDP, and the TCP fallback unless `tcp_listen`).
+    pub listen: Option<SocketAddr>,
+    /// UDP address, if not `listen`.
+    pub udp: Option<SocketAddr>,
+    /// TCP+TLS fallback address, if not `listen`.
+    pub tcp_listen: Option<SocketAddr>,
+    /// The TCP+TLS fallback is served [default: true].
+    pub tcp: Option<bool>,
+    /// Second reflection address [default: UDP port + 1].
+    pub reflect_listen: Option<SocketAddr>,
+    /// The second reflection port is served [default: true].
+    pub reflect: Option<bool>,
+    /// Prometheus metrics and `/healthz` address.
+    pub metrics: Option<SocketAddr>,
+    /// Access token peers must present.
+    pub token: Option<String>,
+    /// Most peers online at once.
+    pub max_peers: Option<usize>,
+    /// Most peers online at once from one IP address.
+    pub max_per_address: Option<usize>,
+    /// Relayed packets per second per peer.
+    pub packet_rate: Option<f64>,
+    /// Relayed Mbit/s per peer.
+    pub mbit_rate: Option<f64>,
+}
+
+/// Why a relay settings file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayFileError {
+    /// It could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not valid TOML for these settings (the message names the line and key).
+    #[error("{path} is not a valid relay settings file: {source}")]
+    Parse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The parser's message.
+        source: toml::de::Error,
+    },
+}
+
+impl RelayFile {
+    /// Reads a settings file.
+    pub fn load(path: &std::path::Path) -> Result<Self, RelayFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RelayFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| RelayFileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Overlays `over` (the command line's values) on this file's: the result holds, for
+    /// each setting, the command line's if given, else the file's.
+    pub fn overlaid(self, over: Self) -> Self {
+        Self {
+            listen: over.listen.or(self.listen),
+            udp: over.udp.or(self.udp),
+            tcp_listen: over.tcp_listen.or(self.tcp_listen),
+            tcp: over.tcp.or(self.tcp),
+            reflect_listen: over.reflect_listen.or(self.reflect_listen),
+            reflect: over.reflect.or(self.reflect),
+            metrics: over.metrics.or(self.metrics),
+            token: over.token.or(self.token),
+            max_peers: over.max_peers.or(self.max_peers),
+            max_per_address: over.max_per_address.or(self.max_per_address),
+            packet_rate: over.packet_rate.or(self.packet_rate),
+            mbit_rate: over.mbit_rate.or(self.mbit_rate),
+        }
+    }
+
+    /// The relay configuration these settings describe (defaults for what they leave out).
+    pub fn config(&self) -> RelayConfig {
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7700)));
+        let mut cfg = RelayConfig::new(self.udp.unwrap_or(listen));
+        cfg.tcp_listen = (self.tcp != Some(false)).then(|| self.tcp_listen.unwrap_or(listen));
+        cfg.reflect_listen = if self.reflect == Some(false) {
+            None
+        } else {
+            self.reflect_listen.or(cfg.reflect_listen)
+        };
+        cfg.metrics_listen = self.metrics;
+        cfg.token.clone_from(&self.token);
+        if let Some(n) = self.max_peers {
+            cfg.max_peers = n;
+        }
+        if let Some(n) = self.max_per_address {
+            cfg.max_per_address = n;
+        }
+        if let Some(r) = self.packet_rate {
+            cfg.packet_rate = r;
+        }
+        if let Some(m) = self.mbit_rate {
+            cfg.byte_rate = m * 1e6 / 8.0;
+        }
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_wins_over_the_file_which_wins_over_the_defaults() {
+        let file: RelayFile = toml::from_str(
+            r#"
+            listen = "0.0.0.0:7800"
+            metrics = "127.0.0.1:9100"
+            token = "from-file"
+            max_per_address = 16
+            tcp = false
+            "#,
+        )
+        .unwrap();
+        let flags = RelayFile {
+            token: Some("from-flag".into()),
+            max_peers: Some(10),
+            ..RelayFile::default()
+        };
+        let cfg = file.overlaid(flags).config();
+        assert_eq!(cfg.listen, "0.0.0.0:7800".parse().unwrap());
+        assert_eq!(cfg.tcp_listen, None);
+        assert_eq!(cfg.reflect_listen, Some("0.0.0.0:7801".parse().unwrap()));
+        assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(cfg.token.as_deref(), Some("from-flag"));
+        assert_eq!((cfg.max_peers, cfg.max_per_address), (10, 16));
+        // Nothing given: the defaults.
+        let d = RelayFile::default().config();
+        assert_eq!(d.listen, "0.0.0.0:7700".parse().unwrap());
+        assert_eq!(d.tcp_listen, Some(d.listen));
+        assert_eq!(d.max_per_address, 256);
+        // A misspelt key is refused, naming it.
+        let bad = toml::from_str::<RelayFile>("max_peer = 3").unwrap_err();
+        assert!(bad.to_string().contains("max_peer"), "{bad}");
+    }
+}

@@ -34,7 +34,7 @@ use p2pcall_transport::Identity;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::RelayConfig;
+pub use config::{RelayConfig, RelayFile, RelayFileError};
 pub use metrics::Metrics;
 pub use p2pcall_proto::limits::TokenBucket;
 use registry::Sessions;

@@ -13,11 +13,21 @@ use crate::ctx::*;
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   p2pcall relay                                        # UDP and TCP 7700, reflection 7701
-  p2pcall relay --listen 0.0.0.0:7700 --metrics 127.0.0.1:9100 --token s3cret")]
+  p2pcall relay --listen 0.0.0.0:7700 --metrics 127.0.0.1:9100 --token s3cret
+  p2pcall relay --config /etc/p2pcall/relay.toml       # the same settings in a file
+
+Settings given on the command line win over the file's, which win over the defaults.
+The relay's key is in --data-dir (identity.key): keep that folder to keep the key clients
+pinned.")]
 pub(crate) struct RelayArgs {
+    /// Settings file (TOML: listen, udp, tcp_listen, tcp, reflect_listen, reflect, metrics,
+    /// token, max_peers, max_per_address, packet_rate, mbit_rate)
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Address for everything: UDP (QUIC control + packet relay) and the TCP+TLS fallback
-    #[arg(long, default_value = "0.0.0.0:7700", value_name = "ADDR")]
-    listen: SocketAddr,
+    /// [default: 0.0.0.0:7700]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
     /// UDP address, if not --listen
     #[arg(long, value_name = "ADDR")]
     udp: Option<SocketAddr>,
@@ -36,54 +46,63 @@ pub(crate) struct RelayArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz)
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Most peers online at once
-    #[arg(long, default_value_t = 50_000)]
-    max_peers: usize,
+    /// Most peers online at once [default: 50000]
+    #[arg(long, value_name = "N")]
+    max_peers: Option<usize>,
+    /// Most peers online at once from one IP address (one client cannot take every slot)
+    /// [default: 256]
+    #[arg(long, value_name = "N")]
+    max_per_address: Option<usize>,
+    /// Relayed packets per second per peer [default: 10000]
+    #[arg(long, value_name = "N")]
+    packet_rate: Option<f64>,
+    /// Relayed Mbit/s per peer [default: 100]
+    #[arg(long, value_name = "N")]
+    mbit_rate: Option<f64>,
     /// (benchmarks) Deliver a peer's renames at most this often, ms [default: 1000]
     #[arg(long, hide = true, value_name = "MS")]
     rename_every_ms: Option<u64>,
-    /// Most peers online at once from one IP address (one client cannot take every slot)
-    #[arg(long, default_value_t = 256, value_name = "N")]
-    max_per_address: usize,
-    /// Relayed packets per second per peer
-    #[arg(long, default_value_t = 10_000.0)]
-    packet_rate: f64,
-    /// Relayed Mbit/s per peer
-    #[arg(long, default_value_t = 100.0)]
-    mbit_rate: f64,
+}
+
+impl RelayArgs {
+    /// The settings given on the command line, as a settings file would hold them.
+    fn as_file(&self, cli: &Cli) -> p2pcall_relay::RelayFile {
+        p2pcall_relay::RelayFile {
+            listen: self.listen,
+            udp: self.udp,
+            tcp_listen: self.tcp_listen,
+            tcp: self.no_tcp.then_some(false),
+            reflect_listen: self.reflect,
+            reflect: self.no_reflect.then_some(false),
+            metrics: self.metrics,
+            token: cli.token.clone(),
+            max_peers: self.max_peers,
+            max_per_address: self.max_per_address,
+            packet_rate: self.packet_rate,
+            mbit_rate: self.mbit_rate,
+        }
+    }
 }
 
 pub(crate) async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
     let ctx = load(cli)?;
     let (identity, _) = identity::load_or_create(&ctx.dirs.data)?;
-    let udp = a.udp.unwrap_or(a.listen);
-    let mut cfg = p2pcall_relay::RelayConfig::new(udp);
-    cfg.tcp_listen = if a.no_tcp {
-        None
-    } else {
-        Some(a.tcp_listen.unwrap_or(a.listen))
+    let file = match &a.config {
+        Some(path) => p2pcall_relay::RelayFile::load(path)?,
+        None => p2pcall_relay::RelayFile::default(),
     };
-    cfg.reflect_listen = if a.no_reflect {
-        None
-    } else {
-        a.reflect.or(cfg.reflect_listen)
-    };
-    cfg.metrics_listen = a.metrics;
-    cfg.token = cli.token.clone();
-    cfg.max_peers = a.max_peers;
-    cfg.max_per_address = a.max_per_address;
+    let mut cfg = file.overlaid(a.as_file(cli)).config();
     if let Some(ms) = a.rename_every_ms {
         cfg.rename_every = std::time::Duration::from_millis(ms);
     }
-    cfg.packet_rate = a.packet_rate;
-    cfg.byte_rate = a.mbit_rate * 1e6 / 8.0;
+    let token_required = cfg.token.is_some();
     let relay = p2pcall_relay::Relay::start(&identity, cfg)
         .await
         .context("starting the relay (is another relay already running on that port?)")?;
     if cli.json {
         outln!(
             "{}",
-            json!({"event": "relay_started", "udp": relay.udp_addr.to_string(), "tcp": relay.tcp_addr.map(|a| a.to_string()), "reflect": relay.reflect_addr.map(|a| a.to_string()), "metrics": relay.metrics_addr.map(|a| format!("http://{a}/metrics")), "fingerprint": relay.id.fingerprint().to_string(), "key": relay.id.to_hex(), "token_required": cli.token.is_some()})
+            json!({"event": "relay_started", "udp": relay.udp_addr.to_string(), "tcp": relay.tcp_addr.map(|a| a.to_string()), "reflect": relay.reflect_addr.map(|a| a.to_string()), "metrics": relay.metrics_addr.map(|a| format!("http://{a}/metrics")), "fingerprint": relay.id.fingerprint().to_string(), "key": relay.id.to_hex(), "token_required": token_required})
         );
     } else {
         outln!("relay {} listening", relay.id.fingerprint());
@@ -101,7 +120,7 @@ pub(crate) async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
         if let Some(m) = relay.metrics_addr {
             outln!("  metrics:                   http://{m}/metrics");
         }
-        if cli.token.is_some() {
+        if token_required {
             outln!("  access token required");
         }
     }
