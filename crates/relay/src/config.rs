@@ -236,6 +236,10 @@ mod tests {
         assert_eq!(d.listen, "0.0.0.0:7700".parse().unwrap());
         assert_eq!(d.tcp_listen, Some(d.listen));
         assert_eq!(d.max_per_address, 256);
+        // The settings file the project ships (deploy/relay.toml) is one.
+        let shipped: RelayFile =
+            toml::from_str(include_str!("../../../deploy/relay.toml")).unwrap();
+        assert_eq!(shipped.metrics, Some("127.0.0.1:9100".parse().unwrap()));
         // A misspelt key is refused, naming it.
         let bad = toml::from_str::<RelayFile>("max_peer = 3").unwrap_err();
         assert!(bad.to_string().contains("max_peer"), "{bad}");
