@@ -16,6 +16,7 @@
 //! * [`media`]: media packets and receiver feedback on QUIC datagrams.
 //! * [`lan`]: the mDNS / DNS-SD announcement of LAN-only mode.
 //! * [`limits`]: token buckets for rate limits.
+//! * [`cluster`]: what the relays of one cluster tell each other (membership heartbeats).
 //! * [`ticket`]: invitations (`p2pcall:…` tickets and their QR codes).
 //!
 //! Every decoder treats its input as hostile: it returns a precise [`DecodeError`] and never
@@ -25,6 +26,7 @@
 
 pub mod call;
 pub mod chat;
+pub mod cluster;
 pub mod codec;
 pub mod frame;
 pub mod id;
