@@ -29,6 +29,7 @@ LAB_PACKAGES=(
 )
 if [ "${1:-}" = "--dev" ]; then
   APT_PACKAGES+=(python3)  # scripts/module-cycles.py: no import cycle inside any crate
+  APT_PACKAGES+=(nats-server)  # the relay cluster tests start their own NATS servers
   if [ "$(id -u)" = 0 ]; then
     APT_PACKAGES+=("${LAB_PACKAGES[@]}")
   else

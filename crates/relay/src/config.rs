@@ -43,6 +43,8 @@ pub struct RelayConfig {
     /// QUIC handshakes in progress above which new ones must first prove their address
     /// (a stateless QUIC Retry); `0`: always.
     pub retry_above: usize,
+    /// The cluster this relay joins (`None`: it works alone).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl RelayConfig {
@@ -74,6 +76,7 @@ impl RelayConfig {
             rename_every: Duration::from_secs(1),
             max_per_address: 256,
             retry_above: 64,
+            cluster: None,
         }
     }
 }
@@ -90,6 +93,9 @@ impl RelayConfig {
 /// max_per_address = 256
 /// tcp = true                      # the TCP+TLS fallback (default: on)
 /// reflect = true                  # the second reflection port (default: on, UDP port + 1)
+/// cluster = "nats://10.0.0.5:4222,nats://10.0.0.6:4222"   # join a cluster of relays
+/// region = "eu-west"
+/// public_addr = "relay1.example.org:7700"
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -118,6 +124,12 @@ pub struct RelayFile {
     pub packet_rate: Option<f64>,
     /// Relayed Mbit/s per peer.
     pub mbit_rate: Option<f64>,
+    /// The cluster to join: NATS servers, `nats://HOST:PORT[,nats://…]`.
+    pub cluster: Option<String>,
+    /// This relay's region (told to the cluster).
+    pub region: Option<String>,
+    /// Where clients reach this relay, `HOST:PORT` (told to the cluster).
+    pub public_addr: Option<String>,
 }
 
 /// Why a relay settings file could not be used.
@@ -170,6 +182,9 @@ impl RelayFile {
             max_per_address: over.max_per_address.or(self.max_per_address),
             packet_rate: over.packet_rate.or(self.packet_rate),
             mbit_rate: over.mbit_rate.or(self.mbit_rate),
+            cluster: over.cluster.or(self.cluster),
+            region: over.region.or(self.region),
+            public_addr: over.public_addr.or(self.public_addr),
         }
     }
 
@@ -199,6 +214,23 @@ impl RelayFile {
         if let Some(m) = self.mbit_rate {
             cfg.byte_rate = m * 1e6 / 8.0;
         }
+        cfg.cluster = self
+            .cluster
+            .as_ref()
+            .map(|servers| crate::cluster::ClusterConfig {
+                servers: (servers.split(','))
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                region: self.region.clone().unwrap_or_default(),
+                public_addr: self.public_addr.clone().unwrap_or_else(|| {
+                    if listen.ip().is_unspecified() {
+                        String::new()
+                    } else {
+                        listen.to_string()
+                    }
+                }),
+            });
         cfg
     }
 }

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cluster;
 mod config;
 pub mod metrics;
 mod registry;
@@ -74,6 +75,7 @@ pub struct Relay {
     pub metrics_addr: Option<SocketAddr>,
     /// The relay's own key.
     pub id: PeerId,
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -205,6 +207,23 @@ impl Relay {
             reflect_ports,
         });
         let mut tasks = JoinSet::new();
+        let cluster = shared.cfg.cluster.clone().map(|c| {
+            let cluster = Arc::new(cluster::Cluster {
+                membership: parking_lot::Mutex::new(p2pcall_proto::cluster::Membership::new(
+                    identity.id(),
+                )),
+            });
+            let sessions = shared.sessions.clone();
+            tasks.spawn(cluster::run(
+                c,
+                identity.id(),
+                cluster.clone(),
+                metrics.clone(),
+                move || sessions.read().len(),
+                shared.cancel.clone(),
+            ));
+            cluster
+        });
         tasks.spawn(accept_quic(shared.clone(), endpoint.clone()));
         if let Some(l) = tcp {
             let tls =
@@ -226,7 +245,13 @@ impl Relay {
             reflect_addr,
             metrics_addr,
             id: identity.id(),
+            cluster,
         })
+    }
+
+    /// The other relays of its cluster heard from recently (none for a relay alone).
+    pub fn cluster_members(&self) -> Vec<cluster::ClusterMember> {
+        self.cluster.as_ref().map_or_else(Vec::new, |c| c.members())
     }
 
     /// The relay's counters.
@@ -260,6 +285,11 @@ impl Relay {
             b"relay shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // What stops on its own does (the cluster says this relay leaves); then the rest.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }

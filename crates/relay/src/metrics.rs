@@ -80,6 +80,12 @@ pub struct Metrics {
     pub handshakes: AtomicU64,
     /// QUIC Retry packets sent (handshakes asked to prove their address first).
     pub retries: AtomicU64,
+    /// 1 when the relay is configured to join a cluster.
+    pub cluster_configured: AtomicU64,
+    /// 1 while its NATS connection is up.
+    pub cluster_connected: AtomicU64,
+    /// Other relays of the cluster heard from recently.
+    pub cluster_members: AtomicU64,
     drops: [AtomicU64; 8],
     closes: [AtomicU64; 7],
 }
@@ -167,6 +173,22 @@ impl Metrics {
             "Signaling messages not delivered.",
             &self.signals_failed,
         );
+        if self.cluster_configured.load(Ordering::Relaxed) == 1 {
+            g(
+                &mut s,
+                "p2pcall_relay_cluster_connected",
+                "gauge",
+                "1 while the relay's NATS connection is up (0: degraded, serving its own peers).",
+                &self.cluster_connected,
+            );
+            g(
+                &mut s,
+                "p2pcall_relay_cluster_members",
+                "gauge",
+                "Other relays of the cluster heard from in the last 3 s.",
+                &self.cluster_members,
+            );
+        }
         g(
             &mut s,
             "p2pcall_relay_handshakes",
@@ -228,6 +250,18 @@ impl Metrics {
     }
 }
 
+/// `/healthz`: "ok", or what is degraded (the relay still serves its own peers: 200 all
+/// the same, so that a load balancer keeps sending them).
+fn health(metrics: &Metrics) -> String {
+    if metrics.cluster_configured.load(Ordering::Relaxed) == 1
+        && metrics.cluster_connected.load(Ordering::Relaxed) == 0
+    {
+        "degraded: the cluster (NATS) is unreachable; serving the peers registered here\n".into()
+    } else {
+        "ok\n".into()
+    }
+}
+
 /// Longest HTTP request head we read.
 const MAX_REQUEST: usize = 8 * 1024;
 /// Slow clients are cut off after this long.
@@ -276,7 +310,7 @@ async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io
     );
     let (status, ctype, body) = match (method, path) {
         (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        (b"GET", b"/healthz") => ("200 OK", "text/plain", health(metrics)),
         (b"GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (
             "405 Method Not Allowed",

@@ -21,7 +21,8 @@ The relay's key is in --data-dir (identity.key): keep that folder to keep the ke
 pinned.")]
 pub(crate) struct RelayArgs {
     /// Settings file (TOML: listen, udp, tcp_listen, tcp, reflect_listen, reflect, metrics,
-    /// token, max_peers, max_per_address, packet_rate, mbit_rate)
+    /// token, max_peers, max_per_address, packet_rate, mbit_rate, cluster, region,
+    /// public_addr)
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
     /// Address for everything: UDP (QUIC control + packet relay) and the TCP+TLS fallback
@@ -59,6 +60,16 @@ pub(crate) struct RelayArgs {
     /// Relayed Mbit/s per peer [default: 100]
     #[arg(long, value_name = "N")]
     mbit_rate: Option<f64>,
+    /// Join a cluster of relays through these NATS servers (any one is enough)
+    #[arg(long, value_name = "nats://HOST:PORT[,...]")]
+    cluster: Option<String>,
+    /// This relay's region, told to the cluster
+    #[arg(long, value_name = "NAME")]
+    region: Option<String>,
+    /// Where clients reach this relay, told to the cluster [default: --listen unless it is
+    /// 0.0.0.0]
+    #[arg(long, value_name = "HOST:PORT")]
+    public_addr: Option<String>,
     /// (benchmarks) Deliver a peer's renames at most this often, ms [default: 1000]
     #[arg(long, hide = true, value_name = "MS")]
     rename_every_ms: Option<u64>,
@@ -80,6 +91,9 @@ impl RelayArgs {
             max_per_address: self.max_per_address,
             packet_rate: self.packet_rate,
             mbit_rate: self.mbit_rate,
+            cluster: self.cluster.clone(),
+            region: self.region.clone(),
+            public_addr: self.public_addr.clone(),
         }
     }
 }
