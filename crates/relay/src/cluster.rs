@@ -13,16 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// How this relay takes part in a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// NATS servers, `nats://HOST:PORT` each (any one of them is enough to join).
-    pub servers: Vec<String>,
-    /// This relay's region, as the operator names it.
-    pub region: String,
-    /// Where clients reach this relay, `host:port`.
-    pub public_addr: String,
-}
+pub use crate::config::ClusterConfig;
 
 /// The cluster as this relay sees it.
 #[derive(Debug)]
@@ -56,9 +47,31 @@ impl Cluster {
     }
 }
 
+/// Joins the cluster in the background (a task of the relay's set).
+pub(crate) fn start(
+    cfg: ClusterConfig,
+    me: PeerId,
+    shared: &crate::state::Shared,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Arc<Cluster> {
+    let cluster = Arc::new(Cluster {
+        membership: Mutex::new(Membership::new(me)),
+    });
+    let sessions = shared.sessions.clone();
+    tasks.spawn(run(
+        cfg,
+        me,
+        cluster.clone(),
+        shared.metrics.clone(),
+        move || sessions.read().len(),
+        shared.cancel.clone(),
+    ));
+    cluster
+}
+
 /// Connects to NATS (retrying in the background until it answers: the relay serves its own
 /// peers meanwhile) and runs the heartbeat until `cancel`; then says it leaves.
-pub(crate) async fn run(
+async fn run(
     cfg: ClusterConfig,
     me: PeerId,
     cluster: Arc<Cluster>,

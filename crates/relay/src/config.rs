@@ -44,7 +44,7 @@ pub struct RelayConfig {
     /// (a stateless QUIC Retry); `0`: always.
     pub retry_above: usize,
     /// The cluster this relay joins (`None`: it works alone).
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl RelayConfig {
@@ -79,6 +79,17 @@ impl RelayConfig {
             cluster: None,
         }
     }
+}
+
+/// How this relay takes part in a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS servers, `nats://HOST:PORT` each (any one of them is enough to join).
+    pub servers: Vec<String>,
+    /// This relay's region, as the operator names it.
+    pub region: String,
+    /// Where clients reach this relay, `host:port`.
+    pub public_addr: String,
 }
 
 /// A relay's settings file (TOML, `p2pcall relay --config FILE`): the same settings as the
@@ -214,23 +225,20 @@ impl RelayFile {
         if let Some(m) = self.mbit_rate {
             cfg.byte_rate = m * 1e6 / 8.0;
         }
-        cfg.cluster = self
-            .cluster
-            .as_ref()
-            .map(|servers| crate::cluster::ClusterConfig {
-                servers: (servers.split(','))
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-                region: self.region.clone().unwrap_or_default(),
-                public_addr: self.public_addr.clone().unwrap_or_else(|| {
-                    if listen.ip().is_unspecified() {
-                        String::new()
-                    } else {
-                        listen.to_string()
-                    }
-                }),
-            });
+        cfg.cluster = self.cluster.as_ref().map(|servers| ClusterConfig {
+            servers: (servers.split(','))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            region: self.region.clone().unwrap_or_default(),
+            public_addr: self.public_addr.clone().unwrap_or_else(|| {
+                if listen.ip().is_unspecified() {
+                    String::new()
+                } else {
+                    listen.to_string()
+                }
+            }),
+        });
         cfg
     }
 }

@@ -207,23 +207,8 @@ impl Relay {
             reflect_ports,
         });
         let mut tasks = JoinSet::new();
-        let cluster = shared.cfg.cluster.clone().map(|c| {
-            let cluster = Arc::new(cluster::Cluster {
-                membership: parking_lot::Mutex::new(p2pcall_proto::cluster::Membership::new(
-                    identity.id(),
-                )),
-            });
-            let sessions = shared.sessions.clone();
-            tasks.spawn(cluster::run(
-                c,
-                identity.id(),
-                cluster.clone(),
-                metrics.clone(),
-                move || sessions.read().len(),
-                shared.cancel.clone(),
-            ));
-            cluster
-        });
+        let cluster = (shared.cfg.cluster.clone())
+            .map(|c| cluster::start(c, identity.id(), &shared, &mut tasks));
         tasks.spawn(accept_quic(shared.clone(), endpoint.clone()));
         if let Some(l) = tcp {
             let tls =

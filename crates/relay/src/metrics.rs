@@ -121,109 +121,118 @@ impl Metrics {
             .map_or(0, |i| self.closes[i].load(Ordering::Relaxed))
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let g = |s: &mut String, name: &str, kind: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        };
-        g(
-            &mut s,
-            "p2pcall_relay_peers_online",
-            "gauge",
-            "Sessions registered now.",
-            &self.peers_online,
-        );
-        g(
-            &mut s,
-            "p2pcall_relay_sessions_total",
-            "counter",
-            "Sessions registered since start.",
-            &self.sessions_total,
-        );
-        g(
-            &mut s,
-            "p2pcall_relay_packets_relayed_total",
-            "counter",
-            "Peer-to-peer packets forwarded.",
-            &self.packets_relayed,
-        );
-        g(
-            &mut s,
-            "p2pcall_relay_bytes_relayed_total",
-            "counter",
-            "Peer-to-peer payload bytes forwarded.",
-            &self.bytes_relayed,
-        );
-        g(
-            &mut s,
-            "p2pcall_relay_signals_forwarded_total",
-            "counter",
-            "Signaling messages forwarded.",
-            &self.signals_forwarded,
-        );
-        g(
-            &mut s,
-            "p2pcall_relay_signals_failed_total",
-            "counter",
-            "Signaling messages not delivered.",
-            &self.signals_failed,
-        );
-        if self.cluster_configured.load(Ordering::Relaxed) == 1 {
-            g(
-                &mut s,
+    /// The metrics with one value each: name, type, help, value, shown.
+    #[allow(clippy::type_complexity)]
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64, bool); 13] {
+        let cluster = self.cluster_configured.load(Ordering::Relaxed) == 1;
+        [
+            (
+                "p2pcall_relay_peers_online",
+                "gauge",
+                "Sessions registered now.",
+                &self.peers_online,
+                true,
+            ),
+            (
+                "p2pcall_relay_sessions_total",
+                "counter",
+                "Sessions registered since start.",
+                &self.sessions_total,
+                true,
+            ),
+            (
+                "p2pcall_relay_packets_relayed_total",
+                "counter",
+                "Peer-to-peer packets forwarded.",
+                &self.packets_relayed,
+                true,
+            ),
+            (
+                "p2pcall_relay_bytes_relayed_total",
+                "counter",
+                "Peer-to-peer payload bytes forwarded.",
+                &self.bytes_relayed,
+                true,
+            ),
+            (
+                "p2pcall_relay_signals_forwarded_total",
+                "counter",
+                "Signaling messages forwarded.",
+                &self.signals_forwarded,
+                true,
+            ),
+            (
+                "p2pcall_relay_signals_failed_total",
+                "counter",
+                "Signaling messages not delivered.",
+                &self.signals_failed,
+                true,
+            ),
+            (
                 "p2pcall_relay_cluster_connected",
                 "gauge",
                 "1 while the relay's NATS connection is up (0: degraded, serving its own peers).",
                 &self.cluster_connected,
-            );
-            g(
-                &mut s,
+                cluster,
+            ),
+            (
                 "p2pcall_relay_cluster_members",
                 "gauge",
                 "Other relays of the cluster heard from in the last 3 s.",
                 &self.cluster_members,
-            );
+                cluster,
+            ),
+            (
+                "p2pcall_relay_handshakes",
+                "gauge",
+                "QUIC handshakes in progress.",
+                &self.handshakes,
+                true,
+            ),
+            (
+                "p2pcall_relay_retries_total",
+                "counter",
+                "QUIC Retry packets sent because handshakes spiked.",
+                &self.retries,
+                true,
+            ),
+            (
+                "p2pcall_relay_presence_events_total",
+                "counter",
+                "Incremental presence events queued.",
+                &self.presence_events,
+                true,
+            ),
+            (
+                "p2pcall_relay_presence_snapshots_total",
+                "counter",
+                "Full presence snapshots sent.",
+                &self.presence_snapshots,
+                true,
+            ),
+            (
+                "p2pcall_relay_reflections_total",
+                "counter",
+                "Address reflection requests answered.",
+                &self.reflections,
+                true,
+            ),
+        ]
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let plain = self.plain();
+        for (name, kind, help, v, shown) in plain {
+            if shown {
+                let _ = writeln!(
+                    s,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
         }
-        g(
-            &mut s,
-            "p2pcall_relay_handshakes",
-            "gauge",
-            "QUIC handshakes in progress.",
-            &self.handshakes,
-        );
-        g(
-            &mut s,
-            "p2pcall_relay_retries_total",
-            "counter",
-            "QUIC Retry packets sent because handshakes spiked.",
-            &self.retries,
-        );
-        g(
-            &mut s,
-            "p2pcall_relay_presence_events_total",
-            "counter",
-            "Incremental presence events queued.",
-            &self.presence_events,
-        );
-        g(
-            &mut s,
-            "p2pcall_relay_presence_snapshots_total",
-            "counter",
-            "Full presence snapshots sent.",
-            &self.presence_snapshots,
-        );
-        g(
-            &mut s,
-            "p2pcall_relay_reflections_total",
-            "counter",
-            "Address reflection requests answered.",
-            &self.reflections,
-        );
         let _ = writeln!(
             s,
             "# HELP p2pcall_relay_drops_total Packets or frames dropped, by reason.\n# TYPE p2pcall_relay_drops_total counter"
