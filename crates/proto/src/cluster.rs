@@ -94,17 +94,16 @@ impl Heartbeat {
     }
 }
 
+/// A text field of a heartbeat: no control characters (it reaches logs and tables).
 fn text8(r: &mut Reader<'_>, field: &'static str, max: usize) -> Result<String, DecodeError> {
-    let len = usize::from(r.u8(field)?);
-    if len > max {
-        return Err(DecodeError::TooLong { field, len, max });
+    let s = r.str8(field, max)?;
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(DecodeError::InvalidValue {
+            field,
+            value: u64::from(c),
+        }),
+        None => Ok(s),
     }
-    let s =
-        std::str::from_utf8(r.take(len, field)?).map_err(|_| DecodeError::InvalidUtf8 { field })?;
-    if s.chars().any(char::is_control) {
-        return Err(DecodeError::InvalidUtf8 { field });
-    }
-    Ok(s.to_owned())
 }
 
 /// A member of the cluster as last heard.

@@ -150,6 +150,17 @@ impl<'a> Reader<'a> {
             .map_err(|_| DecodeError::InvalidUtf8 { field })
     }
 
+    /// Reads a u8-length-prefixed UTF-8 string of at most `max` bytes.
+    pub fn str8(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
+        let len = usize::from(self.u8(field)?);
+        if len > max {
+            return Err(DecodeError::TooLong { field, len, max });
+        }
+        std::str::from_utf8(self.take(len, field)?)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::InvalidUtf8 { field })
+    }
+
     /// Reads a peer id (32 raw bytes).
     pub fn peer_id(&mut self, field: &'static str) -> Result<PeerId, DecodeError> {
         Ok(PeerId::from_bytes(self.array(field)?))

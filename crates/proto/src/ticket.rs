@@ -145,11 +145,11 @@ impl Ticket {
             return Err(TicketError::Version(version));
         }
         let peer = r.peer_id("ticket peer")?;
-        let name = text8(&mut r, "ticket name", MAX_NAME)?;
+        let name = r.str8("ticket name", MAX_NAME)?;
         if !valid_name(&name) {
             return Err(TicketError::Name);
         }
-        let addr = text8(&mut r, "ticket relay", MAX_RELAY_ADDR)?;
+        let addr = r.str8("ticket relay", MAX_RELAY_ADDR)?;
         let relay = if addr.is_empty() {
             None
         } else {
@@ -193,16 +193,6 @@ fn checksum(body: &[u8]) -> [u8; CHECK_LEN] {
     let mut out = [0u8; CHECK_LEN];
     out.copy_from_slice(&h.finalize().as_bytes()[..CHECK_LEN]);
     out
-}
-
-fn text8(r: &mut Reader<'_>, field: &'static str, max: usize) -> Result<String, DecodeError> {
-    let len = usize::from(r.u8(field)?);
-    if len > max {
-        return Err(DecodeError::TooLong { field, len, max });
-    }
-    std::str::from_utf8(r.take(len, field)?)
-        .map(str::to_owned)
-        .map_err(|_| DecodeError::InvalidUtf8 { field })
 }
 
 /// A name a ticket may suggest: not empty or blank, and nothing that hides or reorders it.
