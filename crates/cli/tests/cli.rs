@@ -438,7 +438,8 @@ fn a_relay_takes_its_settings_from_a_file_and_the_command_line_wins() {
     let file = tmp.path().join("relay.toml");
     std::fs::write(
         &file,
-        "listen = \"127.0.0.1:0\"\ntoken = \"from-the-file\"\ntcp = false\nreflect = false\nmax_peers = 5\n",
+        // A cluster whose NATS is not there: the relay serves its own peers all the same.
+        "listen = \"127.0.0.1:0\"\ntoken = \"from-the-file\"\ntcp = false\nreflect = false\nmax_peers = 5\ncluster = \"nats://127.0.0.1:1\"\nregion = \"test\"\n",
     )
     .unwrap();
     let mut c = cmd(&tmp.path().join("r"));
@@ -452,6 +453,8 @@ fn a_relay_takes_its_settings_from_a_file_and_the_command_line_wins() {
         started["tcp"].is_null() && started["reflect"].is_null(),
         "{started}"
     );
+    assert_eq!(started["cluster"]["region"], "test", "{started}");
+    assert_eq!(started["cluster"]["servers"][0], "nats://127.0.0.1:1");
     let udp = started["udp"].as_str().unwrap().to_string();
     let peers = |token: Option<&str>| {
         let mut c = cmd(&tmp.path().join("a"));

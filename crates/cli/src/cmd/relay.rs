@@ -110,13 +110,14 @@ pub(crate) async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
         cfg.rename_every = std::time::Duration::from_millis(ms);
     }
     let token_required = cfg.token.is_some();
+    let cluster = cfg.cluster.clone();
     let relay = p2pcall_relay::Relay::start(&identity, cfg)
         .await
         .context("starting the relay (is another relay already running on that port?)")?;
     if cli.json {
         outln!(
             "{}",
-            json!({"event": "relay_started", "udp": relay.udp_addr.to_string(), "tcp": relay.tcp_addr.map(|a| a.to_string()), "reflect": relay.reflect_addr.map(|a| a.to_string()), "metrics": relay.metrics_addr.map(|a| format!("http://{a}/metrics")), "fingerprint": relay.id.fingerprint().to_string(), "key": relay.id.to_hex(), "token_required": token_required})
+            json!({"event": "relay_started", "udp": relay.udp_addr.to_string(), "tcp": relay.tcp_addr.map(|a| a.to_string()), "reflect": relay.reflect_addr.map(|a| a.to_string()), "metrics": relay.metrics_addr.map(|a| format!("http://{a}/metrics")), "fingerprint": relay.id.fingerprint().to_string(), "key": relay.id.to_hex(), "token_required": token_required, "cluster": cluster.as_ref().map(|c| json!({"servers": c.servers, "region": c.region, "public_addr": c.public_addr}))})
         );
     } else {
         outln!("relay {} listening", relay.id.fingerprint());
@@ -133,6 +134,14 @@ pub(crate) async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
         }
         if let Some(m) = relay.metrics_addr {
             outln!("  metrics:                   http://{m}/metrics");
+        }
+        if let Some(c) = &cluster {
+            outln!(
+                "  cluster:                   {} (region {:?}, clients reach it at {:?}; /healthz says degraded while NATS is unreachable)",
+                c.servers.join(","),
+                c.region,
+                c.public_addr
+            );
         }
         if token_required {
             outln!("  access token required");
