@@ -666,6 +666,8 @@ pub enum ErrorKind {
     NoSuchCall,
     /// The media options name a source, sink or size that cannot be used.
     BadMedia,
+    /// Someone else answered for the peer: the key it proved is not the peer's.
+    WrongPeerKey,
     /// Anything else.
     Failure,
 }

@@ -471,6 +471,7 @@ fn error() -> impl Strategy<Value = RpcError> {
         ErrorKind::Interrupted,
         ErrorKind::NoSuchCall,
         ErrorKind::BadMedia,
+        ErrorKind::WrongPeerKey,
         ErrorKind::Failure,
     ];
     (proptest::sample::select(kinds.to_vec()), text()).prop_map(|(kind, m)| RpcError::new(kind, m))

@@ -25,6 +25,8 @@ pub const INTERRUPTED: u8 = 8;
 pub const NO_SUCH_PEER: u8 = 9;
 /// The p2pcall daemon this command was using stopped.
 pub const DAEMON_STOPPED: u8 = 10;
+/// Someone else answered for the peer (another key than the peer's).
+pub const WRONG_PEER_KEY: u8 = 11;
 
 /// The list `--help` prints (a macro, so that it can be `concat!`ed into the help text).
 macro_rules! exit_codes_help {
@@ -42,7 +44,9 @@ macro_rules! exit_codes_help {
   8  interrupted (Ctrl-C, the peer stopped, the connection was lost): run the same
      command again to resume
   9  no peer matches what was typed
- 10  the p2pcall daemon this command was using stopped"
+ 10  the p2pcall daemon this command was using stopped
+ 11  someone else answered for the peer (another key than its own): the relay or the
+     network may be routing you to an impostor; nothing was sent to it"
     };
 }
 
@@ -150,6 +154,7 @@ fn daemon_code(e: &p2pcall_daemon::DaemonError) -> u8 {
             K::Declined => DECLINED,
             K::Interrupted => INTERRUPTED,
             K::NoPresence | K::Timeout => TIMEOUT,
+            K::WrongPeerKey => WRONG_PEER_KEY,
             K::BadRequest
             | K::Version
             | K::NoSuchOffer
@@ -166,6 +171,7 @@ fn net_code(n: &NetError) -> u8 {
         NetError::Timeout(_) => TIMEOUT,
         NetError::Refused { .. } => RELAY_REFUSED,
         NetError::Connection(_) => INTERRUPTED,
+        NetError::PeerKeyMismatch { .. } => WRONG_PEER_KEY,
         _ => FAILURE,
     }
 }

@@ -452,7 +452,7 @@ fn a_relay_that_routes_a_contact_to_an_impostor_gets_it_nothing() {
     });
     // The dial reaches the impostor, whose key is not Bob's: the handshake fails, the user
     // is told who answered, and the message waits for Bob.
-    assert_eq!(code, Some(1), "{out:?} {err}");
+    assert_eq!(code, Some(11), "{out:?} {err}");
     let why = out[0]["error"].as_str().unwrap_or_default();
     assert!(
         why.contains("someone else answered") && why.contains(&x_id),

@@ -344,6 +344,7 @@ pub fn engine_error(e: &EngineError) -> RpcError {
         | EngineError::Stream(_)
         | EngineError::Net(NetError::Connection(_)) => ErrorKind::Interrupted,
         EngineError::Net(NetError::Timeout(_)) => ErrorKind::Timeout,
+        EngineError::Net(NetError::PeerKeyMismatch { .. }) => ErrorKind::WrongPeerKey,
         EngineError::Call(CallError::NoSuchCall) => ErrorKind::NoSuchCall,
         EngineError::Call(
             CallError::Source(_)
