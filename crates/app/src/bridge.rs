@@ -790,10 +790,7 @@ async fn own_engine(
             let addr = p2pcall_core::settings::resolve_relay(spec)
                 .await
                 .map_err(|e| e.to_string())?;
-            let key = (s.relay_key.as_deref())
-                .map(|k| k.trim().parse::<PeerId>())
-                .transpose()
-                .map_err(|_| "relay_key in the settings is not a key (64 hex digits)")?;
+            let key = s.relay_key().map_err(|e| e.to_string())?;
             (addr, key, Some(p2pcall_core::settings::relay_name(spec)))
         };
         let relay = RelayConfig {
@@ -1085,8 +1082,7 @@ fn invite(r: &Running) -> Result<p2pcall_core::invite::Ticket, String> {
     } else {
         let spec = s.relay.as_deref().unwrap_or_default();
         let name = p2pcall_core::settings::relay_name(spec);
-        let given = (s.relay_key.as_deref()).and_then(|k| k.trim().parse::<PeerId>().ok());
-        let key = match given {
+        let key = match s.relay_key().map_err(|e| e.to_string())? {
             Some(k) => k,
             None => (r.link.store().relay_key(&name))
                 .map_err(|e| e.to_string())?

@@ -112,18 +112,7 @@ pub(crate) fn given_relay_key(cli: &Cli, ctx: &Ctx) -> Result<Option<PeerId>> {
     if let Some(k) = cli.accept_relay_key {
         return Ok(Some(k));
     }
-    ctx.settings
-        .relay_key
-        .as_deref()
-        .map(|k| {
-            k.trim().parse().with_context(|| {
-                format!(
-                    "relay_key in {} is not a key (64 hex digits, as the relay prints it)",
-                    ctx.dirs.settings.display()
-                )
-            })
-        })
-        .transpose()
+    (ctx.settings.relay_key()).with_context(|| format!("reading {}", ctx.dirs.settings.display()))
 }
 
 /// This process's hold on its data dir (released when it exits).

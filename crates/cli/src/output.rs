@@ -80,6 +80,13 @@ pub(crate) fn error_text(e: &anyhow::Error) -> String {
     p2pcall_core::causes(e.as_ref())
 }
 
+/// The fingerprint of a peer given by its 64-hex-digit id (the text itself if it is not one).
+pub(crate) fn fingerprint_of(id: &str) -> String {
+    id.parse::<PeerId>()
+        .map(|p| p.fingerprint().to_string())
+        .unwrap_or_else(|_| id.to_string())
+}
+
 /// A failed command in JSON.
 pub(crate) fn error_json(e: &anyhow::Error, exit_code: u8) -> Value {
     json!({"event": "error", "error": error_text(e), "exit_code": exit_code})

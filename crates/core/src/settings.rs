@@ -80,6 +80,13 @@ impl Settings {
         })
     }
 
+    /// The relay key the settings give (`relay_key`), if any.
+    pub fn relay_key(&self) -> Result<Option<p2pcall_proto::PeerId>, SettingsError> {
+        (self.relay_key.as_deref())
+            .map(|k| k.trim().parse().map_err(|_| SettingsError::RelayKey))
+            .transpose()
+    }
+
     /// How long abandoned partial files are kept (`None`: until removed by hand).
     pub fn partial_max_age(&self) -> Option<std::time::Duration> {
         match self.partial_max_age_days {
@@ -127,6 +134,9 @@ pub enum SettingsError {
         /// What was given.
         spec: String,
     },
+    /// `relay_key` is not a key.
+    #[error("relay_key in the settings is not a key (64 hex digits, as the relay prints it)")]
+    RelayKey,
     /// The file is not valid TOML for these settings.
     #[error("{path} is not valid: {source}")]
     Parse {

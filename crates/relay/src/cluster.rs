@@ -137,11 +137,13 @@ async fn run(
                     client.connection_state() == async_nats::connection::State::Connected;
                 metrics.cluster_connected.store(u64::from(connected), Ordering::Relaxed);
                 let _ = client.publish(ALIVE_SUBJECT, heartbeat(false).encode().into()).await;
-                let gone = cluster.membership.lock().expire(Instant::now());
-                for change in gone {
-                    tracing::info!(?change, "cluster membership");
-                }
-                let n = cluster.membership.lock().members().count();
+                let n = {
+                    let mut membership = cluster.membership.lock();
+                    for change in membership.expire(Instant::now()) {
+                        tracing::info!(?change, "cluster membership");
+                    }
+                    membership.members().count()
+                };
                 metrics.cluster_members.store(n as u64, Ordering::Relaxed);
             }
         }

@@ -202,9 +202,7 @@ fn contacts_of(store: &p2pcall_core::Store) -> Result<Vec<p2pcall_api::Contact>>
 }
 
 fn fingerprint(c: &p2pcall_api::Contact) -> String {
-    c.id.parse::<p2pcall_core::PeerId>()
-        .map(|p| p.fingerprint().to_string())
-        .unwrap_or_else(|_| c.id.clone())
+    crate::output::fingerprint_of(&c.id)
 }
 
 fn contact_json(c: &p2pcall_api::Contact) -> serde_json::Value {

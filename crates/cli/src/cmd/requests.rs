@@ -106,11 +106,7 @@ fn on_store(cli: &Cli, request: Request) -> Result<Answer> {
 }
 
 fn list(cli: &Cli, requests: &[p2pcall_api::MessageRequest]) {
-    let fingerprint = |id: &str| {
-        id.parse::<p2pcall_core::PeerId>()
-            .map(|p| p.fingerprint().to_string())
-            .unwrap_or_else(|_| id.to_string())
-    };
+    let fingerprint = crate::output::fingerprint_of;
     if cli.json {
         let all: Vec<_> = (requests.iter())
             .map(|r| json!({"id": r.peer, "fingerprint": fingerprint(&r.peer), "name": r.name, "messages": r.messages, "first_ms": r.first_ms, "last_text": r.last_text}))
