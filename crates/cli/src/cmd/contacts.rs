@@ -56,10 +56,7 @@ pub(crate) async fn add(cli: &Cli, a: &AddArgs) -> Result<()> {
             engine.add_contact(peer, name).await?;
             let store = engine.store().clone();
             engine.shutdown().await;
-            contacts_of(&store)?
-                .into_iter()
-                .filter(|c| c.id == peer.to_hex())
-                .collect()
+            contact_of(&store, &peer)?.into_iter().collect()
         }
     };
     let [c] = contact.as_slice() else {
@@ -94,9 +91,8 @@ async fn add_ticket(cli: &Cli, text: &str, name: Option<String>) -> Result<()> {
             let store = open_store(&ctx)?;
             let now = p2pcall_store::now_ms();
             let invited = add_ticket_to(&store, &me.id(), &ticket, name.as_deref(), now)?;
-            let contact = (contacts_of(&store)?.into_iter())
-                .find(|c| c.id == invited.peer.to_hex())
-                .context("the contact was not stored")?;
+            let contact =
+                contact_of(&store, &invited.peer)?.context("the contact was not stored")?;
             (contact, p2pcall_daemon::relay_pin(&invited.relay))
         }
     };
@@ -192,6 +188,15 @@ pub(crate) fn contacts(cli: &Cli) -> Result<()> {
 }
 
 /// The user's contacts (chosen, not merely seen), most recently seen first.
+/// `peer` among the user's contacts, if it is one.
+pub(crate) fn contact_of(
+    store: &p2pcall_core::Store,
+    peer: &p2pcall_core::PeerId,
+) -> Result<Option<p2pcall_api::Contact>> {
+    let id = peer.to_hex();
+    Ok(contacts_of(store)?.into_iter().find(|c| c.id == id))
+}
+
 fn contacts_of(store: &p2pcall_core::Store) -> Result<Vec<p2pcall_api::Contact>> {
     Ok(store
         .contacts()?

@@ -90,11 +90,10 @@ fn on_store(cli: &Cli, request: Request) -> Result<Answer> {
             let announced = (list.iter().find(|r| r.peer == p)).map_or("", |r| r.name.as_str());
             let now = p2pcall_store::now_ms();
             store.accept_request(&p, name.as_deref(), announced, now)?;
-            let contacts = (store.contacts()?.iter())
-                .filter(|c| c.peer == p)
-                .map(p2pcall_daemon::contact)
-                .collect();
-            Answer::Contacts { contacts }
+            let contacts = crate::cmd::contacts::contact_of(&store, &p)?;
+            Answer::Contacts {
+                contacts: contacts.into_iter().collect(),
+            }
         }
         Request::DeleteRequest { peer } => Answer::Count {
             n: store.delete_request(&find(&peer)?)? as u64,
