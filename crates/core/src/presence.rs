@@ -42,13 +42,15 @@ impl Presence {
     /// They are recorded as contacts behind the event, not before it: a presence event
     /// never waits for the disk.
     pub(crate) fn observe(&self, peers: &[PeerInfo], snapshot: bool) {
-        if snapshot {
-            self.ready.send_replace(true);
-        }
+        // Noted before anyone waiting for the snapshot wakes: a `flush` that follows
+        // `wait` (a command about to exit) then covers these peers.
         if !peers.is_empty() {
             let seen = peers.iter().map(|p| (p.id, p.name.clone())).collect();
             // Fails only once the engine is gone.
             let _ = self.seen.send(Seen::Peers(seen));
+        }
+        if snapshot {
+            self.ready.send_replace(true);
         }
     }
 
