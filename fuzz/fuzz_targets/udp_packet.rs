@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use p2pcall_proto::PeerId;
-use p2pcall_proto::packet::{Control, RelayRecv, RelaySend};
+use p2pcall_proto::packet::{Control, RelayHop, RelayRecv, RelaySend};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(c) = Control::decode(data) {
@@ -21,6 +21,21 @@ fuzz_target!(|data: &[u8]| {
         let got = RelayRecv::decode(&buf[start..]).unwrap();
         assert_eq!(got.from, from);
         assert_eq!(got.payload, &payload[..]);
+        // The same packet crossing to another relay, then delivered there.
+        let mut buf = data.to_vec();
+        RelaySend::rewrite_to_hop(&mut buf, &[3; 8], 42, &from);
+        let hop = RelayHop::decode(&buf).unwrap();
+        assert_eq!((hop.token, hop.route, hop.from), ([3; 8], 42, from));
+        assert_eq!(hop.payload, &payload[..]);
+        let start = RelayHop::rewrite_in_place(&mut buf);
+        let got = RelayRecv::decode(&buf[start..]).unwrap();
+        assert_eq!((got.from, got.payload), (from, &payload[..]));
+    }
+    if let Ok(h) = RelayHop::decode(data) {
+        let mut out = Vec::new();
+        RelayHop::write_header(&mut out, &h.token, h.route, &h.from);
+        out.extend_from_slice(h.payload);
+        assert_eq!(out, data);
     }
     let _ = RelayRecv::decode(data);
 });

@@ -5,15 +5,30 @@
 //! keeps the members it heard from within [`MEMBER_TTL`] ([`Membership`], sans-IO).
 //!
 //! ```text
-//! Heartbeat  version u8 (1) | relay key (32) | flags u8 (bit 0: leaving)
+//! Heartbeat  version u8 (2) | relay key (32) | flags u8 (bit 0: leaving, bit 1: hop present)
 //!            | peers u32 | region u8 len + UTF-8 (≤ 32) | public address u8 len + ASCII (≤ 255)
+//!            | presence epoch u64 | presence seq u64 | [hop token (8) | hop address]
 //! ```
+//!
+//! Presence and signaling ([`wire`], [`directory`]): each relay publishes the changes of its
+//! own peers, numbered, on its presence subject; every relay keeps the others' peers in a
+//! [`Directory`] and asks a relay for a snapshot when it missed a change. Signals, vouches and
+//! snapshots go to the one relay concerned, on its inbox subject. Relayed packets cross
+//! relays as UDP [`crate::packet::RelayHop`] datagrams, authenticated by the receiving relay's
+//! hop token (announced here).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::PeerId;
-use crate::codec::{DecodeError, Reader};
+use crate::codec::{DecodeError, Reader, WriteExt};
+
+pub mod directory;
+pub mod wire;
+
+pub use directory::{Directory, DirectoryEvent, Located};
+pub use wire::{Change, Deltas, RelayMsg, RemotePeer};
 
 /// The subject every relay publishes its heartbeat on (and every relay subscribes to).
 pub const ALIVE_SUBJECT: &str = "p2pcall.relays.alive";
@@ -28,7 +43,16 @@ pub const MAX_PUBLIC_ADDR: usize = 255;
 /// Most members a relay keeps (a cluster is a handful of relays; this bounds what a hostile
 /// publisher can make us hold).
 pub const MAX_MEMBERS: usize = 256;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+/// Where and how another relay accepts relayed packets for its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop {
+    /// Its UDP address for other relays.
+    pub addr: SocketAddr,
+    /// The token its [`crate::packet::RelayHop`] packets must carry.
+    pub token: [u8; 8],
+}
 
 /// One relay's heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +67,13 @@ pub struct Heartbeat {
     pub peers: u32,
     /// Its last heartbeat: it is shutting down.
     pub leaving: bool,
+    /// Its presence numbering: changes to its peers since `epoch` (a random number drawn at
+    /// start) are numbered 1, 2, …; `seq` is the last one published.
+    pub epoch: u64,
+    /// The last presence change it published.
+    pub seq: u64,
+    /// Where it takes packets for its peers (none: it cannot be reached by other relays).
+    pub hop: Option<Hop>,
 }
 
 impl Heartbeat {
@@ -50,15 +81,21 @@ impl Heartbeat {
     pub fn encode(&self) -> Vec<u8> {
         let region = crate::codec::truncate_utf8(&self.region, MAX_REGION);
         let addr = crate::codec::truncate_utf8(&self.public_addr, MAX_PUBLIC_ADDR);
-        let mut b = Vec::with_capacity(40 + region.len() + addr.len());
+        let mut b = Vec::with_capacity(90 + region.len() + addr.len());
         b.push(VERSION);
         b.extend_from_slice(self.relay.as_bytes());
-        b.push(u8::from(self.leaving));
+        b.push(u8::from(self.leaving) | (u8::from(self.hop.is_some()) << 1));
         b.extend_from_slice(&self.peers.to_be_bytes());
         b.push(region.len() as u8);
         b.extend_from_slice(region.as_bytes());
         b.push(addr.len() as u8);
         b.extend_from_slice(addr.as_bytes());
+        b.extend_from_slice(&self.epoch.to_be_bytes());
+        b.extend_from_slice(&self.seq.to_be_bytes());
+        if let Some(hop) = &self.hop {
+            b.extend_from_slice(&hop.token);
+            b.put_socket_addr(&hop.addr);
+        }
         b
     }
 
@@ -70,26 +107,36 @@ impl Heartbeat {
             return Err(DecodeError::UnsupportedVersion(v));
         }
         let relay = r.peer_id("relay")?;
-        let leaving = match r.u8("heartbeat flags")? {
-            0 => false,
-            1 => true,
-            f => {
-                return Err(DecodeError::InvalidValue {
-                    field: "heartbeat flags",
-                    value: u64::from(f),
-                });
-            }
-        };
+        let flags = r.u8("heartbeat flags")?;
+        if flags > 3 {
+            return Err(DecodeError::InvalidValue {
+                field: "heartbeat flags",
+                value: u64::from(flags),
+            });
+        }
         let peers = r.u32("peers")?;
         let region = text8(&mut r, "region", MAX_REGION)?;
         let public_addr = text8(&mut r, "public address", MAX_PUBLIC_ADDR)?;
+        let epoch = r.u64("presence epoch")?;
+        let seq = r.u64("presence seq")?;
+        let hop = if flags & 2 != 0 {
+            Some(Hop {
+                token: r.array("hop token")?,
+                addr: r.socket_addr("hop address")?,
+            })
+        } else {
+            None
+        };
         r.finish()?;
         Ok(Self {
             relay,
             region,
             public_addr,
             peers,
-            leaving,
+            leaving: flags & 1 != 0,
+            epoch,
+            seq,
+            hop,
         })
     }
 }
@@ -195,6 +242,12 @@ mod tests {
             public_addr: format!("relay{n}.example.org:7700"),
             peers: u32::from(n) * 10,
             leaving,
+            epoch: 7,
+            seq: u64::from(n),
+            hop: Some(Hop {
+                addr: SocketAddr::from(([192, 0, 2, n], 7700)),
+                token: [n; 8],
+            }),
         }
     }
 
@@ -206,8 +259,12 @@ mod tests {
             public_addr in "[a-z0-9.:-]{0,100}",
             peers in any::<u32>(),
             leaving in any::<bool>(),
+            epoch in any::<u64>(),
+            seq in any::<u64>(),
+            hop in proptest::option::of((any::<[u8; 8]>(), any::<std::net::SocketAddrV6>())),
         ) {
-            let h = Heartbeat { relay: PeerId::from_bytes(relay), region, public_addr, peers, leaving };
+            let hop = hop.map(|(token, a)| Hop { token, addr: SocketAddr::V6(std::net::SocketAddrV6::new(*a.ip(), a.port(), 0, 0)) });
+            let h = Heartbeat { relay: PeerId::from_bytes(relay), region, public_addr, peers, leaving, epoch, seq, hop };
             prop_assert_eq!(Heartbeat::decode(&h.encode()), Ok(h));
         }
 

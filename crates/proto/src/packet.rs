@@ -10,6 +10,7 @@
 //! ReflectResp 0x13 | txid (12) | observed address                             relay -> peer
 //! ProbePing   0x14 | txid (12) | sender key (32) | mac (16)                  peer <-> peer
 //! ProbePong   0x15 | txid (12) | sender key (32) | observed address | mac (16)
+//! RelayHop    0x16 | hop token (8) | route (8) | source key (32) | QUIC packet  relay -> relay
 //! ```
 //!
 //! The relay forwards a `RelaySend` by rewriting its header in place into a `RelayRecv` (the
@@ -37,11 +38,15 @@ pub const REFLECT_RESP: u8 = 0x13;
 pub const PROBE_PING: u8 = 0x14;
 /// Type byte of a path probe answer.
 pub const PROBE_PONG: u8 = 0x15;
+/// Type byte of a relayed packet crossing from one relay of a cluster to another.
+pub const RELAY_HOP: u8 = 0x16;
 
 /// Header length of a `RelaySend` packet.
 pub const RELAY_SEND_HEADER: usize = 1 + 16 + 32;
 /// Header length of a `RelayRecv` packet.
 pub const RELAY_RECV_HEADER: usize = 1 + 32;
+/// Header length of a `RelayHop` packet (the same as a `RelaySend`: rewritten in place).
+pub const RELAY_HOP_HEADER: usize = 1 + 8 + 8 + 32;
 /// Size every reflection request is padded to (≥ the largest response, 1 + 12 + 19 = 32).
 pub const REFLECT_REQ_LEN: usize = 48;
 /// Length of a probe MAC.
@@ -94,6 +99,59 @@ impl<'a> RelaySend<'a> {
         let start = RELAY_SEND_HEADER - RELAY_RECV_HEADER;
         buf[start] = RELAY_RECV;
         buf[start + 1..start + 33].copy_from_slice(from.as_bytes());
+        start
+    }
+
+    /// Turns a `RelaySend` packet held in `buf` into a `RelayHop` toward another relay of
+    /// the cluster (same length: nothing moves but the header).
+    pub fn rewrite_to_hop(buf: &mut [u8], token: &[u8; 8], route: u64, from: &PeerId) {
+        buf[0] = RELAY_HOP;
+        buf[1..9].copy_from_slice(token);
+        buf[9..17].copy_from_slice(&route.to_be_bytes());
+        buf[17..49].copy_from_slice(from.as_bytes());
+    }
+}
+
+/// A relayed packet crossing from the sender's relay to the recipient's, borrowed from the
+/// receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayHop<'a> {
+    /// The receiving relay's hop token (proves the packet comes from a relay of its cluster).
+    pub token: [u8; 8],
+    /// The recipient's session at the receiving relay.
+    pub route: u64,
+    /// Sender, as authenticated by its relay.
+    pub from: PeerId,
+    /// The opaque QUIC packet.
+    pub payload: &'a [u8],
+}
+
+impl<'a> RelayHop<'a> {
+    /// Parses a packet whose first byte is [`RELAY_HOP`].
+    pub fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        expect_type(&mut r, RELAY_HOP)?;
+        Ok(Self {
+            token: r.array("hop token")?,
+            route: r.u64("route")?,
+            from: r.peer_id("source")?,
+            payload: r.rest(),
+        })
+    }
+
+    /// Writes just the header; the payload follows.
+    pub fn write_header(out: &mut impl BufMut, token: &[u8; 8], route: u64, from: &PeerId) {
+        out.put_u8(RELAY_HOP);
+        out.put_slice(token);
+        out.put_u64(route);
+        out.put_peer_id(from);
+    }
+
+    /// Turns a decoded `RelayHop` held in `buf` into a `RelayRecv` (its source key is already
+    /// in place) and returns the offset at which the rewritten packet starts.
+    pub fn rewrite_in_place(buf: &mut [u8]) -> usize {
+        let start = RELAY_HOP_HEADER - RELAY_RECV_HEADER;
+        buf[start] = RELAY_RECV;
         start
     }
 }
@@ -350,10 +408,30 @@ mod tests {
         }
 
         #[test]
+        fn a_packet_crossing_two_relays_arrives_as_sent(tag in any::<[u8;16]>(), to in peer_id(),
+                from in peer_id(), token in any::<[u8; 8]>(), route in any::<u64>(),
+                payload in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let mut buf = Vec::new();
+            RelaySend::write_header(&mut buf, &tag, &to);
+            buf.extend_from_slice(&payload);
+            RelaySend::rewrite_to_hop(&mut buf, &token, route, &from);
+            let hop = RelayHop::decode(&buf).unwrap();
+            prop_assert_eq!(hop, RelayHop { token, route, from, payload: &payload });
+            prop_assert!(!is_quic(buf[0]));
+            let mut again = Vec::new();
+            RelayHop::write_header(&mut again, &token, route, &from);
+            again.extend_from_slice(&payload);
+            prop_assert_eq!(&again[..], &buf[..]);
+            let start = RelayHop::rewrite_in_place(&mut buf);
+            prop_assert_eq!(RelayRecv::decode(&buf[start..]).unwrap(), RelayRecv { from, payload: &payload });
+        }
+
+        #[test]
         fn decoders_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = Control::decode(&buf);
             let _ = RelaySend::decode(&buf);
             let _ = RelayRecv::decode(&buf);
+            let _ = RelayHop::decode(&buf);
         }
     }
 

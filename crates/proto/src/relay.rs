@@ -62,12 +62,12 @@ impl PeerInfo {
     fn encoded_len(&self) -> usize {
         32 + 2 + self.name.len().min(MAX_NAME) + 8
     }
-    fn write(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
         out.put_peer_id(&self.id);
         out.put_str16(truncate_utf8(&self.name, MAX_NAME));
         out.put_u64(self.online_since_ms);
     }
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             id: r.peer_id("peer id")?,
             name: r.str16("name", MAX_NAME)?,
@@ -132,7 +132,7 @@ impl RefuseReason {
 }
 
 impl SignalFailure {
-    fn from_u8(v: u8) -> Result<Self, DecodeError> {
+    pub(crate) fn from_u8(v: u8) -> Result<Self, DecodeError> {
         Ok(match v {
             1 => Self::Offline,
             2 => Self::RateLimited,

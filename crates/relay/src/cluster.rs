@@ -1,17 +1,32 @@
-//! Joining a cluster of relays through NATS: this relay's heartbeat every second, and the
-//! members it hears (`proto::cluster`). When NATS cannot be reached the relay keeps serving
-//! the peers registered with it and says so (`/healthz`, `p2pcall_relay_cluster_connected`).
+//! Joining a cluster of relays through NATS (`proto::cluster` holds the formats and the
+//! subject design): this relay's heartbeat every second and the members it hears; the changes
+//! to its peers, numbered, and the other relays' (kept in the session table's directory);
+//! signals, vouches and snapshots through the relays' inboxes. When NATS cannot be reached
+//! the relay keeps serving the peers registered with it and says so (`/healthz`,
+//! `p2pcall_relay_cluster_connected`); the other relays' peers leave its view when their
+//! heartbeats stop, and come back with a snapshot when NATS does.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use p2pcall_proto::PeerId;
-use p2pcall_proto::cluster::{ALIVE_SUBJECT, HEARTBEAT_EVERY, Heartbeat, Membership};
-use parking_lot::Mutex;
+use p2pcall_proto::cluster::wire::{
+    MAX_CHANGES, PRESENCE_WILDCARD, SNAPSHOT_PART, inbox_subject, presence_subject,
+};
+use p2pcall_proto::cluster::{
+    ALIVE_SUBJECT, Change, Deltas, Directory, HEARTBEAT_EVERY, Heartbeat, Hop, MemberChange,
+    Membership, RelayMsg,
+};
+use p2pcall_proto::relay::{ServerFrame, SignalFailure};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::registry::{CHANGES_QUEUE, INBOX_QUEUE, Link, Sessions};
 
 pub use crate::config::ClusterConfig;
 
@@ -47,40 +62,161 @@ impl Cluster {
     }
 }
 
-/// Joins the cluster in the background (a task of the relay's set).
+/// Joins the cluster in the background (a task of the relay's set). `udp_addr` is the
+/// relay's bound UDP address: where other relays send packets when `public_addr` does not
+/// say.
 pub(crate) fn start(
     cfg: ClusterConfig,
     me: PeerId,
+    udp_addr: SocketAddr,
     shared: &crate::state::Shared,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Arc<Cluster> {
     let cluster = Arc::new(Cluster {
         membership: Mutex::new(Membership::new(me)),
     });
-    let sessions = shared.sessions.clone();
-    tasks.spawn(run(
-        cfg,
+    let (changes, changes_rx) = mpsc::channel(CHANGES_QUEUE);
+    let (inbox, inbox_rx) = mpsc::channel(INBOX_QUEUE);
+    let epoch = rand::random();
+    let hop_token = rand::random();
+    {
+        let mut sessions = shared.sessions.write();
+        sessions.remote = Directory::new(me);
+        sessions.link = Some(Link {
+            seq: 0,
+            changes,
+            inbox,
+            hop_token,
+        });
+    }
+    let node = Node {
         me,
-        cluster.clone(),
-        shared.metrics.clone(),
-        move || sessions.read().len(),
+        epoch,
+        hop_token,
+        cfg,
+        cluster: cluster.clone(),
+        sessions: shared.sessions.clone(),
+        metrics: shared.metrics.clone(),
+    };
+    tasks.spawn(run(
+        node,
+        udp_addr,
+        changes_rx,
+        inbox_rx,
         shared.cancel.clone(),
     ));
     cluster
 }
 
-/// Connects to NATS (retrying in the background until it answers: the relay serves its own
-/// peers meanwhile) and runs the heartbeat until `cancel`; then says it leaves.
-async fn run(
-    cfg: ClusterConfig,
+/// What the cluster task works with.
+struct Node {
     me: PeerId,
+    epoch: u64,
+    hop_token: [u8; 8],
+    cfg: ClusterConfig,
     cluster: Arc<Cluster>,
+    sessions: Arc<RwLock<Sessions>>,
     metrics: Arc<Metrics>,
-    online: impl Fn() -> usize + Send + 'static,
+}
+
+/// How long one publish may wait (NATS away: the message is dropped; the other relays notice
+/// the gap in our numbering and ask for a snapshot once NATS is back).
+const PUBLISH_WAIT: Duration = Duration::from_millis(200);
+
+/// Where other relays send packets for our peers: `public_addr` (resolved once), else our UDP
+/// address if it is a specific one.
+async fn hop_address(public_addr: &str, udp_addr: SocketAddr) -> Option<SocketAddr> {
+    if let Ok(a) = public_addr.parse() {
+        return Some(a);
+    }
+    if !public_addr.is_empty() {
+        let found = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::lookup_host(public_addr.to_string()),
+        )
+        .await;
+        if let Ok(Ok(mut addrs)) = found
+            && let Some(a) = addrs.next()
+        {
+            return Some(a);
+        }
+    }
+    (!udp_addr.ip().is_unspecified()).then_some(udp_addr)
+}
+
+/// Connects to NATS (retrying in the background until it answers: the relay serves its own
+/// peers meanwhile) and takes part in the cluster until `cancel`; then says it leaves.
+async fn run(
+    node: Node,
+    udp_addr: SocketAddr,
+    mut changes: mpsc::Receiver<(u64, Change)>,
+    mut outbox: mpsc::Receiver<(PeerId, RelayMsg)>,
     cancel: CancellationToken,
 ) {
-    metrics.cluster_configured.store(1, Ordering::Relaxed);
-    let servers: Vec<async_nats::ServerAddr> = (cfg.servers.iter())
+    node.metrics.cluster_configured.store(1, Ordering::Relaxed);
+    let hop = hop_address(&node.cfg.public_addr, udp_addr)
+        .await
+        .map(|addr| Hop {
+            addr,
+            token: node.hop_token,
+        });
+    if hop.is_none() {
+        tracing::warn!(
+            "no --public-addr this relay can be reached at: peers of other relays cannot send \
+             packets to the peers registered here"
+        );
+    }
+    let Some(client) = connect(&node, &cancel).await else {
+        return;
+    };
+    let subscribed = tokio::try_join!(
+        client.subscribe(ALIVE_SUBJECT),
+        client.subscribe(PRESENCE_WILDCARD),
+        client.subscribe(inbox_subject(&node.me)),
+    );
+    let (mut alive, mut presence, mut inbox) = match subscribed {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot subscribe to the cluster's subjects: {e}");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = alive.next() => match m {
+                Some(m) => node.on_heartbeat(&client, &m.payload).await,
+                None => break,
+            },
+            m = presence.next() => match m {
+                Some(m) => node.on_deltas(&client, &m.payload).await,
+                None => break,
+            },
+            m = inbox.next() => match m {
+                Some(m) => node.on_inbox(&client, &m.payload).await,
+                None => break,
+            },
+            Some(first) = changes.recv() => {
+                let mut carry = node.publish_changes(&client, first, &mut changes).await;
+                while let Some(next) = carry.take() {
+                    carry = node.publish_changes(&client, next, &mut changes).await;
+                }
+            }
+            Some((relay, msg)) = outbox.recv() => {
+                node.publish(&client, inbox_subject(&relay), msg.encode()).await;
+            }
+            _ = tick.tick() => node.tick(&client, hop).await,
+        }
+    }
+    let leaving = node.heartbeat(hop, true);
+    node.publish(&client, ALIVE_SUBJECT.to_string(), leaving.encode())
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+}
+
+async fn connect(node: &Node, cancel: &CancellationToken) -> Option<async_nats::Client> {
+    let servers: Vec<async_nats::ServerAddr> = (node.cfg.servers.iter())
         .filter_map(|s| {
             s.parse()
                 .inspect_err(|e| tracing::warn!("cluster server {s:?}: {e}"))
@@ -88,68 +224,242 @@ async fn run(
         })
         .collect();
     let options = async_nats::ConnectOptions::new()
-        .name(format!("p2pcall-relay {}", me.fingerprint()))
+        .name(format!("p2pcall-relay {}", node.me.fingerprint()))
         .retry_on_initial_connect()
-        .connection_timeout(std::time::Duration::from_secs(2))
+        .connection_timeout(Duration::from_secs(2))
+        // Reconnect at once, then every 250 ms: a lost NATS node costs well under the 3 s a
+        // member lives without heartbeats.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(if attempts <= 1 { 0 } else { 250 })
+        })
         .max_reconnects(None);
-    let client = tokio::select! {
-        _ = cancel.cancelled() => return,
-        c = options.connect(servers) => match c {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("cannot join the relay cluster: {e}");
-                return;
-            }
-        },
-    };
-    let mut alive = match client.subscribe(ALIVE_SUBJECT).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot subscribe to the cluster's heartbeats: {e}");
-            return;
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        c = options.connect(servers) => c
+            .inspect_err(|e| tracing::warn!("cannot join the relay cluster: {e}"))
+            .ok(),
+    }
+}
+
+impl Node {
+    async fn publish(&self, client: &async_nats::Client, subject: String, payload: Vec<u8>) {
+        let sent =
+            tokio::time::timeout(PUBLISH_WAIT, client.publish(subject, payload.into())).await;
+        if matches!(sent, Ok(Ok(()))) {
+            self.metrics
+                .cluster_published
+                .fetch_add(1, Ordering::Relaxed);
         }
-    };
-    let heartbeat = |leaving: bool| Heartbeat {
-        relay: me,
-        region: cfg.region.clone(),
-        public_addr: cfg.public_addr.clone(),
-        peers: u32::try_from(online()).unwrap_or(u32::MAX),
-        leaving,
-    };
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    use futures_util::StreamExt as _;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            m = alive.next() => {
-                let Some(m) = m else { break };
-                match Heartbeat::decode(&m.payload) {
-                    Ok(hb) => {
-                        if let Some(change) = cluster.membership.lock().heard(Instant::now(), hb) {
-                            tracing::info!(?change, "cluster membership");
-                        }
-                    }
-                    Err(e) => tracing::debug!("a heartbeat that does not decode: {e}"),
-                }
-            }
-            _ = tick.tick() => {
-                let connected =
-                    client.connection_state() == async_nats::connection::State::Connected;
-                metrics.cluster_connected.store(u64::from(connected), Ordering::Relaxed);
-                let _ = client.publish(ALIVE_SUBJECT, heartbeat(false).encode().into()).await;
-                let n = {
-                    let mut membership = cluster.membership.lock();
-                    for change in membership.expire(Instant::now()) {
-                        tracing::info!(?change, "cluster membership");
-                    }
-                    membership.members().count()
+    }
+
+    fn heartbeat(&self, hop: Option<Hop>, leaving: bool) -> Heartbeat {
+        let (peers, seq) = {
+            let s = self.sessions.read();
+            (s.len(), s.link.as_ref().map_or(0, |l| l.seq))
+        };
+        Heartbeat {
+            relay: self.me,
+            region: self.cfg.region.clone(),
+            public_addr: self.cfg.public_addr.clone(),
+            peers: u32::try_from(peers).unwrap_or(u32::MAX),
+            leaving,
+            epoch: self.epoch,
+            seq,
+            hop,
+        }
+    }
+
+    /// Every second: our heartbeat, and the members gone silent leave (their peers too).
+    async fn tick(&self, client: &async_nats::Client, hop: Option<Hop>) {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        self.metrics
+            .cluster_connected
+            .store(u64::from(connected), Ordering::Relaxed);
+        let hb = self.heartbeat(hop, false);
+        self.publish(client, ALIVE_SUBJECT.to_string(), hb.encode())
+            .await;
+        let (gone, n) = {
+            let mut membership = self.cluster.membership.lock();
+            let gone = membership.expire(Instant::now());
+            (gone, membership.members().count())
+        };
+        self.metrics
+            .cluster_members
+            .store(n as u64, Ordering::Relaxed);
+        for change in gone {
+            tracing::info!(?change, "cluster membership");
+            if let MemberChange::Left(relay) = change {
+                let asks = {
+                    let mut s = self.sessions.write();
+                    s.remote.relay_gone(&relay);
+                    s.remote_events(&self.metrics)
                 };
-                metrics.cluster_members.store(n as u64, Ordering::Relaxed);
+                self.ask_snapshots(client, asks).await;
             }
         }
     }
-    let _ = client
-        .publish(ALIVE_SUBJECT, heartbeat(true).encode().into())
-        .await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.flush()).await;
+
+    async fn ask_snapshots(&self, client: &async_nats::Client, relays: Vec<PeerId>) {
+        for relay in relays {
+            let msg = RelayMsg::SnapshotRequest { relay: self.me };
+            self.publish(client, inbox_subject(&relay), msg.encode())
+                .await;
+        }
+    }
+
+    async fn on_heartbeat(&self, client: &async_nats::Client, payload: &[u8]) {
+        self.metrics
+            .cluster_received
+            .fetch_add(1, Ordering::Relaxed);
+        let hb = match Heartbeat::decode(payload) {
+            Ok(hb) => hb,
+            Err(e) => {
+                tracing::debug!("a heartbeat that does not decode: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        if let Some(change) = self.cluster.membership.lock().heard(now, hb.clone()) {
+            tracing::info!(?change, "cluster membership");
+        }
+        let asks = {
+            let mut s = self.sessions.write();
+            if hb.leaving {
+                s.remote.relay_gone(&hb.relay);
+            } else {
+                s.remote.heartbeat(now, &hb);
+            }
+            s.remote_events(&self.metrics)
+        };
+        self.ask_snapshots(client, asks).await;
+    }
+
+    async fn on_deltas(&self, client: &async_nats::Client, payload: &[u8]) {
+        self.metrics
+            .cluster_received
+            .fetch_add(1, Ordering::Relaxed);
+        let d = match Deltas::decode(payload) {
+            Ok(d) if d.relay != self.me => d,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!("presence changes that do not decode: {e}");
+                return;
+            }
+        };
+        let asks = {
+            let mut s = self.sessions.write();
+            s.remote.deltas(Instant::now(), d);
+            s.remote_events(&self.metrics)
+        };
+        self.ask_snapshots(client, asks).await;
+    }
+
+    /// Publishes `first` and the changes queued after it that follow on, in one message;
+    /// returns a change that does not follow on (one was dropped before it), if any.
+    async fn publish_changes(
+        &self,
+        client: &async_nats::Client,
+        first: (u64, Change),
+        queue: &mut mpsc::Receiver<(u64, Change)>,
+    ) -> Option<(u64, Change)> {
+        let (first_seq, change) = first;
+        let mut d = Deltas {
+            relay: self.me,
+            epoch: self.epoch,
+            first_seq,
+            changes: vec![change],
+        };
+        let mut carry = None;
+        while d.changes.len() < MAX_CHANGES {
+            let Ok((seq, change)) = queue.try_recv() else {
+                break;
+            };
+            if seq != d.last_seq() + 1 {
+                carry = Some((seq, change));
+                break;
+            }
+            d.changes.push(change);
+        }
+        self.publish(client, presence_subject(&self.me), d.encode())
+            .await;
+        carry
+    }
+
+    async fn on_inbox(&self, client: &async_nats::Client, payload: &[u8]) {
+        self.metrics
+            .cluster_received
+            .fetch_add(1, Ordering::Relaxed);
+        let msg = match RelayMsg::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("an inbox message that does not decode: {e}");
+                return;
+            }
+        };
+        match msg {
+            RelayMsg::Signal {
+                origin,
+                from,
+                to,
+                payload,
+            } => {
+                let delivered = match self.sessions.read().by_id(&to) {
+                    Some(dst) => dst
+                        .try_queue(ServerFrame::Signal { from, payload })
+                        .then_some(())
+                        .ok_or(SignalFailure::QueueFull),
+                    None => Err(SignalFailure::Offline),
+                };
+                if let Err(reason) = delivered {
+                    let back = RelayMsg::SignalFailed { from, to, reason };
+                    self.publish(client, inbox_subject(&origin), back.encode())
+                        .await;
+                }
+            }
+            RelayMsg::SignalFailed { from, to, reason } => {
+                if let Some(s) = self.sessions.read().by_id(&from) {
+                    self.metrics.signals_failed.fetch_add(1, Ordering::Relaxed);
+                    s.try_queue(ServerFrame::SignalFailed { to, reason });
+                }
+            }
+            RelayMsg::Vouch { from, to, observed } => {
+                if let Some(s) = self.sessions.read().by_id(&to) {
+                    s.try_queue(ServerFrame::Vouched { from, observed });
+                }
+            }
+            RelayMsg::SnapshotRequest { relay } => self.send_snapshot(client, relay).await,
+            RelayMsg::SnapshotPart {
+                relay,
+                epoch,
+                seq,
+                last,
+                peers,
+            } => {
+                let asks = {
+                    let mut s = self.sessions.write();
+                    s.remote.snapshot_part(relay, epoch, seq, last, peers);
+                    s.remote_events(&self.metrics)
+                };
+                self.ask_snapshots(client, asks).await;
+            }
+        }
+    }
+
+    /// Sends our peers to `relay`, in parts.
+    async fn send_snapshot(&self, client: &async_nats::Client, relay: PeerId) {
+        let (seq, peers) = self.sessions.read().cluster_snapshot();
+        let parts: Vec<_> = peers.chunks(SNAPSHOT_PART).collect();
+        let n = parts.len().max(1);
+        for i in 0..n {
+            let msg = RelayMsg::SnapshotPart {
+                relay: self.me,
+                epoch: self.epoch,
+                seq,
+                last: i + 1 == n,
+                peers: parts.get(i).map_or_else(Vec::new, |p| p.to_vec()),
+            };
+            self.publish(client, inbox_subject(&relay), msg.encode())
+                .await;
+        }
+    }
 }

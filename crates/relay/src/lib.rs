@@ -198,6 +198,7 @@ impl Relay {
         reflect_ports.extend(reflect_addr.map(|a| a.port()));
 
         let shared = Arc::new(Shared {
+            id: identity.id(),
             cfg,
             metrics: metrics.clone(),
             sessions,
@@ -208,7 +209,7 @@ impl Relay {
         });
         let mut tasks = JoinSet::new();
         let cluster = (shared.cfg.cluster.clone())
-            .map(|c| cluster::start(c, identity.id(), &shared, &mut tasks));
+            .map(|c| cluster::start(c, identity.id(), udp_addr, &shared, &mut tasks));
         tasks.spawn(accept_quic(shared.clone(), endpoint.clone()));
         if let Some(l) = tcp {
             let tls =

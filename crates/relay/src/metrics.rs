@@ -28,9 +28,13 @@ pub enum DropReason {
     SendError,
     /// The packet was not any p2pcall or QUIC packet.
     Malformed,
+    /// A packet from another relay carried a wrong hop token.
+    BadHopToken,
+    /// A packet from another relay named a session that is gone.
+    UnknownRoute,
 }
 
-const DROPS: [(DropReason, &str); 8] = [
+const DROPS: [(DropReason, &str); 10] = [
     (DropReason::UnknownSession, "unknown_session"),
     (DropReason::AddressMismatch, "address_mismatch"),
     (DropReason::UnknownDestination, "unknown_destination"),
@@ -39,6 +43,8 @@ const DROPS: [(DropReason, &str); 8] = [
     (DropReason::QueueFull, "queue_full"),
     (DropReason::SendError, "send_error"),
     (DropReason::Malformed, "malformed"),
+    (DropReason::BadHopToken, "bad_hop_token"),
+    (DropReason::UnknownRoute, "unknown_route"),
 ];
 
 /// Why a session was refused or closed: the session machine's causes (a shutdown is not
@@ -86,7 +92,17 @@ pub struct Metrics {
     pub cluster_connected: AtomicU64,
     /// Other relays of the cluster heard from recently.
     pub cluster_members: AtomicU64,
-    drops: [AtomicU64; 8],
+    /// Peers registered with the other relays of the cluster.
+    pub cluster_peers: AtomicU64,
+    /// Packets sent on to another relay of the cluster.
+    pub hops_out: AtomicU64,
+    /// Packets from another relay of the cluster delivered here.
+    pub hops_in: AtomicU64,
+    /// Messages published to the cluster (presence changes, signals, snapshots).
+    pub cluster_published: AtomicU64,
+    /// Messages received from the cluster.
+    pub cluster_received: AtomicU64,
+    drops: [AtomicU64; 10],
     closes: [AtomicU64; 7],
 }
 
@@ -123,7 +139,7 @@ impl Metrics {
 
     /// The metrics with one value each: name, type, help, value, shown.
     #[allow(clippy::type_complexity)]
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64, bool); 13] {
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64, bool); 18] {
         let cluster = self.cluster_configured.load(Ordering::Relaxed) == 1;
         [
             (
@@ -180,6 +196,41 @@ impl Metrics {
                 "gauge",
                 "Other relays of the cluster heard from in the last 3 s.",
                 &self.cluster_members,
+                cluster,
+            ),
+            (
+                "p2pcall_relay_cluster_peers",
+                "gauge",
+                "Peers registered with the other relays of the cluster.",
+                &self.cluster_peers,
+                cluster,
+            ),
+            (
+                "p2pcall_relay_hops_out_total",
+                "counter",
+                "Packets sent on to another relay of the cluster (their recipient is there).",
+                &self.hops_out,
+                cluster,
+            ),
+            (
+                "p2pcall_relay_hops_in_total",
+                "counter",
+                "Packets from another relay of the cluster delivered to a peer here.",
+                &self.hops_in,
+                cluster,
+            ),
+            (
+                "p2pcall_relay_cluster_published_total",
+                "counter",
+                "NATS messages published (presence changes, inbox messages, heartbeats).",
+                &self.cluster_published,
+                cluster,
+            ),
+            (
+                "p2pcall_relay_cluster_received_total",
+                "counter",
+                "NATS messages received.",
+                &self.cluster_received,
                 cluster,
             ),
             (

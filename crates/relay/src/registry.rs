@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use p2pcall_proto::PeerId;
+use p2pcall_proto::cluster::{Change, Directory, DirectoryEvent, RelayMsg, RemotePeer};
 use p2pcall_proto::limits::TokenBucket;
 use p2pcall_proto::relay::server::CloseCause;
 use p2pcall_proto::relay::{PeerInfo, RefuseReason, ServerFrame};
@@ -27,15 +28,38 @@ const OUT_QUEUE: usize = 1024;
 /// frames alone as the bound it could hold 1,024 signals of 16 KiB).
 pub(crate) const OUT_QUEUE_BYTES: usize = 256 << 10;
 
-/// All registered sessions.
+/// Changes to our peers waiting to be published to the cluster.
+pub(crate) const CHANGES_QUEUE: usize = 65_536;
+/// Messages waiting to go to other relays' inboxes.
+pub(crate) const INBOX_QUEUE: usize = 8_192;
+
+/// This relay's link to its cluster, as the session table sees it.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// The last change numbered (within the epoch our heartbeats announce).
+    pub(crate) seq: u64,
+    /// Numbered changes, to the publisher (in order: queued under the table's write lock).
+    pub(crate) changes: mpsc::Sender<(u64, Change)>,
+    /// Messages for other relays' inboxes.
+    pub(crate) inbox: mpsc::Sender<(PeerId, RelayMsg)>,
+    /// What packets from other relays must carry.
+    pub(crate) hop_token: [u8; 8],
+}
+
+/// All registered sessions, and the peers of the other relays of the cluster.
 #[derive(Debug)]
 pub struct Sessions {
     by_id: HashMap<PeerId, Arc<Session>>,
     by_tag: HashMap<[u8; 16], Arc<Session>>,
+    by_route: HashMap<u64, Arc<Session>>,
     /// Sessions per source IP address.
     per_address: HashMap<IpAddr, usize>,
     /// Most sessions from one address.
     pub(crate) max_per_address: usize,
+    /// The other relays' peers (empty for a relay alone).
+    pub(crate) remote: Directory,
+    /// The cluster, if the relay joined one.
+    pub(crate) link: Option<Link>,
 }
 
 impl Default for Sessions {
@@ -43,8 +67,11 @@ impl Default for Sessions {
         Self {
             by_id: HashMap::new(),
             by_tag: HashMap::new(),
+            by_route: HashMap::new(),
             per_address: HashMap::new(),
             max_per_address: usize::MAX,
+            remote: Directory::new(PeerId::from_bytes([0; 32])),
+            link: None,
         }
     }
 }
@@ -58,6 +85,14 @@ impl Sessions {
     pub fn by_tag(&self, tag: &[u8; 16]) -> Option<&Arc<Session>> {
         self.by_tag.get(tag)
     }
+    /// Session of a route number (named by packets from other relays).
+    pub(crate) fn by_route(&self, route: u64) -> Option<&Arc<Session>> {
+        self.by_route.get(&route)
+    }
+    /// The token packets from other relays must carry (none outside a cluster).
+    pub(crate) fn hop_token(&self) -> Option<&[u8; 8]> {
+        self.link.as_ref().map(|l| &l.hop_token)
+    }
     /// Number of sessions.
     pub(crate) fn len(&self) -> usize {
         self.by_id.len()
@@ -66,8 +101,64 @@ impl Sessions {
     pub fn all(&self) -> Vec<Arc<Session>> {
         self.by_id.values().cloned().collect()
     }
+    /// Every peer online in the cluster: ours, then the other relays' that are not ours.
     pub(crate) fn snapshot(&self) -> Vec<PeerInfo> {
-        self.by_id.values().map(|s| s.info()).collect()
+        let mut all: Vec<PeerInfo> = self.by_id.values().map(|s| s.info()).collect();
+        all.extend(
+            (self.remote.all())
+                .filter(|p| !self.by_id.contains_key(&p.id))
+                .cloned(),
+        );
+        all
+    }
+
+    /// Our peers as the cluster sees them, and the last change that snapshot includes.
+    pub(crate) fn cluster_snapshot(&self) -> (u64, Vec<RemotePeer>) {
+        let seq = self.link.as_ref().map_or(0, |l| l.seq);
+        let peers = (self.by_id.values())
+            .map(|s| RemotePeer {
+                info: s.info(),
+                route: s.route,
+            })
+            .collect();
+        (seq, peers)
+    }
+
+    /// Numbers a change to our peers and hands it to the cluster's publisher. One that does
+    /// not fit still takes its number: the others see the gap and ask for a snapshot.
+    pub(crate) fn publish(&mut self, change: Change) {
+        if let Some(link) = &mut self.link {
+            link.seq += 1;
+            let _ = link.changes.try_send((link.seq, change));
+        }
+    }
+
+    /// Passes on what the directory found (changes of other relays' peers go to our presence
+    /// subscribers unless the peer is also ours: ours speaks for it) and returns the relays
+    /// to ask for a snapshot.
+    pub(crate) fn remote_events(&mut self, metrics: &Metrics) -> Vec<PeerId> {
+        let mut ask = Vec::new();
+        while let Some(e) = self.remote.poll_event() {
+            let frame = match e {
+                DirectoryEvent::RequestSnapshot(relay) => {
+                    ask.push(relay);
+                    continue;
+                }
+                DirectoryEvent::Joined(p) if !self.by_id.contains_key(&p.id) => {
+                    ServerFrame::Joined(p)
+                }
+                DirectoryEvent::Updated(p) if !self.by_id.contains_key(&p.id) => {
+                    ServerFrame::Updated(p)
+                }
+                DirectoryEvent::Left(id) if !self.by_id.contains_key(&id) => ServerFrame::Left(id),
+                _ => continue,
+            };
+            self.broadcast(metrics, &frame, &PeerId::from_bytes([0; 32]));
+        }
+        metrics
+            .cluster_peers
+            .store(self.remote.len() as u64, Ordering::Relaxed);
+        ask
     }
     /// Queues `frame` to every presence subscriber but `except`. Called with the write lock
     /// held, right after the change it reports.
@@ -99,6 +190,8 @@ pub struct Session {
     /// The peer's key (proved in TLS).
     pub id: PeerId,
     pub(crate) tag: [u8; 16],
+    /// What other relays of the cluster call this session in their packets.
+    pub(crate) route: u64,
     pub(crate) name: Mutex<String>,
     since_ms: u64,
     presence: bool,
@@ -192,6 +285,7 @@ impl Session {
         let session = Arc::new(Self {
             id,
             tag: rand::random(),
+            route: rand::random(),
             name: Mutex::new(login.name),
             since_ms: unix_ms(),
             presence: login.presence,
@@ -264,6 +358,7 @@ impl Sessions {
         if let Some(old) = self.by_id.insert(session.id, session.clone()) {
             self.left_address(old.source);
             self.by_tag.remove(&old.tag);
+            self.by_route.remove(&old.route);
             old.end(
                 RefuseReason::Replaced,
                 "a newer login with this key replaced this session",
@@ -271,10 +366,22 @@ impl Sessions {
             metrics.close(CloseCause::Replaced);
         }
         self.by_tag.insert(session.tag, session.clone());
+        self.by_route.insert(session.route, session.clone());
         metrics
             .peers_online
             .store(self.len() as u64, Ordering::Relaxed);
-        self.broadcast(metrics, &ServerFrame::Joined(session.info()), &session.id);
+        let info = session.info();
+        self.publish(Change::Joined(RemotePeer {
+            info: info.clone(),
+            route: session.route,
+        }));
+        // Online at another relay already (it is moving here): not news, only its details.
+        let frame = if self.remote.info(&session.id).is_some() {
+            ServerFrame::Updated(info)
+        } else {
+            ServerFrame::Joined(info)
+        };
+        self.broadcast(metrics, &frame, &session.id);
         Ok(())
     }
 
@@ -296,11 +403,18 @@ impl Sessions {
         {
             self.by_id.remove(&session.id);
             self.by_tag.remove(&session.tag);
+            self.by_route.remove(&session.route);
             self.left_address(session.source);
             metrics
                 .peers_online
                 .store(self.len() as u64, Ordering::Relaxed);
-            self.broadcast(metrics, &ServerFrame::Left(session.id), &session.id);
+            self.publish(Change::Left(session.id));
+            // Still online at another relay (it moved there): only its details change.
+            let frame = match self.remote.info(&session.id) {
+                Some(elsewhere) => ServerFrame::Updated(elsewhere.clone()),
+                None => ServerFrame::Left(session.id),
+            };
+            self.broadcast(metrics, &frame, &session.id);
         }
     }
 }

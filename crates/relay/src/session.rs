@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use p2pcall_proto::PeerId;
+use p2pcall_proto::cluster::{Change, RelayMsg};
 use p2pcall_proto::relay::server::{
     CloseCause, Closure, ReadEnd, ServerSession, SessionConfig, SessionEvent,
 };
@@ -192,10 +193,12 @@ async fn serve<R: AsyncRead + Unpin>(
                         *n = name;
                     }
                     {
-                        let sessions = shared.sessions.write();
+                        let mut sessions = shared.sessions.write();
+                        let info = session.info();
+                        sessions.publish(Change::Updated(info.clone()));
                         sessions.broadcast(
                             &shared.metrics,
-                            &ServerFrame::Updated(session.info()),
+                            &ServerFrame::Updated(info),
                             &session.id,
                         );
                     }
@@ -229,16 +232,33 @@ async fn serve<R: AsyncRead + Unpin>(
     }
 }
 
-/// Delivers a signal, or tells its sender why it could not be.
+/// Delivers a signal (here, or through the cluster to the relay the recipient is registered
+/// with), or tells its sender why it could not be.
 fn signal(shared: &Shared, session: &Session, to: PeerId, payload: bytes::Bytes) {
-    let dst = shared.sessions.read().by_id(&to).cloned();
-    let failure = match dst {
-        None => Some(SignalFailure::Offline),
-        Some(dst) => (!dst.try_queue(ServerFrame::Signal {
-            from: session.id,
-            payload,
-        }))
-        .then_some(SignalFailure::QueueFull),
+    let failure = {
+        let sessions = shared.sessions.read();
+        match sessions.by_id(&to) {
+            Some(dst) => (!dst.try_queue(ServerFrame::Signal {
+                from: session.id,
+                payload,
+            }))
+            .then_some(SignalFailure::QueueFull),
+            None => match (sessions.remote.locate(&to), &sessions.link) {
+                (Some(at), Some(link)) => {
+                    let msg = RelayMsg::Signal {
+                        origin: shared.id,
+                        from: session.id,
+                        to,
+                        payload,
+                    };
+                    link.inbox
+                        .try_send((at.relay, msg))
+                        .is_err()
+                        .then_some(SignalFailure::QueueFull)
+                }
+                _ => Some(SignalFailure::Offline),
+            },
+        }
     };
     match failure {
         None => {
@@ -263,11 +283,19 @@ fn vouch(shared: &Shared, session: &Session, to: PeerId) {
     let Some(observed) = session.udp_addr() else {
         return;
     };
-    if let Some(dst) = shared.sessions.read().by_id(&to).cloned() {
+    let sessions = shared.sessions.read();
+    if let Some(dst) = sessions.by_id(&to) {
         dst.try_queue(ServerFrame::Vouched {
             from: session.id,
             observed,
         });
+    } else if let (Some(at), Some(link)) = (sessions.remote.locate(&to), &sessions.link) {
+        let msg = RelayMsg::Vouch {
+            from: session.id,
+            to,
+            observed,
+        };
+        let _ = link.inbox.try_send((at.relay, msg));
     }
 }
 

@@ -16,13 +16,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use p2pcall_proto::PeerId;
-use p2pcall_proto::packet::{self, Control, RelayRecv, RelaySend};
+use p2pcall_proto::cluster::Hop;
+use p2pcall_proto::packet::{self, Control, RelayHop, RelayRecv, RelaySend};
 use p2pcall_proto::relay::{MAX_DATA, ServerFrame};
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 
 use crate::metrics::{DropReason, Metrics};
-use crate::registry::Sessions;
+use crate::registry::{Session, Sessions};
 
 use p2pcall_transport::udp::canonical;
 
@@ -104,6 +105,14 @@ impl RelaySocket {
         self.send_now(dst, &buf, None)
     }
 
+    /// Sends a packet from `from` (a TCP-fallback sender) on to another relay of the cluster.
+    pub(crate) fn send_hop(&self, hop: &Hop, route: u64, from: &PeerId, payload: &[u8]) -> bool {
+        let mut buf = Vec::with_capacity(packet::RELAY_HOP_HEADER + payload.len());
+        RelayHop::write_header(&mut buf, &hop.token, route, from);
+        buf.extend_from_slice(payload);
+        self.send_now(hop.addr, &buf, None)
+    }
+
     /// Sends a batch of equal-size forwarded packets to one destination with one GSO call.
     fn flush(&self, batch: &mut Batch) {
         let Some(dst) = batch.dst.take() else { return };
@@ -127,7 +136,7 @@ impl RelaySocket {
     }
 
     /// Queues a forwarded packet, flushing the batch when it cannot join it.
-    fn enqueue(&self, batch: &mut Batch, dst: SocketAddr, pkt: &[u8]) {
+    fn enqueue(&self, batch: &mut Batch, dst: SocketAddr, pkt: &[u8], header: usize) {
         let joins = batch.dst == Some(dst)
             && !batch.closed
             && pkt.len() <= batch.seg
@@ -140,7 +149,7 @@ impl RelaySocket {
         }
         batch.buf.extend_from_slice(pkt);
         batch.count += 1;
-        batch.payload_bytes += (pkt.len() - packet::RELAY_RECV_HEADER) as u64;
+        batch.payload_bytes += (pkt.len() - header) as u64;
         // A shorter packet can only be the last segment of a GSO batch.
         batch.closed = pkt.len() < batch.seg;
     }
@@ -170,37 +179,82 @@ impl RelaySocket {
             self.metrics.dropped(DropReason::RateLimited);
             return;
         }
+        let from = sender.id;
         let Some(dst) = sessions.by_id(&to) else {
-            self.metrics.dropped(DropReason::UnknownDestination);
+            // Registered with another relay of the cluster: the packet crosses to it.
+            match sessions
+                .remote
+                .locate(&to)
+                .and_then(|at| Some((at, at.hop?)))
+            {
+                Some((at, hop)) => {
+                    RelaySend::rewrite_to_hop(seg, &hop.token, at.route, &from);
+                    self.enqueue(batch, hop.addr, seg, packet::RELAY_HOP_HEADER);
+                    self.metrics.hops_out.fetch_add(1, Ordering::Relaxed);
+                }
+                None => self.metrics.dropped(DropReason::UnknownDestination),
+            }
             return;
         };
-        let from = sender.id;
-        let delivered = match dst.udp_addr() {
-            Some(addr) => {
-                // Counted as relayed when the batch is sent.
-                let start = RelaySend::rewrite_in_place(seg, &from);
-                self.enqueue(batch, addr, &seg[start..]);
-                false
-            }
+        let start = RelaySend::rewrite_in_place(seg, &from);
+        self.deliver(dst, &mut seg[start..], batch);
+    }
+
+    /// Delivers a `RelayRecv` packet (held in `pkt`) to a session of ours.
+    fn deliver(&self, dst: &Session, pkt: &mut [u8], batch: &mut Batch) {
+        match dst.udp_addr() {
+            // Counted as relayed when the batch is sent.
+            Some(addr) => self.enqueue(batch, addr, pkt, packet::RELAY_RECV_HEADER),
             None => {
+                let Ok(recv) = RelayRecv::decode(pkt) else {
+                    return;
+                };
                 let frame = ServerFrame::Data {
-                    from,
-                    packet: Bytes::copy_from_slice(&seg[packet::RELAY_SEND_HEADER..]),
+                    from: recv.from,
+                    packet: Bytes::copy_from_slice(recv.payload),
                 };
                 if dst.try_queue(frame) {
-                    true
+                    self.metrics.packets_relayed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .bytes_relayed
+                        .fetch_add(recv.payload.len() as u64, Ordering::Relaxed);
                 } else {
                     self.metrics.dropped(DropReason::QueueFull);
-                    false
                 }
             }
-        };
-        if delivered {
-            self.metrics.packets_relayed.fetch_add(1, Ordering::Relaxed);
-            self.metrics
-                .bytes_relayed
-                .fetch_add(plen as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Delivers a packet another relay of the cluster sent on for a peer of ours.
+    fn hop_in(&self, seg: &mut [u8], batch: &mut Batch) {
+        let Ok(hop) = RelayHop::decode(seg) else {
+            self.metrics.dropped(DropReason::Malformed);
+            return;
+        };
+        if hop.payload.len() > MAX_DATA {
+            self.metrics.dropped(DropReason::Oversize);
+            return;
+        }
+        let route = hop.route;
+        let sessions = self.sessions.read();
+        let token_ok = sessions.hop_token().is_some_and(|t| {
+            // Compared without an early exit.
+            t.iter()
+                .zip(hop.token)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+        });
+        if !token_ok {
+            self.metrics.dropped(DropReason::BadHopToken);
+            return;
+        }
+        let Some(dst) = sessions.by_route(route) else {
+            self.metrics.dropped(DropReason::UnknownRoute);
+            return;
+        };
+        self.metrics.hops_in.fetch_add(1, Ordering::Relaxed);
+        let start = RelayHop::rewrite_in_place(seg);
+        self.deliver(dst, &mut seg[start..], batch);
     }
 
     fn reflect(&self, src: SocketAddr, seg: &[u8]) {
@@ -241,6 +295,8 @@ impl RelaySocket {
                 kept += end - off;
             } else if first == packet::RELAY_SEND {
                 self.forward(now, src, &mut buf[off..end], batch);
+            } else if first == packet::RELAY_HOP {
+                self.hop_in(&mut buf[off..end], batch);
             } else if first == packet::REFLECT_REQ {
                 self.reflect(src, &buf[off..end]);
             } else {

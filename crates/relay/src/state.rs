@@ -15,6 +15,8 @@ use crate::socket::RelaySocket;
 
 /// What every task of a relay shares.
 pub(crate) struct Shared {
+    /// The relay's own key.
+    pub(crate) id: PeerId,
     pub(crate) cfg: RelayConfig,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) sessions: Arc<RwLock<Sessions>>,
@@ -27,19 +29,37 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Forwards a packet that arrived in a TCP `Data` frame.
+    /// Forwards a packet that arrived in a TCP `Data` frame (to a peer here, or to the relay
+    /// of the cluster it is registered with).
     pub(crate) fn forward_from_tcp(&self, from: PeerId, to: PeerId, packet: &[u8]) {
-        let dst = self.sessions.read().by_id(&to).cloned();
-        let Some(dst) = dst else {
-            self.metrics.dropped(DropReason::UnknownDestination);
-            return;
-        };
-        let ok = match dst.udp_addr() {
-            Some(addr) => self.socket.send_relayed(addr, &from, packet),
-            None => dst.try_queue(ServerFrame::Data {
-                from,
-                packet: bytes::Bytes::copy_from_slice(packet),
-            }),
+        let ok = {
+            let sessions = self.sessions.read();
+            match sessions.by_id(&to) {
+                Some(dst) => match dst.udp_addr() {
+                    Some(addr) => self.socket.send_relayed(addr, &from, packet),
+                    None => dst.try_queue(ServerFrame::Data {
+                        from,
+                        packet: bytes::Bytes::copy_from_slice(packet),
+                    }),
+                },
+                None => match sessions
+                    .remote
+                    .locate(&to)
+                    .and_then(|at| Some((at, at.hop?)))
+                {
+                    Some((at, hop)) => {
+                        let sent = self.socket.send_hop(&hop, at.route, &from, packet);
+                        if sent {
+                            self.metrics.hops_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                        sent
+                    }
+                    None => {
+                        self.metrics.dropped(DropReason::UnknownDestination);
+                        return;
+                    }
+                },
+            }
         };
         if ok {
             self.metrics.packets_relayed.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -12,43 +11,8 @@ use p2pcall_relay::{Relay, RelayConfig, cluster::ClusterConfig};
 use p2pcall_transport::Identity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A `nats-server` process on `port`, killed when dropped.
-struct Nats(Child);
-
-impl Nats {
-    async fn start(port: u16) -> Self {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (scripts/setup.sh --dev installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self(child)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod nats;
+use nats::{Nats, free_port};
 
 async fn relay(nats: u16, region: &str) -> Relay {
     let mut cfg = RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -58,7 +22,7 @@ async fn relay(nats: u16, region: &str) -> Relay {
     cfg.cluster = Some(ClusterConfig {
         servers: vec![format!("nats://127.0.0.1:{nats}")],
         region: region.into(),
-        public_addr: format!("relay-{region}.example.org:7700"),
+        public_addr: format!("127.0.0.1:{}", 7700 + region.len()),
     });
     Relay::start(&Identity::generate().unwrap(), cfg)
         .await
@@ -88,7 +52,7 @@ async fn healthz(relay: &Relay) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_of_one_cluster_see_each_other_and_keep_serving_without_nats() {
     let port = free_port();
-    let nats = Nats::start(port).await;
+    let nats = Nats::start(port);
     let a = relay(port, "eu").await;
     let b = relay(port, "us").await;
     let sees = |r: &Relay, other: &Relay| r.cluster_members().iter().any(|m| m.relay == other.id);
@@ -102,7 +66,7 @@ async fn relays_of_one_cluster_see_each_other_and_keep_serving_without_nats() {
     assert_eq!(m.len(), 1);
     assert_eq!(
         (m[0].region.as_str(), m[0].public_addr.as_str()),
-        ("us", "relay-us.example.org:7700")
+        ("us", "127.0.0.1:7702")
     );
     assert_eq!(a.metrics().cluster_connected.load(Relaxed), 1);
     assert!(healthz(&a).await.ends_with("ok\n"));
@@ -132,7 +96,7 @@ async fn relays_of_one_cluster_see_each_other_and_keep_serving_without_nats() {
     .await;
 
     // NATS is back (same address): the relays reconnect and see each other again.
-    let _nats = Nats::start(port).await;
+    let _nats = Nats::start(port);
     until("the cluster to come back", Duration::from_secs(20), || {
         sees(&a, &b) && sees(&b, &a) && a.metrics().cluster_connected.load(Relaxed) == 1
     })
