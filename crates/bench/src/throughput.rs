@@ -72,12 +72,8 @@ async fn endpoint(relay: SocketAddr, direct: bool) -> Result<(Endpoint, mpsc::Re
         name: "bench".into(),
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         relay: Some(RelayConfig {
-            addr: relay,
-            tcp_addr: None,
-            token: None,
             presence: false,
-            force_tcp: false,
-            relay_key: None,
+            ..RelayConfig::new(relay)
         }),
         direct_paths: direct,
         port_mapping: false,

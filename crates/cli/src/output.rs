@@ -215,8 +215,10 @@ pub(crate) fn event_json(e: &EngineEvent) -> Value {
             observed,
             transport,
             relay,
+            addr,
+            primary,
         } => {
-            json!({"event": "relay_connected", "observed": observed.to_string(), "transport": transport_json(*transport), "relay": relay.fingerprint().to_string()})
+            json!({"event": "relay_connected", "observed": observed.to_string(), "transport": transport_json(*transport), "relay": relay.fingerprint().to_string(), "relay_addr": addr.to_string(), "configured": primary})
         }
         Event::RelayDisconnected { reason, retry_in } => {
             json!({"event": "relay_disconnected", "reason": reason, "retry_in_ms": retry_in.as_millis() as u64})
@@ -308,8 +310,11 @@ pub(crate) fn event_text(e: &EngineEvent) -> String {
             observed,
             transport,
             relay,
+            addr,
+            primary,
         } => format!(
-            "online via relay {} over {}; the relay sees us as {observed}",
+            "online via {}relay {} ({addr}) over {}; the relay sees us as {observed}",
+            if *primary { "" } else { "another cluster " },
             relay.fingerprint(),
             transport_text(*transport)
         ),
@@ -755,16 +760,20 @@ mod tests {
             observed: "192.0.2.7:4000".parse().expect("addr"),
             transport: RelayTransport::Tcp,
             relay: peer(9),
+            addr: "198.51.100.1:7700".parse().expect("addr"),
+            primary: true,
         }));
         assert_eq!(
             text,
             format!(
-                "online via relay {} over TCP+TLS; the relay sees us as 192.0.2.7:4000",
+                "online via relay {} (198.51.100.1:7700) over TCP+TLS; the relay sees us as 192.0.2.7:4000",
                 peer(9).fingerprint()
             )
         );
         assert_eq!(json["event"], "relay_connected");
         assert_eq!(json["transport"], "tcp");
+        assert_eq!(json["relay_addr"], "198.51.100.1:7700");
+        assert_eq!(json["configured"], true);
 
         let (text, json) = both(EngineEvent::Net(Event::RelayDisconnected {
             reason: "idle".into(),

@@ -218,7 +218,12 @@ async fn pump(
         let ev = match e {
             // The first session's key is the relay's from now on (it passed the check
             // against a key given or pinned before, if there was one).
-            Event::RelayConnected { relay, .. } if pin_as.is_some() => {
+            // Only the configured relay's: another of its cluster is vouched for by it.
+            Event::RelayConnected {
+                relay,
+                primary: true,
+                ..
+            } if pin_as.is_some() => {
                 let name = pin_as.take().unwrap_or_default();
                 let pinned = s
                     .ctx

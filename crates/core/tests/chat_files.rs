@@ -33,14 +33,7 @@ async fn peer(relay: &Relay, id: &Identity, store: Arc<Store>, relay_only: bool)
     let mut cfg = EngineConfig::new(
         id.clone(),
         "p".into(),
-        Some(RelayConfig {
-            addr: relay.udp_addr,
-            tcp_addr: None,
-            token: None,
-            presence: true,
-            force_tcp: false,
-            relay_key: None,
-        }),
+        Some(RelayConfig::new(relay.udp_addr)),
     );
     cfg.port_mapping = false;
     cfg.direct_paths = !relay_only;

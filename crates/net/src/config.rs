@@ -20,6 +20,19 @@ pub struct RelayConfig {
     pub force_tcp: bool,
     /// Expected relay key; any key is accepted when `None`.
     pub relay_key: Option<PeerId>,
+    /// Other relays of the same network (a cluster): at each (re)connect every known relay
+    /// is probed at once and the first to answer (the lowest RTT) is used. The relays of
+    /// the cluster the relay lists are added to these.
+    pub alternates: Vec<RelayCandidate>,
+}
+
+/// Another relay of the same network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayCandidate {
+    /// Where it is, `host:port`.
+    pub addr: String,
+    /// Its key, if known (from the cluster's list, a ticket, the settings); `None`: any.
+    pub key: Option<PeerId>,
 }
 
 impl RelayConfig {
@@ -33,6 +46,7 @@ impl RelayConfig {
             presence: true,
             force_tcp: false,
             relay_key: None,
+            alternates: Vec::new(),
         }
     }
 }

@@ -118,6 +118,7 @@ impl Endpoint {
             next_serial: std::sync::atomic::AtomicU64::new(1),
             observed: Mutex::new(None),
             relay_key: Mutex::new(None),
+            cluster_relays: Mutex::new(Vec::new()),
             roster: Roster::default(),
             relay_up: tokio::sync::watch::Sender::new(None),
             reflections: Mutex::default(),

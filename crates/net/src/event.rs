@@ -29,6 +29,10 @@ pub enum Event {
         transport: RelayTransport,
         /// The relay's key.
         relay: PeerId,
+        /// Its address.
+        addr: SocketAddr,
+        /// It is the configured relay (not another of its cluster).
+        primary: bool,
     },
     /// The relay session ended; it is retried after `retry_in`.
     RelayDisconnected {

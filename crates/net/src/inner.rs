@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     /// The key of the relay this endpoint first had a session with: every later session
     /// (a reconnect, on another network) must present the same one.
     pub(crate) relay_key: Mutex<Option<PeerId>>,
+    /// The relays of our relay's cluster, as it listed them (ours first).
+    pub(crate) cluster_relays: Mutex<Vec<p2pcall_proto::relay::RelayEntry>>,
     /// The peers online, as presence reports them.
     pub(crate) roster: Roster,
     pub(crate) relay_up: tokio::sync::watch::Sender<Option<RelayTransport>>,

@@ -28,10 +28,11 @@ mod inner;
 mod lan;
 mod paths;
 mod relay_client;
+mod relays;
 mod roster;
 pub mod socket;
 
-pub use config::{EndpointConfig, LanConfig, RelayConfig};
+pub use config::{EndpointConfig, LanConfig, RelayCandidate, RelayConfig};
 pub use connection::{ConnectionStats, PING_TIMEOUT, PeerConnection};
 pub use endpoint::Endpoint;
 pub use error::NetError;

@@ -2,6 +2,7 @@
 //! carry relayed packets. Reconnects with exponential backoff; peer connections on a direct
 //! path are not affected while it is down.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::config::RelayConfig;
 use crate::event::{Event, PresenceEvent, RelayTransport};
 use crate::inner::Inner;
+use crate::relays::{self, Target};
 use crate::socket::RelayRoute;
 
 /// How long to wait for the QUIC handshake with the relay before trying TCP. UDP that is
@@ -37,6 +39,10 @@ const RELAY_PING_INTERVAL: Duration = Duration::from_secs(10);
 const RELAY_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// The relay connection is dead after this long without packets.
 const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Keep-alive of the relay connection when the cluster has other relays to move to.
+const CLUSTER_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Idle timeout then: a relay that died is left within 3 s (and another found within 1 s).
+const CLUSTER_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Packets queued toward the TCP fallback before drops (congestion, as on UDP).
 const TCP_DATA_QUEUE: usize = 1024;
 
@@ -70,55 +76,46 @@ pub(crate) async fn run(
 ) {
     let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_SESSION);
     let mut choice = TransportChoice::new(cfg.force_tcp);
-    inner.socket.set_relay_quic_addr(Some(cfg.addr));
+    // Relays of the cluster that presented another key than the cluster said: not again.
+    let mut shunned: Vec<SocketAddr> = Vec::new();
     loop {
         // Trust on first use holds for reconnects too: once a relay welcomed us, only its
         // key is accepted at that address (a café network's impostor is not).
         if cfg.relay_key.is_none() {
             cfg.relay_key = *inner.relay_key.lock();
         }
+        let mut others = relays::candidates(&cfg, &inner.cluster_relays.lock());
+        others.retain(|c| !c.addr.parse().is_ok_and(|a| shunned.contains(&a)));
+        let primary = Target {
+            addr: cfg.addr,
+            key: cfg.relay_key,
+            primary: true,
+        };
+        let target = if others.is_empty() {
+            primary
+        } else {
+            relays::choose(primary, &others).await.0
+        };
+        let clustered = !others.is_empty();
+        let tcfg = RelayConfig {
+            addr: target.addr,
+            relay_key: target.key,
+            tcp_addr: cfg.tcp_addr.filter(|_| target.primary),
+            ..cfg.clone()
+        };
+        inner.socket.set_relay_quic_addr(Some(target.addr));
         let started = Instant::now();
         let mut welcomed = false;
-        let end = if choice.tcp_first(started) {
-            let end = match tcp_session(&inner, &cfg, &mut cmd_rx, &mut welcomed).await {
-                SessionEnd::TcpRefused(tcp) => {
-                    unreachable(&inner, &cfg, tcp.clone()).await;
-                    SessionEnd::Retry(tcp)
-                }
-                end => end,
-            };
-            if !welcomed {
-                choice.tcp_failed();
-            }
-            end
-        } else {
-            let connected = quic_connect(&inner, &cfg).await;
-            let wrong_key =
-                (connected.as_ref().err()).and_then(|e| p2pcall_transport::presented_key(e));
-            match (connected, wrong_key) {
-                (_, Some(presented)) => SessionEnd::WrongKey(presented),
-                (Ok(conn), None) => quic_session(&inner, &cfg, conn, &mut cmd_rx).await,
-                (Err(e), None) => {
-                    tracing::info!("relay over UDP failed ({e}); trying TCP+TLS");
-                    let end = match tcp_session(&inner, &cfg, &mut cmd_rx, &mut welcomed).await {
-                        SessionEnd::TcpRefused(tcp) => {
-                            if e == UDP_REFUSED {
-                                unreachable(&inner, &cfg, format!("UDP: {e}; {tcp}")).await;
-                            }
-                            SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
-                        }
-                        SessionEnd::Retry(tcp) if !welcomed => {
-                            SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
-                        }
-                        end => end,
-                    };
-                    if welcomed {
-                        choice.tcp_worked(Instant::now());
-                    }
-                    end
-                }
-            }
-        };
+        let end = connect_and_serve(
+            &inner,
+            &tcfg,
+            target,
+            clustered,
+            &mut choice,
+            &mut cmd_rx,
+            &mut welcomed,
+        )
+        .await;
         inner.socket.set_relay_route(RelayRoute::None);
         inner.roster.mark_incomplete();
         inner.relay_up.send_replace(None);
@@ -128,12 +125,16 @@ pub(crate) async fn run(
                 inner.emit(Event::RelayRefused { reason, detail }).await;
                 return;
             }
+            SessionEnd::WrongKey(presented) if !target.primary => {
+                tracing::warn!(addr = %target.addr, %presented, "a relay of the cluster presented another key than the cluster gave; not using it");
+                shunned.push(target.addr);
+            }
             SessionEnd::WrongKey(presented) => {
-                let pinned = cfg.relay_key.unwrap_or(presented);
+                let pinned = tcfg.relay_key.unwrap_or(presented);
                 tracing::warn!(%pinned, %presented, "the relay presented another key than the pinned one");
                 inner
                     .emit(Event::RelayKeyMismatch {
-                        addr: cfg.addr,
+                        addr: tcfg.addr,
                         pinned,
                         presented,
                     })
@@ -141,7 +142,11 @@ pub(crate) async fn run(
                 return;
             }
             SessionEnd::Retry(reason) | SessionEnd::TcpRefused(reason) => {
-                let wait = backoff.session_ended(started.elapsed(), rand::random::<f64>());
+                let mut wait = backoff.session_ended(started.elapsed(), rand::random::<f64>());
+                if clustered && welcomed {
+                    // The next attempt probes every relay of the cluster: move at once.
+                    wait = wait.min(MIN_BACKOFF);
+                }
                 tracing::info!("relay session ended: {reason}; retrying in {wait:?}");
                 inner
                     .emit(Event::RelayDisconnected {
@@ -154,6 +159,59 @@ pub(crate) async fn run(
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
+        }
+    }
+}
+
+/// One attempt at a session with `target` (UDP first unless TCP worked better lately), served
+/// until it ends. `welcomed` is set once the relay registered us.
+#[allow(clippy::too_many_arguments)]
+async fn connect_and_serve(
+    inner: &Arc<Inner>,
+    cfg: &RelayConfig,
+    target: Target,
+    clustered: bool,
+    choice: &mut TransportChoice,
+    cmd_rx: &mut mpsc::Receiver<ClientFrame>,
+    welcomed: &mut bool,
+) -> SessionEnd {
+    let started = Instant::now();
+    if choice.tcp_first(started) {
+        let end = match tcp_session(inner, cfg, target.primary, cmd_rx, welcomed).await {
+            SessionEnd::TcpRefused(tcp) => {
+                unreachable(inner, cfg, tcp.clone()).await;
+                SessionEnd::Retry(tcp)
+            }
+            end => end,
+        };
+        if !*welcomed {
+            choice.tcp_failed();
+        }
+        return end;
+    }
+    let connected = quic_connect(inner, cfg, clustered).await;
+    let wrong_key = (connected.as_ref().err()).and_then(|e| p2pcall_transport::presented_key(e));
+    match (connected, wrong_key) {
+        (_, Some(presented)) => SessionEnd::WrongKey(presented),
+        (Ok(conn), None) => quic_session(inner, cfg, target.primary, conn, cmd_rx, welcomed).await,
+        (Err(e), None) => {
+            tracing::info!("relay over UDP failed ({e}); trying TCP+TLS");
+            let end = match tcp_session(inner, cfg, target.primary, cmd_rx, welcomed).await {
+                SessionEnd::TcpRefused(tcp) => {
+                    if e == UDP_REFUSED {
+                        unreachable(inner, cfg, format!("UDP: {e}; {tcp}")).await;
+                    }
+                    SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
+                }
+                SessionEnd::Retry(tcp) if !*welcomed => {
+                    SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
+                }
+                end => end,
+            };
+            if *welcomed {
+                choice.tcp_worked(Instant::now());
+            }
+            end
         }
     }
 }
@@ -206,12 +264,22 @@ async fn udp_port_unreachable(addr: std::net::SocketAddr) -> bool {
     false
 }
 
-async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connection, String> {
+async fn quic_connect(
+    inner: &Inner,
+    cfg: &RelayConfig,
+    clustered: bool,
+) -> Result<quinn::Connection, String> {
+    // With other relays to move to, a dead relay is noticed sooner.
+    let (keep_alive, idle) = if clustered {
+        (CLUSTER_KEEP_ALIVE, CLUSTER_IDLE_TIMEOUT)
+    } else {
+        (RELAY_KEEP_ALIVE, RELAY_IDLE_TIMEOUT)
+    };
     let client = p2pcall_transport::quinn_client_config(
         &inner.identity,
         cfg.relay_key,
         p2pcall_transport::ALPN_RELAY,
-        p2pcall_transport::transport_config(RELAY_KEEP_ALIVE, RELAY_IDLE_TIMEOUT),
+        p2pcall_transport::transport_config(keep_alive, idle),
     )
     .map_err(|e| e.to_string())?;
     let connecting = inner
@@ -242,8 +310,10 @@ async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connect
 async fn quic_session(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
+    primary: bool,
     conn: quinn::Connection,
     cmd_rx: &mut mpsc::Receiver<ClientFrame>,
+    welcomed: &mut bool,
 ) -> SessionEnd {
     let relay = p2pcall_transport::peer_id(&conn);
     let (send, recv) = match conn.open_bi().await {
@@ -254,13 +324,13 @@ async fn quic_session(
     let end = session(
         inner,
         cfg,
+        primary,
         relay,
         RelayTransport::Udp,
-        send,
-        recv,
+        (send, recv),
         cmd_rx,
         &mut no_data,
-        &mut false,
+        welcomed,
     )
     .await;
     conn.close(0u32.into(), b"bye");
@@ -282,6 +352,7 @@ async fn quic_session(
 async fn tcp_session(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
+    primary: bool,
     cmd_rx: &mut mpsc::Receiver<ClientFrame>,
     welcomed: &mut bool,
 ) -> SessionEnd {
@@ -329,10 +400,10 @@ async fn tcp_session(
     session(
         inner,
         cfg,
+        primary,
         relay,
         RelayTransport::Tcp,
-        w,
-        r,
+        (w, r),
         cmd_rx,
         &mut data_rx,
         welcomed,
@@ -344,10 +415,10 @@ async fn tcp_session(
 async fn session<W, R>(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
+    primary: bool,
     relay: Option<PeerId>,
     transport: RelayTransport,
-    mut send: W,
-    recv: R,
+    (mut send, recv): (W, R),
     cmd_rx: &mut mpsc::Receiver<ClientFrame>,
     data_rx: &mut mpsc::Receiver<(PeerId, Vec<u8>)>,
     welcomed: &mut bool,
@@ -374,7 +445,7 @@ where
     loop {
         while let Some(event) = machine.poll_event() {
             *welcomed |= matches!(event, ClientEvent::Welcome { .. });
-            if let Some(end) = handle_event(inner, cfg, relay, transport, event).await {
+            if let Some(end) = handle_event(inner, cfg, primary, relay, transport, event).await {
                 return end;
             }
         }
@@ -419,6 +490,7 @@ fn far_future() -> tokio::time::Instant {
 async fn handle_event(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
+    primary: bool,
     relay: PeerId,
     transport: RelayTransport,
     event: ClientEvent,
@@ -432,10 +504,10 @@ async fn handle_event(
             welcomed(
                 inner,
                 cfg,
+                primary,
                 relay,
                 transport,
-                session_tag,
-                observed,
+                (session_tag, observed),
                 &reflect_ports,
             )
             .await;
@@ -459,6 +531,11 @@ async fn handle_event(
                 c.shared.vouched.send_replace(Some(observed));
             }
         }
+        ClientEvent::Relays(list) => {
+            tracing::debug!(relays = list.len(), "the relay's cluster");
+            let mut known = inner.cluster_relays.lock();
+            *known = list;
+        }
         ClientEvent::Ended(end) => return Some(end.into()),
     }
     None
@@ -468,10 +545,10 @@ async fn handle_event(
 async fn welcomed(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
+    primary: bool,
     relay: PeerId,
     transport: RelayTransport,
-    tag: [u8; 16],
-    observed: std::net::SocketAddr,
+    (tag, observed): ([u8; 16], SocketAddr),
     reflect_ports: &[u16],
 ) {
     {
@@ -492,7 +569,7 @@ async fn welcomed(
         *o = Some(observed);
     }
     inner.roster.clear();
-    {
+    if primary {
         let mut k = inner.relay_key.lock();
         k.get_or_insert(relay);
     }
@@ -509,6 +586,8 @@ async fn welcomed(
             observed,
             transport,
             relay,
+            addr: cfg.addr,
+            primary,
         })
         .await;
 }

@@ -180,3 +180,53 @@ async fn peers_of_different_relays_see_signal_and_connect_through_both() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_moves_to_another_relay_of_the_cluster_and_its_relayed_connection_recovers() {
+    let nats = nats::NatsCluster::start(1);
+    let a = cluster_relay(&nats, 0, "a").await;
+    let b = cluster_relay(&nats, 0, "b").await;
+    until("the relays to see each other", || {
+        a.cluster_members().len() == 1 && b.cluster_members().len() == 1
+    })
+    .await;
+    // Alice is configured with relay b; carol with relay a.
+    let mut alice = peer("alice", b.udp_addr, false).await;
+    let mut carol = peer("carol", a.udp_addr, false).await;
+    alice.expect("carol", joined(carol.ep.id())).await;
+    let conn = alice.ep.connect(carol.ep.id()).await.unwrap();
+    let _incoming = carol
+        .expect("alice's connection", |e| match e {
+            Event::Incoming(c) => Some(c),
+            _ => None,
+        })
+        .await;
+    conn.ping(0, 100).await.unwrap();
+
+    // Relay b goes away: alice registers with a (the relay b listed) at once.
+    let t = Instant::now();
+    b.shutdown().await;
+    let (addr, primary) = alice
+        .expect("alice on relay a", |e| match e {
+            Event::RelayConnected { addr, primary, .. } => Some((addr, primary)),
+            _ => None,
+        })
+        .await;
+    let moved = t.elapsed();
+    assert_eq!((addr, primary), (a.udp_addr, false));
+    assert!(moved < Duration::from_secs(5), "moved in {moved:?}");
+    // The connection carries on over the relay path through relay a, without redialing.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seq = 1;
+    let recovered = loop {
+        if conn.ping(seq, 100).await.is_ok() {
+            break t.elapsed();
+        }
+        seq += 1;
+        assert!(Instant::now() < deadline, "no answer through relay a");
+    };
+    assert_eq!(conn.path(), Path::Relay);
+    assert!(a.online() == 2);
+    eprintln!("moved to relay a in {moved:?}; relayed connection answering {recovered:?} after");
+    a.shutdown().await;
+}

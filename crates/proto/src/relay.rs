@@ -76,6 +76,46 @@ impl PeerInfo {
     }
 }
 
+/// Most relays a [`ServerFrame::Relays`] lists.
+pub const MAX_RELAYS: usize = 64;
+
+/// A relay of the cluster, as a relay tells its clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayEntry {
+    /// Its key (what a client pins for it).
+    pub key: PeerId,
+    /// Where clients reach it, `host:port`.
+    pub addr: String,
+    /// Its region (may be empty).
+    pub region: String,
+    /// Peers registered with it.
+    pub peers: u32,
+}
+
+impl RelayEntry {
+    fn encoded_len(&self) -> usize {
+        32 + 1 + self.addr.len().min(255) + 1 + self.region.len().min(32) + 4
+    }
+    fn write(&self, out: &mut Vec<u8>) {
+        out.put_peer_id(&self.key);
+        let addr = truncate_utf8(&self.addr, 255);
+        out.put_u8(addr.len() as u8);
+        out.put_slice(addr.as_bytes());
+        let region = truncate_utf8(&self.region, 32);
+        out.put_u8(region.len() as u8);
+        out.put_slice(region.as_bytes());
+        out.put_u32(self.peers);
+    }
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            key: r.peer_id("relay key")?,
+            addr: r.str8("relay address", 255)?,
+            region: r.str8("relay region", 32)?,
+            peers: r.u32("relay peers")?,
+        })
+    }
+}
+
 /// Why a signal could not be delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignalFailure {
@@ -249,6 +289,9 @@ pub enum ServerFrame {
         /// Its address as the relay sees it.
         observed: std::net::SocketAddr,
     },
+    /// The relays of the cluster this relay belongs to, itself first (sent after `Welcome`
+    /// and when the cluster changes; never by a relay alone).
+    Relays(Vec<RelayEntry>),
     /// The relay refuses or ends the session; the connection closes after this frame.
     Refused {
         /// Machine-readable cause.
@@ -277,6 +320,7 @@ mod ty {
     pub const S_DATA: u8 = 0x89;
     pub const REFUSED: u8 = 0x8a;
     pub const VOUCHED: u8 = 0x8b;
+    pub const RELAYS: u8 = 0x8c;
 }
 
 impl ClientFrame {
@@ -414,6 +458,13 @@ impl ServerFrame {
                 b.put_peer_id(from);
                 b.put_socket_addr(observed);
             }),
+            Self::Relays(list) => frame::write(out, ty::RELAYS, |b| {
+                let list = &list[..list.len().min(MAX_RELAYS)];
+                b.put_u16(list.len() as u16);
+                for e in list {
+                    e.write(b);
+                }
+            }),
             Self::Refused { reason, detail } => frame::write(out, ty::REFUSED, |b| {
                 b.put_u8(*reason as u8);
                 b.put_str16(truncate_utf8(detail, MAX_REASON));
@@ -449,6 +500,11 @@ impl ServerFrame {
                 Self::Pong { .. } => 8,
                 Self::Data { packet, .. } => 32 + 2 + packet.len().min(MAX_DATA),
                 Self::Vouched { observed, .. } => 32 + socket_addr_len(observed),
+                Self::Relays(list) => {
+                    2 + (list.iter().take(MAX_RELAYS))
+                        .map(RelayEntry::encoded_len)
+                        .sum::<usize>()
+                }
                 Self::Refused { detail, .. } => 1 + 2 + detail.len().min(MAX_REASON),
             }
     }
@@ -504,6 +560,14 @@ impl ServerFrame {
                 from: r.peer_id("from")?,
                 observed: r.socket_addr("observed address")?,
             },
+            ty::RELAYS => {
+                let n = r.count("relays", MAX_RELAYS)?;
+                let mut list = Vec::with_capacity(n.min(r.remaining() / 38));
+                for _ in 0..n {
+                    list.push(RelayEntry::read(&mut r)?);
+                }
+                Self::Relays(list)
+            }
             ty::REFUSED => Self::Refused {
                 reason: RefuseReason::from_u8(r.u8("reason")?)?,
                 detail: r.str16("detail", MAX_REASON)?,
@@ -618,6 +682,34 @@ pub(crate) mod tests {
                 .prop_map(|(from, packet)| ServerFrame::Data { from, packet }),
             (peer_id(), socket_addr())
                 .prop_map(|(from, observed)| ServerFrame::Vouched { from, observed }),
+            proptest::collection::vec(
+                (peer_id(), "[a-z0-9.:-]{0,40}", "[a-z-]{0,32}", any::<u32>()),
+                0..5
+            )
+            .prop_map(|l| ServerFrame::Relays(
+                l.into_iter()
+                    .map(|(key, addr, region, peers)| RelayEntry {
+                        key,
+                        addr,
+                        region,
+                        peers
+                    })
+                    .collect()
+            )),
+            proptest::collection::vec(
+                (peer_id(), "[a-z0-9.:-]{0,40}", "[a-z-]{0,32}", any::<u32>()),
+                0..5
+            )
+            .prop_map(|l| ServerFrame::Relays(
+                l.into_iter()
+                    .map(|(key, addr, region, peers)| RelayEntry {
+                        key,
+                        addr,
+                        region,
+                        peers
+                    })
+                    .collect()
+            )),
             (refuse, "\\PC{0,40}").prop_map(|(reason, detail)| ServerFrame::Refused {
                 reason,
                 detail: truncate_utf8(&detail, MAX_REASON).to_owned()

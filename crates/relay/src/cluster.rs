@@ -20,7 +20,7 @@ use p2pcall_proto::cluster::{
     ALIVE_SUBJECT, Change, Deltas, Directory, HEARTBEAT_EVERY, Heartbeat, Hop, MemberChange,
     Membership, RelayMsg,
 };
-use p2pcall_proto::relay::{ServerFrame, SignalFailure};
+use p2pcall_proto::relay::{RelayEntry, ServerFrame, SignalFailure};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -87,10 +87,12 @@ pub(crate) fn start(
             changes,
             inbox,
             hop_token,
+            relays: Vec::new(),
         });
     }
     let node = Node {
         me,
+        public_addr: cfg.public_addr.clone(),
         epoch,
         hop_token,
         cfg,
@@ -111,6 +113,8 @@ pub(crate) fn start(
 /// What the cluster task works with.
 struct Node {
     me: PeerId,
+    /// Where clients reach this relay (`--public-addr`, else the hop address).
+    public_addr: String,
     epoch: u64,
     hop_token: [u8; 8],
     cfg: ClusterConfig,
@@ -160,6 +164,16 @@ async fn run(
             addr,
             token: node.hop_token,
         });
+    // Where clients reach us: as configured, else where other relays do.
+    let public_addr = match (&node.cfg.public_addr, hop) {
+        (a, Some(h)) if a.is_empty() => h.addr.to_string(),
+        (a, _) => a.clone(),
+    };
+    let node = Node {
+        public_addr,
+        ..node
+    };
+    node.update_relays();
     if hop.is_none() {
         tracing::warn!(
             "no --public-addr this relay can be reached at: peers of other relays cannot send \
@@ -260,7 +274,7 @@ impl Node {
         Heartbeat {
             relay: self.me,
             region: self.cfg.region.clone(),
-            public_addr: self.cfg.public_addr.clone(),
+            public_addr: self.public_addr.clone(),
             peers: u32::try_from(peers).unwrap_or(u32::MAX),
             leaving,
             epoch: self.epoch,
@@ -286,6 +300,9 @@ impl Node {
         self.metrics
             .cluster_members
             .store(n as u64, Ordering::Relaxed);
+        if !gone.is_empty() {
+            self.update_relays();
+        }
         for change in gone {
             tracing::info!(?change, "cluster membership");
             if let MemberChange::Left(relay) = change {
@@ -296,6 +313,39 @@ impl Node {
                 };
                 self.ask_snapshots(client, asks).await;
             }
+        }
+    }
+
+    /// The relays clients are told of changed (one joined or left): every client hears.
+    fn update_relays(&self) {
+        let mut list = vec![RelayEntry {
+            key: self.me,
+            addr: self.public_addr.clone(),
+            region: self.cfg.region.clone(),
+            peers: 0,
+        }];
+        {
+            let membership = self.cluster.membership.lock();
+            list.extend(
+                (membership.members())
+                    .filter(|m| !m.heartbeat.public_addr.is_empty())
+                    .map(|m| RelayEntry {
+                        key: m.heartbeat.relay,
+                        addr: m.heartbeat.public_addr.clone(),
+                        region: m.heartbeat.region.clone(),
+                        peers: m.heartbeat.peers,
+                    }),
+            );
+        }
+        list.truncate(p2pcall_proto::relay::MAX_RELAYS);
+        let mut sessions = self.sessions.write();
+        list[0].peers = u32::try_from(sessions.len()).unwrap_or(u32::MAX);
+        if let Some(link) = &mut sessions.link {
+            link.relays = list.clone();
+        }
+        let frame = ServerFrame::Relays(list);
+        for s in sessions.all() {
+            s.try_queue(frame.clone());
         }
     }
 
@@ -319,8 +369,10 @@ impl Node {
             }
         };
         let now = Instant::now();
-        if let Some(change) = self.cluster.membership.lock().heard(now, hb.clone()) {
+        let change = self.cluster.membership.lock().heard(now, hb.clone());
+        if let Some(change) = change {
             tracing::info!(?change, "cluster membership");
+            self.update_relays();
         }
         let asks = {
             let mut s = self.sessions.write();

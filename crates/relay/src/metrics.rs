@@ -139,8 +139,7 @@ impl Metrics {
 
     /// The metrics with one value each: name, type, help, value, shown.
     #[allow(clippy::type_complexity)]
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64, bool); 18] {
-        let cluster = self.cluster_configured.load(Ordering::Relaxed) == 1;
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64, bool); 11] {
         [
             (
                 "p2pcall_relay_peers_online",
@@ -184,6 +183,49 @@ impl Metrics {
                 &self.signals_failed,
                 true,
             ),
+            (
+                "p2pcall_relay_handshakes",
+                "gauge",
+                "QUIC handshakes in progress.",
+                &self.handshakes,
+                true,
+            ),
+            (
+                "p2pcall_relay_retries_total",
+                "counter",
+                "QUIC Retry packets sent because handshakes spiked.",
+                &self.retries,
+                true,
+            ),
+            (
+                "p2pcall_relay_presence_events_total",
+                "counter",
+                "Incremental presence events queued.",
+                &self.presence_events,
+                true,
+            ),
+            (
+                "p2pcall_relay_presence_snapshots_total",
+                "counter",
+                "Full presence snapshots sent.",
+                &self.presence_snapshots,
+                true,
+            ),
+            (
+                "p2pcall_relay_reflections_total",
+                "counter",
+                "Address reflection requests answered.",
+                &self.reflections,
+                true,
+            ),
+        ]
+    }
+
+    /// The cluster's metrics, the same way (shown when the relay is configured to join one).
+    #[allow(clippy::type_complexity)]
+    fn cluster(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64, bool); 7] {
+        let cluster = self.cluster_configured.load(Ordering::Relaxed) == 1;
+        [
             (
                 "p2pcall_relay_cluster_connected",
                 "gauge",
@@ -233,49 +275,14 @@ impl Metrics {
                 &self.cluster_received,
                 cluster,
             ),
-            (
-                "p2pcall_relay_handshakes",
-                "gauge",
-                "QUIC handshakes in progress.",
-                &self.handshakes,
-                true,
-            ),
-            (
-                "p2pcall_relay_retries_total",
-                "counter",
-                "QUIC Retry packets sent because handshakes spiked.",
-                &self.retries,
-                true,
-            ),
-            (
-                "p2pcall_relay_presence_events_total",
-                "counter",
-                "Incremental presence events queued.",
-                &self.presence_events,
-                true,
-            ),
-            (
-                "p2pcall_relay_presence_snapshots_total",
-                "counter",
-                "Full presence snapshots sent.",
-                &self.presence_snapshots,
-                true,
-            ),
-            (
-                "p2pcall_relay_reflections_total",
-                "counter",
-                "Address reflection requests answered.",
-                &self.reflections,
-                true,
-            ),
         ]
     }
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let plain = self.plain();
-        for (name, kind, help, v, shown) in plain {
+        let (plain, cluster) = (self.plain(), self.cluster());
+        for (name, kind, help, v, shown) in plain.into_iter().chain(cluster) {
             if shown {
                 let _ = writeln!(
                     s,

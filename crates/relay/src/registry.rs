@@ -44,6 +44,8 @@ pub(crate) struct Link {
     pub(crate) inbox: mpsc::Sender<(PeerId, RelayMsg)>,
     /// What packets from other relays must carry.
     pub(crate) hop_token: [u8; 8],
+    /// The relays of the cluster, this one first (what clients are told).
+    pub(crate) relays: Vec<p2pcall_proto::relay::RelayEntry>,
 }
 
 /// All registered sessions, and the peers of the other relays of the cluster.
@@ -122,6 +124,12 @@ impl Sessions {
             })
             .collect();
         (seq, peers)
+    }
+
+    /// The relays of the cluster to tell a client, if the relay is in one.
+    pub(crate) fn relays_frame(&self) -> Option<ServerFrame> {
+        let list = &self.link.as_ref()?.relays;
+        (!list.is_empty()).then(|| ServerFrame::Relays(list.clone()))
     }
 
     /// Numbers a change to our peers and hands it to the cluster's publisher. One that does

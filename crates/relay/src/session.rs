@@ -172,7 +172,12 @@ fn register(shared: &Shared, session: &Arc<Session>) -> Result<(), Refusal> {
             CloseCause::ShuttingDown,
         ));
     }
-    sessions.register(session, shared.cfg.max_peers, &shared.metrics)
+    sessions.register(session, shared.cfg.max_peers, &shared.metrics)?;
+    // In a cluster: the other relays it may move to (after the welcome, which goes first).
+    if let Some(frame) = sessions.relays_frame() {
+        session.try_queue(frame);
+    }
+    Ok(())
 }
 
 /// Serves a registered session until its machine closes it.

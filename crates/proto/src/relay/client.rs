@@ -120,6 +120,8 @@ pub enum ClientEvent {
         /// Its UDP address as the relay sees it.
         observed: SocketAddr,
     },
+    /// The relays of the relay's cluster (it is first).
+    Relays(Vec<crate::relay::RelayEntry>),
     /// The session is over.
     Ended(SessionEnd),
 }
@@ -295,6 +297,7 @@ impl ClientSession {
             ServerFrame::Pong { .. } => return,
             ServerFrame::Data { from, packet } => ClientEvent::Data { from, packet },
             ServerFrame::Vouched { from, observed } => ClientEvent::Vouched { from, observed },
+            ServerFrame::Relays(list) => ClientEvent::Relays(list),
             ServerFrame::Refused { reason, detail } => {
                 self.end(SessionEnd::refused(reason, detail));
                 return;
@@ -330,6 +333,7 @@ fn frame_name(f: &ServerFrame) -> &'static str {
         ServerFrame::Pong { .. } => "a pong",
         ServerFrame::Data { .. } => "a data frame",
         ServerFrame::Vouched { .. } => "a vouched address",
+        ServerFrame::Relays(_) => "a list of relays",
         ServerFrame::Refused { .. } => "a refusal",
     }
 }
