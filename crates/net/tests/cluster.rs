@@ -230,3 +230,174 @@ async fn a_peer_moves_to_another_relay_of_the_cluster_and_its_relayed_connection
     eprintln!("moved to relay a in {moved:?}; relayed connection answering {recovered:?} after");
     a.shutdown().await;
 }
+
+/// What a hostile member of the cluster learns from NATS (everything relays share there).
+#[derive(Default)]
+struct Overheard {
+    hops: std::collections::HashMap<p2pcall_proto::PeerId, p2pcall_proto::cluster::Hop>,
+    routes: std::collections::HashMap<p2pcall_proto::PeerId, u64>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_relay_in_the_cluster_can_misroute_but_not_read_or_impersonate() {
+    use futures_util::StreamExt as _;
+    use p2pcall_proto::cluster::wire::{PRESENCE_WILDCARD, inbox_subject};
+    use p2pcall_proto::cluster::{ALIVE_SUBJECT, Heartbeat, Hop, RelayMsg, RemotePeer};
+    use p2pcall_proto::packet::{RELAY_HOP, RelayHop};
+    use std::sync::{Arc, Mutex};
+
+    let nats = nats::NatsCluster::start(1);
+    let a = cluster_relay(&nats, 0, "a").await;
+    let c = cluster_relay(&nats, 0, "c").await;
+    until("the relays to see each other", || {
+        a.cluster_members().len() == 1 && c.cluster_members().len() == 1
+    })
+    .await;
+    let mut alice = peer("alice", a.udp_addr, false).await;
+    let bob = peer("bob", c.udp_addr, false).await;
+    let mut mallory = peer("mallory", c.udp_addr, false).await;
+    alice.expect("bob", joined(bob.ep.id())).await;
+    let before = alice.ep.connect(bob.ep.id()).await.unwrap();
+    before.ping(0, 0).await.unwrap();
+
+    // The hostile relay: a member of the cluster that overhears everything on NATS.
+    let h_id = p2pcall_proto::PeerId::from_bytes([0x66; 32]);
+    let h_sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let h_hop = Hop {
+        addr: h_sock.local_addr().unwrap(),
+        token: [0x66; 8],
+    };
+    let nc = async_nats::connect(nats.urls_from(0)[0].as_str())
+        .await
+        .unwrap();
+    let mut inbox = nc.subscribe(inbox_subject(&h_id)).await.unwrap();
+    let mut alive = nc.subscribe(ALIVE_SUBJECT).await.unwrap();
+    let _presence = nc.subscribe(PRESENCE_WILDCARD).await.unwrap();
+    let heard = Arc::new(Mutex::new(Overheard::default()));
+    for relay in [a.id, c.id] {
+        let ask = RelayMsg::SnapshotRequest { relay: h_id }.encode();
+        nc.publish(inbox_subject(&relay), ask.into()).await.unwrap();
+    }
+    // It claims Bob and Alice registered with it later than anywhere else.
+    let lie = |p: &Peer, route| RemotePeer {
+        info: p2pcall_proto::relay::PeerInfo {
+            id: p.ep.id(),
+            name: "bob".into(),
+            online_since_ms: u64::MAX / 2,
+        },
+        route,
+    };
+    let claims = vec![lie(&bob, 1), lie(&alice, 2)];
+    {
+        let (nc, heard) = (nc.clone(), heard.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(300));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let hb = Heartbeat { relay: h_id, region: "evil".into(), public_addr: String::new(), peers: 2, leaving: false, epoch: 1, seq: 0, hop: Some(h_hop) };
+                        let _ = nc.publish(ALIVE_SUBJECT, hb.encode().into()).await;
+                    }
+                    Some(m) = alive.next() => {
+                        if let Ok(hb) = Heartbeat::decode(&m.payload) && let Some(hop) = hb.hop {
+                            heard.lock().unwrap().hops.insert(hb.relay, hop);
+                        }
+                    }
+                    Some(m) = inbox.next() => match RelayMsg::decode(&m.payload) {
+                        Ok(RelayMsg::SnapshotRequest { relay }) => {
+                            let part = RelayMsg::SnapshotPart { relay: h_id, epoch: 1, seq: 0, last: true, peers: claims.clone() };
+                            let _ = nc.publish(inbox_subject(&relay), part.encode().into()).await;
+                        }
+                        Ok(RelayMsg::SnapshotPart { peers, .. }) => {
+                            let mut h = heard.lock().unwrap();
+                            for p in peers {
+                                h.routes.insert(p.info.id, p.route);
+                            }
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        });
+    }
+    // Relay a now sends Bob's packets to it: it passes them to Mallory (at relay c), and
+    // Mallory's answers back to Alice as if from Bob, looking in every packet for the secret.
+    let (b_id, m_id, a_id) = (bob.ep.id(), mallory.ep.id(), alice.ep.id());
+    let seen_secret = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let diverted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (heard, seen, diverted) = (heard.clone(), seen_secret.clone(), diverted.clone());
+        let (a_id_relay, c_id_relay) = (a.id, c.id);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, _)) = h_sock.recv_from(&mut buf).await {
+                let Ok(hop) = RelayHop::decode(&buf[..n]) else {
+                    continue;
+                };
+                if hop.payload.windows(6).any(|w| w == b"SECRET") {
+                    seen.store(true, Relaxed);
+                }
+                let (to_relay, to, from) = match hop.route {
+                    1 if hop.from == a_id => (c_id_relay, m_id, a_id),
+                    2 if hop.from == m_id => (a_id_relay, a_id, b_id),
+                    _ => continue,
+                };
+                let found = {
+                    let h = heard.lock().unwrap();
+                    (h.hops.get(&to_relay).copied(), h.routes.get(&to).copied())
+                };
+                let (Some(dst), Some(route)) = found else {
+                    continue;
+                };
+                let mut out = Vec::with_capacity(n);
+                RelayHop::write_header(&mut out, &dst.token, route, &from);
+                out.extend_from_slice(hop.payload);
+                debug_assert_eq!(out[0], RELAY_HOP);
+                diverted.fetch_add(1, Relaxed);
+                let _ = h_sock.send_to(&out, dst.addr).await;
+            }
+        });
+    }
+    alice
+        .expect("the lie about Bob to reach alice", |e| match e {
+            Event::Presence(PresenceEvent::Updated(p))
+                if p.id == b_id && p.online_since_ms == u64::MAX / 2 =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    until("the hostile relay to know its routes", || {
+        heard.lock().unwrap().routes.len() >= 3
+    })
+    .await;
+
+    // What Alice sends Bob on her connection now goes through the hostile relay: unreadable.
+    let (mut send, _recv) = before.quic().open_bi().await.unwrap();
+    let _ = send.write_all(b"SECRET for bob only").await;
+    let _ = send.finish();
+    // A new dial reaches Mallory, whose key is not Bob's: refused, nothing sent.
+    let dial = alice.ep.connect(b_id).await;
+    match dial {
+        Err(p2pcall_net::NetError::PeerKeyMismatch { expected, got }) => {
+            assert_eq!((expected, got), (b_id, Some(m_id)));
+        }
+        other => panic!("the impostor's answer was not refused: {other:?}"),
+    }
+    assert!(
+        diverted.load(Relaxed) > 0,
+        "the hostile relay carried packets"
+    );
+    assert!(
+        !seen_secret.load(Relaxed),
+        "the hostile relay read the secret"
+    );
+    let got_in = tokio::time::timeout(Duration::from_millis(500), mallory.events.recv()).await;
+    assert!(
+        !matches!(got_in, Ok(Some(Event::Incoming(_)))),
+        "mallory got a connection"
+    );
+    a.shutdown().await;
+    c.shutdown().await;
+}
