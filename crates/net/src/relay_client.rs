@@ -39,10 +39,6 @@ const RELAY_PING_INTERVAL: Duration = Duration::from_secs(10);
 const RELAY_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// The relay connection is dead after this long without packets.
 const RELAY_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Keep-alive of the relay connection when the cluster has other relays to move to.
-const CLUSTER_KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// Idle timeout then: a relay that died is left within 3 s (and another found within 1 s).
-const CLUSTER_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Packets queued toward the TCP fallback before drops (congestion, as on UDP).
 const TCP_DATA_QUEUE: usize = 1024;
 
@@ -96,7 +92,6 @@ pub(crate) async fn run(
         } else {
             relays::choose(primary, &others).await.0
         };
-        let clustered = !others.is_empty();
         let tcfg = RelayConfig {
             addr: target.addr,
             relay_key: target.key,
@@ -110,7 +105,6 @@ pub(crate) async fn run(
             &inner,
             &tcfg,
             target,
-            clustered,
             &mut choice,
             &mut cmd_rx,
             &mut welcomed,
@@ -143,6 +137,8 @@ pub(crate) async fn run(
             }
             SessionEnd::Retry(reason) | SessionEnd::TcpRefused(reason) => {
                 let mut wait = backoff.session_ended(started.elapsed(), rand::random::<f64>());
+                // Listed by the relay just lost, or configured: there is another relay.
+                let clustered = !relays::candidates(&cfg, &inner.cluster_relays.lock()).is_empty();
                 if clustered && welcomed {
                     // The next attempt probes every relay of the cluster: move at once.
                     wait = wait.min(MIN_BACKOFF);
@@ -165,12 +161,10 @@ pub(crate) async fn run(
 
 /// One attempt at a session with `target` (UDP first unless TCP worked better lately), served
 /// until it ends. `welcomed` is set once the relay registered us.
-#[allow(clippy::too_many_arguments)]
 async fn connect_and_serve(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
     target: Target,
-    clustered: bool,
     choice: &mut TransportChoice,
     cmd_rx: &mut mpsc::Receiver<ClientFrame>,
     welcomed: &mut bool,
@@ -189,7 +183,7 @@ async fn connect_and_serve(
         }
         return end;
     }
-    let connected = quic_connect(inner, cfg, clustered).await;
+    let connected = quic_connect(inner, cfg).await;
     let wrong_key = (connected.as_ref().err()).and_then(|e| p2pcall_transport::presented_key(e));
     match (connected, wrong_key) {
         (_, Some(presented)) => SessionEnd::WrongKey(presented),
@@ -264,22 +258,12 @@ async fn udp_port_unreachable(addr: std::net::SocketAddr) -> bool {
     false
 }
 
-async fn quic_connect(
-    inner: &Inner,
-    cfg: &RelayConfig,
-    clustered: bool,
-) -> Result<quinn::Connection, String> {
-    // With other relays to move to, a dead relay is noticed sooner.
-    let (keep_alive, idle) = if clustered {
-        (CLUSTER_KEEP_ALIVE, CLUSTER_IDLE_TIMEOUT)
-    } else {
-        (RELAY_KEEP_ALIVE, RELAY_IDLE_TIMEOUT)
-    };
+async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connection, String> {
     let client = p2pcall_transport::quinn_client_config(
         &inner.identity,
         cfg.relay_key,
         p2pcall_transport::ALPN_RELAY,
-        p2pcall_transport::transport_config(keep_alive, idle),
+        p2pcall_transport::transport_config(RELAY_KEEP_ALIVE, RELAY_IDLE_TIMEOUT),
     )
     .map_err(|e| e.to_string())?;
     let connecting = inner

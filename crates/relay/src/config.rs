@@ -231,13 +231,8 @@ impl RelayFile {
                 .filter(|s| !s.is_empty())
                 .collect(),
             region: self.region.clone().unwrap_or_default(),
-            public_addr: self.public_addr.clone().unwrap_or_else(|| {
-                if listen.ip().is_unspecified() {
-                    String::new()
-                } else {
-                    listen.to_string()
-                }
-            }),
+            // Empty: the bound UDP address, unless it is 0.0.0.0 (see `cluster`).
+            public_addr: self.public_addr.clone().unwrap_or_default(),
         });
         cfg
     }

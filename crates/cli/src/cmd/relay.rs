@@ -66,8 +66,8 @@ pub(crate) struct RelayArgs {
     /// This relay's region, told to the cluster
     #[arg(long, value_name = "NAME")]
     region: Option<String>,
-    /// Where clients reach this relay, told to the cluster [default: --listen unless it is
-    /// 0.0.0.0]
+    /// Where clients and the other relays reach this relay, told to the cluster [default:
+    /// the UDP address it listens on, unless that is 0.0.0.0]
     #[arg(long, value_name = "HOST:PORT")]
     public_addr: Option<String>,
     /// (benchmarks) Deliver a peer's renames at most this often, ms [default: 1000]

@@ -12,7 +12,9 @@
 //! ```
 //!
 //! In `Open` the machine pings the relay every `ping_interval` (RTT, and the TCP fallback's
-//! NAT mapping), assembles the chunked presence snapshot (bounded), drops presence about
+//! NAT mapping). Once the relay lists other relays of its cluster (there is somewhere to
+//! go), it watches the relay: a ping after [`CLUSTER_PING_INTERVAL`] of silence, and the
+//! session ends after [`CLUSTER_SILENCE`] without a frame. It assembles the chunked presence snapshot (bounded), drops presence about
 //! ourselves, and turns every way a session ends into a [`SessionEnd`]: retry after
 //! [`Backoff`], or stop for good (a wrong token cannot be fixed by retrying, and two processes
 //! with one key would replace each other forever).
@@ -26,6 +28,11 @@ use bytes::Bytes;
 use super::{ClientFrame, PeerInfo, RefuseReason, ServerFrame, SignalFailure};
 use crate::PeerId;
 use crate::frame::RawFrame;
+
+/// Silence after which a relay of a cluster is pinged.
+pub const CLUSTER_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Silence after which a relay of a cluster is given up (its peers move to another relay).
+pub const CLUSTER_SILENCE: Duration = Duration::from_secs(3);
 
 /// Peers accepted in one presence snapshot; a relay that sends more is broken or hostile.
 pub const MAX_SNAPSHOT_PEERS: usize = 256 * 1024;
@@ -128,8 +135,14 @@ pub enum ClientEvent {
 
 #[derive(Debug)]
 enum Phase {
-    AwaitingWelcome { deadline: Instant },
-    Open { next_ping: Instant },
+    AwaitingWelcome {
+        deadline: Instant,
+    },
+    Open {
+        next_ping: Instant,
+        /// When the last frame arrived.
+        heard: Instant,
+    },
     Ended,
 }
 
@@ -138,6 +151,8 @@ enum Phase {
 pub struct ClientSession {
     me: PeerId,
     ping_interval: Duration,
+    /// The relay has other relays to move to: silence ends the session.
+    watched: bool,
     phase: Phase,
     transmit: Vec<u8>,
     snapshot: Vec<PeerInfo>,
@@ -158,6 +173,7 @@ impl ClientSession {
         Self {
             me,
             ping_interval: cfg.ping_interval,
+            watched: false,
             phase: Phase::AwaitingWelcome {
                 deadline: now + cfg.welcome_timeout,
             },
@@ -195,7 +211,10 @@ impl ClientSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::AwaitingWelcome { deadline } => Some(deadline),
-            Phase::Open { next_ping } => Some(next_ping),
+            Phase::Open { next_ping, heard } if self.watched => {
+                Some(next_ping.min(heard + CLUSTER_SILENCE))
+            }
+            Phase::Open { next_ping, .. } => Some(next_ping),
             Phase::Ended => None,
         }
     }
@@ -213,7 +232,13 @@ impl ClientSession {
                     "the relay did not answer our hello".into(),
                 ));
             }
-            Phase::Open { next_ping } if now >= *next_ping => {
+            Phase::Open { heard, .. } if self.watched && now >= *heard + CLUSTER_SILENCE => {
+                self.end(SessionEnd::Retry(format!(
+                    "the relay went silent for {} s",
+                    CLUSTER_SILENCE.as_secs()
+                )));
+            }
+            Phase::Open { next_ping, .. } if now >= *next_ping => {
                 *next_ping = now + self.ping_interval;
                 self.nonce += 1;
                 ClientFrame::Ping { nonce: self.nonce }.encode(&mut self.transmit);
@@ -244,6 +269,7 @@ impl ClientSession {
                 }) => {
                     self.phase = Phase::Open {
                         next_ping: now + self.ping_interval,
+                        heard: now,
                     };
                     self.nonce += 1;
                     ClientFrame::Ping { nonce: self.nonce }.encode(&mut self.transmit);
@@ -262,14 +288,23 @@ impl ClientSession {
                 ))),
                 Err(e) => self.end(SessionEnd::Retry(format!("bad welcome: {e}"))),
             },
-            Phase::Open { .. } => match frame {
-                Ok(f) => self.handle_open(f),
+            Phase::Open {
+                ref mut heard,
+                ref mut next_ping,
+            } => match frame {
+                Ok(f) => {
+                    *heard = now;
+                    if self.watched {
+                        *next_ping = now + self.ping_interval;
+                    }
+                    self.handle_open(now, f)
+                }
                 Err(e) => self.end(SessionEnd::Retry(format!("relay sent a bad frame: {e}"))),
             },
         }
     }
 
-    fn handle_open(&mut self, frame: ServerFrame) {
+    fn handle_open(&mut self, now: Instant, frame: ServerFrame) {
         let event = match frame {
             ServerFrame::Snapshot { peers, last } => {
                 let me = self.me;
@@ -297,7 +332,16 @@ impl ClientSession {
             ServerFrame::Pong { .. } => return,
             ServerFrame::Data { from, packet } => ClientEvent::Data { from, packet },
             ServerFrame::Vouched { from, observed } => ClientEvent::Vouched { from, observed },
-            ServerFrame::Relays(list) => ClientEvent::Relays(list),
+            ServerFrame::Relays(list) => {
+                if list.len() > 1 && !self.watched {
+                    self.watched = true;
+                    self.ping_interval = self.ping_interval.min(CLUSTER_PING_INTERVAL);
+                    if let Phase::Open { next_ping, .. } = &mut self.phase {
+                        *next_ping = now + self.ping_interval;
+                    }
+                }
+                ClientEvent::Relays(list)
+            }
             ServerFrame::Refused { reason, detail } => {
                 self.end(SessionEnd::refused(reason, detail));
                 return;
@@ -570,6 +614,44 @@ mod tests {
         s.handle_timeout(t1);
         assert_eq!(sent(&mut s), vec![ClientFrame::Ping { nonce: 2 }]);
         assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_relay_with_others_to_move_to_is_pinged_when_silent_and_left_after_3_s() {
+        let t0 = Instant::now();
+        let mut s = open(t0);
+        let entry = |n: u8| crate::relay::RelayEntry {
+            key: PeerId::from_bytes([n; 32]),
+            addr: format!("192.0.2.{n}:7700"),
+            region: String::new(),
+            peers: 0,
+        };
+        // A list of itself alone changes nothing.
+        feed(&mut s, t0, &ServerFrame::Relays(vec![entry(1)]));
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        feed(&mut s, t0, &ServerFrame::Relays(vec![entry(1), entry(2)]));
+        assert!(
+            matches!(&events(&mut s)[..], [ClientEvent::Relays(_), ClientEvent::Relays(l)] if l.len() == 2)
+        );
+        // Silent for a second: a ping. Any frame counts as heard.
+        let t1 = t0 + CLUSTER_PING_INTERVAL;
+        assert_eq!(s.poll_timeout(), Some(t1));
+        s.handle_timeout(t1);
+        assert_eq!(sent(&mut s), vec![ClientFrame::Ping { nonce: 2 }]);
+        let t2 = t1 + Duration::from_millis(500);
+        feed(&mut s, t2, &ServerFrame::Pong { nonce: 2 });
+        assert_eq!(s.poll_timeout(), Some(t2 + CLUSTER_PING_INTERVAL));
+        // Then nothing: pings, and at 3 s of silence the session ends (to move elsewhere).
+        s.handle_timeout(t2 + CLUSTER_PING_INTERVAL);
+        s.handle_timeout(t2 + 2 * CLUSTER_PING_INTERVAL);
+        assert_eq!(sent(&mut s).len(), 2);
+        assert!(events(&mut s).is_empty());
+        assert_eq!(s.poll_timeout(), Some(t2 + CLUSTER_SILENCE));
+        s.handle_timeout(t2 + CLUSTER_SILENCE);
+        assert!(matches!(
+            &events(&mut s)[..],
+            [ClientEvent::Ended(SessionEnd::Retry(why))] if why.contains("silent")
+        ));
     }
 
     #[test]
