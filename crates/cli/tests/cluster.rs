@@ -153,14 +153,38 @@ fn three_relays_carry_chat_a_folder_and_a_call_and_survive_losing_a_relay() {
     assert!(metric(&ma, "p2pcall_relay_hops_in_total") > 1000);
     assert_eq!(metric(&mb, "p2pcall_relay_hops_in_total"), 0);
 
-    // Bob listens at relay b. Its process is killed: bob is registered with another relay of
-    // the cluster within 5 s, and carol still reaches him.
+    // Bob listens at relay b, in a call with carol over the relays, when relay b's process
+    // is killed: bob is registered with another relay of the cluster within 5 s, and the call
+    // carries on (a call ends after 5 s without media) without anyone redialing.
     let bob_id = id_of(&root.join("bob"));
     let mut c = peer("bob", &addr_b);
-    c.args(["listen", "--from", "anyone"]);
+    c.args([
+        "listen",
+        "--from",
+        "anyone",
+        "--answer",
+        "--video",
+        "none",
+        "--speaker",
+        "none",
+    ]);
     let bob = Proc::spawn_logged(c, Some(&root.join("bob.log")));
     let first = bob.expect("relay_connected");
     assert_eq!(first["relay_addr"], addr_b.as_str());
+    let mut c = peer("carol", &addr_c);
+    c.args([
+        "call",
+        &bob_id,
+        "--duration",
+        "8",
+        "--video",
+        "none",
+        "--speaker",
+        "none",
+    ]);
+    let mut call = Proc::spawn_logged(c, Some(&root.join("carol-call.log")));
+    call.expect("call_started");
+    std::thread::sleep(Duration::from_secs(1));
     rb.child.kill().unwrap(); // SIGKILL: no goodbye to anyone
     let killed = Instant::now();
     rb.child.wait().unwrap();
@@ -173,6 +197,10 @@ fn three_relays_carry_chat_a_folder_and_a_call_and_survive_losing_a_relay() {
         "re-registered after {took:?}"
     );
     eprintln!("bob re-registered {took:?} after relay b was killed");
+    let ended = call.expect("call_ended");
+    assert_eq!(ended["reason"], "finished", "the call survived: {ended}");
+    assert!(call.child.wait().unwrap().success());
+    eprintln!("the call's end: {ended}");
     let mut c = peer("carol", &addr_c);
     c.args(["chat", &bob_id, "found you"]);
     let (out, err, code) = run(c);
