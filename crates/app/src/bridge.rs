@@ -796,6 +796,7 @@ async fn own_engine(
         let relay = RelayConfig {
             token: s.token.clone(),
             relay_key,
+            alternates: s.alternate_relays(),
             ..RelayConfig::new(addr)
         };
         let mut ec = EngineConfig::new(identity, name, Some(relay));

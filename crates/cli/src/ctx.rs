@@ -86,6 +86,7 @@ pub(crate) async fn start_engine_with(
                 presence,
                 force_tcp: cli.tcp,
                 relay_key: given_relay_key(cli, &ctx)?,
+                alternates: ctx.settings.alternate_relays(),
                 ..RelayConfig::new(addr)
             };
             let mut c = EngineConfig::new(identity, name, Some(relay));

@@ -220,6 +220,9 @@ pub(crate) fn event_json(e: &EngineEvent) -> Value {
         } => {
             json!({"event": "relay_connected", "observed": observed.to_string(), "transport": transport_json(*transport), "relay": relay.fingerprint().to_string(), "relay_addr": addr.to_string(), "configured": primary})
         }
+        Event::RelaysListed(list) => {
+            json!({"event": "relays_listed", "relays": list.iter().map(|r| json!({"key": r.key.to_hex(), "fingerprint": r.key.fingerprint().to_string(), "addr": r.addr, "region": r.region, "peers": r.peers})).collect::<Vec<_>>()})
+        }
         Event::RelayDisconnected { reason, retry_in } => {
             json!({"event": "relay_disconnected", "reason": reason, "retry_in_ms": retry_in.as_millis() as u64})
         }
@@ -317,6 +320,14 @@ pub(crate) fn event_text(e: &EngineEvent) -> String {
             if *primary { "" } else { "another cluster " },
             relay.fingerprint(),
             transport_text(*transport)
+        ),
+        Event::RelaysListed(list) => format!(
+            "the relay is one of a cluster of {}: {}",
+            list.len(),
+            list.iter()
+                .map(|r| format!("{} ({})", r.addr, r.key.fingerprint()))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Event::RelayDisconnected { reason, retry_in } => format!(
             "relay connection lost ({reason}); retrying in {:.1}s",

@@ -208,7 +208,7 @@ fn three_relays_carry_chat_a_folder_and_a_call_and_survive_losing_a_relay() {
     assert_eq!(out[0]["state"], "delivered", "{out:?}");
 
     // Relay b restarts (same key, same address): its peers come back to it.
-    let (_rb, _, mb) = cluster_relay(&root.join("rb"), &nats, 1, &addr_b);
+    let (mut rb, _, mb) = cluster_relay(&root.join("rb"), &nats, 1, &addr_b);
     until(
         "relay b back in the cluster",
         Duration::from_secs(10),
@@ -224,6 +224,42 @@ fn three_relays_carry_chat_a_folder_and_a_call_and_survive_losing_a_relay() {
     );
     let mut c = peer("carol", &addr_c);
     c.args(["chat", &dave_id, "welcome back"]);
+    let (out, err, code) = run(c);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["state"], "delivered", "{out:?}");
+
+    // Erin uses relay b and hears of its cluster; the next time relay b is down, she starts
+    // with another relay of the cluster, the one that answers first.
+    let mut c = peer("erin", &addr_b);
+    c.arg("listen");
+    let mut erin = Proc::spawn(c);
+    let listed = erin.expect("relays_listed");
+    assert_eq!(listed["relays"].as_array().unwrap().len(), 3, "{listed}");
+    assert!(erin.term().success());
+    drop(dave);
+    rb.child.kill().unwrap();
+    rb.child.wait().unwrap();
+    let mut c = peer("erin", &addr_b);
+    c.args(["chat", &alice_id, "relay b is down"]);
+    let (out, err, code) = run(c);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out[0]["state"], "delivered", "{out:?}");
+    // Frank never met relay b: the relays his settings name stand in for it.
+    let frank = root.join("frank");
+    std::fs::create_dir_all(&frank).unwrap();
+    std::fs::write(
+        frank.join("config.toml"),
+        format!("relay = \"{addr_b}\"\nrelays = [\"{addr_c}\"]\n"),
+    )
+    .unwrap();
+    let mut c = cmd(&frank);
+    c.args([
+        "--json",
+        "--relay-only",
+        "chat",
+        &alice_id,
+        "from the settings' relays",
+    ]);
     let (out, err, code) = run(c);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out[0]["state"], "delivered", "{out:?}");

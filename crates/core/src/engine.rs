@@ -162,10 +162,25 @@ impl Engine {
         };
         // The relay's key: the one given, else the one pinned for its name.
         let pin_as = cfg.relay_name.clone().filter(|_| cfg.relay.is_some());
-        if let (Some(name), Some(relay)) = (&pin_as, cfg.relay.as_mut())
-            && relay.relay_key.is_none()
-        {
-            relay.relay_key = store.relay_key(name)?;
+        if let (Some(name), Some(relay)) = (&pin_as, cfg.relay.as_mut()) {
+            if relay.relay_key.is_none() {
+                relay.relay_key = store.relay_key(name)?;
+            }
+            // Other relays to move to: the settings' (with the keys pinned for them), then
+            // those the relay's cluster listed last time.
+            for alt in &mut relay.alternates {
+                if alt.key.is_none() {
+                    alt.key = store.relay_key(&alt.addr)?;
+                }
+            }
+            relay
+                .alternates
+                .extend(store.cluster_relays(name)?.into_iter().map(|r| {
+                    p2pcall_net::RelayCandidate {
+                        addr: r.addr,
+                        key: Some(r.key),
+                    }
+                }));
         }
         let (endpoint, net_events) = Endpoint::bind(EndpointConfig {
             identity: cfg.identity,
@@ -214,6 +229,7 @@ async fn pump(
     mut net: mpsc::Receiver<Event>,
     mut pin_as: Option<String>,
 ) {
+    let relay_name = pin_as.clone();
     while let Some(e) = net.recv().await {
         let ev = match e {
             // The first session's key is the relay's from now on (it passed the check
@@ -258,9 +274,34 @@ async fn pump(
                 s.ctx.forget_closed(&peer);
                 EngineEvent::Net(e)
             }
+            Event::RelaysListed(ref list) => {
+                if let Some(name) = &relay_name {
+                    remember_cluster(&s, name.clone(), list).await;
+                }
+                EngineEvent::Net(e)
+            }
             e => EngineEvent::Net(e),
         };
         sink.emit(ev);
+    }
+}
+
+/// Keeps the relays of our relay's cluster for the next start (when the relay itself may be
+/// the one that cannot be reached).
+async fn remember_cluster(s: &Services, relay: String, list: &[p2pcall_proto::relay::RelayEntry]) {
+    let list: Vec<p2pcall_store::ClusterRelay> = (list.iter())
+        .filter(|e| !e.addr.is_empty())
+        .map(|e| p2pcall_store::ClusterRelay {
+            addr: e.addr.clone(),
+            key: e.key,
+            region: e.region.clone(),
+        })
+        .collect();
+    let kept = (s.ctx)
+        .db(move |st| st.set_cluster_relays(&relay, &list, p2pcall_store::now_ms()))
+        .await;
+    if let Err(err) = kept {
+        tracing::warn!("cannot remember the relay's cluster: {err}");
     }
 }
 

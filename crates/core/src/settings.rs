@@ -21,6 +21,10 @@ pub struct Settings {
     pub name: Option<String>,
     /// Relay address (`host:port`; port 7700 if omitted).
     pub relay: Option<String>,
+    /// Other relays of the same network (a relay cluster), `host:port` each: every relay is
+    /// probed at start and the first to answer is used; when it fails, another [default:
+    /// none, besides those the relay's cluster listed last time].
+    pub relays: Option<Vec<String>>,
     /// Relay access token.
     pub token: Option<String>,
     /// Ask the home router for a port mapping (UPnP-IGD, NAT-PMP, PCP) [default: true].
@@ -78,6 +82,17 @@ impl Settings {
                 .map(|h| PathBuf::from(h).join("Downloads"))
                 .unwrap_or_else(|| dirs.data.join("downloads"))
         })
+    }
+
+    /// The other relays the settings name (`relays`), with their ports spelled out; their keys
+    /// are the ones pinned for them, if any.
+    pub fn alternate_relays(&self) -> Vec<p2pcall_net::RelayCandidate> {
+        (self.relays.iter().flatten())
+            .map(|r| p2pcall_net::RelayCandidate {
+                addr: relay_name(r),
+                key: None,
+            })
+            .collect()
     }
 
     /// The relay key the settings give (`relay_key`), if any.

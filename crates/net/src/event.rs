@@ -34,6 +34,9 @@ pub enum Event {
         /// It is the configured relay (not another of its cluster).
         primary: bool,
     },
+    /// The relay we are registered with is one of a cluster: these are its relays (itself
+    /// first), reported when the list changes. Any of them can stand in for it.
+    RelaysListed(Vec<p2pcall_proto::relay::RelayEntry>),
     /// The relay session ended; it is retried after `retry_in`.
     RelayDisconnected {
         /// Why.

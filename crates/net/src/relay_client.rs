@@ -517,8 +517,20 @@ async fn handle_event(
         }
         ClientEvent::Relays(list) => {
             tracing::debug!(relays = list.len(), "the relay's cluster");
-            let mut known = inner.cluster_relays.lock();
-            *known = list;
+            let changed = {
+                let mut known = inner.cluster_relays.lock();
+                let addrs = |l: &[p2pcall_proto::relay::RelayEntry]| {
+                    l.iter()
+                        .map(|e| (e.key, e.addr.clone()))
+                        .collect::<Vec<_>>()
+                };
+                let changed = addrs(&known) != addrs(&list);
+                *known = list.clone();
+                changed
+            };
+            if changed {
+                inner.emit(Event::RelaysListed(list)).await;
+            }
         }
         ClientEvent::Ended(end) => return Some(end.into()),
     }

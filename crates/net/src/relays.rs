@@ -90,8 +90,15 @@ async fn probe(addr: SocketAddr) -> Option<Duration> {
     None
 }
 
-/// The relay to register with: the first of `primary` and the candidates to answer a probe,
-/// within [`PROBE_WINDOW`]; `primary` if none does (its own failure then says why).
+/// How much sooner another relay must answer than the configured one to be preferred to it:
+/// the configured relay is the user's choice, kept unless another is clearly closer.
+fn clearly_sooner(first: Duration) -> Duration {
+    first + first / 2 + Duration::from_millis(5)
+}
+
+/// The relay to register with: of `primary` and the candidates, the first to answer a probe,
+/// unless `primary` answers too within [`clearly_sooner`] of it; `primary` if none answers
+/// within [`PROBE_WINDOW`] (its own failure then says why).
 pub(crate) async fn choose(
     primary: Target,
     others: &[RelayCandidate],
@@ -109,18 +116,26 @@ pub(crate) async fn choose(
             probe(addr).await.map(|rtt| (target, rtt))
         });
     }
-    let first = tokio::time::timeout(PROBE_WINDOW, async {
-        while let Some(done) = probes.join_next().await {
-            if let Ok(Some(answer)) = done {
-                return Some(answer);
-            }
+    let started = Instant::now();
+    let mut best: Option<(Target, Duration)> = None;
+    let mut until = started + PROBE_WINDOW;
+    loop {
+        let next = tokio::time::timeout_at(until.into(), probes.join_next()).await;
+        let Ok(Some(done)) = next else { break };
+        let Ok(Some((target, rtt))) = done else {
+            continue;
+        };
+        if target.primary {
+            return (target, Some(rtt));
         }
-        None
-    })
-    .await;
-    match first {
-        Ok(Some((target, rtt))) => (target, Some(rtt)),
-        _ => (primary, None),
+        if best.is_none() {
+            until = started + clearly_sooner(rtt);
+            best = Some((target, rtt));
+        }
+    }
+    match best {
+        Some((target, rtt)) => (target, Some(rtt)),
+        None => (primary, None),
     }
 }
 
@@ -217,6 +232,19 @@ mod tests {
         let (t, rtt) = choose(primary, &others).await;
         assert_eq!((t.addr, t.key, t.primary), (at, Some(key(2)), false));
         assert!(rtt.is_some());
+        // When the configured relay answers about as soon, it is kept.
+        let configured = Target {
+            addr: at,
+            key: Some(key(1)),
+            primary: true,
+        };
+        let also_at = [RelayCandidate {
+            addr: at.to_string(),
+            key: Some(key(2)),
+        }];
+        for _ in 0..5 {
+            assert_eq!(choose(configured, &also_at).await.0, configured);
+        }
         let t0 = Instant::now();
         let (t, rtt) = choose(primary, &[]).await;
         assert_eq!((t, rtt), (primary, None));

@@ -126,7 +126,31 @@ const MIGRATIONS: &[&str] = &[
            OR peer IN (SELECT peer FROM messages WHERE outgoing = 1);",
     // 6: messages from people who are not contacts, kept apart until the user accepts them.
     "ALTER TABLE messages ADD COLUMN request INTEGER NOT NULL DEFAULT 0;",
+    // 7: the other relays of a relay's cluster, as it last listed them (with their keys):
+    // where to go when it cannot be reached.
+    "CREATE TABLE cluster_relays(
+        relay TEXT NOT NULL,
+        addr TEXT NOT NULL,
+        key BLOB NOT NULL,
+        region TEXT NOT NULL,
+        listed_ms INTEGER NOT NULL,
+        PRIMARY KEY(relay, addr)
+    ) WITHOUT ROWID;",
 ];
+
+/// Most relays of a cluster remembered for one configured relay.
+pub const MAX_CLUSTER_RELAYS: usize = 64;
+
+/// Another relay of a configured relay's cluster, as that relay listed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRelay {
+    /// Where it is, `host:port`.
+    pub addr: String,
+    /// Its key.
+    pub key: PeerId,
+    /// Its region.
+    pub region: String,
+}
 
 /// Most messages kept from one sender who is not a contact (a message request) until the user
 /// accepts or deletes them; more wait on the sender's side.
@@ -1175,6 +1199,62 @@ impl Store {
             params![relay, key.as_bytes().as_slice(), now_ms as i64],
         )?;
         Ok(())
+    }
+
+    /// Replaces what is remembered of `relay`'s cluster (the relays it listed, itself left
+    /// out by the caller), keeping at most [`MAX_CLUSTER_RELAYS`].
+    pub fn set_cluster_relays(
+        &self,
+        relay: &str,
+        list: &[ClusterRelay],
+        now_ms: u64,
+    ) -> Result<()> {
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        tx.execute(
+            "DELETE FROM cluster_relays WHERE relay = ?1",
+            params![relay],
+        )?;
+        for r in list.iter().take(MAX_CLUSTER_RELAYS) {
+            tx.execute(
+                "INSERT OR REPLACE INTO cluster_relays(relay, addr, key, region, listed_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    relay,
+                    r.addr,
+                    r.key.as_bytes().as_slice(),
+                    r.region,
+                    now_ms as i64
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The other relays `relay` last listed.
+    pub fn cluster_relays(&self, relay: &str) -> Result<Vec<ClusterRelay>> {
+        let db = self.db()?;
+        let mut st = db.prepare(
+            "SELECT addr, key, region FROM cluster_relays WHERE relay = ?1 ORDER BY addr",
+        )?;
+        let rows = st.query_map(params![relay], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (addr, key, region) = row?;
+            out.push(ClusterRelay {
+                addr,
+                key: PeerId::from_bytes(blob32(key, "cluster_relays.key")?),
+                region,
+            });
+        }
+        Ok(out)
     }
 
     /// Records the hash of the manifest the user is asked about (see

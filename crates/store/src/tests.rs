@@ -372,3 +372,37 @@ fn strangers_messages_are_requests_bounded_until_accepted_or_deleted() {
             .all(|r| r.peer != stranger)
     );
 }
+
+#[test]
+fn a_relays_cluster_is_remembered_per_relay_and_replaced_whole() {
+    let s = Store::open_in_memory().unwrap();
+    let r = |n: u8| ClusterRelay {
+        addr: format!("relay{n}.example:7700"),
+        key: peer(n),
+        region: format!("r{n}"),
+    };
+    s.set_cluster_relays("relay1.example:7700", &[r(2), r(3)], 1)
+        .unwrap();
+    s.set_cluster_relays("other:7700", &[r(9)], 1).unwrap();
+    assert_eq!(
+        s.cluster_relays("relay1.example:7700").unwrap(),
+        vec![r(2), r(3)]
+    );
+    // The relay's next list replaces the last (relay 3 left the cluster).
+    s.set_cluster_relays("relay1.example:7700", &[r(4), r(2)], 2)
+        .unwrap();
+    assert_eq!(
+        s.cluster_relays("relay1.example:7700").unwrap(),
+        vec![r(2), r(4)]
+    );
+    assert_eq!(s.cluster_relays("other:7700").unwrap(), vec![r(9)]);
+    assert!(s.cluster_relays("unknown:7700").unwrap().is_empty());
+    // Bounded, whatever a relay lists.
+    let many: Vec<_> = (0..200u8).map(r).collect();
+    s.set_cluster_relays("relay1.example:7700", &many, 3)
+        .unwrap();
+    assert_eq!(
+        s.cluster_relays("relay1.example:7700").unwrap().len(),
+        MAX_CLUSTER_RELAYS
+    );
+}
