@@ -1,10 +1,17 @@
-//! Relay forwarding vs. a minimal UDP forwarder.
+//! Relay forwarding vs. minimal UDP forwarders, and the cost of crossing two relays.
 //!
-//! Both runs use the same senders (one OS thread per pair blasting 1249-byte datagrams: a
+//! Every run uses the same senders (one OS thread per pair blasting 1249-byte datagrams: a
 //! 49-byte relay header plus a 1200-byte payload) and the same receivers (a quinn endpoint
 //! whose socket counts and swallows non-QUIC datagrams). Only the box in the middle differs:
-//! the p2pcall relay (session-tag check, rate limits, header rewrite) or a tokio task doing
-//! `recv_from` + map lookup + `send_to`. Each box gets a single-threaded runtime.
+//! * the batched baseline: one thread per core, each on its own socket of one port
+//!   (`SO_REUSEPORT`), `recvmmsg` (quinn-udp, 32
+//!   messages per call, GRO on) + map lookup + one GSO send per run of datagrams to one
+//!   destination (up to 64 segments: what a `sendmmsg` of 64 would carry, in one call);
+//! * the simple baseline: one tokio task doing `recv_from` + map lookup + `send_to`;
+//! * the p2pcall relay (session-tag check, rate limits, header rewrite, GSO), on a 2-thread
+//!   runtime as in production;
+//! * two p2pcall relays of one cluster (a local `nats-server`): senders registered with one,
+//!   receivers with the other, every packet crossing from the first to the second.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -183,6 +190,18 @@ fn blast(
 struct Measured {
     pps: f64,
     sent_pps: f64,
+    /// CPU the relays used meanwhile (relay runs only), seconds.
+    relay_cpu_s: f64,
+    /// The measured window (after the warm-up), seconds.
+    window_s: f64,
+}
+
+impl Measured {
+    /// Relay CPU per delivered packet, µs (over the window plus the warm-up's share).
+    fn cpu_us_per_packet(&self) -> f64 {
+        let delivered = self.pps * (self.window_s + 0.5);
+        self.relay_cpu_s * 1e6 / delivered.max(1.0)
+    }
 }
 
 fn measure(
@@ -212,6 +231,8 @@ fn measure(
     Measured {
         pps: (c1 - c0) as f64 / dt,
         sent_pps: sent as f64 / (dt + 0.5),
+        relay_cpu_s: 0.0,
+        window_s: dt,
     }
 }
 
@@ -261,44 +282,284 @@ fn baseline(client_rt: &tokio::runtime::Runtime, pairs: usize, secs: f64) -> Res
     Ok(base)
 }
 
-/// The p2pcall relay (rate limits lifted) forwarding between logged-in sessions; also
-/// returns the relay's send errors.
+/// The batched baseline: `threads` threads share one blocking socket; each receives a batch
+/// (recvmmsg, GRO), looks every datagram's sender up and sends the batch on (sendmmsg).
+fn batched_baseline(
+    client_rt: &tokio::runtime::Runtime,
+    pairs: usize,
+    secs: f64,
+    threads: usize,
+) -> Result<Measured> {
+    use quinn::udp::UdpSocketState;
+    // One socket per thread on one port (SO_REUSEPORT: the kernel spreads the flows).
+    let mut socks = vec![reuseport_socket(SocketAddr::from(([127, 0, 0, 1], 0)))?];
+    let fwd_addr = socks[0].local_addr()?;
+    for _ in 1..threads {
+        socks.push(reuseport_socket(fwd_addr)?);
+    }
+    let mut map = HashMap::new();
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..pairs {
+        let r = client_rt.block_on(async { counting_endpoint(bind()?) })?;
+        let s = bind()?;
+        map.insert(s.local_addr()?, r.addr);
+        senders.push((
+            s,
+            fwd_addr,
+            vec![0x10u8; packet::RELAY_SEND_HEADER + PAYLOAD],
+        ));
+        receivers.push(r);
+    }
+    let map = Arc::new(map);
+    let deadline = Instant::now() + Duration::from_secs_f64(secs + 2.0);
+    let mut workers = Vec::new();
+    for sock in socks {
+        let state = UdpSocketState::new((&sock).into())?;
+        // Non-blocking, and a yield when nothing is there: a blocking recvmmsg waits for a
+        // whole batch.
+        sock.set_nonblocking(true)?;
+        let map = map.clone();
+        workers.push(std::thread::spawn(move || {
+            forward_batches(&sock, &state, &map, deadline)
+        }));
+    }
+    let base = measure(&receivers, senders, secs);
+    for w in workers {
+        let _ = w.join();
+    }
+    client_rt.block_on(async move { drop(receivers) });
+    Ok(base)
+}
+
+/// A UDP socket bound to `addr` with `SO_REUSEPORT` (several can share the port).
+fn reuseport_socket(addr: SocketAddr) -> Result<UdpSocket> {
+    use rustix::net::{AddressFamily, SocketType, bind, socket, sockopt};
+    let fd = socket(AddressFamily::INET, SocketType::DGRAM, None)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    bind(&fd, &addr)?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// Most datagrams in one GSO send of the batched baseline.
+const SEND_BATCH: usize = 64;
+
+/// Receives batches (recvmmsg, GRO) and sends each run of datagrams for one destination as
+/// one GSO send (up to [`SEND_BATCH`] equal segments), until `deadline`.
+fn forward_batches(
+    sock: &UdpSocket,
+    state: &quinn::udp::UdpSocketState,
+    map: &HashMap<SocketAddr, SocketAddr>,
+    deadline: Instant,
+) {
+    let n_bufs = quinn::udp::BATCH_SIZE;
+    let mut storage = vec![vec![0u8; 65_536]; n_bufs];
+    let mut meta = vec![RecvMeta::default(); n_bufs];
+    let max_segments = state.max_gso_segments().clamp(1, SEND_BATCH);
+    let mut run: Vec<u8> = Vec::with_capacity(SEND_BATCH * 1500);
+    while Instant::now() < deadline {
+        let n = {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match state.recv(sock.into(), &mut bufs, &mut meta) {
+                Ok(n) => n,
+                Err(_) => {
+                    std::thread::yield_now();
+                    continue;
+                }
+            }
+        };
+        // (destination, segment size, segments) of the run being built.
+        let mut current: Option<(SocketAddr, usize, usize)> = None;
+        for (m, buf) in meta[..n].iter().zip(&storage) {
+            let Some(dst) = map.get(&m.addr).copied() else {
+                continue;
+            };
+            let stride = m.stride.max(1);
+            for seg in buf[..m.len].chunks(stride) {
+                let joins = matches!(current, Some((d, size, count))
+                    if d == dst && seg.len() == size && count < max_segments);
+                if !joins {
+                    flush_run(sock, state, current.take(), &mut run);
+                    current = Some((dst, seg.len(), 0));
+                }
+                run.extend_from_slice(seg);
+                if let Some((_, _, count)) = &mut current {
+                    *count += 1;
+                }
+            }
+        }
+        flush_run(sock, state, current, &mut run);
+    }
+}
+
+fn flush_run(
+    sock: &UdpSocket,
+    state: &quinn::udp::UdpSocketState,
+    run_of: Option<(SocketAddr, usize, usize)>,
+    run: &mut Vec<u8>,
+) {
+    if let Some((destination, size, count)) = run_of {
+        let t = quinn::udp::Transmit {
+            destination,
+            ecn: None,
+            contents: run,
+            segment_size: (count > 1).then_some(size),
+            src_ip: None,
+        };
+        let _ = state.send(sock.into(), &t);
+    }
+    run.clear();
+}
+
+/// The relays' runtime threads (their CPU time is read from `/proc`).
+const RELAY_THREAD: &str = "bench-relay";
+
+/// CPU seconds the relays' threads have used (Linux `/proc/self/task/*/stat`).
+fn relay_cpu_s() -> f64 {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut total = 0u64;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... : fields after the comm's closing parenthesis.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if !head.ends_with(RELAY_THREAD) && !head.contains(&format!("({RELAY_THREAD}")) {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime: fields 14 and 15 of the line, 12 and 13 after the comm.
+        let (Some(u), Some(s)) = (f.get(11), f.get(12)) else {
+            continue;
+        };
+        total += u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
+    }
+    total as f64 / ticks
+}
+
+/// A `nats-server` on a free loopback port for the two-relay run (stopped when dropped).
+struct Nats(std::process::Child, u16);
+
+impl Nats {
+    fn start() -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("nats-server ({e}): scripts/setup.sh --dev installs it")
+            })?;
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("nats-server did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self(child, port))
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Relays for a run (rate limits lifted), on their own 2-thread runtime: one alone, or two
+/// of one cluster. Returns their UDP addresses and metrics, and a way to stop them.
+#[allow(clippy::type_complexity)]
+fn start_relays(
+    cluster: Option<u16>,
+) -> Result<(
+    Vec<(SocketAddr, Arc<p2pcall_relay::Metrics>)>,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+)> {
+    let relay_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(RELAY_THREAD)
+        .enable_all()
+        .build()?;
+    let (relay_tx, relay_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let count = if cluster.is_some() { 2 } else { 1 };
+    let thread = std::thread::spawn(move || {
+        relay_rt.block_on(async move {
+            let mut relays = Vec::new();
+            for i in 0..count {
+                let mut cfg =
+                    p2pcall_relay::RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+                cfg.tcp_listen = None;
+                cfg.reflect_listen = None;
+                // Measure forwarding, not the rate limiter.
+                cfg.packet_rate = 1e9;
+                cfg.byte_rate = 1e12;
+                cfg.cluster = cluster.map(|port| p2pcall_relay::cluster::ClusterConfig {
+                    servers: vec![format!("nats://127.0.0.1:{port}")],
+                    region: format!("r{i}"),
+                    public_addr: String::new(),
+                });
+                let started = match Identity::generate() {
+                    Ok(id) => p2pcall_relay::Relay::start(&id, cfg)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match started {
+                    Ok(r) => relays.push(r),
+                    Err(e) => {
+                        let _ = relay_tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let info = relays.iter().map(|r| (r.udp_addr, r.metrics())).collect();
+            let _ = relay_tx.send(Ok(info));
+            let _ = stop_rx.await;
+            for r in relays {
+                r.shutdown().await;
+            }
+        })
+    });
+    let info = relay_rx.recv()?.map_err(anyhow::Error::msg)?;
+    Ok((info, stop_tx, thread))
+}
+
+/// The p2pcall relay (or two of a cluster: `nats` given) forwarding between logged-in
+/// sessions; also returns the relays' send errors.
 fn relayed(
     client_rt: &tokio::runtime::Runtime,
     pairs: usize,
     secs: f64,
+    nats: Option<&Nats>,
 ) -> Result<(Measured, u64)> {
-    let relay_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let relay_id = Identity::generate()?;
-    let (relay_tx, relay_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay_thread = std::thread::spawn(move || {
-        relay_rt.block_on(async move {
-            let mut cfg = p2pcall_relay::RelayConfig::new(
-                "127.0.0.1:0"
-                    .parse()
-                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
-            );
-            cfg.tcp_listen = None;
-            cfg.reflect_listen = None;
-            // Measure forwarding, not the rate limiter.
-            cfg.packet_rate = 1e9;
-            cfg.byte_rate = 1e12;
-            match p2pcall_relay::Relay::start(&relay_id, cfg).await {
-                Ok(r) => {
-                    let _ = relay_tx.send(Ok((r.udp_addr, r.metrics())));
-                    let _ = stop_rx.await;
-                    r.shutdown().await;
-                }
-                Err(e) => {
-                    let _ = relay_tx.send(Err(e.to_string()));
-                }
+    let (relays, stop_tx, relay_thread) = start_relays(nats.map(|n| n.1))?;
+    let (relay_addr, metrics) = relays[0].clone();
+    // Receivers register with the last relay (the second of a cluster).
+    let (recv_relay, recv_metrics) = relays[relays.len() - 1].clone();
+    if nats.is_some() {
+        let t0 = Instant::now();
+        while metrics.cluster_members.load(Ordering::Relaxed) < 1
+            || recv_metrics.cluster_members.load(Ordering::Relaxed) < 1
+        {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("the two relays did not form a cluster");
             }
-        })
-    });
-    let (relay_addr, metrics) = relay_rx.recv()?.map_err(anyhow::Error::msg)?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     let mut keep = Vec::new();
@@ -306,7 +567,7 @@ fn relayed(
         let (r, rid, rsession) = client_rt.block_on(async {
             let r = counting_endpoint(bind()?)?;
             let id = Identity::generate()?;
-            let session = login(&r._endpoint, &id, relay_addr, false).await?;
+            let session = login(&r._endpoint, &id, recv_relay, false).await?;
             Ok::<_, anyhow::Error>((r, id.id(), session))
         })?;
         let s = bind()?;
@@ -329,8 +590,21 @@ fn relayed(
         receivers.push(r);
         keep.push((rsession, ssession, sep));
     }
-    let relayed = measure(&receivers, senders, secs);
-    let dropped = metrics.drops(p2pcall_relay::metrics::DropReason::SendError);
+    if nats.is_some() {
+        // The first relay knows where every receiver is.
+        let t0 = Instant::now();
+        while metrics.cluster_peers.load(Ordering::Relaxed) < pairs as u64 {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("the receivers' relay did not tell the senders' relay about them");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let cpu0 = relay_cpu_s();
+    let mut relayed = measure(&receivers, senders, secs);
+    relayed.relay_cpu_s = relay_cpu_s() - cpu0;
+    let dropped = metrics.drops(p2pcall_relay::metrics::DropReason::SendError)
+        + recv_metrics.drops(p2pcall_relay::metrics::DropReason::SendError);
     let _ = stop_tx.send(());
     let _ = relay_thread.join();
     // quinn objects are dropped on their runtime.
@@ -349,29 +623,63 @@ pub fn run(pairs: usize, secs: f64) -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let base = baseline(&client_rt, pairs, secs)?;
-    let (relayed, dropped) = relayed(&client_rt, pairs, secs)?;
+    let threads = std::env::var("FWD_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let batched = batched_baseline(&client_rt, pairs, secs, threads)?;
+    let simple = baseline(&client_rt, pairs, secs)?;
+    let (relayed1, dropped1) = relayed(&client_rt, pairs, secs, None)?;
+    let nats = Nats::start()?;
+    let (relayed2, dropped2) = relayed(&client_rt, pairs, secs, Some(&nats))?;
 
     let mbit = |pps: f64| pps * PAYLOAD as f64 * 8.0 / 1e6;
+    let line = |what: &str, m: &Measured, extra: String| {
+        println!(
+            "  {what:<34} {:>9.0} pkt/s  {:>7.0} Mbit/s   (senders offered {:.0} pkt/s{extra})",
+            m.pps,
+            mbit(m.pps),
+            m.sent_pps
+        );
+    };
     println!("relay-forward: {pairs} pairs, {PAYLOAD}-byte payloads, {secs} s each, loopback");
-    println!(
-        "  baseline UDP forwarder: {:>9.0} pkt/s  {:>7.0} Mbit/s   (senders offered {:.0} pkt/s)",
-        base.pps,
-        mbit(base.pps),
-        base.sent_pps
+    line(
+        &format!("batched forwarder ({threads} threads):"),
+        &batched,
+        String::new(),
+    );
+    line("one-at-a-time tokio forwarder:", &simple, String::new());
+    line(
+        "p2pcall relay:",
+        &relayed1,
+        format!(
+            "; relay CPU {:.1} µs/pkt; send errors {dropped1}",
+            relayed1.cpu_us_per_packet()
+        ),
+    );
+    line(
+        "two p2pcall relays (cluster):",
+        &relayed2,
+        format!(
+            "; relays' CPU {:.1} µs/pkt; send errors {dropped2}",
+            relayed2.cpu_us_per_packet()
+        ),
     );
     println!(
-        "  p2pcall relay:          {:>9.0} pkt/s  {:>7.0} Mbit/s   (senders offered {:.0} pkt/s; relay send errors {dropped})",
-        relayed.pps,
-        mbit(relayed.pps),
-        relayed.sent_pps
+        "  ratio relay / batched forwarder:    {:.2}",
+        relayed1.pps / batched.pps.max(1.0)
     );
     println!(
-        "  ratio relay / baseline: {:.2}",
-        relayed.pps / base.pps.max(1.0)
+        "  ratio relay / one-at-a-time:        {:.2}",
+        relayed1.pps / simple.pps.max(1.0)
     );
-    if base.pps <= 0.0 {
-        bail!("the baseline forwarded nothing: measurement failed");
+    println!(
+        "  ratio two relays / one relay:       {:.2} (relay CPU per packet {:.2}x)",
+        relayed2.pps / relayed1.pps.max(1.0),
+        relayed2.cpu_us_per_packet() / relayed1.cpu_us_per_packet().max(1e-9)
+    );
+    if batched.pps <= 0.0 || simple.pps <= 0.0 {
+        bail!("a baseline forwarded nothing: measurement failed");
     }
     Ok(())
 }
