@@ -3,6 +3,7 @@
 # same run.
 #   scripts/bench.sh relay-forward    [--pairs N] [--secs S]
 #   scripts/bench.sh relay-capacity   [--peers N] [--subscribers S]
+#   scripts/bench.sh cluster-presence [--peers N] [--relays R] [--changes N]  (nats-server)
 #   scripts/bench.sh daemon           [--peers N] [--calls N] [--changes N]
 #   scripts/bench.sh video-feed       [--width W] [--height H]
 #   scripts/bench.sh renamer          [--subscribers N] [--secs S]
@@ -45,6 +46,7 @@ fi
 if [ "${1:-all}" = all ]; then
   "$bench" relay-forward
   "$bench" relay-capacity
+  "$bench" cluster-presence
   "$bench" daemon
   "$bench" video-feed
   "$bench" renamer

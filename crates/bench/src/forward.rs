@@ -413,10 +413,10 @@ fn flush_run(
 }
 
 /// The relays' runtime threads (their CPU time is read from `/proc`).
-const RELAY_THREAD: &str = "bench-relay";
+pub(crate) const RELAY_THREAD: &str = "bench-relay";
 
 /// CPU seconds the relays' threads have used (Linux `/proc/self/task/*/stat`).
-fn relay_cpu_s() -> f64 {
+pub(crate) fn relay_cpu_s() -> f64 {
     let ticks = rustix::param::clock_ticks_per_second() as f64;
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
@@ -444,10 +444,15 @@ fn relay_cpu_s() -> f64 {
 }
 
 /// A `nats-server` on a free loopback port for the two-relay run (stopped when dropped).
-struct Nats(std::process::Child, u16);
+pub(crate) struct Nats(std::process::Child, u16);
 
 impl Nats {
-    fn start() -> Result<Self> {
+    /// Its client port.
+    pub(crate) fn port(&self) -> u16 {
+        self.1
+    }
+
+    pub(crate) fn start() -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

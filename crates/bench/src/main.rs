@@ -1,7 +1,10 @@
 //! p2pcall benchmarks. Each prints its numbers beside a baseline measured in the same run.
 //!
-//! * `relay-forward`: 1200-byte packets between N pairs through the relay's UDP data path,
-//!   against a minimal UDP forwarder (recv_from + send_to) in the same process setup.
+//! * `relay-forward`: 1200-byte packets between N pairs through the relay's UDP data path
+//!   and through two relays of a cluster, against a batched forwarder (recvmmsg + GSO, a
+//!   thread per core) and a one-at-a-time one (recv_from + send_to) in the same setup.
+//! * `cluster-presence`: N simulated peers over R relays of a cluster; single presence
+//!   changes timed to the other relays' subscribers against the relay's own subscriber.
 //! * `relay-capacity`: registers N peers with a relay *process* and reports its memory per
 //!   peer, and the relay CPU time per presence change fanned out to S subscribers.
 //! * `p2p-throughput`: one QUIC stream peer to peer over the relay path and the direct path,
@@ -21,6 +24,7 @@
 
 mod abuse;
 mod capacity;
+mod cluster;
 mod codec;
 mod daemon;
 mod feed;
@@ -51,6 +55,19 @@ enum Cmd {
         /// Seconds per measurement
         #[arg(long, default_value_t = 3.0)]
         secs: f64,
+    },
+    /// Presence in a relay cluster: simulated peers over several relays, single changes timed
+    /// to the other relays' subscribers vs. the relay's own
+    ClusterPresence {
+        /// Simulated peers, spread evenly
+        #[arg(long, default_value_t = 100_000)]
+        peers: usize,
+        /// Relays in the cluster
+        #[arg(long, default_value_t = 4)]
+        relays: usize,
+        /// Single changes (joins, then the same peers leaving)
+        #[arg(long, default_value_t = 1000)]
+        changes: usize,
     },
     /// Relay memory per peer and presence-change cost
     RelayCapacity {
@@ -160,9 +177,21 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Logs of the in-process relays and peers, when asked for (RUST_LOG).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::RelayForward { pairs, secs } => forward::run(pairs, secs),
+        Cmd::ClusterPresence {
+            peers,
+            relays,
+            changes,
+        } => cluster::run(peers, relays, changes),
         Cmd::RelayCapacity {
             peers,
             subscribers,

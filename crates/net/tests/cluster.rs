@@ -275,7 +275,11 @@ async fn a_hostile_relay_in_the_cluster_can_misroute_but_not_read_or_impersonate
     let _presence = nc.subscribe(PRESENCE_WILDCARD).await.unwrap();
     let heard = Arc::new(Mutex::new(Overheard::default()));
     for relay in [a.id, c.id] {
-        let ask = RelayMsg::SnapshotRequest { relay: h_id }.encode();
+        let ask = RelayMsg::SnapshotRequest {
+            relay: h_id,
+            request: 1,
+        }
+        .encode();
         nc.publish(inbox_subject(&relay), ask.into()).await.unwrap();
     }
     // It claims Bob and Alice registered with it later than anywhere else.
@@ -304,8 +308,8 @@ async fn a_hostile_relay_in_the_cluster_can_misroute_but_not_read_or_impersonate
                         }
                     }
                     Some(m) = inbox.next() => match RelayMsg::decode(&m.payload) {
-                        Ok(RelayMsg::SnapshotRequest { relay }) => {
-                            let part = RelayMsg::SnapshotPart { relay: h_id, epoch: 1, seq: 0, last: true, peers: claims.clone() };
+                        Ok(RelayMsg::SnapshotRequest { relay, request }) => {
+                            let part = RelayMsg::SnapshotPart { relay: h_id, epoch: 1, seq: 0, request, part: 0, parts: 1, peers: claims.clone() };
                             let _ = nc.publish(inbox_subject(&relay), part.encode().into()).await;
                         }
                         Ok(RelayMsg::SnapshotPart { peers, .. }) => {

@@ -246,7 +246,9 @@ async fn connect(node: &Node, cancel: &CancellationToken) -> Option<async_nats::
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis(if attempts <= 1 { 0 } else { 250 })
         })
-        .max_reconnects(None);
+        .max_reconnects(None)
+        // What this relay publishes is not delivered back to it (its own changes, heartbeats).
+        .no_echo();
     tokio::select! {
         _ = cancel.cancelled() => None,
         c = options.connect(servers) => c
@@ -349,9 +351,12 @@ impl Node {
         }
     }
 
-    async fn ask_snapshots(&self, client: &async_nats::Client, relays: Vec<PeerId>) {
-        for relay in relays {
-            let msg = RelayMsg::SnapshotRequest { relay: self.me };
+    async fn ask_snapshots(&self, client: &async_nats::Client, asks: Vec<(PeerId, u64)>) {
+        for (relay, request) in asks {
+            let msg = RelayMsg::SnapshotRequest {
+                relay: self.me,
+                request,
+            };
             self.publish(client, inbox_subject(&relay), msg.encode())
                 .await;
         }
@@ -479,17 +484,22 @@ impl Node {
                     s.try_queue(ServerFrame::Vouched { from, observed });
                 }
             }
-            RelayMsg::SnapshotRequest { relay } => self.send_snapshot(client, relay).await,
+            RelayMsg::SnapshotRequest { relay, request } => {
+                self.send_snapshot(client, relay, request).await;
+            }
             RelayMsg::SnapshotPart {
                 relay,
                 epoch,
                 seq,
-                last,
+                request,
+                part,
+                parts,
                 peers,
             } => {
                 let asks = {
                     let mut s = self.sessions.write();
-                    s.remote.snapshot_part(relay, epoch, seq, last, peers);
+                    let now = Instant::now();
+                    (s.remote).snapshot_part(now, relay, epoch, seq, request, (part, parts), peers);
                     s.remote_events(&self.metrics)
                 };
                 self.ask_snapshots(client, asks).await;
@@ -497,18 +507,20 @@ impl Node {
         }
     }
 
-    /// Sends our peers to `relay`, in parts.
-    async fn send_snapshot(&self, client: &async_nats::Client, relay: PeerId) {
+    /// Sends our peers to `relay` (its request `request`), in numbered parts.
+    async fn send_snapshot(&self, client: &async_nats::Client, relay: PeerId, request: u64) {
         let (seq, peers) = self.sessions.read().cluster_snapshot();
-        let parts: Vec<_> = peers.chunks(SNAPSHOT_PART).collect();
-        let n = parts.len().max(1);
-        for i in 0..n {
+        let chunks: Vec<_> = peers.chunks(SNAPSHOT_PART).collect();
+        let parts = chunks.len().max(1);
+        for i in 0..parts {
             let msg = RelayMsg::SnapshotPart {
                 relay: self.me,
                 epoch: self.epoch,
                 seq,
-                last: i + 1 == n,
-                peers: parts.get(i).map_or_else(Vec::new, |p| p.to_vec()),
+                request,
+                part: i as u32,
+                parts: parts as u32,
+                peers: chunks.get(i).map_or_else(Vec::new, |p| p.to_vec()),
             };
             self.publish(client, inbox_subject(&relay), msg.encode())
                 .await;

@@ -240,6 +240,40 @@ impl Relay {
         self.cluster.as_ref().map_or_else(Vec::new, |c| c.members())
     }
 
+    /// (benchmarks) Registers `id` as a peer without a connection: announced to the presence
+    /// subscribers and the cluster like any login, never reading what it is sent. False if
+    /// the relay refused it (full).
+    #[doc(hidden)]
+    pub fn simulate_login(&self, id: PeerId, name: &str) -> bool {
+        let login = registry::Login {
+            name: name.to_string(),
+            presence: false,
+            source: std::net::IpAddr::from([10, 0, 0, 1]),
+        };
+        let (session, _never_read) = registry::Session::new(
+            &self.shared.cfg,
+            &self.shared.cancel,
+            id,
+            login,
+            None,
+            std::time::Instant::now(),
+        );
+        let mut sessions = self.shared.sessions.write();
+        (sessions.register(&session, self.shared.cfg.max_peers, &self.shared.metrics)).is_ok()
+    }
+
+    /// (benchmarks) Ends the session of `id`, as if it logged out.
+    #[doc(hidden)]
+    pub fn simulate_logout(&self, id: &PeerId) {
+        let session = self.shared.sessions.read().by_id(id).cloned();
+        if let Some(s) = session {
+            self.shared
+                .sessions
+                .write()
+                .unregister(&s, &self.shared.metrics);
+        }
+    }
+
     /// The relay's counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()

@@ -54,6 +54,8 @@ pub struct Sessions {
     by_id: HashMap<PeerId, Arc<Session>>,
     by_tag: HashMap<[u8; 16], Arc<Session>>,
     by_route: HashMap<u64, Arc<Session>>,
+    /// The sessions that asked for presence (a change is told to these, not to every session).
+    subscribers: HashMap<PeerId, Arc<Session>>,
     /// Sessions per source IP address.
     per_address: HashMap<IpAddr, usize>,
     /// Most sessions from one address.
@@ -70,6 +72,7 @@ impl Default for Sessions {
             by_id: HashMap::new(),
             by_tag: HashMap::new(),
             by_route: HashMap::new(),
+            subscribers: HashMap::new(),
             per_address: HashMap::new(),
             max_per_address: usize::MAX,
             remote: Directory::new(PeerId::from_bytes([0; 32])),
@@ -142,14 +145,14 @@ impl Sessions {
     }
 
     /// Passes on what the directory found (changes of other relays' peers go to our presence
-    /// subscribers unless the peer is also ours: ours speaks for it) and returns the relays
-    /// to ask for a snapshot.
-    pub(crate) fn remote_events(&mut self, metrics: &Metrics) -> Vec<PeerId> {
+    /// subscribers unless the peer is also ours: ours speaks for it) and returns the
+    /// snapshots to ask for (relay, request).
+    pub(crate) fn remote_events(&mut self, metrics: &Metrics) -> Vec<(PeerId, u64)> {
         let mut ask = Vec::new();
         while let Some(e) = self.remote.poll_event() {
             let frame = match e {
-                DirectoryEvent::RequestSnapshot(relay) => {
-                    ask.push(relay);
+                DirectoryEvent::RequestSnapshot { relay, request } => {
+                    ask.push((relay, request));
                     continue;
                 }
                 DirectoryEvent::Joined(p) if !self.by_id.contains_key(&p.id) => {
@@ -171,8 +174,8 @@ impl Sessions {
     /// Queues `frame` to every presence subscriber but `except`. Called with the write lock
     /// held, right after the change it reports.
     pub(crate) fn broadcast(&self, metrics: &Metrics, frame: &ServerFrame, except: &PeerId) {
-        for s in self.by_id.values() {
-            if !s.presence || s.id == *except {
+        for s in self.subscribers.values() {
+            if s.id == *except {
                 continue;
             }
             if s.try_queue(frame.clone()) {
@@ -367,6 +370,7 @@ impl Sessions {
             self.left_address(old.source);
             self.by_tag.remove(&old.tag);
             self.by_route.remove(&old.route);
+            self.subscribers.remove(&old.id);
             old.end(
                 RefuseReason::Replaced,
                 "a newer login with this key replaced this session",
@@ -375,6 +379,9 @@ impl Sessions {
         }
         self.by_tag.insert(session.tag, session.clone());
         self.by_route.insert(session.route, session.clone());
+        if session.presence {
+            self.subscribers.insert(session.id, session.clone());
+        }
         metrics
             .peers_online
             .store(self.len() as u64, Ordering::Relaxed);
@@ -412,6 +419,7 @@ impl Sessions {
             self.by_id.remove(&session.id);
             self.by_tag.remove(&session.tag);
             self.by_route.remove(&session.route);
+            self.subscribers.remove(&session.id);
             self.left_address(session.source);
             metrics
                 .peers_online

@@ -34,8 +34,13 @@ pub enum DirectoryEvent {
     Updated(PeerInfo),
     /// A peer is no longer online at any other relay.
     Left(PeerId),
-    /// Ask this relay for a snapshot of its peers.
-    RequestSnapshot(PeerId),
+    /// Ask this relay for a snapshot of its peers; its parts carry `request` back.
+    RequestSnapshot {
+        /// The relay to ask.
+        relay: PeerId,
+        /// Names this request (parts of an earlier one are ignored).
+        request: u64,
+    },
 }
 
 /// Where a peer registered with another relay is reached.
@@ -49,10 +54,23 @@ pub struct Located {
     pub hop: Option<Hop>,
 }
 
+/// Most parts a snapshot may come in (a relay's peers at most, 1,024 a part).
+pub const MAX_PARTS: u32 = (MAX_PEERS_PER_RELAY / 1024 + 1) as u32;
+
 #[derive(Debug)]
 struct Incoming {
     seq: u64,
+    /// Which parts arrived.
+    got: Vec<bool>,
+    received: u32,
     peers: HashMap<PeerId, RemotePeer>,
+}
+
+/// A snapshot asked for: which request, and when it last made progress.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    request: u64,
+    at: Instant,
 }
 
 #[derive(Debug)]
@@ -67,7 +85,7 @@ struct RelayView {
     /// Changes waiting for a snapshot or for the changes before them, by first number.
     pending: BTreeMap<u64, Deltas>,
     incoming: Option<Incoming>,
-    asked: Option<Instant>,
+    asked: Option<Asked>,
 }
 
 impl RelayView {
@@ -93,6 +111,30 @@ pub struct Directory {
     /// For each peer, the relays it is registered with.
     homes: HashMap<PeerId, Vec<PeerId>>,
     events: VecDeque<DirectoryEvent>,
+    next_request: u64,
+}
+
+/// True if `view` may ask for a snapshot at `now` (nothing asked, or no progress for
+/// [`SNAPSHOT_RETRY`]).
+fn may_ask(view: &RelayView, now: Instant) -> bool {
+    view.asked
+        .is_none_or(|a| now.saturating_duration_since(a.at) >= SNAPSHOT_RETRY)
+}
+
+/// Asks `relay` (whose view is `view`) for a snapshot: a new request, what arrived of an
+/// earlier one dropped.
+fn ask(
+    view: &mut RelayView,
+    next_request: &mut u64,
+    events: &mut VecDeque<DirectoryEvent>,
+    relay: PeerId,
+    now: Instant,
+) {
+    *next_request += 1;
+    let request = *next_request;
+    view.asked = Some(Asked { request, at: now });
+    view.incoming = None;
+    events.push_back(DirectoryEvent::RequestSnapshot { relay, request });
 }
 
 impl Directory {
@@ -103,6 +145,7 @@ impl Directory {
             relays: HashMap::new(),
             homes: HashMap::new(),
             events: VecDeque::new(),
+            next_request: 0,
         }
     }
 
@@ -186,14 +229,14 @@ impl Directory {
         // Behind what it announced a heartbeat ago: a change was lost on the way.
         let behind = view.applied.is_none_or(|a| a < view.announced);
         view.announced = hb.seq;
-        let waited = view
-            .asked
-            .is_none_or(|at| now.saturating_duration_since(at) >= SNAPSHOT_RETRY);
-        if behind && waited {
-            view.asked = Some(now);
-            view.incoming = None;
-            self.events
-                .push_back(DirectoryEvent::RequestSnapshot(hb.relay));
+        if behind && may_ask(view, now) {
+            ask(
+                view,
+                &mut self.next_request,
+                &mut self.events,
+                hb.relay,
+                now,
+            );
         }
     }
 
@@ -232,56 +275,74 @@ impl Directory {
                     view.pending.pop_first();
                 }
                 view.pending.insert(d.first_seq, d);
-                let waited = view
-                    .asked
-                    .is_none_or(|at| now.saturating_duration_since(at) >= SNAPSHOT_RETRY);
                 // A gap after a snapshot: ask again (before the first one, the heartbeat asks).
-                if applied.is_some() && waited {
-                    view.asked = Some(now);
-                    view.incoming = None;
-                    self.events
-                        .push_back(DirectoryEvent::RequestSnapshot(relay));
+                if applied.is_some() && may_ask(view, now) {
+                    ask(view, &mut self.next_request, &mut self.events, relay, now);
                 }
             }
         }
     }
 
-    /// Part of a snapshot another relay sent (we asked for it).
+    /// Part `part` of `parts` of the snapshot another relay sent for our request `request`:
+    /// its peers as of its change `seq`. Installed once every part arrived.
+    #[allow(clippy::too_many_arguments)]
     pub fn snapshot_part(
         &mut self,
+        now: Instant,
         relay: PeerId,
         epoch: u64,
         seq: u64,
-        last: bool,
+        request: u64,
+        (part, parts): (u32, u32),
         peers: Vec<RemotePeer>,
     ) {
         let Some(view) = self.relays.get_mut(&relay) else {
             return;
         };
-        if epoch != view.epoch || view.applied.is_some_and(|a| a >= seq) {
-            return; // an older epoch's, or older than what we hold
+        let Some(asked) = &mut view.asked else {
+            return; // not asked for
+        };
+        if asked.request != request || epoch != view.epoch || parts == 0 || parts > MAX_PARTS {
+            return; // an older request's, or an older epoch's, or broken
         }
+        if part >= parts {
+            return;
+        }
+        asked.at = now;
         let incoming = match &mut view.incoming {
-            Some(i) if i.seq == seq => i,
+            Some(i) if i.seq == seq && i.got.len() == parts as usize => i,
             slot => slot.insert(Incoming {
                 seq,
+                got: vec![false; parts as usize],
+                received: 0,
                 peers: HashMap::new(),
             }),
         };
+        if std::mem::replace(&mut incoming.got[part as usize], true) {
+            return; // seen
+        }
+        incoming.received += 1;
         for p in peers {
             if incoming.peers.len() >= MAX_PEERS_PER_RELAY {
                 break;
             }
             incoming.peers.insert(p.info.id, p);
         }
-        if !last {
+        if incoming.received < parts {
             return;
         }
-        let Some(Incoming { seq, peers: new }) = view.incoming.take() else {
+        view.asked = None;
+        if view.applied.is_some_and(|a| a >= seq) {
+            view.incoming = None;
+            return; // older than what we hold
+        }
+        let Some(Incoming {
+            seq, peers: new, ..
+        }) = view.incoming.take()
+        else {
             return;
         };
         view.applied = Some(seq);
-        view.asked = None;
         let gone: Vec<PeerId> = (view.peers.keys())
             .filter(|id| !new.contains_key(id))
             .copied()
@@ -449,6 +510,30 @@ mod tests {
         std::iter::from_fn(|| d.poll_event()).collect()
     }
 
+    /// The relays asked for a snapshot among `events`.
+    fn asked(events: &[DirectoryEvent]) -> Vec<PeerId> {
+        (events.iter())
+            .filter_map(|e| match e {
+                DirectoryEvent::RequestSnapshot { relay, .. } => Some(*relay),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A whole snapshot from `relay` answering the directory's last request, in one part.
+    fn snapshot(d: &mut Directory, relay: u8, epoch: u64, seq: u64, peers: Vec<RemotePeer>) {
+        let request = d.next_request;
+        d.snapshot_part(
+            Instant::now(),
+            id(relay),
+            epoch,
+            seq,
+            request,
+            (0, 1),
+            peers,
+        );
+    }
+
     #[test]
     fn a_new_relay_is_asked_for_a_snapshot_then_followed_change_by_change() {
         let t0 = Instant::now();
@@ -456,16 +541,20 @@ mod tests {
         d.heartbeat(t0, &hb(1, 1, 0));
         assert!(events(&mut d).is_empty(), "our own heartbeat");
         d.heartbeat(t0, &hb(2, 9, 4));
-        assert_eq!(events(&mut d), vec![DirectoryEvent::RequestSnapshot(id(2))]);
+        assert_eq!(asked(&events(&mut d)), vec![id(2)]);
         // A change that arrives before the snapshot waits for it.
         d.deltas(
             t0,
             deltas(2, 9, 5, vec![Change::Joined(peer(12, "carol", 5))]),
         );
         assert!(events(&mut d).is_empty() && d.is_empty());
-        d.snapshot_part(id(2), 9, 4, false, vec![peer(10, "alice", 1)]);
-        assert!(d.is_empty(), "not installed before its last part");
-        d.snapshot_part(id(2), 9, 4, true, vec![peer(11, "bob", 2)]);
+        let req = d.next_request;
+        // Parts of another request are not ours; a part seen twice counts once.
+        d.snapshot_part(t0, id(2), 9, 4, req + 7, (0, 2), vec![peer(13, "x", 1)]);
+        d.snapshot_part(t0, id(2), 9, 4, req, (1, 2), vec![peer(10, "alice", 1)]);
+        d.snapshot_part(t0, id(2), 9, 4, req, (1, 2), vec![peer(10, "alice", 1)]);
+        assert!(d.is_empty(), "not installed before every part arrived");
+        d.snapshot_part(t0, id(2), 9, 4, req, (0, 2), vec![peer(11, "bob", 2)]);
         let mut got = events(&mut d);
         got.sort_by_key(|e| format!("{e:?}"));
         assert_eq!(got.len(), 3, "{got:?}");
@@ -514,16 +603,16 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Directory::new(id(1));
         d.heartbeat(t0, &hb(2, 1, 0));
-        d.snapshot_part(id(2), 1, 0, true, Vec::new());
+        snapshot(&mut d, 2, 1, 0, Vec::new());
         events(&mut d);
         // Change 1 lost, change 2 arrives: a gap.
         d.deltas(t0, deltas(2, 1, 2, vec![Change::Joined(peer(11, "b", 2))]));
-        assert_eq!(events(&mut d), vec![DirectoryEvent::RequestSnapshot(id(2))]);
+        assert_eq!(asked(&events(&mut d)), vec![id(2)]);
         // Asked once per SNAPSHOT_RETRY, however many gaps.
         d.deltas(t0, deltas(2, 1, 3, vec![Change::Joined(peer(12, "c", 3))]));
         assert!(events(&mut d).is_empty());
         // The snapshot is as of change 2; change 3 waited and follows it.
-        d.snapshot_part(id(2), 1, 2, true, vec![peer(10, "a", 1), peer(11, "b", 2)]);
+        snapshot(&mut d, 2, 1, 2, vec![peer(10, "a", 1), peer(11, "b", 2)]);
         assert_eq!(d.len(), 3);
         assert_eq!(events(&mut d).len(), 3);
 
@@ -532,9 +621,9 @@ mod tests {
         d.heartbeat(t1, &hb(2, 1, 4)); // change 4 was published but never arrived
         assert!(events(&mut d).is_empty(), "it may still be on its way");
         d.heartbeat(t1 + HEARTBEAT, &hb(2, 1, 4));
-        assert_eq!(events(&mut d), vec![DirectoryEvent::RequestSnapshot(id(2))]);
+        assert_eq!(asked(&events(&mut d)), vec![id(2)]);
         // The snapshot replaces by difference: only real changes come out.
-        d.snapshot_part(id(2), 1, 4, true, vec![peer(10, "a", 1), peer(11, "b", 2)]);
+        snapshot(&mut d, 2, 1, 4, vec![peer(10, "a", 1), peer(11, "b", 2)]);
         assert_eq!(events(&mut d), vec![DirectoryEvent::Left(id(12))]);
     }
 
@@ -546,7 +635,7 @@ mod tests {
         let mut d = Directory::new(id(1));
         for r in [2, 3] {
             d.heartbeat(t0, &hb(r, 1, 0));
-            d.snapshot_part(id(r), 1, 0, true, Vec::new());
+            snapshot(&mut d, r, 1, 0, Vec::new());
         }
         events(&mut d);
         d.deltas(
@@ -577,14 +666,14 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Directory::new(id(1));
         d.heartbeat(t0, &hb(2, 1, 0));
-        d.snapshot_part(id(2), 1, 0, true, vec![peer(10, "a", 1), peer(11, "b", 1)]);
+        snapshot(&mut d, 2, 1, 0, vec![peer(10, "a", 1), peer(11, "b", 1)]);
         events(&mut d);
         // A new epoch: asked at once.
         d.heartbeat(t0 + HEARTBEAT, &hb(2, 2, 0));
-        assert_eq!(events(&mut d), vec![DirectoryEvent::RequestSnapshot(id(2))]);
+        assert_eq!(asked(&events(&mut d)), vec![id(2)]);
         assert!(!d.synced(&id(2)));
         // Peer 10 came back (a new session: new route), 11 did not.
-        d.snapshot_part(id(2), 2, 1, true, vec![peer(10, "a", 1)]);
+        snapshot(&mut d, 2, 2, 1, vec![peer(10, "a", 1)]);
         assert_eq!(events(&mut d), vec![DirectoryEvent::Left(id(11))]);
         assert_eq!(d.locate(&id(10)).unwrap().route, 10_001);
     }
@@ -594,7 +683,7 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Directory::new(id(1));
         d.deltas(t0, deltas(5, 1, 1, vec![Change::Joined(peer(10, "x", 1))]));
-        d.snapshot_part(id(5), 1, 1, true, vec![peer(11, "y", 1)]);
+        d.snapshot_part(t0, id(5), 1, 1, 1, (0, 1), vec![peer(11, "y", 1)]);
         assert!(d.is_empty(), "relay 5 never sent a heartbeat");
         d.heartbeat(t0, &hb(2, 1, 0));
         for i in 0..(MAX_PENDING as u64 + 40) {
@@ -690,18 +779,20 @@ mod tests {
 
     /// Answers the directory's snapshot requests from the source, in parts of two.
     fn answer(d: &mut Directory, src: &Source) {
-        let mut asked = false;
+        let mut request = None;
         while let Some(e) = d.poll_event() {
-            asked |= matches!(e, DirectoryEvent::RequestSnapshot(_));
+            if let DirectoryEvent::RequestSnapshot { request: r, .. } = e {
+                request = Some(r);
+            }
         }
-        if asked {
+        if let Some(request) = request {
             let all: Vec<_> = src.peers.values().cloned().collect();
             let parts: Vec<_> = all.chunks(2).collect();
-            if parts.is_empty() {
-                d.snapshot_part(id(2), 7, src.seq, true, Vec::new());
-            }
-            for (i, p) in parts.iter().enumerate() {
-                d.snapshot_part(id(2), 7, src.seq, i + 1 == parts.len(), p.to_vec());
+            let n = parts.len().max(1) as u32;
+            // The parts arrive in reverse order.
+            for i in (0..n).rev() {
+                let p = parts.get(i as usize).map_or_else(Vec::new, |p| p.to_vec());
+                d.snapshot_part(Instant::now(), id(2), 7, src.seq, request, (i, n), p);
             }
         }
     }

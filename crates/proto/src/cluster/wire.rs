@@ -14,9 +14,10 @@
 //!           0x01 Signal          origin relay (32) | from (32) | to (32) | payload u16 len (≤ 16 KiB)
 //!           0x02 SignalFailed    from (32) | to (32) | reason u8
 //!           0x03 Vouch           from (32) | to (32) | observed address
-//!           0x04 SnapshotRequest relay key (32): where to send the parts
-//!           0x05 SnapshotPart    relay key (32) | epoch u64 | seq u64 | last u8
-//!                                | count u16 (≤ 1024) | (PeerInfo | route u64)*
+//!           0x04 SnapshotRequest relay key (32): where to send the parts | request u64
+//!           0x05 SnapshotPart    relay key (32) | epoch u64 | seq u64 | request u64
+//!                                | part u32 | parts u32 | count u16 (≤ 1024)
+//!                                | (PeerInfo | route u64)*
 //! ```
 //!
 //! A peer's `route` is a number its home relay drew for its session: other relays put it in
@@ -200,6 +201,8 @@ pub enum RelayMsg {
     SnapshotRequest {
         /// Who asks.
         relay: PeerId,
+        /// Names the request; the parts carry it back.
+        request: u64,
     },
     /// Part of a relay's peers, as of change `seq` of `epoch`.
     SnapshotPart {
@@ -209,8 +212,12 @@ pub enum RelayMsg {
         epoch: u64,
         /// The last change the snapshot includes.
         seq: u64,
-        /// The snapshot's final part.
-        last: bool,
+        /// The request this answers.
+        request: u64,
+        /// This part's number, from 0.
+        part: u32,
+        /// How many parts the snapshot has.
+        parts: u32,
         /// Peers (at most [`SNAPSHOT_PART`]).
         peers: Vec<RemotePeer>,
     },
@@ -260,22 +267,27 @@ impl RelayMsg {
                 b.put_peer_id(to);
                 b.put_socket_addr(observed);
             }
-            Self::SnapshotRequest { relay } => {
+            Self::SnapshotRequest { relay, request } => {
                 b.push(ty::SNAPSHOT_REQUEST);
                 b.put_peer_id(relay);
+                b.extend_from_slice(&request.to_be_bytes());
             }
             Self::SnapshotPart {
                 relay,
                 epoch,
                 seq,
-                last,
+                request,
+                part,
+                parts,
                 peers,
             } => {
                 b.push(ty::SNAPSHOT_PART);
                 b.put_peer_id(relay);
                 b.extend_from_slice(&epoch.to_be_bytes());
                 b.extend_from_slice(&seq.to_be_bytes());
-                b.put_bool(*last);
+                b.extend_from_slice(&request.to_be_bytes());
+                b.extend_from_slice(&part.to_be_bytes());
+                b.extend_from_slice(&parts.to_be_bytes());
                 let n = peers.len().min(SNAPSHOT_PART);
                 b.extend_from_slice(&(n as u16).to_be_bytes());
                 for p in &peers[..n] {
@@ -309,12 +321,15 @@ impl RelayMsg {
             },
             ty::SNAPSHOT_REQUEST => Self::SnapshotRequest {
                 relay: r.peer_id("relay")?,
+                request: r.u64("request")?,
             },
             ty::SNAPSHOT_PART => {
                 let relay = r.peer_id("relay")?;
                 let epoch = r.u64("epoch")?;
                 let seq = r.u64("seq")?;
-                let last = r.bool("last")?;
+                let request = r.u64("request")?;
+                let part = r.u32("part")?;
+                let parts = r.u32("parts")?;
                 let n = r.count("peers", SNAPSHOT_PART)?;
                 let mut peers = Vec::with_capacity(n.min(r.remaining() / 50));
                 for _ in 0..n {
@@ -324,7 +339,9 @@ impl RelayMsg {
                     relay,
                     epoch,
                     seq,
-                    last,
+                    request,
+                    part,
+                    parts,
                     peers,
                 }
             }
@@ -390,20 +407,24 @@ mod tests {
                     observed: SocketAddr::V4(a),
                 }
             }),
-            id().prop_map(|relay| RelayMsg::SnapshotRequest { relay }),
+            (id(), any::<u64>())
+                .prop_map(|(relay, request)| RelayMsg::SnapshotRequest { relay, request }),
             (
                 id(),
-                any::<u64>(),
-                any::<u64>(),
-                any::<bool>(),
+                any::<(u64, u64, u64)>(),
+                any::<(u32, u32)>(),
                 proptest::collection::vec(remote(), 0..8)
             )
-                .prop_map(|(relay, epoch, seq, last, peers)| RelayMsg::SnapshotPart {
-                    relay,
-                    epoch,
-                    seq,
-                    last,
-                    peers
+                .prop_map(|(relay, (epoch, seq, request), (part, parts), peers)| {
+                    RelayMsg::SnapshotPart {
+                        relay,
+                        epoch,
+                        seq,
+                        request,
+                        part,
+                        parts,
+                        peers,
+                    }
                 }),
         ]
     }
