@@ -236,14 +236,18 @@ fn measure(
     }
 }
 
-/// The baseline: a minimal UDP forwarder (one task, a map of sender to receiver).
-fn baseline(client_rt: &tokio::runtime::Runtime, pairs: usize, secs: f64) -> Result<Measured> {
-    let fwd_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let fwd_std = bind()?;
-    let fwd_addr = fwd_std.local_addr()?;
-    fwd_std.set_nonblocking(true)?;
+/// Senders and receivers for a forwarder at `fwd_addr`: where each sender's packets go, the
+/// receivers, and the senders (socket, destination, packet).
+#[allow(clippy::type_complexity)]
+fn forwarded_pairs(
+    client_rt: &tokio::runtime::Runtime,
+    pairs: usize,
+    fwd_addr: SocketAddr,
+) -> Result<(
+    HashMap<SocketAddr, SocketAddr>,
+    Vec<Receiver>,
+    Vec<(UdpSocket, SocketAddr, Vec<u8>)>,
+)> {
     let mut map = HashMap::new();
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
@@ -258,6 +262,18 @@ fn baseline(client_rt: &tokio::runtime::Runtime, pairs: usize, secs: f64) -> Res
         ));
         receivers.push(r);
     }
+    Ok((map, receivers, senders))
+}
+
+/// The baseline: a minimal UDP forwarder (one task, a map of sender to receiver).
+fn baseline(client_rt: &tokio::runtime::Runtime, pairs: usize, secs: f64) -> Result<Measured> {
+    let fwd_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let fwd_std = bind()?;
+    let fwd_addr = fwd_std.local_addr()?;
+    fwd_std.set_nonblocking(true)?;
+    let (map, receivers, senders) = forwarded_pairs(client_rt, pairs, fwd_addr)?;
     let fwd = std::thread::spawn(move || {
         fwd_rt.block_on(async move {
             let Ok(sock) = tokio::net::UdpSocket::from_std(fwd_std) else {
@@ -297,20 +313,7 @@ fn batched_baseline(
     for _ in 1..threads {
         socks.push(reuseport_socket(fwd_addr)?);
     }
-    let mut map = HashMap::new();
-    let mut receivers = Vec::new();
-    let mut senders = Vec::new();
-    for _ in 0..pairs {
-        let r = client_rt.block_on(async { counting_endpoint(bind()?) })?;
-        let s = bind()?;
-        map.insert(s.local_addr()?, r.addr);
-        senders.push((
-            s,
-            fwd_addr,
-            vec![0x10u8; packet::RELAY_SEND_HEADER + PAYLOAD],
-        ));
-        receivers.push(r);
-    }
+    let (map, receivers, senders) = forwarded_pairs(client_rt, pairs, fwd_addr)?;
     let map = Arc::new(map);
     let deadline = Instant::now() + Duration::from_secs_f64(secs + 2.0);
     let mut workers = Vec::new();

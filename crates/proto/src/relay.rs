@@ -696,20 +696,6 @@ pub(crate) mod tests {
                     })
                     .collect()
             )),
-            proptest::collection::vec(
-                (peer_id(), "[a-z0-9.:-]{0,40}", "[a-z-]{0,32}", any::<u32>()),
-                0..5
-            )
-            .prop_map(|l| ServerFrame::Relays(
-                l.into_iter()
-                    .map(|(key, addr, region, peers)| RelayEntry {
-                        key,
-                        addr,
-                        region,
-                        peers
-                    })
-                    .collect()
-            )),
             (refuse, "\\PC{0,40}").prop_map(|(reason, detail)| ServerFrame::Refused {
                 reason,
                 detail: truncate_utf8(&detail, MAX_REASON).to_owned()
