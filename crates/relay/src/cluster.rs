@@ -308,12 +308,7 @@ impl Node {
         for change in gone {
             tracing::info!(?change, "cluster membership");
             if let MemberChange::Left(relay) = change {
-                let asks = {
-                    let mut s = self.sessions.write();
-                    s.remote.relay_gone(&relay);
-                    s.remote_events(&self.metrics)
-                };
-                self.ask_snapshots(client, asks).await;
+                self.directory(client, |d| d.relay_gone(&relay)).await;
             }
         }
     }
@@ -351,6 +346,18 @@ impl Node {
         }
     }
 
+    /// Applies `f` to the directory of the other relays' peers (under the session table's
+    /// lock: what changes reaches our presence subscribers in order), then asks for the
+    /// snapshots it wants.
+    async fn directory(&self, client: &async_nats::Client, f: impl FnOnce(&mut Directory)) {
+        let asks = {
+            let mut s = self.sessions.write();
+            f(&mut s.remote);
+            s.remote_events(&self.metrics)
+        };
+        self.ask_snapshots(client, asks).await;
+    }
+
     async fn ask_snapshots(&self, client: &async_nats::Client, asks: Vec<(PeerId, u64)>) {
         for (relay, request) in asks {
             let msg = RelayMsg::SnapshotRequest {
@@ -379,16 +386,14 @@ impl Node {
             tracing::info!(?change, "cluster membership");
             self.update_relays();
         }
-        let asks = {
-            let mut s = self.sessions.write();
+        self.directory(client, |d| {
             if hb.leaving {
-                s.remote.relay_gone(&hb.relay);
+                d.relay_gone(&hb.relay);
             } else {
-                s.remote.heartbeat(now, &hb);
+                d.heartbeat(now, &hb);
             }
-            s.remote_events(&self.metrics)
-        };
-        self.ask_snapshots(client, asks).await;
+        })
+        .await;
     }
 
     async fn on_deltas(&self, client: &async_nats::Client, payload: &[u8]) {
@@ -403,12 +408,8 @@ impl Node {
                 return;
             }
         };
-        let asks = {
-            let mut s = self.sessions.write();
-            s.remote.deltas(Instant::now(), d);
-            s.remote_events(&self.metrics)
-        };
-        self.ask_snapshots(client, asks).await;
+        self.directory(client, |dir| dir.deltas(Instant::now(), d))
+            .await;
     }
 
     /// Publishes `first` and the changes queued after it that follow on, in one message;
@@ -496,13 +497,11 @@ impl Node {
                 parts,
                 peers,
             } => {
-                let asks = {
-                    let mut s = self.sessions.write();
-                    let now = Instant::now();
-                    (s.remote).snapshot_part(now, relay, epoch, seq, request, (part, parts), peers);
-                    s.remote_events(&self.metrics)
-                };
-                self.ask_snapshots(client, asks).await;
+                let now = Instant::now();
+                self.directory(client, |d| {
+                    d.snapshot_part(now, relay, epoch, seq, request, (part, parts), peers);
+                })
+                .await;
             }
         }
     }
