@@ -48,6 +48,17 @@ pub(crate) struct Link {
     pub(crate) relays: Vec<p2pcall_proto::relay::RelayEntry>,
 }
 
+/// Where a peer is reached from this relay.
+#[derive(Debug)]
+pub(crate) enum Route<'a> {
+    /// Registered here.
+    Local(&'a Arc<Session>),
+    /// Registered with another relay of the cluster (more recently than here, if here too).
+    Remote(p2pcall_proto::cluster::Located),
+    /// Online nowhere this relay knows of.
+    Nowhere,
+}
+
 /// All registered sessions, and the peers of the other relays of the cluster.
 #[derive(Debug)]
 pub struct Sessions {
@@ -90,6 +101,25 @@ impl Sessions {
     pub fn by_tag(&self, tag: &[u8; 16]) -> Option<&Arc<Session>> {
         self.by_tag.get(tag)
     }
+    /// Where `peer` is reached: its newest registration, here or at another relay of the
+    /// cluster (a peer that moved may still hold a session here until it times out).
+    pub(crate) fn route(&self, peer: &PeerId) -> Route<'_> {
+        let local = self.by_id.get(peer);
+        let remote = self.remote.info(peer).map(|i| i.online_since_ms);
+        match (local, remote) {
+            (Some(l), Some(r)) if r > l.since_ms => self
+                .remote
+                .locate(peer)
+                .map_or(Route::Local(l), Route::Remote),
+            (Some(l), _) => Route::Local(l),
+            (None, Some(_)) => self
+                .remote
+                .locate(peer)
+                .map_or(Route::Nowhere, Route::Remote),
+            (None, None) => Route::Nowhere,
+        }
+    }
+
     /// Session of a route number (named by packets from other relays).
     pub(crate) fn by_route(&self, route: u64) -> Option<&Arc<Session>> {
         self.by_route.get(&route)
@@ -500,6 +530,61 @@ mod tests {
         assert!(matches!(a_rx.try_recv(), Ok(ServerFrame::Left(id)) if id == peer(2)));
         assert!(t.by_id(&peer(2)).is_none() && t.by_tag(&b.tag).is_none());
         assert_eq!(m.peers_online.load(Relaxed), 1);
+    }
+
+    /// A directory in which relay 9 holds `peer` registered at `since_ms`, route 5.
+    fn elsewhere(peer_id: PeerId, since_ms: u64) -> Directory {
+        use p2pcall_proto::cluster::{Heartbeat, Hop};
+        let now = Instant::now();
+        let mut d = Directory::new(peer(7));
+        d.heartbeat(
+            now,
+            &Heartbeat {
+                relay: peer(9),
+                region: String::new(),
+                public_addr: String::new(),
+                peers: 1,
+                leaving: false,
+                epoch: 1,
+                seq: 0,
+                hop: Some(Hop {
+                    addr: SocketAddr::from(([192, 0, 2, 9], 7700)),
+                    token: [9; 8],
+                }),
+            },
+        );
+        let info = PeerInfo {
+            id: peer_id,
+            name: "moved".into(),
+            online_since_ms: since_ms,
+        };
+        let remote = vec![RemotePeer { info, route: 5 }];
+        d.snapshot_part(now, peer(9), 1, 0, 1, (0, 1), remote);
+        d
+    }
+
+    #[test]
+    fn a_peer_is_routed_to_its_newest_registration_here_or_at_another_relay() {
+        let (root, m, mut t) = (
+            CancellationToken::new(),
+            Metrics::default(),
+            Sessions::default(),
+        );
+        let (s, _rx) = session(&root, 1, false);
+        t.register(&s, 10, &m).unwrap();
+        assert!(matches!(t.route(&peer(1)), Route::Local(_)));
+        assert!(matches!(t.route(&peer(2)), Route::Nowhere));
+        // It registered at relay 9 since (it moved; its session here has not timed out yet).
+        t.remote = elsewhere(peer(1), s.since_ms + 1000);
+        assert!(
+            matches!(t.route(&peer(1)), Route::Remote(at) if at.route == 5 && at.relay == peer(9))
+        );
+        // An older registration elsewhere: the one here is where it is.
+        t.remote = elsewhere(peer(1), s.since_ms.saturating_sub(1000));
+        assert!(matches!(t.route(&peer(1)), Route::Local(_)));
+        // Only elsewhere.
+        t.remote = elsewhere(peer(3), 1);
+        assert!(matches!(t.route(&peer(3)), Route::Remote(_)));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::config::RelayConfig;
 use crate::metrics::DropReason;
-use crate::registry::{Refusal, Session};
+use crate::registry::{Refusal, Route, Session};
 use crate::state::Shared;
 
 /// The relay settings one session's machine needs.
@@ -242,27 +242,25 @@ async fn serve<R: AsyncRead + Unpin>(
 fn signal(shared: &Shared, session: &Session, to: PeerId, payload: bytes::Bytes) {
     let failure = {
         let sessions = shared.sessions.read();
-        match sessions.by_id(&to) {
-            Some(dst) => (!dst.try_queue(ServerFrame::Signal {
+        match (sessions.route(&to), &sessions.link) {
+            (Route::Local(dst), _) => (!dst.try_queue(ServerFrame::Signal {
                 from: session.id,
                 payload,
             }))
             .then_some(SignalFailure::QueueFull),
-            None => match (sessions.remote.locate(&to), &sessions.link) {
-                (Some(at), Some(link)) => {
-                    let msg = RelayMsg::Signal {
-                        origin: shared.id,
-                        from: session.id,
-                        to,
-                        payload,
-                    };
-                    link.inbox
-                        .try_send((at.relay, msg))
-                        .is_err()
-                        .then_some(SignalFailure::QueueFull)
-                }
-                _ => Some(SignalFailure::Offline),
-            },
+            (Route::Remote(at), Some(link)) => {
+                let msg = RelayMsg::Signal {
+                    origin: shared.id,
+                    from: session.id,
+                    to,
+                    payload,
+                };
+                link.inbox
+                    .try_send((at.relay, msg))
+                    .is_err()
+                    .then_some(SignalFailure::QueueFull)
+            }
+            _ => Some(SignalFailure::Offline),
         }
     };
     match failure {
@@ -289,18 +287,22 @@ fn vouch(shared: &Shared, session: &Session, to: PeerId) {
         return;
     };
     let sessions = shared.sessions.read();
-    if let Some(dst) = sessions.by_id(&to) {
-        dst.try_queue(ServerFrame::Vouched {
-            from: session.id,
-            observed,
-        });
-    } else if let (Some(at), Some(link)) = (sessions.remote.locate(&to), &sessions.link) {
-        let msg = RelayMsg::Vouch {
-            from: session.id,
-            to,
-            observed,
-        };
-        let _ = link.inbox.try_send((at.relay, msg));
+    match (sessions.route(&to), &sessions.link) {
+        (Route::Local(dst), _) => {
+            dst.try_queue(ServerFrame::Vouched {
+                from: session.id,
+                observed,
+            });
+        }
+        (Route::Remote(at), Some(link)) => {
+            let msg = RelayMsg::Vouch {
+                from: session.id,
+                to,
+                observed,
+            };
+            let _ = link.inbox.try_send((at.relay, msg));
+        }
+        _ => {}
     }
 }
 

@@ -23,7 +23,7 @@ use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 
 use crate::metrics::{DropReason, Metrics};
-use crate::registry::{Session, Sessions};
+use crate::registry::{Route, Session, Sessions};
 
 use p2pcall_transport::udp::canonical;
 
@@ -180,24 +180,22 @@ impl RelaySocket {
             return;
         }
         let from = sender.id;
-        let Some(dst) = sessions.by_id(&to) else {
+        match sessions.route(&to) {
+            Route::Local(dst) => {
+                let start = RelaySend::rewrite_in_place(seg, &from);
+                self.deliver(dst, &mut seg[start..], batch);
+            }
             // Registered with another relay of the cluster: the packet crosses to it.
-            match sessions
-                .remote
-                .locate(&to)
-                .and_then(|at| Some((at, at.hop?)))
-            {
-                Some((at, hop)) => {
+            Route::Remote(at) => match at.hop {
+                Some(hop) => {
                     RelaySend::rewrite_to_hop(seg, &hop.token, at.route, &from);
                     self.enqueue(batch, hop.addr, seg, packet::RELAY_HOP_HEADER);
                     self.metrics.hops_out.fetch_add(1, Ordering::Relaxed);
                 }
                 None => self.metrics.dropped(DropReason::UnknownDestination),
-            }
-            return;
-        };
-        let start = RelaySend::rewrite_in_place(seg, &from);
-        self.deliver(dst, &mut seg[start..], batch);
+            },
+            Route::Nowhere => self.metrics.dropped(DropReason::UnknownDestination),
+        }
     }
 
     /// Delivers a `RelayRecv` packet (held in `pkt`) to a session of ours.

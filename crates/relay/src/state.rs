@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
 use crate::metrics::{DropReason, Metrics};
-use crate::registry::Sessions;
+use crate::registry::{Route, Sessions};
 use crate::socket::RelaySocket;
 
 /// What every task of a relay shares.
@@ -34,31 +34,29 @@ impl Shared {
     pub(crate) fn forward_from_tcp(&self, from: PeerId, to: PeerId, packet: &[u8]) {
         let ok = {
             let sessions = self.sessions.read();
-            match sessions.by_id(&to) {
-                Some(dst) => match dst.udp_addr() {
+            match sessions.route(&to) {
+                Route::Local(dst) => match dst.udp_addr() {
                     Some(addr) => self.socket.send_relayed(addr, &from, packet),
                     None => dst.try_queue(ServerFrame::Data {
                         from,
                         packet: bytes::Bytes::copy_from_slice(packet),
                     }),
                 },
-                None => match sessions
-                    .remote
-                    .locate(&to)
-                    .and_then(|at| Some((at, at.hop?)))
-                {
-                    Some((at, hop)) => {
-                        let sent = self.socket.send_hop(&hop, at.route, &from, packet);
-                        if sent {
-                            self.metrics.hops_out.fetch_add(1, Ordering::Relaxed);
-                        }
-                        sent
+                Route::Remote(p2pcall_proto::cluster::Located {
+                    route,
+                    hop: Some(hop),
+                    ..
+                }) => {
+                    let sent = self.socket.send_hop(&hop, route, &from, packet);
+                    if sent {
+                        self.metrics.hops_out.fetch_add(1, Ordering::Relaxed);
                     }
-                    None => {
-                        self.metrics.dropped(DropReason::UnknownDestination);
-                        return;
-                    }
-                },
+                    sent
+                }
+                Route::Remote(_) | Route::Nowhere => {
+                    self.metrics.dropped(DropReason::UnknownDestination);
+                    return;
+                }
             }
         };
         if ok {
