@@ -1,6 +1,6 @@
 //! The real binaries as a network of three relays on a 3-node NATS cluster (all started here
-//! on free loopback ports): peers registered with relays a and c chat, send a folder and hold
-//! a short call across relays; relay b's process is killed and its peer is registered with
+//! on free loopback ports): peers registered with relay c chat with, send a folder to and hold
+//! a short call with a peer of relay a; relay b's process is killed and its peer is registered with
 //! another relay within 5 s; relay b restarts and its peers come back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
@@ -120,7 +120,10 @@ fn three_relays_carry_chat_a_folder_and_a_call_and_survive_losing_a_relay() {
         let data: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
         std::fs::write(folder.join(name), data).unwrap();
     }
-    let mut c = peer("carol", &addr_c);
+    // Each of these peers is new to the cluster: one that knows it already may start at
+    // another relay that answers clearly sooner (decision 0086), and the point here is the
+    // crossing from relay c to relay a.
+    let mut c = peer("cora", &addr_c);
     c.args(["send", &alice_id]).arg(&folder);
     let (out, err, code) = run(c);
     assert_eq!(code, Some(0), "{err} {out:?}");
@@ -133,7 +136,7 @@ fn three_relays_carry_chat_a_folder_and_a_call_and_survive_losing_a_relay() {
         );
     }
 
-    let mut c = peer("carol", &addr_c);
+    let mut c = peer("cleo", &addr_c);
     c.args([
         "call",
         &alice_id,

@@ -91,9 +91,10 @@ async fn probe(addr: SocketAddr) -> Option<Duration> {
 }
 
 /// How much sooner another relay must answer than the configured one to be preferred to it:
-/// the configured relay is the user's choice, kept unless another is clearly closer.
+/// the configured relay is the user's choice, kept unless another is clearly closer (a
+/// relay in another region, not one a busy moment made look faster).
 fn clearly_sooner(first: Duration) -> Duration {
-    first + first / 2 + Duration::from_millis(5)
+    first + first / 2 + Duration::from_millis(20)
 }
 
 /// The relay to register with: of `primary` and the candidates, the first to answer a probe,
