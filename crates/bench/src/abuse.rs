@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use p2pcall_proto::relay::{ClientFrame, ServerFrame};
 
-use crate::capacity::{cpu_ticks, login_retrying, relay_client_endpoint, start_relay_with};
+use crate::capacity::{login_retrying, relay_client_endpoint, start_relay_with};
 use crate::forward::Session;
+use crate::procfs::cpu_ticks;
 
 /// Renames per second of the hostile session (within the relay's control rate of 50/s).
 const RENAMES_PER_S: u32 = 49;

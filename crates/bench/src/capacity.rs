@@ -16,6 +16,7 @@ use p2pcall_proto::relay::{ClientFrame, ServerFrame};
 use p2pcall_transport::Identity;
 
 use crate::forward::{Session, login};
+use crate::procfs::{cpu_ticks, proc_field};
 
 /// Logins in flight at once.
 const CONCURRENCY: usize = 128;
@@ -25,24 +26,6 @@ const CHANGES_PER_SESSION: usize = 50;
 const CHANGERS: usize = 10;
 /// The last name each changer takes.
 const FINAL: &str = "final-name";
-
-pub(crate) fn proc_field(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// utime + stime of a process, in clock ticks (1/100 s on Linux).
-pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
 
 pub(crate) struct Kill(pub(crate) std::process::Child);
 impl Drop for Kill {

@@ -15,8 +15,9 @@ use p2pcall_daemon::Client;
 use p2pcall_proto::relay::{ClientFrame, ServerFrame};
 use p2pcall_transport::Identity;
 
-use crate::capacity::{Kill, cpu_ticks, proc_field, start_relay};
+use crate::capacity::{Kill, start_relay};
 use crate::forward::{Session, login};
+use crate::procfs::{cpu_ticks, proc_field};
 
 /// Whole `peers` commands timed through the daemon, and on an engine of their own.
 const COMMANDS: usize = 20;

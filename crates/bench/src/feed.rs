@@ -11,8 +11,9 @@ use anyhow::{Context, Result, bail};
 use p2pcall_api::{Answer, CallNote, Event, Media, Request};
 use p2pcall_daemon::Client;
 
-use crate::capacity::{cpu_ticks, start_relay};
+use crate::capacity::start_relay;
 use crate::daemon::start_daemon;
+use crate::procfs::cpu_ticks;
 
 /// Each call's length.
 const CALL: Duration = Duration::from_secs(8);

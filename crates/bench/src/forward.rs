@@ -424,25 +424,13 @@ pub(crate) fn relay_cpu_s() -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };
-    let mut total = 0u64;
-    for t in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ... : fields after the comm's closing parenthesis.
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        if !head.ends_with(RELAY_THREAD) && !head.contains(&format!("({RELAY_THREAD}")) {
-            continue;
-        }
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime: fields 14 and 15 of the line, 12 and 13 after the comm.
-        let (Some(u), Some(s)) = (f.get(11), f.get(12)) else {
-            continue;
-        };
-        total += u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
-    }
+    let total: u64 = (tasks.flatten())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (comm, ticks) = crate::procfs::stat_cpu(&stat)?;
+            (comm == RELAY_THREAD).then_some(ticks)
+        })
+        .sum();
     total as f64 / ticks
 }
 

@@ -30,6 +30,7 @@ mod daemon;
 mod feed;
 mod files;
 mod forward;
+mod procfs;
 mod screen;
 mod throughput;
 

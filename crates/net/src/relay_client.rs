@@ -223,39 +223,10 @@ async fn unreachable(inner: &Inner, cfg: &RelayConfig, detail: String) {
 /// What [`quic_connect`] says when the relay's host answered "port unreachable".
 const UDP_REFUSED: &str = "nothing listens on that UDP port (ICMP port unreachable)";
 
-/// Whether the relay's host answers "port unreachable" to a UDP packet: a connected UDP
-/// socket reports the ICMP error of the next datagram as `ConnectionRefused` (the endpoint's
-/// shared socket cannot tell which destination an ICMP error was for). Any other outcome,
-/// an answer or silence, is `false`.
-async fn udp_port_unreachable(addr: std::net::SocketAddr) -> bool {
-    let any: std::net::SocketAddr = if addr.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let Ok(sock) = tokio::net::UdpSocket::bind(any).await else {
-        return false;
-    };
-    if sock.connect(addr).await.is_err() {
-        return false;
-    }
-    let mut req = Vec::new();
-    p2pcall_proto::packet::Control::ReflectReq {
-        txid: rand::random(),
-    }
-    .encode(&mut req);
-    let mut buf = [0u8; 256];
-    for _ in 0..3 {
-        if let Err(e) = sock.send(&req).await {
-            return e.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        match tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await {
-            Ok(Err(e)) => return e.kind() == std::io::ErrorKind::ConnectionRefused,
-            Ok(Ok(_)) => return false,
-            Err(_) => {}
-        }
-    }
-    false
+/// Whether the relay's host answers "port unreachable" to a UDP packet (three requests
+/// 500 ms apart). An answer or silence is `false`.
+async fn udp_port_unreachable(addr: SocketAddr) -> bool {
+    relays::reflect(addr, 3, Duration::from_millis(500)).await == relays::Reflected::Refused
 }
 
 async fn quic_connect(inner: &Inner, cfg: &RelayConfig) -> Result<quinn::Connection, String> {

@@ -57,37 +57,73 @@ async fn resolve(addr: &str) -> Option<SocketAddr> {
     found.await.ok()?.ok()?.next()
 }
 
-/// Sends reflection requests to `addr` (a second after 300 ms, in case the first is lost)
-/// and returns once one is answered.
-async fn probe(addr: SocketAddr) -> Option<Duration> {
+/// What a relay's address said to reflection requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reflected {
+    /// It answered, this long after the first request.
+    Answered(Duration),
+    /// Its host said nothing listens there (ICMP port unreachable).
+    Refused,
+    /// No answer (or a local error).
+    Silent,
+}
+
+/// Sends reflection requests to `addr` from a socket of its own, `tries` times `wait` apart,
+/// until one is answered or the host says nothing listens there: a connected UDP socket
+/// reports the ICMP error of the next datagram as `ConnectionRefused` (the endpoint's shared
+/// socket cannot tell which destination an ICMP error was for).
+pub(crate) async fn reflect(addr: SocketAddr, tries: usize, wait: Duration) -> Reflected {
     let any: SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let sock = tokio::net::UdpSocket::bind(any).await.ok()?;
-    sock.connect(addr).await.ok()?;
+    let Ok(sock) = tokio::net::UdpSocket::bind(any).await else {
+        return Reflected::Silent;
+    };
+    if sock.connect(addr).await.is_err() {
+        return Reflected::Silent;
+    }
+    let failed = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            Reflected::Refused
+        } else {
+            Reflected::Silent
+        }
+    };
     let txid: [u8; 12] = rand::random();
     let mut req = Vec::new();
     Control::ReflectReq { txid }.encode(&mut req);
     let start = Instant::now();
     let mut buf = [0u8; 128];
-    for _ in 0..4 {
-        sock.send(&req).await.ok()?;
-        let wait = tokio::time::timeout(Duration::from_millis(300), async {
+    for _ in 0..tries {
+        if let Err(e) = sock.send(&req).await {
+            return failed(e);
+        }
+        let answer = tokio::time::timeout(wait, async {
             loop {
-                let n = sock.recv(&mut buf).await.ok()?;
+                let n = sock.recv(&mut buf).await.map_err(failed)?;
                 if matches!(Control::decode(&buf[..n]), Ok(Control::ReflectResp { txid: t, .. }) if t == txid)
                 {
-                    return Some(start.elapsed());
+                    return Ok(start.elapsed());
                 }
             }
         });
-        if let Ok(answer) = wait.await {
-            return answer;
+        match answer.await {
+            Ok(Ok(rtt)) => return Reflected::Answered(rtt),
+            Ok(Err(r)) => return r,
+            Err(_) => {}
         }
     }
-    None
+    Reflected::Silent
+}
+
+/// A relay's RTT: reflection requests every 300 ms, four at most, until one is answered.
+async fn probe(addr: SocketAddr) -> Option<Duration> {
+    match reflect(addr, 4, Duration::from_millis(300)).await {
+        Reflected::Answered(rtt) => Some(rtt),
+        Reflected::Refused | Reflected::Silent => None,
+    }
 }
 
 /// How much sooner another relay must answer than the configured one to be preferred to it:

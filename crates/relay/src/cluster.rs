@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use p2pcall_proto::PeerId;
 use p2pcall_proto::cluster::wire::{
     MAX_CHANGES, PRESENCE_WILDCARD, SNAPSHOT_PART, inbox_subject, presence_subject,
 };
@@ -21,6 +20,7 @@ use p2pcall_proto::cluster::{
     Membership, RelayMsg,
 };
 use p2pcall_proto::relay::{RelayEntry, ServerFrame, SignalFailure};
+use p2pcall_proto::{DecodeError, PeerId};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -248,7 +248,23 @@ async fn connect(node: &Node, cancel: &CancellationToken) -> Option<async_nats::
         })
         .max_reconnects(None)
         // What this relay publishes is not delivered back to it (its own changes, heartbeats).
-        .no_echo();
+        .no_echo()
+        // The connection's state as it changes (`connect` returns before the first connection
+        // is up: it retries in the background).
+        .event_callback({
+            let metrics = node.metrics.clone();
+            move |event| {
+                let metrics = metrics.clone();
+                async move {
+                    let up = match event {
+                        async_nats::Event::Connected => 1,
+                        async_nats::Event::Disconnected => 0,
+                        _ => return,
+                    };
+                    metrics.cluster_connected.store(up, Ordering::Relaxed);
+                }
+            }
+        });
     tokio::select! {
         _ = cancel.cancelled() => None,
         c = options.connect(servers) => c
@@ -287,10 +303,6 @@ impl Node {
 
     /// Every second: our heartbeat, and the members gone silent leave (their peers too).
     async fn tick(&self, client: &async_nats::Client, hop: Option<Hop>) {
-        let connected = client.connection_state() == async_nats::connection::State::Connected;
-        self.metrics
-            .cluster_connected
-            .store(u64::from(connected), Ordering::Relaxed);
         let hb = self.heartbeat(hop, false);
         self.publish(client, ALIVE_SUBJECT.to_string(), hb.encode())
             .await;
@@ -369,16 +381,19 @@ impl Node {
         }
     }
 
-    async fn on_heartbeat(&self, client: &async_nats::Client, payload: &[u8]) {
+    /// Counts a message received from NATS and hands out what it decoded to, if anything.
+    fn received<T>(&self, what: &str, decoded: Result<T, DecodeError>) -> Option<T> {
         self.metrics
             .cluster_received
             .fetch_add(1, Ordering::Relaxed);
-        let hb = match Heartbeat::decode(payload) {
-            Ok(hb) => hb,
-            Err(e) => {
-                tracing::debug!("a heartbeat that does not decode: {e}");
-                return;
-            }
+        decoded
+            .inspect_err(|e| tracing::debug!("{what} that does not decode: {e}"))
+            .ok()
+    }
+
+    async fn on_heartbeat(&self, client: &async_nats::Client, payload: &[u8]) {
+        let Some(hb) = self.received("a heartbeat", Heartbeat::decode(payload)) else {
+            return;
         };
         let now = Instant::now();
         let change = self.cluster.membership.lock().heard(now, hb.clone());
@@ -397,17 +412,12 @@ impl Node {
     }
 
     async fn on_deltas(&self, client: &async_nats::Client, payload: &[u8]) {
-        self.metrics
-            .cluster_received
-            .fetch_add(1, Ordering::Relaxed);
-        let d = match Deltas::decode(payload) {
-            Ok(d) if d.relay != self.me => d,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::debug!("presence changes that do not decode: {e}");
-                return;
-            }
+        let Some(d) = self.received("presence changes", Deltas::decode(payload)) else {
+            return;
         };
+        if d.relay == self.me {
+            return;
+        }
         self.directory(client, |dir| dir.deltas(Instant::now(), d))
             .await;
     }
@@ -444,15 +454,8 @@ impl Node {
     }
 
     async fn on_inbox(&self, client: &async_nats::Client, payload: &[u8]) {
-        self.metrics
-            .cluster_received
-            .fetch_add(1, Ordering::Relaxed);
-        let msg = match RelayMsg::decode(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!("an inbox message that does not decode: {e}");
-                return;
-            }
+        let Some(msg) = self.received("an inbox message", RelayMsg::decode(payload)) else {
+            return;
         };
         match msg {
             RelayMsg::Signal {

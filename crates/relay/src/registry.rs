@@ -104,18 +104,10 @@ impl Sessions {
     /// Where `peer` is reached: its newest registration, here or at another relay of the
     /// cluster (a peer that moved may still hold a session here until it times out).
     pub(crate) fn route(&self, peer: &PeerId) -> Route<'_> {
-        let local = self.by_id.get(peer);
-        let remote = self.remote.info(peer).map(|i| i.online_since_ms);
-        match (local, remote) {
-            (Some(l), Some(r)) if r > l.since_ms => self
-                .remote
-                .locate(peer)
-                .map_or(Route::Local(l), Route::Remote),
+        match (self.by_id.get(peer), self.remote.locate(peer)) {
+            (Some(l), Some(at)) if at.online_since_ms > l.since_ms => Route::Remote(at),
             (Some(l), _) => Route::Local(l),
-            (None, Some(_)) => self
-                .remote
-                .locate(peer)
-                .map_or(Route::Nowhere, Route::Remote),
+            (None, Some(at)) => Route::Remote(at),
             (None, None) => Route::Nowhere,
         }
     }
@@ -194,18 +186,24 @@ impl Sessions {
                 DirectoryEvent::Left(id) if !self.by_id.contains_key(&id) => ServerFrame::Left(id),
                 _ => continue,
             };
-            self.broadcast(metrics, &frame, &PeerId::from_bytes([0; 32]));
+            self.broadcast(metrics, &frame, None);
         }
         metrics
             .cluster_peers
             .store(self.remote.len() as u64, Ordering::Relaxed);
         ask
     }
-    /// Queues `frame` to every presence subscriber but `except`. Called with the write lock
-    /// held, right after the change it reports.
-    pub(crate) fn broadcast(&self, metrics: &Metrics, frame: &ServerFrame, except: &PeerId) {
+
+    /// Queues `frame` to every presence subscriber but `except` (the peer it is about, if it
+    /// is ours). Called with the write lock held, right after the change it reports.
+    pub(crate) fn broadcast(
+        &self,
+        metrics: &Metrics,
+        frame: &ServerFrame,
+        except: Option<&PeerId>,
+    ) {
         for s in self.subscribers.values() {
-            if s.id == *except {
+            if Some(&s.id) == except {
                 continue;
             }
             if s.try_queue(frame.clone()) {
@@ -426,7 +424,7 @@ impl Sessions {
         } else {
             ServerFrame::Joined(info)
         };
-        self.broadcast(metrics, &frame, &session.id);
+        self.broadcast(metrics, &frame, Some(&session.id));
         Ok(())
     }
 
@@ -460,7 +458,7 @@ impl Sessions {
                 Some(elsewhere) => ServerFrame::Updated(elsewhere.clone()),
                 None => ServerFrame::Left(session.id),
             };
-            self.broadcast(metrics, &frame, &session.id);
+            self.broadcast(metrics, &frame, Some(&session.id));
         }
     }
 }

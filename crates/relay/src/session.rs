@@ -204,7 +204,7 @@ async fn serve<R: AsyncRead + Unpin>(
                         sessions.broadcast(
                             &shared.metrics,
                             &ServerFrame::Updated(info),
-                            &session.id,
+                            Some(&session.id),
                         );
                     }
                 }

@@ -52,6 +52,8 @@ pub struct Located {
     pub route: u64,
     /// Where that relay takes packets (none announced: packets cannot cross to it).
     pub hop: Option<Hop>,
+    /// When it registered there, Unix milliseconds (that relay's clock).
+    pub online_since_ms: u64,
 }
 
 /// Most parts a snapshot may come in (a relay's peers at most, 1,024 a part).
@@ -173,10 +175,12 @@ impl Directory {
     pub fn locate(&self, peer: &PeerId) -> Option<Located> {
         let relay = self.best_home(peer)?;
         let view = self.relays.get(&relay)?;
+        let p = view.peers.get(peer)?;
         Some(Located {
             relay,
-            route: view.peers.get(peer)?.route,
+            route: p.route,
             hop: view.hop,
+            online_since_ms: p.info.online_since_ms,
         })
     }
 
