@@ -24,7 +24,16 @@ pub struct RelayConfig {
     /// is probed at once and the first to answer (the lowest RTT) is used. The relays of
     /// the cluster the relay lists are added to these.
     pub alternates: Vec<RelayCandidate>,
+    /// Park the relay session after this long with nothing on it (`None`: never): the
+    /// relay keeps the registration without a connection (a few hundred bytes there instead
+    /// of a QUIC connection's tens of KiB), relayed packets still arrive, and the session
+    /// comes back by itself when there is something to send or the relay has something
+    /// for us (a signal: within a round trip; presence changes: within seconds).
+    pub park_after: Option<std::time::Duration>,
 }
+
+/// How long a relay session waits idle before it parks, by default.
+pub const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Another relay of the same network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +46,7 @@ pub struct RelayCandidate {
 
 impl RelayConfig {
     /// The relay at `addr` over UDP (TCP fallback on the same port), no token, presence on,
-    /// any relay key.
+    /// any relay key, parking after [`PARK_AFTER`].
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
@@ -47,6 +56,7 @@ impl RelayConfig {
             force_tcp: false,
             relay_key: None,
             alternates: Vec::new(),
+            park_after: Some(PARK_AFTER),
         }
     }
 }

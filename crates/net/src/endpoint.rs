@@ -106,7 +106,9 @@ impl Endpoint {
             });
         let (events, events_rx) = mpsc::channel(1024);
         let (relay_cmd, relay_cmd_rx) = mpsc::channel(256);
+        let (park_packets, park_rx) = mpsc::channel(16);
         let inner = Arc::new(Inner {
+            park_packets,
             identity: cfg.identity,
             name: Mutex::new(cfg.name),
             socket,
@@ -156,7 +158,12 @@ impl Endpoint {
         tokio::spawn(watch_interfaces(inner.clone()));
         tokio::spawn(accept_loop(inner.clone()));
         if let Some(relay) = cfg.relay {
-            tokio::spawn(relay_client::run(inner.clone(), relay, relay_cmd_rx));
+            tokio::spawn(relay_client::run(
+                inner.clone(),
+                relay,
+                relay_cmd_rx,
+                park_rx,
+            ));
         }
         Ok((Self { inner, lan }, events_rx))
     }
@@ -458,7 +465,10 @@ async fn control_dispatch(inner: Arc<Inner>, mut rx: mpsc::Receiver<ControlPacke
                     let _ = last.try_send(pkt);
                 }
             }
-            Control::ReflectReq { .. } => {}
+            Control::Beacon { .. } | Control::ParkGone { .. } => {
+                let _ = inner.park_packets.try_send(pkt);
+            }
+            Control::ReflectReq { .. } | Control::ParkAlive { .. } => {}
         }
     }
 }

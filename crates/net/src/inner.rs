@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) quinn: quinn::Endpoint,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) relay_cmd: mpsc::Sender<ClientFrame>,
+    /// Beacons and `ParkGone` packets, for the relay client while its session is parked.
+    pub(crate) park_packets: mpsc::Sender<crate::socket::ControlPacket>,
     /// Live connections per peer, oldest first (probes go to each; the newest steers the
     /// peer's route).
     pub(crate) conns: Mutex<HashMap<PeerId, Vec<LiveConn>>>,

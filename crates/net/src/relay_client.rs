@@ -1,6 +1,8 @@
 //! The relay session: register, keep presence, carry signals, and (on the TCP+TLS fallback)
 //! carry relayed packets. Reconnects with exponential backoff; peer connections on a direct
-//! path are not affected while it is down.
+//! path are not affected while it is down. An idle UDP session parks (no connection; the
+//! registration and the data path stay) and comes back to the same relay when there is
+//! something to send or the relay wakes it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use p2pcall_proto::PeerId;
 use p2pcall_proto::relay::client::{
-    self as proto_client, Backoff, ClientConfig, ClientEvent, ClientSession, PresenceChange,
-    TransportChoice,
+    self as proto_client, Backoff, ClientConfig, ClientEvent, ClientSession, ParkedSession,
+    Parking, PresenceChange, TransportChoice, Unpark,
 };
 use p2pcall_proto::relay::{ClientFrame, MAX_FRAME, RefuseReason};
 use p2pcall_transport::framed::{FrameReader, write_all};
@@ -20,7 +22,7 @@ use crate::config::RelayConfig;
 use crate::event::{Event, PresenceEvent, RelayTransport};
 use crate::inner::Inner;
 use crate::relays::{self, Target};
-use crate::socket::RelayRoute;
+use crate::socket::{ControlPacket, RelayRoute};
 
 /// How long to wait for the QUIC handshake with the relay before trying TCP. UDP that is
 /// blocked shows up as silence, so this bounds the extra start-up delay on such networks.
@@ -54,6 +56,29 @@ enum SessionEnd {
     WrongKey(PeerId),
     /// The endpoint is closing.
     Shutdown,
+    /// The relay parked the session (the tag it had, what the relay said).
+    Parked([u8; 16], Parking),
+}
+
+/// How a parked session ended.
+enum Unparked {
+    /// Back to the same relay, with the command that woke us, if one did.
+    Back(Option<ClientFrame>),
+    /// The relay's beacons stopped.
+    Silent,
+    /// The endpoint is closing.
+    Shutdown,
+}
+
+/// A session's state across reconnects, as the driver keeps it.
+struct Attempt<'a> {
+    cmd_rx: &'a mut mpsc::Receiver<ClientFrame>,
+    /// Set once the relay registered us.
+    welcomed: bool,
+    /// Coming back from parking: the registration continues (no new roster, no event).
+    resumed: bool,
+    /// A command taken while parked, sent once welcomed.
+    carry: Option<ClientFrame>,
 }
 
 impl From<proto_client::SessionEnd> for SessionEnd {
@@ -69,11 +94,15 @@ pub(crate) async fn run(
     inner: Arc<Inner>,
     mut cfg: RelayConfig,
     mut cmd_rx: mpsc::Receiver<ClientFrame>,
+    mut park_rx: mpsc::Receiver<ControlPacket>,
 ) {
     let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF, STABLE_SESSION);
     let mut choice = TransportChoice::new(cfg.force_tcp);
     // Relays of the cluster that presented another key than the cluster said: not again.
     let mut shunned: Vec<SocketAddr> = Vec::new();
+    // Coming back from parking: to the same relay, without probing the others.
+    let mut back_to: Option<Target> = None;
+    let mut carry: Option<ClientFrame> = None;
     loop {
         // Trust on first use holds for reconnects too: once a relay welcomed us, only its
         // key is accepted at that address (a café network's impostor is not).
@@ -87,10 +116,11 @@ pub(crate) async fn run(
             key: cfg.relay_key,
             primary: true,
         };
-        let target = if others.is_empty() {
-            primary
-        } else {
-            relays::choose(primary, &others).await.0
+        let resumed = back_to.is_some();
+        let target = match back_to.take() {
+            Some(t) => t,
+            None if others.is_empty() => primary,
+            None => relays::choose(primary, &others).await.0,
         };
         let tcfg = RelayConfig {
             addr: target.addr,
@@ -100,21 +130,37 @@ pub(crate) async fn run(
         };
         inner.socket.set_relay_quic_addr(Some(target.addr));
         let started = Instant::now();
-        let mut welcomed = false;
-        let end = connect_and_serve(
-            &inner,
-            &tcfg,
-            target,
-            &mut choice,
-            &mut cmd_rx,
-            &mut welcomed,
-        )
-        .await;
+        let mut attempt = Attempt {
+            cmd_rx: &mut cmd_rx,
+            welcomed: false,
+            resumed,
+            carry: carry.take(),
+        };
+        let mut end = connect_and_serve(&inner, &tcfg, target, &mut choice, &mut attempt).await;
+        let welcomed = attempt.welcomed;
+        carry = attempt.carry.take();
+        if let SessionEnd::Parked(tag, parking) = end {
+            tracing::debug!(relay = %target.addr, "relay session parked");
+            match parked(&inner, target.addr, tag, parking, &mut cmd_rx, &mut park_rx).await {
+                Unparked::Shutdown => return,
+                Unparked::Back(cmd) => {
+                    tracing::debug!(relay = %target.addr, woken = cmd.is_none(), "back from parking");
+                    carry = cmd;
+                    back_to = Some(target);
+                    continue;
+                }
+                Unparked::Silent => {
+                    end = SessionEnd::Retry("the relay went silent while parked".into());
+                }
+            }
+        }
         inner.socket.set_relay_route(RelayRoute::None);
         inner.roster.mark_incomplete();
         inner.relay_up.send_replace(None);
         match end {
             SessionEnd::Shutdown => return,
+            // Handled above.
+            SessionEnd::Parked(..) => {}
             SessionEnd::Fatal(reason, detail) => {
                 inner.emit(Event::RelayRefused { reason, detail }).await;
                 return;
@@ -166,19 +212,18 @@ async fn connect_and_serve(
     cfg: &RelayConfig,
     target: Target,
     choice: &mut TransportChoice,
-    cmd_rx: &mut mpsc::Receiver<ClientFrame>,
-    welcomed: &mut bool,
+    attempt: &mut Attempt<'_>,
 ) -> SessionEnd {
     let started = Instant::now();
     if choice.tcp_first(started) {
-        let end = match tcp_session(inner, cfg, target.primary, cmd_rx, welcomed).await {
+        let end = match tcp_session(inner, cfg, target.primary, attempt).await {
             SessionEnd::TcpRefused(tcp) => {
                 unreachable(inner, cfg, tcp.clone()).await;
                 SessionEnd::Retry(tcp)
             }
             end => end,
         };
-        if !*welcomed {
+        if !attempt.welcomed {
             choice.tcp_failed();
         }
         return end;
@@ -187,22 +232,22 @@ async fn connect_and_serve(
     let wrong_key = (connected.as_ref().err()).and_then(|e| p2pcall_transport::presented_key(e));
     match (connected, wrong_key) {
         (_, Some(presented)) => SessionEnd::WrongKey(presented),
-        (Ok(conn), None) => quic_session(inner, cfg, target.primary, conn, cmd_rx, welcomed).await,
+        (Ok(conn), None) => quic_session(inner, cfg, target.primary, conn, attempt).await,
         (Err(e), None) => {
             tracing::info!("relay over UDP failed ({e}); trying TCP+TLS");
-            let end = match tcp_session(inner, cfg, target.primary, cmd_rx, welcomed).await {
+            let end = match tcp_session(inner, cfg, target.primary, attempt).await {
                 SessionEnd::TcpRefused(tcp) => {
                     if e == UDP_REFUSED {
                         unreachable(inner, cfg, format!("UDP: {e}; {tcp}")).await;
                     }
                     SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
                 }
-                SessionEnd::Retry(tcp) if !*welcomed => {
+                SessionEnd::Retry(tcp) if !attempt.welcomed => {
                     SessionEnd::Retry(format!("UDP: {e}; {tcp}"))
                 }
                 end => end,
             };
-            if *welcomed {
+            if attempt.welcomed {
                 choice.tcp_worked(Instant::now());
             }
             end
@@ -267,8 +312,7 @@ async fn quic_session(
     cfg: &RelayConfig,
     primary: bool,
     conn: quinn::Connection,
-    cmd_rx: &mut mpsc::Receiver<ClientFrame>,
-    welcomed: &mut bool,
+    attempt: &mut Attempt<'_>,
 ) -> SessionEnd {
     let relay = p2pcall_transport::peer_id(&conn);
     let (send, recv) = match conn.open_bi().await {
@@ -283,9 +327,8 @@ async fn quic_session(
         relay,
         RelayTransport::Udp,
         (send, recv),
-        cmd_rx,
+        attempt,
         &mut no_data,
-        welcomed,
     )
     .await;
     conn.close(0u32.into(), b"bye");
@@ -308,8 +351,7 @@ async fn tcp_session(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
     primary: bool,
-    cmd_rx: &mut mpsc::Receiver<ClientFrame>,
-    welcomed: &mut bool,
+    attempt: &mut Attempt<'_>,
 ) -> SessionEnd {
     let addr = cfg.tcp_addr.unwrap_or(cfg.addr);
     let tcp = match tokio::time::timeout(UDP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
@@ -359,9 +401,8 @@ async fn tcp_session(
         relay,
         RelayTransport::Tcp,
         (w, r),
-        cmd_rx,
+        attempt,
         &mut data_rx,
-        welcomed,
     )
     .await
 }
@@ -374,9 +415,8 @@ async fn session<W, R>(
     relay: Option<PeerId>,
     transport: RelayTransport,
     (mut send, recv): (W, R),
-    cmd_rx: &mut mpsc::Receiver<ClientFrame>,
+    attempt: &mut Attempt<'_>,
     data_rx: &mut mpsc::Receiver<(PeerId, Vec<u8>)>,
-    welcomed: &mut bool,
 ) -> SessionEnd
 where
     W: AsyncWrite + Unpin,
@@ -394,14 +434,33 @@ where
             presence: cfg.presence,
             welcome_timeout: WELCOME_TIMEOUT,
             ping_interval: RELAY_PING_INTERVAL,
+            park_after: cfg.park_after.filter(|_| transport == RelayTransport::Udp),
         },
     );
     let mut reader = FrameReader::new(recv, MAX_FRAME);
+    let mut tag = [0; 16];
     loop {
         while let Some(event) = machine.poll_event() {
-            *welcomed |= matches!(event, ClientEvent::Welcome { .. });
-            if let Some(end) = handle_event(inner, cfg, primary, relay, transport, event).await {
+            match &event {
+                ClientEvent::Welcome { session_tag, .. } => {
+                    attempt.welcomed = true;
+                    tag = *session_tag;
+                }
+                ClientEvent::Parked(parking) => return SessionEnd::Parked(tag, *parking),
+                _ => {}
+            }
+            let welcome = matches!(event, ClientEvent::Welcome { .. });
+            let how = Welcomed {
+                primary,
+                relay,
+                transport,
+                resumed: attempt.resumed,
+            };
+            if let Some(end) = handle_event(inner, cfg, how, event).await {
                 return end;
+            }
+            if welcome && let Some(c) = attempt.carry.take() {
+                machine.send(Instant::now(), &c);
             }
         }
         if let Some(out) = machine.poll_transmit()
@@ -421,16 +480,17 @@ where
                 Ok(raw) => machine.handle_frame(Instant::now(), raw),
                 Err(e) => machine.handle_read_error(&e.to_string()),
             },
-            c = cmd_rx.recv(), if open => match c {
-                Some(c) => machine.send(&c),
+            c = attempt.cmd_rx.recv(), if open => match c {
+                Some(c) => machine.send(Instant::now(), &c),
                 None => return SessionEnd::Shutdown,
             },
             Some((to, packet)) = data_rx.recv(), if open => {
-                machine.send(&ClientFrame::Data { to, packet: packet.into() });
+                let now = Instant::now();
+                machine.send(now, &ClientFrame::Data { to, packet: packet.into() });
                 // Batch whatever else is ready into the same write.
                 while machine.pending() < 64 * 1024 {
                     let Ok((to, packet)) = data_rx.try_recv() else { break };
-                    machine.send(&ClientFrame::Data { to, packet: packet.into() });
+                    machine.send(now, &ClientFrame::Data { to, packet: packet.into() });
                 }
             }
         }
@@ -441,13 +501,23 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400)
 }
 
+/// Whom a session is with, and how.
+#[derive(Debug, Clone, Copy)]
+struct Welcomed {
+    /// The configured relay (not another of its cluster).
+    primary: bool,
+    /// Its key.
+    relay: PeerId,
+    transport: RelayTransport,
+    /// Back from parking: the registration continues.
+    resumed: bool,
+}
+
 /// Carries out what the session's machine decided; `Some` once the session is over.
 async fn handle_event(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
-    primary: bool,
-    relay: PeerId,
-    transport: RelayTransport,
+    how: Welcomed,
     event: ClientEvent,
 ) -> Option<SessionEnd> {
     match event {
@@ -456,16 +526,7 @@ async fn handle_event(
             observed,
             reflect_ports,
         } => {
-            welcomed(
-                inner,
-                cfg,
-                primary,
-                relay,
-                transport,
-                (session_tag, observed),
-                &reflect_ports,
-            )
-            .await;
+            welcomed(inner, cfg, how, (session_tag, observed), &reflect_ports).await;
         }
         ClientEvent::Presence(change) => presence(inner, change).await,
         ClientEvent::Signal { from, payload } => {
@@ -504,20 +565,70 @@ async fn handle_event(
             }
         }
         ClientEvent::Ended(end) => return Some(end.into()),
+        // The caller ends the session on it.
+        ClientEvent::Parked(_) => {}
     }
     None
 }
 
-/// The relay registered us: install the relay route and what it told us.
+/// Keeps a parked session (keep-alives, the relay's beacons) until something brings it
+/// back: a command to send, a wake, a relay that lost it; or until the relay goes silent.
+async fn parked(
+    inner: &Inner,
+    addr: SocketAddr,
+    tag: [u8; 16],
+    parking: Parking,
+    cmd_rx: &mut mpsc::Receiver<ClientFrame>,
+    packets: &mut mpsc::Receiver<ControlPacket>,
+) -> Unparked {
+    let relay = crate::socket::canonical(addr);
+    let mut session = ParkedSession::new(Instant::now(), tag, parking);
+    loop {
+        if let Some(pkt) = session.poll_transmit() {
+            let mut buf = Vec::with_capacity(pkt.encoded_len());
+            pkt.encode(&mut buf);
+            inner.socket.send_control(addr, &buf);
+        }
+        let at = tokio::time::Instant::from_std(session.poll_timeout());
+        let unpark = tokio::select! {
+            _ = inner.cancel.cancelled() => return Unparked::Shutdown,
+            c = cmd_rx.recv() => return match c {
+                Some(c) => Unparked::Back(Some(c)),
+                None => Unparked::Shutdown,
+            },
+            p = packets.recv() => match p {
+                Some(p) if crate::socket::canonical(p.from) == relay => {
+                    session.handle_packet(p.at, &p.packet)
+                }
+                Some(_) => None,
+                None => return Unparked::Shutdown,
+            },
+            () = tokio::time::sleep_until(at) => session.handle_timeout(Instant::now()),
+        };
+        match unpark {
+            Some(Unpark::Wake | Unpark::Gone) => return Unparked::Back(None),
+            Some(Unpark::Silent) => return Unparked::Silent,
+            None => {}
+        }
+    }
+}
+
+/// The relay registered us: install the relay route and what it told us. Back from
+/// parking, the registration continues: the presence list stays (the relay sends what
+/// changed meanwhile, or a snapshot) and nothing is reported.
 async fn welcomed(
     inner: &Arc<Inner>,
     cfg: &RelayConfig,
-    primary: bool,
-    relay: PeerId,
-    transport: RelayTransport,
+    how: Welcomed,
     (tag, observed): ([u8; 16], SocketAddr),
     reflect_ports: &[u16],
 ) {
+    let Welcomed {
+        primary,
+        relay,
+        transport,
+        resumed,
+    } = how;
     {
         let mut r = inner.reflectors.lock();
         *r = reflect_ports
@@ -535,12 +646,15 @@ async fn welcomed(
         let mut o = inner.observed.lock();
         *o = Some(observed);
     }
+    inner.relay_up.send_replace(Some(transport));
+    if resumed {
+        return;
+    }
     inner.roster.clear();
     if primary {
         let mut k = inner.relay_key.lock();
         k.get_or_insert(relay);
     }
-    inner.relay_up.send_replace(Some(transport));
     if transport == RelayTransport::Udp {
         tokio::spawn(inner.clone().measure_nat());
     } else {

@@ -11,7 +11,15 @@
 //! ProbePing   0x14 | txid (12) | sender key (32) | mac (16)                  peer <-> peer
 //! ProbePong   0x15 | txid (12) | sender key (32) | observed address | mac (16)
 //! RelayHop    0x16 | hop token (8) | route (8) | source key (32) | QUIC packet  relay -> relay
+//! ParkAlive   0x17 | session tag (16)                                       peer -> relay
+//! Beacon      0x18 | park secret (16) | wake (1)                            relay -> peer
+//! ParkGone    0x19 | session tag (16)                                       relay -> peer
 //! ```
+//!
+//! A parked session (no QUIC connection to the relay) is kept by `ParkAlive`, which the relay
+//! never answers (no amplification); the relay's `Beacon`s say it is alive (in a cluster, so
+//! its peers notice when it dies) or that something waits for the peer (`wake`). A keep-alive
+//! for a session the relay does not hold (it restarted) is answered `ParkGone`, the same size.
 //!
 //! The relay forwards a `RelaySend` by rewriting its header in place into a `RelayRecv` (the
 //! header shrinks by 16 bytes, so no copy of the payload is needed). A reflection request is
@@ -40,6 +48,12 @@ pub const PROBE_PING: u8 = 0x14;
 pub const PROBE_PONG: u8 = 0x15;
 /// Type byte of a relayed packet crossing from one relay of a cluster to another.
 pub const RELAY_HOP: u8 = 0x16;
+/// Type byte of a parked session's keep-alive.
+pub const PARK_ALIVE: u8 = 0x17;
+/// Type byte of a relay's beacon to a parked session.
+pub const BEACON: u8 = 0x18;
+/// Type byte of a relay's answer to a keep-alive for a session it does not hold.
+pub const PARK_GONE: u8 = 0x19;
 
 /// Header length of a `RelaySend` packet.
 pub const RELAY_SEND_HEADER: usize = 1 + 16 + 32;
@@ -218,6 +232,24 @@ pub enum Control {
         /// MAC over the preceding bytes.
         mac: [u8; MAC_LEN],
     },
+    /// Keeps a parked session (and the NAT mapping its data path uses); the relay takes the
+    /// source address as the session's from then on.
+    ParkAlive {
+        /// The session's tag (from `Welcome`).
+        tag: [u8; 16],
+    },
+    /// The relay to a parked session: alive, or come back (`wake`).
+    Beacon {
+        /// The secret `Parked` gave.
+        secret: [u8; 16],
+        /// Something waits for the peer (a signal): reconnect.
+        wake: bool,
+    },
+    /// The relay holds no session with this tag (it restarted): register again.
+    ParkGone {
+        /// The keep-alive's tag.
+        tag: [u8; 16],
+    },
 }
 
 impl Control {
@@ -256,6 +288,16 @@ impl Control {
                 from: r.peer_id("sender")?,
                 observed: r.socket_addr("observed address")?,
                 mac: r.array("mac")?,
+            },
+            PARK_ALIVE => Self::ParkAlive {
+                tag: r.array("session tag")?,
+            },
+            BEACON => Self::Beacon {
+                secret: r.array("park secret")?,
+                wake: r.bool("wake")?,
+            },
+            PARK_GONE => Self::ParkGone {
+                tag: r.array("session tag")?,
             },
             other => return Err(DecodeError::UnknownPacketType(other)),
         };
@@ -296,6 +338,19 @@ impl Control {
                 out.put_socket_addr(observed);
                 out.put_slice(mac);
             }
+            Self::ParkAlive { tag } => {
+                out.put_u8(PARK_ALIVE);
+                out.put_slice(tag);
+            }
+            Self::Beacon { secret, wake } => {
+                out.put_u8(BEACON);
+                out.put_slice(secret);
+                out.put_u8(u8::from(*wake));
+            }
+            Self::ParkGone { tag } => {
+                out.put_u8(PARK_GONE);
+                out.put_slice(tag);
+            }
         }
     }
 
@@ -306,10 +361,13 @@ impl Control {
             Self::ReflectResp { observed, .. } => 1 + 12 + socket_addr_len(observed),
             Self::ProbePing { .. } => 1 + 12 + 32 + MAC_LEN,
             Self::ProbePong { observed, .. } => 1 + 12 + 32 + socket_addr_len(observed) + MAC_LEN,
+            Self::ParkAlive { .. } => 1 + 16,
+            Self::Beacon { .. } => 1 + 16 + 1,
+            Self::ParkGone { .. } => 1 + 16,
         }
     }
 
-    /// Computes the probe MAC with `key` and stores it; no-op for reflection packets.
+    /// Computes the probe MAC with `key` and stores it; no-op for the other packets.
     pub fn seal(mut self, key: &[u8; 32]) -> Self {
         let mac = self.compute_mac(key);
         if let Self::ProbePing { mac: m, .. } | Self::ProbePong { mac: m, .. } = &mut self {
@@ -318,7 +376,7 @@ impl Control {
         self
     }
 
-    /// True if the probe's MAC is valid under `key` (reflection packets carry none: false).
+    /// True if the probe's MAC is valid under `key` (other packets carry none: false).
     pub fn verify(&self, key: &[u8; 32]) -> bool {
         match self {
             Self::ProbePing { mac, .. } | Self::ProbePong { mac, .. } => {
@@ -377,6 +435,10 @@ mod tests {
                     observed,
                     mac
                 }),
+            any::<[u8; 16]>().prop_map(|tag| Control::ParkAlive { tag }),
+            (any::<[u8; 16]>(), any::<bool>())
+                .prop_map(|(secret, wake)| Control::Beacon { secret, wake }),
+            any::<[u8; 16]>().prop_map(|tag| Control::ParkGone { tag }),
         ]
     }
 

@@ -228,6 +228,9 @@ pub enum ClientFrame {
         /// The peer to tell.
         to: PeerId,
     },
+    /// Park the session: the relay keeps it (presence, session tag, data path) without the
+    /// connection, answers `Parked` and the client closes the connection. Only over UDP.
+    Park,
 }
 
 /// Frames the relay sends to a peer.
@@ -292,6 +295,19 @@ pub enum ServerFrame {
     /// The relays of the cluster this relay belongs to, itself first (sent after `Welcome`
     /// and when the cluster changes; never by a relay alone).
     Relays(Vec<RelayEntry>),
+    /// The session is parked (the answer to `Park`, and the last frame of the connection):
+    /// the client closes the connection, sends `ParkAlive` packets with its session tag
+    /// every `keepalive_ms`, and comes back when a `Beacon` says something waits for it.
+    Parked {
+        /// Carried by the relay's beacons (a beacon without it is not from our relay).
+        secret: [u8; 16],
+        /// How often the client must send `ParkAlive` (the relay forgets the session after
+        /// four periods without one).
+        keepalive_ms: u32,
+        /// How often the relay sends a beacon to say it is alive (0: never; a relay alone,
+        /// with nowhere else to go, does not).
+        beacon_ms: u32,
+    },
     /// The relay refuses or ends the session; the connection closes after this frame.
     Refused {
         /// Machine-readable cause.
@@ -308,6 +324,7 @@ mod ty {
     pub const PING: u8 = 0x04;
     pub const DATA: u8 = 0x05;
     pub const VOUCH: u8 = 0x06;
+    pub const PARK: u8 = 0x07;
 
     pub const WELCOME: u8 = 0x81;
     pub const SNAPSHOT: u8 = 0x82;
@@ -321,6 +338,7 @@ mod ty {
     pub const REFUSED: u8 = 0x8a;
     pub const VOUCHED: u8 = 0x8b;
     pub const RELAYS: u8 = 0x8c;
+    pub const PARKED: u8 = 0x8d;
 }
 
 impl ClientFrame {
@@ -355,6 +373,7 @@ impl ClientFrame {
                 b.put_bytes16(&packet[..packet.len().min(MAX_DATA)]);
             }),
             Self::Vouch { to } => frame::write(out, ty::VOUCH, |b| b.put_peer_id(to)),
+            Self::Park => frame::write(out, ty::PARK, |_| {}),
         }
     }
 
@@ -373,6 +392,7 @@ impl ClientFrame {
                 Self::Ping { .. } => 8,
                 Self::Data { packet, .. } => 32 + 2 + packet.len().min(MAX_DATA),
                 Self::Vouch { .. } => 32,
+                Self::Park => 0,
             }
     }
 
@@ -406,6 +426,7 @@ impl ClientFrame {
             ty::VOUCH => Self::Vouch {
                 to: r.peer_id("to")?,
             },
+            ty::PARK => Self::Park,
             other => return Err(DecodeError::UnknownFrameType(other)),
         };
         r.finish()?;
@@ -465,6 +486,15 @@ impl ServerFrame {
                     e.write(b);
                 }
             }),
+            Self::Parked {
+                secret,
+                keepalive_ms,
+                beacon_ms,
+            } => frame::write(out, ty::PARKED, |b| {
+                b.put_slice(secret);
+                b.put_u32(*keepalive_ms);
+                b.put_u32(*beacon_ms);
+            }),
             Self::Refused { reason, detail } => frame::write(out, ty::REFUSED, |b| {
                 b.put_u8(*reason as u8);
                 b.put_str16(truncate_utf8(detail, MAX_REASON));
@@ -505,6 +535,7 @@ impl ServerFrame {
                         .map(RelayEntry::encoded_len)
                         .sum::<usize>()
                 }
+                Self::Parked { .. } => 16 + 4 + 4,
                 Self::Refused { detail, .. } => 1 + 2 + detail.len().min(MAX_REASON),
             }
     }
@@ -568,6 +599,11 @@ impl ServerFrame {
                 }
                 Self::Relays(list)
             }
+            ty::PARKED => Self::Parked {
+                secret: r.array("park secret")?,
+                keepalive_ms: r.u32("keepalive")?,
+                beacon_ms: r.u32("beacon")?,
+            },
             ty::REFUSED => Self::Refused {
                 reason: RefuseReason::from_u8(r.u8("reason")?)?,
                 detail: r.str16("detail", MAX_REASON)?,
@@ -638,6 +674,7 @@ pub(crate) mod tests {
             (peer_id(), payload(MAX_DATA))
                 .prop_map(|(to, packet)| ClientFrame::Data { to, packet }),
             peer_id().prop_map(|to| ClientFrame::Vouch { to }),
+            Just(ClientFrame::Park),
         ]
     }
 
@@ -696,6 +733,13 @@ pub(crate) mod tests {
                     })
                     .collect()
             )),
+            (any::<[u8; 16]>(), any::<u32>(), any::<u32>()).prop_map(
+                |(secret, keepalive_ms, beacon_ms)| ServerFrame::Parked {
+                    secret,
+                    keepalive_ms,
+                    beacon_ms
+                }
+            ),
             (refuse, "\\PC{0,40}").prop_map(|(reason, detail)| ServerFrame::Refused {
                 reason,
                 detail: truncate_utf8(&detail, MAX_REASON).to_owned()

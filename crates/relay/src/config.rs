@@ -45,6 +45,12 @@ pub struct RelayConfig {
     pub retry_above: usize,
     /// The cluster this relay joins (`None`: it works alone).
     pub cluster: Option<ClusterConfig>,
+    /// How often a parked peer sends its keep-alive (it is forgotten after four periods
+    /// without one).
+    pub park_keepalive: Duration,
+    /// How often a relay of a cluster tells its parked peers it is alive (they move to
+    /// another relay after [`p2pcall_proto::relay::client::ParkedSession::silence`]).
+    pub park_beacon: Duration,
 }
 
 impl RelayConfig {
@@ -77,6 +83,8 @@ impl RelayConfig {
             max_per_address: 256,
             retry_above: 64,
             cluster: None,
+            park_keepalive: Duration::from_secs(15),
+            park_beacon: Duration::from_millis(1_500),
         }
     }
 }

@@ -17,6 +17,7 @@
 pub mod cluster;
 mod config;
 pub mod metrics;
+mod parking;
 mod registry;
 mod session;
 mod socket;
@@ -197,7 +198,9 @@ impl Relay {
         let mut reflect_ports = vec![udp_addr.port()];
         reflect_ports.extend(reflect_addr.map(|a| a.port()));
 
+        let (waker, wakes) = tokio::sync::mpsc::channel(parking::WAKER_QUEUE);
         let shared = Arc::new(Shared {
+            waker,
             id: identity.id(),
             cfg,
             metrics: metrics.clone(),
@@ -211,6 +214,7 @@ impl Relay {
         let cluster = (shared.cfg.cluster.clone())
             .map(|c| cluster::start(c, identity.id(), udp_addr, &shared, &mut tasks));
         tasks.spawn(accept_quic(shared.clone(), endpoint.clone()));
+        tasks.spawn(parking::run(shared.clone(), wakes));
         if let Some(l) = tcp {
             let tls =
                 p2pcall_transport::rustls_server_config(identity, p2pcall_transport::ALPN_RELAY)?;
@@ -257,6 +261,7 @@ impl Relay {
             login,
             None,
             std::time::Instant::now(),
+            None,
         );
         let mut sessions = self.shared.sessions.write();
         (sessions.register(&session, self.shared.cfg.max_peers, &self.shared.metrics)).is_ok()
@@ -297,6 +302,7 @@ impl Relay {
         for s in all {
             s.end(RefuseReason::ShuttingDown, "the relay is shutting down");
         }
+        parking::wake_all(&self.shared);
         // Let writers flush their Refused frames.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.shared.cancel.cancel();

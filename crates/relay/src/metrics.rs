@@ -51,7 +51,7 @@ const DROPS: [(DropReason, &str); 10] = [
 /// counted).
 pub use p2pcall_proto::relay::server::CloseCause as Close;
 
-const CLOSES: [(Close, &str); 7] = [
+const CLOSES: [(Close, &str); 8] = [
     (Close::BadToken, "bad_token"),
     (Close::ServerFull, "server_full"),
     (Close::Replaced, "replaced"),
@@ -59,6 +59,7 @@ const CLOSES: [(Close, &str); 7] = [
     (Close::RateLimited, "rate_limited"),
     (Close::Timeout, "timeout"),
     (Close::Disconnected, "disconnected"),
+    (Close::Parked, "parked"),
 ];
 
 /// All relay counters.
@@ -68,6 +69,14 @@ pub struct Metrics {
     pub peers_online: AtomicU64,
     /// Sessions registered since start.
     pub sessions_total: AtomicU64,
+    /// Sessions parked now (registered, no connection).
+    pub peers_parked: AtomicU64,
+    /// Sessions parked since start.
+    pub parks: AtomicU64,
+    /// Parked sessions their peer came back to since start.
+    pub unparks: AtomicU64,
+    /// Wake beacons sent to parked peers.
+    pub wakes: AtomicU64,
     /// Packets forwarded.
     pub packets_relayed: AtomicU64,
     /// Payload bytes forwarded.
@@ -103,7 +112,7 @@ pub struct Metrics {
     /// Messages received from the cluster.
     pub cluster_received: AtomicU64,
     drops: [AtomicU64; 10],
-    closes: [AtomicU64; 7],
+    closes: [AtomicU64; 8],
 }
 
 impl Metrics {
@@ -139,7 +148,7 @@ impl Metrics {
 
     /// The metrics with one value each: name, type, help, value, shown.
     #[allow(clippy::type_complexity)]
-    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64, bool); 11] {
+    fn plain(&self) -> [(&'static str, &'static str, &'static str, &AtomicU64, bool); 15] {
         [
             (
                 "p2pcall_relay_peers_online",
@@ -153,6 +162,34 @@ impl Metrics {
                 "counter",
                 "Sessions registered since start.",
                 &self.sessions_total,
+                true,
+            ),
+            (
+                "p2pcall_relay_peers_parked",
+                "gauge",
+                "Sessions parked now (registered without a connection; counted in peers_online).",
+                &self.peers_parked,
+                true,
+            ),
+            (
+                "p2pcall_relay_parks_total",
+                "counter",
+                "Sessions parked since start.",
+                &self.parks,
+                true,
+            ),
+            (
+                "p2pcall_relay_unparks_total",
+                "counter",
+                "Parked sessions their peer came back to.",
+                &self.unparks,
+                true,
+            ),
+            (
+                "p2pcall_relay_wakes_total",
+                "counter",
+                "Wake beacons sent to parked peers (a signal or presence waited for them).",
+                &self.wakes,
                 true,
             ),
             (

@@ -1,6 +1,12 @@
 //! Registered sessions: one per online peer key, reached by key (signals, packets) or by
 //! session tag (UDP data path). Registering and leaving are announced to the presence
 //! subscribers under the table's write lock, right after the change.
+//!
+//! A session is live (its connection's writer takes its frames) or parked (no connection:
+//! its address, tag and presence stay; frames for it wait, bounded, for its next connection,
+//! and the parking task wakes it). A peer that comes back while parked continues the same
+//! registration: same tag and route, nothing announced unless its name changed, and what
+//! waited is delivered first.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +33,11 @@ const OUT_QUEUE: usize = 1024;
 /// Bytes queued toward one peer, likewise (a stalled peer holds at most this much; with
 /// frames alone as the bound it could hold 1,024 signals of 16 KiB).
 pub(crate) const OUT_QUEUE_BYTES: usize = 256 << 10;
+/// Bytes held for a parked peer (signals, vouches); more fail with `QueueFull`.
+const PARKED_BYTES: usize = 32 << 10;
+/// Bytes of presence changes held for a parked subscriber; past that it gets a snapshot
+/// when it comes back instead.
+const PARKED_PRESENCE_BYTES: usize = 4 << 10;
 
 /// Changes to our peers waiting to be published to the cluster.
 pub(crate) const CHANGES_QUEUE: usize = 65_536;
@@ -67,6 +78,8 @@ pub struct Sessions {
     by_route: HashMap<u64, Arc<Session>>,
     /// The sessions that asked for presence (a change is told to these, not to every session).
     subscribers: HashMap<PeerId, Arc<Session>>,
+    /// The parked sessions (the parking task's round).
+    pub(crate) parked: HashMap<PeerId, Arc<Session>>,
     /// Sessions per source IP address.
     per_address: HashMap<IpAddr, usize>,
     /// Most sessions from one address.
@@ -84,6 +97,7 @@ impl Default for Sessions {
             by_tag: HashMap::new(),
             by_route: HashMap::new(),
             subscribers: HashMap::new(),
+            parked: HashMap::new(),
             per_address: HashMap::new(),
             max_per_address: usize::MAX,
             remote: Directory::new(PeerId::from_bytes([0; 32])),
@@ -216,11 +230,66 @@ impl Sessions {
     }
 }
 
-/// A UDP-capable session's binding to its QUIC connection.
+/// A UDP-capable session's address, and its QUIC connection unless parked.
 #[derive(Debug)]
 struct UdpBinding {
     addr: Mutex<SocketAddr>,
-    conn: quinn::Connection,
+    conn: Option<quinn::Connection>,
+}
+
+/// Where frames for a peer go.
+#[derive(Debug)]
+enum Outlet {
+    /// To its connection's writer.
+    Live {
+        out: mpsc::Sender<ServerFrame>,
+        /// Bytes of the frames in `out` (at most [`OUT_QUEUE_BYTES`]).
+        queued: std::sync::atomic::AtomicUsize,
+    },
+    /// Kept for its next connection.
+    Parked(Parked),
+}
+
+/// A parked session's state.
+#[derive(Debug)]
+pub(crate) struct Parked {
+    /// What its beacons carry.
+    pub(crate) secret: [u8; 16],
+    pub(crate) state: Mutex<ParkedState>,
+    /// The parking task, told when a frame that cannot wait arrives.
+    waker: mpsc::Sender<PeerId>,
+}
+
+impl ParkedState {
+    /// Parked at `now` (its keep-alive just heard), the first alive beacon at `next_beacon`.
+    pub(crate) fn new(now: Instant, next_beacon: Instant) -> Self {
+        Self {
+            frames: Vec::new(),
+            bytes: 0,
+            heard: now,
+            urgent: false,
+            presence: false,
+            wake_at: None,
+            next_beacon,
+        }
+    }
+}
+
+/// What a parked session holds and when it is due for what.
+#[derive(Debug)]
+pub(crate) struct ParkedState {
+    frames: Vec<ServerFrame>,
+    bytes: usize,
+    /// Its last keep-alive.
+    pub(crate) heard: Instant,
+    /// A signal or a vouch waits: wake it now.
+    pub(crate) urgent: bool,
+    /// Presence changes wait: wake it within the spread.
+    pub(crate) presence: bool,
+    /// When to send the next wake beacon (set once a wake is wanted).
+    pub(crate) wake_at: Option<Instant>,
+    /// When to send the next alive beacon (in a cluster).
+    pub(crate) next_beacon: Instant,
 }
 
 /// One online peer.
@@ -237,9 +306,7 @@ pub struct Session {
     /// The IP address the session comes from (counted per address).
     source: IpAddr,
     udp: Option<UdpBinding>,
-    out: mpsc::Sender<ServerFrame>,
-    /// Bytes of the frames in `out` (at most [`OUT_QUEUE_BYTES`]).
-    queued: std::sync::atomic::AtomicUsize,
+    outlet: Outlet,
     pub(crate) resync: AtomicBool,
     pub(crate) wake: Notify,
     data_limits: Mutex<(TokenBucket, TokenBucket)>,
@@ -262,19 +329,43 @@ impl Session {
     }
 
     /// True if a data packet from `src` may belong to this session: its QUIC connection's
-    /// address (followed through NAT rebinding).
+    /// address (followed through NAT rebinding), or a parked session's (its keep-alives').
     pub fn udp_source_ok(&self, src: SocketAddr) -> bool {
         let Some(u) = &self.udp else { return false };
         let mut addr = u.addr.lock();
         if *addr == src {
             return true;
         }
-        let now = canonical(u.conn.remote_address());
+        let Some(conn) = &u.conn else { return false };
+        let now = canonical(conn.remote_address());
         if now == src {
             *addr = now;
             return true;
         }
         false
+    }
+
+    /// Whether the peer asked for presence.
+    pub(crate) fn wants_presence(&self) -> bool {
+        self.presence
+    }
+
+    /// The parked state, if the session is parked.
+    pub(crate) fn parked(&self) -> Option<&Parked> {
+        match &self.outlet {
+            Outlet::Parked(p) => Some(p),
+            Outlet::Live { .. } => None,
+        }
+    }
+
+    /// A parked session's keep-alive came from `src` at `now`: that is its address now.
+    pub(crate) fn keep_parked(&self, now: Instant, src: SocketAddr) -> bool {
+        let (Some(p), Some(u)) = (self.parked(), &self.udp) else {
+            return false;
+        };
+        p.state.lock().heard = now;
+        *u.addr.lock() = src;
+        true
     }
 
     /// Charges one packet of `len` bytes to the sender's data rate.
@@ -283,20 +374,88 @@ impl Session {
         l.0.take(now, 1.0) && l.1.take(now, len as f64)
     }
 
-    /// Queues a frame; false if the queue is full (in frames or in bytes).
+    /// Queues a frame (or, parked, holds it for the next connection); false if the queue is
+    /// full (in frames or in bytes).
     pub fn try_queue(&self, f: ServerFrame) -> bool {
+        let (out, queued) = match &self.outlet {
+            Outlet::Live { out, queued } => (out, queued),
+            Outlet::Parked(p) => return self.hold(p, f),
+        };
         let len = f.encoded_len();
-        let before = self.queued.fetch_add(len, Ordering::AcqRel);
-        if before + len > OUT_QUEUE_BYTES || self.out.try_send(f).is_err() {
-            self.queued.fetch_sub(len, Ordering::AcqRel);
+        let before = queued.fetch_add(len, Ordering::AcqRel);
+        if before + len > OUT_QUEUE_BYTES || out.try_send(f).is_err() {
+            queued.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
         true
     }
 
+    /// Holds a frame for a parked session: presence changes (bounded; past the bound it gets
+    /// a snapshot when it comes back) wake it within the parking task's spread, the latest
+    /// list of relays waits without waking it, signals and vouches (bounded) wake it now.
+    fn hold(&self, p: &Parked, f: ServerFrame) -> bool {
+        let len = f.encoded_len();
+        let mut st = p.state.lock();
+        match f {
+            f if is_presence(&f) => {
+                if !self.resync.load(Ordering::Acquire) {
+                    if st.bytes + len <= PARKED_PRESENCE_BYTES {
+                        st.bytes += len;
+                        st.frames.push(f);
+                    } else {
+                        self.resync.store(true, Ordering::Release);
+                        st.frames.retain(|f| !is_presence(f));
+                        st.bytes = st.frames.iter().map(ServerFrame::encoded_len).sum();
+                    }
+                }
+                st.presence = true;
+                true
+            }
+            ServerFrame::Relays(_) => {
+                st.frames.retain(|f| !matches!(f, ServerFrame::Relays(_)));
+                st.frames.push(f);
+                st.bytes = st.frames.iter().map(ServerFrame::encoded_len).sum();
+                true
+            }
+            // Only a TCP-fallback session takes packets in frames, and it does not park.
+            ServerFrame::Data { .. } => false,
+            f => {
+                if st.bytes + len > PARKED_BYTES {
+                    return false;
+                }
+                st.bytes += len;
+                st.frames.push(f);
+                st.urgent = true;
+                drop(st);
+                let _ = p.waker.try_send(self.id);
+                true
+            }
+        }
+    }
+
+    /// Continues the parked session `old` of the same peer: what waited for the peer is
+    /// queued (after the welcome), and a subscriber whose presence changes all fitted gets
+    /// them instead of a snapshot.
+    fn take_over(&self, old: &Session) {
+        let Some(p) = old.parked() else { return };
+        let frames = std::mem::take(&mut p.state.lock().frames);
+        let changes_kept = old.presence && !old.resync.load(Ordering::Acquire);
+        if self.presence && changes_kept {
+            self.resync.store(false, Ordering::Release);
+        }
+        for f in frames {
+            if is_presence(&f) && self.resync.load(Ordering::Acquire) {
+                continue;
+            }
+            self.try_queue(f);
+        }
+    }
+
     /// The writer took `f` off the queue.
     pub(crate) fn dequeued(&self, f: &ServerFrame) {
-        self.queued.fetch_sub(f.encoded_len(), Ordering::AcqRel);
+        if let Outlet::Live { queued, .. } = &self.outlet {
+            queued.fetch_sub(f.encoded_len(), Ordering::AcqRel);
+        }
     }
 
     /// Ends the session, telling the peer why.
@@ -309,9 +468,17 @@ impl Session {
     }
 }
 
+/// What a peer coming back to its parked session keeps: the same registration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resume {
+    tag: [u8; 16],
+    route: u64,
+    since_ms: u64,
+}
+
 impl Session {
     /// A new session (not yet in the table) and the receiving end of its queue; it closes
-    /// when `parent` is cancelled.
+    /// when `parent` is cancelled. `resume`: the peer's parked session, which it continues.
     pub(crate) fn new(
         cfg: &RelayConfig,
         parent: &CancellationToken,
@@ -319,22 +486,25 @@ impl Session {
         login: Login,
         udp: Option<quinn::Connection>,
         now: Instant,
+        resume: Option<Resume>,
     ) -> (Arc<Self>, mpsc::Receiver<ServerFrame>) {
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
         let session = Arc::new(Self {
             id,
-            tag: rand::random(),
-            route: rand::random(),
+            tag: resume.map_or_else(rand::random, |r| r.tag),
+            route: resume.map_or_else(rand::random, |r| r.route),
             name: Mutex::new(login.name),
-            since_ms: unix_ms(),
+            since_ms: resume.map_or_else(unix_ms, |r| r.since_ms),
             presence: login.presence,
             source: canonical(SocketAddr::new(login.source, 0)).ip(),
-            queued: std::sync::atomic::AtomicUsize::new(0),
             udp: udp.map(|conn| UdpBinding {
                 addr: Mutex::new(canonical(conn.remote_address())),
-                conn,
+                conn: Some(conn),
             }),
-            out,
+            outlet: Outlet::Live {
+                out,
+                queued: std::sync::atomic::AtomicUsize::new(0),
+            },
             resync: AtomicBool::new(login.presence),
             wake: Notify::new(),
             data_limits: Mutex::new((
@@ -346,6 +516,73 @@ impl Session {
         });
         (session, out_rx)
     }
+
+    /// The parked twin of a live UDP session (same registration, no connection); `None` for
+    /// a session without UDP.
+    pub(crate) fn parked_twin(
+        &self,
+        cfg: &RelayConfig,
+        parent: &CancellationToken,
+        waker: mpsc::Sender<PeerId>,
+        now: Instant,
+    ) -> Option<Arc<Self>> {
+        let addr = self.udp_addr()?;
+        Some(self.parked_at(addr, cfg, parent, waker, now))
+    }
+
+    /// The parked twin, reached at `addr`.
+    fn parked_at(
+        &self,
+        addr: SocketAddr,
+        cfg: &RelayConfig,
+        parent: &CancellationToken,
+        waker: mpsc::Sender<PeerId>,
+        now: Instant,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id: self.id,
+            tag: self.tag,
+            route: self.route,
+            name: Mutex::new(self.name.lock().clone()),
+            since_ms: self.since_ms,
+            presence: self.presence,
+            source: self.source,
+            udp: Some(UdpBinding {
+                addr: Mutex::new(addr),
+                conn: None,
+            }),
+            outlet: Outlet::Parked(Parked {
+                secret: rand::random(),
+                state: Mutex::new(ParkedState::new(now, now + cfg.park_beacon)),
+                waker,
+            }),
+            resync: AtomicBool::new(self.resync.load(Ordering::Acquire)),
+            wake: Notify::new(),
+            data_limits: Mutex::new((
+                TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
+                TokenBucket::new(now, cfg.byte_rate, cfg.byte_rate / 10.0 + 65536.0),
+            )),
+            close: parent.child_token(),
+            close_reason: Mutex::new(None),
+        })
+    }
+
+    /// What a peer coming back to this (parked) session continues.
+    pub(crate) fn resume(&self) -> Option<Resume> {
+        self.parked().map(|_| Resume {
+            tag: self.tag,
+            route: self.route,
+            since_ms: self.since_ms,
+        })
+    }
+}
+
+/// Whether `f` reports presence (a snapshot replaces any number of these).
+pub(crate) fn is_presence(f: &ServerFrame) -> bool {
+    matches!(
+        f,
+        ServerFrame::Joined(_) | ServerFrame::Left(_) | ServerFrame::Updated(_)
+    )
 }
 
 /// What a session said when it logged in, and where it came from.
@@ -394,38 +631,89 @@ impl Sessions {
             ));
         }
         *self.per_address.entry(session.source).or_default() += 1;
+        let mut resumed = None;
         if let Some(old) = self.by_id.insert(session.id, session.clone()) {
             self.left_address(old.source);
             self.by_tag.remove(&old.tag);
             self.by_route.remove(&old.route);
             self.subscribers.remove(&old.id);
-            old.end(
-                RefuseReason::Replaced,
-                "a newer login with this key replaced this session",
-            );
-            metrics.close(CloseCause::Replaced);
+            if self.parked.remove(&old.id).is_some() {
+                metrics.unparks.fetch_add(1, Ordering::Relaxed);
+                resumed = Some(old.info());
+                session.take_over(&old);
+            } else {
+                old.end(
+                    RefuseReason::Replaced,
+                    "a newer login with this key replaced this session",
+                );
+                metrics.close(CloseCause::Replaced);
+            }
         }
         self.by_tag.insert(session.tag, session.clone());
         self.by_route.insert(session.route, session.clone());
         if session.presence {
             self.subscribers.insert(session.id, session.clone());
         }
-        metrics
-            .peers_online
-            .store(self.len() as u64, Ordering::Relaxed);
+        self.count(metrics);
         let info = session.info();
-        self.publish(Change::Joined(RemotePeer {
-            info: info.clone(),
-            route: session.route,
-        }));
-        // Online at another relay already (it is moving here): not news, only its details.
-        let frame = if self.remote.info(&session.id).is_some() {
-            ServerFrame::Updated(info)
-        } else {
-            ServerFrame::Joined(info)
+        let frame = match resumed {
+            // Back from parking: the same registration; news only if its name changed.
+            Some(before) if before == info => return Ok(()),
+            Some(_) => {
+                self.publish(Change::Updated(info.clone()));
+                ServerFrame::Updated(info)
+            }
+            None => {
+                self.publish(Change::Joined(RemotePeer {
+                    info: info.clone(),
+                    route: session.route,
+                }));
+                // Online at another relay already (it is moving here): only its details.
+                if self.remote.info(&session.id).is_some() {
+                    ServerFrame::Updated(info)
+                } else {
+                    ServerFrame::Joined(info)
+                }
+            }
         };
         self.broadcast(metrics, &frame, Some(&session.id));
         Ok(())
+    }
+
+    /// Replaces the live session `live` with its parked twin (unless a newer login already
+    /// took its place): the same registration, nothing announced.
+    pub(crate) fn park(
+        &mut self,
+        live: &Arc<Session>,
+        twin: Arc<Session>,
+        metrics: &Metrics,
+    ) -> bool {
+        if !self
+            .by_id
+            .get(&live.id)
+            .is_some_and(|s| Arc::ptr_eq(s, live))
+        {
+            return false;
+        }
+        self.by_id.insert(twin.id, twin.clone());
+        self.by_tag.insert(twin.tag, twin.clone());
+        self.by_route.insert(twin.route, twin.clone());
+        if twin.presence {
+            self.subscribers.insert(twin.id, twin.clone());
+        }
+        self.parked.insert(twin.id, twin);
+        metrics.parks.fetch_add(1, Ordering::Relaxed);
+        self.count(metrics);
+        true
+    }
+
+    fn count(&self, metrics: &Metrics) {
+        metrics
+            .peers_online
+            .store(self.len() as u64, Ordering::Relaxed);
+        metrics
+            .peers_parked
+            .store(self.parked.len() as u64, Ordering::Relaxed);
     }
 
     fn left_address(&mut self, ip: IpAddr) {
@@ -448,10 +736,9 @@ impl Sessions {
             self.by_tag.remove(&session.tag);
             self.by_route.remove(&session.route);
             self.subscribers.remove(&session.id);
+            self.parked.remove(&session.id);
             self.left_address(session.source);
-            metrics
-                .peers_online
-                .store(self.len() as u64, Ordering::Relaxed);
+            self.count(metrics);
             self.publish(Change::Left(session.id));
             // Still online at another relay (it moved there): only its details change.
             let frame = match self.remote.info(&session.id) {
@@ -502,7 +789,7 @@ mod tests {
             presence,
             source: IpAddr::from([192, 0, 2, n]),
         };
-        Session::new(&cfg(), root, peer(n), login, None, now)
+        Session::new(&cfg(), root, peer(n), login, None, now, None)
     }
 
     #[test]
@@ -642,7 +929,7 @@ mod tests {
                 presence: false,
                 source: IpAddr::from(ip),
             };
-            Session::new(&cfg(), &root, peer(n), login, None, Instant::now()).0
+            Session::new(&cfg(), &root, peer(n), login, None, Instant::now(), None).0
         };
         let home = [198, 51, 100, 1];
         t.register(&at(1, home), 100, &m).unwrap();
@@ -680,7 +967,10 @@ mod tests {
         s.dequeued(&f);
         assert!(s.try_queue(big.clone()));
         assert!(!s.try_queue(big));
-        assert!(s.queued.load(Relaxed) <= OUT_QUEUE_BYTES);
+        let Outlet::Live { queued, .. } = &s.outlet else {
+            panic!("live")
+        };
+        assert!(queued.load(Relaxed) <= OUT_QUEUE_BYTES);
     }
 
     #[test]
@@ -703,6 +993,7 @@ mod tests {
                 login(i),
                 None,
                 Instant::now(),
+                None,
             );
             t.register(&s, usize::MAX, &m).unwrap();
             keep.push((s, rx));
@@ -719,7 +1010,15 @@ mod tests {
         let mut c = cfg();
         c.packet_rate = 100.0;
         let t0 = Instant::now();
-        let (s, _rx) = Session::new(&c, &CancellationToken::new(), peer(1), login(1), None, t0);
+        let (s, _rx) = Session::new(
+            &c,
+            &CancellationToken::new(),
+            peer(1),
+            login(1),
+            None,
+            t0,
+            None,
+        );
         // A burst of a tenth of a second's worth plus 64 packets, then the rate.
         let burst = (0..1000).take_while(|_| s.allow_data(t0, 1200)).count();
         assert_eq!(burst, 74);
@@ -727,6 +1026,103 @@ mod tests {
         let later = t0 + Duration::from_millis(250);
         let refilled = (0..1000).take_while(|_| s.allow_data(later, 1200)).count();
         assert_eq!(refilled, 25);
+    }
+
+    #[test]
+    fn a_parked_session_holds_what_waits_and_its_peer_continues_it() {
+        let (root, m, mut t) = (
+            CancellationToken::new(),
+            Metrics::default(),
+            Sessions::default(),
+        );
+        let (sub, mut sub_rx) = session(&root, 1, true);
+        let (bob, _bob_rx) = session(&root, 2, false);
+        t.register(&sub, 10, &m).unwrap();
+        t.register(&bob, 10, &m).unwrap();
+        while sub_rx.try_recv().is_ok() {}
+        sub.resync.store(false, Relaxed);
+
+        // Alice parks: nothing announced; she is still online, reached by tag and route.
+        let (alice, _rx) = session(&root, 3, true);
+        t.register(&alice, 10, &m).unwrap();
+        while sub_rx.try_recv().is_ok() {}
+        alice.resync.store(false, Relaxed);
+        let (waker, mut wakes) = mpsc::channel(8);
+        let addr = SocketAddr::from(([192, 0, 2, 3], 4000));
+        let twin = alice.parked_at(addr, &cfg(), &root, waker, Instant::now());
+        assert!(t.park(&alice, twin.clone(), &m));
+        assert!(sub_rx.try_recv().is_err(), "parking is not news");
+        assert_eq!(t.len(), 3);
+        assert!(t.by_tag(&alice.tag).is_some_and(|s| Arc::ptr_eq(s, &twin)));
+        assert!(
+            t.by_route(alice.route)
+                .is_some_and(|s| Arc::ptr_eq(s, &twin))
+        );
+        assert_eq!(m.peers_parked.load(Relaxed), 1);
+        assert!(
+            !t.park(&alice, twin.clone(), &m),
+            "only the current session parks"
+        );
+
+        // A signal waits and wakes her at once; a presence change waits for the round.
+        let signal = ServerFrame::Signal {
+            from: peer(2),
+            payload: bytes::Bytes::from_static(b"hi"),
+        };
+        assert!(twin.try_queue(signal.clone()));
+        assert_eq!(wakes.try_recv().ok(), Some(peer(3)));
+        t.unregister(&bob, &m);
+        assert!(matches!(sub_rx.try_recv(), Ok(ServerFrame::Left(_))));
+        assert!(wakes.try_recv().is_err());
+        let st = twin.parked().map(|p| {
+            let st = p.state.lock();
+            (st.urgent, st.presence)
+        });
+        assert_eq!(st, Some((true, true)));
+        // Signals are bounded (a full hold fails like a full queue).
+        let big = ServerFrame::Signal {
+            from: peer(2),
+            payload: bytes::Bytes::from(vec![0u8; p2pcall_proto::relay::MAX_SIGNAL]),
+        };
+        let held = (0..10).take_while(|_| twin.try_queue(big.clone())).count();
+        assert_eq!(
+            held, 1,
+            "32 KiB: the small signal, the leave and one 16 KiB signal"
+        );
+
+        // She comes back: the same tag, route and since, nothing announced, and what waited
+        // arrives in order, the leave instead of a snapshot.
+        let resume = t.by_id(&peer(3)).and_then(|s| s.resume());
+        assert!(resume.is_some());
+        let login = Login {
+            name: "p3".into(),
+            presence: true,
+            source: IpAddr::from([192, 0, 2, 3]),
+        };
+        let (back, mut back_rx) =
+            Session::new(&cfg(), &root, peer(3), login, None, Instant::now(), resume);
+        assert_eq!(
+            (back.tag, back.route, back.since_ms),
+            (alice.tag, alice.route, alice.since_ms)
+        );
+        t.register(&back, 10, &m).unwrap();
+        assert!(sub_rx.try_recv().is_err(), "coming back is not news");
+        assert!(
+            !back.resync.load(Relaxed),
+            "the changes fitted: no snapshot"
+        );
+        assert_eq!(back_rx.try_recv().ok(), Some(signal));
+        assert!(matches!(back_rx.try_recv(), Ok(ServerFrame::Left(id)) if id == peer(2)));
+        assert!(matches!(back_rx.try_recv(), Ok(ServerFrame::Signal { .. })));
+        assert_eq!(
+            (m.unparks.load(Relaxed), m.peers_parked.load(Relaxed)),
+            (1, 0)
+        );
+        assert_eq!(
+            m.closes(CloseCause::Replaced),
+            0,
+            "not counted as a replaced login"
+        );
     }
 
     #[test]

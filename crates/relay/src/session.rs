@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::config::RelayConfig;
 use crate::metrics::DropReason;
-use crate::registry::{Refusal, Route, Session};
+use crate::registry::{Refusal, Route, Session, is_presence};
 use crate::state::Shared;
 
 /// The relay settings one session's machine needs.
@@ -111,7 +111,9 @@ where
         presence,
         source: observed.ip(),
     };
-    let (session, out_rx) = Session::new(&shared.cfg, &shared.cancel, id, login, udp, now);
+    // A peer coming back to its parked session continues it.
+    let resume = (shared.sessions.read().by_id(&id)).and_then(|s| s.resume());
+    let (session, out_rx) = Session::new(&shared.cfg, &shared.cancel, id, login, udp, now, resume);
     if let Err((reason, detail, cause)) = register(&shared, &session) {
         machine.refuse(reason, detail, cause);
         let Some(SessionEvent::Closed(c)) = machine.poll_event() else {
@@ -147,7 +149,9 @@ where
 
     let end = serve(&shared, &session, &mut machine, &mut reader).await;
     shared.metrics.close(end.cause);
-    session.end(end.reason, &end.detail);
+    if end.cause != CloseCause::Parked {
+        session.end(end.reason, &end.detail);
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     shared
         .sessions
@@ -217,6 +221,7 @@ async fn serve<R: AsyncRead + Unpin>(
                         shared.metrics.dropped(DropReason::RateLimited);
                     }
                 }
+                SessionEvent::Park => park(shared, session, machine),
                 SessionEvent::Send(frame) => {
                     if matches!(frame, ServerFrame::SignalFailed { .. }) {
                         shared
@@ -235,6 +240,36 @@ async fn serve<R: AsyncRead + Unpin>(
             _ = step(machine, reader) => {}
         }
     }
+}
+
+/// Parks the session (its peer asked): its parked twin takes its place in the table, and
+/// `Parked` is the last frame its writer sends. The peer then closes the connection.
+fn park(shared: &Shared, session: &Arc<Session>, machine: &mut ServerSession) {
+    let now = Instant::now();
+    let Some(twin) = session.parked_twin(&shared.cfg, &shared.cancel, shared.waker.clone(), now)
+    else {
+        machine.refuse(
+            RefuseReason::Protocol,
+            "only a session over UDP can park",
+            CloseCause::Protocol,
+        );
+        return;
+    };
+    let secret = twin.parked().map_or([0; 16], |p| p.secret);
+    if !(shared.sessions.write()).park(session, twin, &shared.metrics) {
+        return; // a newer login replaced it: that ends this session
+    }
+    let clustered = shared.cfg.cluster.is_some();
+    session.try_queue(ServerFrame::Parked {
+        secret,
+        keepalive_ms: shared.cfg.park_keepalive.as_millis() as u32,
+        beacon_ms: if clustered {
+            shared.cfg.park_beacon.as_millis() as u32
+        } else {
+            0
+        },
+    });
+    tracing::debug!(peer = %session.id.fingerprint(), "session parked");
 }
 
 /// Delivers a signal (here, or through the cluster to the relay the recipient is registered
@@ -306,13 +341,6 @@ fn vouch(shared: &Shared, session: &Session, to: PeerId) {
     }
 }
 
-fn is_presence(f: &ServerFrame) -> bool {
-    matches!(
-        f,
-        ServerFrame::Joined(_) | ServerFrame::Left(_) | ServerFrame::Updated(_)
-    )
-}
-
 async fn writer_loop<W: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     session: &Arc<Session>,
@@ -379,12 +407,19 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 _ = session.wake.notified() => continue,
                 f = out_rx.recv() => match f {
                     Some(f) => {
+                        let mut last = matches!(f, ServerFrame::Parked { .. });
                         session.dequeued(&f);
                         f.encode(&mut buf);
-                        while buf.len() < 64 * 1024 {
+                        while buf.len() < 64 * 1024 && !last {
                             let Ok(f) = out_rx.try_recv() else { break };
+                            last = matches!(f, ServerFrame::Parked { .. });
                             session.dequeued(&f);
                             f.encode(&mut buf);
+                        }
+                        // `Parked` is the connection's last frame.
+                        if last {
+                            let _ = write_all(send, &buf).await;
+                            return;
                         }
                     }
                     None => return,

@@ -97,6 +97,12 @@ impl RelaySocket {
             .is_ok()
     }
 
+    /// Sends one of the relay's own small packets (a beacon); a full socket loses it, as the
+    /// network could.
+    pub(crate) fn send_control(&self, dst: SocketAddr, payload: &[u8]) {
+        self.send_now(dst, payload, None);
+    }
+
     /// Delivers a packet from `from` (a TCP-fallback sender) to a UDP recipient.
     pub(crate) fn send_relayed(&self, dst: SocketAddr, from: &PeerId, payload: &[u8]) -> bool {
         let mut buf = Vec::with_capacity(packet::RELAY_RECV_HEADER + payload.len());
@@ -255,6 +261,26 @@ impl RelaySocket {
         self.deliver(dst, &mut seg[start..], batch);
     }
 
+    /// A parked session's keep-alive: its address is where it came from. One for a session
+    /// this relay does not hold (it restarted, or forgot the session) is answered
+    /// `ParkGone`, no bigger than the keep-alive, so that the peer registers again.
+    fn park_alive(&self, now: Instant, src: SocketAddr, seg: &[u8]) {
+        let Ok(Control::ParkAlive { tag }) = Control::decode(seg) else {
+            self.metrics.dropped(DropReason::Malformed);
+            return;
+        };
+        let known = (self.sessions.read().by_tag(&tag)).is_some_and(|s| {
+            // A live session's keep-alive is a late one from before it came back: ignored.
+            s.parked().is_none() || s.keep_parked(now, src)
+        });
+        if !known {
+            self.metrics.dropped(DropReason::UnknownSession);
+            let mut out = Vec::with_capacity(17);
+            Control::ParkGone { tag }.encode(&mut out);
+            self.send_now(src, &out, None);
+        }
+    }
+
     fn reflect(&self, src: SocketAddr, seg: &[u8]) {
         match Control::decode(seg) {
             Ok(Control::ReflectReq { txid }) => {
@@ -297,6 +323,8 @@ impl RelaySocket {
                 self.hop_in(&mut buf[off..end], batch);
             } else if first == packet::REFLECT_REQ {
                 self.reflect(src, &buf[off..end]);
+            } else if first == packet::PARK_ALIVE {
+                self.park_alive(now, src, &buf[off..end]);
             } else {
                 self.metrics.dropped(DropReason::Malformed);
             }

@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     /// be welcomed by a relay about to go away).
     pub(crate) closing: AtomicBool,
     pub(crate) reflect_ports: Vec<u16>,
+    /// The parking task: parked sessions a signal now waits for.
+    pub(crate) waker: tokio::sync::mpsc::Sender<PeerId>,
 }
 
 impl Shared {

@@ -9,7 +9,14 @@
 //!  AwaitingWelcome --Welcome--> Open --Refused / bad frame / stream end--> Ended
 //!        | no welcome in time, Refused, bad frame                            ^
 //!        +-------------------------------------------------------------------+
+//!                   Open --idle for park_after: Park--> Parking --Parked--> (parked)
 //! ```
+//!
+//! With `park_after` set (UDP sessions), a session with nothing on it but pings for that long
+//! asks the relay to park it: the relay keeps the registration (presence, session tag, the
+//! data path) without the connection, and the driver closes the connection and runs a
+//! [`ParkedSession`] (keep-alives; the relay's beacons) until something wakes it. Frames the
+//! relay sent before `Parked` are still handled; the driver sends nothing after `Park`.
 //!
 //! In `Open` the machine pings the relay every `ping_interval` (RTT, and the TCP fallback's
 //! NAT mapping). Once the relay lists other relays of its cluster (there is somewhere to
@@ -34,6 +41,9 @@ pub const CLUSTER_PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Silence after which a relay of a cluster is given up (its peers move to another relay).
 pub const CLUSTER_SILENCE: Duration = Duration::from_secs(3);
 
+/// How long the relay has to answer `Park`.
+pub const PARK_ANSWER: Duration = Duration::from_secs(5);
+
 /// Peers accepted in one presence snapshot; a relay that sends more is broken or hostile.
 pub const MAX_SNAPSHOT_PEERS: usize = 256 * 1024;
 
@@ -50,6 +60,9 @@ pub struct ClientConfig {
     pub welcome_timeout: Duration,
     /// Ping period once open.
     pub ping_interval: Duration,
+    /// Park the session after this long with nothing on it but pings (`None`: never; the TCP
+    /// fallback cannot park).
+    pub park_after: Option<Duration>,
 }
 
 /// A change in who is online.
@@ -129,8 +142,21 @@ pub enum ClientEvent {
     },
     /// The relays of the relay's cluster (it is first).
     Relays(Vec<crate::relay::RelayEntry>),
+    /// The relay parked the session: close the connection and run a [`ParkedSession`].
+    Parked(Parking),
     /// The session is over.
     Ended(SessionEnd),
+}
+
+/// What the relay said when it parked the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parking {
+    /// Its beacons carry this.
+    pub secret: [u8; 16],
+    /// How often to send `ParkAlive`.
+    pub keepalive: Duration,
+    /// How often it sends a beacon (`None`: it does not; a relay alone).
+    pub beacon: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -143,6 +169,10 @@ enum Phase {
         /// When the last frame arrived.
         heard: Instant,
     },
+    /// `Park` sent; waiting for `Parked`.
+    Parking {
+        deadline: Instant,
+    },
     Ended,
 }
 
@@ -151,6 +181,9 @@ enum Phase {
 pub struct ClientSession {
     me: PeerId,
     ping_interval: Duration,
+    park_after: Option<Duration>,
+    /// When a frame other than a ping or a pong last went either way.
+    active: Instant,
     /// The relay has other relays to move to: silence ends the session.
     watched: bool,
     phase: Phase,
@@ -173,6 +206,8 @@ impl ClientSession {
         Self {
             me,
             ping_interval: cfg.ping_interval,
+            park_after: cfg.park_after,
+            active: now,
             watched: false,
             phase: Phase::AwaitingWelcome {
                 deadline: now + cfg.welcome_timeout,
@@ -189,10 +224,11 @@ impl ClientSession {
         matches!(self.phase, Phase::Open { .. })
     }
 
-    /// Queues a frame to the relay (a rename, a signal, a relayed packet). Ignored once the
-    /// session has ended.
-    pub fn send(&mut self, frame: &ClientFrame) {
-        if !matches!(self.phase, Phase::Ended) {
+    /// Queues a frame to the relay (a rename, a signal, a relayed packet) at `now`. Ignored
+    /// unless the session is open (after `Park` nothing more may be sent).
+    pub fn send(&mut self, now: Instant, frame: &ClientFrame) {
+        if self.is_open() {
+            self.active = now;
             frame.encode(&mut self.transmit);
         }
     }
@@ -209,12 +245,16 @@ impl ClientSession {
 
     /// When [`ClientSession::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let park = self.park_after.map(|after| self.active + after);
         match self.phase {
-            Phase::AwaitingWelcome { deadline } => Some(deadline),
-            Phase::Open { next_ping, heard } if self.watched => {
-                Some(next_ping.min(heard + CLUSTER_SILENCE))
+            Phase::AwaitingWelcome { deadline } | Phase::Parking { deadline } => Some(deadline),
+            Phase::Open { next_ping, heard } => {
+                let mut at = next_ping;
+                if self.watched {
+                    at = at.min(heard + CLUSTER_SILENCE);
+                }
+                Some(park.map_or(at, |p| at.min(p)))
             }
-            Phase::Open { next_ping, .. } => Some(next_ping),
             Phase::Ended => None,
         }
     }
@@ -232,11 +272,20 @@ impl ClientSession {
                     "the relay did not answer our hello".into(),
                 ));
             }
+            Phase::Parking { deadline } if now >= *deadline => {
+                self.end(SessionEnd::Retry("the relay did not answer park".into()));
+            }
             Phase::Open { heard, .. } if self.watched && now >= *heard + CLUSTER_SILENCE => {
                 self.end(SessionEnd::Retry(format!(
                     "the relay went silent for {} s",
                     CLUSTER_SILENCE.as_secs()
                 )));
+            }
+            Phase::Open { .. } if self.park_after.is_some_and(|a| now >= self.active + a) => {
+                self.phase = Phase::Parking {
+                    deadline: now + PARK_ANSWER,
+                };
+                ClientFrame::Park.encode(&mut self.transmit);
             }
             Phase::Open { next_ping, .. } if now >= *next_ping => {
                 *next_ping = now + self.ping_interval;
@@ -297,8 +346,29 @@ impl ClientSession {
                     if self.watched {
                         *next_ping = now + self.ping_interval;
                     }
+                    if !matches!(f, ServerFrame::Pong { .. }) {
+                        self.active = now;
+                    }
                     self.handle_open(now, f)
                 }
+                Err(e) => self.end(SessionEnd::Retry(format!("relay sent a bad frame: {e}"))),
+            },
+            // What the relay sent before it saw `Park` still counts.
+            Phase::Parking { .. } => match frame {
+                Ok(ServerFrame::Parked {
+                    secret,
+                    keepalive_ms,
+                    beacon_ms,
+                }) => {
+                    self.phase = Phase::Ended;
+                    self.events.push_back(ClientEvent::Parked(Parking {
+                        secret,
+                        keepalive: Duration::from_millis(u64::from(keepalive_ms.max(1000))),
+                        beacon: (beacon_ms > 0)
+                            .then(|| Duration::from_millis(u64::from(beacon_ms.max(100)))),
+                    }));
+                }
+                Ok(f) => self.handle_open(now, f),
                 Err(e) => self.end(SessionEnd::Retry(format!("relay sent a bad frame: {e}"))),
             },
         }
@@ -350,6 +420,10 @@ impl ClientSession {
                 self.end(SessionEnd::Retry("the relay sent a second welcome".into()));
                 return;
             }
+            ServerFrame::Parked { .. } => {
+                self.end(SessionEnd::Retry("the relay parked us unasked".into()));
+                return;
+            }
         };
         self.events.push_back(event);
     }
@@ -378,7 +452,98 @@ fn frame_name(f: &ServerFrame) -> &'static str {
         ServerFrame::Data { .. } => "a data frame",
         ServerFrame::Vouched { .. } => "a vouched address",
         ServerFrame::Relays(_) => "a list of relays",
+        ServerFrame::Parked { .. } => "parked",
         ServerFrame::Refused { .. } => "a refusal",
+    }
+}
+
+/// A parked session, peer side: keep-alives to the relay, and what its beacons say.
+///
+/// The driver sends what [`ParkedSession::poll_transmit`] hands out to the relay's UDP
+/// address, feeds every packet from that address to [`ParkedSession::handle_packet`], calls
+/// [`ParkedSession::handle_timeout`] at [`ParkedSession::poll_timeout`], and reconnects when
+/// either returns [`Unpark`]. A relay that beacons and goes silent for
+/// [`ParkedSession::silence`] is taken for dead (its peers move to another relay of the
+/// cluster).
+#[derive(Debug)]
+pub struct ParkedSession {
+    tag: [u8; 16],
+    parking: Parking,
+    next_alive: Instant,
+    heard: Instant,
+    transmit: Option<crate::packet::Control>,
+}
+
+/// Why a parked session ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unpark {
+    /// The relay has something for us: reconnect to it.
+    Wake,
+    /// The relay's beacons stopped: it is gone; look for another.
+    Silent,
+    /// The relay answered that it holds no such session (it restarted).
+    Gone,
+}
+
+impl ParkedSession {
+    /// A session parked at `now` (its tag from `Welcome`, the rest from `Parked`).
+    pub fn new(now: Instant, tag: [u8; 16], parking: Parking) -> Self {
+        Self {
+            tag,
+            parking,
+            next_alive: now + parking.keepalive,
+            heard: now,
+            transmit: None,
+        }
+    }
+
+    /// Silence after which a beaconing relay is taken for dead: two beacons lost, and a
+    /// third of a period for jitter.
+    pub fn silence(&self) -> Option<Duration> {
+        self.parking.beacon.map(|b| b * 2 + b / 3)
+    }
+
+    /// A packet to send to the relay, if one is due.
+    pub fn poll_transmit(&mut self) -> Option<crate::packet::Control> {
+        self.transmit.take()
+    }
+
+    /// When [`ParkedSession::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.silence() {
+            Some(s) => self.next_alive.min(self.heard + s),
+            None => self.next_alive,
+        }
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Unpark> {
+        if self.silence().is_some_and(|s| now >= self.heard + s) {
+            return Some(Unpark::Silent);
+        }
+        if now >= self.next_alive {
+            self.next_alive = now + self.parking.keepalive;
+            self.transmit = Some(crate::packet::Control::ParkAlive { tag: self.tag });
+        }
+        None
+    }
+
+    /// A packet arrived from the relay's address: a beacon (one without our secret is
+    /// ignored), or `ParkGone` for our tag (the relay lost the session: register again).
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        packet: &crate::packet::Control,
+    ) -> Option<Unpark> {
+        use crate::packet::Control;
+        match packet {
+            Control::Beacon { secret, wake } if *secret == self.parking.secret => {
+                self.heard = now;
+                wake.then_some(Unpark::Wake)
+            }
+            Control::ParkGone { tag } if *tag == self.tag => Some(Unpark::Gone),
+            _ => None,
+        }
     }
 }
 
@@ -481,6 +646,7 @@ mod tests {
                 presence: true,
                 welcome_timeout: Duration::from_secs(5),
                 ping_interval: Duration::from_secs(10),
+                park_after: None,
             },
         )
     }
@@ -597,10 +763,176 @@ mod tests {
             ))]
         );
         // Nothing is sent or reported after the end.
-        s.send(&ClientFrame::SetName { name: "x".into() });
+        s.send(t0, &ClientFrame::SetName { name: "x".into() });
         assert!(s.poll_transmit().is_none());
         feed(&mut s, t0, &welcome());
         assert!(s.poll_event().is_none());
+    }
+
+    /// A session that parks after 30 s of nothing but pings, welcomed at `t0`.
+    fn parking(t0: Instant) -> ClientSession {
+        let mut s = session(t0);
+        s.park_after = Some(Duration::from_secs(30));
+        sent(&mut s);
+        feed(&mut s, t0, &welcome());
+        events(&mut s);
+        sent(&mut s);
+        s
+    }
+
+    #[test]
+    fn an_idle_session_parks_and_pings_do_not_keep_it_awake() {
+        let t0 = Instant::now();
+        let mut s = parking(t0);
+        let sec = |n: u64| t0 + Duration::from_secs(n);
+        // Pings and pongs are not activity; a signal sent and a presence change received are.
+        s.handle_timeout(sec(10));
+        assert_eq!(sent(&mut s), vec![ClientFrame::Ping { nonce: 2 }]);
+        feed(&mut s, sec(10), &ServerFrame::Pong { nonce: 2 });
+        let signal = ClientFrame::Signal {
+            to: PeerId::from_bytes([2; 32]),
+            payload: Bytes::from_static(b"x"),
+        };
+        s.send(sec(12), &signal);
+        feed(
+            &mut s,
+            sec(20),
+            &ServerFrame::Left(PeerId::from_bytes([3; 32])),
+        );
+        assert!(matches!(
+            events(&mut s)[..],
+            [ClientEvent::Presence(PresenceChange::Left(_))]
+        ));
+        assert_eq!(s.poll_timeout(), Some(sec(20)), "the next ping");
+        s.handle_timeout(sec(20));
+        s.handle_timeout(sec(30));
+        assert_eq!(s.poll_timeout(), Some(sec(40)));
+        assert_eq!(sent(&mut s).len(), 3, "{signal:?} and two pings");
+        s.handle_timeout(sec(49));
+        assert!(!sent(&mut s).contains(&ClientFrame::Park));
+        s.handle_timeout(sec(50));
+        assert_eq!(sent(&mut s), vec![ClientFrame::Park]);
+        assert!(!s.is_open(), "nothing more is sent after park");
+        s.send(sec(50), &signal);
+        assert!(s.poll_transmit().is_none());
+
+        // A signal the relay sent before it saw `Park` still arrives; then `Parked`.
+        let from = PeerId::from_bytes([4; 32]);
+        let early = ServerFrame::Signal {
+            from,
+            payload: Bytes::from_static(b"hi"),
+        };
+        feed(&mut s, sec(50), &early);
+        let parked = ServerFrame::Parked {
+            secret: [7; 16],
+            keepalive_ms: 15_000,
+            beacon_ms: 1_500,
+        };
+        feed(&mut s, sec(50), &parked);
+        assert_eq!(
+            events(&mut s),
+            vec![
+                ClientEvent::Signal {
+                    from,
+                    payload: Bytes::from_static(b"hi")
+                },
+                ClientEvent::Parked(Parking {
+                    secret: [7; 16],
+                    keepalive: Duration::from_secs(15),
+                    beacon: Some(Duration::from_millis(1_500)),
+                })
+            ]
+        );
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_relay_that_does_not_answer_park_or_parks_us_unasked_is_left() {
+        let t0 = Instant::now();
+        let mut s = parking(t0);
+        s.handle_timeout(t0 + Duration::from_secs(30));
+        assert_eq!(sent(&mut s), vec![ClientFrame::Park]);
+        s.handle_timeout(t0 + Duration::from_secs(30) + PARK_ANSWER);
+        assert_eq!(
+            events(&mut s),
+            vec![ClientEvent::Ended(SessionEnd::Retry(
+                "the relay did not answer park".into()
+            ))]
+        );
+        let mut s = open(t0);
+        feed(
+            &mut s,
+            t0,
+            &ServerFrame::Parked {
+                secret: [0; 16],
+                keepalive_ms: 1,
+                beacon_ms: 0,
+            },
+        );
+        assert!(matches!(
+            events(&mut s)[..],
+            [ClientEvent::Ended(SessionEnd::Retry(_))]
+        ));
+    }
+
+    fn beacon(secret: [u8; 16], wake: bool) -> crate::packet::Control {
+        crate::packet::Control::Beacon { secret, wake }
+    }
+
+    #[test]
+    fn a_parked_session_keeps_alive_and_wakes_or_gives_a_silent_relay_up() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let parking = Parking {
+            secret: [7; 16],
+            keepalive: Duration::from_secs(15),
+            beacon: Some(Duration::from_millis(1_500)),
+        };
+        let mut p = ParkedSession::new(t0, [9; 16], parking);
+        assert_eq!(p.silence(), Some(Duration::from_millis(3_500)));
+        // Beacons (ours) keep it; one with another secret does not, nor wakes it.
+        assert_eq!(p.handle_packet(ms(1_500), &beacon([7; 16], false)), None);
+        assert_eq!(p.handle_packet(ms(4_000), &beacon([8; 16], true)), None);
+        assert_eq!(p.poll_timeout(), ms(5_000));
+        assert_eq!(p.handle_timeout(ms(4_999)), None);
+        assert_eq!(p.handle_timeout(ms(5_000)), Some(Unpark::Silent));
+
+        let mut p = ParkedSession::new(t0, [9; 16], parking);
+        for n in 1..=10 {
+            assert_eq!(
+                p.handle_packet(ms(1_500 * n), &beacon([7; 16], false)),
+                None
+            );
+        }
+        assert_eq!(p.poll_timeout(), ms(15_000), "the keep-alive is due first");
+        assert_eq!(p.handle_timeout(ms(15_000)), None);
+        assert_eq!(
+            p.poll_transmit(),
+            Some(crate::packet::Control::ParkAlive { tag: [9; 16] })
+        );
+        assert_eq!(p.poll_transmit(), None);
+        assert_eq!(
+            p.handle_packet(ms(16_000), &beacon([7; 16], true)),
+            Some(Unpark::Wake)
+        );
+        // A relay that lost the session says so for our tag (another tag is not ours).
+        let gone = |tag| crate::packet::Control::ParkGone { tag };
+        assert_eq!(p.handle_packet(ms(16_000), &gone([8; 16])), None);
+        assert_eq!(
+            p.handle_packet(ms(16_000), &gone([9; 16])),
+            Some(Unpark::Gone)
+        );
+
+        // A relay alone sends no beacons: only the keep-alives, for as long as it takes.
+        let alone = Parking {
+            beacon: None,
+            ..parking
+        };
+        let mut p = ParkedSession::new(t0, [9; 16], alone);
+        assert_eq!(p.silence(), None);
+        assert_eq!(p.handle_timeout(ms(600_000)), None);
+        assert!(p.poll_transmit().is_some());
+        assert_eq!(p.poll_timeout(), ms(615_000));
     }
 
     #[test]

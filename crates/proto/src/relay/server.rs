@@ -12,7 +12,14 @@
 //!  AwaitingHello --Hello, token ok--> Registering --registered()--> Open --(end)--> Closed
 //!        |  no hello in time, bad first frame, bad token      |  refuse() (server full)
 //!        +----------------------------------------------------+-----------------> Closed
+//!                                           Open --Park--> Parking --peer closes--> Closed
 //! ```
+//!
+//! `Park` asks the relay to keep the session without its connection ([`SessionEvent::Park`]:
+//! the driver moves it to a parked entry of its table and queues `Parked`); the peer then
+//! closes the connection, which ends the session with [`CloseCause::Parked`] (after
+//! [`PARKING_GRACE`] at the latest). A frame after `Park` is a protocol violation: the peer
+//! waits for `Parked` and sends nothing more.
 //!
 //! In `Open`: every frame restarts the idle timer; control frames (everything but `Data`) are
 //! rate limited (`Data` is charged to the data rate by the driver, which shares it with the
@@ -29,6 +36,9 @@ use super::{ClientFrame, RefuseReason, ServerFrame, SignalFailure};
 use crate::PeerId;
 use crate::frame::RawFrame;
 use crate::limits::TokenBucket;
+
+/// How long a parking peer has to close its connection after `Park`.
+pub const PARKING_GRACE: Duration = Duration::from_secs(2);
 
 /// What a session's machine needs to know of the relay's settings.
 #[derive(Debug, Clone)]
@@ -68,6 +78,8 @@ pub enum CloseCause {
     Disconnected,
     /// The relay is shutting down.
     ShuttingDown,
+    /// The peer parked the session (it stays registered without its connection).
+    Parked,
 }
 
 /// How a session ended.
@@ -130,6 +142,10 @@ pub enum SessionEvent {
     },
     /// Queue this frame to the peer (`Pong`, `SignalFailed`).
     Send(ServerFrame),
+    /// The peer asks to park: keep it registered without the connection (a parked entry
+    /// with its tag, address and presence) and queue `Parked` as the connection's last frame;
+    /// or, if it cannot be parked (no UDP), [`ServerSession::refuse`] it.
+    Park,
     /// The session is over: unregister it and close the connection.
     Closed(Closure),
 }
@@ -145,6 +161,10 @@ enum Phase {
         control: TokenBucket,
         signals: TokenBucket,
         renames: Renames,
+    },
+    /// Asked to park; waits for the peer to close.
+    Parking {
+        deadline: Instant,
     },
     Closed,
 }
@@ -218,6 +238,7 @@ impl ServerSession {
                 Some(due) => due.min(*idle_deadline),
                 None => *idle_deadline,
             }),
+            Phase::Parking { deadline } => Some(*deadline),
             Phase::Registering | Phase::Closed => None,
         }
     }
@@ -248,6 +269,9 @@ impl ServerSession {
             Phase::Open { idle_deadline, .. } if now >= *idle_deadline => {
                 self.close(RefuseReason::Timeout, "idle", CloseCause::Timeout);
             }
+            Phase::Parking { deadline } if now >= *deadline => {
+                self.close_quietly(RefuseReason::Timeout, "parked", CloseCause::Parked);
+            }
             _ => {}
         }
     }
@@ -265,6 +289,9 @@ impl ServerSession {
                 &format!("reading hello: {e}"),
                 CloseCause::Protocol,
             ),
+            (Phase::Parking { .. }, _) => {
+                self.close_quietly(RefuseReason::Timeout, "parked", CloseCause::Parked);
+            }
             (_, ReadEnd::Closed) => {
                 self.close(
                     RefuseReason::Protocol,
@@ -312,6 +339,11 @@ impl ServerSession {
             Phase::Registering => self.close(
                 RefuseReason::Protocol,
                 "frame before registration completed",
+                CloseCause::Protocol,
+            ),
+            Phase::Parking { .. } => self.close_quietly(
+                RefuseReason::Protocol,
+                "a frame after park",
                 CloseCause::Protocol,
             ),
             Phase::Open {
@@ -370,6 +402,16 @@ impl ServerSession {
                     ClientFrame::Vouch { to } => SessionEvent::Vouch { to },
                     ClientFrame::Ping { nonce } => SessionEvent::Send(ServerFrame::Pong { nonce }),
                     ClientFrame::Data { .. } => return,
+                    ClientFrame::Park => {
+                        // A rename still waiting for its interval goes out first.
+                        if let Some(name) = renames.pending.take() {
+                            self.events.push_back(SessionEvent::Rename { name });
+                        }
+                        self.phase = Phase::Parking {
+                            deadline: now + PARKING_GRACE,
+                        };
+                        SessionEvent::Park
+                    }
                 };
                 self.events.push_back(event);
             }
@@ -767,6 +809,38 @@ mod tests {
         let all = events(&mut s);
         assert_eq!(all.len(), 1);
         assert_eq!(s.closure().map(|c| c.reason), Some(RefuseReason::Replaced));
+    }
+
+    #[test]
+    fn a_parking_peer_closes_its_connection_and_a_frame_after_park_is_a_violation() {
+        let t0 = Instant::now();
+        let mut s = open(t0);
+        feed(&mut s, t0, &ClientFrame::SetName { name: "a".into() });
+        feed(&mut s, t0, &ClientFrame::SetName { name: "b".into() });
+        feed(&mut s, t0, &ClientFrame::Park);
+        assert_eq!(
+            events(&mut s),
+            vec![
+                SessionEvent::Rename { name: "a".into() },
+                SessionEvent::Rename { name: "b".into() },
+                SessionEvent::Park
+            ],
+            "the coalesced rename goes out before the session parks"
+        );
+        assert_eq!(s.poll_timeout(), Some(t0 + PARKING_GRACE));
+        s.handle_read_error(ReadEnd::Closed);
+        let c = closed(&mut s);
+        assert_eq!((c.cause, c.tell_peer), (CloseCause::Parked, false));
+
+        // It must not send anything after `Park`; and a peer that never closes is let go.
+        let mut s = open(t0);
+        feed(&mut s, t0, &ClientFrame::Park);
+        feed(&mut s, t0, &ClientFrame::Ping { nonce: 1 });
+        assert_eq!(closed(&mut s).cause, CloseCause::Protocol);
+        let mut s = open(t0);
+        feed(&mut s, t0, &ClientFrame::Park);
+        s.handle_timeout(t0 + PARKING_GRACE);
+        assert_eq!(closed(&mut s).cause, CloseCause::Parked);
     }
 
     #[test]
