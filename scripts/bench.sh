@@ -2,7 +2,7 @@
 # Benchmarks (not part of CI). Each prints its figures beside a baseline measured in the
 # same run.
 #   scripts/bench.sh relay-forward    [--pairs N] [--secs S]
-#   scripts/bench.sh relay-capacity   [--peers N] [--subscribers S]
+#   scripts/bench.sh relay-capacity   [--peers N] [--subscribers S] [--park]
 #   scripts/bench.sh cluster-presence [--peers N] [--relays R] [--changes N]  (nats-server)
 #   scripts/bench.sh daemon           [--peers N] [--calls N] [--changes N]
 #   scripts/bench.sh video-feed       [--width W] [--height H]

@@ -797,6 +797,7 @@ async fn own_engine(
             token: s.token.clone(),
             relay_key,
             alternates: s.alternate_relays(),
+            park_after: s.park_after(),
             ..RelayConfig::new(addr)
         };
         let mut ec = EngineConfig::new(identity, name, Some(relay));

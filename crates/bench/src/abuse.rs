@@ -124,10 +124,7 @@ async fn renamer_run(
 
 /// One renamer at 49/s followed by `subscribers`, with and without coalescing.
 pub fn renamer(relay_bin: &str, subscribers: usize, secs: f64) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime(2)?;
     println!(
         "renamer: one session renaming itself {RENAMES_PER_S}/s for {secs} s, {subscribers} presence subscribers, relay process {relay_bin}"
     );

@@ -268,10 +268,7 @@ pub fn run(peers: usize, relays: usize, changes: usize) -> Result<()> {
         .build()?;
     let cluster = start_cluster(&rt, &nats, relays)?;
     let l = load(&cluster, per_relay)?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let client_rt = crate::runtime(1)?;
     let ep = client_rt
         .block_on(async { quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))) })?;
     let seen_rx = subscribe(&client_rt, ep.clone(), &cluster, per_relay * relays)?;

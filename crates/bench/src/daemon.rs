@@ -73,10 +73,7 @@ fn peers_command(bin: &str, data: &Path, relay: Option<SocketAddr>) -> Result<f6
 pub fn run(peers: usize, calls: usize, changes: usize, bin: &str) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("p2pcall-bench-daemon-{}", std::process::id()));
     let (_relay, udp) = start_relay(bin, &tmp.join("relay"), peers + 4)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime(2)?;
     let r = rt.block_on(measure(peers, calls, changes, bin, udp, &tmp));
     let _ = std::fs::remove_dir_all(&tmp);
     r

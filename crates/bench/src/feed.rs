@@ -38,10 +38,7 @@ fn media(w: u32, h: u32) -> Media {
 pub fn run(bin: &str, width: u32, height: u32) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("p2pcall-bench-feed-{}", std::process::id()));
     let (_relay, udp) = start_relay(bin, &tmp.join("relay"), 8)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime(2)?;
     let r = rt.block_on(async {
         let (da, db) = (tmp.join("a"), tmp.join("b"));
         let a = start_daemon(bin, &da, udp)?;

@@ -124,10 +124,7 @@ pub fn run(large_mib: u64, small: u64, small_kib: u64, dir: Option<PathBuf>) -> 
     let root = work.path().join("tree");
     let total = make_tree(&root, large_mib, small, small_kib)?;
     rustix::fs::sync();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime(2)?;
     println!(
         "file-transfer: tree of {:.2} GiB: one {large_mib} MiB file and {small} files of {small_kib} KiB, loopback, in {}",
         total as f64 / (1u64 << 30) as f64,

@@ -615,10 +615,7 @@ fn relayed(
 }
 
 pub fn run(pairs: usize, secs: f64) -> Result<()> {
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let client_rt = crate::runtime(1)?;
     let threads = std::env::var("FWD_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())

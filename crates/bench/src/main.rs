@@ -5,7 +5,7 @@
 //!   thread per core) and a one-at-a-time one (recv_from + send_to) in the same setup.
 //! * `cluster-presence`: N simulated peers over R relays of a cluster; single presence
 //!   changes timed to the other relays' subscribers against the relay's own subscriber.
-//! * `relay-capacity`: registers N peers with a relay *process* and reports its memory per
+//! * `relay-capacity`: registers N peers (with `--park`: parked) with a relay *process* and reports its memory per
 //!   peer, and the relay CPU time per presence change fanned out to S subscribers.
 //! * `p2p-throughput`: one QUIC stream peer to peer over the relay path and the direct path,
 //!   against raw quinn on loopback.
@@ -84,6 +84,9 @@ enum Cmd {
         /// Give up registering after this many seconds
         #[arg(long, default_value_t = 120)]
         max_secs: u64,
+        /// Park every peer but the subscribers and the renaming ones right after its login
+        #[arg(long)]
+        park: bool,
     },
     /// The daemon's local API: latency of `peers` and of events, idle CPU, RSS
     Daemon {
@@ -177,6 +180,14 @@ enum Cmd {
     },
 }
 
+/// A multi-threaded tokio runtime with `threads` workers.
+pub(crate) fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+}
+
 fn main() -> anyhow::Result<()> {
     // Logs of the in-process relays and peers, when asked for (RUST_LOG).
     if std::env::var_os("RUST_LOG").is_some() {
@@ -198,7 +209,8 @@ fn main() -> anyhow::Result<()> {
             subscribers,
             relay_bin,
             max_secs,
-        } => capacity::run(peers, subscribers, &relay_bin, max_secs),
+            park,
+        } => capacity::run(peers, subscribers, &relay_bin, max_secs, park),
         Cmd::Daemon {
             peers,
             calls,

@@ -107,10 +107,7 @@ async fn p2p(relay: SocketAddr, direct: bool, bytes: u64) -> Result<(f64, Path)>
 }
 
 pub fn run(mib: u64) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime(2)?;
     rt.block_on(async {
         let bytes = mib << 20;
         let mut cfg = p2pcall_relay::RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));

@@ -87,6 +87,7 @@ pub(crate) async fn start_engine_with(
                 force_tcp: cli.tcp,
                 relay_key: given_relay_key(cli, &ctx)?,
                 alternates: ctx.settings.alternate_relays(),
+                park_after: ctx.settings.park_after(),
                 ..RelayConfig::new(addr)
             };
             let mut c = EngineConfig::new(identity, name, Some(relay));

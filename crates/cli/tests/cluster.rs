@@ -1,7 +1,8 @@
 //! The real binaries as a network of three relays on a 3-node NATS cluster (all started here
 //! on free loopback ports): peers registered with relay c chat with, send a folder to and hold
 //! a short call with a peer of relay a; relay b's process is killed and its peer is registered with
-//! another relay within 5 s; relay b restarts and its peers come back.
+//! another relay within 5 s, in a call and parked alike; relay b restarts and its peers come
+//! back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -217,10 +218,16 @@ fn three_relays_carry_chat_a_folder_and_a_call_and_survive_losing_a_relay() {
         Duration::from_secs(10),
         || metric(&mb, "p2pcall_relay_cluster_members") == 2,
     );
+    // Dave parks after a second without anything on his relay session.
     let dave_id = id_of(&root.join("dave"));
+    std::fs::write(
+        root.join("dave").join("config.toml"),
+        "park_after_secs = 1\n",
+    )
+    .unwrap();
     let mut c = peer("dave", &addr_b);
     c.args(["listen", "--from", "anyone"]);
-    let dave = Proc::spawn(c);
+    let dave = Proc::spawn_logged(c, Some(&root.join("dave.log")));
     assert_eq!(
         dave.expect("relay_connected")["relay_addr"],
         addr_b.as_str()
@@ -239,9 +246,24 @@ fn three_relays_carry_chat_a_folder_and_a_call_and_survive_losing_a_relay() {
     let listed = erin.expect("relays_listed");
     assert_eq!(listed["relays"].as_array().unwrap().len(), 3, "{listed}");
     assert!(erin.term().success());
-    drop(dave);
+
+    // Dave is parked at relay b (no connection to it) when its process is killed: its
+    // beacons stop, and he is registered with another relay within 5 s all the same.
+    until("dave parked", Duration::from_secs(10), || {
+        metric(&mb, "p2pcall_relay_peers_parked") == 1
+    });
     rb.child.kill().unwrap();
+    let killed = Instant::now();
     rb.child.wait().unwrap();
+    let moved = dave.expect("relay_connected");
+    let took = killed.elapsed();
+    assert_ne!(moved["relay_addr"], addr_b.as_str(), "{moved}");
+    assert!(
+        took < Duration::from_secs(5),
+        "parked dave moved after {took:?}"
+    );
+    eprintln!("parked dave re-registered {took:?} after relay b was killed");
+    drop(dave);
     let mut c = peer("erin", &addr_b);
     c.args(["chat", &alice_id, "relay b is down"]);
     let (out, err, code) = run(c);

@@ -71,6 +71,10 @@ pub struct Settings {
     /// Partial files of an incoming transfer nobody resumed for this many days are removed
     /// (`0` keeps them until `p2pcall transfers clean`) [default: 30].
     pub partial_max_age_days: Option<u64>,
+    /// The relay session parks after this many seconds with nothing on it: the relay keeps
+    /// the registration without a connection and wakes it for a signal (`0`: never park)
+    /// [default: 60].
+    pub park_after_secs: Option<u64>,
 }
 
 impl Settings {
@@ -93,6 +97,15 @@ impl Settings {
                 key: None,
             })
             .collect()
+    }
+
+    /// How long an idle relay session waits before it parks (`park_after_secs`).
+    pub fn park_after(&self) -> Option<std::time::Duration> {
+        match self.park_after_secs {
+            Some(0) => None,
+            Some(s) => Some(std::time::Duration::from_secs(s)),
+            None => Some(p2pcall_net::PARK_AFTER),
+        }
     }
 
     /// The relay key the settings give (`relay_key`), if any.

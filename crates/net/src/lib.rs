@@ -32,7 +32,7 @@ mod relays;
 mod roster;
 pub mod socket;
 
-pub use config::{EndpointConfig, LanConfig, RelayCandidate, RelayConfig};
+pub use config::{EndpointConfig, LanConfig, PARK_AFTER, RelayCandidate, RelayConfig};
 pub use connection::{ConnectionStats, PING_TIMEOUT, PeerConnection};
 pub use endpoint::Endpoint;
 pub use error::NetError;
