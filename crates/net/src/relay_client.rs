@@ -582,6 +582,8 @@ async fn parked(
     packets: &mut mpsc::Receiver<ControlPacket>,
 ) -> Unparked {
     let relay = crate::socket::canonical(addr);
+    // What arrived while the session was live is about an earlier parking.
+    while packets.try_recv().is_ok() {}
     let mut session = ParkedSession::new(Instant::now(), tag, parking);
     loop {
         if let Some(pkt) = session.poll_transmit() {

@@ -115,19 +115,7 @@ async fn peers_of_different_relays_see_signal_and_connect_through_both() {
         .await;
     assert_eq!(incoming.peer(), alice.ep.id());
     assert_eq!(incoming.safety_number(), conn.safety_number());
-    let echo = tokio::spawn(async move {
-        let (mut send, mut recv) = incoming.quic().accept_bi().await.unwrap();
-        let data = recv.read_to_end(4 << 20).await.unwrap();
-        send.write_all(&data).await.unwrap();
-        send.finish().unwrap();
-        incoming
-    });
-    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
-    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
-    send.write_all(&data).await.unwrap();
-    send.finish().unwrap();
-    assert_eq!(recv.read_to_end(4 << 20).await.unwrap(), data);
-    let _incoming = echo.await.unwrap();
+    let _incoming = echo_through(&conn, incoming, 1_000_000).await;
     let (am, cm) = (a.metrics(), c.metrics());
     assert!(am.hops_out.load(Relaxed) > 500 && am.hops_in.load(Relaxed) > 100);
     assert!(cm.hops_in.load(Relaxed) > 500 && cm.hops_out.load(Relaxed) > 100);

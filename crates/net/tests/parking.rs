@@ -84,19 +84,7 @@ async fn an_idle_peer_parks_is_woken_by_a_dial_and_gets_relayed_packets_while_pa
     })
     .await;
     let unparks = m.unparks.load(Relaxed);
-    let echo = tokio::spawn(async move {
-        let (mut send, mut recv) = incoming.quic().accept_bi().await.unwrap();
-        let data = recv.read_to_end(4 << 20).await.unwrap();
-        send.write_all(&data).await.unwrap();
-        send.finish().unwrap();
-        incoming
-    });
-    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
-    send.write_all(&data).await.unwrap();
-    send.finish().unwrap();
-    assert_eq!(recv.read_to_end(4 << 20).await.unwrap(), data);
-    let _incoming = echo.await.unwrap();
+    let _incoming = echo_through(&conn, incoming, 1_000_000).await;
     assert_eq!(m.unparks.load(Relaxed), unparks, "packets do not wake her");
     assert_eq!(m.peers_parked.load(Relaxed), 1);
 

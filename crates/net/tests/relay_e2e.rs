@@ -121,20 +121,7 @@ async fn three_peers_presence_signaling_and_a_relayed_connection() {
         .await;
     assert_eq!(incoming.peer(), a.ep.id());
     assert_eq!(incoming.safety_number(), conn.safety_number());
-    let echo = tokio::spawn(async move {
-        let (mut send, mut recv) = incoming.quic().accept_bi().await.unwrap();
-        let data = recv.read_to_end(8 << 20).await.unwrap();
-        send.write_all(&data).await.unwrap();
-        send.finish().unwrap();
-        incoming
-    });
-    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
-    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
-    send.write_all(&data).await.unwrap();
-    send.finish().unwrap();
-    let back = recv.read_to_end(8 << 20).await.unwrap();
-    assert_eq!(back, data, "the stream came back intact through the relay");
-    let incoming = echo.await.unwrap();
+    let incoming = echo_through(&conn, incoming, 2_000_000).await;
     for seq in 0..5 {
         conn.ping(seq, 900).await.unwrap();
     }

@@ -507,10 +507,7 @@ impl Session {
             },
             resync: AtomicBool::new(login.presence),
             wake: Notify::new(),
-            data_limits: Mutex::new((
-                TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
-                TokenBucket::new(now, cfg.byte_rate, cfg.byte_rate / 10.0 + 65536.0),
-            )),
+            data_limits: data_limits(cfg, now),
             close: parent.child_token(),
             close_reason: Mutex::new(None),
         });
@@ -558,10 +555,7 @@ impl Session {
             }),
             resync: AtomicBool::new(self.resync.load(Ordering::Acquire)),
             wake: Notify::new(),
-            data_limits: Mutex::new((
-                TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
-                TokenBucket::new(now, cfg.byte_rate, cfg.byte_rate / 10.0 + 65536.0),
-            )),
+            data_limits: data_limits(cfg, now),
             close: parent.child_token(),
             close_reason: Mutex::new(None),
         })
@@ -575,6 +569,15 @@ impl Session {
             since_ms: self.since_ms,
         })
     }
+}
+
+/// A session's relayed-data budget (packets, bytes): a tenth of a second's worth of burst,
+/// then the configured rates.
+fn data_limits(cfg: &RelayConfig, now: Instant) -> Mutex<(TokenBucket, TokenBucket)> {
+    Mutex::new((
+        TokenBucket::new(now, cfg.packet_rate, cfg.packet_rate.max(1.0) / 10.0 + 64.0),
+        TokenBucket::new(now, cfg.byte_rate, cfg.byte_rate / 10.0 + 65536.0),
+    ))
 }
 
 /// Whether `f` reports presence (a snapshot replaces any number of these).

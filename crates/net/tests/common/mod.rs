@@ -78,6 +78,30 @@ impl Peer {
     }
 }
 
+/// Sends `len` bytes on a new stream of `conn` and checks they come back: the other side,
+/// `incoming`, echoes them. Returns `incoming`.
+pub async fn echo_through(
+    conn: &p2pcall_net::PeerConnection,
+    incoming: p2pcall_net::PeerConnection,
+    len: u32,
+) -> p2pcall_net::PeerConnection {
+    let limit = len as usize + 1;
+    let echo = tokio::spawn(async move {
+        let (mut send, mut recv) = incoming.quic().accept_bi().await.unwrap();
+        let data = recv.read_to_end(limit).await.unwrap();
+        send.write_all(&data).await.unwrap();
+        send.finish().unwrap();
+        incoming
+    });
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let (mut send, mut recv) = conn.quic().open_bi().await.unwrap();
+    send.write_all(&data).await.unwrap();
+    send.finish().unwrap();
+    let back = recv.read_to_end(limit).await.unwrap();
+    assert!(back == data, "the stream came back intact");
+    echo.await.unwrap()
+}
+
 /// Resident memory of this process, KiB (Linux).
 pub fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
