@@ -498,3 +498,34 @@ async fn refused_carol(relay: &p2pcall_relay::Relay) -> (Peer, String) {
         .await;
     (c, reason)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_port_of_eight_sockets_serves_every_flow() {
+    // The kernel spreads the flows over the port's sockets by their addresses: with six
+    // peers on eight sockets, all six landing on quinn's own socket has a chance of 1 in
+    // 262,144, so the others' hand-over of QUIC packets and their forwarding are exercised.
+    // No TCP fallback: every session must come over the UDP port.
+    let relay = relay_with(|c| {
+        c.udp_sockets = 8;
+        c.tcp_listen = None;
+    })
+    .await;
+    let mut peers = Vec::new();
+    for n in 0..6 {
+        peers.push(peer(&format!("p{n}"), relay.udp_addr, false).await);
+    }
+    assert_eq!(relay.online(), 6);
+    for pair in peers.chunks_mut(2) {
+        let [a, b] = pair else { unreachable!() };
+        let conn = a.ep.connect(b.ep.id()).await.unwrap();
+        assert_eq!(conn.path(), Path::Relay);
+        let incoming = b
+            .expect("incoming", |e| match e {
+                Event::Incoming(c) => Some(c),
+                _ => None,
+            })
+            .await;
+        echo_through(&conn, incoming, 300_000).await;
+    }
+    relay.shutdown().await;
+}

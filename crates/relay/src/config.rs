@@ -51,6 +51,9 @@ pub struct RelayConfig {
     /// How often a relay of a cluster tells its parked peers it is alive (they move to
     /// another relay after [`p2pcall_proto::relay::client::ParkedSession::silence`]).
     pub park_beacon: Duration,
+    /// Sockets on the UDP port (`SO_REUSEPORT`), each forwarding the flows the kernel gives
+    /// it: one per core by default (at most 8), `1`: quinn's alone.
+    pub udp_sockets: usize,
 }
 
 impl RelayConfig {
@@ -85,6 +88,7 @@ impl RelayConfig {
             cluster: None,
             park_keepalive: Duration::from_secs(15),
             park_beacon: Duration::from_millis(1_500),
+            udp_sockets: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
         }
     }
 }

@@ -98,6 +98,56 @@ fn bind_udp(addr: SocketAddr, what: &'static str) -> Result<std::net::UdpSocket,
     })
 }
 
+/// The relay's UDP port.
+struct UdpPort {
+    /// Its address.
+    addr: SocketAddr,
+    /// quinn's socket.
+    quinns: RelaySocket,
+    /// `cfg.udp_sockets - 1` more on the same address (their tasks start with the relay).
+    more: Vec<socket::Port>,
+    /// Where they queue QUIC packets for quinn's.
+    others: tokio::sync::mpsc::Sender<socket::Received>,
+}
+
+/// Binds the relay's UDP port.
+fn bind_port(
+    cfg: &RelayConfig,
+    sessions: &Arc<RwLock<Sessions>>,
+    metrics: &Arc<Metrics>,
+) -> Result<UdpPort, RelayError> {
+    let err = |addr| {
+        move |source| RelayError::Bind {
+            what: "UDP",
+            addr,
+            source,
+        }
+    };
+    let port = |std| socket::Port::new(std, sessions.clone(), metrics.clone());
+    let shared = cfg.udp_sockets > 1;
+    let bind = |addr| {
+        if shared {
+            p2pcall_transport::udp::bind_shared(addr, SOCKET_BUFFER)
+        } else {
+            p2pcall_transport::udp::bind(addr, SOCKET_BUFFER)
+        }
+    };
+    let main = bind(cfg.listen).map_err(err(cfg.listen))?;
+    let addr = main.local_addr().map_err(err(cfg.listen))?;
+    let (quinns, others) = RelaySocket::new(port(main).map_err(err(addr))?);
+    let mut more = Vec::new();
+    for _ in 1..cfg.udp_sockets.max(1) {
+        let std = bind(addr).map_err(err(addr))?;
+        more.push(port(std).map_err(err(addr))?);
+    }
+    Ok(UdpPort {
+        addr,
+        quinns,
+        more,
+        others,
+    })
+}
+
 /// The relay's QUIC endpoint on `socket`: one bidirectional stream per session.
 fn quic_endpoint(
     identity: &Identity,
@@ -135,21 +185,13 @@ impl Relay {
         let mut sessions = Sessions::default();
         sessions.max_per_address = cfg.max_per_address;
         let sessions = Arc::new(RwLock::new(sessions));
-        let std_udp = bind_udp(cfg.listen, "UDP")?;
-        let udp_addr = std_udp.local_addr().map_err(|source| RelayError::Bind {
-            what: "UDP",
-            addr: cfg.listen,
-            source,
-        })?;
-        let socket = Arc::new(
-            RelaySocket::new(std_udp, sessions.clone(), metrics.clone()).map_err(|source| {
-                RelayError::Bind {
-                    what: "UDP",
-                    addr: cfg.listen,
-                    source,
-                }
-            })?,
-        );
+        let UdpPort {
+            addr: udp_addr,
+            quinns,
+            more: more_sockets,
+            others,
+        } = bind_port(&cfg, &sessions, &metrics)?;
+        let socket = Arc::new(quinns);
         let endpoint = quic_endpoint(identity, &cfg, socket.clone())?;
 
         // TCP fallback on the UDP port number unless configured otherwise.
@@ -215,6 +257,13 @@ impl Relay {
             .map(|c| cluster::start(c, identity.id(), udp_addr, &shared, &mut tasks));
         tasks.spawn(accept_quic(shared.clone(), endpoint.clone()));
         tasks.spawn(parking::run(shared.clone(), wakes));
+        for port in more_sockets {
+            tasks.spawn(socket::serve_port(
+                port,
+                others.clone(),
+                shared.cancel.clone(),
+            ));
+        }
         if let Some(l) = tcp {
             let tls =
                 p2pcall_transport::rustls_server_config(identity, p2pcall_transport::ALPN_RELAY)?;

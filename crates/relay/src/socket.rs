@@ -1,7 +1,13 @@
-//! The relay's UDP socket: forwards `RelaySend` packets and answers reflection requests right
+//! The relay's UDP port: forwards `RelaySend` packets and answers reflection requests right
 //! in the receive path (lookup, in-place header rewrite, no task hop), and hands QUIC packets
 //! (the control plane) to quinn. Forwarded packets of one receive batch that go to the same
 //! destination leave in one GSO send (one copy each into the batch buffer).
+//!
+//! The port has a socket per core (`SO_REUSEPORT`; the kernel spreads the flows over them by
+//! their addresses): quinn's ([`RelaySocket`], whose receive path runs in quinn's endpoint
+//! task) and the others ([`serve_port`], a task each), so forwarding runs on every core. The
+//! others queue the QUIC packets they receive for quinn's socket, which hands them to quinn
+//! with its own.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -21,14 +27,15 @@ use p2pcall_proto::packet::{self, Control, RelayHop, RelayRecv, RelaySend};
 use p2pcall_proto::relay::{MAX_DATA, ServerFrame};
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
+use tokio::sync::mpsc;
 
 use crate::metrics::{DropReason, Metrics};
 use crate::registry::{Route, Session, Sessions};
 
 use p2pcall_transport::udp::canonical;
 
-/// The relay's main UDP socket.
-pub struct RelaySocket {
+/// A socket on the relay's UDP port, and what it needs to forward.
+pub struct Port {
     io: tokio::net::UdpSocket,
     state: UdpSocketState,
     v6: bool,
@@ -52,6 +59,31 @@ struct Batch {
     closed: bool,
 }
 
+/// quinn's socket on the relay port, with the QUIC packets the port's other sockets received.
+pub struct RelaySocket {
+    port: Port,
+    others: parking_lot::Mutex<mpsc::Receiver<Received>>,
+}
+
+/// QUIC packets (one buffer: one datagram, or GRO segments of `stride`) another socket of the
+/// port received.
+#[derive(Debug)]
+pub(crate) struct Received {
+    meta: RecvMeta,
+    data: Vec<u8>,
+}
+
+/// QUIC packets waiting from the port's other sockets; more are lost (as the kernel's own
+/// buffer would lose them).
+const OTHERS_QUEUE: usize = 4096;
+
+impl std::ops::Deref for RelaySocket {
+    type Target = Port;
+    fn deref(&self) -> &Port {
+        &self.port
+    }
+}
+
 impl fmt::Debug for RelaySocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RelaySocket").finish_non_exhaustive()
@@ -59,6 +91,84 @@ impl fmt::Debug for RelaySocket {
 }
 
 impl RelaySocket {
+    /// quinn's socket on the port, and where the other sockets queue QUIC packets for it.
+    pub(crate) fn new(port: Port) -> (Self, mpsc::Sender<Received>) {
+        let (tx, rx) = mpsc::channel(OTHERS_QUEUE);
+        let s = Self {
+            port,
+            others: parking_lot::Mutex::new(rx),
+        };
+        (s, tx)
+    }
+
+    /// Moves queued packets of the other sockets into quinn's buffers; how many.
+    fn take_others(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> usize {
+        let mut others = self.others.lock();
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Poll::Ready(Some(r)) = others.poll_recv(cx) else {
+                break;
+            };
+            if r.data.len() > bufs[n].len() {
+                continue;
+            }
+            bufs[n][..r.data.len()].copy_from_slice(&r.data);
+            meta[n] = RecvMeta {
+                len: r.data.len(),
+                ..r.meta
+            };
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Runs one of the port's other sockets: forwards what it receives and queues the QUIC
+/// packets for quinn's socket, until `cancel`.
+pub(crate) async fn serve_port(
+    port: Port,
+    quic: mpsc::Sender<Received>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let batch = quinn::udp::BATCH_SIZE.max(1);
+    let size = 64 * 1024;
+    let mut storage = vec![0u8; size * batch];
+    let mut meta = vec![RecvMeta::default(); batch];
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = port.io.readable() => if r.is_err() { return },
+        }
+        let mut bufs: Vec<IoSliceMut<'_>> = storage.chunks_mut(size).map(IoSliceMut::new).collect();
+        let n = match port.io.try_io(Interest::READABLE, || {
+            port.state.recv((&port.io).into(), &mut bufs, &mut meta)
+        }) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        let mut out = Batch::default();
+        for i in 0..n {
+            let kept = port.process(now, &mut bufs[i], &mut meta[i], &mut out);
+            if kept > 0 {
+                let data = bufs[i][..kept].to_vec();
+                let _ = quic.try_send(Received {
+                    meta: meta[i],
+                    data,
+                });
+            }
+        }
+        port.flush(&mut out);
+    }
+}
+
+impl Port {
+    /// The port's socket `std` (bound, non-blocking), forwarding by `sessions`.
     pub(crate) fn new(
         std: std::net::UdpSocket,
         sessions: Arc<RwLock<Sessions>>,
@@ -356,6 +466,10 @@ impl quinn::AsyncUdpSocket for RelaySocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        let n = self.take_others(cx, bufs, meta);
+        if n > 0 {
+            return Poll::Ready(Ok(n));
+        }
         loop {
             ready!(self.io.poll_recv_ready(cx))?;
             let res = self.io.try_io(Interest::READABLE, || {

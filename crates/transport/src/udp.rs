@@ -32,11 +32,24 @@ pub fn in_family(v6: bool, a: SocketAddr) -> SocketAddr {
 /// Binds a non-blocking UDP socket with `buffer` bytes of kernel buffers. `[::]` is made
 /// dual-stack, falling back to `0.0.0.0` when IPv6 is unavailable.
 pub fn bind(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
+    bind_with(addr, buffer, false)
+}
+
+/// [`bind`] with `SO_REUSEPORT`: more sockets of this process can bind the same address, and
+/// the kernel spreads the incoming flows over them (by their addresses).
+pub fn bind_shared(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
+    bind_with(addr, buffer, true)
+}
+
+fn bind_with(addr: SocketAddr, buffer: usize, shared: bool) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let try_bind = |addr: SocketAddr| -> io::Result<std::net::UdpSocket> {
         let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
             s.set_only_v6(false)?;
+        }
+        if shared {
+            s.set_reuse_port(true)?;
         }
         // Loss at default buffer sizes was measured on loopback (shared/notes/crates.md);
         // the kernel caps these at net.core.{r,w}mem_max.
