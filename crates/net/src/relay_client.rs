@@ -79,6 +79,10 @@ struct Attempt<'a> {
     resumed: bool,
     /// A command taken while parked, sent once welcomed.
     carry: Option<ClientFrame>,
+    /// Do not ask this relay to park (it ended a session that asked).
+    no_park: bool,
+    /// The relay refused `Park`.
+    park_failed: bool,
 }
 
 impl From<proto_client::SessionEnd> for SessionEnd {
@@ -103,6 +107,8 @@ pub(crate) async fn run(
     // Coming back from parking: to the same relay, without probing the others.
     let mut back_to: Option<Target> = None;
     let mut carry: Option<ClientFrame> = None;
+    // Relays that refused to park a session (an older relay does not know the frame).
+    let mut no_park: Vec<SocketAddr> = Vec::new();
     loop {
         // Trust on first use holds for reconnects too: once a relay welcomed us, only its
         // key is accepted at that address (a café network's impostor is not).
@@ -135,16 +141,20 @@ pub(crate) async fn run(
             welcomed: false,
             resumed,
             carry: carry.take(),
+            no_park: no_park.contains(&target.addr),
+            park_failed: false,
         };
         let mut end = connect_and_serve(&inner, &tcfg, target, &mut choice, &mut attempt).await;
         let welcomed = attempt.welcomed;
         carry = attempt.carry.take();
+        if attempt.park_failed {
+            tracing::info!(relay = %target.addr, "the relay refused to park our session; not asking it again");
+            no_park.push(target.addr);
+        }
         if let SessionEnd::Parked(tag, parking) = end {
-            tracing::debug!(relay = %target.addr, "relay session parked");
             match parked(&inner, target.addr, tag, parking, &mut cmd_rx, &mut park_rx).await {
                 Unparked::Shutdown => return,
                 Unparked::Back(cmd) => {
-                    tracing::debug!(relay = %target.addr, woken = cmd.is_none(), "back from parking");
                     carry = cmd;
                     back_to = Some(target);
                     continue;
@@ -434,7 +444,8 @@ where
             presence: cfg.presence,
             welcome_timeout: WELCOME_TIMEOUT,
             ping_interval: RELAY_PING_INTERVAL,
-            park_after: cfg.park_after.filter(|_| transport == RelayTransport::Udp),
+            park_after: (cfg.park_after)
+                .filter(|_| transport == RelayTransport::Udp && !attempt.no_park),
         },
     );
     let mut reader = FrameReader::new(recv, MAX_FRAME);
@@ -447,6 +458,7 @@ where
                     tag = *session_tag;
                 }
                 ClientEvent::Parked(parking) => return SessionEnd::Parked(tag, *parking),
+                ClientEvent::Ended(_) => attempt.park_failed = machine.park_refused(),
                 _ => {}
             }
             let welcome = matches!(event, ClientEvent::Welcome { .. });
@@ -581,6 +593,7 @@ async fn parked(
     cmd_rx: &mut mpsc::Receiver<ClientFrame>,
     packets: &mut mpsc::Receiver<ControlPacket>,
 ) -> Unparked {
+    tracing::debug!(relay = %addr, "relay session parked");
     let relay = crate::socket::canonical(addr);
     // What arrived while the session was live is about an earlier parking.
     while packets.try_recv().is_ok() {}
@@ -595,7 +608,10 @@ async fn parked(
         let unpark = tokio::select! {
             _ = inner.cancel.cancelled() => return Unparked::Shutdown,
             c = cmd_rx.recv() => return match c {
-                Some(c) => Unparked::Back(Some(c)),
+                Some(c) => {
+                    tracing::debug!(relay = %addr, "back from parking to send");
+                    Unparked::Back(Some(c))
+                }
                 None => Unparked::Shutdown,
             },
             p = packets.recv() => match p {
@@ -608,7 +624,10 @@ async fn parked(
             () = tokio::time::sleep_until(at) => session.handle_timeout(Instant::now()),
         };
         match unpark {
-            Some(Unpark::Wake | Unpark::Gone) => return Unparked::Back(None),
+            Some(u @ (Unpark::Wake | Unpark::Gone)) => {
+                tracing::debug!(relay = %addr, why = ?u, "back from parking");
+                return Unparked::Back(None);
+            }
             Some(Unpark::Silent) => return Unparked::Silent,
             None => {}
         }

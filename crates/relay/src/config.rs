@@ -51,8 +51,9 @@ pub struct RelayConfig {
     /// How often a relay of a cluster tells its parked peers it is alive (they move to
     /// another relay after [`p2pcall_proto::relay::client::ParkedSession::silence`]).
     pub park_beacon: Duration,
-    /// Sockets on the UDP port (`SO_REUSEPORT`), each forwarding the flows the kernel gives
-    /// it: one per core by default (at most 8), `1`: quinn's alone.
+    /// Sockets on the UDP port (`SO_REUSEPORT`, taken only if the port is free), each
+    /// forwarding the flows the kernel gives it: one per core by default (at most 8), `1`:
+    /// quinn's alone.
     pub udp_sockets: usize,
 }
 

@@ -124,22 +124,18 @@ fn bind_port(
         }
     };
     let port = |std| socket::Port::new(std, sessions.clone(), metrics.clone());
-    let shared = cfg.udp_sockets > 1;
-    let bind = |addr| {
-        if shared {
-            p2pcall_transport::udp::bind_shared(addr, SOCKET_BUFFER)
-        } else {
-            p2pcall_transport::udp::bind(addr, SOCKET_BUFFER)
-        }
-    };
-    let main = bind(cfg.listen).map_err(err(cfg.listen))?;
-    let addr = main.local_addr().map_err(err(cfg.listen))?;
-    let (quinns, others) = RelaySocket::new(port(main).map_err(err(addr))?);
-    let mut more = Vec::new();
-    for _ in 1..cfg.udp_sockets.max(1) {
-        let std = bind(addr).map_err(err(addr))?;
-        more.push(port(std).map_err(err(addr))?);
+    let mut all = if cfg.udp_sockets > 1 {
+        p2pcall_transport::udp::bind_shared(cfg.listen, SOCKET_BUFFER, cfg.udp_sockets)
+    } else {
+        p2pcall_transport::udp::bind(cfg.listen, SOCKET_BUFFER).map(|s| vec![s])
     }
+    .map_err(err(cfg.listen))?;
+    let main = all.remove(0);
+    let addr = main.local_addr().map_err(err(cfg.listen))?;
+    let more = (all.into_iter())
+        .map(|std| port(std).map_err(err(addr)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (quinns, others) = RelaySocket::new(port(main).map_err(err(addr))?);
     Ok(UdpPort {
         addr,
         quinns,

@@ -183,6 +183,23 @@ mod tests {
     }
 
     #[test]
+    fn a_signal_does_not_wait_for_a_wake_planned_for_presence() {
+        let t0 = Instant::now();
+        let mut st = state(t0);
+        let spread = Duration::from_secs(50);
+        // Presence changes wait, their wake planned 30 s away.
+        st.presence = true;
+        st.wake_at = Some(t0 + Duration::from_secs(30));
+        assert_eq!(due(&mut st, t0, None, spread), None);
+        st.mark_urgent();
+        assert_eq!(due(&mut st, t0 + TICK, None, spread), Some(true));
+        // Another signal within the second does not send another wake.
+        st.mark_urgent();
+        assert_eq!(due(&mut st, t0 + TICK * 2, None, spread), None);
+        assert_eq!(due(&mut st, t0 + TICK * 5, None, spread), Some(true));
+    }
+
+    #[test]
     fn presence_wakes_within_the_spread_and_beacons_keep_their_period() {
         let t0 = Instant::now();
         let beacon = Some(Duration::from_millis(1_500));

@@ -273,6 +273,15 @@ impl ParkedState {
             next_beacon,
         }
     }
+
+    /// A signal or a vouch now waits: a wake already planned for presence changes (up to the
+    /// spread away) gives way to one now.
+    pub(crate) fn mark_urgent(&mut self) {
+        if !self.urgent {
+            self.urgent = true;
+            self.wake_at = None;
+        }
+    }
 }
 
 /// What a parked session holds and when it is due for what.
@@ -425,7 +434,7 @@ impl Session {
                 }
                 st.bytes += len;
                 st.frames.push(f);
-                st.urgent = true;
+                st.mark_urgent();
                 drop(st);
                 let _ = p.waker.try_send(self.id);
                 true

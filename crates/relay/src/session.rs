@@ -152,7 +152,14 @@ where
     if end.cause != CloseCause::Parked {
         session.end(end.reason, &end.detail);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        // Parked without its writer seeing `Parked` (its queue was full): nothing ends it.
+        writer.abort();
+    }
     shared
         .sessions
         .write()
@@ -390,8 +397,14 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                     buf.clear();
                 }
             }
+            let last = keep.iter().any(|f| matches!(f, ServerFrame::Parked { .. }));
             for f in keep {
                 f.encode(&mut buf);
+            }
+            // `Parked` is the connection's last frame.
+            if last {
+                let _ = write_all(send, &buf).await;
+                return;
             }
         } else {
             tokio::select! {

@@ -35,10 +35,26 @@ pub fn bind(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> 
     bind_with(addr, buffer, false)
 }
 
-/// [`bind`] with `SO_REUSEPORT`: more sockets of this process can bind the same address, and
-/// the kernel spreads the incoming flows over them (by their addresses).
-pub fn bind_shared(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSocket> {
-    bind_with(addr, buffer, true)
+/// `n` sockets bound to one address with `SO_REUSEPORT` (the kernel spreads the incoming
+/// flows over them by their addresses), as [`bind`] binds one.
+///
+/// `SO_REUSEPORT` alone would let a second process of the same user share a port in use (a
+/// relay started twice by mistake), and binding port 0 with it may even pick such a port.
+/// So the address is first bound without it: that fails when anything uses the port, and
+/// picks a free one for port 0; the shared sockets then take that port.
+pub fn bind_shared(
+    addr: SocketAddr,
+    buffer: usize,
+    n: usize,
+) -> io::Result<Vec<std::net::UdpSocket>> {
+    let free = bind_with(addr, buffer, false)?.local_addr()?;
+    let mut all = vec![bind_with(free, buffer, true)?];
+    // The first one took the family `bind` chose (dual stack, or IPv4 without IPv6).
+    let at = all[0].local_addr()?;
+    for _ in 1..n.max(1) {
+        all.push(bind_with(at, buffer, true)?);
+    }
+    Ok(all)
 }
 
 fn bind_with(addr: SocketAddr, buffer: usize, shared: bool) -> io::Result<std::net::UdpSocket> {
@@ -135,4 +151,32 @@ pub fn raise_fd_limit() -> u64 {
         Ok(n) => n,
         Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_sockets_take_only_a_free_port_and_port_0_is_never_shared_with_another_group() {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut groups = Vec::new();
+        for _ in 0..20 {
+            let g = bind_shared(loopback, 1 << 16, 3).unwrap();
+            let port = g[0].local_addr().unwrap().port();
+            assert!(g.iter().all(|s| s.local_addr().unwrap().port() == port));
+            groups.push((port, g));
+        }
+        let mut ports: Vec<u16> = groups.iter().map(|(p, _)| *p).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 20, "every group on a port of its own");
+        // A port in use (by a shared group, or by anything) is refused.
+        let taken = SocketAddr::from(([127, 0, 0, 1], groups[0].0));
+        let e = bind_shared(taken, 1 << 16, 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        let plain = bind(loopback, 1 << 16).unwrap();
+        let e = bind_shared(plain.local_addr().unwrap(), 1 << 16, 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+    }
 }

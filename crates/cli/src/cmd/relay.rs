@@ -110,10 +110,17 @@ pub(crate) async fn relay(cli: &Cli, a: &RelayArgs) -> Result<()> {
         cfg.rename_every = std::time::Duration::from_millis(ms);
     }
     let token_required = cfg.token.is_some();
-    let cluster = cfg.cluster.clone();
+    let mut cluster = cfg.cluster.clone();
     let relay = p2pcall_relay::Relay::start(&identity, cfg)
         .await
         .context("starting the relay (is another relay already running on that port?)")?;
+    // What the cluster tells clients when no public address was given: the bound one (not a
+    // wildcard address, which reaches nobody).
+    if let Some(c) = cluster.as_mut().filter(|c| c.public_addr.is_empty())
+        && !relay.udp_addr.ip().is_unspecified()
+    {
+        c.public_addr = relay.udp_addr.to_string();
+    }
     if cli.json {
         outln!(
             "{}",

@@ -184,6 +184,9 @@ pub struct ClientSession {
     park_after: Option<Duration>,
     /// When a frame other than a ping or a pong last went either way.
     active: Instant,
+    /// The relay refused `Park` as a protocol violation (a relay that does not park refuses
+    /// the frame it does not know).
+    park_refused: bool,
     /// The relay has other relays to move to: silence ends the session.
     watched: bool,
     phase: Phase,
@@ -208,6 +211,7 @@ impl ClientSession {
             ping_interval: cfg.ping_interval,
             park_after: cfg.park_after,
             active: now,
+            park_refused: false,
             watched: false,
             phase: Phase::AwaitingWelcome {
                 deadline: now + cfg.welcome_timeout,
@@ -413,6 +417,8 @@ impl ClientSession {
                 ClientEvent::Relays(list)
             }
             ServerFrame::Refused { reason, detail } => {
+                self.park_refused =
+                    matches!(self.phase, Phase::Parking { .. }) && reason == RefuseReason::Protocol;
                 self.end(SessionEnd::refused(reason, detail));
                 return;
             }
@@ -426,6 +432,11 @@ impl ClientSession {
             }
         };
         self.events.push_back(event);
+    }
+
+    /// Whether the relay refused `Park` (it does not park sessions: better not ask it again).
+    pub fn park_refused(&self) -> bool {
+        self.park_refused
     }
 
     fn end(&mut self, end: SessionEnd) {
@@ -859,6 +870,20 @@ mod tests {
                 "the relay did not answer park".into()
             ))]
         );
+        assert!(!s.park_refused(), "a relay that went silent did not refuse");
+        // An older relay refuses the frame it does not know: not asked to park again.
+        let mut s = parking(t0);
+        s.handle_timeout(t0 + Duration::from_secs(30));
+        feed(
+            &mut s,
+            t0 + Duration::from_secs(30),
+            &ServerFrame::Refused {
+                reason: RefuseReason::Protocol,
+                detail: "unknown frame type 0x07".into(),
+            },
+        );
+        assert!(s.park_refused());
+        assert!(!parking(t0).park_refused());
         let mut s = open(t0);
         feed(
             &mut s,
