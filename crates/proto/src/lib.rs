@@ -11,6 +11,7 @@
 //!   endpoints never negotiate QUIC bit greasing).
 //! * [`stream`]: the kind byte that opens every application stream on a peer connection.
 //! * [`call`]: call signaling (offer, answer, updates, hang-up) and codec negotiation.
+//! * [`group`]: who is in a group call, agreed by its members (a sans-IO state machine).
 //! * [`chat`]: chat messages and receipts between two peers.
 //! * [`transfer`]: file and folder-tree offers, answers and data records.
 //! * [`media`]: media packets and receiver feedback on QUIC datagrams.
@@ -29,6 +30,7 @@ pub mod chat;
 pub mod cluster;
 pub mod codec;
 pub mod frame;
+pub mod group;
 pub mod id;
 pub mod lan;
 pub mod limits;
