@@ -373,6 +373,20 @@ mod tests {
     }
 
     impl Mesh {
+        /// Alice (key 1) starts a call and invites `invitees`; everything said is delivered.
+        fn call(t0: Instant, invitees: impl IntoIterator<Item = u8>) -> Self {
+            let mut alice = GroupRoster::create(t0, id(1));
+            for n in invitees {
+                alice.invite(t0, id(n)).unwrap();
+            }
+            let mut mesh = Mesh {
+                now: t0,
+                rosters: BTreeMap::from([(id(1), alice)]),
+            };
+            mesh.run();
+            mesh
+        }
+
         fn run(&mut self) {
             loop {
                 let mut out = Vec::new();
@@ -424,14 +438,7 @@ mod tests {
     #[test]
     fn invitees_join_and_a_late_joiner_learns_the_roster_from_its_inviter() {
         let t0 = Instant::now();
-        let mut a = GroupRoster::create(t0, id(1));
-        a.invite(t0, id(2)).unwrap();
-        a.invite(t0, id(3)).unwrap();
-        let mut mesh = Mesh {
-            now: t0,
-            rosters: BTreeMap::from([(id(1), a)]),
-        };
-        mesh.run();
+        let mut mesh = Mesh::call(t0, 2..=3);
         assert_eq!(mesh.rosters_agree(), vec![id(1), id(2), id(3)]);
         assert!(
             mesh.rosters
@@ -458,15 +465,7 @@ mod tests {
     #[test]
     fn a_member_that_leaves_or_vanishes_is_removed_and_the_call_goes_on_while_two_remain() {
         let t0 = Instant::now();
-        let mut a = GroupRoster::create(t0, id(1));
-        for n in 2..=4 {
-            a.invite(t0, id(n)).unwrap();
-        }
-        let mut mesh = Mesh {
-            now: t0,
-            rosters: BTreeMap::from([(id(1), a)]),
-        };
-        mesh.run();
+        let mut mesh = Mesh::call(t0, 2..=4);
         let mut carol = mesh.rosters.remove(&id(3)).unwrap();
         carol.leave();
         for (to, msg) in sends(&mut carol) {
@@ -498,15 +497,7 @@ mod tests {
     #[test]
     fn crossed_invitations_reach_everyone_and_past_the_limit_the_same_ones_go() {
         let t0 = Instant::now();
-        let mut a = GroupRoster::create(t0, id(1));
-        for n in 2..=4 {
-            a.invite(t0, id(n)).unwrap();
-        }
-        let mut mesh = Mesh {
-            now: t0,
-            rosters: BTreeMap::from([(id(1), a)]),
-        };
-        mesh.run();
+        let mut mesh = Mesh::call(t0, 2..=4);
         // Alice, bob and carol each invite someone at once: 4 + 3 = 7 > 6.
         for (by, peer) in [(1, 20), (2, 30), (3, 10)] {
             mesh.rosters
@@ -536,14 +527,7 @@ mod tests {
     #[test]
     fn a_member_that_lies_about_the_roster_changes_nothing() {
         let t0 = Instant::now();
-        let mut a = GroupRoster::create(t0, id(1));
-        a.invite(t0, id(2)).unwrap();
-        a.invite(t0, id(3)).unwrap();
-        let mut mesh = Mesh {
-            now: t0,
-            rosters: BTreeMap::from([(id(1), a)]),
-        };
-        mesh.run();
+        let mut mesh = Mesh::call(t0, 2..=3);
         let alice = mesh.rosters.get_mut(&id(1)).unwrap();
         events(alice);
         // Mallory (id 3) claims alice's invitee as hers, sends a roster after joining, and a
