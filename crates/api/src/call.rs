@@ -49,6 +49,11 @@ pub enum CallChange {
         /// The source.
         source: String,
     },
+    /// Invite one more participant (a one-to-one call becomes a group call).
+    Add {
+        /// The peer, as [`crate::Request::SendMessage`] names it.
+        peer: String,
+    },
 }
 
 /// A stream of a call.
@@ -121,6 +126,9 @@ pub enum CallNote {
         audio: bool,
         /// Offers video.
         video: bool,
+        /// A group call: the other participants, 64 hex digits each.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        members: Vec<String>,
     },
     /// The callee's device rings.
     Ringing {
@@ -136,12 +144,35 @@ pub enum CallNote {
         /// Streams each way.
         streams: Streams,
     },
-    /// The peer changed its streams.
+    /// A participant changed its streams.
     Updated {
         /// The call.
         call: String,
+        /// Who, 64 hex digits.
+        #[serde(default)]
+        peer: String,
         /// Streams each way.
         streams: Streams,
+    },
+    /// A group call: a participant is in (its media flows).
+    Joined {
+        /// The call.
+        call: String,
+        /// Who, 64 hex digits.
+        peer: String,
+        /// Its display name (a hint).
+        name: Option<String>,
+        /// Streams each way.
+        streams: Streams,
+    },
+    /// A group call: a participant left, declined or could not be reached.
+    Left {
+        /// The call.
+        call: String,
+        /// Who, 64 hex digits.
+        peer: String,
+        /// How its part ended.
+        end: CallEnd,
     },
     /// Every second: the statistics object `--stats-json` documents.
     Stats {

@@ -118,6 +118,9 @@ pub enum Request {
         peer: String,
         /// What to send and where to put what arrives.
         media: Media,
+        /// More peers: a group call with all of them (at most five besides `peer`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<String>,
     },
     /// The incoming call waiting for an answer, if any.
     Ringing,

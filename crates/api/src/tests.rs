@@ -166,12 +166,14 @@ fn change() -> impl Strategy<Value = CallChange> {
         any::<bool>().prop_map(|muted| CallChange::Mute { muted }),
         any::<bool>().prop_map(|on| CallChange::Camera { on }),
         text().prop_map(|source| CallChange::Source { source }),
+        text().prop_map(|peer| CallChange::Add { peer }),
     ]
 }
 
 fn call_requests() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (text(), media()).prop_map(|(peer, media)| Request::Call { peer, media }),
+        (text(), media(), proptest::collection::vec(text(), 0..3))
+            .prop_map(|(peer, media, also)| Request::Call { peer, media, also }),
         Just(Request::Ringing),
         (proptest::option::of(text()), media())
             .prop_map(|(id, media)| Request::AnswerCall { id, media }),
@@ -252,22 +254,39 @@ fn call_note() -> impl Strategy<Value = CallNote> {
             text(),
             proptest::option::of(text()),
             any::<bool>(),
-            any::<bool>()
+            any::<bool>(),
+            proptest::collection::vec(text(), 0..3)
         )
-            .prop_map(|(call, peer, name, audio, video)| CallNote::Incoming {
-                call,
-                peer,
-                name,
-                audio,
-                video
-            }),
+            .prop_map(
+                |(call, peer, name, audio, video, members)| CallNote::Incoming {
+                    call,
+                    peer,
+                    name,
+                    audio,
+                    video,
+                    members
+                }
+            ),
         text().prop_map(|call| CallNote::Ringing { call }),
         (text(), text(), streams()).prop_map(|(call, peer, streams)| CallNote::Started {
             call,
             peer,
             streams
         }),
-        (text(), streams()).prop_map(|(call, streams)| CallNote::Updated { call, streams }),
+        (text(), text(), streams()).prop_map(|(call, peer, streams)| CallNote::Updated {
+            call,
+            peer,
+            streams
+        }),
+        (text(), text(), proptest::option::of(text()), streams()).prop_map(
+            |(call, peer, name, streams)| CallNote::Joined {
+                call,
+                peer,
+                name,
+                streams
+            }
+        ),
+        (text(), text(), end()).prop_map(|(call, peer, end)| CallNote::Left { call, peer, end }),
         stats().prop_map(|stats| CallNote::Stats { stats }),
         (text(), text()).prop_map(|(call, message)| CallNote::Warning { call, message }),
         (text(), text(), end(), proptest::option::of(stats())).prop_map(

@@ -259,6 +259,7 @@ impl Link {
                 let request = Request::Call {
                     peer: peer.to_hex(),
                     media: p2pcall_daemon::media(&opts),
+                    also: Vec::new(),
                 };
                 r.ask(request).await.map(drop)
             }

@@ -503,6 +503,15 @@ impl Model {
                 c.phase = CallPhase::Active(now);
             }
             CallEvent::Updated { .. } => {}
+            CallEvent::Joined { peer, name, .. } => {
+                let who = name.unwrap_or_else(|| self.name_of(&peer));
+                self.toast(now, format!("{who} joined the call"), false);
+            }
+            CallEvent::Left { peer, reason, .. } => {
+                let (_, text) = describe_end(&reason);
+                let who = self.name_of(&peer);
+                self.toast(now, format!("{who} left the call: {text}"), false);
+            }
             CallEvent::Stats(st) => {
                 if let Some(c) = &mut self.call {
                     let sum = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>();

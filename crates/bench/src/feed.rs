@@ -124,6 +124,7 @@ async fn call(data: &Path, peer: &str, pid: u32, w: u32, h: u32, feed: bool) -> 
     c.call(Request::Call {
         peer: peer.into(),
         media: media(w, h),
+        also: Vec::new(),
     })
     .await?;
     let started = loop {

@@ -149,6 +149,9 @@ pub fn spawn_console(mut engine: Control) -> tokio::task::JoinHandle<()> {
                 "camera off" | "video off" => change(CallChange::Camera { on: false }),
                 "camera on" | "video on" => change(CallChange::Camera { on: true }),
                 "hangup" | "bye" | "q" => None,
+                l if l.starts_with("add ") => change(CallChange::Add {
+                    peer: l["add ".len()..].trim().to_string(),
+                }),
                 l if l.starts_with("source ") => {
                     match l["source ".len()..].trim().parse::<VideoSource>() {
                         // The engine may run elsewhere: a file is named absolutely.
@@ -168,7 +171,8 @@ pub fn spawn_console(mut engine: Control) -> tokio::task::JoinHandle<()> {
                 other => {
                     errln!(
                         "unknown command {other:?}: mute, unmute, camera off, camera on, \
-                         source testsrc|FILE.y4m|camera[:DEV]|screen[:N]|window:ID|NAME, hangup"
+                         source testsrc|FILE.y4m|camera[:DEV]|screen[:N]|window:ID|NAME, \
+                         add PEER, hangup"
                     );
                     continue;
                 }
@@ -191,6 +195,8 @@ pub fn call_id(e: &CallEvent) -> Option<CallId> {
         | CallEvent::Ringing { call }
         | CallEvent::Started { call, .. }
         | CallEvent::Updated { call, .. }
+        | CallEvent::Joined { call, .. }
+        | CallEvent::Left { call, .. }
         | CallEvent::Warning { call, .. }
         | CallEvent::Ended { call, .. } => Some(*call),
         CallEvent::Stats(s) => s.call.parse().ok(),

@@ -583,8 +583,10 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             name,
             audio,
             video,
+            members,
         } => {
-            json!({"event": "call_incoming", "call": call.to_string(), "peer": peer_obj(peer, name.as_deref()), "audio": audio, "video": video})
+            json!({"event": "call_incoming", "call": call.to_string(), "peer": peer_obj(peer, name.as_deref()), "audio": audio, "video": video,
+            "members": members.iter().map(|m| peer_obj(m, None)).collect::<Vec<_>>()})
         }
         CallEvent::Ringing { call } => {
             json!({"event": "call_ringing", "call": call.to_string()})
@@ -598,8 +600,25 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             "send": streams.send.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>(),
             "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
         }
-        CallEvent::Updated { call, streams } => {
-            json!({"event": "call_updated", "call": call.to_string(),
+        CallEvent::Joined {
+            call,
+            peer,
+            name,
+            streams,
+        } => {
+            json!({"event": "call_joined", "call": call.to_string(), "peer": peer_obj(peer, name.as_deref()),
+            "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
+        }
+        CallEvent::Left { call, peer, reason } => {
+            let (code, message) = describe_end(reason);
+            json!({"event": "call_left", "call": call.to_string(), "peer": peer_obj(peer, None), "reason": code, "message": message})
+        }
+        CallEvent::Updated {
+            call,
+            peer,
+            streams,
+        } => {
+            json!({"event": "call_updated", "call": call.to_string(), "peer": peer_obj(peer, None),
             "receive": streams.receive.iter().map(|s| json!({"kind": format!("{:?}", s.kind).to_lowercase(), "active": s.active})).collect::<Vec<_>>()})
         }
         CallEvent::Stats(s) => {
@@ -630,23 +649,46 @@ pub fn call_text(e: &CallEvent) -> String {
             name,
             audio,
             video,
+            members,
             ..
         } => format!(
-            "incoming call from {} ({}){}{}",
+            "incoming call from {} ({}){}{}{}",
             name.clone().unwrap_or_default(),
             peer.fingerprint(),
             if *audio { " audio" } else { "" },
-            if *video { " video" } else { "" }
+            if *video { " video" } else { "" },
+            if members.is_empty() {
+                String::new()
+            } else {
+                let m: Vec<String> = members
+                    .iter()
+                    .map(|m| m.fingerprint().to_string())
+                    .collect();
+                format!(", a group call with {}", m.join(", "))
+            }
         ),
+        CallEvent::Joined { peer, name, .. } => format!(
+            "{} ({}) joined the call",
+            name.clone().unwrap_or_default(),
+            peer.fingerprint()
+        ),
+        CallEvent::Left { peer, reason, .. } => {
+            format!(
+                "{} left the call: {}",
+                peer.fingerprint(),
+                describe_end(reason).1
+            )
+        }
         CallEvent::Ringing { .. } => "ringing…".into(),
         CallEvent::Started { peer, streams, .. } => format!(
-            "call with {} started: sending {}, receiving {} (type mute, unmute, camera off, camera on, source SRC or hangup)",
+            "call with {} started: sending {}, receiving {} (type mute, unmute, camera off, camera on, source SRC, add PEER or hangup)",
             peer.fingerprint(),
             kinds(&streams.send),
             kinds(&streams.receive)
         ),
-        CallEvent::Updated { streams, .. } => format!(
-            "the peer now sends {}",
+        CallEvent::Updated { peer, streams, .. } => format!(
+            "{} now sends {}",
+            peer.fingerprint(),
             streams
                 .receive
                 .iter()
@@ -1040,6 +1082,7 @@ mod tests {
             name: Some("bob".into()),
             audio: true,
             video: false,
+            members: Vec::new(),
         });
         assert_eq!(j["event"], "call_incoming");
         assert_eq!(j["call"], id);
@@ -1070,10 +1113,58 @@ mod tests {
         assert_eq!(j["receive"], json!(["audio", "camera"]));
         assert!(t.contains("sending audio, receiving audio + camera"), "{t}");
 
-        let (t, j) = call_ev(CallEvent::Updated { call, streams });
+        let (t, j) = call_ev(CallEvent::Updated {
+            call,
+            peer: p,
+            streams: streams.clone(),
+        });
         assert_eq!(j["event"], "call_updated");
         assert_eq!(j["receive"][1], json!({"kind": "camera", "active": false}));
-        assert_eq!(t, "the peer now sends audio, camera (off)");
+        assert_eq!(
+            t,
+            format!("{} now sends audio, camera (off)", p.fingerprint())
+        );
+
+        // A group call: who else is in, who joins and who leaves.
+        let carol = PeerId::from_bytes([9; 32]);
+        let (t, j) = call_ev(CallEvent::Incoming {
+            call,
+            peer: p,
+            name: Some("bob".into()),
+            audio: true,
+            video: true,
+            members: vec![carol],
+        });
+        assert_peer(&j["members"][0], &carol, None);
+        assert!(
+            t.ends_with(&format!("a group call with {}", carol.fingerprint())),
+            "{t}"
+        );
+        let (t, j) = call_ev(CallEvent::Joined {
+            call,
+            peer: carol,
+            name: Some("carol".into()),
+            streams,
+        });
+        assert_eq!(j["event"], "call_joined");
+        assert_peer(&j["peer"], &carol, Some("carol"));
+        assert_eq!(
+            t,
+            format!("carol ({}) joined the call", carol.fingerprint())
+        );
+        let (t, j) = call_ev(CallEvent::Left {
+            call,
+            peer: carol,
+            reason: p2pcall_core::call::EndReason::PeerVanished,
+        });
+        assert_eq!(
+            (&j["event"], &j["reason"]),
+            (&json!("call_left"), &json!("peer_vanished"))
+        );
+        assert!(
+            t.starts_with(&format!("{} left the call: ", carol.fingerprint())),
+            "{t}"
+        );
 
         let (t, j) = call_ev(CallEvent::Warning {
             call,

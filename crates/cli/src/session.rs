@@ -87,21 +87,27 @@ impl Control {
     }
 }
 
+/// Finds the peer the user means through the daemon.
+async fn resolve_through(rpc: &mut Client, query: &str) -> Result<PeerId> {
+    let Answer::Resolved { peer: p, contact } =
+        rpc.call(Request::Resolve { peer: query.into() }).await?
+    else {
+        bail!("the p2pcall daemon answered something else than the peer");
+    };
+    let peer =
+        p.id.parse()
+            .context("the p2pcall daemon sent an unreadable id")?;
+    if !contact {
+        crate::output::stranger_note(&peer, &p.name);
+    }
+    Ok(peer)
+}
+
 impl Session {
     /// Finds the peer the user means (the command's own engine first comes online).
     pub(crate) async fn open(cli: &Cli, query: &str) -> Result<Session> {
         if let Some(mut rpc) = engine_client(cli).await? {
-            let Answer::Resolved { peer: p, contact } =
-                rpc.call(Request::Resolve { peer: query.into() }).await?
-            else {
-                bail!("the p2pcall daemon answered something else than the peer");
-            };
-            let peer =
-                p.id.parse()
-                    .context("the p2pcall daemon sent an unreadable id")?;
-            if !contact {
-                crate::output::stranger_note(&peer, &p.name);
-            }
+            let peer = resolve_through(&mut rpc, query).await?;
             return Self::through(cli, rpc, peer).await;
         }
         let (engine, mut events) = start_engine(cli, true).await?;
@@ -209,15 +215,28 @@ impl Session {
         })
     }
 
-    /// Places a call.
-    pub(crate) async fn call(&mut self, opts: CallOptions) -> Result<CallId> {
+    /// Finds another peer the user means.
+    pub(crate) async fn resolve(&mut self, query: &str) -> Result<PeerId> {
+        match &mut self.via {
+            Via::Own { engine, .. } => resolve_noting(engine, query),
+            Via::Daemon { rpc, .. } => resolve_through(rpc, query).await,
+        }
+    }
+
+    /// Places a call: to the session's peer, or a group call with `also` besides.
+    pub(crate) async fn call(&mut self, opts: CallOptions, also: &[PeerId]) -> Result<CallId> {
         let peer = self.peer;
         Ok(match &mut self.via {
-            Via::Own { engine, .. } => engine.call(peer, opts).await?,
+            Via::Own { engine, .. } if also.is_empty() => engine.call(peer, opts).await?,
+            Via::Own { engine, .. } => {
+                let peers = std::iter::once(peer).chain(also.iter().copied()).collect();
+                engine.call_group(peers, opts).await?
+            }
             Via::Daemon { rpc, .. } => {
                 let request = Request::Call {
                     peer: peer.to_hex(),
                     media: p2pcall_daemon::media(&opts),
+                    also: also.iter().map(PeerId::to_hex).collect(),
                 };
                 let Answer::Calling { call, .. } = rpc.call(request).await? else {
                     bail!("the p2pcall daemon answered something else than the call");

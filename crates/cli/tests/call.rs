@@ -546,3 +546,125 @@ fn recording_twice_to_the_same_name_keeps_both_files() {
     assert!(!lab.root.join("got (2).wav").exists());
     carol.term();
 }
+
+/// What one participant recorded of another: frames whose stamps only go forward, and the
+/// quietest 20 ms of its tone (the first and last 100 ms left out: the fade in and out).
+fn recorded(video: &Path, audio: &Path) -> (u32, f64) {
+    let mut r = Y4mReader::open(video).unwrap_or_else(|e| panic!("{}: {e}", video.display()));
+    let (mut frames, mut last) = (0u32, None::<u32>);
+    while let Some(f) = r.next_frame().unwrap() {
+        let Some((n, _)) = decode(&f) else { continue };
+        assert!(
+            last.is_none_or(|l| n > l),
+            "{}: frame {n} after {last:?}",
+            video.display()
+        );
+        last = Some(n);
+        frames += 1;
+    }
+    let w = wav::read(audio).unwrap();
+    let start = w.samples.iter().position(|s| s.abs() > 1000).unwrap();
+    let end = w.samples.iter().rposition(|s| s.abs() > 1000).unwrap();
+    let tone = &w.samples[start..=end];
+    let body = &tone[4800.min(tone.len())..tone.len().saturating_sub(4800)];
+    let quietest = body
+        .chunks_exact(960)
+        .map(|win| {
+            (win.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / win.len() as f64).sqrt()
+        })
+        .fold(f64::MAX, f64::min);
+    (frames, quietest)
+}
+
+#[test]
+fn a_group_call_of_four_reaches_everyone_goes_on_when_one_leaves_and_takes_a_fifth() {
+    let lab = Lab::new();
+    let media = ["--size", "320x240", "--fps", "15", "--speaker", "none"];
+    let path = |s: String| lab.root.join(s).to_str().unwrap().to_string();
+    let listener = |name: &str, secs: &str| {
+        let (v, a, s) = (
+            path(format!("{name}-got.y4m")),
+            path(format!("{name}-got.wav")),
+            path(format!("{name}.json")),
+        );
+        let mut args = vec!["--answer", "--duration", secs, "--record-video", &v];
+        args.extend(["--record-audio", &a, "--stats-json", &s]);
+        args.extend(media);
+        lab.listen(name, &args)
+    };
+    // Dave hangs up after 3 s of call, eve (added later) after 4 s; bob and carol stay on
+    // after alice leaves at 7 s.
+    let (mut bob, fb) = listener("bob", "10");
+    let (mut carol, fc) = listener("carol", "10");
+    let (mut dave, fd) = listener("dave", "3");
+    let (mut eve, fe) = listener("eve", "4");
+    let fa = fingerprint(&lab.root.join("alice"));
+    let mut c = lab.peer("alice");
+    c.args(["call", &fb, &fc, &fd, "--duration", "7", "--stats-json"])
+        .arg(lab.root.join("alice.json"))
+        .args(media)
+        .stdin(std::process::Stdio::piped());
+    let mut alice = Proc::spawn_logged(c, Some(&lab.root.join("alice.log")));
+    let who = |v: &Value| v["peer"]["fingerprint"].as_str().unwrap().to_string();
+    let mut joined: Vec<String> = (0..3).map(|_| who(&alice.expect("call_joined"))).collect();
+    joined.sort();
+    let mut want = vec![fb.clone(), fc.clone(), fd.clone()];
+    want.sort();
+    assert_eq!(joined, want);
+    let mut stdin = alice.child.stdin.take().unwrap();
+    writeln!(stdin, "add {fe}").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(who(&alice.expect("call_joined")), fe);
+    let left = alice.expect("call_left");
+    assert_eq!(
+        (who(&left), left["reason"].as_str()),
+        (fd.clone(), Some("hung_up_by_peer"))
+    );
+    let end = alice.expect("call_ended");
+    assert_eq!(end["reason"], "finished", "{end}");
+    // Bob and carol go on together after alice left, until one of them hangs up.
+    for p in [&mut bob, &mut carol] {
+        let end = p.expect("call_ended");
+        let how = end["reason"].as_str().unwrap();
+        assert!(["finished", "hung_up_by_peer"].contains(&how), "{end}");
+        assert!(end["stats"]["elapsed_s"].as_f64().unwrap() > 9.0, "{end}");
+    }
+
+    // Each recorded every other one: frames in order, the tone without a gap. Bob and
+    // carol heard alice for 7 s, dave for 3, eve for 4, each other for 10.
+    let tag = |fp: &str| fp.replace('-', "")[..8].to_string();
+    for (me, others) in [
+        ("bob", vec![(&fa, 7.0), (&fc, 10.0), (&fd, 3.0), (&fe, 4.0)]),
+        (
+            "carol",
+            vec![(&fa, 7.0), (&fb, 10.0), (&fd, 3.0), (&fe, 4.0)],
+        ),
+        ("eve", vec![(&fa, 4.0), (&fb, 4.0), (&fc, 4.0)]),
+    ] {
+        for (fp, secs) in others {
+            let v = lab.root.join(format!("{me}-got-{}.y4m", tag(fp)));
+            let a = lab.root.join(format!("{me}-got-{}.wav", tag(fp)));
+            let (frames, quietest) = recorded(&v, &a);
+            println!("{me} got {frames} frames from {fp}, quietest 20 ms RMS {quietest:.0}");
+            // 15 fps, minus start-up and rate-control skips on a loaded machine.
+            assert!(
+                f64::from(frames) >= secs * 15.0 * 0.6,
+                "{me} ← {fp}: {frames} frames"
+            );
+            assert!(
+                quietest > 2000.0,
+                "{me} ← {fp}: a 20 ms window at RMS {quietest:.0}"
+            );
+        }
+    }
+    // Per-participant statistics: bob's summary names all four others.
+    let s = summary(&lab.root.join("bob.json"));
+    let mut peers: Vec<String> = (s["final"]["participants"].as_array().unwrap().iter())
+        .map(|p| p["peer"].as_str().unwrap().to_string())
+        .collect();
+    peers.sort();
+    assert_eq!(peers.len(), 4, "{peers:?}");
+    for p in [&mut bob, &mut carol, &mut dave, &mut eve] {
+        p.term();
+    }
+}

@@ -611,6 +611,26 @@ impl EngineHandle {
         self.s.calls.call(peer, opts).await
     }
 
+    /// Starts a group call with `peers` (at most five: six participants with us); each is
+    /// invited over its own connection, the outcome arrives as [`EngineEvent::Call`] events
+    /// (`Joined` and `Left` per participant).
+    pub async fn call_group(
+        &self,
+        peers: Vec<PeerId>,
+        opts: CallOptions,
+    ) -> Result<CallId, EngineError> {
+        for p in &peers {
+            self.add_contact(*p, None).await?;
+        }
+        Ok(self.s.calls.call_group(peers, opts)?)
+    }
+
+    /// Invites `peer` into the current call (a one-to-one call becomes a group call).
+    pub async fn add_to_call(&self, peer: PeerId) -> Result<(), EngineError> {
+        self.add_contact(peer, None).await?;
+        self.s.calls.command(None, Cmd::Add(peer)).await
+    }
+
     /// Accepts the ringing incoming call `call`.
     pub async fn answer(&self, call: CallId, opts: CallOptions) -> Result<(), EngineError> {
         self.s

@@ -147,6 +147,12 @@ pub enum CallError {
     /// No call with that id.
     #[error("no such call")]
     NoSuchCall,
+    /// A group call has at most six participants.
+    #[error(
+        "a call has at most {} participants",
+        p2pcall_proto::group::MAX_MEMBERS
+    )]
+    TooMany,
     /// A media source cannot be used; the text says which devices exist or what to pass
     /// instead.
     #[error("media source: {0}")]

@@ -205,12 +205,14 @@ pub(crate) fn call_note(e: &CallEvent) -> api::CallNote {
             name,
             audio,
             video,
+            members,
         } => api::CallNote::Incoming {
             call: call.to_string(),
             peer: peer.to_hex(),
             name: name.clone(),
             audio: *audio,
             video: *video,
+            members: members.iter().map(PeerId::to_hex).collect(),
         },
         CallEvent::Ringing { call } => api::CallNote::Ringing {
             call: call.to_string(),
@@ -224,9 +226,30 @@ pub(crate) fn call_note(e: &CallEvent) -> api::CallNote {
             peer: peer.to_hex(),
             streams: streams(s),
         },
-        CallEvent::Updated { call, streams: s } => api::CallNote::Updated {
+        CallEvent::Updated {
+            call,
+            peer,
+            streams: s,
+        } => api::CallNote::Updated {
             call: call.to_string(),
+            peer: peer.to_hex(),
             streams: streams(s),
+        },
+        CallEvent::Joined {
+            call,
+            peer,
+            name,
+            streams: s,
+        } => api::CallNote::Joined {
+            call: call.to_string(),
+            peer: peer.to_hex(),
+            name: name.clone(),
+            streams: streams(s),
+        },
+        CallEvent::Left { call, peer, reason } => api::CallNote::Left {
+            call: call.to_string(),
+            peer: peer.to_hex(),
+            end: end(reason),
         },
         CallEvent::Stats(s) => api::CallNote::Stats { stats: stats(s) },
         CallEvent::Warning { call, message } => api::CallNote::Warning {
@@ -256,12 +279,17 @@ pub fn call_event_from_api(n: &api::CallNote) -> Option<CallEvent> {
             name,
             audio,
             video,
+            members,
         } => CallEvent::Incoming {
             call: call.parse().ok()?,
             peer: peer.parse().ok()?,
             name: name.clone(),
             audio: *audio,
             video: *video,
+            members: members
+                .iter()
+                .map(|m| m.parse().ok())
+                .collect::<Option<_>>()?,
         },
         api::CallNote::Ringing { call } => CallEvent::Ringing {
             call: call.parse().ok()?,
@@ -275,9 +303,30 @@ pub fn call_event_from_api(n: &api::CallNote) -> Option<CallEvent> {
             peer: peer.parse().ok()?,
             streams: streams_from_api(streams)?,
         },
-        api::CallNote::Updated { call, streams } => CallEvent::Updated {
+        api::CallNote::Updated {
+            call,
+            peer,
+            streams,
+        } => CallEvent::Updated {
             call: call.parse().ok()?,
+            peer: peer.parse().ok()?,
             streams: streams_from_api(streams)?,
+        },
+        api::CallNote::Joined {
+            call,
+            peer,
+            name,
+            streams,
+        } => CallEvent::Joined {
+            call: call.parse().ok()?,
+            peer: peer.parse().ok()?,
+            name: name.clone(),
+            streams: streams_from_api(streams)?,
+        },
+        api::CallNote::Left { call, peer, end } => CallEvent::Left {
+            call: call.parse().ok()?,
+            peer: peer.parse().ok()?,
+            reason: end_from_api(end)?,
         },
         api::CallNote::Stats { stats } => CallEvent::Stats(stats_from_api(stats)?),
         api::CallNote::Warning { call, message } => CallEvent::Warning {

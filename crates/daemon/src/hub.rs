@@ -78,6 +78,7 @@ impl Hub {
                     name,
                     audio,
                     video,
+                    ..
                 } => {
                     *ringing = Some(Ringing {
                         call: *call,

@@ -589,10 +589,23 @@ async fn calls(s: &Served, request: Request) -> Result<Answer, RpcError> {
     let engine = &s.engine;
     let failed = |e: EngineError| engine_error(&e);
     match request {
-        Request::Call { peer: who, media } => {
+        Request::Call {
+            peer: who,
+            media,
+            also,
+        } => {
             let opts = checked_options(&s.hub, &media).await?;
             let p = resolve(engine, &who)?;
-            let call = engine.call(p, opts).await.map_err(failed)?;
+            let call = if also.is_empty() {
+                engine.call(p, opts).await
+            } else {
+                let mut peers = vec![p];
+                for who in &also {
+                    peers.push(resolve(engine, who)?);
+                }
+                engine.call_group(peers, opts).await
+            };
+            let call = call.map_err(failed)?;
             Ok(Answer::Calling {
                 call: call.to_string(),
                 peer: p.to_hex(),

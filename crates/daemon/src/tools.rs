@@ -105,6 +105,7 @@ pub async fn change_call(engine: &EngineHandle, c: api::CallChange) -> Result<()
                 .map_err(|e: String| EngineError::Call(p2pcall_core::call::CallError::Source(e)))?;
             engine.set_video_source(src).await
         }
+        api::CallChange::Add { peer } => engine.add_to_call(engine.resolve_peer(&peer)?).await,
     }
 }
 

@@ -344,6 +344,7 @@ async fn a_call_through_the_api_shows_both_pictures_on_a_video_feed() {
     let placed = Request::Call {
         peer: b.id().to_hex(),
         media: media("testsrc"),
+        also: Vec::new(),
     };
     let Answer::Calling { peer, .. } = c.call(placed).await.unwrap() else {
         panic!("calling")
@@ -366,6 +367,7 @@ async fn a_call_through_the_api_shows_both_pictures_on_a_video_feed() {
     let bad = Request::Call {
         peer: b.id().to_hex(),
         media: media("/nonexistent/clip.y4m"),
+        also: Vec::new(),
     };
     match c.call(bad).await {
         Err(DaemonError::Refused(e)) => assert_eq!(e.kind, ErrorKind::BadMedia, "{e}"),

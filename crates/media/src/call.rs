@@ -17,7 +17,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use p2pcall_proto::call::{CallFrame, CallId, HangupReason, RejectReason, SessionDesc, StreamDesc};
+use p2pcall_proto::call::{
+    CallFrame, CallId, GroupJoin, HangupReason, RejectReason, SessionDesc, StreamDesc,
+};
+use p2pcall_proto::group::RosterMsg;
 
 /// The callee's user has this long to answer before the call ends as unanswered.
 pub const RING_TIMEOUT: Duration = Duration::from_secs(45);
@@ -29,8 +32,9 @@ pub const ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// `Alive`s: long enough for a path switch (≤ 2 s) and a burst of loss.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 
-/// Most `Update`s a peer may send within one second (a person toggling mute is far
-/// below; more is a flood that would make us renegotiate and notify the UI without end).
+/// Most `Update`s and `Roster` frames a peer may send within one second (a person toggling
+/// mute, or inviting, is far below; more is a flood that would make us renegotiate and
+/// notify the UI without end).
 pub const MAX_UPDATES_PER_SEC: usize = 20;
 
 /// Which side of the call this is.
@@ -102,6 +106,8 @@ pub enum CallEvent {
     Accepted(Negotiated),
     /// The peer changed its description (mute, camera, source).
     Updated(Negotiated),
+    /// A group call's member said something about the roster (for the group's roster).
+    Roster(RosterMsg),
     /// The call is over.
     Ended(EndReason),
 }
@@ -131,6 +137,7 @@ fn frame_name(f: &CallFrame) -> &'static str {
         CallFrame::Update { .. } => "Update",
         CallFrame::Hangup { .. } => "Hangup",
         CallFrame::Alive => "Alive",
+        CallFrame::Roster(_) => "Roster",
     }
 }
 
@@ -185,11 +192,12 @@ pub struct Call {
 }
 
 impl Call {
-    /// Places a call: the offer is queued.
-    pub fn dial(now: Instant, id: CallId, local: SessionDesc) -> Self {
+    /// Places a call (`group`: one pair's call of group call `id`): the offer is queued.
+    pub fn dial(now: Instant, id: CallId, local: SessionDesc, group: Option<GroupJoin>) -> Self {
         let mut c = Self::new(now, id, Role::Caller, CallState::Offering, local.clone());
         c.deadline = Some(now + OFFER_TIMEOUT);
-        c.send(now, CallFrame::Offer { id, session: local });
+        let session = local;
+        c.send(now, CallFrame::Offer { id, session, group });
         c
     }
 
@@ -197,7 +205,7 @@ impl Call {
     /// application asks its user and calls [`accept`](Self::accept) or
     /// [`reject`](Self::reject).
     pub fn incoming(now: Instant, first: CallFrame) -> Result<(Self, SessionDesc), CallError> {
-        let CallFrame::Offer { id, session } = first else {
+        let CallFrame::Offer { id, session, .. } = first else {
             return Err(CallError::NotAnOffer(frame_name(&first)));
         };
         let mut c = Self::new(
@@ -353,6 +361,32 @@ impl Call {
         Ok(self.negotiated().unwrap_or_default())
     }
 
+    /// Tells the peer something about a group call's roster (until the call ends).
+    pub fn send_roster(&mut self, now: Instant, msg: RosterMsg) {
+        if !self.is_ended() {
+            self.send(now, CallFrame::Roster(msg));
+        }
+    }
+
+    /// Counts a frame that makes work for us (an update, a roster message); false and a
+    /// protocol error past [`MAX_UPDATES_PER_SEC`].
+    fn within_rate(&mut self, now: Instant) -> bool {
+        self.updates.push_back(now);
+        while self
+            .updates
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.updates.pop_front();
+        }
+        if self.updates.len() > MAX_UPDATES_PER_SEC {
+            let why = format!("more than {MAX_UPDATES_PER_SEC} updates in one second");
+            self.protocol_error(now, why);
+            return false;
+        }
+        true
+    }
+
     /// A media datagram of this call arrived: the peer is alive.
     pub fn handle_media(&mut self, now: Instant) {
         self.last_heard = self.last_heard.max(now);
@@ -390,18 +424,13 @@ impl Call {
                     reason,
                 });
             }
-            (CallState::Active, CallFrame::Update { session }) => {
-                self.updates.push_back(now);
-                while self
-                    .updates
-                    .front()
-                    .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(1))
-                {
-                    self.updates.pop_front();
+            (_, CallFrame::Roster(m)) => {
+                if self.within_rate(now) {
+                    self.events.push_back(CallEvent::Roster(m));
                 }
-                if self.updates.len() > MAX_UPDATES_PER_SEC {
-                    let why = format!("more than {MAX_UPDATES_PER_SEC} updates in one second");
-                    self.protocol_error(now, why);
+            }
+            (CallState::Active, CallFrame::Update { session }) => {
+                if !self.within_rate(now) {
                     return;
                 }
                 self.remote = Some(session);
@@ -566,7 +595,7 @@ mod tests {
             Self {
                 now,
                 latency,
-                a: Call::dial(now, CallId::from_bytes([7; 16]), av()),
+                a: Call::dial(now, CallId::from_bytes([7; 16]), av(), None),
                 b: None,
                 in_flight: Vec::new(),
                 b_dead: false,
@@ -649,8 +678,27 @@ mod tests {
         let offer = CallFrame::Offer {
             id: CallId::from_bytes([1; 16]),
             session: av(),
+            group: None,
         };
         Call::incoming(now, offer).unwrap().0
+    }
+
+    #[test]
+    fn roster_frames_reach_the_application_and_a_flood_of_them_ends_the_call() {
+        let now = Instant::now();
+        let mut b = incoming_av(now);
+        b.accept(now, av()).unwrap();
+        while b.poll_event().is_some() {}
+        b.handle_frame(now, CallFrame::Roster(RosterMsg::Leave));
+        assert_eq!(b.poll_event(), Some(CallEvent::Roster(RosterMsg::Leave)));
+        for _ in 0..MAX_UPDATES_PER_SEC {
+            b.handle_frame(now, CallFrame::Roster(RosterMsg::Leave));
+        }
+        assert!(
+            matches!(b.state(), CallState::Ended(EndReason::Protocol(_))),
+            "{:?}",
+            b.state()
+        );
     }
 
     #[test]
@@ -742,7 +790,7 @@ mod tests {
     #[test]
     fn an_offer_nobody_answers_is_unreachable() {
         let now = Instant::now();
-        let mut a = Call::dial(now, CallId::from_bytes([1; 16]), av());
+        let mut a = Call::dial(now, CallId::from_bytes([1; 16]), av(), None);
         let mut t = now;
         while let Some(next) = a.poll_timeout() {
             t = next;
@@ -796,7 +844,7 @@ mod tests {
             Call::incoming(now, CallFrame::Ringing).unwrap_err(),
             CallError::NotAnOffer("Ringing")
         );
-        let mut a = Call::dial(now, CallId::from_bytes([1; 16]), av());
+        let mut a = Call::dial(now, CallId::from_bytes([1; 16]), av(), None);
         // An Update before the call is up.
         a.handle_frame(now, CallFrame::Update { session: av() });
         assert!(

@@ -6,6 +6,10 @@
 //! again) and `Hangup`; both send `Alive` when they have sent nothing else for a while, so a
 //! peer that vanishes is noticed within seconds. The stream lives as long as the call.
 //!
+//! A group call is a full mesh of such calls, one per pair of members, all with the group's
+//! id: the offer says how it joins the group ([`GroupJoin`]), and `Roster` frames carry what
+//! members tell each other about who is in (`crate::group`).
+//!
 //! Codec negotiation: each [`SessionDesc`] lists the codecs its sender can *receive* and the
 //! streams it will *send*. A side sends only streams whose codec the other side listed.
 //! Media then flows as QUIC datagrams (`crate::media`), tagged by the stream numbers given
@@ -13,9 +17,10 @@
 
 use bytes::BufMut;
 
-use crate::DecodeError;
 use crate::codec::{Reader, WriteExt};
 use crate::frame::{self, RawFrame};
+use crate::group::{MAX_MEMBERS, RosterMsg};
+use crate::{DecodeError, PeerId};
 
 /// Largest frame on a call stream.
 pub const MAX_FRAME: usize = 1024;
@@ -158,6 +163,19 @@ wire_numbers!(RejectReason, "reject reason", {
 });
 wire_numbers!(HangupReason, "hangup reason", { Normal = 1, Finished = 2, Error = 3 });
 
+/// How an offer joins a group call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupJoin {
+    /// The caller invites the callee: the members as the caller knows them, each with the
+    /// member that invited it (the callee among them).
+    Invite {
+        /// `(member, inviter)` pairs, at most [`MAX_MEMBERS`].
+        members: Vec<(PeerId, PeerId)>,
+    },
+    /// The caller, a member, connects to the callee, another member (the mesh).
+    Mesh,
+}
+
 /// Frames on a call stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallFrame {
@@ -167,6 +185,8 @@ pub enum CallFrame {
         id: CallId,
         /// The caller's description.
         session: SessionDesc,
+        /// `Some`: a pairwise call of group call `id`.
+        group: Option<GroupJoin>,
     },
     /// Callee → caller: the user is being asked.
     Ringing,
@@ -194,6 +214,8 @@ pub enum CallFrame {
     },
     /// Either side: still here.
     Alive,
+    /// Either side of a group call's pairwise call: what the sender says about the roster.
+    Roster(RosterMsg),
 }
 
 mod ty {
@@ -204,6 +226,117 @@ mod ty {
     pub const UPDATE: u8 = 0x05;
     pub const HANGUP: u8 = 0x06;
     pub const ALIVE: u8 = 0x07;
+    pub const ROSTER: u8 = 0x08;
+}
+
+mod group_ty {
+    pub const INVITE: u8 = 1;
+    pub const MESH: u8 = 2;
+    pub const WELCOME: u8 = 1;
+    pub const ADDED: u8 = 2;
+    pub const LEAVE: u8 = 3;
+    pub const WITHDRAWN: u8 = 4;
+}
+
+fn write_members(b: &mut Vec<u8>, members: &[(PeerId, PeerId)]) {
+    let members = &members[..members.len().min(MAX_MEMBERS)];
+    b.put_u8(members.len() as u8);
+    for (m, by) in members {
+        b.put_peer_id(m);
+        b.put_peer_id(by);
+    }
+}
+
+fn members_len(members: &[(PeerId, PeerId)]) -> usize {
+    1 + 64 * members.len().min(MAX_MEMBERS)
+}
+
+fn read_members(r: &mut Reader<'_>) -> Result<Vec<(PeerId, PeerId)>, DecodeError> {
+    let n = count8(r, "members", MAX_MEMBERS)?;
+    (0..n)
+        .map(|_| Ok((r.peer_id("member")?, r.peer_id("inviter")?)))
+        .collect()
+}
+
+impl GroupJoin {
+    fn write(&self, b: &mut Vec<u8>) {
+        match self {
+            Self::Invite { members } => {
+                b.put_u8(group_ty::INVITE);
+                write_members(b, members);
+            }
+            Self::Mesh => b.put_u8(group_ty::MESH),
+        }
+    }
+
+    fn len(&self) -> usize {
+        1 + match self {
+            Self::Invite { members } => members_len(members),
+            Self::Mesh => 0,
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.u8("group join")? {
+            group_ty::INVITE => Self::Invite {
+                members: read_members(r)?,
+            },
+            group_ty::MESH => Self::Mesh,
+            value => {
+                return Err(DecodeError::InvalidValue {
+                    field: "group join",
+                    value: value.into(),
+                });
+            }
+        })
+    }
+}
+
+fn write_roster(b: &mut Vec<u8>, m: &RosterMsg) {
+    match m {
+        RosterMsg::Welcome { members } => {
+            b.put_u8(group_ty::WELCOME);
+            write_members(b, members);
+        }
+        RosterMsg::Added { peer } => {
+            b.put_u8(group_ty::ADDED);
+            b.put_peer_id(peer);
+        }
+        RosterMsg::Leave => b.put_u8(group_ty::LEAVE),
+        RosterMsg::Withdrawn { peer } => {
+            b.put_u8(group_ty::WITHDRAWN);
+            b.put_peer_id(peer);
+        }
+    }
+}
+
+fn roster_len(m: &RosterMsg) -> usize {
+    1 + match m {
+        RosterMsg::Welcome { members } => members_len(members),
+        RosterMsg::Added { .. } | RosterMsg::Withdrawn { .. } => 32,
+        RosterMsg::Leave => 0,
+    }
+}
+
+fn read_roster(r: &mut Reader<'_>) -> Result<RosterMsg, DecodeError> {
+    Ok(match r.u8("roster message")? {
+        group_ty::WELCOME => RosterMsg::Welcome {
+            members: read_members(r)?,
+        },
+        group_ty::ADDED => RosterMsg::Added {
+            peer: r.peer_id("added")?,
+        },
+        group_ty::LEAVE => RosterMsg::Leave,
+        group_ty::WITHDRAWN => RosterMsg::Withdrawn {
+            peer: r.peer_id("withdrawn")?,
+        },
+        value => {
+            return Err(DecodeError::InvalidValue {
+                field: "roster message",
+                value: value.into(),
+            });
+        }
+    })
 }
 
 fn count8(r: &mut Reader<'_>, field: &'static str, max: usize) -> Result<usize, DecodeError> {
@@ -286,9 +419,13 @@ impl CallFrame {
     /// Appends the enveloped frame to `out`. Lists beyond their limits are cut.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Offer { id, session } => frame::write(out, ty::OFFER, |b| {
+            Self::Offer { id, session, group } => frame::write(out, ty::OFFER, |b| {
                 b.put_slice(id.as_bytes());
                 session.write(b);
+                // Absent for a one-to-one call (what calls before groups sent).
+                if let Some(g) = group {
+                    g.write(b);
+                }
             }),
             Self::Ringing => frame::write(out, ty::RINGING, |_| {}),
             Self::Accept { session } => frame::write(out, ty::ACCEPT, |b| session.write(b)),
@@ -299,6 +436,7 @@ impl CallFrame {
                 b.put_str16(crate::codec::truncate_utf8(detail, MAX_REASON));
             }),
             Self::Alive => frame::write(out, ty::ALIVE, |_| {}),
+            Self::Roster(m) => frame::write(out, ty::ROSTER, |b| write_roster(b, m)),
         }
     }
 
@@ -306,11 +444,14 @@ impl CallFrame {
     pub fn encoded_len(&self) -> usize {
         frame::HEADER_LEN
             + match self {
-                Self::Offer { session, .. } => 16 + session.len(),
+                Self::Offer { session, group, .. } => {
+                    16 + session.len() + group.as_ref().map_or(0, GroupJoin::len)
+                }
                 Self::Accept { session } | Self::Update { session } => session.len(),
                 Self::Reject { .. } => 1,
                 Self::Hangup { detail, .. } => 1 + 2 + detail.len().min(MAX_REASON),
                 Self::Ringing | Self::Alive => 0,
+                Self::Roster(m) => roster_len(m),
             }
     }
 
@@ -321,6 +462,10 @@ impl CallFrame {
             ty::OFFER => Self::Offer {
                 id: r.array("call id").map(CallId::from_bytes)?,
                 session: SessionDesc::read(&mut r)?,
+                group: match r.remaining() {
+                    0 => None,
+                    _ => Some(GroupJoin::read(&mut r)?),
+                },
             },
             ty::RINGING => Self::Ringing,
             ty::ACCEPT => Self::Accept {
@@ -337,6 +482,7 @@ impl CallFrame {
                 detail: r.str16("hangup detail", MAX_REASON)?,
             },
             ty::ALIVE => Self::Alive,
+            ty::ROSTER => Self::Roster(read_roster(&mut r)?),
             other => return Err(DecodeError::UnknownFrameType(other)),
         };
         r.finish()?;
@@ -382,12 +528,42 @@ mod tests {
             })
     }
 
+    fn members() -> impl Strategy<Value = Vec<(PeerId, PeerId)>> {
+        proptest::collection::vec(
+            (any::<[u8; 32]>(), any::<[u8; 32]>())
+                .prop_map(|(m, by)| (PeerId::from_bytes(m), PeerId::from_bytes(by))),
+            0..=MAX_MEMBERS,
+        )
+    }
+
+    fn group() -> impl Strategy<Value = Option<GroupJoin>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(GroupJoin::Mesh)),
+            members().prop_map(|members| Some(GroupJoin::Invite { members })),
+        ]
+    }
+
+    fn roster() -> impl Strategy<Value = RosterMsg> {
+        let peer = any::<[u8; 32]>().prop_map(PeerId::from_bytes);
+        prop_oneof![
+            members().prop_map(|members| RosterMsg::Welcome { members }),
+            peer.clone().prop_map(|peer| RosterMsg::Added { peer }),
+            Just(RosterMsg::Leave),
+            peer.prop_map(|peer| RosterMsg::Withdrawn { peer }),
+        ]
+    }
+
     fn call_frame() -> impl Strategy<Value = CallFrame> {
         prop_oneof![
-            (any::<[u8; 16]>(), session()).prop_map(|(id, session)| CallFrame::Offer {
-                id: CallId::from_bytes(id),
-                session
+            (any::<[u8; 16]>(), session(), group()).prop_map(|(id, session, group)| {
+                CallFrame::Offer {
+                    id: CallId::from_bytes(id),
+                    session,
+                    group,
+                }
             }),
+            roster().prop_map(CallFrame::Roster),
             Just(CallFrame::Ringing),
             session().prop_map(|session| CallFrame::Accept { session }),
             (1u8..=4).prop_map(|r| CallFrame::Reject {

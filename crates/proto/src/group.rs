@@ -52,6 +52,11 @@ pub enum RosterMsg {
     },
     /// The sender leaves the call.
     Leave,
+    /// The sender's invitation of `peer` is over before it joined (declined, unreachable).
+    Withdrawn {
+        /// The invitee.
+        peer: PeerId,
+    },
 }
 
 /// Why a member was removed.
@@ -65,6 +70,8 @@ pub enum Removal {
     NotAnswered,
     /// Invitations crossed past [`MAX_MEMBERS`] and it was not yet in.
     OverCapacity,
+    /// Its inviter withdrew the invitation (declined, unreachable).
+    Withdrawn,
 }
 
 /// What changed.
@@ -233,7 +240,35 @@ impl GroupRoster {
                     self.trim();
                 }
             },
+            RosterMsg::Withdrawn { peer } => match self.members.get(&peer) {
+                Some(m) if m.inviter == from && !m.joined => self.remove(peer, Removal::Withdrawn),
+                Some(m) if m.inviter == from => self.ignore(from, "a withdrawal after the join"),
+                Some(_) => self.ignore(from, "a withdrawal of someone else's invitee"),
+                None => {}
+            },
         }
+    }
+
+    /// This member's invitation of `peer` is over before it joined (it declined, or could
+    /// not be reached): the other members are told. Nothing happens for anyone else.
+    pub fn withdraw(&mut self, peer: PeerId) {
+        let mine = (self.members.get(&peer)).is_some_and(|m| m.inviter == self.me && !m.joined);
+        if mine && peer != self.me {
+            self.remove(peer, Removal::Withdrawn);
+            for other in self.others() {
+                self.sends.push_back((other, RosterMsg::Withdrawn { peer }));
+            }
+        }
+    }
+
+    /// Whether this member invited `peer` (and it is still in the roster).
+    pub fn invited_by_me(&self, peer: &PeerId) -> bool {
+        *peer != self.me && self.members.get(peer).is_some_and(|m| m.inviter == self.me)
+    }
+
+    /// Who invited this member.
+    pub fn my_inviter(&self) -> PeerId {
+        self.members.get(&self.me).map_or(self.me, |m| m.inviter)
     }
 
     /// `from` was heard on its link (media, a keep-alive, any frame).
@@ -522,6 +557,59 @@ mod tests {
         let alice = mesh.rosters.get_mut(&id(1)).unwrap();
         assert_eq!(alice.invite(t0, id(40)), Err(InviteError::Full));
         assert_eq!(alice.invite(t0, id(2)), Err(InviteError::AlreadyIn));
+    }
+
+    #[test]
+    fn a_declined_invitation_is_withdrawn_for_everyone_by_its_inviter_only() {
+        let t0 = Instant::now();
+        let mut mesh = Mesh::call(t0, 2..=3);
+        let deliver = |mesh: &mut Mesh, from: u8, msgs: Vec<(PeerId, RosterMsg)>| {
+            for (to, msg) in msgs {
+                if let Some(r) = mesh.rosters.get_mut(&to) {
+                    r.handle(t0, id(from), msg);
+                }
+            }
+        };
+        // Alice invites eve (key 5); eve's Welcome never arrives (she declines).
+        let alice = mesh.rosters.get_mut(&id(1)).unwrap();
+        alice.invite(t0, id(5)).unwrap();
+        let out = sends(alice);
+        deliver(&mut mesh, 1, out);
+        assert!(mesh.rosters.values().all(|r| r.accepts(&id(5))));
+        // Bob cannot withdraw alice's invitation, and nobody can withdraw a member.
+        deliver(
+            &mut mesh,
+            2,
+            vec![(id(3), RosterMsg::Withdrawn { peer: id(5) })],
+        );
+        deliver(
+            &mut mesh,
+            2,
+            vec![(id(3), RosterMsg::Withdrawn { peer: id(1) })],
+        );
+        let carol = mesh.rosters.get_mut(&id(3)).unwrap();
+        assert!(carol.accepts(&id(5)) && carol.accepts(&id(1)));
+        assert_eq!(
+            events(carol)
+                .iter()
+                .filter(|e| matches!(e, RosterEvent::Ignored { .. }))
+                .count(),
+            2
+        );
+        // Alice withdraws it: gone everywhere at once (not after the invitation timeout).
+        let alice = mesh.rosters.get_mut(&id(1)).unwrap();
+        alice.withdraw(id(2));
+        assert!(sends(alice).is_empty(), "a joined member is not withdrawn");
+        alice.withdraw(id(5));
+        let out = sends(alice);
+        deliver(&mut mesh, 1, out);
+        assert_eq!(mesh.rosters_agree(), vec![id(1), id(2), id(3)]);
+        assert!(
+            events(mesh.rosters.get_mut(&id(2)).unwrap()).contains(&RosterEvent::Removed {
+                peer: id(5),
+                why: Removal::Withdrawn
+            })
+        );
     }
 
     #[test]

@@ -17,25 +17,48 @@ use crate::{calls, exit};
   p2pcall call alice --video camera --audio mic        # a real call
   p2pcall call alice --duration 10 --record-video in.y4m  # test pattern and tone, recorded
   p2pcall call alice --video screen --audio none       # share the screen
-While a call runs, type: mute, unmute, camera off, camera on, source SRC, hangup")]
+  p2pcall call alice bob carol                         # a group call of four
+While a call runs, type: mute, unmute, camera off, camera on, source SRC, add PEER, hangup")]
 pub(crate) struct CallArgs {
-    /// The peer: fingerprint (or its first 4+ digits), full id, or display name
-    peer: String,
+    /// The peer: fingerprint (or its first 4+ digits), full id, or display name; up to five
+    /// peers for a group call (each is called over its own connection, media goes to every
+    /// participant directly)
+    #[arg(required = true, value_name = "PEER")]
+    peers: Vec<String>,
     #[command(flatten)]
     media: calls::MediaArgs,
 }
 
 pub(crate) async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
+    let most = p2pcall_proto::group::MAX_MEMBERS - 1;
+    if a.peers.len() > most {
+        anyhow::bail!(
+            "a call has at most {} participants: name at most {most} peers",
+            most + 1
+        );
+    }
     let opts = a.media.options();
-    let mut session = Session::open(cli, &a.peer).await?;
+    let mut session = Session::open(cli, &a.peers[0]).await?;
+    let mut also = Vec::new();
+    for q in &a.peers[1..] {
+        let p = session.resolve(q).await?;
+        if p == session.peer || also.contains(&p) {
+            anyhow::bail!("{q:?} is named twice: name each peer once");
+        }
+        also.push(p);
+    }
     if !session.through_daemon() {
         // The daemon opens the devices and files itself, and checks them there.
         opts.check()?;
     }
     let peer = session.peer;
-    let call = session.call(opts).await?;
+    let call = session.call(opts, &also).await?;
     if !cli.json {
-        outln!("calling {}…", peer.fingerprint());
+        let all: Vec<String> = std::iter::once(peer)
+            .chain(also)
+            .map(|p| p.fingerprint().to_string())
+            .collect();
+        outln!("calling {}…", all.join(", "));
     }
     follow(cli, session, call, a.media.stats_json.as_deref(), "caller").await
 }

@@ -1072,6 +1072,25 @@ pub struct Sinks {
     pub speaker: SpeakerChoice,
 }
 
+/// The sinks of one participant of a group call: each recording gets the participant's
+/// fingerprint before its extension (`in.y4m` → `in-1a2b3c4d.y4m`).
+pub(crate) fn sinks_for(sinks: &Sinks, peer: &p2pcall_proto::PeerId) -> Sinks {
+    let tag: String = peer.fingerprint().to_string().replace('-', "")[..8].to_string();
+    let name = |p: &PathBuf| {
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
+        let mut file = format!("{}-{tag}", stem.unwrap_or_default());
+        if let Some(ext) = p.extension() {
+            file = format!("{file}.{}", ext.to_string_lossy());
+        }
+        p.with_file_name(file)
+    };
+    Sinks {
+        video: sinks.video.as_ref().map(name),
+        audio: sinks.audio.as_ref().map(name),
+        ..sinks.clone()
+    }
+}
+
 /// Which speaker plays received audio.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SpeakerChoice {

@@ -1,0 +1,1077 @@
+//! A running call: its legs (one pairwise call per other participant), the roster of a group
+//! call, and the local pipeline all legs share (each source captured and encoded once, its
+//! frames sent on every leg). [`Driver`] handles each event; [`run`] only waits for the next.
+//!
+//! A group call is a full mesh: the inviter dials its invitee (the offer carries the roster
+//! as the inviter knows it); between two members neither of which invited the other, the one
+//! with the smaller key dials once it is in and knows of the other; a member that has not
+//! answered yet holds the offers it gets until it does. Each member's [`GroupRoster`] says
+//! who is in; a leg whose peer the roster removed is hung up, and a leg that ends takes its
+//! peer out of the roster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use p2pcall_media::adapt::Ladder;
+use p2pcall_media::call::{Call, CallEvent as SmEvent, EndReason};
+use p2pcall_net::PeerConnection;
+use p2pcall_proto::PeerId;
+use p2pcall_proto::call::{CallFrame, CallId, GroupJoin, HangupReason, RejectReason, StreamKind};
+use p2pcall_proto::group::{GroupRoster, MAX_MEMBERS, Removal, RosterEvent, RosterMsg};
+use p2pcall_transport::framed::FrameReader;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::leg::{self, FrameTx, Leg, Meter, Receive};
+use super::media::{self, RenderStats};
+use super::{
+    AUDIO_STREAM, CALL, CallEvent, CallOptions, CallStats, Calls, Cmd, STATS_INTERVAL, VIDEO_STREAM,
+};
+
+/// Datagrams go to QUIC only while its buffer has this much room (it holds at most a
+/// couple of packets more than it can send).
+const DATAGRAM_ROOM: usize = (64 << 10) - 2 * 1500;
+
+/// How a leg reaches a running call.
+pub(crate) enum NewLeg {
+    /// A call stream we opened to `peer` (its kind byte written).
+    Dialed {
+        conn: PeerConnection,
+        streams: (quinn::SendStream, quinn::RecvStream),
+        join: Option<GroupJoin>,
+    },
+    /// We could not reach `peer`.
+    DialFailed { peer: PeerId, error: String },
+    /// A member's offer of its pairwise call in this group call.
+    Incoming {
+        conn: PeerConnection,
+        send: quinn::SendStream,
+        reader: FrameReader<quinn::RecvStream>,
+        call: Box<Call>,
+    },
+}
+
+/// How a call begins.
+pub(crate) enum Setup {
+    /// We called one peer.
+    Dial(NewLeg, CallOptions),
+    /// We start a group call with these invitees.
+    Group(Vec<PeerId>, CallOptions),
+    /// A peer calls us (`welcome`: it invites us to a group call with these members).
+    Incoming {
+        leg: NewLeg,
+        welcome: Option<Vec<(PeerId, PeerId)>>,
+    },
+}
+
+/// A call's inputs besides its legs' frames: commands, media datagrams, new legs.
+pub(crate) struct Inputs {
+    pub cmd: mpsc::Receiver<Cmd>,
+    pub media: mpsc::Receiver<(PeerId, Instant, Bytes)>,
+    pub legs: mpsc::Receiver<NewLeg>,
+    /// For the call's own dials.
+    pub legs_tx: mpsc::Sender<NewLeg>,
+}
+
+/// What we capture and encode, once for every leg.
+struct Local {
+    opts: CallOptions,
+    epoch: Instant,
+    captures: Vec<(u8, media::Capture)>,
+    muted: bool,
+    camera: bool,
+    /// Echo canceller of the microphone, if the call uses one.
+    voice: Option<media::Voice>,
+    /// Bitrate → size and frame rate of our video (None: no video sent).
+    ladder: Option<Ladder>,
+    /// The video capture was told to skip frames (a pacer is backed up).
+    backlog: bool,
+}
+
+/// Runs one call until it ends.
+pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup, mut io: Inputs) {
+    let (frames_tx, mut frames_rx) = mpsc::channel(64);
+    let (enc_tx, mut enc_rx) = mpsc::channel::<media::Encoded>(8);
+    let (err_tx, mut err_rx) = mpsc::channel::<String>(4);
+    let mut d = Driver {
+        me: svc.ctx.id(),
+        svc,
+        id,
+        first,
+        roster: None,
+        welcome: None,
+        legs: BTreeMap::new(),
+        dialing: BTreeSet::new(),
+        tried: BTreeSet::new(),
+        opts: None,
+        local: None,
+        started: false,
+        rang: false,
+        deadline: None,
+        next_stats: Instant::now() + STATS_INTERVAL,
+        ended: None,
+        last_end: None,
+        departed: Vec::new(),
+        enc_tx,
+        err_tx,
+        frames_tx,
+        legs_tx: io.legs_tx.clone(),
+    };
+    d.begin(setup);
+    loop {
+        let now = Instant::now();
+        d.pump(now);
+        if d.ended.is_some() {
+            break;
+        }
+        d.send_media();
+        let wake = d.next_wake(now);
+        tokio::select! {
+            c = io.cmd.recv() => d.handle_command(c),
+            Some((peer, f)) = frames_rx.recv() => d.handle_frame(peer, f),
+            Some((peer, at, dg)) = io.media.recv() => {
+                d.handle_datagram(peer, at, &dg);
+                // Take whatever else is queued now (one wake-up per burst).
+                while let Ok((peer, at, dg)) = io.media.try_recv() {
+                    d.handle_datagram(peer, at, &dg);
+                }
+            }
+            Some(l) = io.legs.recv() => d.add_leg(l),
+            Some(e) = enc_rx.recv() => d.handle_encoded(e),
+            Some(msg) = err_rx.recv() => d.handle_capture_error(msg),
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        d.handle_timeout(Instant::now());
+    }
+    d.finish(&mut frames_rx).await;
+    d.report_end().await;
+}
+
+/// One running call.
+struct Driver {
+    svc: Arc<Calls>,
+    id: CallId,
+    me: PeerId,
+    /// The peer called first, or that called us.
+    first: PeerId,
+    /// A group call's roster (from our answer on).
+    roster: Option<GroupRoster>,
+    /// An incoming group call's members, until we answer.
+    welcome: Option<Vec<(PeerId, PeerId)>>,
+    legs: BTreeMap<PeerId, Leg>,
+    /// Peers being connected to.
+    dialing: BTreeSet<PeerId>,
+    /// Members we dialed (the mesh) since they joined the roster.
+    tried: BTreeSet<PeerId>,
+    /// Our media: set when we place or answer the call.
+    opts: Option<CallOptions>,
+    local: Option<Local>,
+    started: bool,
+    rang: bool,
+    /// Hang up here (`--duration`).
+    deadline: Option<Instant>,
+    next_stats: Instant,
+    ended: Option<EndReason>,
+    /// How the last leg that ended ended.
+    last_end: Option<EndReason>,
+    /// Final statistics of participants that left.
+    departed: Vec<CallStats>,
+    enc_tx: mpsc::Sender<media::Encoded>,
+    err_tx: mpsc::Sender<String>,
+    frames_tx: FrameTx,
+    legs_tx: mpsc::Sender<NewLeg>,
+}
+
+impl Driver {
+    fn emit(&self, e: CallEvent) {
+        self.svc.events.emit(e);
+    }
+
+    fn warn(&self, message: String) {
+        self.emit(CallEvent::Warning {
+            call: self.id,
+            message,
+        });
+    }
+
+    fn is_group(&self) -> bool {
+        self.roster.is_some() || self.welcome.is_some()
+    }
+
+    fn begin(&mut self, setup: Setup) {
+        let now = Instant::now();
+        match setup {
+            Setup::Dial(leg, opts) => {
+                self.opts = Some(opts);
+                self.add_leg(leg);
+            }
+            Setup::Group(peers, opts) => {
+                self.opts = Some(opts);
+                let mut r = GroupRoster::create(now, self.me);
+                for p in peers {
+                    if let Err(e) = r.invite(now, p) {
+                        self.warn(format!("{}: {e}", p.fingerprint()));
+                    }
+                }
+                self.roster = Some(r);
+            }
+            Setup::Incoming { leg, welcome } => {
+                if let NewLeg::Incoming { conn, call, .. } = &leg {
+                    let remote = call.remote();
+                    let has = |audio: bool| {
+                        remote
+                            .is_some_and(|r| r.streams.iter().any(|s| s.codec.is_audio() == audio))
+                    };
+                    let members = (welcome.iter().flatten())
+                        .map(|(m, _)| *m)
+                        .filter(|m| *m != self.me && *m != conn.peer())
+                        .collect();
+                    self.emit(CallEvent::Incoming {
+                        call: self.id,
+                        peer: conn.peer(),
+                        name: conn.remote_name(),
+                        audio: has(true),
+                        video: has(false),
+                        members,
+                    });
+                }
+                self.welcome = welcome;
+                self.add_leg(leg);
+            }
+        }
+    }
+
+    /// Handles everything the legs and the roster said until nothing is left, hands the
+    /// signaling frames to the writers, and decides whether the call is over.
+    fn pump(&mut self, now: Instant) {
+        for _ in 0..16 {
+            let mut work = self.roster_io(now);
+            work |= self.leg_events(now);
+            work |= self.accept_held(now);
+            work |= self.mesh_dials();
+            if !work {
+                break;
+            }
+        }
+        for l in self.legs.values_mut() {
+            l.flush();
+        }
+        if self.ended.is_none() {
+            self.ended = self.call_over();
+        }
+        if self.ended.is_none() {
+            let gone: Vec<PeerId> = (self.legs.iter())
+                .filter(|(_, l)| l.call.is_ended())
+                .map(|(p, _)| *p)
+                .collect();
+            for p in gone {
+                self.drop_leg(now, p);
+            }
+        }
+    }
+
+    /// The roster's messages to members and its changes.
+    fn roster_io(&mut self, now: Instant) -> bool {
+        let Some(r) = &mut self.roster else {
+            return false;
+        };
+        let sends: Vec<_> = std::iter::from_fn(|| r.poll_send()).collect();
+        let events: Vec<_> = std::iter::from_fn(|| r.poll_event()).collect();
+        let work = !sends.is_empty() || !events.is_empty();
+        for (to, msg) in sends {
+            match (msg, self.legs.get_mut(&to)) {
+                // A peer we are in a call with already learns it is in a group.
+                (RosterMsg::Welcome { members }, Some(l)) => {
+                    l.call.send_roster(now, RosterMsg::Welcome { members });
+                }
+                (RosterMsg::Welcome { members }, None) => {
+                    self.dial(to, GroupJoin::Invite { members });
+                }
+                (msg, Some(l)) => l.call.send_roster(now, msg),
+                // Not connected yet: it learns what matters once it is (see GroupRoster).
+                (_, None) => {}
+            }
+        }
+        for e in events {
+            match e {
+                RosterEvent::Removed { peer, why } => {
+                    tracing::debug!(call = %self.id, %peer, ?why, "removed from the call");
+                    self.tried.remove(&peer);
+                    // A member that leaves hangs up itself right after saying so.
+                    let grace = match why {
+                        Removal::Left => leg::FLUSH,
+                        _ => Duration::ZERO,
+                    };
+                    if let Some(l) = self.legs.get_mut(&peer) {
+                        l.leaving = Some(now + grace);
+                        l.handle_timeout(now);
+                    }
+                }
+                RosterEvent::Ignored { from, why } => {
+                    tracing::info!(call = %self.id, %from, "roster message ignored: {why}");
+                }
+                RosterEvent::Invited { .. } | RosterEvent::Joined(_) => {}
+            }
+        }
+        work
+    }
+
+    /// What each leg's signaling machine decided.
+    fn leg_events(&mut self, now: Instant) -> bool {
+        let mut evs = Vec::new();
+        for (p, l) in &mut self.legs {
+            evs.extend(std::iter::from_fn(|| l.call.poll_event()).map(|e| (*p, e)));
+        }
+        let work = !evs.is_empty();
+        for (peer, e) in evs {
+            match e {
+                SmEvent::Ringing if !self.rang => {
+                    self.rang = true;
+                    self.emit(CallEvent::Ringing { call: self.id });
+                }
+                SmEvent::Ringing => {}
+                SmEvent::Accepted(n) => self.leg_up(now, peer, &n),
+                SmEvent::Updated(n) => {
+                    if let Some(l) = self.legs.get_mut(&peer) {
+                        l.set_received(&n);
+                    }
+                    self.emit(CallEvent::Updated {
+                        call: self.id,
+                        peer,
+                        streams: n,
+                    });
+                }
+                SmEvent::Roster(m) => self.roster_msg(now, peer, m),
+                SmEvent::Ended(r) => self.leg_ended(now, peer, r),
+            }
+        }
+        work
+    }
+
+    /// A member said something about the roster on its leg.
+    fn roster_msg(&mut self, now: Instant, peer: PeerId, m: RosterMsg) {
+        match (&mut self.roster, m) {
+            (Some(r), m) => r.handle(now, peer, m),
+            // The peer of a one-to-one call added someone: this is a group call now.
+            (None, RosterMsg::Welcome { members }) if self.opts.is_some() => {
+                self.roster = Some(GroupRoster::welcomed(now, self.me, peer, &members));
+            }
+            (None, _) => tracing::debug!(call = %self.id, %peer, "roster message outside a group"),
+        }
+    }
+
+    /// A leg ended: its peer is out of the roster (a leg that never came up: the invitation
+    /// is withdrawn).
+    fn leg_ended(&mut self, now: Instant, peer: PeerId, reason: EndReason) {
+        tracing::debug!(call = %self.id, %peer, ?reason, "leg ended");
+        let was_up = self.legs.get(&peer).is_some_and(|l| l.rx.is_some());
+        if let Some(r) = &mut self.roster {
+            if was_up {
+                r.handle(now, peer, RosterMsg::Leave);
+            } else {
+                r.withdraw(peer);
+            }
+        }
+        if self.is_group() {
+            self.emit(CallEvent::Left {
+                call: self.id,
+                peer,
+                reason: reason.clone(),
+            });
+        }
+        self.last_end = Some(reason);
+    }
+
+    /// Whether the whole call is over, and why.
+    fn call_over(&self) -> Option<EndReason> {
+        let last = || self.last_end.clone().unwrap_or(EndReason::PeerVanished);
+        match &self.roster {
+            Some(r) if !r.is_live() => Some(last()),
+            Some(_) => None,
+            // One-to-one, or a group call we have not answered: its first leg.
+            None => {
+                let first = self.legs.get(&self.first);
+                let over = first.is_none_or(|l| l.call.is_ended()) && self.dialing.is_empty();
+                over.then(|| match first.map(|l| l.call.state()) {
+                    Some(p2pcall_media::call::CallState::Ended(r)) => r.clone(),
+                    _ => last(),
+                })
+            }
+        }
+    }
+
+    /// Takes an ended leg out of the call (its final statistics are kept).
+    fn drop_leg(&mut self, now: Instant, peer: PeerId) {
+        let Some(mut l) = self.legs.remove(&peer) else {
+            return;
+        };
+        l.close();
+        if let Some(r) = &mut l.rx {
+            r.meter = Meter::default();
+        }
+        if let Some(s) = leg::stats(&mut l, now) {
+            self.departed.push(s);
+        }
+        tokio::spawn(async move {
+            if let Err(e) = l.stop_render().await {
+                tracing::warn!(%peer, "{e}");
+            }
+        });
+        self.sync_peers();
+    }
+
+    /// Offers on hold are accepted once we are in the call and know their peer as a member.
+    fn accept_held(&mut self, now: Instant) -> bool {
+        let (Some(r), Some(_)) = (&self.roster, &self.opts) else {
+            return false;
+        };
+        let held: Vec<PeerId> = (self.legs.iter())
+            .filter(|(p, l)| {
+                *l.call.state() == p2pcall_media::call::CallState::Incoming && r.accepts(p)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        let desc = self.describe();
+        for p in &held {
+            if let Some(l) = self.legs.get_mut(p) {
+                let _ = l.call.accept(now, desc.clone());
+            }
+        }
+        !held.is_empty()
+    }
+
+    /// Members we connect to: those we did not invite and that did not invite us, with a
+    /// greater key than ours (they connect to us otherwise).
+    fn mesh_dials(&mut self) -> bool {
+        let (Some(r), Some(_)) = (&self.roster, &self.opts) else {
+            return false;
+        };
+        let due: Vec<PeerId> = (r.members())
+            .map(|(p, _)| *p)
+            .filter(|p| {
+                *p > self.me
+                    && !r.invited_by_me(p)
+                    && r.my_inviter() != *p
+                    && !self.legs.contains_key(p)
+                    && !self.dialing.contains(p)
+                    && !self.tried.contains(p)
+            })
+            .collect();
+        for p in &due {
+            self.tried.insert(*p);
+            self.dial(*p, GroupJoin::Mesh);
+        }
+        !due.is_empty()
+    }
+
+    /// Connects to `peer` and opens a call stream (the leg arrives as [`NewLeg`]).
+    fn dial(&mut self, peer: PeerId, join: GroupJoin) {
+        if self.legs.contains_key(&peer) || !self.dialing.insert(peer) {
+            return;
+        }
+        self.sync_peers();
+        let svc = self.svc.clone();
+        let tx = self.legs_tx.clone();
+        tokio::spawn(async move {
+            let leg = match open_call_stream(&svc, peer).await {
+                Ok((conn, streams)) => NewLeg::Dialed {
+                    conn,
+                    streams,
+                    join: Some(join),
+                },
+                Err(error) => NewLeg::DialFailed { peer, error },
+            };
+            let _ = tx.send(leg).await;
+        });
+    }
+
+    /// Our description (what we send and can receive), as muted and camera are now.
+    fn describe(&self) -> p2pcall_proto::call::SessionDesc {
+        let o = self.opts.clone().unwrap_or_default();
+        let (on, camera) = self
+            .local
+            .as_ref()
+            .map_or((true, true), |l| (!l.muted, l.camera));
+        o.describe(on, camera)
+    }
+
+    /// A leg for the call: one we dialed, one we could not, or an offer from a member.
+    fn add_leg(&mut self, l: NewLeg) {
+        let now = Instant::now();
+        match l {
+            NewLeg::Dialed {
+                conn,
+                streams,
+                join,
+            } => {
+                let peer = conn.peer();
+                self.dialing.remove(&peer);
+                if self.legs.contains_key(&peer) || self.ended.is_some() {
+                    return;
+                }
+                let call = Call::dial(now, self.id, self.describe(), join);
+                let gate = self.svc.bulk.of(peer);
+                let leg = Leg::dialed(conn, call, streams, &self.frames_tx, gate);
+                self.legs.insert(peer, leg);
+            }
+            NewLeg::DialFailed { peer, error } => {
+                self.dialing.remove(&peer);
+                self.warn(format!("{}: {error}", peer.fingerprint()));
+                self.leg_ended(now, peer, EndReason::Unreachable);
+            }
+            NewLeg::Incoming {
+                conn,
+                send,
+                reader,
+                call,
+            } => {
+                let peer = conn.peer();
+                let full = self.legs.len() >= MAX_MEMBERS - 1;
+                if self.legs.contains_key(&peer) || full || self.ended.is_some() {
+                    tokio::spawn(super::refuse(send, RejectReason::Busy));
+                    return;
+                }
+                let gate = self.svc.bulk.of(peer);
+                let leg = Leg::new(conn, *call, send, reader, &self.frames_tx, gate);
+                self.legs.insert(peer, leg);
+            }
+        }
+        self.sync_peers();
+    }
+
+    /// Tells the datagram router which peers' media is ours.
+    fn sync_peers(&self) {
+        let peers: Vec<PeerId> = self.legs.keys().chain(&self.dialing).copied().collect();
+        let mut g = self.svc.active.lock();
+        if let Some(a) = g.as_mut().filter(|a| a.id == self.id) {
+            a.peers = peers;
+        }
+    }
+
+    /// A leg came up: our captures start with the first, the peer's media is rendered.
+    fn leg_up(&mut self, now: Instant, peer: PeerId, n: &p2pcall_media::call::Negotiated) {
+        tracing::debug!(call = %self.id, %peer, ?n, "leg up");
+        if self.local.is_none() {
+            let mut o = self.opts.clone().unwrap_or_default();
+            if !self.is_group()
+                && let Some(r) = self.legs.get(&peer).and_then(|l| l.call.remote())
+            {
+                o.fit_to(r);
+            }
+            self.deadline = o.duration.map(|d| now + d);
+            match start_local(o, &self.enc_tx, &self.err_tx) {
+                Ok(l) => self.local = Some(l),
+                Err(e) => {
+                    self.warn(e.to_string());
+                    self.hang_up_all(now, HangupReason::Error, &e.to_string());
+                    return;
+                }
+            }
+        }
+        let group = self.is_group();
+        let (Some(local), Some(l)) = (&self.local, self.legs.get_mut(&peer)) else {
+            return;
+        };
+        l.session.configure(n);
+        l.session.set_bitrates(local.opts.bitrates());
+        let sinks = if group {
+            media::sinks_for(&local.opts.sinks, &peer)
+        } else {
+            local.opts.sinks.clone()
+        };
+        match start_receive(sinks, local, n) {
+            Ok(r) => l.rx = Some(r),
+            Err(e) => {
+                l.call.hangup(now, HangupReason::Error, &e.to_string());
+                self.warn(e.to_string());
+                return;
+            }
+        }
+        // The new participant decodes from a keyframe.
+        if let Some((_, c)) = local.captures.iter().find(|(s, _)| *s == VIDEO_STREAM) {
+            let _ = c.cmd.send(media::CaptureCmd::Keyframe);
+        }
+        if let Some(r) = &mut self.roster {
+            r.heard(now, peer);
+        }
+        if !self.started {
+            self.started = true;
+            self.emit(CallEvent::Started {
+                call: self.id,
+                peer,
+                streams: n.clone(),
+            });
+        }
+        if group {
+            let name = self.legs.get(&peer).and_then(|l| l.conn.remote_name());
+            self.emit(CallEvent::Joined {
+                call: self.id,
+                peer,
+                name,
+                streams: n.clone(),
+            });
+        }
+    }
+
+    /// Ends our part: a group's members are told we leave, every leg is hung up.
+    fn hang_up_all(&mut self, now: Instant, reason: HangupReason, detail: &str) {
+        if let Some(r) = &mut self.roster {
+            r.leave();
+            self.roster_io(now);
+            self.ended = Some(EndReason::HungUp {
+                remote: false,
+                reason,
+                detail: detail.to_string(),
+            });
+        }
+        for l in self.legs.values_mut() {
+            l.call.hangup(now, reason, detail);
+        }
+    }
+
+    /// Media out, while QUIC takes it at once: what it cannot send yet waits in each
+    /// session's pacer (audio first, late frames dropped whole), not in QUIC's buffer.
+    fn send_media(&mut self) {
+        let now = Instant::now();
+        let mut keyframe = false;
+        for l in self.legs.values_mut().filter(|l| l.is_active()) {
+            let quic = l.conn.quic();
+            while quic.datagram_send_buffer_space() >= DATAGRAM_ROOM
+                && let Some(d) = l.session.poll_transmit(now)
+            {
+                let _ = quic.send_datagram(d);
+            }
+            while let Some(p2pcall_media::session::SessionEvent::KeyframeRequested { .. }) =
+                l.session.poll_event()
+            {
+                keyframe = true;
+            }
+        }
+        if keyframe
+            && let Some(local) = &self.local
+            && let Some((_, c)) = local.captures.iter().find(|(s, _)| *s == VIDEO_STREAM)
+        {
+            let _ = c.cmd.send(media::CaptureCmd::Keyframe);
+        }
+    }
+
+    /// When something is due next (at least `now`).
+    fn next_wake(&self, now: Instant) -> Instant {
+        (self.legs.values())
+            .filter_map(|l| l.poll_timeout(now))
+            .chain(self.roster.as_ref().and_then(GroupRoster::poll_timeout))
+            .chain([Some(self.next_stats), self.deadline].into_iter().flatten())
+            .min()
+            .unwrap_or(now + Duration::from_secs(1))
+            .max(now)
+    }
+
+    /// A command from the front end (`None`: the engine dropped the call's handle).
+    fn handle_command(&mut self, c: Option<Cmd>) {
+        let now = Instant::now();
+        match c {
+            Some(Cmd::Answer(o)) => {
+                if self.opts.is_some() {
+                    return;
+                }
+                tracing::debug!(call = %self.id, "answering");
+                self.opts = Some(*o);
+                if let Some(w) = self.welcome.take() {
+                    let r = GroupRoster::welcomed(now, self.me, self.first, &w);
+                    self.roster = Some(r);
+                }
+                let desc = self.describe();
+                if let Some(l) = self.legs.get_mut(&self.first) {
+                    let _ = l.call.accept(now, desc);
+                }
+            }
+            Some(Cmd::Reject) => {
+                if let Some(l) = self.legs.get_mut(&self.first) {
+                    let _ = l.call.reject(now, RejectReason::Declined);
+                }
+            }
+            Some(Cmd::Hangup) | None => self.hang_up_all(now, HangupReason::Normal, ""),
+            Some(Cmd::Mute(m)) => self.set_active(Some(m), None),
+            Some(Cmd::Camera(on)) => self.set_active(None, Some(on)),
+            Some(Cmd::Video(src)) => {
+                if let Some(l) = &mut self.local
+                    && let Err(e) = switch_video(l, src, &self.enc_tx, &self.err_tx)
+                {
+                    self.warn(e.to_string());
+                }
+                self.set_active(None, None);
+            }
+            Some(Cmd::Add(peer)) => self.add_member(now, peer),
+        }
+    }
+
+    /// Invites one more participant (a one-to-one call becomes a group call).
+    fn add_member(&mut self, now: Instant, peer: PeerId) {
+        if self.opts.is_none() {
+            self.warn("answer the call before adding anyone".into());
+            return;
+        }
+        let r = self.roster.get_or_insert_with(|| {
+            let mut r = GroupRoster::create(now, self.me);
+            // Our peer so far, told it is in a group now (on our call).
+            let _ = r.invite(now, self.first);
+            r.heard(now, self.first);
+            r
+        });
+        if let Err(e) = r.invite(now, peer) {
+            self.warn(format!("cannot add {}: {e}", peer.fingerprint()));
+        }
+    }
+
+    /// Mute and camera: the captures stop or resume, every leg renegotiates.
+    fn set_active(&mut self, mute: Option<bool>, camera: Option<bool>) {
+        let Some(local) = &mut self.local else { return };
+        if let Some(m) = mute {
+            local.muted = m;
+        }
+        if let Some(c) = camera {
+            local.camera = c;
+        }
+        for (s, c) in &local.captures {
+            let on = if *s == AUDIO_STREAM {
+                !local.muted
+            } else {
+                local.camera
+            };
+            let _ = c.cmd.send(media::CaptureCmd::Active(on));
+        }
+        let d = self.describe();
+        for l in self.legs.values_mut().filter(|l| l.is_active()) {
+            let _ = l.call.update(Instant::now(), d.clone());
+        }
+    }
+
+    /// A signaling frame from a leg's peer (`None`: its stream ended or broke the protocol).
+    fn handle_frame(&mut self, peer: PeerId, f: Option<CallFrame>) {
+        let now = Instant::now();
+        let Some(l) = self.legs.get_mut(&peer) else {
+            return;
+        };
+        l.handle_frame(now, f);
+        if l.is_active()
+            && let Some(r) = &mut self.roster
+        {
+            r.heard(now, peer);
+        }
+    }
+
+    /// A media datagram from `peer`, received at `at`.
+    fn handle_datagram(&mut self, peer: PeerId, at: Instant, d: &[u8]) {
+        let Some(l) = self.legs.get_mut(&peer) else {
+            return;
+        };
+        l.handle_datagram(at, d);
+        if l.is_active()
+            && let Some(r) = &mut self.roster
+        {
+            r.heard(at, peer);
+        }
+    }
+
+    /// A frame one of our captures encoded: it goes to every leg that is up.
+    fn handle_encoded(&mut self, e: media::Encoded) {
+        let stream = if e.audio { AUDIO_STREAM } else { VIDEO_STREAM };
+        // Not from a capture that was replaced or stopped.
+        let current = self.local.as_ref().is_some_and(|p| {
+            p.captures
+                .iter()
+                .any(|(s, c)| *s == stream && c.id == e.capture)
+        });
+        if !current {
+            return;
+        }
+        let now = Instant::now();
+        for l in self.legs.values_mut().filter(|l| l.is_active()) {
+            let max = l.conn.quic().max_datagram_size().unwrap_or(1200);
+            if let Err(err) =
+                l.session
+                    .send_frame(now, stream, e.data.clone(), e.timestamp, e.keyframe, max)
+            {
+                tracing::debug!("media frame not sent: {err}");
+            }
+        }
+    }
+
+    /// A capture failed: the call cannot go on as negotiated.
+    fn handle_capture_error(&mut self, msg: String) {
+        self.warn(msg.clone());
+        self.hang_up_all(Instant::now(), HangupReason::Error, &msg);
+    }
+
+    /// Time passed: timers, rate adaptation, play-out, statistics, the call's duration.
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Some(r) = &mut self.roster {
+            r.handle_timeout(now);
+        }
+        for l in self.legs.values_mut() {
+            l.handle_timeout(now);
+        }
+        self.adapt(now);
+        if now >= self.next_stats {
+            self.next_stats = now + STATS_INTERVAL;
+            if let Some(s) = self.stats(now) {
+                self.emit(CallEvent::Stats(Box::new(s)));
+            }
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.deadline = None;
+            self.hang_up_all(now, HangupReason::Finished, "duration reached");
+        }
+    }
+
+    /// Follows the bandwidth estimates: the video capture gets the bitrate the most
+    /// constrained leg allows at once, and the size and frame rate the ladder picks, and
+    /// skips frames while a pacer is backed up.
+    fn adapt(&mut self, now: Instant) {
+        let Some(local) = &mut self.local else { return };
+        let Some((_, c)) = local.captures.iter().find(|(s, _)| *s == VIDEO_STREAM) else {
+            return;
+        };
+        let up = || self.legs.values().filter(|l| l.is_active());
+        let Some(target) = up().map(|l| l.session.video_target_bps()).min() else {
+            return;
+        };
+        if let Some(q) = local.ladder.as_mut().and_then(|l| l.update(now, target)) {
+            let _ = c.cmd.send(media::CaptureCmd::Quality {
+                bitrate_bps: q.bitrate_bps,
+                fps: q.fps,
+                max_width: q.width,
+                max_height: q.height,
+            });
+        }
+        let backlog = up().any(|l| l.session.should_skip_frame());
+        if backlog != local.backlog {
+            local.backlog = backlog;
+            let _ = c.cmd.send(media::CaptureCmd::Backlog(backlog));
+        }
+    }
+
+    /// The call's statistics: the first participant's at the top (as in a one-to-one
+    /// call), every participant's in `participants` in a group call.
+    fn stats(&mut self, now: Instant) -> Option<CallStats> {
+        let mut all: Vec<CallStats> = (self.legs.values_mut())
+            .filter_map(|l| leg::stats(l, now))
+            .collect();
+        let top = (all.iter())
+            .position(|s| s.peer == Some(self.first.to_string()))
+            .unwrap_or(0);
+        let mut s = all.get(top).cloned()?;
+        s.echo_erle_db = (self.local.as_ref())
+            .and_then(|l| l.voice.as_ref())
+            .and_then(|v| v.lock().echo_return_loss_enhancement_db());
+        if self.is_group() {
+            all.extend(self.departed.iter().cloned());
+            s.participants = all;
+        }
+        Some(s)
+    }
+
+    /// The call is over: every leg tells its peer (a Hangup or Reject may still be queued)
+    /// and lets it read our last frames before anything closes the connections (a process
+    /// that exits right after a call must not look vanished to its peers; a peer finishes
+    /// its side only after it has read them, so wait for that).
+    async fn finish(&mut self, frames_rx: &mut mpsc::Receiver<(PeerId, Option<CallFrame>)>) {
+        let now = Instant::now();
+        for l in self.legs.values_mut() {
+            l.call.hangup(now, HangupReason::Normal, "");
+            l.close();
+        }
+        let _ = tokio::time::timeout(leg::FLUSH, async {
+            while self.legs.values().any(|l| !l.closed) {
+                match frames_rx.recv().await {
+                    Some((peer, None)) => {
+                        if let Some(l) = self.legs.get_mut(&peer) {
+                            l.closed = true;
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        })
+        .await;
+        let mut g = self.svc.active.lock();
+        if g.as_ref().is_some_and(|c| c.id == self.id) {
+            *g = None;
+        }
+    }
+
+    /// Stops the pipeline and reports how the call ended, with its final statistics.
+    async fn report_end(mut self) {
+        let now = Instant::now();
+        if let Some(l) = &mut self.local {
+            l.captures.clear();
+        }
+        // Final rates are averages over the whole call; render counters are final only once
+        // the render threads are done.
+        for l in self.legs.values_mut() {
+            if let Some(r) = &mut l.rx {
+                r.meter = Meter::default();
+            }
+        }
+        let mut final_stats = self.stats(now);
+        for l in self.legs.values_mut() {
+            if let Err(e) = l.stop_render().await {
+                self.svc.events.emit(CallEvent::Warning {
+                    call: self.id,
+                    message: e,
+                });
+            }
+        }
+        if let Some(s) = &mut final_stats {
+            let renders: BTreeMap<String, RenderStats> = (self.legs.iter())
+                .filter_map(|(p, l)| {
+                    Some((p.to_string(), l.rx.as_ref()?.render_stats.lock().clone()))
+                })
+                .collect();
+            let fill = |s: &mut CallStats| {
+                if let Some(r) = s.peer.as_ref().and_then(|p| renders.get(p)) {
+                    leg::fill_render(s, r);
+                }
+            };
+            fill(s);
+            s.participants.iter_mut().for_each(fill);
+        }
+        let reason = self.ended.take().unwrap_or(EndReason::PeerVanished);
+        self.emit(CallEvent::Ended {
+            call: self.id,
+            peer: self.first,
+            reason,
+            stats: final_stats.map(Box::new),
+        });
+    }
+}
+
+/// Connects to `peer` and opens a call stream on the connection.
+async fn open_call_stream(
+    svc: &Calls,
+    peer: PeerId,
+) -> Result<(PeerConnection, (quinn::SendStream, quinn::RecvStream)), String> {
+    let conn = svc
+        .ctx
+        .connect(peer)
+        .await
+        .map_err(|e| crate::error::causes(&e))?;
+    let (mut send, recv) = conn.quic().open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&[CALL]).await.map_err(|e| e.to_string())?;
+    Ok((conn, (send, recv)))
+}
+
+/// Starts our captures: each stream we describe, encoded once for every leg.
+fn start_local(
+    opts: CallOptions,
+    enc_tx: &mpsc::Sender<media::Encoded>,
+    err_tx: &mpsc::Sender<String>,
+) -> Result<Local, super::CallError> {
+    let epoch = Instant::now();
+    let mut captures = Vec::new();
+    let voice = media::voice_for(&opts.audio);
+    for s in opts.describe(true, true).streams {
+        let c = match s.kind {
+            StreamKind::Audio => media::start_audio(
+                &opts.audio,
+                epoch,
+                voice.clone(),
+                enc_tx.clone(),
+                err_tx.clone(),
+            )?,
+            StreamKind::Camera | StreamKind::Screen => media::start_video(
+                &opts.video,
+                opts.video_params(),
+                s.kind == StreamKind::Screen,
+                epoch,
+                enc_tx.clone(),
+                err_tx.clone(),
+                opts.sinks.tap.clone(),
+            )?,
+        };
+        captures.push((s.id, c));
+    }
+    let ladder = (opts.video != super::VideoSource::None).then(|| ladder_for(&opts));
+    Ok(Local {
+        opts,
+        epoch,
+        captures,
+        muted: false,
+        camera: true,
+        voice,
+        ladder,
+        backlog: false,
+    })
+}
+
+/// Starts rendering what one peer sends.
+fn start_receive(
+    sinks: media::Sinks,
+    local: &Local,
+    n: &p2pcall_media::call::Negotiated,
+) -> Result<Receive, super::CallError> {
+    let render_stats = Arc::new(Mutex::new(RenderStats::default()));
+    let render = media::start_render(
+        sinks,
+        local.opts.fps,
+        render_stats.clone(),
+        local.voice.clone(),
+    )?;
+    let (audio_rx, video_rx) = leg::received_streams(n);
+    let epoch = Instant::now();
+    Ok(Receive {
+        render: Some(render),
+        render_stats,
+        next_audio: audio_rx.map(|_| epoch),
+        audio_rx,
+        video_rx,
+        meter: Meter::default(),
+        decode_errors: 0,
+        epoch,
+    })
+}
+
+/// The quality ladder of a call's video: from the call's size and frame rate down.
+fn ladder_for(o: &CallOptions) -> Ladder {
+    Ladder::new(o.width, o.height, o.fps as f32, o.video.is_screen())
+}
+
+/// Replaces the video source of a running call (the new capture starts with a keyframe).
+fn switch_video(
+    p: &mut Local,
+    src: super::VideoSource,
+    enc_tx: &mpsc::Sender<media::Encoded>,
+    err_tx: &mpsc::Sender<String>,
+) -> Result<(), super::CallError> {
+    use super::{CallError, VideoSource};
+    let Some(slot) = p.captures.iter_mut().find(|(s, _)| *s == VIDEO_STREAM) else {
+        return Err(CallError::Source(
+            "this call has no video stream (it was placed with --video none)".into(),
+        ));
+    };
+    if src == VideoSource::None {
+        return Err(CallError::Source(
+            "to stop video, turn the camera off".into(),
+        ));
+    }
+    // Same clock as before: timestamps continue, the receiver sees a keyframe. The stream
+    // becomes a screen stream or a camera stream with the source (the update says so).
+    slot.1 = media::start_video(
+        &src,
+        p.opts.video_params(),
+        src.is_screen(),
+        p.epoch,
+        enc_tx.clone(),
+        err_tx.clone(),
+        p.opts.sinks.tap.clone(),
+    )?;
+    let _ = slot.1.cmd.send(media::CaptureCmd::Active(p.camera));
+    p.opts.video = src;
+    // A new source climbs its own ladder (a screen keeps its size, a camera its rate).
+    p.ladder = Some(ladder_for(&p.opts));
+    p.backlog = false;
+    Ok(())
+}
