@@ -960,18 +960,22 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
         UiCmd::Cancel { peer, id } => {
             spawn_result(out, async move { link.cancel_transfer(peer, id).await });
         }
-        UiCmd::Call(peer) => {
-            let opts = call_options(&r.settings, out);
-            spawn_reporting(out, async move { link.call(peer, opts).await }, |e| {
+        UiCmd::Call(peer) => match call_options(&r.settings, out) {
+            Ok(opts) => spawn_reporting(out, async move { link.call(peer, opts).await }, |e| {
                 AppEvent::CallFailed(format!("the call failed: {e}"))
-            });
-        }
+            }),
+            Err(e) => out.emit(AppEvent::CallFailed(format!("cannot call: {e}"))),
+        },
         UiCmd::Answer(call) => {
             set_ringer(r, None);
-            let opts = call_options(&r.settings, out);
-            spawn_reporting(out, async move { link.answer(call, opts).await }, |e| {
-                AppEvent::CallFailed(format!("cannot answer: {e}"))
-            });
+            match call_options(&r.settings, out) {
+                Ok(opts) => {
+                    spawn_reporting(out, async move { link.answer(call, opts).await }, |e| {
+                        AppEvent::CallFailed(format!("cannot answer: {e}"))
+                    })
+                }
+                Err(e) => out.emit(AppEvent::CallFailed(format!("cannot answer: {e}"))),
+            }
         }
         UiCmd::Decline(call) => {
             set_ringer(r, None);
@@ -1243,9 +1247,10 @@ fn video_spec(s: &Settings) -> String {
     s.video.clone().unwrap_or_else(|| "camera".into())
 }
 
-/// The call's sources and sinks from the settings. A source that cannot be opened (no
-/// camera, no microphone) is left out, with a toast saying why: the call goes on without it.
-fn call_options(s: &Settings, out: &Out) -> CallOptions {
+/// The call's sources and sinks from the settings, checked: the default camera or
+/// microphone this machine lacks is left out (the call says so when it starts: camera off,
+/// or muted); a device, file or speaker the settings name that cannot be used is an error.
+fn call_options(s: &Settings, out: &Out) -> Result<CallOptions, String> {
     let mut o = CallOptions {
         sinks: p2pcall_core::call::Sinks {
             tap: Some(out.tap()),
@@ -1279,28 +1284,8 @@ fn call_options(s: &Settings, out: &Out) -> CallOptions {
         o.width = p2pcall_core::call::SCREEN_MAX_SIZE.0;
         o.height = p2pcall_core::call::SCREEN_MAX_SIZE.1;
     }
-    // Drop what cannot be opened, one part at a time, saying why.
-    if let Err(e) = o.check() {
-        let mut without_video = o.clone();
-        without_video.video = VideoSource::None;
-        if without_video.check().is_ok() {
-            out.emit(AppEvent::Error(format!("no video in this call: {e}")));
-            return without_video;
-        }
-        let mut without_audio = o.clone();
-        without_audio.audio = AudioSource::None;
-        if without_audio.check().is_ok() {
-            out.emit(AppEvent::Error(format!("no audio in this call: {e}")));
-            return without_audio;
-        }
-        out.emit(AppEvent::Error(format!(
-            "no camera or microphone for this call: {e}"
-        )));
-        o.video = VideoSource::None;
-        o.audio = AudioSource::None;
-        o.sinks.speaker = SpeakerChoice::Off;
-    }
-    o
+    o.check().map_err(|e| e.to_string())?;
+    Ok(o)
 }
 
 fn mark_read(link: Link, peer: PeerId, out: Out) {

@@ -412,7 +412,7 @@ fn share(
     p.cpu = meter.percent();
     drop(capture);
     if let Ok(e) = erx.try_recv() {
-        bail!("screen capture failed: {e}");
+        bail!("screen capture failed: {}", e.message);
     }
     p.per_second.truncate(p.secs.floor() as usize);
     Ok(p)

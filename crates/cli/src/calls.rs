@@ -99,6 +99,7 @@ impl MediaArgs {
                 tap: None,
             },
             duration: self.duration.map(Duration::from_secs_f64),
+            notes: Vec::new(),
         }
     }
 }

@@ -395,6 +395,111 @@ fn a_microphone_and_a_speaker_carry_a_call_and_missing_devices_are_refused_befor
 }
 
 #[test]
+fn without_a_camera_or_microphone_a_call_goes_ahead_receiving_and_says_so() {
+    let lab = Lab::new();
+    let mut c = cmd(&lab.root.join("bob"));
+    c.args(["--json", "devices"]);
+    let d = json_out(c);
+    let none = |k: &str| d[k]["devices"].as_array().is_some_and(Vec::is_empty);
+    if !none("cameras") || !none("microphones") {
+        eprintln!("skipping: this machine has a camera or a microphone ({d})");
+        return;
+    }
+    let (mut alice, fp) = lab.listen(
+        "alice",
+        &["--answer", "--video", "testsrc", "--audio", "tone"],
+    );
+    // The defaults a new user gets: camera and microphone.
+    let caller = lab.root.join("caller.json");
+    let mut c = lab.peer("bob");
+    c.args(["call", &fp, "--video", "camera", "--audio", "mic"])
+        .args(["--speaker", "none", "--duration", "3", "--stats-json"])
+        .arg(&caller);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = lines(&out);
+    let warnings: Vec<&str> = (ev.iter())
+        .filter(|e| e["event"] == "call_warning")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("no camera, so your camera is off"))
+            && warnings
+                .iter()
+                .any(|w| w.starts_with("no microphone, so you are muted")),
+        "{warnings:?}"
+    );
+    let started = ev.iter().find(|e| e["event"] == "call_started").unwrap();
+    assert_eq!(started["send"], serde_json::json!([]), "{started}");
+    // Bob still received alice's video and audio.
+    let fin = &summary(&caller)["final"];
+    assert!(fin["video_decoded"].as_u64().unwrap() > 30, "{fin}");
+    assert!(fin["audio_samples"].as_u64().unwrap() > 48_000, "{fin}");
+    alice.term();
+    // A device named explicitly is still refused before dialing.
+    let mut c = lab.peer("bob");
+    c.args(["call", &fp, "--audio", "mic:hw:7,0"]);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    assert!(lines(&out).iter().all(|e| e["event"] != "call_ringing"));
+}
+
+#[test]
+fn a_display_that_goes_away_mid_call_stops_the_video_and_the_call_goes_on() {
+    let Some(x) = p2pcall_screen::xvfb::Xvfb::start(640, 480).unwrap() else {
+        eprintln!("skipping: Xvfb is not installed (scripts/setup.sh installs it)");
+        return;
+    };
+    let lab = Lab::new();
+    let aud = lab.root.join("got.wav");
+    let (mut alice, fp) = lab.listen(
+        "alice",
+        &[
+            "--answer",
+            "--video",
+            "none",
+            "--record-audio",
+            aud.to_str().unwrap(),
+        ],
+    );
+    let mut c = lab.peer("bob");
+    c.env("DISPLAY", x.display())
+        .args(["call", &fp, "--video", "screen:0", "--audio", "tone"])
+        .args(["--speaker", "none", "--duration", "4"]);
+    let bob = Proc::spawn_logged(c, Some(&lab.root.join("bob.log")));
+    bob.expect("call_stats");
+    // The X server goes away: the screen share stops, the call does not.
+    drop(x);
+    let w = bob.expect("call_warning");
+    let msg = w["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("your video stopped, so your camera is off (the call goes on)"),
+        "{w}"
+    );
+    let upd = alice.expect("call_updated");
+    assert!(
+        (upd["receive"].as_array().unwrap().iter())
+            .any(|s| s["kind"] == "screen" && s["active"] == false),
+        "{upd}"
+    );
+    let end = bob.expect("call_ended");
+    assert_eq!(end["reason"], "finished", "{end}");
+    alice.expect("call_ended");
+    // Alice heard bob all along: about 4 s of tone (the display went away after 1 s).
+    let w = wav::read(&aud).unwrap();
+    let loud = w.samples.iter().filter(|s| s.abs() > 1000).count();
+    assert!(loud > 48_000 * 5 / 2, "{loud} loud samples");
+    alice.term();
+}
+
+#[test]
 fn a_shared_screen_arrives_at_its_size_and_a_missing_display_is_refused_before_dialing() {
     use p2pcall_screen::{CaptureOptions, Capturer, Grab, Target};
     let Some(x) = p2pcall_screen::xvfb::Xvfb::start(1280, 800).unwrap() else {

@@ -65,6 +65,7 @@ pub(crate) fn options(m: &api::Media) -> Result<CallOptions, RpcError> {
             tap: None,
         },
         duration: m.duration_ms.map(Duration::from_millis),
+        notes: Vec::new(),
     })
 }
 
@@ -407,6 +408,7 @@ mod tests {
                 tap: None,
             },
             duration: Some(Duration::from_millis(1500)),
+            notes: Vec::new(),
         };
         let m = media(&o);
         assert!(std::path::Path::new(&m.video).is_absolute());

@@ -647,8 +647,7 @@ async fn calls(s: &Served, request: Request) -> Result<Answer, RpcError> {
 /// workers: opening a camera takes a while).
 async fn checked_options(hub: &Hub, media: &Media) -> Result<CallOptions, RpcError> {
     let mut opts = options(media)?;
-    let check = opts.clone();
-    tokio::task::spawn_blocking(move || check.check())
+    opts = tokio::task::spawn_blocking(move || opts.check().map(|()| opts))
         .await
         .map_err(|e| RpcError::new(ErrorKind::Failure, e.to_string()))?
         .map_err(|e| engine_error(&e.into()))?;

@@ -37,7 +37,7 @@ pub(crate) async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
             most + 1
         );
     }
-    let opts = a.media.options();
+    let mut opts = a.media.options();
     let mut session = Session::open(cli, &a.peers[0]).await?;
     let mut also = Vec::new();
     for q in &a.peers[1..] {

@@ -44,8 +44,14 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
     if let Some(c) = engine_client(cli).await? {
         return attached(cli, a, c).await;
     }
+    // What calls are answered with: checked once (a default device this machine lacks is
+    // left out, and each call says so).
+    let mut answer_with = a.media.options();
     if a.answer {
-        a.media.options().check()?;
+        answer_with.check()?;
+        for n in &answer_with.notes {
+            errln!("warning: {n}");
+        }
     }
     if let Some(dir) = &a.accept_files {
         std::fs::create_dir_all(dir).with_context(|| {
@@ -113,7 +119,7 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
                                 p2pcall_core::call::CallEvent::Incoming { call, peer, .. } => {
                                     let r = if a.answer && engine.trust(*peer).await.is_ok_and(|t| t >= a.from) {
                                         console.get_or_insert_with(|| calls::spawn_console(Control::Own(engine.clone())));
-                                        engine.answer(*call, a.media.options()).await
+                                        engine.answer(*call, answer_with.clone()).await
                                     } else {
                                         engine.reject_call(*call).await
                                     };

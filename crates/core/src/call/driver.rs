@@ -94,7 +94,7 @@ struct Local {
 pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup, mut io: Inputs) {
     let (frames_tx, mut frames_rx) = mpsc::channel(64);
     let (enc_tx, mut enc_rx) = mpsc::channel::<media::Encoded>(8);
-    let (err_tx, mut err_rx) = mpsc::channel::<String>(4);
+    let (err_tx, mut err_rx) = mpsc::channel::<media::CaptureFailed>(4);
     let mut d = Driver {
         me: svc.ctx.id(),
         svc,
@@ -140,7 +140,7 @@ pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup
             }
             Some(l) = io.legs.recv() => d.add_leg(l),
             Some(e) = enc_rx.recv() => d.handle_encoded(e),
-            Some(msg) = err_rx.recv() => d.handle_capture_error(msg),
+            Some(f) = err_rx.recv() => d.capture_failed(f),
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         d.handle_timeout(Instant::now());
@@ -179,7 +179,7 @@ struct Driver {
     /// Final statistics of participants that left.
     departed: Vec<CallStats>,
     enc_tx: mpsc::Sender<media::Encoded>,
-    err_tx: mpsc::Sender<String>,
+    err_tx: mpsc::Sender<media::CaptureFailed>,
     frames_tx: FrameTx,
     legs_tx: mpsc::Sender<NewLeg>,
 }
@@ -196,6 +196,13 @@ impl Driver {
         });
     }
 
+    /// What the options' check left out, told once the call is placed or answered.
+    fn note_options(&self, o: &CallOptions) {
+        for n in &o.notes {
+            self.warn(n.clone());
+        }
+    }
+
     fn is_group(&self) -> bool {
         self.roster.is_some() || self.welcome.is_some()
     }
@@ -204,10 +211,12 @@ impl Driver {
         let now = Instant::now();
         match setup {
             Setup::Dial(leg, opts) => {
+                self.note_options(&opts);
                 self.opts = Some(opts);
                 self.add_leg(leg);
             }
             Setup::Group(peers, opts) => {
+                self.note_options(&opts);
                 self.opts = Some(opts);
                 let mut r = GroupRoster::create(now, self.me);
                 for p in peers {
@@ -677,6 +686,7 @@ impl Driver {
                     return;
                 }
                 tracing::debug!(call = %self.id, "answering");
+                self.note_options(&o);
                 self.opts = Some(*o);
                 if let Some(w) = self.welcome.take() {
                     let r = GroupRoster::welcomed(now, self.me, self.first, &w);
@@ -799,10 +809,23 @@ impl Driver {
         }
     }
 
-    /// A capture failed: the call cannot go on as negotiated.
-    fn handle_capture_error(&mut self, msg: String) {
-        self.warn(msg.clone());
-        self.hang_up_all(Instant::now(), HangupReason::Error, &msg);
+    /// A capture stopped (a camera unplugged, a microphone gone): that track is off, the
+    /// call goes on, the user is told.
+    fn capture_failed(&mut self, f: media::CaptureFailed) {
+        let Some(local) = &mut self.local else { return };
+        let Some(i) = local.captures.iter().position(|(_, c)| c.id == f.capture) else {
+            return;
+        };
+        let (stream, _) = local.captures.remove(i);
+        let what = if stream == AUDIO_STREAM {
+            local.muted = true;
+            "your audio stopped, so you are muted"
+        } else {
+            local.camera = false;
+            "your video stopped, so your camera is off"
+        };
+        self.warn(format!("{what} (the call goes on): {}", f.message));
+        self.set_active(None, None);
     }
 
     /// Time passed: timers, rate adaptation, play-out, statistics, the call's duration.
@@ -968,7 +991,7 @@ async fn open_call_stream(
 fn start_local(
     opts: CallOptions,
     enc_tx: &mpsc::Sender<media::Encoded>,
-    err_tx: &mpsc::Sender<String>,
+    err_tx: &mpsc::Sender<media::CaptureFailed>,
 ) -> Result<Local, super::CallError> {
     let epoch = Instant::now();
     let mut captures = Vec::new();
@@ -1044,14 +1067,14 @@ fn switch_video(
     p: &mut Local,
     src: super::VideoSource,
     enc_tx: &mpsc::Sender<media::Encoded>,
-    err_tx: &mpsc::Sender<String>,
+    err_tx: &mpsc::Sender<media::CaptureFailed>,
 ) -> Result<(), super::CallError> {
     use super::{CallError, VideoSource};
-    let Some(slot) = p.captures.iter_mut().find(|(s, _)| *s == VIDEO_STREAM) else {
+    if p.opts.video == VideoSource::None {
         return Err(CallError::Source(
             "this call has no video stream (it was placed with --video none)".into(),
         ));
-    };
+    }
     if src == VideoSource::None {
         return Err(CallError::Source(
             "to stop video, turn the camera off".into(),
@@ -1059,7 +1082,7 @@ fn switch_video(
     }
     // Same clock as before: timestamps continue, the receiver sees a keyframe. The stream
     // becomes a screen stream or a camera stream with the source (the update says so).
-    slot.1 = media::start_video(
+    let c = media::start_video(
         &src,
         p.opts.video_params(),
         src.is_screen(),
@@ -1068,7 +1091,19 @@ fn switch_video(
         err_tx.clone(),
         p.opts.sinks.tap.clone(),
     )?;
-    let _ = slot.1.cmd.send(media::CaptureCmd::Active(p.camera));
+    match p.captures.iter_mut().find(|(s, _)| *s == VIDEO_STREAM) {
+        Some(slot) => slot.1 = c,
+        // The capture had stopped (its device gone): the new source turns video back on.
+        None => {
+            p.captures.push((VIDEO_STREAM, c));
+            p.camera = true;
+        }
+    }
+    for (s, c) in &p.captures {
+        if *s == VIDEO_STREAM {
+            let _ = c.cmd.send(media::CaptureCmd::Active(p.camera));
+        }
+    }
     p.opts.video = src;
     // A new source climbs its own ladder (a screen keeps its size, a camera its rate).
     p.ladder = Some(ladder_for(&p.opts));

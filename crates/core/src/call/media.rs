@@ -528,7 +528,7 @@ pub fn start_video(
     screen: bool,
     epoch: Instant,
     out: mpsc::Sender<Encoded>,
-    errors: mpsc::Sender<String>,
+    errors: mpsc::Sender<CaptureFailed>,
     tap: Option<VideoTap>,
 ) -> Result<Capture, CallError> {
     let input = VideoInput::open(src, p)?;
@@ -577,7 +577,10 @@ pub fn start_video(
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => return,
                 Err(msg) => {
-                    let _ = errors.blocking_send(msg);
+                    let _ = errors.blocking_send(CaptureFailed {
+                        capture,
+                        message: msg,
+                    });
                     return;
                 }
             }
@@ -782,17 +785,25 @@ impl VideoLoop {
     }
 }
 
-/// Opens and closes every source and sink a call would use, so a missing camera, microphone,
-/// file or speaker is reported before a call is placed or answered.
-pub(crate) fn check_sources(
-    video: &VideoSource,
-    audio: &AudioSource,
-    sinks: &Sinks,
-    p: VideoParams,
-) -> Result<(), CallError> {
+/// A capture thread stopped: which one, and why.
+#[derive(Debug, Clone)]
+pub struct CaptureFailed {
+    /// [`Capture::id`] of the capture.
+    pub capture: u64,
+    /// What happened.
+    pub message: String,
+}
+
+/// Opens and closes a video source, so that a missing one is reported before a call.
+pub(crate) fn check_video(video: &VideoSource, p: VideoParams) -> Result<(), CallError> {
     if *video != VideoSource::None {
         drop(VideoInput::open(video, p)?);
     }
+    Ok(())
+}
+
+/// Opens and closes an audio source, so that a missing one is reported before a call.
+pub(crate) fn check_audio(audio: &AudioSource) -> Result<(), CallError> {
     match audio {
         AudioSource::Mic(dev) => drop(open_mic(dev.as_deref())?),
         AudioSource::File(path) => {
@@ -803,6 +814,11 @@ pub(crate) fn check_sources(
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Opens and closes a speaker, so that a missing one is reported before a call.
+pub(crate) fn check_speaker(sinks: &Sinks) -> Result<(), CallError> {
     drop(open_speaker(&sinks.speaker)?);
     Ok(())
 }
@@ -826,7 +842,7 @@ pub(crate) fn start_audio(
     epoch: Instant,
     voice: Option<Voice>,
     out: mpsc::Sender<Encoded>,
-    errors: mpsc::Sender<String>,
+    errors: mpsc::Sender<CaptureFailed>,
 ) -> Result<Capture, CallError> {
     // A microphone paces capture itself; generated and file audio is paced by the clock.
     let mut paced = false;
@@ -900,7 +916,10 @@ pub(crate) fn start_audio(
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => return,
                 Err(msg) => {
-                    let _ = errors.blocking_send(msg);
+                    let _ = errors.blocking_send(CaptureFailed {
+                        capture,
+                        message: msg,
+                    });
                     return;
                 }
             }
@@ -1603,7 +1622,7 @@ mod tests {
             fps: 30,
             kbps: 2000,
         };
-        check_sources(&src, &AudioSource::None, &Sinks::default(), p).unwrap();
+        check_video(&src, p).unwrap();
         let (tx, mut rx) = mpsc::channel(512);
         let (etx, mut erx) = mpsc::channel(4);
         let cap = start_video(&src, p, true, Instant::now(), tx, etx, None).unwrap();

@@ -82,6 +82,9 @@ pub struct CallOptions {
     pub sinks: Sinks,
     /// Hang up after this long (counted from the answer).
     pub duration: Option<Duration>,
+    /// What [`CallOptions::check`] left out (a default camera or microphone this machine
+    /// does not have): shown as warnings when the call starts.
+    pub notes: Vec<String>,
 }
 
 impl Default for CallOptions {
@@ -95,15 +98,38 @@ impl Default for CallOptions {
             video_kbps: 1000,
             sinks: Sinks::default(),
             duration: None,
+            notes: Vec::new(),
         }
     }
 }
 
 impl CallOptions {
-    /// Opens every source and sink once: an unusable camera, microphone, file or speaker is an
-    /// error here, before a call is placed or answered, rather than a call that fails.
-    pub fn check(&self) -> Result<(), CallError> {
-        media::check_sources(&self.video, &self.audio, &self.sinks, self.video_params())
+    /// Opens every source and sink once, before a call is placed or answered. The default
+    /// camera or microphone (`camera`, `mic`: no device named) that this machine does not
+    /// have is left out, and [`CallOptions::notes`] says so: the call goes ahead with the
+    /// camera off, or muted, and still receives. Anything else that cannot be used (a named
+    /// device, a file, a speaker) is an error here rather than a call that fails.
+    pub fn check(&mut self) -> Result<(), CallError> {
+        let p = self.video_params();
+        match media::check_video(&self.video, p) {
+            Err(e) if self.video == VideoSource::Camera(None) => {
+                self.video = VideoSource::None;
+                self.notes.push(format!(
+                    "no camera, so your camera is off in this call (you still see the others): {e}"
+                ));
+            }
+            r => r?,
+        }
+        match media::check_audio(&self.audio) {
+            Err(e) if self.audio == AudioSource::Mic(None) => {
+                self.audio = AudioSource::None;
+                self.notes.push(format!(
+                    "no microphone, so you are muted in this call (you still hear the others): {e}"
+                ));
+            }
+            r => r?,
+        }
+        media::check_speaker(&self.sinks)
     }
 
     /// Stays within what the peer asked to receive (size, frame rate, bitrate; 0 = no cap).
