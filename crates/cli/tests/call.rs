@@ -727,12 +727,12 @@ fn a_group_call_of_four_reaches_everyone_goes_on_when_one_leaves_and_takes_a_fif
     );
     let end = alice.expect("call_ended");
     assert_eq!(end["reason"], "finished", "{end}");
-    // Bob and carol go on together after alice left, until one of them hangs up.
+    // Bob and carol go on together after alice left, until one of them hangs up (what
+    // they recorded of each other below says for how long).
     for p in [&mut bob, &mut carol] {
         let end = p.expect("call_ended");
         let how = end["reason"].as_str().unwrap();
         assert!(["finished", "hung_up_by_peer"].contains(&how), "{end}");
-        assert!(end["stats"]["elapsed_s"].as_f64().unwrap() > 9.0, "{end}");
     }
 
     // Each recorded every other one: frames in order, the tone without a gap. Bob and

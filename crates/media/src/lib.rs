@@ -26,6 +26,7 @@ pub mod pacer;
 pub mod packetize;
 pub mod retransmit;
 pub mod session;
+pub mod simulcast;
 pub mod video;
 
 /// Errors of the media logic.

@@ -18,32 +18,28 @@
 //! every 50 ms of that span and every keyframe.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use common::{Peer, a};
 use p2pcall_codec::{VideoConfig, VideoEncoder};
 use p2pcall_media::adapt::Ladder;
 use p2pcall_media::audio::Playout;
 use p2pcall_media::call::Negotiated;
 use p2pcall_media::gate::RateGate;
-use p2pcall_media::session::{Bitrates, MediaSession, SessionEvent};
+use p2pcall_media::session::{Bitrates, SessionEvent};
 use p2pcall_media_io::pattern::TestPattern;
 use p2pcall_proto::call::{Codec, StreamDesc, StreamKind};
 use p2pcall_sim::{Link, VirtualNet};
-use p2pcall_transport::Identity;
-use quinn_proto::{
-    ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamEvent, StreamId,
-};
+use quinn_proto::Dir;
 
 const A: &str = "192.0.2.1:1000";
 const B: &str = "192.0.2.2:2000";
 const AUDIO: u8 = 0;
 const VIDEO: u8 = 1;
 const FPS: f64 = 30.0;
-/// Datagrams go to QUIC only while its buffer holds less than a couple of packets.
-const DATAGRAM_ROOM: usize = (64 << 10) - 2 * 1300;
 const SECS: u64 = 100;
 /// RFC 8867 5.1: (from second, capacity bit/s).
 const STEPS: [(u64, u64); 4] = [
@@ -52,10 +48,6 @@ const STEPS: [(u64, u64); 4] = [
     (60, 600_000),
     (80, 1_000_000),
 ];
-
-fn a(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 fn capacity(t: f64) -> u64 {
     STEPS
@@ -80,138 +72,6 @@ fn streams() -> Vec<StreamDesc> {
             active: true,
         },
     ]
-}
-
-struct Peer {
-    endpoint: Endpoint,
-    conn: Option<(ConnectionHandle, quinn_proto::Connection)>,
-    addr: SocketAddr,
-    peer: SocketAddr,
-    session: MediaSession,
-    bulk: Option<StreamId>,
-    bulk_rx: Option<StreamId>,
-    bulk_read: u64,
-}
-
-impl Peer {
-    fn new(id: &Identity, server: bool, addr: &str, peer: &str) -> Self {
-        let transport =
-            p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(20));
-        let server_config = server.then(|| {
-            Arc::new(
-                p2pcall_transport::quinn_server_config(id, p2pcall_transport::ALPN_PEER, transport)
-                    .unwrap(),
-            )
-        });
-        let mut ecfg: EndpointConfig = p2pcall_transport::endpoint_config();
-        ecfg.rng_seed(Some([u8::from(server); 32]));
-        Self {
-            endpoint: Endpoint::new(Arc::new(ecfg), server_config, true, None),
-            conn: None,
-            addr: a(addr),
-            peer: a(peer),
-            session: MediaSession::new(),
-            bulk: None,
-            bulk_rx: None,
-            bulk_read: 0,
-        }
-    }
-
-    fn receive(&mut self, now: Instant, payload: Vec<u8>, net: &mut VirtualNet) {
-        let mut buf = Vec::new();
-        match self.endpoint.handle(
-            now,
-            self.peer,
-            None,
-            None,
-            BytesMut::from(&payload[..]),
-            &mut buf,
-        ) {
-            Some(DatagramEvent::ConnectionEvent(_, ev)) => {
-                if let Some((_, c)) = &mut self.conn {
-                    c.handle_event(ev);
-                }
-            }
-            Some(DatagramEvent::NewConnection(incoming)) => {
-                let (ch, c) = self.endpoint.accept(incoming, now, &mut buf, None).unwrap();
-                self.conn = Some((ch, c));
-            }
-            Some(DatagramEvent::Response(t)) => {
-                net.send(self.addr, self.peer, buf[..t.size].to_vec())
-            }
-            None => {}
-        }
-    }
-
-    /// Runs QUIC events; returns true once connected.
-    fn events(&mut self) -> bool {
-        let Some((ch, conn)) = &mut self.conn else {
-            return false;
-        };
-        while let Some(ev) = conn.poll_endpoint_events() {
-            if let Some(cev) = self.endpoint.handle_event(*ch, ev) {
-                conn.handle_event(cev);
-            }
-        }
-        let mut connected = false;
-        while let Some(ev) = conn.poll() {
-            match ev {
-                Event::Connected => connected = true,
-                Event::ConnectionLost { reason } => panic!("connection lost: {reason}"),
-                Event::Stream(StreamEvent::Opened { dir: Dir::Uni }) => {
-                    self.bulk_rx = conn.streams().accept(Dir::Uni);
-                }
-                _ => {}
-            }
-        }
-        connected
-    }
-
-    /// Moves datagrams between the session and QUIC, reads bulk data, transmits.
-    fn pump(&mut self, now: Instant, net: &mut VirtualNet) {
-        let Some((_, conn)) = &mut self.conn else {
-            return;
-        };
-        if conn.poll_timeout().is_some_and(|t| t <= now) {
-            conn.handle_timeout(now);
-        }
-        self.session.set_rtt(conn.rtt());
-        self.session
-            .set_connection_rx_bytes(conn.stats().udp_rx.bytes);
-        while let Some(d) = conn.datagrams().recv() {
-            self.session.handle_datagram(now, &d).unwrap();
-        }
-        self.session.handle_timeout(now);
-        // Like the engine: media waits in the session's pacer (where late frames are
-        // dropped whole and audio goes first), not behind QUIC's congestion window.
-        while conn.datagrams().send_buffer_space() >= DATAGRAM_ROOM
-            && let Some(d) = self.session.poll_transmit(now)
-        {
-            let _ = conn.datagrams().send(d, true);
-        }
-        if let Some(id) = self.bulk_rx {
-            let mut recv = conn.recv_stream(id);
-            if let Ok(mut chunks) = recv.read(true) {
-                while let Ok(Some(c)) = chunks.next(usize::MAX) {
-                    self.bulk_read += c.bytes.len() as u64;
-                }
-                let _ = chunks.finalize();
-            }
-        }
-        let mut buf = Vec::new();
-        while let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
-            net.send(self.addr, self.peer, buf[..t.size].to_vec());
-            buf.clear();
-        }
-    }
-
-    fn next_timeout(&mut self, now: Instant) -> Option<Instant> {
-        let q = self.conn.as_mut().and_then(|(_, c)| c.poll_timeout());
-        [q, self.session.poll_timeout(now)]
-            .into_iter()
-            .flatten()
-            .min()
-    }
 }
 
 #[derive(Debug, Default)]
@@ -246,21 +106,7 @@ fn run(seed: u64, phase: f64, loss: f64, bulk_from: Option<f64>) -> Outcome {
     link.loss = loss;
     net.connect(a(A), a(B), link);
     net.set_rate(a(A), a(B), Some(STEPS[0].1));
-    let (ida, idb) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let mut alice = Peer::new(&ida, false, A, B);
-    let mut bob = Peer::new(&idb, true, B, A);
-    let cfg = p2pcall_transport::quinn_client_config(
-        &ida,
-        Some(idb.id()),
-        p2pcall_transport::ALPN_PEER,
-        p2pcall_transport::transport_config(Duration::from_secs(5), Duration::from_secs(20)),
-    )
-    .unwrap();
-    let (ch, c) = alice
-        .endpoint
-        .connect(start, cfg, a(B), p2pcall_transport::PEER_SERVER_NAME)
-        .unwrap();
-    alice.conn = Some((ch, c));
+    let (mut alice, mut bob) = Peer::pair(start, A, B);
     alice.session.configure(&Negotiated {
         send: streams(),
         receive: vec![],

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use p2pcall_media::adapt::Ladder;
 use p2pcall_media::call::{Call, CallEvent as SmEvent, EndReason};
+use p2pcall_media::simulcast::{self, Layer, LayerChoice};
 use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::call::{CallFrame, CallId, GroupJoin, HangupReason, RejectReason, StreamKind};
@@ -88,6 +89,8 @@ struct Local {
     ladder: Option<Ladder>,
     /// The video capture was told to skip frames (a pacer is backed up).
     backlog: bool,
+    /// The small layer's bitrate, while it is coded (a group call).
+    small_bps: Option<u32>,
 }
 
 /// Runs one call until it ends.
@@ -585,6 +588,9 @@ impl Driver {
         };
         l.session.configure(n);
         l.session.set_bitrates(local.opts.bitrates());
+        if group {
+            l.layers = Some(LayerChoice::new(now));
+        }
         let sinks = if group {
             media::sinks_for(&local.opts.sinks, &peer)
         } else {
@@ -644,7 +650,7 @@ impl Driver {
     /// session's pacer (audio first, late frames dropped whole), not in QUIC's buffer.
     fn send_media(&mut self) {
         let now = Instant::now();
-        let mut keyframe = false;
+        let mut keyframes = BTreeSet::new();
         for l in self.legs.values_mut().filter(|l| l.is_active()) {
             let quic = l.conn.quic();
             while quic.datagram_send_buffer_space() >= DATAGRAM_ROOM
@@ -655,14 +661,23 @@ impl Driver {
             while let Some(p2pcall_media::session::SessionEvent::KeyframeRequested { .. }) =
                 l.session.poll_event()
             {
-                keyframe = true;
+                keyframes.insert(l.switching.unwrap_or(l.sending));
             }
         }
-        if keyframe
-            && let Some(local) = &self.local
+        for layer in keyframes {
+            self.keyframe(layer);
+        }
+    }
+
+    /// Asks the video capture for a keyframe of `layer`.
+    fn keyframe(&self, layer: Layer) {
+        if let Some(local) = &self.local
             && let Some((_, c)) = local.captures.iter().find(|(s, _)| *s == VIDEO_STREAM)
         {
-            let _ = c.cmd.send(media::CaptureCmd::Keyframe);
+            let _ = c.cmd.send(match layer {
+                Layer::Full => media::CaptureCmd::Keyframe,
+                Layer::Small => media::CaptureCmd::SmallKeyframe,
+            });
         }
     }
 
@@ -799,6 +814,17 @@ impl Driver {
         }
         let now = Instant::now();
         for l in self.legs.values_mut().filter(|l| l.is_active()) {
+            if !e.audio {
+                // A peer moves to another layer at that layer's keyframe (its decoder
+                // starts there), and gets only its own layer's frames.
+                if e.keyframe && l.switching == Some(e.layer) {
+                    l.sending = e.layer;
+                    l.switching = None;
+                }
+                if e.layer != l.sending {
+                    continue;
+                }
+            }
             let max = l.conn.quic().max_datagram_size().unwrap_or(1200);
             if let Err(err) =
                 l.session
@@ -849,16 +875,46 @@ impl Driver {
         }
     }
 
-    /// Follows the bandwidth estimates: the video capture gets the bitrate the most
-    /// constrained leg allows at once, and the size and frame rate the ladder picks, and
-    /// skips frames while a pacer is backed up.
+    /// Follows the bandwidth estimates. In a group call each peer's estimate picks its layer
+    /// (the small one is coded while someone gets it, at what the most constrained of them
+    /// allows). The full layer gets the bitrate the most constrained of its receivers
+    /// allows at once, and the size and frame rate the ladder picks, and skips frames while
+    /// one of their pacers is backed up.
     fn adapt(&mut self, now: Instant) {
+        let mut keyframes = BTreeSet::new();
+        for l in self.legs.values_mut().filter(|l| l.is_active()) {
+            let target = l.session.video_target_bps();
+            if let Some(to) = l.layers.as_mut().and_then(|c| c.update(now, target)) {
+                tracing::debug!(call = %self.id, peer = %l.peer, ?to, target, "layer");
+                l.switching = (to != l.sending).then_some(to);
+                keyframes.extend(l.switching);
+            }
+        }
         let Some(local) = &mut self.local else { return };
         let Some((_, c)) = local.captures.iter().find(|(s, _)| *s == VIDEO_STREAM) else {
             return;
         };
+        let gets = |layer: Layer| {
+            let legs = self.legs.values().filter(|l| l.is_active());
+            legs.filter(move |l| l.switching.unwrap_or(l.sending) == layer)
+        };
+        let small = (gets(Layer::Small))
+            .map(|l| l.session.video_target_bps())
+            .min()
+            .map(|t| (t as u32).clamp(50_000, simulcast::SMALL_BPS));
+        let moved = |a: Option<u32>, b: Option<u32>| match (a, b) {
+            (Some(a), Some(b)) => a.abs_diff(b) > b / 20,
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        if moved(small, local.small_bps) {
+            local.small_bps = small;
+            let _ = c.cmd.send(media::CaptureCmd::SmallLayer(small));
+        }
         let up = || self.legs.values().filter(|l| l.is_active());
-        let Some(target) = up().map(|l| l.session.video_target_bps()).min() else {
+        let full = gets(Layer::Full)
+            .map(|l| l.session.video_target_bps())
+            .min();
+        let Some(target) = full.or_else(|| up().map(|l| l.session.video_target_bps()).max()) else {
             return;
         };
         if let Some(q) = local.ladder.as_mut().and_then(|l| l.update(now, target)) {
@@ -869,10 +925,13 @@ impl Driver {
                 max_height: q.height,
             });
         }
-        let backlog = up().any(|l| l.session.should_skip_frame());
+        let backlog = gets(Layer::Full).any(|l| l.session.should_skip_frame());
         if backlog != local.backlog {
             local.backlog = backlog;
             let _ = c.cmd.send(media::CaptureCmd::Backlog(backlog));
+        }
+        for layer in keyframes {
+            self.keyframe(layer);
         }
     }
 
@@ -1027,6 +1086,7 @@ fn start_local(
         voice,
         ladder,
         backlog: false,
+        small_bps: None,
     })
 }
 

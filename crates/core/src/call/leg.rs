@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use p2pcall_media::call::{Call, CallState, Negotiated};
 use p2pcall_media::session::MediaSession;
+use p2pcall_media::simulcast::{Layer, LayerChoice};
 use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
 use p2pcall_proto::call::{CallFrame, HangupReason, MAX_FRAME, StreamKind};
@@ -61,6 +62,12 @@ pub(super) struct Leg {
     pub closed: bool,
     /// The peer said it leaves the call: its hang-up follows, or we hang up at this time.
     pub leaving: Option<Instant>,
+    /// A group call: which of our video layers this peer gets (its estimate decides).
+    pub layers: Option<LayerChoice>,
+    /// The layer whose frames go to this peer now.
+    pub sending: Layer,
+    /// The layer it moves to at that layer's next keyframe.
+    pub switching: Option<Layer>,
     wbuf: Vec<u8>,
 }
 
@@ -89,6 +96,9 @@ impl Leg {
             reader: spawn_reader(peer, reader, frames.clone()),
             closed: false,
             leaving: None,
+            layers: None,
+            sending: Layer::Full,
+            switching: None,
             wbuf: Vec::new(),
         }
     }
@@ -371,6 +381,7 @@ pub(super) fn stats(leg: &mut Leg, now: Instant) -> Option<CallStats> {
         rtt_ms: leg.conn.quic().rtt().as_secs_f64() * 1e3,
         path: leg.conn.path().to_string(),
         rejected_datagrams: session.rejected,
+        layer: leg.layers.as_ref().map(|_| leg.sending.name().to_string()),
         rate: RateReport::new(&session.rate_stats(now)),
         ..CallStats::default()
     };

@@ -15,6 +15,7 @@ use p2pcall_codec::{
 use p2pcall_devices::list::{DeviceList, explain, list_devices};
 use p2pcall_devices::{Camera, CameraRequest, DeviceError, Microphone, Speaker};
 use p2pcall_media::audio::{FRAME_SAMPLES, Playout};
+use p2pcall_media::simulcast::{self, Layer};
 use p2pcall_media_io::audio::{BeaconDetector, SpeechLike, Tone};
 use p2pcall_media_io::pattern::TestPattern;
 use p2pcall_media_io::voice::{VoiceProcessor, VoiceSettings};
@@ -203,6 +204,8 @@ pub struct Encoded {
     /// The [`Capture::id`] that made it: a capture replaced by another may still deliver
     /// one last frame, which belongs to the old encoder's stream and must not be sent.
     pub capture: u64,
+    /// Video: the layer (a group call's small layer, or the full one).
+    pub layer: Layer,
 }
 
 /// Commands to a capture thread.
@@ -233,6 +236,11 @@ pub enum CaptureCmd {
     /// keyframe that is asked for (a skipped frame keeps the stream decodable; one
     /// dropped after coding would cost a keyframe).
     Backlog(bool),
+    /// Also code each frame at half the size with a second encoder, at this bitrate (a
+    /// group call's small layer; it starts with a keyframe); `None`: stop. Video only.
+    SmallLayer(Option<u32>),
+    /// Code the small layer's next frame as a keyframe.
+    SmallKeyframe,
 }
 
 /// A running capture thread; dropping it stops the thread.
@@ -568,6 +576,7 @@ pub fn start_video(
             out,
             tap,
             capture,
+            small: None,
         };
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             while let Ok(c) = cmds.try_recv() {
@@ -620,6 +629,15 @@ struct VideoLoop {
     out: mpsc::Sender<Encoded>,
     tap: Option<VideoTap>,
     capture: u64,
+    /// The small layer's encoder, while a group call asks for it.
+    small: Option<SmallLayer>,
+}
+
+/// The second encoder of a group call's small layer.
+struct SmallLayer {
+    enc: VideoEncoder,
+    /// Its next frame is a keyframe.
+    force: bool,
 }
 
 impl VideoLoop {
@@ -639,6 +657,32 @@ impl VideoLoop {
                 max_width,
                 max_height,
             } => self.set_quality(bitrate_bps, fps, max_width, max_height),
+            CaptureCmd::SmallLayer(None) => self.small = None,
+            CaptureCmd::SmallLayer(Some(bps)) => match &mut self.small {
+                Some(s) => {
+                    if let Err(e) = s.enc.set_rate(bps, self.q.fps) {
+                        tracing::warn!("small layer {bps} bit/s: {e}");
+                    }
+                }
+                None => {
+                    let enc = VideoEncoder::new(VideoConfig {
+                        bitrate: bps,
+                        fps: self.q.fps,
+                        screen: false,
+                        threads: 1,
+                        skip_frames: true,
+                    });
+                    match enc {
+                        Ok(enc) => self.small = Some(SmallLayer { enc, force: true }),
+                        Err(e) => tracing::warn!("small layer encoder: {e}"),
+                    }
+                }
+            },
+            CaptureCmd::SmallKeyframe => {
+                if let Some(s) = &mut self.small {
+                    s.force = true;
+                }
+            }
         }
     }
 
@@ -761,27 +805,57 @@ impl VideoLoop {
             .encode(&frame, since.as_millis() as u64, keyframe)
             .map_err(|e| format!("video encoder: {e}"))?;
         let encode_time = t0.elapsed();
-        self.last = Some((frame, captured));
-        if e.data.is_empty() {
-            return Ok(Flow::Continue); // rate control skipped it (a keyframe stays asked for)
+        let ts = (since.as_secs_f64() * 90_000.0) as u32;
+        let mut flow = Flow::Continue;
+        // Empty: rate control skipped it (a keyframe stays asked for).
+        if !e.data.is_empty() {
+            self.force = false;
+            flow = self.hand_on(Encoded {
+                audio: false,
+                data: Bytes::from(e.data),
+                timestamp: ts,
+                keyframe: e.keyframe,
+                capture_time,
+                encode_time,
+                capture: self.capture,
+                layer: Layer::Full,
+            });
         }
-        self.force = false;
-        let ts = (since.as_secs_f64() * 90_000.0) as u64;
-        // A full queue means the call task is behind: drop this frame rather than queue.
-        let sent = self.out.try_send(Encoded {
-            audio: false,
-            data: Bytes::from(e.data),
-            timestamp: ts as u32,
-            keyframe: e.keyframe,
-            capture_time,
-            encode_time,
-            capture: self.capture,
-        });
-        Ok(if sent.is_err() && self.out.is_closed() {
+        if let Some(s) = &mut self.small {
+            let (w, h) = simulcast::small_size(frame.width, frame.height);
+            let small = fit_frame(frame.clone(), Some((w, h))).map_err(|e| e.to_string())?;
+            let t0 = Instant::now();
+            let e = (s.enc)
+                .encode(&small, since.as_millis() as u64, s.force)
+                .map_err(|e| format!("video encoder (small layer): {e}"))?;
+            if !e.data.is_empty() {
+                s.force = false;
+                let encoded = Encoded {
+                    audio: false,
+                    data: Bytes::from(e.data),
+                    timestamp: ts,
+                    keyframe: e.keyframe,
+                    capture_time,
+                    encode_time: t0.elapsed(),
+                    capture: self.capture,
+                    layer: Layer::Small,
+                };
+                flow = self.hand_on(encoded);
+            }
+        }
+        self.last = Some((frame, captured));
+        Ok(flow)
+    }
+
+    /// Queues an encoded frame to the call task: a full queue means the call task is
+    /// behind, and the frame is dropped rather than queued.
+    fn hand_on(&self, e: Encoded) -> Flow {
+        let sent = self.out.try_send(e);
+        if sent.is_err() && self.out.is_closed() {
             Flow::Stop
         } else {
             Flow::Continue
-        })
+        }
     }
 }
 
@@ -978,6 +1052,7 @@ impl AudioLoop {
         // encoder already spaces them.
         let sent = self.out.try_send(Encoded {
             audio: true,
+            layer: Layer::Full,
             data: Bytes::from(data),
             timestamp: ts,
             keyframe: true,

@@ -317,6 +317,9 @@ pub struct CallStats {
     pub rejected_datagrams: u64,
     /// Bandwidth estimation and pacing.
     pub rate: RateReport,
+    /// A group call: the layer of our video this participant gets (`full`, `small`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
     /// A group call: the same figures for each participant (those who left: as they left).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub participants: Vec<CallStats>,

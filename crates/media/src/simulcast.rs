@@ -1,0 +1,150 @@
+//! Two layers of video per sender in a group call, and which one each receiver gets
+//! (sans-IO).
+//!
+//! A sender in a group call encodes each frame twice: the full layer (the call's size,
+//! following the [`crate::adapt::Ladder`] of the receivers that get it) and a small one (half
+//! the width and height, at what its most constrained receiver allows, up to [`SMALL_BPS`]).
+//! Each pair's own bandwidth estimate picks its layer: one constrained receiver gets the
+//! small layer instead of dragging everyone's picture down to what its link carries. The full
+//! layer needs [`FULL_MIN_BPS`]: below it for [`DOWN_AFTER`] the pair steps down, above it
+//! with margin for [`UP_AFTER`] it steps back up, and a layer holds at least [`MIN_DWELL`]
+//! before climbing again (each switch costs a keyframe).
+
+use std::time::{Duration, Instant};
+
+/// The small layer's most bitrate, bit/s: it takes what its most constrained receiver's
+/// estimate allows up to this, just under what the full layer needs (a moving 320×180 test
+/// pattern at 30 fps needs ~360 kbit/s; at 200 kbit/s the encoder skipped every other
+/// frame).
+pub const SMALL_BPS: u32 = 450_000;
+/// Below this video estimate, bit/s, the full layer (640×360 and up) looks worse than the
+/// small one at its rate.
+pub const FULL_MIN_BPS: u64 = 600_000;
+/// An estimate below [`FULL_MIN_BPS`] this long steps down (a new connection's estimate
+/// climbs from its start value within about a second).
+pub const DOWN_AFTER: Duration = Duration::from_secs(2);
+/// An estimate above [`FULL_MIN_BPS`] × 1.3 this long steps up.
+pub const UP_AFTER: Duration = Duration::from_secs(3);
+/// A layer holds at least this long.
+pub const MIN_DWELL: Duration = Duration::from_secs(4);
+/// Headroom to climb.
+const UP_MARGIN: f64 = 1.3;
+
+/// A video layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Layer {
+    /// The call's size.
+    Full,
+    /// Half the width and height.
+    Small,
+}
+
+impl Layer {
+    /// `full` or `small`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Small => "small",
+        }
+    }
+}
+
+/// The size of the small layer for a full layer of `width × height` (even sizes).
+pub fn small_size(width: usize, height: usize) -> (usize, usize) {
+    ((width / 2).max(2) & !1, (height / 2).max(2) & !1)
+}
+
+/// Which layer one receiver gets.
+#[derive(Debug, Clone)]
+pub struct LayerChoice {
+    layer: Layer,
+    /// Since when the estimate argues for the other layer.
+    since: Option<Instant>,
+    changed: Instant,
+}
+
+impl LayerChoice {
+    /// A new receiver starts on the full layer (its estimate is still climbing).
+    pub fn new(now: Instant) -> Self {
+        Self {
+            layer: Layer::Full,
+            since: None,
+            changed: now,
+        }
+    }
+
+    /// The layer now.
+    pub fn layer(&self) -> Layer {
+        self.layer
+    }
+
+    /// The pair's video estimate now; the new layer when it changes.
+    pub fn update(&mut self, now: Instant, video_target_bps: u64) -> Option<Layer> {
+        let t = video_target_bps as f64;
+        let other = match self.layer {
+            Layer::Full if t < FULL_MIN_BPS as f64 => Some((Layer::Small, DOWN_AFTER)),
+            Layer::Small if t >= FULL_MIN_BPS as f64 * UP_MARGIN => Some((Layer::Full, UP_AFTER)),
+            _ => None,
+        };
+        let Some((to, after)) = other else {
+            self.since = None;
+            return None;
+        };
+        let since = *self.since.get_or_insert(now);
+        let dwelt = now.saturating_duration_since(self.changed) >= MIN_DWELL;
+        if now.saturating_duration_since(since) >= after && (dwelt || to == Layer::Small) {
+            self.layer = to;
+            self.since = None;
+            self.changed = now;
+            return Some(to);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bps` every 50 ms from `from` to `to` seconds; the layer at the end.
+    fn run(c: &mut LayerChoice, t0: Instant, from: f64, to: f64, bps: u64) -> Layer {
+        let mut s = from;
+        while s < to {
+            c.update(t0 + Duration::from_secs_f64(s), bps);
+            s += 0.05;
+        }
+        c.layer()
+    }
+
+    #[test]
+    fn a_constrained_pair_steps_down_and_back_up_with_hysteresis() {
+        let t0 = Instant::now();
+        let mut c = LayerChoice::new(t0);
+        // A new connection's estimate climbing from 570 kbit/s within a second: no switch.
+        assert_eq!(run(&mut c, t0, 0.0, 1.0, 570_000), Layer::Full);
+        assert_eq!(run(&mut c, t0, 1.0, 5.0, 2_000_000), Layer::Full);
+        // A 500 kbit/s link: down after 2 s.
+        assert_eq!(run(&mut c, t0, 5.0, 6.9, 420_000), Layer::Full);
+        assert_eq!(run(&mut c, t0, 6.9, 7.2, 420_000), Layer::Small);
+        // Just above the threshold is not enough to climb; 1.3 × for 3 s is.
+        assert_eq!(run(&mut c, t0, 7.2, 20.0, 700_000), Layer::Small);
+        assert_eq!(run(&mut c, t0, 20.0, 22.9, 800_000), Layer::Small);
+        assert_eq!(run(&mut c, t0, 22.9, 23.2, 800_000), Layer::Full);
+    }
+
+    #[test]
+    fn an_estimate_wobbling_around_the_threshold_changes_nothing() {
+        let t0 = Instant::now();
+        let mut c = LayerChoice::new(t0);
+        let mut layers = std::collections::HashSet::new();
+        for i in 0..200 {
+            // ±15 % around the threshold, flipping every 500 ms.
+            let bps = if (i / 10) % 2 == 0 { 690_000 } else { 510_000 };
+            let s = f64::from(i) * 0.05;
+            layers.insert(run(&mut c, t0, s, s + 0.05, bps));
+        }
+        assert_eq!(layers.len(), 1, "{layers:?}");
+        assert_eq!(small_size(640, 360), (320, 180));
+        assert_eq!(small_size(1366, 766), (682, 382));
+    }
+}
