@@ -18,6 +18,10 @@
 //! * `daemon`: `peers` through a running `p2pcall daemon` (API round trip and the whole
 //!   command) against the same command on an engine of its own; presence events through the
 //!   daemon to an API subscriber against a raw relay subscriber; the daemon's idle CPU and RSS.
+//! * `group-call`: four `p2pcall daemon`s in a group call on this machine (pictures/s from
+//!   each participant, concealment, upload against what the layers and audio need) and its
+//!   CPU per participant beside a one-to-one call's; a fourth joining a call of three (its
+//!   answer to every participant's first picture against 1 s + 2 RTT).
 //! * `screen`: 1080p screen sharing of scrolling text under Xvfb (capture → encode →
 //!   packetize → loopback UDP at 60 fps) and of an idle screen, against capture alone and
 //!   encode alone.
@@ -30,6 +34,7 @@ mod daemon;
 mod feed;
 mod files;
 mod forward;
+mod group;
 mod procfs;
 mod screen;
 mod throughput;
@@ -112,6 +117,13 @@ enum Cmd {
         /// Video height
         #[arg(long, default_value_t = 360)]
         height: u32,
+        /// The p2pcall binary
+        #[arg(long, default_value = "target/release/p2pcall")]
+        bin: String,
+    },
+    /// Group calls: a call of four (pictures/s, concealment, CPU vs. one-to-one, upload)
+    /// and joining a call of three
+    GroupCall {
         /// The p2pcall binary
         #[arg(long, default_value = "target/release/p2pcall")]
         bin: String,
@@ -218,6 +230,7 @@ fn main() -> anyhow::Result<()> {
             bin,
         } => daemon::run(peers, calls, changes, &bin),
         Cmd::VideoFeed { width, height, bin } => feed::run(&bin, width, height),
+        Cmd::GroupCall { bin } => group::run(&bin),
         Cmd::P2pThroughput { mib } => throughput::run(mib),
         Cmd::CodecSpeed { frames } => codec::run(frames),
         Cmd::FileTransfer {

@@ -109,6 +109,7 @@ pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup
         dialing: BTreeSet::new(),
         tried: BTreeSet::new(),
         opts: None,
+        answered: Instant::now(),
         local: None,
         started: false,
         rang: false,
@@ -170,6 +171,8 @@ struct Driver {
     tried: BTreeSet<PeerId>,
     /// Our media: set when we place or answer the call.
     opts: Option<CallOptions>,
+    /// When we placed or answered the call.
+    answered: Instant,
     local: Option<Local>,
     started: bool,
     rang: bool,
@@ -423,7 +426,7 @@ impl Driver {
         if let Some(r) = &mut l.rx {
             r.meter = Meter::default();
         }
-        if let Some(s) = leg::stats(&mut l, now) {
+        if let Some(s) = leg::stats(&mut l, now, self.answered) {
             self.departed.push(s);
         }
         tokio::spawn(async move {
@@ -596,7 +599,8 @@ impl Driver {
         } else {
             local.opts.sinks.clone()
         };
-        match start_receive(sinks, local, n) {
+        let sent = l.conn.quic().stats().udp_tx.bytes;
+        match start_receive(sinks, local, n, sent) {
             Ok(r) => l.rx = Some(r),
             Err(e) => {
                 l.call.hangup(now, HangupReason::Error, &e.to_string());
@@ -703,6 +707,7 @@ impl Driver {
                 tracing::debug!(call = %self.id, "answering");
                 self.note_options(&o);
                 self.opts = Some(*o);
+                self.answered = now;
                 if let Some(w) = self.welcome.take() {
                     let r = GroupRoster::welcomed(now, self.me, self.first, &w);
                     self.roster = Some(r);
@@ -939,7 +944,7 @@ impl Driver {
     /// call), every participant's in `participants` in a group call.
     fn stats(&mut self, now: Instant) -> Option<CallStats> {
         let mut all: Vec<CallStats> = (self.legs.values_mut())
-            .filter_map(|l| leg::stats(l, now))
+            .filter_map(|l| leg::stats(l, now, self.answered))
             .collect();
         let top = (all.iter())
             .position(|s| s.peer == Some(self.first.to_string()))
@@ -1095,6 +1100,7 @@ fn start_receive(
     sinks: media::Sinks,
     local: &Local,
     n: &p2pcall_media::call::Negotiated,
+    sent_bytes: u64,
 ) -> Result<Receive, super::CallError> {
     let render_stats = Arc::new(Mutex::new(RenderStats::default()));
     let render = media::start_render(
@@ -1114,6 +1120,7 @@ fn start_receive(
         meter: Meter::default(),
         decode_errors: 0,
         epoch,
+        sent_bytes,
     })
 }
 

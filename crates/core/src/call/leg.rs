@@ -37,12 +37,16 @@ pub(super) struct Receive {
     pub decode_errors: u64,
     /// When it started (the statistics' rates before their first interval).
     pub epoch: Instant,
+    /// The connection's UDP bytes sent at the last statistics.
+    pub sent_bytes: u64,
 }
 
 /// Byte and frame counters at the last statistics, per stream.
 #[derive(Default)]
 pub(super) struct Meter {
     pub at: Option<Instant>,
+    /// The connection's UDP bytes sent then.
+    pub udp_tx: u64,
     pub send: Vec<(u8, u64, u64)>,
     pub recv: Vec<(u8, u64, u64)>,
 }
@@ -359,8 +363,9 @@ pub(super) fn fill_render(s: &mut CallStats, r: &RenderStats) {
     s.speaker_underruns = r.speaker_underruns;
 }
 
-/// The statistics of one leg since the last call (rates over that interval).
-pub(super) fn stats(leg: &mut Leg, now: Instant) -> Option<CallStats> {
+/// The statistics of one leg since the last call (rates over that interval; `answered`:
+/// when we answered or placed the call).
+pub(super) fn stats(leg: &mut Leg, now: Instant, answered: Instant) -> Option<CallStats> {
     let r = leg.rx.as_mut()?;
     let session = &leg.session;
     let dt = r
@@ -433,11 +438,22 @@ pub(super) fn stats(leg: &mut Leg, now: Instant) -> Option<CallStats> {
         });
         recv_now.push((id, st.bytes, st.frames));
     }
+    let udp_tx = leg.conn.quic().stats().udp_tx.bytes;
+    let tx0 = if r.meter.at.is_some() {
+        r.meter.udp_tx
+    } else {
+        r.sent_bytes
+    };
+    s.upload_kbps = udp_tx.saturating_sub(tx0) as f64 * 8.0 / dt / 1e3;
     r.meter = Meter {
         at: Some(now),
+        udp_tx,
         send: send_now,
         recv: recv_now,
     };
-    fill_render(&mut s, &r.render_stats.lock());
+    let rs = r.render_stats.lock();
+    fill_render(&mut s, &rs);
+    s.first_picture_ms =
+        (rs.first_picture).map(|t| t.saturating_duration_since(answered).as_secs_f64() * 1e3);
     Some(s)
 }

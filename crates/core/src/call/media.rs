@@ -1108,6 +1108,8 @@ pub struct RenderStats {
     pub speaker: Option<String>,
     /// Times the speaker ran dry (a gap was heard).
     pub speaker_underruns: u64,
+    /// When the first picture was decoded.
+    pub first_picture: Option<Instant>,
 }
 
 /// Adds a recording's file to the statistics (and the log): its name may differ from the
@@ -1409,6 +1411,7 @@ impl Renderer {
         }
         let mut s = self.stats.lock();
         s.decoded += 1;
+        s.first_picture.get_or_insert_with(Instant::now);
         s.recorded_frames += u64::from(recorded);
         s.resolution = Some((f.width, f.height));
         if let Some((n, cap)) = stamp {

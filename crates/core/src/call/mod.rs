@@ -317,6 +317,14 @@ pub struct CallStats {
     pub rejected_datagrams: u64,
     /// Bandwidth estimation and pacing.
     pub rate: RateReport,
+    /// Everything the connection to this participant sent over the interval (media,
+    /// retransmissions, acknowledgements, QUIC and UDP overhead … headers of IP excluded),
+    /// kbit/s.
+    #[serde(default)]
+    pub upload_kbps: f64,
+    /// From our answer (or our call's start) to the first picture of this participant, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_picture_ms: Option<f64>,
     /// A group call: the layer of our video this participant gets (`full`, `small`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<String>,
