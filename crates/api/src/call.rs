@@ -174,6 +174,13 @@ pub enum CallNote {
         /// How its part ended.
         end: CallEnd,
     },
+    /// A group call: the active speaker changed.
+    Speaker {
+        /// The call.
+        call: String,
+        /// Who speaks now, 64 hex digits.
+        peer: String,
+    },
     /// Every second: the statistics object `--stats-json` documents.
     Stats {
         /// The statistics.

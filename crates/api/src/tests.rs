@@ -287,6 +287,7 @@ fn call_note() -> impl Strategy<Value = CallNote> {
             }
         ),
         (text(), text(), end()).prop_map(|(call, peer, end)| CallNote::Left { call, peer, end }),
+        (text(), text()).prop_map(|(call, peer)| CallNote::Speaker { call, peer }),
         stats().prop_map(|stats| CallNote::Stats { stats }),
         (text(), text()).prop_map(|(call, message)| CallNote::Warning { call, message }),
         (text(), text(), end(), proptest::option::of(stats())).prop_map(

@@ -2,18 +2,19 @@
 //! answered, that connection carries only these frames, engine to client (binary, not
 //! JSON: a 640×360 picture is 345,600 bytes, 30 times a second).
 //!
-//! A frame is a 12-byte header and the picture in I420 (the Y plane, then U, then V, each
+//! A frame is a 44-byte header and the picture in I420 (the Y plane, then U, then V, each
 //! row after row):
 //!
 //! ```text
-//! b"P2V" | which: u8 (0 what we send, 1 what the peer sends) | width: u16 LE | height: u16 LE
-//!        | length: u32 LE (= width × height × 3 / 2)
+//! b"P2V" | which: u8 (0 what we send, 1 what a participant sends) | width: u16 LE
+//!        | height: u16 LE | length: u32 LE (= width × height × 3 / 2)
+//!        | participant: 32 bytes (its id; zeros for what we send)
 //! ```
 
 use crate::ApiError;
 
 /// Bytes of a frame's header.
-pub const HEADER_LEN: usize = 12;
+pub const HEADER_LEN: usize = 44;
 /// Largest width or height a frame may have.
 pub const MAX_SIDE: u16 = 4096;
 const MAGIC: &[u8; 3] = b"P2V";
@@ -23,8 +24,8 @@ const MAGIC: &[u8; 3] = b"P2V";
 pub enum Side {
     /// What we send (the preview).
     Local,
-    /// What the peer sends.
-    Remote,
+    /// What a participant sends (its id).
+    Remote([u8; 32]),
 }
 
 /// A frame's header: what follows it.
@@ -50,7 +51,10 @@ impl VideoHeader {
         b[..3].copy_from_slice(MAGIC);
         b[3] = match self.side {
             Side::Local => 0,
-            Side::Remote => 1,
+            Side::Remote(id) => {
+                b[12..44].copy_from_slice(&id);
+                1
+            }
         };
         b[4..6].copy_from_slice(&self.width.to_le_bytes());
         b[6..8].copy_from_slice(&self.height.to_le_bytes());
@@ -69,9 +73,11 @@ impl VideoHeader {
         if &b[..3] != MAGIC {
             return Err(bad("not a video frame"));
         }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&b[12..44]);
         let side = match b[3] {
-            0 => Side::Local,
-            1 => Side::Remote,
+            0 if id == [0; 32] => Side::Local,
+            1 => Side::Remote(id),
             n => return Err(bad(&format!("side {n}"))),
         };
         let width = u16::from_le_bytes([b[4], b[5]]);
@@ -102,9 +108,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn headers_round_trip(remote in any::<bool>(), w in 1u16..=2048, h in 1u16..=2048) {
+        fn headers_round_trip(remote in proptest::option::of(any::<[u8; 32]>()), w in 1u16..=2048, h in 1u16..=2048) {
             let hdr = VideoHeader {
-                side: if remote { Side::Remote } else { Side::Local },
+                side: remote.map_or(Side::Local, Side::Remote),
                 width: w * 2,
                 height: h * 2,
             };
@@ -122,7 +128,7 @@ mod tests {
     #[test]
     fn lying_headers_are_refused() {
         let good = VideoHeader {
-            side: Side::Remote,
+            side: Side::Remote([7; 32]),
             width: 640,
             height: 360,
         }

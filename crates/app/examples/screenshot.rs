@@ -5,7 +5,8 @@
 //! synthetic media. Bob writes, then calls; the app answers as a user would (the dialog's
 //! Accept), and once both pictures and a few seconds of statistics are on screen the window
 //! takes its own screenshot. With `--invite` after the file name: the invitation window (our
-//! ticket and its QR code) instead of the call.
+//! ticket and its QR code) instead of the call; with `--group`: bob adds carol (silent) to
+//! the call, and the shot shows the group call's grid with bob speaking.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a tool: a failed step ends it loudly
 
 use std::net::SocketAddr;
@@ -31,6 +32,9 @@ struct Shot {
     start: Instant,
     /// Show the invitation window instead of a call.
     invite: bool,
+    /// A third participant bob adds once the call runs (`--group`).
+    carol: Option<EngineHandle>,
+    added: bool,
     _keep: (p2pcall_relay::Relay, tempfile::TempDir),
 }
 
@@ -74,7 +78,19 @@ impl eframe::App for Shot {
         {
             self.app.answer();
         }
-        let ready = self.app.shows_video() == (true, true) && stats >= 4;
+        if let Some(carol) = &self.carol
+            && stats >= 2
+            && !self.added
+        {
+            let (bob, carol) = (self.bob.clone(), carol.id());
+            self.rt
+                .spawn(async move { bob.add_to_call(carol).await.unwrap() });
+            self.added = true;
+        }
+        let group = (self.app.model.call.as_ref())
+            .is_some_and(|c| c.participants.len() == 2 && c.speaker.is_some());
+        let ready =
+            self.app.shows_video() == (true, true) && stats >= 4 && (self.carol.is_none() || group);
         self.shoot(&ctx, ready);
     }
 }
@@ -121,6 +137,7 @@ fn main() {
             .unwrap_or_else(|| "p2pcall-call.png".into()),
     );
     let invite = std::env::args().any(|a| a == "--invite");
+    let group = std::env::args().any(|a| a == "--group");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -130,6 +147,27 @@ fn main() {
     let addr = relay.udp_addr;
     let (bob, mut events) = rt.block_on(p2pcall_demo::local_peer("bob", addr)).unwrap();
     rt.spawn(async move { while events.recv().await.is_some() {} });
+    let carol = group.then(|| {
+        let (carol, mut events) = rt
+            .block_on(p2pcall_demo::local_peer("carol", addr))
+            .unwrap();
+        let c = carol.clone();
+        rt.spawn(async move {
+            while let Some(e) = events.recv().await {
+                if let p2pcall_core::engine::EngineEvent::Call(
+                    p2pcall_core::call::CallEvent::Incoming { call, .. },
+                ) = e
+                {
+                    let silent = CallOptions {
+                        audio: p2pcall_core::call::AudioSource::None,
+                        ..CallOptions::default()
+                    };
+                    let _ = c.answer(call, silent).await;
+                }
+            }
+        });
+        carol
+    });
     let dir = tempfile::tempdir().unwrap();
     let dirs = Dirs::resolve(Some(dir.path())).unwrap();
     Settings {
@@ -176,6 +214,8 @@ fn main() {
                 done_rx,
                 start: Instant::now(),
                 invite,
+                carol,
+                added: false,
                 _keep: (relay, dir),
             }))
         }),

@@ -19,6 +19,7 @@ use p2pcall_core::{Message, MessageState, PeerId, PeerInfo, Store, identity};
 use p2pcall_net::{Event, RelayConfig, RelayTransport};
 use p2pcall_proto::call::CallId;
 use p2pcall_proto::chat::MessageId;
+use p2pcall_proto::group::MAX_MEMBERS;
 use p2pcall_proto::transfer::TransferId;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -118,6 +119,8 @@ pub enum UiCmd {
     Mute(bool),
     /// Send (true) or stop sending video.
     Camera(bool),
+    /// Invite one more participant into the call.
+    AddToCall(PeerId),
     /// Send this screen or window (`screen:N`, `window:ID`), or the configured camera again.
     Share(Option<String>),
     /// List screens and windows that can be shared.
@@ -291,8 +294,8 @@ pub struct Frame {
 pub struct Videos {
     /// What we send.
     pub local: Frame,
-    /// What the peer sends.
-    pub remote: Frame,
+    /// What each participant sends.
+    pub remote: std::collections::BTreeMap<PeerId, Frame>,
 }
 
 /// Where the bridge keeps and finds things.
@@ -397,27 +400,31 @@ impl Out {
     /// What shows one picture of a call (for the engine's tap, or a daemon's video feed).
     fn shower(&self) -> impl Fn(Picture, &p2pcall_media_io::Frame) + Send + Sync + 'static {
         let (videos, wake) = (self.videos.clone(), self.wake.clone());
-        // One spare buffer per side: frames are converted outside the lock the window
+        // One spare buffer per picture: frames are converted outside the lock the window
         // thread takes, then swapped in (no allocation per frame, no wait for the UI).
-        let spare: Arc<Mutex<[Vec<u8>; 2]>> = Arc::default();
+        let spare: Arc<Mutex<HashMap<Option<PeerId>, Vec<u8>>>> = Arc::default();
         move |which, f| {
-            let side = usize::from(which == Picture::Remote);
-            let mut buf = std::mem::take(&mut spare.lock()[side]);
+            let key = match which {
+                Picture::Local => None,
+                Picture::Remote(p) => Some(p),
+            };
+            let mut buf = spare.lock().remove(&key).unwrap_or_default();
             p2pcall_media_io::convert::to_rgba(f, &mut buf);
             {
                 let mut v = videos.lock();
-                let p = match which {
-                    Picture::Local => &mut v.local,
-                    Picture::Remote => &mut v.remote,
+                let p = match key {
+                    None => &mut v.local,
+                    // A call has at most MAX_MEMBERS − 1 others.
+                    Some(k) if v.remote.len() >= MAX_MEMBERS && !v.remote.contains_key(&k) => {
+                        return;
+                    }
+                    Some(k) => v.remote.entry(k).or_default(),
                 };
                 std::mem::swap(&mut p.rgba, &mut buf);
                 p.size = [f.width, f.height];
                 p.seq += 1;
             }
-            {
-                let mut s = spare.lock();
-                s[side] = buf;
-            }
+            spare.lock().insert(key, buf);
             wake();
         }
     }
@@ -751,7 +758,7 @@ async fn pump_video(c: p2pcall_daemon::Client, out: Out) {
     while let Ok((side, f)) = feed.next_frame().await {
         let which = match side {
             p2pcall_api::video::Side::Local => Picture::Local,
-            p2pcall_api::video::Side::Remote => Picture::Remote,
+            p2pcall_api::video::Side::Remote(id) => Picture::Remote(PeerId::from_bytes(id)),
         };
         show(which, &f);
     }
@@ -984,6 +991,13 @@ fn command(r: &Running, c: UiCmd, out: &Out) {
         UiCmd::Hangup => spawn_result(out, async move { link.hangup().await }),
         UiCmd::Mute(muted) => change_call(out, link, CallChange::Mute { muted }),
         UiCmd::Camera(on) => change_call(out, link, CallChange::Camera { on }),
+        UiCmd::AddToCall(peer) => change_call(
+            out,
+            link,
+            CallChange::Add {
+                peer: peer.to_hex(),
+            },
+        ),
         UiCmd::Share(src) => {
             let spec = src.unwrap_or_else(|| video_spec(&r.settings));
             match spec.parse::<VideoSource>() {
@@ -1361,8 +1375,10 @@ fn event(r: &Running, e: EngineEvent, out: &Out) {
                 CallEvent::Started { .. } | CallEvent::Ended { .. } => set_ringer(r, None),
                 _ => {}
             }
-            if let CallEvent::Ended { .. } = &c {
-                *out.videos.lock() = Videos::default();
+            match &c {
+                CallEvent::Ended { .. } => *out.videos.lock() = Videos::default(),
+                CallEvent::Left { peer, .. } => drop(out.videos.lock().remote.remove(peer)),
+                _ => {}
             }
             out.emit(AppEvent::Call(c));
         }

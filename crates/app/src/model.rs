@@ -139,6 +139,48 @@ pub struct CallView {
     pub stats: Option<CallStats>,
     /// The last seconds of statistics.
     pub history: VecDeque<Sample>,
+    /// A group call: the others in it, in the order they joined.
+    pub participants: Vec<Participant>,
+    /// A group call: who speaks.
+    pub speaker: Option<PeerId>,
+}
+
+/// One other participant of a group call, as its tile shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Participant {
+    /// Who.
+    pub peer: PeerId,
+    /// Their audio is off.
+    pub muted: bool,
+    /// They send video.
+    pub camera: bool,
+    /// `direct` or `relayed`, once statistics came.
+    pub path: Option<String>,
+    /// Round-trip time, ms.
+    pub rtt_ms: Option<f64>,
+}
+
+impl Participant {
+    fn new(peer: PeerId, streams: &p2pcall_core::call::Negotiated) -> Self {
+        let mut p = Self {
+            peer,
+            muted: false,
+            camera: false,
+            path: None,
+            rtt_ms: None,
+        };
+        p.set_streams(streams);
+        p
+    }
+
+    fn set_streams(&mut self, n: &p2pcall_core::call::Negotiated) {
+        use p2pcall_proto::call::StreamKind;
+        let on = |audio: bool| {
+            (n.receive.iter()).any(|s| s.active && (s.kind == StreamKind::Audio) == audio)
+        };
+        self.muted = !on(true);
+        self.camera = on(false);
+    }
 }
 
 impl CallView {
@@ -152,6 +194,8 @@ impl CallView {
             sharing: None,
             stats: None,
             history: VecDeque::new(),
+            participants: Vec::new(),
+            speaker: None,
         }
     }
 }
@@ -502,15 +546,41 @@ impl Model {
                 c.peer = peer;
                 c.phase = CallPhase::Active(now);
             }
-            CallEvent::Updated { .. } => {}
-            CallEvent::Joined { peer, name, .. } => {
+            CallEvent::Updated { peer, streams, .. } => {
+                let c = self.call.as_mut();
+                if let Some(p) = c.and_then(|c| c.participants.iter_mut().find(|p| p.peer == peer))
+                {
+                    p.set_streams(&streams);
+                }
+            }
+            CallEvent::Joined {
+                peer,
+                name,
+                streams,
+                ..
+            } => {
                 let who = name.unwrap_or_else(|| self.name_of(&peer));
                 self.toast(now, format!("{who} joined the call"), false);
+                if let Some(c) = &mut self.call {
+                    c.participants.retain(|p| p.peer != peer);
+                    c.participants.push(Participant::new(peer, &streams));
+                }
             }
             CallEvent::Left { peer, reason, .. } => {
                 let (_, text) = describe_end(&reason);
                 let who = self.name_of(&peer);
                 self.toast(now, format!("{who} left the call: {text}"), false);
+                if let Some(c) = &mut self.call {
+                    c.participants.retain(|p| p.peer != peer);
+                    if c.speaker == Some(peer) {
+                        c.speaker = None;
+                    }
+                }
+            }
+            CallEvent::Speaker { peer, .. } => {
+                if let Some(c) = &mut self.call {
+                    c.speaker = Some(peer);
+                }
             }
             CallEvent::Stats(st) => {
                 if let Some(c) = &mut self.call {
@@ -533,6 +603,15 @@ impl Model {
                             .find(|x| x.kind != "audio")
                             .map_or(0.0, |x| x.fps),
                     };
+                    for s in &st.participants {
+                        let peer = s.peer.as_deref().and_then(|p| p.parse::<PeerId>().ok());
+                        let tile = c.participants.iter_mut().find(|p| Some(p.peer) == peer);
+                        if let Some(p) = tile {
+                            let direct = s.path.starts_with("direct");
+                            p.path = Some(if direct { "direct" } else { "relayed" }.into());
+                            p.rtt_ms = Some(s.rtt_ms);
+                        }
+                    }
                     c.history.push_back(sample);
                     while c.history.len() > STATS_HISTORY {
                         c.history.pop_front();

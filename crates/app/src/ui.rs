@@ -1,6 +1,7 @@
 //! The window: first run, the peer list, a conversation with its files, toasts. It renders
 //! the [`Model`] and turns clicks into [`UiCmd`]s; it never waits on the engine.
 
+mod grid;
 mod invite;
 
 use std::collections::HashMap;
@@ -62,7 +63,7 @@ pub struct App {
     /// The peer whose history was last asked for.
     opened: Option<PeerId>,
     /// Call pictures as textures, and the frame count they show.
-    remote: Option<(egui::TextureHandle, u64)>,
+    remote: std::collections::BTreeMap<PeerId, (egui::TextureHandle, u64)>,
     local: Option<(egui::TextureHandle, u64)>,
     /// The safety-number dialog is open for this peer.
     verifying: Option<PeerId>,
@@ -91,7 +92,7 @@ impl App {
             drafts: HashMap::new(),
             attach: String::new(),
             opened: None,
-            remote: None,
+            remote: std::collections::BTreeMap::new(),
             local: None,
             verifying: None,
             editing: None,
@@ -711,44 +712,6 @@ impl App {
         }
     }
 
-    /// New call frames become textures (one upload each; the conversion from I420 was done
-    /// on the thread that had the frame).
-    fn textures(&mut self, ctx: &egui::Context) {
-        if self.model.call.is_none() {
-            self.remote = None;
-            self.local = None;
-            return;
-        }
-        let v = self.bridge.videos().lock();
-        for (slot, pic, name) in [
-            (&mut self.remote, &v.remote, "remote video"),
-            (&mut self.local, &v.local, "local video"),
-        ] {
-            let fresh = slot.as_ref().is_none_or(|(_, seq)| *seq != pic.seq);
-            if pic.rgba.is_empty() || !fresh {
-                continue;
-            }
-            let img = egui::ColorImage::from_rgba_unmultiplied(pic.size, &pic.rgba);
-            match slot {
-                Some((t, seq)) => {
-                    t.set(img, egui::TextureOptions::LINEAR);
-                    *seq = pic.seq;
-                }
-                None => {
-                    *slot = Some((
-                        ctx.load_texture(name, img, egui::TextureOptions::LINEAR),
-                        pic.seq,
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Whether the remote picture and our preview are on screen.
-    pub fn shows_video(&self) -> (bool, bool) {
-        (self.remote.is_some(), self.local.is_some())
-    }
-
     fn incoming(&mut self, ctx: &egui::Context) {
         let Some(c) = &self.model.call else { return };
         let CallPhase::Incoming { video } = c.phase else {
@@ -796,8 +759,10 @@ impl App {
         if !matches!(c.phase, CallPhase::Active(_)) {
             return;
         }
-        let who = self.model.name_of(&c.peer);
-        let remote = self.remote.as_ref().map(|(t, _)| (t.id(), t.size()));
+        let who = self.model.name_of(&self.spotlight(c).unwrap_or(c.peer));
+        let remote = (self.spotlight(c))
+            .and_then(|p| self.remote.get(&p))
+            .map(|(t, _)| (t.id(), t.size()));
         let builder = egui::ViewportBuilder::default()
             .with_title(format!("p2pcall: {who}"))
             .with_inner_size([320.0, 230.0])
@@ -960,7 +925,13 @@ impl App {
         let Some(c) = self.model.call.clone() else {
             return;
         };
-        let who = self.model.name_of(&c.peer);
+        let who = match c.participants.len() {
+            0 | 1 => self.model.name_of(&c.peer),
+            _ => (c.participants.iter())
+                .map(|p| self.model.name_of(&p.peer))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         match c.phase {
             CallPhase::Incoming { .. } => return,
             CallPhase::Calling { ringing } => {
@@ -1006,54 +977,12 @@ impl App {
                     .on_hover_text(&st.path);
             }
         });
-        self.call_video(ui, c.camera);
+        self.call_video(ui, &c);
         self.call_controls(ui, &c);
         egui::CollapsingHeader::new("Statistics")
             .default_open(false)
             .show(ui, |ui| stats(ui, &c));
         ui.separator();
-    }
-
-    /// Their video large, our preview small in its corner (when our camera is on).
-    fn call_video(&mut self, ui: &mut egui::Ui, camera: bool) {
-        // Remote video large, our preview small in its corner.
-        let h = (ui.available_height() * 0.55).max(120.0);
-        let (rect, _) =
-            ui.allocate_exact_size(egui::vec2(ui.available_width(), h), egui::Sense::hover());
-        ui.painter().rect_filled(rect, 4.0, Color32::from_gray(16));
-        let fit = |tex: &egui::TextureHandle, area: egui::Rect| {
-            let [w, h] = tex.size().map(|v| v as f32);
-            let scale = (area.width() / w).min(area.height() / h);
-            egui::Rect::from_center_size(area.center(), egui::vec2(w, h) * scale)
-        };
-        let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
-        match &self.remote {
-            Some((t, _)) => {
-                ui.painter().image(t.id(), fit(t, rect), uv, Color32::WHITE);
-            }
-            None => {
-                ui.painter().text(
-                    rect.center(),
-                    egui::Align2::CENTER_CENTER,
-                    "no video from them",
-                    egui::FontId::proportional(16.0),
-                    Color32::GRAY,
-                );
-            }
-        }
-        if let Some((t, _)) = &self.local
-            && camera
-        {
-            let corner = egui::Rect::from_min_size(
-                rect.right_bottom()
-                    - egui::vec2(rect.width() * 0.25 + 8.0, rect.height() * 0.25 + 8.0),
-                egui::vec2(rect.width() * 0.25, rect.height() * 0.25),
-            );
-            let r = fit(t, corner);
-            ui.painter().image(t.id(), r, uv, Color32::WHITE);
-            ui.painter()
-                .rect_stroke(r, 2.0, (1.0, Color32::WHITE), egui::StrokeKind::Outside);
-        }
     }
 
     /// Mute, camera, screen sharing and hang-up.
@@ -1085,6 +1014,7 @@ impl App {
             if share.response.clicked() {
                 self.bridge.send(UiCmd::ListScreens);
             }
+            self.add_to_call_menu(ui, c);
             if ui
                 .add(
                     egui::Button::new(RichText::new("Hang up").color(Color32::WHITE))

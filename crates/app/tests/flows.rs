@@ -320,6 +320,69 @@ fn an_incoming_call_is_answered_shows_both_pictures_and_hangs_up() {
     });
 }
 
+/// Answers every call `engine` gets with `opts` (a participant that is always there).
+fn auto_answer(
+    w: &World,
+    engine: EngineHandle,
+    mut events: mpsc::Receiver<EngineEvent>,
+    opts: CallOptions,
+) {
+    w.rt.spawn(async move {
+        while let Some(e) = events.recv().await {
+            if let EngineEvent::Call(CallEvent::Incoming { call, .. }) = e {
+                let _ = engine.answer(call, opts.clone()).await;
+            }
+        }
+    });
+}
+
+#[test]
+fn a_call_grows_into_a_group_call_with_a_grid_and_the_active_speaker_large() {
+    let mut w = world();
+    let (carol, carol_events) =
+        w.rt.block_on(p2pcall_demo::local_peer("carol", w.relay))
+            .unwrap();
+    // Bob sends a tone, carol nothing to hear: bob is the one speaking.
+    let bob_events = std::mem::replace(&mut w.bob_events, mpsc::channel(1).1);
+    auto_answer(&w, w.bob.clone(), bob_events, CallOptions::default());
+    let silent = CallOptions {
+        audio: p2pcall_core::call::AudioSource::None,
+        ..CallOptions::default()
+    };
+    auto_answer(&w, carol.clone(), carol_events, silent);
+    let mut h = app_with(&w, set_up_for_calls(&w));
+    until(&mut h, "bob and carol listed", |h| {
+        h.query_by_role_and_label(Role::Button, "bob").is_some()
+            && h.query_by_role_and_label(Role::Button, "carol").is_some()
+    });
+    h.get_by_role_and_label(Role::Button, "bob").click();
+    until(&mut h, "the Call button", |h| has(h, "Call"));
+    h.get_by_label("Call").click();
+    until(&mut h, "the call with bob", |h| {
+        h.state().shows_video() == (true, true) && has(h, "Hang up")
+    });
+    // One more, from the call's own menu.
+    h.get_by_label("Add to call").click();
+    until(&mut h, "carol in the menu", |h| has(h, "Add carol"));
+    h.get_by_label("Add carol").click();
+    until(&mut h, "a grid of two with bob speaking", |h| {
+        let c = h.state().model.call.as_ref();
+        c.is_some_and(|c| c.participants.len() == 2 && c.speaker == Some(w.bob.id()))
+            && has_part(h, "bob (speaking)")
+            && has_part(h, "carol, muted")
+    });
+    assert!(has_part(&h, "In a call with bob, carol"));
+    // Both pictures arrive (each participant's own texture).
+    until(&mut h, "both pictures", |h| {
+        let c = h.state().model.call.as_ref().unwrap();
+        c.participants.iter().all(|p| p.camera) && h.state().shows_video() == (true, true)
+    });
+    h.get_by_label("Hang up").click();
+    until(&mut h, "the call gone from the window", |h| {
+        h.state().model.call.is_none() && !has_part(h, "Hang up")
+    });
+}
+
 #[test]
 fn first_run_can_host_the_relay_others_then_use() {
     let w = world();

@@ -112,7 +112,7 @@ async fn call(data: &Path, peer: &str, pid: u32, w: u32, h: u32, feed: bool) -> 
                 bytes += (frame.y.len() + frame.u.len() + frame.v.len()) as u64;
                 match side {
                     p2pcall_api::video::Side::Local => ours += 1,
-                    p2pcall_api::video::Side::Remote => theirs += 1,
+                    p2pcall_api::video::Side::Remote(_) => theirs += 1,
                 }
             }
             (ours, theirs, bytes)

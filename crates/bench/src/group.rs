@@ -173,7 +173,9 @@ pub fn run(bin: &str) -> Result<()> {
             four,
             four / one.max(0.01)
         );
-        join(&m).await
+        // The joiner is new to everyone: its connections to the members are cold.
+        let e = Member::start(bin, tmp.join("e"), udp).await?;
+        join(&m, &e).await
     });
     let _ = std::fs::remove_dir_all(&tmp);
     r
@@ -253,14 +255,15 @@ async fn call_of_four(m: &[Member]) -> Result<f64> {
     Ok(cpu.iter().sum::<f64>() / cpu.len() as f64)
 }
 
-/// A call of three that a fourth joins: its answer to each participant's first picture.
-async fn join(m: &[Member]) -> Result<()> {
+/// A call of three that `e`, a peer none of them has talked to yet, joins: its answer to
+/// each participant's first picture.
+async fn join(m: &[Member], e: &Member) -> Result<()> {
     let late = Duration::from_secs(4);
     for x in &m[1..3] {
         x.answer_for(CALL).await?;
     }
-    m[3].answer_for(CALL - late).await?;
-    let follow = m[3].follow().await?;
+    e.answer_for(CALL - late).await?;
+    let follow = e.follow().await?;
     let mut c = connect(&m[0].data).await?;
     c.call(Request::Call {
         peer: m[1].id.clone(),
@@ -269,13 +272,11 @@ async fn join(m: &[Member]) -> Result<()> {
     })
     .await?;
     tokio::time::sleep(late).await;
-    c.call(Request::ChangeCall(CallChange::Add {
-        peer: m[3].id.clone(),
-    }))
-    .await?;
+    c.call(Request::ChangeCall(CallChange::Add { peer: e.id.clone() }))
+        .await?;
     let (_, fin) = follow.await??;
     println!(
-        "  joining a call of three (the fourth is added after {} s):",
+        "  joining a call of three (a fourth, new to all of them, is added after {} s):",
         late.as_secs()
     );
     for p in participants(&fin) {

@@ -198,6 +198,7 @@ pub fn call_id(e: &CallEvent) -> Option<CallId> {
         | CallEvent::Updated { call, .. }
         | CallEvent::Joined { call, .. }
         | CallEvent::Left { call, .. }
+        | CallEvent::Speaker { call, .. }
         | CallEvent::Warning { call, .. }
         | CallEvent::Ended { call, .. } => Some(*call),
         CallEvent::Stats(s) => s.call.parse().ok(),

@@ -609,6 +609,9 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             json!({"event": "call_joined", "call": call.to_string(), "peer": peer_obj(peer, name.as_deref()),
             "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
         }
+        CallEvent::Speaker { call, peer } => {
+            json!({"event": "call_speaker", "call": call.to_string(), "peer": peer_obj(peer, None)})
+        }
         CallEvent::Left { call, peer, reason } => {
             let (code, message) = describe_end(reason);
             json!({"event": "call_left", "call": call.to_string(), "peer": peer_obj(peer, None), "reason": code, "message": message})
@@ -672,6 +675,7 @@ pub fn call_text(e: &CallEvent) -> String {
             name.clone().unwrap_or_default(),
             peer.fingerprint()
         ),
+        CallEvent::Speaker { peer, .. } => format!("{} is speaking", peer.fingerprint()),
         CallEvent::Left { peer, reason, .. } => {
             format!(
                 "{} left the call: {}",

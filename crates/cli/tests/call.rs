@@ -751,13 +751,14 @@ fn a_group_call_of_four_reaches_everyone_goes_on_when_one_leaves_and_takes_a_fif
             let a = lab.root.join(format!("{me}-got-{}.wav", tag(fp)));
             let (frames, quietest) = recorded(&v, &a);
             println!("{me} got {frames} frames from {fp}, quietest 20 ms RMS {quietest:.0}");
-            // 15 fps, minus start-up and rate-control skips on a loaded machine.
+            // 15 fps, minus the mesh connection's set-up (a cold connection between two
+            // listeners: about a second) and rate-control skips on a loaded machine.
+            let least = (secs - 1.0) * 15.0 * 0.6;
+            assert!(f64::from(frames) >= least, "{me} ← {fp}: {frames} frames");
+            // The tone is RMS ~6900; a gap is silence. Five debug-built processes on two
+            // cores conceal a late packet now and then (a partly concealed window: ~1800).
             assert!(
-                f64::from(frames) >= secs * 15.0 * 0.6,
-                "{me} ← {fp}: {frames} frames"
-            );
-            assert!(
-                quietest > 2000.0,
+                quietest > 1000.0,
                 "{me} ← {fp}: a 20 ms window at RMS {quietest:.0}"
             );
         }
@@ -765,7 +766,13 @@ fn a_group_call_of_four_reaches_everyone_goes_on_when_one_leaves_and_takes_a_fif
     // Per-participant statistics: bob's summary names all four others.
     let s = summary(&lab.root.join("bob.json"));
     let mut peers: Vec<String> = (s["final"]["participants"].as_array().unwrap().iter())
-        .map(|p| p["peer"].as_str().unwrap().to_string())
+        .map(|p| {
+            println!(
+                "bob: first picture of {} after {} ms",
+                p["peer"], p["first_picture_ms"]
+            );
+            p["peer"].as_str().unwrap().to_string()
+        })
         .collect();
     peers.sort();
     assert_eq!(peers.len(), 4, "{peers:?}");

@@ -247,6 +247,10 @@ pub(crate) fn call_note(e: &CallEvent) -> api::CallNote {
             name: name.clone(),
             streams: streams(s),
         },
+        CallEvent::Speaker { call, peer } => api::CallNote::Speaker {
+            call: call.to_string(),
+            peer: peer.to_hex(),
+        },
         CallEvent::Left { call, peer, reason } => api::CallNote::Left {
             call: call.to_string(),
             peer: peer.to_hex(),
@@ -323,6 +327,10 @@ pub fn call_event_from_api(n: &api::CallNote) -> Option<CallEvent> {
             peer: peer.parse().ok()?,
             name: name.clone(),
             streams: streams_from_api(streams)?,
+        },
+        api::CallNote::Speaker { call, peer } => CallEvent::Speaker {
+            call: call.parse().ok()?,
+            peer: peer.parse().ok()?,
         },
         api::CallNote::Left { call, peer, end } => CallEvent::Left {
             call: call.parse().ok()?,

@@ -209,7 +209,7 @@ impl Hub {
             let header = VideoHeader {
                 side: match which {
                     Picture::Local => Side::Local,
-                    Picture::Remote => Side::Remote,
+                    Picture::Remote(p) => Side::Remote(*p.as_bytes()),
                 },
                 width,
                 height,

@@ -360,7 +360,7 @@ async fn a_call_through_the_api_shows_both_pictures_on_a_video_feed() {
         assert_eq!(f.y.len(), 320 * 240);
         match side {
             Side::Local => local += 1,
-            Side::Remote => remote += 1,
+            Side::Remote(_) => remote += 1,
         }
     }
     // A media option that cannot work is refused before anyone's phone rings.

@@ -15,12 +15,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod active;
 pub mod adapt;
 pub mod assemble;
 pub mod audio;
 pub mod bwe;
 pub mod call;
 pub mod gate;
+pub mod mix;
 pub mod nack;
 pub mod pacer;
 pub mod packetize;

@@ -6,9 +6,11 @@
 //! the width and height, at what its most constrained receiver allows, up to [`SMALL_BPS`]).
 //! Each pair's own bandwidth estimate picks its layer: one constrained receiver gets the
 //! small layer instead of dragging everyone's picture down to what its link carries. The full
-//! layer needs [`FULL_MIN_BPS`]: below it for [`DOWN_AFTER`] the pair steps down, above it
-//! with margin for [`UP_AFTER`] it steps back up, and a layer holds at least [`MIN_DWELL`]
-//! before climbing again (each switch costs a keyframe).
+//! layer needs what [`full_layer_need`] says for the call's size and frame rate: below it for
+//! [`DOWN_AFTER`] the pair steps down, above it with margin for [`UP_AFTER`] it steps back
+//! up, and a layer holds at least [`MIN_DWELL`] before climbing again (each switch costs a
+//! keyframe). The need is relative, not a fixed rate: a small call (320×240 at 15 fps) sends
+//! little, and its estimate, which follows what is sent, must not push it down a layer.
 
 use std::time::{Duration, Instant};
 
@@ -17,13 +19,20 @@ use std::time::{Duration, Instant};
 /// pattern at 30 fps needs ~360 kbit/s; at 200 kbit/s the encoder skipped every other
 /// frame).
 pub const SMALL_BPS: u32 = 450_000;
-/// Below this video estimate, bit/s, the full layer (640×360 and up) looks worse than the
-/// small one at its rate.
-pub const FULL_MIN_BPS: u64 = 600_000;
-/// An estimate below [`FULL_MIN_BPS`] this long steps down (a new connection's estimate
+/// Bits per pixel the full layer needs to look better than the small one (1.5 × what the
+/// ladder asks of a camera picture, `crate::adapt`).
+const FULL_BPP: f64 = 0.075;
+
+/// The video estimate, bit/s, below which the full layer of `width × height` at `fps`
+/// looks worse than the small one (640×360 at 30 fps: 518 kbit/s).
+pub fn full_layer_need(width: usize, height: usize, fps: u32) -> u64 {
+    (width as f64 * height as f64 * f64::from(fps) * FULL_BPP) as u64
+}
+
+/// An estimate below the full layer's need this long steps down (a new connection's estimate
 /// climbs from its start value within about a second).
 pub const DOWN_AFTER: Duration = Duration::from_secs(2);
-/// An estimate above [`FULL_MIN_BPS`] × 1.3 this long steps up.
+/// An estimate above the full layer's need × 1.3 this long steps up.
 pub const UP_AFTER: Duration = Duration::from_secs(3);
 /// A layer holds at least this long.
 pub const MIN_DWELL: Duration = Duration::from_secs(4);
@@ -58,16 +67,20 @@ pub fn small_size(width: usize, height: usize) -> (usize, usize) {
 #[derive(Debug, Clone)]
 pub struct LayerChoice {
     layer: Layer,
+    /// What the full layer needs, bit/s.
+    need: u64,
     /// Since when the estimate argues for the other layer.
     since: Option<Instant>,
     changed: Instant,
 }
 
 impl LayerChoice {
-    /// A new receiver starts on the full layer (its estimate is still climbing).
-    pub fn new(now: Instant) -> Self {
+    /// A new receiver starts on the full layer (its estimate is still climbing); `need`:
+    /// [`full_layer_need`] of the call.
+    pub fn new(now: Instant, need: u64) -> Self {
         Self {
             layer: Layer::Full,
+            need,
             since: None,
             changed: now,
         }
@@ -82,8 +95,8 @@ impl LayerChoice {
     pub fn update(&mut self, now: Instant, video_target_bps: u64) -> Option<Layer> {
         let t = video_target_bps as f64;
         let other = match self.layer {
-            Layer::Full if t < FULL_MIN_BPS as f64 => Some((Layer::Small, DOWN_AFTER)),
-            Layer::Small if t >= FULL_MIN_BPS as f64 * UP_MARGIN => Some((Layer::Full, UP_AFTER)),
+            Layer::Full if t < self.need as f64 => Some((Layer::Small, DOWN_AFTER)),
+            Layer::Small if t >= self.need as f64 * UP_MARGIN => Some((Layer::Full, UP_AFTER)),
             _ => None,
         };
         let Some((to, after)) = other else {
@@ -119,7 +132,7 @@ mod tests {
     #[test]
     fn a_constrained_pair_steps_down_and_back_up_with_hysteresis() {
         let t0 = Instant::now();
-        let mut c = LayerChoice::new(t0);
+        let mut c = LayerChoice::new(t0, 600_000);
         // A new connection's estimate climbing from 570 kbit/s within a second: no switch.
         assert_eq!(run(&mut c, t0, 0.0, 1.0, 570_000), Layer::Full);
         assert_eq!(run(&mut c, t0, 1.0, 5.0, 2_000_000), Layer::Full);
@@ -135,7 +148,7 @@ mod tests {
     #[test]
     fn an_estimate_wobbling_around_the_threshold_changes_nothing() {
         let t0 = Instant::now();
-        let mut c = LayerChoice::new(t0);
+        let mut c = LayerChoice::new(t0, 600_000);
         let mut layers = std::collections::HashSet::new();
         for i in 0..200 {
             // ±15 % around the threshold, flipping every 500 ms.
@@ -146,5 +159,6 @@ mod tests {
         assert_eq!(layers.len(), 1, "{layers:?}");
         assert_eq!(small_size(640, 360), (320, 180));
         assert_eq!(small_size(1366, 766), (682, 382));
+        assert_eq!(full_layer_need(640, 360, 30), 518_400);
     }
 }

@@ -20,7 +20,7 @@ use common::{Peer, a};
 use p2pcall_codec::{VideoConfig, VideoDecoder, VideoEncoder};
 use p2pcall_media::call::Negotiated;
 use p2pcall_media::session::{Bitrates, SessionEvent};
-use p2pcall_media::simulcast::{Layer, LayerChoice, SMALL_BPS, small_size};
+use p2pcall_media::simulcast::{Layer, LayerChoice, SMALL_BPS, full_layer_need, small_size};
 use p2pcall_media_io::pattern::TestPattern;
 use p2pcall_proto::call::{Codec, StreamDesc, StreamKind};
 use p2pcall_sim::{Link, VirtualNet};
@@ -190,7 +190,7 @@ fn run() -> Vec<Pair> {
             Pair {
                 tx,
                 rx,
-                choice: LayerChoice::new(start),
+                choice: LayerChoice::new(start, full_layer_need(640, 360, FPS as u32)),
                 sending: Layer::Full,
                 switching: None,
                 dec: VideoDecoder::new().unwrap(),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use p2pcall_media::active::ActiveSpeaker;
 use p2pcall_media::adapt::Ladder;
 use p2pcall_media::call::{Call, CallEvent as SmEvent, EndReason};
 use p2pcall_media::simulcast::{self, Layer, LayerChoice};
@@ -31,6 +32,8 @@ use super::{
     AUDIO_STREAM, CALL, CallEvent, CallOptions, CallStats, Calls, Cmd, STATS_INTERVAL, VIDEO_STREAM,
 };
 
+/// How often a group call looks at who speaks.
+const SPEAKER_EVERY: Duration = Duration::from_millis(100);
 /// Datagrams go to QUIC only while its buffer has this much room (it holds at most a
 /// couple of packets more than it can send).
 const DATAGRAM_ROOM: usize = (64 << 10) - 2 * 1500;
@@ -85,6 +88,8 @@ struct Local {
     camera: bool,
     /// Echo canceller of the microphone, if the call uses one.
     voice: Option<media::Voice>,
+    /// The speaker every participant's audio is mixed into.
+    playback: media::SharedPlayback,
     /// Bitrate → size and frame rate of our video (None: no video sent).
     ladder: Option<Ladder>,
     /// The video capture was told to skip frames (a pacer is backed up).
@@ -118,6 +123,8 @@ pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup
         ended: None,
         last_end: None,
         departed: Vec::new(),
+        speaker: ActiveSpeaker::new(Instant::now()),
+        next_speaker: Instant::now(),
         enc_tx,
         err_tx,
         frames_tx,
@@ -136,10 +143,10 @@ pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup
             c = io.cmd.recv() => d.handle_command(c),
             Some((peer, f)) = frames_rx.recv() => d.handle_frame(peer, f),
             Some((peer, at, dg)) = io.media.recv() => {
-                d.handle_datagram(peer, at, &dg);
+                d.handle_datagram(peer, at, dg);
                 // Take whatever else is queued now (one wake-up per burst).
                 while let Ok((peer, at, dg)) = io.media.try_recv() {
-                    d.handle_datagram(peer, at, &dg);
+                    d.handle_datagram(peer, at, dg);
                 }
             }
             Some(l) = io.legs.recv() => d.add_leg(l),
@@ -184,6 +191,9 @@ struct Driver {
     last_end: Option<EndReason>,
     /// Final statistics of participants that left.
     departed: Vec<CallStats>,
+    /// A group call's active speaker, looked at every [`SPEAKER_EVERY`].
+    speaker: ActiveSpeaker<PeerId>,
+    next_speaker: Instant,
     enc_tx: mpsc::Sender<media::Encoded>,
     err_tx: mpsc::Sender<media::CaptureFailed>,
     frames_tx: FrameTx,
@@ -342,7 +352,8 @@ impl Driver {
         let work = !evs.is_empty();
         for (peer, e) in evs {
             match e {
-                SmEvent::Ringing if !self.rang => {
+                // Only the first ring of a call we place (a member's mesh call rings too).
+                SmEvent::Ringing if !self.rang && !self.started => {
                     self.rang = true;
                     self.emit(CallEvent::Ringing { call: self.id });
                 }
@@ -372,6 +383,7 @@ impl Driver {
             // The peer of a one-to-one call added someone: this is a group call now.
             (None, RosterMsg::Welcome { members }) if self.opts.is_some() => {
                 self.roster = Some(GroupRoster::welcomed(now, self.me, peer, &members));
+                self.became_group(now);
             }
             (None, _) => tracing::debug!(call = %self.id, %peer, "roster message outside a group"),
         }
@@ -592,7 +604,9 @@ impl Driver {
         l.session.configure(n);
         l.session.set_bitrates(local.opts.bitrates());
         if group {
-            l.layers = Some(LayerChoice::new(now));
+            let o = &local.opts;
+            let need = simulcast::full_layer_need(o.width, o.height, o.fps);
+            l.layers = Some(LayerChoice::new(now, need));
         }
         let sinks = if group {
             media::sinks_for(&local.opts.sinks, &peer)
@@ -600,8 +614,11 @@ impl Driver {
             local.opts.sinks.clone()
         };
         let sent = l.conn.quic().stats().udp_tx.bytes;
-        match start_receive(sinks, local, n, sent) {
-            Ok(r) => l.rx = Some(r),
+        match start_receive(sinks, local, n, sent, peer) {
+            Ok(r) => {
+                l.rx = Some(r);
+                l.replay_early();
+            }
             Err(e) => {
                 l.call.hangup(now, HangupReason::Error, &e.to_string());
                 self.warn(e.to_string());
@@ -691,6 +708,7 @@ impl Driver {
             .filter_map(|l| l.poll_timeout(now))
             .chain(self.roster.as_ref().and_then(GroupRoster::poll_timeout))
             .chain([Some(self.next_stats), self.deadline].into_iter().flatten())
+            .chain(self.is_group().then_some(self.next_speaker))
             .min()
             .unwrap_or(now + Duration::from_secs(1))
             .max(now)
@@ -743,15 +761,38 @@ impl Driver {
             self.warn("answer the call before adding anyone".into());
             return;
         }
-        let r = self.roster.get_or_insert_with(|| {
+        if self.roster.is_none() {
             let mut r = GroupRoster::create(now, self.me);
             // Our peer so far, told it is in a group now (on our call).
             let _ = r.invite(now, self.first);
             r.heard(now, self.first);
-            r
-        });
+            self.roster = Some(r);
+            self.became_group(now);
+        }
+        let Some(r) = &mut self.roster else { return };
         if let Err(e) = r.invite(now, peer) {
             self.warn(format!("cannot add {}: {e}", peer.fingerprint()));
+        }
+    }
+
+    /// A one-to-one call became a group call: its peer is the first participant, and gets
+    /// our layers' choice from now on.
+    fn became_group(&mut self, now: Instant) {
+        let o = self.local.as_ref().map(|l| &l.opts);
+        let need = o.map_or(0, |o| simulcast::full_layer_need(o.width, o.height, o.fps));
+        let mut joined = Vec::new();
+        for (p, l) in self.legs.iter_mut().filter(|(_, l)| l.rx.is_some()) {
+            l.layers.get_or_insert_with(|| LayerChoice::new(now, need));
+            let n = l.call.negotiated().unwrap_or_default();
+            joined.push((*p, l.conn.remote_name(), n));
+        }
+        for (peer, name, streams) in joined {
+            self.emit(CallEvent::Joined {
+                call: self.id,
+                peer,
+                name,
+                streams,
+            });
         }
     }
 
@@ -793,7 +834,7 @@ impl Driver {
     }
 
     /// A media datagram from `peer`, received at `at`.
-    fn handle_datagram(&mut self, peer: PeerId, at: Instant, d: &[u8]) {
+    fn handle_datagram(&mut self, peer: PeerId, at: Instant, d: Bytes) {
         let Some(l) = self.legs.get_mut(&peer) else {
             return;
         };
@@ -868,6 +909,10 @@ impl Driver {
             l.handle_timeout(now);
         }
         self.adapt(now);
+        if now >= self.next_speaker {
+            self.next_speaker = now + SPEAKER_EVERY;
+            self.active_speaker(now);
+        }
         if now >= self.next_stats {
             self.next_stats = now + STATS_INTERVAL;
             if let Some(s) = self.stats(now) {
@@ -877,6 +922,23 @@ impl Driver {
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
             self.hang_up_all(now, HangupReason::Finished, "duration reached");
+        }
+    }
+
+    /// A group call: who speaks, from the levels of what each participant's render thread
+    /// played.
+    fn active_speaker(&mut self, now: Instant) {
+        if !self.is_group() {
+            return;
+        }
+        let levels: Vec<(PeerId, f32)> = (self.legs.iter())
+            .filter_map(|(p, l)| Some((*p, l.rx.as_ref()?.render_stats.lock().audio_level_db())))
+            .collect();
+        if let Some(peer) = self.speaker.update(now, &levels) {
+            self.emit(CallEvent::Speaker {
+                call: self.id,
+                peer,
+            });
         }
     }
 
@@ -1082,7 +1144,9 @@ fn start_local(
         captures.push((s.id, c));
     }
     let ladder = (opts.video != super::VideoSource::None).then(|| ladder_for(&opts));
+    let playback = media::open_playback(&opts.sinks.speaker, voice.clone())?;
     Ok(Local {
+        playback,
         opts,
         epoch,
         captures,
@@ -1101,13 +1165,15 @@ fn start_receive(
     local: &Local,
     n: &p2pcall_media::call::Negotiated,
     sent_bytes: u64,
+    peer: PeerId,
 ) -> Result<Receive, super::CallError> {
     let render_stats = Arc::new(Mutex::new(RenderStats::default()));
     let render = media::start_render(
         sinks,
         local.opts.fps,
         render_stats.clone(),
-        local.voice.clone(),
+        local.playback.clone(),
+        peer,
     )?;
     let (audio_rx, video_rx) = leg::received_streams(n);
     let epoch = Instant::now();

@@ -22,6 +22,8 @@ use crate::bulk::BulkGate;
 /// Frames from every leg's reader: `None` when that leg's stream ended or broke the protocol.
 pub(super) type FrameTx = mpsc::Sender<(PeerId, Option<CallFrame>)>;
 
+/// Most datagrams kept from before a leg is up (a keyframe and some audio).
+const EARLY_MEDIA: usize = 256;
 /// How much the writer of a call stream may have queued (signaling is a few frames a second).
 const WRITE_QUEUE: usize = 64;
 
@@ -72,6 +74,9 @@ pub(super) struct Leg {
     pub sending: Layer,
     /// The layer it moves to at that layer's next keyframe.
     pub switching: Option<Layer>,
+    /// Media that arrived before the peer's `Accept` (datagrams can overtake the stream):
+    /// played once the leg is up, so that its first keyframe is not lost.
+    early: Vec<(Instant, bytes::Bytes)>,
     wbuf: Vec<u8>,
 }
 
@@ -103,6 +108,7 @@ impl Leg {
             layers: None,
             sending: Layer::Full,
             switching: None,
+            early: Vec::new(),
             wbuf: Vec::new(),
         }
     }
@@ -182,12 +188,21 @@ impl Leg {
     }
 
     /// A media datagram from the peer, received at `at`.
-    pub fn handle_datagram(&mut self, at: Instant, d: &[u8]) {
+    pub fn handle_datagram(&mut self, at: Instant, d: bytes::Bytes) {
         self.call.handle_media(at);
         if self.is_active() {
             self.session
                 .set_connection_rx_bytes(self.conn.quic().stats().udp_rx.bytes);
-            let _ = self.session.handle_datagram(at, d);
+            let _ = self.session.handle_datagram(at, &d);
+        } else if self.early.len() < EARLY_MEDIA {
+            self.early.push((at, d));
+        }
+    }
+
+    /// The leg is up and its session configured: what arrived early is played now.
+    pub fn replay_early(&mut self) {
+        for (at, d) in std::mem::take(&mut self.early) {
+            let _ = self.session.handle_datagram(at, &d);
         }
     }
 
@@ -361,6 +376,7 @@ pub(super) fn fill_render(s: &mut CallStats, r: &RenderStats) {
     s.audio_latency_mean_ms = r.audio_latency_mean_ms;
     s.speaker = r.speaker.clone();
     s.speaker_underruns = r.speaker_underruns;
+    s.audio_level_db = (r.audio_samples > 0).then(|| f64::from(r.audio_level_db()));
 }
 
 /// The statistics of one leg since the last call (rates over that interval; `answered`:

@@ -14,7 +14,9 @@ use p2pcall_codec::{
 };
 use p2pcall_devices::list::{DeviceList, explain, list_devices};
 use p2pcall_devices::{Camera, CameraRequest, DeviceError, Microphone, Speaker};
+use p2pcall_media::active;
 use p2pcall_media::audio::{FRAME_SAMPLES, Playout};
+use p2pcall_media::mix::Mix;
 use p2pcall_media::simulcast::{self, Layer};
 use p2pcall_media_io::audio::{BeaconDetector, SpeechLike, Tone};
 use p2pcall_media_io::pattern::TestPattern;
@@ -1110,6 +1112,19 @@ pub struct RenderStats {
     pub speaker_underruns: u64,
     /// When the first picture was decoded.
     pub first_picture: Option<Instant>,
+    /// Energy of the audio played lately (full scale = 1), smoothed over ~60 ms.
+    pub audio_energy: f64,
+}
+
+impl RenderStats {
+    /// The level of the audio played lately, dBFS.
+    pub fn audio_level_db(&self) -> f32 {
+        if self.audio_energy <= 1e-10 {
+            -100.0
+        } else {
+            (10.0 * self.audio_energy.log10()) as f32
+        }
+    }
 }
 
 /// Adds a recording's file to the statistics (and the log): its name may differ from the
@@ -1127,8 +1142,8 @@ fn note_recording(stats: &Mutex<RenderStats>, path: &std::path::Path) {
 pub enum Picture {
     /// What we send (after scaling to the size we send), before encoding.
     Local,
-    /// What the peer sends, as decoded.
-    Remote,
+    /// What a participant sends, as decoded.
+    Remote(p2pcall_proto::PeerId),
 }
 
 /// Hands video frames to a front end (the app's preview and remote view). Called on the
@@ -1247,6 +1262,59 @@ fn open_speaker(choice: &SpeakerChoice) -> Result<(Option<Speaker>, Option<Strin
     })
 }
 
+/// A call's speaker, shared by its participants' render threads: their audio is mixed
+/// ([`p2pcall_media::mix`]) and played once, and the echo canceller hears the mix.
+pub(crate) struct Playback {
+    mix: Mix<u64>,
+    speaker: Option<Speaker>,
+    /// The speaker's name, or why there is none.
+    label: Option<String>,
+    voice: Option<Voice>,
+}
+
+/// A call's [`Playback`], as its render threads hold it.
+pub(crate) type SharedPlayback = Arc<Mutex<Playback>>;
+
+/// Opens a call's speaker (a named one that cannot be used is an error).
+pub(crate) fn open_playback(
+    choice: &SpeakerChoice,
+    voice: Option<Voice>,
+) -> Result<SharedPlayback, CallError> {
+    let (speaker, label) = open_speaker(choice)?;
+    Ok(Arc::new(Mutex::new(Playback {
+        mix: Mix::default(),
+        speaker,
+        label,
+        voice,
+    })))
+}
+
+impl Playback {
+    /// Adds 20 ms of participant `who` to the mix and plays what is ready. A failing speaker
+    /// is dropped (the call goes on silently).
+    fn play(&mut self, who: u64, pcm: &[i16]) {
+        let Some(spk) = &mut self.speaker else { return };
+        self.mix.push(who, pcm);
+        let out = self.mix.take();
+        if out.is_empty() {
+            return;
+        }
+        match spk.play(&out) {
+            // What the speaker plays is what the echo canceller removes.
+            Ok(()) => {
+                if let Some(v) = &self.voice {
+                    v.lock().render(&out);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("speaker: {e}");
+                self.label = Some(format!("none ({e})"));
+                self.speaker = None;
+            }
+        }
+    }
+}
+
 /// The render thread's input and handle.
 pub(crate) type RenderThread = (
     std_mpsc::SyncSender<Render>,
@@ -1258,12 +1326,13 @@ pub(crate) fn start_render(
     sinks: Sinks,
     fps: u32,
     stats: Arc<Mutex<RenderStats>>,
-    voice: Option<Voice>,
+    playback: SharedPlayback,
+    peer: p2pcall_proto::PeerId,
 ) -> Result<RenderThread, CallError> {
-    let (speaker, label) = open_speaker(&sinks.speaker)?;
+    let who = u64::from_le_bytes(peer.as_bytes()[..8].try_into().unwrap_or_default());
     {
         let mut s = stats.lock();
-        s.speaker = label;
+        s.speaker.clone_from(&playback.lock().label);
     }
     let (tx, rx) = std_mpsc::sync_channel::<Render>(256);
     let vdec = VideoDecoder::new()?;
@@ -1283,8 +1352,9 @@ pub(crate) fn start_render(
         sinks,
         fps,
         stats,
-        voice,
-        speaker,
+        playback,
+        who,
+        peer,
         vdec,
         adec,
         wav_out,
@@ -1317,8 +1387,11 @@ struct Renderer {
     sinks: Sinks,
     fps: u32,
     stats: Arc<Mutex<RenderStats>>,
-    voice: Option<Voice>,
-    speaker: Option<Speaker>,
+    playback: SharedPlayback,
+    /// This participant in the playback's mix.
+    who: u64,
+    /// Whose pictures these are.
+    peer: p2pcall_proto::PeerId,
     vdec: VideoDecoder,
     adec: AudioDecoder,
     wav_out: Option<wav::WavWriter>,
@@ -1328,6 +1401,13 @@ struct Renderer {
     video_lat_sum: f64,
     beacon: BeaconDetector,
     audio_lat_sum: f64,
+}
+
+impl Drop for Renderer {
+    /// The mix no longer waits for this participant.
+    fn drop(&mut self) {
+        self.playback.lock().mix.leave(self.who);
+    }
 }
 
 impl Renderer {
@@ -1346,24 +1426,21 @@ impl Renderer {
             .unwrap_or_else(|_| vec![0; FRAME_SAMPLES as usize]);
         let pcm = stretch_pcm(&pcm, stretch);
         // Played now, or once the speaker's queue ahead of it has played.
-        let queued = self.speaker.as_ref().map_or(0, |s| s.queued_ms());
+        let (queued, label, underruns) = {
+            let mut p = self.playback.lock();
+            let queued = p.speaker.as_ref().map_or(0, |s| s.queued_ms());
+            p.play(self.who, &pcm);
+            let underruns = p.speaker.as_ref().map(|s| s.underruns());
+            (queued, p.label.clone(), underruns)
+        };
         let beacons = self.beacon.feed(&pcm, wall_ms_f64() + f64::from(queued));
         if let Some(w) = &mut self.wav_out {
             w.write(&pcm).map_err(|e| e.to_string())?;
         }
-        let mut spk_failed = None;
-        if let Some(spk) = &mut self.speaker {
-            match spk.play(&pcm) {
-                // What the speaker plays is what the echo canceller removes.
-                Ok(()) => {
-                    if let Some(v) = &self.voice {
-                        v.lock().render(&pcm);
-                    }
-                }
-                Err(e) => spk_failed = Some(e.to_string()),
-            }
-        }
         let mut s = self.stats.lock();
+        // The level the active speaker is chosen by: energy smoothed over ~60 ms.
+        let energy = 10f64.powf(f64::from(active::level_db(&pcm)) / 10.0);
+        s.audio_energy = s.audio_energy * 0.7 + energy * 0.3;
         s.audio_samples += pcm.len() as u64;
         for lat in beacons {
             s.beacons += 1;
@@ -1371,14 +1448,10 @@ impl Renderer {
             s.audio_latency_ms = Some(lat);
             s.audio_latency_mean_ms = Some(self.audio_lat_sum / s.beacons as f64);
         }
-        if let Some(spk) = &self.speaker {
-            s.speaker_underruns = spk.underruns();
+        if let Some(u) = underruns {
+            s.speaker_underruns = u;
         }
-        if let Some(e) = spk_failed {
-            tracing::warn!("speaker: {e}");
-            s.speaker = Some(format!("none ({e})"));
-            self.speaker = None;
-        }
+        s.speaker = label;
         Ok(())
     }
 
@@ -1390,7 +1463,7 @@ impl Renderer {
         };
         let Some(f) = out else { return Ok(()) };
         if let Some(t) = &self.sinks.tap {
-            t.show(Picture::Remote, &f);
+            t.show(Picture::Remote(self.peer), &f);
         }
         let stamp = p2pcall_media_io::pattern::decode(&f);
         let mut recorded = false;
@@ -1429,11 +1502,11 @@ impl Renderer {
     }
 
     /// Completes the recordings.
-    fn finish(self) -> Result<(), String> {
-        if let Some(w) = self.y4m {
+    fn finish(mut self) -> Result<(), String> {
+        if let Some(w) = self.y4m.take() {
             w.finish().map_err(|e| e.to_string())?;
         }
-        if let Some(w) = self.wav_out {
+        if let Some(w) = self.wav_out.take() {
             w.finish().map_err(|e| e.to_string())?;
         }
         Ok(())

@@ -325,6 +325,9 @@ pub struct CallStats {
     /// From our answer (or our call's start) to the first picture of this participant, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_picture_ms: Option<f64>,
+    /// The level of this participant's audio as we played it lately, dBFS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_level_db: Option<f64>,
     /// A group call: the layer of our video this participant gets (`full`, `small`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<String>,
@@ -443,6 +446,13 @@ pub enum CallEvent {
         peer: PeerId,
         /// How its part ended.
         reason: EndReason,
+    },
+    /// A group call: the active speaker changed (from the participants' audio levels).
+    Speaker {
+        /// The call.
+        call: CallId,
+        /// Who speaks now.
+        peer: PeerId,
     },
     /// Every second.
     Stats(Box<CallStats>),
