@@ -6,6 +6,7 @@
 #   scripts/bench.sh cluster-presence [--peers N] [--relays R] [--changes N]  (nats-server)
 #   scripts/bench.sh daemon           [--peers N] [--calls N] [--changes N]
 #   scripts/bench.sh video-feed       [--width W] [--height H]
+#   scripts/bench.sh group-call       (a call of four, and a fourth joining a call of three)
 #   scripts/bench.sh renamer          [--subscribers N] [--secs S]
 #   scripts/bench.sh probe-flood
 #   scripts/bench.sh p2p-throughput   [--mib N]
@@ -49,6 +50,7 @@ if [ "${1:-all}" = all ]; then
   "$bench" cluster-presence
   "$bench" daemon
   "$bench" video-feed
+  "$bench" group-call
   "$bench" renamer
   "$bench" probe-flood
   "$bench" p2p-throughput

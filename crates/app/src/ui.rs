@@ -981,7 +981,7 @@ impl App {
         self.call_controls(ui, &c);
         egui::CollapsingHeader::new("Statistics")
             .default_open(false)
-            .show(ui, |ui| stats(ui, &c));
+            .show(ui, |ui| stats(ui, &c, &|p| self.model.name_of(p)));
         ui.separator();
     }
 
@@ -1183,7 +1183,7 @@ fn pick(
 }
 
 /// Live plots of a call's last minutes, and its path.
-fn stats(ui: &mut egui::Ui, c: &crate::model::CallView) {
+fn stats(ui: &mut egui::Ui, c: &crate::model::CallView, name: &dyn Fn(&PeerId) -> String) {
     use egui_plot::{Legend, Line, Plot};
     let series = |f: fn(&Sample) -> f64| -> Vec<[f64; 2]> {
         c.history.iter().map(|s| [s.t, f(s)]).collect()
@@ -1202,9 +1202,13 @@ fn stats(ui: &mut egui::Ui, c: &crate::model::CallView) {
             });
     };
     if let Some(st) = &c.stats {
-        ui.label(format!("path: {}", st.path));
-        if let Some((w, h)) = st.resolution {
-            ui.label(format!("receiving {w}x{h}"));
+        if st.participants.is_empty() {
+            ui.label(format!("path: {}", st.path));
+            if let Some((w, h)) = st.resolution {
+                ui.label(format!("receiving {w}x{h}"));
+            }
+        } else {
+            participant_table(ui, &st.participants, name);
         }
     }
     ui.columns(2, |cols| {
@@ -1232,6 +1236,51 @@ fn stats(ui: &mut egui::Ui, c: &crate::model::CallView) {
             ],
         );
     });
+}
+
+/// A group call: each participant's path, RTT, what we receive and send, and the layer it
+/// gets of our video.
+fn participant_table(
+    ui: &mut egui::Ui,
+    all: &[p2pcall_core::call::CallStats],
+    name: &dyn Fn(&PeerId) -> String,
+) {
+    egui::Grid::new("participants")
+        .num_columns(7)
+        .striped(true)
+        .show(ui, |ui| {
+            for h in [
+                "participant",
+                "path",
+                "RTT",
+                "receiving",
+                "loss",
+                "sending",
+                "our layer",
+            ] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for s in all {
+                let who = s.peer.as_deref().and_then(|p| p.parse::<PeerId>().ok());
+                ui.label(who.map_or_else(|| "?".into(), |p| name(&p)));
+                ui.label(&s.path);
+                ui.label(format!("{:.0} ms", s.rtt_ms));
+                let video = s.recv.iter().find(|r| r.kind != "audio");
+                let kbps: f64 = s.recv.iter().map(|r| r.kbps).sum();
+                let size = s.resolution.map(|(w, h)| format!(" {w}x{h}"));
+                ui.label(format!(
+                    "{kbps:.0} kbit/s{}, {:.0} fps",
+                    size.unwrap_or_default(),
+                    video.map_or(0.0, |v| v.fps)
+                ));
+                let loss = s.recv.iter().map(|r| r.loss_pct).fold(0.0, f64::max);
+                ui.label(format!("{loss:.1} %"));
+                ui.label(format!("{:.0} kbit/s", s.upload_kbps));
+                ui.label(s.layer.as_deref().unwrap_or("-"));
+                ui.end_row();
+            }
+        });
 }
 
 fn state_mark(s: MessageState) -> &'static str {

@@ -384,6 +384,65 @@ fn a_call_grows_into_a_group_call_with_a_grid_and_the_active_speaker_large() {
 }
 
 #[test]
+fn without_a_camera_or_microphone_a_call_receives_and_one_that_cannot_start_leaves_no_trace() {
+    let d = p2pcall_core::devices::list_devices();
+    if !d.cameras.devices.is_empty() || !d.microphones.devices.is_empty() {
+        eprintln!("skipping: this machine has a camera or a microphone");
+        return;
+    }
+    let mut w = world();
+    let bob_events = std::mem::replace(&mut w.bob_events, mpsc::channel(1).1);
+    auto_answer(&w, w.bob.clone(), bob_events, CallOptions::default());
+    // What a new user gets: the camera and the microphone, which this machine lacks.
+    let defaults = Settings {
+        video: Some("camera".into()),
+        audio: Some("mic".into()),
+        speaker: Some("off".into()),
+        ..set_up(&w)
+    };
+    let mut h = app_with(&w, defaults.clone());
+    until(&mut h, "bob listed", |h| {
+        h.query_by_role_and_label(Role::Button, "bob").is_some()
+    });
+    h.get_by_role_and_label(Role::Button, "bob").click();
+    until(&mut h, "the Call button", |h| has(h, "Call"));
+    h.get_by_label("Call").click();
+    until(
+        &mut h,
+        "a call that shows bob and says what is missing",
+        |h| {
+            let said =
+                |what: &str| (h.state().model.toasts.iter()).any(|t| t.text.starts_with(what));
+            h.state().shows_video() == (true, false)
+                && has(h, "Hang up")
+                && said("no camera, so your camera is off")
+                && said("no microphone, so you are muted")
+        },
+    );
+    h.get_by_label("Hang up").click();
+    until(&mut h, "the call over", |h| h.state().model.call.is_none());
+    drop(h);
+    // A camera the settings name that is not there: no call, and no "Calling" left behind.
+    let named = Settings {
+        video: Some("camera:/dev/video-missing".into()),
+        ..defaults
+    };
+    let mut h = app_with(&w, named);
+    until(&mut h, "bob listed", |h| {
+        h.query_by_role_and_label(Role::Button, "bob").is_some()
+    });
+    h.get_by_role_and_label(Role::Button, "bob").click();
+    until(&mut h, "the Call button", |h| has(h, "Call"));
+    h.get_by_label("Call").click();
+    until(&mut h, "the refusal, and no call view", |h| {
+        let m = &h.state().model;
+        m.call.is_none()
+            && !has_part(h, "Calling")
+            && (m.toasts.iter()).any(|t| t.error && t.text.contains("/dev/video-missing"))
+    });
+}
+
+#[test]
 fn first_run_can_host_the_relay_others_then_use() {
     let w = world();
     let mut h = app(&w);

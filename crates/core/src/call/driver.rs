@@ -394,14 +394,18 @@ impl Driver {
     fn leg_ended(&mut self, now: Instant, peer: PeerId, reason: EndReason) {
         tracing::debug!(call = %self.id, %peer, ?reason, "leg ended");
         let was_up = self.legs.get(&peer).is_some_and(|l| l.rx.is_some());
+        // Only what was a participant, or our own invitation, is news to the front end (a
+        // member's offer we held and never took is not).
+        let mut news = was_up;
         if let Some(r) = &mut self.roster {
-            if was_up {
+            news |= r.invited_by_me(&peer);
+            if was_up && r.accepts(&peer) {
                 r.handle(now, peer, RosterMsg::Leave);
-            } else {
+            } else if !was_up {
                 r.withdraw(peer);
             }
         }
-        if self.is_group() {
+        if self.is_group() && news {
             self.emit(CallEvent::Left {
                 call: self.id,
                 peer,
