@@ -95,6 +95,9 @@ struct Outcome {
     targets: Vec<(f64, f64, f64)>,
     /// Per second: audio frames concealed.
     gaps: Vec<u64>,
+    /// Packets of 150 bytes or less bob (the receiver) sent per second: acknowledgements and
+    /// feedback.
+    small_per_s: f64,
 }
 
 /// `phase` (0..1) shifts when audio and video frames are taken, by up to one frame.
@@ -360,6 +363,7 @@ fn run(seed: u64, phase: f64, loss: f64, bulk_from: Option<f64>) -> Outcome {
         }
     }
     out.bulk_bytes = bob.bulk_read;
+    out.small_per_s = bob.small_sent as f64 / SECS as f64;
     if std::env::var("TRACE").is_ok() {
         let st = alice.conn.as_mut().unwrap().1.stats();
         println!(
@@ -439,7 +443,7 @@ fn report(name: &str, o: &Outcome, f: &Figures) {
 
 fn summary(name: &str, o: &Outcome, f: &Figures) {
     println!(
-        "{name}: utilisation {:.1}%, p95 queueing {:.0} ms, re-convergence {:?} s (queue drained {} s after the step down), video {:.0} kbit/s, audio concealed {} of {} (longest gap {} frames), {} keyframes, {} frames skipped, bulk {:.1} MB",
+        "{name}: utilisation {:.1}%, p95 queueing {:.0} ms, re-convergence {:?} s (queue drained {} s after the step down), video {:.0} kbit/s, audio concealed {} of {} (longest gap {} frames), {} keyframes, {} frames skipped, bulk {:.1} MB, receiver's small packets {:.0}/s",
         f.utilisation * 100.0,
         f.p95_queue_ms,
         f.reconverge_s,
@@ -450,7 +454,8 @@ fn summary(name: &str, o: &Outcome, f: &Figures) {
         o.longest_gap,
         o.keyframes,
         o.skipped,
-        o.bulk_bytes as f64 / 1e6
+        o.bulk_bytes as f64 / 1e6,
+        o.small_per_s
     );
 }
 

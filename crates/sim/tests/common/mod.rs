@@ -30,6 +30,8 @@ pub struct Peer {
     pub bulk: Option<StreamId>,
     pub bulk_rx: Option<StreamId>,
     pub bulk_read: u64,
+    /// Packets of 150 bytes or less it sent (acknowledgements, feedback, keep-alives).
+    pub small_sent: u64,
 }
 
 impl Peer {
@@ -74,6 +76,7 @@ impl Peer {
             bulk: None,
             bulk_rx: None,
             bulk_read: 0,
+            small_sent: 0,
         }
     }
 
@@ -160,6 +163,7 @@ impl Peer {
         }
         let mut buf = Vec::new();
         while let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
+            self.small_sent += u64::from(t.size <= 150);
             net.send(self.addr, self.peer, buf[..t.size].to_vec());
             buf.clear();
         }
