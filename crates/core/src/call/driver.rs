@@ -329,9 +329,14 @@ impl Driver {
                         Removal::Left => leg::FLUSH,
                         _ => Duration::ZERO,
                     };
-                    if let Some(l) = self.legs.get_mut(&peer) {
-                        l.leaving = Some(now + grace);
-                        l.handle_timeout(now);
+                    match self.legs.get_mut(&peer) {
+                        // Not heard for VANISH: gone (nobody left to tell).
+                        Some(l) if why == Removal::Vanished => l.call.stream_closed(now),
+                        Some(l) => {
+                            l.leaving = Some(now + grace);
+                            l.handle_timeout(now);
+                        }
+                        None => {}
                     }
                 }
                 RosterEvent::Ignored { from, why } => {
