@@ -210,7 +210,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let json = cli.json;
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // Dropping a runtime waits for every blocking task without end (a device read, a render
+    // thread being joined): the command is done, so give them two seconds and exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let code = exit::code(&e);

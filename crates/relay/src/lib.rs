@@ -172,6 +172,49 @@ fn quic_endpoint(
     })
 }
 
+/// The UDP port and the TCP fallback's listener, on the UDP port's number unless configured
+/// otherwise. With a port chosen by the system (0), a number whose TCP side is taken (by
+/// anything: an outgoing connection's port too) is given back and another one tried.
+async fn bind_udp_and_tcp(
+    cfg: &RelayConfig,
+    sessions: &Arc<RwLock<Sessions>>,
+    metrics: &Arc<Metrics>,
+) -> Result<(UdpPort, Option<tokio::net::TcpListener>), RelayError> {
+    let mut attempts = 0;
+    loop {
+        let port = bind_port(cfg, sessions, metrics)?;
+        let Some(mut a) = cfg.tcp_listen else {
+            return Ok((port, None));
+        };
+        let same = a.port() == 0 && a.ip() == cfg.listen.ip();
+        if same {
+            a.set_port(port.addr.port());
+        }
+        match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => return Ok((port, Some(l))),
+            Err(e)
+                if same
+                    && cfg.listen.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempts < 16 =>
+            {
+                attempts += 1;
+                tracing::debug!(
+                    port = a.port(),
+                    "TCP side of the chosen port is taken: another"
+                );
+            }
+            Err(source) => {
+                return Err(RelayError::Bind {
+                    what: "TCP",
+                    addr: a,
+                    source,
+                });
+            }
+        }
+    }
+}
+
 impl Relay {
     /// Binds every listener and starts serving.
     pub async fn start(identity: &Identity, cfg: RelayConfig) -> Result<Self, RelayError> {
@@ -181,32 +224,17 @@ impl Relay {
         let mut sessions = Sessions::default();
         sessions.max_per_address = cfg.max_per_address;
         let sessions = Arc::new(RwLock::new(sessions));
-        let UdpPort {
-            addr: udp_addr,
-            quinns,
-            more: more_sockets,
-            others,
-        } = bind_port(&cfg, &sessions, &metrics)?;
+        let (
+            UdpPort {
+                addr: udp_addr,
+                quinns,
+                more: more_sockets,
+                others,
+            },
+            tcp,
+        ) = bind_udp_and_tcp(&cfg, &sessions, &metrics).await?;
         let socket = Arc::new(quinns);
         let endpoint = quic_endpoint(identity, &cfg, socket.clone())?;
-
-        // TCP fallback on the UDP port number unless configured otherwise.
-        let tcp =
-            match cfg.tcp_listen {
-                Some(mut a) => {
-                    if a.port() == 0 && a.ip() == cfg.listen.ip() {
-                        a.set_port(udp_addr.port());
-                    }
-                    Some(tokio::net::TcpListener::bind(a).await.map_err(|source| {
-                        RelayError::Bind {
-                            what: "TCP",
-                            addr: a,
-                            source,
-                        }
-                    })?)
-                }
-                None => None,
-            };
         let reflect = match cfg.reflect_listen {
             Some(a) => Some(
                 tokio::net::UdpSocket::from_std(bind_udp(a, "reflection UDP")?).map_err(

@@ -32,6 +32,8 @@ use super::{
     AUDIO_STREAM, CALL, CallEvent, CallOptions, CallStats, Calls, Cmd, STATS_INTERVAL, VIDEO_STREAM,
 };
 
+/// Final statistics kept of participants that left (the first ones).
+const MAX_DEPARTED: usize = 32;
 /// How often a group call looks at who speaks.
 const SPEAKER_EVERY: Duration = Duration::from_millis(100);
 /// Datagrams go to QUIC only while its buffer has this much room (it holds at most a
@@ -410,14 +412,16 @@ impl Driver {
                 r.withdraw(peer);
             }
         }
-        if self.is_group() && news {
+        if !self.is_group() {
+            self.last_end = Some(reason);
+        } else if news {
             self.emit(CallEvent::Left {
                 call: self.id,
                 peer,
                 reason: reason.clone(),
             });
+            self.last_end = Some(reason);
         }
-        self.last_end = Some(reason);
     }
 
     /// Whether the whole call is over, and why.
@@ -447,7 +451,10 @@ impl Driver {
         if let Some(r) = &mut l.rx {
             r.meter = Meter::default();
         }
-        if let Some(s) = leg::stats(&mut l, now, self.answered) {
+        // Bounded: members may come and go for hours.
+        if let Some(s) = leg::stats(&mut l, now, self.answered)
+            && self.departed.len() < MAX_DEPARTED
+        {
             self.departed.push(s);
         }
         tokio::spawn(async move {
