@@ -597,8 +597,8 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             streams,
         } => {
             json!({"event": "call_started", "call": call.to_string(), "peer": peer_obj(peer, None),
-            "send": streams.send.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>(),
-            "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
+            "send": streams.send.iter().map(|s| s.kind.name()).collect::<Vec<_>>(),
+            "receive": streams.receive.iter().map(|s| s.kind.name()).collect::<Vec<_>>()})
         }
         CallEvent::Joined {
             call,
@@ -607,7 +607,7 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             streams,
         } => {
             json!({"event": "call_joined", "call": call.to_string(), "peer": peer_obj(peer, name.as_deref()),
-            "receive": streams.receive.iter().map(|s| format!("{:?}", s.kind).to_lowercase()).collect::<Vec<_>>()})
+            "receive": streams.receive.iter().map(|s| s.kind.name()).collect::<Vec<_>>()})
         }
         CallEvent::Speaker { call, peer } => {
             json!({"event": "call_speaker", "call": call.to_string(), "peer": peer_obj(peer, None)})
@@ -622,7 +622,7 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             streams,
         } => {
             json!({"event": "call_updated", "call": call.to_string(), "peer": peer_obj(peer, None),
-            "receive": streams.receive.iter().map(|s| json!({"kind": format!("{:?}", s.kind).to_lowercase(), "active": s.active})).collect::<Vec<_>>()})
+            "receive": streams.receive.iter().map(|s| json!({"kind": s.kind.name(), "active": s.active})).collect::<Vec<_>>()})
         }
         CallEvent::Stats(s) => {
             let mut v = serde_json::to_value(s).unwrap_or_default();
@@ -696,11 +696,7 @@ pub fn call_text(e: &CallEvent) -> String {
             streams
                 .receive
                 .iter()
-                .map(|s| format!(
-                    "{}{}",
-                    format!("{:?}", s.kind).to_lowercase(),
-                    if s.active { "" } else { " (off)" }
-                ))
+                .map(|s| format!("{}{}", s.kind.name(), if s.active { "" } else { " (off)" }))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -730,7 +726,7 @@ fn kinds(s: &[p2pcall_proto::call::StreamDesc]) -> String {
         return "nothing".into();
     }
     s.iter()
-        .map(|s| format!("{:?}", s.kind).to_lowercase())
+        .map(|s| s.kind.name())
         .collect::<Vec<_>>()
         .join(" + ")
 }

@@ -72,12 +72,7 @@ pub(crate) fn options(m: &api::Media) -> Result<CallOptions, RpcError> {
 fn stream(s: &StreamDesc) -> api::Stream {
     api::Stream {
         id: s.id,
-        kind: match s.kind {
-            StreamKind::Audio => "audio",
-            StreamKind::Camera => "camera",
-            StreamKind::Screen => "screen",
-        }
-        .into(),
+        kind: s.kind.name().into(),
         codec: match s.codec {
             Codec::Opus => "opus".into(),
             Codec::H264 => "h264".into(),

@@ -101,6 +101,17 @@ macro_rules! wire_numbers {
 
 wire_numbers!(StreamKind, "stream kind", { Audio = 1, Camera = 2, Screen = 3 });
 
+impl StreamKind {
+    /// `audio`, `camera` or `screen`: how statistics, the local API and the CLI name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Audio => "audio",
+            Self::Camera => "camera",
+            Self::Screen => "screen",
+        }
+    }
+}
+
 /// One stream a side sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamDesc {

@@ -16,38 +16,21 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Peer, a};
+use common::{AUDIO, Peer, VIDEO, a};
 use p2pcall_codec::{VideoConfig, VideoDecoder, VideoEncoder};
-use p2pcall_media::call::Negotiated;
-use p2pcall_media::session::{Bitrates, SessionEvent};
+use p2pcall_media::session::SessionEvent;
 use p2pcall_media::simulcast::{Layer, LayerChoice, SMALL_BPS, full_layer_need, small_size};
 use p2pcall_media_io::pattern::TestPattern;
-use p2pcall_proto::call::{Codec, StreamDesc, StreamKind};
 use p2pcall_sim::{Link, VirtualNet};
 
 const ALICE: [&str; 3] = ["192.0.2.1:1001", "192.0.2.1:1002", "192.0.2.1:1003"];
 const OTHERS: [&str; 3] = ["192.0.2.2:2000", "192.0.2.3:2000", "192.0.2.4:2000"];
 /// Each pair's link from alice, bit/s: dave's is the constrained one.
 const RATES: [u64; 3] = [5_000_000, 5_000_000, 500_000];
-const AUDIO: u8 = 0;
-const VIDEO: u8 = 1;
 const FPS: f64 = 30.0;
 const SECS: f64 = 20.0;
 /// The figures count from here (the estimates have settled).
 const SETTLED: f64 = 10.0;
-
-fn streams() -> Vec<StreamDesc> {
-    let s = |id, kind, codec| StreamDesc {
-        id,
-        kind,
-        codec,
-        active: true,
-    };
-    vec![
-        s(AUDIO, StreamKind::Audio, Codec::Opus),
-        s(VIDEO, StreamKind::Camera, Codec::H264),
-    ]
-}
 
 /// Alice's call with one other participant.
 struct Pair {
@@ -171,22 +154,8 @@ fn run() -> Vec<Pair> {
             let (from, to) = (a(ALICE[i]), a(OTHERS[i]));
             net.connect(from, to, Link::with_delay(Duration::from_millis(40)));
             net.set_rate(from, to, Some(RATES[i]));
-            let (mut tx, mut rx) = Peer::pair(start, ALICE[i], OTHERS[i]);
-            tx.session.configure(&Negotiated {
-                send: streams(),
-                receive: vec![],
-            });
-            rx.session.configure(&Negotiated {
-                send: vec![],
-                receive: streams(),
-            });
             // The engine's defaults for a 640x360 call (1 Mbit/s at most).
-            tx.session.set_bitrates(Bitrates {
-                audio: 32_000,
-                video_min: 100_000,
-                video_max: 1_000_000,
-                start: 600_000,
-            });
+            let (tx, rx) = Peer::call(start, ALICE[i], OTHERS[i], 1_000_000);
             Pair {
                 tx,
                 rx,

@@ -23,22 +23,18 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Peer, a};
+use common::{AUDIO, Peer, VIDEO, a};
 use p2pcall_codec::{VideoConfig, VideoEncoder};
 use p2pcall_media::adapt::Ladder;
 use p2pcall_media::audio::Playout;
-use p2pcall_media::call::Negotiated;
 use p2pcall_media::gate::RateGate;
-use p2pcall_media::session::{Bitrates, SessionEvent};
+use p2pcall_media::session::SessionEvent;
 use p2pcall_media_io::pattern::TestPattern;
-use p2pcall_proto::call::{Codec, StreamDesc, StreamKind};
 use p2pcall_sim::{Link, VirtualNet};
 use quinn_proto::Dir;
 
 const A: &str = "192.0.2.1:1000";
 const B: &str = "192.0.2.2:2000";
-const AUDIO: u8 = 0;
-const VIDEO: u8 = 1;
 const FPS: f64 = 30.0;
 const SECS: u64 = 100;
 /// RFC 8867 5.1: (from second, capacity bit/s).
@@ -55,23 +51,6 @@ fn capacity(t: f64) -> u64 {
         .rev()
         .find(|(s, _)| t >= *s as f64)
         .map_or(STEPS[0].1, |x| x.1)
-}
-
-fn streams() -> Vec<StreamDesc> {
-    vec![
-        StreamDesc {
-            id: AUDIO,
-            kind: StreamKind::Audio,
-            codec: Codec::Opus,
-            active: true,
-        },
-        StreamDesc {
-            id: VIDEO,
-            kind: StreamKind::Camera,
-            codec: Codec::H264,
-            active: true,
-        },
-    ]
 }
 
 #[derive(Debug, Default)]
@@ -109,22 +88,8 @@ fn run(seed: u64, phase: f64, loss: f64, bulk_from: Option<f64>) -> Outcome {
     link.loss = loss;
     net.connect(a(A), a(B), link);
     net.set_rate(a(A), a(B), Some(STEPS[0].1));
-    let (mut alice, mut bob) = Peer::pair(start, A, B);
-    alice.session.configure(&Negotiated {
-        send: streams(),
-        receive: vec![],
-    });
-    bob.session.configure(&Negotiated {
-        send: vec![],
-        receive: streams(),
-    });
     // The engine's defaults for a 640x360 call with a 2.5 Mbit/s cap.
-    alice.session.set_bitrates(Bitrates {
-        audio: 32_000,
-        video_min: 100_000,
-        video_max: 2_500_000,
-        start: 600_000,
-    });
+    let (mut alice, mut bob) = Peer::call(start, A, B, 2_500_000);
 
     let (w, h) = (640, 360);
     let mut ladder = Ladder::new(w, h, FPS as f32, false);

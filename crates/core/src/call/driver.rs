@@ -100,6 +100,21 @@ struct Local {
     small_bps: Option<u32>,
 }
 
+impl Local {
+    /// The video capture, if the call sends video and its capture runs.
+    fn video(&self) -> Option<&media::Capture> {
+        (self.captures.iter())
+            .find(|(s, _)| *s == VIDEO_STREAM)
+            .map(|(_, c)| c)
+    }
+
+    /// A new receiver's choice of our layers (a group call).
+    fn layer_choice(&self, now: Instant) -> LayerChoice {
+        let o = &self.opts;
+        LayerChoice::new(now, simulcast::full_layer_need(o.width, o.height, o.fps))
+    }
+}
+
 /// Runs one call until it ends.
 pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup, mut io: Inputs) {
     let (frames_tx, mut frames_rx) = mpsc::channel(64);
@@ -620,9 +635,7 @@ impl Driver {
         l.session.configure(n);
         l.session.set_bitrates(local.opts.bitrates());
         if group {
-            let o = &local.opts;
-            let need = simulcast::full_layer_need(o.width, o.height, o.fps);
-            l.layers = Some(LayerChoice::new(now, need));
+            l.layers = Some(local.layer_choice(now));
         }
         let sinks = if group {
             media::sinks_for(&local.opts.sinks, &peer)
@@ -642,9 +655,7 @@ impl Driver {
             }
         }
         // The new participant decodes from a keyframe.
-        if let Some((_, c)) = local.captures.iter().find(|(s, _)| *s == VIDEO_STREAM) {
-            let _ = c.cmd.send(media::CaptureCmd::Keyframe);
-        }
+        self.keyframe(Layer::Full);
         if let Some(r) = &mut self.roster {
             r.heard(now, peer);
         }
@@ -708,9 +719,7 @@ impl Driver {
 
     /// Asks the video capture for a keyframe of `layer`.
     fn keyframe(&self, layer: Layer) {
-        if let Some(local) = &self.local
-            && let Some((_, c)) = local.captures.iter().find(|(s, _)| *s == VIDEO_STREAM)
-        {
+        if let Some(c) = self.local.as_ref().and_then(Local::video) {
             let _ = c.cmd.send(match layer {
                 Layer::Full => media::CaptureCmd::Keyframe,
                 Layer::Small => media::CaptureCmd::SmallKeyframe,
@@ -794,11 +803,12 @@ impl Driver {
     /// A one-to-one call became a group call: its peer is the first participant, and gets
     /// our layers' choice from now on.
     fn became_group(&mut self, now: Instant) {
-        let o = self.local.as_ref().map(|l| &l.opts);
-        let need = o.map_or(0, |o| simulcast::full_layer_need(o.width, o.height, o.fps));
         let mut joined = Vec::new();
         for (p, l) in self.legs.iter_mut().filter(|(_, l)| l.rx.is_some()) {
-            l.layers.get_or_insert_with(|| LayerChoice::new(now, need));
+            // A leg is up only once our captures run.
+            if let Some(local) = &self.local {
+                l.layers.get_or_insert_with(|| local.layer_choice(now));
+            }
             let n = l.call.negotiated().unwrap_or_default();
             joined.push((*p, l.conn.remote_name(), n));
         }
@@ -974,6 +984,7 @@ impl Driver {
             }
         }
         let Some(local) = &mut self.local else { return };
+        // The captures' field alone: the ladder and the backlog flag change below.
         let Some((_, c)) = local.captures.iter().find(|(s, _)| *s == VIDEO_STREAM) else {
             return;
         };
@@ -1074,14 +1085,8 @@ impl Driver {
         if let Some(l) = &mut self.local {
             l.captures.clear();
         }
-        // Final rates are averages over the whole call; render counters are final only once
-        // the render threads are done.
-        for l in self.legs.values_mut() {
-            if let Some(r) = &mut l.rx {
-                r.meter = Meter::default();
-            }
-        }
-        let mut final_stats = self.stats(now);
+        // Render counters are final only once the render threads are done; rates are
+        // averages over the whole call (up to `now`).
         for l in self.legs.values_mut() {
             if let Err(e) = l.stop_render().await {
                 self.svc.events.emit(CallEvent::Warning {
@@ -1089,21 +1094,11 @@ impl Driver {
                     message: e,
                 });
             }
+            if let Some(r) = &mut l.rx {
+                r.meter = Meter::default();
+            }
         }
-        if let Some(s) = &mut final_stats {
-            let renders: BTreeMap<String, RenderStats> = (self.legs.iter())
-                .filter_map(|(p, l)| {
-                    Some((p.to_string(), l.rx.as_ref()?.render_stats.lock().clone()))
-                })
-                .collect();
-            let fill = |s: &mut CallStats| {
-                if let Some(r) = s.peer.as_ref().and_then(|p| renders.get(p)) {
-                    leg::fill_render(s, r);
-                }
-            };
-            fill(s);
-            s.participants.iter_mut().for_each(fill);
-        }
+        let final_stats = self.stats(now);
         let reason = self.ended.take().unwrap_or(EndReason::PeerVanished);
         self.emit(CallEvent::Ended {
             call: self.id,

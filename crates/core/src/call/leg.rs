@@ -354,14 +354,6 @@ fn play_out(leg: &mut Leg, now: Instant) {
     }
 }
 
-fn kind_name(k: StreamKind) -> &'static str {
-    match k {
-        StreamKind::Audio => "audio",
-        StreamKind::Camera => "camera",
-        StreamKind::Screen => "screen",
-    }
-}
-
 /// Copies the render thread's counters.
 pub(super) fn fill_render(s: &mut CallStats, r: &RenderStats) {
     s.video_decoded = r.decoded;
@@ -411,7 +403,7 @@ pub(super) fn stats(leg: &mut Leg, now: Instant, answered: Instant) -> Option<Ca
         let (b0, f0) = prev(&r.meter.send, id);
         s.send.push(SendStreamStats {
             id,
-            kind: kind_name(kind).into(),
+            kind: kind.name().into(),
             kbps: (st.bytes - b0) as f64 * 8.0 / dt / 1e3,
             fps: (st.frames - f0) as f64 / dt,
             frames: st.frames,

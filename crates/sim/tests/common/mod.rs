@@ -7,12 +7,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use p2pcall_media::session::MediaSession;
+use p2pcall_media::call::Negotiated;
+use p2pcall_media::session::{Bitrates, MediaSession};
+use p2pcall_proto::call::{Codec, StreamDesc, StreamKind};
 use p2pcall_sim::VirtualNet;
 use p2pcall_transport::Identity;
 use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamEvent, StreamId,
 };
+
+/// The stream numbers of a call's audio and video.
+pub const AUDIO: u8 = 0;
+pub const VIDEO: u8 = 1;
+
+/// A call's streams: Opus audio and H264 camera video.
+pub fn streams() -> Vec<StreamDesc> {
+    let s = |id, kind, codec| StreamDesc {
+        id,
+        kind,
+        codec,
+        active: true,
+    };
+    vec![
+        s(AUDIO, StreamKind::Audio, Codec::Opus),
+        s(VIDEO, StreamKind::Camera, Codec::H264),
+    ]
+}
 
 /// Datagrams go to QUIC only while its buffer holds less than a couple of packets.
 pub const DATAGRAM_ROOM: usize = (64 << 10) - 2 * 1300;
@@ -54,6 +74,27 @@ impl Peer {
             .unwrap();
         alice.conn = Some((ch, c));
         (alice, bob)
+    }
+
+    /// [`Peer::pair`] whose sessions carry a 640×360 call from the client to the server with
+    /// the engine's bitrates and `video_max_bps` at most.
+    pub fn call(start: Instant, a_addr: &str, b_addr: &str, video_max_bps: u64) -> (Peer, Peer) {
+        let (mut tx, mut rx) = Peer::pair(start, a_addr, b_addr);
+        tx.session.configure(&Negotiated {
+            send: streams(),
+            receive: vec![],
+        });
+        rx.session.configure(&Negotiated {
+            send: vec![],
+            receive: streams(),
+        });
+        tx.session.set_bitrates(Bitrates {
+            audio: 32_000,
+            video_min: 100_000,
+            video_max: video_max_bps,
+            start: 600_000,
+        });
+        (tx, rx)
     }
 
     pub fn new(id: &Identity, server: bool, addr: &str, peer: &str) -> Self {
