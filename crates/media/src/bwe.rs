@@ -80,6 +80,17 @@ const DROP_RECOVER: f64 = 0.8;
 /// (frame bursts keep a little queue even on an idle link).
 const DRAINED_MS: f64 = 20.0;
 const MAX_DRAIN_TIME: Duration = Duration::from_millis(1500);
+/// The delay target: the estimate does not grow, and probes wait, while a standing queue
+/// of more than this lies above the path's least one-way delay.
+const QUEUE_TARGET_MS: f64 = 10.0;
+/// A standing queue above this is drained back to the target.
+const QUEUE_DRAIN_MS: f64 = 25.0;
+/// Rate multiplier (of the acknowledged rate) on such a drain, at least.
+const STANDING_BETA: f64 = 0.95;
+/// The standing queue is the least queueing over this window.
+const STANDING_WINDOW: Duration = Duration::from_millis(250);
+/// Probe rate (× the estimate) near the capacity found by earlier decreases.
+const NEAR_PROBE: f64 = 1.2;
 /// After a probe that raised the estimate, the next one starts this soon.
 const REPROBE_AFTER_SUCCESS: Duration = Duration::from_secs(1);
 
@@ -552,6 +563,8 @@ pub struct Bwe {
     owd: VecDeque<(i64, i64)>,
     /// Latest queueing delay estimate: one-way delay above the recent minimum, ms.
     queue_ms: f64,
+    /// Recent queueing samples (arrival µs, queueing µs), for the standing queue.
+    recent_queue: VecDeque<(i64, i64)>,
     /// After a decrease that also drained a queue: the rate to return to once it is empty.
     recover_to: Option<f64>,
     /// What the connection delivered while a sudden queue built (this feedback): the link's
@@ -602,6 +615,7 @@ impl Bwe {
             origin: None,
             owd: VecDeque::new(),
             queue_ms: 0.0,
+            recent_queue: VecDeque::new(),
             recover_to: None,
             dropped_to: None,
             overflow_before: None,
@@ -699,14 +713,21 @@ impl Bwe {
         if now < due {
             return None;
         }
-        if !stable || self.rate >= self.max * 0.95 || self.loss > 0.05 {
+        if !stable
+            || self.rate >= self.max * 0.95
+            || self.loss > 0.05
+            || self.standing_ms() > QUEUE_TARGET_MS
+        {
             self.next_probe = Some(now + Duration::from_millis(500)); // look again soon
             return None;
         }
         // Start-up: 3× the start rate; after a probe that found more: 2×; else 1.5× (a
         // probe above capacity queues for its 50 ms: at 1.5× that is 25 ms at most).
+        // Near the capacity earlier decreases found, only a little above it (a probe at
+        // 1.5× a full link queues 25 ms for nothing).
         let factor = match (self.stats.probes, self.probe_failures) {
             (0, _) => 3.0,
+            _ if self.near_capacity() => NEAR_PROBE,
             (_, 0) => 2.0,
             _ => 1.5,
         };
@@ -813,6 +834,21 @@ impl Bwe {
         }
         let base = self.owd.front().map_or(d, |&(_, v)| v);
         self.queue_ms = (d - base).max(0) as f64 / 1e3;
+        let q = (d - base).max(0);
+        while self.recent_queue.back().is_some_and(|&(_, v)| v >= q) {
+            self.recent_queue.pop_back();
+        }
+        self.recent_queue.push_back((a.arrival_us, q));
+        let w = STANDING_WINDOW.as_micros() as i64;
+        while self.recent_queue.len() > HISTORY_MAX
+            || (self.recent_queue.len() > 1
+                && self
+                    .recent_queue
+                    .front()
+                    .is_some_and(|&(t, _)| t < a.arrival_us - w))
+        {
+            self.recent_queue.pop_front();
+        }
         d
     }
 
@@ -963,6 +999,9 @@ impl Bwe {
             return;
         }
         let grace = self.probe_grace_until.is_some_and(|t| now < t);
+        if !grace && self.usage != Usage::Overusing && self.drain_standing_queue(now, acked) {
+            return;
+        }
         self.state = match (self.usage, self.state) {
             (Usage::Overusing, _) if grace => RateState::Hold,
             (Usage::Overusing, _) => RateState::Decrease,
@@ -978,16 +1017,15 @@ impl Bwe {
         match self.state {
             RateState::Hold => {}
             RateState::Increase => {
-                if let (Some(a), Some((mean, var))) = (acked, self.capacity)
-                    && a / 1e3 > mean + 3.0 * var.sqrt()
+                if let (Some(a), Some((mean, dev))) = (acked, self.capacity_band())
+                    && a / 1e3 > mean + 3.0 * dev
                 {
                     self.capacity = None; // the link got faster: forget the old capacity
                 }
-                let near = self.capacity.is_some_and(|(mean, var)| {
-                    self.rate / 1e3 < mean + 3.0 * var.sqrt()
-                        && self.rate / 1e3 > mean - 3.0 * var.sqrt()
-                });
-                let inc = if near {
+                let standing = self.standing_ms() > QUEUE_TARGET_MS;
+                let inc = if standing {
+                    0.0
+                } else if self.near_capacity() {
                     // Additive: about one 1200-byte packet per response time.
                     let response = (self.rtt + Duration::from_millis(100)).as_secs_f64();
                     let per_frame = (self.rate / 30.0).max(1200.0 * 8.0);
@@ -995,7 +1033,8 @@ impl Bwe {
                 } else {
                     self.rate * (1.08f64.powf(dt.as_secs_f64()) - 1.0)
                 };
-                let mut r = self.rate + inc.max(1000.0 * dt.as_secs_f64());
+                let floor = if standing { 0.0 } else { 1000.0 };
+                let mut r = self.rate + inc.max(floor * dt.as_secs_f64());
                 // The queue a decrease drained is gone: back to just below what got through.
                 if self.queue_ms < 10.0
                     && self.loss < LOSS_GROW
@@ -1012,41 +1051,94 @@ impl Bwe {
                 self.rate = r.min(self.max);
             }
             RateState::Decrease => {
-                let since = self.last_decrease.map_or(Duration::MAX, |t| now - t);
-                // Once per round trip, but a queue inflates the RTT: cap the wait so a
-                // collapsing link is followed within a few feedbacks.
-                let spacing = self
-                    .rtt
-                    .clamp(Duration::from_millis(50), Duration::from_millis(200));
-                if since >= spacing {
-                    let a = acked.unwrap_or(self.rate);
-                    // Below what gets through, and lower still while a queue stands, so
-                    // that it drains in about DRAIN_TIME instead of lingering.
-                    let backlog = a * self.queue_ms / 1e3 / DRAIN_TIME.as_secs_f64();
-                    let r = (BETA * a - backlog).max(0.5 * a).min(self.rate);
-                    // While a queue stands, what got through is the bottleneck's rate: the
-                    // level to return to once the queue is gone (later cuts, made while
-                    // the queue drains and little arrives, do not lower it).
-                    if self.queue_ms > 50.0 {
-                        self.recover_to = Some(BETA * a);
-                    }
-                    self.rate = r.max(self.min);
-                    let k = a / 1e3;
-                    self.capacity = Some(match self.capacity {
-                        None => (k, 0.4 * k * 0.4 * k),
-                        Some((mean, var)) => {
-                            let m = 0.95 * mean + 0.05 * k;
-                            let norm = mean.max(1.0);
-                            let v = 0.95 * var + 0.05 * (mean - k) * (mean - k) / norm;
-                            (m, v.clamp(0.4, 2.5 * 2.5))
-                        }
-                    });
-                    self.last_decrease = Some(now);
-                    self.last_overuse = Some(now);
-                }
+                self.decrease(now, acked);
                 self.state = RateState::Hold;
             }
         }
+    }
+
+    /// The link capacity estimate and its deviation, kbit/s. The variance is kept
+    /// normalised by the mean (as libwebrtc's link capacity estimator keeps it): the
+    /// deviation is `sqrt(var × mean)`, ±60-200 kbit/s around 1 Mbit/s, not `sqrt(var)`.
+    fn capacity_band(&self) -> Option<(f64, f64)> {
+        self.capacity
+            .map(|(mean, var)| (mean, (var * mean.max(1.0)).sqrt()))
+    }
+
+    /// The estimate is within three deviations of the capacity found by earlier decreases:
+    /// grow additively there, and probe only a little above it.
+    fn near_capacity(&self) -> bool {
+        self.capacity_band().is_some_and(|(mean, dev)| {
+            let k = self.rate / 1e3;
+            k < mean + 3.0 * dev && k > mean - 3.0 * dev
+        })
+    }
+
+    /// Decreases come once per round trip, but a queue inflates the RTT: the wait is capped
+    /// so a collapsing link is followed within a few feedbacks.
+    fn may_decrease(&self, now: Instant) -> bool {
+        let spacing = self
+            .rtt
+            .clamp(Duration::from_millis(50), Duration::from_millis(200));
+        self.last_decrease
+            .is_none_or(|t| now.saturating_duration_since(t) >= spacing)
+    }
+
+    /// The trendline flagged overuse: below what got through, once per round trip.
+    fn decrease(&mut self, now: Instant, acked: Option<f64>) {
+        if self.may_decrease(now) {
+            let a = acked.unwrap_or(self.rate);
+            // Below what gets through, and lower still while a queue stands, so
+            // that it drains in about DRAIN_TIME instead of lingering.
+            let backlog = a * self.queue_ms / 1e3 / DRAIN_TIME.as_secs_f64();
+            let r = (BETA * a - backlog).max(0.5 * a).min(self.rate);
+            // While a queue stands, what got through is the bottleneck's rate: the
+            // level to return to once the queue is gone (later cuts, made while
+            // the queue drains and little arrives, do not lower it).
+            if self.queue_ms > 50.0 {
+                self.recover_to = Some(BETA * a);
+            }
+            self.rate = r.max(self.min);
+            let k = a / 1e3;
+            self.capacity = Some(match self.capacity {
+                None => (k, 0.4 * k * 0.4 * k),
+                Some((mean, var)) => {
+                    let m = 0.95 * mean + 0.05 * k;
+                    let norm = mean.max(1.0);
+                    let v = 0.95 * var + 0.05 * (mean - k) * (mean - k) / norm;
+                    (m, v.clamp(0.4, 2.5 * 2.5))
+                }
+            });
+            self.last_decrease = Some(now);
+            self.last_overuse = Some(now);
+        }
+    }
+
+    /// The delay target's other half: a standing queue above [`QUEUE_DRAIN_MS`] that the
+    /// trendline does not flag (a rate a few per cent above the capacity grows the queue
+    /// by tens of ms a second, a slope under its threshold) is drained back to the target
+    /// within about [`DRAIN_TIME`], once per round trip. Returns whether it cut.
+    fn drain_standing_queue(&mut self, now: Instant, acked: Option<f64>) -> bool {
+        let standing = self.standing_ms();
+        if standing <= QUEUE_DRAIN_MS || !self.may_decrease(now) {
+            return false;
+        }
+        let a = acked.unwrap_or(self.rate);
+        let excess = (standing - QUEUE_TARGET_MS) / 1e3 / DRAIN_TIME.as_secs_f64();
+        let r = (a * (1.0 - excess)).min(STANDING_BETA * a).min(self.rate);
+        self.rate = r.max(self.min);
+        self.last_decrease = Some(now);
+        self.last_change = Some(now);
+        self.state = RateState::Hold;
+        true
+    }
+
+    /// The standing queue: the least queueing over the last [`STANDING_WINDOW`], ms (frame
+    /// bursts queue for a few ms and leave; what stays under every packet is standing).
+    fn standing_ms(&self) -> f64 {
+        self.recent_queue
+            .front()
+            .map_or(0.0, |&(_, v)| v as f64 / 1e3)
     }
 
     /// Probe clusters whose packets have all been reported: what arrived, how fast.
@@ -1081,6 +1173,15 @@ impl Bwe {
                         };
                         self.rate = (0.9 * got).min(cap).min(self.max).max(self.rate);
                         self.probe_failures = 0;
+                        // The path carried clearly more than the capacity earlier
+                        // decreases found: that figure is stale (the next probes look
+                        // further, growth is multiplicative again).
+                        if self
+                            .capacity_band()
+                            .is_some_and(|(mean, dev)| got / 1e3 > mean + 3.0 * dev)
+                        {
+                            self.capacity = None;
+                        }
                         self.probe_grace_until = Some(now + self.rtt + Duration::from_millis(200));
                         // Everything the probe sent got through: during start-up the path
                         // may have far more to give, probe again right away.

@@ -62,6 +62,17 @@ struct Probe {
     started: Instant,
 }
 
+impl Probe {
+    /// When the cluster's next padding is due: what it sent so far (media included), at
+    /// the cluster's own rate. The pacer's budget may run faster (2.5× the video target
+    /// while frames wait); padding must not, or a probe meant for 1.2× the estimate goes
+    /// out at twice it and fills the bottleneck's queue.
+    fn padding_due(&self) -> Instant {
+        let rate = self.cluster.rate_bps.max(1) as f64;
+        self.started + Duration::from_secs_f64(self.sent as f64 * 8.0 / rate)
+    }
+}
+
 /// Counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PacerStats {
@@ -268,7 +279,7 @@ impl Pacer {
                 (Paced::Packet(q.packet, probe_id), n)
             }
             None => {
-                let p = self.probe?;
+                let p = self.probe.filter(|p| now >= p.padding_due())?;
                 let n = PADDING_SIZE.min(max_padding).max(1);
                 self.stats.padding_bytes += n as u64;
                 (Paced::Padding(n, p.cluster.id), n)
@@ -294,12 +305,20 @@ impl Pacer {
             return None;
         }
         let debt = self.current_rate() / 8.0 * RESEND_DEBT.as_secs_f64();
-        if self.budget > 0.0 || (!self.resend.is_empty() && self.budget > -debt) {
+        let media = !self.resend.is_empty() || !self.video.is_empty();
+        // Only padding waits: it leaves when the budget allows and the cluster is due.
+        let padding_due = self
+            .probe
+            .filter(|_| !media)
+            .map_or(now, |p| p.padding_due());
+        if (self.budget > 0.0 && padding_due <= now)
+            || (!self.resend.is_empty() && self.budget > -debt)
+        {
             return Some(now);
         }
         let rate = self.current_rate();
-        let wait = Duration::from_secs_f64((-self.budget + 1.0) * 8.0 / rate);
-        let t = self.last.unwrap_or(now) + wait;
+        let wait = Duration::from_secs_f64((-self.budget.min(0.0) + 1.0) * 8.0 / rate);
+        let t = (self.last.unwrap_or(now) + wait).max(padding_due);
         // Also wake to drop a frame that becomes too old.
         let late = self.video.front().map(|q| q.at + MAX_QUEUE_DELAY);
         Some(late.map_or(t, |l| l.min(t)).max(now))
@@ -405,6 +424,48 @@ mod tests {
         p.push_video(t0 + Duration::from_secs(4), key);
         p.push_video(t0 + Duration::from_secs(4), pkt(22, 102, 500));
         assert_eq!(p.queued_bytes(), 1000);
+    }
+
+    #[test]
+    fn a_probe_pads_at_its_own_rate_not_the_pacing_rate() {
+        // Video of 900 kbit/s paced at 2.25 Mbit/s, a probe for 1.08 Mbit/s (1.2×): media
+        // and padding together must leave at the probe's rate, not at the pacing rate.
+        let t0 = Instant::now();
+        let mut p = Pacer::new();
+        p.set_video_target(900_000);
+        p.start_probe(
+            t0,
+            ProbeCluster {
+                id: 1,
+                rate_bps: 1_080_000,
+                bytes: 10_000,
+            },
+        );
+        let mut out = Vec::new();
+        for f in 0..6u32 {
+            let at = t0 + Duration::from_millis(u64::from(f) * 33);
+            for i in 0..4 {
+                p.push_video(at, pkt(f, f * 4 + i, 940));
+            }
+            out.extend(
+                drain(&mut p, at, Duration::from_millis(33))
+                    .into_iter()
+                    .map(|(d, n)| (d + (at - t0), n)),
+            );
+        }
+        let in_first = |ms: u64| -> usize {
+            out.iter()
+                .filter(|(d, _)| *d < Duration::from_millis(ms))
+                .map(|x| x.1)
+                .sum()
+        };
+        // The probe's 10 kB take ~74 ms at 1.08 Mbit/s; a frame may leave at the pacing
+        // rate ahead of that, padding never does.
+        for ms in [25, 50, 74] {
+            let allowed = 1_080_000 / 8 * ms as usize / 1000 + 4 * 940 + 1000;
+            assert!(in_first(ms) <= allowed, "{} B in {ms} ms", in_first(ms));
+        }
+        assert!(!p.probing() || out.len() > 20);
     }
 
     #[test]
