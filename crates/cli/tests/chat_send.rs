@@ -189,6 +189,13 @@ fn what_a_peer_writes_never_drives_the_terminal() {
     let mut c = peer(&tmp.path().join("b"), "bob");
     c.arg("listen");
     let mut bob = Proc::spawn(c);
+    // Online before alice writes (else her message waits for a later meeting: under load
+    // bob's start-up took longer than alice's whole `chat`).
+    let ready = bob
+        .lines
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("bob listening");
+    assert!(ready.contains("listening as"), "{ready}");
     let (_, err, code) = run({
         let mut c = peer(&tmp.path().join("a"), "alice");
         c.args([

@@ -50,13 +50,14 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
             _ = shutdown_signal(), if !interrupted => {
                 // Ctrl-C interrupts (both sides keep what was verified); it does not cancel.
                 interrupted = true;
-                if let Some(id) = id {
-                    engine.interrupt_transfer(peer, id);
-                } else {
-                    // Not accepted yet: withdrawing the offer is enough (the transfer stays
-                    // open here, and the same `send` offers it again under its id).
+                // Interrupted where it runs (both sides record the verified chunks); if it is
+                // not running (not accepted yet, or between its set-up steps), withdrawing it
+                // is enough: the transfer stays open here and the same `send` offers it
+                // again under its id.
+                if !id.is_some_and(|id| engine.interrupt_transfer(peer, id)) {
                     job.abort();
-                    break Err(p2pcall_core::EngineError::Aborted { code: p2pcall_proto::transfer::AbortCode::Interrupted, reason: "interrupted before the peer answered".into() });
+                    let reason = if id.is_none() { "interrupted before the peer answered" } else { "interrupted" };
+                    break Err(p2pcall_core::EngineError::Aborted { code: p2pcall_proto::transfer::AbortCode::Interrupted, reason: reason.into() });
                 }
             }
             e = events.recv() => match e {
@@ -76,14 +77,17 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
     let s = result.map_err(|e| -> anyhow::Error {
         use p2pcall_core::EngineError as E;
         use p2pcall_proto::transfer::AbortCode as C;
-        let resumable = matches!(
-            &e,
-            E::Aborted {
-                code: C::Interrupted | C::Io,
-                ..
-            } | E::Stream(_)
-                | E::Net(p2pcall_net::NetError::Connection(_))
-        );
+        // After Ctrl-C, however the transfer ended (the receiver's own abort, the
+        // connection closing under it) it was interrupted, unless the peer refused it.
+        let resumable = (interrupted && !matches!(&e, E::Rejected(_)))
+            || matches!(
+                &e,
+                E::Aborted {
+                    code: C::Interrupted | C::Io,
+                    ..
+                } | E::Stream(_)
+                    | E::Net(p2pcall_net::NetError::Connection(_))
+            );
         if resumable {
             exit::Fail::Interrupted(e.to_string()).into()
         } else {
