@@ -15,6 +15,9 @@
 #   scripts/bench.sh screen           [--secs S] [--fps F] [--kbps K]  (Xvfb 1080p60)
 #   scripts/bench.sh call-quality     (root: NAT lab; CALL_SECS=30 per condition)
 #   scripts/bench.sh rate-steps       (root: NAT lab; tbf steps 1 -> 2.5 -> 0.6 -> 1 Mbit/s)
+#   scripts/bench.sh webrtc-compare   (root: NAT lab; the same steps, RFC 8867 5.1's 40/20/20/20 s,
+#                                      a Chromium WebRTC call then ours, side by side; ~4 min;
+#                                      installs chromium and ffmpeg: scripts/setup.sh --bench)
 #   scripts/bench.sh rate-seeds       (virtual clock: RFC 8867 5.1 runs over SEEDS=6 seeds)
 #   scripts/bench.sh reconnect        (root: SOAK_RECONNECTS=1000 one-shot commands against a
 #                                      listener on a multi-homed host; failures, connect p50/p99)
@@ -34,6 +37,10 @@ if [ "${1:-}" = call-quality ]; then
 fi
 if [ "${1:-}" = rate-steps ]; then
   exec cargo test --release --locked -q -p p2pcall-netlab --test rate_steps -- --ignored --nocapture
+fi
+if [ "${1:-}" = webrtc-compare ]; then
+  scripts/setup.sh --bench
+  exec cargo test --release --locked -q -p p2pcall-netlab --test webrtc_compare -- --ignored --nocapture
 fi
 if [ "${1:-}" = reconnect ]; then
   exec cargo test --release --locked -q -p p2pcall-netlab --test reconnect -- --ignored --nocapture

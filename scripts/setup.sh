@@ -3,6 +3,7 @@
 # Idempotent: a second run installs nothing.
 #   scripts/setup.sh         build dependencies (for `cargo build` / the demo)
 #   scripts/setup.sh --dev   also the test tools (cargo-nextest, cargo-fuzz)
+#   scripts/setup.sh --bench what --dev installs, and the benchmarks' peers (Chromium, ffmpeg)
 set -euo pipefail
 
 # Debian packages, with the reason each is needed.
@@ -27,7 +28,11 @@ LAB_PACKAGES=(
   iptables   # NFQUEUE target for the lab's userspace delayer
   conntrack  # shows NAT mappings when a lab test fails
 )
-if [ "${1:-}" = "--dev" ]; then
+dev=""
+if [ "${1:-}" = "--dev" ] || [ "${1:-}" = "--bench" ]; then
+  dev=1
+fi
+if [ -n "$dev" ]; then
   APT_PACKAGES+=(python3)  # scripts/module-cycles.py: no import cycle inside any crate
   APT_PACKAGES+=(nats-server)  # the relay cluster tests start their own NATS servers
   if [ "$(id -u)" = 0 ]; then
@@ -35,6 +40,11 @@ if [ "${1:-}" = "--dev" ]; then
   else
     echo "setup: not root, so the NAT lab packages are not installed and the lab tests will skip"
   fi
+fi
+if [ "${1:-}" = "--bench" ]; then
+  # scripts/bench.sh webrtc-compare (crates/netlab/tests/webrtc_compare.rs):
+  APT_PACKAGES+=(chromium)  # the WebRTC call measured beside ours, headless in the lab
+  APT_PACKAGES+=(ffmpeg)    # makes the y4m clip both calls send as their camera
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -61,7 +71,7 @@ if ((${#missing[@]})); then
   fi
 fi
 
-if [ "${1:-}" = "--dev" ]; then
+if [ -n "$dev" ]; then
   command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
   command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 fi

@@ -247,6 +247,12 @@ impl Lab {
     /// Sets (or changes, while traffic flows) the rate limit of both routers' internet
     /// links, both directions: tbf, 16 kB burst, 200 ms of queue.
     pub fn set_rate(&self, kbit: u32) -> io::Result<()> {
+        self.set_rate_queue(kbit, 200)
+    }
+
+    /// The same with `queue_ms` of queue (tbf's latency: a drop-tail buffer holding
+    /// `queue_ms` of traffic at `kbit`) instead of 200 ms.
+    pub fn set_rate_queue(&self, kbit: u32, queue_ms: u32) -> io::Result<()> {
         for (h, dev) in [
             (Host::Inet, "ra"),
             (Host::Inet, "rb"),
@@ -255,7 +261,8 @@ impl Lab {
         ] {
             run(self.command(h, "tc").args(
                 format!(
-                    "qdisc replace dev {dev} root tbf rate {kbit}kbit burst 16kb latency 200ms"
+                    "qdisc replace dev {dev} root tbf rate {kbit}kbit burst 16kb \
+                     latency {queue_ms}ms"
                 )
                 .split_whitespace(),
             ))?;
