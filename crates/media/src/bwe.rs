@@ -56,8 +56,10 @@ const LOSS_GROW: f64 = 0.05;
 const DELIVERED_WINDOW: Duration = Duration::from_millis(500);
 /// Rate multiplier on a delay-based decrease (of the acknowledged rate).
 const BETA: f64 = 0.85;
-/// The base (queue-free) one-way delay is the minimum over this window.
-const BASE_DELAY_WINDOW: Duration = Duration::from_secs(10);
+/// The base (queue-free) one-way delay is the minimum over this window: long, so that a
+/// queue that never emptied for seconds is still seen as one (a path that got longer is
+/// caught by the drains instead: `REBASE_AFTER`).
+const BASE_DELAY_WINDOW: Duration = Duration::from_secs(60);
 /// A decrease also drains the standing queue within about this time.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// Probes may jump the estimate without bound only this long after the first packet.
@@ -85,6 +87,8 @@ const MAX_DRAIN_TIME: Duration = Duration::from_millis(1500);
 const QUEUE_TARGET_MS: f64 = 10.0;
 /// A standing queue above this is drained back to the target.
 const QUEUE_DRAIN_MS: f64 = 25.0;
+/// A standing queue that drains did not halve within this long is taken for a longer path.
+const REBASE_AFTER: Duration = Duration::from_secs(2);
 /// Rate multiplier (of the acknowledged rate) on such a drain, at least.
 const STANDING_BETA: f64 = 0.95;
 /// The standing queue is the least queueing over this window.
@@ -565,6 +569,9 @@ pub struct Bwe {
     queue_ms: f64,
     /// Recent queueing samples (arrival µs, queueing µs), for the standing queue.
     recent_queue: VecDeque<(i64, i64)>,
+    /// Since when standing-queue drains have followed each other, and the standing queue
+    /// then: one that does not shrink under them is a longer path, not a queue.
+    draining_standing: Option<(Instant, f64)>,
     /// After a decrease that also drained a queue: the rate to return to once it is empty.
     recover_to: Option<f64>,
     /// What the connection delivered while a sudden queue built (this feedback): the link's
@@ -616,6 +623,7 @@ impl Bwe {
             owd: VecDeque::new(),
             queue_ms: 0.0,
             recent_queue: VecDeque::new(),
+            draining_standing: None,
             recover_to: None,
             dropped_to: None,
             overflow_before: None,
@@ -1120,7 +1128,19 @@ impl Bwe {
     /// within about [`DRAIN_TIME`], once per round trip. Returns whether it cut.
     fn drain_standing_queue(&mut self, now: Instant, acked: Option<f64>) -> bool {
         let standing = self.standing_ms();
-        if standing <= QUEUE_DRAIN_MS || !self.may_decrease(now) {
+        if standing <= QUEUE_DRAIN_MS {
+            self.draining_standing = None;
+            return false;
+        }
+        if !self.may_decrease(now) {
+            return false;
+        }
+        let (since, first) = *self.draining_standing.get_or_insert((now, standing));
+        if now.saturating_duration_since(since) > REBASE_AFTER && standing > first / 2.0 {
+            // Sending below what got through for this long drains any queue: what stays
+            // is a path that got longer (a switch to the relay, a new route). Its delay
+            // is the new base.
+            self.rebase_delay();
             return false;
         }
         let a = acked.unwrap_or(self.rate);
@@ -1131,6 +1151,14 @@ impl Bwe {
         self.last_change = Some(now);
         self.state = RateState::Hold;
         true
+    }
+
+    /// Forgets the one-way delays seen so far: the next ones set the base.
+    fn rebase_delay(&mut self) {
+        self.owd.clear();
+        self.recent_queue.clear();
+        self.queue_ms = 0.0;
+        self.draining_standing = None;
     }
 
     /// The standing queue: the least queueing over the last [`STANDING_WINDOW`], ms (frame
@@ -1233,6 +1261,16 @@ mod tests {
 
     /// Runs a sender that always sends at the estimate through `link` for `secs`.
     fn run(link_rate: impl Fn(f64) -> f64, secs: f64, start: u64) -> Vec<(f64, u64, f64)> {
+        run_on(link_rate, |_| Duration::from_millis(50), secs, start)
+    }
+
+    /// [`run`] on a path whose one-way delay is `link_delay(t)`.
+    fn run_on(
+        link_rate: impl Fn(f64) -> f64,
+        link_delay: impl Fn(f64) -> Duration,
+        secs: f64,
+        start: u64,
+    ) -> Vec<(f64, u64, f64)> {
         let t0 = Instant::now();
         let mut bwe = Bwe::new(start, 50_000, 5_000_000);
         bwe.set_rtt(Duration::from_millis(100));
@@ -1253,6 +1291,7 @@ mod tests {
         while now < t0 + Duration::from_secs_f64(secs) {
             let t = (now - t0).as_secs_f64();
             link.rate = link_rate(t);
+            link.delay = link_delay(t);
             if probe.is_none() {
                 probe = bwe.poll_probe(now).map(|p| (p, p.bytes));
             }
@@ -1368,6 +1407,29 @@ mod tests {
         assert!(qmax < 150.0, "queue {qmax} ms after the drain");
         let low = mean_rate(&out, 16.5, 30.0);
         assert!((400_000.0..650_000.0).contains(&low), "{low}");
+    }
+
+    #[test]
+    fn a_standing_queue_is_drained_and_a_longer_path_is_not_one() {
+        // 1 Mbit/s; at 20 s the path gets 40 ms longer each way (a switch to the relay):
+        // that looks like a 40 ms standing queue that no drain can empty.
+        let out = run_on(
+            |_| 1_000_000.0,
+            |t| Duration::from_millis(if t < 20.0 { 50 } else { 90 }),
+            45.0,
+            300_000,
+        );
+        let mut q: Vec<f64> = out
+            .iter()
+            .filter(|(t, _, _)| (8.0..20.0).contains(t))
+            .map(|x| x.2)
+            .collect();
+        q.sort_by(f64::total_cmp);
+        let p95 = q[q.len() * 95 / 100];
+        assert!(p95 < 40.0, "queue p95 {p95} ms at steady state");
+        // The drains stop once they cannot shrink it: the estimate stays near capacity.
+        let after = mean_rate(&out, 21.0, 30.0);
+        assert!(after > 750_000.0, "{after} after the path got longer");
     }
 
     #[test]
