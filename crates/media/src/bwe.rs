@@ -87,6 +87,8 @@ const MAX_DRAIN_TIME: Duration = Duration::from_millis(1500);
 const QUEUE_TARGET_MS: f64 = 10.0;
 /// A standing queue above this is drained back to the target.
 const QUEUE_DRAIN_MS: f64 = 25.0;
+/// A probe's own burst queues this much at most (50 ms at 1.5-2× the estimate).
+const PROBE_QUEUE_MS: f64 = 50.0;
 /// A standing queue that drains did not halve within this long is taken for a longer path.
 const REBASE_AFTER: Duration = Duration::from_secs(2);
 /// Rate multiplier (of the acknowledged rate) on such a drain, at least.
@@ -1006,7 +1008,12 @@ impl Bwe {
             self.state = RateState::Hold;
             return;
         }
-        let grace = self.probe_grace_until.is_some_and(|t| now < t);
+        // After a probe its own burst's queue is no reason to cut; a queue well beyond it
+        // is (a token bucket's burst let the probe through at line rate: the raise was
+        // wrong, and the NAT lab's queue reached 200-320 ms before the grace ended).
+        let grace = self.probe_grace_until.is_some_and(|t| now < t)
+            && self.standing_ms() <= QUEUE_DRAIN_MS
+            && self.queue_ms <= PROBE_QUEUE_MS;
         if !grace && self.usage != Usage::Overusing && self.drain_standing_queue(now, acked) {
             return;
         }
