@@ -451,8 +451,8 @@ fn table(o: &Outcome) {
 
 /// The issue's targets are utilisation ≥ 85 %, p95 queueing ≤ 100 ms, re-convergence
 /// ≤ 5 s and no audio interruption. What this build reaches (docs/measurements.md has the
-/// figures over seeds): p95 queueing holds (47-75 ms; the steady queue at 1 Mbit/s
-/// 34-53 ms, issue 27 asks 30); utilisation is 81-85 %;
+/// figures over seeds): p95 queueing holds (45-64 ms; the steady queue at 1 Mbit/s
+/// 34-50 ms, issue 27 asks 30); utilisation is 81-85 %;
 /// re-convergence after the first step up is 3-5 s (a probe that found more is followed
 /// by another 1 s later; past start-up one probe raises the estimate by half at most: in
 /// the NAT lab a tbf burst fooled unbounded probes), 3-20 s after the others; after the

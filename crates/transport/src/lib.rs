@@ -299,8 +299,6 @@ pub fn transport_config(keep_alive: Duration, idle_timeout: Duration) -> quinn::
     // RFC 8867 simulation BBR's window never limited media (a window floor set by the call
     // changed no figure), so media and BBR need no coupling beyond the bulk gate.
     t.congestion_controller_factory(std::sync::Arc::new(quinn::congestion::BbrConfig::default()));
-    // Relayed packets carry a 49-byte header; keep discovered MTUs below what a 1500-byte
-    // Ethernet path can carry with it so a switch to the relay path loses no packets.
     // The peer acknowledges every 4th packet, not every 2nd (a call's receiver sent ~90
     // acknowledgements a second for 1 Mbit/s of video, now ~30: decision 0093). The
     // reordering threshold stays quinn's 2, so a gap is acknowledged at once: 15 collapsed
@@ -308,6 +306,8 @@ pub fn transport_config(keep_alive: Duration, idle_timeout: Duration) -> quinn::
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(quinn::VarInt::from_u32(3));
     t.ack_frequency_config(Some(ack));
+    // Relayed packets carry a 49-byte header; keep discovered MTUs below what a 1500-byte
+    // Ethernet path can carry with it so a switch to the relay path loses no packets.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_QUIC_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
