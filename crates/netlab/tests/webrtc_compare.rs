@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Lines, delayer, identity, p2pcall, relay_args, relay_started, run_a};
-use p2pcall_netlab::{Host, Impair, Lab, Nat, RELAY_IP};
+use common::{delayer, relay_and_listener, run_a};
+use p2pcall_netlab::{Host, Impair, Lab, Nat};
 use serde_json::Value;
 
 /// RFC 8867 5.1: (from second, kbit/s).
@@ -571,13 +571,7 @@ fn chromium_app(lines: &[Value], t0: f64) -> Vec<App> {
 
 /// p2pcall's call: a relay, B listening and answering, A calling for the schedule's length.
 fn p2pcall_run(lab: &mut Lab, clip: &Path) -> Run {
-    let bin = p2pcall();
     let dir = lab.dir.clone();
-    let relay = format!("{RELAY_IP}:7700");
-    let mut cmd = lab.command(Host::Relay, &bin);
-    relay_args(&mut cmd, &dir.join("relay"), &relay);
-    relay_started(lab.spawn(&mut cmd).unwrap());
-    let id = identity(&dir.join("b"));
     let (a_json, b_json) = (dir.join("a.json"), dir.join("b.json"));
     let (clip, kbps) = (clip.to_str().unwrap(), MAX_KBPS.to_string());
     let media = [
@@ -588,19 +582,10 @@ fn p2pcall_run(lab: &mut Lab, clip: &Path) -> Run {
         "--bitrate",
         kbps.as_str(),
     ];
-    let mut cmd = lab.command(Host::PeerB, &bin);
-    cmd.arg("--data-dir")
-        .arg(dir.join("b"))
-        .args(["--relay", &relay, "--name", "bob", "--json", "listen"])
-        .args(["--from", "anyone", "--answer"])
-        .args(media)
-        .arg("--stats-json")
-        .arg(&b_json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let child = lab.spawn(&mut cmd).unwrap();
-    let b_out = Lines::new(child.stdout.take().unwrap());
-    b_out.wait_event("relay_connected", Duration::from_secs(15));
+    let mut listen = vec!["--answer"];
+    listen.extend(media);
+    listen.extend(["--stats-json", b_json.to_str().unwrap()]);
+    let (id, _b_out) = relay_and_listener(lab, &listen);
     let sampler = Sampler::start(lab);
     let secs = format!("{}", SECS + 1.0);
     let mut args = vec![
@@ -842,6 +827,11 @@ fn pair(v: [f64; 2]) -> String {
     format!("{:.0} / {:.0}", v[0], v[1])
 }
 
+/// A link figure per direction: steady, then the whole phase's in parentheses.
+fn link_pairs(f: &Phase, x: fn(&LinkFigures) -> [f64; 2]) -> String {
+    format!("{} ({})", pair(x(&f.link)), pair(x(&f.link_all)))
+}
+
 /// One run's figures of one phase: steady (without its first SETTLE s) and whole.
 struct Phase {
     link: LinkFigures,
@@ -877,7 +867,7 @@ fn print_phase(runs: &[Run], k: usize) {
     let mean = |l: &LinkFigures| (l.kbps[0] + l.kbps[1]) / 2.0;
     row(
         "delivered kbit/s A>B / B>A",
-        &cells(&|f| format!("{} ({})", pair(f.link.kbps), pair(f.link_all.kbps))),
+        &cells(&|f| link_pairs(f, |l| l.kbps)),
     );
     row(
         "delivered kbit/s, mean",
@@ -931,43 +921,19 @@ fn print_phase(runs: &[Run], k: usize) {
     );
     row(
         "small packets/s A>B / B>A",
-        &cells(&|f| {
-            format!(
-                "{} ({})",
-                pair(f.link.small_pps),
-                pair(f.link_all.small_pps)
-            )
-        }),
+        &cells(&|f| link_pairs(f, |l| l.small_pps)),
     );
     row(
         "small packets kbit/s A>B / B>A",
-        &cells(&|f| {
-            format!(
-                "{} ({})",
-                pair(f.link.small_kbps),
-                pair(f.link_all.small_kbps)
-            )
-        }),
+        &cells(&|f| link_pairs(f, |l| l.small_kbps)),
     );
     row(
         "  not RTP media: packets/s",
-        &cells(&|f| {
-            format!(
-                "{} ({})",
-                pair(f.link.feedback_pps),
-                pair(f.link_all.feedback_pps)
-            )
-        }),
+        &cells(&|f| link_pairs(f, |l| l.feedback_pps)),
     );
     row(
         "  not RTP media: kbit/s",
-        &cells(&|f| {
-            format!(
-                "{} ({})",
-                pair(f.link.feedback_kbps),
-                pair(f.link_all.feedback_kbps)
-            )
-        }),
+        &cells(&|f| link_pairs(f, |l| l.feedback_kbps)),
     );
     row(
         "audio concealed %",

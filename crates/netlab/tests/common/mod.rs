@@ -180,8 +180,15 @@ pub fn lab_with_listener_args(
         eprintln!("SKIPPED: {why}");
         return None;
     }
-    let bin = p2pcall();
     let mut lab = Lab::new(a, b, impair, &delayer()).unwrap();
+    let (id, b_out) = relay_and_listener(&mut lab, listen_args);
+    Some((lab, id, b_out))
+}
+
+/// Starts the relay and B listening (with `listen_args` added) in `lab`; returns B's id and
+/// its output once it is connected to the relay.
+pub fn relay_and_listener(lab: &mut Lab, listen_args: &[&str]) -> (String, Lines) {
+    let bin = p2pcall();
     let dir = lab.dir.clone();
     let relay = format!("{RELAY_IP}:7700");
     let mut cmd = lab.command(Host::Relay, &bin);
@@ -201,7 +208,7 @@ pub fn lab_with_listener_args(
     let child = lab.spawn(&mut cmd).unwrap();
     let b_out = Lines::new(child.stdout.take().unwrap());
     b_out.wait_event("relay_connected", Duration::from_secs(15));
-    Some((lab, id, b_out))
+    (id, b_out)
 }
 
 /// What one ping run from A to B saw.
