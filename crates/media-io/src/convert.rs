@@ -253,6 +253,43 @@ pub fn scale(f: &Frame, width: usize, height: usize) -> Result<Frame, IoError> {
     })
 }
 
+/// The frame scaled to fit `width × height` (even) with its aspect ratio kept, centred on
+/// black: a picture whose sender changed its size (a smaller simulcast layer, a resized
+/// window) keeps its shape in a recording of one size. The same frame when it already fits.
+pub fn fit(f: &Frame, width: usize, height: usize) -> Result<Frame, IoError> {
+    even(width, height)?;
+    even(f.width, f.height)?;
+    if f.width == width && f.height == height {
+        return Ok(f.clone());
+    }
+    // The larger of the two sizes that fit, rounded down to even, at least 2.
+    let (iw, ih) = if f.width * height >= f.height * width {
+        (width, f.height * width / f.width)
+    } else {
+        (f.width * height / f.height, height)
+    };
+    let (iw, ih) = ((iw & !1).clamp(2, width), (ih & !1).clamp(2, height));
+    let inner = scale(f, iw, ih)?;
+    let (ox, oy) = (((width - iw) / 2) & !1, ((height - ih) / 2) & !1);
+    let mut out = Frame {
+        width,
+        height,
+        y: vec![16; width * height],
+        u: vec![128; width * height / 4],
+        v: vec![128; width * height / 4],
+    };
+    let paste = |dst: &mut [u8], dw: usize, src: &[u8], sw: usize, x: usize, y: usize| {
+        for (r, row) in src.chunks_exact(sw).enumerate() {
+            let at = (y + r) * dw + x;
+            dst[at..at + sw].copy_from_slice(row);
+        }
+    };
+    paste(&mut out.y, width, &inner.y, iw, ox, oy);
+    paste(&mut out.u, width / 2, &inner.u, iw / 2, ox / 2, oy / 2);
+    paste(&mut out.v, width / 2, &inner.v, iw / 2, ox / 2, oy / 2);
+    Ok(out)
+}
+
 /// I420 (BT.601 limited range) → packed RGBA with opaque alpha, into `out` (resized to
 /// `4 × width × height`): what a GUI uploads as a texture, the one conversion a frame takes
 /// on its way to the screen. Integer arithmetic, the inverse of [`from_rgb24`].
@@ -279,6 +316,34 @@ mod tests {
     use super::*;
     use crate::pattern::TestPattern;
     use crate::psnr;
+
+    #[test]
+    fn a_frame_of_another_size_fits_with_its_shape() {
+        let p = TestPattern::new(640, 360);
+        let small = scale(&p.frame(7, 1234), 320, 180).unwrap();
+        // The same shape: scaled up to fill the frame, its stamp readable again.
+        let up = fit(&small, 640, 360).unwrap();
+        assert_eq!((up.width, up.height), (640, 360));
+        assert_eq!(crate::pattern::decode(&up), Some((7, 1234)));
+        assert!(psnr(&p.frame(7, 1234), &up) > 25.0);
+        // A wider picture: full width, black bands above and below, centred.
+        let wide = TestPattern::new(640, 240).frame(1, 2);
+        let boxed = fit(&wide, 320, 240).unwrap();
+        assert_eq!((boxed.width, boxed.height), (320, 240));
+        assert_eq!(boxed.y[0], 16);
+        assert_eq!(boxed.y[239 * 320 + 319], 16);
+        assert_eq!((boxed.u[0], boxed.v[0]), (128, 128));
+        // Rows 60..180 hold the picture (640x240 -> 320x120, 60 rows of black each side).
+        assert!(boxed.y[..59 * 320].iter().all(|&v| v == 16));
+        assert!(boxed.y[181 * 320..].iter().all(|&v| v == 16));
+        assert!(boxed.y[60 * 320..180 * 320].iter().any(|&v| v != 16));
+        // A taller one: bands left and right.
+        let tall = fit(&TestPattern::new(240, 480).frame(0, 0), 640, 480).unwrap();
+        assert!((0..480).all(|r| tall.y[r * 640] == 16 && tall.y[r * 640 + 639] == 16));
+        assert!((0..480).any(|r| tall.y[r * 640 + 320] != 16));
+        // Odd sizes are refused, as by scale.
+        assert!(fit(&small, 641, 360).is_err());
+    }
 
     #[test]
     fn rgba_from_i420_inverts_rgb24() {

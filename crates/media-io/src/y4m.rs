@@ -168,14 +168,16 @@ impl Y4mWriter {
         &self.path
     }
 
-    /// Appends a frame (it must have the file's size).
+    /// Appends a frame; one of another size is fitted to the file's (its shape kept,
+    /// centred on black: [`crate::convert::fit`]), as a Y4M file has one size.
     pub fn write(&mut self, f: &Frame) -> Result<(), IoError> {
-        if f.width != self.width || f.height != self.height {
-            return Err(IoError::Unsupported {
-                what: "frame size change in a Y4M file",
-                value: format!("{}x{}", f.width, f.height),
-            });
-        }
+        let fitted;
+        let f = if f.width != self.width || f.height != self.height {
+            fitted = crate::convert::fit(f, self.width, self.height)?;
+            &fitted
+        } else {
+            f
+        };
         let io = |source| IoError::File {
             path: self.path.clone(),
             source,
@@ -225,6 +227,24 @@ mod tests {
         for n in 0..5 {
             assert_eq!(r.next_frame().unwrap().unwrap(), p.frame(n, n * 33));
         }
+        assert!(r.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn frames_of_another_size_are_recorded_at_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.y4m");
+        let p = TestPattern::new(640, 360);
+        let mut w = Y4mWriter::create(&path, 640, 360, 30).unwrap();
+        w.write(&p.frame(0, 0)).unwrap();
+        let small = crate::convert::scale(&p.frame(1, 33), 320, 180).unwrap();
+        w.write(&small).unwrap();
+        w.finish().unwrap();
+        let mut r = Y4mReader::open(&path).unwrap();
+        assert_eq!(r.next_frame().unwrap().unwrap(), p.frame(0, 0));
+        let up = r.next_frame().unwrap().unwrap();
+        assert_eq!((up.width, up.height), (640, 360));
+        assert_eq!(crate::pattern::decode(&up), Some((1, 33)));
         assert!(r.next_frame().unwrap().is_none());
     }
 

@@ -1474,8 +1474,8 @@ impl Renderer {
                 note_recording(&self.stats, w.path());
                 self.y4m = Some(w);
             }
-            // A Y4M file has one size: frames of another size are not recorded (the call
-            // itself goes on).
+            // A Y4M file has one size: a picture of another size (a smaller layer, a resized
+            // screen) is fitted to it.
             if let Some(w) = &mut self.y4m
                 && w.write(&f).is_ok()
             {
