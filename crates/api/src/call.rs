@@ -186,6 +186,16 @@ pub enum CallNote {
         /// The statistics.
         stats: serde_json::Value,
     },
+    /// What we send: once the call starts, then whenever it changes (a missing or stopped
+    /// microphone is muted, a missing or stopped camera is off).
+    Sending {
+        /// The call.
+        call: String,
+        /// Our audio reaches the others.
+        audio: bool,
+        /// Our video reaches the others.
+        video: bool,
+    },
     /// A source or sink failed; the call goes on without it.
     Warning {
         /// The call.

@@ -290,6 +290,11 @@ fn call_note() -> impl Strategy<Value = CallNote> {
         (text(), text()).prop_map(|(call, peer)| CallNote::Speaker { call, peer }),
         stats().prop_map(|stats| CallNote::Stats { stats }),
         (text(), text()).prop_map(|(call, message)| CallNote::Warning { call, message }),
+        (text(), any::<bool>(), any::<bool>()).prop_map(|(call, audio, video)| CallNote::Sending {
+            call,
+            audio,
+            video
+        }),
         (text(), text(), end(), proptest::option::of(stats())).prop_map(
             |(call, peer, end, stats)| CallNote::Ended {
                 call,

@@ -143,7 +143,13 @@ pub struct CallView {
     pub participants: Vec<Participant>,
     /// A group call: who speaks.
     pub speaker: Option<PeerId>,
+    /// What the call warned of (a missing microphone, a camera that stopped), the last
+    /// [`CALL_NOTES`], shown as long as the call lasts.
+    pub notes: Vec<String>,
 }
+
+/// How many of a call's warnings its view keeps.
+pub const CALL_NOTES: usize = 3;
 
 /// One other participant of a group call, as its tile shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +202,7 @@ impl CallView {
             history: VecDeque::new(),
             participants: Vec::new(),
             speaker: None,
+            notes: Vec::new(),
         }
     }
 }
@@ -582,50 +589,69 @@ impl Model {
                     c.speaker = Some(peer);
                 }
             }
-            CallEvent::Stats(st) => {
+            CallEvent::Stats(st) => self.call_stats(*st),
+            CallEvent::Sending { audio, video, .. } => {
                 if let Some(c) = &mut self.call {
-                    let sum = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>();
-                    let sample = Sample {
-                        t: st.elapsed_s,
-                        rtt_ms: st.rtt_ms,
-                        send_kbps: sum(&mut st.send.iter().map(|x| x.kbps)),
-                        recv_kbps: sum(&mut st.recv.iter().map(|x| x.kbps)),
-                        target_kbps: st.rate.target_kbps,
-                        loss_pct: st.recv.iter().map(|x| x.loss_pct).fold(0.0, f64::max),
-                        buffer_ms: st
-                            .recv
-                            .iter()
-                            .find(|x| x.kind == "audio")
-                            .map_or(0.0, |x| x.buffer_ms),
-                        fps: st
-                            .recv
-                            .iter()
-                            .find(|x| x.kind != "audio")
-                            .map_or(0.0, |x| x.fps),
-                    };
-                    for s in &st.participants {
-                        let peer = s.peer.as_deref().and_then(|p| p.parse::<PeerId>().ok());
-                        let tile = c.participants.iter_mut().find(|p| Some(p.peer) == peer);
-                        if let Some(p) = tile {
-                            let direct = s.path.starts_with("direct");
-                            p.path = Some(if direct { "direct" } else { "relayed" }.into());
-                            p.rtt_ms = Some(s.rtt_ms);
-                        }
-                    }
-                    c.history.push_back(sample);
-                    while c.history.len() > STATS_HISTORY {
-                        c.history.pop_front();
-                    }
-                    c.stats = Some(*st);
+                    c.muted = !audio;
+                    c.camera = video;
                 }
             }
-            CallEvent::Warning { message, .. } => self.toast(now, message, true),
+            CallEvent::Warning { message, .. } => {
+                if let Some(c) = &mut self.call
+                    && !c.notes.contains(&message)
+                {
+                    c.notes.push(message.clone());
+                    if c.notes.len() > CALL_NOTES {
+                        c.notes.remove(0);
+                    }
+                }
+                self.toast(now, message, true);
+            }
             CallEvent::Ended { peer, reason, .. } => {
                 let (_, text) = describe_end(&reason);
                 let who = self.name_of(&peer);
                 self.toast(now, format!("call with {who} ended: {text}"), false);
                 self.call = None;
             }
+        }
+    }
+
+    /// A call's statistics of the second: the history the graphs show, the tiles' paths.
+    fn call_stats(&mut self, st: CallStats) {
+        if let Some(c) = &mut self.call {
+            let sum = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>();
+            let sample = Sample {
+                t: st.elapsed_s,
+                rtt_ms: st.rtt_ms,
+                send_kbps: sum(&mut st.send.iter().map(|x| x.kbps)),
+                recv_kbps: sum(&mut st.recv.iter().map(|x| x.kbps)),
+                target_kbps: st.rate.target_kbps,
+                loss_pct: st.recv.iter().map(|x| x.loss_pct).fold(0.0, f64::max),
+                buffer_ms: st
+                    .recv
+                    .iter()
+                    .find(|x| x.kind == "audio")
+                    .map_or(0.0, |x| x.buffer_ms),
+                fps: st
+                    .recv
+                    .iter()
+                    .find(|x| x.kind != "audio")
+                    .map_or(0.0, |x| x.fps),
+            };
+            for s in &st.participants {
+                let peer = s.peer.as_deref().and_then(|p| p.parse::<PeerId>().ok());
+                let tile = c.participants.iter_mut().find(|p| Some(p.peer) == peer);
+                if let Some(p) = tile {
+                    let direct = s.path.starts_with("direct");
+                    p.path = Some(if direct { "direct" } else { "relayed" }.into());
+                    p.rtt_ms = Some(s.rtt_ms);
+                }
+            }
+            c.history.push_back(sample);
+            while c.history.len() > STATS_HISTORY {
+                c.history.pop_front();
+            }
+            c.stats = Some(st);
         }
     }
 

@@ -979,6 +979,12 @@ impl App {
         });
         self.call_video(ui, &c);
         self.call_controls(ui, &c);
+        for n in &c.notes {
+            ui.horizontal(|ui| {
+                dot(ui, Color32::from_rgb(230, 160, 40));
+                ui.colored_label(Color32::from_rgb(230, 160, 40), n);
+            });
+        }
         egui::CollapsingHeader::new("Statistics")
             .default_open(false)
             .show(ui, |ui| stats(ui, &c, &|p| self.model.name_of(p)));

@@ -419,6 +419,20 @@ fn without_a_camera_or_microphone_a_call_receives_and_one_that_cannot_start_leav
                 && said("no microphone, so you are muted")
         },
     );
+    // The controls say what is sent, and what is missing stays in the call's view once the
+    // toasts are gone.
+    h.state_mut().model.toasts.clear();
+    until(&mut h, "Unmute, Camera on and both notes", |h| {
+        has(h, "Unmute")
+            && has(h, "Camera on")
+            && has_part(h, "no camera, so your camera is off")
+            && has_part(h, "no microphone, so you are muted")
+    });
+    // Unmuting without a microphone is refused, with the reason; the call stays muted.
+    h.get_by_label("Unmute").click();
+    until(&mut h, "the refusal, and still muted", |h| {
+        has_part(h, "no audio to unmute") && has(h, "Unmute")
+    });
     h.get_by_label("Hang up").click();
     until(&mut h, "the call over", |h| h.state().model.call.is_none());
     drop(h);

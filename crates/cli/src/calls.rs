@@ -138,7 +138,7 @@ impl StatsFile {
     }
 }
 
-/// Lines typed during a call: mute, unmute, camera on/off, source SRC, hangup.
+/// Lines typed during a call: mute, unmute, camera on/off, source SRC, add PEER, hangup.
 pub fn spawn_console(mut engine: Control) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -199,6 +199,7 @@ pub fn call_id(e: &CallEvent) -> Option<CallId> {
         | CallEvent::Joined { call, .. }
         | CallEvent::Left { call, .. }
         | CallEvent::Speaker { call, .. }
+        | CallEvent::Sending { call, .. }
         | CallEvent::Warning { call, .. }
         | CallEvent::Ended { call, .. } => Some(*call),
         CallEvent::Stats(s) => s.call.parse().ok(),

@@ -629,6 +629,9 @@ pub fn call_json(e: &CallEvent) -> serde_json::Value {
             v["event"] = json!("call_stats");
             v
         }
+        CallEvent::Sending { call, audio, video } => {
+            json!({"event": "call_sending", "call": call.to_string(), "audio": audio, "video": video})
+        }
         CallEvent::Warning { call, message } => {
             json!({"event": "call_warning", "call": call.to_string(), "message": message})
         }
@@ -701,6 +704,11 @@ pub fn call_text(e: &CallEvent) -> String {
                 .join(", ")
         ),
         CallEvent::Stats(s) => fmt_stats(s),
+        CallEvent::Sending { audio, video, .. } => format!(
+            "you are {}, your video is {}",
+            if *audio { "heard" } else { "muted" },
+            if *video { "on" } else { "off" }
+        ),
         CallEvent::Warning { message, .. } => format!("warning: {message}"),
         CallEvent::Ended { reason, stats, .. } => {
             let (_, message) = describe_end(reason);
@@ -1164,6 +1172,17 @@ mod tests {
         assert!(
             t.starts_with(&format!("{} left the call: ", carol.fingerprint())),
             "{t}"
+        );
+
+        let (t, j) = call_ev(CallEvent::Sending {
+            call,
+            audio: false,
+            video: true,
+        });
+        assert_eq!(t, "you are muted, your video is on");
+        assert_eq!(
+            (&j["event"], &j["audio"], &j["video"]),
+            (&json!("call_sending"), &json!(false), &json!(true))
         );
 
         let (t, j) = call_ev(CallEvent::Warning {

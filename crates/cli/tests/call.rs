@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use p2pcall_media_io::pattern::{TestPattern, decode};
 use p2pcall_media_io::{psnr, wav, y4m::Y4mReader, y4m::Y4mWriter};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::io::Write;
 
 /// PSNR every recorded frame must reach. The encoder alone gives the moving 640×360 test
@@ -273,6 +273,13 @@ fn mute_and_a_new_source_are_renegotiated_mid_call() {
     writeln!(stdin, "mute").unwrap();
     writeln!(stdin, "source {}", clip.display()).unwrap();
     stdin.flush().unwrap();
+    // We are told what we send now.
+    let s = caller.expect("call_sending");
+    assert_eq!(
+        (&s["audio"], &s["video"]),
+        (&json!(false), &json!(true)),
+        "{s}"
+    );
     // The callee learns that our audio is off.
     let upd = erin.expect("call_updated");
     let audio = upd["receive"]
@@ -414,19 +421,12 @@ fn without_a_camera_or_microphone_a_call_goes_ahead_receiving_and_says_so() {
     let mut c = lab.peer("bob");
     c.args(["call", &fp, "--video", "camera", "--audio", "mic"])
         .args(["--speaker", "none", "--duration", "3", "--stats-json"])
-        .arg(&caller);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ev = lines(&out);
-    let warnings: Vec<&str> = (ev.iter())
-        .filter(|e| e["event"] == "call_warning")
-        .filter_map(|e| e["message"].as_str())
-        .collect();
+        .arg(&caller)
+        .stdin(std::process::Stdio::piped());
+    let mut bob = Proc::spawn_logged(c, Some(&lab.root.join("bob.log")));
+    let w1 = bob.expect("call_warning");
+    let w2 = bob.expect("call_warning");
+    let warnings = [&w1["message"], &w2["message"]].map(|m| m.as_str().unwrap().to_string());
     assert!(
         warnings
             .iter()
@@ -436,8 +436,39 @@ fn without_a_camera_or_microphone_a_call_goes_ahead_receiving_and_says_so() {
                 .any(|w| w.starts_with("no microphone, so you are muted")),
         "{warnings:?}"
     );
-    let started = ev.iter().find(|e| e["event"] == "call_started").unwrap();
-    assert_eq!(started["send"], serde_json::json!([]), "{started}");
+    let started = bob.expect("call_started");
+    assert_eq!(started["send"], json!([]), "{started}");
+    // Muted and without video, whatever the controls say: unmuting and turning the camera
+    // on are refused with the reason, and nothing changes.
+    let sending = |s: Value| (s["audio"].clone(), s["video"].clone());
+    let off = (Value::Bool(false), Value::Bool(false));
+    assert_eq!(sending(bob.expect("call_sending")), off);
+    let mut stdin = bob.child.stdin.take().unwrap();
+    writeln!(stdin, "unmute").unwrap();
+    stdin.flush().unwrap();
+    let w = bob.expect("call_warning");
+    assert!(
+        w["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no audio to unmute"),
+        "{w}"
+    );
+    assert_eq!(sending(bob.expect("call_sending")), off);
+    writeln!(stdin, "camera on").unwrap();
+    stdin.flush().unwrap();
+    let w = bob.expect("call_warning");
+    assert!(
+        w["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no video to turn on"),
+        "{w}"
+    );
+    assert_eq!(sending(bob.expect("call_sending")), off);
+    let end = bob.expect("call_ended");
+    assert_eq!(end["reason"], "finished", "{end}");
+    assert!(bob.child.wait().unwrap().success());
     // Bob still received alice's video and audio.
     let fin = &summary(&caller)["final"];
     assert!(fin["video_decoded"].as_u64().unwrap() > 30, "{fin}");
@@ -482,6 +513,12 @@ fn a_display_that_goes_away_mid_call_stops_the_video_and_the_call_goes_on() {
     assert!(
         msg.starts_with("your video stopped, so your camera is off (the call goes on)"),
         "{w}"
+    );
+    let s = bob.expect("call_sending");
+    assert_eq!(
+        (&s["audio"], &s["video"]),
+        (&json!(true), &json!(false)),
+        "{s}"
     );
     let upd = alice.expect("call_updated");
     assert!(

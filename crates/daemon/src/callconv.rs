@@ -252,6 +252,11 @@ pub(crate) fn call_note(e: &CallEvent) -> api::CallNote {
             end: end(reason),
         },
         CallEvent::Stats(s) => api::CallNote::Stats { stats: stats(s) },
+        CallEvent::Sending { call, audio, video } => api::CallNote::Sending {
+            call: call.to_string(),
+            audio: *audio,
+            video: *video,
+        },
         CallEvent::Warning { call, message } => api::CallNote::Warning {
             call: call.to_string(),
             message: message.clone(),
@@ -333,6 +338,11 @@ pub fn call_event_from_api(n: &api::CallNote) -> Option<CallEvent> {
             reason: end_from_api(end)?,
         },
         api::CallNote::Stats { stats } => CallEvent::Stats(stats_from_api(stats)?),
+        api::CallNote::Sending { call, audio, video } => CallEvent::Sending {
+            call: call.parse().ok()?,
+            audio: *audio,
+            video: *video,
+        },
         api::CallNote::Warning { call, message } => CallEvent::Warning {
             call: call.parse().ok()?,
             message: message.clone(),

@@ -16,7 +16,7 @@ use crate::session::Session;
   p2pcall answer                          # the call ringing now, test pattern and tone
   p2pcall answer --video camera --audio mic
   p2pcall answer 5be1 --record-video in.y4m --duration 30
-While the call runs, type: mute, unmute, camera off, camera on, source SRC, hangup")]
+While the call runs, type: mute, unmute, camera off, camera on, source SRC, add PEER, hangup")]
 pub(crate) struct AnswerCallArgs {
     /// The call: its id (or first digits) as `listen` or the app show it [default: the one
     /// ringing]

@@ -134,6 +134,7 @@ pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup
         answered: Instant::now(),
         local: None,
         started: false,
+        sending: None,
         rang: false,
         deadline: None,
         next_stats: Instant::now() + STATS_INTERVAL,
@@ -199,6 +200,8 @@ struct Driver {
     answered: Instant,
     local: Option<Local>,
     started: bool,
+    /// What we last said we send (audio, video).
+    sending: Option<(bool, bool)>,
     rang: bool,
     /// Hang up here (`--duration`).
     deadline: Option<Instant>,
@@ -666,6 +669,7 @@ impl Driver {
                 peer,
                 streams: n.clone(),
             });
+            self.report_sending(false);
         }
         if group {
             let name = self.legs.get(&peer).and_then(|l| l.conn.remote_name());
@@ -822,14 +826,29 @@ impl Driver {
         }
     }
 
-    /// Mute and camera: the captures stop or resume, every leg renegotiates.
+    /// Mute and camera: the captures stop or resume, every leg renegotiates. A track that
+    /// nothing captures (no microphone, a camera gone) stays off, and the user is told why.
     fn set_active(&mut self, mute: Option<bool>, camera: Option<bool>) {
         let Some(local) = &mut self.local else { return };
-        if let Some(m) = mute {
-            local.muted = m;
+        let has = |s| local.captures.iter().any(|(c, _)| *c == s);
+        let (audio, video) = (has(AUDIO_STREAM), has(VIDEO_STREAM));
+        let mut refused = None;
+        match mute {
+            Some(false) if !audio => {
+                refused = Some("no audio to unmute: this call has no microphone (or it stopped)");
+            }
+            Some(m) => local.muted = m,
+            None => {}
         }
-        if let Some(c) = camera {
-            local.camera = c;
+        match camera {
+            Some(true) if !video => {
+                refused = Some(
+                    "no video to turn on: this call has no camera (or it stopped); \
+                     choose a source (`source SRC`, Share screen) to send video",
+                );
+            }
+            Some(c) => local.camera = c,
+            None => {}
         }
         for (s, c) in &local.captures {
             let on = if *s == AUDIO_STREAM {
@@ -842,6 +861,33 @@ impl Driver {
         let d = self.describe();
         for l in self.legs.values_mut().filter(|l| l.is_active()) {
             let _ = l.call.update(Instant::now(), d.clone());
+        }
+        if let Some(why) = refused {
+            self.warn(why.into());
+        }
+        // Asked for: said even if nothing changed (the front end may have guessed otherwise).
+        let asked = mute.is_some() || camera.is_some();
+        self.report_sending(asked);
+    }
+
+    /// Tells the front end what we send, once the call started and whenever it changed
+    /// (or `always`).
+    fn report_sending(&mut self, always: bool) {
+        let (Some(local), true) = (&self.local, self.started) else {
+            return;
+        };
+        let has = |s| local.captures.iter().any(|(c, _)| *c == s);
+        let now = (
+            !local.muted && has(AUDIO_STREAM),
+            local.camera && has(VIDEO_STREAM),
+        );
+        if always || self.sending != Some(now) {
+            self.sending = Some(now);
+            self.emit(CallEvent::Sending {
+                call: self.id,
+                audio: now.0,
+                video: now.1,
+            });
         }
     }
 

@@ -456,6 +456,17 @@ pub enum CallEvent {
     },
     /// Every second.
     Stats(Box<CallStats>),
+    /// What we send: once the call starts, then whenever it changes (mute, camera, a
+    /// capture that stopped, a new source). `false` when nothing captures it, whatever the
+    /// controls say: a missing microphone is muted.
+    Sending {
+        /// The call.
+        call: CallId,
+        /// Our audio reaches the others.
+        audio: bool,
+        /// Our video (camera or screen) reaches the others.
+        video: bool,
+    },
     /// A source or sink failed; the call goes on without it.
     Warning {
         /// The call.
