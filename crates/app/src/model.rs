@@ -89,6 +89,8 @@ pub enum CallPhase {
     Incoming {
         /// They offer video.
         video: bool,
+        /// A group call: the others in it besides the caller.
+        members: Vec<PeerId>,
     },
     /// We call them, no answer yet.
     Calling {
@@ -190,6 +192,22 @@ impl Participant {
 }
 
 impl CallView {
+    /// Who else is in the call: the participants of a group call, else the peer.
+    pub fn others(&self) -> Vec<PeerId> {
+        if self.participants.is_empty() {
+            vec![self.peer]
+        } else {
+            self.participants.iter().map(|p| p.peer).collect()
+        }
+    }
+
+    /// No one more can be added (us and the others make [`MAX_MEMBERS`]).
+    ///
+    /// [`MAX_MEMBERS`]: p2pcall_proto::group::MAX_MEMBERS
+    pub fn is_full(&self) -> bool {
+        self.others().len() + 1 >= p2pcall_proto::group::MAX_MEMBERS
+    }
+
     fn new(id: Option<CallId>, peer: PeerId, phase: CallPhase) -> Self {
         Self {
             id,
@@ -528,6 +546,7 @@ impl Model {
                 peer,
                 name,
                 video,
+                members,
                 ..
             } => {
                 let who = name.unwrap_or_else(|| self.name_of(&peer));
@@ -536,7 +555,7 @@ impl Model {
                 self.call = Some(CallView::new(
                     Some(call),
                     peer,
-                    CallPhase::Incoming { video },
+                    CallPhase::Incoming { video, members },
                 ));
             }
             CallEvent::Ringing { call } => {
@@ -1075,6 +1094,81 @@ mod tests {
         m.apply(now, AppEvent::CallFailed("the call failed: offline".into()));
         assert!(m.call.is_none());
         assert!(m.toasts[0].error && m.toasts[0].text.contains("offline"));
+    }
+
+    #[test]
+    fn a_group_call_names_who_is_in_it_and_fills_at_six() {
+        let now = Instant::now();
+        let mut m = Model::default();
+        let call = CallId::from_bytes([7; 16]);
+        let [bob, carol, dave, erin, frank] = [(); 5].map(|_| peer());
+        let ev = |e| AppEvent::Call(e);
+        m.apply(
+            now,
+            ev(CallEvent::Started {
+                call,
+                peer: bob,
+                streams: Default::default(),
+            }),
+        );
+        let c = m.call.as_ref().unwrap();
+        assert_eq!((c.others(), c.is_full()), (vec![bob], false));
+        for p in [bob, carol] {
+            let streams = Default::default();
+            let name = None;
+            m.apply(
+                now,
+                ev(CallEvent::Joined {
+                    call,
+                    peer: p,
+                    name,
+                    streams,
+                }),
+            );
+        }
+        // The first peer leaves: the call is with carol alone, and bob could be added back.
+        let reason = p2pcall_core::call::EndReason::HungUp {
+            remote: true,
+            reason: p2pcall_proto::call::HangupReason::Normal,
+            detail: String::new(),
+        };
+        m.apply(
+            now,
+            ev(CallEvent::Left {
+                call,
+                peer: bob,
+                reason,
+            }),
+        );
+        assert_eq!(m.call.as_ref().unwrap().others(), vec![carol]);
+        for p in [dave, erin, frank] {
+            let streams = Default::default();
+            let name = None;
+            m.apply(
+                now,
+                ev(CallEvent::Joined {
+                    call,
+                    peer: p,
+                    name,
+                    streams,
+                }),
+            );
+        }
+        let c = m.call.as_ref().unwrap();
+        assert!(!c.is_full(), "five of six");
+        let streams = Default::default();
+        m.apply(
+            now,
+            ev(CallEvent::Joined {
+                call,
+                peer: bob,
+                name: None,
+                streams,
+            }),
+        );
+        let c = m.call.as_ref().unwrap();
+        assert_eq!(c.others(), vec![carol, dave, erin, frank, bob]);
+        assert!(c.is_full());
     }
 
     #[test]

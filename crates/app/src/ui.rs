@@ -714,15 +714,21 @@ impl App {
 
     fn incoming(&mut self, ctx: &egui::Context) {
         let Some(c) = &self.model.call else { return };
-        let CallPhase::Incoming { video } = c.phase else {
+        let CallPhase::Incoming { video, members } = &c.phase else {
             return;
         };
-        let (id, peer) = (c.id, c.peer);
+        let (id, peer, video) = (c.id, c.peer, *video);
         let who = self.model.name_of(&peer);
+        let with: Vec<String> = members.iter().map(|m| self.model.name_of(m)).collect();
         egui::Modal::new(egui::Id::unique("incoming call")).show(ctx, |ui| {
             ui.heading(format!("{who} is calling"));
             ui.monospace(peer.fingerprint().to_string());
-            ui.label(if video { "video call" } else { "voice call" });
+            ui.label(match (video, with.is_empty()) {
+                (true, true) => "video call".to_string(),
+                (false, true) => "voice call".to_string(),
+                (true, false) => format!("group video call with {}", with.join(", ")),
+                (false, false) => format!("group voice call with {}", with.join(", ")),
+            });
             ui.horizontal(|ui| {
                 if ui.button("Accept").clicked() {
                     self.answer();
@@ -925,13 +931,10 @@ impl App {
         let Some(c) = self.model.call.clone() else {
             return;
         };
-        let who = match c.participants.len() {
-            0 | 1 => self.model.name_of(&c.peer),
-            _ => (c.participants.iter())
-                .map(|p| self.model.name_of(&p.peer))
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
+        let who = (c.others().iter())
+            .map(|p| self.model.name_of(p))
+            .collect::<Vec<_>>()
+            .join(", ");
         match c.phase {
             CallPhase::Incoming { .. } => return,
             CallPhase::Calling { ringing } => {

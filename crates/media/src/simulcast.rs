@@ -24,9 +24,13 @@ pub const SMALL_BPS: u32 = 450_000;
 const FULL_BPP: f64 = 0.075;
 
 /// The video estimate, bit/s, below which the full layer of `width × height` at `fps`
-/// looks worse than the small one (640×360 at 30 fps: 518 kbit/s).
-pub fn full_layer_need(width: usize, height: usize, fps: u32) -> u64 {
-    (width as f64 * height as f64 * f64::from(fps) * FULL_BPP) as u64
+/// looks worse than the small one (640×360 at 30 fps: 518 kbit/s), within what the call's
+/// video may send at most (`video_max_bps`): a pair whose estimate reaches that cap keeps,
+/// or climbs back to, the full layer. Without the cap a 1280×720 call at the default
+/// 1 Mbit/s (need 2.07 Mbit/s) put every receiver on the small layer for good.
+pub fn full_layer_need(width: usize, height: usize, fps: u32, video_max_bps: u64) -> u64 {
+    let need = (width as f64 * height as f64 * f64::from(fps) * FULL_BPP) as u64;
+    need.min((video_max_bps as f64 / UP_MARGIN) as u64)
 }
 
 /// An estimate below the full layer's need this long steps down (a new connection's estimate
@@ -159,6 +163,20 @@ mod tests {
         assert_eq!(layers.len(), 1, "{layers:?}");
         assert_eq!(small_size(640, 360), (320, 180));
         assert_eq!(small_size(1366, 766), (682, 382));
-        assert_eq!(full_layer_need(640, 360, 30), 518_400);
+        assert_eq!(full_layer_need(640, 360, 30, 1_000_000), 518_400);
+    }
+
+    #[test]
+    fn a_call_above_its_bitrate_cap_keeps_the_full_layer_at_the_cap() {
+        // 1280x720 at 30 fps would need 2.07 Mbit/s; the call sends at most 1 Mbit/s.
+        let need = full_layer_need(1280, 720, 30, 1_000_000);
+        assert_eq!(need, 769_230);
+        let t0 = Instant::now();
+        let mut c = LayerChoice::new(t0, need);
+        // A pair at the cap stays on the full layer.
+        assert_eq!(run(&mut c, t0, 0.0, 10.0, 1_000_000), Layer::Full);
+        // A constrained one steps down, and climbs back once its estimate reaches the cap.
+        assert_eq!(run(&mut c, t0, 10.0, 13.0, 500_000), Layer::Small);
+        assert_eq!(run(&mut c, t0, 13.0, 20.0, 1_000_000), Layer::Full);
     }
 }

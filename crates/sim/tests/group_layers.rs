@@ -159,7 +159,7 @@ fn run() -> Vec<Pair> {
             Pair {
                 tx,
                 rx,
-                choice: LayerChoice::new(start, full_layer_need(640, 360, FPS as u32)),
+                choice: LayerChoice::new(start, full_layer_need(640, 360, FPS as u32, 1_000_000)),
                 sending: Layer::Full,
                 switching: None,
                 dec: VideoDecoder::new().unwrap(),

@@ -183,8 +183,8 @@ impl App {
 
     /// Invites an online contact who is not in the call yet.
     pub(super) fn add_to_call_menu(&mut self, ui: &mut egui::Ui, c: &CallView) {
-        let inside = |p: &PeerId| *p == c.peer || c.participants.iter().any(|x| x.peer == *p);
-        let full = c.participants.len() + 2 >= p2pcall_proto::group::MAX_MEMBERS;
+        let (others, full) = (c.others(), c.is_full());
+        let inside = |p: &PeerId| others.contains(p);
         let candidates: Vec<(PeerId, String)> = (self.model.peers(""))
             .into_iter()
             .filter(|r| r.online && !r.request && !inside(&r.id))

@@ -111,7 +111,11 @@ impl Local {
     /// A new receiver's choice of our layers (a group call).
     fn layer_choice(&self, now: Instant) -> LayerChoice {
         let o = &self.opts;
-        LayerChoice::new(now, simulcast::full_layer_need(o.width, o.height, o.fps))
+        let cap = o.bitrates().video_max;
+        LayerChoice::new(
+            now,
+            simulcast::full_layer_need(o.width, o.height, o.fps, cap),
+        )
     }
 }
 
