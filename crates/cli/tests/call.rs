@@ -243,6 +243,101 @@ fn declined_and_vanished_calls_end_cleanly_on_both_sides() {
 }
 
 #[test]
+fn a_call_hung_up_while_connecting_never_rings_and_frees_the_daemon() {
+    let lab = Lab::new();
+    let mut c = lab.peer("bob");
+    c.arg("daemon");
+    let mut daemon = Proc::spawn_logged(c, Some(&lab.root.join("daemon.log")));
+    daemon.expect("relay_connected");
+    let (mut alice, fp) = lab.listen("alice", &["--answer", "--video", "none"]);
+    let signal = |sig: &str, pid: u32| {
+        let s = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    };
+    // Alice stops answering: bob's connection to her cannot come up.
+    signal("-STOP", alice.child.id());
+    let mut c = lab.peer("bob");
+    c.args(["call", &fp, "--video", "none", "--speaker", "none"]);
+    let mut caller = Proc::spawn_logged(c, Some(&lab.root.join("caller.log")));
+    std::thread::sleep(Duration::from_secs(2));
+    // Ctrl-C while connecting: the command ends as interrupted, and the daemon drops the call.
+    signal("-INT", caller.child.id());
+    let status = caller.child.wait().unwrap();
+    assert_eq!(status.code(), Some(8), "{status:?}");
+    signal("-CONT", alice.child.id());
+    // Alice is back; nothing rings her (before, the daemon went on connecting and called).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Ok(l) = alice.lines.recv_timeout(left) {
+            assert!(!l.contains("\"call_incoming\""), "alice was called: {l}");
+        }
+    }
+    // The daemon is free for the next call.
+    let mut c = lab.peer("bob");
+    c.args([
+        "call",
+        &fp,
+        "--video",
+        "none",
+        "--speaker",
+        "none",
+        "--duration",
+        "1",
+    ]);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    alice.expect("call_started");
+    alice.term();
+    daemon.term();
+}
+
+#[test]
+fn muted_while_ringing_the_call_starts_muted() {
+    let lab = Lab::new();
+    let mut c = lab.peer("carol");
+    c.arg("daemon");
+    let mut daemon = Proc::spawn_logged(c, Some(&lab.root.join("daemon.log")));
+    daemon.expect("relay_connected");
+    let fp = fingerprint(&lab.root.join("carol"));
+    let mut c = lab.peer("bob");
+    c.args(["call", &fp, "--video", "none", "--speaker", "none"])
+        .args(["--duration", "3"])
+        .stdin(std::process::Stdio::piped());
+    let mut bob = Proc::spawn_logged(c, Some(&lab.root.join("bob.log")));
+    bob.expect("call_ringing");
+    let mut stdin = bob.child.stdin.take().unwrap();
+    writeln!(stdin, "mute").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = lab.peer("carol");
+    c.args(["answer", "--video", "none", "--speaker", "none"]);
+    let carol = Proc::spawn_logged(c, Some(&lab.root.join("carol.log")));
+    bob.expect("call_started");
+    let s = bob.expect("call_sending");
+    assert_eq!(
+        (&s["audio"], &s["video"]),
+        (&json!(false), &json!(false)),
+        "{s}"
+    );
+    // Carol learns it: the offer said audio on, the update after the answer says off.
+    let upd = carol.expect("call_updated");
+    let audio = (upd["receive"].as_array().unwrap().iter())
+        .find(|s| s["kind"] == "audio")
+        .unwrap();
+    assert_eq!(audio["active"], false, "{upd}");
+    bob.expect("call_ended");
+    daemon.term();
+}
+
+#[test]
 fn mute_and_a_new_source_are_renegotiated_mid_call() {
     let lab = Lab::new();
     // A Y4M clip whose stamps start at 10000: frames from it are recognisable.

@@ -147,6 +147,9 @@ pub enum CallError {
     /// No call with that id.
     #[error("no such call")]
     NoSuchCall,
+    /// The call was hung up before the connection to the peer came up.
+    #[error("hung up before the call connected")]
+    HungUpConnecting,
     /// A group call has at most six participants.
     #[error(
         "a call has at most {} participants",

@@ -52,7 +52,23 @@ pub(crate) async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
         opts.check()?;
     }
     let peer = session.peer;
-    let call = session.call(opts, &also).await?;
+    // Ctrl-C while the connection comes up hangs up there too (a daemon would ring the peer
+    // after we are gone).
+    let mut control = session.control(cli).await?;
+    let placed = {
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        tokio::select! {
+            c = session.call(opts, &also) => Some(c),
+            () = &mut stop => None,
+        }
+    };
+    let Some(call) = placed else {
+        let _ = control.hangup().await;
+        session.close().await;
+        return Err(exit::Fail::Interrupted("hung up before the call connected".into()).into());
+    };
+    let call = call?;
     if !cli.json {
         let all: Vec<String> = std::iter::once(peer)
             .chain(also)

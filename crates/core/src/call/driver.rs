@@ -61,8 +61,8 @@ pub(crate) enum NewLeg {
 
 /// How a call begins.
 pub(crate) enum Setup {
-    /// We called one peer.
-    Dial(NewLeg, CallOptions),
+    /// We called one peer (with the commands given while its connection came up).
+    Dial(NewLeg, CallOptions, Vec<Cmd>),
     /// We start a group call with these invitees.
     Group(Vec<PeerId>, CallOptions),
     /// A peer calls us (`welcome`: it invites us to a group call with these members).
@@ -137,6 +137,7 @@ pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup
         opts: None,
         answered: Instant::now(),
         local: None,
+        early: (false, true),
         started: false,
         sending: None,
         rang: false,
@@ -203,6 +204,8 @@ struct Driver {
     /// When we placed or answered the call.
     answered: Instant,
     local: Option<Local>,
+    /// Muted and camera as the user set them before our captures started (ringing).
+    early: (bool, bool),
     started: bool,
     /// What we last said we send (audio, video).
     sending: Option<(bool, bool)>,
@@ -250,10 +253,13 @@ impl Driver {
     fn begin(&mut self, setup: Setup) {
         let now = Instant::now();
         match setup {
-            Setup::Dial(leg, opts) => {
+            Setup::Dial(leg, opts, early) => {
                 self.note_options(&opts);
                 self.opts = Some(opts);
                 self.add_leg(leg);
+                for c in early {
+                    self.handle_command(Some(c));
+                }
             }
             Setup::Group(peers, opts) => {
                 self.note_options(&opts);
@@ -555,11 +561,8 @@ impl Driver {
     /// Our description (what we send and can receive), as muted and camera are now.
     fn describe(&self) -> p2pcall_proto::call::SessionDesc {
         let o = self.opts.clone().unwrap_or_default();
-        let (on, camera) = self
-            .local
-            .as_ref()
-            .map_or((true, true), |l| (!l.muted, l.camera));
-        o.describe(on, camera)
+        let (muted, camera) = (self.local.as_ref()).map_or(self.early, |l| (l.muted, l.camera));
+        o.describe(!muted, camera)
     }
 
     /// A leg for the call: one we dialed, one we could not, or an offer from a member.
@@ -627,7 +630,10 @@ impl Driver {
             }
             self.deadline = o.duration.map(|d| now + d);
             match start_local(o, &self.enc_tx, &self.err_tx) {
-                Ok(l) => self.local = Some(l),
+                Ok(mut l) => {
+                    (l.muted, l.camera) = self.early;
+                    self.local = Some(l);
+                }
                 Err(e) => {
                     self.warn(e.to_string());
                     self.hang_up_all(now, HangupReason::Error, &e.to_string());
@@ -673,7 +679,12 @@ impl Driver {
                 peer,
                 streams: n.clone(),
             });
-            self.report_sending(false);
+            if self.early == (false, true) {
+                self.report_sending(false);
+            } else {
+                // Muted (or camera off) while it rang: the captures and the peer follow.
+                self.set_active(None, None);
+            }
         }
         if group {
             let name = self.legs.get(&peer).and_then(|l| l.conn.remote_name());
@@ -833,7 +844,11 @@ impl Driver {
     /// Mute and camera: the captures stop or resume, every leg renegotiates. A track that
     /// nothing captures (no microphone, a camera gone) stays off, and the user is told why.
     fn set_active(&mut self, mute: Option<bool>, camera: Option<bool>) {
-        let Some(local) = &mut self.local else { return };
+        let Some(local) = &mut self.local else {
+            // Not started yet: the offer and the captures will say so.
+            self.early = (mute.unwrap_or(self.early.0), camera.unwrap_or(self.early.1));
+            return;
+        };
         let has = |s| local.captures.iter().any(|(c, _)| *c == s);
         let (audio, video) = (has(AUDIO_STREAM), has(VIDEO_STREAM));
         let mut refused = None;

@@ -559,17 +559,33 @@ impl Calls {
         }
     }
 
-    /// Calls `peer`; the outcome arrives as [`CallEvent`]s.
+    /// Calls `peer`; the outcome arrives as [`CallEvent`]s. The call exists from the start:
+    /// a hang-up while the connection comes up ends it (no ringing later), other commands
+    /// (mute, camera) wait for it.
     pub(crate) async fn call(
         self: &Arc<Self>,
         peer: PeerId,
         opts: CallOptions,
     ) -> Result<CallId, EngineError> {
-        if self.active.lock().is_some() {
-            return Err(CallError::Busy.into());
-        }
-        let conn = self.ctx.connect(peer).await?;
-        Ok(dial(self.clone(), conn, opts).await?)
+        let id = CallId::from_bytes(rand::random());
+        let mut inputs = register(self, id, peer)?;
+        // Dropped before its driver runs (a client gone mid-request): forgotten.
+        let mut guard = Unregister(self, id, true);
+        let connect = self.ctx.connect(peer);
+        tokio::pin!(connect);
+        let mut early = Vec::new();
+        let conn = loop {
+            tokio::select! {
+                c = &mut connect => break c,
+                c = inputs.cmd.recv() => match c {
+                    Some(Cmd::Hangup) | None => return Err(CallError::HungUpConnecting.into()),
+                    Some(c) => early.push(c),
+                },
+            }
+        };
+        start_dial(self.clone(), conn?, opts, id, inputs, early).await?;
+        guard.2 = false;
+        Ok(id)
     }
 
     /// Starts a group call and invites `peers` (each is called over its own connection).
@@ -670,28 +686,38 @@ fn register(svc: &Calls, id: CallId, peer: PeerId) -> Result<driver::Inputs, Cal
     })
 }
 
-/// Places a call to `peer` over `conn`.
-pub(crate) async fn dial(
+/// On drop, while armed, forgets the registered call if it is this one (it never started).
+struct Unregister<'a>(&'a Calls, CallId, bool);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        let mut g = self.0.active.lock();
+        if self.2 && g.as_ref().is_some_and(|c| c.id == self.1) {
+            *g = None;
+        }
+    }
+}
+
+/// Places registered call `id` to the peer of `conn` (`early`: commands given meanwhile).
+async fn start_dial(
     svc: Arc<Calls>,
     conn: PeerConnection,
     opts: CallOptions,
-) -> Result<CallId, CallError> {
-    if svc.active.lock().is_some() {
-        return Err(CallError::Busy);
-    }
-    let (mut send, recv) = conn.quic().open_bi().await?;
-    send.write_all(&[CALL]).await?;
-    let id = CallId::from_bytes(rand::random());
+    id: CallId,
+    inputs: driver::Inputs,
+    early: Vec<Cmd>,
+) -> Result<(), EngineError> {
+    let (mut send, recv) = conn.quic().open_bi().await.map_err(CallError::from)?;
+    send.write_all(&[CALL]).await.map_err(CallError::from)?;
     let peer = conn.peer();
-    let inputs = register(&svc, id, peer)?;
     let leg = driver::NewLeg::Dialed {
         conn,
         streams: (send, recv),
         join: None,
     };
-    let setup = driver::Setup::Dial(leg, opts);
+    let setup = driver::Setup::Dial(leg, opts, early);
     tokio::spawn(driver::run(svc, id, peer, setup, inputs));
-    Ok(id)
+    Ok(())
 }
 
 /// How long an offer of a group call's member waits for the call to exist here (its
