@@ -397,6 +397,14 @@ impl Call {
         self.end(EndReason::PeerVanished);
     }
 
+    /// Bytes on the call stream that are no frame (`why`): the call ends with a protocol
+    /// error, and the peer is told.
+    pub fn malformed(&mut self, now: Instant, why: &str) {
+        if !self.is_ended() {
+            self.protocol_error(now, format!("an unreadable frame: {why}"));
+        }
+    }
+
     /// A frame from the peer.
     pub fn handle_frame(&mut self, now: Instant, f: CallFrame) {
         if self.is_ended() {
@@ -698,6 +706,24 @@ mod tests {
             matches!(b.state(), CallState::Ended(EndReason::Protocol(_))),
             "{:?}",
             b.state()
+        );
+    }
+
+    #[test]
+    fn an_unreadable_frame_ends_the_call_and_tells_the_peer_why() {
+        let now = Instant::now();
+        let mut b = incoming_av(now);
+        b.accept(now, av()).unwrap();
+        while b.poll_transmit().is_some() {}
+        b.malformed(now, "unknown frame type 99");
+        let CallState::Ended(EndReason::Protocol(why)) = b.state() else {
+            panic!("{:?}", b.state());
+        };
+        assert!(why.contains("unknown frame type 99"), "{why}");
+        let sent: Vec<CallFrame> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        assert!(
+            sent.iter().any(|f| matches!(f, CallFrame::Hangup { reason: HangupReason::Error, detail } if detail.contains("unreadable"))),
+            "{sent:?}"
         );
     }
 

@@ -70,7 +70,7 @@ pub enum Removal {
     NotAnswered,
     /// Invitations crossed past [`MAX_MEMBERS`] and it was not yet in.
     OverCapacity,
-    /// Its inviter withdrew the invitation (declined, unreachable).
+    /// Its inviter withdrew the invitation (declined, unreachable), or left before it joined.
     Withdrawn,
 }
 
@@ -356,9 +356,23 @@ impl GroupRoster {
             .collect()
     }
 
+    /// Removes `peer`, and the invitees it invited that have not joined: nobody is left to
+    /// bring them in (every member sees the inviter go, so every member drops them).
     fn remove(&mut self, peer: PeerId, why: Removal) {
-        if self.members.remove(&peer).is_some() {
-            self.events.push_back(RosterEvent::Removed { peer, why });
+        if self.members.remove(&peer).is_none() {
+            return;
+        }
+        self.events.push_back(RosterEvent::Removed { peer, why });
+        let orphans: Vec<PeerId> = (self.members.iter())
+            .filter(|(id, m)| m.inviter == peer && !m.joined && **id != self.me)
+            .map(|(id, _)| *id)
+            .collect();
+        for o in orphans {
+            self.members.remove(&o);
+            self.events.push_back(RosterEvent::Removed {
+                peer: o,
+                why: Removal::Withdrawn,
+            });
         }
     }
 
@@ -527,6 +541,32 @@ mod tests {
             assert!(r.is_live(), "two remain");
         }
         assert_eq!(mesh.rosters_agree(), vec![id(1), id(2)]);
+    }
+
+    #[test]
+    fn an_inviter_that_leaves_takes_its_pending_invitation_along() {
+        let t0 = Instant::now();
+        let mut mesh = Mesh::call(t0, [2]);
+        // Bob invites carol, who does not answer, then leaves: alice is alone and the call
+        // ends for her at once (not after carol's 45 s).
+        let bob = mesh.rosters.get_mut(&id(2)).unwrap();
+        bob.invite(t0, id(3)).unwrap();
+        let said = sends(bob);
+        let alice = mesh.rosters.get_mut(&id(1)).unwrap();
+        for (to, msg) in said {
+            if to == id(1) {
+                alice.handle(t0, id(2), msg);
+            }
+        }
+        assert!(alice.members().any(|(k, _)| *k == id(3)));
+        alice.handle(t0, id(2), RosterMsg::Leave);
+        let ev = events(alice);
+        assert!(ev.contains(&RosterEvent::Removed {
+            peer: id(3),
+            why: Removal::Withdrawn
+        }));
+        assert_eq!(keys(alice), vec![id(1)]);
+        assert!(!alice.is_live());
     }
 
     #[test]

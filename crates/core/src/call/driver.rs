@@ -20,13 +20,13 @@ use p2pcall_media::call::{Call, CallEvent as SmEvent, EndReason};
 use p2pcall_media::simulcast::{self, Layer, LayerChoice};
 use p2pcall_net::PeerConnection;
 use p2pcall_proto::PeerId;
-use p2pcall_proto::call::{CallFrame, CallId, GroupJoin, HangupReason, RejectReason, StreamKind};
+use p2pcall_proto::call::{CallId, GroupJoin, HangupReason, RejectReason, StreamKind};
 use p2pcall_proto::group::{GroupRoster, MAX_MEMBERS, Removal, RosterEvent, RosterMsg};
 use p2pcall_transport::framed::FrameReader;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::leg::{self, FrameTx, Leg, Meter, Receive};
+use super::leg::{self, FrameIn, FrameTx, Leg, Meter, Receive};
 use super::media::{self, RenderStats};
 use super::{
     AUDIO_STREAM, CALL, CallEvent, CallOptions, CallStats, Calls, Cmd, STATS_INTERVAL, VIDEO_STREAM,
@@ -133,7 +133,7 @@ pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup
         welcome: None,
         legs: BTreeMap::new(),
         dialing: BTreeSet::new(),
-        tried: BTreeSet::new(),
+        tried: BTreeMap::new(),
         opts: None,
         answered: Instant::now(),
         local: None,
@@ -197,8 +197,9 @@ struct Driver {
     legs: BTreeMap<PeerId, Leg>,
     /// Peers being connected to.
     dialing: BTreeSet<PeerId>,
-    /// Members we dialed (the mesh) since they joined the roster.
-    tried: BTreeSet<PeerId>,
+    /// Members we dial (the mesh) since they joined the roster: how often, and not again
+    /// before when (a dial that failed is tried again while the member is in the call).
+    tried: BTreeMap<PeerId, (u32, Instant)>,
     /// Our media: set when we place or answer the call.
     opts: Option<CallOptions>,
     /// When we placed or answered the call.
@@ -305,7 +306,7 @@ impl Driver {
             let mut work = self.roster_io(now);
             work |= self.leg_events(now);
             work |= self.accept_held(now);
-            work |= self.mesh_dials();
+            work |= self.mesh_dials(now);
             if !work {
                 break;
             }
@@ -411,12 +412,21 @@ impl Driver {
         work
     }
 
-    /// A member said something about the roster on its leg.
+    /// A member said something about the roster on its leg. Our invitee has no say before it
+    /// answers (it would count as joined, and could invite).
     fn roster_msg(&mut self, now: Instant, peer: PeerId, m: RosterMsg) {
+        let invitee = self.roster.as_ref().is_some_and(|r| r.invited_by_me(&peer));
+        if invitee && !self.legs.get(&peer).is_some_and(Leg::is_active) {
+            tracing::debug!(call = %self.id, %peer, "roster message before the answer: ignored");
+            return;
+        }
         match (&mut self.roster, m) {
             (Some(r), m) => r.handle(now, peer, m),
-            // The peer of a one-to-one call added someone: this is a group call now.
-            (None, RosterMsg::Welcome { members }) if self.opts.is_some() => {
+            // The peer of a running one-to-one call added someone: a group call now (a
+            // callee that has not answered has no say).
+            (None, RosterMsg::Welcome { members })
+                if self.opts.is_some() && self.legs.get(&peer).is_some_and(|l| l.rx.is_some()) =>
+            {
                 self.roster = Some(GroupRoster::welcomed(now, self.me, peer, &members));
                 self.became_group(now);
             }
@@ -514,8 +524,9 @@ impl Driver {
     }
 
     /// Members we connect to: those we did not invite and that did not invite us, with a
-    /// greater key than ours (they connect to us otherwise).
-    fn mesh_dials(&mut self) -> bool {
+    /// greater key than ours (they connect to us otherwise). A dial that did not bring the
+    /// leg up is tried again after 1, 2, 4, then every 8 s, while the member is in the call.
+    fn mesh_dials(&mut self, now: Instant) -> bool {
         let (Some(r), Some(_)) = (&self.roster, &self.opts) else {
             return false;
         };
@@ -527,11 +538,13 @@ impl Driver {
                     && r.my_inviter() != *p
                     && !self.legs.contains_key(p)
                     && !self.dialing.contains(p)
-                    && !self.tried.contains(p)
+                    && self.tried.get(p).is_none_or(|(_, at)| now >= *at)
             })
             .collect();
         for p in &due {
-            self.tried.insert(*p);
+            let n = self.tried.get(p).map_or(0, |(n, _)| *n);
+            let wait = Duration::from_secs(1 << n.min(3));
+            self.tried.insert(*p, (n + 1, now + wait));
             self.dial(*p, GroupJoin::Mesh);
         }
         !due.is_empty()
@@ -586,7 +599,10 @@ impl Driver {
             }
             NewLeg::DialFailed { peer, error } => {
                 self.dialing.remove(&peer);
-                self.warn(format!("{}: {error}", peer.fingerprint()));
+                // A mesh dial says so once; it is tried again.
+                if self.tried.get(&peer).is_none_or(|(n, _)| *n <= 1) {
+                    self.warn(format!("{}: {error}", peer.fingerprint()));
+                }
                 self.leg_ended(now, peer, EndReason::Unreachable);
             }
             NewLeg::Incoming {
@@ -911,7 +927,7 @@ impl Driver {
     }
 
     /// A signaling frame from a leg's peer (`None`: its stream ended or broke the protocol).
-    fn handle_frame(&mut self, peer: PeerId, f: Option<CallFrame>) {
+    fn handle_frame(&mut self, peer: PeerId, f: FrameIn) {
         let now = Instant::now();
         let Some(l) = self.legs.get_mut(&peer) else {
             return;
@@ -1006,6 +1022,12 @@ impl Driver {
         }
         if now >= self.next_stats {
             self.next_stats = now + STATS_INTERVAL;
+            let failed = (self.local.as_ref()).and_then(|l| l.playback.lock().take_failure());
+            if let Some(why) = failed {
+                self.warn(format!(
+                    "the speaker stopped, so you hear nothing (the call goes on): {why}"
+                ));
+            }
             if let Some(s) = self.stats(now) {
                 self.emit(CallEvent::Stats(Box::new(s)));
             }
@@ -1118,7 +1140,7 @@ impl Driver {
     /// and lets it read our last frames before anything closes the connections (a process
     /// that exits right after a call must not look vanished to its peers; a peer finishes
     /// its side only after it has read them, so wait for that).
-    async fn finish(&mut self, frames_rx: &mut mpsc::Receiver<(PeerId, Option<CallFrame>)>) {
+    async fn finish(&mut self, frames_rx: &mut mpsc::Receiver<(PeerId, FrameIn)>) {
         let now = Instant::now();
         for l in self.legs.values_mut() {
             l.call.hangup(now, HangupReason::Normal, "");
@@ -1127,7 +1149,7 @@ impl Driver {
         let _ = tokio::time::timeout(leg::FLUSH, async {
             while self.legs.values().any(|l| !l.closed) {
                 match frames_rx.recv().await {
-                    Some((peer, None)) => {
+                    Some((peer, FrameIn::Closed | FrameIn::Malformed(_))) => {
                         if let Some(l) = self.legs.get_mut(&peer) {
                             l.closed = true;
                         }

@@ -20,7 +20,18 @@ use super::{CallStats, RateReport, RecvStreamStats, SendStreamStats};
 use crate::bulk::BulkGate;
 
 /// Frames from every leg's reader: `None` when that leg's stream ended or broke the protocol.
-pub(super) type FrameTx = mpsc::Sender<(PeerId, Option<CallFrame>)>;
+pub(super) type FrameTx = mpsc::Sender<(PeerId, FrameIn)>;
+
+/// What a leg's call stream brought.
+#[derive(Debug)]
+pub(super) enum FrameIn {
+    /// A signaling frame.
+    Frame(CallFrame),
+    /// Bytes that are no frame (the stream is not read further): why.
+    Malformed(String),
+    /// The stream ended or failed.
+    Closed,
+}
 
 /// Most datagrams kept from before a leg is up (a keyframe and some audio).
 const EARLY_MEDIA: usize = 256;
@@ -177,10 +188,14 @@ impl Leg {
     }
 
     /// A frame from the peer (`None`: its stream ended).
-    pub fn handle_frame(&mut self, now: Instant, f: Option<CallFrame>) {
+    pub fn handle_frame(&mut self, now: Instant, f: FrameIn) {
         match f {
-            Some(f) => self.call.handle_frame(now, f),
-            None => {
+            FrameIn::Frame(f) => self.call.handle_frame(now, f),
+            FrameIn::Malformed(why) => {
+                self.closed = true;
+                self.call.malformed(now, &why);
+            }
+            FrameIn::Closed => {
                 self.closed = true;
                 self.call.stream_closed(now);
             }
@@ -281,7 +296,7 @@ async fn write_frames(
 ) {
     while let Some(buf) = rx.recv().await {
         if send.write_all(&buf).await.is_err() {
-            let _ = frames.send((peer, None)).await;
+            let _ = frames.send((peer, FrameIn::Closed)).await;
             return;
         }
     }
@@ -298,10 +313,13 @@ fn spawn_reader(
     tokio::spawn(async move {
         loop {
             let f = match reader.next().await {
-                Ok(raw) => CallFrame::decode(raw).ok(),
-                Err(_) => None,
+                Ok(raw) => match CallFrame::decode(raw) {
+                    Ok(f) => FrameIn::Frame(f),
+                    Err(e) => FrameIn::Malformed(e.to_string()),
+                },
+                Err(_) => FrameIn::Closed,
             };
-            let end = f.is_none();
+            let end = !matches!(f, FrameIn::Frame(_));
             if tx.send((peer, f)).await.is_err() || end {
                 return;
             }

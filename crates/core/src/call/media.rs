@@ -1270,6 +1270,15 @@ pub(crate) struct Playback {
     /// The speaker's name, or why there is none.
     label: Option<String>,
     voice: Option<Voice>,
+    /// Why the speaker stopped mid-call, until the call's driver told the user.
+    failed: Option<String>,
+}
+
+impl Playback {
+    /// Why the speaker stopped, once (the call goes on without sound).
+    pub(crate) fn take_failure(&mut self) -> Option<String> {
+        self.failed.take()
+    }
 }
 
 /// A call's [`Playback`], as its render threads hold it.
@@ -1286,6 +1295,7 @@ pub(crate) fn open_playback(
         speaker,
         label,
         voice,
+        failed: None,
     })))
 }
 
@@ -1309,6 +1319,7 @@ impl Playback {
             Err(e) => {
                 tracing::warn!("speaker: {e}");
                 self.label = Some(format!("none ({e})"));
+                self.failed = Some(e.to_string());
                 self.speaker = None;
             }
         }
