@@ -942,12 +942,31 @@ fn a_group_call_of_four_reaches_everyone_loses_one_that_vanishes_and_one_that_le
     }
     // Per-participant statistics: bob's summary names all four others.
     let s = summary(&lab.root.join("bob.json"));
+    let dave_id = id_of(&lab.root.join("dave"));
     let mut peers: Vec<String> = (s["final"]["participants"].as_array().unwrap().iter())
         .map(|p| {
             println!(
                 "bob: first picture of {} after {} ms",
                 p["peer"], p["first_picture_ms"]
             );
+            // What the issue asks of each participant's figures: path, RTT, bitrate, loss,
+            // layer. Dave's leg ended on the relay path (his direct path died with him) with
+            // about a second of his audio.
+            let vanished = p["peer"] == dave_id.as_str();
+            let path = p["path"].as_str().unwrap();
+            assert!(path.starts_with("direct") || vanished, "{p}");
+            assert!(p["rtt_ms"].as_f64().unwrap() > 0.0, "{p}");
+            assert!(
+                ["full", "small"].contains(&p["layer"].as_str().unwrap()),
+                "{p}"
+            );
+            assert!(p["upload_kbps"].as_f64().unwrap() > 0.0, "{p}");
+            assert!(p["rate"]["loss_pct"].is_number(), "{p}");
+            let recv = p["recv"].as_array().unwrap();
+            let audio = |r: &&Value| r["kind"] == "audio";
+            let kbps = recv.iter().find(audio).unwrap()["kbps"].as_f64().unwrap();
+            assert!(kbps > 10.0 || (vanished && kbps > 0.0), "{p}");
+            assert!(recv.iter().all(|r| r["loss_pct"].is_number()), "{p}");
             p["peer"].as_str().unwrap().to_string()
         })
         .collect();
