@@ -766,7 +766,9 @@ impl App {
             return;
         }
         let who = self.model.name_of(&self.spotlight(c).unwrap_or(c.peer));
-        let remote = (self.spotlight(c))
+        // As the grid: a participant whose camera is off shows no (frozen) picture.
+        let camera_on = |p: &PeerId| (c.participants.iter()).all(|x| x.peer != *p || x.camera);
+        let remote = (self.spotlight(c).filter(camera_on))
             .and_then(|p| self.remote.get(&p))
             .map(|(t, _)| (t.id(), t.size()));
         let builder = egui::ViewportBuilder::default()
