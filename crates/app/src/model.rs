@@ -1113,18 +1113,20 @@ mod tests {
         );
         let c = m.call.as_ref().unwrap();
         assert_eq!((c.others(), c.is_full()), (vec![bob], false));
-        for p in [bob, carol] {
-            let streams = Default::default();
-            let name = None;
+        let join = |m: &mut Model, peer| {
+            let (name, streams) = (None, Default::default());
             m.apply(
                 now,
                 ev(CallEvent::Joined {
                     call,
-                    peer: p,
+                    peer,
                     name,
                     streams,
                 }),
             );
+        };
+        for p in [bob, carol] {
+            join(&mut m, p);
         }
         // The first peer leaves: the call is with carol alone, and bob could be added back.
         let reason = p2pcall_core::call::EndReason::HungUp {
@@ -1142,30 +1144,11 @@ mod tests {
         );
         assert_eq!(m.call.as_ref().unwrap().others(), vec![carol]);
         for p in [dave, erin, frank] {
-            let streams = Default::default();
-            let name = None;
-            m.apply(
-                now,
-                ev(CallEvent::Joined {
-                    call,
-                    peer: p,
-                    name,
-                    streams,
-                }),
-            );
+            join(&mut m, p);
         }
         let c = m.call.as_ref().unwrap();
         assert!(!c.is_full(), "five of six");
-        let streams = Default::default();
-        m.apply(
-            now,
-            ev(CallEvent::Joined {
-                call,
-                peer: bob,
-                name: None,
-                streams,
-            }),
-        );
+        join(&mut m, bob);
         let c = m.call.as_ref().unwrap();
         assert_eq!(c.others(), vec![carol, dave, erin, frank, bob]);
         assert!(c.is_full());

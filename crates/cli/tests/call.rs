@@ -70,6 +70,21 @@ fn lines(out: &std::process::Output) -> Vec<Value> {
         .collect()
 }
 
+/// What a `call_sending` line says we send: (audio, video).
+fn sending(p: &Proc) -> (bool, bool) {
+    let s = p.expect("call_sending");
+    (s["audio"].as_bool().unwrap(), s["video"].as_bool().unwrap())
+}
+
+/// Whether the peer's audio is on, as a `call_updated` line says.
+fn audio_on(p: &Proc) -> bool {
+    let upd = p.expect("call_updated");
+    let audio = (upd["receive"].as_array().unwrap().iter())
+        .find(|s| s["kind"] == "audio")
+        .unwrap_or_else(|| panic!("no audio in {upd}"));
+    audio["active"].as_bool().unwrap()
+}
+
 /// A `--stats-json` file, once its writer (which writes it when the call ends) has.
 fn summary(path: &Path) -> Value {
     let t0 = Instant::now();
@@ -321,18 +336,9 @@ fn muted_while_ringing_the_call_starts_muted() {
     c.args(["answer", "--video", "none", "--speaker", "none"]);
     let carol = Proc::spawn_logged(c, Some(&lab.root.join("carol.log")));
     bob.expect("call_started");
-    let s = bob.expect("call_sending");
-    assert_eq!(
-        (&s["audio"], &s["video"]),
-        (&json!(false), &json!(false)),
-        "{s}"
-    );
+    assert_eq!(sending(&bob), (false, false));
     // Carol learns it: the offer said audio on, the update after the answer says off.
-    let upd = carol.expect("call_updated");
-    let audio = (upd["receive"].as_array().unwrap().iter())
-        .find(|s| s["kind"] == "audio")
-        .unwrap();
-    assert_eq!(audio["active"], false, "{upd}");
+    assert!(!audio_on(&carol));
     bob.expect("call_ended");
     daemon.term();
 }
@@ -369,21 +375,9 @@ fn mute_and_a_new_source_are_renegotiated_mid_call() {
     writeln!(stdin, "source {}", clip.display()).unwrap();
     stdin.flush().unwrap();
     // We are told what we send now.
-    let s = caller.expect("call_sending");
-    assert_eq!(
-        (&s["audio"], &s["video"]),
-        (&json!(false), &json!(true)),
-        "{s}"
-    );
+    assert_eq!(sending(&caller), (false, true));
     // The callee learns that our audio is off.
-    let upd = erin.expect("call_updated");
-    let audio = upd["receive"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["kind"] == "audio")
-        .unwrap();
-    assert_eq!(audio["active"], false, "{upd}");
+    assert!(!audio_on(&erin));
     let end = caller.expect("call_ended");
     assert_eq!(end["reason"], "finished", "{end}");
     erin.expect("call_ended");
@@ -535,9 +529,8 @@ fn without_a_camera_or_microphone_a_call_goes_ahead_receiving_and_says_so() {
     assert_eq!(started["send"], json!([]), "{started}");
     // Muted and without video, whatever the controls say: unmuting and turning the camera
     // on are refused with the reason, and nothing changes.
-    let sending = |s: Value| (s["audio"].clone(), s["video"].clone());
-    let off = (Value::Bool(false), Value::Bool(false));
-    assert_eq!(sending(bob.expect("call_sending")), off);
+    let off = (false, false);
+    assert_eq!(sending(&bob), off);
     let mut stdin = bob.child.stdin.take().unwrap();
     writeln!(stdin, "unmute").unwrap();
     stdin.flush().unwrap();
@@ -549,7 +542,7 @@ fn without_a_camera_or_microphone_a_call_goes_ahead_receiving_and_says_so() {
             .starts_with("no audio to unmute"),
         "{w}"
     );
-    assert_eq!(sending(bob.expect("call_sending")), off);
+    assert_eq!(sending(&bob), off);
     writeln!(stdin, "camera on").unwrap();
     stdin.flush().unwrap();
     let w = bob.expect("call_warning");
@@ -560,7 +553,7 @@ fn without_a_camera_or_microphone_a_call_goes_ahead_receiving_and_says_so() {
             .starts_with("no video to turn on"),
         "{w}"
     );
-    assert_eq!(sending(bob.expect("call_sending")), off);
+    assert_eq!(sending(&bob), off);
     let end = bob.expect("call_ended");
     assert_eq!(end["reason"], "finished", "{end}");
     assert!(bob.child.wait().unwrap().success());
@@ -609,12 +602,7 @@ fn a_display_that_goes_away_mid_call_stops_the_video_and_the_call_goes_on() {
         msg.starts_with("your video stopped, so your camera is off (the call goes on)"),
         "{w}"
     );
-    let s = bob.expect("call_sending");
-    assert_eq!(
-        (&s["audio"], &s["video"]),
-        (&json!(true), &json!(false)),
-        "{s}"
-    );
+    assert_eq!(sending(&bob), (true, false));
     let upd = alice.expect("call_updated");
     assert!(
         (upd["receive"].as_array().unwrap().iter())
