@@ -529,31 +529,19 @@ fn without_a_camera_or_microphone_a_call_goes_ahead_receiving_and_says_so() {
     assert_eq!(started["send"], json!([]), "{started}");
     // Muted and without video, whatever the controls say: unmuting and turning the camera
     // on are refused with the reason, and nothing changes.
-    let off = (false, false);
-    assert_eq!(sending(&bob), off);
+    assert_eq!(sending(&bob), (false, false));
     let mut stdin = bob.child.stdin.take().unwrap();
-    writeln!(stdin, "unmute").unwrap();
-    stdin.flush().unwrap();
-    let w = bob.expect("call_warning");
-    assert!(
-        w["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("no audio to unmute"),
-        "{w}"
-    );
-    assert_eq!(sending(&bob), off);
-    writeln!(stdin, "camera on").unwrap();
-    stdin.flush().unwrap();
-    let w = bob.expect("call_warning");
-    assert!(
-        w["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("no video to turn on"),
-        "{w}"
-    );
-    assert_eq!(sending(&bob), off);
+    for (typed, refusal) in [
+        ("unmute", "no audio to unmute"),
+        ("camera on", "no video to turn on"),
+    ] {
+        writeln!(stdin, "{typed}").unwrap();
+        stdin.flush().unwrap();
+        let w = bob.expect("call_warning");
+        let msg = w["message"].as_str().unwrap();
+        assert!(msg.starts_with(refusal), "{w}");
+        assert_eq!(sending(&bob), (false, false));
+    }
     let end = bob.expect("call_ended");
     assert_eq!(end["reason"], "finished", "{end}");
     assert!(bob.child.wait().unwrap().success());
