@@ -926,7 +926,7 @@ impl Driver {
         }
     }
 
-    /// A signaling frame from a leg's peer (`None`: its stream ended or broke the protocol).
+    /// What a leg's call stream brought: a frame, bytes that are none, or its end.
     fn handle_frame(&mut self, peer: PeerId, f: FrameIn) {
         let now = Instant::now();
         let Some(l) = self.legs.get_mut(&peer) else {

@@ -570,7 +570,11 @@ impl Calls {
         let id = CallId::from_bytes(rand::random());
         let mut inputs = register(self, id, peer)?;
         // Dropped before its driver runs (a client gone mid-request): forgotten.
-        let mut guard = Unregister(self, id, true);
+        let mut guard = Unregister {
+            calls: self,
+            id,
+            armed: true,
+        };
         let connect = self.ctx.connect(peer);
         tokio::pin!(connect);
         let mut early = Vec::new();
@@ -579,12 +583,14 @@ impl Calls {
                 c = &mut connect => break c,
                 c = inputs.cmd.recv() => match c {
                     Some(Cmd::Hangup) | None => return Err(CallError::HungUpConnecting.into()),
-                    Some(c) => early.push(c),
+                    // A client's commands, kept in order (a bounded few).
+                    Some(c) if early.len() < EARLY_COMMANDS => early.push(c),
+                    Some(_) => {}
                 },
             }
         };
         start_dial(self.clone(), conn?, opts, id, inputs, early).await?;
-        guard.2 = false;
+        guard.armed = false;
         Ok(id)
     }
 
@@ -686,13 +692,20 @@ fn register(svc: &Calls, id: CallId, peer: PeerId) -> Result<driver::Inputs, Cal
     })
 }
 
+/// Most commands kept for a call whose connection is still coming up.
+const EARLY_COMMANDS: usize = 64;
+
 /// On drop, while armed, forgets the registered call if it is this one (it never started).
-struct Unregister<'a>(&'a Calls, CallId, bool);
+struct Unregister<'a> {
+    calls: &'a Calls,
+    id: CallId,
+    armed: bool,
+}
 
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
-        let mut g = self.0.active.lock();
-        if self.2 && g.as_ref().is_some_and(|c| c.id == self.1) {
+        let mut g = self.calls.active.lock();
+        if self.armed && g.as_ref().is_some_and(|c| c.id == self.id) {
             *g = None;
         }
     }
