@@ -28,9 +28,12 @@ pub(crate) async fn daemon(cli: &Cli) -> Result<()> {
             server.path().display()
         );
     }
+    // One signal listener for the whole loop: a signal between two listeners is lost.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
             e = events.recv() => match e {
                 Some(e) => {
                     hub.publish(&e);

@@ -90,9 +90,12 @@ pub(crate) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<()> {
         Default::default();
     let mut stats_file = calls::StatsFile::default();
     let mut console = None;
+    // One signal listener for the whole loop: a signal between two listeners is lost.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut stop => break,
             e = events.recv() => match e {
                 Some(e) => {
                     hub.publish(&e);
@@ -232,9 +235,11 @@ async fn attached(cli: &Cli, a: &ListenArgs, mut c: p2pcall_daemon::Client) -> R
     let mut stats_file = calls::StatsFile::default();
     // The data dir's database, read here to tell contacts from lookalikes.
     let store = load(cli).and_then(|ctx| open_store(&ctx)).ok();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     let r = loop {
         tokio::select! {
-            _ = shutdown_signal() => break Ok(()),
+            _ = &mut stop => break Ok(()),
             e = c.next_event() => match e {
                 Err(e) => break Err(e.into()),
                 Ok(p2pcall_api::Event::Lagged { dropped }) => {

@@ -44,10 +44,13 @@ pub(crate) async fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
     let mut job = tokio::spawn(async move { h.send_files(peer, &paths).await });
     let mut id = None;
     let mut interrupted = false;
+    // One signal listener for the whole loop: a signal between two listeners is lost.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     let result = loop {
         tokio::select! {
             r = &mut job => break r?,
-            _ = shutdown_signal(), if !interrupted => {
+            _ = &mut stop, if !interrupted => {
                 // Ctrl-C interrupts (both sides keep what was verified); it does not cancel.
                 interrupted = true;
                 // Interrupted where it runs (both sides record the verified chunks); if it is
@@ -167,10 +170,12 @@ async fn send_through(cli: &Cli, a: &SendArgs, mut c: p2pcall_daemon::Client) ->
     tokio::pin!(call);
     let mut id: Option<String> = None;
     let mut interrupted = false;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     let result = loop {
         tokio::select! {
             r = &mut call => break r.map_err(anyhow::Error::from),
-            _ = shutdown_signal(), if !interrupted => {
+            _ = &mut stop, if !interrupted => {
                 interrupted = true;
                 let Some(id) = id.clone() else {
                     // Not accepted yet: dropping the request withdraws nothing in the daemon,
