@@ -55,13 +55,11 @@ pub(crate) async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
     // Ctrl-C while the connection comes up hangs up there too (a daemon would ring the peer
     // after we are gone).
     let mut control = session.control(cli).await?;
-    let placed = {
-        let stop = shutdown_signal();
-        tokio::pin!(stop);
-        tokio::select! {
-            c = session.call(opts, &also) => Some(c),
-            () = &mut stop => None,
-        }
+    // One listener from here to the call's end (a signal between two would be lost).
+    let mut stop: Stop = Box::pin(shutdown_signal());
+    let placed = tokio::select! {
+        c = session.call(opts, &also) => Some(c),
+        () = &mut stop => None,
     };
     let Some(call) = placed else {
         let _ = control.hangup().await;
@@ -76,8 +74,12 @@ pub(crate) async fn call(cli: &Cli, a: &CallArgs) -> Result<()> {
             .collect();
         outln!("calling {}…", all.join(", "));
     }
-    follow(cli, session, call, a.media.stats_json.as_deref(), "caller").await
+    let stats = a.media.stats_json.as_deref();
+    follow(cli, session, call, stats, "caller", stop).await
 }
+
+/// Ctrl-C, SIGTERM or a closed stdout: the listener a command keeps for its whole life.
+pub(crate) type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// Prints a call's events until it ends (typed commands change it, Ctrl-C hangs up), writes
 /// its statistics to `stats_json`, and says how it ended in the exit code.
@@ -87,14 +89,13 @@ pub(crate) async fn follow(
     call: CallId,
     stats_json: Option<&std::path::Path>,
     role: &str,
+    mut stop: Stop,
 ) -> Result<()> {
     let peer = session.peer;
     let console = calls::spawn_console(session.control(cli).await?);
     let mut hangup = session.control(cli).await?;
     let mut stats_file = calls::StatsFile::default();
     let mut end = None;
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
     let mut stopping = false;
     loop {
         tokio::select! {

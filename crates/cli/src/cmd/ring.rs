@@ -75,6 +75,7 @@ pub(crate) async fn answer(cli: &Cli, a: &AnswerCallArgs) -> Result<()> {
         .call
         .parse()
         .context("the p2pcall daemon sent an unreadable call id")?;
+    let stop: super::call::Stop = Box::pin(shutdown_signal());
     // Subscribed before answering, so that the call's start is not missed.
     let mut session = Session::through(cli, c, peer).await?;
     let request = Request::AnswerCall {
@@ -87,7 +88,8 @@ pub(crate) async fn answer(cli: &Cli, a: &AnswerCallArgs) -> Result<()> {
     if !cli.json {
         outln!("answered the call from {} ({})", r.name, peer.fingerprint());
     }
-    super::call::follow(cli, session, call, a.media.stats_json.as_deref(), "callee").await
+    let stats = a.media.stats_json.as_deref();
+    super::call::follow(cli, session, call, stats, "callee", stop).await
 }
 
 pub(crate) async fn decline(cli: &Cli, a: &DeclineArgs) -> Result<()> {

@@ -612,7 +612,19 @@ impl Driver {
                 call,
             } => {
                 let peer = conn.peer();
-                let full = self.legs.len() >= MAX_MEMBERS - 1;
+                // Offers from peers our roster does not know (yet: a member's invitation
+                // may still be on its way) are held apart, a few at most: they take no
+                // member's place.
+                let known = |p: &PeerId, l: &Leg| {
+                    l.is_active() || self.roster.as_ref().is_none_or(|r| r.accepts(p))
+                };
+                let members = self.legs.iter().filter(|(p, l)| known(p, l)).count();
+                let strangers = self.legs.len() - members;
+                let full = if self.roster.as_ref().is_none_or(|r| r.accepts(&peer)) {
+                    members >= MAX_MEMBERS - 1
+                } else {
+                    strangers >= MAX_MEMBERS
+                };
                 if self.legs.contains_key(&peer) || full || self.ended.is_some() {
                     tokio::spawn(super::refuse(send, RejectReason::Busy));
                     return;
