@@ -52,6 +52,15 @@ impl Lab {
         c
     }
 
+    /// `name`'s daemon, once its relay session is up.
+    fn daemon(&self, name: &str) -> Proc {
+        let mut c = self.peer(name);
+        c.arg("daemon");
+        let d = Proc::spawn_logged(c, Some(&self.root.join(format!("{name}-daemon.log"))));
+        d.expect("relay_connected");
+        d
+    }
+
     fn listen(&self, name: &str, extra: &[&str]) -> (Proc, String) {
         let fp = fingerprint(&self.root.join(name));
         let mut c = self.peer(name);
@@ -260,10 +269,7 @@ fn declined_and_vanished_calls_end_cleanly_on_both_sides() {
 #[test]
 fn a_call_hung_up_while_connecting_never_rings_and_frees_the_daemon() {
     let lab = Lab::new();
-    let mut c = lab.peer("bob");
-    c.arg("daemon");
-    let mut daemon = Proc::spawn_logged(c, Some(&lab.root.join("daemon.log")));
-    daemon.expect("relay_connected");
+    let mut daemon = lab.daemon("bob");
     let (mut alice, fp) = lab.listen("alice", &["--answer", "--video", "none"]);
     let signal = |sig: &str, pid: u32| {
         let s = std::process::Command::new("kill")
@@ -317,10 +323,7 @@ fn a_call_hung_up_while_connecting_never_rings_and_frees_the_daemon() {
 #[test]
 fn muted_while_ringing_the_call_starts_muted() {
     let lab = Lab::new();
-    let mut c = lab.peer("carol");
-    c.arg("daemon");
-    let mut daemon = Proc::spawn_logged(c, Some(&lab.root.join("daemon.log")));
-    daemon.expect("relay_connected");
+    let mut daemon = lab.daemon("carol");
     let fp = fingerprint(&lab.root.join("carol"));
     let mut c = lab.peer("bob");
     c.args(["call", &fp, "--video", "none", "--speaker", "none"])
