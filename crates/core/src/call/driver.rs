@@ -119,6 +119,35 @@ impl Local {
     }
 }
 
+/// When the members we dial (the mesh) are dialed: at once, then, while a dial does not
+/// bring the leg up, again 1, 2, 4, then every 8 s after the last attempt began.
+#[derive(Debug, Default)]
+struct Redials(BTreeMap<PeerId, (u32, Instant)>);
+
+impl Redials {
+    /// Whether `peer` may be dialed now.
+    fn due(&self, now: Instant, peer: &PeerId) -> bool {
+        self.0.get(peer).is_none_or(|(_, at)| now >= *at)
+    }
+
+    /// A dial of `peer` begins.
+    fn dialed(&mut self, now: Instant, peer: PeerId) {
+        let n = self.attempts(&peer);
+        let wait = Duration::from_secs(1 << n.min(3));
+        self.0.insert(peer, (n + 1, now + wait));
+    }
+
+    /// How many dials of `peer` began.
+    fn attempts(&self, peer: &PeerId) -> u32 {
+        self.0.get(peer).map_or(0, |(n, _)| *n)
+    }
+
+    /// `peer` left the roster: a new membership starts afresh.
+    fn remove(&mut self, peer: &PeerId) {
+        self.0.remove(peer);
+    }
+}
+
 /// Runs one call until it ends.
 pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup, mut io: Inputs) {
     let (frames_tx, mut frames_rx) = mpsc::channel(64);
@@ -133,7 +162,7 @@ pub(crate) async fn run(svc: Arc<Calls>, id: CallId, first: PeerId, setup: Setup
         welcome: None,
         legs: BTreeMap::new(),
         dialing: BTreeSet::new(),
-        tried: BTreeMap::new(),
+        tried: Redials::default(),
         opts: None,
         answered: Instant::now(),
         local: None,
@@ -197,9 +226,8 @@ struct Driver {
     legs: BTreeMap<PeerId, Leg>,
     /// Peers being connected to.
     dialing: BTreeSet<PeerId>,
-    /// Members we dial (the mesh) since they joined the roster: how often, and not again
-    /// before when (a dial that failed is tried again while the member is in the call).
-    tried: BTreeMap<PeerId, (u32, Instant)>,
+    /// Members we dial (the mesh) since they joined the roster.
+    tried: Redials,
     /// Our media: set when we place or answer the call.
     opts: Option<CallOptions>,
     /// When we placed or answered the call.
@@ -538,13 +566,11 @@ impl Driver {
                     && r.my_inviter() != *p
                     && !self.legs.contains_key(p)
                     && !self.dialing.contains(p)
-                    && self.tried.get(p).is_none_or(|(_, at)| now >= *at)
+                    && self.tried.due(now, p)
             })
             .collect();
         for p in &due {
-            let n = self.tried.get(p).map_or(0, |(n, _)| *n);
-            let wait = Duration::from_secs(1 << n.min(3));
-            self.tried.insert(*p, (n + 1, now + wait));
+            self.tried.dialed(now, *p);
             self.dial(*p, GroupJoin::Mesh);
         }
         !due.is_empty()
@@ -600,7 +626,7 @@ impl Driver {
             NewLeg::DialFailed { peer, error } => {
                 self.dialing.remove(&peer);
                 // A mesh dial says so once; it is tried again.
-                if self.tried.get(&peer).is_none_or(|(n, _)| *n <= 1) {
+                if self.tried.attempts(&peer) <= 1 {
                     self.warn(format!("{}: {error}", peer.fingerprint()));
                 }
                 self.leg_ended(now, peer, EndReason::Unreachable);
@@ -1352,4 +1378,36 @@ fn switch_video(
     p.ladder = Some(ladder_for(&p.opts));
     p.backlog = false;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mesh_dial_that_fails_is_tried_again_ever_less_often() {
+        let t0 = Instant::now();
+        let peer = PeerId::from_bytes([3; 32]);
+        let mut r = Redials::default();
+        assert!(r.due(t0, &peer), "the first dial goes at once");
+        // Each failed attempt (it failed at once here) waits 1, 2, 4, 8, 8 s.
+        let mut t = t0;
+        let mut gaps = Vec::new();
+        for _ in 0..6 {
+            r.dialed(t, peer);
+            let next = (1..=20)
+                .map(|s| t + Duration::from_secs(s))
+                .find(|at| r.due(*at, &peer))
+                .unwrap();
+            assert!(!r.due(next - Duration::from_millis(1), &peer));
+            gaps.push((next - t).as_secs());
+            t = next;
+        }
+        assert_eq!(gaps, [1, 2, 4, 8, 8, 8]);
+        assert_eq!(r.attempts(&peer), 6);
+        // A member that left and comes back starts afresh.
+        r.remove(&peer);
+        assert!(r.due(t, &peer));
+        assert_eq!(r.attempts(&peer), 0);
+    }
 }
