@@ -180,6 +180,22 @@ fn relay_listen_peers_ping_metrics_and_sigterm() {
     assert!(listen.term().success());
 }
 
+/// The README's first command: every step of the demo succeeds (it failed at the chat step
+/// from the day message requests came until the demo accepted alice's request).
+#[test]
+fn the_demo_succeeds_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cmd(tmp.path());
+    c.args(["--json", "demo", "--bytes", "4MiB"]);
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for step in ["presence", "signal", "chat", "files", "call"] {
+        assert_eq!(v[format!("{step}_ok")], true, "{step}: {v}");
+    }
+}
+
 #[test]
 fn user_errors_are_clear() {
     let tmp = tempfile::tempdir().unwrap();

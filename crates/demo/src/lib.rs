@@ -8,7 +8,8 @@
 //! 4. alice opens the end-to-end encrypted connection (relay path first), pings, waits for
 //!    the direct path, pings again;
 //! 5. alice streams `bytes` to bob over one QUIC stream and bob checks every byte;
-//! 6. alice sends three chat messages; bob stores them, reads them, the receipts come back;
+//! 6. alice sends three chat messages; bob stores them (a message request: alice is a
+//!    stranger), accepts the request, reads them, the receipts come back;
 //! 7. alice sends a small folder tree; bob accepts it into a temporary folder and both sides
 //!    compare every file's BLAKE3.
 
@@ -309,6 +310,9 @@ async fn chat_round(alice: &EngineHandle, bob: &EngineHandle) -> Result<bool, De
         last = Some(alice.send_message(bob.id(), text).await?);
     }
     let delivered = last.as_ref().map(|m| m.state) == Some(MessageState::Delivered);
+    // Alice is a stranger to bob: her messages are a request, and she learns nothing (not
+    // even that they were read) until bob accepts it, as a user would.
+    bob.accept_request(alice.id(), Some("alice".into())).await?;
     bob.mark_read(alice.id()).await?;
     let read = alice
         .store()
