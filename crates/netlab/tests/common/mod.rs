@@ -135,12 +135,19 @@ impl Lines {
     /// Waits for a line whose "event" is `event`.
     pub fn wait_event(&self, event: &str, timeout: Duration) -> Value {
         let end = Instant::now() + timeout;
+        // What else the process said, for the failure's message (an error line, say).
+        let mut seen = Vec::new();
         loop {
             let left = end.saturating_duration_since(Instant::now());
             match self.0.recv_timeout(left) {
                 Ok(v) if v["event"] == event => return v,
-                Ok(_) => {}
-                Err(e) => panic!("no {event:?} line within {timeout:?}: {e}"),
+                Ok(v) => {
+                    if seen.len() == 8 {
+                        seen.remove(0);
+                    }
+                    seen.push(v);
+                }
+                Err(e) => panic!("no {event:?} line within {timeout:?}: {e}; last lines: {seen:?}"),
             }
         }
     }
